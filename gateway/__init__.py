@@ -1,0 +1,21 @@
+"""The gateway: a sharded asyncio WebSocket server holding client connections.
+
+Exports the node (:class:`GatewayNode`), its settings and the Redis client factory; the
+CLI (``notecard serve``) composes them.
+"""
+
+from gateway.auth import Identity, TokenError, mint_token, verify_token
+from gateway.config import ConfigError, GatewaySettings
+from gateway.node import GatewayNode
+from gateway.redis_client import connect_redis
+
+__all__ = [
+    "ConfigError",
+    "GatewayNode",
+    "GatewaySettings",
+    "Identity",
+    "TokenError",
+    "connect_redis",
+    "mint_token",
+    "verify_token",
+]

@@ -1,0 +1,216 @@
+"""The node's HTTP side: the admin API (bearer token), Prometheus metrics and health probes.
+
+Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
+
+    POST   /admin/users                              create {user_id, verified, vip, banned, created_at_ms, app}
+    GET    /admin/users/{user}                       flags and balances
+    PATCH  /admin/users/{user}                       set {verified, vip, banned}
+    POST   /admin/users/{user}/mint                  {kind, qty} whole cards
+    PUT    /admin/users/{user}/follows/{other}       {since_ms} (optional; default now)
+    DELETE /admin/users/{user}/follows/{other}
+    PUT    /admin/users/{user}/blocks/{other}
+    DELETE /admin/users/{user}/blocks/{other}
+    GET    /admin/gifts/{gift}
+    GET    /admin/invariant                          the conservation check
+
+Open routes: ``GET /healthz`` (process alive), ``GET /readyz`` (Redis and pub/sub healthy,
+not shutting down), ``GET /metrics``. Errors are ``{"error": CODE, "message": text}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+
+from clearing import (
+    Accounts,
+    Clearing,
+    ClearingUnavailable,
+    GiftRules,
+    KeySchema,
+    Refusal,
+    Refused,
+    check_invariant,
+)
+from gateway.metrics import NodeMetrics
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS: dict[Refusal, int] = {
+    Refusal.UNKNOWN_USER: 404,
+    Refusal.GIFT_NOT_FOUND: 404,
+    Refusal.USER_EXISTS: 409,
+}
+_BOOL_FLAGS = ("verified", "vip", "banned")
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
+    return obj
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise AdminError(400, "BAD_REQUEST", "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise AdminError(400, "BAD_REQUEST", "body must be a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise AdminError(400, "BAD_REQUEST", f"field '{name}' is required")
+        return None
+    if type(value) is not kind:
+        raise AdminError(400, "BAD_REQUEST", f"field '{name}' must be of type {kind.__name__}")
+    return value
+
+
+class AdminApp:
+    def __init__(
+        self, *, node_id: str, admin_token: str, redis: Redis, clearing: Clearing, accounts: Accounts,
+        rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self.node_id = node_id
+        self.admin_token = admin_token
+        self.redis = redis
+        self.clearing = clearing
+        self.accounts = accounts
+        self.rules = rules
+        self.keys = keys
+        self.metrics = metrics
+        self.ready = ready
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_view)
+        app.router.add_post("/admin/users", self.create_user)
+        app.router.add_get("/admin/users/{user}", self.get_user)
+        app.router.add_patch("/admin/users/{user}", self.set_flags)
+        app.router.add_post("/admin/users/{user}/mint", self.mint)
+        app.router.add_put("/admin/users/{user}/follows/{other}", self.follow)
+        app.router.add_delete("/admin/users/{user}/follows/{other}", self.unfollow)
+        app.router.add_put("/admin/users/{user}/blocks/{other}", self.block)
+        app.router.add_delete("/admin/users/{user}/blocks/{other}", self.unblock)
+        app.router.add_get("/admin/gifts/{gift}", self.get_gift)
+        app.router.add_get("/admin/invariant", self.invariant)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/admin/"):
+                self._authorize(request)
+            return await handler(request)
+        except AdminError as exc:
+            return _json({"error": exc.code, "message": exc.message}, exc.status)
+        except Refused as exc:
+            return _json({"error": exc.code.value, "message": str(exc)}, _STATUS.get(exc.code, 400))
+        except ClearingUnavailable:
+            return _json({"error": "UNAVAILABLE", "message": "redis unavailable; retry"}, 503)
+        except web.HTTPException as exc:
+            return _json({"error": "NOT_FOUND" if exc.status == 404 else "BAD_REQUEST",
+                          "message": exc.reason}, exc.status)
+
+    def _authorize(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            raise AdminError(401, "UNAUTHORIZED", "admin token missing or wrong")
+
+    # ------------------------------------------------------------ probes
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "node": self.node_id})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ok = await self.ready()
+        return _json({"ready": ok, "node": self.node_id}, 200 if ok else 503)
+
+    async def metrics_view(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    # ------------------------------------------------------------ admin
+    async def create_user(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        user = await self.accounts.create_user(
+            _field(data, "user_id", str, required=True),
+            verified=bool(_field(data, "verified", bool)),
+            vip=bool(_field(data, "vip", bool)),
+            banned=bool(_field(data, "banned", bool)),
+            created_at_ms=_field(data, "created_at_ms", int),
+            app=_field(data, "app", str) or "main",
+        )
+        return _json(_plain(user), 201)
+
+    async def get_user(self, request: web.Request) -> web.Response:
+        user = await self.accounts.get_user(request.match_info["user"])
+        if user is None:
+            raise AdminError(404, "UNKNOWN_USER", "no such user")
+        return _json(_plain(user))
+
+    async def set_flags(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        flags = {name: _field(data, name, bool) for name in _BOOL_FLAGS}
+        user = await self.accounts.set_flags(request.match_info["user"], **flags)
+        return _json(_plain(user))
+
+    async def mint(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        kind = _field(data, "kind", str) or self.rules.card_kinds[0]
+        balances = await self.accounts.mint(request.match_info["user"], kind, _field(data, "qty", int, required=True))
+        return _json(_plain(balances))
+
+    async def follow(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        await self.accounts.follow(request.match_info["user"], request.match_info["other"],
+                                   since_ms=_field(data, "since_ms", int))
+        return _json({"ok": True})
+
+    async def unfollow(self, request: web.Request) -> web.Response:
+        await self.accounts.unfollow(request.match_info["user"], request.match_info["other"])
+        return _json({"ok": True})
+
+    async def block(self, request: web.Request) -> web.Response:
+        await self.accounts.block(request.match_info["user"], request.match_info["other"])
+        return _json({"ok": True})
+
+    async def unblock(self, request: web.Request) -> web.Response:
+        await self.accounts.unblock(request.match_info["user"], request.match_info["other"])
+        return _json({"ok": True})
+
+    async def get_gift(self, request: web.Request) -> web.Response:
+        gift = await self.clearing.get_gift(request.match_info["gift"])
+        if gift is None:
+            raise AdminError(404, "GIFT_NOT_FOUND", "no such gift")
+        return _json(_plain(gift))
+
+    async def invariant(self, request: web.Request) -> web.Response:
+        report = await check_invariant(self.redis, self.rules, self.keys)
+        return _json({"ok": report.ok, "violations": report.violations, "per_kind": report.per_kind})

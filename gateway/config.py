@@ -1,0 +1,187 @@
+"""Typed gateway settings, read from the environment (prefix ``NOTECARD_``).
+
+Every setting has a working local default, so ``notecard dev`` needs no set-up. A bad
+value stops the process at start with a message naming the variable, never later.
+The full reference table is in README.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal, TypeVar, cast
+
+from clearing import GiftRules
+
+PREFIX = "NOTECARD_"
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything one gateway node needs. Build with :meth:`from_env` or directly in tests."""
+
+    #: Redis to use; ``None`` means "start a local redis-server child in data_dir".
+    redis_url: str | None = None
+    #: Redis Sentinel addresses ("host:port,host:port") and the monitored primary's name.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = "notecard"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8766
+    #: Secret that signs client tokens; generated into data_dir when not configured.
+    token_secret: str | None = None
+    #: Bearer token of the admin API; generated into data_dir when not configured.
+    admin_token: str | None = None
+    data_dir: Path = Path(".notecard")
+    node_id: str | None = None
+    rules: GiftRules = dataclasses.field(default_factory=GiftRules)
+    #: WebSocket keepalive: ping every heartbeat_s, close (1011) when no pong in pong_timeout_s.
+    heartbeat_s: float = 20.0
+    pong_timeout_s: float = 20.0
+    #: A connection must send ``hello`` within this time.
+    auth_timeout_s: float = 10.0
+    #: Frames queued for one connection before it is a slow consumer (closed with 3001).
+    send_queue_max: int = 256
+    #: WebSocket write buffer high-water mark per connection, bytes.
+    write_limit: int = 32 * 1024
+    #: Per-connection request rate: sustained requests per second and burst size.
+    rate_per_s: float = 20.0
+    rate_burst: int = 40
+    #: Refused requests in a row (rate limit) before the connection is closed (3002).
+    rate_strikes_max: int = 50
+    #: Malformed frames on one connection before it is closed (3502).
+    max_bad_frames: int = 5
+    #: How long a graceful shutdown waits for connections to drain.
+    shutdown_grace_s: float = 5.0
+    #: Sweeper period: pending gifts past their window are refunded at most this late.
+    sweep_interval_s: float = 0.5
+    #: Node heartbeat period; rules.node_ttl_ms must be several of these.
+    node_heartbeat_s: float = 2.0
+    #: Subscriber watchdog: a self-addressed probe must come back within this time.
+    subscriber_probe_s: float = 2.0
+    #: A Redis call slower than this is treated as unavailable (the outcome is unknown).
+    redis_timeout_s: float = 5.0
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    #: Start N worker processes sharing the port (SO_REUSEPORT); 1 runs in-process.
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rules.node_ttl_ms < 3 * self.node_heartbeat_s * 1000:
+            raise ConfigError("NOTECARD_NODE_TTL_S must be at least 3 heartbeats (NOTECARD_NODE_HEARTBEAT_S)")
+        for name in ("send_queue_max", "rate_burst", "max_bad_frames", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> GatewaySettings:
+        """Read settings from ``env`` (default ``os.environ``); ``overrides`` win."""
+        source = os.environ if env is None else env
+        reader = _EnvReader(source)
+        rules = GiftRules(
+            card_kinds=reader.get("CARD_KINDS", _csv, GiftRules.card_kinds),
+            units_per_card=reader.get("UNITS_PER_CARD", int, GiftRules.units_per_card),
+            max_qty_per_gift=reader.get("MAX_QTY_PER_GIFT", int, GiftRules.max_qty_per_gift),
+            daily_send_limit=reader.get("DAILY_SEND_LIMIT", int, GiftRules.daily_send_limit),
+            vip_send_bonus=reader.get("VIP_SEND_BONUS", int, GiftRules.vip_send_bonus),
+            daily_receive_limit=reader.get("DAILY_RECEIVE_LIMIT", int, GiftRules.daily_receive_limit),
+            receive_limit_scope=reader.get("RECEIVE_LIMIT_SCOPE", _scope, GiftRules.receive_limit_scope),
+            follow_min_age_ms=_ms(reader.get("FOLLOW_MIN_AGE_S", float, GiftRules.follow_min_age_ms / 1000)),
+            confirm_window_ms=_ms(reader.get("CONFIRM_WINDOW_S", float, GiftRules.confirm_window_ms / 1000)),
+            timezone=reader.get("TIMEZONE", str, GiftRules.timezone),
+            stream_maxlen=reader.get("STREAM_MAXLEN", int, GiftRules.stream_maxlen),
+            node_ttl_ms=_ms(reader.get("NODE_TTL_S", float, GiftRules.node_ttl_ms / 1000)),
+        )
+        redis_url = source.get(f"{PREFIX}REDIS_URL") or source.get("REDIS_URL") or None
+        values: dict[str, object] = {
+            "redis_url": redis_url,
+            "sentinels": reader.get("SENTINELS", _hostports, ()),
+            "sentinel_master": reader.get("SENTINEL_MASTER", str, cls.sentinel_master),
+            "host": reader.get("HOST", str, cls.host),
+            "port": reader.get("PORT", _port, cls.port),
+            "admin_host": reader.get("ADMIN_HOST", str, cls.admin_host),
+            "admin_port": reader.get("ADMIN_PORT", _port, cls.admin_port),
+            "token_secret": reader.get("TOKEN_SECRET", str, None),
+            "admin_token": reader.get("ADMIN_TOKEN", str, None),
+            "data_dir": Path(reader.get("DATA_DIR", str, str(cls.data_dir))),
+            "node_id": reader.get("NODE_ID", str, None),
+            "rules": rules,
+            "heartbeat_s": reader.get("HEARTBEAT_S", float, cls.heartbeat_s),
+            "pong_timeout_s": reader.get("PONG_TIMEOUT_S", float, cls.pong_timeout_s),
+            "auth_timeout_s": reader.get("AUTH_TIMEOUT_S", float, cls.auth_timeout_s),
+            "send_queue_max": reader.get("SEND_QUEUE_MAX", int, cls.send_queue_max),
+            "rate_per_s": reader.get("RATE_PER_S", float, cls.rate_per_s),
+            "rate_burst": reader.get("RATE_BURST", int, cls.rate_burst),
+            "max_bad_frames": reader.get("MAX_BAD_FRAMES", int, cls.max_bad_frames),
+            "shutdown_grace_s": reader.get("SHUTDOWN_GRACE_S", float, cls.shutdown_grace_s),
+            "sweep_interval_s": reader.get("SWEEP_INTERVAL_S", float, cls.sweep_interval_s),
+            "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, cls.node_heartbeat_s),
+            "redis_timeout_s": reader.get("REDIS_TIMEOUT_S", float, cls.redis_timeout_s),
+            "log_level": reader.get("LOG_LEVEL", str, cls.log_level).upper(),
+            "log_format": reader.get("LOG_FORMAT", _log_format, cls.log_format),
+            "workers": reader.get("WORKERS", int, cls.workers),
+        }
+        values.update(overrides)
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str, cast_to: Callable[[str], T], default: T) -> T:
+        raw = self.env.get(PREFIX + name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return cast_to(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}{name}={raw!r}: {exc}") from None
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("a port is 0..65535")
+    return value
+
+
+def _scope(raw: str) -> Literal["recipient", "pair"]:
+    if raw not in ("recipient", "pair"):
+        raise ValueError("expected 'recipient' or 'pair'")
+    return cast(Literal["recipient", "pair"], raw)
+
+
+def _log_format(raw: str) -> Literal["json", "text"]:
+    if raw not in ("json", "text"):
+        raise ValueError("expected 'json' or 'text'")
+    return cast(Literal["json", "text"], raw)
+
+
+def _hostports(raw: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for part in _csv(raw):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected host:port[,host:port...]")
+        out.append((host, _port(port)))
+    return tuple(out)

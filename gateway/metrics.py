@@ -1,0 +1,49 @@
+"""Prometheus metrics of one gateway node.
+
+Each node owns its :class:`CollectorRegistry` (no process-global registry), so several
+nodes can run in one test process and each ``/metrics`` shows only its own numbers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("notecard_connections", "Open authenticated connections", registry=r)
+        self.frames_in = Counter("notecard_frames_in", "Frames received", ["type"], registry=r)
+        self.frames_out = Counter("notecard_frames_out", "Frames sent", ["type"], registry=r)
+        self.bad_frames = Counter("notecard_bad_frames", "Frames refused as malformed", ["code"], registry=r)
+        self.gifts = Counter(
+            "notecard_gifts", "Gift operations by outcome (sent, accepted, declined, expired, refused)",
+            ["outcome"], registry=r,
+        )
+        self.refusals = Counter("notecard_refusals", "Refused requests by error code", ["code"], registry=r)
+        self.clearing_latency = Histogram(
+            "notecard_clearing_seconds", "Clearing call latency", ["op"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.delivery_lag = Histogram(
+            "notecard_delivery_lag_seconds", "Time from a gift event's creation to its push on this node",
+            ["event"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.slow_consumers = Counter(
+            "notecard_slow_consumer_disconnects", "Connections closed for a full send queue", registry=r
+        )
+        self.closes = Counter("notecard_closes", "Connections closed by the server, by close code", ["code"],
+                              registry=r)
+        self.subscriber_reconnects = Counter(
+            "notecard_subscriber_reconnects", "Times the pub/sub subscriber was re-established", registry=r
+        )
+        self.catchup_events = Counter(
+            "notecard_catchup_events", "Events delivered from the stream instead of pub/sub", registry=r
+        )
+        self.redis_up = Gauge("notecard_redis_up", "1 when the last Redis call succeeded", registry=r)
+        self.swept = Counter("notecard_swept_gifts", "Gifts expired by this node's sweeper", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,122 @@
+"""Requests of an authenticated client, answered through clearing.
+
+Each request maps to one clearing call and one reply. Refusals become ``error`` frames with
+the code of the same name; an unreachable Redis becomes ``UNAVAILABLE`` (retryable: the
+outcome is unknown, and a retry with the same gift id tells it). Nothing internal (a
+traceback, a Redis message) ever reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from clearing import Clearing, ClearingUnavailable, GiftRules, Refused
+from gateway.metrics import NodeMetrics
+from gateway.views import gift_view
+from protocol import (
+    AcceptGift,
+    Balance,
+    ClientMessage,
+    DeclineGift,
+    Error,
+    ErrorCode,
+    GetBalance,
+    GiftResolved,
+    GiftSent,
+    Hello,
+    Ping,
+    Pong,
+    SendGift,
+    ServerMessage,
+)
+
+log = logging.getLogger("notecard.gateway.requests")
+T = TypeVar("T")
+
+_REFUSAL_TEXT: dict[str, str] = {
+    "LIMIT_DAILY_SEND": "daily send limit reached",
+    "LIMIT_DAILY_RECEIVE": "the recipient cannot receive more gifts today",
+    "NOT_MUTUAL_3D": "both users must have followed each other for long enough",
+    "RECIPIENT_OFFLINE": "the recipient is not online to confirm",
+    "INSUFFICIENT_BALANCE": "not enough cards of this kind",
+    "BLOCKED": "one of the users has blocked the other",
+    "NOT_VERIFIED": "the sender must be real-name verified",
+    "SENDER_BANNED": "the sender's account is banned",
+    "RECIPIENT_BANNED": "the recipient's account is banned",
+    "UNKNOWN_USER": "no such user",
+    "SELF_GIFT": "a gift must go to another user",
+    "UNKNOWN_KIND": "no such card kind",
+    "BAD_QUANTITY": "quantity out of range",
+    "IDEMPOTENCY_CONFLICT": "this gift id was used for a different gift",
+    "GIFT_NOT_FOUND": "no such gift",
+    "NOT_RECIPIENT": "only the recipient may answer this gift",
+    "ALREADY_RESOLVED": "the gift was already resolved",
+    "GIFT_EXPIRED": "the confirmation window has passed; the card went back to the sender",
+}
+
+
+class RequestHandler:
+    def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics) -> None:
+        self.clearing = clearing
+        self.rules = rules
+        self.metrics = metrics
+
+    async def handle(self, user_id: str, msg: ClientMessage) -> ServerMessage:
+        """The reply to one request of ``user_id``."""
+        if isinstance(msg, Hello):
+            return Error(code=ErrorCode.ALREADY_AUTHENTICATED, message="this connection is authenticated")
+        rid = msg.rid
+        try:
+            if isinstance(msg, SendGift):
+                return await self._send(user_id, msg)
+            if isinstance(msg, AcceptGift | DeclineGift):
+                return await self._resolve(user_id, msg)
+            if isinstance(msg, GetBalance):
+                return await self._balance(user_id, msg)
+            if isinstance(msg, Ping):
+                return Pong(rid=rid, server_time_ms=int(time.time() * 1000))
+        except Refused as refusal:
+            self.metrics.refusals.labels(code=refusal.code.value).inc()
+            code = ErrorCode(refusal.code.value)
+            gift = gift_view(refusal.gift) if refusal.gift is not None else None
+            return Error(rid=rid, code=code, message=_REFUSAL_TEXT.get(code, code.lower()), gift=gift)
+        except ClearingUnavailable:
+            self.metrics.refusals.labels(code=ErrorCode.UNAVAILABLE).inc()
+            return Error(rid=rid, code=ErrorCode.UNAVAILABLE,
+                         message="service temporarily unavailable; retry with the same ids")
+        raise AssertionError(f"unhandled message type {type(msg).__name__}")
+
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.metrics.clearing_latency.labels(op=op).observe(time.perf_counter() - started)
+
+    async def _send(self, user_id: str, msg: SendGift) -> ServerMessage:
+        gift = await self._timed(
+            "reserve", self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty)
+        )
+        self.metrics.gifts.labels(outcome="sent").inc()
+        log.info("gift sent", extra={"user": user_id, "gift": msg.gift_id, "to": msg.to})
+        return GiftSent(rid=msg.rid, gift=gift_view(gift))
+
+    async def _resolve(self, user_id: str, msg: AcceptGift | DeclineGift) -> ServerMessage:
+        if isinstance(msg, AcceptGift):
+            op, outcome = "accept", "accepted"
+            resolution = await self._timed(op, self.clearing.accept(msg.gift_id, user_id))
+        else:
+            op, outcome = "decline", "declined"
+            resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id))
+        if resolution.changed:
+            self.metrics.gifts.labels(outcome=outcome).inc()
+            log.info("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
+        return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
+
+    async def _balance(self, user_id: str, msg: GetBalance) -> ServerMessage:
+        balances = await self._timed("balance", self.clearing.balances(user_id))
+        return Balance(rid=msg.rid, available=balances.available, held=balances.held,
+                       units_per_card=self.rules.units_per_card)

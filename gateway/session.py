@@ -1,0 +1,198 @@
+"""The life of one WebSocket connection: authenticate, welcome, serve requests, leave.
+
+States: AWAITING_HELLO -> WELCOMING -> SERVING -> CLOSED. Before ``hello`` only a
+``hello`` is accepted (anything else closes with NOT_AUTHENTICATED); after it, every frame
+is a request answered in order. A malformed frame gets an ``error`` frame and changes
+nothing; too many close the connection. One connection's trouble never reaches another:
+every failure here ends at this connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from clearing import Clearing, ClearingError, EventLog, Presence
+from gateway.auth import Identity, TokenError, verify_token
+from gateway.config import GatewaySettings
+from gateway.connection import ClientConnection
+from gateway.hub import Hub
+from gateway.metrics import NodeMetrics
+from gateway.ratelimit import TokenBucket
+from gateway.requests import RequestHandler
+from gateway.views import event_view, gift_view
+from protocol import (
+    PROTOCOL_VERSION,
+    CloseCode,
+    Encoding,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    ProtocolError,
+    ServerMessage,
+    Welcome,
+    decode_client,
+    encode,
+    encoding_for,
+)
+
+log = logging.getLogger("notecard.gateway.session")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    code: CloseCode
+    error: ErrorCode
+    reason: str
+
+
+class SessionRunner:
+    """The ``websockets`` connection handler of a node."""
+
+    def __init__(
+        self, node_id: str, settings: GatewaySettings, token_secret: str, hub: Hub,
+        requests: RequestHandler, clearing: Clearing, presence: Presence, events: EventLog,
+        metrics: NodeMetrics,
+    ) -> None:
+        self.node_id = node_id
+        self.settings = settings
+        self.token_secret = token_secret
+        self.hub = hub
+        self.requests = requests
+        self.clearing = clearing
+        self.presence = presence
+        self.events = events
+        self.metrics = metrics
+
+    async def __call__(self, ws: ServerConnection) -> None:
+        encoding = encoding_for(ws.subprotocol)
+        outcome = await self._authenticate(ws, encoding)
+        if isinstance(outcome, _Rejection):
+            await _reject(ws, encoding, outcome)
+            self.metrics.closes.labels(code=str(int(outcome.code))).inc()
+            return
+        if outcome is None:
+            return
+        identity, hello = outcome
+        conn = ClientConnection(ws, identity.user_id, identity.app, encoding, self.settings.send_queue_max,
+                                self.metrics)
+        conn.start_writer()
+        self.hub.add(conn)
+        registered = False
+        try:
+            await self.presence.connect(conn.user_id, self.node_id)
+            registered = True
+            await self._welcome(conn, hello)
+            await self._serve(conn)
+        except ClearingError:
+            log.warning("redis unavailable during session", extra={"user": conn.user_id})
+            conn.close(CloseCode.SERVICE_UNAVAILABLE, "service unavailable, reconnect")
+        except ConnectionClosed:
+            pass
+        finally:
+            self.hub.remove(conn)
+            if registered:
+                with contextlib.suppress(ClearingError):
+                    await self.presence.disconnect(conn.user_id, self.node_id)
+            await conn.finish()
+
+    async def _authenticate(self, ws: ServerConnection, encoding: Encoding
+                            ) -> tuple[Identity, Hello] | _Rejection | None:
+        try:
+            frame = await asyncio.wait_for(ws.recv(), self.settings.auth_timeout_s)
+        except TimeoutError:
+            return _Rejection(CloseCode.AUTH_TIMEOUT, ErrorCode.NOT_AUTHENTICATED, "no hello in time")
+        except ConnectionClosed:
+            return None
+        try:
+            msg = decode_client(frame, encoding)
+        except ProtocolError:
+            return _Rejection(CloseCode.NOT_AUTHENTICATED, ErrorCode.NOT_AUTHENTICATED,
+                              "the first frame must be a valid hello")
+        if not isinstance(msg, Hello):
+            return _Rejection(CloseCode.NOT_AUTHENTICATED, ErrorCode.NOT_AUTHENTICATED,
+                              "the first frame must be hello")
+        if msg.v != PROTOCOL_VERSION:
+            return _Rejection(CloseCode.UNSUPPORTED_VERSION, ErrorCode.UNSUPPORTED_VERSION,
+                              f"protocol version {PROTOCOL_VERSION} required")
+        try:
+            identity = verify_token(self.token_secret, msg.token)
+        except TokenError as exc:
+            if exc.expired:
+                return _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
+            return _Rejection(CloseCode.INVALID_TOKEN, ErrorCode.INVALID_TOKEN, "invalid token")
+        return identity, msg
+
+    async def _welcome(self, conn: ClientConnection, hello: Hello) -> None:
+        """Send the welcome, the missed events and then the live ones buffered meanwhile."""
+        replay = await self.events.replay(conn.user_id, hello.epoch, hello.offset)
+        pending = await self.clearing.pending_for(conn.user_id)
+        welcome = Welcome(
+            user=conn.user_id, node=self.node_id, epoch=replay.epoch, offset=replay.head,
+            recovered=replay.recovered, pending=tuple(gift_view(g) for g in pending),
+            heartbeat_s=max(1, round(self.settings.heartbeat_s)),
+        )
+        conn.push(encode(welcome, conn.encoding))
+        last = replay.head
+        for event in replay.events:
+            conn.push(encode(event_view(event), conn.encoding))
+            last = max(last, event.offset)
+        conn.epoch = replay.epoch
+        conn.last_offset = last
+        self.hub.flush_buffered(conn)
+        log.info("connected", extra={"user": conn.user_id, "app": conn.app, "recovered": replay.recovered})
+
+    async def _serve(self, conn: ClientConnection) -> None:
+        bucket = TokenBucket(self.settings.rate_per_s, self.settings.rate_burst)
+        bad_frames = 0
+        strikes = 0
+        async for frame in conn.ws:
+            if conn.closing:
+                return
+            try:
+                msg = decode_client(frame, conn.encoding)
+            except ProtocolError as exc:
+                bad_frames += 1
+                self.metrics.bad_frames.labels(code=exc.code.value).inc()
+                self._reply(conn, Error(rid=exc.rid, code=exc.code, message=exc.message))
+                if bad_frames >= self.settings.max_bad_frames:
+                    conn.close(CloseCode.PROTOCOL_VIOLATION, "too many malformed frames")
+                    return
+                continue
+            self.metrics.frames_in.labels(type=msg.TYPE).inc()
+            if not bucket.allow():
+                strikes += 1
+                self.metrics.refusals.labels(code=ErrorCode.RATE_LIMITED).inc()
+                self._reply(conn, Error(rid=getattr(msg, "rid", None), code=ErrorCode.RATE_LIMITED,
+                                        message="too many requests; slow down"))
+                if strikes >= self.settings.rate_strikes_max:
+                    conn.close(CloseCode.TOO_MANY_REQUESTS, "request rate limit exceeded")
+                    return
+                continue
+            strikes = 0
+            try:
+                reply = await self.requests.handle(conn.user_id, msg)
+            except Exception:
+                # A bug must cost one request, not the connection or the node; the peer
+                # sees a generic code, the log has the details.
+                log.exception("request failed", extra={"user": conn.user_id})
+                reply = Error(rid=getattr(msg, "rid", None), code=ErrorCode.INTERNAL, message="internal error")
+            self._reply(conn, reply)
+
+    def _reply(self, conn: ClientConnection, msg: ServerMessage) -> None:
+        if conn.push(encode(msg, conn.encoding)):
+            self.metrics.frames_out.labels(type=msg.TYPE).inc()
+
+
+async def _reject(ws: ServerConnection, encoding: Encoding, rejection: _Rejection) -> None:
+    """Tell a client why it may not continue, then close with the matching code."""
+    frame: Frame = encode(Error(code=rejection.error, message=rejection.reason), encoding)
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(frame)
+        await ws.close(int(rejection.code), rejection.reason)

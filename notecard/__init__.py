@@ -1,0 +1,1 @@
+"""The application: the ``notecard`` command, the local Redis manager, the admin client, the demo."""

@@ -1,0 +1,90 @@
+"""An asyncio client of a node's admin HTTP API (used by ``notecard admin``, tests, drills)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+class AdminApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class AdminClient:
+    def __init__(self, base_url: str, admin_token: str, *, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {admin_token}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        data = orjson.dumps(body) if body is not None else None
+        async with self._session.request(method, self.base_url + path, data=data,
+                                         headers={"Content-Type": "application/json"}) as resp:
+            payload = orjson.loads(await resp.read() or b"null")
+            if resp.status >= 400:
+                err = payload if isinstance(payload, dict) else {}
+                raise AdminApiError(resp.status, str(err.get("error", "HTTP_ERROR")), str(err.get("message", "")))
+            return payload
+
+    # Convenience wrappers: one per admin route.
+    async def create_user(self, user_id: str, *, verified: bool = True, vip: bool = False, banned: bool = False,
+                          created_at_ms: int | None = None, app: str | None = None) -> Any:
+        body: dict[str, Any] = {"user_id": user_id, "verified": verified, "vip": vip, "banned": banned}
+        if created_at_ms is not None:
+            body["created_at_ms"] = created_at_ms
+        if app is not None:
+            body["app"] = app
+        return await self.call("POST", "/admin/users", body)
+
+    async def get_user(self, user_id: str) -> Any:
+        return await self.call("GET", f"/admin/users/{user_id}")
+
+    async def set_flags(self, user_id: str, **flags: bool) -> Any:
+        return await self.call("PATCH", f"/admin/users/{user_id}", dict(flags))
+
+    async def mint(self, user_id: str, qty: int, kind: str = "note") -> Any:
+        return await self.call("POST", f"/admin/users/{user_id}/mint", {"kind": kind, "qty": qty})
+
+    async def follow(self, follower: str, followee: str, since_ms: int | None = None) -> Any:
+        body = {} if since_ms is None else {"since_ms": since_ms}
+        return await self.call("PUT", f"/admin/users/{follower}/follows/{followee}", body)
+
+    async def unfollow(self, follower: str, followee: str) -> Any:
+        return await self.call("DELETE", f"/admin/users/{follower}/follows/{followee}")
+
+    async def block(self, blocker: str, blocked: str) -> Any:
+        return await self.call("PUT", f"/admin/users/{blocker}/blocks/{blocked}")
+
+    async def unblock(self, blocker: str, blocked: str) -> Any:
+        return await self.call("DELETE", f"/admin/users/{blocker}/blocks/{blocked}")
+
+    async def gift(self, gift_id: str) -> Any:
+        return await self.call("GET", f"/admin/gifts/{gift_id}")
+
+    async def invariant(self) -> Any:
+        return await self.call("GET", "/admin/invariant")
+
+    async def befriend(self, a: str, b: str, since_ms: int) -> None:
+        """Mutual follows from ``since_ms``: the relationship the gift rules require."""
+        await self.follow(a, b, since_ms)
+        await self.follow(b, a, since_ms)

@@ -1,0 +1,197 @@
+"""Running nodes: one in this process, N worker processes, or the local dev cluster.
+
+With no Redis configured, a local ``redis-server`` child is started with its data (AOF)
+in ``<data_dir>/redis`` and stopped with us: the embedded default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from gateway import GatewayNode, GatewaySettings, connect_redis
+from gateway.logs import configure_logging
+from gateway.node import default_node_id
+from notecard import secrets
+from notecard.local_redis import LocalRedis
+
+log = logging.getLogger("notecard.runner")
+
+#: How long a started worker may take to answer /readyz.
+READY_TIMEOUT_S = 20.0
+
+
+def install_uvloop() -> None:
+    """uvloop when present (it is a dependency on Linux), asyncio's loop otherwise."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@contextlib.contextmanager
+def local_redis_if_needed(settings: GatewaySettings) -> Iterator[str | None]:
+    """Yield the Redis URL to use, starting a managed local server if none is configured."""
+    if settings.redis_url or settings.sentinels:
+        yield settings.redis_url
+        return
+    server = LocalRedis(settings.data_dir / "redis", appendonly=True)
+    server.start()
+    log.info("started local redis-server", extra={"url": server.url, "dir": str(server.data_dir)})
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def run_node(settings: GatewaySettings) -> None:
+    """One node in this process until SIGTERM or SIGINT; then a graceful shutdown."""
+    keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
+    redis = connect_redis(settings)
+    node = GatewayNode(settings, redis, token_secret=keys.token_secret, admin_token=keys.admin_token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.serve_forever(stop)
+    finally:
+        await redis.aclose()
+
+
+def serve(settings: GatewaySettings) -> int:
+    """``notecard serve``: one node, or ``workers`` processes sharing the port."""
+    node_id = settings.node_id or default_node_id()
+    configure_logging(settings.log_level, settings.log_format, node_id)
+    with local_redis_if_needed(settings) as url:
+        if settings.workers == 1:
+            install_uvloop()
+            from dataclasses import replace
+
+            asyncio.run(run_node(replace(settings, redis_url=url, node_id=node_id)))
+            return 0
+        return supervise_workers(settings, url)
+
+
+def worker_env(settings: GatewaySettings, url: str | None, index: int, port: int | None = None,
+               admin_port: int | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    if url:
+        env["NOTECARD_REDIS_URL"] = url
+    env["NOTECARD_WORKERS"] = "1" if port is not None else str(settings.workers)
+    env["NOTECARD_PORT"] = str(port if port is not None else settings.port)
+    env["NOTECARD_ADMIN_PORT"] = str(admin_port if admin_port is not None else settings.admin_port + index)
+    env["NOTECARD_DATA_DIR"] = str(settings.data_dir)
+    return env
+
+
+def spawn_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Workers get their settings from the environment (secrets from the shared data folder).
+    return subprocess.Popen([sys.executable, "-m", "notecard", "serve", "--worker"], env=env)
+
+
+def wait_ready(admin_url: str, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway worker exited with status {process.returncode} during start")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(admin_url + "/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway worker at {admin_url} not ready within {timeout}s")
+
+
+def supervise_workers(settings: GatewaySettings, url: str | None) -> int:
+    """Start ``workers`` processes on one port (SO_REUSEPORT); stop them all on a signal."""
+    workers = [spawn_worker(worker_env(settings, url, i)) for i in range(settings.workers)]
+    return _wait_for_signal(workers)
+
+
+def _wait_for_signal(workers: list[subprocess.Popen[bytes]]) -> int:
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while not stopping and all(p.poll() is None for p in workers):
+        time.sleep(0.2)
+    forward(signal.SIGTERM, None)
+    status = 0
+    for proc in workers:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        status = status or (proc.returncode if proc.returncode and proc.returncode > 0 else 0)
+    return status
+
+
+def dev_nodes(settings: GatewaySettings, url: str | None, count: int) -> list[tuple[subprocess.Popen[bytes], str, str]]:
+    """Start ``count`` nodes on consecutive port pairs; return (process, ws url, admin url)."""
+    started = []
+    for index in range(count):
+        port = settings.port + 2 * index
+        admin_port = port + 1
+        env = worker_env(settings, url, index, port=port, admin_port=admin_port)
+        env["NOTECARD_HOST"] = settings.host
+        env["NOTECARD_ADMIN_HOST"] = settings.host
+        env.setdefault("NOTECARD_LOG_FORMAT", "text")
+        proc = spawn_worker(env)
+        admin_url = f"http://{settings.host}:{admin_port}"
+        started.append((proc, f"ws://{settings.host}:{port}", admin_url))
+    for proc, _, admin_url in started:
+        wait_ready(admin_url, proc)
+    return started
+
+
+def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool) -> int:
+    """``notecard dev``: local Redis, ``nodes`` gateway processes, then the demo."""
+    configure_logging(settings.log_level, "text", "dev")
+    keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
+    with local_redis_if_needed(settings) as url:
+        started = dev_nodes(settings, url, nodes)
+        procs = [p for p, _, _ in started]
+        try:
+            for i, (_, ws_url, admin_url) in enumerate(started):
+                print(f"node {i + 1}: websocket {ws_url}  admin/metrics {admin_url}", flush=True)
+            print(f"redis: {url or 'configured'}; secrets in {settings.data_dir / secrets.FILE_NAME}", flush=True)
+            if demo:
+                from notecard.demo import run_demo
+
+                install_uvloop()
+                asyncio.run(run_demo([u for _, u, _ in started], started[0][2], keys,
+                                     say=lambda line: print(line, flush=True)))
+            if once:
+                return 0
+            print("gateway running; Ctrl-C stops it", flush=True)
+            return _wait_for_signal(procs)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=15)
+                if proc.poll() is None:
+                    proc.kill()
+
+
+def data_dir_default() -> Path:
+    return Path(os.environ.get("NOTECARD_DATA_DIR", ".notecard"))

@@ -1,0 +1,214 @@
+"""Every message of the notecard protocol, as frozen dataclasses.
+
+A message travels as a map whose ``t`` key names its type (``TYPE`` below) and whose
+other keys are the fields. Optional fields that are ``None`` are left out on the wire.
+Unknown keys are ignored so that a newer peer can add fields without breaking an older one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Annotated, ClassVar, TypeVar, dataclass_transform
+
+from protocol.schema import MAX_SAFE_INT, FieldSpec, Pattern, Range, compile_fields
+
+PROTOCOL_VERSION = 1
+
+#: User ids and gift ids: short opaque strings, safe in Redis keys and log lines.
+Ident = Annotated[str, Pattern(r"[A-Za-z0-9_.:\-]+", 64)]
+#: Card kinds are lower-case names configured by the operator ("note", "gold_note").
+CardKind = Annotated[str, Pattern(r"[a-z0-9_]+", 32)]
+#: Request ids correlate replies with requests; any JSON-safe non-negative integer.
+RequestId = Annotated[int, Range(0, MAX_SAFE_INT)]
+#: Whole cards per gift; the operator's per-gift cap is enforced by clearing.
+Quantity = Annotated[int, Range(1, 1_000_000)]
+Offset = Annotated[int, Range(0, MAX_SAFE_INT)]
+Millis = Annotated[int, Range(0, MAX_SAFE_INT)]
+Token = Annotated[str, Pattern(r"[A-Za-z0-9_\-.]+", 2048)]
+Epoch = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 64)]
+
+
+class GiftState(enum.StrEnum):
+    """The life of a gift: pending, then exactly one final state."""
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+
+
+class EventKind(enum.StrEnum):
+    OFFER = "offer"
+    OUTCOME = "outcome"
+
+
+class WireObject:
+    """Base of every message: its wire type name and its compiled validation table."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    FIELDS: ClassVar[tuple[FieldSpec, ...]]
+
+
+W = TypeVar("W", bound=WireObject)
+
+
+@dataclass_transform(frozen_default=True)
+def message(type_name: str) -> Callable[[type[W]], type[W]]:
+    """Make a frozen, slotted message dataclass and compile its validation table."""
+
+    def wrap(cls: type[W]) -> type[W]:
+        made = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        made.TYPE = type_name
+        made.FIELDS = compile_fields(made)
+        return made
+
+    return wrap
+
+
+@message("gift")
+class Gift(WireObject):
+    """A gift as both users see it. Amounts are integers in minor units."""
+
+    gift_id: Ident
+    sender: Ident
+    recipient: Ident
+    kind: CardKind
+    qty: Quantity
+    #: What the sender's balance was charged, in minor units (1 card = units_per_card).
+    cost: Millis
+    state: Annotated[str, Pattern(r"pending|accepted|declined|expired", 16)]
+    created_at_ms: Millis
+    expires_at_ms: Millis
+
+
+# ---------------------------------------------------------------- client to server
+
+
+@message("hello")
+class Hello(WireObject):
+    """First frame of a connection: authenticate and, optionally, resume the event stream."""
+
+    v: Annotated[int, Range(0, 1000)]
+    token: Token
+    #: The stream epoch and last offset the client processed, to receive what it missed.
+    epoch: Epoch | None = None
+    offset: Offset | None = None
+
+
+@message("send_gift")
+class SendGift(WireObject):
+    rid: RequestId
+    #: Chosen by the client before the first try; a retry with the same id is idempotent.
+    gift_id: Ident
+    to: Ident
+    kind: CardKind
+    qty: Quantity
+
+
+@message("accept")
+class AcceptGift(WireObject):
+    rid: RequestId
+    gift_id: Ident
+
+
+@message("decline")
+class DeclineGift(WireObject):
+    rid: RequestId
+    gift_id: Ident
+
+
+@message("get_balance")
+class GetBalance(WireObject):
+    rid: RequestId
+
+
+@message("ping")
+class Ping(WireObject):
+    rid: RequestId
+
+
+# ---------------------------------------------------------------- server to client
+
+
+@message("welcome")
+class Welcome(WireObject):
+    """Reply to ``hello``. Missed events follow as ``event`` frames, then live ones."""
+
+    user: Ident
+    node: Annotated[str, Pattern(r"[A-Za-z0-9_.:\-]+", 128)]
+    epoch: Epoch
+    #: The offset of the newest event in the user's stream when the connection started.
+    offset: Offset
+    #: False when the client asked to resume but events it had not seen were trimmed or lost.
+    recovered: bool
+    #: Offers still waiting for this user's answer, newest state from clearing.
+    pending: tuple[Gift, ...]
+    heartbeat_s: Annotated[int, Range(1, 3600)]
+
+
+@message("gift_sent")
+class GiftSent(WireObject):
+    """The card left the sender and is held; the offer is on its way."""
+
+    rid: RequestId
+    gift: Gift
+
+
+@message("gift_resolved")
+class GiftResolved(WireObject):
+    """Reply to ``accept`` or ``decline``: the gift's final state."""
+
+    rid: RequestId
+    gift: Gift
+
+
+@message("balance")
+class Balance(WireObject):
+    rid: RequestId
+    #: Spendable amount per card kind, in minor units.
+    available: dict[CardKind, Millis]
+    #: Amount per card kind held by the user's pending outgoing gifts.
+    held: dict[CardKind, Millis]
+    units_per_card: Annotated[int, Range(1, 1_000_000)]
+
+
+@message("pong")
+class Pong(WireObject):
+    rid: RequestId
+    server_time_ms: Millis
+
+
+@message("error")
+class Error(WireObject):
+    """A refused request (``rid`` set) or a refused frame (``rid`` absent)."""
+
+    code: Annotated[str, Pattern(r"[A-Z0-9_]+", 64)]
+    message: Annotated[str, Pattern(r"[^\x00]*", 512)]
+    rid: RequestId | None = None
+    #: For ALREADY_RESOLVED and GIFT_EXPIRED: the gift as it now stands.
+    gift: Gift | None = None
+
+
+@message("event")
+class Event(WireObject):
+    """A push from the user's event stream: an offer to answer, or a gift's outcome."""
+
+    epoch: Epoch
+    offset: Offset
+    event: Annotated[str, Pattern(r"offer|outcome", 16)]
+    gift: Gift
+
+
+ClientMessage = Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping
+ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event
+Message = ClientMessage | ServerMessage
+
+CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
+    cls.TYPE: cls for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping)
+}
+SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
+    cls.TYPE: cls for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event)
+}

@@ -1,0 +1,111 @@
+"""Fixtures for end-to-end tests: real gateway nodes on free ports, real WebSocket clients.
+
+Nodes run in the test's event loop (they are ordinary asyncio servers); the multi-process
+tests start them as OS processes instead (see test_cluster_*.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from clearing import GiftRules, check_invariant
+from gateway import GatewayNode, GatewaySettings, connect_redis, mint_token
+from notecard.admin_client import AdminClient
+from notecard.local_redis import LocalRedis
+from notecard_sdk import NotecardClient
+from protocol import Encoding
+
+TOKEN_SECRET = "test-token-secret"
+ADMIN_TOKEN = "test-admin-token"
+DAY_MS = 86_400_000
+
+NodeFactory = Callable[..., Awaitable[GatewayNode]]
+ClientFactory = Callable[..., Awaitable[NotecardClient]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def token_for(user: str, **kwargs: Any) -> str:
+    return mint_token(TOKEN_SECRET, user, **kwargs)
+
+
+@pytest.fixture
+async def node_factory(redis_server: LocalRedis, redis: aioredis.Redis, tmp_path: Path
+                       ) -> AsyncIterator[NodeFactory]:
+    """Start gateway nodes sharing the test Redis; all are stopped at the end."""
+    started: list[tuple[GatewayNode, aioredis.Redis]] = []
+
+    async def make(rules: GiftRules | None = None, **overrides: Any) -> GatewayNode:
+        settings = GatewaySettings(
+            redis_url=redis_server.url, port=0, admin_port=0, data_dir=tmp_path, log_format="text",
+            rules=rules or GiftRules(), shutdown_grace_s=2.0, **overrides,
+        )
+        client = connect_redis(settings)
+        node = GatewayNode(settings, client, token_secret=TOKEN_SECRET, admin_token=ADMIN_TOKEN)
+        await node.start()
+        started.append((node, client))
+        return node
+
+    yield make
+    for node, client in started:
+        await node.stop()
+        await client.aclose()
+    report = await check_invariant(redis, GiftRules())
+    assert report.ok, report.violations
+
+
+@pytest.fixture
+async def node(node_factory: NodeFactory) -> GatewayNode:
+    return await node_factory()
+
+
+@pytest.fixture
+async def admin(node: GatewayNode) -> AsyncIterator[AdminClient]:
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as client:
+        yield client
+
+
+@pytest.fixture
+async def connect(node: GatewayNode) -> AsyncIterator[ClientFactory]:
+    """Connect an SDK client as ``user`` (to ``node`` unless another URL is given)."""
+    clients: list[NotecardClient] = []
+
+    async def make(user: str, *, url: str | None = None, encoding: Encoding = Encoding.MSGPACK,
+                   **kwargs: Any) -> NotecardClient:
+        client = NotecardClient(url or node.url, token_for(user), encoding=encoding, **kwargs)
+        await client.connect()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def befriend_all(admin: AdminClient, *users: str, cards: int = 10, age_days: float = 4.0,
+                       **flags: Any) -> None:
+    """Create verified users who all follow each other (old enough) and hold ``cards`` each."""
+    since = now_ms() - int(age_days * DAY_MS)
+    for user in users:
+        await admin.create_user(user, **({"verified": True} | flags))
+        if cards:
+            await admin.mint(user, cards)
+    for a in users:
+        for b in users:
+            if a != b:
+                await admin.follow(a, b, since)
+
+
+@dataclasses.dataclass
+class Pair:
+    alice: NotecardClient
+    bob: NotecardClient
