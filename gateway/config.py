@@ -86,54 +86,66 @@ class GatewaySettings:
         """Read settings from ``env`` (default ``os.environ``); ``overrides`` win."""
         source = os.environ if env is None else env
         reader = _EnvReader(source)
-        rules = GiftRules(
-            card_kinds=reader.get("CARD_KINDS", _csv, GiftRules.card_kinds),
-            units_per_card=reader.get("UNITS_PER_CARD", int, GiftRules.units_per_card),
-            max_qty_per_gift=reader.get("MAX_QTY_PER_GIFT", int, GiftRules.max_qty_per_gift),
-            daily_send_limit=reader.get("DAILY_SEND_LIMIT", int, GiftRules.daily_send_limit),
-            vip_send_bonus=reader.get("VIP_SEND_BONUS", int, GiftRules.vip_send_bonus),
-            daily_receive_limit=reader.get("DAILY_RECEIVE_LIMIT", int, GiftRules.daily_receive_limit),
-            receive_limit_scope=reader.get("RECEIVE_LIMIT_SCOPE", _scope, GiftRules.receive_limit_scope),
-            follow_min_age_ms=_ms(reader.get("FOLLOW_MIN_AGE_S", float, GiftRules.follow_min_age_ms / 1000)),
-            confirm_window_ms=_ms(reader.get("CONFIRM_WINDOW_S", float, GiftRules.confirm_window_ms / 1000)),
-            timezone=reader.get("TIMEZONE", str, GiftRules.timezone),
-            stream_maxlen=reader.get("STREAM_MAXLEN", int, GiftRules.stream_maxlen),
-            node_ttl_ms=_ms(reader.get("NODE_TTL_S", float, GiftRules.node_ttl_ms / 1000)),
-        )
+        # Defaults come from instances: on a slotted dataclass, a class attribute is a slot
+        # descriptor, not the default value.
+        base, default_rules = cls(), GiftRules()
+        try:
+            rules = cls._rules_from(reader, default_rules)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        except KeyError:  # zoneinfo's ZoneInfoNotFoundError
+            raise ConfigError(f"{PREFIX}TIMEZONE: unknown time zone") from None
         redis_url = source.get(f"{PREFIX}REDIS_URL") or source.get("REDIS_URL") or None
         values: dict[str, object] = {
             "redis_url": redis_url,
-            "sentinels": reader.get("SENTINELS", _hostports, ()),
-            "sentinel_master": reader.get("SENTINEL_MASTER", str, cls.sentinel_master),
-            "host": reader.get("HOST", str, cls.host),
-            "port": reader.get("PORT", _port, cls.port),
-            "admin_host": reader.get("ADMIN_HOST", str, cls.admin_host),
-            "admin_port": reader.get("ADMIN_PORT", _port, cls.admin_port),
+            "sentinels": reader.get("SENTINELS", _hostports, base.sentinels),
+            "sentinel_master": reader.get("SENTINEL_MASTER", str, base.sentinel_master),
+            "host": reader.get("HOST", str, base.host),
+            "port": reader.get("PORT", _port, base.port),
+            "admin_host": reader.get("ADMIN_HOST", str, base.admin_host),
+            "admin_port": reader.get("ADMIN_PORT", _port, base.admin_port),
             "token_secret": reader.get("TOKEN_SECRET", str, None),
             "admin_token": reader.get("ADMIN_TOKEN", str, None),
-            "data_dir": Path(reader.get("DATA_DIR", str, str(cls.data_dir))),
+            "data_dir": Path(reader.get("DATA_DIR", str, str(base.data_dir))),
             "node_id": reader.get("NODE_ID", str, None),
             "rules": rules,
-            "heartbeat_s": reader.get("HEARTBEAT_S", float, cls.heartbeat_s),
-            "pong_timeout_s": reader.get("PONG_TIMEOUT_S", float, cls.pong_timeout_s),
-            "auth_timeout_s": reader.get("AUTH_TIMEOUT_S", float, cls.auth_timeout_s),
-            "send_queue_max": reader.get("SEND_QUEUE_MAX", int, cls.send_queue_max),
-            "rate_per_s": reader.get("RATE_PER_S", float, cls.rate_per_s),
-            "rate_burst": reader.get("RATE_BURST", int, cls.rate_burst),
-            "max_bad_frames": reader.get("MAX_BAD_FRAMES", int, cls.max_bad_frames),
-            "shutdown_grace_s": reader.get("SHUTDOWN_GRACE_S", float, cls.shutdown_grace_s),
-            "sweep_interval_s": reader.get("SWEEP_INTERVAL_S", float, cls.sweep_interval_s),
-            "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, cls.node_heartbeat_s),
-            "redis_timeout_s": reader.get("REDIS_TIMEOUT_S", float, cls.redis_timeout_s),
-            "log_level": reader.get("LOG_LEVEL", str, cls.log_level).upper(),
-            "log_format": reader.get("LOG_FORMAT", _log_format, cls.log_format),
-            "workers": reader.get("WORKERS", int, cls.workers),
+            "heartbeat_s": reader.get("HEARTBEAT_S", float, base.heartbeat_s),
+            "pong_timeout_s": reader.get("PONG_TIMEOUT_S", float, base.pong_timeout_s),
+            "auth_timeout_s": reader.get("AUTH_TIMEOUT_S", float, base.auth_timeout_s),
+            "send_queue_max": reader.get("SEND_QUEUE_MAX", int, base.send_queue_max),
+            "rate_per_s": reader.get("RATE_PER_S", float, base.rate_per_s),
+            "rate_burst": reader.get("RATE_BURST", int, base.rate_burst),
+            "max_bad_frames": reader.get("MAX_BAD_FRAMES", int, base.max_bad_frames),
+            "shutdown_grace_s": reader.get("SHUTDOWN_GRACE_S", float, base.shutdown_grace_s),
+            "sweep_interval_s": reader.get("SWEEP_INTERVAL_S", float, base.sweep_interval_s),
+            "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, base.node_heartbeat_s),
+            "redis_timeout_s": reader.get("REDIS_TIMEOUT_S", float, base.redis_timeout_s),
+            "log_level": reader.get("LOG_LEVEL", str, base.log_level).upper(),
+            "log_format": reader.get("LOG_FORMAT", _log_format, base.log_format),
+            "workers": reader.get("WORKERS", int, base.workers),
         }
         values.update(overrides)
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    @staticmethod
+    def _rules_from(reader: _EnvReader, default_rules: GiftRules) -> GiftRules:
+        return GiftRules(
+            card_kinds=reader.get("CARD_KINDS", _csv, default_rules.card_kinds),
+            units_per_card=reader.get("UNITS_PER_CARD", int, default_rules.units_per_card),
+            max_qty_per_gift=reader.get("MAX_QTY_PER_GIFT", int, default_rules.max_qty_per_gift),
+            daily_send_limit=reader.get("DAILY_SEND_LIMIT", int, default_rules.daily_send_limit),
+            vip_send_bonus=reader.get("VIP_SEND_BONUS", int, default_rules.vip_send_bonus),
+            daily_receive_limit=reader.get("DAILY_RECEIVE_LIMIT", int, default_rules.daily_receive_limit),
+            receive_limit_scope=reader.get("RECEIVE_LIMIT_SCOPE", _scope, default_rules.receive_limit_scope),
+            follow_min_age_ms=_ms(reader.get("FOLLOW_MIN_AGE_S", float, default_rules.follow_min_age_ms / 1000)),
+            confirm_window_ms=_ms(reader.get("CONFIRM_WINDOW_S", float, default_rules.confirm_window_ms / 1000)),
+            timezone=reader.get("TIMEZONE", str, default_rules.timezone),
+            stream_maxlen=reader.get("STREAM_MAXLEN", int, default_rules.stream_maxlen),
+            node_ttl_ms=_ms(reader.get("NODE_TTL_S", float, default_rules.node_ttl_ms / 1000)),
+        )
 
 
 class _EnvReader:

@@ -68,7 +68,10 @@ class ClientConnection:
         try:
             while True:
                 frame = await self._queue.get()
-                await self.ws.send(frame)
+                try:
+                    await self.ws.send(frame)
+                finally:
+                    self._queue.task_done()
         except ConnectionClosed:
             pass
 
@@ -103,9 +106,8 @@ class ClientConnection:
 
     async def drain_and_close(self, code: CloseCode, reason: str, timeout: float) -> None:
         """Send what is queued (within ``timeout``), then close: the graceful-shutdown path."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not self._queue.empty() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
         self.close(code, reason)
 
     async def finish(self) -> None:

@@ -20,11 +20,14 @@ def connect_redis(settings: GatewaySettings, url: str | None = None) -> aioredis
     """A client for ``url`` (default: the configured one) or for the Sentinel primary."""
     timeout = settings.redis_timeout_s
     if settings.sentinels:
-        sentinel = Sentinel(list(settings.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout)
-        return sentinel.master_for(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(settings.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        primary: aioredis.Redis = sentinel.master_for(
             settings.sentinel_master, socket_timeout=timeout, socket_connect_timeout=timeout,
             health_check_interval=HEALTH_CHECK_INTERVAL_S,
         )
+        return primary
     target = url or settings.redis_url
     if target is None:
         raise ValueError("no Redis configured")

@@ -72,7 +72,7 @@ class NodeSubscriber:
             await self._loop(pubsub)
         finally:
             with contextlib.suppress(RedisError, OSError, RuntimeError):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _loop(self, pubsub: aioredis.client.PubSub) -> None:
         probe_sent_at = 0.0

@@ -51,7 +51,7 @@ class LocalRedis:
         appendonly: bool = False,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()  # redis-server chdirs into --dir before opening files
         self.host = host
         self.port = port or free_port(host)
         self.appendonly = appendonly

@@ -104,10 +104,9 @@ def wait_ready(admin_url: str, process: subprocess.Popen[bytes], timeout: float 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway worker exited with status {process.returncode} during start")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(admin_url + "/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(admin_url + "/readyz", timeout=1) as resp:
+            if resp.status == 200:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"gateway worker at {admin_url} not ready within {timeout}s")
 
@@ -153,6 +152,7 @@ def dev_nodes(settings: GatewaySettings, url: str | None, count: int) -> list[tu
         env["NOTECARD_HOST"] = settings.host
         env["NOTECARD_ADMIN_HOST"] = settings.host
         env.setdefault("NOTECARD_LOG_FORMAT", "text")
+        env.setdefault("NOTECARD_LOG_LEVEL", "WARNING")  # keep the demo output readable
         proc = spawn_worker(env)
         admin_url = f"http://{settings.host}:{admin_port}"
         started.append((proc, f"ws://{settings.host}:{port}", admin_url))

@@ -104,6 +104,7 @@ class NotecardClient:
         self._offers: asyncio.Queue[Gift] = asyncio.Queue()
         self._outcomes: asyncio.Queue[Gift] = asyncio.Queue()
         self._seen_offers: OrderedDict[str, None] = OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
         #: The newest welcome; ``welcome.node`` says which gateway node serves us.
         self.welcome: Welcome | None = None
         self.epoch: str | None = None
@@ -332,13 +333,16 @@ class NotecardClient:
         if self._first_welcome is not None and not self._first_welcome.done():
             self._first_welcome.set_result(welcome)
         # Requests that were in flight when the last connection dropped go out again, same ids.
-        for msg, future in list(self._inflight.values()):
-            if not future.done():
-                asyncio.create_task(self._resend(ws, msg))
+        unanswered = [msg for msg, future in self._inflight.values() if not future.done()]
+        if unanswered:
+            task = asyncio.create_task(self._resend(ws, unanswered))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
-    async def _resend(self, ws: ClientConnection, msg: ClientMessage) -> None:
+    async def _resend(self, ws: ClientConnection, messages: list[ClientMessage]) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(encode(msg, self.encoding))
+            for msg in messages:
+                await ws.send(encode(msg, self.encoding))
 
     def _fail(self, error: ConnectionRejected) -> None:
         self._failure = error
