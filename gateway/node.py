@@ -113,7 +113,7 @@ class GatewayNode:
     # ------------------------------------------------------------ life
     async def start(self) -> None:
         s = self.settings
-        liveness = NodeLiveness(self.presence, self.node_id)
+        liveness = NodeLiveness(self.presence, self.node_id, self.hub)
         await liveness.beat()
         self._spawn(self.subscriber.run(), "subscriber")
         try:

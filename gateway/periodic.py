@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from clearing import Clearing, ClearingError, Presence
+from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 
 log = logging.getLogger("notecard.gateway.periodic")
@@ -55,12 +56,25 @@ class Sweeper:
 class NodeLiveness:
     """This node's heartbeat, and the clean-up of nodes that stopped beating."""
 
-    def __init__(self, presence: Presence, node_id: str) -> None:
+    def __init__(self, presence: Presence, node_id: str, hub: Hub) -> None:
         self.presence = presence
         self.node_id = node_id
+        self.hub = hub
+        self.beats = 0
 
     async def beat(self) -> None:
-        await self.presence.heartbeat(self.node_id)
+        unknown = await self.presence.heartbeat(self.node_id)
+        self.beats += 1
+        if unknown and self.beats > 1:
+            # We were reaped as dead (paused past the node TTL, or Redis lost our entry)
+            # while our connections stayed open: put them back in the presence tables.
+            log.warning("node was reaped while alive; re-registering its connections")
+            await self.presence.leave(self.node_id)
+            conns = self.hub.all_connections()
+            for start in range(0, len(conns), 200):
+                await asyncio.gather(
+                    *(self.presence.connect(c.user_id, self.node_id) for c in conns[start : start + 200])
+                )
 
     async def reap(self) -> None:
         dead = await self.presence.reap_dead_nodes()

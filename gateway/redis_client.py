@@ -8,12 +8,20 @@ switch fail and surface as UNAVAILABLE (outcome unknown, retried with the same i
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from gateway.config import GatewaySettings
 
 #: redis-py checks an idle connection with PING before reuse after this long.
 HEALTH_CHECK_INTERVAL_S = 10
+
+
+def _no_retry() -> Retry:
+    """No silent re-sends: a presence count must not be incremented twice by a retry of
+    a command whose first try did land. Callers see UNAVAILABLE and retry idempotently."""
+    return Retry(NoBackoff(), 0)
 
 
 def connect_redis(settings: GatewaySettings, url: str | None = None) -> aioredis.Redis:
@@ -25,7 +33,7 @@ def connect_redis(settings: GatewaySettings, url: str | None = None) -> aioredis
         )
         primary: aioredis.Redis = sentinel.master_for(
             settings.sentinel_master, socket_timeout=timeout, socket_connect_timeout=timeout,
-            health_check_interval=HEALTH_CHECK_INTERVAL_S,
+            health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=_no_retry(),
         )
         return primary
     target = url or settings.redis_url
@@ -33,5 +41,5 @@ def connect_redis(settings: GatewaySettings, url: str | None = None) -> aioredis
         raise ValueError("no Redis configured")
     return aioredis.Redis.from_url(
         target, socket_timeout=timeout, socket_connect_timeout=timeout,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=_no_retry(),
     )

@@ -1,0 +1,130 @@
+"""Accounts and what the gift rules read about them: flags, balances, follows, blocks.
+
+These are admin and integration operations (sign-up, verification, bans, task rewards,
+the social graph), not the gift hot path; each is still one script, so it is atomic and
+validated before it writes. Refusals: UNKNOWN_USER for a missing user anywhere,
+USER_EXISTS, UNKNOWN_KIND, BAD_QUANTITY, and BAD_REQUEST for a malformed id or a user
+following or blocking themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from clearing.clock import Clock, wall_clock_ms
+from clearing.codec import balances_from, pairs, text_hash, user_from
+from clearing.errors import Refusal, Refused
+from clearing.guard import guarded
+from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
+from clearing.lua import MAX_SAFE_INT, ScriptRunner
+from clearing.model import Balances, UserRecord
+from clearing.rules import GiftRules
+
+
+def _flag(value: bool | None) -> str:
+    return "" if value is None else str(int(value))
+
+
+class Accounts:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        rules: GiftRules,
+        keys: KeySchema = DEFAULT_KEYS,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self._redis = redis
+        self._rules = rules
+        self._keys = keys
+        self._clock = clock
+        self._lua = ScriptRunner(redis, rules, keys)
+
+    async def create_user(
+        self,
+        user_id: str,
+        *,
+        verified: bool = False,
+        vip: bool = False,
+        banned: bool = False,
+        created_at_ms: int | None = None,
+        app: str = "main",
+    ) -> UserRecord:
+        if not is_valid_id(user_id) or not is_valid_id(app):
+            raise Refused(Refusal.BAD_REQUEST, "ids must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        now = self._clock()
+        created = now if created_at_ms is None else created_at_ms
+        args = (user_id, _flag(verified), _flag(vip), _flag(banned), created, app)
+        reply = await self._lua.run("create_user", self._keys.user(user_id), now, args)
+        return user_from(user_id, pairs(reply["user"]), self._balances([], []))
+
+    async def set_flags(
+        self,
+        user_id: str,
+        *,
+        verified: bool | None = None,
+        vip: bool | None = None,
+        banned: bool | None = None,
+    ) -> UserRecord:
+        """Change the given flags, leave the others. Gifts in flight are not touched."""
+        args = (user_id, _flag(verified), _flag(vip), _flag(banned))
+        reply = await self._lua.run("set_flags", self._keys.user(user_id), self._clock(), args)
+        return user_from(user_id, pairs(reply["user"]), self._balances(reply["bal"], reply["held"]))
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._keys.user(user_id))
+            pipe.hgetall(self._keys.balance(user_id))
+            pipe.hgetall(self._keys.held(user_id))
+            fields, available, held = await guarded(pipe.execute())
+        if not fields:
+            return None
+        balances = balances_from(text_hash(available), text_hash(held), self._rules.card_kinds)
+        return user_from(user_id, text_hash(fields), balances)
+
+    async def mint(self, user_id: str, kind: str, qty: int) -> Balances:
+        """Credit ``qty`` whole new cards of ``kind`` to the user's available balance."""
+        if kind not in self._rules.card_kinds:
+            raise Refused(Refusal.UNKNOWN_KIND)
+        amount = qty * self._rules.units_per_card
+        if qty < 1 or amount > MAX_SAFE_INT:
+            raise Refused(Refusal.BAD_QUANTITY)
+        args = (user_id, kind, amount, MAX_SAFE_INT)
+        reply = await self._lua.run("mint", self._keys.balance(user_id), self._clock(), args)
+        return self._balances(reply["bal"], reply["held"])
+
+    async def follow(self, follower: str, followee: str, since_ms: int | None = None) -> None:
+        """``follower`` follows ``followee`` from ``since_ms`` (default now).
+
+        Without ``since_ms`` an existing follow keeps its start (following again does not
+        reset the relationship age); with it, the start is set to exactly that.
+        """
+        self._not_self(follower, followee)
+        now = self._clock()
+        since, explicit = (now, "0") if since_ms is None else (since_ms, "1")
+        args = (follower, followee, "follow", since, explicit)
+        await self._lua.run("follow", self._keys.follows(follower), now, args)
+
+    async def unfollow(self, follower: str, followee: str) -> None:
+        self._not_self(follower, followee)
+        args = (follower, followee, "unfollow", 0, "0")
+        await self._lua.run("follow", self._keys.follows(follower), self._clock(), args)
+
+    async def block(self, blocker: str, blocked: str) -> None:
+        self._not_self(blocker, blocked)
+        args = (blocker, blocked, "block")
+        await self._lua.run("block", self._keys.blocks(blocker), self._clock(), args)
+
+    async def unblock(self, blocker: str, blocked: str) -> None:
+        self._not_self(blocker, blocked)
+        args = (blocker, blocked, "unblock")
+        await self._lua.run("block", self._keys.blocks(blocker), self._clock(), args)
+
+    @staticmethod
+    def _not_self(a: str, b: str) -> None:
+        if a == b:
+            raise Refused(Refusal.BAD_REQUEST, "a user cannot follow or block themselves")
+
+    def _balances(self, available: list[Any], held: list[Any]) -> Balances:
+        return balances_from(pairs(available), pairs(held), self._rules.card_kinds)

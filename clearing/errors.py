@@ -1,0 +1,86 @@
+"""Clearing's exception tree.
+
+::
+
+    ClearingError             base
+     +-- Refused              a rule refused the operation; nothing was written
+     +-- ClearingUnavailable  Redis could not be reached or timed out: the outcome is UNKNOWN
+                              (the operation may or may not have happened); retry with the
+                              same gift id to learn it
+
+``Refused.code`` values equal the wire protocol's error codes of the same name, so the
+gateway maps them by value without clearing importing the wire format.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clearing.model import GiftRecord
+
+
+class Refusal(enum.StrEnum):
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    SELF_GIFT = "SELF_GIFT"
+    UNKNOWN_KIND = "UNKNOWN_KIND"
+    BAD_QUANTITY = "BAD_QUANTITY"
+    UNKNOWN_USER = "UNKNOWN_USER"
+    SENDER_BANNED = "SENDER_BANNED"
+    RECIPIENT_BANNED = "RECIPIENT_BANNED"
+    NOT_VERIFIED = "NOT_VERIFIED"
+    BLOCKED = "BLOCKED"
+    NOT_MUTUAL_3D = "NOT_MUTUAL_3D"
+    LIMIT_DAILY_SEND = "LIMIT_DAILY_SEND"
+    LIMIT_DAILY_RECEIVE = "LIMIT_DAILY_RECEIVE"
+    INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+    RECIPIENT_OFFLINE = "RECIPIENT_OFFLINE"
+    GIFT_NOT_FOUND = "GIFT_NOT_FOUND"
+    NOT_RECIPIENT = "NOT_RECIPIENT"
+    ALREADY_RESOLVED = "ALREADY_RESOLVED"
+    GIFT_EXPIRED = "GIFT_EXPIRED"
+    USER_EXISTS = "USER_EXISTS"
+    BAD_REQUEST = "BAD_REQUEST"
+
+
+#: A short reason per code for people (logs, the wire's ``message``); never internal details.
+REFUSAL_TEXT: dict[Refusal, str] = {
+    Refusal.IDEMPOTENCY_CONFLICT: "this gift id was already used for a different gift",
+    Refusal.SELF_GIFT: "a gift cannot be sent to oneself",
+    Refusal.UNKNOWN_KIND: "no such card kind",
+    Refusal.BAD_QUANTITY: "quantity out of range",
+    Refusal.UNKNOWN_USER: "no such user",
+    Refusal.SENDER_BANNED: "the sender's account is banned",
+    Refusal.RECIPIENT_BANNED: "the recipient's account is banned",
+    Refusal.NOT_VERIFIED: "the sender has not completed real-name verification",
+    Refusal.BLOCKED: "one of the two users has blocked the other",
+    Refusal.NOT_MUTUAL_3D: "the users must have followed each other for at least 3 days",
+    Refusal.LIMIT_DAILY_SEND: "daily send limit reached",
+    Refusal.LIMIT_DAILY_RECEIVE: "the recipient has reached the daily receive limit",
+    Refusal.INSUFFICIENT_BALANCE: "not enough cards",
+    Refusal.RECIPIENT_OFFLINE: "the recipient is not online",
+    Refusal.GIFT_NOT_FOUND: "no such gift",
+    Refusal.NOT_RECIPIENT: "only the recipient can answer this gift",
+    Refusal.ALREADY_RESOLVED: "the gift was already answered",
+    Refusal.GIFT_EXPIRED: "the confirm window has passed; the gift went back to the sender",
+    Refusal.USER_EXISTS: "the user already exists",
+    Refusal.BAD_REQUEST: "malformed request",
+}
+
+
+class ClearingError(Exception):
+    """Base of every error clearing raises."""
+
+
+class Refused(ClearingError):
+    """A rule refused the operation. ``gift`` is set for ALREADY_RESOLVED / GIFT_EXPIRED."""
+
+    def __init__(self, code: Refusal, message: str = "", gift: GiftRecord | None = None) -> None:
+        super().__init__(message or REFUSAL_TEXT[code])
+        self.code = code
+        self.gift = gift
+
+
+class ClearingUnavailable(ClearingError):
+    """Redis did not answer in time; the outcome of a write is unknown."""

@@ -1,0 +1,68 @@
+"""Each user's event stream: offers and outcomes, replayable after a reconnect.
+
+The gift scripts append every event to the user's Redis stream with the explicit entry id
+``<offset>-0`` (offset = ``HINCRBY evmeta seq 1``, so 1, 2, 3, ...) and PUBLISH the very
+same bytes on ``keys.node_channel(node)`` of every live node holding the user. Pub/sub is
+at most once; the stream is what a client resumes from. The stream has an ``epoch`` that
+changes when its history was lost (Centrifugo's model): a client that sends an epoch we no
+longer have, or an offset whose successors were trimmed, is told ``recovered=False``.
+
+Published payload (msgpack map, string keys)::
+
+    {"u": user, "ep": epoch, "o": offset, "e": "offer" | "outcome",
+     "g": {"gift_id", "sender", "recipient", "kind", "state": str,
+           "qty", "cost", "amount", "created_at_ms", "expires_at_ms": int,
+           "resolved_at_ms": int (absent while pending)}}
+
+:func:`decode_published` turns it into a :class:`~clearing.model.UserEvent`.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import redis.asyncio as aioredis
+
+from clearing.clock import Clock, wall_clock_ms
+from clearing.codec import event_from_map
+from clearing.errors import Refusal, Refused
+from clearing.keys import DEFAULT_KEYS, KeySchema
+from clearing.lua import ScriptRunner
+from clearing.model import Replay, UserEvent
+from clearing.rules import GiftRules
+
+
+def decode_published(payload: bytes) -> UserEvent:
+    """A message received on a node channel, as the user's event."""
+    return event_from_map(msgpack.unpackb(payload, raw=False))
+
+
+class EventLog:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        rules: GiftRules,
+        keys: KeySchema = DEFAULT_KEYS,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self._keys = keys
+        self._clock = clock
+        self._lua = ScriptRunner(redis, rules, keys)
+
+    async def replay(self, user_id: str, epoch: str | None, after: int | None) -> Replay:
+        """What the user missed after ``(epoch, after)``, in one atomic read.
+
+        ``epoch`` None: the client does not resume; no events, ``recovered=True``, and the
+        current epoch and head (the epoch is created if the user has none yet). Another
+        epoch: every retained event, ``recovered=False``. The same epoch: the events with
+        offset > ``after`` (None reads as 0), ``recovered=False`` if some were trimmed.
+        """
+        if after is not None and after < 0:
+            raise Refused(Refusal.BAD_REQUEST, "offset must not be negative")
+        args = (user_id, epoch or "", "" if after is None else after)
+        reply = await self._lua.run("replay", self._keys.event_meta(user_id), self._clock(), args, emits=True)
+        return Replay(
+            epoch=str(reply["ep"]),
+            head=int(reply["head"]),
+            events=[event_from_map(m) for m in reply["events"]],
+            recovered=bool(reply["recovered"]),
+        )

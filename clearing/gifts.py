@@ -1,0 +1,129 @@
+"""Gifts as two-phase transfers: reserve (hold the cost), then accept, decline or expire.
+
+The gift id is chosen by the client before its first try and is the idempotency key: a
+retry with the same payload gets the stored record back, in whatever state it is now; the
+same id with another payload is refused (IDEMPOTENCY_CONFLICT). Each operation is one Lua
+script, so one EVALSHA round trip, atomic, with every check before the first write.
+
+Refusals of :meth:`Clearing.reserve`, in the order they are checked::
+
+    IDEMPOTENCY_CONFLICT, SELF_GIFT, UNKNOWN_KIND, BAD_QUANTITY, UNKNOWN_USER (either user),
+    SENDER_BANNED, RECIPIENT_BANNED, NOT_VERIFIED (sender), BLOCKED (either way),
+    NOT_MUTUAL_3D, LIMIT_DAILY_SEND (limit + VIP bonus), LIMIT_DAILY_RECEIVE (per recipient
+    or per pair), INSUFFICIENT_BALANCE, RECIPIENT_OFFLINE
+
+plus BAD_REQUEST for a gift id that is not 1-64 characters of ``A-Za-z0-9_.:-``.
+Answering (:meth:`~Clearing.accept` / :meth:`~Clearing.decline`): GIFT_NOT_FOUND,
+NOT_RECIPIENT, then GIFT_EXPIRED (the window passed: the gift is expired by this very call
+and refunded, or was already expired) or ALREADY_RESOLVED (the other final state); the same
+answer twice is ``Resolution(changed=False)``. See ``scripts/reserve.lua`` and
+``scripts/resolve.lua`` for the exact writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from clearing.clock import Clock, QuotaDays, wall_clock_ms
+from clearing.codec import balances_from, gift_from_hash, gift_from_map, text_hash
+from clearing.errors import Refusal, Refused
+from clearing.guard import guarded
+from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
+from clearing.lua import MAX_SAFE_INT, ScriptRunner
+from clearing.model import Balances, GiftRecord, GiftState, Resolution
+from clearing.rules import GiftRules
+
+
+class Clearing:
+    """The gift operations the gateway calls; one instance per process is enough."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        rules: GiftRules,
+        keys: KeySchema = DEFAULT_KEYS,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        if rules.max_qty_per_gift * rules.units_per_card > MAX_SAFE_INT:
+            raise ValueError("max_qty_per_gift * units_per_card must stay below 2**53")
+        self._redis = redis
+        self._rules = rules
+        self._keys = keys
+        self._clock = clock
+        self._lua = ScriptRunner(redis, rules, keys)
+        self._days = QuotaDays(rules.timezone)
+        self._kinds = frozenset(rules.card_kinds)
+        self._reserve_rules = (
+            rules.daily_send_limit,
+            rules.vip_send_bonus,
+            rules.daily_receive_limit,
+            rules.receive_limit_scope,
+            rules.follow_min_age_ms,
+            rules.confirm_window_ms,
+        )
+
+    async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int) -> GiftRecord:
+        """Offer ``qty`` cards of ``kind``; the cost is held until the gift resolves."""
+        if not is_valid_id(gift_id):
+            raise Refused(Refusal.BAD_REQUEST, "gift id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        precheck = self._precheck(sender, recipient, kind, qty)
+        # No festival pricing yet: the recipient gets all of the cost (amount == cost).
+        cost = qty * self._rules.units_per_card if not precheck else 0
+        now = self._clock()
+        day = self._days(now)
+        args = (gift_id, sender, recipient, kind, qty, cost, cost, precheck, day, *self._reserve_rules)
+        reply = await self._lua.run("reserve", self._keys.gift(gift_id), now, args, emits=True)
+        return gift_from_map(reply["gift"])
+
+    def _precheck(self, sender: str, recipient: str, kind: str, qty: int) -> str:
+        """The refusals that need no Redis; the script raises them after its idempotency check."""
+        if sender == recipient:
+            return Refusal.SELF_GIFT.value
+        if kind not in self._kinds:
+            return Refusal.UNKNOWN_KIND.value
+        if not 1 <= qty <= self._rules.max_qty_per_gift:
+            return Refusal.BAD_QUANTITY.value
+        return ""
+
+    async def accept(self, gift_id: str, by_user: str) -> Resolution:
+        return await self._resolve(gift_id, by_user, GiftState.ACCEPTED)
+
+    async def decline(self, gift_id: str, by_user: str) -> Resolution:
+        return await self._resolve(gift_id, by_user, GiftState.DECLINED)
+
+    async def _resolve(self, gift_id: str, by_user: str, target: GiftState) -> Resolution:
+        reply = await self._lua.run(
+            "resolve", self._keys.gift(gift_id), self._clock(), (gift_id, by_user, target.value), emits=True
+        )
+        return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+
+    async def expire_due(self, limit: int = 200) -> list[GiftRecord]:
+        """Expire pending gifts whose window has passed (at most ``limit``); safe to run
+        from every process at once. Returns the gifts this call expired."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        reply = await self._lua.run("expire_due", self._keys.pending(), self._clock(), (limit,), emits=True)
+        return _gifts(reply)
+
+    async def get_gift(self, gift_id: str) -> GiftRecord | None:
+        raw = await guarded(self._redis.hgetall(self._keys.gift(gift_id)))
+        return gift_from_hash(gift_id, raw) if raw else None
+
+    async def pending_for(self, recipient: str) -> list[GiftRecord]:
+        """Offers still waiting for ``recipient``'s answer, soonest expiry first."""
+        reply = await self._lua.run("pending_for", self._keys.inbox(recipient), self._clock())
+        return _gifts(reply)
+
+    async def balances(self, user_id: str) -> Balances:
+        """Available and held amounts per kind, read at one instant (MULTI)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._keys.balance(user_id))
+            pipe.hgetall(self._keys.held(user_id))
+            available, held = await guarded(pipe.execute())
+        return balances_from(text_hash(available), text_hash(held), self._rules.card_kinds)
+
+
+def _gifts(reply: dict[str, Any]) -> list[GiftRecord]:
+    return [gift_from_map(m) for m in reply.get("gifts", ())]

@@ -1,0 +1,50 @@
+"""Which Redis failures mean "not serving right now", and the wrapper that says so.
+
+Those become :class:`ClearingUnavailable`: the outcome of a write is unknown and a retry
+with the same ids is the way to learn it. Any other Redis error is a defect (a bad script,
+a wrong key type) and propagates unchanged, so it is not mistaken for an outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from redis import exceptions as rx
+
+from clearing.errors import ClearingUnavailable
+
+T = TypeVar("T")
+
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    rx.ConnectionError,  # includes BusyLoadingError (LOADING after a restart)
+    rx.TimeoutError,
+    rx.ReadOnlyError,  # we reached a replica: failover in progress
+    rx.ClusterDownError,  # includes MasterDownError
+    rx.TryAgainError,
+    rx.OutOfMemoryError,
+)
+#: Replies redis-py leaves as a plain ResponseError that are a server state, not a defect:
+#: another script running too long (BUSY), a replica that lost its master, and the rest in
+#: case a proxy in between rewrites the class.
+_UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
+
+
+def unavailable(exc: rx.RedisError) -> ClearingUnavailable:
+    return ClearingUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}")
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    """Await a Redis call, turning an outage into :class:`ClearingUnavailable`."""
+    try:
+        return await call
+    except rx.RedisError as exc:
+        if is_unavailable(exc):
+            raise unavailable(exc) from exc
+        raise

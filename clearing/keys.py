@@ -1,0 +1,118 @@
+"""The Redis key schema, in one place.
+
+Every key starts with the prefix, ``{nc}`` by default. The braces are a Redis Cluster hash
+tag: all clearing keys live in one hash slot, so every Lua script may touch any of them in
+Cluster mode too (a gift between two users needs both balances in one atomic script).
+Channels (pub/sub) are not keys and carry the same prefix only for readability.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+DEFAULT_PREFIX = "{nc}"
+
+#: User, gift, node and app ids become parts of key names: short, printable, no spaces and
+#: no glob characters (the invariant check SCANs with patterns). The wire protocol's
+#: ``Ident`` is the same set.
+_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def is_valid_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeySchema:
+    prefix: str = DEFAULT_PREFIX
+
+    # ----------------------------------------------------------- accounts
+    def user(self, user_id: str) -> str:
+        """Hash: verified, vip, banned (0/1), created_ms, app."""
+        return f"{self.prefix}:user:{user_id}"
+
+    def users(self) -> str:
+        """Set of every user id (the invariant walks it)."""
+        return f"{self.prefix}:users"
+
+    def balance(self, user_id: str) -> str:
+        """Hash: card kind -> available minor units."""
+        return f"{self.prefix}:bal:{user_id}"
+
+    def held(self, user_id: str) -> str:
+        """Hash: card kind -> minor units held by the user's pending outgoing gifts."""
+        return f"{self.prefix}:held:{user_id}"
+
+    def follows(self, user_id: str) -> str:
+        """Hash: followee -> follow start in ms (``user_id`` follows ``followee``)."""
+        return f"{self.prefix}:follows:{user_id}"
+
+    def blocks(self, user_id: str) -> str:
+        """Set of users ``user_id`` has blocked."""
+        return f"{self.prefix}:blocks:{user_id}"
+
+    # ----------------------------------------------------------- totals per kind
+    def minted(self) -> str:
+        return f"{self.prefix}:minted"
+
+    def holds_total(self) -> str:
+        return f"{self.prefix}:holds"
+
+    def consumed(self) -> str:
+        return f"{self.prefix}:consumed"
+
+    # ----------------------------------------------------------- gifts
+    def gift(self, gift_id: str) -> str:
+        """Hash: the gift record (see clearing/scripts/reserve.lua)."""
+        return f"{self.prefix}:gift:{gift_id}"
+
+    def gift_pattern(self) -> str:
+        return f"{self.prefix}:gift:*"
+
+    def pending(self) -> str:
+        """Sorted set: pending gift id -> expiry ms (the sweeper's queue)."""
+        return f"{self.prefix}:pending"
+
+    def inbox(self, user_id: str) -> str:
+        """Sorted set: pending gift id addressed to the user -> expiry ms."""
+        return f"{self.prefix}:inbox:{user_id}"
+
+    def send_quota(self, day: str, user_id: str) -> str:
+        return f"{self.prefix}:q:send:{day}:{user_id}"
+
+    def receive_quota(self, day: str, user_id: str) -> str:
+        return f"{self.prefix}:q:recv:{day}:{user_id}"
+
+    def pair_receive_quota(self, day: str, recipient: str, sender: str) -> str:
+        # "|" cannot occur in an id, so (a:b, c) and (a, b:c) never share a counter.
+        return f"{self.prefix}:q:recvp:{day}:{recipient}|{sender}"
+
+    # ----------------------------------------------------------- events and presence
+    def events(self, user_id: str) -> str:
+        """Stream: the user's offers and outcomes; entry id ``<offset>-0``."""
+        return f"{self.prefix}:ev:{user_id}"
+
+    def event_meta(self, user_id: str) -> str:
+        """Hash: epoch (changes when the stream was lost), seq (newest offset)."""
+        return f"{self.prefix}:evmeta:{user_id}"
+
+    def presence(self, user_id: str) -> str:
+        """Hash: node id -> number of the user's connections on that node."""
+        return f"{self.prefix}:presence:{user_id}"
+
+    def nodes(self) -> str:
+        """Sorted set: node id -> last heartbeat ms."""
+        return f"{self.prefix}:nodes"
+
+    def node_users(self, node_id: str) -> str:
+        """Set of users with at least one connection on the node (to clean up after it dies)."""
+        return f"{self.prefix}:nodeusers:{node_id}"
+
+    def node_channel(self, node_id: str) -> str:
+        """Pub/sub channel every event for a user on that node is published to."""
+        return f"{self.prefix}:node:{node_id}"
+
+
+#: The schema every clearing class uses unless given another prefix.
+DEFAULT_KEYS = KeySchema()

@@ -1,0 +1,63 @@
+"""The gift rules of gift-rules.md section 1, as one typed configuration object.
+
+Every number is a default that operators override in configuration (see
+``gateway/config.py`` for the environment variables), never in code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+DAY_MS = 86_400_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GiftRules:
+    #: Card kinds that exist; a balance is kept per user per kind.
+    card_kinds: tuple[str, ...] = ("note",)
+    #: Minor units per whole card: amounts are integers of the minor unit, never floats.
+    units_per_card: int = 10
+    #: Largest number of whole cards in one gift.
+    max_qty_per_gift: int = 100
+    daily_send_limit: int = 5
+    vip_send_bonus: int = 2
+    daily_receive_limit: int = 3
+    #: "recipient": at most N gifts received per day in total; "pair": per (sender, recipient).
+    receive_limit_scope: Literal["recipient", "pair"] = "recipient"
+    #: Both follows must be at least this old (3 days).
+    follow_min_age_ms: int = 3 * DAY_MS
+    #: How long the recipient has to confirm an offer.
+    confirm_window_ms: int = 60_000
+    #: The platform time zone that defines a calendar day for the daily limits.
+    timezone: str = "Asia/Shanghai"
+    #: Resolved gifts are kept this long (the idempotency window for retries).
+    gift_retention_ms: int = 7 * DAY_MS
+    #: Events kept per user stream (approximate trim, MAXLEN ~).
+    stream_maxlen: int = 1000
+    #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.
+    node_ttl_ms: int = 15_000
+
+    def __post_init__(self) -> None:
+        ZoneInfo(self.timezone)  # raises on an unknown zone, at configuration time
+        if not self.card_kinds:
+            raise ValueError("at least one card kind is required")
+        for name in (
+            "units_per_card",
+            "max_qty_per_gift",
+            "confirm_window_ms",
+            "stream_maxlen",
+            "node_ttl_ms",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("daily_send_limit", "vip_send_bonus", "daily_receive_limit", "follow_min_age_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    def quota_day(self, now_ms: int) -> str:
+        """The calendar day (YYYYMMDD) of ``now_ms`` in the platform time zone."""
+        moment = dt.datetime.fromtimestamp(now_ms / 1000, tz=ZoneInfo(self.timezone))
+        return moment.strftime("%Y%m%d")

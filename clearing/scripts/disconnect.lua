@@ -1,0 +1,21 @@
+-- disconnect.lua: one connection of a user on a gateway node went away.
+--
+-- KEYS[1]  the user's presence hash ({p}:presence:<user>)
+-- ARGV[1..7] common header (lib.lua)
+-- ARGV[8]  user   ARGV[9] node
+--
+-- Returns msgpack {count = connections left on that node}. A disconnect the node no longer
+-- has on record (it was reaped meanwhile, or a duplicate) changes nothing: the count never
+-- goes below zero, and at zero the entry and the nodeusers membership are removed.
+
+local user, node = ARGV[8], ARGV[9]
+if not redis.call('HGET', KEYS[1], node) then
+  return reply({count = 0})
+end
+local count = redis.call('HINCRBY', KEYS[1], node, -1)
+if count <= 0 then
+  redis.call('HDEL', KEYS[1], node)
+  redis.call('SREM', K.node_users(node), user)
+  count = 0
+end
+return reply({count = count})

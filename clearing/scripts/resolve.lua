@@ -1,0 +1,43 @@
+-- resolve.lua: the recipient accepts or declines a pending gift.
+--
+-- KEYS[1]  the gift hash ({p}:gift:<gift_id>)
+-- ARGV[1..7] common header (lib.lua)
+-- ARGV[8]  gift_id   ARGV[9]  by_user   ARGV[10] target state: "accepted" | "declined"
+--
+-- Returns msgpack {gift = record, changed = bool} or {err = code, gift = record?}:
+--   GIFT_NOT_FOUND; NOT_RECIPIENT (by_user is not the recipient);
+--   pending, now < expires_at_ms  -> moved to the target state, changed = true
+--   pending, now >= expires_at_ms -> expired right here (refund, slots back, events) and
+--                                    {err = GIFT_EXPIRED, gift = the expired record}
+--   already in the target state   -> changed = false (a retry of the call that did it)
+--   expired                       -> GIFT_EXPIRED again, so a retry after the expiry
+--                                    answers what the first try answered
+--   the other final state         -> ALREADY_RESOLVED with the record
+--
+-- Invariants kept: a gift leaves pending at most once (TigerBeetle's "a pending transfer
+-- resolves at most once"); all reads and checks come before finish(), the only writer.
+
+local gift_key = KEYS[1]
+local gift_id, by_user, target = ARGV[8], ARGV[9], ARGV[10]
+
+local flat = redis.call('HGETALL', gift_key)
+if #flat == 0 then
+  return refuse('GIFT_NOT_FOUND')
+end
+local g, day = gift_map(gift_id, flat)
+if by_user ~= g.recipient then
+  return refuse('NOT_RECIPIENT')
+end
+if g.state == 'pending' then
+  if NOW >= g.expires_at_ms then
+    return refuse('GIFT_EXPIRED', finish(gift_key, g, day, 'expired'))
+  end
+  return reply({gift = finish(gift_key, g, day, target), changed = true})
+end
+if g.state == target then
+  return reply({gift = g, changed = false})
+end
+if g.state == 'expired' then
+  return refuse('GIFT_EXPIRED', g)
+end
+return refuse('ALREADY_RESOLVED', g)
