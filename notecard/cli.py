@@ -68,7 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--app", default="main", help="linked app the connection comes from")
 
     _build_admin(sub)
+    for name, helptext in _TOOLS.items():
+        sub.add_parser(name, help=helptext + "; see notecard " + name + " --help")
     return parser
+
+
+#: Subcommands implemented in loadtest/ (module ``loadtest.<name>``, function ``main(argv) -> int``).
+_TOOLS = {
+    "bench": "throughput and latency benchmark against the machine's ceilings (loadtest.bench)",
+    "drill": "failover drill: bank workload under injected faults, then the checks (loadtest.drill)",
+    "fuzz": "fuzz the protocol decoder and a live gateway's frame handling (loadtest.fuzz)",
+}
 
 
 def _build_admin(sub: Any) -> None:
@@ -140,6 +150,14 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _TOOLS:
+        # The tool parses its own flags (and --help).
+        import importlib
+
+        tool = importlib.import_module(f"loadtest.{argv[0]}")
+        status: int = tool.main(argv[1:])
+        return status
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
