@@ -24,7 +24,7 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -75,7 +75,7 @@ _SEEN_OFFERS_MAX = 10_000
 class NotecardClient:
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: TokenSource,
         *,
         encoding: Encoding = Encoding.MSGPACK,
@@ -85,7 +85,11 @@ class NotecardClient:
         request_timeout_s: float = 30.0,
         connect_timeout_s: float = 10.0,
     ) -> None:
-        self.url = url
+        #: Gateway URLs (usually one load balancer); reconnects move on to the next one.
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("at least one gateway URL is required")
+        self._url_index = 0
         self._token = token
         self.encoding = encoding
         self.reconnect = reconnect
@@ -278,7 +282,13 @@ class NotecardClient:
                 self._fail(ConnectionRejected(code or CloseCode.GOING_AWAY, "disconnected"))
                 return
             attempt += 1
+            self._url_index = (self._url_index + 1) % len(self.urls)
             await asyncio.sleep(self._backoff(attempt))
+
+    @property
+    def url(self) -> str:
+        """The URL the client is (or will next be) connected to."""
+        return self.urls[self._url_index]
 
     async def _session(self) -> int | None:
         """One connection from hello to close; returns the close code."""
