@@ -119,6 +119,7 @@ class GatewaySettings:
             "shutdown_grace_s": reader.get("SHUTDOWN_GRACE_S", float, base.shutdown_grace_s),
             "sweep_interval_s": reader.get("SWEEP_INTERVAL_S", float, base.sweep_interval_s),
             "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, base.node_heartbeat_s),
+            "subscriber_probe_s": reader.get("SUBSCRIBER_PROBE_S", float, base.subscriber_probe_s),
             "redis_timeout_s": reader.get("REDIS_TIMEOUT_S", float, base.redis_timeout_s),
             "log_level": reader.get("LOG_LEVEL", str, base.log_level).upper(),
             "log_format": reader.get("LOG_FORMAT", _log_format, base.log_format),
