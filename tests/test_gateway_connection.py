@@ -15,7 +15,7 @@ from gateway import GatewayNode
 from notecard.admin_client import AdminClient
 from notecard_sdk import ConnectionRejected, NotecardClient
 from protocol import MAX_FRAME_BYTES, CloseCode, Encoding
-from tests.gateway_fixtures import ClientFactory, NodeFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all, token_for
 
 JSON = [Encoding.JSON.subprotocol]
 
@@ -206,3 +206,32 @@ async def test_a_silent_peer_is_dropped_by_the_heartbeat(node_factory: NodeFacto
 
 def connect_raw(node: GatewayNode) -> connect:
     return connect(node.url, subprotocols=JSON)  # type: ignore[list-item]
+
+
+async def test_a_send_cut_off_by_a_dropped_connection_is_retried_once(
+    admin: AdminClient, connect: ClientFactory
+) -> None:
+    await befriend_all(admin, "alice", "bob", cards=5)
+    bob = await connect("bob")
+    alice = await connect("alice", backoff_base_s=0.05)
+    ws = alice._ws
+    assert ws is not None
+    ws.transport.abort()  # the request below leaves into a dead connection
+    gift = await alice.send_gift("bob", qty=2, gift_id="cut-off")
+    assert gift.gift_id == "cut-off"
+    assert alice.connections == 2
+    assert (await bob.next_offer(5)).gift_id == "cut-off"
+    assert (await alice.balance()).available["note"] == 30  # charged once
+
+
+async def test_retryable_refusals_are_retried_by_the_sdk_with_the_same_id(node_factory: NodeFactory) -> None:
+    node = await node_factory(rate_per_s=2.0, rate_burst=1)
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        await befriend_all(admin, "alice", "bob", cards=5)
+        async with NotecardClient(node.url, token_for("bob")) as bob, \
+                NotecardClient(node.url, token_for("alice"), backoff_base_s=0.2) as alice:
+            await alice.ping()  # uses the only token: the send is RATE_LIMITED at first
+            gift = await alice.send_gift("bob", gift_id="patient")
+            assert (await bob.next_offer(5)).gift_id == gift.gift_id
+        assert node.metrics.refusals.labels(code="RATE_LIMITED")._value.get() >= 1
+        assert (await admin.get_user("alice"))["balances"]["available"]["note"] == 40

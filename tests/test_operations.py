@@ -1,0 +1,143 @@
+"""The operator's surface: admin API errors, probes, metrics, the CLI, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway import GatewayNode
+from notecard.admin_client import AdminApiError, AdminClient
+from notecard.local_redis import LocalRedis, free_port
+from notecard.runner import wait_ready
+from notecard_sdk import NotecardClient
+from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, befriend_all, token_for
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    """GET in a thread: the node under test runs on this event loop."""
+    return await asyncio.to_thread(_http_get, url)
+
+
+def _http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+async def test_admin_api_refuses_without_the_token(node: GatewayNode) -> None:
+    async with AdminClient(node.admin_url, "wrong-token") as intruder:
+        with pytest.raises(AdminApiError) as denied:
+            await intruder.create_user("mallory")
+    assert (denied.value.status, denied.value.code) == (401, "UNAUTHORIZED")
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        with pytest.raises(AdminApiError) as missing:
+            await admin.get_user("mallory")
+    assert (missing.value.status, missing.value.code) == (404, "UNKNOWN_USER")
+
+
+async def test_admin_api_validates_input_and_changes_nothing(admin: AdminClient) -> None:
+    await befriend_all(admin, "alice", "bob", cards=1)
+    bad_calls = [
+        ("POST", "/admin/users", {"user_id": 42}),
+        ("POST", "/admin/users", {"user_id": "has space"}),
+        ("POST", "/admin/users/alice/mint", {"qty": "10"}),
+        ("POST", "/admin/users/alice/mint", {"qty": 0}),
+        ("POST", "/admin/users/alice/mint", {"qty": 1, "kind": "gold"}),
+        ("PATCH", "/admin/users/alice", {"vip": "yes"}),
+        ("PUT", "/admin/users/alice/follows/alice", {}),
+    ]
+    for method, path, body in bad_calls:
+        with pytest.raises(AdminApiError) as refused:
+            await admin.call(method, path, body)
+        assert refused.value.status == 400, (path, body)
+    with pytest.raises(AdminApiError) as exists:
+        await admin.create_user("alice")
+    assert (exists.value.status, exists.value.code) == (409, "USER_EXISTS")
+    user = await admin.get_user("alice")
+    assert user["balances"]["available"]["note"] == 10
+    assert (user["vip"], user["verified"]) == (False, True)
+
+
+async def test_probes_and_metrics(node: GatewayNode, admin: AdminClient, connect: ClientFactory) -> None:
+    status, body = await http_get(node.admin_url + "/healthz")
+    assert status == 200 and orjson.loads(body)["node"] == node.node_id
+    assert (await http_get(node.admin_url + "/readyz"))[0] == 200
+    await befriend_all(admin, "alice", "bob")
+    alice, bob = await connect("alice"), await connect("bob")
+    gift = await alice.send_gift("bob")
+    await bob.accept((await bob.next_offer(5)).gift_id)
+    await alice.next_outcome(5)
+    _, raw = await http_get(node.admin_url + "/metrics")
+    text = raw.decode()
+    assert "notecard_connections 2.0" in text
+    assert 'notecard_gifts_total{outcome="sent"} 1.0' in text
+    assert 'notecard_gifts_total{outcome="accepted"} 1.0' in text
+    assert 'notecard_clearing_seconds_count{op="reserve"} 1.0' in text
+    assert 'notecard_delivery_lag_seconds_count{event="offer"} 1.0' in text
+    assert gift.gift_id
+    report = await admin.invariant()
+    assert report["ok"] is True
+    assert report["per_kind"]["note"]["minted"] == 200
+
+
+async def test_readyz_fails_while_shutting_down(node: GatewayNode) -> None:
+    node.stopping = True
+    try:
+        assert (await http_get(node.admin_url + "/readyz"))[0] == 503
+    finally:
+        node.stopping = False
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "notecard", *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+async def test_cli_token_and_admin_commands(node: GatewayNode, tmp_path: Path) -> None:
+    env = dict(os.environ, NOTECARD_TOKEN_SECRET="test-token-secret", NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
+               NOTECARD_ADMIN_URL=node.admin_url, NOTECARD_DATA_DIR=str(tmp_path))
+    for args in (("create-user", "carol", "--vip"), ("create-user", "dave"), ("mint", "carol", "3"),
+                 ("follow", "carol", "dave", "--days-ago", "4", "--mutual")):
+        done = await asyncio.to_thread(run_cli, "admin", *args, env=env)
+        assert done.returncode == 0, done.stderr
+    shown = await asyncio.to_thread(run_cli, "admin", "user", "carol", env=env)
+    user = orjson.loads(shown.stdout)
+    assert user["vip"] is True and user["balances"]["available"]["note"] == 30
+    missing = await asyncio.to_thread(run_cli, "admin", "user", "nobody", env=env)
+    assert missing.returncode == 1 and "UNKNOWN_USER" in missing.stderr
+    token = (await asyncio.to_thread(run_cli, "token", "carol", env=env)).stdout.strip()
+    dave = NotecardClient(node.url, token_for("dave"))
+    await dave.connect()
+    async with NotecardClient(node.url, token) as carol:
+        assert carol.user == "carol"
+        await carol.send_gift("dave", qty=3)
+    await dave.close()
+    bad = await asyncio.to_thread(run_cli, "serve", env=dict(env, NOTECARD_PORT="not-a-port"))
+    assert bad.returncode == 2 and "NOTECARD_PORT" in bad.stderr
+
+
+def test_serve_runs_worker_processes_on_one_port(redis_server: LocalRedis, tmp_path: Path) -> None:
+    port, admin_port = free_port(), free_port()
+    env = dict(os.environ, NOTECARD_REDIS_URL=redis_server.url, NOTECARD_PORT=str(port),
+               NOTECARD_ADMIN_PORT=str(admin_port), NOTECARD_DATA_DIR=str(tmp_path), NOTECARD_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "notecard", "serve", "--workers", "2"], env=env)
+    try:
+        wait_ready(f"http://127.0.0.1:{admin_port}", proc)
+        wait_ready(f"http://127.0.0.1:{admin_port + 1}", proc)
+        nodes = {orjson.loads(_http_get(f"http://127.0.0.1:{p}/healthz")[1])["node"]
+                 for p in (admin_port, admin_port + 1)}
+        assert len(nodes) == 2  # two workers, each its own node behind the one WebSocket port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
