@@ -27,7 +27,15 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         created_at_ms=int(m["created_at_ms"]),
         expires_at_ms=int(m["expires_at_ms"]),
         resolved_at_ms=None if resolved is None else int(resolved),
+        payer=_opt(m.get("payer")),
+        app=str(m.get("app", "main")),
+        festival=_opt(m.get("festival")),
+        room=_opt(m.get("room")),
     )
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _text(value: bytes | str) -> str:

@@ -42,6 +42,16 @@ class Refusal(enum.StrEnum):
     GIFT_EXPIRED = "GIFT_EXPIRED"
     USER_EXISTS = "USER_EXISTS"
     BAD_REQUEST = "BAD_REQUEST"
+    # Scenes (gift-rules.md sections 2 and 3).
+    QUOTE_EXPIRED = "QUOTE_EXPIRED"
+    QUOTE_MISMATCH = "QUOTE_MISMATCH"
+    NO_WISH = "NO_WISH"
+    NOT_IN_ROOM = "NOT_IN_ROOM"
+    NO_FESTIVAL = "NO_FESTIVAL"
+    ALREADY_REDEEMED = "ALREADY_REDEEMED"
+    ALREADY_BOUND = "ALREADY_BOUND"
+    NOT_NEWCOMER = "NOT_NEWCOMER"
+    PROMOTION_EXHAUSTED = "PROMOTION_EXHAUSTED"
 
 
 #: A short reason per code for people (logs, the wire's ``message``); never internal details.
@@ -66,6 +76,15 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.GIFT_EXPIRED: "the confirm window has passed; the gift went back to the sender",
     Refusal.USER_EXISTS: "the user already exists",
     Refusal.BAD_REQUEST: "malformed request",
+    Refusal.QUOTE_EXPIRED: "the quote is unknown, used or lapsed; ask for a new one",
+    Refusal.QUOTE_MISMATCH: "the quote was given for another gift",
+    Refusal.NO_WISH: "the streamer has no open gift wish",
+    Refusal.NOT_IN_ROOM: "join the live room first",
+    Refusal.NO_FESTIVAL: "no festival with a frame is running",
+    Refusal.ALREADY_REDEEMED: "already redeemed",
+    Refusal.ALREADY_BOUND: "the apprentice already has a mentor",
+    Refusal.NOT_NEWCOMER: "only an account younger than the newcomer window can be an apprentice",
+    Refusal.PROMOTION_EXHAUSTED: "the promotion budget cannot pay this reward",
 }
 
 

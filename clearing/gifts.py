@@ -18,6 +18,10 @@ NOT_RECIPIENT, then GIFT_EXPIRED (the window passed: the gift is expired by this
 and refunded, or was already expired) or ALREADY_RESOLVED (the other final state); the same
 answer twice is ``Resolution(changed=False)``. See ``scripts/reserve.lua`` and
 ``scripts/resolve.lua`` for the exact writes.
+
+Durability: reserve, accept and decline are acknowledged to a user, so with
+``Durability(wait_replicas=n)`` they return only once ``n`` replicas confirmed the write
+(see ``clearing/lua.py``); otherwise they raise ClearingUnavailable, outcome unknown.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from clearing.codec import balances_from, gift_from_hash, gift_from_map, text_ha
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
-from clearing.lua import MAX_SAFE_INT, ScriptRunner
+from clearing.lua import MAX_SAFE_INT, Durability, ScriptRunner
 from clearing.model import Balances, GiftRecord, GiftState, Resolution
 from clearing.rules import GiftRules
+from clearing.scene_config import SceneConfig
 
 
 class Clearing:
@@ -45,6 +50,8 @@ class Clearing:
         rules: GiftRules,
         keys: KeySchema = DEFAULT_KEYS,
         clock: Clock = wall_clock_ms,
+        durability: Durability | None = None,
+        scenes: SceneConfig | None = None,
     ) -> None:
         if rules.max_qty_per_gift * rules.units_per_card > MAX_SAFE_INT:
             raise ValueError("max_qty_per_gift * units_per_card must stay below 2**53")
@@ -52,9 +59,11 @@ class Clearing:
         self._rules = rules
         self._keys = keys
         self._clock = clock
-        self._lua = ScriptRunner(redis, rules, keys)
+        self._lua = ScriptRunner(redis, rules, keys, durability)
         self._days = QuotaDays(rules.timezone)
         self._kinds = frozenset(rules.card_kinds)
+        #: Scene defaults for the scripts while operators have stored none (scene_config.py).
+        self._scene_defaults = (scenes or SceneConfig()).to_json()
         self._reserve_rules = (
             rules.daily_send_limit,
             rules.vip_send_bonus,
@@ -64,17 +73,23 @@ class Clearing:
             rules.confirm_window_ms,
         )
 
-    async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int) -> GiftRecord:
-        """Offer ``qty`` cards of ``kind``; the cost is held until the gift resolves."""
+    async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
+                      app: str = "main", quote_id: str = "") -> GiftRecord:
+        """Offer ``qty`` cards of ``kind``; the cost is held until the gift resolves.
+
+        ``app``: where the sender is (perks on accept); ``quote_id``: a live-room quote
+        (clearing/rooms.py) that prices the gift. Festival and newcomer pricing: reserve.lua.
+        """
         if not is_valid_id(gift_id):
             raise Refused(Refusal.BAD_REQUEST, "gift id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
         precheck = self._precheck(sender, recipient, kind, qty)
-        # No festival pricing yet: the recipient gets all of the cost (amount == cost).
+        # The base price; the script raises the cost for a festival or a quote.
         cost = qty * self._rules.units_per_card if not precheck else 0
         now = self._clock()
         day = self._days(now)
-        args = (gift_id, sender, recipient, kind, qty, cost, cost, precheck, day, *self._reserve_rules)
-        reply = await self._lua.run("reserve", self._keys.gift(gift_id), now, args, emits=True)
+        args = (gift_id, sender, recipient, kind, qty, cost, cost, precheck, day, *self._reserve_rules,
+                app, self._scene_defaults, quote_id)
+        reply = await self._lua.run("reserve", self._keys.gift(gift_id), now, args, emits=True, durable=True)
         return gift_from_map(reply["gift"])
 
     def _precheck(self, sender: str, recipient: str, kind: str, qty: int) -> str:
@@ -87,15 +102,17 @@ class Clearing:
             return Refusal.BAD_QUANTITY.value
         return ""
 
-    async def accept(self, gift_id: str, by_user: str) -> Resolution:
-        return await self._resolve(gift_id, by_user, GiftState.ACCEPTED)
+    async def accept(self, gift_id: str, by_user: str, app: str = "main") -> Resolution:
+        """``app``: where the recipient answers from (its perks apply)."""
+        return await self._resolve(gift_id, by_user, GiftState.ACCEPTED, app)
 
-    async def decline(self, gift_id: str, by_user: str) -> Resolution:
-        return await self._resolve(gift_id, by_user, GiftState.DECLINED)
+    async def decline(self, gift_id: str, by_user: str, app: str = "main") -> Resolution:
+        return await self._resolve(gift_id, by_user, GiftState.DECLINED, app)
 
-    async def _resolve(self, gift_id: str, by_user: str, target: GiftState) -> Resolution:
+    async def _resolve(self, gift_id: str, by_user: str, target: GiftState, app: str) -> Resolution:
+        args = (gift_id, by_user, target.value, app, self._scene_defaults)
         reply = await self._lua.run(
-            "resolve", self._keys.gift(gift_id), self._clock(), (gift_id, by_user, target.value), emits=True
+            "resolve", self._keys.gift(gift_id), self._clock(), args, emits=True, durable=True,
         )
         return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
 

@@ -25,9 +25,10 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     rx.OutOfMemoryError,
 )
 #: Replies redis-py leaves as a plain ResponseError that are a server state, not a defect:
-#: another script running too long (BUSY), a replica that lost its master, and the rest in
+#: another script running too long (BUSY), a replica that lost its master, a primary that
+#: refuses writes for want of replicas (NOREPLICAS: min-replicas-to-write), and the rest in
 #: case a proxy in between rewrites the class.
-_UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+_UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
 
 
 def is_unavailable(exc: BaseException) -> bool:

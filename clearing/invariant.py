@@ -8,6 +8,11 @@ pair counters equal the number of that day's pending and accepted gifts (a count
 gone only once its TTL ran out, so a missing counter is flagged only while the day still
 has pending gifts).
 
+Scenes: holds are kept by whoever paid (``payer``: the promotion account for a newcomer's
+free gift); each newcomer's free-gift counter is at least the number of their retained
+pending and accepted promotion-paid gifts; the points ledger has no negative total and
+every total equals the sum of its log entries; leaderboard scores are not negative.
+
 The check reads with SCAN and several round trips, not one snapshot: run it while nothing
 writes (tests, maintenance windows), or expect passing mismatches. It assumes resolved gifts
 are kept (``gift_retention_ms``) at least as long as quota counters (2 days).
@@ -117,7 +122,7 @@ async def check_invariant(redis: aioredis.Redis, rules: GiftRules, keys: KeySche
             violations.append(f"{kind}: minted {row['minted']} != available + held + consumed {row}")
     expected_held: defaultdict[tuple[str, str], int] = defaultdict(int)
     for g in pending:
-        expected_held[g.sender, g.kind] += g.cost
+        expected_held[g.charged_to, g.kind] += g.cost
     for user, amounts in held.items():
         for kind, amount in amounts.items():
             expected = expected_held.pop((user, kind), 0)
@@ -141,6 +146,7 @@ async def check_invariant(redis: aioredis.Redis, rules: GiftRules, keys: KeySche
     violations += [f"inbox of {user} is missing {ids}" for user, ids in inboxes.items()]
 
     violations += await _check_quotas(redis, keys, pattern, gifts, days)
+    violations += await _check_scenes(redis, keys, pattern, gifts)
     return InvariantReport(violations=violations, per_kind=per_kind)
 
 
@@ -201,4 +207,35 @@ async def _check_quotas(
             actual[key] = int(value) if value is not None else 0
     out = [f"quota {key} = {n}, counted gifts: {expected[key]}" for key, n in actual.items() if n != expected[key]]
     out += [f"quota {key} is missing for a pending gift" for key in sorted(needed - actual.keys())]
+    return out
+
+
+async def _check_scenes(
+    redis: aioredis.Redis, keys: KeySchema, pattern: KeySchema, gifts: dict[str, GiftRecord]
+) -> list[str]:
+    out: list[str] = []
+    free: Counter[str] = Counter(
+        g.sender for g in gifts.values() if g.payer is not None and g.state in _COUNTED
+    )
+    async for key in _scan(redis, pattern.free_gifts("*")):
+        user = key[len(keys.free_gifts("")) :]
+        count = int(await redis.get(key) or 0)
+        if count < free.pop(user, 0) or count < 0:
+            out.append(f"free-gift counter of {user} = {count} is below its promotion-paid gifts")
+    out += [f"{user} has {n} promotion-paid gifts but no free-gift counter" for user, n in free.items()]
+
+    totals = {k: int(v) for k, v in text_hash(await redis.hgetall(keys.points())).items()}
+    logged: Counter[str] = Counter()
+    log = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(keys.point_log()))
+    for _, fields in log:
+        entry = text_hash(fields)  # type: ignore[arg-type]
+        if int(entry["p"]) <= 0:
+            out.append(f"points log entry {entry} is not positive")
+        logged[entry["u"]] += int(entry["p"])
+    for user in set(totals) | set(logged):
+        if totals.get(user, 0) < 0 or totals.get(user, 0) != logged[user]:
+            out.append(f"points of {user} = {totals.get(user, 0)}, its log sums to {logged[user]}")
+    async for key in _scan(redis, pattern.board("*")):
+        scores = await _zset(redis, key)
+        out += [f"{key}: {user} has negative points {n}" for user, n in scores.items() if n < 0]
     return out

@@ -113,6 +113,64 @@ class KeySchema:
         """Pub/sub channel every event for a user on that node is published to."""
         return f"{self.prefix}:node:{node_id}"
 
+    # ----------------------------------------------------------- scenes (clearing/scenes.py)
+    def scene_config(self) -> str:
+        """String: the scene settings as validated JSON (absent: the defaults)."""
+        return f"{self.prefix}:scene:config"
+
+    def festivals(self) -> str:
+        """Hash: festival id -> JSON {name, start_ms, end_ms, permille, frame}."""
+        return f"{self.prefix}:festivals"
+
+    def free_gifts(self, user_id: str) -> str:
+        """Counter: the user's pending and accepted gifts paid by the promotion account."""
+        return f"{self.prefix}:free:{user_id}"
+
+    def mentors(self) -> str:
+        """Hash: apprentice -> mentor (a binding is made once and never changes)."""
+        return f"{self.prefix}:mentors"
+
+    def inventory(self, user_id: str) -> str:
+        """Hash: item (``frame:<festival>``) -> expiry ms."""
+        return f"{self.prefix}:inv:{user_id}"
+
+    def points(self) -> str:
+        """Hash: user -> points total (the ledger's balances)."""
+        return f"{self.prefix}:points"
+
+    def point_log(self) -> str:
+        """Stream: one entry per award {u, p, g, why, app}; each total is the sum of its entries."""
+        return f"{self.prefix}:pointlog"
+
+    def joint_campaign(self) -> str:
+        """Set: users eligible for the joint campaign (chat-app perk)."""
+        return f"{self.prefix}:campaign:joint"
+
+    # ----------------------------------------------------------- live rooms (clearing/rooms.py)
+    def room(self, room: str) -> str:
+        """Hash: streamer, wish_kind, wish_target, wish_progress, version."""
+        return f"{self.prefix}:room:{room}"
+
+    def room_conns(self, room: str) -> str:
+        """Hash: ``node|user`` -> that user's connections in the room on that node."""
+        return f"{self.prefix}:roomconn:{room}"
+
+    def room_viewers(self, room: str) -> str:
+        """Hash: user -> number of nodes where the user watches (HLEN = viewer count)."""
+        return f"{self.prefix}:roomviewers:{room}"
+
+    def node_rooms(self, node_id: str) -> str:
+        """Set of ``room|user`` the node holds (to clean up after it dies)."""
+        return f"{self.prefix}:noderooms:{node_id}"
+
+    def board(self, room: str) -> str:
+        """Sorted set: user -> contribution points in the room."""
+        return f"{self.prefix}:board:{room}"
+
+    def quote(self, quote_id: str) -> str:
+        """Hash: a live-room price quote {sender, recipient, room, kind, qty, cost, amount, expires_at_ms}."""
+        return f"{self.prefix}:quote:{quote_id}"
+
 
 #: The schema every clearing class uses unless given another prefix.
 DEFAULT_KEYS = KeySchema()

@@ -8,10 +8,22 @@ and failover). Every script takes the same ARGV header (documented in ``lib.lua`
 returns ``cmsgpack.pack(table)``.
 
 Outages become :class:`ClearingUnavailable` (see ``clearing/guard.py``).
+
+Durability (:class:`Durability`): Redis replicates asynchronously, so a write the primary
+acknowledged can vanish in a failover (Jepsen lost acknowledged writes this way). With
+``wait_replicas`` > 0 a script that changes a gift runs as one pipeline on one connection,
+``EVALSHA; PUBLISH <fence>; WAIT n timeout``, and is acknowledged only when ``n`` replicas
+hold it. WAIT counts from the connection's last propagated write; the PUBLISH (always
+propagated) moves that mark to "now", so an idempotent retry that writes nothing still
+waits for the original write, whoever made it. Too few replicas in time raises
+:class:`ClearingUnavailable`: the write happened on the primary and may or may not
+survive; the caller is told the outcome is unknown and a retry with the same gift id
+settles it. WAIT bounds the loss window, it is not consensus: see docs/guarantees.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 import secrets
@@ -21,9 +33,10 @@ from typing import Any, Literal
 import msgpack
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from clearing.codec import gift_from_map
-from clearing.errors import Refusal, Refused
+from clearing.errors import ClearingUnavailable, Refusal, Refused
 from clearing.guard import guarded
 from clearing.keys import KeySchema
 from clearing.rules import DAY_MS, GiftRules
@@ -32,6 +45,7 @@ ScriptName = Literal[
     "reserve", "resolve", "expire_due", "pending_for",
     "create_user", "set_flags", "mint", "follow", "block",
     "connect", "disconnect", "leave", "reap_nodes", "live_nodes", "replay",
+    "redeem_frame", "bind_mentor", "room_join", "room_leave", "open_wish", "quote", "room_state",
 ]  # fmt: skip
 
 #: A quota counter only matters during its day and while that day's gifts can still be
@@ -40,6 +54,26 @@ QUOTA_TTL_MS = 2 * DAY_MS
 
 #: Above this, Lua's doubles stop counting every minor unit.
 MAX_SAFE_INT = 2**53 - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Durability:
+    """When a gift write counts as done: on the primary only (0), or on ``wait_replicas``
+    replicas too, waiting at most ``wait_timeout_ms`` for them."""
+
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.wait_replicas < 0:
+            raise ValueError("wait_replicas must not be negative")
+        if self.wait_timeout_ms < 1:
+            # WAIT n 0 would block forever: a stalled replica must not hang a request.
+            raise ValueError("wait_timeout_ms must be at least 1")
+
+
+class NotReplicated(ClearingUnavailable):
+    """The write is on the primary but fewer replicas than required confirmed it in time."""
 
 
 @functools.cache
@@ -52,10 +86,13 @@ def script_source(name: ScriptName) -> str:
 class ScriptRunner:
     """The registered scripts of one Redis client, plus the constant part of their ARGV."""
 
-    __slots__ = ("_prefix", "_redis", "_scripts", "_tail")
+    __slots__ = ("_durability", "_fence", "_prefix", "_redis", "_scripts", "_tail")
 
-    def __init__(self, redis: aioredis.Redis, rules: GiftRules, keys: KeySchema) -> None:
+    def __init__(self, redis: aioredis.Redis, rules: GiftRules, keys: KeySchema,
+                 durability: Durability | None = None) -> None:
         self._prefix = keys.prefix
+        self._durability = durability or Durability()
+        self._fence = f"{keys.prefix}:wait-fence"
         self._tail = (rules.node_ttl_ms, rules.stream_maxlen, rules.gift_retention_ms, QUOTA_TTL_MS)
         self._scripts: dict[str, AsyncScript] = {}
         self._redis = redis
@@ -74,16 +111,23 @@ class ScriptRunner:
         args: Sequence[str | int] = (),
         *,
         emits: bool = False,
+        durable: bool = False,
     ) -> dict[str, Any]:
         """Run one script; a reply with ``err`` is raised as :class:`Refused`.
 
         ``emits``: the script may append to a user's event stream, which needs an epoch
         candidate in case the stream has none (a fresh one per call: a reused candidate
         could make a lost and recreated history look continuous to a client).
+        ``durable``: the reply is acknowledged to a user; wait for replicas as configured
+        (a refusal is returned without waiting: it wrote nothing, except GIFT_EXPIRED's
+        expiry, which is no promise to anyone).
         """
         epoch = secrets.token_hex(6) if emits else ""
         argv = (self._prefix, now_ms, epoch, *self._tail, *args)
-        raw = await guarded(self._script(name)(keys=(key,), args=argv))
+        if durable and self._durability.wait_replicas > 0:
+            raw = await guarded(self._run_waited(self._script(name), key, argv))
+        else:
+            raw = await guarded(self._script(name)(keys=(key,), args=argv))
         reply = msgpack.unpackb(raw, raw=False)
         if not isinstance(reply, dict):
             # cmsgpack packs an empty Lua table as an empty array
@@ -93,3 +137,39 @@ class ScriptRunner:
             gift = reply.get("gift")
             raise Refused(Refusal(err), gift=gift_from_map(gift) if gift else None)
         return reply
+
+    async def _run_waited(self, script: AsyncScript, key: str, argv: Sequence[str | int]) -> Any:
+        """``EVALSHA; PUBLISH fence; WAIT`` in one round trip on one connection."""
+        d = self._durability
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, 1, key, *argv)
+                pipe.publish(self._fence, b"")
+                pipe.execute_command("WAIT", d.wait_replicas, d.wait_timeout_ms)
+                raw, _, acks = await pipe.execute(raise_on_error=False)
+            if isinstance(raw, NoScriptError) and attempt == 0:
+                # The script cache is empty after a restart or a failover; the script did
+                # not run, so loading it and running the pipeline again is safe.
+                script.sha = await self._redis.script_load(script.script)
+                continue
+            if isinstance(raw, Exception):
+                raise raw
+            if isinstance(acks, Exception):
+                raise acks
+            if _is_refusal(raw):
+                return raw
+            if int(acks) < d.wait_replicas:
+                raise NotReplicated(
+                    f"written on the primary, confirmed by {acks} of {d.wait_replicas} replicas "
+                    f"within {d.wait_timeout_ms} ms: the outcome is unknown"
+                )
+            return raw
+        raise AssertionError("unreachable: NOSCRIPT twice")
+
+
+def _is_refusal(raw: Any) -> bool:
+    try:
+        reply = msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(reply, dict) and reply.get("err") is not None

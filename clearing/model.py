@@ -37,6 +37,19 @@ class GiftRecord:
     created_at_ms: int
     expires_at_ms: int
     resolved_at_ms: int | None = None
+    #: The account charged when it is not the sender: the promotion account, for a
+    #: newcomer's free gift. Refunds on decline or expiry go back to it.
+    payer: str | None = None
+    #: The app the gift was sent from (its sender's perks apply on accept).
+    app: str = "main"
+    #: The festival whose window priced the gift, if any.
+    festival: str | None = None
+    #: The live room (its streamer's id) whose quote priced the gift, if any.
+    room: str | None = None
+
+    @property
+    def charged_to(self) -> str:
+        return self.payer or self.sender
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

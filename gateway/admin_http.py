@@ -12,6 +12,15 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     DELETE /admin/users/{user}/blocks/{other}
     GET    /admin/gifts/{gift}
     GET    /admin/invariant                          the conservation check
+    GET    /admin/scenes                             scene settings and festival windows
+    PATCH  /admin/scenes                             change scene settings {field: value}
+    PUT    /admin/festivals/{id}                     {name, start, end, multiplier?, frame?}
+    DELETE /admin/festivals/{id}
+    GET    /admin/users/{user}/points                points, joint campaign, inventory
+    POST   /admin/users/{user}/mentor                {mentor}: bind the user as apprentice
+
+Festival ``start`` / ``end`` are local date-times in the platform time zone
+(``2026-02-17T00:00``) or integers of ms since the epoch; the window is [start, end).
 
 Open routes: ``GET /healthz`` (process alive), ``GET /readyz`` (Redis and pub/sub healthy,
 not shutting down), ``GET /metrics``. Errors are ``{"error": CODE, "message": text}``.
@@ -20,9 +29,11 @@ not shutting down), ``GET /metrics``. Errors are ``{"error": CODE, "message": te
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
@@ -38,6 +49,8 @@ from clearing import (
     Refused,
     check_invariant,
 )
+from clearing.scene_config import SceneConfigError
+from clearing.scenes import Scenes
 from gateway.metrics import NodeMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,7 +108,9 @@ class AdminApp:
     def __init__(
         self, *, node_id: str, admin_token: str, redis: Redis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
+        scenes: Scenes | None = None,
     ) -> None:
+        self.scenes = scenes or Scenes(redis, rules, keys)
         self.node_id = node_id
         self.admin_token = admin_token
         self.redis = redis
@@ -121,6 +136,12 @@ class AdminApp:
         app.router.add_delete("/admin/users/{user}/blocks/{other}", self.unblock)
         app.router.add_get("/admin/gifts/{gift}", self.get_gift)
         app.router.add_get("/admin/invariant", self.invariant)
+        app.router.add_get("/admin/scenes", self.get_scenes)
+        app.router.add_patch("/admin/scenes", self.patch_scenes)
+        app.router.add_put("/admin/festivals/{festival}", self.put_festival)
+        app.router.add_delete("/admin/festivals/{festival}", self.delete_festival)
+        app.router.add_get("/admin/users/{user}/points", self.get_points)
+        app.router.add_post("/admin/users/{user}/mentor", self.bind_mentor)
         return app
 
     @web.middleware
@@ -133,6 +154,8 @@ class AdminApp:
             return _json({"error": exc.code, "message": exc.message}, exc.status)
         except Refused as exc:
             return _json({"error": exc.code.value, "message": str(exc)}, _STATUS.get(exc.code, 400))
+        except SceneConfigError as exc:
+            return _json({"error": "BAD_REQUEST", "message": str(exc)}, 400)
         except ClearingUnavailable:
             return _json({"error": "UNAVAILABLE", "message": "redis unavailable; retry"}, 503)
         except web.HTTPException as exc:
@@ -214,3 +237,58 @@ class AdminApp:
     async def invariant(self, request: web.Request) -> web.Response:
         report = await check_invariant(self.redis, self.rules, self.keys)
         return _json({"ok": report.ok, "violations": report.violations, "per_kind": report.per_kind})
+
+    # ------------------------------------------------------------ scenes
+    async def get_scenes(self, request: web.Request) -> web.Response:
+        config = await self.scenes.config()
+        festivals = [_plain(f) | {"multiplier": f.multiplier} for f in await self.scenes.festivals()]
+        return _json({"config": config.to_plain(), "festivals": festivals})
+
+    async def patch_scenes(self, request: web.Request) -> web.Response:
+        config = await self.scenes.set_config(await _body(request))
+        return _json({"config": config.to_plain()})
+
+    async def put_festival(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        multiplier = data.get("multiplier")
+        if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, int | float)):
+            raise AdminError(400, "BAD_REQUEST", "field 'multiplier' must be a number, e.g. 1.2")
+        festival = await self.scenes.put_festival(
+            request.match_info["festival"],
+            _field(data, "name", str) or request.match_info["festival"],
+            self._instant(data, "start"),
+            self._instant(data, "end"),
+            multiplier=multiplier,
+            frame=_field(data, "frame", str),
+        )
+        return _json(_plain(festival) | {"multiplier": festival.multiplier})
+
+    def _instant(self, data: dict[str, Any], name: str) -> int:
+        """A festival edge: ms since the epoch, or a local date-time in the platform zone."""
+        value = data.get(name)
+        if type(value) is int:
+            return value
+        if not isinstance(value, str):
+            raise AdminError(400, "BAD_REQUEST", f"field '{name}' is required: a local date-time or ms")
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise AdminError(400, "BAD_REQUEST", f"field '{name}' is not an ISO date-time: {value!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=ZoneInfo(self.rules.timezone))
+        return int(moment.timestamp() * 1000)
+
+    async def delete_festival(self, request: web.Request) -> web.Response:
+        if not await self.scenes.delete_festival(request.match_info["festival"]):
+            raise AdminError(404, "NO_FESTIVAL", "no such festival")
+        return _json({"ok": True})
+
+    async def get_points(self, request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        points = await self.scenes.points(user)
+        return _json(_plain(points) | {"inventory": await self.scenes.inventory(user)})
+
+    async def bind_mentor(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        binding = await self.scenes.bind_mentor(request.match_info["user"], _field(data, "mentor", str, required=True))
+        return _json(_plain(binding))

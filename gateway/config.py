@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, TypeVar, cast
 
 from clearing import GiftRules
+from clearing.lua import Durability
 
 PREFIX = "NOTECARD_"
 T = TypeVar("T")
@@ -69,6 +70,11 @@ class GatewaySettings:
     subscriber_probe_s: float = 2.0
     #: A Redis call slower than this is treated as unavailable (the outcome is unknown).
     redis_timeout_s: float = 5.0
+    #: Durability of acknowledged gift writes: also on this many replicas (Redis WAIT), waiting
+    #: at most wait_timeout_ms; fewer in time answers UNAVAILABLE (outcome unknown). 0: the
+    #: primary's word is enough. What each setting guarantees: docs/guarantees.md.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     #: Start N worker processes sharing the port (SO_REUSEPORT); 1 runs in-process.
@@ -77,9 +83,18 @@ class GatewaySettings:
     def __post_init__(self) -> None:
         if self.rules.node_ttl_ms < 3 * self.node_heartbeat_s * 1000:
             raise ConfigError("NOTECARD_NODE_TTL_S must be at least 3 heartbeats (NOTECARD_NODE_HEARTBEAT_S)")
-        for name in ("send_queue_max", "rate_burst", "max_bad_frames", "workers"):
+        for name in ("send_queue_max", "rate_burst", "max_bad_frames", "workers", "wait_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.wait_replicas < 0:
+            raise ConfigError(f"{PREFIX}WAIT_REPLICAS must not be negative")
+        if self.wait_replicas and self.wait_timeout_ms >= self.redis_timeout_s * 1000:
+            raise ConfigError(f"{PREFIX}WAIT_TIMEOUT_MS must be below {PREFIX}REDIS_TIMEOUT_S, "
+                              "or every slow WAIT would look like a dead Redis")
+
+    @property
+    def durability(self) -> Durability:
+        return Durability(self.wait_replicas, self.wait_timeout_ms)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> GatewaySettings:
@@ -121,6 +136,8 @@ class GatewaySettings:
             "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, base.node_heartbeat_s),
             "subscriber_probe_s": reader.get("SUBSCRIBER_PROBE_S", float, base.subscriber_probe_s),
             "redis_timeout_s": reader.get("REDIS_TIMEOUT_S", float, base.redis_timeout_s),
+            "wait_replicas": reader.get("WAIT_REPLICAS", int, base.wait_replicas),
+            "wait_timeout_ms": reader.get("WAIT_TIMEOUT_MS", int, base.wait_timeout_ms),
             "log_level": reader.get("LOG_LEVEL", str, base.log_level).upper(),
             "log_format": reader.get("LOG_FORMAT", _log_format, base.log_format),
             "workers": reader.get("WORKERS", int, base.workers),

@@ -1,9 +1,14 @@
 """One authenticated client connection: its bounded send queue and its stream position.
 
 Every frame to the client goes through :meth:`ClientConnection.push`, which never waits:
-a frame is queued, and one writer task per connection sends the queue in order, waiting
-on the socket's drain. A client that does not read fills its queue and is closed with
-``SLOW_CONSUMER`` instead of making the node buffer without bound.
+a frame is queued, and a writer task sends the queue in order, waiting on the socket's
+drain. A client that does not read fills its queue and is closed with ``SLOW_CONSUMER``
+instead of making the node buffer without bound.
+
+The queue and the writer exist only while there is something to send: most connections
+are idle most of the time, and an ``asyncio.Queue`` plus a parked writer task cost about
+4.4 KiB per connection (a fifth of an idle connection's memory; see docs/benchmarks.md).
+A plain deque is created on the first push and dropped when the writer has emptied it.
 
 Events from the user's stream are delivered exactly in offset order: ``last_offset`` is
 the newest offset this connection has been sent; older ones are dropped as duplicates
@@ -13,6 +18,7 @@ and a gap is reported to the hub, which fetches the missing events from the stre
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 
@@ -30,6 +36,7 @@ class ClientConnection:
     __slots__ = (
         "_close_task",
         "_queue",
+        "_queue_max",
         "_writer",
         "app",
         "buffered",
@@ -51,7 +58,10 @@ class ClientConnection:
         self.app = app
         self.encoding = encoding
         self.metrics = metrics
-        self._queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=queue_max)
+        #: Frames waiting for the writer; None while there are none (see the module docstring).
+        self._queue: collections.deque[Frame] | None = None
+        self._queue_max = queue_max
+        #: The writer task, running while the queue is not empty.
         self._writer: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self.closing = False
@@ -62,30 +72,36 @@ class ClientConnection:
         self.buffered: list[UserEvent] = []
 
     def start_writer(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"writer:{self.user_id}")
+        """Kept for callers: the writer now starts by itself when a frame is queued."""
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, queue: collections.deque[Frame]) -> None:
         try:
-            while True:
-                frame = await self._queue.get()
-                try:
-                    await self.ws.send(frame)
-                finally:
-                    self._queue.task_done()
+            while queue:
+                await self.ws.send(queue.popleft())
         except ConnectionClosed:
             pass
+        finally:
+            # No await between the last check of the queue and here: a push() after this
+            # point sees no writer and starts a new one.
+            self._writer = None
+            if not queue and self._queue is queue:
+                self._queue = None
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame; close the connection as a slow consumer when the queue is full."""
         if self.closing:
             return False
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque()
+        elif len(queue) >= self._queue_max:
             self.metrics.slow_consumers.inc()
             log.warning("slow consumer disconnected", extra={"user": self.user_id})
             self.close(CloseCode.SLOW_CONSUMER, "send queue full")
             return False
+        queue.append(frame)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(queue))
         return True
 
     @property
@@ -106,17 +122,21 @@ class ClientConnection:
 
     async def drain_and_close(self, code: CloseCode, reason: str, timeout: float) -> None:
         """Send what is queued (within ``timeout``), then close: the graceful-shutdown path."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(TimeoutError, ConnectionClosed):
+                # shield: a timeout must not cancel the writer, close() takes over from it.
+                await asyncio.wait_for(asyncio.shield(writer), timeout)
         self.close(code, reason)
 
     async def finish(self) -> None:
         """Stop the writer; called when the connection's handler returns."""
         self.closing = True
-        if self._writer is not None:
-            self._writer.cancel()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await writer
         if self._close_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._close_task

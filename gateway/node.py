@@ -24,12 +24,15 @@ from websockets.exceptions import NegotiationError
 from websockets.typing import Subprotocol
 
 from clearing import Accounts, Clearing, ClearingError, EventLog, KeySchema, Presence
+from clearing.rooms import Rooms
+from clearing.scenes import Scenes
 from gateway.admin_http import AdminApp
 from gateway.config import GatewaySettings
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.periodic import NodeLiveness, Sweeper, every
 from gateway.requests import RequestHandler
+from gateway.rooms import ROOM_PUSH_S, RoomHub
 from gateway.session import SessionRunner
 from gateway.subscriber import NodeSubscriber
 from protocol import MAX_FRAME_BYTES, SUBPROTOCOLS, CloseCode
@@ -65,12 +68,14 @@ class GatewayNode:
         self.keys = KeySchema()
         rules = settings.rules
         self.metrics = NodeMetrics()
-        self.clearing = Clearing(redis, rules, keys=self.keys)
+        self.clearing = Clearing(redis, rules, keys=self.keys, durability=settings.durability)
         self.accounts = Accounts(redis, rules, keys=self.keys)
         self.presence = Presence(redis, rules, keys=self.keys)
         self.events = EventLog(redis, rules, keys=self.keys)
         self.hub = Hub(self.events, self.metrics)
-        self.requests = RequestHandler(self.clearing, rules, self.metrics)
+        self.scenes = Scenes(redis, rules, keys=self.keys)
+        self.rooms = RoomHub(Rooms(redis, rules, keys=self.keys), self.node_id)
+        self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms)
         self.sessions = SessionRunner(
             self.node_id, settings, token_secret, self.hub, self.requests, self.clearing, self.presence,
             self.events, self.metrics,
@@ -82,6 +87,7 @@ class GatewayNode:
         self.admin = AdminApp(
             node_id=self.node_id, admin_token=admin_token, redis=redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
+            scenes=self.scenes,
         )
         self._server: Server | None = None
         self._http: web.AppRunner | None = None
@@ -114,7 +120,7 @@ class GatewayNode:
     async def start(self) -> None:
         s = self.settings
         liveness = NodeLiveness(self.presence, self.node_id, self.hub)
-        await liveness.beat()
+        await self._first_beat(liveness)
         self._spawn(self.subscriber.run(), "subscriber")
         try:
             await asyncio.wait_for(self.subscriber.healthy.wait(), SUBSCRIBE_TIMEOUT_S)
@@ -124,6 +130,7 @@ class GatewayNode:
         self._spawn(every(s.node_heartbeat_s, liveness.beat, "heartbeat"), "heartbeat")
         self._spawn(every(s.node_heartbeat_s * REAP_EVERY_HEARTBEATS, liveness.reap, "reaper"), "reaper")
         self._spawn(every(s.sweep_interval_s, Sweeper(self.clearing, self.metrics).step, "sweeper"), "sweeper")
+        self._spawn(every(ROOM_PUSH_S, self.rooms.push_step, "room pushes"), "rooms")
         self._server = await serve(
             self.sessions,
             s.host,
@@ -144,6 +151,25 @@ class GatewayNode:
         await self._http.setup()
         await web.TCPSite(self._http, s.admin_host, s.admin_port, reuse_port=s.workers > 1).start()
         log.info("node started", extra={"ws": self.url, "http": self.admin_url})
+
+    async def _first_beat(self, liveness: NodeLiveness) -> None:
+        """Register the node, waiting for Redis if it is not reachable yet (a node started
+        during a failover, or before Redis in a compose file) instead of dying at once."""
+        deadline = asyncio.get_running_loop().time() + SUBSCRIBE_TIMEOUT_S
+        delay = 0.05
+        while True:
+            try:
+                # A restarted node with a fixed NODE_ID finds its previous life's presence
+                # entries: those connections are gone, so they go before the first beat.
+                await self.presence.leave(self.node_id)
+                await liveness.beat()
+                return
+            except ClearingError:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise RuntimeError(f"Redis unreachable for {SUBSCRIBE_TIMEOUT_S}s at start") from None
+                log.warning("redis unreachable at start; retrying")
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
 
     def _spawn(self, coro: object, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=f"{self.node_id}:{name}"))  # type: ignore[arg-type]
@@ -174,7 +200,9 @@ class GatewayNode:
                 self._server.close(close_connections=True)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(self._tasks, timeout=grace) if self._tasks else (set(), set())
+        if stuck:
+            log.error("background tasks did not stop", extra={"tasks": [t.get_name() for t in stuck]})
         await self.hub.close()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)

@@ -30,6 +30,11 @@ async def every(interval_s: float, step: Callable[[], Awaitable[object]], name: 
             log.warning("%s failed: redis unavailable", name, extra={"reason": str(exc)[:200]})
         except Exception:
             log.exception("%s failed", name)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancel that landed inside a Redis call can come out of the client library
+            # as a connection error, caught above; the loop must still end.
+            raise asyncio.CancelledError
         await asyncio.sleep(interval_s * random.uniform(0.9, 1.1))
 
 
@@ -75,6 +80,9 @@ class NodeLiveness:
                 await asyncio.gather(
                     *(self.presence.connect(c.user_id, self.node_id) for c in conns[start : start + 200])
                 )
+            # leave() dropped our heartbeat too: without a new one the node stays out of the
+            # live set (its users look offline) and the next beat finds it unknown again.
+            await self.presence.heartbeat(self.node_id)
 
     async def reap(self) -> None:
         dead = await self.presence.reap_dead_nodes()

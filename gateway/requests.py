@@ -13,22 +13,34 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from clearing import Clearing, ClearingUnavailable, GiftRules, Refused
+from clearing import Clearing, ClearingUnavailable, GiftRules, Refusal, Refused
+from clearing.scenes import Scenes
+from gateway.connection import ClientConnection
 from gateway.metrics import NodeMetrics
-from gateway.views import gift_view
+from gateway.rooms import RoomHub
+from gateway.views import gift_view, room_view
 from protocol import (
     AcceptGift,
     Balance,
+    BindMentor,
     ClientMessage,
     DeclineGift,
+    Done,
     Error,
     ErrorCode,
     GetBalance,
+    GetQuote,
+    GetRoom,
     GiftResolved,
     GiftSent,
     Hello,
+    JoinRoom,
+    LeaveRoom,
+    OpenWish,
     Ping,
     Pong,
+    QuoteReply,
+    RedeemFrame,
     SendGift,
     ServerMessage,
 )
@@ -59,28 +71,34 @@ _REFUSAL_TEXT: dict[str, str] = {
 
 
 class RequestHandler:
-    def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics) -> None:
+    def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics,
+                 scenes: Scenes | None = None, rooms: RoomHub | None = None) -> None:
         self.clearing = clearing
         self.rules = rules
         self.metrics = metrics
+        self.scenes = scenes
+        self.rooms = rooms
 
-    async def handle(self, user_id: str, msg: ClientMessage) -> ServerMessage:
-        """The reply to one request of ``user_id``."""
+    async def handle(self, user_id: str, msg: ClientMessage, *, app: str = "main",
+                     conn: ClientConnection | None = None) -> ServerMessage:
+        """The reply to one request of ``user_id``, on a connection from ``app``."""
         if isinstance(msg, Hello):
             return Error(code=ErrorCode.ALREADY_AUTHENTICATED, message="this connection is authenticated")
         rid = msg.rid
         try:
             if isinstance(msg, SendGift):
-                return await self._send(user_id, msg)
+                return await self._send(user_id, msg, app)
             if isinstance(msg, AcceptGift | DeclineGift):
-                return await self._resolve(user_id, msg)
+                return await self._resolve(user_id, msg, app)
             if isinstance(msg, GetBalance):
                 return await self._balance(user_id, msg)
             if isinstance(msg, Ping):
                 return Pong(rid=rid, server_time_ms=int(time.time() * 1000))
+            return await self._scene(user_id, msg, conn)
         except Refused as refusal:
             self.metrics.refusals.labels(code=refusal.code.value).inc()
-            code = ErrorCode(refusal.code.value)
+            # BAD_REQUEST is clearing's word for a field the wire accepted but the rule did not.
+            code = ErrorCode.BAD_FIELD if refusal.code is Refusal.BAD_REQUEST else ErrorCode(refusal.code.value)
             gift = gift_view(refusal.gift) if refusal.gift is not None else None
             return Error(rid=rid, code=code, message=_REFUSAL_TEXT.get(code, code.lower()), gift=gift)
         except ClearingUnavailable:
@@ -96,21 +114,22 @@ class RequestHandler:
         finally:
             self.metrics.clearing_latency.labels(op=op).observe(time.perf_counter() - started)
 
-    async def _send(self, user_id: str, msg: SendGift) -> ServerMessage:
+    async def _send(self, user_id: str, msg: SendGift, app: str) -> ServerMessage:
         gift = await self._timed(
-            "reserve", self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty)
+            "reserve",
+            self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty, app=app, quote_id=msg.quote or ""),
         )
         self.metrics.gifts.labels(outcome="sent").inc()
         log.info("gift sent", extra={"user": user_id, "gift": msg.gift_id, "to": msg.to})
         return GiftSent(rid=msg.rid, gift=gift_view(gift))
 
-    async def _resolve(self, user_id: str, msg: AcceptGift | DeclineGift) -> ServerMessage:
+    async def _resolve(self, user_id: str, msg: AcceptGift | DeclineGift, app: str) -> ServerMessage:
         if isinstance(msg, AcceptGift):
             op, outcome = "accept", "accepted"
-            resolution = await self._timed(op, self.clearing.accept(msg.gift_id, user_id))
+            resolution = await self._timed(op, self.clearing.accept(msg.gift_id, user_id, app))
         else:
             op, outcome = "decline", "declined"
-            resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id))
+            resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id, app))
         if resolution.changed:
             self.metrics.gifts.labels(outcome=outcome).inc()
             log.info("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
@@ -118,5 +137,36 @@ class RequestHandler:
 
     async def _balance(self, user_id: str, msg: GetBalance) -> ServerMessage:
         balances = await self._timed("balance", self.clearing.balances(user_id))
+        points = (await self.scenes.points(user_id)).points if self.scenes is not None else None
         return Balance(rid=msg.rid, available=balances.available, held=balances.held,
-                       units_per_card=self.rules.units_per_card)
+                       units_per_card=self.rules.units_per_card, points=points)
+
+    async def _scene(self, user_id: str, msg: ClientMessage, conn: ClientConnection | None) -> ServerMessage:
+        """Live rooms, festivals and newcomers (gift-rules.md section 3)."""
+        scenes, hub = self.scenes, self.rooms
+        if scenes is None or hub is None:
+            raise AssertionError(f"scenes are not configured for {type(msg).__name__}")
+        if isinstance(msg, JoinRoom | LeaveRoom):
+            if conn is None:
+                raise AssertionError("room membership needs the connection")
+            if isinstance(msg, JoinRoom):
+                await hub.join(conn, msg.room)
+            else:
+                await hub.leave(conn, msg.room)
+            return room_view(await hub.rooms.state(msg.room, user_id), msg.rid)
+        if isinstance(msg, GetRoom):
+            return room_view(await hub.rooms.state(msg.room, user_id, msg.top), msg.rid)
+        if isinstance(msg, OpenWish):
+            await hub.rooms.open_wish(user_id, msg.kind, msg.target)
+            return room_view(await hub.rooms.state(user_id, user_id), msg.rid)
+        if isinstance(msg, GetQuote):
+            q = await hub.rooms.quote(user_id, msg.room, msg.kind, msg.qty)
+            return QuoteReply(rid=msg.rid, quote_id=q.quote_id, room=q.room, cost=q.cost, amount=q.amount,
+                              viewers=q.viewers, expires_at_ms=q.expires_at_ms)
+        if isinstance(msg, RedeemFrame):
+            got = await scenes.redeem_frame(user_id, msg.festival)
+            return Done(rid=msg.rid, item=got.item, expires_at_ms=got.expires_at_ms)
+        if isinstance(msg, BindMentor):
+            bound = await scenes.bind_mentor(user_id, msg.mentor)
+            return Done(rid=msg.rid, item=bound.mentor, reward=bound.apprentice_reward)
+        raise AssertionError(f"unhandled message type {type(msg).__name__}")

@@ -97,6 +97,8 @@ class SessionRunner:
             pass
         finally:
             self.hub.remove(conn)
+            if self.requests.rooms is not None:
+                await self.requests.rooms.leave_all(conn)
             if registered:
                 with contextlib.suppress(ClearingError):
                     await self.presence.disconnect(conn.user_id, self.node_id)
@@ -177,7 +179,7 @@ class SessionRunner:
                 continue
             strikes = 0
             try:
-                reply = await self.requests.handle(conn.user_id, msg)
+                reply = await self.requests.handle(conn.user_id, msg, app=conn.app, conn=conn)
             except Exception:
                 # A bug must cost one request, not the connection or the node; the peer
                 # sees a generic code, the log has the details.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from clearing import GiftRecord, UserEvent
-from protocol import Event, Gift
+from clearing.rooms import RoomState
+from protocol import Event, Gift, RankEntry, Room
 
 
 def gift_view(record: GiftRecord) -> Gift:
@@ -17,8 +18,21 @@ def gift_view(record: GiftRecord) -> Gift:
         state=record.state.value,
         created_at_ms=record.created_at_ms,
         expires_at_ms=record.expires_at_ms,
+        amount=record.amount,
+        payer=record.payer,
+        festival=record.festival,
+        room=record.room,
     )
 
 
 def event_view(event: UserEvent) -> Event:
     return Event(epoch=event.epoch, offset=event.offset, event=event.kind.value, gift=gift_view(event.gift))
+
+
+def room_view(state: RoomState, rid: int | None = None) -> Room:
+    return Room(
+        room=state.room, viewers=state.viewers,
+        top=tuple(RankEntry(user=e.user, points=e.points, rank=e.rank) for e in state.top),
+        rid=rid, wish_kind=state.wish_kind, wish_target=state.wish_target, wish_progress=state.wish_progress,
+        points=state.points, rank=state.rank,
+    )

@@ -84,6 +84,27 @@ class AdminClient:
     async def invariant(self) -> Any:
         return await self.call("GET", "/admin/invariant")
 
+    async def scenes(self) -> Any:
+        return await self.call("GET", "/admin/scenes")
+
+    async def set_scenes(self, **settings: Any) -> Any:
+        return await self.call("PATCH", "/admin/scenes", settings)
+
+    async def put_festival(self, festival_id: str, *, start: str | int, end: str | int, name: str | None = None,
+                           multiplier: float | None = None, frame: str | None = None) -> Any:
+        body: dict[str, Any] = {"start": start, "end": end, "name": name, "multiplier": multiplier, "frame": frame}
+        given = {k: v for k, v in body.items() if v is not None}
+        return await self.call("PUT", f"/admin/festivals/{festival_id}", given)
+
+    async def delete_festival(self, festival_id: str) -> Any:
+        return await self.call("DELETE", f"/admin/festivals/{festival_id}")
+
+    async def points(self, user_id: str) -> Any:
+        return await self.call("GET", f"/admin/users/{user_id}/points")
+
+    async def bind_mentor(self, apprentice: str, mentor: str) -> Any:
+        return await self.call("POST", f"/admin/users/{apprentice}/mentor", {"mentor": mentor})
+
     async def befriend(self, a: str, b: str, since_ms: int) -> None:
         """Mutual follows from ``since_ms``: the relationship the gift rules require."""
         await self.follow(a, b, since_ms)

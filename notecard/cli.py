@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -113,6 +114,23 @@ def _build_admin(sub: Any) -> None:
     gift = cmds.add_parser("gift", help="show a gift")
     gift.add_argument("gift_id")
     cmds.add_parser("invariant", help="run the conservation check")
+    scenes = cmds.add_parser("scenes", help="show scene settings and festivals, or change settings")
+    scenes.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help='e.g. --set newcomer_free_gifts=5 --set quote_ttl_ms=15000 (repeatable)')
+    fest = cmds.add_parser("festival", help="create or replace a festival window [START, END)")
+    fest.add_argument("festival_id")
+    fest.add_argument("--start", required=True, help="local date-time in the platform zone, 2026-02-17T00:00")
+    fest.add_argument("--end", required=True)
+    fest.add_argument("--name")
+    fest.add_argument("--multiplier", type=float, help="cost multiplier (default: the configured 1.2)")
+    fest.add_argument("--frame", help="the avatar frame redeemable during the window")
+    unfest = cmds.add_parser("delete-festival", help="remove a festival window")
+    unfest.add_argument("festival_id")
+    points = cmds.add_parser("points", help="a user's points, joint-campaign eligibility and inventory")
+    points.add_argument("user")
+    mentor = cmds.add_parser("mentor", help="bind APPRENTICE (a newcomer) to MENTOR, once")
+    mentor.add_argument("apprentice")
+    mentor.add_argument("mentor")
 
 
 async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
@@ -146,7 +164,31 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
                 return await api.gift(args.gift_id)
             case "invariant":
                 return await api.invariant()
+            case "scenes":
+                if not args.set:
+                    return await api.scenes()
+                return await api.set_scenes(**dict(_setting(text) for text in args.set))
+            case "festival":
+                return await api.put_festival(args.festival_id, start=args.start, end=args.end, name=args.name,
+                                              multiplier=args.multiplier, frame=args.frame)
+            case "delete-festival":
+                return await api.delete_festival(args.festival_id)
+            case "points":
+                return await api.points(args.user)
+            case "mentor":
+                return await api.bind_mentor(args.apprentice, args.mentor)
     raise AssertionError(args.action)
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``field=json`` from the command line; a value that is not JSON is taken as a string."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects FIELD=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,22 +38,32 @@ from protocol import (
     RETRYABLE_CODES,
     AcceptGift,
     Balance,
+    BindMentor,
     ClientMessage,
     CloseCode,
     DeclineGift,
+    Done,
     Encoding,
     Error,
     ErrorCode,
     Event,
     EventKind,
     GetBalance,
+    GetQuote,
+    GetRoom,
     Gift,
     GiftResolved,
     GiftSent,
     Hello,
+    JoinRoom,
+    LeaveRoom,
+    OpenWish,
     Ping,
     Pong,
     ProtocolError,
+    QuoteReply,
+    RedeemFrame,
+    Room,
     SendGift,
     ServerMessage,
     Welcome,
@@ -107,6 +117,7 @@ class NotecardClient:
         self._failure: ConnectionRejected | None = None
         self._offers: asyncio.Queue[Gift] = asyncio.Queue()
         self._outcomes: asyncio.Queue[Gift] = asyncio.Queue()
+        self._room_updates: asyncio.Queue[Room] = asyncio.Queue()
         self._seen_offers: OrderedDict[str, None] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         #: The newest welcome; ``welcome.node`` says which gateway node serves us.
@@ -160,15 +171,18 @@ class NotecardClient:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     # ------------------------------------------------------------ requests
-    async def send_gift(self, to: str, qty: int = 1, kind: str = "note", gift_id: str | None = None) -> Gift:
+    async def send_gift(self, to: str, qty: int = 1, kind: str = "note", gift_id: str | None = None,
+                        quote: str | None = None) -> Gift:
         """Give ``qty`` cards of ``kind`` to ``to``. Returns the held gift (state ``pending``).
 
         Raises :class:`GiftRefused` with the rule's code. ``gift_id`` defaults to a new
         UUID; pass your own (persisted before the call) to retry safely across restarts.
+        ``quote``: the id of a live-room quote (:meth:`quote`) that prices the gift.
         """
         gid = gift_id or uuid.uuid4().hex
-        reply = await self._request(lambda rid: SendGift(rid=rid, gift_id=gid, to=to, kind=kind, qty=qty),
-                                    GiftSent)
+        reply = await self._request(
+            lambda rid: SendGift(rid=rid, gift_id=gid, to=to, kind=kind, qty=qty, quote=quote), GiftSent
+        )
         return reply.gift
 
     async def accept(self, gift_id: str) -> Gift:
@@ -184,6 +198,36 @@ class NotecardClient:
 
     async def ping(self) -> Pong:
         return await self._request(lambda rid: Ping(rid=rid), Pong)
+
+    # ------------------------------------------------------------ scenes
+    async def join_room(self, room: str) -> Room:
+        """Watch the live room of streamer ``room``; updates arrive via :meth:`next_room_update`."""
+        return await self._request(lambda rid: JoinRoom(rid=rid, room=room), Room)
+
+    async def leave_room(self, room: str) -> Room:
+        return await self._request(lambda rid: LeaveRoom(rid=rid, room=room), Room)
+
+    async def open_wish(self, kind: str, target: int) -> Room:
+        """As a streamer: open a gift wish for ``target`` cards of ``kind`` in your room."""
+        return await self._request(lambda rid: OpenWish(rid=rid, kind=kind, target=target), Room)
+
+    async def quote(self, room: str, qty: int = 1, kind: str = "note") -> QuoteReply:
+        """The price of a gift to the room's streamer; pass ``quote_id`` to :meth:`send_gift`."""
+        return await self._request(lambda rid: GetQuote(rid=rid, room=room, kind=kind, qty=qty), QuoteReply)
+
+    async def room(self, room: str, top: int = 10) -> Room:
+        """The room's viewers, wish, top contributors and your own rank."""
+        return await self._request(lambda rid: GetRoom(rid=rid, room=room, top=top), Room)
+
+    async def redeem_frame(self, festival: str) -> Done:
+        return await self._request(lambda rid: RedeemFrame(rid=rid, festival=festival), Done)
+
+    async def bind_mentor(self, mentor: str) -> Done:
+        return await self._request(lambda rid: BindMentor(rid=rid, mentor=mentor), Done)
+
+    async def next_room_update(self, timeout: float | None = None) -> Room:
+        """The next pushed update of a room this client watches (throttled by the server)."""
+        return await asyncio.wait_for(self._room_updates.get(), timeout)
 
     async def _request(self, build: Callable[[int], ClientMessage], expect: type[R]) -> R:
         loop = asyncio.get_running_loop()
@@ -318,6 +362,8 @@ class NotecardClient:
             self._welcomed(msg, ws)
         elif isinstance(msg, Event):
             self._event(msg)
+        elif isinstance(msg, Room) and msg.rid is None:
+            self._room_updates.put_nowait(msg)
         elif (rid := getattr(msg, "rid", None)) is not None:
             entry = self._inflight.get(rid)
             if entry is not None and not entry[1].done():

@@ -82,6 +82,24 @@ class Gift(WireObject):
     state: Annotated[str, Pattern(r"pending|accepted|declined|expired", 16)]
     created_at_ms: Millis
     expires_at_ms: Millis
+    #: What the recipient is credited on accept (cost - amount is consumed); absent from
+    #: older servers, where it equals cost.
+    amount: Millis | None = None
+    #: The account charged when it is not the sender (a newcomer's free gift: the promotion).
+    payer: Ident | None = None
+    #: The festival whose window priced the gift.
+    festival: Ident | None = None
+    #: The live room (its streamer's id) whose quote priced the gift.
+    room: Ident | None = None
+
+
+@message("rank_entry")
+class RankEntry(WireObject):
+    """One line of a live room's leaderboard; tied users share a rank."""
+
+    user: Ident
+    points: Millis
+    rank: Annotated[int, Range(1, MAX_SAFE_INT)]
 
 
 # ---------------------------------------------------------------- client to server
@@ -106,6 +124,8 @@ class SendGift(WireObject):
     to: Ident
     kind: CardKind
     qty: Quantity
+    #: A live-room quote (from ``get_quote``) that prices this gift; used up by it.
+    quote: Ident | None = None
 
 
 @message("accept")
@@ -128,6 +148,64 @@ class GetBalance(WireObject):
 @message("ping")
 class Ping(WireObject):
     rid: RequestId
+
+
+@message("join_room")
+class JoinRoom(WireObject):
+    """Watch a live room (named by its streamer's user id); room updates follow."""
+
+    rid: RequestId
+    room: Ident
+
+
+@message("leave_room")
+class LeaveRoom(WireObject):
+    rid: RequestId
+    room: Ident
+
+
+@message("open_wish")
+class OpenWish(WireObject):
+    """The streamer opens a gift wish in their own room (replacing an earlier one)."""
+
+    rid: RequestId
+    kind: CardKind
+    target: Quantity
+
+
+@message("get_quote")
+class GetQuote(WireObject):
+    """Price a gift to the room's streamer; the quote is honoured for a short time."""
+
+    rid: RequestId
+    room: Ident
+    kind: CardKind
+    qty: Quantity
+
+
+@message("get_room")
+class GetRoom(WireObject):
+    """The room's viewers, wish, top ``top`` contributors and the asker's own rank."""
+
+    rid: RequestId
+    room: Ident
+    top: Annotated[int, Range(1, 100)]
+
+
+@message("redeem_frame")
+class RedeemFrame(WireObject):
+    """Redeem the running festival's limited-time avatar frame."""
+
+    rid: RequestId
+    festival: Ident
+
+
+@message("bind_mentor")
+class BindMentor(WireObject):
+    """A newcomer binds to a mentor, once; both are rewarded."""
+
+    rid: RequestId
+    mentor: Ident
 
 
 # ---------------------------------------------------------------- server to client
@@ -173,6 +251,8 @@ class Balance(WireObject):
     #: Amount per card kind held by the user's pending outgoing gifts.
     held: dict[CardKind, Millis]
     units_per_card: Annotated[int, Range(1, 1_000_000)]
+    #: The user's total in the points ledger (linked-app perks).
+    points: Millis | None = None
 
 
 @message("pong")
@@ -202,13 +282,58 @@ class Event(WireObject):
     gift: Gift
 
 
-ClientMessage = Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping
-ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event
+@message("room")
+class Room(WireObject):
+    """A live room: the reply to the room requests, and pushed (no ``rid``) to its viewers
+    when it changes, at most once per push interval."""
+
+    room: Ident
+    viewers: Offset
+    top: tuple[RankEntry, ...]
+    rid: RequestId | None = None
+    wish_kind: CardKind | None = None
+    wish_target: Quantity | None = None
+    wish_progress: Offset | None = None
+    #: The asker's own points and rank (replies only, once they contributed).
+    points: Millis | None = None
+    rank: Annotated[int, Range(1, MAX_SAFE_INT)] | None = None
+
+
+@message("quote")
+class QuoteReply(WireObject):
+    """A price for a live-room gift; send it as ``send_gift.quote`` before it expires."""
+
+    rid: RequestId
+    quote_id: Ident
+    room: Ident
+    cost: Millis
+    amount: Millis
+    viewers: Offset
+    expires_at_ms: Millis
+
+
+@message("done")
+class Done(WireObject):
+    """Reply to ``redeem_frame`` (``item``, ``expires_at_ms``) and ``bind_mentor``
+    (``item`` = the mentor, ``reward`` = the apprentice's reward)."""
+
+    rid: RequestId
+    item: Ident
+    expires_at_ms: Millis | None = None
+    reward: Millis | None = None
+
+
+ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
+                 | GetQuote | GetRoom | RedeemFrame | BindMentor)
+ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
-    cls.TYPE: cls for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping)
+    cls.TYPE: cls
+    for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
+                GetQuote, GetRoom, RedeemFrame, BindMentor)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
-    cls.TYPE: cls for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event)
+    cls.TYPE: cls
+    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done)
 }

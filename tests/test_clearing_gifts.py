@@ -112,7 +112,7 @@ async def test_refusals_come_in_the_documented_order(world: World) -> None:
     a, c = world.accounts, world.clearing
 
     async def attempt() -> Refusal:
-        return (await refusal(c.reserve("g-order", "sam", "rex", "note", 2))).code
+        return (await refusal(c.reserve(gift_id(), "sam", "rex", "note", 2))).code
 
     assert await attempt() is Refusal.UNKNOWN_USER
     await a.create_user("sam", banned=True)
@@ -133,7 +133,22 @@ async def test_refusals_come_in_the_documented_order(world: World) -> None:
     await a.mint("sam", "note", 2)
     assert await attempt() is Refusal.RECIPIENT_OFFLINE
     await world.presence.connect("rex", world.node)
-    assert (await c.reserve("g-order", "sam", "rex", "note", 2)).state is GiftState.PENDING
+    assert (await c.reserve(gift_id(), "sam", "rex", "note", 2)).state is GiftState.PENDING
+
+
+async def test_a_refusal_is_final_for_its_gift_id(world: World) -> None:
+    """A duplicate of a refused send (resent after a reconnect, or late from a dying
+    connection) must not create the gift the client was told was refused."""
+    await world.user("ann", cards=5)
+    await world.user("bob", online=False)
+    await world.befriend("ann", "bob")
+    c = world.clearing
+    assert (await refusal(c.reserve("g-once", "ann", "bob", "note", 1))).code is Refusal.RECIPIENT_OFFLINE
+    await world.presence.connect("bob", world.node)
+    assert (await refusal(c.reserve("g-once", "ann", "bob", "note", 1))).code is Refusal.RECIPIENT_OFFLINE
+    assert (await refusal(c.reserve("g-once", "ann", "bob", "note", 2))).code is Refusal.IDEMPOTENCY_CONFLICT
+    assert await c.get_gift("g-once") is None
+    assert (await c.reserve("g-new", "ann", "bob", "note", 1)).state is GiftState.PENDING
 
 
 async def test_payload_refusals_need_no_user(world: World) -> None:

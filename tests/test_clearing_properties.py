@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import Awaitable
 from typing import Literal, TypeVar
 
@@ -104,7 +105,8 @@ async def _step(world: World, model: dict[str, Expected], op: Op) -> None:
     name = op.name
     if name == "reserve":
         sender, recipient, qty = USERS[op.a], USERS[(op.a + 1 + op.b) % len(USERS)], op.c
-        gift_id = f"g{len(model)}"
+        # A fresh id per attempt: a refused attempt's id stays refused (it is an outcome too).
+        gift_id = f"g{len(model)}-{uuid.uuid4().hex[:8]}"
         made = await attempt(world.clearing.reserve(gift_id, sender, recipient, "note", qty))
         if isinstance(made, Refusal):
             assert made in {Refusal.LIMIT_DAILY_SEND, Refusal.LIMIT_DAILY_RECEIVE, Refusal.INSUFFICIENT_BALANCE}

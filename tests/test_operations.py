@@ -13,13 +13,15 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
+from clearing import GiftRules, Presence
 from gateway import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard.local_redis import LocalRedis, free_port
 from notecard.runner import wait_ready
 from notecard_sdk import NotecardClient
-from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all, token_for
 
 
 async def http_get(url: str) -> tuple[int, bytes]:
@@ -141,3 +143,14 @@ def test_serve_runs_worker_processes_on_one_port(redis_server: LocalRedis, tmp_p
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+async def test_a_restarted_node_drops_the_presence_of_its_previous_life(
+    node_factory: NodeFactory, redis: aioredis.Redis
+) -> None:
+    presence = Presence(redis, GiftRules())
+    await presence.heartbeat("gateway-1")
+    await presence.connect("ghost", "gateway-1")  # a connection of the life that crashed
+    assert await presence.nodes_of("ghost") == ["gateway-1"]
+    await node_factory(node_id="gateway-1")  # same fixed id, as in docker-compose.yml
+    assert await presence.nodes_of("ghost") == []

@@ -21,7 +21,9 @@ from protocol import (
     SUBPROTOCOLS,
     AcceptGift,
     Balance,
+    BindMentor,
     DeclineGift,
+    Done,
     Encoding,
     Error,
     ErrorCode,
@@ -30,15 +32,24 @@ from protocol import (
     FieldError,
     FrameError,
     GetBalance,
+    GetQuote,
+    GetRoom,
     Gift,
     GiftResolved,
     GiftSent,
     GiftState,
     Hello,
+    JoinRoom,
+    LeaveRoom,
     Message,
+    OpenWish,
     Ping,
     Pong,
     ProtocolError,
+    QuoteReply,
+    RankEntry,
+    RedeemFrame,
+    Room,
     SendGift,
     Welcome,
     decode_client,
@@ -47,6 +58,7 @@ from protocol import (
     encoding_for,
     to_wire,
 )
+from protocol.messages import WireObject
 from protocol.schema import MAX_SAFE_INT, Pattern, Range, compile_fields
 
 T0 = 1_700_000_000_000
@@ -58,6 +70,15 @@ OFFER = Gift(
 ACCEPTED = dataclasses.replace(OFFER, state="accepted")
 EXPIRED = dataclasses.replace(OFFER, gift_id="g-old", state="expired", kind="gold_note", qty=1_000_000,
                               cost=MAX_SAFE_INT)
+#: A gift with every optional field set: a live-room gift, paid by the promotion, in a festival.
+SCENE = dataclasses.replace(OFFER, gift_id="g-scene", amount=18, payer="promo", festival="spring-2025",
+                            room="carol")
+#: The optional fields at their edges: nothing credited, the largest amount.
+SCENE_EDGES = dataclasses.replace(SCENE, gift_id="g-scene-2", state="accepted", amount=0, payer="p" * 64,
+                                  festival="f" * 64, room="r" * 64)
+SCENE_ACCEPTED = dataclasses.replace(SCENE, state="accepted")
+TOP = (RankEntry(user="alice", points=180, rank=1), RankEntry(user="bob", points=180, rank=1),
+       RankEntry(user="dave", points=0, rank=3))
 
 #: Every message class with its optional fields absent and present, nested Gift included,
 #: and values at the edges of their ranges.
@@ -69,19 +90,41 @@ SAMPLES: dict[str, Message] = {
     "send_gift/edges": SendGift(rid=MAX_SAFE_INT, gift_id="x" * 64, to="u:1.a_b-c", kind="k" * 32,
                                 qty=1_000_000),
     "send_gift/rid-zero": SendGift(rid=0, gift_id="g", to="b", kind="n", qty=1),
+    "send_gift/quoted": SendGift(rid=6, gift_id="g-01HV3K9Z", to="carol", kind="note", qty=2, quote="q-7f3a"),
+    "send_gift/quoted-edges": SendGift(rid=6, gift_id="g", to="carol", kind="note", qty=1, quote="q" * 64),
     "accept": AcceptGift(rid=2, gift_id="g-01HV3K9Z"),
     "decline": DeclineGift(rid=3, gift_id="g-01HV3K9Z"),
     "get_balance": GetBalance(rid=4),
     "ping": Ping(rid=5),
+    "join_room": JoinRoom(rid=10, room="carol"),
+    "join_room/edges": JoinRoom(rid=MAX_SAFE_INT, room="r" * 64),
+    "leave_room": LeaveRoom(rid=11, room="carol"),
+    "open_wish": OpenWish(rid=12, kind="gold_note", target=10),
+    "open_wish/edges": OpenWish(rid=0, kind="k" * 32, target=1_000_000),
+    "open_wish/target-one": OpenWish(rid=12, kind="n", target=1),
+    "get_quote": GetQuote(rid=13, room="carol", kind="note", qty=2),
+    "get_quote/edges": GetQuote(rid=13, room="u:1.a_b-c", kind="k" * 32, qty=1_000_000),
+    "get_room": GetRoom(rid=14, room="carol", top=10),
+    "get_room/top-one": GetRoom(rid=14, room="carol", top=1),
+    "get_room/top-hundred": GetRoom(rid=14, room="carol", top=100),
+    "redeem_frame": RedeemFrame(rid=15, festival="spring-2025"),
+    "bind_mentor": BindMentor(rid=16, mentor="alice"),
     "welcome/empty": Welcome(user="bob", node="node-1", epoch="9f2c41d07a3b", offset=0, recovered=True,
                              pending=(), heartbeat_s=20),
     "welcome/pending": Welcome(user="bob", node="gw-a:8765", epoch="9f2c41d07a3b", offset=41,
                                recovered=False, pending=(OFFER, EXPIRED), heartbeat_s=3600),
     "gift_sent": GiftSent(rid=1, gift=OFFER),
     "gift_resolved": GiftResolved(rid=2, gift=ACCEPTED),
+    "gift_sent/scene": GiftSent(rid=6, gift=SCENE),
+    "gift_resolved/scene": GiftResolved(rid=7, gift=SCENE_ACCEPTED),
+    "welcome/scene-pending": Welcome(user="carol", node="node-1", epoch="e", offset=7, recovered=True,
+                                     pending=(SCENE, OFFER, SCENE_EDGES), heartbeat_s=1),
     "balance": Balance(rid=4, available={"note": 980, "gold_note": 0}, held={"note": 20},
                        units_per_card=10),
     "balance/empty": Balance(rid=4, available={}, held={}, units_per_card=1),
+    "balance/points": Balance(rid=4, available={"note": 980}, held={}, units_per_card=10, points=1_250),
+    "balance/points-zero": Balance(rid=4, available={}, held={}, units_per_card=1, points=0),
+    "balance/points-max": Balance(rid=4, available={}, held={}, units_per_card=1, points=MAX_SAFE_INT),
     "pong": Pong(rid=5, server_time_ms=T0),
     "error/frame": Error(code="BAD_FRAME", message="frame is not valid JSON"),
     "error/request": Error(code="INSUFFICIENT_BALANCE", message="not enough cards of this kind", rid=1),
@@ -89,8 +132,30 @@ SAMPLES: dict[str, Message] = {
                              gift=ACCEPTED),
     "error/unicode": Error(code="INTERNAL", message="désolé, 出错了 \n\t ok", rid=9),
     "error/empty-message": Error(code="X", message=""),
+    "error/scene-gift": Error(code="GIFT_EXPIRED", message="the gift expired", rid=8, gift=SCENE_EDGES),
+    "error/quote-expired": Error(code="QUOTE_EXPIRED", message="ask for a new quote", rid=6),
     "event/offer": Event(epoch="9f2c41d07a3b", offset=42, event="offer", gift=OFFER),
     "event/outcome": Event(epoch="9f2c41d07a3b", offset=43, event="outcome", gift=ACCEPTED),
+    "event/scene-offer": Event(epoch="9f2c41d07a3b", offset=44, event="offer", gift=SCENE),
+    "event/scene-outcome": Event(epoch="9f2c41d07a3b", offset=45, event="outcome", gift=SCENE_EDGES),
+    "room/push": Room(room="carol", viewers=3, top=TOP),
+    "room/push-empty": Room(room="carol", viewers=0, top=()),
+    "room/push-wish": Room(room="carol", viewers=2, top=TOP[:1], wish_kind="gold_note", wish_target=10,
+                           wish_progress=0),
+    "room/reply": Room(room="carol", viewers=3, top=TOP, rid=14, wish_kind="gold_note", wish_target=10,
+                       wish_progress=4, points=180, rank=1),
+    "room/reply-edges": Room(room="r" * 64, viewers=MAX_SAFE_INT, rid=0, top=(
+        RankEntry(user="u" * 64, points=MAX_SAFE_INT, rank=MAX_SAFE_INT),), wish_kind="k" * 32,
+        wish_target=1_000_000, wish_progress=MAX_SAFE_INT, points=0, rank=MAX_SAFE_INT),
+    "room/reply-not-contributed": Room(room="carol", viewers=1, top=(), rid=10),
+    "quote": QuoteReply(rid=13, quote_id="q-7f3a", room="carol", cost=20, amount=18, viewers=3,
+                        expires_at_ms=T0 + 10_000),
+    "quote/edges": QuoteReply(rid=MAX_SAFE_INT, quote_id="q" * 64, room="r" * 64, cost=MAX_SAFE_INT, amount=0,
+                              viewers=0, expires_at_ms=0),
+    "done/frame": Done(rid=15, item="frame:spring-2025", expires_at_ms=T0 + 86_400_000),
+    "done/mentor": Done(rid=16, item="alice", reward=500),
+    "done/bare": Done(rid=17, item="x"),
+    "done/edges": Done(rid=0, item="i" * 64, expires_at_ms=0, reward=MAX_SAFE_INT),
 }
 
 ENCODINGS = list(Encoding)
@@ -103,9 +168,33 @@ def _decoder(msg: Message):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- round trips
 
 
+def _objects(obj: WireObject) -> list[WireObject]:
+    """``obj`` and every wire object nested in it (gifts, leaderboard lines)."""
+    out = [obj]
+    for spec in obj.FIELDS:
+        value = getattr(obj, spec.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, WireObject):
+                out += _objects(item)
+    return out
+
+
 def test_samples_cover_every_message_class() -> None:
     covered = {type(m) for m in SAMPLES.values()}
     assert covered == set(CLIENT_MESSAGES.values()) | set(SERVER_MESSAGES.values())
+
+
+def test_samples_cover_every_optional_field_absent_and_present() -> None:
+    """Messages and nested objects alike: each optional field both left out and set."""
+    objects = [o for m in SAMPLES.values() for o in _objects(m)]
+    assert {type(o) for o in objects} >= {Gift, RankEntry}
+    for cls in {type(o) for o in objects}:
+        for spec in cls.FIELDS:
+            if not spec.optional:
+                continue
+            values = [getattr(o, spec.name) for o in objects if type(o) is cls]
+            assert None in values, f"no {cls.TYPE} sample without {spec.name}"
+            assert any(v is not None for v in values), f"no {cls.TYPE} sample with {spec.name}"
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
@@ -118,12 +207,17 @@ def test_round_trip(name: str, encoding: Encoding) -> None:
     decoded = _decoder(msg)(frame, encoding)
     assert decoded == msg
     assert type(decoded) is type(msg)
-    # Nested gifts come back as Gift objects and lists as tuples, not raw maps and lists.
+    # Nested gifts and leaderboard lines come back as objects and lists as tuples, not raw
+    # maps and lists.
+    items = {"pending": Gift, "top": RankEntry}
     for field in dataclasses.fields(decoded):
         value = getattr(decoded, field.name)
         if isinstance(value, tuple):
-            assert all(type(item) is Gift for item in value)
+            assert all(type(item) is items[field.name] for item in value)
+        if field.name == "gift" and value is not None:
+            assert type(value) is Gift
         assert not isinstance(value, list)
+        assert not isinstance(value, dict) or field.name in ("available", "held")
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
@@ -209,6 +303,68 @@ def test_wire_shape_balance_json() -> None:
     )
 
 
+def test_wire_shape_send_gift_with_quote_json() -> None:
+    assert encode(SAMPLES["send_gift/quoted"], Encoding.JSON) == (
+        '{"t":"send_gift","rid":6,"gift_id":"g-01HV3K9Z","to":"carol","kind":"note","qty":2,"quote":"q-7f3a"}'
+    )
+
+
+def test_wire_shape_gift_with_scene_fields_json() -> None:
+    """The optional gift fields follow the required ones, in declaration order."""
+    assert encode(SAMPLES["gift_sent/scene"], Encoding.JSON) == (
+        '{"t":"gift_sent","rid":6,"gift":{'
+        '"gift_id":"g-scene","sender":"alice","recipient":"bob","kind":"note","qty":2,"cost":20,'
+        '"state":"pending","created_at_ms":1700000000000,"expires_at_ms":1700000060000,'
+        '"amount":18,"payer":"promo","festival":"spring-2025","room":"carol"}}'
+    )
+
+
+def test_wire_shape_room_push_msgpack() -> None:
+    """Byte for byte: a push has no rid, and its leaderboard is an array of maps."""
+    expected = (
+        b"\x84"  # fixmap, 4 entries
+        + b"\xa1t" + b"\xa4room"
+        + b"\xa4room" + b"\xa5carol"
+        + b"\xa7viewers" + b"\x03"
+        + b"\xa3top" + b"\x91"  # fixarray, 1 entry
+        + b"\x83" + b"\xa4user" + b"\xa5alice" + b"\xa6points" + b"\xcc\xb4" + b"\xa4rank" + b"\x01"
+    )
+    msg = Room(room="carol", viewers=3, top=(RankEntry(user="alice", points=180, rank=1),))
+    assert encode(msg, Encoding.MSGPACK) == expected
+    assert decode_server(expected, Encoding.MSGPACK) == msg
+
+
+def test_wire_shape_room_reply_json() -> None:
+    assert encode(SAMPLES["room/reply"], Encoding.JSON) == (
+        '{"t":"room","room":"carol","viewers":3,"top":['
+        '{"user":"alice","points":180,"rank":1},{"user":"bob","points":180,"rank":1},'
+        '{"user":"dave","points":0,"rank":3}],'
+        '"rid":14,"wish_kind":"gold_note","wish_target":10,"wish_progress":4,"points":180,"rank":1}'
+    )
+
+
+def test_wire_shape_scene_requests_and_replies_json() -> None:
+    shapes = {
+        "join_room": '{"t":"join_room","rid":10,"room":"carol"}',
+        "leave_room": '{"t":"leave_room","rid":11,"room":"carol"}',
+        "open_wish": '{"t":"open_wish","rid":12,"kind":"gold_note","target":10}',
+        "get_quote": '{"t":"get_quote","rid":13,"room":"carol","kind":"note","qty":2}',
+        "get_room": '{"t":"get_room","rid":14,"room":"carol","top":10}',
+        "redeem_frame": '{"t":"redeem_frame","rid":15,"festival":"spring-2025"}',
+        "bind_mentor": '{"t":"bind_mentor","rid":16,"mentor":"alice"}',
+        "quote": '{"t":"quote","rid":13,"quote_id":"q-7f3a","room":"carol","cost":20,"amount":18,"viewers":3,'
+                 '"expires_at_ms":1700000010000}',
+        "done/frame": '{"t":"done","rid":15,"item":"frame:spring-2025","expires_at_ms":1700086400000}',
+        "done/mentor": '{"t":"done","rid":16,"item":"alice","reward":500}',
+        "done/bare": '{"t":"done","rid":17,"item":"x"}',
+        "balance/points": '{"t":"balance","rid":4,"available":{"note":980},"held":{},"units_per_card":10,'
+                          '"points":1250}',
+    }
+    for name, shape in shapes.items():
+        assert encode(SAMPLES[name], Encoding.JSON) == shape, name
+        assert _decoder(SAMPLES[name])(shape, Encoding.JSON) == SAMPLES[name]
+
+
 def test_optional_fields_are_omitted_not_null() -> None:
     assert encode(SAMPLES["hello/fresh"], Encoding.JSON) == (
         '{"t":"hello","v":1,"token":"eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"}'
@@ -223,6 +379,17 @@ def test_optional_fields_are_omitted_not_null() -> None:
     # Present optional fields are written, including a falsy offset of 0.
     assert to_wire(SAMPLES["hello/resume-from-zero"]) == {"t": "hello", "v": 1, "token": "a.b", "epoch": "e",
                                                           "offset": 0}
+    # The scene fields likewise: left out when None, written when 0.
+    assert set(to_wire(SAMPLES["room/push-empty"])) == {"t", "room", "viewers", "top"}
+    assert to_wire(SAMPLES["room/push-empty"])["top"] == []
+    assert set(to_wire(SAMPLES["send_gift"])) == {"t", "rid", "gift_id", "to", "kind", "qty"}
+    assert set(to_wire(SAMPLES["gift_sent"])["gift"]) == {
+        "gift_id", "sender", "recipient", "kind", "qty", "cost", "state", "created_at_ms", "expires_at_ms",
+    }
+    assert to_wire(SAMPLES["balance/points-zero"])["points"] == 0
+    assert to_wire(SAMPLES["error/scene-gift"])["gift"]["amount"] == 0
+    assert to_wire(SAMPLES["done/edges"])["expires_at_ms"] == 0
+    assert to_wire(SAMPLES["room/reply-edges"])["points"] == 0
 
 
 def test_json_is_compact_utf8_text() -> None:
@@ -248,9 +415,30 @@ def test_unknown_fields_are_ignored_at_top_level_and_in_gifts(encoding: Encoding
     wire["future_field"] = {"nested": [1, 2, {"deep": None}]}
     wire["also_new"] = 3.5
     wire["gift"]["resolved_at_ms"] = T0
-    wire["gift"]["amount"] = 18
+    wire["gift"]["future_field"] = 18
     frame = msgpack.packb(wire) if encoding is Encoding.MSGPACK else orjson.dumps(wire).decode()
     assert decode_server(frame, encoding) == SAMPLES["gift_sent"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
+def test_unknown_fields_are_ignored_in_leaderboard_lines_and_scene_messages(encoding: Encoding) -> None:
+    wire = to_wire(SAMPLES["room/reply"])
+    wire["future_field"] = [1]
+    wire["top"][0]["badge"] = "gold"
+    wire["top"][2]["future_field"] = {"deep": None}
+    frame = msgpack.packb(wire) if encoding is Encoding.MSGPACK else orjson.dumps(wire).decode()
+    assert decode_server(frame, encoding) == SAMPLES["room/reply"]
+    request = {**to_wire(SAMPLES["get_quote"]), "future_field": "x"}
+    frame = msgpack.packb(request) if encoding is Encoding.MSGPACK else orjson.dumps(request).decode()
+    assert decode_client(frame, encoding) == SAMPLES["get_quote"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
+def test_gift_from_an_older_server_has_no_scene_fields(encoding: Encoding) -> None:
+    """A gift without amount/payer/festival/room still decodes; the fields read as None."""
+    decoded = decode_server(encode(SAMPLES["gift_sent"], encoding), encoding)
+    assert isinstance(decoded, GiftSent)
+    assert (decoded.gift.amount, decoded.gift.payer, decoded.gift.festival, decoded.gift.room) == (None,) * 4
 
 
 def test_keys_that_are_not_strings_are_ignored_in_msgpack() -> None:
@@ -263,6 +451,14 @@ def test_null_optional_field_reads_as_absent(encoding: Encoding) -> None:
     wire = {"t": "hello", "v": 1, "token": "a.b", "epoch": None, "offset": None}
     frame = msgpack.packb(wire) if encoding is Encoding.MSGPACK else orjson.dumps(wire).decode()
     assert decode_client(frame, encoding) == Hello(v=1, token="a.b")
+    wire = {**to_wire(SAMPLES["room/push"]), "rid": None, "wish_kind": None, "wish_target": None,
+            "wish_progress": None, "points": None, "rank": None}
+    frame = msgpack.packb(wire) if encoding is Encoding.MSGPACK else orjson.dumps(wire).decode()
+    assert decode_server(frame, encoding) == SAMPLES["room/push"]
+    wire = to_wire(SAMPLES["gift_sent"])
+    wire["gift"].update(amount=None, payer=None, festival=None, room=None)
+    frame = msgpack.packb(wire) if encoding is Encoding.MSGPACK else orjson.dumps(wire).decode()
+    assert decode_server(frame, encoding) == SAMPLES["gift_sent"]
 
 
 def test_field_order_on_the_wire_does_not_matter() -> None:
@@ -311,19 +507,34 @@ def test_encoding_for_rejects_a_subprotocol_it_never_offered() -> None:
 
 def test_message_type_names() -> None:
     assert PROTOCOL_VERSION == 1
-    assert set(CLIENT_MESSAGES) == {"hello", "send_gift", "accept", "decline", "get_balance", "ping"}
-    assert set(SERVER_MESSAGES) == {
-        "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event",
+    assert set(CLIENT_MESSAGES) == {
+        "hello", "send_gift", "accept", "decline", "get_balance", "ping",
+        "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
     }
+    assert set(SERVER_MESSAGES) == {
+        "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event", "room", "quote", "done",
+    }
+    # Nested objects are not messages: a frame cannot name them.
+    assert Gift.TYPE not in CLIENT_MESSAGES and Gift.TYPE not in SERVER_MESSAGES
+    assert RankEntry.TYPE not in CLIENT_MESSAGES and RankEntry.TYPE not in SERVER_MESSAGES
     for name, cls in {**CLIENT_MESSAGES, **SERVER_MESSAGES}.items():
         assert name == cls.TYPE
 
 
 def test_every_request_carries_a_rid_and_every_reply_echoes_it() -> None:
     requests = {n for n, c in CLIENT_MESSAGES.items() if "rid" in {f.name for f in dataclasses.fields(c)}}
-    assert requests == {"send_gift", "accept", "decline", "get_balance", "ping"}
+    assert requests == {
+        "send_gift", "accept", "decline", "get_balance", "ping",
+        "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
+    }
+    # Every request's rid is required.
+    for name in requests:
+        assert not next(s for s in CLIENT_MESSAGES[name].FIELDS if s.name == "rid").optional, name
     replies = {n for n, c in SERVER_MESSAGES.items() if "rid" in {f.name for f in dataclasses.fields(c)}}
-    assert replies == {"gift_sent", "gift_resolved", "balance", "pong", "error"}
+    assert replies == {"gift_sent", "gift_resolved", "balance", "pong", "error", "room", "quote", "done"}
+    # rid is optional only where the server also pushes the message unasked.
+    optional_rid = {n for n in replies if next(s for s in SERVER_MESSAGES[n].FIELDS if s.name == "rid").optional}
+    assert optional_rid == {"error", "room"}
 
 
 def test_error_codes_are_stable_strings() -> None:
@@ -331,6 +542,10 @@ def test_error_codes_are_stable_strings() -> None:
         assert code.value == code.name
     assert len({c.value for c in ErrorCode}) == len(ErrorCode)
     assert {ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE} == RETRYABLE_CODES
+    scene_codes = {"QUOTE_EXPIRED", "QUOTE_MISMATCH", "NO_WISH", "NOT_IN_ROOM", "NO_FESTIVAL", "ALREADY_REDEEMED",
+                   "ALREADY_BOUND", "NOT_NEWCOMER", "PROMOTION_EXHAUSTED"}
+    assert scene_codes <= {c.value for c in ErrorCode}
+    assert not scene_codes & RETRYABLE_CODES
 
 
 def test_exception_tree() -> None:

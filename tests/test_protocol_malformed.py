@@ -31,7 +31,9 @@ from protocol import (
     FieldError,
     Frame,
     FrameError,
+    Gift,
     ProtocolError,
+    RankEntry,
     decode_client,
     decode_server,
     encode,
@@ -46,23 +48,40 @@ GIFT: dict[str, Any] = {
     "gift_id": "g-1", "sender": "alice", "recipient": "bob", "kind": "note", "qty": 2, "cost": 20,
     "state": "pending", "created_at_ms": 1_700_000_000_000, "expires_at_ms": 1_700_000_060_000,
 }
-#: One valid wire map per message type; every test below breaks exactly one thing in it.
+#: A gift with every optional (scene) field present.
+SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol"}
+TOP: list[dict[str, Any]] = [{"user": "alice", "points": 180, "rank": 1}, {"user": "bob", "points": 90, "rank": 2}]
+#: One valid wire map per message type, every optional field present; every test below
+#: breaks exactly one thing in it.
 VALID: dict[str, dict[str, Any]] = {
     "hello": {"t": "hello", "v": 1, "token": "a.b", "epoch": "e1", "offset": 3},
-    "send_gift": {"t": "send_gift", "rid": 7, "gift_id": "g-1", "to": "bob", "kind": "note", "qty": 2},
+    "send_gift": {"t": "send_gift", "rid": 7, "gift_id": "g-1", "to": "bob", "kind": "note", "qty": 2,
+                  "quote": "q-1"},
     "accept": {"t": "accept", "rid": 7, "gift_id": "g-1"},
     "decline": {"t": "decline", "rid": 7, "gift_id": "g-1"},
     "get_balance": {"t": "get_balance", "rid": 7},
     "ping": {"t": "ping", "rid": 7},
+    "join_room": {"t": "join_room", "rid": 7, "room": "carol"},
+    "leave_room": {"t": "leave_room", "rid": 7, "room": "carol"},
+    "open_wish": {"t": "open_wish", "rid": 7, "kind": "note", "target": 10},
+    "get_quote": {"t": "get_quote", "rid": 7, "room": "carol", "kind": "note", "qty": 2},
+    "get_room": {"t": "get_room", "rid": 7, "room": "carol", "top": 10},
+    "redeem_frame": {"t": "redeem_frame", "rid": 7, "festival": "spring"},
+    "bind_mentor": {"t": "bind_mentor", "rid": 7, "mentor": "alice"},
     "welcome": {"t": "welcome", "user": "bob", "node": "n1", "epoch": "e1", "offset": 3, "recovered": True,
-                "pending": [GIFT, {**GIFT, "gift_id": "g-2"}], "heartbeat_s": 20},
+                "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20},
     "gift_sent": {"t": "gift_sent", "rid": 7, "gift": GIFT},
-    "gift_resolved": {"t": "gift_resolved", "rid": 7, "gift": GIFT},
+    "gift_resolved": {"t": "gift_resolved", "rid": 7, "gift": SCENE_GIFT},
     "balance": {"t": "balance", "rid": 7, "available": {"note": 10}, "held": {"note": 0},
-                "units_per_card": 10},
+                "units_per_card": 10, "points": 5},
     "pong": {"t": "pong", "rid": 7, "server_time_ms": 5},
     "error": {"t": "error", "code": "BAD_FIELD", "message": "m", "rid": 7, "gift": GIFT},
     "event": {"t": "event", "epoch": "e1", "offset": 4, "event": "offer", "gift": GIFT},
+    "room": {"t": "room", "room": "carol", "viewers": 3, "top": TOP, "rid": 7, "wish_kind": "note",
+             "wish_target": 10, "wish_progress": 4, "points": 90, "rank": 2},
+    "quote": {"t": "quote", "rid": 7, "quote_id": "q-1", "room": "carol", "cost": 20, "amount": 18, "viewers": 3,
+              "expires_at_ms": 1_700_000_010_000},
+    "done": {"t": "done", "rid": 7, "item": "frame:spring", "expires_at_ms": 1_700_000_010_000, "reward": 5},
 }
 
 
@@ -256,6 +275,8 @@ def _required_paths() -> list[tuple[str, str]]:
     paths += [("gift_sent", f"gift.{k}") for k in GIFT]
     paths += [("welcome", f"pending.1.{k}") for k in ("gift_id", "state", "expires_at_ms")]
     paths += [("error", f"gift.{k}") for k in ("cost", "recipient")]
+    paths += [("gift_resolved", f"gift.{spec.name}") for spec in Gift.FIELDS if not spec.optional]
+    paths += [("room", f"top.1.{spec.name}") for spec in RankEntry.FIELDS if not spec.optional]
     return paths
 
 
@@ -274,7 +295,47 @@ def test_missing_required_field(type_name: str, path: str, encoding: Encoding) -
 def test_every_field_of_every_message_is_required_except_the_documented_optional_ones() -> None:
     optional = {(n, s.name) for n, c in {**CLIENT_MESSAGES, **SERVER_MESSAGES}.items() for s in c.FIELDS
                 if s.optional}
-    assert optional == {("hello", "epoch"), ("hello", "offset"), ("error", "rid"), ("error", "gift")}
+    assert optional == {
+        ("hello", "epoch"), ("hello", "offset"), ("error", "rid"), ("error", "gift"),
+        ("send_gift", "quote"), ("balance", "points"),
+        ("room", "rid"), ("room", "wish_kind"), ("room", "wish_target"), ("room", "wish_progress"),
+        ("room", "points"), ("room", "rank"),
+        ("done", "expires_at_ms"), ("done", "reward"),
+    }
+    assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room"}
+    assert {s.name for s in Gift.FIELDS if not s.optional} == set(GIFT)
+    assert not [s.name for s in RankEntry.FIELDS if s.optional]
+
+
+def _optional_paths() -> list[tuple[str, str]]:
+    paths = []
+    for name, cls in {**CLIENT_MESSAGES, **SERVER_MESSAGES}.items():
+        paths += [(name, spec.name) for spec in cls.FIELDS if spec.optional]
+    paths += [("gift_resolved", f"gift.{spec.name}") for spec in Gift.FIELDS if spec.optional]
+    paths += [("welcome", f"pending.1.{spec.name}") for spec in Gift.FIELDS if spec.optional]
+    return paths
+
+
+def _read(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
+@pytest.mark.parametrize(("type_name", "path"), _optional_paths())
+def test_optional_field_may_be_absent_or_null(type_name: str, path: str, encoding: Encoding) -> None:
+    """Each optional field: present in VALID and read back; absent or null, it reads as None."""
+    decode = decoder_for(type_name)
+    present = decode(pack(VALID[type_name], encoding), encoding)
+    container, key = _locate(VALID[type_name], path)
+    expected = Gift(**container[key]) if path == "gift" else container[key]
+    assert _read(present, path) == expected
+    absent = decode(pack(without_field(type_name, path), encoding), encoding)
+    assert _read(absent, path) is None
+    assert absent != present
+    # null is the same as absent.
+    assert decode(pack(with_field(type_name, path, None), encoding), encoding) == absent
 
 
 # ---------------------------------------------------------------- wrong types
@@ -320,6 +381,49 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("balance", "available", {"note": 1.5}),
     ("balance", "available", {"note": True}),
     ("balance", "available", {"note": "10"}),
+    # the scene messages and fields.
+    ("send_gift", "quote", 5),
+    ("send_gift", "quote", ["q-1"]),
+    ("balance", "points", "5"),
+    ("balance", "points", True),
+    ("join_room", "room", ["carol"]),
+    ("leave_room", "room", 7),
+    ("open_wish", "target", "10"),
+    ("open_wish", "target", 10.0),
+    ("open_wish", "kind", {"kind": "note"}),
+    ("get_quote", "qty", True),
+    ("get_quote", "room", False),
+    ("get_room", "top", 10.0),
+    ("get_room", "top", "10"),
+    ("redeem_frame", "festival", 2025),
+    ("bind_mentor", "mentor", {"id": "alice"}),
+    ("room", "viewers", True),
+    ("room", "top", TOP[0]),
+    ("room", "top", "[]"),
+    ("room", "top", [TOP[0], "bob"]),
+    ("room", "top", [["alice", 180, 1]]),
+    ("room", "top.0.points", 1.5),
+    ("room", "top.1.rank", True),
+    ("room", "top.1.user", 5),
+    ("room", "wish_kind", 1),
+    ("room", "wish_target", "10"),
+    ("room", "wish_progress", 4.0),
+    ("room", "points", False),
+    ("room", "rank", "2"),
+    ("quote", "quote_id", 1),
+    ("quote", "cost", 20.0),
+    ("quote", "amount", True),
+    ("quote", "viewers", "3"),
+    ("quote", "expires_at_ms", [1]),
+    ("done", "item", ["frame:spring"]),
+    ("done", "expires_at_ms", 1.0),
+    ("done", "reward", True),
+    ("gift_resolved", "gift.amount", True),
+    ("gift_resolved", "gift.amount", 18.0),
+    ("gift_resolved", "gift.payer", 5),
+    ("gift_resolved", "gift.festival", ["spring"]),
+    ("gift_resolved", "gift.room", {"room": "carol"}),
+    ("welcome", "pending.1.amount", "18"),
 ]
 
 
@@ -333,7 +437,11 @@ def test_wrong_field_type(type_name: str, path: str, value: Any, encoding: Encod
 
 @pytest.mark.parametrize(
     ("type_name", "path"),
-    [("send_gift", "to"), ("hello", "token"), ("gift_sent", "gift.kind"), ("error", "message")],
+    [("send_gift", "to"), ("hello", "token"), ("gift_sent", "gift.kind"), ("error", "message"),
+     ("send_gift", "quote"), ("join_room", "room"), ("leave_room", "room"), ("open_wish", "kind"),
+     ("get_quote", "room"), ("get_room", "room"), ("redeem_frame", "festival"), ("bind_mentor", "mentor"),
+     ("room", "room"), ("room", "wish_kind"), ("room", "top.0.user"), ("quote", "quote_id"), ("done", "item"),
+     ("gift_resolved", "gift.payer"), ("gift_resolved", "gift.festival"), ("gift_resolved", "gift.room")],
 )
 def test_msgpack_bin_where_str(type_name: str, path: str) -> None:
     frame = msgpack.packb(with_field(type_name, path, b"bob"), use_bin_type=True)
@@ -366,6 +474,35 @@ OUT_OF_RANGE: list[tuple[str, str, Any]] = [
     ("balance", "units_per_card", 1_000_001),
     ("balance", "held", {"note": -1}),
     ("pong", "server_time_ms", -1),
+    ("balance", "points", -1),
+    ("balance", "points", MAX_SAFE_INT + 1),
+    ("open_wish", "target", 0),
+    ("open_wish", "target", 1_000_001),
+    ("get_quote", "qty", 0),
+    ("get_quote", "qty", 1_000_001),
+    ("get_room", "top", 0),
+    ("get_room", "top", -1),
+    ("get_room", "top", 101),
+    ("room", "viewers", -1),
+    ("room", "viewers", MAX_SAFE_INT + 1),
+    ("room", "wish_target", 0),
+    ("room", "wish_target", 1_000_001),
+    ("room", "wish_progress", -1),
+    ("room", "points", -1),
+    ("room", "rank", 0),
+    ("room", "rank", MAX_SAFE_INT + 1),
+    ("room", "top.0.rank", 0),
+    ("room", "top.1.points", -1),
+    ("room", "top.1.points", MAX_SAFE_INT + 1),
+    ("quote", "cost", -1),
+    ("quote", "amount", -1),
+    ("quote", "viewers", -1),
+    ("quote", "expires_at_ms", MAX_SAFE_INT + 1),
+    ("done", "expires_at_ms", -1),
+    ("done", "reward", -1),
+    ("done", "reward", MAX_SAFE_INT + 1),
+    ("gift_resolved", "gift.amount", -1),
+    ("welcome", "pending.1.amount", MAX_SAFE_INT + 1),
 ]
 
 
@@ -416,6 +553,37 @@ IN_RANGE_EDGES: list[tuple[str, str, Any]] = [
     ("error", "code", "C" * 64),
     ("balance", "available", {}),
     ("welcome", "pending", []),
+    ("send_gift", "quote", "q" * 64),
+    ("send_gift", "quote", "A-z_0.9:q"),
+    ("balance", "points", 0),
+    ("balance", "points", MAX_SAFE_INT),
+    ("join_room", "room", "r" * 64),
+    ("open_wish", "target", 1),
+    ("open_wish", "target", 1_000_000),
+    ("get_quote", "qty", 1),
+    ("get_quote", "qty", 1_000_000),
+    ("get_room", "top", 1),
+    ("get_room", "top", 100),
+    ("redeem_frame", "festival", "f" * 64),
+    ("bind_mentor", "mentor", "u:1.a_b-c"),
+    ("room", "viewers", 0),
+    ("room", "viewers", MAX_SAFE_INT),
+    ("room", "top", []),
+    ("room", "rid", 0),
+    ("room", "wish_kind", "k" * 32),
+    ("room", "wish_target", 1),
+    ("room", "wish_target", 1_000_000),
+    ("room", "wish_progress", 0),
+    ("room", "points", 0),
+    ("room", "rank", 1),
+    ("room", "rank", MAX_SAFE_INT),
+    ("quote", "quote_id", "q" * 64),
+    ("quote", "cost", 0),
+    ("quote", "amount", 0),
+    ("quote", "expires_at_ms", MAX_SAFE_INT),
+    ("done", "item", "i" * 64),
+    ("done", "expires_at_ms", 0),
+    ("done", "reward", 0),
 ]
 
 
@@ -464,6 +632,34 @@ BAD_STRINGS: list[tuple[str, str, Any]] = [
     ("event", "gift.sender", "a:b/c"),
     ("balance", "available", {"Note": 10}),
     ("balance", "held", {"": 0}),
+    ("send_gift", "quote", ""),
+    ("send_gift", "quote", "q" * 65),
+    ("send_gift", "quote", "q 1"),
+    ("join_room", "room", "room 1"),
+    ("join_room", "room", "r" * 65),
+    ("leave_room", "room", ""),
+    ("open_wish", "kind", "Gold"),
+    ("open_wish", "kind", "k" * 33),
+    ("get_quote", "room", "r/1"),
+    ("get_quote", "kind", "gold-note"),
+    ("get_room", "room", "évil"),
+    ("redeem_frame", "festival", "spring festival"),
+    ("redeem_frame", "festival", ""),
+    ("bind_mentor", "mentor", "m" * 65),
+    ("bind_mentor", "mentor", "{alice}"),
+    ("room", "room", "carol\n"),
+    ("room", "wish_kind", "NOTE"),
+    ("room", "wish_kind", ""),
+    ("room", "top.0.user", "a b"),
+    ("room", "top.1.user", ""),
+    ("quote", "quote_id", "q\x00"),
+    ("quote", "room", "c" * 65),
+    ("done", "item", "frame:spring/2025"),
+    ("done", "item", ""),
+    ("gift_resolved", "gift.payer", "promo!"),
+    ("gift_resolved", "gift.festival", ""),
+    ("gift_resolved", "gift.room", "x" * 65),
+    ("welcome", "pending.1.payer", "p q"),
 ]
 
 
@@ -491,6 +687,14 @@ def test_bad_string(type_name: str, path: str, value: Any, encoding: Encoding) -
         ("welcome", "pending.1.created_at_ms", 1.0),
         ("error", "gift.gift_id", "bad id"),  # an optional gift, when present, must be valid
         ("error", "gift", {}),
+        ("gift_resolved", "gift.amount", -1),  # the optional scene fields, when present, must be valid
+        ("welcome", "pending.1.room", "bad room"),
+        ("error", "gift.festival", ""),
+        ("room", "top.0", []),
+        ("room", "top.1", {}),
+        ("room", "top.1", "bob"),
+        ("room", "top", [{}]),
+        ("room", "top.0.rank", -3),
     ],
 )
 def test_nested_gift_malformed(type_name: str, path: str, value: Any, encoding: Encoding) -> None:
@@ -518,6 +722,9 @@ def test_unhashable_keys_are_bad_frame() -> None:
     nested = _raw_map(P([1]), P(1))
     refused(_raw_map(P("t"), P("gift_sent"), P("rid"), P(7), P("gift"), nested), MSGPACK, ErrorCode.BAD_FRAME,
             None, decode_server)
+    top = b"\x91" + nested  # a leaderboard of one line keyed by an array
+    refused(_raw_map(P("t"), P("room"), P("room"), P("carol"), P("viewers"), P(1), P("rid"), P(7), P("top"), top),
+            MSGPACK, ErrorCode.BAD_FRAME, None, decode_server)
 
 
 def test_hashable_odd_keys_are_ignored_but_do_not_stand_in_for_names() -> None:
@@ -544,6 +751,11 @@ def test_ext_types() -> None:
     assert "'pending' must be a list" in err.message
     refused(P(with_field("welcome", "pending", msgpack.ExtType(1, b""))), MSGPACK, ErrorCode.BAD_FIELD, None,
             decode_server)
+    err = refused(P(with_field("room", "top", ext)), MSGPACK, ErrorCode.BAD_FIELD, 7, decode_server)
+    assert "'top' must be a list" in err.message
+    refused(P(with_field("room", "top.0", ext)), MSGPACK, ErrorCode.BAD_FIELD, 7, decode_server)
+    refused(P(with_field("send_gift", "quote", ext)), MSGPACK, ErrorCode.BAD_FIELD, 7)
+    refused(P(with_field("gift_resolved", "gift.amount", ext)), MSGPACK, ErrorCode.BAD_FIELD, 7, decode_server)
 
 
 def test_timestamp_ext() -> None:

@@ -50,6 +50,20 @@ function K.presence(u) return PREFIX .. ':presence:' .. u end
 function K.nodes() return PREFIX .. ':nodes' end
 function K.node_users(n) return PREFIX .. ':nodeusers:' .. n end
 function K.channel(n) return PREFIX .. ':node:' .. n end
+function K.scene() return PREFIX .. ':scene:config' end
+function K.festivals() return PREFIX .. ':festivals' end
+function K.free(u) return PREFIX .. ':free:' .. u end
+function K.mentors() return PREFIX .. ':mentors' end
+function K.inventory(u) return PREFIX .. ':inv:' .. u end
+function K.points() return PREFIX .. ':points' end
+function K.pointlog() return PREFIX .. ':pointlog' end
+function K.joint() return PREFIX .. ':campaign:joint' end
+function K.room(r) return PREFIX .. ':room:' .. r end
+function K.room_conns(r) return PREFIX .. ':roomconn:' .. r end
+function K.room_viewers(r) return PREFIX .. ':roomviewers:' .. r end
+function K.node_rooms(n) return PREFIX .. ':noderooms:' .. n end
+function K.board(r) return PREFIX .. ':board:' .. r end
+function K.quote(id) return PREFIX .. ':quote:' .. id end
 
 local function reply(t)
   return cmsgpack.pack(t)
@@ -98,17 +112,28 @@ local function live_nodes(user)
   return out
 end
 
--- The user's stream epoch, created when absent. A new epoch means the history was lost:
--- whatever stream is left belongs to the old one, and its entry ids would collide with
--- the restarted offsets, so it goes too.
+-- This server's replication id. It changes when a replica is promoted (and when a server
+-- starts without its replication state): exactly when the newest writes, stream tails
+-- included, may have been lost while offsets go on from an older seq.
+local function replication_id()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+end
+
+-- The user's stream epoch, created when absent or when the stream may have lost its tail
+-- (the replication id it was written under is not this server's any more). A new epoch
+-- means the history is gone: whatever stream is left belongs to the old one, and its entry
+-- ids would collide with the restarted offsets, so it goes too. Clients then reconnect,
+-- are told recovered=false, and rely on the pending list.
 local function ensure_epoch(user)
   local meta = K.evmeta(user)
-  if redis.call('HSETNX', meta, 'epoch', EPOCH_CANDIDATE) == 1 then
-    redis.call('HSET', meta, 'seq', 0)
-    redis.call('DEL', K.events(user))
-    return EPOCH_CANDIDATE
+  local stored = redis.call('HMGET', meta, 'epoch', 'replid')
+  local replid = replication_id()
+  if stored[1] and stored[2] == replid then
+    return stored[1]
   end
-  return redis.call('HGET', meta, 'epoch')
+  redis.call('HSET', meta, 'epoch', EPOCH_CANDIDATE, 'replid', replid, 'seq', 0)
+  redis.call('DEL', K.events(user))
+  return EPOCH_CANDIDATE
 end
 
 -- Append an event to the user's stream (entry id <offset>-0) and publish the same bytes to
@@ -135,23 +160,91 @@ local function release_quota(g, day)
   end
 end
 
+-- The scene settings (clearing/scene_config.py): the stored document, or the defaults the
+-- caller passed as JSON. Read per call so that every node sees an operator's change at once.
+local function scene_config(default_json)
+  return cjson.decode(redis.call('GET', K.scene()) or default_json)
+end
+
+-- The festival whose window holds NOW (start <= NOW < end): id, record; nil when none.
+-- Overlapping windows are refused when configured, so at most one matches.
+local function active_festival()
+  local flat = redis.call('HGETALL', K.festivals())
+  for i = 1, #flat, 2 do
+    local f = cjson.decode(flat[i + 1])
+    if f.start_ms <= NOW and NOW < f.end_ms then
+      return flat[i], f
+    end
+  end
+  return nil, nil
+end
+
+local function perk_of(cfg, app)
+  local p = cfg.apps[app] or {}
+  return p.sender_bonus_permille or 0, p.recipient_multiplier_permille or 1000, p.joint_campaign == true
+end
+
+-- One entry of the points ledger: the total and the log move together, never below zero.
+local function add_points(user, points, gift_id, why, app)
+  if points > 0 then
+    redis.call('HINCRBY', K.points(), user, points)
+    redis.call('XADD', K.pointlog(), '*', 'u', user, 'p', points, 'g', gift_id, 'why', why, 'app', app)
+  end
+end
+
+-- Perks of an accepted gift (gift-rules.md section 2): the sender's app is the one the gift
+-- was sent from, the recipient's the one it was accepted on. Bonuses round down.
+local function award_points(g, cfg, recipient_app)
+  local base = g.qty * cfg.points_per_card
+  local sender_bonus, _, sender_joint = perk_of(cfg, g.app or 'main')
+  local _, recipient_mult, recipient_joint = perk_of(cfg, recipient_app)
+  add_points(g.sender, base + math.floor(base * sender_bonus / 1000), g.gift_id, 'sent', g.app or 'main')
+  add_points(g.recipient, math.floor(base * recipient_mult / 1000), g.gift_id, 'received', recipient_app)
+  if sender_joint or recipient_joint then
+    redis.call('SADD', K.joint(), g.sender, g.recipient)
+  end
+end
+
+-- A gift accepted in a live room: the sender's contribution (the cost, in units) on the
+-- room's leaderboard, and the streamer's wish progress when it matches the wish's kind.
+local function room_credit(g)
+  local room = K.room(g.room)
+  redis.call('ZINCRBY', K.board(g.room), g.cost, g.sender)
+  local r = redis.call('HMGET', room, 'streamer', 'wish_kind')
+  if r[1] == g.recipient and r[2] == g.kind then
+    redis.call('HINCRBY', room, 'wish_progress', g.qty)
+  end
+  redis.call('HINCRBY', room, 'version', 1)
+end
+
 -- Move a pending gift (already validated as pending by the caller) to a final state:
---   accepted: held -> recipient's available `amount`, cost - amount -> consumed
---   declined / expired: held -> back to the sender, quota slots released
+--   accepted: held -> recipient's available `amount`, cost - amount -> consumed, points
+--             (cfg and recipient_app are required for this state only), room credit
+--   declined / expired: held -> back to whoever paid (the payer: the sender, or the
+--             promotion account for a newcomer's free gift, whose free slot comes back
+--             too), quota slots released
 -- then stamp it, schedule its deletion after the retention window, drop it from the
 -- queues, and tell both users. Returns the updated record.
-local function finish(key, g, day, state)
+local function finish(key, g, day, state, cfg, recipient_app)
   local sender, recipient, kind, cost = g.sender, g.recipient, g.kind, g.cost
-  redis.call('HINCRBY', K.held(sender), kind, -cost)
+  local payer = g.payer or sender
+  redis.call('HINCRBY', K.held(payer), kind, -cost)
   redis.call('HINCRBY', K.holds(), kind, -cost)
   if state == 'accepted' then
     redis.call('HINCRBY', K.bal(recipient), kind, g.amount)
     if cost > g.amount then
       redis.call('HINCRBY', K.consumed(), kind, cost - g.amount)
     end
+    award_points(g, cfg, recipient_app)
+    if g.room then
+      room_credit(g)
+    end
   else
-    redis.call('HINCRBY', K.bal(sender), kind, cost)
+    redis.call('HINCRBY', K.bal(payer), kind, cost)
     release_quota(g, day)
+    if payer ~= sender and redis.call('EXISTS', K.free(sender)) == 1 then
+      redis.call('DECR', K.free(sender))
+    end
   end
   redis.call('HSET', key, 'state', state, 'resolved_at_ms', NOW)
   redis.call('PEXPIRE', key, RETENTION)
@@ -171,6 +264,17 @@ local function drop_node(node)
     redis.call('HDEL', K.presence(user), node)
   end
   redis.call('DEL', users_key)
+  -- and its live-room viewers: a user watching only through this node stops counting
+  local rooms_key = K.node_rooms(node)
+  for _, entry in ipairs(redis.call('SMEMBERS', rooms_key)) do
+    local sep = string.find(entry, '|', 1, true)
+    local room, user = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
+    if redis.call('HDEL', K.room_conns(room), node .. '|' .. user) == 1
+        and redis.call('HINCRBY', K.room_viewers(room), user, -1) <= 0 then
+      redis.call('HDEL', K.room_viewers(room), user)
+    end
+  end
+  redis.call('DEL', rooms_key)
   redis.call('ZREM', K.nodes(), node)
 end
 

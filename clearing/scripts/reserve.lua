@@ -11,10 +11,24 @@
 -- ARGV[17] daily_send_limit  ARGV[18] vip_send_bonus  ARGV[19] daily_receive_limit
 -- ARGV[20] receive_limit_scope ("recipient" | "pair")
 -- ARGV[21] follow_min_age_ms  ARGV[22] confirm_window_ms
+-- ARGV[23] the sender's app (from the connection's token)
+-- ARGV[24] the default scene settings as JSON (used while none are stored)
+-- ARGV[25] live-room quote id or "" (clearing/rooms.py)
+--
+-- Scenes (gift-rules.md section 3; prices in clearing/scene_config.py): ARGV[13] and [14]
+-- are the base price (qty * units_per_card). During a festival window the cost is
+-- ceil(base * permille / 1000); with a quote, the quote's cost (festival and viewer tier
+-- included when it was given). The recipient is credited `amount` = base. A newcomer's
+-- first free gifts are paid by the promotion account when it can cover them (else the
+-- sender pays): that account is the gift's `payer`, holds the cost, and gets it back on
+-- decline or expiry. After LIMIT_DAILY_RECEIVE and before INSUFFICIENT_BALANCE a quoted
+-- gift may be refused QUOTE_EXPIRED (unknown, used or lapsed) or QUOTE_MISMATCH (another
+-- sender, recipient, kind or qty). A quote is used up by the gift it priced.
 --
 -- Returns msgpack {gift = record} or {err = code} (IDEMPOTENCY_CONFLICT has no gift).
 -- A gift id that exists with the same sender, recipient, kind and qty returns the stored
--- record as it is now, in any state, and writes nothing.
+-- record as it is now, in any state, and writes nothing. A refusal is remembered for an
+-- hour ({p}:refused:<gift_id>): the same request with the same id gets the same refusal.
 --
 -- Invariants kept: every check runs before the first write; cost moves from bal to held
 -- and holds_total by the same amount; the gift sits in pending and the recipient's inbox
@@ -29,6 +43,7 @@ local precheck, day = ARGV[15], ARGV[16]
 local send_limit, vip_bonus = tonumber(ARGV[17]), tonumber(ARGV[18])
 local receive_limit, receive_scope = tonumber(ARGV[19]), ARGV[20]
 local follow_min_age, confirm_window = tonumber(ARGV[21]), tonumber(ARGV[22])
+local app, quote_id = ARGV[23], ARGV[25]
 
 local existing = redis.call('HGETALL', gift_key)
 if #existing > 0 then
@@ -38,6 +53,28 @@ if #existing > 0 then
   end
   return refuse('IDEMPOTENCY_CONFLICT')
 end
+
+-- A refusal is an outcome too, and final for its gift id: a duplicate of the same request
+-- that arrives later (resent after a reconnect, or delayed on a dying connection) answers
+-- the same refusal instead of creating the gift the client was told was refused. The memory
+-- is a short-lived key, long past any retry of the SDK (request timeout 30 s).
+local REFUSAL_MEMORY_MS = 3600000
+local refusal_key = PREFIX .. ':refused:' .. gift_id
+local fingerprint = table.concat({sender, recipient, kind, qty}, '|')
+local remembered = redis.call('HMGET', refusal_key, 'code', 'fp')
+if remembered[1] then
+  if remembered[2] == fingerprint then
+    return refuse(remembered[1])
+  end
+  return refuse('IDEMPOTENCY_CONFLICT')
+end
+local refuse_once = refuse
+refuse = function(code)
+  redis.call('HSET', refusal_key, 'code', code, 'fp', fingerprint)
+  redis.call('PEXPIRE', refusal_key, REFUSAL_MEMORY_MS)
+  return refuse_once(code)
+end
+
 if precheck ~= '' then
   return refuse(precheck)
 end
@@ -88,7 +125,33 @@ if tonumber(redis.call('GET', scoped_key) or '0') >= receive_limit then
   return refuse('LIMIT_DAILY_RECEIVE')
 end
 
-if tonumber(redis.call('HGET', K.bal(sender), kind) or '0') < cost then
+local cfg = scene_config(ARGV[24])
+local festival, fest = active_festival()
+if fest then
+  cost = math.floor((amount * fest.permille + 999) / 1000)
+end
+local room
+if quote_id ~= '' then
+  local q = redis.call('HMGET', K.quote(quote_id), 'sender', 'recipient', 'kind', 'qty', 'cost',
+                       'expires_at_ms', 'room')
+  if not q[1] or NOW >= tonumber(q[6]) then
+    return refuse('QUOTE_EXPIRED')
+  end
+  if q[1] ~= sender or q[2] ~= recipient or q[3] ~= kind or tonumber(q[4]) ~= qty then
+    return refuse('QUOTE_MISMATCH')
+  end
+  cost, room = tonumber(q[5]), q[7]
+end
+
+local payer = sender
+local promo = cfg.promo_account
+if NOW - tonumber(s[1]) < cfg.newcomer_age_ms and promo ~= sender and promo ~= recipient
+    and tonumber(redis.call('GET', K.free(sender)) or '0') < cfg.newcomer_free_gifts
+    and redis.call('EXISTS', K.user(promo)) == 1
+    and tonumber(redis.call('HGET', K.bal(promo), kind) or '0') >= cost then
+  payer = promo
+end
+if tonumber(redis.call('HGET', K.bal(payer), kind) or '0') < cost then
   return refuse('INSUFFICIENT_BALANCE')
 end
 local nodes = live_nodes(recipient)
@@ -97,15 +160,29 @@ if #nodes == 0 then
 end
 
 -- ------------------------------------------------------------ writes (nothing can fail now)
-redis.call('HINCRBY', K.bal(sender), kind, -cost)
-redis.call('HINCRBY', K.held(sender), kind, cost)
+redis.call('HINCRBY', K.bal(payer), kind, -cost)
+redis.call('HINCRBY', K.held(payer), kind, cost)
 redis.call('HINCRBY', K.holds(), kind, cost)
+if payer ~= sender then
+  redis.call('INCR', K.free(sender))
+end
+if quote_id ~= '' then
+  redis.call('DEL', K.quote(quote_id))
+end
 
 local expires = NOW + confirm_window
 redis.call('HSET', gift_key,
   'sender', sender, 'recipient', recipient, 'kind', kind, 'qty', qty, 'cost', cost,
   'amount', amount, 'state', 'pending', 'created_at_ms', NOW, 'expires_at_ms', expires,
-  'day', day)
+  'day', day, 'app', app)
+local gift = {gift_id = gift_id, sender = sender, recipient = recipient, kind = kind, qty = qty,
+              cost = cost, amount = amount, state = 'pending', created_at_ms = NOW,
+              expires_at_ms = expires, app = app}
+-- Optional fields are stored only when set: an absent field reads as nil in gift_map.
+for field, value in pairs({payer = payer ~= sender and payer or nil, festival = festival, room = room}) do
+  redis.call('HSET', gift_key, field, value)
+  gift[field] = value
+end
 redis.call('ZADD', K.pending(), expires, gift_id)
 redis.call('ZADD', K.inbox(recipient), expires, gift_id)
 for _, key in ipairs({send_key, recv_key, pair_key}) do
@@ -113,8 +190,5 @@ for _, key in ipairs({send_key, recv_key, pair_key}) do
   redis.call('PEXPIRE', key, QUOTA_TTL)
 end
 
-local gift = {gift_id = gift_id, sender = sender, recipient = recipient, kind = kind, qty = qty,
-              cost = cost, amount = amount, state = 'pending', created_at_ms = NOW,
-              expires_at_ms = expires}
 emit(recipient, 'offer', gift, nodes)
 return reply({gift = gift})

@@ -3,6 +3,8 @@
 -- KEYS[1]  the gift hash ({p}:gift:<gift_id>)
 -- ARGV[1..7] common header (lib.lua)
 -- ARGV[8]  gift_id   ARGV[9]  by_user   ARGV[10] target state: "accepted" | "declined"
+-- ARGV[11] the app the recipient answers from   ARGV[12] default scene settings (JSON)
+-- (an accept awards points with both users' app perks: see lib.lua's award_points)
 --
 -- Returns msgpack {gift = record, changed = bool} or {err = code, gift = record?}:
 --   GIFT_NOT_FOUND; NOT_RECIPIENT (by_user is not the recipient);
@@ -19,6 +21,7 @@
 
 local gift_key = KEYS[1]
 local gift_id, by_user, target = ARGV[8], ARGV[9], ARGV[10]
+local app, default_cfg = ARGV[11], ARGV[12]
 
 local flat = redis.call('HGETALL', gift_key)
 if #flat == 0 then
@@ -32,7 +35,8 @@ if g.state == 'pending' then
   if NOW >= g.expires_at_ms then
     return refuse('GIFT_EXPIRED', finish(gift_key, g, day, 'expired'))
   end
-  return reply({gift = finish(gift_key, g, day, target), changed = true})
+  local cfg = target == 'accepted' and scene_config(default_cfg) or nil
+  return reply({gift = finish(gift_key, g, day, target, cfg, app), changed = true})
 end
 if g.state == target then
   return reply({gift = g, changed = false})

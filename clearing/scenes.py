@@ -1,0 +1,171 @@
+"""Festivals, newcomers and the points ledger (gift-rules.md sections 2 and 3), operator side
+and user side. Gift pricing itself happens inside ``reserve.lua`` / ``resolve.lua``.
+
+- :meth:`Scenes.set_config` stores validated :class:`~clearing.scene_config.SceneConfig`
+  (all nodes read it on their next script call).
+- Festival windows (:class:`Festival`): start inclusive, end exclusive, in ms; windows may
+  not overlap, so one instant has at most one multiplier.
+- :meth:`Scenes.redeem_frame`: a festival's limited-time avatar frame, once per user.
+- :meth:`Scenes.bind_mentor`: an apprentice (a newcomer) binds to a mentor once; the
+  promotion account pays both rewards.
+- :meth:`Scenes.points`: the points ledger's total for a user, and joint-campaign eligibility.
+
+Refusals: UNKNOWN_USER, NO_FESTIVAL, ALREADY_REDEEMED, INSUFFICIENT_BALANCE, ALREADY_BOUND,
+NOT_NEWCOMER, PROMOTION_EXHAUSTED, BAD_REQUEST (a malformed id, binding oneself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from clearing.clock import Clock, wall_clock_ms
+from clearing.codec import text_hash
+from clearing.errors import Refusal, Refused
+from clearing.guard import guarded
+from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
+from clearing.lua import ScriptRunner
+from clearing.rules import GiftRules
+from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
+
+#: Each reserve walks the festival table; a few dozen a year is what a platform runs.
+MAX_FESTIVALS = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Festival:
+    festival_id: str
+    name: str
+    start_ms: int
+    end_ms: int
+    #: The cost multiplier per mille (1200 = 1.2x).
+    permille: int
+    #: The avatar frame redeemable during the window, if any.
+    frame: str | None = None
+
+    def __post_init__(self) -> None:
+        if not is_valid_id(self.festival_id):
+            raise SceneConfigError("festival id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        if not 0 <= self.start_ms < self.end_ms:
+            raise SceneConfigError("a festival must end after it starts")
+        if not 1000 <= self.permille <= 10_000:
+            raise SceneConfigError("multiplier must be from 1.0 to 10.0")
+        if self.frame is not None and not is_valid_id(self.frame):
+            raise SceneConfigError("frame must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+
+    def holds(self, now_ms: int) -> bool:
+        return self.start_ms <= now_ms < self.end_ms
+
+    @property
+    def multiplier(self) -> float:
+        return self.permille / 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Redemption:
+    item: str
+    frame: str
+    expires_at_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Binding:
+    mentor: str
+    apprentice: str
+    mentor_reward: int
+    apprentice_reward: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PointsView:
+    points: int
+    joint_campaign: bool
+
+
+class Scenes:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        rules: GiftRules,
+        keys: KeySchema = DEFAULT_KEYS,
+        clock: Clock = wall_clock_ms,
+        defaults: SceneConfig | None = None,
+    ) -> None:
+        self._redis = redis
+        self._rules = rules
+        self._keys = keys
+        self._clock = clock
+        self._defaults = defaults or SceneConfig()
+        self._defaults_json = self._defaults.to_json()
+        self._lua = ScriptRunner(redis, rules, keys)
+
+    @property
+    def defaults_json(self) -> str:
+        return self._defaults_json
+
+    # ------------------------------------------------------------ configuration
+    async def config(self) -> SceneConfig:
+        raw = await guarded(self._redis.get(self._keys.scene_config()))
+        return self._defaults if raw is None else SceneConfig.from_plain(orjson.loads(raw))
+
+    async def set_config(self, patch: Mapping[str, Any]) -> SceneConfig:
+        """Replace the given settings, keep the others; the whole result is validated first."""
+        config = (await self.config()).patched(patch)
+        await guarded(self._redis.set(self._keys.scene_config(), config.to_json()))
+        return config
+
+    async def festivals(self) -> list[Festival]:
+        raw = text_hash(await guarded(self._redis.hgetall(self._keys.festivals())))
+        out = [Festival(festival_id=k, **orjson.loads(v)) for k, v in raw.items()]
+        return sorted(out, key=lambda f: f.start_ms)
+
+    async def put_festival(self, festival_id: str, name: str, start_ms: int, end_ms: int,
+                           multiplier: float | None = None, frame: str | None = None) -> Festival:
+        """Create or replace a festival window; refused when it overlaps another."""
+        permille = (await self.config()).festival_permille if multiplier is None else permille_of(multiplier)
+        festival = Festival(festival_id, name, start_ms, end_ms, permille, frame)
+        others = [f for f in await self.festivals() if f.festival_id != festival_id]
+        if len(others) >= MAX_FESTIVALS:
+            raise SceneConfigError(f"at most {MAX_FESTIVALS} festivals; delete past ones first")
+        for other in others:
+            if other.start_ms < end_ms and start_ms < other.end_ms:
+                raise SceneConfigError(f"the window overlaps festival {other.festival_id!r}")
+        body = {k: v for k, v in dataclasses.asdict(festival).items() if k != "festival_id"}
+        await guarded(self._redis.hset(self._keys.festivals(), festival_id, orjson.dumps(body)))
+        return festival
+
+    async def delete_festival(self, festival_id: str) -> bool:
+        return bool(await guarded(self._redis.hdel(self._keys.festivals(), festival_id)))
+
+    # ------------------------------------------------------------ users
+    async def redeem_frame(self, user_id: str, festival_id: str) -> Redemption:
+        if not is_valid_id(festival_id):
+            raise Refused(Refusal.NO_FESTIVAL)
+        args = (user_id, festival_id, self._defaults_json, self._rules.card_kinds[0])
+        reply = await self._lua.run("redeem_frame", self._keys.inventory(user_id), self._clock(), args)
+        return Redemption(str(reply["item"]), str(reply["frame"]), int(reply["expires_at_ms"]))
+
+    async def inventory(self, user_id: str) -> dict[str, int]:
+        """Items the user holds now (expired ones are left out), item -> expiry ms."""
+        raw = text_hash(await guarded(self._redis.hgetall(self._keys.inventory(user_id))))
+        now = self._clock()
+        return {k: int(v) for k, v in raw.items() if int(v) > now}
+
+    async def bind_mentor(self, apprentice: str, mentor: str) -> Binding:
+        if apprentice == mentor or not is_valid_id(mentor):
+            raise Refused(Refusal.BAD_REQUEST, "a user cannot be their own mentor")
+        args = (apprentice, mentor, self._defaults_json, self._rules.card_kinds[0])
+        reply = await self._lua.run("bind_mentor", self._keys.mentors(), self._clock(), args)
+        return Binding(str(reply["mentor"]), str(reply["apprentice"]), int(reply["mentor_reward"]),
+                       int(reply["apprentice_reward"]))
+
+    async def points(self, user_id: str) -> PointsView:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hget(self._keys.points(), user_id)
+            pipe.sismember(self._keys.joint_campaign(), user_id)
+            points, joint = await guarded(pipe.execute())
+        return PointsView(int(points or 0), bool(joint))

@@ -1,0 +1,38 @@
+-- bind_mentor.lua: bind an apprentice (a newcomer) to a mentor, once, rewarding both.
+--
+-- KEYS[1]  the bindings hash ({p}:mentors, apprentice -> mentor)
+-- ARGV[1..7] common header (lib.lua)
+-- ARGV[8]  apprentice   ARGV[9] mentor   ARGV[10] default scene settings (JSON)
+-- ARGV[11] the card kind the rewards are paid in
+--
+-- Rules, in order: both users exist (UNKNOWN_USER); the apprentice has no mentor yet and
+-- the mentor is not the apprentice's own apprentice (ALREADY_BOUND); the apprentice is
+-- younger than newcomer_age_ms (NOT_NEWCOMER); the promotion account can pay both rewards
+-- (PROMOTION_EXHAUSTED). Then the rewards move from the promotion account's balance to
+-- both users: a transfer between ordinary accounts, so minted is unchanged.
+-- Returns msgpack {mentor, apprentice, mentor_reward, apprentice_reward} or {err = code}.
+
+local apprentice, mentor, kind = ARGV[8], ARGV[9], ARGV[11]
+local cfg = scene_config(ARGV[10])
+local created = redis.call('HGET', K.user(apprentice), 'created_at_ms')
+if not created or redis.call('EXISTS', K.user(mentor)) == 0 then
+  return refuse('UNKNOWN_USER')
+end
+if redis.call('HEXISTS', KEYS[1], apprentice) == 1 or redis.call('HGET', KEYS[1], mentor) == apprentice then
+  return refuse('ALREADY_BOUND')
+end
+if NOW - tonumber(created) >= cfg.newcomer_age_ms then
+  return refuse('NOT_NEWCOMER')
+end
+local m, a, promo = cfg.mentor_reward_units, cfg.apprentice_reward_units, cfg.promo_account
+if m + a > 0 then
+  if redis.call('EXISTS', K.user(promo)) == 0
+      or tonumber(redis.call('HGET', K.bal(promo), kind) or '0') < m + a then
+    return refuse('PROMOTION_EXHAUSTED')
+  end
+  redis.call('HINCRBY', K.bal(promo), kind, -(m + a))
+  redis.call('HINCRBY', K.bal(mentor), kind, m)
+  redis.call('HINCRBY', K.bal(apprentice), kind, a)
+end
+redis.call('HSET', KEYS[1], apprentice, mentor)
+return reply({mentor = mentor, apprentice = apprentice, mentor_reward = m, apprentice_reward = a})

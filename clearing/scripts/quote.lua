@@ -1,0 +1,46 @@
+-- quote.lua: price a gift to a streamer in their live room, and honour it for a while.
+--
+-- KEYS[1]  the quote hash ({p}:quote:<quote_id>)
+-- ARGV[1..7] common header (lib.lua)
+-- ARGV[8]  quote_id   ARGV[9] sender   ARGV[10] room (= the streamer, the recipient)
+-- ARGV[11] kind   ARGV[12] qty   ARGV[13] base price (qty * units_per_card)
+-- ARGV[14] default scene settings (JSON)
+--
+-- Price: the room's viewer count picks the last tier of cfg.live_tiers whose min_viewers
+-- <= viewers (ascending, permille never decreasing: monotone in the viewer count); then
+-- cost = ceil(ceil(base * festival_permille / 1000) * tier_permille / 1000), each step
+-- rounded up to a whole minor unit. The recipient will be credited base; the rest is
+-- consumed on accept. The quote holds for quote_ttl_ms (reserve.lua compares NOW with
+-- expires_at_ms; the key itself lingers a minute longer only to answer QUOTE_EXPIRED
+-- rather than nothing, then Redis drops it).
+-- Refusals: NO_WISH (the room has no open wish), NOT_IN_ROOM (the sender is not watching).
+-- Returns msgpack {quote_id, room, cost, amount, viewers, permille, expires_at_ms}.
+
+local quote_id, sender, room, kind = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local qty, base = tonumber(ARGV[12]), tonumber(ARGV[13])
+local cfg = scene_config(ARGV[14])
+if redis.call('HGET', K.room(room), 'streamer') ~= room then
+  return refuse('NO_WISH')
+end
+if redis.call('HEXISTS', K.room_viewers(room), sender) == 0 then
+  return refuse('NOT_IN_ROOM')
+end
+local viewers = redis.call('HLEN', K.room_viewers(room))
+local permille = 1000
+for _, tier in ipairs(cfg.live_tiers) do
+  if tier.min_viewers <= viewers then
+    permille = tier.permille
+  end
+end
+local _, fest = active_festival()
+local cost = base
+if fest then
+  cost = math.floor((cost * fest.permille + 999) / 1000)
+end
+cost = math.floor((cost * permille + 999) / 1000)
+local expires = NOW + cfg.quote_ttl_ms
+redis.call('HSET', KEYS[1], 'sender', sender, 'recipient', room, 'room', room, 'kind', kind,
+           'qty', qty, 'cost', cost, 'amount', base, 'expires_at_ms', expires)
+redis.call('PEXPIRE', KEYS[1], cfg.quote_ttl_ms + 60000)
+return reply({quote_id = quote_id, room = room, cost = cost, amount = base, viewers = viewers,
+              permille = permille, expires_at_ms = expires})

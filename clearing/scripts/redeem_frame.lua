@@ -1,0 +1,37 @@
+-- redeem_frame.lua: a user redeems the limited-time avatar frame of the running festival.
+--
+-- KEYS[1]  the user's inventory hash ({p}:inv:<user>, item -> expiry ms)
+-- ARGV[1..7] common header (lib.lua)
+-- ARGV[8]  user   ARGV[9] festival id   ARGV[10] default scene settings (JSON)
+-- ARGV[11] the card kind the price is paid in
+--
+-- Rule: only while the festival's window holds NOW (start <= NOW < end), only a festival
+-- that offers a frame, once per user and festival; the price (frame_price_units, may be
+-- 0) moves from the user's balance to consumed. The item expires with the festival.
+-- Returns msgpack {item, expires_at_ms} or {err = UNKNOWN_USER | NO_FESTIVAL |
+-- ALREADY_REDEEMED | INSUFFICIENT_BALANCE}.
+-- Invariants kept: minted == available + holds + consumed (the price only changes place).
+
+local user, festival_id, kind = ARGV[8], ARGV[9], ARGV[11]
+if redis.call('EXISTS', K.user(user)) == 0 then
+  return refuse('UNKNOWN_USER')
+end
+local raw = redis.call('HGET', K.festivals(), festival_id)
+local f = raw and cjson.decode(raw)
+if not f or not f.frame or f.frame == cjson.null or NOW < f.start_ms or NOW >= f.end_ms then
+  return refuse('NO_FESTIVAL')
+end
+local item = 'frame:' .. festival_id
+if redis.call('HEXISTS', KEYS[1], item) == 1 then
+  return refuse('ALREADY_REDEEMED')
+end
+local price = scene_config(ARGV[10]).frame_price_units
+if tonumber(redis.call('HGET', K.bal(user), kind) or '0') < price then
+  return refuse('INSUFFICIENT_BALANCE')
+end
+if price > 0 then
+  redis.call('HINCRBY', K.bal(user), kind, -price)
+  redis.call('HINCRBY', K.consumed(), kind, price)
+end
+redis.call('HSET', KEYS[1], item, f.end_ms)
+return reply({item = item, frame = f.frame, expires_at_ms = f.end_ms})

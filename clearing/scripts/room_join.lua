@@ -1,0 +1,17 @@
+-- room_join.lua: one more connection of a user in a live room, on a gateway node.
+--
+-- KEYS[1]  the room's connection hash ({p}:roomconn:<room>, "node|user" -> count)
+-- ARGV[1..7] common header (lib.lua)
+-- ARGV[8]  room   ARGV[9] user   ARGV[10] node
+--
+-- Returns msgpack {viewers = distinct users in the room}. A user counts once however many
+-- devices and nodes: roomviewers holds, per user, the number of nodes where the user has
+-- at least one connection, and its HLEN is the viewer count. noderooms:<node> remembers
+-- the node's entries, so drop_node (lib.lua) removes a dead node's viewers.
+
+local room, user, node = ARGV[8], ARGV[9], ARGV[10]
+if redis.call('HINCRBY', KEYS[1], node .. '|' .. user, 1) == 1 then
+  redis.call('SADD', K.node_rooms(node), room .. '|' .. user)
+  redis.call('HINCRBY', K.room_viewers(room), user, 1)
+end
+return reply({viewers = redis.call('HLEN', K.room_viewers(room))})

@@ -1,0 +1,33 @@
+-- room_state.lua: a live room as its viewers see it, read atomically.
+--
+-- KEYS[1]  the room hash ({p}:room:<room>)
+-- ARGV[1..7] common header (lib.lua)
+-- ARGV[8]  room   ARGV[9] user asking ("" for none)   ARGV[10] top N (>= 1)
+--
+-- Returns msgpack {viewers, version, streamer?, wish_kind?, wish_target?, wish_progress?,
+-- top = [user, score, ...] (every member scoring at least the N-th score, so ties at the
+-- cut are all there; at most N + 1000), score?, rank?}. Rank is competition ranking:
+-- 1 + the number of users with strictly more points, so tied users share a rank.
+
+local room, user, n = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local board = K.board(room)
+local r = redis.call('HMGET', KEYS[1], 'streamer', 'wish_kind', 'wish_target', 'wish_progress', 'version')
+local out = {viewers = redis.call('HLEN', K.room_viewers(room)), version = tonumber(r[5] or '0'),
+             streamer = r[1], wish_kind = r[2], wish_target = r[3] and tonumber(r[3]),
+             wish_progress = r[4] and tonumber(r[4])}
+local top = {}
+local nth = redis.call('ZREVRANGE', board, n - 1, n - 1, 'WITHSCORES')
+if #nth > 0 then
+  top = redis.call('ZREVRANGEBYSCORE', board, '+inf', nth[2], 'WITHSCORES', 'LIMIT', 0, n + 1000)
+else
+  top = redis.call('ZREVRANGE', board, 0, -1, 'WITHSCORES')
+end
+out.top = top
+if user ~= '' then
+  local score = redis.call('ZSCORE', board, user)
+  if score then
+    out.score = tonumber(score)
+    out.rank = redis.call('ZCOUNT', board, '(' .. score, '+inf') + 1
+  end
+end
+return reply(out)

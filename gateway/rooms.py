@@ -1,0 +1,87 @@
+"""Live rooms on one node: which local connections watch which room, and throttled pushes.
+
+Membership is counted in Redis (clearing/rooms.py) so every node agrees on the viewer
+count; this module only remembers the local side, to push and to leave on disconnect.
+Pushes are pulled, not published: every ``interval_s`` the node reads each room it has
+viewers in (one script call per room) and pushes a ``room`` frame to them when the room's
+version (gifts credited, wish opened) or viewer count changed since its last push. That is
+the throttle (at most one push per room per interval, however many gifts arrive), it needs
+no extra pub/sub traffic, and a node that missed something catches up on the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from clearing import ClearingError
+from clearing.rooms import Rooms, RoomState
+from gateway.connection import ClientConnection
+from gateway.views import room_view
+from protocol import Encoding, Frame, encode
+
+log = logging.getLogger("notecard.gateway.rooms")
+
+#: Leaderboard lines in a pushed update; anyone may ask for more with get_room.
+PUSH_TOP = 10
+#: The push throttle: a room's viewers hear of its changes at most this often.
+ROOM_PUSH_S = 0.5
+
+
+class RoomHub:
+    def __init__(self, rooms: Rooms, node_id: str) -> None:
+        self.rooms = rooms
+        self.node_id = node_id
+        self._viewers: dict[str, set[ClientConnection]] = {}
+        self._joined: dict[ClientConnection, set[str]] = {}
+        self._pushed: dict[str, tuple[int, int]] = {}
+
+    async def join(self, conn: ClientConnection, room: str) -> None:
+        if room in self._joined.get(conn, set()):
+            return  # joining twice from one connection counts once
+        await self.rooms.join(room, conn.user_id, self.node_id)
+        self._viewers.setdefault(room, set()).add(conn)
+        self._joined.setdefault(conn, set()).add(room)
+
+    async def leave(self, conn: ClientConnection, room: str) -> None:
+        if room not in self._joined.get(conn, set()):
+            return
+        self._forget(conn, room)
+        await self.rooms.leave(room, conn.user_id, self.node_id)
+
+    async def leave_all(self, conn: ClientConnection) -> None:
+        for room in list(self._joined.get(conn, ())):
+            try:
+                await self.leave(conn, room)
+            except ClearingError:
+                # The count stays one too high until this node is reaped or leaves.
+                log.warning("room leave failed", extra={"user": conn.user_id, "room": room})
+
+    def _forget(self, conn: ClientConnection, room: str) -> None:
+        self._joined[conn].discard(room)
+        if not self._joined[conn]:
+            del self._joined[conn]
+        viewers = self._viewers.get(room)
+        if viewers is not None:
+            viewers.discard(conn)
+            if not viewers:
+                del self._viewers[room]
+                self._pushed.pop(room, None)
+
+    async def push_step(self) -> None:
+        """One throttle tick: push every local room that changed since its last push."""
+        for room in list(self._viewers):
+            state = await self.rooms.state(room, top=PUSH_TOP)
+            mark = (state.version, state.viewers)
+            if self._pushed.get(room) == mark:
+                continue
+            self._pushed[room] = mark
+            self._push(room, state)
+
+    def _push(self, room: str, state: RoomState) -> None:
+        frames: dict[Encoding, Frame] = {}
+        msg = room_view(state)
+        for conn in list(self._viewers.get(room, ())):
+            frame = frames.get(conn.encoding)
+            if frame is None:
+                frame = frames[conn.encoding] = encode(msg, conn.encoding)
+            conn.push(frame)

@@ -1,0 +1,407 @@
+"""``notecard drill``: Jepsen's bank test for notecard, under injected faults.
+
+Why: the promise is that a card is never lost or created out of thin air, and that an
+offer reaches an online recipient, while gateway nodes and Redis primaries die. Unit tests
+cannot show that; a run of the real processes under real faults, checked against what
+every client was told, can (or shows where it does not hold).
+
+One run: a Redis primary with two replicas and three Sentinels, a small TCP proxy, and
+gateway nodes as OS processes (all on loopback ports, all ours, all stopped in a
+``finally``); every node but the last finds Redis through Sentinel, the last through the
+proxy (which follows the Sentinel primary, as HAProxy would). Users with balances give
+cards to their friends through the SDK (loadtest/drill_workload.py) while a seeded
+schedule (loadtest/faults/schedule.py) kills and pauses nodes, kills, sleeps and pauses
+the primary, kills pub/sub connections and delays, blackholes and resets the proxy. Then
+everything is healed, unknown outcomes are settled by resending the same gift ids, the
+confirm window runs out, and loadtest/drill_checks.py gives the verdict. A summary is
+printed and a JSON report written; the exit status is 1 when anything was violated.
+
+The drill raises the gift rules' daily limits and per-connection rate limit through the
+nodes' environment (NOTECARD_DAILY_SEND_LIMIT, ..._RECEIVE_LIMIT, NOTECARD_RATE_PER_S,
+NOTECARD_RATE_BURST): a bank workload sends far more than 5 gifts a day per user. It also
+shortens the confirm window, heartbeats, node TTL and Redis timeout so that the whole
+cycle fits in minutes.
+
+    notecard drill --profile ci                    # ~90 s, a couple of faults of each kind
+    notecard drill --profile long                  # the docs/guarantees.md numbers
+    notecard drill --seed 7 --faults node_kill,primary_kill --duration 60 --durability replicated
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from clearing import GiftRules, KeySchema
+from gateway.auth import mint_token
+from loadtest.drill_checks import verify
+from loadtest.drill_workload import History, UserAgent, WorkloadConfig
+from loadtest.faults.injector import FaultInjector
+from loadtest.faults.proxy import FaultProxy
+from loadtest.faults.redis_ha import RedisDurability, RedisHA
+from loadtest.faults.schedule import FaultKind, make_schedule, parse_kinds
+from notecard.admin_client import AdminClient
+from notecard.cluster import LocalCluster
+
+log = logging.getLogger("notecard.drill")
+
+DAY_MS = 86_400_000
+#: Replicas of the drill's primary (RedisHA's default).
+REPLICAS = 2
+UNITS_PER_CARD = GiftRules().units_per_card
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DurabilityPreset:
+    name: str
+    redis: RedisDurability
+    wait_replicas: int
+    wait_timeout_ms: int = 500
+
+
+PRESETS: dict[str, DurabilityPreset] = {
+    "fast": DurabilityPreset("fast", RedisDurability(appendonly=False), 0),
+    "aof": DurabilityPreset("aof", RedisDurability(appendonly=True, appendfsync="everysec"), 0),
+    "replicated": DurabilityPreset("replicated", RedisDurability(appendonly=True, appendfsync="everysec"), 1),
+    "strict": DurabilityPreset("strict", RedisDurability(appendonly=True, appendfsync="always"), 2),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DrillSettings:
+    seed: int = 1
+    users: int = 24
+    friends: int = 5
+    cards: int = 30
+    nodes: int = 3
+    duration_s: float = 45.0
+    per_kind: int = 2
+    kinds: tuple[FaultKind, ...] = tuple(FaultKind)
+    durability: DurabilityPreset = PRESETS["fast"]
+    confirm_window_s: float = 6.0
+    send_pause_s: float = 0.6
+    work_dir: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "users": self.users, "friends": self.friends, "cards": self.cards,
+            "nodes": self.nodes, "duration_s": self.duration_s, "per_kind": self.per_kind,
+            "kinds": [k.value for k in self.kinds], "durability": self.durability.name,
+            "appendonly": self.durability.redis.appendonly, "appendfsync": self.durability.redis.appendfsync,
+            "wait_replicas": self.durability.wait_replicas, "wait_timeout_ms": self.durability.wait_timeout_ms,
+            "confirm_window_s": self.confirm_window_s,
+        }  # fmt: skip
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "ci": {"users": 20, "duration_s": 40.0, "per_kind": 2},
+    "long": {"users": 48, "duration_s": 180.0, "per_kind": 8},
+}
+
+
+def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
+    """What every gateway node of the drill runs with (the limits raised, the clocks shortened)."""
+    return {
+        "NOTECARD_SENTINELS": ha.sentinel_env,
+        "NOTECARD_SENTINEL_MASTER": "notecard",
+        "NOTECARD_DAILY_SEND_LIMIT": "1000000",
+        "NOTECARD_DAILY_RECEIVE_LIMIT": "1000000",
+        "NOTECARD_RATE_PER_S": "500",
+        "NOTECARD_RATE_BURST": "1000",
+        "NOTECARD_CONFIRM_WINDOW_S": str(s.confirm_window_s),
+        "NOTECARD_NODE_HEARTBEAT_S": "0.5",
+        "NOTECARD_NODE_TTL_S": "2.5",
+        "NOTECARD_SUBSCRIBER_PROBE_S": "1",
+        "NOTECARD_REDIS_TIMEOUT_S": "2",
+        "NOTECARD_HEARTBEAT_S": "5",
+        "NOTECARD_PONG_TIMEOUT_S": "5",
+        "NOTECARD_SHUTDOWN_GRACE_S": "2",
+        "NOTECARD_WAIT_REPLICAS": str(s.durability.wait_replicas),
+        "NOTECARD_WAIT_TIMEOUT_MS": str(s.durability.wait_timeout_ms),
+        "NOTECARD_LOG_LEVEL": "INFO",
+    }
+
+
+async def _primary_client(ha: RedisHA) -> aioredis.Redis:
+    host, port = await ha.primary()
+    return aioredis.Redis(host=host, port=port, socket_timeout=10)
+
+
+async def _setup_users(s: DrillSettings, admin: AdminClient, rng: random.Random) -> dict[str, list[str]]:
+    """Verified users with ``cards`` each, every one with ``friends`` mutual old-enough follows."""
+    users = [f"u{i:03d}" for i in range(s.users)]
+    since = int(time.time() * 1000) - 4 * DAY_MS
+    friends: dict[str, set[str]] = {u: set() for u in users}
+    for u in users:
+        others = [o for o in users if o != u]
+        for o in rng.sample(others, min(s.friends, len(others))):
+            friends[u].add(o)
+            friends[o].add(u)
+    sem = asyncio.Semaphore(16)
+
+    async def make(u: str) -> None:
+        async with sem:
+            await admin.create_user(u, verified=True)
+            await admin.mint(u, s.cards)
+
+    await asyncio.gather(*(make(u) for u in users))
+
+    async def link(a: str, b: str) -> None:
+        async with sem:
+            await admin.befriend(a, b, since)
+
+    await asyncio.gather(*(link(a, b) for a in users for b in friends[a] if a < b))
+    return {u: sorted(fs) for u, fs in friends.items()}
+
+
+class Drill:
+    """One run, phase by phase; :meth:`run` always stops every process it started."""
+
+    def __init__(self, s: DrillSettings) -> None:
+        self.s = s
+        self.work = s.work_dir or Path(tempfile.mkdtemp(prefix="notecard-drill-"))
+        self.rng = random.Random(s.seed)
+        self.schedule = make_schedule(s.seed, s.kinds, s.per_kind, s.duration_s - 2.0, s.nodes)
+        self.ha = RedisHA(self.work / "redis", durability=s.durability.redis)
+        self.proxy: FaultProxy | None = None
+        self.cluster: LocalCluster | None = None
+        self.injector: FaultInjector | None = None
+        self.agents: list[UserAgent] = []
+        self.history = History()
+        self.minted: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
+        self.healed: list[str] = []
+        self.leftover = 0
+
+    async def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.work.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start()
+            self.timings["setup_s"] = time.monotonic() - started
+            await self._workload()
+            await self._settle()
+            redis = await _primary_client(self.ha)
+            try:
+                verdict = await verify(redis, GiftRules(), self.history, self.minted,
+                                       self.injector.records if self.injector else [], KeySchema(),
+                                       durable=self.s.durability.wait_replicas >= REPLICAS)
+            finally:
+                await redis.aclose()
+        finally:
+            await self._stop()
+        self.timings["total_s"] = time.monotonic() - started
+        # Every client's log, for reading a violation in full (the report keeps examples).
+        (self.work / "history.json").write_bytes(orjson.dumps(
+            {"gifts": [dataclasses.asdict(g) for g in self.history.gifts.values()],
+             "offline": self.history.offline}))
+        return {
+            "ok": verdict.ok,
+            "settings": self.s.to_json(),
+            "violations": verdict.violations,
+            "numbers": verdict.numbers,
+            "per_fault": verdict.per_fault,
+            "faults": [r.to_json() for r in (self.injector.records if self.injector else [])],
+            "schedule": [f.to_json() for f in self.schedule],
+            "healed": self.healed,
+            "pending_left_at_deadline": self.leftover,
+            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "work_dir": str(self.work),
+        }
+
+    async def _start(self) -> None:
+        s = self.s
+        await asyncio.to_thread(self.ha.start)
+        self.proxy = await FaultProxy(self.ha.primary).start()
+        self.cluster = cluster = LocalCluster(self.proxy.url, self.work / "nodes", s.nodes, env=node_env(s, self.ha))
+        proxied = cluster.nodes[-1]  # reaches Redis through the proxy, with a plain URL
+        proxied.env.update({"NOTECARD_SENTINELS": "", "NOTECARD_REDIS_URL": self.proxy.url})
+        await asyncio.to_thread(cluster.start)
+        async with AdminClient(cluster.nodes[0].admin_url, cluster.admin_token) as admin:
+            friends = await _setup_users(s, admin, self.rng)
+        if not await self.ha.wait_replicas_synced(30):
+            raise RuntimeError("replicas did not catch up with the set-up")
+        self.minted = {u: s.cards * UNITS_PER_CARD for u in friends}
+        config = WorkloadConfig(confirm_window_s=s.confirm_window_s, send_pause_s=s.send_pause_s)
+        for u in sorted(friends):
+            token = mint_token(cluster.token_secret, u, ttl_s=3600)
+            self.agents.append(UserAgent(u, friends[u], cluster.urls, token, random.Random(f"{s.seed}:{u}"),
+                                         self.history, config))
+        await asyncio.gather(*(a.connect() for a in self.agents))
+        self.injector = FaultInjector(cluster, self.ha, self.proxy, self.work / "nodes")
+
+    async def _workload(self) -> None:
+        assert self.injector is not None
+        stop_faults = asyncio.Event()
+        t0 = time.monotonic()
+        self.runs = [asyncio.create_task(a.run()) for a in self.agents]
+        fault_task = asyncio.create_task(self.injector.run(self.schedule, t0, stop_faults))
+        await asyncio.sleep(self.s.duration_s)
+        for a in self.agents:
+            a.stop_sending.set()
+        stop_faults.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fault_task, 60)
+        self.timings["workload_s"] = time.monotonic() - t0
+
+    async def _settle(self) -> None:
+        """Heal, settle unknown outcomes, let every window run out, stop the clients."""
+        assert self.injector is not None
+        t1 = time.monotonic()
+        self.healed = await self.injector.heal()
+        self.timings["heal_s"] = time.monotonic() - t1
+        await _resend_unknown(self.agents, self.history)
+        self.leftover = await _wait_no_pending(self.ha, self.s.confirm_window_s + 20)
+        await asyncio.sleep(2.0)  # the last outcome events reach the clients
+        for a in self.agents:
+            a.done.set()
+        await asyncio.wait_for(asyncio.gather(*self.runs, return_exceptions=True), 30)
+        await asyncio.gather(*(a.close() for a in self.agents), return_exceptions=True)
+        self.timings["settle_s"] = time.monotonic() - t1
+
+    async def _stop(self) -> None:
+        for a in self.agents:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(a.close(), 5)
+        if self.cluster is not None:
+            await asyncio.gather(*(asyncio.to_thread(n.stop) for n in self.cluster.nodes), return_exceptions=True)
+        if self.proxy is not None:
+            await self.proxy.stop()
+        await asyncio.to_thread(self.ha.stop)
+
+
+async def run_drill(s: DrillSettings) -> dict[str, Any]:
+    """One drill; returns its report (``report["ok"]`` is the verdict)."""
+    return await Drill(s).run()
+
+
+async def _resend_unknown(agents: list[UserAgent], history: History) -> None:
+    """After the heal: one more try of every request whose outcome stayed unknown."""
+    by_user = {a.user: a for a in agents}
+    calls = []
+    for entry in history.gifts.values():
+        if not entry.send_settled:
+            calls.append(by_user[entry.sender].send(entry, final_try=True))
+        elif entry.answer in ("accept", "decline") and not entry.answer_settled and entry.offered_at_ms:
+            calls.append(by_user[entry.recipient].answer(entry, final_try=True))
+    history.count("settled_after_heal", len(calls))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+
+
+async def _wait_no_pending(ha: RedisHA, timeout_s: float) -> int:
+    """Wait until the sweepers expired every pending gift; returns how many are left."""
+    deadline = time.monotonic() + timeout_s
+    left = -1
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            redis = await _primary_client(ha)
+            try:
+                left = int(await redis.zcard(KeySchema().pending()))
+            finally:
+                await redis.aclose()
+            if left == 0:
+                return 0
+        await asyncio.sleep(0.5)
+    return left
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    n = report["numbers"]
+    s = report["settings"]
+    lines = [
+        f"drill seed={s['seed']} durability={s['durability']} "
+        f"(aof={'on/' + s['appendfsync'] if s['appendonly'] else 'off'}, WAIT {s['wait_replicas']}) "
+        f"users={s['users']} nodes={s['nodes']} workload={s['duration_s']}s "
+        f"-> {'OK' if report['ok'] else 'VIOLATIONS'} in {report['timings'].get('total_s', 0)}s",
+        f"  gifts: attempted {n['gifts_attempted']}, acknowledged {n['gifts_acked']}, refused {n['gifts_refused']}, "
+        f"with an unknown outcome at first {n['sends_with_unknown_outcome']}, "
+        f"never settled {n['unknown_never_settled']}; "
+        f"final {n['final_states']}",
+        f"  acknowledged-then-lost {n['acked_then_lost']}; offers of gifts later lost {n['offers_of_lost_gifts']}; "
+        f"states told in replies then lost {n['anomalies'].get('reply_state_lost', 0)}, in events "
+        f"{n['anomalies'].get('event_state_lost', 0)}; ledger mismatches {n['ledger_mismatches']}",
+        f"  arrival (recipient online): {n['arrival_online']['delivered']}/{n['arrival_online']['total']} "
+        f"= {n['arrival_online']['rate']:.2%}; all recipients {n['arrival']['rate']:.2%}",
+        "  per fault kind: faults / gifts during / acked-then-lost / violating / arrival missed",
+    ]
+    for kind, row in sorted(report["per_fault"].items()):
+        errors = f"  ({row['errors']} fault errors)" if row["errors"] else ""
+        lines.append(f"    {kind:16} {row['faults']:3} {row['gifts_during']:6} {row['acked_then_lost']:4} "
+                     f"{row['violating_gifts']:4} {row['arrival_missed']:4}{errors}")
+    lines += [f"  VIOLATION {v}" for v in report["violations"][:20]]
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="notecard drill", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--profile", choices=sorted(PROFILES), help="preset sizes: ci (~90 s) or long")
+    p.add_argument("--seed", type=int, default=1, help="same seed, same users, friends and fault schedule")
+    p.add_argument("--users", type=int)
+    p.add_argument("--nodes", type=int, default=3, help="gateway processes (the last one behind the proxy)")
+    p.add_argument("--duration", type=float, help="workload seconds (faults happen within it)")
+    p.add_argument("--per-kind", type=int, help="faults of each kind")
+    p.add_argument("--faults", default="all", help=f"'all', 'none' or some of: {', '.join(k.value for k in FaultKind)}")
+    p.add_argument("--durability", default="fast",
+                   help=f"comma-separated presets, one run each: {', '.join(PRESETS)} (see docs/guarantees.md)")
+    p.add_argument("--confirm-window", type=float, default=6.0, help="seconds (NOTECARD_CONFIRM_WINDOW_S)")
+    p.add_argument("--report", type=Path, help="JSON report path (default drill-results/drill-<seed>-<time>.json)")
+    p.add_argument("--work-dir", type=Path, help="keep Redis and node logs here (default: a temporary folder)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> list[DrillSettings]:
+    sizes: dict[str, Any] = dict(PROFILES.get(args.profile or "", {}))
+    for flag, key in (("users", "users"), ("duration", "duration_s"), ("per_kind", "per_kind")):
+        if getattr(args, flag) is not None:
+            sizes[key] = getattr(args, flag)
+    if args.profile == "long" and args.durability == "fast":
+        args.durability = ",".join(PRESETS)
+    out = []
+    for name in args.durability.split(","):
+        if name not in PRESETS:
+            raise SystemExit(f"notecard drill: unknown durability preset {name!r}")
+        work = args.work_dir / name if args.work_dir else None
+        out.append(DrillSettings(seed=args.seed, nodes=args.nodes, kinds=parse_kinds(args.faults),
+                                 durability=PRESETS[name], confirm_window_s=args.confirm_window, work_dir=work,
+                                 **sizes))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv or []))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        runs = settings_from(args)
+    except ValueError as exc:
+        print(f"notecard drill: {exc}", file=sys.stderr)
+        return 2
+    reports = []
+    for s in runs:
+        report = asyncio.run(run_drill(s))
+        reports.append(report)
+        print("\n".join(summary_lines(report)), flush=True)
+    path = args.report or Path("drill-results") / f"drill-{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps({"ok": all(r["ok"] for r in reports), "runs": reports},
+                                  option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    print(f"report: {path}")
+    return 0 if all(r["ok"] for r in reports) else 1

@@ -1,0 +1,111 @@
+"""Run the Locust scenarios headless as a child process and read back what they measured.
+
+Why a child process: Locust monkey-patches the standard library with gevent when it is
+imported, which must never happen inside the bench's asyncio process. The bench (and the
+tests) start ``python -m locust`` on :mod:`loadtest.locustfile`, bounded by ``-t`` and by
+a timeout of our own, then parse its ``--csv`` files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+#: Beyond ``-t``: Locust's start-up, the users' set-up and its stop.
+_GRACE_S = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocustRow:
+    kind: str
+    name: str
+    requests: int
+    failures: int
+    median_ms: float
+    p99_ms: float
+    per_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocustResult:
+    rows: dict[str, LocustRow]
+    #: Per name: (unix time, cumulative requests) from the history file.
+    history: dict[str, list[tuple[float, int]]]
+    returncode: int
+    csv_prefix: Path
+
+    def steady_rate(self, name: str) -> float:
+        """Requests per second of ``name`` between its first and last history rows.
+
+        Users set themselves up (accounts, connections) before their first request, so
+        Locust's own average (requests over the whole run) understates the steady rate.
+        """
+        points = [p for p in self.history.get(name, []) if p[1] > 0]
+        if len(points) >= 3 and points[-1][0] > points[0][0]:
+            return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+        row = self.rows.get(name)
+        return row.per_s if row else 0.0
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def read_stats(prefix: Path) -> dict[str, LocustRow]:
+    rows: dict[str, LocustRow] = {}
+    with Path(f"{prefix}_stats.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            name = row["Name"]
+            rows[name] = LocustRow(
+                kind=row["Type"], name=name, requests=int(row["Request Count"]),
+                failures=int(row["Failure Count"]), median_ms=_float(row["Median Response Time"]),
+                p99_ms=_float(row["99%"]), per_s=_float(row["Requests/s"]),
+            )
+    return rows
+
+
+def read_history(prefix: Path) -> dict[str, list[tuple[float, int]]]:
+    history: dict[str, list[tuple[float, int]]] = {}
+    path = Path(f"{prefix}_stats_history.csv")
+    if not path.exists():
+        return history
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            history.setdefault(row["Name"], []).append((float(row["Timestamp"]), int(row["Total Request Count"])))
+    return history
+
+
+def run_locust(target_file: Path, csv_prefix: Path, *, users: int, duration_s: float,
+               classes: Sequence[str] = ("GiftingPair",), processes: int = 1,
+               log_file: Path | None = None) -> LocustResult:
+    """``locust --headless`` for ``duration_s`` with ``users`` users, all started at once."""
+    csv_prefix, target_file = csv_prefix.resolve(), target_file.resolve()  # the child runs elsewhere
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "-u", str(users), "-r", str(users), "-t", f"{max(1, round(duration_s))}s",
+        "--csv", str(csv_prefix), "--csv-full-history", "--only-summary", "--stop-timeout", "5",
+        "--notecard-target", str(target_file), "--loglevel", "WARNING",
+    ]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
+    cmd += list(classes)
+    env = dict(os.environ)
+    root = str(LOCUSTFILE.parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    log = (log_file or csv_prefix.with_name(csv_prefix.name + "_locust.log")).open("wb")
+    try:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=csv_prefix.parent,
+                              timeout=duration_s + _GRACE_S, check=False)
+    finally:
+        log.close()
+    return LocustResult(read_stats(csv_prefix), read_history(csv_prefix), done.returncode, csv_prefix)

@@ -1,0 +1,121 @@
+"""Durability settings: a gift write acknowledged only once replicas hold it (Redis WAIT).
+
+Against a real primary with one real replica: enough replicas acknowledges; too few raises
+ClearingUnavailable although the write is on the primary (outcome unknown), and the
+client's retry with the same gift id then settles it; an empty script cache (restart,
+failover) is reloaded inside the waited pipeline; the settings are read from the
+environment and refuse a WAIT timeout that the Redis timeout would cut short.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from clearing import ClearingUnavailable, GiftRules, GiftState
+from clearing.gifts import Clearing
+from clearing.lua import Durability, NotReplicated
+from clearing.testing import World
+from gateway.config import ConfigError, GatewaySettings
+from notecard.local_redis import LocalRedis
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalRedis, LocalRedis]]:
+    base = Path(tmp_path_factory.mktemp("replicated"))
+    primary = LocalRedis(base / "primary").start()
+    replica = LocalRedis(base / "replica", extra_args=("--replicaof", primary.host, str(primary.port)))
+    try:
+        replica.start()
+        _wait_linked(replica)
+    except BaseException:
+        replica.stop()
+        primary.stop()
+        raise
+    yield primary, replica
+    replica.stop()
+    primary.stop()
+
+
+def _wait_linked(replica: LocalRedis, timeout_s: float = 10.0) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout_s
+    with redis.Redis.from_url(replica.url) as client:
+        while time.monotonic() < deadline:
+            if client.info("replication").get("master_link_status") == "up":
+                return
+            time.sleep(0.05)
+    raise RuntimeError("the replica did not link to its primary in time")
+
+
+@pytest.fixture
+async def world(replicated: tuple[LocalRedis, LocalRedis]) -> AsyncIterator[World]:
+    primary, _ = replicated
+    client = aioredis.Redis.from_url(primary.url)
+    await client.flushall()
+    w = await World.build(client)
+    await w.user("ann", cards=5)
+    await w.user("bob")
+    await w.befriend("ann", "bob")
+    yield w
+    await client.aclose()
+
+
+def _clearing(world: World, replicas: int, timeout_ms: int = 200) -> Clearing:
+    return Clearing(world.redis, world.rules, world.keys, world.clock, durability=Durability(replicas, timeout_ms))
+
+
+async def test_enough_replicas_acknowledge(world: World) -> None:
+    gift = await _clearing(world, 1).reserve("g1", "ann", "bob", "note", 1)
+    assert gift.state is GiftState.PENDING
+    resolution = await _clearing(world, 1).accept("g1", "bob")
+    assert resolution.gift.state is GiftState.ACCEPTED
+    assert (await world.check()).ok
+
+
+async def test_too_few_replicas_is_unknown_and_the_retry_settles_it(world: World) -> None:
+    with pytest.raises(NotReplicated) as caught:
+        await _clearing(world, 2).reserve("g2", "ann", "bob", "note", 2)
+    assert isinstance(caught.value, ClearingUnavailable)  # the gateway answers UNAVAILABLE
+    # The write did happen on the primary: it was not "failed", only not yet durable.
+    stored = await world.clearing.get_gift("g2")
+    assert stored is not None and stored.state is GiftState.PENDING
+    # The SDK's retry (same id, same payload) writes nothing and is acknowledged once the
+    # replicas hold the original write: the fence makes WAIT cover it.
+    again = await _clearing(world, 1).reserve("g2", "ann", "bob", "note", 2)
+    assert again == stored
+    assert (await world.check()).ok
+
+
+async def test_refusals_do_not_wait_for_replicas(world: World) -> None:
+    from clearing import Refused
+
+    with pytest.raises(Refused) as caught:
+        await _clearing(world, 2).reserve("g3", "ann", "bob", "note", 50)
+    assert caught.value.code.value == "INSUFFICIENT_BALANCE"
+
+
+async def test_script_cache_lost_after_failover_is_reloaded(world: World) -> None:
+    clearing = _clearing(world, 1)
+    await clearing.reserve("g4", "ann", "bob", "note", 1)
+    await world.redis.script_flush()
+    resolution = await clearing.decline("g4", "bob")
+    assert resolution.gift.state is GiftState.DECLINED
+
+
+def test_settings_from_environment() -> None:
+    s = GatewaySettings.from_env({"NOTECARD_WAIT_REPLICAS": "1", "NOTECARD_WAIT_TIMEOUT_MS": "250"})
+    assert s.durability == Durability(1, 250)
+    assert GatewaySettings.from_env({}).durability == Durability(0, 1000)
+    with pytest.raises(ConfigError, match="WAIT_TIMEOUT_MS"):
+        GatewaySettings.from_env({"NOTECARD_WAIT_REPLICAS": "1", "NOTECARD_WAIT_TIMEOUT_MS": "9000"})
+    with pytest.raises(ConfigError, match="WAIT_REPLICAS"):
+        GatewaySettings(wait_replicas=-1)
+    with pytest.raises(ValueError, match="wait_timeout_ms"):
+        Durability(1, 0)
+    assert GiftRules()  # the rules are untouched by durability

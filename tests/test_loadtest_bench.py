@@ -1,0 +1,74 @@
+"""``notecard bench --quick`` runs every phase briefly and writes well-formed output.
+
+No timing assertions (performance claims live in docs/benchmarks.md, measured as ratios):
+only that every figure was measured, ratios are consistent with their figures, and the
+JSON, CSV, Markdown table and PNG plot are there and readable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.report import Row, table
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Rows whose value is a rate or a size that a run which did anything must make positive.
+MEASURED = {"echo", "evalsha", "clearing_api", "gifts", "gifts_half", "delivery", "locust", "idle"}
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_bench_writes_table_json_series_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "notecard", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "settled gifts/s" in done.stdout and "verdict" in done.stdout
+
+    document = json.loads((out / "bench.json").read_text())
+    rows = {row["key"]: row for row in document["table"]}
+    assert rows.keys() >= MEASURED
+    for key in MEASURED:
+        assert rows[key]["value"] is not None and rows[key]["value"] > 0, rows[key]
+    for row in rows.values():
+        if row["ratio"] is not None:
+            assert math.isclose(row["ratio"], row["value"] / row["ceiling"], rel_tol=1e-3), row
+    # Targets carry a verdict; the idle target needs 10,000 connections, so --quick says n/a.
+    assert rows["gifts"]["verdict"].startswith(("met", "MISSED"))
+    assert rows["idle"]["verdict"].startswith("n/a")
+    assert {p["name"] for p in document["phases"]} >= {"echo", "clearing", "max", "half", "delivery", "locust", "idle"}
+    assert document["node_env"]["NOTECARD_DAILY_SEND_LIMIT"] == "1000000"
+
+    with (out / "series.csv").open(newline="") as fh:
+        series = {row["series"] for row in csv.DictReader(fh)}
+    assert {"echo/round_trip", "clearing/reserve", "max/send->offer", "max/send->outcome",
+            "half/send->offer", "delivery/send->offer", "locust/send->outcome"} <= series
+
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "table.md").read_text().startswith("| figure |")
+    assert (out / "locust_stats.csv").exists()
+
+
+def test_verdicts_say_by_how_much_a_target_is_missed() -> None:
+    rows = [
+        Row("r", "ratio row", 50.0, "/s", 1000.0, "ceiling", ("min", 0.10)),  # 0.05: half the target
+        Row("l", "latency row", 30.0, "ms", target=("max", 20.0)),
+        Row("ok", "met row", 600.0, "/s", 1000.0, "ceiling", ("min", 0.5)),
+        Row("na", "not judged", 17.0, "KiB", target=("max", 20.0), note="too few"),
+        Row("nc", "ceiling not measured", 960.0, "/s", None, "echo", ("min", 0.10)),  # --only without it
+    ]
+    assert [r.verdict for r in rows] == ["MISSED (x2.00 short)", "MISSED (x1.50 short)", "met", "n/a (too few)",
+                                         "n/a (no echo ceiling in this run)"]
+    assert [r.met for r in rows] == [False, False, True, None, None]
+    text = table(rows)
+    assert "0.050" in text and "ratio >= 0.1" in text
+    assert table(rows, markdown=True).count("\n") == len(rows) + 1

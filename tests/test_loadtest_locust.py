@@ -1,0 +1,59 @@
+"""The Locust scenarios run headless against a local cluster and report every step.
+
+A short run (a few seconds) of the three user classes on a 2-node LocalCluster: the CSV
+must list each request and push with its latency and no failure. No timing assertions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtest.blocking_client import BlockingConnection, RequestFailed
+from loadtest.locust_run import run_locust
+from loadtest.target import LoadTarget, Target
+from protocol import Ping, Pong
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadTarget]:
+    with LoadTarget(tmp_path_factory.mktemp("locust-target"), nodes=2) as target:
+        yield target
+
+
+def test_headless_run_reports_requests_and_pushes(served: LoadTarget, tmp_path: Path) -> None:
+    target_file = tmp_path / "target.json"
+    served.target.write(target_file)
+    assert Target.from_json(target_file.read_bytes()) == served.target
+    result = run_locust(target_file, tmp_path / "run", users=6, duration_s=4,
+                        classes=("GiftingPair", "IdleConnection", "ReconnectStorm"))
+    assert result.returncode == 0, (tmp_path / "run_locust.log").read_text()[-3000:]
+    rows = result.rows
+    for name in ("provision", "connect", "send_gift", "send->offer", "accept", "send->outcome", "ping"):
+        assert name in rows, sorted(rows)
+        assert rows[name].requests > 0
+        assert rows[name].failures == 0, (name, (tmp_path / "run_failures.csv").read_text())
+    assert rows["send->offer"].kind == "PUSH" and rows["send_gift"].kind == "WS"
+    # Every offer of a settled gift was seen, and each gift's steps are counted once.
+    assert rows["send->outcome"].requests <= rows["send->offer"].requests <= rows["send_gift"].requests
+    assert result.steady_rate("send->outcome") > 0
+    assert (tmp_path / "run_stats_history.csv").exists()
+
+
+def test_blocking_client_speaks_the_protocol_without_locust(served: LoadTarget) -> None:
+    target = served.target
+    conn = BlockingConnection(target.urls[0], target.token("bc-user"), timeout_s=5)
+    welcome = conn.connect()
+    assert welcome.msg.TYPE == "welcome" and welcome.size > 0
+    sent, pong = conn.request(lambda rid: Ping(rid=rid), Pong)
+    assert pong.at >= sent and isinstance(pong.msg, Pong)
+    conn.close()
+    assert conn.close_code == 1000 and not conn.alive
+    forged = BlockingConnection(target.urls[0], "bm90LWEtdG9rZW4.c2lnbmF0dXJl", timeout_s=5)
+    with pytest.raises(RequestFailed) as refused:
+        forged.connect()
+    assert refused.value.code == "INVALID_TOKEN"
