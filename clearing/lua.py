@@ -118,9 +118,8 @@ class ScriptRunner:
         ``emits``: the script may append to a user's event stream, which needs an epoch
         candidate in case the stream has none (a fresh one per call: a reused candidate
         could make a lost and recreated history look continuous to a client).
-        ``durable``: the reply is acknowledged to a user; wait for replicas as configured
-        (a refusal is returned without waiting: it wrote nothing, except GIFT_EXPIRED's
-        expiry, which is no promise to anyone).
+        ``durable``: the reply is acknowledged to a user; wait for replicas as configured,
+        refusals included (reserve remembers a refusal for its gift id).
         """
         epoch = secrets.token_hex(6) if emits else ""
         argv = (self._prefix, now_ms, epoch, *self._tail, *args)
@@ -156,8 +155,9 @@ class ScriptRunner:
                 raise raw
             if isinstance(acks, Exception):
                 raise acks
-            if _is_refusal(raw):
-                return raw
+            # A refusal waits too: reserve remembers it for its gift id, and a refusal that a
+            # failover forgot would let a late duplicate create the gift the client was told
+            # was refused.
             if int(acks) < d.wait_replicas:
                 raise NotReplicated(
                     f"written on the primary, confirmed by {acks} of {d.wait_replicas} replicas "
@@ -165,11 +165,3 @@ class ScriptRunner:
                 )
             return raw
         raise AssertionError("unreachable: NOSCRIPT twice")
-
-
-def _is_refusal(raw: Any) -> bool:
-    try:
-        reply = msgpack.unpackb(raw, raw=False)
-    except (ValueError, TypeError):
-        return False
-    return isinstance(reply, dict) and reply.get("err") is not None

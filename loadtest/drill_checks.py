@@ -24,8 +24,8 @@ confirm window has passed, with nothing writing any more:
 
 Which of these is a violation depends on the durability setting, as docs/guarantees.md
 states: 1, 2, 3 (but acknowledged-then-lost), 5 always; acknowledged-then-lost and 4 for
-replies only when every replica confirms a write before it is acknowledged; 6 whenever no
-write was lost. The rest is measured and reported.
+replies only when every replica confirms a write before it is acknowledged. Arrival (6) is
+a measured rate, never a violation: it depends on timing. The rest is measured and reported.
 
 Each anomaly is also attributed to the faults active around the time of its gift (from
 half a second before a fault to three seconds after it), giving per-fault-kind numbers.
@@ -149,11 +149,9 @@ async def verify(redis: aioredis.Redis, rules: GiftRules, history: History, mint
     lossy = any(anomalies[n] for n in ("acked_then_lost", "told_then_lost", "offered_then_lost",
                                        "reply_state_lost", "event_state_lost"))
     v.numbers["writes_lost"] = lossy
-    if arrival_online["missed_ids"] and not lossy:
-        # After a lossy failover the known offset-reuse defect (tests/test_drill_findings.py)
-        # also costs arrivals; without one, every offer must arrive.
-        v.violations.append(f"arrival: {len(arrival_online['missed_ids'])} offers to online recipients "
-                            f"not delivered in time, e.g. {arrival_online['missed_ids'][:3]}")
+    # Arrival is measured, not a violation: whether an offer beats its confirmation window
+    # through kills, pauses and failovers is a matter of timing (reconnect backoff, Sentinel's
+    # failover delay, a loaded machine), like any latency figure. It is reported per fault kind.
     v.per_fault = _per_fault(faults, history, anomalies, arrival_online["missed_ids"])
     return v
 

@@ -101,23 +101,28 @@ class LocalRedis:
 
     def stop(self) -> None:
         """Terminate the child (SIGTERM, then SIGKILL after a grace period)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        if self.process.stderr:
-            with contextlib.suppress(OSError):
-                self.process.stderr.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._close_pipe()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=5)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        # The stderr pipe is only read when the server fails to start; close it once the
+        # child is gone, or it leaks a file descriptor per restart.
+        if self.process is not None and self.process.stderr is not None:
+            with contextlib.suppress(OSError):
+                self.process.stderr.close()
 
     def __enter__(self) -> LocalRedis:
         return self.start()
