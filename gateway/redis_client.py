@@ -16,6 +16,10 @@ from gateway.config import GatewaySettings
 
 #: redis-py checks an idle connection with PING before reuse after this long.
 HEALTH_CHECK_INTERVAL_S = 10
+#: Connections one node may open to Redis. Requests beyond it wait for a free connection
+#: (up to the Redis timeout) instead of failing at once, as redis-py's default pool does:
+#: a reconnect storm after a node dies would otherwise turn into UNAVAILABLE errors.
+MAX_CONNECTIONS = 512
 
 
 def _no_retry() -> Retry:
@@ -39,7 +43,8 @@ def connect_redis(settings: GatewaySettings, url: str | None = None) -> aioredis
     target = url or settings.redis_url
     if target is None:
         raise ValueError("no Redis configured")
-    return aioredis.Redis.from_url(
-        target, socket_timeout=timeout, socket_connect_timeout=timeout,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=_no_retry(),
+    pool = aioredis.BlockingConnectionPool.from_url(
+        target, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+        socket_connect_timeout=timeout, health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=_no_retry(),
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it

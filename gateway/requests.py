@@ -120,7 +120,7 @@ class RequestHandler:
             self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty, app=app, quote_id=msg.quote or ""),
         )
         self.metrics.gifts.labels(outcome="sent").inc()
-        log.info("gift sent", extra={"user": user_id, "gift": msg.gift_id, "to": msg.to})
+        log.debug("gift sent", extra={"user": user_id, "gift": msg.gift_id, "to": msg.to})
         return GiftSent(rid=msg.rid, gift=gift_view(gift))
 
     async def _resolve(self, user_id: str, msg: AcceptGift | DeclineGift, app: str) -> ServerMessage:
@@ -132,7 +132,7 @@ class RequestHandler:
             resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id, app))
         if resolution.changed:
             self.metrics.gifts.labels(outcome=outcome).inc()
-            log.info("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
+            log.debug("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
         return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
 
     async def _balance(self, user_id: str, msg: GetBalance) -> ServerMessage:

@@ -92,12 +92,21 @@ async def test_too_few_replicas_is_unknown_and_the_retry_settles_it(world: World
     assert (await world.check()).ok
 
 
-async def test_refusals_do_not_wait_for_replicas(world: World) -> None:
+async def test_refusals_wait_for_replicas_too(world: World) -> None:
+    """A refusal is remembered for its gift id; one that a failover could forget would let
+    a late duplicate create the gift, so under WAIT it is unknown until replicated."""
+    with pytest.raises(NotReplicated):
+        await _clearing(world, 2).reserve("g3", "ann", "bob", "note", 50)
     from clearing import Refused
 
-    with pytest.raises(Refused) as caught:
-        await _clearing(world, 2).reserve("g3", "ann", "bob", "note", 50)
+    with pytest.raises(Refused) as caught:  # the retry answers the remembered refusal
+        await _clearing(world, 1).reserve("g3", "ann", "bob", "note", 50)
     assert caught.value.code.value == "INSUFFICIENT_BALANCE"
+    await world.accounts.mint("ann", "note", 100)  # ann can afford it now; g3 stays refused
+    with pytest.raises(Refused) as again:
+        await _clearing(world, 1).reserve("g3", "ann", "bob", "note", 50)
+    assert again.value.code.value == "INSUFFICIENT_BALANCE"
+    assert (await world.check()).ok
 
 
 async def test_script_cache_lost_after_failover_is_reloaded(world: World) -> None:
