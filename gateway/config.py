@@ -64,6 +64,8 @@ class GatewaySettings:
     shutdown_grace_s: float = 5.0
     #: Sweeper period: pending gifts past their window are refunded at most this late.
     sweep_interval_s: float = 0.5
+    #: Live-room updates (viewers, wish progress, leaderboard) are pushed at most this often.
+    room_push_s: float = 0.5
     #: Node heartbeat period; rules.node_ttl_ms must be several of these.
     node_heartbeat_s: float = 2.0
     #: Subscriber watchdog: a self-addressed probe must come back within this time.
@@ -83,6 +85,8 @@ class GatewaySettings:
     def __post_init__(self) -> None:
         if self.rules.node_ttl_ms < 3 * self.node_heartbeat_s * 1000:
             raise ConfigError("NOTECARD_NODE_TTL_S must be at least 3 heartbeats (NOTECARD_NODE_HEARTBEAT_S)")
+        if self.room_push_s <= 0:
+            raise ConfigError(f"{PREFIX}ROOM_PUSH_S must be positive")
         for name in ("send_queue_max", "rate_burst", "max_bad_frames", "workers", "wait_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
@@ -135,6 +139,7 @@ class GatewaySettings:
             "sweep_interval_s": reader.get("SWEEP_INTERVAL_S", float, base.sweep_interval_s),
             "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, base.node_heartbeat_s),
             "subscriber_probe_s": reader.get("SUBSCRIBER_PROBE_S", float, base.subscriber_probe_s),
+            "room_push_s": reader.get("ROOM_PUSH_S", float, base.room_push_s),
             "redis_timeout_s": reader.get("REDIS_TIMEOUT_S", float, base.redis_timeout_s),
             "wait_replicas": reader.get("WAIT_REPLICAS", int, base.wait_replicas),
             "wait_timeout_ms": reader.get("WAIT_TIMEOUT_MS", int, base.wait_timeout_ms),

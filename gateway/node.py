@@ -32,7 +32,7 @@ from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.periodic import NodeLiveness, Sweeper, every
 from gateway.requests import RequestHandler
-from gateway.rooms import ROOM_PUSH_S, RoomHub
+from gateway.rooms import RoomHub
 from gateway.session import SessionRunner
 from gateway.subscriber import NodeSubscriber
 from protocol import MAX_FRAME_BYTES, SUBPROTOCOLS, CloseCode
@@ -130,7 +130,7 @@ class GatewayNode:
         self._spawn(every(s.node_heartbeat_s, liveness.beat, "heartbeat"), "heartbeat")
         self._spawn(every(s.node_heartbeat_s * REAP_EVERY_HEARTBEATS, liveness.reap, "reaper"), "reaper")
         self._spawn(every(s.sweep_interval_s, Sweeper(self.clearing, self.metrics).step, "sweeper"), "sweeper")
-        self._spawn(every(ROOM_PUSH_S, self.rooms.push_step, "room pushes"), "rooms")
+        self._spawn(every(s.room_push_s, self.rooms.push_step, "room pushes"), "rooms")
         self._server = await serve(
             self.sessions,
             s.host,

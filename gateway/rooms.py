@@ -23,8 +23,6 @@ log = logging.getLogger("notecard.gateway.rooms")
 
 #: Leaderboard lines in a pushed update; anyone may ask for more with get_room.
 PUSH_TOP = 10
-#: The push throttle: a room's viewers hear of its changes at most this often.
-ROOM_PUSH_S = 0.5
 
 
 class RoomHub:

@@ -98,7 +98,10 @@ class SessionRunner:
         finally:
             self.hub.remove(conn)
             if self.requests.rooms is not None:
-                await self.requests.rooms.leave_all(conn)
+                # Redis may be the reason we are here: the room entries then go with the
+                # node's presence when it is reaped; the rest of the clean-up must still run.
+                with contextlib.suppress(ClearingError):
+                    await self.requests.rooms.leave_all(conn)
             if registered:
                 with contextlib.suppress(ClearingError):
                     await self.presence.disconnect(conn.user_id, self.node_id)
