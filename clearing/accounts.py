@@ -11,36 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from clearing.clock import Clock, wall_clock_ms
 from clearing.codec import balances_from, pairs, text_hash, user_from
+from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
-from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
-from clearing.lua import MAX_SAFE_INT, ScriptRunner
+from clearing.keys import is_valid_id
+from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, UserRecord
-from clearing.rules import GiftRules
 
 
 def _flag(value: bool | None) -> str:
     return "" if value is None else str(int(value))
 
 
-class Accounts:
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        rules: GiftRules,
-        keys: KeySchema = DEFAULT_KEYS,
-        clock: Clock = wall_clock_ms,
-    ) -> None:
-        self._redis = redis
-        self._rules = rules
-        self._keys = keys
-        self._clock = clock
-        self._lua = ScriptRunner(redis, rules, keys)
-
+class Accounts(RedisComponent):
     async def create_user(
         self,
         user_id: str,

@@ -20,15 +20,11 @@ Published payload (msgpack map, string keys)::
 from __future__ import annotations
 
 import msgpack
-import redis.asyncio as aioredis
 
-from clearing.clock import Clock, wall_clock_ms
 from clearing.codec import event_from_map
+from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
-from clearing.keys import DEFAULT_KEYS, KeySchema
-from clearing.lua import ScriptRunner
 from clearing.model import Replay, UserEvent
-from clearing.rules import GiftRules
 
 
 def decode_published(payload: bytes) -> UserEvent:
@@ -36,18 +32,7 @@ def decode_published(payload: bytes) -> UserEvent:
     return event_from_map(msgpack.unpackb(payload, raw=False))
 
 
-class EventLog:
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        rules: GiftRules,
-        keys: KeySchema = DEFAULT_KEYS,
-        clock: Clock = wall_clock_ms,
-    ) -> None:
-        self._keys = keys
-        self._clock = clock
-        self._lua = ScriptRunner(redis, rules, keys)
-
+class EventLog(RedisComponent):
     async def replay(self, user_id: str, epoch: str | None, after: int | None) -> Replay:
         """What the user missed after ``(epoch, after)``, in one atomic read.
 

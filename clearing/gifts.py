@@ -32,16 +32,17 @@ import redis.asyncio as aioredis
 
 from clearing.clock import Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_hash, gift_from_map, text_hash
+from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
-from clearing.lua import MAX_SAFE_INT, Durability, ScriptRunner
+from clearing.lua import MAX_SAFE_INT, Durability
 from clearing.model import Balances, GiftRecord, GiftState, Resolution
 from clearing.rules import GiftRules
 from clearing.scene_config import SceneConfig
 
 
-class Clearing:
+class Clearing(RedisComponent):
     """The gift operations the gateway calls; one instance per process is enough."""
 
     def __init__(
@@ -55,11 +56,7 @@ class Clearing:
     ) -> None:
         if rules.max_qty_per_gift * rules.units_per_card > MAX_SAFE_INT:
             raise ValueError("max_qty_per_gift * units_per_card must stay below 2**53")
-        self._redis = redis
-        self._rules = rules
-        self._keys = keys
-        self._clock = clock
-        self._lua = ScriptRunner(redis, rules, keys, durability)
+        super().__init__(redis, rules, keys, clock, durability)
         self._days = QuotaDays(rules.timezone)
         self._kinds = frozenset(rules.card_kinds)
         #: Scene defaults for the scripts while operators have stored none (scene_config.py).

@@ -14,28 +14,11 @@ connection it holds.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
-from clearing.clock import Clock, wall_clock_ms
+from clearing.component import RedisComponent
 from clearing.guard import guarded
-from clearing.keys import DEFAULT_KEYS, KeySchema
-from clearing.lua import ScriptRunner
-from clearing.rules import GiftRules
 
 
-class Presence:
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        rules: GiftRules,
-        keys: KeySchema = DEFAULT_KEYS,
-        clock: Clock = wall_clock_ms,
-    ) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._clock = clock
-        self._lua = ScriptRunner(redis, rules, keys)
-
+class Presence(RedisComponent):
     async def heartbeat(self, node_id: str) -> bool:
         """Record that the node is alive. True when the node was not registered (its first
         beat, or it had been reaped as dead): its connections must be announced again."""

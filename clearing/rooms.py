@@ -23,9 +23,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from clearing.clock import Clock, wall_clock_ms
+from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
-from clearing.lua import ScriptRunner
 from clearing.rules import GiftRules
 from clearing.scene_config import SceneConfig
 
@@ -66,7 +66,7 @@ class RoomState:
     rank: int | None = None
 
 
-class Rooms:
+class Rooms(RedisComponent):
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -75,11 +75,8 @@ class Rooms:
         clock: Clock = wall_clock_ms,
         defaults: SceneConfig | None = None,
     ) -> None:
-        self._rules = rules
-        self._keys = keys
-        self._clock = clock
+        super().__init__(redis, rules, keys, clock)
         self._defaults_json = (defaults or SceneConfig()).to_json()
-        self._lua = ScriptRunner(redis, rules, keys)
 
     async def join(self, room: str, user_id: str, node_id: str) -> int:
         """Count one more connection of the user in the room; returns the viewer count."""

@@ -25,10 +25,10 @@ import redis.asyncio as aioredis
 
 from clearing.clock import Clock, wall_clock_ms
 from clearing.codec import text_hash
+from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
-from clearing.lua import ScriptRunner
 from clearing.rules import GiftRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 
@@ -86,7 +86,7 @@ class PointsView:
     joint_campaign: bool
 
 
-class Scenes:
+class Scenes(RedisComponent):
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -95,13 +95,9 @@ class Scenes:
         clock: Clock = wall_clock_ms,
         defaults: SceneConfig | None = None,
     ) -> None:
-        self._redis = redis
-        self._rules = rules
-        self._keys = keys
-        self._clock = clock
+        super().__init__(redis, rules, keys, clock)
         self._defaults = defaults or SceneConfig()
         self._defaults_json = self._defaults.to_json()
-        self._lua = ScriptRunner(redis, rules, keys)
 
     @property
     def defaults_json(self) -> str:
