@@ -154,3 +154,21 @@ async def test_a_restarted_node_drops_the_presence_of_its_previous_life(
     assert await presence.nodes_of("ghost") == ["gateway-1"]
     await node_factory(node_id="gateway-1")  # same fixed id, as in docker-compose.yml
     assert await presence.nodes_of("ghost") == []
+
+
+def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
+    """The README's first command: local Redis, two node processes, the demo, exit."""
+    env = dict(os.environ, NOTECARD_DATA_DIR=str(tmp_path / "data"))
+    env.pop("NOTECARD_REDIS_URL", None)
+    env.pop("REDIS_URL", None)
+    done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(free_port())],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    nodes = {line.split(" is connected to node ")[1].split(" ")[0] for line in out.splitlines()
+             if " is connected to node " in line}
+    assert len(nodes) == 2  # the giver and the recipient are on different nodes
+    assert "sees the offer live" in out
+    assert "is told the outcome: accepted" in out
+    assert "9 available, 0 held" in out and "1 available, 0 held" in out
+    assert "(minted = balances + holds + consumed): ok" in out
