@@ -9,7 +9,7 @@ import msgpack
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway import GatewayNode
 from notecard.admin_client import AdminClient
@@ -235,3 +235,14 @@ async def test_retryable_refusals_are_retried_by_the_sdk_with_the_same_id(node_f
             assert (await bob.next_offer(5)).gift_id == gift.gift_id
         assert node.metrics.refusals.labels(code="RATE_LIMITED")._value.get() >= 1
         assert (await admin.get_user("alice"))["balances"]["available"]["note"] == 40
+
+
+async def test_no_subprotocol_means_json_and_an_unknown_one_is_refused(node: GatewayNode) -> None:
+    async with connect(node.url) as ws:  # a browser console offers none
+        assert ws.subprotocol is None
+        welcome = await hello(ws, "alice")
+        assert welcome["user"] == "alice"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(node.url, subprotocols=["notecard.v9.xml"]):  # type: ignore[list-item]
+            pass
+    assert refused.value.response.status_code == 400
