@@ -23,7 +23,7 @@ confirm window has passed, with nothing writing any more:
    window, the share whose offer reached the recipient's client before it expired.
 
 Which of these is a violation depends on the durability setting, as docs/guarantees.md
-states: 1, 2, 3 (but acknowledged-then-lost), 5 always; acknowledged-then-lost and 4 for
+states: 1, 2, 3 (but acknowledged-then-lost and refused-but-exists), 5 always; those two and 4 for
 replies only when every replica confirms a write before it is acknowledged. Arrival (6) is
 a measured rate, never a violation: it depends on timing. The rest is measured and reported.
 
@@ -48,9 +48,11 @@ from loadtest.faults.injector import FaultRecord
 #: Who told a client a gift's state in the reply to its own request (the others are events).
 REPLY_SOURCES = ("send-reply", "answer-reply", "send-error", "answer-error")
 #: Always guaranteed, whatever the durability setting (docs/guarantees.md).
-ALWAYS = ("left_pending", "never_sent", "wrong_payload", "refused_but_exists")
-#: Guaranteed only when every replica must confirm a write before it is acknowledged.
-WHEN_DURABLE = ("acked_then_lost", "reply_state_lost")
+ALWAYS = ("left_pending", "never_sent", "wrong_payload")
+#: Guaranteed only when every replica must confirm a write before it is acknowledged. A
+#: refusal is a write too (reserve remembers it for the gift id): a failover that forgets
+#: it lets a late duplicate of the refused send create the gift.
+WHEN_DURABLE = ("acked_then_lost", "reply_state_lost", "refused_but_exists")
 
 #: A gift counts as "during" a fault from this long before it starts ...
 ATTRIBUTE_BEFORE_MS = 500
