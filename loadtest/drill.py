@@ -185,24 +185,40 @@ class Drill:
         self.timings: dict[str, float] = {}
         self.healed: list[str] = []
         self.leftover = 0
+        self.phase = "new"
 
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         self.work.mkdir(parents=True, exist_ok=True)
+        # The drill is bounded as a whole: a step that waits on something that never comes
+        # (a server that does not answer, a client that does not close) ends the run with
+        # the name of that step instead of hanging the caller (CI) until its own limit.
+        budget_s = self.s.duration_s + self.s.confirm_window_s + PHASE_BUDGET_S
+        self.phase = "start"
         try:
-            await self._start()
-            self.timings["setup_s"] = time.monotonic() - started
-            await self._workload()
-            await self._settle()
-            redis = await _primary_client(self.ha)
-            try:
-                verdict = await verify(redis, GiftRules(), self.history, self.minted,
-                                       self.injector.records if self.injector else [], KeySchema(),
-                                       durable=self.s.durability.wait_replicas >= REPLICAS)
-            finally:
-                await redis.aclose()
+            async with asyncio.timeout(budget_s):
+                await self._start()
+                self.timings["setup_s"] = time.monotonic() - started
+                self.phase = "workload"
+                await self._workload()
+                self.phase = "settle"
+                await self._settle()
+                self.phase = "verify"
+                redis = await _primary_client(self.ha)
+                try:
+                    verdict = await verify(redis, GiftRules(), self.history, self.minted,
+                                           self.injector.records if self.injector else [], KeySchema(),
+                                           durable=self.s.durability.wait_replicas >= REPLICAS)
+                finally:
+                    await redis.aclose()
+        except TimeoutError:
+            raise DrillTimeout(f"the drill exceeded its {budget_s:.0f} s budget in its '{self.phase}' step; "
+                               f"logs in {self.work}") from None
         finally:
-            await self._stop()
+            self.phase = "stop"
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_BUDGET_S):
+                    await self._stop()
         self.timings["total_s"] = time.monotonic() - started
         # Every client's log, for reading a violation in full (the report keeps examples).
         (self.work / "history.json").write_bytes(orjson.dumps(
@@ -269,7 +285,8 @@ class Drill:
         for a in self.agents:
             a.done.set()
         await asyncio.wait_for(asyncio.gather(*self.runs, return_exceptions=True), 30)
-        await asyncio.gather(*(a.close() for a in self.agents), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # _stop closes whatever is left
+            await asyncio.wait_for(asyncio.gather(*(a.close() for a in self.agents), return_exceptions=True), 30)
         self.timings["settle_s"] = time.monotonic() - t1
 
     async def _stop(self) -> None:
@@ -281,6 +298,17 @@ class Drill:
         if self.proxy is not None:
             await self.proxy.stop()
         await asyncio.to_thread(self.ha.stop)
+
+
+#: Time the drill may spend beyond its workload and confirm window: start-up (Sentinels,
+#: nodes, users), the fault lane's last fault, healing, resends, settling and the checks.
+PHASE_BUDGET_S = 300.0
+#: Stopping every process the drill started; each stop is itself bounded.
+STOP_BUDGET_S = 90.0
+
+
+class DrillTimeout(RuntimeError):
+    """The drill did not finish within its time budget."""
 
 
 async def run_drill(s: DrillSettings) -> dict[str, Any]:
