@@ -66,6 +66,33 @@ async def run_node(settings: GatewaySettings) -> None:
         await node.serve_forever(stop)
     finally:
         await redis.aclose()
+        await _end_stray_tasks()
+
+
+#: After a graceful stop, how long leftover tasks get to end once cancelled.
+STRAY_TASKS_GRACE_S = 5.0
+
+
+async def _end_stray_tasks() -> None:
+    """Cancel what the node's shutdown left running and wait for it, briefly.
+
+    asyncio.run() would wait for leftover tasks without a limit, and one that ignores its
+    cancellation (seen once: a worker that stayed up after SIGTERM) keeps the process alive
+    for ever. Such tasks are logged with their stacks, and the process exits all the same.
+    """
+    me = asyncio.current_task()
+    stray = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in stray:
+        task.cancel()
+    if not stray:
+        return
+    _, stuck = await asyncio.wait(stray, timeout=STRAY_TASKS_GRACE_S)
+    if stuck:
+        for task in stuck:
+            log.error("task ignored its cancellation at shutdown", extra={"task": repr(task),
+                                                                         "stack": repr(task.get_stack(limit=8))})
+        logging.shutdown()
+        os._exit(0)  # the node has stopped gracefully; only the stuck tasks are left
 
 
 def serve(settings: GatewaySettings) -> int:
