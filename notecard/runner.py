@@ -183,8 +183,16 @@ def dev_nodes(settings: GatewaySettings, url: str | None, count: int) -> list[tu
         proc = spawn_worker(env)
         admin_url = f"http://{settings.host}:{admin_port}"
         started.append((proc, f"ws://{settings.host}:{port}", admin_url))
-    for proc, _, admin_url in started:
-        wait_ready(admin_url, proc)
+    try:
+        for proc, _, admin_url in started:
+            wait_ready(admin_url, proc)
+    except BaseException:
+        # One node could not start (a port taken, say): the others must not outlive us.
+        for proc, _, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=15)
+        raise
     return started
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -156,12 +158,27 @@ async def test_a_restarted_node_drops_the_presence_of_its_previous_life(
     assert await presence.nodes_of("ghost") == []
 
 
+def free_port_run(count: int) -> int:
+    """A port P with P .. P+count-1 all free right now (dev takes consecutive ports)."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports found")
+
+
 def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     """The README's first command: local Redis, two node processes, the demo, exit."""
     env = dict(os.environ, NOTECARD_DATA_DIR=str(tmp_path / "data"))
     env.pop("NOTECARD_REDIS_URL", None)
     env.pop("REDIS_URL", None)
-    done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(free_port())],
+    done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(free_port_run(4))],
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
