@@ -132,7 +132,7 @@ async def test_cli_token_and_admin_commands(node: GatewayNode, tmp_path: Path) -
 
 
 def test_serve_runs_worker_processes_on_one_port(redis_server: LocalRedis, tmp_path: Path) -> None:
-    port, admin_port = free_port(), free_port()
+    port, admin_port = free_port(), free_port_run(2)  # worker i serves admin on admin_port + i
     env = dict(os.environ, NOTECARD_REDIS_URL=redis_server.url, NOTECARD_PORT=str(port),
                NOTECARD_ADMIN_PORT=str(admin_port), NOTECARD_DATA_DIR=str(tmp_path), NOTECARD_LOG_LEVEL="WARNING")
     proc = subprocess.Popen([sys.executable, "-m", "notecard", "serve", "--workers", "2"], env=env)
