@@ -48,27 +48,6 @@ from protocol import (
 log = logging.getLogger("notecard.gateway.requests")
 T = TypeVar("T")
 
-_REFUSAL_TEXT: dict[str, str] = {
-    "LIMIT_DAILY_SEND": "daily send limit reached",
-    "LIMIT_DAILY_RECEIVE": "the recipient cannot receive more gifts today",
-    "NOT_MUTUAL_3D": "both users must have followed each other for long enough",
-    "RECIPIENT_OFFLINE": "the recipient is not online to confirm",
-    "INSUFFICIENT_BALANCE": "not enough cards of this kind",
-    "BLOCKED": "one of the users has blocked the other",
-    "NOT_VERIFIED": "the sender must be real-name verified",
-    "SENDER_BANNED": "the sender's account is banned",
-    "RECIPIENT_BANNED": "the recipient's account is banned",
-    "UNKNOWN_USER": "no such user",
-    "SELF_GIFT": "a gift must go to another user",
-    "UNKNOWN_KIND": "no such card kind",
-    "BAD_QUANTITY": "quantity out of range",
-    "IDEMPOTENCY_CONFLICT": "this gift id was used for a different gift",
-    "GIFT_NOT_FOUND": "no such gift",
-    "NOT_RECIPIENT": "only the recipient may answer this gift",
-    "ALREADY_RESOLVED": "the gift was already resolved",
-    "GIFT_EXPIRED": "the confirmation window has passed; the card went back to the sender",
-}
-
 
 class RequestHandler:
     def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics,
@@ -100,7 +79,8 @@ class RequestHandler:
             # BAD_REQUEST is clearing's word for a field the wire accepted but the rule did not.
             code = ErrorCode.BAD_FIELD if refusal.code is Refusal.BAD_REQUEST else ErrorCode(refusal.code.value)
             gift = gift_view(refusal.gift) if refusal.gift is not None else None
-            return Error(rid=rid, code=code, message=_REFUSAL_TEXT.get(code, code.lower()), gift=gift)
+            # The text is clearing's fixed reason for the code (REFUSAL_TEXT), never internals.
+            return Error(rid=rid, code=code, message=str(refusal), gift=gift)
         except ClearingUnavailable:
             self.metrics.refusals.labels(code=ErrorCode.UNAVAILABLE).inc()
             return Error(rid=rid, code=ErrorCode.UNAVAILABLE,
