@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.util
 import itertools
 import os
 import platform
@@ -404,6 +405,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def missing_tools(phases: Sequence[str], *, profile: bool) -> list[str]:
+    """What this run needs from the ``load`` extras and cannot find, checked before any phase
+    runs so that a long run does not fail at its end (the plot) or half way (Locust)."""
+    wanted = {"matplotlib": True, "locust": "locust" in phases, "py-spy": profile}
+    missing = []
+    for name, needed in wanted.items():
+        if not needed:
+            continue
+        found = profiling.find_py_spy() is not None if name == "py-spy" else importlib.util.find_spec(name) is not None
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else FULL
@@ -413,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("notecard bench: --pairs, --concurrency and --idle must be at least 1", file=sys.stderr)
         return 2
     plan = dataclasses.replace(plan, **overrides)
+    missing = missing_tools(args.only.split(","), profile=args.profile)
+    if missing:
+        print(f"notecard bench: {', '.join(missing)} not installed; install the load extras first: "
+              "scripts/setup load (or .venv/bin/pip install -e '.[load]')", file=sys.stderr)
+        return 2
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or Path("bench-results") / stamp
     out.mkdir(parents=True, exist_ok=True)

@@ -8,14 +8,17 @@ JSON, CSV, Markdown table and PNG plot are there and readable.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from loadtest import bench
 from loadtest.report import Row, table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +75,20 @@ def test_verdicts_say_by_how_much_a_target_is_missed() -> None:
     text = table(rows)
     assert "0.050" in text and "ratio >= 0.1" in text
     assert table(rows, markdown=True).count("\n") == len(rows) + 1
+
+
+def test_missing_load_extras_stop_the_bench_before_any_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without matplotlib the bench used to run all its phases and then die in the plot."""
+    real_find_spec = importlib.util.find_spec
+
+    def without_matplotlib(name: str, *args: Any) -> Any:
+        return None if name == "matplotlib" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_matplotlib)
+    out = tmp_path / "never"
+    assert bench.main(["--quick", "--only", "echo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib not installed" in err and "scripts/setup load" in err
+    assert not out.exists()
