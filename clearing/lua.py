@@ -2,18 +2,18 @@
 
 Scripts live in ``clearing/scripts/*.lua`` (package data, read with importlib.resources on
 first use, never at import). Each is sent with ``lib.lua`` in front of it, since Redis
-scripts cannot import one another, and registered with ``redis.register_script``, whose
-call is an EVALSHA that reloads the script on NOSCRIPT (the script cache is lost on restart
-and failover). Every script takes the same ARGV header (documented in ``lib.lua``) and
-returns ``cmsgpack.pack(table)``.
+scripts cannot import one another, and called by EVALSHA; a NOSCRIPT reply (the script
+cache is lost on restart and failover) loads it and runs the call again. The calls of one
+event-loop turn go to Redis as one pipeline (``clearing/pipelining.py``). Every script
+takes the same ARGV header (documented in ``lib.lua``) and returns ``cmsgpack.pack(table)``.
 
 Outages become :class:`ClearingUnavailable` (see ``clearing/guard.py``).
 
 Durability (:class:`Durability`): Redis replicates asynchronously, so a write the primary
 acknowledged can vanish in a failover (Jepsen lost acknowledged writes this way). With
-``wait_replicas`` > 0 a script that changes a gift runs as one pipeline on one connection,
-``EVALSHA; PUBLISH <fence>; WAIT n timeout``, and is acknowledged only when ``n`` replicas
-hold it. WAIT counts from the connection's last propagated write; the PUBLISH (always
+``wait_replicas`` > 0 the scripts that change a gift run as one pipeline on one connection,
+``EVALSHA...; PUBLISH <fence>; WAIT n timeout``, and are acknowledged only when ``n``
+replicas hold them. WAIT counts from the connection's last propagated write; the PUBLISH (always
 propagated) moves that mark to "now", so an idempotent retry that writes nothing still
 waits for the original write, whoever made it. Too few replicas in time raises
 :class:`ClearingUnavailable`: the write happened on the primary and may or may not
@@ -33,11 +33,13 @@ from typing import Any, Literal
 import msgpack
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from clearing.codec import gift_from_map
-from clearing.errors import ClearingUnavailable, Refusal, Refused
+from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
+from clearing.pipelining import NotReplicated, ScriptBatcher, WaitFor
+
+__all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "ScriptName", "ScriptRunner", "script_source"]
 from clearing.keys import KeySchema
 from clearing.rules import DAY_MS, GiftRules
 
@@ -72,10 +74,6 @@ class Durability:
             raise ValueError("wait_timeout_ms must be at least 1")
 
 
-class NotReplicated(ClearingUnavailable):
-    """The write is on the primary but fewer replicas than required confirmed it in time."""
-
-
 @functools.cache
 def script_source(name: ScriptName) -> str:
     folder = importlib.resources.files("clearing") / "scripts"
@@ -86,16 +84,20 @@ def script_source(name: ScriptName) -> str:
 class ScriptRunner:
     """The registered scripts of one Redis client, plus the constant part of their ARGV."""
 
-    __slots__ = ("_durability", "_fence", "_prefix", "_redis", "_scripts", "_tail")
+    __slots__ = ("_durability", "_plain", "_prefix", "_redis", "_scripts", "_tail", "_waited")
 
     def __init__(self, redis: aioredis.Redis, rules: GiftRules, keys: KeySchema,
                  durability: Durability | None = None) -> None:
         self._prefix = keys.prefix
-        self._durability = durability or Durability()
-        self._fence = f"{keys.prefix}:wait-fence"
+        self._durability = d = durability or Durability()
         self._tail = (rules.node_ttl_ms, rules.stream_maxlen, rules.gift_retention_ms, QUOTA_TTL_MS)
         self._scripts: dict[str, AsyncScript] = {}
         self._redis = redis
+        # Calls of one loop turn share a pipeline (clearing/pipelining.py); durable ones share
+        # one WAIT as well.
+        self._plain = ScriptBatcher(redis)
+        self._waited = self._plain if d.wait_replicas == 0 else ScriptBatcher(
+            redis, WaitFor(d.wait_replicas, d.wait_timeout_ms, fence=f"{keys.prefix}:wait-fence"))
 
     def _script(self, name: ScriptName) -> AsyncScript:
         script = self._scripts.get(name)
@@ -123,10 +125,8 @@ class ScriptRunner:
         """
         epoch = secrets.token_hex(6) if emits else ""
         argv = (self._prefix, now_ms, epoch, *self._tail, *args)
-        if durable and self._durability.wait_replicas > 0:
-            raw = await guarded(self._run_waited(self._script(name), key, argv))
-        else:
-            raw = await guarded(self._script(name)(keys=(key,), args=argv))
+        batcher = self._waited if durable else self._plain
+        raw = await guarded(batcher.call(self._script(name), key, argv))
         reply = msgpack.unpackb(raw, raw=False)
         if not isinstance(reply, dict):
             # cmsgpack packs an empty Lua table as an empty array
@@ -136,32 +136,3 @@ class ScriptRunner:
             gift = reply.get("gift")
             raise Refused(Refusal(err), gift=gift_from_map(gift) if gift else None)
         return reply
-
-    async def _run_waited(self, script: AsyncScript, key: str, argv: Sequence[str | int]) -> Any:
-        """``EVALSHA; PUBLISH fence; WAIT`` in one round trip on one connection."""
-        d = self._durability
-        for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, 1, key, *argv)
-                pipe.publish(self._fence, b"")
-                pipe.execute_command("WAIT", d.wait_replicas, d.wait_timeout_ms)
-                raw, _, acks = await pipe.execute(raise_on_error=False)
-            if isinstance(raw, NoScriptError) and attempt == 0:
-                # The script cache is empty after a restart or a failover; the script did
-                # not run, so loading it and running the pipeline again is safe.
-                script.sha = await self._redis.script_load(script.script)
-                continue
-            if isinstance(raw, Exception):
-                raise raw
-            if isinstance(acks, Exception):
-                raise acks
-            # A refusal waits too: reserve remembers it for its gift id, and a refusal that a
-            # failover forgot would let a late duplicate create the gift the client was told
-            # was refused.
-            if int(acks) < d.wait_replicas:
-                raise NotReplicated(
-                    f"written on the primary, confirmed by {acks} of {d.wait_replicas} replicas "
-                    f"within {d.wait_timeout_ms} ms: the outcome is unknown"
-                )
-            return raw
-        raise AssertionError("unreachable: NOSCRIPT twice")

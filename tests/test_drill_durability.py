@@ -9,6 +9,7 @@ environment and refuse a WAIT timeout that the Redis timeout would cut short.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -115,6 +116,23 @@ async def test_script_cache_lost_after_failover_is_reloaded(world: World) -> Non
     await world.redis.script_flush()
     resolution = await clearing.decline("g4", "bob")
     assert resolution.gift.state is GiftState.DECLINED
+
+
+async def test_a_batch_of_concurrent_writes_shares_one_wait(world: World) -> None:
+    """Calls of one loop turn go as one pipeline ending in one WAIT (clearing/pipelining.py):
+    enough replicas acknowledges them all; too few fails each with its own error."""
+    await world.accounts.mint("ann", "note", 10)
+    waited = _clearing(world, 1)
+    gifts = await asyncio.gather(*(waited.reserve(f"b{i}", "ann", "bob", "note", 1) for i in range(3)))
+    assert [g.state for g in gifts] == [GiftState.PENDING] * 3
+    short = _clearing(world, 2)
+    outcomes = await asyncio.gather(*(short.accept(g.gift_id, "bob") for g in gifts), return_exceptions=True)
+    assert all(isinstance(o, NotReplicated) for o in outcomes)
+    assert len({id(o) for o in outcomes}) == 3
+    # On the primary all three were accepted; the retries say so once replicated.
+    retried = await asyncio.gather(*(waited.accept(g.gift_id, "bob") for g in gifts))
+    assert [r.gift.state for r in retried] == [GiftState.ACCEPTED] * 3
+    assert (await world.check()).ok
 
 
 def test_settings_from_environment() -> None:
