@@ -75,14 +75,14 @@ class RequestHandler:
                 return Pong(rid=rid, server_time_ms=int(time.time() * 1000))
             return await self._scene(user_id, msg, conn)
         except Refused as refusal:
-            self.metrics.refusals.labels(code=refusal.code.value).inc()
+            self.metrics.refusals_of(refusal.code.value).inc()
             # BAD_REQUEST is clearing's word for a field the wire accepted but the rule did not.
             code = ErrorCode.BAD_FIELD if refusal.code is Refusal.BAD_REQUEST else ErrorCode(refusal.code.value)
             gift = gift_view(refusal.gift) if refusal.gift is not None else None
             # The text is clearing's fixed reason for the code (REFUSAL_TEXT), never internals.
             return Error(rid=rid, code=code, message=str(refusal), gift=gift)
         except ClearingUnavailable:
-            self.metrics.refusals.labels(code=ErrorCode.UNAVAILABLE).inc()
+            self.metrics.refusals_of(ErrorCode.UNAVAILABLE).inc()
             return Error(rid=rid, code=ErrorCode.UNAVAILABLE,
                          message="service temporarily unavailable; retry with the same ids")
         raise AssertionError(f"unhandled message type {type(msg).__name__}")
@@ -92,14 +92,14 @@ class RequestHandler:
         try:
             return await call
         finally:
-            self.metrics.clearing_latency.labels(op=op).observe(time.perf_counter() - started)
+            self.metrics.clearing_latency_of(op).observe(time.perf_counter() - started)
 
     async def _send(self, user_id: str, msg: SendGift, app: str) -> ServerMessage:
         gift = await self._timed(
             "reserve",
             self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty, app=app, quote_id=msg.quote or ""),
         )
-        self.metrics.gifts.labels(outcome="sent").inc()
+        self.metrics.gifts_of("sent").inc()
         log.debug("gift sent", extra={"user": user_id, "gift": msg.gift_id, "to": msg.to})
         return GiftSent(rid=msg.rid, gift=gift_view(gift))
 
@@ -111,7 +111,7 @@ class RequestHandler:
             op, outcome = "decline", "declined"
             resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id, app))
         if resolution.changed:
-            self.metrics.gifts.labels(outcome=outcome).inc()
+            self.metrics.gifts_of(outcome).inc()
             log.debug("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
         return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
 

@@ -170,10 +170,10 @@ class SessionRunner:
                     conn.close(CloseCode.PROTOCOL_VIOLATION, "too many malformed frames")
                     return
                 continue
-            self.metrics.frames_in.labels(type=msg.TYPE).inc()
+            self.metrics.frames_in_of(msg.TYPE).inc()
             if not bucket.allow():
                 strikes += 1
-                self.metrics.refusals.labels(code=ErrorCode.RATE_LIMITED).inc()
+                self.metrics.refusals_of(ErrorCode.RATE_LIMITED).inc()
                 self._reply(conn, Error(rid=getattr(msg, "rid", None), code=ErrorCode.RATE_LIMITED,
                                         message="too many requests; slow down"))
                 if strikes >= self.settings.rate_strikes_max:
@@ -192,7 +192,7 @@ class SessionRunner:
 
     def _reply(self, conn: ClientConnection, msg: ServerMessage) -> None:
         if conn.push(encode(msg, conn.encoding)):
-            self.metrics.frames_out.labels(type=msg.TYPE).inc()
+            self.metrics.frames_out_of(msg.TYPE).inc()
 
 
 async def _reject(ws: ServerConnection, encoding: Encoding, rejection: _Rejection) -> None:
