@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from clearing import Accounts, Clearing, GiftRules, KeySchema, Presence
 from gateway.config import GatewaySettings
@@ -70,6 +71,16 @@ class RateResult:
         return self.ops / self.seconds if self.seconds > 0 else 0.0
 
 
+class _RecordingPipeline(Pipeline):
+    """Clearing sends its scripts in pipelines (clearing/pipelining.py): record them there."""
+
+    captured: list[tuple[Any, ...]]
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        self.captured.append((sha, numkeys, *keys_and_args))
+        return super().evalsha(sha, numkeys, *keys_and_args)
+
+
 class _RecordingRedis(aioredis.Redis):
     """A client that remembers the EVALSHA commands it sends (to replay them exactly)."""
 
@@ -78,6 +89,11 @@ class _RecordingRedis(aioredis.Redis):
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         self.captured.append((sha, numkeys, *keys_and_args))
         return super().evalsha(sha, numkeys, *keys_and_args)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = _RecordingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.captured = self.captured
+        return pipe
 
 
 async def prepare(url: str) -> tuple[str, ...]:
