@@ -7,17 +7,23 @@ Two encodings share one message model; the WebSocket subprotocol picks one per c
 
 Decoding never raises anything but :class:`~protocol.errors.ProtocolError`, whatever
 bytes arrive: the gateway's fuzz tests hold it to that.
+
+Every frame either side receives or sends passes through here, so the common case is
+kept cheap: decoders and encoders generated per message class (``protocol.compiled``),
+with the table-driven validator of ``protocol.schema`` deciding every refusal.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import Any, cast
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import msgpack
 import orjson
 
+from protocol.compiled import Invalid, compile_decoder, compile_encoder
 from protocol.errors import ErrorCode, FrameError, ProtocolError
 from protocol.messages import (
     CLIENT_MESSAGES,
@@ -48,6 +54,8 @@ class Encoding(enum.Enum):
 
 #: Subprotocols in the server's order of preference.
 SUBPROTOCOLS: tuple[str, ...] = tuple(e.subprotocol for e in Encoding)
+# Compared on every frame: a module global is cheaper to read than the enum's attribute.
+_MSGPACK = Encoding.MSGPACK
 
 Frame = bytes | str
 
@@ -61,30 +69,34 @@ def encoding_for(subprotocol: str | None) -> Encoding:
 
 def to_wire(obj: WireObject) -> dict[str, Any]:
     """The plain map a message travels as (``t`` plus its non-``None`` fields)."""
-    out: dict[str, Any] = {"t": obj.TYPE}
-    out.update(_fields_of(obj))
-    return out
+    encoder = _encoders.get(type(obj))
+    if encoder is None:
+        encoder = _encoders[type(obj)] = compile_encoder(type(obj))
+    return encoder(obj)
 
 
-def _fields_of(obj: WireObject) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for spec in obj.FIELDS:
-        value = getattr(obj, spec.name)
-        if value is None:
-            continue
-        if isinstance(value, WireObject):
-            value = _fields_of(value)
-        elif isinstance(value, tuple):
-            value = [_fields_of(v) if isinstance(v, WireObject) else v for v in value]
-        out[spec.name] = value
-    return out
+#: The generated encoder per class, keyed by the class alone: one lookup per frame.
+_encoders: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+# One msgpack Packer per thread instead of msgpack.packb, which builds a new Packer (and
+# its 256 KiB buffer) for every frame. Per thread, because a Packer holds its buffer
+# between calls; it resets the buffer itself when packing fails.
+_packers = threading.local()
+
+
+def _pack(wire: dict[str, Any]) -> bytes:
+    try:
+        packer: msgpack.Packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(wire)
 
 
 def encode(msg: WireObject, encoding: Encoding) -> Frame:
     """One frame: ``bytes`` for msgpack (binary frame), ``str`` for JSON (text frame)."""
     wire = to_wire(msg)
-    if encoding is Encoding.MSGPACK:
-        return msgpack.packb(wire, use_bin_type=True)
+    if encoding is _MSGPACK:
+        return _pack(wire)
     return orjson.dumps(wire).decode()
 
 
@@ -95,7 +107,7 @@ def _too_big() -> FrameError:
 def _load(frame: Frame, encoding: Encoding) -> Any:
     # The frame type is checked before its size so that anything other than bytes/str
     # (None, a bytearray from a careless driver) is still refused with a ProtocolError.
-    if encoding is Encoding.MSGPACK:
+    if encoding is _MSGPACK:
         if not isinstance(frame, bytes):
             raise FrameError(ErrorCode.BAD_FRAME, "this connection expects binary msgpack frames")
         if len(frame) > MAX_FRAME_BYTES:
@@ -112,19 +124,46 @@ def _load(frame: Frame, encoding: Encoding) -> Any:
     # text frame carries) from raising here; orjson then refuses the invalid UTF-8.
     if len(frame) > MAX_FRAME_BYTES:
         raise _too_big()
-    data = frame.encode("utf-8", "surrogatepass")
-    if len(data) > MAX_FRAME_BYTES:
-        raise _too_big()
+    # A code point takes at most 4 bytes in UTF-8, so a text of up to a quarter of the
+    # limit cannot exceed it, and orjson reads the str itself (refusing lone surrogates
+    # exactly as it refuses their bytes) without the copy.
+    data: str | bytes = frame
+    if len(frame) > _SHORT_TEXT:
+        data = frame.encode("utf-8", "surrogatepass")
+        if len(data) > MAX_FRAME_BYTES:
+            raise _too_big()
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         raise FrameError(ErrorCode.BAD_FRAME, "frame is not valid JSON") from None
 
 
-def _decode(frame: Frame, encoding: Encoding, table: Mapping[str, type[WireObject]]) -> WireObject:
+_SHORT_TEXT = MAX_FRAME_BYTES // 4
+
+
+M = TypeVar("M", bound=WireObject)
+
+
+def _decode(frame: Frame, encoding: Encoding, fast: Mapping[str, Callable[[Any], M]],
+            table: Mapping[str, type[M]]) -> M:
     raw = _load(frame, encoding)
     if not isinstance(raw, dict):
         raise FrameError(ErrorCode.BAD_FRAME, "a frame must hold a map")
+    type_name = raw.get("t")
+    # The fast decoder accepts exactly the valid messages; anything else (including a `t`
+    # that is not a plain str, which may not even be hashable) takes the reference path,
+    # the only one that words refusals.
+    if type(type_name) is str:
+        decoder = fast.get(type_name)
+        if decoder is not None:
+            try:
+                return decoder(raw)
+            except Invalid:
+                pass
+    return _reference_decode(raw, table)
+
+
+def _reference_decode(raw: dict[Any, Any], table: Mapping[str, type[M]]) -> M:
     rid = raw.get("rid")
     if type(rid) is not int or not 0 <= rid <= MAX_SAFE_INT:
         rid = None
@@ -143,13 +182,19 @@ def _decode(frame: Frame, encoding: Encoding, table: Mapping[str, type[WireObjec
         raise FrameError(ErrorCode.BAD_FRAME, "frame has malformed values", rid) from None
 
 
+_FAST_CLIENT: dict[str, Callable[[Any], ClientMessage]] = {
+    name: compile_decoder(cls) for name, cls in CLIENT_MESSAGES.items()
+}
+_FAST_SERVER: dict[str, Callable[[Any], ServerMessage]] = {
+    name: compile_decoder(cls) for name, cls in SERVER_MESSAGES.items()
+}
+
+
 def decode_client(frame: Frame, encoding: Encoding) -> ClientMessage:
     """Decode a frame a client sent (the gateway's side)."""
-    # cast, not "type: ignore": the table holds only client classes, and a cast does not
-    # turn into an unused-ignore error when mypy's union inference changes.
-    return cast(ClientMessage, _decode(frame, encoding, CLIENT_MESSAGES))
+    return _decode(frame, encoding, _FAST_CLIENT, CLIENT_MESSAGES)
 
 
 def decode_server(frame: Frame, encoding: Encoding) -> ServerMessage:
     """Decode a frame the server sent (the SDK's side)."""
-    return cast(ServerMessage, _decode(frame, encoding, SERVER_MESSAGES))
+    return _decode(frame, encoding, _FAST_SERVER, SERVER_MESSAGES)

@@ -2,8 +2,12 @@
 
 A message class declares its fields with ordinary annotations, optionally wrapped in
 ``Annotated[..., constraint]``. :func:`compile_fields` turns the annotations into a tuple
-of :class:`FieldSpec` once, when the class is defined, so that decoding a frame is a walk
-over a small table rather than reflection on every message.
+of :class:`FieldSpec` once, when the class is defined: each spec holds the field's
+:data:`Shape` (what the wire value must be) and a parser built from it.
+
+The parsers here are the reference validator: they decide, and word every error a peer
+sees. ``protocol.compiled`` builds faster decoders from the same shapes; those only accept
+or step aside, and leave every refusal to this module.
 """
 
 from __future__ import annotations
@@ -48,10 +52,44 @@ Parser = Callable[[Any, str, "int | None"], Any]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Scalar:
+    """A str, int or bool of exactly that type, with an optional constraint."""
+
+    kind: type
+    constraint: Constraint | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MapOf:
+    """A map whose keys and values each have a shape (read into a dict)."""
+
+    key: Shape
+    value: Shape
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListOf:
+    """An array whose items have one shape (read into a tuple)."""
+
+    item: Shape
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nested:
+    """A map read into another wire class (a gift, a leaderboard line)."""
+
+    cls: type
+
+
+Shape = Scalar | MapOf | ListOf | Nested
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FieldSpec:
     name: str
     optional: bool
     parse: Parser
+    shape: Shape
 
 
 def _fail(field: str, expected: str, rid: int | None) -> FieldError:
@@ -112,8 +150,8 @@ def _nested_parser(cls: type) -> Parser:
     return parse
 
 
-def _parser_for(hint: Any) -> tuple[Parser, bool]:
-    """Return the parser for a type hint and whether the field is optional."""
+def _shape_for(hint: Any) -> tuple[Shape, bool]:
+    """Return the shape of a type hint and whether the field is optional."""
     origin = typing.get_origin(hint)
     if origin is typing.Annotated:
         base, *extras = typing.get_args(hint)
@@ -121,24 +159,35 @@ def _parser_for(hint: Any) -> tuple[Parser, bool]:
         expected_base = {Pattern: str, Range: int}.get(type(constraint), base)
         if base is not expected_base:
             raise TypeError(f"{type(constraint).__name__} cannot constrain {base!r}")
-        return _scalar_parser(base, constraint), False
+        return Scalar(base, constraint), False
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) != 1:
             raise TypeError(f"unsupported union {hint!r}")
-        parser, _ = _parser_for(args[0])
-        return parser, True
+        shape, _ = _shape_for(args[0])
+        return shape, True
     if origin is dict:
         key_hint, value_hint = typing.get_args(hint)
-        return _dict_parser(_parser_for(key_hint)[0], _parser_for(value_hint)[0]), False
+        return MapOf(_shape_for(key_hint)[0], _shape_for(value_hint)[0]), False
     if origin is tuple:
         item_hint = typing.get_args(hint)[0]
-        return _tuple_parser(_parser_for(item_hint)[0]), False
+        return ListOf(_shape_for(item_hint)[0]), False
     if hint in (str, int, bool):
-        return _scalar_parser(hint, None), False
+        return Scalar(hint, None), False
     if dataclasses.is_dataclass(hint) and hasattr(hint, "FIELDS"):
-        return _nested_parser(hint), False  # type: ignore[arg-type]
+        return Nested(hint), False  # type: ignore[arg-type]
     raise TypeError(f"unsupported field type {hint!r}")
+
+
+def parser_for(shape: Shape) -> Parser:
+    """The reference parser of a shape."""
+    if isinstance(shape, Scalar):
+        return _scalar_parser(shape.kind, shape.constraint)
+    if isinstance(shape, MapOf):
+        return _dict_parser(parser_for(shape.key), parser_for(shape.value))
+    if isinstance(shape, ListOf):
+        return _tuple_parser(parser_for(shape.item))
+    return _nested_parser(shape.cls)
 
 
 def compile_fields(cls: type) -> tuple[FieldSpec, ...]:
@@ -146,9 +195,9 @@ def compile_fields(cls: type) -> tuple[FieldSpec, ...]:
     hints = typing.get_type_hints(cls, include_extras=True)
     specs = []
     for field in dataclasses.fields(cls):
-        parser, optional = _parser_for(hints[field.name])
+        shape, optional = _shape_for(hints[field.name])
         has_default = field.default is not dataclasses.MISSING
-        specs.append(FieldSpec(field.name, optional or has_default, parser))
+        specs.append(FieldSpec(field.name, optional or has_default, parser_for(shape), shape))
     return tuple(specs)
 
 
