@@ -434,6 +434,13 @@ def test_the_shared_packer_survives_failures_and_threads() -> None:
     with pytest.raises(TypeError):
         encode(Ping(rid=object()), MSGPACK)  # type: ignore[arg-type]
     assert encode(Ping(rid=7), MSGPACK) == b"\x82\xa1t\xa4ping\xa3rid\x07"
+    # Larger than the packer's first buffer, then small again.
+    welcome = SAMPLES["welcome/pending"]
+    assert isinstance(welcome, Welcome)
+    big = dataclasses.replace(welcome, pending=(OFFER,) * 200)
+    assert len(encode(big, MSGPACK)) > 16 * codec_module._PACKER_BUFFER
+    _same_wire(big)
+    _same_wire(Ping(rid=7))
     errors: list[str] = []
 
     def work(n: int) -> None:
@@ -449,3 +456,13 @@ def test_the_shared_packer_survives_failures_and_threads() -> None:
         t.join()
     assert not errors
     assert codec_module._packers.packer is not None
+
+
+def test_the_pure_python_msgpack_packer_is_used_without_a_buffer_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """msgpack's fallback Packer (no C extension) takes no buf_size; packing still works."""
+    from msgpack import fallback
+
+    monkeypatch.setattr(msgpack, "Packer", fallback.Packer)
+    packer = codec_module._new_packer()
+    assert isinstance(packer, fallback.Packer)
+    assert packer.pack(to_wire(Ping(rid=7))) == b"\x82\xa1t\xa4ping\xa3rid\x07"
