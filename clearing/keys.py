@@ -122,6 +122,12 @@ class KeySchema:
         """Hash: festival id -> JSON {name, start_ms, end_ms, permille, frame}."""
         return f"{self.prefix}:festivals"
 
+    def festival_schedule(self) -> str:
+        """Sorted set, derived from ``festivals()`` on every write: ``<end_ms>:<permille>:<id>``
+        scored by start_ms, plus the empty member at -inf, so that reserve reads the one
+        window that can hold now instead of decoding every festival."""
+        return f"{self.prefix}:festivals:schedule"
+
     def free_gifts(self, user_id: str) -> str:
         """Counter: the user's pending and accepted gifts paid by the promotion account."""
         return f"{self.prefix}:free:{user_id}"

@@ -1,9 +1,10 @@
 """Scene settings (gift-rules.md sections 2 and 3) as typed, validated values.
 
 Operators change them at run time through the admin API; the validated document is stored
-in Redis (``keys.scene_config()``, one JSON string) and the scripts read it on every call,
-so all nodes agree the moment it is written. While nothing is stored, the scripts use the
-defaults below (passed to them as JSON), so the defaults live here and only here.
+in Redis (``keys.scene_config()``, one JSON string, :meth:`SceneConfig.to_json`) and the
+scripts read it on every call, so all nodes agree the moment it is written. While nothing
+is stored, the scripts use the defaults below (passed to them as JSON), so the defaults
+live here and only here.
 
 Amounts are integers of the minor unit; multipliers are integers per mille (1200 = 1.2x):
 
@@ -130,6 +131,10 @@ class SceneConfig:
         return plain
 
     def to_json(self) -> str:
+        """The document the scripts read: compact, fields in declaration order, so the
+        scalars the gift scripts need come before ``apps``, the first nested value. They
+        read those and the app perks straight off this text instead of decoding it (lib.lua
+        ``scene_values`` and ``app_perks``); another layout still works, decoded whole."""
         return orjson.dumps(self.to_plain()).decode()
 
     @classmethod

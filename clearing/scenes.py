@@ -17,11 +17,12 @@ NOT_NEWCOMER, PROMOTION_EXHAUSTED, BAD_REQUEST (a malformed id, binding oneself)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from clearing.clock import Clock, wall_clock_ms
 from clearing.codec import text_hash
@@ -32,7 +33,8 @@ from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
 from clearing.rules import GiftRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 
-#: Each reserve walks the festival table; a few dozen a year is what a platform runs.
+#: Every festival write reads them all and rewrites the schedule; a few dozen a year is
+#: what a platform runs.
 MAX_FESTIVALS = 100
 
 
@@ -115,27 +117,58 @@ class Scenes(RedisComponent):
         return config
 
     async def festivals(self) -> list[Festival]:
-        raw = text_hash(await guarded(self._redis.hgetall(self._keys.festivals())))
-        out = [Festival(festival_id=k, **orjson.loads(v)) for k, v in raw.items()]
-        return sorted(out, key=lambda f: f.start_ms)
+        return _festivals(await guarded(self._redis.hgetall(self._keys.festivals())))
 
     async def put_festival(self, festival_id: str, name: str, start_ms: int, end_ms: int,
                            multiplier: float | None = None, frame: str | None = None) -> Festival:
         """Create or replace a festival window; refused when it overlaps another."""
         permille = (await self.config()).festival_permille if multiplier is None else permille_of(multiplier)
         festival = Festival(festival_id, name, start_ms, end_ms, permille, frame)
-        others = [f for f in await self.festivals() if f.festival_id != festival_id]
-        if len(others) >= MAX_FESTIVALS:
-            raise SceneConfigError(f"at most {MAX_FESTIVALS} festivals; delete past ones first")
-        for other in others:
-            if other.start_ms < end_ms and start_ms < other.end_ms:
-                raise SceneConfigError(f"the window overlaps festival {other.festival_id!r}")
         body = {k: v for k, v in dataclasses.asdict(festival).items() if k != "festival_id"}
-        await guarded(self._redis.hset(self._keys.festivals(), festival_id, orjson.dumps(body)))
+
+        def change(festivals: list[Festival]) -> list[Festival]:
+            others = [f for f in festivals if f.festival_id != festival_id]
+            if len(others) >= MAX_FESTIVALS:
+                raise SceneConfigError(f"at most {MAX_FESTIVALS} festivals; delete past ones first")
+            for other in others:
+                if other.start_ms < end_ms and start_ms < other.end_ms:
+                    raise SceneConfigError(f"the window overlaps festival {other.festival_id!r}")
+            return [*others, festival]
+
+        await self._write_festivals(change, lambda pipe: pipe.hset(self._keys.festivals(), festival_id,
+                                                                    orjson.dumps(body)))
         return festival
 
     async def delete_festival(self, festival_id: str) -> bool:
-        return bool(await guarded(self._redis.hdel(self._keys.festivals(), festival_id)))
+        found = False
+
+        def change(festivals: list[Festival]) -> list[Festival]:
+            nonlocal found
+            found = any(f.festival_id == festival_id for f in festivals)
+            return [f for f in festivals if f.festival_id != festival_id]
+
+        await self._write_festivals(change, lambda pipe: pipe.hdel(self._keys.festivals(), festival_id))
+        return found
+
+    async def _write_festivals(self, change: Callable[[list[Festival]], list[Festival]],
+                               write: Callable[[Pipeline], object]) -> None:
+        """Read the festivals, ``change`` them (it may refuse), then in one MULTI apply
+        ``write`` to the hash and rebuild the schedule from the result (see
+        ``KeySchema.festival_schedule``). WATCH makes it all or nothing: a concurrent write
+        makes it start again from a fresh read, so two operators cannot store overlapping
+        windows and the schedule always matches the hash (a window missing from it would be
+        ignored by reserve). Festivals stored before the schedule existed get it with the
+        first write."""
+        hash_key, schedule = self._keys.festivals(), self._keys.festival_schedule()
+
+        async def attempt(pipe: Pipeline) -> None:
+            festivals = change(_festivals(await pipe.hgetall(hash_key)))
+            pipe.multi()  # type: ignore[no-untyped-call]
+            write(pipe)
+            pipe.delete(schedule)
+            pipe.zadd(schedule, _schedule(festivals))
+
+        await guarded(self._redis.transaction(attempt, hash_key, schedule))
 
     # ------------------------------------------------------------ users
     async def redeem_frame(self, user_id: str, festival_id: str) -> Redemption:
@@ -165,3 +198,17 @@ class Scenes(RedisComponent):
             pipe.sismember(self._keys.joint_campaign(), user_id)
             points, joint = await guarded(pipe.execute())
         return PointsView(int(points or 0), bool(joint))
+
+
+def _festivals(raw: Mapping[bytes | str, bytes | str]) -> list[Festival]:
+    out = [Festival(festival_id=k, **orjson.loads(v)) for k, v in text_hash(raw).items()]
+    return sorted(out, key=lambda f: f.start_ms)
+
+
+def _schedule(festivals: list[Festival]) -> dict[str, float]:
+    """The schedule's members: the empty one at -inf (the schedule exists, so no festival
+    means none rather than "read the hash"), then each window scored by its start."""
+    members: dict[str, float] = {"": float("-inf")}
+    for f in festivals:
+        members[f"{f.end_ms}:{f.permille}:{f.festival_id}"] = f.start_ms
+    return members

@@ -13,26 +13,27 @@
 -- Returns msgpack {mentor, apprentice, mentor_reward, apprentice_reward} or {err = code}.
 
 local apprentice, mentor, kind = ARGV[8], ARGV[9], ARGV[11]
-local cfg = scene_config(ARGV[10])
-local created = redis.call('HGET', K.user(apprentice), 'created_at_ms')
-if not created or redis.call('EXISTS', K.user(mentor)) == 0 then
+local created = redis.call('HGET', key('user', apprentice), 'created_at_ms')
+if not created or redis.call('EXISTS', key('user', mentor)) == 0 then
   return refuse('UNKNOWN_USER')
 end
 if redis.call('HEXISTS', KEYS[1], apprentice) == 1 or redis.call('HGET', KEYS[1], mentor) == apprentice then
   return refuse('ALREADY_BOUND')
 end
-if NOW - tonumber(created) >= cfg.newcomer_age_ms then
+local newcomer_age, m, a, promo = scene_values(scene_doc(ARGV[10]), 'newcomer_age_ms',
+                                               'mentor_reward_units', 'apprentice_reward_units',
+                                               'promo_account')
+if NOW - tonumber(created) >= newcomer_age then
   return refuse('NOT_NEWCOMER')
 end
-local m, a, promo = cfg.mentor_reward_units, cfg.apprentice_reward_units, cfg.promo_account
 if m + a > 0 then
-  if redis.call('EXISTS', K.user(promo)) == 0
-      or tonumber(redis.call('HGET', K.bal(promo), kind) or '0') < m + a then
+  if redis.call('EXISTS', key('user', promo)) == 0
+      or tonumber(redis.call('HGET', key('bal', promo), kind) or '0') < m + a then
     return refuse('PROMOTION_EXHAUSTED')
   end
-  redis.call('HINCRBY', K.bal(promo), kind, -(m + a))
-  redis.call('HINCRBY', K.bal(mentor), kind, m)
-  redis.call('HINCRBY', K.bal(apprentice), kind, a)
+  redis.call('HINCRBY', key('bal', promo), kind, -(m + a))
+  redis.call('HINCRBY', key('bal', mentor), kind, m)
+  redis.call('HINCRBY', key('bal', apprentice), kind, a)
 end
 redis.call('HSET', KEYS[1], apprentice, mentor)
 return reply({mentor = mentor, apprentice = apprentice, mentor_reward = m, apprentice_reward = a})

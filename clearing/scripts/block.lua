@@ -8,7 +8,7 @@
 -- between the two are not cancelled: the block only stops new ones (reserve.lua reads it).
 
 local blocker, blocked, action = ARGV[8], ARGV[9], ARGV[10]
-if redis.call('EXISTS', K.user(blocker)) == 0 or redis.call('EXISTS', K.user(blocked)) == 0 then
+if redis.call('EXISTS', key('user', blocker)) == 0 or redis.call('EXISTS', key('user', blocked)) == 0 then
   return refuse('UNKNOWN_USER')
 end
 if action == 'block' then

@@ -10,5 +10,5 @@
 
 local user, node = ARGV[8], ARGV[9]
 local count = redis.call('HINCRBY', KEYS[1], node, 1)
-redis.call('SADD', K.node_users(node), user)
+redis.call('SADD', key('nodeusers', node), user)
 return reply({count = count})

@@ -15,5 +15,5 @@ if redis.call('EXISTS', user_key) == 1 then
 end
 redis.call('HSET', user_key, 'verified', ARGV[9], 'vip', ARGV[10], 'banned', ARGV[11],
            'created_at_ms', ARGV[12], 'app', ARGV[13])
-redis.call('SADD', K.users(), ARGV[8])
+redis.call('SADD', key('users'), ARGV[8])
 return reply({user = redis.call('HGETALL', user_key)})

@@ -15,7 +15,7 @@ end
 local count = redis.call('HINCRBY', KEYS[1], node, -1)
 if count <= 0 then
   redis.call('HDEL', KEYS[1], node)
-  redis.call('SREM', K.node_users(node), user)
+  redis.call('SREM', key('nodeusers', node), user)
   count = 0
 end
 return reply({count = count})

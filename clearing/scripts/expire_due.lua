@@ -17,7 +17,7 @@ local limit = tonumber(ARGV[8])
 
 local expired = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', ARGV[2], 'LIMIT', 0, limit)) do
-  local key = K.gift(id)
+  local key = key('gift', id)
   local flat = redis.call('HGETALL', key)
   local g, day = gift_map(id, flat)
   if g.state == 'pending' then

@@ -11,7 +11,7 @@
 -- Returns msgpack {} or {err = UNKNOWN_USER}.
 
 local follower, followee, action = ARGV[8], ARGV[9], ARGV[10]
-if redis.call('EXISTS', K.user(follower)) == 0 or redis.call('EXISTS', K.user(followee)) == 0 then
+if redis.call('EXISTS', key('user', follower)) == 0 or redis.call('EXISTS', key('user', followee)) == 0 then
   return refuse('UNKNOWN_USER')
 end
 if action == 'follow' and ARGV[12] == '1' then

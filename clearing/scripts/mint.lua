@@ -14,14 +14,14 @@
 local bal_key = KEYS[1]
 local user_id, kind = ARGV[8], ARGV[9]
 local amount, ceiling = tonumber(ARGV[10]), tonumber(ARGV[11])
-if redis.call('EXISTS', K.user(user_id)) == 0 then
+if redis.call('EXISTS', key('user', user_id)) == 0 then
   return refuse('UNKNOWN_USER')
 end
 local balance = tonumber(redis.call('HGET', bal_key, kind) or '0')
-local minted = tonumber(redis.call('HGET', K.minted(), kind) or '0')
+local minted = tonumber(redis.call('HGET', key('minted'), kind) or '0')
 if balance + amount > ceiling or minted + amount > ceiling then
   return refuse('BAD_QUANTITY')
 end
 redis.call('HINCRBY', bal_key, kind, amount)
-redis.call('HINCRBY', K.minted(), kind, amount)
-return reply({bal = redis.call('HGETALL', bal_key), held = redis.call('HGETALL', K.held(user_id))})
+redis.call('HINCRBY', key('minted'), kind, amount)
+return reply({bal = redis.call('HGETALL', bal_key), held = redis.call('HGETALL', key('held', user_id))})

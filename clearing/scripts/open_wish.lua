@@ -8,7 +8,7 @@
 -- Returns msgpack {version} or {err = UNKNOWN_USER}.
 
 local streamer = ARGV[8]
-if redis.call('EXISTS', K.user(streamer)) == 0 then
+if redis.call('EXISTS', key('user', streamer)) == 0 then
   return refuse('UNKNOWN_USER')
 end
 redis.call('HSET', KEYS[1], 'streamer', streamer, 'wish_kind', ARGV[9], 'wish_target', ARGV[10],

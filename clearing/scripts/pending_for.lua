@@ -8,7 +8,7 @@
 
 local gifts = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')) do
-  local g = gift_map(id, redis.call('HGETALL', K.gift(id)))
+  local g = gift_map(id, redis.call('HGETALL', key('gift', id)))
   if g.state == 'pending' then
     gifts[#gifts + 1] = g
   end

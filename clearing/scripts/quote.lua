@@ -18,24 +18,24 @@
 
 local quote_id, sender, room, kind = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local qty, base = tonumber(ARGV[12]), tonumber(ARGV[13])
-local cfg = scene_config(ARGV[14])
-if redis.call('HGET', K.room(room), 'streamer') ~= room then
+local cfg = cjson.decode(scene_doc(ARGV[14]))
+if redis.call('HGET', key('room', room), 'streamer') ~= room then
   return refuse('NO_WISH')
 end
-if redis.call('HEXISTS', K.room_viewers(room), sender) == 0 then
+if redis.call('HEXISTS', key('roomviewers', room), sender) == 0 then
   return refuse('NOT_IN_ROOM')
 end
-local viewers = redis.call('HLEN', K.room_viewers(room))
+local viewers = redis.call('HLEN', key('roomviewers', room))
 local permille = 1000
 for _, tier in ipairs(cfg.live_tiers) do
   if tier.min_viewers <= viewers then
     permille = tier.permille
   end
 end
-local _, fest = active_festival()
+local festival, festival_permille = active_festival()
 local cost = base
-if fest then
-  cost = math.floor((cost * fest.permille + 999) / 1000)
+if festival then
+  cost = math.floor((cost * festival_permille + 999) / 1000)
 end
 cost = math.floor((cost * permille + 999) / 1000)
 local expires = NOW + cfg.quote_ttl_ms

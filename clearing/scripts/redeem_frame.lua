@@ -13,10 +13,10 @@
 -- Invariants kept: minted == available + holds + consumed (the price only changes place).
 
 local user, festival_id, kind = ARGV[8], ARGV[9], ARGV[11]
-if redis.call('EXISTS', K.user(user)) == 0 then
+if redis.call('EXISTS', key('user', user)) == 0 then
   return refuse('UNKNOWN_USER')
 end
-local raw = redis.call('HGET', K.festivals(), festival_id)
+local raw = redis.call('HGET', key('festivals'), festival_id)
 local f = raw and cjson.decode(raw)
 if not f or not f.frame or f.frame == cjson.null or NOW < f.start_ms or NOW >= f.end_ms then
   return refuse('NO_FESTIVAL')
@@ -25,13 +25,13 @@ local item = 'frame:' .. festival_id
 if redis.call('HEXISTS', KEYS[1], item) == 1 then
   return refuse('ALREADY_REDEEMED')
 end
-local price = scene_config(ARGV[10]).frame_price_units
-if tonumber(redis.call('HGET', K.bal(user), kind) or '0') < price then
+local price = scene_values(scene_doc(ARGV[10]), 'frame_price_units')
+if tonumber(redis.call('HGET', key('bal', user), kind) or '0') < price then
   return refuse('INSUFFICIENT_BALANCE')
 end
 if price > 0 then
-  redis.call('HINCRBY', K.bal(user), kind, -price)
-  redis.call('HINCRBY', K.consumed(), kind, price)
+  redis.call('HINCRBY', key('bal', user), kind, -price)
+  redis.call('HINCRBY', key('consumed'), kind, price)
 end
 redis.call('HSET', KEYS[1], item, f.end_ms)
 return reply({item = item, frame = f.frame, expires_at_ms = f.end_ms})

@@ -23,7 +23,7 @@ if client_epoch == '' then
   return reply({ep = epoch, head = head, recovered = true, events = {}})
 end
 
-local stream = K.events(user)
+local stream = key('ev', user)
 local from, recovered = '-', false
 if client_epoch == epoch and after <= head then
   local oldest = head + 1

@@ -80,8 +80,8 @@ if precheck ~= '' then
 end
 
 -- created_at_ms is always set on a user, so its absence means no such user.
-local s = redis.call('HMGET', K.user(sender), 'created_at_ms', 'verified', 'vip', 'banned')
-local r = redis.call('HMGET', K.user(recipient), 'created_at_ms', 'banned')
+local s = redis.call('HMGET', key('user', sender), 'created_at_ms', 'verified', 'vip', 'banned')
+local r = redis.call('HMGET', key('user', recipient), 'created_at_ms', 'banned')
 if not s[1] or not r[1] then
   return refuse('UNKNOWN_USER')
 end
@@ -94,22 +94,20 @@ end
 if s[2] ~= '1' then
   return refuse('NOT_VERIFIED')
 end
-if redis.call('SISMEMBER', K.blocks(sender), recipient) == 1
-    or redis.call('SISMEMBER', K.blocks(recipient), sender) == 1 then
+if redis.call('SISMEMBER', key('blocks', sender), recipient) == 1
+    or redis.call('SISMEMBER', key('blocks', recipient), sender) == 1 then
   return refuse('BLOCKED')
 end
 
 local newest_allowed = NOW - follow_min_age
-local out_since = redis.call('HGET', K.follows(sender), recipient)
-local in_since = redis.call('HGET', K.follows(recipient), sender)
+local out_since = redis.call('HGET', key('follows', sender), recipient)
+local in_since = redis.call('HGET', key('follows', recipient), sender)
 if not out_since or not in_since
     or tonumber(out_since) > newest_allowed or tonumber(in_since) > newest_allowed then
   return refuse('NOT_MUTUAL_3D')
 end
 
-local send_key = K.send_quota(day, sender)
-local recv_key = K.recv_quota(day, recipient)
-local pair_key = K.pair_quota(day, recipient, sender)
+local send_key, recv_key, pair_key = quota_keys(day, sender, recipient)
 local limit = send_limit
 if s[3] == '1' then
   limit = limit + vip_bonus
@@ -125,14 +123,13 @@ if tonumber(redis.call('GET', scoped_key) or '0') >= receive_limit then
   return refuse('LIMIT_DAILY_RECEIVE')
 end
 
-local cfg = scene_config(ARGV[24])
-local festival, fest = active_festival()
-if fest then
-  cost = math.floor((amount * fest.permille + 999) / 1000)
+local festival, permille = active_festival()
+if festival then
+  cost = math.floor((amount * permille + 999) / 1000)
 end
 local room
 if quote_id ~= '' then
-  local q = redis.call('HMGET', K.quote(quote_id), 'sender', 'recipient', 'kind', 'qty', 'cost',
+  local q = redis.call('HMGET', key('quote', quote_id), 'sender', 'recipient', 'kind', 'qty', 'cost',
                        'expires_at_ms', 'room')
   if not q[1] or NOW >= tonumber(q[6]) then
     return refuse('QUOTE_EXPIRED')
@@ -144,14 +141,15 @@ if quote_id ~= '' then
 end
 
 local payer = sender
-local promo = cfg.promo_account
-if NOW - tonumber(s[1]) < cfg.newcomer_age_ms and promo ~= sender and promo ~= recipient
-    and tonumber(redis.call('GET', K.free(sender)) or '0') < cfg.newcomer_free_gifts
-    and redis.call('EXISTS', K.user(promo)) == 1
-    and tonumber(redis.call('HGET', K.bal(promo), kind) or '0') >= cost then
+local newcomer_age, free_gifts, promo = scene_values(scene_doc(ARGV[24]), 'newcomer_age_ms',
+                                                     'newcomer_free_gifts', 'promo_account')
+if NOW - tonumber(s[1]) < newcomer_age and promo ~= sender and promo ~= recipient
+    and tonumber(redis.call('GET', key('free', sender)) or '0') < free_gifts
+    and redis.call('EXISTS', key('user', promo)) == 1
+    and tonumber(redis.call('HGET', key('bal', promo), kind) or '0') >= cost then
   payer = promo
 end
-if tonumber(redis.call('HGET', K.bal(payer), kind) or '0') < cost then
+if tonumber(redis.call('HGET', key('bal', payer), kind) or '0') < cost then
   return refuse('INSUFFICIENT_BALANCE')
 end
 local nodes = live_nodes(recipient)
@@ -160,14 +158,14 @@ if #nodes == 0 then
 end
 
 -- ------------------------------------------------------------ writes (nothing can fail now)
-redis.call('HINCRBY', K.bal(payer), kind, -cost)
-redis.call('HINCRBY', K.held(payer), kind, cost)
-redis.call('HINCRBY', K.holds(), kind, cost)
+redis.call('HINCRBY', key('bal', payer), kind, -cost)
+redis.call('HINCRBY', key('held', payer), kind, cost)
+redis.call('HINCRBY', key('holds'), kind, cost)
 if payer ~= sender then
-  redis.call('INCR', K.free(sender))
+  redis.call('INCR', key('free', sender))
 end
 if quote_id ~= '' then
-  redis.call('DEL', K.quote(quote_id))
+  redis.call('DEL', key('quote', quote_id))
 end
 
 local expires = NOW + confirm_window
@@ -183,11 +181,11 @@ for field, value in pairs({payer = payer ~= sender and payer or nil, festival = 
   redis.call('HSET', gift_key, field, value)
   gift[field] = value
 end
-redis.call('ZADD', K.pending(), expires, gift_id)
-redis.call('ZADD', K.inbox(recipient), expires, gift_id)
-for _, key in ipairs({send_key, recv_key, pair_key}) do
-  redis.call('INCR', key)
-  redis.call('PEXPIRE', key, QUOTA_TTL)
+redis.call('ZADD', key('pending'), expires, gift_id)
+redis.call('ZADD', key('inbox', recipient), expires, gift_id)
+for _, counter in ipairs({send_key, recv_key, pair_key}) do
+  redis.call('INCR', counter)
+  redis.call('PEXPIRE', counter, QUOTA_TTL)
 end
 
 emit(recipient, 'offer', gift, nodes)

@@ -35,8 +35,8 @@ if g.state == 'pending' then
   if NOW >= g.expires_at_ms then
     return refuse('GIFT_EXPIRED', finish(gift_key, g, day, 'expired'))
   end
-  local cfg = target == 'accepted' and scene_config(default_cfg) or nil
-  return reply({gift = finish(gift_key, g, day, target, cfg, app), changed = true})
+  local doc = target == 'accepted' and scene_doc(default_cfg) or nil
+  return reply({gift = finish(gift_key, g, day, target, doc, app), changed = true})
 end
 if g.state == target then
   return reply({gift = g, changed = false})

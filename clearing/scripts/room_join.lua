@@ -11,7 +11,7 @@
 
 local room, user, node = ARGV[8], ARGV[9], ARGV[10]
 if redis.call('HINCRBY', KEYS[1], node .. '|' .. user, 1) == 1 then
-  redis.call('SADD', K.node_rooms(node), room .. '|' .. user)
-  redis.call('HINCRBY', K.room_viewers(room), user, 1)
+  redis.call('SADD', key('noderooms', node), room .. '|' .. user)
+  redis.call('HINCRBY', key('roomviewers', room), user, 1)
 end
-return reply({viewers = redis.call('HLEN', K.room_viewers(room))})
+return reply({viewers = redis.call('HLEN', key('roomviewers', room))})

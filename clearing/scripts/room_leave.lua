@@ -11,9 +11,9 @@ local room, user, node = ARGV[8], ARGV[9], ARGV[10]
 local field = node .. '|' .. user
 if redis.call('HEXISTS', KEYS[1], field) == 1 and redis.call('HINCRBY', KEYS[1], field, -1) <= 0 then
   redis.call('HDEL', KEYS[1], field)
-  redis.call('SREM', K.node_rooms(node), room .. '|' .. user)
-  if redis.call('HINCRBY', K.room_viewers(room), user, -1) <= 0 then
-    redis.call('HDEL', K.room_viewers(room), user)
+  redis.call('SREM', key('noderooms', node), room .. '|' .. user)
+  if redis.call('HINCRBY', key('roomviewers', room), user, -1) <= 0 then
+    redis.call('HDEL', key('roomviewers', room), user)
   end
 end
-return reply({viewers = redis.call('HLEN', K.room_viewers(room))})
+return reply({viewers = redis.call('HLEN', key('roomviewers', room))})

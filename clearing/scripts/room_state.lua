@@ -10,9 +10,9 @@
 -- 1 + the number of users with strictly more points, so tied users share a rank.
 
 local room, user, n = ARGV[8], ARGV[9], tonumber(ARGV[10])
-local board = K.board(room)
+local board = key('board', room)
 local r = redis.call('HMGET', KEYS[1], 'streamer', 'wish_kind', 'wish_target', 'wish_progress', 'version')
-local out = {viewers = redis.call('HLEN', K.room_viewers(room)), version = tonumber(r[5] or '0'),
+local out = {viewers = redis.call('HLEN', key('roomviewers', room)), version = tonumber(r[5] or '0'),
              streamer = r[1], wish_kind = r[2], wish_target = r[3] and tonumber(r[3]),
              wish_progress = r[4] and tonumber(r[4])}
 local top = {}

@@ -21,5 +21,5 @@ for i, name in ipairs(names) do
     redis.call('HSET', user_key, name, value)
   end
 end
-return reply({user = redis.call('HGETALL', user_key), bal = redis.call('HGETALL', K.bal(user_id)),
-              held = redis.call('HGETALL', K.held(user_id))})
+return reply({user = redis.call('HGETALL', user_key), bal = redis.call('HGETALL', key('bal', user_id)),
+              held = redis.call('HGETALL', key('held', user_id))})
