@@ -13,6 +13,7 @@
 -- is dropped from the queue: left there it would stay at the head and stall every sweep.
 
 local queue = KEYS[1]
+local finish = gift_finisher()
 local limit = tonumber(ARGV[8])
 
 local expired = {}

@@ -7,5 +7,5 @@
 -- Returns msgpack {}. Idempotent. Invariants kept: after it no presence hash names the
 -- node, so no event is published to it and none of its users counts as online through it.
 
-drop_node(ARGV[8])
+node_dropper()(ARGV[8])
 return reply({})

@@ -144,21 +144,11 @@ end
 local function emit(user, kind, gift, nodes)
   local meta = key('evmeta', user)
   local epoch = ensure_epoch(user, meta)
-  local offset = redis.call('HINCRBY', meta, 'seq', 1)
+  local offset = redis.call('HINCRBY', meta, 'seq', '1')
   local payload = cmsgpack.pack({u = user, ep = epoch, o = offset, e = kind, g = gift})
   redis.call('XADD', key('ev', user), 'MAXLEN', '~', STREAM_MAXLEN, offset .. '-0', 'p', payload)
   for _, node in ipairs(nodes or live_nodes(user)) do
     redis.call('PUBLISH', key('node', node), payload)
-  end
-end
-
--- Give back the gift's slots in its own day's counters. A counter that has already
--- expired is left alone: DECR would recreate it without a TTL.
-local function release_quota(g, day)
-  for _, counter in ipairs({quota_keys(day, g.sender, g.recipient)}) do
-    if redis.call('EXISTS', counter) == 1 then
-      redis.call('DECR', counter)
-    end
   end
 end
 
@@ -171,18 +161,27 @@ end
 -- Settings read straight off the document's text. Decoding it whole (cjson) built every
 -- table in it, apps and live tiers included, on every gift: the largest single cost of a
 -- reserve. A document is SceneConfig.to_json(), one object whose scalar fields (all but
--- quote_ttl_ms) come before its first nested value, so `"name":` found ahead of the first
--- '{' or '[' after the opening brace can only be that top-level field (a quote inside a
--- JSON string is always escaped). A field found only later, a document of another shape,
--- or a value of another form is decoded instead: this only ever reaches the same values
--- sooner.
--- Where the document's first nested value ('{' or '[') starts; plain finds, which are a
--- memchr each, where a pattern class would try every character in Lua.
+-- quote_ttl_ms) come before its first nested value, "apps", whose perk objects are flat.
+-- So `"name":` found ahead of the first '{' or '[' after the opening brace can only be that
+-- top-level field (a quote inside a JSON string is always escaped), the apps object ends at
+-- its first '}}', and inside it `"<app>":{` can only be that app's key (perk fields hold
+-- numbers and booleans). A field found only later, a document of another shape, or a value
+-- of another form is decoded instead: this only ever reaches the same values sooner.
+
+-- Where the document's first nested value starts: plain finds, a memchr each, where a
+-- pattern class would try every character in Lua; and once per script run, which reads one
+-- document (the same goes for the apps object's span in app_perks).
+local nested_doc, nested_at
 local function first_nested(doc)
-  local beyond = #doc + 1
-  return math.min(string.find(doc, '{', 2, true) or beyond, string.find(doc, '[', 2, true) or beyond)
+  if doc ~= nested_doc then
+    local beyond = #doc + 1
+    nested_doc = doc
+    nested_at = math.min(string.find(doc, '{', 2, true) or beyond, string.find(doc, '[', 2, true) or beyond)
+  end
+  return nested_at
 end
 
+-- Top-level settings by name, as numbers (whole numbers) or strings.
 local function scene_values(doc, ...)
   local names, values = {...}, {}
   local nested = first_nested(doc)
@@ -208,32 +207,6 @@ local function scene_values(doc, ...)
   return unpack(values, 1, #names)
 end
 
--- An app's perks (gift-rules.md section 2): sender bonus per mille, recipient multiplier
--- per mille, joint campaign; (0, 1000, false) for an app without perks. Read off the text
--- like scene_values: "apps" is the document's first nested value, its perk objects are
--- flat, so the object ends at the first '}}', and inside it `"<app>":{` can only be that
--- app's key (perk fields hold numbers and booleans). Any other shape is decoded.
-local PERK = '^{"sender_bonus_permille":(%d+),"recipient_multiplier_permille":(%d+),"joint_campaign":(%l+)}'
-local function app_perks(doc, app)
-  local open = first_nested(doc)
-  if string.sub(doc, open - 7, open) == '"apps":{' then
-    if string.sub(doc, open + 1, open + 1) == '}' then
-      return 0, 1000, false
-    end
-    local close = string.find(doc, '}}', open, true)
-    local at = string.find(doc, '"' .. app .. '":{', open, true)
-    if close and (not at or at > close) then
-      return 0, 1000, false
-    end
-    local bonus, mult, joint = string.match(doc, PERK, at and at + #app + 3 or #doc + 1)
-    if bonus and (joint == 'true' or joint == 'false') then
-      return tonumber(bonus), tonumber(mult), joint == 'true'
-    end
-  end
-  local p = cjson.decode(doc).apps[app] or {}
-  return p.sender_bonus_permille or 0, p.recipient_multiplier_permille or 1000, p.joint_campaign == true
-end
-
 -- The festival whose window holds NOW (start <= NOW < end): its id and multiplier per
 -- mille; nil when none. Windows never overlap (clearing/scenes.py refuses it), so the only
 -- candidate is the window that started last at or before NOW. clearing/scenes.py keeps the
@@ -242,7 +215,7 @@ end
 -- festival. One member read instead of every festival decoded. Festivals stored before the
 -- schedule existed (no schedule yet) are still found by scanning the hash.
 local function active_festival()
-  local top = redis.call('ZREVRANGEBYSCORE', key('festivals:schedule'), ARGV[2], '-inf', 'LIMIT', 0, 1)[1]
+  local top = redis.call('ZREVRANGEBYSCORE', key('festivals:schedule'), ARGV[2], '-inf', 'LIMIT', '0', '1')[1]
   if top then
     local end_ms, permille, id = string.match(top, '^(%d+):(%d+):(.+)$')
     if id and NOW < tonumber(end_ms) then
@@ -260,104 +233,155 @@ local function active_festival()
   return nil, nil
 end
 
--- One entry of the points ledger: the total and the log move together, never below zero.
-local function add_points(user, points, gift_id, why, app)
-  if points > 0 then
-    redis.call('HINCRBY', key('points'), user, points)
-    redis.call('XADD', key('pointlog'), '*', 'u', user, 'p', points, 'g', gift_id, 'why', why, 'app', app)
-  end
-end
+-- Functions that only some scripts need come from a maker the script calls once: every
+-- function defined at the top of this file is created again on every run of every script.
 
--- Perks of an accepted gift (gift-rules.md section 2): the sender's app is the one the gift
--- was sent from, the recipient's the one it was accepted on. Bonuses round down.
-local function award_points(g, doc, recipient_app)
-  local base = g.qty * scene_values(doc, 'points_per_card')
-  local sender_bonus, _, sender_joint = app_perks(doc, g.app or 'main')
-  local _, recipient_mult, recipient_joint = app_perks(doc, recipient_app)
-  add_points(g.sender, base + math.floor(base * sender_bonus / 1000), g.gift_id, 'sent', g.app or 'main')
-  add_points(g.recipient, math.floor(base * recipient_mult / 1000), g.gift_id, 'received', recipient_app)
-  if sender_joint or recipient_joint then
-    redis.call('SADD', key('campaign:joint'), g.sender, g.recipient)
-  end
-end
-
--- A gift accepted in a live room: the sender's contribution (the cost, in units) on the
--- room's leaderboard, and the streamer's wish progress when it matches the wish's kind.
-local function room_credit(g)
-  local room = key('room', g.room)
-  redis.call('ZINCRBY', key('board', g.room), g.cost, g.sender)
-  local r = redis.call('HMGET', room, 'streamer', 'wish_kind')
-  if r[1] == g.recipient and r[2] == g.kind then
-    redis.call('HINCRBY', room, 'wish_progress', g.qty)
-  end
-  redis.call('HINCRBY', room, 'version', 1)
-end
-
--- Move a pending gift (already validated as pending by the caller) to a final state:
---   accepted: held -> recipient's available `amount`, cost - amount -> consumed, points
---             (doc, the scene settings document, and recipient_app are required for this
---             state only), room credit
---   declined / expired: held -> back to whoever paid (the payer: the sender, or the
---             promotion account for a newcomer's free gift, whose free slot comes back
---             too), quota slots released
--- then stamp it, schedule its deletion after the retention window, drop it from the
--- queues, and tell both users. Returns the updated record.
-local function finish(gift_key, g, day, state, doc, recipient_app)
-  local sender, recipient, kind, cost = g.sender, g.recipient, g.kind, g.cost
-  local payer = g.payer or sender
-  redis.call('HINCRBY', key('held', payer), kind, -cost)
-  redis.call('HINCRBY', key('holds'), kind, -cost)
-  if state == 'accepted' then
-    redis.call('HINCRBY', key('bal', recipient), kind, g.amount)
-    if cost > g.amount then
-      redis.call('HINCRBY', key('consumed'), kind, cost - g.amount)
-    end
-    award_points(g, doc, recipient_app)
-    if g.room then
-      room_credit(g)
-    end
-  else
-    redis.call('HINCRBY', key('bal', payer), kind, cost)
-    release_quota(g, day)
-    if payer ~= sender then
-      local free = key('free', sender)
-      if redis.call('EXISTS', free) == 1 then
-        redis.call('DECR', free)
+-- finish(gift_key, g, day, state, doc, recipient_app) and its helpers, for the scripts
+-- that resolve gifts: local finish = gift_finisher().
+local function gift_finisher()
+  -- Give back the gift's slots in its own day's counters. A counter that has already
+  -- expired is left alone: DECR would recreate it without a TTL.
+  local function release_quota(g, day)
+    for _, counter in ipairs({quota_keys(day, g.sender, g.recipient)}) do
+      if redis.call('EXISTS', counter) == 1 then
+        redis.call('DECR', counter)
       end
     end
   end
-  redis.call('HSET', gift_key, 'state', state, 'resolved_at_ms', NOW)
-  redis.call('PEXPIRE', gift_key, RETENTION)
-  redis.call('ZREM', key('pending'), g.gift_id)
-  redis.call('ZREM', key('inbox', recipient), g.gift_id)
-  g.state = state
-  g.resolved_at_ms = NOW
-  local sender_nodes, recipient_nodes = live_nodes(sender, recipient)
-  emit(sender, 'outcome', g, sender_nodes)
-  emit(recipient, 'outcome', g, recipient_nodes)
-  return g
-end
 
--- Forget a node: its users' presence entries, its user set, its heartbeat.
-local function drop_node(node)
-  local users_key = key('nodeusers', node)
-  for _, user in ipairs(redis.call('SMEMBERS', users_key)) do
-    redis.call('HDEL', key('presence', user), node)
-  end
-  redis.call('DEL', users_key)
-  -- and its live-room viewers: a user watching only through this node stops counting
-  local rooms_key = key('noderooms', node)
-  for _, entry in ipairs(redis.call('SMEMBERS', rooms_key)) do
-    local sep = string.find(entry, '|', 1, true)
-    local room, user = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
-    local viewers = key('roomviewers', room)
-    if redis.call('HDEL', key('roomconn', room), node .. '|' .. user) == 1
-        and redis.call('HINCRBY', viewers, user, -1) <= 0 then
-      redis.call('HDEL', viewers, user)
+  -- One entry of the points ledger: the total and the log move together, never below zero.
+  local function add_points(user, points, gift_id, why, app)
+    if points > 0 then
+      redis.call('HINCRBY', key('points'), user, points)
+      redis.call('XADD', key('pointlog'), '*', 'u', user, 'p', points, 'g', gift_id, 'why', why, 'app', app)
     end
   end
-  redis.call('DEL', rooms_key)
-  redis.call('ZREM', key('nodes'), node)
+
+  -- An app's perks (gift-rules.md section 2): sender bonus per mille, recipient multiplier
+  -- per mille, joint campaign; (0, 1000, false) for an app without perks.
+  local PERK = '^{"sender_bonus_permille":(%d+),"recipient_multiplier_permille":(%d+),"joint_campaign":(%l+)}'
+  local apps_doc, apps_open, apps_close
+  local function app_perks(doc, app)
+    if doc ~= apps_doc then
+      local open = first_nested(doc)
+      apps_doc, apps_open, apps_close = doc, nil, nil
+      if string.sub(doc, open - 7, open) == '"apps":{' then
+        apps_open = open
+        apps_close = string.sub(doc, open + 1, open + 1) == '}' and open + 1 or string.find(doc, '}}', open, true)
+      end
+    end
+    if apps_open and apps_close then
+      local at = string.find(doc, '"' .. app .. '":{', apps_open, true)
+      if not at or at > apps_close then
+        return 0, 1000, false
+      end
+      local bonus, mult, joint = string.match(doc, PERK, at + #app + 3)
+      if bonus and (joint == 'true' or joint == 'false') then
+        return tonumber(bonus), tonumber(mult), joint == 'true'
+      end
+    end
+    local p = cjson.decode(doc).apps[app] or {}
+    return p.sender_bonus_permille or 0, p.recipient_multiplier_permille or 1000, p.joint_campaign == true
+  end
+
+  -- Perks of an accepted gift (gift-rules.md section 2): the sender's app is the one the gift
+  -- was sent from, the recipient's the one it was accepted on. Bonuses round down.
+  local function award_points(g, doc, recipient_app)
+    local base = g.qty * scene_values(doc, 'points_per_card')
+    local sender_bonus, _, sender_joint = app_perks(doc, g.app or 'main')
+    local _, recipient_mult, recipient_joint = app_perks(doc, recipient_app)
+    add_points(g.sender, base + math.floor(base * sender_bonus / 1000), g.gift_id, 'sent', g.app or 'main')
+    add_points(g.recipient, math.floor(base * recipient_mult / 1000), g.gift_id, 'received', recipient_app)
+    if sender_joint or recipient_joint then
+      redis.call('SADD', key('campaign:joint'), g.sender, g.recipient)
+    end
+  end
+
+  -- A gift accepted in a live room: the sender's contribution (the cost, in units) on the
+  -- room's leaderboard, and the streamer's wish progress when it matches the wish's kind.
+  local function room_credit(g)
+    local room = key('room', g.room)
+    redis.call('ZINCRBY', key('board', g.room), g.cost, g.sender)
+    local r = redis.call('HMGET', room, 'streamer', 'wish_kind')
+    if r[1] == g.recipient and r[2] == g.kind then
+      redis.call('HINCRBY', room, 'wish_progress', g.qty)
+    end
+    redis.call('HINCRBY', room, 'version', 1)
+  end
+
+  -- Move a pending gift (already validated as pending by the caller) to a final state:
+  --   accepted: held -> recipient's available `amount`, cost - amount -> consumed, points
+  --             (doc, the scene settings document, and recipient_app are required for this
+  --             state only), room credit
+  --   declined / expired: held -> back to whoever paid (the payer: the sender, or the
+  --             promotion account for a newcomer's free gift, whose free slot comes back
+  --             too), quota slots released
+  -- then stamp it, schedule its deletion after the retention window, drop it from the
+  -- queues, and tell both users. Returns the updated record.
+  local function finish(gift_key, g, day, state, doc, recipient_app)
+    local sender, recipient, kind, cost = g.sender, g.recipient, g.kind, g.cost
+    local payer = g.payer or sender
+    redis.call('HINCRBY', key('held', payer), kind, -cost)
+    redis.call('HINCRBY', key('holds'), kind, -cost)
+    if state == 'accepted' then
+      redis.call('HINCRBY', key('bal', recipient), kind, g.amount)
+      if cost > g.amount then
+        redis.call('HINCRBY', key('consumed'), kind, cost - g.amount)
+      end
+      award_points(g, doc, recipient_app)
+      if g.room then
+        room_credit(g)
+      end
+    else
+      redis.call('HINCRBY', key('bal', payer), kind, cost)
+      release_quota(g, day)
+      if payer ~= sender then
+        local free = key('free', sender)
+        if redis.call('EXISTS', free) == 1 then
+          redis.call('DECR', free)
+        end
+      end
+    end
+    redis.call('HSET', gift_key, 'state', state, 'resolved_at_ms', NOW)
+    redis.call('PEXPIRE', gift_key, RETENTION)
+    redis.call('ZREM', key('pending'), g.gift_id)
+    redis.call('ZREM', key('inbox', recipient), g.gift_id)
+    g.state = state
+    g.resolved_at_ms = NOW
+    local sender_nodes, recipient_nodes = live_nodes(sender, recipient)
+    emit(sender, 'outcome', g, sender_nodes)
+    emit(recipient, 'outcome', g, recipient_nodes)
+    return g
+  end
+
+  return finish
+end
+
+-- drop_node(node), for the scripts that remove nodes: local drop_node = node_dropper().
+local function node_dropper()
+  -- Forget a node: its users' presence entries, its user set, its heartbeat.
+  local function drop_node(node)
+    local users_key = key('nodeusers', node)
+    for _, user in ipairs(redis.call('SMEMBERS', users_key)) do
+      redis.call('HDEL', key('presence', user), node)
+    end
+    redis.call('DEL', users_key)
+    -- and its live-room viewers: a user watching only through this node stops counting
+    local rooms_key = key('noderooms', node)
+    for _, entry in ipairs(redis.call('SMEMBERS', rooms_key)) do
+      local sep = string.find(entry, '|', 1, true)
+      local room, user = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
+      local viewers = key('roomviewers', room)
+      if redis.call('HDEL', key('roomconn', room), node .. '|' .. user) == 1
+          and redis.call('HINCRBY', viewers, user, -1) <= 0 then
+        redis.call('HDEL', viewers, user)
+      end
+    end
+    redis.call('DEL', rooms_key)
+    redis.call('ZREM', key('nodes'), node)
+  end
+
+  return drop_node
 end
 
 -- ---------------------------------------------------------------- script body follows

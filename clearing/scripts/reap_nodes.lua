@@ -8,6 +8,7 @@
 -- so no node is ever both ignored for delivery and kept. Idempotent: a reaped node has no
 -- heartbeat left and is not found again.
 
+local drop_node = node_dropper()
 local cutoff = NOW - tonumber(NODE_TTL)
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
 for _, node in ipairs(dead) do

@@ -112,14 +112,15 @@ local limit = send_limit
 if s[3] == '1' then
   limit = limit + vip_bonus
 end
-if tonumber(redis.call('GET', send_key) or '0') >= limit then
-  return refuse('LIMIT_DAILY_SEND')
-end
 local scoped_key = recv_key
 if receive_scope == 'pair' then
   scoped_key = pair_key
 end
-if tonumber(redis.call('GET', scoped_key) or '0') >= receive_limit then
+local counts = redis.call('MGET', send_key, scoped_key)  -- an absent counter reads false
+if tonumber(counts[1] or '0') >= limit then
+  return refuse('LIMIT_DAILY_SEND')
+end
+if tonumber(counts[2] or '0') >= receive_limit then
   return refuse('LIMIT_DAILY_RECEIVE')
 end
 

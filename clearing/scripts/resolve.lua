@@ -20,6 +20,7 @@
 -- resolves at most once"); all reads and checks come before finish(), the only writer.
 
 local gift_key = KEYS[1]
+local finish = gift_finisher()
 local gift_id, by_user, target = ARGV[8], ARGV[9], ARGV[10]
 local app, default_cfg = ARGV[11], ARGV[12]
 
