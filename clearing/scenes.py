@@ -4,7 +4,12 @@ and user side. Gift pricing itself happens inside ``reserve.lua`` / ``resolve.lu
 - :meth:`Scenes.set_config` stores validated :class:`~clearing.scene_config.SceneConfig`
   (all nodes read it on their next script call).
 - Festival windows (:class:`Festival`): start inclusive, end exclusive, in ms; windows may
-  not overlap, so one instant has at most one multiplier.
+  not overlap, so one instant has at most one multiplier. Each write also rebuilds the
+  schedule the gift scripts read (``KeySchema.festival_schedule``). Festivals stored by a
+  version without it are still found (the scripts scan the hash while there is no
+  schedule); but during a rolling upgrade, change festivals through upgraded nodes only: an
+  older node writes the hash alone, which an existing schedule would not show until the
+  next write from here.
 - :meth:`Scenes.redeem_frame`: a festival's limited-time avatar frame, once per user.
 - :meth:`Scenes.bind_mentor`: an apprentice (a newcomer) binds to a mentor once; the
   promotion account pays both rewards.
