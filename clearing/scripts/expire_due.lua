@@ -18,11 +18,11 @@ local limit = tonumber(ARGV[8])
 
 local expired = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', ARGV[2], 'LIMIT', 0, limit)) do
-  local key = key('gift', id)
-  local flat = redis.call('HGETALL', key)
+  local gift_key = key('gift', id)
+  local flat = redis.call('HGETALL', gift_key)
   local g, day = gift_map(id, flat)
   if g.state == 'pending' then
-    expired[#expired + 1] = finish(key, g, day, 'expired')
+    expired[#expired + 1] = finish(gift_key, g, day, 'expired')
   else
     redis.call('ZREM', queue, id)
   end

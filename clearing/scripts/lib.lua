@@ -1,7 +1,7 @@
--- lib.lua: prepended to every other script of this folder by clearing/scripts.py, so each
+-- lib.lua: prepended to every other script of this folder by clearing/lua.py, so each
 -- EVALSHA body is self-contained (Redis scripts cannot import one another).
 --
--- Common ARGV header, the same for every script (built by clearing.scripts.ScriptRunner):
+-- Common ARGV header, the same for every script (built by clearing.lua.ScriptRunner):
 --   ARGV[1] key prefix (the {hash tag} every key shares, so a script may derive keys it
 --           cannot name in KEYS, e.g. the sender of a gift it has not read yet, and still
 --           stay in one Redis Cluster slot)
@@ -16,13 +16,15 @@
 -- Numbers: Lua numbers are doubles. Every amount, count and time stays below 2^53 (the
 -- Python side refuses bigger inputs), so tonumber() is exact and redis.call() formats them
 -- as plain integers. Never concatenate a large number with `..` (that uses %.14g).
+-- Printing a number for redis.call (%.17g) costs about as much as a small command, so
+-- constant arguments are written as strings ('1'), and values that only pass through stay
+-- the caller's strings.
 
 local PREFIX = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local EPOCH_CANDIDATE = ARGV[3]
--- These stay the caller's strings: most scripts never use them, they mostly pass straight
--- into a command, and a Lua number given to redis.call is printed back into a string
--- (a %.17g format) every time.
+-- Left as the caller's strings (see Numbers above): most scripts never use them, and
+-- they mostly pass straight into a command.
 local NODE_TTL = ARGV[4]
 local STREAM_MAXLEN = ARGV[5]
 local RETENTION = ARGV[6]
