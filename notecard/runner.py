@@ -162,6 +162,8 @@ def wait_ready(admin_url: str, process: subprocess.Popen[bytes], timeout: float 
 
 def supervise_workers(settings: GatewaySettings, url: str | None) -> int:
     """Start ``workers`` processes on one port (SO_REUSEPORT); stop them all on a signal."""
+    # Generated secrets exist before the workers read them, so that all of them share them.
+    secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
     workers = [spawn_worker(worker_env(settings, url, i)) for i in range(settings.workers)]
     return _wait_for_signal(workers)
 

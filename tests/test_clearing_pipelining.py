@@ -9,7 +9,6 @@ whole batch as unavailable. The conservation invariant is checked after each.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,18 +20,17 @@ from clearing.pipelining import MAX_BATCH
 from clearing.testing import World
 from notecard.local_redis import LocalRedis, free_port
 
-
 #: Daily limits lifted: these tests send many gifts from one sender to one recipient.
 RULES = GiftRules(daily_send_limit=1_000_000, daily_receive_limit=1_000_000)
 
 
 @pytest.fixture
-async def world(redis: aioredis.Redis) -> AsyncIterator[World]:
+async def world(redis: aioredis.Redis) -> World:
     w = await World.build(redis, RULES)
     await w.user("ann", cards=400)
     await w.user("bob")
     await w.befriend("ann", "bob")
-    yield w
+    return w
 
 
 async def test_a_turn_of_concurrent_gifts_uses_one_connection(redis_server: LocalRedis) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,7 @@ from gateway import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard.local_redis import LocalRedis, free_port
 from notecard.runner import wait_ready
+from notecard.secrets import load_or_create
 from notecard_sdk import NotecardClient
 from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all, token_for
 
@@ -189,3 +191,24 @@ def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     assert "is told the outcome: accepted" in out
     assert "9 available, 0 held" in out and "1 available, 0 held" in out
     assert "(minted = balances + holds + consumed): ok" in out
+
+
+def test_processes_starting_together_agree_on_generated_secrets(tmp_path: Path) -> None:
+    """Workers of `serve --workers N` generate the secrets at the same moment on a fresh
+    data folder; they used to race on one temporary file (FileNotFoundError) and could end
+    up with different token secrets."""
+    script = (
+        "import sys, time; from pathlib import Path; from notecard.secrets import load_or_create\n"
+        "t = float(sys.argv[2])\n"
+        "while time.time() < t: pass\n"
+        "s = load_or_create(Path(sys.argv[1])); print(s.token_secret, s.admin_token)\n"
+    )
+    start_at = time.time() + 1.0
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data"), str(start_at)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outputs = [p.communicate(timeout=30) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    assert len({out for out, _ in outputs}) == 1
+    stored = load_or_create(tmp_path / "data")
+    assert outputs[0][0].split() == [stored.token_secret, stored.admin_token]
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["secrets.json"]  # no temporary files left
