@@ -272,3 +272,29 @@ async def test_close_fails_the_requests_in_flight(gateway_for: Any, client_for: 
     with pytest.raises(NotConnected):
         await task
     assert not client._inflight
+
+
+async def test_cancelling_a_request_whose_reply_just_arrived_cancels_it() -> None:
+    """The reply and the cancellation land in the same loop turn: the caller is cancelled.
+
+    asyncio.wait_for (Python 3.11) returned the reply instead and swallowed the
+    cancellation, so a task cancelled around a request could run on: the load generator's
+    shutdown waited forever for such a task.
+    """
+    sent = asyncio.Event()
+
+    class Connection:
+        async def send(self, frame: Any) -> None:
+            sent.set()
+
+    client = NotecardClient("ws://127.0.0.1:9", "token")
+    connection: Any = Connection()
+    client._ws = connection
+    client._connected.set()
+    task = asyncio.create_task(client.ping())
+    await sent.wait()  # the request is written and now waits for its reply
+    client._dispatch(Pong(rid=1, server_time_ms=5), connection)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not client._inflight
