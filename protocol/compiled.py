@@ -133,8 +133,9 @@ def compile_decoder(cls: type, *, nested: bool = False) -> Decoder:
             continue
         default = fields[spec.name].default
         if default is dataclasses.MISSING:
-            # Optional type without a default: the reference refuses the absent field (the
-            # constructor misses an argument), so the fast path steps aside.
+            # Optional type without a default: absent, the reference either refuses it (the
+            # constructor misses an argument) or fills it from a default_factory; either
+            # way it decides, so the fast path steps aside.
             lines += [f"    if {var} is None:", "        raise Invalid"]
             lines += [f"    {line}" for line in check]
             continue
