@@ -119,7 +119,7 @@ class GatewayNode:
     # ------------------------------------------------------------ life
     async def start(self) -> None:
         s = self.settings
-        liveness = NodeLiveness(self.presence, self.node_id, self.hub)
+        liveness = NodeLiveness(self.presence, self.node_id, self.hub, self.rooms)
         await self._first_beat(liveness)
         self._spawn(self.subscriber.run(), "subscriber")
         try:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from clearing import Clearing, ClearingError, Presence
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
+from gateway.rooms import RoomHub
 
 log = logging.getLogger("notecard.gateway.periodic")
 
@@ -52,7 +53,7 @@ class Sweeper:
             expired = await self.clearing.expire_due(self.BATCH)
             if expired:
                 self.metrics.swept.inc(len(expired))
-                self.metrics.gifts.labels(outcome="expired").inc(len(expired))
+                self.metrics.gifts_of("expired").inc(len(expired))
                 log.info("gifts expired", extra={"count": len(expired)})
             if len(expired) < self.BATCH:
                 return
@@ -61,10 +62,11 @@ class Sweeper:
 class NodeLiveness:
     """This node's heartbeat, and the clean-up of nodes that stopped beating."""
 
-    def __init__(self, presence: Presence, node_id: str, hub: Hub) -> None:
+    def __init__(self, presence: Presence, node_id: str, hub: Hub, rooms: RoomHub | None = None) -> None:
         self.presence = presence
         self.node_id = node_id
         self.hub = hub
+        self.rooms = rooms
         self.beats = 0
 
     async def beat(self) -> None:
@@ -83,6 +85,9 @@ class NodeLiveness:
             # leave() dropped our heartbeat too: without a new one the node stays out of the
             # live set (its users look offline) and the next beat finds it unknown again.
             await self.presence.heartbeat(self.node_id)
+            if self.rooms is not None:
+                # The reaper dropped our room viewers too; the connections still watch.
+                await self.rooms.rejoin_all()
 
     async def reap(self) -> None:
         dead = await self.presence.reap_dead_nodes()

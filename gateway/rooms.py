@@ -54,6 +54,14 @@ class RoomHub:
                 # The count stays one too high until this node is reaped or leaves.
                 log.warning("room leave failed", extra={"user": conn.user_id, "room": room})
 
+    async def rejoin_all(self) -> None:
+        """Count this node's viewers again after the node was reaped while alive (paused
+        past the node TTL): the reaper dropped its room entries with its presence, while its
+        connections stayed open and still watch their rooms."""
+        for conn, rooms in list(self._joined.items()):
+            for room in list(rooms):
+                await self.rooms.join(room, conn.user_id, self.node_id)
+
     def _forget(self, conn: ClientConnection, room: str) -> None:
         self._joined[conn].discard(room)
         if not self._joined[conn]:

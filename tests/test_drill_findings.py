@@ -112,3 +112,42 @@ async def test_a_node_reaped_while_paused_is_live_again_after_one_beat(redis: ai
     assert await world.presence.nodes_of("ann") == ["n1"]
     assert not await world.presence.heartbeat("n1"), "the node must be known after re-registering"
     assert (await world.check()).ok
+
+
+async def test_room_viewers_of_a_node_reaped_while_paused_count_again_after_one_beat(
+    redis: aioredis.Redis,
+) -> None:
+    """The reaper drops a dead node's room viewers with its presence. A node that was only
+    paused keeps its connections, and they still watch their rooms: its first beat after
+    resuming counts them again (they used to stay uncounted until they rejoined)."""
+    from types import SimpleNamespace
+
+    from clearing.rooms import Rooms
+    from clearing.testing import World
+    from gateway.periodic import NodeLiveness
+    from gateway.rooms import RoomHub
+
+    class Conn:  # what RoomHub and NodeLiveness read of a connection
+        def __init__(self, user_id: str) -> None:
+            self.user_id = user_id
+
+    world = await World.build(redis)
+    rooms = Rooms(redis, world.rules, world.keys, world.clock)
+    conns = [Conn("ann"), Conn("ann"), Conn("bob")]  # ann on two devices counts once
+    hub = SimpleNamespace(all_connections=lambda: conns)
+    room_hub = RoomHub(rooms, "n1")
+    liveness = NodeLiveness(world.presence, "n1", hub, room_hub)  # type: ignore[arg-type]
+    await liveness.beat()
+    for conn in conns:
+        await room_hub.join(conn, "stage")  # type: ignore[arg-type]
+    assert (await rooms.state("stage")).viewers == 2
+
+    world.clock.advance(world.rules.node_ttl_ms)  # paused past the TTL: another node reaps it
+    assert "n1" in await world.presence.reap_dead_nodes()
+    assert (await rooms.state("stage")).viewers == 0
+
+    await liveness.beat()  # resumed
+    assert (await rooms.state("stage")).viewers == 2
+    await room_hub.leave(conns[2], "stage")  # type: ignore[arg-type]
+    assert (await rooms.state("stage")).viewers == 1  # the counts are consistent, not doubled
+    assert (await world.check()).ok
