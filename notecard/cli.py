@@ -79,6 +79,7 @@ _TOOLS = {
     "bench": "throughput and latency benchmark against the machine's ceilings (loadtest.bench)",
     "drill": "failover drill: bank workload under injected faults, then the checks (loadtest.drill)",
     "fuzz": "fuzz the protocol decoder and a live gateway's frame handling (loadtest.fuzz)",
+    "micro": "CPU per operation of a gift's parts: Redis calls, pub/sub, frames, codec (loadtest.micro)",
 }
 
 

@@ -92,3 +92,22 @@ def test_missing_load_extras_stop_the_bench_before_any_phase(
     err = capsys.readouterr().err
     assert "matplotlib not installed" in err and "scripts/setup load" in err
     assert not out.exists()
+
+
+def test_micro_measures_every_part_briefly() -> None:
+    """``notecard micro --quick`` runs each part (its own Redis, a frame server) and prints a
+    positive CPU figure for every operation; no timing is asserted."""
+    done = subprocess.run([sys.executable, "-m", "notecard", "micro", "--quick"], capture_output=True, text=True,
+                          timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    figures = {}
+    part = ""
+    for line in done.stdout.splitlines():
+        if line.endswith(": CPU per operation"):
+            part = line.split(":")[0]
+        elif line.strip().endswith(" us"):
+            name, value = line.strip().rsplit(maxsplit=2)[0], float(line.split()[-2])
+            figures[(part, name)] = value
+    assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec"}
+    assert len(figures) == 2 + 1 + 3 + 8
+    assert all(math.isfinite(v) and v > 0 for v in figures.values())

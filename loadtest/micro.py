@@ -1,0 +1,256 @@
+"""``notecard micro``: the part measurements behind docs/benchmarks.md sections 7 and 8.
+
+The full bench says what a gift costs; these say what its parts cost, one at a time, each
+as CPU per operation of the process doing it (``time.process_time`` or ``/proc`` of a
+child), so that a neighbour's load changes them less than it changes rates:
+
+- ``redis``: a small script called from 32 concurrent tasks, one EVALSHA each
+  (``redis.evalsha``) against the same calls through clearing's ``ScriptBatcher`` (one
+  pipeline per loop turn): Python CPU per call.
+- ``pubsub``: messages of an event's size published by ``redis-benchmark`` into one
+  subscriber that reads them as a node does (``get_message`` with a timeout).
+- ``frames``: a websockets echo server answering with ``await send()``, with a task per
+  ``send()`` (as a node's writer does when its queue is empty), and with ``broadcast()``:
+  server CPU per message received and answered.
+- ``codec``: decode and encode of a ``gift_sent`` reply and an offer ``event``, both
+  encodings.
+
+Each part starts what it needs (its own redis-server in a temporary folder, a server
+process on a free loopback port), stops it by its PID and is bounded in count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+PARTS = ("redis", "pubsub", "frames", "codec")
+#: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
+#: is the client's side of a call.
+_ECHO_SCRIPT = "return ARGV[1]"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ------------------------------------------------------------------ redis
+async def _redis_calls(url: str, calls: int, concurrency: int) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    from clearing.pipelining import ScriptBatcher
+
+    client = aioredis.Redis.from_url(url)
+    script = client.register_script(_ECHO_SCRIPT)
+    await script(keys=("k",), args=("warm",))
+    batcher = ScriptBatcher(client)
+    argv = ("x" * 200, "a", "b", "c", "d", "e")
+
+    async def direct(n: int) -> None:
+        for _ in range(n):
+            await client.evalsha(script.sha, 1, "k", *argv)
+
+    async def batched(n: int) -> None:
+        for _ in range(n):
+            await batcher.call(script, "k", argv)
+
+    out: dict[str, float] = {}
+    try:
+        for name, worker in (("evalsha, one call each", direct), ("ScriptBatcher, a pipeline per turn", batched)):
+            started = time.process_time()
+            await asyncio.gather(*(worker(calls // concurrency) for _ in range(concurrency)))
+            out[name] = (time.process_time() - started) / (calls // concurrency * concurrency) * 1e6
+    finally:
+        await client.aclose()
+    return out
+
+
+# ------------------------------------------------------------------ pubsub
+async def _pubsub(url: str, port: int, messages: int) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    benchmark = shutil.which("redis-benchmark")
+    if benchmark is None:
+        raise RuntimeError("redis-benchmark is not installed (apt-get install redis-tools)")
+    client = aioredis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("micro")
+    publisher = await asyncio.create_subprocess_exec(
+        benchmark, "-h", "127.0.0.1", "-p", str(port), "-n", str(messages), "-c", "4", "-P", "16", "-q",
+        "PUBLISH", "micro", "x" * 180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    got, started = 0, 0.0
+    deadline = time.monotonic() + 60
+    try:
+        while got < messages and time.monotonic() < deadline:
+            message = await pubsub.get_message(timeout=0.5)
+            if message is None:
+                continue
+            if got == 0:
+                started = time.process_time()
+            got += 1
+        spent = time.process_time() - started
+    finally:
+        if publisher.returncode is None:
+            publisher.kill()
+        await publisher.wait()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+    return {"get_message(timeout=0.5), per message": spent / max(1, got - 1) * 1e6}
+
+
+# ------------------------------------------------------------------ frames
+_FRAME_SERVER = '''
+import asyncio, sys
+import uvloop
+from websockets.asyncio.server import serve, broadcast
+
+mode, port = sys.argv[1], int(sys.argv[2])
+
+async def handler(ws):
+    async for msg in ws:
+        if mode == "send":
+            await ws.send(msg)
+        elif mode == "task":
+            asyncio.get_running_loop().create_task(ws.send(msg))
+        else:
+            broadcast([ws], msg)
+
+async def main():
+    async with serve(handler, "127.0.0.1", port, compression=None):
+        print("ready", flush=True)
+        await asyncio.sleep(120)  # bounded: the parent kills it long before
+
+uvloop.run(main())
+'''
+
+
+def _process_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _echo_clients(port: int, connections: int, per_connection: int) -> None:
+    from websockets.asyncio.client import connect
+
+    async def one() -> None:
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            payload = b"x" * 120
+            for _ in range(per_connection):
+                await ws.send(payload)
+                await ws.recv()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+
+
+def _frames(messages: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    labels = {"send": "await send()", "task": "a task per send() (the gateway's writer)", "broadcast": "broadcast()"}
+    connections = 32
+    for mode, label in labels.items():
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, "-c", _FRAME_SERVER, mode, str(port)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != "ready":
+                raise RuntimeError("the frame server did not start")
+            before = _process_cpu_s(server.pid)
+            asyncio.run(_echo_clients(port, connections, messages // connections))
+            spent = _process_cpu_s(server.pid) - before
+        finally:
+            server.kill()
+            server.wait()
+        out[label] = spent / (messages // connections * connections) * 1e6
+    return out
+
+
+# ------------------------------------------------------------------ codec
+def _codec(repeat: int) -> dict[str, float]:
+    from protocol import Encoding, EventKind, Gift, GiftSent, decode_server, encode
+    from protocol.messages import Event
+
+    gift = Gift(gift_id="g-0123456789", sender="alice", recipient="bob", kind="note", qty=1, cost=10, amount=10,
+                state="pending", created_at_ms=1_764_000_000_000, expires_at_ms=1_764_000_060_000)
+    frames = {"gift_sent": GiftSent(rid=7, gift=gift),
+              "event (offer)": Event(epoch="a1b2c3d4e5f6", offset=42, event=EventKind.OFFER.value, gift=gift)}
+    out: dict[str, float] = {}
+    for name, msg in frames.items():
+        for encoding in Encoding:
+            wire, label = encode(msg, encoding), f"{name}, {encoding.value}"
+            out[f"decode {label}"] = _per_call(functools.partial(decode_server, wire, encoding), repeat)
+            out[f"encode {label}"] = _per_call(functools.partial(encode, msg, encoding), repeat)
+    return out
+
+
+def _per_call(fn: Callable[[], object], repeat: int) -> float:
+    """Microseconds per call: the best of three timings, the usual defence against noise."""
+    return min(timeit.repeat(fn, number=repeat, repeat=3)) / repeat * 1e6
+
+
+# ------------------------------------------------------------------ CLI
+def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    from notecard.local_redis import LocalRedis
+
+    scale = 10 if quick else 1
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="notecard-micro-") as work:
+        redis_server = LocalRedis(Path(work)) if {"redis", "pubsub"} & set(parts) else None
+        if redis_server is not None:
+            redis_server.start()
+        try:
+            for part in parts:
+                say(f"{part} ...")
+                if part == "redis":
+                    assert redis_server is not None
+                    results[part] = asyncio.run(_redis_calls(redis_server.url, 20_000 // scale, 32))
+                elif part == "pubsub":
+                    assert redis_server is not None
+                    results[part] = asyncio.run(_pubsub(redis_server.url, redis_server.port, 100_000 // scale))
+                elif part == "frames":
+                    results[part] = _frames(96_000 // scale)
+                else:
+                    results[part] = _codec(20_000 // scale)
+        finally:
+            if redis_server is not None:
+                redis_server.stop()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="notecard micro", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the counts (what the tests run)")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    parts = [p for p in args.only.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    from notecard.runner import install_uvloop
+
+    install_uvloop()
+    results = run(parts, args.quick, lambda text: print(text, file=sys.stderr, flush=True))
+    for part, figures in results.items():
+        print(f"\n{part}: CPU per operation")
+        for name, micros in figures.items():
+            print(f"  {name:<48} {micros:8.2f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
