@@ -77,6 +77,7 @@ log = logging.getLogger("notecard_sdk")
 
 TokenSource = str | Callable[[], Awaitable[str]]
 R = TypeVar("R", bound=ServerMessage)
+Q = TypeVar("Q")
 
 #: Remembered offer ids, so that an offer shown again after a reconnect is yielded once.
 _SEEN_OFFERS_MAX = 10_000
@@ -145,7 +146,8 @@ class NotecardClient:
         self._first_welcome = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(), name="notecard-client")
         try:
-            return await asyncio.wait_for(asyncio.shield(self._first_welcome), self.connect_timeout_s)
+            async with asyncio.timeout(self.connect_timeout_s):
+                return await asyncio.shield(self._first_welcome)
         except BaseException:
             await self.close()
             raise
@@ -177,7 +179,8 @@ class NotecardClient:
         return self.welcome.node if self.welcome else None
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
 
     # ------------------------------------------------------------ requests
     async def send_gift(self, to: str, qty: int = 1, kind: str = "note", gift_id: str | None = None,
@@ -236,9 +239,7 @@ class NotecardClient:
 
     async def next_room_update(self, timeout: float | None = None) -> Room:
         """The next pushed update of a room this client watches (throttled by the server)."""
-        if timeout is None:  # what wait_for does with no timeout, minus its own coroutine
-            return await self._room_updates.get()
-        return await asyncio.wait_for(self._room_updates.get(), timeout)
+        return await _next(self._room_updates, timeout)
 
     async def _request(self, build: Callable[[int], ClientMessage], expect: type[R]) -> R:
         loop = asyncio.get_running_loop()
@@ -312,14 +313,10 @@ class NotecardClient:
             yield await self._outcomes.get()
 
     async def next_offer(self, timeout: float | None = None) -> Gift:
-        if timeout is None:  # what wait_for does with no timeout, minus its own coroutine
-            return await self._offers.get()
-        return await asyncio.wait_for(self._offers.get(), timeout)
+        return await _next(self._offers, timeout)
 
     async def next_outcome(self, timeout: float | None = None) -> Gift:
-        if timeout is None:
-            return await self._outcomes.get()
-        return await asyncio.wait_for(self._outcomes.get(), timeout)
+        return await _next(self._outcomes, timeout)
 
     def _offer(self, gift: Gift) -> None:
         if gift.gift_id in self._seen_offers:
@@ -451,3 +448,17 @@ class NotecardClient:
         for _, future in list(self._inflight.values()):
             if not future.done():
                 future.set_exception(error)
+
+
+async def _next(queue: asyncio.Queue[Q], timeout: float | None) -> Q:
+    """The next item of ``queue``, or TimeoutError after ``timeout`` seconds.
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 wait_for returns an item that
+    arrived in the loop turn its caller was cancelled and drops the cancellation, so a task
+    cancelled around next_offer() could run on. Here the caller is cancelled and the item
+    stays queued for the next call; on a timeout, too.
+    """
+    if timeout is None:
+        return await queue.get()
+    async with asyncio.timeout(timeout):
+        return await queue.get()

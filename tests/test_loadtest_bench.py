@@ -97,8 +97,8 @@ def test_missing_load_extras_stop_the_bench_before_any_phase(
 def test_micro_measures_every_part_briefly() -> None:
     """``notecard micro --quick`` runs each part (its own Redis, a frame server) and prints a
     positive CPU figure for every operation; no timing is asserted."""
-    done = subprocess.run([sys.executable, "-m", "notecard", "micro", "--quick"], capture_output=True, text=True,
-                          timeout=240, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "notecard", "micro", "--quick"], check=False, capture_output=True,
+                          text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     figures = {}
     part = ""

@@ -298,3 +298,30 @@ async def test_cancelling_a_request_whose_reply_just_arrived_cancels_it() -> Non
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not client._inflight
+
+
+async def test_waiting_for_an_offer_cancelled_as_it_arrives_is_cancelled_and_keeps_it() -> None:
+    """The offer and the cancellation land in the same loop turn: the waiter is cancelled
+    and the offer stays for the next call (asyncio.wait_for on 3.11 returned it and
+    dropped the cancellation)."""
+    from protocol import Gift
+
+    gift = Gift(gift_id="g1", sender="ann", recipient="bob", kind="note", qty=1, cost=10, state="pending",
+                created_at_ms=1, expires_at_ms=2)
+    client = NotecardClient("ws://127.0.0.1:9", "token")  # never connected: the queue is all we use
+    waiter = asyncio.create_task(client.next_offer(timeout=5))
+    await asyncio.sleep(0)  # it waits on the queue
+    client._offers.put_nowait(gift)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert await client.next_offer(timeout=1) == gift
+
+
+async def test_an_offer_wait_times_out_without_losing_a_later_offer() -> None:
+    client = NotecardClient("ws://127.0.0.1:9", "token")
+    with pytest.raises(TimeoutError):
+        await client.next_outcome(timeout=0.01)
+    with pytest.raises(TimeoutError):
+        await client.wait_connected(timeout=0.01)
+    assert client._outcomes.qsize() == 0 and not client._outcomes._getters  # type: ignore[attr-defined]
