@@ -123,10 +123,10 @@ class ScriptBatcher:
             replies = await self._pipeline(remaining)
             missing: list[_Call] = []
             for c, reply in zip(remaining, replies, strict=True):
+                if c.future.done():
+                    continue  # its caller was cancelled: not run again, not answered
                 if isinstance(reply, NoScriptError) and attempt == 0:
                     missing.append(c)
-                elif c.future.done():
-                    continue
                 elif isinstance(reply, Exception):
                     c.future.set_exception(reply)
                 else:
