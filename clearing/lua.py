@@ -84,12 +84,12 @@ def script_source(name: ScriptName) -> str:
 class ScriptRunner:
     """The registered scripts of one Redis client, plus the constant part of their ARGV."""
 
-    __slots__ = ("_durability", "_plain", "_prefix", "_redis", "_scripts", "_tail", "_waited")
+    __slots__ = ("_plain", "_prefix", "_redis", "_scripts", "_tail", "_waited")
 
     def __init__(self, redis: aioredis.Redis, rules: GiftRules, keys: KeySchema,
                  durability: Durability | None = None) -> None:
         self._prefix = keys.prefix
-        self._durability = d = durability or Durability()
+        d = durability or Durability()
         self._tail = (rules.node_ttl_ms, rules.stream_maxlen, rules.gift_retention_ms, QUOTA_TTL_MS)
         self._scripts: dict[str, AsyncScript] = {}
         self._redis = redis

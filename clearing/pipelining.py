@@ -3,9 +3,9 @@
 Why: redis-py spends most of a call's CPU around the command rather than in it (taking a
 connection from the pool, the retry wrapper, a timeout context per read, one socket write
 per command). A gateway node answers many clients at once, so the calls of one loop turn
-share all of that: measured with 32 concurrent callers of a small script, 45 -> 16 us of
-Python per call (docs/benchmarks.md). Nothing changes for the caller: each call still gets
-its own reply or its own error, in its own future.
+share all of that: with 32 concurrent callers of a small script, about 36-45 -> 15 us of
+Python per call (`notecard micro --only redis`; docs/benchmarks.md). Nothing changes for
+the caller: each call still gets its own reply or its own error, in its own future.
 
 Semantics kept:
 
