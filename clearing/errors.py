@@ -52,6 +52,10 @@ class Refusal(enum.StrEnum):
     ALREADY_BOUND = "ALREADY_BOUND"
     NOT_NEWCOMER = "NOT_NEWCOMER"
     PROMOTION_EXHAUSTED = "PROMOTION_EXHAUSTED"
+    # Abuse limits.
+    RATE_LIMITED = "RATE_LIMITED"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
 
 
 #: A short reason per code for people (logs, the wire's ``message``); never internal details.
@@ -85,6 +89,9 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.ALREADY_BOUND: "the apprentice already has a mentor",
     Refusal.NOT_NEWCOMER: "only an account younger than the newcomer window can be an apprentice",
     Refusal.PROMOTION_EXHAUSTED: "the promotion budget cannot pay this reward",
+    Refusal.RATE_LIMITED: "too many requests; slow down",
+    Refusal.TOO_MANY_CONNECTIONS: "too many connections of this user; close another one first",
+    Refusal.TOO_MANY_ROOMS: "this connection watches as many live rooms as it may; leave one first",
 }
 
 

@@ -7,14 +7,19 @@ script, so one EVALSHA round trip, atomic, with every check before the first wri
 
 Refusals of :meth:`Clearing.reserve`, in the order they are checked::
 
+    RATE_LIMITED (with ``user_rate``: the sender's requests over every node),
     IDEMPOTENCY_CONFLICT, SELF_GIFT, UNKNOWN_KIND, BAD_QUANTITY, UNKNOWN_USER (either user),
     SENDER_BANNED, RECIPIENT_BANNED, NOT_VERIFIED (sender), BLOCKED (either way),
     NOT_MUTUAL_3D, LIMIT_DAILY_SEND (limit + VIP bonus), LIMIT_DAILY_RECEIVE (per recipient
     or per pair), INSUFFICIENT_BALANCE, RECIPIENT_OFFLINE
 
-plus BAD_REQUEST for a gift id that is not 1-64 characters of ``A-Za-z0-9_.:-``.
-Answering (:meth:`~Clearing.accept` / :meth:`~Clearing.decline`): GIFT_NOT_FOUND,
-NOT_RECIPIENT, then GIFT_EXPIRED (the window passed: the gift is expired by this very call
+plus BAD_REQUEST for a gift id that is not 1-64 characters of ``A-Za-z0-9_.:-``. A refusal
+from UNKNOWN_USER on is remembered under the gift id for ``rules.refusal_memory_ms`` (a copy
+of the request answers the same, another payload IDEMPOTENCY_CONFLICT; a new attempt takes
+a new id); SELF_GIFT, UNKNOWN_KIND and BAD_QUANTITY follow from the request alone and write
+nothing. Answering (:meth:`~Clearing.accept` / :meth:`~Clearing.decline`): RATE_LIMITED
+(with ``user_rate``: the answering user's requests), GIFT_NOT_FOUND, NOT_RECIPIENT, then
+GIFT_EXPIRED (the window passed: the gift is expired by this very call
 and refunded, or was already expired) or ALREADY_RESOLVED (the other final state); the same
 answer twice is ``Resolution(changed=False)``. See ``scripts/reserve.lua`` and
 ``scripts/resolve.lua`` for the exact writes.
@@ -37,7 +42,8 @@ from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
 from clearing.lua import MAX_SAFE_INT, Durability
-from clearing.model import Balances, GiftRecord, GiftState, Resolution
+from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
+from clearing.rates import NO_LIMIT_ARGS, RateLimit
 from clearing.rules import GiftRules
 from clearing.scene_config import SceneConfig
 
@@ -53,6 +59,7 @@ class Clearing(RedisComponent):
         clock: Clock = wall_clock_ms,
         durability: Durability | None = None,
         scenes: SceneConfig | None = None,
+        user_rate: RateLimit | None = None,
     ) -> None:
         if rules.max_qty_per_gift * rules.units_per_card > MAX_SAFE_INT:
             raise ValueError("max_qty_per_gift * units_per_card must stay below 2**53")
@@ -61,6 +68,8 @@ class Clearing(RedisComponent):
         self._kinds = frozenset(rules.card_kinds)
         #: Scene defaults for the scripts while operators have stored none (scene_config.py).
         self._scene_defaults = (scenes or SceneConfig()).to_json()
+        #: Each reserve and answer counts against its user's rate in its own script (rates.py).
+        self._rate_args = user_rate.script_args if user_rate is not None else NO_LIMIT_ARGS
         self._reserve_rules = (
             rules.daily_send_limit,
             rules.vip_send_bonus,
@@ -85,7 +94,7 @@ class Clearing(RedisComponent):
         now = self._clock()
         day = self._days(now)
         args = (gift_id, sender, recipient, kind, qty, cost, cost, precheck, day, *self._reserve_rules,
-                app, self._scene_defaults, quote_id)
+                app, self._scene_defaults, quote_id, self._rules.refusal_memory_ms, *self._rate_args)
         reply = await self._lua.run("reserve", self._keys.gift(gift_id), now, args, emits=True, durable=True)
         return gift_from_map(reply["gift"])
 
@@ -107,7 +116,7 @@ class Clearing(RedisComponent):
         return await self._resolve(gift_id, by_user, GiftState.DECLINED, app)
 
     async def _resolve(self, gift_id: str, by_user: str, target: GiftState, app: str) -> Resolution:
-        args = (gift_id, by_user, target.value, app, self._scene_defaults)
+        args = (gift_id, by_user, target.value, app, self._scene_defaults, *self._rate_args)
         reply = await self._lua.run(
             "resolve", self._keys.gift(gift_id), self._clock(), args, emits=True, durable=True,
         )
@@ -124,6 +133,18 @@ class Clearing(RedisComponent):
     async def get_gift(self, gift_id: str) -> GiftRecord | None:
         raw = await guarded(self._redis.hgetall(self._keys.gift(gift_id)))
         return gift_from_hash(gift_id, raw) if raw else None
+
+    async def refused_send(self, gift_id: str) -> RefusedSend | None:
+        """The refusal remembered for ``gift_id``, while it is (see :meth:`reserve`)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(self._keys.refused(gift_id), "code", "fp")
+            pipe.pttl(self._keys.refused(gift_id))
+            (code, fingerprint), ttl = await guarded(pipe.execute())
+        if code is None or fingerprint is None:
+            return None
+        sender, recipient, rest = fingerprint.decode().split("|", 2)  # ids hold no "|"
+        kind, qty = rest.rsplit("|", 1)
+        return RefusedSend(gift_id, code.decode(), sender, recipient, kind, int(qty), max(0, int(ttl)))
 
     async def pending_for(self, recipient: str) -> list[GiftRecord]:
         """Offers still waiting for ``recipient``'s answer, soonest expiry first."""

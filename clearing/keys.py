@@ -70,6 +70,11 @@ class KeySchema:
     def gift_pattern(self) -> str:
         return f"{self.prefix}:gift:*"
 
+    def refused(self, gift_id: str) -> str:
+        """Hash {code, fp = "sender|recipient|kind|qty"}: a refused send, for
+        ``refusal_memory_ms`` (clearing/scripts/reserve.lua)."""
+        return f"{self.prefix}:refused:{gift_id}"
+
     def pending(self) -> str:
         """Sorted set: pending gift id -> expiry ms (the sweeper's queue)."""
         return f"{self.prefix}:pending"
@@ -100,6 +105,10 @@ class KeySchema:
     def presence(self, user_id: str) -> str:
         """Hash: node id -> number of the user's connections on that node."""
         return f"{self.prefix}:presence:{user_id}"
+
+    def rate(self, user_id: str) -> str:
+        """String: the user's request-rate state, us (clearing/rates.py); absent when idle."""
+        return f"{self.prefix}:rate:{user_id}"
 
     def nodes(self) -> str:
         """Sorted set: node id -> last heartbeat ms."""

@@ -48,6 +48,7 @@ ScriptName = Literal[
     "create_user", "set_flags", "mint", "follow", "block",
     "connect", "disconnect", "leave", "reap_nodes", "live_nodes", "replay",
     "redeem_frame", "bind_mentor", "room_join", "room_leave", "open_wish", "quote", "room_state",
+    "room_states", "rate",
 ]  # fmt: skip
 
 #: A quota counter only matters during its day and while that day's gifts can still be

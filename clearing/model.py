@@ -53,6 +53,21 @@ class GiftRecord:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RefusedSend:
+    """A refused send, remembered under its gift id for ``GiftRules.refusal_memory_ms``: a
+    copy of the same request gets ``code`` again; no gift exists under that id."""
+
+    gift_id: str
+    code: str
+    sender: str
+    recipient: str
+    kind: str
+    qty: int
+    #: How much longer the refusal is remembered; afterwards the id names nothing.
+    remembered_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Resolution:
     """Result of accept / decline: the gift, and whether this call made the change."""
 

@@ -25,8 +25,12 @@ class Presence(RedisComponent):
         added = await guarded(self._redis.zadd(self._keys.nodes(), {node_id: self._clock()}))
         return bool(added)
 
-    async def connect(self, user_id: str, node_id: str) -> None:
-        await self._lua.run("connect", self._keys.presence(user_id), self._clock(), (user_id, node_id))
+    async def connect(self, user_id: str, node_id: str, max_connections: int = 0) -> None:
+        """Count one more connection of the user on the node. With ``max_connections``, the
+        user's connections over all live nodes are checked against it first, atomically:
+        Refused(TOO_MANY_CONNECTIONS) when it is reached, and nothing is counted."""
+        await self._lua.run("connect", self._keys.presence(user_id), self._clock(),
+                            (user_id, node_id, max_connections))
 
     async def disconnect(self, user_id: str, node_id: str) -> None:
         await self._lua.run("disconnect", self._keys.presence(user_id), self._clock(), (user_id, node_id))

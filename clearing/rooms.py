@@ -78,10 +78,15 @@ class Rooms(RedisComponent):
         super().__init__(redis, rules, keys, clock)
         self._defaults_json = (defaults or SceneConfig()).to_json()
 
-    async def join(self, room: str, user_id: str, node_id: str) -> int:
-        """Count one more connection of the user in the room; returns the viewer count."""
+    async def join(self, room: str, user_id: str, node_id: str, *, require_open: bool = True) -> int:
+        """Count one more connection of the user in the room; returns the viewer count.
+
+        Only an open room (its streamer opened a wish) can be joined: Refused(NO_WISH)
+        otherwise. ``require_open=False`` is for a node counting again the viewers it
+        already holds (after it was reaped while alive)."""
         _check_room(room)
-        reply = await self._lua.run("room_join", self._keys.room_conns(room), self._clock(), (room, user_id, node_id))
+        args = (room, user_id, node_id, "1" if require_open else "0")
+        reply = await self._lua.run("room_join", self._keys.room_conns(room), self._clock(), args)
         return int(reply["viewers"])
 
     async def leave(self, room: str, user_id: str, node_id: str) -> int:
@@ -127,6 +132,27 @@ class Rooms(RedisComponent):
             wish_progress=_opt_int(r.get("wish_progress")), top=ranked(r.get("top", []), top),
             points=_opt_int(r.get("score")), rank=_opt_int(r.get("rank")),
         )
+
+
+    async def changed_states(self, node_id: str, marks: dict[str, tuple[int, int]], top: int = 10
+                             ) -> list[RoomState]:
+        """The rooms of ``marks`` whose (version, viewers) differ from their mark, read in one
+        call (``room_states.lua``); a room with no mark yet may be given (-1, -1)."""
+        if not 1 <= top <= MAX_TOP:
+            raise Refused(Refusal.BAD_REQUEST, f"top must be from 1 to {MAX_TOP}")
+        args: list[str | int] = [top]
+        for room, (version, viewers) in marks.items():
+            args += (room, version, viewers)
+        reply = await self._lua.run("room_states", self._keys.node_rooms(node_id), self._clock(), args)
+        return [_state(r, top) for r in reply.get("rooms", ())]
+
+
+def _state(r: dict[str, Any], top: int) -> RoomState:
+    return RoomState(
+        room=str(r["room"]), viewers=int(r["viewers"]), version=int(r["version"]),
+        wish_kind=_opt_str(r.get("wish_kind")), wish_target=_opt_int(r.get("wish_target")),
+        wish_progress=_opt_int(r.get("wish_progress")), top=ranked(r.get("top", []), top),
+    )
 
 
 def ranked(flat: list[Any], top: int) -> list[RankEntry]:

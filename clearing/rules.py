@@ -35,6 +35,11 @@ class GiftRules:
     timezone: str = "Asia/Shanghai"
     #: Resolved gifts are kept this long (the idempotency window for retries).
     gift_retention_ms: int = 7 * DAY_MS
+    #: A refused gift id answers the same refusal this long (reserve.lua), so it must outlast
+    #: any copy of the request still on its way: a client sends copies only until an answer
+    #: comes, and one held up on a stalled connection goes with it when the heartbeat closes
+    #: it (HEARTBEAT_S + PONG_TIMEOUT_S, 40 s by default), plus a Redis timeout (5 s).
+    refusal_memory_ms: int = 60_000
     #: Events kept per user stream (approximate trim, MAXLEN ~).
     stream_maxlen: int = 1000
     #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.
@@ -48,6 +53,7 @@ class GiftRules:
             "units_per_card",
             "max_qty_per_gift",
             "confirm_window_ms",
+            "refusal_memory_ms",
             "stream_maxlen",
             "node_ttl_ms",
         ):

@@ -10,7 +10,7 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     DELETE /admin/users/{user}/follows/{other}
     PUT    /admin/users/{user}/blocks/{other}
     DELETE /admin/users/{user}/blocks/{other}
-    GET    /admin/gifts/{gift}
+    GET    /admin/gifts/{gift}                       a gift, or a refused send while remembered
     GET    /admin/invariant                          the conservation check
     GET    /admin/scenes                             scene settings and festival windows
     PATCH  /admin/scenes                             change scene settings {field: value}
@@ -231,6 +231,10 @@ class AdminApp:
     async def get_gift(self, request: web.Request) -> web.Response:
         gift = await self.clearing.get_gift(request.match_info["gift"])
         if gift is None:
+            # A refused send is an outcome its client was told: show it while it is remembered.
+            refused = await self.clearing.refused_send(request.match_info["gift"])
+            if refused is not None:
+                return _json(_plain(refused) | {"state": "refused"})
             raise AdminError(404, "GIFT_NOT_FOUND", "no such gift")
         return _json(_plain(gift))
 

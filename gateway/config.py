@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 
@@ -58,6 +59,18 @@ class GatewaySettings:
     rate_burst: int = 40
     #: Refused requests in a row (rate limit) before the connection is closed (3002).
     rate_strikes_max: int = 50
+    #: Per-user request rate over all of the user's connections on every node (Redis), so
+    #: that more connections buy no more requests than one.
+    user_rate_per_s: float = 20.0
+    user_rate_burst: int = 40
+    #: A user's connections over all live nodes (more are closed with 3510) and connections
+    #: from one client address on this node (more are closed with 3511).
+    max_connections_per_user: int = 10
+    max_connections_per_ip: int = 1000
+    #: Peers whose X-Forwarded-For names the client (a load balancer); CIDR networks.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: Live rooms one connection may watch at once (more are refused TOO_MANY_ROOMS).
+    max_rooms_per_connection: int = 5
     #: Malformed frames on one connection before it is closed (3502).
     max_bad_frames: int = 5
     #: How long a graceful shutdown waits for connections to drain.
@@ -87,9 +100,14 @@ class GatewaySettings:
             raise ConfigError("NOTECARD_NODE_TTL_S must be at least 3 heartbeats (NOTECARD_NODE_HEARTBEAT_S)")
         if self.room_push_s <= 0:
             raise ConfigError(f"{PREFIX}ROOM_PUSH_S must be positive")
-        for name in ("send_queue_max", "rate_burst", "max_bad_frames", "workers", "wait_timeout_ms"):
+        for name in ("send_queue_max", "rate_burst", "max_bad_frames", "workers", "wait_timeout_ms",
+                     "user_rate_burst", "max_connections_per_user", "max_connections_per_ip",
+                     "max_rooms_per_connection"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
+        for name in ("rate_per_s", "user_rate_per_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
         if self.wait_replicas < 0:
             raise ConfigError(f"{PREFIX}WAIT_REPLICAS must not be negative")
         if self.wait_replicas and self.wait_timeout_ms >= self.redis_timeout_s * 1000:
@@ -135,6 +153,12 @@ class GatewaySettings:
             "rate_per_s": reader.get("RATE_PER_S", float, base.rate_per_s),
             "rate_burst": reader.get("RATE_BURST", int, base.rate_burst),
             "max_bad_frames": reader.get("MAX_BAD_FRAMES", int, base.max_bad_frames),
+            "user_rate_per_s": reader.get("USER_RATE_PER_S", float, base.user_rate_per_s),
+            "user_rate_burst": reader.get("USER_RATE_BURST", int, base.user_rate_burst),
+            "max_connections_per_user": reader.get("MAX_CONNECTIONS_PER_USER", int, base.max_connections_per_user),
+            "max_connections_per_ip": reader.get("MAX_CONNECTIONS_PER_IP", int, base.max_connections_per_ip),
+            "trusted_proxies": reader.get("TRUSTED_PROXIES", _networks, base.trusted_proxies),
+            "max_rooms_per_connection": reader.get("MAX_ROOMS_PER_CONNECTION", int, base.max_rooms_per_connection),
             "shutdown_grace_s": reader.get("SHUTDOWN_GRACE_S", float, base.shutdown_grace_s),
             "sweep_interval_s": reader.get("SWEEP_INTERVAL_S", float, base.sweep_interval_s),
             "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, base.node_heartbeat_s),
@@ -165,6 +189,7 @@ class GatewaySettings:
             receive_limit_scope=reader.get("RECEIVE_LIMIT_SCOPE", _scope, default_rules.receive_limit_scope),
             follow_min_age_ms=_ms(reader.get("FOLLOW_MIN_AGE_S", float, default_rules.follow_min_age_ms / 1000)),
             confirm_window_ms=_ms(reader.get("CONFIRM_WINDOW_S", float, default_rules.confirm_window_ms / 1000)),
+            refusal_memory_ms=_ms(reader.get("REFUSAL_MEMORY_S", float, default_rules.refusal_memory_ms / 1000)),
             timezone=reader.get("TIMEZONE", str, default_rules.timezone),
             stream_maxlen=reader.get("STREAM_MAXLEN", int, default_rules.stream_maxlen),
             node_ttl_ms=_ms(reader.get("NODE_TTL_S", float, default_rules.node_ttl_ms / 1000)),
@@ -210,6 +235,10 @@ def _log_format(raw: str) -> Literal["json", "text"]:
     if raw not in ("json", "text"):
         raise ValueError("expected 'json' or 'text'")
     return cast(Literal["json", "text"], raw)
+
+
+def _networks(raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    return tuple(ip_network(part) for part in _csv(raw))  # ValueError names the bad part
 
 
 def _hostports(raw: str) -> tuple[tuple[str, int], ...]:

@@ -24,9 +24,11 @@ from websockets.exceptions import NegotiationError
 from websockets.typing import Subprotocol
 
 from clearing import Accounts, Clearing, ClearingError, EventLog, KeySchema, Presence
+from clearing.rates import RateLimit, UserRates
 from clearing.rooms import Rooms
 from clearing.scenes import Scenes
 from gateway.admin_http import AdminApp
+from gateway.admission import AddressGate
 from gateway.config import GatewaySettings
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
@@ -68,17 +70,19 @@ class GatewayNode:
         self.keys = KeySchema()
         rules = settings.rules
         self.metrics = NodeMetrics()
-        self.clearing = Clearing(redis, rules, keys=self.keys, durability=settings.durability)
+        user_rate = RateLimit(settings.user_rate_per_s, settings.user_rate_burst)
+        self.clearing = Clearing(redis, rules, keys=self.keys, durability=settings.durability, user_rate=user_rate)
         self.accounts = Accounts(redis, rules, keys=self.keys)
         self.presence = Presence(redis, rules, keys=self.keys)
         self.events = EventLog(redis, rules, keys=self.keys)
         self.hub = Hub(self.events, self.metrics)
         self.scenes = Scenes(redis, rules, keys=self.keys)
-        self.rooms = RoomHub(Rooms(redis, rules, keys=self.keys), self.node_id)
+        self.rooms = RoomHub(Rooms(redis, rules, keys=self.keys), self.node_id, settings.max_rooms_per_connection)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms)
         self.sessions = SessionRunner(
             self.node_id, settings, token_secret, self.hub, self.requests, self.clearing, self.presence,
             self.events, self.metrics,
+            UserRates(redis, rules, user_rate, keys=self.keys),
         )
         self.subscriber = NodeSubscriber(
             redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self.hub.catch_up_everyone,
@@ -132,7 +136,7 @@ class GatewayNode:
         self._spawn(every(s.sweep_interval_s, Sweeper(self.clearing, self.metrics).step, "sweeper"), "sweeper")
         self._spawn(every(s.room_push_s, self.rooms.push_step, "room pushes"), "rooms")
         self._server = await serve(
-            self.sessions,
+            AddressGate(self.sessions, s.max_connections_per_ip, s.trusted_proxies, self.metrics),
             s.host,
             s.port,
             subprotocols=[Subprotocol(p) for p in SUBPROTOCOLS],

@@ -2,18 +2,25 @@
 
 Membership is counted in Redis (clearing/rooms.py) so every node agrees on the viewer
 count; this module only remembers the local side, to push and to leave on disconnect.
-Pushes are pulled, not published: every ``interval_s`` the node reads each room it has
-viewers in (one script call per room) and pushes a ``room`` frame to them when the room's
-version (gifts credited, wish opened) or viewer count changed since its last push. That is
-the throttle (at most one push per room per interval, however many gifts arrive), it needs
-no extra pub/sub traffic, and a node that missed something catches up on the next tick.
+Pushes are pulled, not published: every ``interval_s`` the node reads the rooms it has
+viewers in and pushes a ``room`` frame to them when the room's version (gifts credited,
+wish opened) or viewer count changed since its last push. That is the throttle (at most one
+push per room per interval, however many gifts arrive), it needs no extra pub/sub traffic,
+and a node that missed something catches up on the next tick.
+
+What a tick costs is bounded: only an open room can be joined (its streamer opened a wish),
+a connection watches at most ``max_rooms`` rooms (TOO_MANY_ROOMS beyond), and the tick
+reads its rooms in one script call per ``ROOMS_PER_CALL`` rooms, sent as one pipeline.
+With one script per room, run one after another, a few connections joining many rooms
+nobody streams cost the node and Redis a script per room on every tick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from clearing import ClearingError
+from clearing import ClearingError, Refusal, Refused
 from clearing.rooms import Rooms, RoomState
 from gateway.connection import ClientConnection
 from gateway.views import room_view
@@ -23,19 +30,28 @@ log = logging.getLogger("notecard.gateway.rooms")
 
 #: Leaderboard lines in a pushed update; anyone may ask for more with get_room.
 PUSH_TOP = 10
+#: Rooms read by one script of a push tick: bounds how long one script holds Redis (an
+#: unchanged room costs two reads, a changed one four); the tick's calls share a pipeline.
+ROOMS_PER_CALL = 256
+#: The mark of a room not pushed yet: no room has this version.
+_NEVER = (-1, -1)
 
 
 class RoomHub:
-    def __init__(self, rooms: Rooms, node_id: str) -> None:
+    def __init__(self, rooms: Rooms, node_id: str, max_rooms: int = 5) -> None:
         self.rooms = rooms
         self.node_id = node_id
+        self.max_rooms = max_rooms
         self._viewers: dict[str, set[ClientConnection]] = {}
         self._joined: dict[ClientConnection, set[str]] = {}
         self._pushed: dict[str, tuple[int, int]] = {}
 
     async def join(self, conn: ClientConnection, room: str) -> None:
-        if room in self._joined.get(conn, set()):
+        joined = self._joined.get(conn, set())
+        if room in joined:
             return  # joining twice from one connection counts once
+        if len(joined) >= self.max_rooms:
+            raise Refused(Refusal.TOO_MANY_ROOMS)
         await self.rooms.join(room, conn.user_id, self.node_id)
         self._viewers.setdefault(room, set()).add(conn)
         self._joined.setdefault(conn, set()).add(room)
@@ -60,7 +76,7 @@ class RoomHub:
         connections stayed open and still watch their rooms."""
         for conn, rooms in list(self._joined.items()):
             for room in list(rooms):
-                await self.rooms.join(room, conn.user_id, self.node_id)
+                await self.rooms.join(room, conn.user_id, self.node_id, require_open=False)
 
     def _forget(self, conn: ClientConnection, room: str) -> None:
         self._joined[conn].discard(room)
@@ -75,13 +91,16 @@ class RoomHub:
 
     async def push_step(self) -> None:
         """One throttle tick: push every local room that changed since its last push."""
-        for room in list(self._viewers):
-            state = await self.rooms.state(room, top=PUSH_TOP)
-            mark = (state.version, state.viewers)
-            if self._pushed.get(room) == mark:
-                continue
-            self._pushed[room] = mark
-            self._push(room, state)
+        rooms = list(self._viewers)
+        calls = []
+        for start in range(0, len(rooms), ROOMS_PER_CALL):
+            marks = {room: self._pushed.get(room, _NEVER) for room in rooms[start : start + ROOMS_PER_CALL]}
+            calls.append(self.rooms.changed_states(self.node_id, marks, top=PUSH_TOP))
+        for states in await asyncio.gather(*calls):
+            for state in states:
+                if state.room in self._viewers:  # still watched here after the await
+                    self._pushed[state.room] = (state.version, state.viewers)
+                    self._push(state.room, state)
 
     def _push(self, room: str, state: RoomState) -> None:
         frames: dict[Encoding, Frame] = {}

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from clearing import Clearing, ClearingError, EventLog, Presence
+from clearing import Clearing, ClearingError, EventLog, Presence, Refused
+from clearing.rates import UserRates
 from gateway.auth import Identity, TokenError, verify_token
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection
@@ -28,13 +29,17 @@ from gateway.requests import RequestHandler
 from gateway.views import event_view, gift_view
 from protocol import (
     PROTOCOL_VERSION,
+    AcceptGift,
+    ClientMessage,
     CloseCode,
+    DeclineGift,
     Encoding,
     Error,
     ErrorCode,
     Frame,
     Hello,
     ProtocolError,
+    SendGift,
     ServerMessage,
     Welcome,
     decode_client,
@@ -58,7 +63,7 @@ class SessionRunner:
     def __init__(
         self, node_id: str, settings: GatewaySettings, token_secret: str, hub: Hub,
         requests: RequestHandler, clearing: Clearing, presence: Presence, events: EventLog,
-        metrics: NodeMetrics,
+        metrics: NodeMetrics, user_rates: UserRates | None = None,
     ) -> None:
         self.node_id = node_id
         self.settings = settings
@@ -69,6 +74,8 @@ class SessionRunner:
         self.presence = presence
         self.events = events
         self.metrics = metrics
+        #: The per-user request rate over every node; None: per connection only.
+        self.user_rates = user_rates
 
     async def __call__(self, ws: ServerConnection) -> None:
         encoding = encoding_for(ws.subprotocol)
@@ -86,7 +93,8 @@ class SessionRunner:
         self.hub.add(conn)
         registered = False
         try:
-            await self.presence.connect(conn.user_id, self.node_id)
+            if not await self._admit(conn):
+                return
             registered = True
             await self._welcome(conn, hello)
             await self._serve(conn)
@@ -134,6 +142,30 @@ class SessionRunner:
             return _Rejection(CloseCode.INVALID_TOKEN, ErrorCode.INVALID_TOKEN, "invalid token")
         return identity, msg
 
+    async def _admit(self, conn: ClientConnection) -> bool:
+        """Count the connection in the user's presence, within the user's cap over all live
+        nodes (checked and counted in one script); over it, tell the client and close."""
+        try:
+            await self.presence.connect(conn.user_id, self.node_id, self.settings.max_connections_per_user)
+        except Refused as refusal:
+            self.metrics.refusals_of(ErrorCode.TOO_MANY_CONNECTIONS).inc()
+            self._reply(conn, Error(code=ErrorCode.TOO_MANY_CONNECTIONS, message=str(refusal)))
+            await conn.drain_and_close(CloseCode.USER_CONNECTION_LIMIT, "too many connections of this user",
+                                       self.settings.auth_timeout_s)
+            return False
+        return True
+
+    async def _within_user_rate(self, conn: ClientConnection, msg: ClientMessage) -> bool:
+        """The user's rate over all connections and nodes. A gift's own script counts its
+        request (clearing/rates.py). Fails open: an unreachable Redis fails the request
+        itself, and must not also count as the client's fault."""
+        if self.user_rates is None or isinstance(msg, SendGift | AcceptGift | DeclineGift):
+            return True
+        try:
+            return await self.user_rates.take(conn.user_id)
+        except ClearingError:
+            return True
+
     async def _welcome(self, conn: ClientConnection, hello: Hello) -> None:
         """Send the welcome, the missed events and then the live ones buffered meanwhile."""
         replay = await self.events.replay(conn.user_id, hello.epoch, hello.offset)
@@ -171,7 +203,7 @@ class SessionRunner:
                     return
                 continue
             self.metrics.frames_in_of(msg.TYPE).inc()
-            if not bucket.allow():
+            if not bucket.allow() or not await self._within_user_rate(conn, msg):
                 strikes += 1
                 self.metrics.refusals_of(ErrorCode.RATE_LIMITED).inc()
                 self._reply(conn, Error(rid=getattr(msg, "rid", None), code=ErrorCode.RATE_LIMITED,

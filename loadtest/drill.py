@@ -16,11 +16,11 @@ everything is healed, unknown outcomes are settled by resending the same gift id
 confirm window runs out, and loadtest/drill_checks.py gives the verdict. A summary is
 printed and a JSON report written; the exit status is 1 when anything was violated.
 
-The drill raises the gift rules' daily limits and per-connection rate limit through the
-nodes' environment (NOTECARD_DAILY_SEND_LIMIT, ..._RECEIVE_LIMIT, NOTECARD_RATE_PER_S,
-NOTECARD_RATE_BURST): a bank workload sends far more than 5 gifts a day per user. It also
-shortens the confirm window, heartbeats, node TTL and Redis timeout so that the whole
-cycle fits in minutes.
+The drill raises the gift rules' daily limits and the rate limits through the nodes'
+environment (NOTECARD_DAILY_SEND_LIMIT, ..._RECEIVE_LIMIT, NOTECARD_RATE_PER_S,
+NOTECARD_RATE_BURST, NOTECARD_USER_RATE_PER_S, ..._BURST): a bank workload sends far more
+than 5 gifts a day per user. It also shortens the confirm window, heartbeats, node TTL and
+Redis timeout so that the whole cycle fits in minutes.
 
     notecard drill --profile ci                    # ~90 s, a couple of faults of each kind
     notecard drill --profile long                  # the docs/guarantees.md numbers
@@ -121,6 +121,8 @@ def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
         "NOTECARD_DAILY_RECEIVE_LIMIT": "1000000",
         "NOTECARD_RATE_PER_S": "500",
         "NOTECARD_RATE_BURST": "1000",
+        "NOTECARD_USER_RATE_PER_S": "500",
+        "NOTECARD_USER_RATE_BURST": "1000",
         "NOTECARD_CONFIRM_WINDOW_S": str(s.confirm_window_s),
         "NOTECARD_NODE_HEARTBEAT_S": "0.5",
         "NOTECARD_NODE_TTL_S": "2.5",

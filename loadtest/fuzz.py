@@ -88,8 +88,9 @@ AUTH_CLOSES = frozenset({CloseCode.NOT_AUTHENTICATED, CloseCode.UNSUPPORTED_VERS
                          CloseCode.TOKEN_EXPIRED, CloseCode.MESSAGE_TOO_BIG})
 #: Keys that change by themselves (presence, heartbeats, event stream bookkeeping).
 #: Keys a well-formed but refused request may legitimately write: presence and streams,
-#: and the short-lived memory of a refused gift id (clearing/scripts/reserve.lua).
-VOLATILE = (":presence:", ":nodes", ":nodeusers:", ":ev:", ":evmeta:", ":refused:")
+#: the short-lived memory of a refused gift id (clearing/scripts/reserve.lua) and the
+#: user's request rate (clearing/rates.py).
+VOLATILE = (":presence:", ":nodes", ":nodeusers:", ":ev:", ":evmeta:", ":refused:", ":rate:")
 FUZZ_USER = "fuzzer"
 #: Frames sent before their replies are read (keeps the live pass fast, and ordered).
 BATCH = 64
@@ -393,7 +394,8 @@ async def fuzz_gateway(frames: int, first_frames: int, seed: int, deadline_s: fl
         # Malformed frames and request rates are what is being fuzzed: the limits that
         # would close the connection after a few are raised.
         settings = GatewaySettings(redis_url=url, port=0, admin_port=0, data_dir=Path(tmp), log_format="text",
-                                   log_level="WARNING", max_bad_frames=10**9, rate_per_s=10**6, rate_burst=10**6)
+                                   log_level="WARNING", max_bad_frames=10**9, rate_per_s=10**6, rate_burst=10**6,
+                                   user_rate_per_s=10**6, user_rate_burst=10**6)
         client = connect_redis(settings)
         secret, admin_token = "fuzz-secret", "fuzz-admin"
         node = GatewayNode(settings, client, token_secret=secret, admin_token=admin_token)

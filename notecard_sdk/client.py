@@ -13,6 +13,12 @@ connection drops are sent again on the new connection with the same ids: a gift 
 chosen before the first try, so a retry never gives a card twice. Events carry offsets;
 on reconnect the client resumes from the last one it processed and never yields an event
 or an offer twice.
+
+Gift ids (docs/protocol.md section 9): the same id is sent again only while its request
+is unanswered (a dropped connection, ``RATE_LIMITED``, ``UNAVAILABLE``), never after an
+answer; the server remembers a refusal longer than a copy can be on its way (60 s by
+default), so a late copy of a refused send never creates the gift. A refusal spends the
+id: each :meth:`NotecardClient.send_gift` call is a new attempt with a new id.
 """
 
 from __future__ import annotations
@@ -188,7 +194,9 @@ class NotecardClient:
         """Give ``qty`` cards of ``kind`` to ``to``. Returns the held gift (state ``pending``).
 
         Raises :class:`GiftRefused` with the rule's code. ``gift_id`` defaults to a new
-        UUID; pass your own (persisted before the call) to retry safely across restarts.
+        UUID, so every call is a new attempt. Pass your own (persisted before the call) only
+        to repeat a call whose outcome you did not learn (RequestTimeout, NotConnected, a
+        restart): a refused id is spent, and the same id answers the same refusal.
         ``quote``: the id of a live-room quote (:meth:`quote`) that prices the gift.
         """
         gid = gift_id or uuid.uuid4().hex

@@ -29,6 +29,10 @@ class CloseCode(enum.IntEnum):
     PROTOCOL_VIOLATION = 3502
     UNSUPPORTED_VERSION = 3503
     NOT_AUTHENTICATED = 3504
+    # Connection limits: reconnecting by itself would only repeat the refusal (and be the very
+    # load the limit is there to stop); a connection may succeed once another one is closed.
+    USER_CONNECTION_LIMIT = 3510
+    ADDRESS_CONNECTION_LIMIT = 3511
 
 
 #: Reconnecting after these cannot help without a new token or a fixed client.

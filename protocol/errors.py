@@ -61,6 +61,9 @@ class ErrorCode(enum.StrEnum):
     ALREADY_BOUND = "ALREADY_BOUND"
     NOT_NEWCOMER = "NOT_NEWCOMER"
     PROMOTION_EXHAUSTED = "PROMOTION_EXHAUSTED"
+    # Abuse limits (per user, per client address, per connection).
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
     # The service.
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"

@@ -151,6 +151,44 @@ async def test_a_refusal_is_final_for_its_gift_id(world: World) -> None:
     assert (await c.reserve("g-new", "ann", "bob", "note", 1)).state is GiftState.PENDING
 
 
+async def test_a_refusal_is_remembered_for_the_configured_time_then_the_id_is_free(make_world: MakeWorld) -> None:
+    """The memory only has to outlast the copies of a request (the SDK's retry horizon); an
+    hour per refusal let one account fill Redis."""
+    world = await make_world(GiftRules(refusal_memory_ms=400))
+    await world.user("ann", cards=5)
+    await world.user("bob", online=False)
+    await world.befriend("ann", "bob")
+    c = world.clearing
+    assert (await refusal(c.reserve("g-short", "ann", "bob", "note", 2))).code is Refusal.RECIPIENT_OFFLINE
+    assert 0 < await world.redis.pttl(world.keys.refused("g-short")) <= 400
+    remembered = await c.refused_send("g-short")
+    assert remembered is not None
+    assert (remembered.code, remembered.sender, remembered.recipient, remembered.kind, remembered.qty) == (
+        "RECIPIENT_OFFLINE", "ann", "bob", "note", 2)
+    await world.presence.connect("bob", world.node)
+    deadline = asyncio.get_running_loop().time() + 10
+    while await c.refused_send("g-short") is not None:
+        assert asyncio.get_running_loop().time() < deadline, "the refusal outlived its memory"
+        await asyncio.sleep(0.05)
+    assert (await c.reserve("g-short", "ann", "bob", "note", 2)).state is GiftState.PENDING
+
+
+async def test_refusals_that_follow_from_the_request_write_nothing(world: World) -> None:
+    """SELF_GIFT, UNKNOWN_KIND and BAD_QUANTITY need no memory: every copy of the request is
+    refused the same way again. Each stored one cost ~330 bytes that any account could add."""
+    await friends(world)
+    c = world.clearing
+    keys_before = await world.redis.dbsize()
+    for gid, recipient, kind, qty in (("g-self", "ann", "note", 1), ("g-kind", "bob", "gold", 1),
+                                      ("g-qty", "bob", "note", 0)):
+        first = await refusal(c.reserve(gid, "ann", recipient, kind, qty))
+        assert (await refusal(c.reserve(gid, "ann", recipient, kind, qty))).code is first.code
+    assert await world.redis.dbsize() == keys_before
+    assert [k async for k in world.redis.scan_iter(match=world.keys.refused("*"))] == []
+    # and the same ids stay free for a proper gift
+    assert (await c.reserve("g-qty", "ann", "bob", "note", 1)).state is GiftState.PENDING
+
+
 async def test_payload_refusals_need_no_user(world: World) -> None:
     await friends(world)
     c = world.clearing

@@ -133,6 +133,8 @@ async def test_room_viewers_of_a_node_reaped_while_paused_count_again_after_one_
 
     world = await World.build(redis)
     rooms = Rooms(redis, world.rules, world.keys, world.clock)
+    await world.user("stage")
+    await rooms.open_wish("stage", "note", 5)  # only an open room can be joined
     conns = [Conn("ann"), Conn("ann"), Conn("bob")]  # ann on two devices counts once
     hub = SimpleNamespace(all_connections=lambda: conns)
     room_hub = RoomHub(rooms, "n1")

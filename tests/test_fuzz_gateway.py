@@ -78,7 +78,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_LiveNode]:
     with the limits that would close a connection after a few bad frames raised."""
     base = Path(tmp_path_factory.mktemp("hyp-live"))
     env = {"NOTECARD_MAX_BAD_FRAMES": str(10**9), "NOTECARD_RATE_PER_S": str(10**6),
-           "NOTECARD_RATE_BURST": str(10**6), "NOTECARD_LOG_LEVEL": "WARNING"}
+           "NOTECARD_RATE_BURST": str(10**6), "NOTECARD_USER_RATE_PER_S": str(10**6),
+           "NOTECARD_USER_RATE_BURST": str(10**6), "NOTECARD_LOG_LEVEL": "WARNING"}
     with LocalRedis(base / "redis") as server, LocalCluster(server.url, base / "nodes", 1, env=env) as cluster:
         node = cluster.nodes[0]
 

@@ -348,6 +348,7 @@ async def test_a_viewer_on_two_devices_and_two_nodes_counts_once_and_a_dead_node
 ) -> None:
     w = sw.w
     await old_friends(w, "ann", "bob", "star")
+    await sw.rooms.open_wish("star", "note", 5)
     await w.presence.heartbeat("node-2")
     assert await sw.rooms.join("star", "ann", w.node) == 1
     assert await sw.rooms.join("star", "ann", w.node) == 1  # second device, same node

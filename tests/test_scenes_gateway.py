@@ -88,9 +88,9 @@ async def test_live_room_quote_gift_and_pushed_leaderboard(admin: AdminClient, c
 async def test_a_room_without_a_wish_reaches_the_client_without_one(admin: AdminClient, connect: ClientFactory) -> None:
     """A room whose streamer never opened a wish used to come back with wish_kind "False"
     and wish_target 0 (Lua's false for a missing hash field), a frame the SDK refused as
-    malformed: nobody could watch such a room."""
+    malformed: nobody could look at such a room."""
     await befriend_all(admin, "streamer", "fan", cards=5, age_days=30)
     fan = await connect("fan")
-    room = await fan.join_room("streamer")
-    assert (room.room, room.viewers) == ("streamer", 1)
+    room = await fan.room("streamer")
+    assert (room.room, room.viewers) == ("streamer", 0)
     assert (room.wish_kind, room.wish_target, room.wish_progress) == (None, None, None)

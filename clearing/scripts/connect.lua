@@ -3,12 +3,36 @@
 -- KEYS[1]  the user's presence hash ({p}:presence:<user>, node -> connection count)
 -- ARGV[1..7] common header (lib.lua)
 -- ARGV[8]  user   ARGV[9] node
+-- ARGV[10] the most connections the user may hold over all live nodes; 0: no cap (a node
+--          announcing again the connections it already holds, after it was reaped)
 --
--- Returns msgpack {count = the user's connections on that node}.
+-- Returns msgpack {count = the user's connections on that node}, or {err =
+-- TOO_MANY_CONNECTIONS} with nothing written when the user already holds the cap. Counts
+-- of nodes that stopped beating are not counted: their connections are gone.
 -- Invariants kept: a node with a count > 0 in a presence hash has the user in its
 -- nodeusers set, so dropping a dead node finds every entry it left behind.
 
-local user, node = ARGV[8], ARGV[9]
+local user, node, cap = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
+if cap > 0 then
+  local flat = redis.call('HGETALL', KEYS[1])
+  local names, counts = {}, {}
+  for i = 1, #flat, 2 do
+    local n = #names + 1
+    names[n], counts[n] = flat[i], tonumber(flat[i + 1])
+  end
+  if #names > 0 then
+    local total, cutoff = 0, NOW - tonumber(NODE_TTL)
+    -- a node that is not registered scores nil, which Lua sees as false
+    for i, beat in ipairs(redis.call('ZMSCORE', key('nodes'), unpack(names))) do
+      if beat and tonumber(beat) > cutoff then
+        total = total + counts[i]
+      end
+    end
+    if total >= cap then
+      return refuse('TOO_MANY_CONNECTIONS')
+    end
+  end
+end
 local count = redis.call('HINCRBY', KEYS[1], node, 1)
 redis.call('SADD', key('nodeusers', node), user)
 return reply({count = count})

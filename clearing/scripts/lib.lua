@@ -235,6 +235,26 @@ local function active_festival()
   return nil, nil
 end
 
+-- The user's request rate over every node (clearing/rates.py), as a token bucket kept in one
+-- number: the theoretical arrival time (GCRA) in us, under {p}:rate:<user> while it is in
+-- the future. True: the request fits and is counted; false: it does not, nothing written.
+-- `burst` requests fit at once, then one per `interval` us. interval '0': no limit. Whole
+-- microseconds keep a high rate's interval exact (NOW * 1000 stays far below 2^53).
+local function take_rate(user, interval, burst)
+  interval = tonumber(interval)
+  if interval == 0 then
+    return true
+  end
+  local rate_key, now = key('rate', user), NOW * 1000
+  local tat = math.max(tonumber(redis.call('GET', rate_key) or '0'), now)
+  if tat - now > (tonumber(burst) - 1) * interval then
+    return false
+  end
+  tat = tat + interval
+  redis.call('SET', rate_key, tat, 'PX', math.floor((tat - now) / 1000) + 1)
+  return true
+end
+
 -- Functions that only some scripts need come from a maker the script calls once: every
 -- function defined at the top of this file is created again on every run of every script.
 

@@ -6,7 +6,8 @@
 -- ARGV[12] qty             ARGV[13] cost          ARGV[14] amount
 -- ARGV[15] precheck: a refusal code Python found without Redis (SELF_GIFT, UNKNOWN_KIND,
 --          BAD_QUANTITY) or "". It is raised here, after the idempotency check, so that a
---          retry with a conflicting payload answers IDEMPOTENCY_CONFLICT whatever its fields.
+--          retry with a conflicting payload answers IDEMPOTENCY_CONFLICT whatever its fields;
+--          it is not remembered (see below).
 -- ARGV[16] quota day (YYYYMMDD in the platform zone, computed by the caller)
 -- ARGV[17] daily_send_limit  ARGV[18] vip_send_bonus  ARGV[19] daily_receive_limit
 -- ARGV[20] receive_limit_scope ("recipient" | "pair")
@@ -14,6 +15,9 @@
 -- ARGV[23] the sender's app (from the connection's token)
 -- ARGV[24] the default scene settings as JSON (used while none are stored)
 -- ARGV[25] live-room quote id or "" (clearing/rooms.py)
+-- ARGV[26] refusal memory ms (GiftRules.refusal_memory_ms, > 0)
+-- ARGV[27] the sender's request rate: us per request, or '0' for no limit (lib.lua's
+--          take_rate)   ARGV[28] its burst
 --
 -- Scenes (gift-rules.md section 3; prices in clearing/scene_config.py): ARGV[13] and [14]
 -- are the base price (qty * units_per_card). During a festival window the cost is
@@ -26,9 +30,12 @@
 -- sender, recipient, kind or qty). A quote is used up by the gift it priced.
 --
 -- Returns msgpack {gift = record} or {err = code} (IDEMPOTENCY_CONFLICT has no gift).
+-- First of all the request counts against the sender's rate: over it, RATE_LIMITED and
+-- nothing else is looked at or written (the request may be repeated as it is).
 -- A gift id that exists with the same sender, recipient, kind and qty returns the stored
--- record as it is now, in any state, and writes nothing. A refusal is remembered for an
--- hour ({p}:refused:<gift_id>): the same request with the same id gets the same refusal.
+-- record as it is now, in any state, and writes nothing. A refusal is remembered for
+-- ARGV[26] ms ({p}:refused:<gift_id>): the same request with the same id gets the same
+-- refusal, another payload IDEMPOTENCY_CONFLICT; a refusal of ARGV[15] writes nothing.
 --
 -- Invariants kept: every check runs before the first write; cost moves from bal to held
 -- and holds_total by the same amount; the gift sits in pending and the recipient's inbox
@@ -43,7 +50,11 @@ local precheck, day = ARGV[15], ARGV[16]
 local send_limit, vip_bonus = tonumber(ARGV[17]), tonumber(ARGV[18])
 local receive_limit, receive_scope = tonumber(ARGV[19]), ARGV[20]
 local follow_min_age, confirm_window = tonumber(ARGV[21]), tonumber(ARGV[22])
-local app, quote_id = ARGV[23], ARGV[25]
+local app, quote_id, refusal_memory = ARGV[23], ARGV[25], ARGV[26]
+
+if not take_rate(sender, ARGV[27], ARGV[28]) then
+  return refuse('RATE_LIMITED')
+end
 
 local existing = redis.call('HGETALL', gift_key)
 if #existing > 0 then
@@ -54,12 +65,12 @@ if #existing > 0 then
   return refuse('IDEMPOTENCY_CONFLICT')
 end
 
--- A refusal is an outcome too, and final for its gift id: a duplicate of the same request
--- that arrives later (resent after a reconnect, or delayed on a dying connection) answers
--- the same refusal instead of creating the gift the client was told was refused. The memory
--- is a short-lived key, long past any retry of the SDK (request timeout 30 s).
-local REFUSAL_MEMORY_MS = 3600000
-local refusal_key = PREFIX .. ':refused:' .. gift_id
+-- A refusal is an outcome too, and final for its gift id while a copy of the request can
+-- still arrive: a duplicate (resent after a reconnect, or delayed on a dying connection)
+-- answers the same refusal instead of creating the gift the client was told was refused.
+-- A new attempt takes a new gift id (docs/protocol.md section 9), so the memory only has to
+-- outlast the copies still on their way (ARGV[26], see GiftRules), not an hour per refusal.
+local refusal_key = key('refused', gift_id)
 local fingerprint = table.concat({sender, recipient, kind, qty}, '|')
 local remembered = redis.call('HMGET', refusal_key, 'code', 'fp')
 if remembered[1] then
@@ -68,15 +79,17 @@ if remembered[1] then
   end
   return refuse('IDEMPOTENCY_CONFLICT')
 end
+
+-- A precheck refusal follows from the request alone: every copy gets it again with no
+-- memory, so it writes nothing (one account could otherwise fill Redis with them).
+if precheck ~= '' then
+  return refuse(precheck)
+end
 local refuse_once = refuse
 refuse = function(code)
   redis.call('HSET', refusal_key, 'code', code, 'fp', fingerprint)
-  redis.call('PEXPIRE', refusal_key, REFUSAL_MEMORY_MS)
+  redis.call('PEXPIRE', refusal_key, refusal_memory)
   return refuse_once(code)
-end
-
-if precheck ~= '' then
-  return refuse(precheck)
 end
 
 -- created_at_ms is always set on a user, so its absence means no such user.

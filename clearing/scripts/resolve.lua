@@ -4,9 +4,12 @@
 -- ARGV[1..7] common header (lib.lua)
 -- ARGV[8]  gift_id   ARGV[9]  by_user   ARGV[10] target state: "accepted" | "declined"
 -- ARGV[11] the app the recipient answers from   ARGV[12] default scene settings (JSON)
+-- ARGV[13] by_user's request rate: us per request, or '0' for no limit (lib.lua's
+--          take_rate)   ARGV[14] its burst
 -- (an accept awards points with both users' app perks: see lib.lua's award_points)
 --
 -- Returns msgpack {gift = record, changed = bool} or {err = code, gift = record?}:
+--   RATE_LIMITED (by_user is over their rate; nothing else looked at or written);
 --   GIFT_NOT_FOUND; NOT_RECIPIENT (by_user is not the recipient);
 --   pending, now < expires_at_ms  -> moved to the target state, changed = true
 --   pending, now >= expires_at_ms -> expired right here (refund, slots back, events) and
@@ -23,6 +26,10 @@ local gift_key = KEYS[1]
 local finish = gift_finisher()
 local gift_id, by_user, target = ARGV[8], ARGV[9], ARGV[10]
 local app, default_cfg = ARGV[11], ARGV[12]
+
+if not take_rate(by_user, ARGV[13], ARGV[14]) then
+  return refuse('RATE_LIMITED')
+end
 
 local flat = redis.call('HGETALL', gift_key)
 if #flat == 0 then
