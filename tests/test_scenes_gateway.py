@@ -76,6 +76,23 @@ async def test_scene_settings_are_bounded_and_a_broken_document_is_shown_as_appl
     assert (repaired["frame_price_units"], repaired["quote_ttl_ms"]) == (3, 5000)
 
 
+async def test_a_request_failing_inside_the_node_answers_internal_is_counted_and_changes_nothing(
+    admin: AdminClient, node: GatewayNode, connect: ClientFactory, redis: aioredis.Redis
+) -> None:
+    await befriend_all(admin, "alice", "bob", cards=10, age_days=30)
+    alice, _ = await connect("alice"), await connect("bob")
+    held = DEFAULT_KEYS.held("alice")
+    await redis.hset(held, "note", "not a number")  # corrupted outside the scripts
+    with pytest.raises(GiftRefused) as failed:
+        await alice.send_gift("bob", gift_id="g-internal")
+    assert failed.value.code == "INTERNAL" and "not a number" not in failed.value.message
+    assert node.metrics.refusals.labels(code="INTERNAL")._value.get() == 1
+    assert "notecard_refusals_total{code=\"INTERNAL\"} 1.0" in node.metrics.render().decode()
+    await redis.hdel(held, "note")
+    assert (await alice.balance()).available["note"] == 100  # nothing was taken
+    assert (await alice.send_gift("bob", gift_id="g-internal")).state == "pending"
+
+
 async def test_live_room_quote_gift_and_pushed_leaderboard(admin: AdminClient, connect: ClientFactory) -> None:
     await befriend_all(admin, "alice", "star", cards=10, age_days=30)
     star = await connect("star")
