@@ -116,7 +116,8 @@ class Clearing(RedisComponent):
         return await self._resolve(gift_id, by_user, GiftState.DECLINED, app)
 
     async def _resolve(self, gift_id: str, by_user: str, target: GiftState, app: str) -> Resolution:
-        args = (gift_id, by_user, target.value, app, self._scene_defaults, *self._rate_args)
+        args = (gift_id, by_user, target.value, app, self._scene_defaults, *self._rate_args,
+                self._rules.points_log_maxlen)
         reply = await self._lua.run(
             "resolve", self._keys.gift(gift_id), self._clock(), args, emits=True, durable=True,
         )

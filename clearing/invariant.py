@@ -11,7 +11,10 @@ has pending gifts).
 Scenes: holds are kept by whoever paid (``payer``: the promotion account for a newcomer's
 free gift); each newcomer's free-gift counter is at least the number of their retained
 pending and accepted promotion-paid gifts; the points ledger has no negative total and
-every total equals the sum of its log entries; leaderboard scores are not negative.
+every total equals its folded sum plus its entries still in the log (the log is bounded by
+``points_log_maxlen``: resolve.lua folds the entries it trims into per-user sums in the
+same run, so the check reads at most that many entries, in pages); leaderboard scores are
+not negative.
 
 The check reads with SCAN and several round trips, not one snapshot: run it while nothing
 writes (tests, maintenance windows), or expect passing mismatches. It assumes resolved gifts
@@ -147,6 +150,7 @@ async def check_invariant(redis: aioredis.Redis, rules: GiftRules, keys: KeySche
 
     violations += await _check_quotas(redis, keys, pattern, gifts, days)
     violations += await _check_scenes(redis, keys, pattern, gifts)
+    violations += await _check_points(redis, keys)
     return InvariantReport(violations=violations, per_kind=per_kind)
 
 
@@ -204,9 +208,41 @@ async def _check_quotas(
     for glob in globs:
         async for key in _scan(redis, glob):
             value = await redis.get(key)
-            actual[key] = int(value) if value is not None else 0
+            try:
+                actual[key] = int(value) if value is not None else 0
+            except ValueError:
+                actual[key] = -1  # reported below as not matching any count
     out = [f"quota {key} = {n}, counted gifts: {expected[key]}" for key, n in actual.items() if n != expected[key]]
     out += [f"quota {key} is missing for a pending gift" for key in sorted(needed - actual.keys())]
+    return out
+
+
+#: Entries read per round trip when summing the points log.
+_LOG_PAGE = 1000
+
+
+async def _check_points(redis: aioredis.Redis, keys: KeySchema) -> list[str]:
+    out: list[str] = []
+    totals = _ints("points", text_hash(await redis.hgetall(keys.points())), out)
+    folded = _ints("pointlog:folded", text_hash(await redis.hgetall(keys.point_log_folded())), out)
+    logged: Counter[str] = Counter(folded)
+    out += [f"folded points of {user} are negative: {n}" for user, n in folded.items() if n < 0]
+    start = "-"
+    while True:
+        page = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                    await redis.xrange(keys.point_log(), min=start, count=_LOG_PAGE))
+        for _, fields in page:
+            entry = text_hash(fields)  # type: ignore[arg-type]
+            points = _ints("points log entry", {"p": entry.get("p", "")}, out).get("p", 0)
+            if points <= 0:
+                out.append(f"points log entry {entry} is not positive")
+            logged[entry.get("u", "")] += points
+        if len(page) < _LOG_PAGE:
+            break
+        start = "(" + page[-1][0].decode()
+    for user in set(totals) | set(logged):
+        if totals.get(user, 0) < 0 or totals.get(user, 0) != logged[user]:
+            out.append(f"points of {user} = {totals.get(user, 0)}, its folded sum and log add up to {logged[user]}")
     return out
 
 
@@ -219,22 +255,14 @@ async def _check_scenes(
     )
     async for key in _scan(redis, pattern.free_gifts("*")):
         user = key[len(keys.free_gifts("")) :]
-        count = int(await redis.get(key) or 0)
+        try:
+            count = int(await redis.get(key) or 0)
+        except ValueError:
+            count = -1  # reported as below its gifts
         if count < free.pop(user, 0) or count < 0:
             out.append(f"free-gift counter of {user} = {count} is below its promotion-paid gifts")
     out += [f"{user} has {n} promotion-paid gifts but no free-gift counter" for user, n in free.items()]
 
-    totals = {k: int(v) for k, v in text_hash(await redis.hgetall(keys.points())).items()}
-    logged: Counter[str] = Counter()
-    log = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(keys.point_log()))
-    for _, fields in log:
-        entry = text_hash(fields)  # type: ignore[arg-type]
-        if int(entry["p"]) <= 0:
-            out.append(f"points log entry {entry} is not positive")
-        logged[entry["u"]] += int(entry["p"])
-    for user in set(totals) | set(logged):
-        if totals.get(user, 0) < 0 or totals.get(user, 0) != logged[user]:
-            out.append(f"points of {user} = {totals.get(user, 0)}, its log sums to {logged[user]}")
     async for key in _scan(redis, pattern.board("*")):
         scores = await _zset(redis, key)
         out += [f"{key}: {user} has negative points {n}" for user, n in scores.items() if n < 0]

@@ -127,6 +127,13 @@ class KeySchema:
         """String: the scene settings as validated JSON (absent: the defaults)."""
         return f"{self.prefix}:scene:config"
 
+    def scene_config_digest(self) -> str:
+        """String: the SHA-1 (hex) of the document ``scene_config()`` held when
+        ``Scenes.set_config`` wrote both. The scripts read a document off its text only when
+        the digest matches (one this code validated and laid out); any other is decoded and
+        checked field by field."""
+        return f"{self.prefix}:scene:config:sha1"
+
     def festivals(self) -> str:
         """Hash: festival id -> JSON {name, start_ms, end_ms, permille, frame}."""
         return f"{self.prefix}:festivals"
@@ -154,8 +161,14 @@ class KeySchema:
         return f"{self.prefix}:points"
 
     def point_log(self) -> str:
-        """Stream: one entry per award {u, p, g, why, app}; each total is the sum of its entries."""
+        """Stream: one entry per award {u, p, g, why, app}, the newest ``points_log_maxlen``
+        or fewer; each total is ``point_log_folded()`` plus the sum of its entries here."""
         return f"{self.prefix}:pointlog"
+
+    def point_log_folded(self) -> str:
+        """Hash: user -> the points of the user's entries trimmed from ``point_log()`` (the
+        script that trims them adds them here in the same run)."""
+        return f"{self.prefix}:pointlog:folded"
 
     def joint_campaign(self) -> str:
         """Set: users eligible for the joint campaign (chat-app perk)."""

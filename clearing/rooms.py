@@ -10,7 +10,7 @@ A gift to the streamer in the room is priced by a quote (``quote.lua``: a monoto
 function of the viewer count, see :class:`~clearing.scene_config.LiveTier`), honoured for
 ``quote_ttl_ms`` and used up by the gift it prices. An accepted quoted gift adds its cost
 (in minor units) to the sender's contribution points on the room's leaderboard and, when
-its kind is the wish's, its quantity to the wish's progress (``room_credit`` in lib.lua).
+its kind is the wish's, its quantity to the wish's progress (``plan_room`` in lib.lua).
 Ranks are competition ranks: tied users share a rank and are listed by user id.
 """
 

@@ -12,6 +12,8 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 DAY_MS = 86_400_000
+#: The smallest points log the fold in lib.lua handles (it keeps nine tenths, >= 2 entries).
+MIN_POINTS_LOG = 10
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class GiftRules:
     refusal_memory_ms: int = 60_000
     #: Events kept per user stream (approximate trim, MAXLEN ~).
     stream_maxlen: int = 1000
+    #: Entries kept in the points log; older ones are folded into per-user sums (resolve.lua).
+    points_log_maxlen: int = 100_000
     #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.
     node_ttl_ms: int = 15_000
 
@@ -62,6 +66,9 @@ class GiftRules:
         for name in ("daily_send_limit", "vip_send_bonus", "daily_receive_limit", "follow_min_age_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.points_log_maxlen < MIN_POINTS_LOG:
+            # an accept adds two entries, and a fold keeps nine tenths: at least 9 stay
+            raise ValueError(f"points_log_maxlen must be at least {MIN_POINTS_LOG}")
 
     def quota_day(self, now_ms: int) -> str:
         """The calendar day (YYYYMMDD) of ``now_ms`` in the platform time zone."""

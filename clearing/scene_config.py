@@ -15,11 +15,18 @@ Amounts are integers of the minor unit; multipliers are integers per mille (1200
 - the recipient is always credited ``base`` (qty * units_per_card); the rest is consumed
   on accept, and all of it goes back to whoever paid on decline or expiry;
 - points bonuses are rounded **down** (a fraction of a point is never awarded).
+
+What is stored may not be what this module wrote (an older version's document that lacks a
+newer field, a hand edit, a bug). :meth:`SceneConfig.from_stored` reads it the way the
+scripts do (``scene_values``, ``app_perks`` and ``scene_tiers`` in lib.lua): field by field,
+a value this module would accept is kept and any other is replaced by the default, so a gift
+never fails half-way on a setting and the admin API shows what the scripts apply.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -35,6 +42,23 @@ APP_RE = re.compile(r"[a-z0-9_]{1,32}")
 MAX_PERMILLE = 10_000
 #: Bounds a live-room tier table; each reserve walks it.
 MAX_TIERS = 16
+#: Amounts and ages: far beyond any campaign, and sums of a few stay below 2**53.
+MAX_SETTING = 2**40
+#: Points per card: with qty and a 10x perk an award stays far below 2**53, so the totals
+#: (which the scripts also clamp there) do not saturate in practice.
+MAX_POINTS_PER_CARD = 1_000_000
+#: The whole-number settings and their ranges; lib.lua's SCENE_LOW / SCENE_HIGH repeat the
+#: ones the scripts read (tests/test_scenes_stored_data.py compares them).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "newcomer_age_ms": (0, MAX_SETTING),
+    "newcomer_free_gifts": (0, MAX_SETTING),
+    "mentor_reward_units": (0, MAX_SETTING),
+    "apprentice_reward_units": (0, MAX_SETTING),
+    "festival_permille": (1000, MAX_PERMILLE),
+    "frame_price_units": (0, MAX_SETTING),
+    "points_per_card": (0, MAX_POINTS_PER_CARD),
+    "quote_ttl_ms": (1, DAY_MS),
+}
 
 
 class SceneConfigError(ValueError):
@@ -99,11 +123,8 @@ class SceneConfig:
     quote_ttl_ms: int = 10_000
 
     def __post_init__(self) -> None:
-        for name in ("newcomer_age_ms", "newcomer_free_gifts", "mentor_reward_units",
-                     "apprentice_reward_units", "frame_price_units", "points_per_card"):
-            _check_int(name, getattr(self, name), 0, 2**40)
-        _check_int("quote_ttl_ms", self.quote_ttl_ms, 1, DAY_MS)
-        _check_int("festival_permille", self.festival_permille, 1000, MAX_PERMILLE)
+        for name, (low, high) in INT_RANGES.items():
+            _check_int(name, getattr(self, name), low, high)
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", self.promo_account):
             raise SceneConfigError("promo_account must be a user id")
         for app, perk in self.apps.items():
@@ -117,7 +138,7 @@ class SceneConfig:
             raise SceneConfigError(f"live_tiers: 1 to {MAX_TIERS} tiers, the first from 0 viewers")
         for i, tier in enumerate(tiers):
             _check_int(f"live_tiers[{i}].permille", tier.permille, 1000, MAX_PERMILLE)
-            _check_int(f"live_tiers[{i}].min_viewers", tier.min_viewers, 0, 2**40)
+            _check_int(f"live_tiers[{i}].min_viewers", tier.min_viewers, 0, MAX_SETTING)
             if i and (tier.min_viewers <= tiers[i - 1].min_viewers or tier.permille < tiers[i - 1].permille):
                 raise SceneConfigError("live_tiers: min_viewers must increase and permille must not decrease")
 
@@ -134,7 +155,8 @@ class SceneConfig:
         """The document the scripts read: compact, fields in declaration order, so the
         scalars the gift scripts need come before ``apps``, the first nested value. They
         read those and the app perks straight off this text instead of decoding it (lib.lua
-        ``scene_values`` and ``app_perks``); another layout still works, decoded whole."""
+        ``scene_values`` and ``app_perks``) when its digest says ``Scenes.set_config`` wrote
+        it; any other document is decoded whole and read field by field (``from_stored``)."""
         return orjson.dumps(self.to_plain()).decode()
 
     @classmethod
@@ -157,6 +179,82 @@ class SceneConfig:
     def patched(self, patch: Mapping[str, Any]) -> SceneConfig:
         """This configuration with the fields of ``patch`` replaced, validated as a whole."""
         return SceneConfig.from_plain({**self.to_plain(), **patch})
+
+    @classmethod
+    def from_stored(cls, raw: bytes | str, defaults: SceneConfig) -> SceneConfig:
+        """The settings the scripts apply for a stored document: ``defaults`` with every
+        field the document holds as this class would accept it (an integral float counts:
+        cjson cannot tell 10.0 from 10). Not a JSON object: ``defaults``. ``apps`` that is
+        no object: the defaults' apps; inside it, ids that are not app ids are ignored and
+        each perk field out of range takes AppPerk's default. ``live_tiers`` are all or
+        nothing. Never raises on what it reads: a broken document must not lock operators
+        out of the API that repairs it (``Scenes.set_config`` writes a whole valid one)."""
+        try:
+            # not orjson: integers beyond 64 bits must read (and be refused); UTF-8 only, as cjson
+            data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except (ValueError, RecursionError):
+            return defaults
+        if not isinstance(data, dict):
+            return defaults
+        config = defaults
+        for name in (f.name for f in dataclasses.fields(cls)):
+            if name not in data:
+                continue
+            value = _STORED_READERS.get(name, _stored_whole)(data[name])
+            if value is _INVALID:
+                continue
+            try:
+                config = dataclasses.replace(config, **{name: value})
+            except SceneConfigError:
+                continue
+        return config
+
+
+_INVALID: Any = object()
+
+
+def _stored_whole(value: Any) -> Any:
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return _INVALID
+
+
+def _stored_text(value: Any) -> Any:
+    return value if isinstance(value, str) else _INVALID
+
+
+def _stored_perk(value: Any) -> AppPerk:
+    if not isinstance(value, dict):
+        return AppPerk()
+    bonus = _stored_whole(value.get("sender_bonus_permille"))
+    mult = _stored_whole(value.get("recipient_multiplier_permille"))
+    return AppPerk(
+        sender_bonus_permille=bonus if bonus is not _INVALID and 0 <= bonus <= MAX_PERMILLE else 0,
+        recipient_multiplier_permille=mult if mult is not _INVALID and 1000 <= mult <= MAX_PERMILLE else 1000,
+        joint_campaign=value.get("joint_campaign") is True,
+    )
+
+
+def _stored_apps(value: Any) -> Any:
+    if value == []:  # cjson decodes [] and {} alike, so lib.lua reads this as no apps
+        return {}
+    if not isinstance(value, dict):
+        return _INVALID
+    return {app: _stored_perk(perk) for app, perk in value.items() if APP_RE.fullmatch(app)}
+
+
+def _stored_tiers(value: Any) -> Any:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        return _INVALID
+    tiers = [(_stored_whole(t.get("min_viewers")), _stored_whole(t.get("permille"))) for t in value]
+    if any(_INVALID in pair for pair in tiers):
+        return _INVALID
+    return tuple(LiveTier(min_viewers, permille) for min_viewers, permille in tiers)
+
+
+_STORED_READERS = {"promo_account": _stored_text, "apps": _stored_apps, "live_tiers": _stored_tiers}
 
 
 def _mapping(name: str, value: Any) -> Mapping[str, Any]:

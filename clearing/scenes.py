@@ -15,6 +15,12 @@ and user side. Gift pricing itself happens inside ``reserve.lua`` / ``resolve.lu
   promotion account pays both rewards.
 - :meth:`Scenes.points`: the points ledger's total for a user, and joint-campaign eligibility.
 
+Stored data that this module did not write (a hand edit, an older version) never breaks a
+read here nor a script: :meth:`Scenes.config` reads the settings field by field as the
+scripts do (``SceneConfig.from_stored``), and a festival entry that does not read as a
+:class:`Festival` is left out of :meth:`Scenes.festivals` and of the schedule (the scripts
+skip it too); deleting it by id still works.
+
 Refusals: UNKNOWN_USER, NO_FESTIVAL, ALREADY_REDEEMED, INSUFFICIENT_BALANCE, ALREADY_BOUND,
 NOT_NEWCOMER, PROMOTION_EXHAUSTED, BAD_REQUEST (a malformed id, binding oneself).
 """
@@ -22,6 +28,7 @@ NOT_NEWCOMER, PROMOTION_EXHAUSTED, BAD_REQUEST (a malformed id, binding oneself)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +42,7 @@ from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
+from clearing.lua import MAX_SAFE_INT
 from clearing.rules import GiftRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 
@@ -55,10 +63,15 @@ class Festival:
     frame: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("start_ms", "end_ms", "permille"):
+            if type(getattr(self, name)) is not int:
+                raise SceneConfigError(f"{name} must be an integer")
+        if not isinstance(self.name, str):
+            raise SceneConfigError("name must be a string")
         if not is_valid_id(self.festival_id):
             raise SceneConfigError("festival id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-        if not 0 <= self.start_ms < self.end_ms:
-            raise SceneConfigError("a festival must end after it starts")
+        if not 0 <= self.start_ms < self.end_ms <= MAX_SAFE_INT:
+            raise SceneConfigError("a festival must end after it starts, before 2**53 ms")
         if not 1000 <= self.permille <= 10_000:
             raise SceneConfigError("multiplier must be from 1.0 to 10.0")
         if self.frame is not None and not is_valid_id(self.frame):
@@ -112,13 +125,19 @@ class Scenes(RedisComponent):
 
     # ------------------------------------------------------------ configuration
     async def config(self) -> SceneConfig:
+        """The settings the scripts apply now (see ``SceneConfig.from_stored``)."""
         raw = await guarded(self._redis.get(self._keys.scene_config()))
-        return self._defaults if raw is None else SceneConfig.from_plain(orjson.loads(raw))
+        return self._defaults if raw is None else SceneConfig.from_stored(raw, self._defaults)
 
     async def set_config(self, patch: Mapping[str, Any]) -> SceneConfig:
-        """Replace the given settings, keep the others; the whole result is validated first."""
+        """Replace the given settings, keep the others; the whole result is validated first.
+        The document goes with its digest (``KeySchema.scene_config_digest``), in one MULTI."""
         config = (await self.config()).patched(patch)
-        await guarded(self._redis.set(self._keys.scene_config(), config.to_json()))
+        doc = config.to_json()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._keys.scene_config(), doc)
+            pipe.set(self._keys.scene_config_digest(), hashlib.sha1(doc.encode(), usedforsecurity=False).hexdigest())
+            await guarded(pipe.execute())
         return config
 
     async def festivals(self) -> list[Festival]:
@@ -206,8 +225,17 @@ class Scenes(RedisComponent):
 
 
 def _festivals(raw: Mapping[bytes | str, bytes | str]) -> list[Festival]:
-    out = [Festival(festival_id=k, **orjson.loads(v)) for k, v in text_hash(raw).items()]
+    out = [f for k, v in text_hash(raw).items() if (f := _festival(k, v)) is not None]
     return sorted(out, key=lambda f: f.start_ms)
+
+
+def _festival(festival_id: str, raw: str) -> Festival | None:
+    """One stored festival, or None when it is not one (lib.lua's festival_entry agrees)."""
+    try:
+        data = orjson.loads(raw)
+        return Festival(festival_id=festival_id, **data) if isinstance(data, dict) else None
+    except (orjson.JSONDecodeError, TypeError, SceneConfigError):
+        return None
 
 
 def _schedule(festivals: list[Festival]) -> dict[str, float]:

@@ -192,6 +192,7 @@ class GatewaySettings:
             refusal_memory_ms=_ms(reader.get("REFUSAL_MEMORY_S", float, default_rules.refusal_memory_ms / 1000)),
             timezone=reader.get("TIMEZONE", str, default_rules.timezone),
             stream_maxlen=reader.get("STREAM_MAXLEN", int, default_rules.stream_maxlen),
+            points_log_maxlen=reader.get("POINTS_LOG_MAXLEN", int, default_rules.points_log_maxlen),
             node_ttl_ms=_ms(reader.get("NODE_TTL_S", float, default_rules.node_ttl_ms / 1000)),
         )
 

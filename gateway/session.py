@@ -219,6 +219,7 @@ class SessionRunner:
                 # A bug must cost one request, not the connection or the node; the peer
                 # sees a generic code, the log has the details.
                 log.exception("request failed", extra={"user": conn.user_id})
+                self.metrics.refusals_of(ErrorCode.INTERNAL).inc()
                 reply = Error(rid=getattr(msg, "rid", None), code=ErrorCode.INTERNAL, message="internal error")
             self._reply(conn, reply)
 

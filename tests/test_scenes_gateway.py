@@ -5,8 +5,12 @@ and one viewer on two devices. The node_factory fixture checks the invariant at 
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+import redis.asyncio as aioredis
+
+from clearing.keys import DEFAULT_KEYS
 from gateway import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard_sdk import GiftRefused, NotecardClient
@@ -55,6 +59,38 @@ async def test_admin_validates_scene_settings_with_clear_errors(admin: AdminClie
     assert "overlaps" in overlap.value.message
     assert (await admin.set_scenes(quote_ttl_ms=5000))["config"]["quote_ttl_ms"] == 5000
     assert [f["festival_id"] for f in (await admin.scenes())["festivals"]] == ["qixi"]
+
+
+async def test_scene_settings_are_bounded_and_a_broken_document_is_shown_as_applied_and_repaired(
+    admin: AdminClient, redis: aioredis.Redis
+) -> None:
+    with pytest.raises(AdminApiError) as too_many:
+        await admin.set_scenes(points_per_card=1_000_001)
+    assert (too_many.value.status, too_many.value.code) == (400, "BAD_REQUEST")
+    assert "points_per_card" in too_many.value.message
+    # an older version's document without the field, and a hand edit with a string in it
+    await redis.set(DEFAULT_KEYS.scene_config(), json.dumps({"frame_price_units": "3", "quote_ttl_ms": 5000}))
+    shown = (await admin.scenes())["config"]
+    assert (shown["points_per_card"], shown["frame_price_units"], shown["quote_ttl_ms"]) == (10, 0, 5000)
+    repaired = (await admin.set_scenes(frame_price_units=3))["config"]
+    assert (repaired["frame_price_units"], repaired["quote_ttl_ms"]) == (3, 5000)
+
+
+async def test_a_request_failing_inside_the_node_answers_internal_is_counted_and_changes_nothing(
+    admin: AdminClient, node: GatewayNode, connect: ClientFactory, redis: aioredis.Redis
+) -> None:
+    await befriend_all(admin, "alice", "bob", cards=10, age_days=30)
+    alice, _ = await connect("alice"), await connect("bob")
+    held = DEFAULT_KEYS.held("alice")
+    await redis.hset(held, "note", "not a number")  # corrupted outside the scripts
+    with pytest.raises(GiftRefused) as failed:
+        await alice.send_gift("bob", gift_id="g-internal")
+    assert failed.value.code == "INTERNAL" and "not a number" not in failed.value.message
+    assert node.metrics.refusals.labels(code="INTERNAL")._value.get() == 1
+    assert "notecard_refusals_total{code=\"INTERNAL\"} 1.0" in node.metrics.render().decode()
+    await redis.hdel(held, "note")
+    assert (await alice.balance()).available["note"] == 100  # nothing was taken
+    assert (await alice.send_gift("bob", gift_id="g-internal")).state == "pending"
 
 
 async def test_live_room_quote_gift_and_pushed_leaderboard(admin: AdminClient, connect: ClientFactory) -> None:

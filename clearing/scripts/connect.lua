@@ -10,7 +10,8 @@
 -- TOO_MANY_CONNECTIONS} with nothing written when the user already holds the cap. Counts
 -- of nodes that stopped beating are not counted: their connections are gone.
 -- Invariants kept: a node with a count > 0 in a presence hash has the user in its
--- nodeusers set, so dropping a dead node finds every entry it left behind.
+-- nodeusers set, so dropping a dead node finds every entry it left behind. The count is
+-- computed before the first write (one that is no whole number, or below 0, counts as 0).
 
 local user, node, cap = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
 if cap > 0 then
@@ -18,7 +19,7 @@ if cap > 0 then
   local names, counts = {}, {}
   for i = 1, #flat, 2 do
     local n = #names + 1
-    names[n], counts[n] = flat[i], tonumber(flat[i + 1])
+    names[n], counts[n] = flat[i], math.max(whole(flat[i + 1]) or 0, 0)
   end
   if #names > 0 then
     local total, cutoff = 0, NOW - tonumber(NODE_TTL)
@@ -33,6 +34,7 @@ if cap > 0 then
     end
   end
 end
-local count = redis.call('HINCRBY', KEYS[1], node, 1)
+local count = math.max(whole(redis.call('HGET', KEYS[1], node) or 0) or 0, 0) + 1
+redis.call('HSET', KEYS[1], node, count)
 redis.call('SADD', key('nodeusers', node), user)
 return reply({count = count})

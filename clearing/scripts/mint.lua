@@ -7,7 +7,8 @@
 -- ARGV[11] the largest total allowed (2^53 - 1: beyond it Lua's doubles lose units)
 --
 -- Returns msgpack {bal = balance hash, held = held hash} (HGETALL lists) or
--- {err = UNKNOWN_USER | BAD_QUANTITY}.
+-- {err = UNKNOWN_USER | BAD_QUANTITY}, or a CORRUPT error (nothing written) when the
+-- balance or the minted total holds no whole number.
 -- Invariants kept: minted[kind] and bal[user][kind] grow by the same amount, so
 -- minted == available + holds + consumed holds after it as before.
 
@@ -17,8 +18,11 @@ local amount, ceiling = tonumber(ARGV[10]), tonumber(ARGV[11])
 if redis.call('EXISTS', key('user', user_id)) == 0 then
   return refuse('UNKNOWN_USER')
 end
-local balance = tonumber(redis.call('HGET', bal_key, kind) or '0')
-local minted = tonumber(redis.call('HGET', key('minted'), kind) or '0')
+local balance = whole(redis.call('HGET', bal_key, kind) or 0)
+local minted = whole(redis.call('HGET', key('minted'), kind) or 0)
+if not balance or not minted then
+  return corrupt(not balance and bal_key or key('minted'))
+end
 if balance + amount > ceiling or minted + amount > ceiling then
   return refuse('BAD_QUANTITY')
 end

@@ -13,34 +13,43 @@
 -- consumed on accept. The quote holds for quote_ttl_ms (reserve.lua compares NOW with
 -- expires_at_ms; the key itself lingers a minute longer only to answer QUOTE_EXPIRED
 -- rather than nothing, then Redis drops it).
--- Refusals: NO_WISH (the room has no open wish), NOT_IN_ROOM (the sender is not watching).
+-- Refusals: NO_WISH (the room has no open wish), NOT_IN_ROOM (the sender is not watching),
+-- BAD_QUANTITY (a cost beyond 2^53 - 1 units, which no balance can pay). Tiers and the TTL
+-- that do not read as clearing/scene_config.py accepts them are the defaults' (lib.lua
+-- scene_reader: tiers, values); a festival that does not read prices nothing.
 -- Returns msgpack {quote_id, room, cost, amount, viewers, permille, expires_at_ms}.
 
 local quote_id, sender, room, kind = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local qty, base = tonumber(ARGV[12]), tonumber(ARGV[13])
-local cfg = cjson.decode(scene_doc(ARGV[14]))
 if redis.call('HGET', key('room', room), 'streamer') ~= room then
   return refuse('NO_WISH')
 end
 if redis.call('HEXISTS', key('roomviewers', room), sender) == 0 then
   return refuse('NOT_IN_ROOM')
 end
+local scenes = scene_reader()
+local doc = scenes.doc(ARGV[14])
+local ttl = scenes.values(doc, ARGV[14], 'quote_ttl_ms')
 local viewers = redis.call('HLEN', key('roomviewers', room))
 local permille = 1000
-for _, tier in ipairs(cfg.live_tiers) do
+for _, tier in ipairs(scenes.tiers(doc, ARGV[14])) do
   if tier.min_viewers <= viewers then
     permille = tier.permille
   end
 end
-local festival, festival_permille = active_festival()
+local festival, festival_permille = scenes.festival()
 local cost = base
 if festival then
-  cost = math.floor((cost * festival_permille + 999) / 1000)
+  cost = scenes.per_mille(cost, festival_permille, true)
 end
-cost = math.floor((cost * permille + 999) / 1000)
-local expires = NOW + cfg.quote_ttl_ms
+cost = scenes.per_mille(cost, permille, true)
+if cost > MAX_SAFE then
+  return refuse('BAD_QUANTITY')
+end
+local expires = NOW + ttl
+-- ------------------------------------------------------------ writes
 redis.call('HSET', KEYS[1], 'sender', sender, 'recipient', room, 'room', room, 'kind', kind,
            'qty', qty, 'cost', cost, 'amount', base, 'expires_at_ms', expires)
-redis.call('PEXPIRE', KEYS[1], cfg.quote_ttl_ms + 60000)
+redis.call('PEXPIRE', KEYS[1], ttl + 60000)
 return reply({quote_id = quote_id, room = room, cost = cost, amount = base, viewers = viewers,
               permille = permille, expires_at_ms = expires})

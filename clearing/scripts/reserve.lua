@@ -29,13 +29,22 @@
 -- gift may be refused QUOTE_EXPIRED (unknown, used or lapsed) or QUOTE_MISMATCH (another
 -- sender, recipient, kind or qty). A quote is used up by the gift it priced.
 --
+-- Stored data that is not as these scripts write it (lib.lua, "Stored values") refuses
+-- rather than fail half-way: a follow start that is no whole number is no follow
+-- (NOT_MUTUAL_3D), a quota counter that is none is full (LIMIT_DAILY_*), a quote that is
+-- not as quote.lua writes it is no quote (QUOTE_EXPIRED), a festival or setting that does
+-- not read prices as if absent (the setting's default), an account age or free-gift count
+-- that is none makes no newcomer; a balance or hold that is none stops the script with a
+-- CORRUPT error before any write.
+--
 -- Returns msgpack {gift = record} or {err = code} (IDEMPOTENCY_CONFLICT has no gift).
 -- First of all the request counts against the sender's rate: over it, RATE_LIMITED and
 -- nothing else is looked at or written (the request may be repeated as it is).
 -- A gift id that exists with the same sender, recipient, kind and qty returns the stored
--- record as it is now, in any state, and writes nothing. A refusal is remembered for
--- ARGV[26] ms ({p}:refused:<gift_id>): the same request with the same id gets the same
--- refusal, another payload IDEMPOTENCY_CONFLICT; a refusal of ARGV[15] writes nothing.
+-- record as it is now, in any state, and writes nothing (a stored record that is not
+-- well_formed matches no request). A refusal is remembered for ARGV[26] ms
+-- ({p}:refused:<gift_id>): the same request with the same id gets the same refusal,
+-- another payload IDEMPOTENCY_CONFLICT; a refusal of ARGV[15] writes nothing.
 --
 -- Invariants kept: every check runs before the first write; cost moves from bal to held
 -- and holds_total by the same amount; the gift sits in pending and the recipient's inbox
@@ -58,8 +67,9 @@ end
 
 local existing = redis.call('HGETALL', gift_key)
 if #existing > 0 then
-  local g = gift_map(gift_id, existing)
-  if g.sender == sender and g.recipient == recipient and g.kind == kind and g.qty == qty then
+  local g, _, numbers_ok = gift_map(gift_id, existing)
+  if well_formed(g, numbers_ok) and g.sender == sender and g.recipient == recipient and g.kind == kind
+      and g.qty == qty then
     return reply({gift = g})
   end
   return refuse('IDEMPOTENCY_CONFLICT')
@@ -113,10 +123,10 @@ if redis.call('SISMEMBER', key('blocks', sender), recipient) == 1
 end
 
 local newest_allowed = NOW - follow_min_age
-local out_since = redis.call('HGET', key('follows', sender), recipient)
-local in_since = redis.call('HGET', key('follows', recipient), sender)
-if not out_since or not in_since
-    or tonumber(out_since) > newest_allowed or tonumber(in_since) > newest_allowed then
+-- a start that is no whole number is no follow
+local out_since = whole(redis.call('HGET', key('follows', sender), recipient))
+local in_since = whole(redis.call('HGET', key('follows', recipient), sender))
+if not out_since or not in_since or out_since > newest_allowed or in_since > newest_allowed then
   return refuse('NOT_MUTUAL_3D')
 end
 
@@ -125,56 +135,76 @@ local limit = send_limit
 if s[3] == '1' then
   limit = limit + vip_bonus
 end
-local scoped_key = recv_key
+-- All three are read, though only two are limits: all three are incremented below, which
+-- a counter holding no whole number would make fail half-way; such a counter is full.
+local counts = redis.call('MGET', send_key, recv_key, pair_key)  -- an absent counter reads false
+local sent, received, paired = whole(counts[1] or 0), whole(counts[2] or 0), whole(counts[3] or 0)
+local scoped = received
 if receive_scope == 'pair' then
-  scoped_key = pair_key
+  scoped = paired
 end
-local counts = redis.call('MGET', send_key, scoped_key)  -- an absent counter reads false
-if tonumber(counts[1] or '0') >= limit then
+if not sent or sent >= limit then
   return refuse('LIMIT_DAILY_SEND')
 end
-if tonumber(counts[2] or '0') >= receive_limit then
+if not received or not paired or scoped >= receive_limit then
   return refuse('LIMIT_DAILY_RECEIVE')
 end
 
-local festival, permille = active_festival()
+local scenes = scene_reader()
+local festival, permille = scenes.festival()
 if festival then
-  cost = math.floor((amount * permille + 999) / 1000)
+  cost = scenes.per_mille(amount, permille, true)  -- above MAX_SAFE no balance covers it
 end
 local room
 if quote_id ~= '' then
   local q = redis.call('HMGET', key('quote', quote_id), 'sender', 'recipient', 'kind', 'qty', 'cost',
                        'expires_at_ms', 'room')
-  if not q[1] or NOW >= tonumber(q[6]) then
+  local expires_at = whole(q[6])
+  if not q[1] or not expires_at or NOW >= expires_at then
     return refuse('QUOTE_EXPIRED')
   end
-  if q[1] ~= sender or q[2] ~= recipient or q[3] ~= kind or tonumber(q[4]) ~= qty then
+  if q[1] ~= sender or q[2] ~= recipient or q[3] ~= kind or whole(q[4]) ~= qty then
     return refuse('QUOTE_MISMATCH')
   end
-  cost, room = tonumber(q[5]), q[7]
+  -- A quote that is not as quote.lua writes it is no quote: a cost below the amount would
+  -- credit the recipient more than the sender paid.
+  cost, room = whole(q[5]), q[7]
+  if not cost or cost < amount or not scenes.is_id(room) then
+    return refuse('QUOTE_EXPIRED')
+  end
 end
 
 local payer = sender
-local newcomer_age, free_gifts, promo = scene_values(scene_doc(ARGV[24]), 'newcomer_age_ms',
-                                                     'newcomer_free_gifts', 'promo_account')
-if NOW - tonumber(s[1]) < newcomer_age and promo ~= sender and promo ~= recipient
-    and tonumber(redis.call('GET', key('free', sender)) or '0') < free_gifts
+local newcomer_age, free_gifts, promo = scenes.values(scenes.doc(ARGV[24]), ARGV[24], 'newcomer_age_ms', 'newcomer_free_gifts',
+                                                     'promo_account')
+-- an age or a free-gift count that is no whole number: not a newcomer, no free gift left
+local created_at = whole(s[1])
+if created_at and NOW - created_at < newcomer_age and promo ~= sender and promo ~= recipient
+    and (whole(redis.call('GET', key('free', sender)) or 0) or free_gifts) < free_gifts
     and redis.call('EXISTS', key('user', promo)) == 1
-    and tonumber(redis.call('HGET', key('bal', promo), kind) or '0') >= cost then
+    and (whole(redis.call('HGET', key('bal', promo), kind) or 0) or 0) >= cost then
   payer = promo
 end
-if tonumber(redis.call('HGET', key('bal', payer), kind) or '0') < cost then
+local balance = whole(redis.call('HGET', key('bal', payer), kind) or 0)
+if not balance then
+  return corrupt(key('bal', payer))
+end
+if balance < cost then
   return refuse('INSUFFICIENT_BALANCE')
 end
 local nodes = live_nodes(recipient)
 if #nodes == 0 then
   return refuse('RECIPIENT_OFFLINE')
 end
+local bad_counter, apply_moves = counter_mover()
+local moves = {{key('bal', payer), kind, -cost, balance}, {key('held', payer), kind, cost}, {key('holds'), kind, cost}}
+local bad = bad_counter(moves)
+if bad then
+  return corrupt(bad)
+end
 
 -- ------------------------------------------------------------ writes (nothing can fail now)
-redis.call('HINCRBY', key('bal', payer), kind, -cost)
-redis.call('HINCRBY', key('held', payer), kind, cost)
-redis.call('HINCRBY', key('holds'), kind, cost)
+apply_moves(moves)
 if payer ~= sender then
   redis.call('INCR', key('free', sender))
 end

@@ -14,9 +14,9 @@ local board = key('board', room)
 local r = redis.call('HMGET', KEYS[1], 'streamer', 'wish_kind', 'wish_target', 'wish_progress', 'version')
 -- A missing hash field is Lua's false, which msgpack would carry as False: "or nil" leaves
 -- the key out instead, so a room with no wish has no wish fields.
-local out = {viewers = redis.call('HLEN', key('roomviewers', room)), version = tonumber(r[5] or '0'),
-             streamer = r[1] or nil, wish_kind = r[2] or nil, wish_target = r[3] and tonumber(r[3]) or nil,
-             wish_progress = r[4] and tonumber(r[4]) or nil}
+-- A number that is no whole number reads as absent (the version as 0).
+local out = {viewers = redis.call('HLEN', key('roomviewers', room)), version = whole(r[5] or 0) or 0,
+             streamer = r[1] or nil, wish_kind = r[2] or nil, wish_target = whole(r[3]), wish_progress = whole(r[4])}
 local top = {}
 local nth = redis.call('ZREVRANGE', board, n - 1, n - 1, 'WITHSCORES')
 if #nth > 0 then
