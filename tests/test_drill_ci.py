@@ -182,3 +182,21 @@ async def test_short_drill_with_every_fault_kind_has_no_violation() -> None:
     assert numbers["ledger_mismatches"] == 0
     assert set(report["per_fault"]) == {k.value for k in FaultKind}, "every fault kind ran"
     assert report["timings"]["total_s"] < 120
+
+
+@pytest.mark.slow
+async def test_with_frozen_pubsub_every_offer_arrives_or_the_send_is_refused() -> None:
+    """The bar for a node whose pub/sub connections freeze (open, silent, for 1 to 6 s;
+    the longer ones take it out of presence): every gift to a recipient the drill kept
+    online is offered within its window, or its send was refused (RECIPIENT_OFFLINE): a
+    refused gift does not exist and is not counted."""
+    settings = DrillSettings(seed=1, users=10, duration_s=20.0, per_kind=4, kinds=(FaultKind.PUBSUB_FREEZE,),
+                             confirm_window_s=8.0)
+    report = await run_drill(settings)
+    print("\n".join(summary_lines(report)))
+    assert report["ok"], report["violations"]
+    assert report["per_fault"]["pubsub_freeze"]["faults"] >= 3
+    assert report["numbers"]["refusal_codes"].get("RECIPIENT_OFFLINE", 0) > 0
+    arrival = report["numbers"]["arrival_online"]
+    assert arrival["total"] > 50
+    assert arrival["delivered"] == arrival["total"], report["numbers"]["arrival_missed_details"]
