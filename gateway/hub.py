@@ -32,6 +32,8 @@ class Hub:
         self._catching_up: set[str] = set()
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._everyone: asyncio.Task[None] | None = None
+        self._everyone_again = False
 
     # ------------------------------------------------------------ membership
     def add(self, conn: ClientConnection) -> None:
@@ -129,6 +131,27 @@ class Hub:
         users = list(self.users)
         for start in range(0, len(users), 200):
             await asyncio.gather(*(self.catch_up(u) for u in users[start : start + 200]))
+
+    def catch_up_everyone_soon(self) -> None:
+        """Start :meth:`catch_up_everyone` in the background. Called whenever pub/sub may
+        have missed events (subscription lost, heard again, node out of presence or back);
+        calls made while one runs make it run once more afterwards instead of piling up."""
+        if self._everyone is not None and not self._everyone.done():
+            self._everyone_again = True
+            return
+        self._everyone = asyncio.create_task(self._catch_up_everyone_until_settled())
+        self._tasks.add(self._everyone)
+        self._everyone.add_done_callback(self._tasks.discard)
+
+    async def _catch_up_everyone_until_settled(self) -> None:
+        while True:
+            self._everyone_again = False
+            try:
+                await self.catch_up_everyone()
+            except Exception:
+                log.exception("catch-up of every local user failed")
+            if not self._everyone_again:
+                return
 
     def flush_buffered(self, conn: ClientConnection) -> None:
         """Deliver events that arrived while the connection was being welcomed."""

@@ -74,6 +74,18 @@ class NodeMetrics:
         self.refusals_of = Children(self.refusals)
         self.clearing_latency_of = Children(self.clearing_latency)
         self.swept = Counter("notecard_swept_gifts", "Gifts expired by this node's sweeper", registry=r)
+        self.background_restarts = Counter(
+            "notecard_background_restarts", "Background tasks restarted after they ended, raised or got stuck",
+            ["task"], registry=r,
+        )
+        self.probe_age = Gauge(
+            "notecard_subscriber_probe_age_seconds", "Seconds since the pub/sub probe was last heard back",
+            registry=r,
+        )
+        self.deaf_leaves = Counter(
+            "notecard_deaf_presence_leaves", "Times the node left presence because its subscriber could not hear",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,9 +1,11 @@
 """The composition root of one gateway node: builds the object graph and runs its life.
 
 Start: heartbeat, subscribe (and wait until the subscription is proven), then accept
-WebSocket connections and serve the HTTP side. Stop (graceful): stop accepting, tell every
-client to reconnect elsewhere (close 3000) after its queued frames, wait with a deadline,
-cancel the rest, and leave the presence tables so that no gift is offered to a ghost.
+WebSocket connections and serve the HTTP side. Background work (subscriber and its
+watchdog, heartbeat, reaper, sweeper, room pushes) runs under a supervisor that logs and
+restarts a task that ends. Stop (graceful): stop accepting, tell every client to reconnect
+elsewhere (close 3000) after its queued frames, wait with a deadline, cancel the rest, and
+leave the presence tables so that no gift is offered to a ghost.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from gateway.requests import RequestHandler
 from gateway.rooms import RoomHub
 from gateway.session import SessionRunner
 from gateway.subscriber import NodeSubscriber
+from gateway.supervisor import TaskSupervisor
 from protocol import MAX_FRAME_BYTES, SUBPROTOCOLS, CloseCode
 
 log = logging.getLogger("notecard.gateway.node")
@@ -85,9 +88,12 @@ class GatewayNode:
             UserRates(redis, rules, user_rate, keys=self.keys),
         )
         self.subscriber = NodeSubscriber(
-            redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self.hub.catch_up_everyone,
-            self.metrics, settings.subscriber_probe_s,
+            redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self.hub.catch_up_everyone_soon,
+            self.metrics, settings.subscriber_probe_s, settings.redis_timeout_s,
         )
+        self.liveness = NodeLiveness(self.presence, self.node_id, self.hub, self.rooms,
+                                     hearing=self.subscriber.hearing, metrics=self.metrics)
+        self.supervisor = TaskSupervisor(self.node_id, self.metrics, self._fail)
         self.admin = AdminApp(
             node_id=self.node_id, admin_token=admin_token, redis=redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
@@ -95,8 +101,10 @@ class GatewayNode:
         )
         self._server: Server | None = None
         self._http: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
+        #: Why the node cannot go on (a background task it could not restart), if so.
+        self.failure: str | None = None
+        self._failed = asyncio.Event()
 
     # ------------------------------------------------------------ addresses
     @property
@@ -123,18 +131,21 @@ class GatewayNode:
     # ------------------------------------------------------------ life
     async def start(self) -> None:
         s = self.settings
-        liveness = NodeLiveness(self.presence, self.node_id, self.hub, self.rooms)
+        liveness = self.liveness
         await self._first_beat(liveness)
-        self._spawn(self.subscriber.run(), "subscriber")
+        jobs = self.supervisor
+        jobs.start("subscriber", self.subscriber.listen)
         try:
-            await asyncio.wait_for(self.subscriber.healthy.wait(), SUBSCRIBE_TIMEOUT_S)
+            await asyncio.wait_for(self.subscriber.first_heard.wait(), SUBSCRIBE_TIMEOUT_S)
         except TimeoutError:
             await self.stop()
             raise RuntimeError("could not subscribe to the node channel on Redis") from None
-        self._spawn(every(s.node_heartbeat_s, liveness.beat, "heartbeat"), "heartbeat")
-        self._spawn(every(s.node_heartbeat_s * REAP_EVERY_HEARTBEATS, liveness.reap, "reaper"), "reaper")
-        self._spawn(every(s.sweep_interval_s, Sweeper(self.clearing, self.metrics).step, "sweeper"), "sweeper")
-        self._spawn(every(s.room_push_s, self.rooms.push_step, "room pushes"), "rooms")
+        jobs.start("watchdog", lambda: self.subscriber.watch(self._restart_listener))
+        jobs.start("heartbeat", lambda: every(s.node_heartbeat_s, liveness.beat, "heartbeat"))
+        jobs.start("reaper", lambda: every(s.node_heartbeat_s * REAP_EVERY_HEARTBEATS, liveness.reap, "reaper"))
+        sweeper = Sweeper(self.clearing, self.metrics)
+        jobs.start("sweeper", lambda: every(s.sweep_interval_s, sweeper.step, "sweeper"))
+        jobs.start("rooms", lambda: every(s.room_push_s, self.rooms.push_step, "room pushes"))
         self._server = await serve(
             AddressGate(self.sessions, s.max_connections_per_ip, s.trusted_proxies, self.metrics),
             s.host,
@@ -163,10 +174,7 @@ class GatewayNode:
         delay = 0.05
         while True:
             try:
-                # A restarted node with a fixed NODE_ID finds its previous life's presence
-                # entries: those connections are gone, so they go before the first beat.
-                await self.presence.leave(self.node_id)
-                await liveness.beat()
+                await liveness.register()
                 return
             except ClearingError:
                 if asyncio.get_running_loop().time() + delay > deadline:
@@ -175,11 +183,18 @@ class GatewayNode:
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
 
-    def _spawn(self, coro: object, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"{self.node_id}:{name}"))  # type: ignore[arg-type]
+    async def _restart_listener(self, reason: str) -> None:
+        await self.supervisor.restart("subscriber", reason, self.settings.redis_timeout_s)
+
+    def _fail(self, reason: str) -> None:
+        """A background task is beyond repair: stop, so that a fresh process takes over."""
+        log.critical("node cannot go on; stopping", extra={"reason": reason})
+        self.failure = reason
+        self._failed.set()
 
     async def is_ready(self) -> bool:
-        if self.stopping or not self.subscriber.healthy.is_set():
+        """Ready: not stopping, a pub/sub probe came back recently, and Redis answers."""
+        if self.stopping or self.failure is not None or not self.subscriber.hearing():
             return False
         try:
             return bool(await self.redis.ping())
@@ -202,11 +217,9 @@ class GatewayNode:
             except TimeoutError:
                 log.warning("connections did not close within the grace period; dropping them")
                 self._server.close(close_connections=True)
-        for task in self._tasks:
-            task.cancel()
-        _, stuck = await asyncio.wait(self._tasks, timeout=grace) if self._tasks else (set(), set())
+        stuck = await self.supervisor.stop(grace)
         if stuck:
-            log.error("background tasks did not stop", extra={"tasks": [t.get_name() for t in stuck]})
+            log.error("background tasks did not stop", extra={"tasks": stuck})
         await self.hub.close()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)
@@ -215,8 +228,22 @@ class GatewayNode:
         log.info("node stopped")
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; raises :class:`NodeFailed` (after stopping) when
+        the node could not keep its background work running."""
         await self.start()
         try:
-            await stop.wait()
+            stopped, failed = asyncio.create_task(stop.wait()), asyncio.create_task(self._failed.wait())
+            try:
+                await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                failed.cancel()
         finally:
             await self.stop()
+        if self.failure is not None:
+            raise NodeFailed(self.failure)
+
+
+class NodeFailed(RuntimeError):
+    """The node stopped because it could not keep itself healthy; its process should exit
+    with an error so that whatever supervises it starts a new one."""

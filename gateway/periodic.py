@@ -60,34 +60,80 @@ class Sweeper:
 
 
 class NodeLiveness:
-    """This node's heartbeat, and the clean-up of nodes that stopped beating."""
+    """This node's heartbeat, and the clean-up of nodes that stopped beating.
 
-    def __init__(self, presence: Presence, node_id: str, hub: Hub, rooms: RoomHub | None = None) -> None:
+    The heartbeat is the node's claim that events published to it reach its users, so it
+    beats only while the subscriber hears its probes (``hearing``). A node that stops
+    hearing leaves presence at its next beat: its users count as offline, so a sender gets
+    ``RECIPIENT_OFFLINE`` instead of an acknowledged gift whose offer nobody receives. Once
+    a probe comes back, the next beat registers its connections again, as after a reap.
+    """
+
+    def __init__(self, presence: Presence, node_id: str, hub: Hub, rooms: RoomHub | None = None,
+                 hearing: Callable[[], bool] | None = None, metrics: NodeMetrics | None = None) -> None:
         self.presence = presence
         self.node_id = node_id
         self.hub = hub
         self.rooms = rooms
+        self.hearing = hearing or (lambda: True)
+        self.metrics = metrics
         self.beats = 0
+        #: True while the node stays out of presence because it cannot hear.
+        self.deaf = False
+
+    async def register(self) -> None:
+        """The first beat, at start (before the subscriber is proven or anyone connects)."""
+        # A restarted node with a fixed NODE_ID finds its previous life's presence
+        # entries: those connections are gone, so they go before the first beat.
+        await self.presence.leave(self.node_id)
+        await self.presence.heartbeat(self.node_id)
+        self.beats = 1
 
     async def beat(self) -> None:
+        if not self.hearing():
+            await self._leave_while_deaf()
+            return
+        if self.deaf:
+            log.warning("subscriber hears again; re-registering this node's connections")
+            await self._register_again()
+            self.deaf = False
+            return
         unknown = await self.presence.heartbeat(self.node_id)
         self.beats += 1
         if unknown and self.beats > 1:
             # We were reaped as dead (paused past the node TTL, or Redis lost our entry)
             # while our connections stayed open: put them back in the presence tables.
             log.warning("node was reaped while alive; re-registering its connections")
-            await self.presence.leave(self.node_id)
-            conns = self.hub.all_connections()
-            for start in range(0, len(conns), 200):
-                await asyncio.gather(
-                    *(self.presence.connect(c.user_id, self.node_id) for c in conns[start : start + 200])
-                )
-            # leave() dropped our heartbeat too: without a new one the node stays out of the
-            # live set (its users look offline) and the next beat finds it unknown again.
-            await self.presence.heartbeat(self.node_id)
-            if self.rooms is not None:
-                # The reaper dropped our room viewers too; the connections still watch.
-                await self.rooms.rejoin_all()
+            await self._register_again()
+
+    async def _leave_while_deaf(self) -> None:
+        if self.deaf:
+            return  # already out; no heartbeat until a probe comes back
+        log.warning("subscriber cannot hear its probes; leaving presence until it does")
+        await self.presence.leave(self.node_id)
+        self.deaf = True
+        if self.metrics is not None:
+            self.metrics.deaf_leaves.inc()
+        # Offers published to us before the leave were lost with the subscription; they
+        # are in the streams. None is published to us after it.
+        self.hub.catch_up_everyone_soon()
+
+    async def _register_again(self) -> None:
+        await self.presence.leave(self.node_id)
+        conns = self.hub.all_connections()
+        for start in range(0, len(conns), 200):
+            await asyncio.gather(
+                *(self.presence.connect(c.user_id, self.node_id) for c in conns[start : start + 200])
+            )
+        # leave() dropped our heartbeat too: without a new one the node stays out of the
+        # live set (its users look offline) and the next beat finds it unknown again.
+        await self.presence.heartbeat(self.node_id)
+        self.beats += 1
+        if self.rooms is not None:
+            # The reaper (or our own leave) dropped our room viewers too; the connections still watch.
+            await self.rooms.rejoin_all()
+        # While we were out, events for our users went to their streams only.
+        self.hub.catch_up_everyone_soon()
 
     async def reap(self) -> None:
         dead = await self.presence.reap_dead_nodes()

@@ -11,7 +11,8 @@ gateway nodes as OS processes (all on loopback ports, all ours, all stopped in a
 proxy (which follows the Sentinel primary, as HAProxy would). Users with balances give
 cards to their friends through the SDK (loadtest/drill_workload.py) while a seeded
 schedule (loadtest/faults/schedule.py) kills and pauses nodes, kills, sleeps and pauses
-the primary, kills pub/sub connections and delays, blackholes and resets the proxy. Then
+the primary, kills pub/sub connections, delays, blackholes and resets the proxy, and
+freezes the proxied node's pub/sub connections (open, but carrying nothing). Then
 everything is healed, unknown outcomes are settled by resending the same gift ids, the
 confirm window runs out, and loadtest/drill_checks.py gives the verdict. A summary is
 printed and a JSON report written; the exit status is 1 when anything was violated.

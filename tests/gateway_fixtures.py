@@ -45,10 +45,10 @@ async def node_factory(redis_server: LocalRedis, redis: aioredis.Redis, tmp_path
     started: list[tuple[GatewayNode, aioredis.Redis]] = []
 
     async def make(rules: GiftRules | None = None, **overrides: Any) -> GatewayNode:
-        settings = GatewaySettings(
-            redis_url=redis_server.url, port=0, admin_port=0, data_dir=tmp_path, log_format="text",
-            rules=rules or GiftRules(), shutdown_grace_s=2.0, **overrides,
-        )
+        settings = GatewaySettings(**{
+            "redis_url": redis_server.url, "port": 0, "admin_port": 0, "data_dir": tmp_path, "log_format": "text",
+            "rules": rules or GiftRules(), "shutdown_grace_s": 2.0, **overrides,
+        })
         client = connect_redis(settings)
         node = GatewayNode(settings, client, token_secret=TOKEN_SECRET, admin_token=ADMIN_TOKEN)
         await node.start()

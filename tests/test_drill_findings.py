@@ -79,7 +79,7 @@ async def test_node_start_waits_for_redis_to_come_back(tmp_path: Path) -> None:
                 await node.stop()
             with contextlib.suppress(Exception):
                 await client.aclose()
-        assert node.subscriber.healthy.is_set()
+        assert node.subscriber.hearing()
     finally:
         starter.cancel()
         starter.join()
@@ -98,7 +98,7 @@ async def test_a_node_reaped_while_paused_is_live_again_after_one_beat(redis: ai
 
     world = await World.build(redis)
     await world.user("ann", online=False)
-    hub = SimpleNamespace(all_connections=lambda: [SimpleNamespace(user_id="ann")])
+    hub = SimpleNamespace(all_connections=lambda: [SimpleNamespace(user_id="ann")], catch_up_everyone_soon=lambda: None)
     liveness = NodeLiveness(world.presence, "n1", hub)  # type: ignore[arg-type]
     await liveness.beat()
     await world.presence.connect("ann", "n1")
@@ -136,7 +136,7 @@ async def test_room_viewers_of_a_node_reaped_while_paused_count_again_after_one_
     await world.user("stage")
     await rooms.open_wish("stage", "note", 5)  # only an open room can be joined
     conns = [Conn("ann"), Conn("ann"), Conn("bob")]  # ann on two devices counts once
-    hub = SimpleNamespace(all_connections=lambda: conns)
+    hub = SimpleNamespace(all_connections=lambda: conns, catch_up_everyone_soon=lambda: None)
     room_hub = RoomHub(rooms, "n1")
     liveness = NodeLiveness(world.presence, "n1", hub, room_hub)  # type: ignore[arg-type]
     await liveness.beat()

@@ -86,7 +86,8 @@ class FaultInjector:
     async def _inject(self, spec: FaultSpec) -> str:
         if spec.kind in (FaultKind.NODE_KILL, FaultKind.NODE_PAUSE):
             return await self._node_fault(spec)
-        if spec.kind in (FaultKind.PROXY_DELAY, FaultKind.PROXY_BLACKHOLE, FaultKind.PROXY_RESET):
+        if spec.kind in (FaultKind.PROXY_DELAY, FaultKind.PROXY_BLACKHOLE, FaultKind.PROXY_RESET,
+                         FaultKind.PUBSUB_FREEZE):
             return await self._proxy_fault(spec)
         return await self._redis_fault(spec)
 
@@ -139,13 +140,16 @@ class FaultInjector:
             return f"proxy reset {proxy.reset()} connections"
         if spec.kind is FaultKind.PROXY_DELAY:
             proxy.delay(spec.target)
+            what = f"delay {spec.target} ms"
+        elif spec.kind is FaultKind.PUBSUB_FREEZE:
+            what = f"pub/sub freeze ({proxy.freeze_pubsub()} open)"
         else:
             proxy.blackhole()
+            what = "blackhole"
         try:
             await asyncio.sleep(d)
         finally:
             proxy.heal()
-        what = f"delay {spec.target} ms" if spec.kind is FaultKind.PROXY_DELAY else "blackhole"
         return f"proxy {what} for {d:.1f}s"
 
     def _proxy(self) -> FaultProxy:
@@ -164,7 +168,7 @@ class FaultInjector:
         for port in await self.ha.restart_dead():
             fixed.append(f"redis :{port} restarted")
         if not await self.ha.wait_replicas_synced(HEAL_TIMEOUT_S):
-            fixed.append("replicas NOT in sync after heal")
+            fixed.append(f"replicas NOT in sync after heal ({self.ha.last_sync_state})")
         for node in self.cluster.nodes:
             if not node.running:
                 await self._restart(node)

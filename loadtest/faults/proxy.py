@@ -15,7 +15,12 @@ Faults, all reversible and all bounded by the caller:
   is *delivered* when the hole heals, the way TCP retransmits after a partition that
   heals before the sockets give up: a command the client already timed out on can still
   run late. That is the case where "the outcome is unknown" matters;
-- ``reset()``: every open connection is aborted with an RST (SO_LINGER 0), both sides.
+- ``reset()``: every open connection is aborted with an RST (SO_LINGER 0), both sides;
+- ``freeze_pubsub()``: a blackhole for pub/sub connections only (those on which the client
+  sent SUBSCRIBE, including any opened during the freeze): they stay open at the TCP level
+  and carry nothing either way, while the node's other connections flow. That is the
+  half-open or stalled subscriber socket that no error reveals (a NAT or load balancer
+  dropping an idle flow, a peer stuck in its kernel); only the node's probe notices.
 
 When the resolver's answer changes (a failover), connections to the old address are
 reset, since a demoted primary would otherwise answer READONLY on them forever.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import struct
 import time
@@ -42,6 +48,9 @@ WATCH_INTERVAL_S = 0.25
 CHUNK = 64 * 1024
 #: A connection attempt upstream that takes longer than this is dropped.
 CONNECT_TIMEOUT_S = 2.0
+#: A client-to-server chunk carrying a (P/S)SUBSCRIBE command in RESP: the connection is
+#: a pub/sub one from then on. redis-py writes a command in one piece, so it is not split.
+_SUBSCRIBE = re.compile(rb"\$1?\d\r\n[PS]?SUBSCRIBE\r\n", re.IGNORECASE)
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -62,6 +71,8 @@ class _Link:
         self.target = target
         self.upstream: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        #: The client subscribed on this connection (freeze_pubsub() holds it).
+        self.pubsub = False
 
     def reset(self) -> None:
         for writer in (self.client, self.upstream):
@@ -70,8 +81,14 @@ class _Link:
         for task in self.tasks:
             task.cancel()
 
-    async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        proxy = self.proxy
+
+        async def gates() -> None:
+            await proxy.gate.wait()
+            if self.pubsub:
+                await proxy.pubsub_gate.wait()
 
         async def send() -> None:
             with contextlib.suppress(OSError, RuntimeError):
@@ -80,11 +97,11 @@ class _Link:
         async def forward() -> None:
             while True:
                 arrived, data = await queue.get()
-                await self.proxy.gate.wait()
-                wait = arrived + self.proxy.delay_s - time.monotonic()
+                await gates()
+                wait = arrived + proxy.delay_s - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await self.proxy.gate.wait()
+                await gates()
                 if not data:
                     writer.write_eof()
                     return
@@ -95,6 +112,8 @@ class _Link:
         try:
             while True:
                 data = await reader.read(CHUNK)
+                if from_client and not self.pubsub and _SUBSCRIBE.search(data):
+                    self.pubsub = True
                 queue.put_nowait((time.monotonic(), data))
                 if not data:
                     break
@@ -117,6 +136,9 @@ class FaultProxy:
         #: Open: data flows. Cleared: a blackhole.
         self.gate = asyncio.Event()
         self.gate.set()
+        #: The same for pub/sub connections only (freeze_pubsub).
+        self.pubsub_gate = asyncio.Event()
+        self.pubsub_gate.set()
         self.links: set[_Link] = set()
         self.target: Address | None = None
         self._server: asyncio.Server | None = None
@@ -153,10 +175,17 @@ class FaultProxy:
     def blackhole(self) -> None:
         self.gate.clear()
 
+    def freeze_pubsub(self) -> int:
+        """Hold every byte of pub/sub connections, open ones and new ones, until heal();
+        returns how many are open now."""
+        self.pubsub_gate.clear()
+        return sum(1 for link in self.links if link.pubsub)
+
     def heal(self) -> None:
-        """No delay, no hole (held data is delivered now)."""
+        """No delay, no hole, nothing frozen (held data is delivered now)."""
         self.delay_s = 0.0
         self.gate.set()
+        self.pubsub_gate.set()
 
     def reset(self, only_target: Address | None = None) -> int:
         """Abort open connections (all, or those to ``only_target``); returns how many."""
@@ -200,8 +229,8 @@ class FaultProxy:
             raise
         link.upstream = up_writer
         link.tasks = [
-            asyncio.create_task(link.pipe(reader, up_writer)),
-            asyncio.create_task(link.pipe(up_reader, writer)),
+            asyncio.create_task(link.pipe(reader, up_writer, from_client=True)),
+            asyncio.create_task(link.pipe(up_reader, writer, from_client=False)),
         ]
         try:
             await asyncio.gather(*link.tasks)

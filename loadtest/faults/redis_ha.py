@@ -59,6 +59,8 @@ class RedisHA:
         self.sentinel_ports = [free_port(host) for _ in range(sentinels)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
         self._initial_primary = self.ports[0]
+        #: What the last replication check saw (for a report that says why it failed).
+        self.last_sync_state = ""
 
     @property
     def sentinel_addresses(self) -> list[Address]:
@@ -205,22 +207,37 @@ class RedisHA:
         return started
 
     async def wait_replicas_synced(self, timeout_s: float, *, exact: bool = True) -> bool:
-        """The primary reports every other server online as a replica: at its offset
-        (``exact``, for a quiet system) or acknowledging within the last second (under load,
-        where a replica's reported offset always trails a little)."""
+        """The primary reports every other server online as a replica, and caught up: at
+        least at the offset the primary had when this wait began (``exact``: every write
+        made before the call is on every replica), or acknowledging within the last second
+        (under load, where a replica's reported offset always trails a little).
+
+        ``exact`` does not ask for the primary's offset *now*: while gateway nodes run,
+        their heartbeats, probes and sweeps write several times a second, and a replica
+        reports its offset about once a second, so "equal to the current offset" is almost
+        never seen although the replicas are perfectly in sync.
+        """
         deadline = time.monotonic() + timeout_s
+        target: tuple[int, int] | None = None  # (primary port, offset every replica must reach)
         while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
+            try:
                 _, port = await self.primary()
                 async with self.client(port, 1.0) as r:
                     info = await r.info("replication")
                     offset = int(info.get("master_repl_offset", -1))
+                    if target is None or target[0] != port:  # first look, or a failover meanwhile
+                        target = (port, offset)
                     replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+                    self.last_sync_state = f"primary :{port} offset {offset} (waiting for {target[1]}); " + ", ".join(
+                        f":{v.get('port')} {v.get('state')} offset {v.get('offset')} lag {v.get('lag')}"
+                        for v in replicas)
                     if len(replicas) == len(self.ports) - 1 and all(
                             v.get("state") == "online"
-                            and (int(v.get("offset", -1)) >= offset if exact else int(v.get("lag", 99)) <= 1)
+                            and (int(v.get("offset", -1)) >= target[1] if exact else int(v.get("lag", 99)) <= 1)
                             for v in replicas):
                         return True
+            except Exception as exc:
+                self.last_sync_state = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(0.2)
         return False
 

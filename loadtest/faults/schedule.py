@@ -26,12 +26,13 @@ class FaultKind(enum.StrEnum):
     PROXY_DELAY = "proxy_delay"  # the proxied node's Redis link gets slow
     PROXY_BLACKHOLE = "proxy_blackhole"  # ... stops forwarding, then delivers what it held
     PROXY_RESET = "proxy_reset"  # ... every connection reset (RST)
+    PUBSUB_FREEZE = "pubsub_freeze"  # ... its pub/sub connections stay open but carry nothing
 
 
 LANES: dict[str, tuple[FaultKind, ...]] = {
     "nodes": (FaultKind.NODE_KILL, FaultKind.NODE_PAUSE),
     "redis": (FaultKind.PRIMARY_KILL, FaultKind.REDIS_SLEEP, FaultKind.CLIENT_PAUSE, FaultKind.PUBSUB_KILL),
-    "network": (FaultKind.PROXY_DELAY, FaultKind.PROXY_BLACKHOLE, FaultKind.PROXY_RESET),
+    "network": (FaultKind.PROXY_DELAY, FaultKind.PROXY_BLACKHOLE, FaultKind.PROXY_RESET, FaultKind.PUBSUB_FREEZE),
 }
 
 #: (min, max) seconds a fault of each kind lasts; 0 for instantaneous ones. A Redis sleep
@@ -47,6 +48,9 @@ DURATIONS: dict[FaultKind, tuple[float, float]] = {
     FaultKind.PROXY_DELAY: (1.0, 3.0),
     FaultKind.PROXY_BLACKHOLE: (1.0, 3.5),
     FaultKind.PROXY_RESET: (0.0, 0.0),
+    # Up to twice the drill's deafness limit (3 probe periods = 3 s): short freezes end
+    # while the node still counts as hearing, long ones make it leave presence.
+    FaultKind.PUBSUB_FREEZE: (1.0, 6.0),
 }
 #: What an instantaneous fault costs in lane time (a failover takes seconds to settle).
 SETTLE_S: dict[FaultKind, float] = {FaultKind.PRIMARY_KILL: 5.0, FaultKind.PUBSUB_KILL: 0.5,
