@@ -74,6 +74,8 @@ class NodeMetrics:
         self.refusals_of = Children(self.refusals)
         self.clearing_latency_of = Children(self.clearing_latency)
         self.swept = Counter("notecard_swept_gifts", "Gifts expired by this node's sweeper", registry=r)
+        self.redis_replicas = Gauge("notecard_redis_replicas", "Replicas attached to the Redis primary, as last seen",
+                                    registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,7 +25,7 @@ from notecard.local_redis import LocalRedis, free_port
 from notecard.runner import wait_ready
 from notecard.secrets import load_or_create
 from notecard_sdk import NotecardClient
-from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET, ClientFactory, NodeFactory, befriend_all, token_for
 
 
 async def http_get(url: str) -> tuple[int, bytes]:
@@ -111,7 +111,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 async def test_cli_token_and_admin_commands(node: GatewayNode, tmp_path: Path) -> None:
-    env = dict(os.environ, NOTECARD_TOKEN_SECRET="test-token-secret", NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
+    env = dict(os.environ, NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
                NOTECARD_ADMIN_URL=node.admin_url, NOTECARD_DATA_DIR=str(tmp_path))
     for args in (("create-user", "carol", "--vip"), ("create-user", "dave"), ("mint", "carol", "3"),
                  ("follow", "carol", "dave", "--days-ago", "4", "--mutual")):
