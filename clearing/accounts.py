@@ -20,7 +20,6 @@ from clearing.keys import APP_PATTERN, is_valid_app, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, UserRecord
 
-
 #: How far ahead of this node's clock a given instant may be: the admin's machine and the
 #: nodes keep slightly different time. Further ahead, an account would stay a newcomer and
 #: a follow stay young for as long as the instant is away.

@@ -99,8 +99,8 @@ async def test_the_gateway_works_with_the_password_of_its_managed_redis(tmp_path
         password = stored["redis_password"]
         assert len(password) >= 32 and f":{password}@" in url
         with redis.Redis.from_url(url) as client:
-            host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
-        assert _refused_without_password(host, port)
+            where = client.connection_pool.connection_kwargs
+        assert _refused_without_password(where["host"], where["port"])
         async with running_node(GatewaySettings(redis_url=url, port=0, admin_port=0, data_dir=tmp_path / "data",
                                                 log_format="text")) as node:
             await gift_round_trip(node)
@@ -232,7 +232,8 @@ async def test_tls_checks_the_server_certificate(tls_redis: tuple[LocalRedis, in
 
 
 @contextlib.contextmanager
-def tls_sentinel(folder: Path, primary_tls_port: int, password: str, files: dict[str, Path]) -> Iterator[tuple[int, str]]:
+def tls_sentinel(folder: Path, primary_tls_port: int, password: str,
+                 files: dict[str, Path]) -> Iterator[tuple[int, str]]:
     """One Sentinel on a TLS port only, watching the primary over TLS, with a password."""
     port, sentinel_password = free_port(), "sentinel-" + os.urandom(8).hex()
     conf = folder / "sentinel.conf"
