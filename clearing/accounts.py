@@ -3,8 +3,9 @@
 These are admin and integration operations (sign-up, verification, bans, task rewards,
 the social graph), not the gift hot path; each is still one script, so it is atomic and
 validated before it writes. Refusals: UNKNOWN_USER for a missing user anywhere,
-USER_EXISTS, UNKNOWN_KIND, BAD_QUANTITY, and BAD_REQUEST for a malformed id or a user
-following or blocking themselves.
+USER_EXISTS, UNKNOWN_KIND, BAD_QUANTITY, and BAD_REQUEST for a malformed id or app, an
+instant out of range (before the epoch, or in the future), or a user following or
+blocking themselves.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from clearing.codec import balances_from, pairs, text_hash, user_from
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded
-from clearing.keys import is_valid_id
+from clearing.keys import APP_PATTERN, is_valid_app, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, UserRecord
+
+#: How far ahead of this node's clock a given instant may be: the admin's machine and the
+#: nodes keep slightly different time. Further ahead, an account would stay a newcomer and
+#: a follow stay young for as long as the instant is away.
+MAX_CLOCK_SKEW_MS = 60_000
 
 
 def _flag(value: bool | None) -> str:
@@ -35,10 +41,12 @@ class Accounts(RedisComponent):
         created_at_ms: int | None = None,
         app: str = "main",
     ) -> UserRecord:
-        if not is_valid_id(user_id) or not is_valid_id(app):
+        if not is_valid_id(user_id):
             raise Refused(Refusal.BAD_REQUEST, "ids must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        if not is_valid_app(app):
+            raise Refused(Refusal.BAD_REQUEST, f"app must match {APP_PATTERN}, as in client tokens")
         now = self._clock()
-        created = now if created_at_ms is None else created_at_ms
+        created = now if created_at_ms is None else self._instant("created_at_ms", created_at_ms, now)
         args = (user_id, _flag(verified), _flag(vip), _flag(banned), created, app)
         reply = await self._lua.run("create_user", self._keys.user(user_id), now, args)
         return user_from(user_id, pairs(reply["user"]), self._balances([], []))
@@ -86,7 +94,7 @@ class Accounts(RedisComponent):
         """
         self._not_self(follower, followee)
         now = self._clock()
-        since, explicit = (now, "0") if since_ms is None else (since_ms, "1")
+        since, explicit = (now, "0") if since_ms is None else (self._instant("since_ms", since_ms, now), "1")
         args = (follower, followee, "follow", since, explicit)
         await self._lua.run("follow", self._keys.follows(follower), now, args)
 
@@ -104,6 +112,14 @@ class Accounts(RedisComponent):
         self._not_self(blocker, blocked)
         args = (blocker, blocked, "unblock")
         await self._lua.run("block", self._keys.blocks(blocker), self._clock(), args)
+
+    @staticmethod
+    def _instant(name: str, value: int, now: int) -> int:
+        """A past instant in ms since the epoch (a little ahead of ``now`` is clock skew)."""
+        if type(value) is not int or not 0 <= value <= now + MAX_CLOCK_SKEW_MS:
+            raise Refused(Refusal.BAD_REQUEST, f"{name} must be ms since the epoch, from 0 to now "
+                                               f"(+{MAX_CLOCK_SKEW_MS // 1000} s of clock skew)")
+        return value
 
     @staticmethod
     def _not_self(a: str, b: str) -> None:

@@ -19,8 +19,18 @@ DEFAULT_PREFIX = "{nc}"
 _ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
+#: A linked app's name, as client tokens carry it (gateway/auth.py): the scene rules match
+#: it against lower-case names, so an account's home app takes the same form.
+APP_PATTERN = r"[a-z0-9_]{1,32}"
+_APP = re.compile(APP_PATTERN)
+
+
 def is_valid_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
+
+
+def is_valid_app(value: str) -> bool:
+    return _APP.fullmatch(value) is not None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

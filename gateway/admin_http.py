@@ -2,11 +2,11 @@
 
 Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
 
-    POST   /admin/users                              create {user_id, verified, vip, banned, created_at_ms, app}
+    POST   /admin/users                              create {user_id, verified?, vip?, banned?, created_at_ms?, app?}
     GET    /admin/users/{user}                       flags and balances
-    PATCH  /admin/users/{user}                       set {verified, vip, banned}
-    POST   /admin/users/{user}/mint                  {kind, qty} whole cards
-    PUT    /admin/users/{user}/follows/{other}       {since_ms} (optional; default now)
+    PATCH  /admin/users/{user}                       set {verified?, vip?, banned?}
+    POST   /admin/users/{user}/mint                  {kind?, qty} whole cards
+    PUT    /admin/users/{user}/follows/{other}       {since_ms?} (default now)
     DELETE /admin/users/{user}/follows/{other}
     PUT    /admin/users/{user}/blocks/{other}
     DELETE /admin/users/{user}/blocks/{other}
@@ -23,7 +23,16 @@ Festival ``start`` / ``end`` are local date-times in the platform time zone
 (``2026-02-17T00:00``) or integers of ms since the epoch; the window is [start, end).
 
 Open routes: ``GET /healthz`` (process alive), ``GET /readyz`` (Redis and pub/sub healthy,
-not shutting down), ``GET /metrics``. Errors are ``{"error": CODE, "message": text}``.
+the deployment matches the durability preset, not shutting down), ``GET /metrics``; the
+same three, and nothing else, on the probe listener (``NOTECARD_PROBE_PORT``). Errors are
+``{"error": CODE, "message": text}``.
+
+The account routes check every field as the wire checks its own (docs/protocol.md): ids
+are 1-64 characters of ``A-Z a-z 0-9 _ . : -`` (in the path too), an app is ``[a-z0-9_]{1,32}``
+as in client tokens, booleans are JSON booleans, integers are JSON integers, instants are
+ms since the epoch from 0 to now (plus a minute of clock skew), quantities are whole cards
+from 1 up; a field the route does not know is refused rather than ignored (a typo such as
+``verifed`` would otherwise create an unverified user). A refused call changes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from clearing import (
     Refused,
     check_invariant,
 )
+from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
 from gateway.metrics import NodeMetrics
@@ -61,6 +71,7 @@ _STATUS: dict[Refusal, int] = {
     Refusal.USER_EXISTS: 409,
 }
 _BOOL_FLAGS = ("verified", "vip", "banned")
+_CREATE_FIELDS = ("user_id", *_BOOL_FLAGS, "created_at_ms", "app")
 
 
 class AdminError(Exception):
@@ -104,11 +115,28 @@ def _field(data: dict[str, Any], name: str, kind: type, *, required: bool = Fals
     return value
 
 
+def _only(data: dict[str, Any], *allowed: str) -> dict[str, Any]:
+    """Refuse fields the route does not know: silently ignored, a misspelt one would do
+    something else than asked."""
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        expected = ", ".join(allowed) if allowed else "no fields"
+        raise AdminError(400, "BAD_REQUEST", f"unknown field '{unknown[0]}'; expected {expected}")
+    return data
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not is_valid_id(value):
+        raise AdminError(400, "BAD_REQUEST", f"{name} id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
 class AdminApp:
     def __init__(
         self, *, node_id: str, admin_token: str, redis: Redis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
-        scenes: Scenes | None = None,
+        scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
     ) -> None:
         self.scenes = scenes or Scenes(redis, rules, keys)
         self.node_id = node_id
@@ -120,12 +148,22 @@ class AdminApp:
         self.keys = keys
         self.metrics = metrics
         self.ready = ready
+        self.not_ready_reasons = not_ready_reasons or list
 
-    def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+    def build_probes(self) -> web.Application:
+        """Probes and metrics only: safe to bind where the admin API must not be reached."""
+        app = web.Application(middlewares=[self._errors], client_max_size=1024)
+        self._add_probes(app)
+        return app
+
+    def _add_probes(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_view)
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        self._add_probes(app)
         app.router.add_post("/admin/users", self.create_user)
         app.router.add_get("/admin/users/{user}", self.get_user)
         app.router.add_patch("/admin/users/{user}", self.set_flags)
@@ -174,14 +212,18 @@ class AdminApp:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ok = await self.ready()
-        return _json({"ready": ok, "node": self.node_id}, 200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "node": self.node_id}
+        reasons = self.not_ready_reasons()
+        if reasons:
+            body["reasons"] = reasons
+        return _json(body, 200 if ok else 503)
 
     async def metrics_view(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     # ------------------------------------------------------------ admin
     async def create_user(self, request: web.Request) -> web.Response:
-        data = await _body(request)
+        data = _only(await _body(request), *_CREATE_FIELDS)
         user = await self.accounts.create_user(
             _field(data, "user_id", str, required=True),
             verified=bool(_field(data, "verified", bool)),
@@ -193,43 +235,46 @@ class AdminApp:
         return _json(_plain(user), 201)
 
     async def get_user(self, request: web.Request) -> web.Response:
-        user = await self.accounts.get_user(request.match_info["user"])
+        user = await self.accounts.get_user(_path_id(request, "user"))
         if user is None:
             raise AdminError(404, "UNKNOWN_USER", "no such user")
         return _json(_plain(user))
 
     async def set_flags(self, request: web.Request) -> web.Response:
-        data = await _body(request)
+        data = _only(await _body(request), *_BOOL_FLAGS)
         flags = {name: _field(data, name, bool) for name in _BOOL_FLAGS}
-        user = await self.accounts.set_flags(request.match_info["user"], **flags)
+        user = await self.accounts.set_flags(_path_id(request, "user"), **flags)
         return _json(_plain(user))
 
     async def mint(self, request: web.Request) -> web.Response:
-        data = await _body(request)
+        data = _only(await _body(request), "kind", "qty")
         kind = _field(data, "kind", str) or self.rules.card_kinds[0]
-        balances = await self.accounts.mint(request.match_info["user"], kind, _field(data, "qty", int, required=True))
+        balances = await self.accounts.mint(_path_id(request, "user"), kind, _field(data, "qty", int, required=True))
         return _json(_plain(balances))
 
     async def follow(self, request: web.Request) -> web.Response:
-        data = await _body(request)
-        await self.accounts.follow(request.match_info["user"], request.match_info["other"],
+        data = _only(await _body(request), "since_ms")
+        await self.accounts.follow(_path_id(request, "user"), _path_id(request, "other"),
                                    since_ms=_field(data, "since_ms", int))
         return _json({"ok": True})
 
     async def unfollow(self, request: web.Request) -> web.Response:
-        await self.accounts.unfollow(request.match_info["user"], request.match_info["other"])
+        _only(await _body(request))
+        await self.accounts.unfollow(_path_id(request, "user"), _path_id(request, "other"))
         return _json({"ok": True})
 
     async def block(self, request: web.Request) -> web.Response:
-        await self.accounts.block(request.match_info["user"], request.match_info["other"])
+        _only(await _body(request))
+        await self.accounts.block(_path_id(request, "user"), _path_id(request, "other"))
         return _json({"ok": True})
 
     async def unblock(self, request: web.Request) -> web.Response:
-        await self.accounts.unblock(request.match_info["user"], request.match_info["other"])
+        _only(await _body(request))
+        await self.accounts.unblock(_path_id(request, "user"), _path_id(request, "other"))
         return _json({"ok": True})
 
     async def get_gift(self, request: web.Request) -> web.Response:
-        gift = await self.clearing.get_gift(request.match_info["gift"])
+        gift = await self.clearing.get_gift(_path_id(request, "gift"))
         if gift is None:
             # A refused send is an outcome its client was told: show it while it is remembered.
             refused = await self.clearing.refused_send(request.match_info["gift"])

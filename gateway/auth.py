@@ -17,9 +17,14 @@ import time
 
 import orjson
 
+from clearing.keys import APP_PATTERN
+
 DEFAULT_TTL_S = 24 * 3600
+#: Shortest signing secret or admin token accepted: 256 bits, the size of HMAC-SHA256's
+#: output, so that guessing the secret is no easier than forging a signature.
+MIN_SECRET_BYTES = 32
 _USER_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_APP_RE = re.compile(r"[a-z0-9_]{1,32}")
+_APP_RE = re.compile(APP_PATTERN)
 
 
 class TokenError(Exception):
@@ -35,6 +40,14 @@ class Identity:
     user_id: str
     app: str
     expires_at: int
+
+
+def check_secret(secret: str, variable: str) -> None:
+    """Refuse a secret too short to resist guessing; the message names its setting."""
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        raise ValueError(f"{variable} must be at least {MIN_SECRET_BYTES} bytes (got {size}); "
+                         "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
 
 def _b64(data: bytes) -> str:

@@ -16,9 +16,17 @@ from typing import Literal, TypeVar, cast
 
 from clearing import GiftRules
 from clearing.lua import Durability
+from gateway.auth import check_secret
 
 PREFIX = "NOTECARD_"
 T = TypeVar("T")
+DurabilityPreset = Literal["", "fast", "aof", "replicated", "strict"]
+#: WAIT replicas and timeout of each preset of docs/guarantees.md; AOF is Redis's own
+#: setting. ``strict`` waits for every replica: 2 in the documented shape (one primary, two
+#: replicas); a deployment with more sets NOTECARD_WAIT_REPLICAS to its count.
+PRESET_WAIT: dict[str, tuple[int, int]] = {
+    "fast": (0, 1000), "aof": (0, 1000), "replicated": (1, 500), "strict": (2, 500),
+}
 
 
 class ConfigError(ValueError):
@@ -94,6 +102,29 @@ class GatewaySettings:
     log_format: Literal["json", "text"] = "json"
     #: Start N worker processes sharing the port (SO_REUSEPORT); 1 runs in-process.
     workers: int = 1
+    #: Credentials and TLS for Redis, with a URL as with Sentinel's primary. A URL's own user
+    #: and password win, and ``rediss://`` turns TLS on as redis_tls does.
+    redis_username: str | None = None
+    redis_password: str | None = None
+    redis_tls: bool = False
+    #: PEM files for TLS (to Redis and to the Sentinels): the CA that signed the servers'
+    #: certificates (default: the system's), and this client's certificate and key when the
+    #: servers require one (``tls-auth-clients``).
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    #: The Sentinels' own credentials (their ``requirepass`` or ACL user) and TLS.
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    sentinel_tls: bool = False
+    #: The durability preset the deployment promises (docs/guarantees.md): its WAIT becomes
+    #: the default of wait_replicas / wait_timeout_ms, and the node checks the replicas it
+    #: sees against it. "" promises nothing beyond the WAIT settings.
+    durability_preset: DurabilityPreset = ""
+    #: A second HTTP listener with only /healthz, /readyz and /metrics, for load balancers
+    #: and scrapers on other hosts while the admin API stays on loopback. None: none.
+    probe_host: str = "127.0.0.1"
+    probe_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.rules.node_ttl_ms < 3 * self.node_heartbeat_s * 1000:
@@ -113,6 +144,44 @@ class GatewaySettings:
         if self.wait_replicas and self.wait_timeout_ms >= self.redis_timeout_s * 1000:
             raise ConfigError(f"{PREFIX}WAIT_TIMEOUT_MS must be below {PREFIX}REDIS_TIMEOUT_S, "
                               "or every slow WAIT would look like a dead Redis")
+        self._check_secrets()
+        self._check_durability_preset()
+        self._check_tls_files()
+
+    def _check_secrets(self) -> None:
+        for name, value in (("TOKEN_SECRET", self.token_secret), ("ADMIN_TOKEN", self.admin_token)):
+            if value is not None:
+                try:
+                    check_secret(value, PREFIX + name)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
+
+    def _check_durability_preset(self) -> None:
+        preset, wait = self.durability_preset, self.wait_replicas
+        if preset not in ("", *PRESET_WAIT):
+            raise ConfigError(f"{PREFIX}DURABILITY: expected one of {', '.join(PRESET_WAIT)}")
+        if preset in ("fast", "aof") and wait:
+            raise ConfigError(f"{PREFIX}WAIT_REPLICAS={wait} contradicts {PREFIX}DURABILITY={preset} (WAIT 0)")
+        if preset in ("replicated", "strict") and not wait:
+            raise ConfigError(f"{PREFIX}DURABILITY={preset} needs {PREFIX}WAIT_REPLICAS of at least 1")
+
+    def _check_tls_files(self) -> None:
+        files = {"REDIS_TLS_CA_FILE": self.redis_tls_ca_file, "REDIS_TLS_CERT_FILE": self.redis_tls_cert_file,
+                 "REDIS_TLS_KEY_FILE": self.redis_tls_key_file}
+        given = {name: path for name, path in files.items() if path}
+        if given and not self.uses_tls:
+            raise ConfigError(f"{PREFIX}{next(iter(given))} is set but no connection uses TLS: set "
+                              f"{PREFIX}REDIS_TLS or {PREFIX}SENTINEL_TLS, or use a rediss:// URL")
+        for name, path in given.items():
+            if not Path(path).is_file():
+                raise ConfigError(f"{PREFIX}{name}={path!r}: no such file")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ConfigError(f"{PREFIX}REDIS_TLS_CERT_FILE and {PREFIX}REDIS_TLS_KEY_FILE go together")
+
+    @property
+    def uses_tls(self) -> bool:
+        url_tls = bool(self.redis_url and self.redis_url.startswith("rediss://"))
+        return self.redis_tls or self.sentinel_tls or url_tls
 
     @property
     def durability(self) -> Durability:
@@ -170,12 +239,37 @@ class GatewaySettings:
             "log_level": reader.get("LOG_LEVEL", str, base.log_level).upper(),
             "log_format": reader.get("LOG_FORMAT", _log_format, base.log_format),
             "workers": reader.get("WORKERS", int, base.workers),
+            **cls._connection_from(reader, base),
         }
+        preset = reader.get("DURABILITY", _preset, base.durability_preset)
+        if preset:
+            # The preset's WAIT is the default; an explicit NOTECARD_WAIT_* setting wins.
+            wait, timeout = PRESET_WAIT[preset]
+            values["durability_preset"] = preset
+            values["wait_replicas"] = reader.get("WAIT_REPLICAS", int, wait)
+            values["wait_timeout_ms"] = reader.get("WAIT_TIMEOUT_MS", int, timeout)
         values.update(overrides)
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    @staticmethod
+    def _connection_from(reader: _EnvReader, base: GatewaySettings) -> dict[str, object]:
+        """Redis and Sentinel credentials and TLS, and the probe listener."""
+        return {
+            "redis_username": reader.get("REDIS_USERNAME", str, None),
+            "redis_password": reader.get("REDIS_PASSWORD", str, None),
+            "redis_tls": reader.get("REDIS_TLS", _bool, base.redis_tls),
+            "redis_tls_ca_file": reader.get("REDIS_TLS_CA_FILE", str, None),
+            "redis_tls_cert_file": reader.get("REDIS_TLS_CERT_FILE", str, None),
+            "redis_tls_key_file": reader.get("REDIS_TLS_KEY_FILE", str, None),
+            "sentinel_username": reader.get("SENTINEL_USERNAME", str, None),
+            "sentinel_password": reader.get("SENTINEL_PASSWORD", str, None),
+            "sentinel_tls": reader.get("SENTINEL_TLS", _bool, base.sentinel_tls),
+            "probe_host": reader.get("PROBE_HOST", str, base.probe_host),
+            "probe_port": reader.get("PROBE_PORT", _port, base.probe_port),
+        }
 
     @staticmethod
     def _rules_from(reader: _EnvReader, default_rules: GiftRules) -> GiftRules:
@@ -250,3 +344,18 @@ def _hostports(raw: str) -> tuple[tuple[str, int], ...]:
             raise ValueError("expected host:port[,host:port...]")
         out.append((host, _port(port)))
     return tuple(out)
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _preset(raw: str) -> DurabilityPreset:
+    if raw not in PRESET_WAIT:
+        raise ValueError(f"expected one of {', '.join(PRESET_WAIT)}")
+    return cast(DurabilityPreset, raw)

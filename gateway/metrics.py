@@ -86,6 +86,8 @@ class NodeMetrics:
             "notecard_deaf_presence_leaves", "Times the node left presence because its subscriber could not hear",
             registry=r,
         )
+        self.redis_replicas = Gauge("notecard_redis_replicas", "Replicas attached to the Redis primary, as last seen",
+                                    registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -31,10 +31,12 @@ from clearing.rooms import Rooms
 from clearing.scenes import Scenes
 from gateway.admin_http import AdminApp
 from gateway.admission import AddressGate
+from gateway.auth import check_secret
 from gateway.config import GatewaySettings
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.periodic import NodeLiveness, Sweeper, every
+from gateway.replica_check import CHECK_INTERVAL_S, ReplicaCheck
 from gateway.requests import RequestHandler
 from gateway.rooms import RoomHub
 from gateway.session import SessionRunner
@@ -67,6 +69,8 @@ def select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -
 class GatewayNode:
     def __init__(self, settings: GatewaySettings, redis: aioredis.Redis, *, token_secret: str,
                  admin_token: str) -> None:
+        check_secret(token_secret, "NOTECARD_TOKEN_SECRET")
+        check_secret(admin_token, "NOTECARD_ADMIN_TOKEN")
         self.settings = settings
         self.redis = redis
         self.node_id = settings.node_id or default_node_id()
@@ -94,13 +98,15 @@ class GatewayNode:
         self.liveness = NodeLiveness(self.presence, self.node_id, self.hub, self.rooms,
                                      hearing=self.subscriber.hearing, metrics=self.metrics)
         self.supervisor = TaskSupervisor(self.node_id, self.metrics, self._fail)
+        self.replica_check = ReplicaCheck(redis, settings, self.metrics)
         self.admin = AdminApp(
             node_id=self.node_id, admin_token=admin_token, redis=redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
-            scenes=self.scenes,
+            scenes=self.scenes, not_ready_reasons=lambda: self.replica_check.reasons,
         )
         self._server: Server | None = None
         self._http: web.AppRunner | None = None
+        self._probe_http: web.AppRunner | None = None
         self.stopping = False
         #: Why the node cannot go on (a background task it could not restart), if so.
         self.failure: str | None = None
@@ -121,6 +127,14 @@ class GatewayNode:
         return port
 
     @property
+    def probe_port(self) -> int | None:
+        """The probe/metrics listener's port, when there is one (NOTECARD_PROBE_PORT)."""
+        if self._probe_http is None:
+            return None
+        port: int = self._probe_http.addresses[0][1]
+        return port
+
+    @property
     def url(self) -> str:
         return f"ws://{self.settings.host}:{self.port}"
 
@@ -133,6 +147,7 @@ class GatewayNode:
         s = self.settings
         liveness = self.liveness
         await self._first_beat(liveness)
+        await self.replica_check.step()  # its findings are in the log before the node serves
         jobs = self.supervisor
         jobs.start("subscriber", self.subscriber.listen)
         try:
@@ -146,6 +161,7 @@ class GatewayNode:
         sweeper = Sweeper(self.clearing, self.metrics)
         jobs.start("sweeper", lambda: every(s.sweep_interval_s, sweeper.step, "sweeper"))
         jobs.start("rooms", lambda: every(s.room_push_s, self.rooms.push_step, "room pushes"))
+        jobs.start("replica-check", lambda: every(CHECK_INTERVAL_S, self.replica_check.step, "replica check"))
         self._server = await serve(
             AddressGate(self.sessions, s.max_connections_per_ip, s.trusted_proxies, self.metrics),
             s.host,
@@ -165,7 +181,11 @@ class GatewayNode:
         self._http = web.AppRunner(self.admin.build(), access_log=None, handle_signals=False)
         await self._http.setup()
         await web.TCPSite(self._http, s.admin_host, s.admin_port, reuse_port=s.workers > 1).start()
-        log.info("node started", extra={"ws": self.url, "http": self.admin_url})
+        if s.probe_port is not None:
+            self._probe_http = web.AppRunner(self.admin.build_probes(), access_log=None, handle_signals=False)
+            await self._probe_http.setup()
+            await web.TCPSite(self._probe_http, s.probe_host, s.probe_port, reuse_port=s.workers > 1).start()
+        log.info("node started", extra={"ws": self.url, "http": self.admin_url, "probes": self.probe_port})
 
     async def _first_beat(self, liveness: NodeLiveness) -> None:
         """Register the node, waiting for Redis if it is not reachable yet (a node started
@@ -194,7 +214,8 @@ class GatewayNode:
 
     async def is_ready(self) -> bool:
         """Ready: not stopping, a pub/sub probe came back recently, and Redis answers."""
-        if self.stopping or self.failure is not None or not self.subscriber.hearing():
+        if (self.stopping or self.failure is not None or not self.subscriber.hearing()
+                or not self.replica_check.ready):
             return False
         try:
             return bool(await self.redis.ping())
@@ -223,8 +244,9 @@ class GatewayNode:
         await self.hub.close()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)
-        if self._http is not None:
-            await self._http.cleanup()
+        for runner in (self._http, self._probe_http):
+            if runner is not None:
+                await runner.cleanup()
         log.info("node stopped")
 
     async def serve_forever(self, stop: asyncio.Event) -> None:

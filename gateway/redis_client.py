@@ -3,9 +3,17 @@
 With Sentinel, redis-py asks the sentinels for the current primary on every (re)connect, so
 after a failover the next call reaches the promoted replica; calls in flight during the
 switch fail and surface as UNAVAILABLE (outcome unknown, retried with the same ids).
+
+Credentials and TLS (README "Configuration"): ``NOTECARD_REDIS_USERNAME`` /
+``NOTECARD_REDIS_PASSWORD`` / ``NOTECARD_REDIS_TLS`` for Redis itself, reached by URL or
+through Sentinel; ``NOTECARD_SENTINEL_*`` for the Sentinels, which have their own password
+(``requirepass`` in sentinel.conf) and listener. The TLS files serve both.
 """
 
 from __future__ import annotations
+
+import ssl
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -28,23 +36,64 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
+def tls_options(settings: GatewaySettings) -> dict[str, Any]:
+    """redis-py's TLS arguments: the server's certificate is always verified (against the
+    CA file, else the system's CAs); a client certificate is sent when one is configured."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    if settings.redis_tls_cert_file:
+        options["ssl_certfile"] = settings.redis_tls_cert_file
+        options["ssl_keyfile"] = settings.redis_tls_key_file
+    return options
+
+
+class SentinelPrimary(aioredis.Redis):
+    """The primary's client, found through Sentinel. Closing it also closes the clients of
+    the Sentinels it asks, which redis-py leaves open (one connection per Sentinel)."""
+
+    sentinel_clients: tuple[aioredis.Redis, ...] = ()
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for client in self.sentinel_clients:
+            await client.aclose()
+
+
+def _credentials(username: str | None, password: str | None) -> dict[str, Any]:
+    return {k: v for k, v in (("username", username), ("password", password)) if v}
+
+
 def connect_redis(settings: GatewaySettings, url: str | None = None) -> aioredis.Redis:
     """A client for ``url`` (default: the configured one) or for the Sentinel primary."""
     timeout = settings.redis_timeout_s
+    redis_auth = _credentials(settings.redis_username, settings.redis_password)
     if settings.sentinels:
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                                           **_credentials(settings.sentinel_username, settings.sentinel_password)}
+        if settings.sentinel_tls:
+            sentinel_kwargs |= {"ssl": True, **tls_options(settings)}
+        primary_tls = {"ssl": True, **tls_options(settings)} if settings.redis_tls else {}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(settings.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
+            list(settings.sentinels), sentinel_kwargs=sentinel_kwargs,
+            socket_timeout=timeout, socket_connect_timeout=timeout,
         )
-        primary: aioredis.Redis = sentinel.master_for(
-            settings.sentinel_master, socket_timeout=timeout, socket_connect_timeout=timeout,
-            health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=_no_retry(),
+        primary: SentinelPrimary = sentinel.master_for(
+            settings.sentinel_master, redis_class=SentinelPrimary, socket_timeout=timeout,
+            socket_connect_timeout=timeout, health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=_no_retry(),
+            **redis_auth, **primary_tls,
         )
+        primary.sentinel_clients = tuple(sentinel.sentinels)
         return primary
     target = url or settings.redis_url
     if target is None:
         raise ValueError("no Redis configured")
+    if settings.redis_tls and target.startswith("redis://"):
+        target = "rediss://" + target.removeprefix("redis://")
+    tls = tls_options(settings) if target.startswith("rediss://") else {}
     pool = aioredis.BlockingConnectionPool.from_url(
         target, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
         socket_connect_timeout=timeout, health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=_no_retry(),
+        **redis_auth, **tls,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it

@@ -204,13 +204,14 @@ class Bench:
             command = asyncio.run(clearing_bench.prepare(redis.url))
             meter = CpuMeter({"redis": self._redis_pid(target)})
             ceiling = clearing_bench.evalsha_ceiling(redis.host, redis.port, command, self.plan.concurrency,
-                                                     self.plan.clearing_s)
+                                                     self.plan.clearing_s, password=redis.password)
             ceiling_cpu = meter.read()
             meter = CpuMeter({"redis": self._redis_pid(target), "generator": os.getpid()})
             api = asyncio.run(clearing_bench.clearing_api_rate(redis.url, self.plan.concurrency,
                                                                self.plan.clearing_s, self.rec))
             api_cpu = meter.read()
-            pubsub = asyncio.run(clearing_bench.pubsub_ceiling(redis.host, redis.port, self.plan.pubsub_messages))
+            pubsub = asyncio.run(clearing_bench.pubsub_ceiling(redis.host, redis.port, self.plan.pubsub_messages,
+                                                               password=redis.password))
         self.results["evalsha_ceiling"] = {"per_s": ceiling.per_s, "concurrency": ceiling.concurrency,
                                            "requests": ceiling.ops, "cpu": ceiling_cpu,
                                            "command": " ".join(command[:4]) + " ... (reserve.lua, fresh gift ids)"}

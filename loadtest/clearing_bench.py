@@ -136,9 +136,12 @@ def _redis_benchmark() -> str:
 
 
 def _run_redis_benchmark(host: str, port: int, clients: int, requests: int, command: tuple[str, ...],
-                         timeout_s: float) -> float:
+                         timeout_s: float, password: str | None = None) -> float:
     """Requests per second that redis-benchmark reports for ``command``."""
-    args = [_redis_benchmark(), "-h", host, "-p", str(port), "-c", str(clients), "-n", str(requests),
+    # The password of a throwaway benchmark server, on the command line: redis-benchmark
+    # has no other way to take it.
+    auth = ["-a", password] if password else []
+    args = [_redis_benchmark(), "-h", host, "-p", str(port), *auth, "-c", str(clients), "-n", str(requests),
             "-r", str(_KEYSPACE), "--csv", *command]
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=True)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
@@ -152,12 +155,13 @@ def _run_redis_benchmark(host: str, port: int, clients: int, requests: int, comm
 
 
 def evalsha_ceiling(host: str, port: int, command: tuple[str, ...], clients: int,
-                    duration_s: float) -> RateResult:
+                    duration_s: float, password: str | None = None) -> RateResult:
     """redis-benchmark at ``clients`` connections, sized to run about ``duration_s``."""
     probe_n = max(clients * 50, 2000)
-    probe = _run_redis_benchmark(host, port, clients, probe_n, command, timeout_s=60)
+    probe = _run_redis_benchmark(host, port, clients, probe_n, command, timeout_s=60, password=password)
     requests = max(probe_n, int(probe * duration_s))
-    rps = _run_redis_benchmark(host, port, clients, requests, command, timeout_s=duration_s * 4 + 30)
+    rps = _run_redis_benchmark(host, port, clients, requests, command, timeout_s=duration_s * 4 + 30,
+                               password=password)
     # redis-benchmark's own figure (requests over its measured time) is the one reported.
     return RateResult("evalsha_ceiling", requests, requests / rps if rps > 0 else float("inf"), clients)
 
@@ -200,14 +204,14 @@ async def clearing_api_rate(url: str, concurrency: int, duration_s: float, rec: 
 
 
 async def pubsub_ceiling(host: str, port: int, messages: int, publishers: int = 4,
-                         timeout_s: float = 60.0) -> RateResult:
+                         timeout_s: float = 60.0, password: str | None = None) -> RateResult:
     """Messages per second one redis-py subscriber takes in while redis-benchmark publishes.
 
     ``messages`` is kept small enough (a few MiB in all) that Redis never drops the
     subscriber for its output buffer while it lags.
     """
     channel = f"{BENCH_PREFIX}:node:pubsub-ceiling"
-    client = aioredis.Redis(host=host, port=port)
+    client = aioredis.Redis(host=host, port=port, password=password)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     payload = "x" * PUBSUB_PAYLOAD_BYTES
     received = 0
@@ -215,7 +219,8 @@ async def pubsub_ceiling(host: str, port: int, messages: int, publishers: int = 
     try:
         await pubsub.subscribe(channel)
         publisher = asyncio.create_task(asyncio.to_thread(
-            _run_redis_benchmark, host, port, publishers, messages, ("PUBLISH", channel, payload), timeout_s))
+            _run_redis_benchmark, host, port, publishers, messages, ("PUBLISH", channel, payload), timeout_s,
+            password))
         deadline = time.perf_counter() + timeout_s
         while received < messages and time.perf_counter() < deadline:
             message = await pubsub.get_message(timeout=0.5)

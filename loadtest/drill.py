@@ -116,8 +116,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
     """What every gateway node of the drill runs with (the limits raised, the clocks shortened)."""
     return {
-        "NOTECARD_SENTINELS": ha.sentinel_env,
-        "NOTECARD_SENTINEL_MASTER": "notecard",
+        **ha.node_env(),
         "NOTECARD_DAILY_SEND_LIMIT": "1000000",
         "NOTECARD_DAILY_RECEIVE_LIMIT": "1000000",
         "NOTECARD_RATE_PER_S": "500",
@@ -132,6 +131,7 @@ def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
         "NOTECARD_HEARTBEAT_S": "5",
         "NOTECARD_PONG_TIMEOUT_S": "5",
         "NOTECARD_SHUTDOWN_GRACE_S": "2",
+        "NOTECARD_DURABILITY": s.durability.name,  # the nodes check the deployment against it
         "NOTECARD_WAIT_REPLICAS": str(s.durability.wait_replicas),
         "NOTECARD_WAIT_TIMEOUT_MS": str(s.durability.wait_timeout_ms),
         "NOTECARD_LOG_LEVEL": "INFO",
@@ -139,8 +139,8 @@ def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
 
 
 async def _primary_client(ha: RedisHA) -> aioredis.Redis:
-    host, port = await ha.primary()
-    return aioredis.Redis(host=host, port=port, socket_timeout=10)
+    _, port = await ha.primary()
+    return ha.client(port, timeout_s=10)
 
 
 async def _setup_users(s: DrillSettings, admin: AdminClient, rng: random.Random) -> dict[str, list[str]]:

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import secrets
 import sys
 import tempfile
 import time
@@ -397,7 +398,7 @@ async def fuzz_gateway(frames: int, first_frames: int, seed: int, deadline_s: fl
                                    log_level="WARNING", max_bad_frames=10**9, rate_per_s=10**6, rate_burst=10**6,
                                    user_rate_per_s=10**6, user_rate_burst=10**6)
         client = connect_redis(settings)
-        secret, admin_token = "fuzz-secret", "fuzz-admin"
+        secret, admin_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         node = GatewayNode(settings, client, token_secret=secret, admin_token=admin_token)
         try:
             await node.start()

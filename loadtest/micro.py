@@ -80,7 +80,7 @@ async def _redis_calls(url: str, calls: int, concurrency: int) -> dict[str, floa
 
 
 # ------------------------------------------------------------------ pubsub
-async def _pubsub(url: str, port: int, messages: int) -> dict[str, float]:
+async def _pubsub(url: str, port: int, messages: int, password: str) -> dict[str, float]:
     import redis.asyncio as aioredis
 
     benchmark = shutil.which("redis-benchmark")
@@ -90,7 +90,7 @@ async def _pubsub(url: str, port: int, messages: int) -> dict[str, float]:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe("micro")
     publisher = await asyncio.create_subprocess_exec(
-        benchmark, "-h", "127.0.0.1", "-p", str(port), "-n", str(messages), "-c", "4", "-P", "16", "-q",
+        benchmark, "-h", "127.0.0.1", "-p", str(port), "-a", password, "-n", str(messages), "-c", "4", "-P", "16", "-q",
         "PUBLISH", "micro", "x" * 180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     got, started = 0, 0.0
@@ -221,7 +221,8 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
                     results[part] = asyncio.run(_redis_calls(redis_server.url, 20_000 // scale, 32))
                 elif part == "pubsub":
                     assert redis_server is not None
-                    results[part] = asyncio.run(_pubsub(redis_server.url, redis_server.port, 100_000 // scale))
+                    results[part] = asyncio.run(_pubsub(redis_server.url, redis_server.port, 100_000 // scale,
+                                                             redis_server.password))
                 elif part == "frames":
                     results[part] = _frames(96_000 // scale)
                 else:

@@ -49,6 +49,8 @@ class AdminClient:
     # Convenience wrappers: one per admin route.
     async def create_user(self, user_id: str, *, verified: bool = True, vip: bool = False, banned: bool = False,
                           created_at_ms: int | None = None, app: str | None = None) -> Any:
+        """Create a user, **verified** unless told otherwise, as ``notecard admin create-user``
+        does (the HTTP route's own default, for a body without ``verified``, is unverified)."""
         body: dict[str, Any] = {"user_id": user_id, "verified": verified, "vip": vip, "banned": banned}
         if created_at_ms is not None:
             body["created_at_ms"] = created_at_ms

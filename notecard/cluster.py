@@ -95,8 +95,8 @@ class LocalCluster:
     ) -> None:
         self.redis_url = redis_url
         self.work_dir = work_dir
-        self.token_secret = token_secret or secrets.token_urlsafe(24)
-        self.admin_token = admin_token or secrets.token_urlsafe(24)
+        self.token_secret = token_secret or secrets.token_urlsafe(32)
+        self.admin_token = admin_token or secrets.token_urlsafe(32)
         self.extra_env = dict(env or {})
         self.nodes = [self._define(f"node{i + 1}") for i in range(nodes)]
 

@@ -2,19 +2,33 @@
 
 Used by ``notecard dev`` / ``notecard serve`` without ``REDIS_URL``, by the test fixtures
 and by the drills. It runs the distribution's ``redis-server`` binary on a loopback port,
-with its data in a folder of ours, and stops it by its PID only.
+with its data in a folder of ours (mode 700), and stops it by its PID only.
+
+It always requires a password (``requirepass``): a loopback port is open to every local
+user and process. The password is given (the gateway's comes from the data folder's
+secrets) or generated; :attr:`LocalRedis.url` carries it, so every client made from the URL
+authenticates. A replica authenticates to its primary with its own password
+(``masterauth``), so the servers of one group share theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import redis
+
 READY_TIMEOUT_S = 10.0
+#: What a password of ours looks like (URL-safe, so the URL carries it as it is, and no
+#: quote or newline to break the config file it is written to).
+_PASSWORD_RE = re.compile(r"[A-Za-z0-9_\-]{16,128}")
 
 
 class RedisNotInstalled(RuntimeError):
@@ -50,23 +64,35 @@ class LocalRedis:
         host: str = "127.0.0.1",
         appendonly: bool = False,
         extra_args: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()  # redis-server chdirs into --dir before opening files
         self.host = host
         self.port = port or free_port(host)
         self.appendonly = appendonly
         self.extra_args = extra_args
+        if password is not None and not _PASSWORD_RE.fullmatch(password):
+            raise ValueError("a managed Redis password is 16-128 characters of A-Z a-z 0-9 _ -")
+        self.password = password or secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """``redis://:password@host:port/0``: what a client needs, password included."""
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        """``host:port``, for logs and messages (the URL carries the password)."""
+        return f"{self.host}:{self.port}"
 
     def start(self) -> LocalRedis:
         binary = find_redis_server()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
         args = [
             binary,
+            str(self._auth_file()),
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", str(self.data_dir),
@@ -89,15 +115,24 @@ class LocalRedis:
                 return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"redis-server did not answer on {self.host}:{self.port} in {READY_TIMEOUT_S}s")
+        raise RuntimeError(f"redis-server did not answer on {self.address} in {READY_TIMEOUT_S}s")
+
+    def _auth_file(self) -> Path:
+        """The password in a config file of mode 600: on the command line, any local user
+        could read it from the process list."""
+        path = self.data_dir / "auth.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f'requirepass "{self.password}"\nmasterauth "{self.password}"\n')
+        return path
 
     def _answers_ping(self) -> bool:
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+            with redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=0.5,
+                             socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False  # not listening yet, or still loading its data
 
     def stop(self) -> None:
         """Terminate the child (SIGTERM, then SIGKILL after a grace period)."""

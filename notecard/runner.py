@@ -1,7 +1,9 @@
 """Running nodes: one in this process, N worker processes, or the local dev cluster.
 
 With no Redis configured, a local ``redis-server`` child is started with its data (AOF)
-in ``<data_dir>/redis`` and stopped with us: the embedded default.
+in ``<data_dir>/redis`` and stopped with us: the embedded default. It requires the
+password generated into the data folder's secrets; the URL handed to the node (and to
+worker processes, in their environment) carries it.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ def local_redis_if_needed(settings: GatewaySettings) -> Iterator[str | None]:
     if settings.redis_url or settings.sentinels:
         yield settings.redis_url
         return
-    server = LocalRedis(settings.data_dir / "redis", appendonly=True)
+    secrets.ensure_data_dir(settings.data_dir)
+    server = LocalRedis(settings.data_dir / "redis", appendonly=True,
+                        password=secrets.redis_password(settings.data_dir))
     server.start()
-    log.info("started local redis-server", extra={"url": server.url, "dir": str(server.data_dir)})
+    log.info("started local redis-server", extra={"address": server.address, "dir": str(server.data_dir)})
     try:
         yield server.url
     finally:
@@ -141,6 +145,8 @@ def worker_env(settings: GatewaySettings, url: str | None, index: int, port: int
     env["NOTECARD_PORT"] = str(port if port is not None else settings.port)
     env["NOTECARD_ADMIN_PORT"] = str(admin_port if admin_port is not None else settings.admin_port + index)
     env["NOTECARD_DATA_DIR"] = str(settings.data_dir)
+    if settings.probe_port:  # like the admin port: worker i listens on PROBE_PORT + i
+        env["NOTECARD_PROBE_PORT"] = str(settings.probe_port + index)
     return env
 
 
@@ -231,7 +237,8 @@ def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool) -> int:
         try:
             for i, (_, ws_url, admin_url) in enumerate(started):
                 print(f"node {i + 1}: websocket {ws_url}  admin/metrics {admin_url}", flush=True)
-            print(f"redis: {url or 'configured'}; secrets in {settings.data_dir / secrets.FILE_NAME}", flush=True)
+            where = "a local redis-server (password in the secrets)" if url and not settings.redis_url else "configured"
+            print(f"redis: {where}; secrets in {settings.data_dir / secrets.FILE_NAME}", flush=True)
             if demo:
                 from notecard.demo import run_demo
 

@@ -22,8 +22,9 @@ from notecard.local_redis import LocalRedis
 from notecard_sdk import NotecardClient
 from protocol import Encoding
 
-TOKEN_SECRET = "test-token-secret"
-ADMIN_TOKEN = "test-admin-token"
+#: At least 32 bytes each, as a node requires (gateway/auth.py MIN_SECRET_BYTES).
+TOKEN_SECRET = "test-token-secret-0123456789abcdef"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 DAY_MS = 86_400_000
 
 NodeFactory = Callable[..., Awaitable[GatewayNode]]

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from clearing import Balances, GiftRules, Refusal, Refused, UserRecord, check_invariant
+from clearing.accounts import MAX_CLOCK_SKEW_MS
 from clearing.lua import MAX_SAFE_INT
 from clearing.rules import DAY_MS
 from clearing.testing import World
@@ -55,6 +56,25 @@ async def test_create_user_refusals(world: World) -> None:
     ann = await world.accounts.get_user("ann")
     assert ann is not None
     assert not ann.vip  # the refused second create changed nothing
+
+
+async def test_instants_and_apps_out_of_range_are_refused(world: World) -> None:
+    """Before the epoch or in the future (a newcomer for ever, a follow that never ages),
+    or an app no client token can carry: refused before anything is written."""
+    now = world.clock()
+    await world.user("ann")
+    await world.user("bob")
+    for created in (-1, 2**53, now + MAX_CLOCK_SKEW_MS + 1):
+        assert (await refusal(world.accounts.create_user("cat", created_at_ms=created))).code is Refusal.BAD_REQUEST
+    for app in ("Main", "Main:x", "x" * 33, ""):
+        assert (await refusal(world.accounts.create_user("cat", app=app))).code is Refusal.BAD_REQUEST
+    for since in (-5, now + MAX_CLOCK_SKEW_MS + 1):
+        assert (await refusal(world.accounts.follow("ann", "bob", since_ms=since))).code is Refusal.BAD_REQUEST
+    assert await world.accounts.get_user("cat") is None
+    assert await world.redis.hget(world.keys.follows("ann"), "bob") is None
+    # The edges: the epoch, and a clock a little ahead of this one.
+    assert (await world.accounts.create_user("cat", created_at_ms=0, app="a_1")).created_at_ms == 0
+    await world.accounts.follow("ann", "bob", since_ms=now + MAX_CLOCK_SKEW_MS)
 
 
 async def test_set_flags_changes_only_what_is_given(world: World) -> None:

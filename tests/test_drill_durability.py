@@ -29,7 +29,8 @@ from notecard.local_redis import LocalRedis
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalRedis, LocalRedis]]:
     base = Path(tmp_path_factory.mktemp("replicated"))
     primary = LocalRedis(base / "primary").start()
-    replica = LocalRedis(base / "replica", extra_args=("--replicaof", primary.host, str(primary.port)))
+    replica = LocalRedis(base / "replica", extra_args=("--replicaof", primary.host, str(primary.port)),
+                         password=primary.password)  # a replica authenticates with its own password
     try:
         replica.start()
         _wait_linked(replica)

@@ -60,10 +60,9 @@ async def promote_as_after_a_failover(redis: aioredis.Redis) -> None:
 
 
 async def test_node_start_waits_for_redis_to_come_back(tmp_path: Path) -> None:
-    port = free_port()
-    settings = GatewaySettings(redis_url=f"redis://127.0.0.1:{port}/0", port=0, admin_port=0, data_dir=tmp_path,
+    server = LocalRedis(tmp_path / "late-redis", port=free_port())
+    settings = GatewaySettings(redis_url=server.url, port=0, admin_port=0, data_dir=tmp_path,
                                log_format="text", redis_timeout_s=1.0)
-    server = LocalRedis(tmp_path / "late-redis", port=port)
     starter = threading.Timer(1.0, server.start)
     starter.start()
     try:

@@ -30,7 +30,7 @@ from loadtest.faults.proxy import FaultProxy
 from notecard.admin_client import AdminClient
 from notecard.local_redis import LocalRedis
 from notecard_sdk import GiftRefused, NotecardClient
-from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET, ClientFactory, NodeFactory, befriend_all, token_for
 
 #: Fast probes and beats on the frozen node, so that the test takes seconds.
 PROBE_S = 0.5
@@ -56,9 +56,10 @@ async def proxy(redis_server: LocalRedis) -> AsyncIterator[FaultProxy]:
 
 async def test_a_node_with_a_frozen_subscriber_leaves_presence_and_comes_back(
     node: GatewayNode, node_factory: NodeFactory, proxy: FaultProxy, admin: AdminClient,
-    connect: ClientFactory, redis: aioredis.Redis,
+    connect: ClientFactory, redis: aioredis.Redis, redis_server: LocalRedis,
 ) -> None:
-    frozen = await node_factory(redis_url=proxy.url, subscriber_probe_s=PROBE_S, node_heartbeat_s=BEAT_S)
+    through_proxy = f"redis://:{redis_server.password}@{proxy.host}:{proxy.port}/0"
+    frozen = await node_factory(redis_url=through_proxy, subscriber_probe_s=PROBE_S, node_heartbeat_s=BEAT_S)
     await befriend_all(admin, "alice", "bob", cards=10)
     alice = await connect("alice")  # on the healthy node
     bob = await connect("bob", url=frozen.url)
@@ -224,7 +225,7 @@ async def test_a_node_that_cannot_restart_a_task_stops_and_says_so(redis_server:
     settings = GatewaySettings(redis_url=redis_server.url, port=0, admin_port=0, data_dir=tmp_path,
                                log_format="text", shutdown_grace_s=1.0)
     client = connect_redis(settings)
-    node = GatewayNode(settings, client, token_secret="t", admin_token="a")
+    node = GatewayNode(settings, client, token_secret=TOKEN_SECRET, admin_token=ADMIN_TOKEN)
     serving = asyncio.create_task(node.serve_forever(asyncio.Event()))
     try:
         await asyncio.wait_for(node.subscriber.first_heard.wait(), 30)

@@ -19,21 +19,21 @@ import pytest
 import redis.asyncio as aioredis
 
 from clearing import GiftRules, Presence
-from gateway import GatewayNode
+from gateway import GatewayNode, GatewaySettings
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard.local_redis import LocalRedis, free_port
-from notecard.runner import wait_ready
+from notecard.runner import local_redis_if_needed, wait_ready
 from notecard.secrets import load_or_create
 from notecard_sdk import NotecardClient
-from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET, ClientFactory, NodeFactory, befriend_all, token_for
 
 
-async def http_get(url: str) -> tuple[int, bytes]:
+async def http_get(url: str | urllib.request.Request) -> tuple[int, bytes]:
     """GET in a thread: the node under test runs on this event loop."""
     return await asyncio.to_thread(_http_get, url)
 
 
-def _http_get(url: str) -> tuple[int, bytes]:
+def _http_get(url: str | urllib.request.Request) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, resp.read()
@@ -111,7 +111,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 async def test_cli_token_and_admin_commands(node: GatewayNode, tmp_path: Path) -> None:
-    env = dict(os.environ, NOTECARD_TOKEN_SECRET="test-token-secret", NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
+    env = dict(os.environ, NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
                NOTECARD_ADMIN_URL=node.admin_url, NOTECARD_DATA_DIR=str(tmp_path))
     for args in (("create-user", "carol", "--vip"), ("create-user", "dave"), ("mint", "carol", "3"),
                  ("follow", "carol", "dave", "--days-ago", "4", "--mutual")):
@@ -212,3 +212,114 @@ def test_processes_starting_together_agree_on_generated_secrets(tmp_path: Path) 
     stored = load_or_create(tmp_path / "data")
     assert outputs[0][0].split() == [stored.token_secret, stored.admin_token]
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["secrets.json"]  # no temporary files left
+
+
+# ------------------------------------------------------------------ production defaults
+def test_a_short_secret_is_refused_at_start(redis_server: LocalRedis, tmp_path: Path) -> None:
+    """A one-byte signing secret makes every token forgeable by guessing: the node does not
+    start, and the message names the variable to fix."""
+    env = dict(os.environ, NOTECARD_REDIS_URL=redis_server.url, NOTECARD_DATA_DIR=str(tmp_path),
+               NOTECARD_PORT="0", NOTECARD_ADMIN_PORT="0", NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN)
+    for variable, value in (("NOTECARD_TOKEN_SECRET", "x"), ("NOTECARD_ADMIN_TOKEN", "a" * 31)):
+        done = run_cli("serve", env=dict(env, NOTECARD_TOKEN_SECRET=TOKEN_SECRET) | {variable: value})
+        assert done.returncode == 2, done.stderr
+        assert f"{variable} must be at least 32 bytes" in done.stderr
+    with pytest.raises(ValueError, match="NOTECARD_TOKEN_SECRET must be at least 32 bytes"):
+        GatewayNode(GatewaySettings(), aioredis.Redis(), token_secret="short", admin_token=ADMIN_TOKEN)
+
+
+def test_the_data_folder_is_created_0700_whatever_the_umask(tmp_path: Path) -> None:
+    """It holds the generated secrets and the managed Redis's data and password file."""
+    env = dict(os.environ, NOTECARD_DATA_DIR=str(tmp_path / "data"))
+    for name in ("NOTECARD_TOKEN_SECRET", "NOTECARD_ADMIN_TOKEN"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "notecard", "token", "alice"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False, umask=0o022)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "data" / "secrets.json").stat().st_mode & 0o777 == 0o600
+    previous = os.umask(0o022)
+    try:
+        with local_redis_if_needed(GatewaySettings(data_dir=tmp_path / "fresh")):
+            pass
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "fresh" / "redis").stat().st_mode & 0o777 == 0o700
+
+
+async def test_the_probe_listener_serves_probes_and_metrics_only(node_factory: NodeFactory) -> None:
+    node = await node_factory(probe_port=0)
+    assert node.probe_port is not None
+    base = f"http://127.0.0.1:{node.probe_port}"
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await http_get(base + path))[0] == 200, path
+    request = urllib.request.Request(base + "/admin/users/alice", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert (await http_get(request))[0] == 404  # the admin API is not there, token or not
+
+
+async def _accounts_snapshot(redis: aioredis.Redis) -> dict[bytes, bytes | None]:
+    """Every account, balance, follow and block key, serialised: what a refused call must
+    leave as it was (the node's own presence keys move on by themselves)."""
+    keys = [k for pattern in ("{nc}:user*", "{nc}:users", "{nc}:bal:*", "{nc}:held:*", "{nc}:follow*",
+                              "{nc}:block*", "{nc}:minted*") for k in await redis.keys(pattern)]
+    return {k: await redis.dump(k) for k in sorted(set(keys))}
+
+
+async def test_admin_api_refuses_out_of_range_values_and_changes_nothing(
+    admin: AdminClient, redis: aioredis.Redis
+) -> None:
+    """Each value is refused with 400 and a message naming the field, as the wire would."""
+    await befriend_all(admin, "alice", "bob", cards=1)
+    now, day = int(time.time() * 1000), 86_400_000
+    before = await _accounts_snapshot(redis)
+    new = {"user_id": "newbie"}
+    bad_calls: list[tuple[str, str, dict[str, object] | None, str]] = [
+        ("POST", "/admin/users", new | {"created_at_ms": -1}, "created_at_ms"),
+        ("POST", "/admin/users", new | {"created_at_ms": 2**53}, "created_at_ms"),  # a newcomer for ever
+        ("POST", "/admin/users", new | {"created_at_ms": now + day}, "created_at_ms"),
+        ("POST", "/admin/users", new | {"created_at_ms": 1.5}, "created_at_ms"),
+        ("POST", "/admin/users", new | {"created_at_ms": True}, "created_at_ms"),
+        ("POST", "/admin/users", new | {"app": "Main"}, "app"),
+        ("POST", "/admin/users", new | {"app": "Main:x"}, "app"),
+        ("POST", "/admin/users", new | {"app": "x" * 33}, "app"),
+        ("POST", "/admin/users", new | {"app": 7}, "app"),
+        ("POST", "/admin/users", new | {"verified": "true"}, "verified"),
+        ("POST", "/admin/users", new | {"vip": 1}, "vip"),
+        ("POST", "/admin/users", new | {"verifed": True}, "verifed"),  # a typo is not ignored
+        ("POST", "/admin/users", {"user_id": "x" * 65}, "id"),
+        ("PATCH", "/admin/users/alice", {"banned": 0}, "banned"),
+        ("PATCH", "/admin/users/alice", {"admin": True}, "admin"),
+        ("PATCH", "/admin/users/a*b", {"vip": True}, "user id"),
+        ("PUT", "/admin/users/alice/follows/bob", {"since_ms": -5}, "since_ms"),
+        ("PUT", "/admin/users/alice/follows/bob", {"since_ms": now + day}, "since_ms"),  # never ages
+        ("PUT", "/admin/users/alice/follows/bob", {"since_ms": 2**53}, "since_ms"),
+        ("PUT", "/admin/users/alice/follows/bob", {"since_ms": "0"}, "since_ms"),
+        ("PUT", "/admin/users/alice/follows/bob", {"since": 0}, "since"),
+        ("PUT", "/admin/users/alice/follows/b%20c", {}, "other id"),
+        ("PUT", "/admin/users/alice/blocks/bob", {"reason": "spam"}, "reason"),
+        ("DELETE", "/admin/users/alice/follows/bob", {"since_ms": 0}, "since_ms"),
+        ("POST", "/admin/users/alice/mint", {"qty": True}, "qty"),
+        ("POST", "/admin/users/alice/mint", {"qty": 1.0}, "qty"),
+        ("POST", "/admin/users/alice/mint", {"qty": -1}, ""),
+        ("POST", "/admin/users/alice/mint", {"qty": 2**53}, ""),  # whole cards: x10 units overflows
+        ("POST", "/admin/users/alice/mint", {"qty": 1, "kind": 5}, "kind"),
+        ("POST", "/admin/users/alice/mint", {"qty": 1, "units": 10}, "units"),
+        ("POST", "/admin/users/a:b*/mint", {"qty": 1}, "user id"),
+        ("GET", "/admin/users/has*star", None, "user id"),
+        ("GET", "/admin/gifts/g*1", None, "gift id"),
+    ]
+    for method, path, body, named in bad_calls:
+        with pytest.raises(AdminApiError) as refused:
+            await admin.call(method, path, body)
+        assert refused.value.status == 400, (method, path, body)
+        assert refused.value.code in ("BAD_REQUEST", "BAD_QUANTITY"), (path, body, refused.value.code)
+        assert named in refused.value.message, (path, body, refused.value.message)
+    assert await _accounts_snapshot(redis) == before
+    with pytest.raises(AdminApiError) as missing:
+        await admin.get_user("newbie")
+    assert missing.value.status == 404
+    # The edges themselves are accepted: the epoch, now, a minute of clock skew.
+    created = await admin.call("POST", "/admin/users", {"user_id": "old", "created_at_ms": 0, "app": "toutiao_2"})
+    assert (created["created_at_ms"], created["app"], created["verified"]) == (0, "toutiao_2", False)
+    await admin.call("PUT", "/admin/users/alice/follows/old", {"since_ms": now + 30_000})

@@ -6,6 +6,11 @@ timings shrunk so a failover takes seconds: Sentinels declare the primary down a
 ``redis-server <conf> --sentinel`` is the same program. Sentinel rewrites its
 configuration file, so each one gets its own under the work folder.
 
+Authentication is on, as in production (docker-compose.yml): the Redis servers share one
+password (``requirepass``, and ``masterauth`` for replication), the Sentinels require
+another (their ``requirepass``, also used between Sentinels) and know the servers' one
+(``sentinel auth-pass``). Nodes get both through :meth:`RedisHA.node_env`.
+
 Every process is ours and is stopped by PID (:meth:`RedisHA.stop`, always called from a
 ``finally``). A killed primary is started again only once Sentinel has promoted a
 replica, and then explicitly as a replica of the new primary: restarted empty as a
@@ -18,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -61,6 +68,8 @@ class RedisHA:
         self._initial_primary = self.ports[0]
         #: What the last replication check saw (for a report that says why it failed).
         self.last_sync_state = ""
+        self.password = secrets.token_urlsafe(24)
+        self.sentinel_password = secrets.token_urlsafe(24)
 
     @property
     def sentinel_addresses(self) -> list[Address]:
@@ -71,6 +80,15 @@ class RedisHA:
         """The value of NOTECARD_SENTINELS."""
         return ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses)
 
+    def node_env(self) -> dict[str, str]:
+        """What a gateway node needs to find the primary through the Sentinels."""
+        return {
+            "NOTECARD_SENTINELS": self.sentinel_env,
+            "NOTECARD_SENTINEL_MASTER": MASTER_NAME,
+            "NOTECARD_REDIS_PASSWORD": self.password,
+            "NOTECARD_SENTINEL_PASSWORD": self.sentinel_password,
+        }
+
     # ------------------------------------------------------------ life
     def _server(self, port: int, replica_of: int | None) -> LocalRedis:
         args = ["--enable-debug-command", "local", "--appendfsync", self.durability.appendfsync,
@@ -78,7 +96,7 @@ class RedisHA:
         if replica_of is not None:
             args += ["--replicaof", self.host, str(replica_of)]
         return LocalRedis(self.work_dir / f"redis-{port}", port=port, host=self.host,
-                          appendonly=self.durability.appendonly, extra_args=tuple(args))
+                          appendonly=self.durability.appendonly, extra_args=tuple(args), password=self.password)
 
     def start(self) -> RedisHA:
         """Start everything and wait until the Sentinels see the whole group."""
@@ -92,9 +110,11 @@ class RedisHA:
                 folder = self.work_dir / f"sentinel-{port}"
                 folder.mkdir(parents=True, exist_ok=True)
                 conf = folder / "sentinel.conf"
-                conf.write_text("\n".join([
+                _write_private(conf, "\n".join([
                     f"port {port}", f"bind {self.host}", f"dir {folder}", f"logfile {folder / 'sentinel.log'}",
+                    f"requirepass {self.sentinel_password}",
                     f"sentinel monitor {MASTER_NAME} {self.host} {self._initial_primary} 2",
+                    f"sentinel auth-pass {MASTER_NAME} {self.password}",
                     f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
                     f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}",
                     f"sentinel parallel-syncs {MASTER_NAME} 2", "",
@@ -115,7 +135,7 @@ class RedisHA:
             ok = True
             for port in self.sentinel_ports:
                 try:
-                    async with aioredis.Redis(host=self.host, port=port, socket_timeout=1) as s:
+                    async with self.sentinel_client(port, 1.0) as s:
                         info = await command(s, "SENTINEL", "MASTER", MASTER_NAME)
                 except Exception:
                     ok = False
@@ -144,10 +164,9 @@ class RedisHA:
     async def primary(self, timeout_s: float = 1.0) -> Address:
         """The primary as most Sentinels see it now."""
         votes: dict[Address, int] = {}
-        for host, port in self.sentinel_addresses:
+        for port in self.sentinel_ports:
             try:
-                async with aioredis.Redis(host=host, port=port, socket_timeout=timeout_s,
-                                          socket_connect_timeout=timeout_s) as s:
+                async with self.sentinel_client(port, timeout_s) as s:
                     reply = await command(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
             except Exception:
                 continue
@@ -159,7 +178,14 @@ class RedisHA:
         return max(votes, key=lambda a: votes[a])
 
     def client(self, port: int, timeout_s: float = 5.0) -> aioredis.Redis:
-        return aioredis.Redis(host=self.host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        """A client of the Redis server on ``port``."""
+        return aioredis.Redis(host=self.host, port=port, password=self.password, socket_timeout=timeout_s,
+                              socket_connect_timeout=timeout_s)
+
+    def sentinel_client(self, port: int, timeout_s: float = 1.0) -> aioredis.Redis:
+        """A client of the Sentinel on ``port``."""
+        return aioredis.Redis(host=self.host, port=port, password=self.sentinel_password, socket_timeout=timeout_s,
+                              socket_connect_timeout=timeout_s)
 
     async def role(self, port: int) -> str:
         try:
@@ -245,6 +271,13 @@ class RedisHA:
 async def command(client: aioredis.Redis, *args: object) -> Any:
     """A raw command (SENTINEL, ROLE, DEBUG, CLIENT ...), which redis-py leaves untyped."""
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner reads: it holds passwords."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
