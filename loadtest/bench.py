@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import importlib.util
-import itertools
 import os
 import platform
 import shutil
@@ -279,20 +278,19 @@ class Bench:
         target_file = self.work / "target.json"
         target.target.write(target_file)
         prefix = self.out / "locust"
+        started = time.time()
         with self.span("locust"):
             result = locust_run.run_locust(target_file, prefix, users=self.plan.pairs, duration_s=self.plan.locust_s,
                                            processes=self.locust_processes)
+        ended = time.time()
         # Locust's history carries unix times; put its per-second rows on the run's clock.
         for name in ("send->offer", "send->outcome"):
             row = result.rows.get(name)
             if row is None:
                 continue
-            points = result.history.get(name, [])
             series = self.rec.get(f"locust/{name}")
-            for (t_prev, c_prev), (t, c) in itertools.pairwise(points):
-                for k in range(c - c_prev):  # spread each second's requests over that second
-                    at = (t_prev - self.wall_t0) + (k + 0.5) / max(1, c - c_prev) * (t - t_prev)
-                    series.add(at, row.median_ms / 1000)
+            for at in result.request_times(name, started, ended):
+                series.add(at - self.wall_t0, row.median_ms / 1000)
         rows = {name: dataclasses.asdict(row) for name, row in result.rows.items()}
         self.results["locust"] = {"settled_per_s": result.steady_rate("send->outcome"), "users": self.plan.pairs,
                                   "processes": self.locust_processes, "returncode": result.returncode,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -51,6 +52,23 @@ class LocustResult:
             return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
         row = self.rows.get(name)
         return row.per_s if row else 0.0
+
+    def request_times(self, name: str, started: float, ended: float) -> list[float]:
+        """One unix time per request of ``name``, for a per-second series.
+
+        Each history row adds the requests since the previous row, spread evenly over that
+        second. A run too short or a machine too slow for two history rows (Locust writes
+        one a second, and only once its users are set up) still made requests: those are
+        spread over the whole run, ``started`` to ``ended``, so no measured path goes
+        missing from the series.
+        """
+        points = self.history.get(name, [])
+        times = [t_prev + (k + 0.5) / (c - c_prev) * (t - t_prev)
+                 for (t_prev, c_prev), (t, c) in itertools.pairwise(points) for k in range(c - c_prev)]
+        row = self.rows.get(name)
+        if times or row is None or row.requests <= 0:
+            return times
+        return [started + (k + 0.5) / row.requests * (ended - started) for k in range(row.requests)]
 
 
 def _float(text: str) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.blocking_client import BlockingConnection, RequestFailed
-from loadtest.locust_run import run_locust
+from loadtest.locust_run import LocustResult, LocustRow, run_locust
 from loadtest.target import LoadTarget, Target
 from protocol import Ping, Pong
 
@@ -57,3 +57,26 @@ def test_blocking_client_speaks_the_protocol_without_locust(served: LoadTarget) 
     with pytest.raises(RequestFailed) as refused:
         forged.connect()
     assert refused.value.code == "INVALID_TOKEN"
+
+
+def _result(history: dict[str, list[tuple[float, int]]], requests: int) -> LocustResult:
+    row = LocustRow(kind="WS", name="send->outcome", requests=requests, failures=0, median_ms=2.0, p99_ms=9.0,
+                    per_s=1.0)
+    return LocustResult({"send->outcome": row}, history, 0, Path("unused"))
+
+
+def test_request_times_follow_the_history_rows() -> None:
+    result = _result({"send->outcome": [(100.0, 0), (101.0, 4), (102.0, 6)]}, requests=6)
+    times = result.request_times("send->outcome", 99.0, 103.0)
+    assert len(times) == 6
+    assert all(100.0 < t < 101.0 for t in times[:4]) and all(101.0 < t < 102.0 for t in times[4:])
+
+
+@pytest.mark.parametrize("history", [[], [(101.0, 5)]])
+def test_a_run_with_under_two_history_rows_still_has_its_requests(history: list[tuple[float, int]]) -> None:
+    """A slow machine's 3-second run may leave one history row or none: the requests it made
+    are spread over the run instead of vanishing from the series (they did before)."""
+    result = _result({"send->outcome": history}, requests=5)
+    times = result.request_times("send->outcome", 100.0, 103.0)
+    assert len(times) == 5 and all(100.0 < t < 103.0 for t in times)
+    assert result.request_times("send->offer", 100.0, 103.0) == []
