@@ -27,7 +27,9 @@ from clearing import Accounts, Clearing, ClearingError, EventLog, KeySchema, Pre
 from clearing.rooms import Rooms
 from clearing.scenes import Scenes
 from gateway.admin_http import AdminApp
+from gateway.bans import BanEnforcer
 from gateway.config import GatewaySettings
+from gateway.connection import page_size
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.periodic import NodeLiveness, Sweeper, every
@@ -72,7 +74,8 @@ class GatewayNode:
         self.accounts = Accounts(redis, rules, keys=self.keys)
         self.presence = Presence(redis, rules, keys=self.keys)
         self.events = EventLog(redis, rules, keys=self.keys)
-        self.hub = Hub(self.events, self.metrics)
+        self.hub = Hub(self.events, self.metrics, page=page_size(settings.send_queue_max))
+        self.bans = BanEnforcer(self.hub, self.accounts)
         self.scenes = Scenes(redis, rules, keys=self.keys)
         self.rooms = RoomHub(Rooms(redis, rules, keys=self.keys), self.node_id)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms)
@@ -81,8 +84,8 @@ class GatewayNode:
             self.events, self.metrics,
         )
         self.subscriber = NodeSubscriber(
-            redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self.hub.catch_up_everyone,
-            self.metrics, settings.subscriber_probe_s,
+            redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self._resubscribed,
+            self.metrics, settings.subscriber_probe_s, on_control=self.bans.on_control,
         )
         self.admin = AdminApp(
             node_id=self.node_id, admin_token=admin_token, redis=redis, clearing=self.clearing,
@@ -170,6 +173,11 @@ class GatewayNode:
                 log.warning("redis unreachable at start; retrying")
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
+
+    async def _resubscribed(self) -> None:
+        """The subscriber was down: deliver what it missed, and the bans it missed too."""
+        await self.hub.catch_up_everyone()
+        await self.bans.recheck()
 
     def _spawn(self, coro: object, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=f"{self.node_id}:{name}"))  # type: ignore[arg-type]

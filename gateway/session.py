@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from clearing import Clearing, ClearingError, EventLog, Presence
+from clearing import Clearing, ClearingError, EventLog, Presence, Refusal, Refused
 from gateway.auth import Identity, TokenError, verify_token
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection
@@ -25,7 +26,7 @@ from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.ratelimit import TokenBucket
 from gateway.requests import RequestHandler
-from gateway.views import event_view, gift_view
+from gateway.welcome import Welcomer
 from protocol import (
     PROTOCOL_VERSION,
     CloseCode,
@@ -36,7 +37,6 @@ from protocol import (
     Hello,
     ProtocolError,
     ServerMessage,
-    Welcome,
     decode_client,
     encode,
     encoding_for,
@@ -50,6 +50,10 @@ class _Rejection:
     code: CloseCode
     error: ErrorCode
     reason: str
+
+
+BANNED = _Rejection(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
+EXPIRED = _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
 
 
 class SessionRunner:
@@ -69,6 +73,7 @@ class SessionRunner:
         self.presence = presence
         self.events = events
         self.metrics = metrics
+        self.welcomer = Welcomer(node_id, settings, hub, clearing, events)
 
     async def __call__(self, ws: ServerConnection) -> None:
         encoding = encoding_for(ws.subprotocol)
@@ -84,11 +89,17 @@ class SessionRunner:
                                 self.metrics)
         conn.start_writer()
         self.hub.add(conn)
+        # The token is checked once, at hello; the session ends when it expires.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, identity.expires_at - time.time()), conn.end, EXPIRED.code, EXPIRED.error, EXPIRED.reason)
         registered = False
         try:
-            await self.presence.connect(conn.user_id, self.node_id)
+            if not await self._register(conn):
+                await _reject(ws, encoding, BANNED)
+                self.metrics.closes.labels(code=str(int(BANNED.code))).inc()
+                return
             registered = True
-            await self._welcome(conn, hello)
+            await self.welcomer.welcome(conn, hello)
             await self._serve(conn)
         except ClearingError:
             log.warning("redis unavailable during session", extra={"user": conn.user_id})
@@ -96,6 +107,7 @@ class SessionRunner:
         except ConnectionClosed:
             pass
         finally:
+            expiry.cancel()
             self.hub.remove(conn)
             if self.requests.rooms is not None:
                 # Redis may be the reason we are here: the room entries then go with the
@@ -134,24 +146,16 @@ class SessionRunner:
             return _Rejection(CloseCode.INVALID_TOKEN, ErrorCode.INVALID_TOKEN, "invalid token")
         return identity, msg
 
-    async def _welcome(self, conn: ClientConnection, hello: Hello) -> None:
-        """Send the welcome, the missed events and then the live ones buffered meanwhile."""
-        replay = await self.events.replay(conn.user_id, hello.epoch, hello.offset)
-        pending = await self.clearing.pending_for(conn.user_id)
-        welcome = Welcome(
-            user=conn.user_id, node=self.node_id, epoch=replay.epoch, offset=replay.head,
-            recovered=replay.recovered, pending=tuple(gift_view(g) for g in pending),
-            heartbeat_s=max(1, round(self.settings.heartbeat_s)),
-        )
-        conn.push(encode(welcome, conn.encoding))
-        last = replay.head
-        for event in replay.events:
-            conn.push(encode(event_view(event), conn.encoding))
-            last = max(last, event.offset)
-        conn.epoch = replay.epoch
-        conn.last_offset = last
-        self.hub.flush_buffered(conn)
-        log.info("connected", extra={"user": conn.user_id, "app": conn.app, "recovered": replay.recovered})
+    async def _register(self, conn: ClientConnection) -> bool:
+        """Count the connection in the presence tables; False (nothing counted) when the
+        account is banned. One atomic step: a ban set later reaches this connection."""
+        try:
+            await self.presence.connect(conn.user_id, self.node_id)
+        except Refused as exc:
+            if exc.code is not Refusal.ACCOUNT_BANNED:
+                raise
+            return False
+        return True
 
     async def _serve(self, conn: ClientConnection) -> None:
         bucket = TokenBucket(self.settings.rate_per_s, self.settings.rate_burst)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from clearing import UserEvent, decode_published
+from clearing import CONTROL_PREFIX, UserEvent, decode_published
 from gateway.metrics import NodeMetrics
 
 log = logging.getLogger("notecard.gateway.subscriber")
@@ -33,11 +33,14 @@ class NodeSubscriber:
     def __init__(
         self, redis: aioredis.Redis, channel: str, on_event: Callable[[UserEvent], None],
         on_resubscribed: Callable[[], Awaitable[None]], metrics: NodeMetrics, probe_interval_s: float,
+        on_control: Callable[[bytes], None] = lambda payload: None,
     ) -> None:
         self.redis = redis
         self.channel = channel
         self.on_event = on_event
         self.on_resubscribed = on_resubscribed
+        #: Gets every control message (clearing.CONTROL_PREFIX: a ban) published to the node.
+        self.on_control = on_control
         self.metrics = metrics
         self.probe_interval_s = probe_interval_s
         #: Set while subscribed and the latest probe came back in time.
@@ -95,6 +98,9 @@ class NodeSubscriber:
                     answered = True
                     self.healthy.set()
                     self.metrics.redis_up.set(1)
+                continue
+            if data.startswith(CONTROL_PREFIX):
+                self.on_control(data)
                 continue
             try:
                 event = decode_published(data)
