@@ -15,7 +15,7 @@ described in :mod:`clearing.errors`; the published event format in :mod:`clearin
 
 from clearing.accounts import Accounts
 from clearing.errors import ClearingError, ClearingUnavailable, Refusal, Refused
-from clearing.events import EventLog, decode_published
+from clearing.events import CONTROL_PREFIX, EventLog, banned_user, decode_published
 from clearing.gifts import Clearing
 from clearing.invariant import InvariantReport, check_invariant
 from clearing.keys import KeySchema
@@ -35,6 +35,7 @@ from clearing.presence import Presence
 from clearing.rules import GiftRules
 
 __all__ = [
+    "CONTROL_PREFIX",
     "TRANSITIONS",
     "Accounts",
     "Balances",
@@ -56,6 +57,7 @@ __all__ = [
     "Resolution",
     "UserEvent",
     "UserRecord",
+    "banned_user",
     "check_invariant",
     "decode_published",
 ]

@@ -75,6 +75,16 @@ class Accounts(RedisComponent):
         balances = balances_from(text_hash(available), text_hash(held), self._rules.card_kinds)
         return user_from(user_id, text_hash(fields), balances)
 
+    async def banned_among(self, user_ids: list[str]) -> set[str]:
+        """Those of ``user_ids`` whose account is banned (one round trip)."""
+        if not user_ids:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.hget(self._keys.user(user_id), "banned")
+            flags = await guarded(pipe.execute())
+        return {user_id for user_id, flag in zip(user_ids, flags, strict=True) if flag == b"1"}
+
     async def mint(self, user_id: str, kind: str, qty: int) -> Balances:
         """Credit ``qty`` whole new cards of ``kind`` to the user's available balance."""
         if kind not in self._rules.card_kinds:

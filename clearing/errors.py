@@ -42,6 +42,7 @@ class Refusal(enum.StrEnum):
     GIFT_EXPIRED = "GIFT_EXPIRED"
     USER_EXISTS = "USER_EXISTS"
     BAD_REQUEST = "BAD_REQUEST"
+    ACCOUNT_BANNED = "ACCOUNT_BANNED"
     # Scenes (gift-rules.md sections 2 and 3).
     QUOTE_EXPIRED = "QUOTE_EXPIRED"
     QUOTE_MISMATCH = "QUOTE_MISMATCH"
@@ -80,6 +81,7 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.GIFT_EXPIRED: "the confirm window has passed; the gift went back to the sender",
     Refusal.USER_EXISTS: "the user already exists",
     Refusal.BAD_REQUEST: "malformed request",
+    Refusal.ACCOUNT_BANNED: "the account is banned",
     Refusal.QUOTE_EXPIRED: "the quote is unknown, used or lapsed; ask for a new one",
     Refusal.QUOTE_MISMATCH: "the quote was given for another gift",
     Refusal.NO_WISH: "the streamer has no open gift wish",

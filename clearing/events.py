@@ -15,6 +15,10 @@ Published payload (msgpack map, string keys)::
            "resolved_at_ms": int (absent while pending)}}
 
 :func:`decode_published` turns it into a :class:`~clearing.model.UserEvent`.
+
+Control messages share the node channels and start with :data:`CONTROL_PREFIX` (an event,
+a msgpack map, never does): ``ctl:ban:<user>``, published by a ban (set_flags.lua) to the
+nodes holding the user, asks them to close that user's connections (:func:`banned_user`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.model import Replay, UserEvent
 
+#: The start of every control message on a node channel.
+CONTROL_PREFIX = b"ctl:"
+_BAN_PREFIX = CONTROL_PREFIX + b"ban:"
+
+
+def banned_user(payload: bytes) -> str | None:
+    """The user a ban control message names; None for any other payload."""
+    if not payload.startswith(_BAN_PREFIX):
+        return None
+    return payload[len(_BAN_PREFIX) :].decode("ascii", "replace")
+
 
 def decode_published(payload: bytes) -> UserEvent:
     """A message received on a node channel, as the user's event."""
@@ -33,17 +48,21 @@ def decode_published(payload: bytes) -> UserEvent:
 
 
 class EventLog(RedisComponent):
-    async def replay(self, user_id: str, epoch: str | None, after: int | None) -> Replay:
+    async def replay(self, user_id: str, epoch: str | None, after: int | None, limit: int | None = None
+                     ) -> Replay:
         """What the user missed after ``(epoch, after)``, in one atomic read.
 
         ``epoch`` None: the client does not resume; no events, ``recovered=True``, and the
         current epoch and head (the epoch is created if the user has none yet). Another
         epoch: every retained event, ``recovered=False``. The same epoch: the events with
         offset > ``after`` (None reads as 0), ``recovered=False`` if some were trimmed.
+        ``limit``: at most that many events, the oldest; ask again after the last for more.
         """
         if after is not None and after < 0:
             raise Refused(Refusal.BAD_REQUEST, "offset must not be negative")
-        args = (user_id, epoch or "", "" if after is None else after)
+        if limit is not None and limit < 1:
+            raise Refused(Refusal.BAD_REQUEST, "limit must be positive")
+        args = (user_id, epoch or "", "" if after is None else after, "" if limit is None else limit)
         reply = await self._lua.run("replay", self._keys.event_meta(user_id), self._clock(), args, emits=True)
         return Replay(
             epoch=str(reply["ep"]),

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 DAY_MS = 86_400_000
 #: The smallest points log the fold in lib.lua handles (it keeps nine tenths, >= 2 entries).
 MIN_POINTS_LOG = 10
+#: More card kinds would make a ``balance`` reply outgrow the wire's frame limit.
+MAX_CARD_KINDS = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,8 +53,8 @@ class GiftRules:
 
     def __post_init__(self) -> None:
         ZoneInfo(self.timezone)  # raises on an unknown zone, at configuration time
-        if not self.card_kinds:
-            raise ValueError("at least one card kind is required")
+        if not 1 <= len(self.card_kinds) <= MAX_CARD_KINDS:
+            raise ValueError(f"between 1 and {MAX_CARD_KINDS} card kinds are required")
         for name in (
             "units_per_card",
             "max_qty_per_gift",

@@ -13,6 +13,10 @@ A plain deque is created on the first push and dropped when the writer has empti
 Events from the user's stream are delivered exactly in offset order: ``last_offset`` is
 the newest offset this connection has been sent; older ones are dropped as duplicates
 and a gap is reported to the hub, which fetches the missing events from the stream.
+
+Long runs of frames (a replay after a long absence, a long pending list) are queued a page
+at a time (:func:`page_size`), each page once the previous one has left the queue
+(:meth:`ClientConnection.drained`): a client that reads is never closed for what it missed.
 """
 
 from __future__ import annotations
@@ -27,9 +31,18 @@ from websockets.exceptions import ConnectionClosed
 
 from clearing import UserEvent
 from gateway.metrics import NodeMetrics
-from protocol import CloseCode, Encoding, Frame
+from protocol import CloseCode, Encoding, Error, ErrorCode, Frame, encode
 
 log = logging.getLogger("notecard.gateway.connection")
+
+#: Frames queued at once by a paged sender; far below the default queue of 256 frames.
+MAX_PAGE_FRAMES = 64
+
+
+def page_size(queue_max: int) -> int:
+    """Frames a paged sender may queue at once: a quarter of the queue leaves room for the
+    replies and live frames that arrive meanwhile."""
+    return max(1, min(MAX_PAGE_FRAMES, queue_max // 4))
 
 
 class ClientConnection:
@@ -107,6 +120,19 @@ class ClientConnection:
     @property
     def synced(self) -> bool:
         return self.last_offset is not None
+
+    async def drained(self) -> None:
+        """Wait until every queued frame was handed to the socket, or the connection closes."""
+        while (writer := self._writer) is not None and not self.closing:
+            # wait(), not await: the writer's end (even cancelled) must not raise here.
+            await asyncio.wait((writer,))
+
+    def end(self, code: CloseCode, error: ErrorCode, reason: str) -> None:
+        """Tell the client why (an ``error`` frame without rid), then close with ``code``."""
+        queue = self._queue
+        if queue is None or len(queue) < self._queue_max:  # a full queue would close as 3001
+            self.push(encode(Error(code=error, message=reason), self.encoding))
+        self.close(code, reason)
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close once, without waiting (callers are often on another connection's path)."""

@@ -2,7 +2,8 @@
 
 Pub/sub is the fast path and the user's Redis stream is the truth: an event that arrives
 out of order, or after the subscriber was down, opens a gap that :meth:`Hub.catch_up`
-fills from the stream. Each event is encoded once per encoding, not once per device.
+fills from the stream, a page at a time. Each event is encoded once per encoding, not once
+per device.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ import logging
 import time
 
 from clearing import ClearingError, EventKind, EventLog, UserEvent
-from gateway.connection import ClientConnection
+from gateway.connection import MAX_PAGE_FRAMES, ClientConnection
 from gateway.metrics import NodeMetrics
 from gateway.views import event_view
-from protocol import CloseCode, Encoding, Frame, encode
+from protocol import CloseCode, Encoding, ErrorCode, Frame, encode
 
 log = logging.getLogger("notecard.gateway.hub")
 
+#: How long a catch-up waits for a page to leave a device's queue before it queues the next
+#: anyway: one device that stopped reading must not hold up the user's others for long (it
+#: is then closed as a slow consumer, and resumes when it reconnects).
+DRAIN_WAIT_S = 10.0
+
 
 class Hub:
-    def __init__(self, events: EventLog, metrics: NodeMetrics) -> None:
+    def __init__(self, events: EventLog, metrics: NodeMetrics, page: int = MAX_PAGE_FRAMES) -> None:
         self.events = events
         self.metrics = metrics
+        #: Events read from a stream and queued to a connection at once (see catch_up).
+        self.page = page
         # Labelled metric children, looked up once: ``labels()`` costs a few microseconds
         # per call, and every delivered event used two (docs/benchmarks.md, profile).
         self._lag = {kind: metrics.delivery_lag.labels(event=kind.value) for kind in EventKind}
@@ -54,6 +62,13 @@ class Hub:
 
     def all_connections(self) -> list[ClientConnection]:
         return [c for conns in self.users.values() for c in conns]
+
+    def close_banned(self, user_id: str) -> int:
+        """Close every local connection of a banned user; how many there were."""
+        conns = list(self.users.get(user_id, ()))
+        for conn in conns:
+            conn.end(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
+        return len(conns)
 
     # ------------------------------------------------------------ delivery
     def publish_received(self, event: UserEvent) -> None:
@@ -115,10 +130,15 @@ class Hub:
                     return
                 epoch = synced[0].epoch
                 after = min(c.last_offset or 0 for c in synced)
-                replay = await self.events.replay(user_id, epoch, after)
-                for event in replay.events:
-                    self.metrics.catchup_events.inc()
-                    self.deliver(set(synced), event)
+                while True:
+                    replay = await self.events.replay(user_id, epoch, after, limit=self.page)
+                    for event in replay.events:
+                        self.metrics.catchup_events.inc()
+                        self.deliver(set(synced), event)
+                        after = event.offset
+                    if len(replay.events) < self.page or replay.epoch != epoch:
+                        break  # the stream's end (or a new epoch, which closed the connections)
+                    await _drained(synced)
                 if user_id not in self._again:
                     return
         except ClearingError:
@@ -164,6 +184,16 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _drained(conns: list[ClientConnection]) -> None:
+    """Wait until a page has left the connections' queues (or :data:`DRAIN_WAIT_S`)."""
+    waits = [asyncio.ensure_future(c.drained()) for c in conns]
+    try:
+        await asyncio.wait(waits, timeout=DRAIN_WAIT_S)
+    finally:
+        for task in waits:
+            task.cancel()
 
 
 def _event_time_ms(event: UserEvent) -> int:

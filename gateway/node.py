@@ -32,7 +32,9 @@ from clearing.scenes import Scenes
 from gateway.admin_http import AdminApp
 from gateway.admission import AddressGate
 from gateway.auth import check_secret
+from gateway.bans import BanEnforcer
 from gateway.config import GatewaySettings
+from gateway.connection import page_size
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.periodic import NodeLiveness, Sweeper, every
@@ -82,7 +84,8 @@ class GatewayNode:
         self.accounts = Accounts(redis, rules, keys=self.keys)
         self.presence = Presence(redis, rules, keys=self.keys)
         self.events = EventLog(redis, rules, keys=self.keys)
-        self.hub = Hub(self.events, self.metrics)
+        self.hub = Hub(self.events, self.metrics, page=page_size(settings.send_queue_max))
+        self.bans = BanEnforcer(self.hub, self.accounts)
         self.scenes = Scenes(redis, rules, keys=self.keys)
         self.rooms = RoomHub(Rooms(redis, rules, keys=self.keys), self.node_id, settings.max_rooms_per_connection)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms)
@@ -92,8 +95,8 @@ class GatewayNode:
             UserRates(redis, rules, user_rate, keys=self.keys),
         )
         self.subscriber = NodeSubscriber(
-            redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self.hub.catch_up_everyone_soon,
-            self.metrics, settings.subscriber_probe_s, settings.redis_timeout_s,
+            redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self._missed,
+            self.metrics, settings.subscriber_probe_s, settings.redis_timeout_s, on_control=self.bans.on_control,
         )
         self.liveness = NodeLiveness(self.presence, self.node_id, self.hub, self.rooms,
                                      hearing=self.subscriber.hearing, metrics=self.metrics)
@@ -212,6 +215,12 @@ class GatewayNode:
         self.failure = reason
         self._failed.set()
 
+    def _missed(self) -> None:
+        """The subscriber may have missed messages: deliver what it missed from the streams,
+        and the bans it missed too (their flags are in Redis)."""
+        self.hub.catch_up_everyone_soon()
+        self.bans.recheck_soon()
+
     async def is_ready(self) -> bool:
         """Ready: not stopping, a pub/sub probe came back recently, and Redis answers."""
         if (self.stopping or self.failure is not None or not self.subscriber.hearing()
@@ -242,6 +251,7 @@ class GatewayNode:
         if stuck:
             log.error("background tasks did not stop", extra={"tasks": stuck})
         await self.hub.close()
+        await self.bans.close()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)
         for runner in (self._http, self._probe_http):

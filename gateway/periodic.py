@@ -12,7 +12,8 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from clearing import Clearing, ClearingError, Presence
+from clearing import Clearing, ClearingError, Presence, Refusal, Refused
+from gateway.connection import ClientConnection
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.rooms import RoomHub
@@ -122,9 +123,7 @@ class NodeLiveness:
         await self.presence.leave(self.node_id)
         conns = self.hub.all_connections()
         for start in range(0, len(conns), 200):
-            await asyncio.gather(
-                *(self.presence.connect(c.user_id, self.node_id) for c in conns[start : start + 200])
-            )
+            await asyncio.gather(*(self._announce(c) for c in conns[start : start + 200]))
         # leave() dropped our heartbeat too: without a new one the node stays out of the
         # live set (its users look offline) and the next beat finds it unknown again.
         await self.presence.heartbeat(self.node_id)
@@ -134,6 +133,14 @@ class NodeLiveness:
             await self.rooms.rejoin_all()
         # While we were out, events for our users went to their streams only.
         self.hub.catch_up_everyone_soon()
+
+    async def _announce(self, conn: ClientConnection) -> None:
+        try:
+            await self.presence.connect(conn.user_id, self.node_id)
+        except Refused as exc:
+            if exc.code is not Refusal.ACCOUNT_BANNED:
+                raise
+            self.hub.close_banned(conn.user_id)  # banned while we were deaf to it
 
     async def reap(self) -> None:
         dead = await self.presence.reap_dead_nodes()

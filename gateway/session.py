@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from clearing import Clearing, ClearingError, EventLog, Presence, Refused
+from clearing import Clearing, ClearingError, EventLog, Presence, Refusal, Refused
 from clearing.rates import UserRates
 from gateway.auth import Identity, TokenError, verify_token
 from gateway.config import GatewaySettings
@@ -26,7 +27,7 @@ from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
 from gateway.ratelimit import TokenBucket
 from gateway.requests import RequestHandler
-from gateway.views import event_view, gift_view
+from gateway.welcome import Welcomer
 from protocol import (
     PROTOCOL_VERSION,
     AcceptGift,
@@ -41,7 +42,6 @@ from protocol import (
     ProtocolError,
     SendGift,
     ServerMessage,
-    Welcome,
     decode_client,
     encode,
     encoding_for,
@@ -55,6 +55,10 @@ class _Rejection:
     code: CloseCode
     error: ErrorCode
     reason: str
+
+
+BANNED = _Rejection(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
+EXPIRED = _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
 
 
 class SessionRunner:
@@ -76,6 +80,7 @@ class SessionRunner:
         self.metrics = metrics
         #: The per-user request rate over every node; None: per connection only.
         self.user_rates = user_rates
+        self.welcomer = Welcomer(node_id, settings, hub, clearing, events)
 
     async def __call__(self, ws: ServerConnection) -> None:
         encoding = encoding_for(ws.subprotocol)
@@ -91,12 +96,15 @@ class SessionRunner:
                                 self.metrics)
         conn.start_writer()
         self.hub.add(conn)
+        # The token is checked once, at hello; the session ends when it expires.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, identity.expires_at - time.time()), conn.end, EXPIRED.code, EXPIRED.error, EXPIRED.reason)
         registered = False
         try:
             if not await self._admit(conn):
                 return
             registered = True
-            await self._welcome(conn, hello)
+            await self.welcomer.welcome(conn, hello)
             await self._serve(conn)
         except ClearingError:
             log.warning("redis unavailable during session", extra={"user": conn.user_id})
@@ -104,6 +112,7 @@ class SessionRunner:
         except ConnectionClosed:
             pass
         finally:
+            expiry.cancel()
             self.hub.remove(conn)
             if self.requests.rooms is not None:
                 # Redis may be the reason we are here: the room entries then go with the
@@ -143,11 +152,17 @@ class SessionRunner:
         return identity, msg
 
     async def _admit(self, conn: ClientConnection) -> bool:
-        """Count the connection in the user's presence, within the user's cap over all live
-        nodes (checked and counted in one script); over it, tell the client and close."""
+        """Count the connection in the user's presence, in one script with two checks: the
+        account is not banned (a ban set later finds this node in the presence hash and
+        reaches the connection), and the user is within the cap of connections over all
+        live nodes. Either refusal is told to the client, which is closed; nothing counted."""
         try:
             await self.presence.connect(conn.user_id, self.node_id, self.settings.max_connections_per_user)
         except Refused as refusal:
+            if refusal.code is Refusal.ACCOUNT_BANNED:
+                await _reject(conn.ws, conn.encoding, BANNED)
+                self.metrics.closes.labels(code=str(int(BANNED.code))).inc()
+                return False
             self.metrics.refusals_of(ErrorCode.TOO_MANY_CONNECTIONS).inc()
             self._reply(conn, Error(code=ErrorCode.TOO_MANY_CONNECTIONS, message=str(refusal)))
             await conn.drain_and_close(CloseCode.USER_CONNECTION_LIMIT, "too many connections of this user",
@@ -165,25 +180,6 @@ class SessionRunner:
             return await self.user_rates.take(conn.user_id)
         except ClearingError:
             return True
-
-    async def _welcome(self, conn: ClientConnection, hello: Hello) -> None:
-        """Send the welcome, the missed events and then the live ones buffered meanwhile."""
-        replay = await self.events.replay(conn.user_id, hello.epoch, hello.offset)
-        pending = await self.clearing.pending_for(conn.user_id)
-        welcome = Welcome(
-            user=conn.user_id, node=self.node_id, epoch=replay.epoch, offset=replay.head,
-            recovered=replay.recovered, pending=tuple(gift_view(g) for g in pending),
-            heartbeat_s=max(1, round(self.settings.heartbeat_s)),
-        )
-        conn.push(encode(welcome, conn.encoding))
-        last = replay.head
-        for event in replay.events:
-            conn.push(encode(event_view(event), conn.encoding))
-            last = max(last, event.offset)
-        conn.epoch = replay.epoch
-        conn.last_offset = last
-        self.hub.flush_buffered(conn)
-        log.info("connected", extra={"user": conn.user_id, "app": conn.app, "recovered": replay.recovered})
 
     async def _serve(self, conn: ClientConnection) -> None:
         bucket = TokenBucket(self.settings.rate_per_s, self.settings.rate_burst)

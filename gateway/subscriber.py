@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from clearing import UserEvent, decode_published
+from clearing import CONTROL_PREFIX, UserEvent, decode_published
 from gateway.metrics import NodeMetrics
 
 log = logging.getLogger("notecard.gateway.subscriber")
@@ -50,11 +50,14 @@ class NodeSubscriber:
     def __init__(
         self, redis: aioredis.Redis, channel: str, on_event: Callable[[UserEvent], None],
         on_missed: Callable[[], None], metrics: NodeMetrics, probe_interval_s: float, call_timeout_s: float,
+        on_control: Callable[[bytes], None] = lambda payload: None,
     ) -> None:
         self.redis = redis
         self.channel = channel
         self.on_event = on_event
         self.on_missed = on_missed
+        #: Gets every control message (clearing.CONTROL_PREFIX: a ban) published to the node.
+        self.on_control = on_control
         self.metrics = metrics
         self.probe_interval_s = probe_interval_s
         self.call_timeout_s = call_timeout_s
@@ -166,6 +169,9 @@ class NodeSubscriber:
                         if self.subscriptions > 1:
                             log.info("pub/sub heard again; catching up from the streams")
                         self.on_missed()
+                continue
+            if data.startswith(CONTROL_PREFIX):
+                self.on_control(data)
                 continue
             try:
                 event = decode_published(data)

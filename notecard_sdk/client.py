@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import random
@@ -64,6 +65,7 @@ from protocol import (
     JoinRoom,
     LeaveRoom,
     OpenWish,
+    Pending,
     Ping,
     Pong,
     ProtocolError,
@@ -135,6 +137,8 @@ class NotecardClient:
         self._outcomes: asyncio.Queue[Gift] = asyncio.Queue()
         self._room_updates: asyncio.Queue[Room] = asyncio.Queue()
         self._seen_offers: OrderedDict[str, None] = OrderedDict()
+        #: A welcome whose pending list comes in parts, with the offers received so far.
+        self._partial_welcome: tuple[Welcome, list[Gift]] | None = None
         self._background: set[asyncio.Task[None]] = set()
         #: The newest welcome; ``welcome.node`` says which gateway node serves us.
         self.welcome: Welcome | None = None
@@ -401,13 +405,25 @@ class NotecardClient:
             finally:
                 self._connected.clear()
                 self._ws = None
+                self._partial_welcome = None
             return ws.close_code
 
     def _dispatch(self, msg: ServerMessage, ws: ClientConnection) -> None:
+        if self._partial_welcome is not None:
+            if isinstance(msg, Pending):
+                self._pending_part(msg, ws)
+                return
+            self._welcome_complete(ws)  # the server moved on: take the list as it came
         if isinstance(msg, Welcome):
-            self._welcomed(msg, ws)
+            if msg.pending_more:
+                self._partial_welcome = (msg, list(msg.pending))
+            else:
+                self._welcomed(msg, ws)
         elif isinstance(msg, Event):
             self._event(msg)
+        elif isinstance(msg, Pending):
+            for gift in msg.gifts:  # not after a welcome that announced it: offers all the same
+                self._offer(gift)
         elif isinstance(msg, Room) and msg.rid is None:
             self._room_updates.put_nowait(msg)
         elif (rid := getattr(msg, "rid", None)) is not None:
@@ -416,6 +432,19 @@ class NotecardClient:
                 entry[1].set_result(msg)
         elif isinstance(msg, Error):
             log.warning("server error %s: %s", msg.code, msg.message)
+
+    def _pending_part(self, part: Pending, ws: ClientConnection) -> None:
+        assert self._partial_welcome is not None
+        self._partial_welcome[1].extend(part.gifts)
+        if not part.more:
+            self._welcome_complete(ws)
+
+    def _welcome_complete(self, ws: ClientConnection) -> None:
+        """The welcome as if its pending list had come whole (``client.welcome.pending``)."""
+        assert self._partial_welcome is not None
+        welcome, pending = self._partial_welcome
+        self._partial_welcome = None
+        self._welcomed(dataclasses.replace(welcome, pending=tuple(pending), pending_more=None), ws)
 
     def _welcomed(self, welcome: Welcome, ws: ClientConnection) -> None:
         resumed = self.epoch is not None

@@ -15,6 +15,10 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    #: Sent by the WebSocket layer: a framing violation (RFC 6455), e.g. an unmasked frame.
+    PROTOCOL_ERROR = 1002
+    #: Sent by the WebSocket layer: a text frame that is not valid UTF-8 (RFC 6455 8.1).
+    INVALID_PAYLOAD = 1007
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     # 3000-3499: transient, reconnect with backoff (possibly to another node).
@@ -29,6 +33,7 @@ class CloseCode(enum.IntEnum):
     PROTOCOL_VIOLATION = 3502
     UNSUPPORTED_VERSION = 3503
     NOT_AUTHENTICATED = 3504
+    ACCOUNT_BANNED = 3505
     # Connection limits: reconnecting by itself would only repeat the refusal (and be the very
     # load the limit is there to stop); a connection may succeed once another one is closed.
     USER_CONNECTION_LIMIT = 3510

@@ -16,6 +16,8 @@ with the table-driven validator of ``protocol.schema`` deciding every refusal.
 from __future__ import annotations
 
 import enum
+import math
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -148,10 +150,52 @@ def _load(frame: Frame, encoding: Encoding) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise FrameError(ErrorCode.BAD_FRAME, "frame is not valid JSON") from None
+        pass
+    # orjson refuses a number beyond a double's range (an integer of 309 digits and more)
+    # as unreadable, while a smaller one past 64 bits reads as a float: both are numbers,
+    # out of range for any field, and must be refused as such (BAD_FIELD, with the rid).
+    tamed = _tame_huge_numbers(frame)
+    if tamed is not None:
+        try:
+            return orjson.loads(tamed)
+        except orjson.JSONDecodeError:
+            pass
+    raise FrameError(ErrorCode.BAD_FRAME, "frame is not valid JSON") from None
 
 
 _SHORT_TEXT = MAX_FRAME_BYTES // 4
+
+# A JSON string (skipped whole, so digits inside one are never touched) or a number. The
+# string branch is the unrolled loop: linear, whatever the input.
+_STRING_OR_NUMBER = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?\d+(\.\d+)?([eE][+-]?\d+)?')
+# What a number beyond a double's range becomes: an integer stays an integer that is out of
+# range for every field (orjson reads 64-bit integers exactly), anything else a float.
+_HUGE_INT = ("18446744073709551615", "-9223372036854775808")
+_HUGE_FLOAT = ("1e308", "-1e308")
+# A double ends near 1.8e308: a huge number has a run of 309 digits or a 3-digit exponent.
+_MAYBE_HUGE = re.compile(r"\d{309}|[eE][+-]?\d{3}")
+
+
+def _tame_huge_numbers(text: str) -> str | None:
+    """``text`` with every number beyond a double's range replaced by one inside it, or
+    None when it has none. Only numbers change, into numbers: a text that was not JSON for
+    another reason still is not."""
+    if _MAYBE_HUGE.search(text) is None:
+        return None
+    found = False
+
+    def tame(match: re.Match[str]) -> str:
+        nonlocal found
+        token = match.group()
+        if token[0] == '"' or not math.isinf(float(token)):
+            return token
+        found = True
+        negative = token[0] == "-"
+        is_integer = match.group(1) is None and match.group(2) is None
+        return (_HUGE_INT if is_integer else _HUGE_FLOAT)[negative]
+
+    tamed = _STRING_OR_NUMBER.sub(tame, text)
+    return tamed if found else None
 
 
 M = TypeVar("M", bound=WireObject)

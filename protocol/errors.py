@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_TOKEN = "INVALID_TOKEN"
     TOKEN_EXPIRED = "TOKEN_EXPIRED"
     RATE_LIMITED = "RATE_LIMITED"
+    ACCOUNT_BANNED = "ACCOUNT_BANNED"
     # Gift rules (gift-rules.md section 1).
     UNKNOWN_USER = "UNKNOWN_USER"
     SELF_GIFT = "SELF_GIFT"

@@ -222,9 +222,22 @@ class Welcome(WireObject):
     offset: Offset
     #: False when the client asked to resume but events it had not seen were trimmed or lost.
     recovered: bool
-    #: Offers still waiting for this user's answer, newest state from clearing.
+    #: Offers still waiting for this user's answer, newest state from clearing (the first
+    #: of them when ``pending_more``).
     pending: tuple[Gift, ...]
     heartbeat_s: Annotated[int, Range(1, 3600)]
+    #: True when the list did not fit one frame: the rest follows in ``pending`` frames.
+    pending_more: bool | None = None
+
+
+@message("pending")
+class Pending(WireObject):
+    """More offers of the welcome's ``pending`` list, sent right after it when the whole
+    list would not fit one frame."""
+
+    gifts: tuple[Gift, ...]
+    #: True when another ``pending`` frame follows.
+    more: bool | None = None
 
 
 @message("gift_sent")
@@ -325,7 +338,8 @@ class Done(WireObject):
 
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
                  | GetQuote | GetRoom | RedeemFrame | BindMentor)
-ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
+ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
+                 | Pending)
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
@@ -335,5 +349,5 @@ CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
-    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done)
+    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending)
 }

@@ -101,11 +101,14 @@ def _scalar_parser(kind: type, constraint: Constraint | None) -> Parser:
     # while compile time guarantees a Pattern only ever guards str and a Range int.
     check: Callable[[Any], bool] | None = None if constraint is None else constraint.check
     reason = "" if constraint is None else _describe(constraint)
+    # An integer past 64 bits reaches us as a float (that is how orjson reads it): "must be
+    # an integer from 0 to ..." is true of it and of any other wrong value.
+    wrong_type = reason if isinstance(constraint, Range) else f"of type {kind.__name__}"
 
     def parse(value: Any, field: str, rid: int | None) -> Any:
         # bool is a subclass of int in Python: a JSON true must not pass as 1.
         if type(value) is not kind:
-            raise _fail(field, f"of type {kind.__name__}", rid)
+            raise _fail(field, wrong_type, rid)
         if check is not None and not check(value):
             raise _fail(field, reason, rid)
         return value

@@ -246,3 +246,39 @@ async def test_no_subprotocol_means_json_and_an_unknown_one_is_refused(node: Gat
         async with connect(node.url, subprotocols=["notecard.v9.xml"]):  # type: ignore[list-item]
             pass
     assert refused.value.response.status_code == 400
+
+
+async def test_an_integer_of_any_size_is_bad_field_with_the_rid(node: GatewayNode) -> None:
+    async with connect_raw(node) as ws:
+        await hello(ws, "alice")
+        huge = str(10**400)  # beyond a double: JSON parsers that read numbers as doubles fail on it
+        await ws.send(f'{{"t":"send_gift","rid":8,"gift_id":"g","to":"bob","kind":"note","qty":{huge}}}')
+        error = await recv_json(ws)
+        assert (error["t"], error["code"], error["rid"]) == ("error", "BAD_FIELD", 8)
+        await ws.send(orjson.dumps({"t": "ping", "rid": 9}).decode())
+        assert (await recv_json(ws))["t"] == "pong"
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(node: GatewayNode) -> None:
+    """RFC 6455 section 8.1, as docs/protocol.md says: no error frame, close code 1007."""
+    async with connect_raw(node) as ws:
+        await hello(ws, "alice")
+        await ws.send(b'{"t":"ping","rid":9,"x":"\xff"}', text=True)
+        assert await closed_with(ws) == CloseCode.INVALID_PAYLOAD
+
+
+async def test_broken_websocket_framing_closes_with_1002(node: GatewayNode) -> None:
+    """docs/protocol.md section 11: the WebSocket layer closes with 1002, no error frame."""
+    host, port = node.settings.host, node.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.write(b"\x81\x02hi")  # a text frame a client failed to mask
+    await writer.drain()
+    header = await asyncio.wait_for(reader.readexactly(4), 5)
+    assert header[0] == 0x88  # a close frame, first and only
+    assert int.from_bytes(header[2:4], "big") == CloseCode.PROTOCOL_ERROR
+    writer.close()

@@ -10,6 +10,8 @@ from protocol import CloseCode, needs_new_token, should_reconnect
 ADVICE: dict[int, tuple[bool, bool]] = {
     CloseCode.NORMAL: (False, False),
     CloseCode.GOING_AWAY: (True, False),
+    CloseCode.PROTOCOL_ERROR: (False, False),
+    CloseCode.INVALID_PAYLOAD: (False, False),
     CloseCode.MESSAGE_TOO_BIG: (True, False),
     CloseCode.INTERNAL_ERROR: (True, False),
     CloseCode.SHUTDOWN: (True, False),
@@ -22,6 +24,7 @@ ADVICE: dict[int, tuple[bool, bool]] = {
     CloseCode.PROTOCOL_VIOLATION: (False, False),
     CloseCode.UNSUPPORTED_VERSION: (False, False),
     CloseCode.NOT_AUTHENTICATED: (False, False),
+    CloseCode.ACCOUNT_BANNED: (False, False),
     CloseCode.USER_CONNECTION_LIMIT: (False, False),
     CloseCode.ADDRESS_CONNECTION_LIMIT: (False, False),
 }
@@ -33,11 +36,12 @@ def test_every_close_code_has_advice() -> None:
 
 def test_close_code_values() -> None:
     assert {c.name: int(c) for c in CloseCode} == {
-        "NORMAL": 1000, "GOING_AWAY": 1001, "MESSAGE_TOO_BIG": 1009, "INTERNAL_ERROR": 1011,
+        "NORMAL": 1000, "GOING_AWAY": 1001, "PROTOCOL_ERROR": 1002, "INVALID_PAYLOAD": 1007,
+        "MESSAGE_TOO_BIG": 1009, "INTERNAL_ERROR": 1011,
         "SHUTDOWN": 3000, "SLOW_CONSUMER": 3001, "TOO_MANY_REQUESTS": 3002, "AUTH_TIMEOUT": 3003,
         "SERVICE_UNAVAILABLE": 3004, "INVALID_TOKEN": 3500, "TOKEN_EXPIRED": 3501, "PROTOCOL_VIOLATION": 3502,
-        "UNSUPPORTED_VERSION": 3503, "NOT_AUTHENTICATED": 3504, "USER_CONNECTION_LIMIT": 3510,
-        "ADDRESS_CONNECTION_LIMIT": 3511,
+        "UNSUPPORTED_VERSION": 3503, "NOT_AUTHENTICATED": 3504, "ACCOUNT_BANNED": 3505,
+        "USER_CONNECTION_LIMIT": 3510, "ADDRESS_CONNECTION_LIMIT": 3511,
     }
 
 

@@ -43,6 +43,7 @@ from protocol import (
     LeaveRoom,
     Message,
     OpenWish,
+    Pending,
     Ping,
     Pong,
     ProtocolError,
@@ -117,6 +118,10 @@ SAMPLES: dict[str, Message] = {
     "gift_resolved": GiftResolved(rid=2, gift=ACCEPTED),
     "gift_sent/scene": GiftSent(rid=6, gift=SCENE),
     "gift_resolved/scene": GiftResolved(rid=7, gift=SCENE_ACCEPTED),
+    "welcome/paged": Welcome(user="bob", node="node-1", epoch="e", offset=3, recovered=True,
+                             pending=(OFFER,), heartbeat_s=20, pending_more=True),
+    "pending/more": Pending(gifts=(OFFER, SCENE_EDGES), more=True),
+    "pending/last": Pending(gifts=(SCENE,)),
     "welcome/scene-pending": Welcome(user="carol", node="node-1", epoch="e", offset=7, recovered=True,
                                      pending=(SCENE, OFFER, SCENE_EDGES), heartbeat_s=1),
     "balance": Balance(rid=4, available={"note": 980, "gold_note": 0}, held={"note": 20},
@@ -209,7 +214,7 @@ def test_round_trip(name: str, encoding: Encoding) -> None:
     assert type(decoded) is type(msg)
     # Nested gifts and leaderboard lines come back as objects and lists as tuples, not raw
     # maps and lists.
-    items = {"pending": Gift, "top": RankEntry}
+    items = {"pending": Gift, "gifts": Gift, "top": RankEntry}
     for field in dataclasses.fields(decoded):
         value = getattr(decoded, field.name)
         if isinstance(value, tuple):
@@ -513,6 +518,7 @@ def test_message_type_names() -> None:
     }
     assert set(SERVER_MESSAGES) == {
         "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event", "room", "quote", "done",
+        "pending",
     }
     # Nested objects are not messages: a frame cannot name them.
     assert Gift.TYPE not in CLIENT_MESSAGES and Gift.TYPE not in SERVER_MESSAGES

@@ -200,7 +200,10 @@ def mutate(rng: random.Random, wire: dict[str, Any]) -> dict[str, Any]:
         return copy.deepcopy(rng.choice(HOSTILE))  # a copy: later mutations may change it
 
     for _ in range(rng.randint(1, 3)):
-        path = rng.choice(_paths(wire)[1:] or [("t",)])
+        paths = _paths(wire)[1:]
+        if not paths:
+            break  # every key was deleted: an empty map is mutation enough
+        path = rng.choice(paths)
         parent, key = _at(wire, path[:-1]), path[-1]
         roll = rng.random()
         if roll < 0.55:

@@ -32,6 +32,7 @@ from protocol import (
     Frame,
     FrameError,
     Gift,
+    Ping,
     ProtocolError,
     RankEntry,
     decode_client,
@@ -69,7 +70,8 @@ VALID: dict[str, dict[str, Any]] = {
     "redeem_frame": {"t": "redeem_frame", "rid": 7, "festival": "spring"},
     "bind_mentor": {"t": "bind_mentor", "rid": 7, "mentor": "alice"},
     "welcome": {"t": "welcome", "user": "bob", "node": "n1", "epoch": "e1", "offset": 3, "recovered": True,
-                "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20},
+                "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20, "pending_more": True},
+    "pending": {"t": "pending", "gifts": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "more": True},
     "gift_sent": {"t": "gift_sent", "rid": 7, "gift": GIFT},
     "gift_resolved": {"t": "gift_resolved", "rid": 7, "gift": SCENE_GIFT},
     "balance": {"t": "balance", "rid": 7, "available": {"note": 10}, "held": {"note": 0},
@@ -300,7 +302,7 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
         ("send_gift", "quote"), ("balance", "points"),
         ("room", "rid"), ("room", "wish_kind"), ("room", "wish_target"), ("room", "wish_progress"),
         ("room", "points"), ("room", "rank"),
-        ("done", "expires_at_ms"), ("done", "reward"),
+        ("done", "expires_at_ms"), ("done", "reward"), ("welcome", "pending_more"), ("pending", "more"),
     }
     assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room"}
     assert {s.name for s in Gift.FIELDS if not s.optional} == set(GIFT)
@@ -528,8 +530,28 @@ def test_msgpack_64_bit_extremes_are_out_of_range() -> None:
 
 def test_json_integer_beyond_64_bits_is_refused() -> None:
     refused('{"t":"ping","rid":100000000000000000000000000}', JSON, ErrorCode.BAD_FIELD, None)
-    refused('{"t":"send_gift","rid":7,"gift_id":"g","to":"b","kind":"n","qty":1e400}', JSON,
-            ErrorCode.BAD_FRAME, None)
+    err = refused('{"t":"send_gift","rid":7,"gift_id":"g","to":"b","kind":"n","qty":18446744073709551616}',
+                  JSON, ErrorCode.BAD_FIELD, 7)
+    assert err.message == "field 'qty' must be an integer from 1 to 1000000"
+
+
+@pytest.mark.parametrize("literal", [str(10**400), str(-(10**400)), "1" * 60_000, "1e400", "-1.5E+999"],
+                         ids=["1e400-digits", "negative", "60000-digits", "1e400", "negative-float"])
+def test_json_number_beyond_a_double_is_out_of_range_with_the_rid(literal: str) -> None:
+    """Not an unreadable frame: a number, out of range for the field, refused with the rid."""
+    frame = f'{{"t":"send_gift","rid":7,"gift_id":"g","to":"b","kind":"n","qty":{literal}}}'
+    err = refused(frame, JSON, ErrorCode.BAD_FIELD, 7)
+    assert "'qty'" in err.message
+    # As the rid itself it leaves the error without a rid; in an unknown field it is ignored.
+    refused(f'{{"t":"ping","rid":{literal}}}', JSON, ErrorCode.BAD_FIELD, None)
+    assert decode_client(f'{{"t":"ping","rid":7,"x":[{literal}]}}', JSON) == Ping(rid=7)
+
+
+def test_huge_numbers_do_not_make_invalid_json_valid() -> None:
+    huge = str(10**400)
+    for frame in (f'{{"t":"ping","rid":{huge},}}', f'{{"t":"ping","rid":7,"x":"{huge}}}',
+                  f'{{"t":"ping","rid":7,"x":{huge}.}}', f'{{"t":"ping","rid":7,"x":NaN{huge}}}'):
+        refused(frame, JSON, ErrorCode.BAD_FRAME, None)
 
 
 IN_RANGE_EDGES: list[tuple[str, str, Any]] = [

@@ -27,9 +27,11 @@ from protocol import (
     CloseCode,
     Encoding,
     Error,
+    Event,
     Gift,
     GiftSent,
     Hello,
+    Pending,
     Ping,
     Pong,
     SendGift,
@@ -325,3 +327,53 @@ async def test_an_offer_wait_times_out_without_losing_a_later_offer() -> None:
     with pytest.raises(TimeoutError):
         await client.wait_connected(timeout=0.01)
     assert client._outcomes.qsize() == 0 and not client._outcomes._getters  # type: ignore[attr-defined]
+
+
+async def test_a_pending_list_in_parts_is_put_together_and_each_offer_yielded_once() -> None:
+    """welcome (pending_more) + pending frames; an offer repeated in a part and replayed as
+    an event after a reconnect is still yielded once, and requests wait for the last part."""
+    gifts = [Gift(gift_id=f"g{i}", sender="ann", recipient="bob", kind="note", qty=1, cost=10, state="pending",
+                  created_at_ms=1, expires_at_ms=2) for i in range(5)]
+    frames: list[ServerMessage] = [
+        Welcome(user="bob", node="fake", epoch="e", offset=1, recovered=True, pending=tuple(gifts[:2]),
+                heartbeat_s=20, pending_more=True),
+        Pending(gifts=(gifts[2], gifts[1]), more=True),
+        Pending(gifts=(gifts[3],)),
+        Event(epoch="e", offset=2, event="offer", gift=gifts[4]),
+        Event(epoch="e", offset=3, event="offer", gift=gifts[0]),
+    ]
+    released = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        assert isinstance(decode_client(await ws.recv(), MSGPACK), Hello)
+        await ws.send(encode(frames[0], MSGPACK))
+        await released.wait()  # the rest of the list comes later
+        with contextlib.suppress(ConnectionClosed):
+            for frame in frames[1:]:
+                await ws.send(encode(frame, MSGPACK))
+            async for frame in ws:
+                msg = decode_client(frame, MSGPACK)
+                assert isinstance(msg, Ping)
+                await ws.send(encode(Pong(rid=msg.rid, server_time_ms=5), MSGPACK))
+
+    server = await serve(handler, "127.0.0.1", 0, subprotocols=[Subprotocol(s) for s in SUBPROTOCOLS])
+    try:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = NotecardClient(f"ws://127.0.0.1:{port}", "token")
+        connecting = asyncio.create_task(client.connect())
+        await asyncio.sleep(0.1)
+        assert not connecting.done(), "connected before the list was complete"
+        released.set()
+        welcome = await connecting
+        try:
+            assert welcome.pending == (gifts[0], gifts[1], gifts[2], gifts[1], gifts[3])
+            assert welcome.pending_more is None
+            await client.ping()
+            offers = [client._offers.get_nowait() for _ in range(client._offers.qsize())]
+            assert [g.gift_id for g in offers] == ["g0", "g1", "g2", "g3", "g4"]
+        finally:
+            await client.close()
+    finally:
+        released.set()
+        server.close()
+        await server.wait_closed()

@@ -9,11 +9,17 @@
 -- Returns msgpack {count = the user's connections on that node}, or {err =
 -- TOO_MANY_CONNECTIONS} with nothing written when the user already holds the cap. Counts
 -- of nodes that stopped beating are not counted: their connections are gone.
+-- Or {err = ACCOUNT_BANNED}, nothing written, when the user's account is banned. The check
+-- and the count are one step: a ban set later finds this node in the presence hash
+-- (set_flags.lua tells it).
 -- Invariants kept: a node with a count > 0 in a presence hash has the user in its
 -- nodeusers set, so dropping a dead node finds every entry it left behind. The count is
 -- computed before the first write (one that is no whole number, or below 0, counts as 0).
 
 local user, node, cap = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
+if redis.call('HGET', key('user', user), 'banned') == '1' then
+  return refuse('ACCOUNT_BANNED')
+end
 if cap > 0 then
   local flat = redis.call('HGETALL', KEYS[1])
   local names, counts = {}, {}

@@ -5,6 +5,8 @@
 -- ARGV[8]  user
 -- ARGV[9]  the client's epoch, or "" when it does not ask to resume
 -- ARGV[10] the last offset the client processed, or "" (read as 0)
+-- ARGV[11] at most this many events (a page; the caller asks again after the last one), or
+--          "" for all of them
 --
 -- Returns msgpack {ep = epoch, head = newest offset, recovered = bool,
 --                  events = [event map as published, ...]}:
@@ -37,8 +39,12 @@ if client_epoch == epoch and after <= head then
     from = '-'
   end
 end
+local range = {'XRANGE', stream, from, '+'}
+if ARGV[11] ~= '' then
+  range[5], range[6] = 'COUNT', ARGV[11]
+end
 local events = {}
-for i, entry in ipairs(redis.call('XRANGE', stream, from, '+')) do
+for i, entry in ipairs(redis.call(unpack(range))) do
   -- entry = {id, {'p', payload}}; unpacked so the reply is one msgpack document rather
   -- than msgpack nested as an opaque string
   events[i] = cmsgpack.unpack(entry[2][2])

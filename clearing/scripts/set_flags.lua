@@ -7,7 +7,9 @@
 --
 -- Returns msgpack {user = user hash, bal = balance hash, held = held hash} (HGETALL
 -- lists) or {err = UNKNOWN_USER}. Pending gifts are not touched: a ban stops new gifts,
--- and the ones in flight resolve as usual so no held amount is stranded.
+-- and the ones in flight resolve as usual so no held amount is stranded. A ban also tells
+-- every live node holding the user's connections to close them: the control message
+-- 'ctl:ban:<user>' on the node's channel (clearing/events.py). connect.lua refuses new ones.
 
 local user_key = KEYS[1]
 local user_id = ARGV[8]
@@ -19,6 +21,11 @@ for i, name in ipairs(names) do
   local value = ARGV[8 + i]
   if value ~= '' then
     redis.call('HSET', user_key, name, value)
+  end
+end
+if ARGV[11] == '1' then
+  for _, node in ipairs(live_nodes(user_id)) do
+    redis.call('PUBLISH', key('node', node), 'ctl:ban:' .. user_id)
   end
 end
 return reply({user = redis.call('HGETALL', user_key), bal = redis.call('HGETALL', key('bal', user_id)),

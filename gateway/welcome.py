@@ -1,0 +1,103 @@
+"""What a connection receives right after ``hello``: the welcome, the pending offers and the
+events it missed, then the live events that arrived meanwhile.
+
+A client back after a long absence may have hundreds of missed events and offers waiting.
+All of it at once would overflow the connection's send queue and close it as a slow
+consumer, again at every reconnect; and a welcome holding every offer could outgrow the
+frame limit. So the pending list is cut into frames of :data:`PENDING_PER_FRAME` offers
+(the welcome carries the first, ``pending`` frames the rest), and the frames go out a page
+at a time, each page once the one before has left the queue. The events are read from the
+stream a page at a time too. Live events arriving meanwhile wait in the connection's
+``buffered`` list and follow the replay, in offset order, without duplicates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from clearing import Clearing, EventLog, Replay
+from gateway.config import GatewaySettings
+from gateway.connection import ClientConnection, page_size
+from gateway.hub import Hub
+from gateway.views import event_view, gift_view
+from protocol import CloseCode, Frame, Gift, Hello, Pending, Welcome, encode
+
+# The session's logger: "connected" stays where operators have always found it.
+log = logging.getLogger("notecard.gateway.session")
+
+#: Offers per welcome or ``pending`` frame. The largest possible gift (64-character ids,
+#: 16-digit numbers, every optional field) takes 662 bytes of JSON: 64 of them plus the
+#: welcome's own fields stay far below MAX_FRAME_BYTES (tests/test_protocol_frame_sizes.py).
+PENDING_PER_FRAME = 64
+
+
+def welcome_messages(welcome: Welcome, pending: Sequence[Gift]) -> list[Welcome | Pending]:
+    """``welcome`` with the first offers of ``pending``, then one ``pending`` frame per further
+    :data:`PENDING_PER_FRAME` offers; ``pending_more`` and ``more`` say another follows."""
+    pages = [tuple(pending[i : i + PENDING_PER_FRAME]) for i in range(0, len(pending), PENDING_PER_FRAME)]
+    pages = pages or [()]
+    last = len(pages) - 1
+    first = dataclasses.replace(welcome, pending=pages[0], pending_more=True if last else None)
+    return [first, *(Pending(gifts=page, more=True if i < last else None) for i, page in enumerate(pages) if i)]
+
+
+class Welcomer:
+    def __init__(self, node_id: str, settings: GatewaySettings, hub: Hub, clearing: Clearing,
+                 events: EventLog) -> None:
+        self.node_id = node_id
+        self.settings = settings
+        self.hub = hub
+        self.clearing = clearing
+        self.events = events
+        self.page = page_size(settings.send_queue_max)
+
+    async def welcome(self, conn: ClientConnection, hello: Hello) -> None:
+        """Send the welcome, the pending offers, the missed events, then the buffered live ones."""
+        replay = await self.events.replay(conn.user_id, hello.epoch, hello.offset, limit=self.page)
+        pending = [gift_view(g) for g in await self.clearing.pending_for(conn.user_id)]
+        welcome = Welcome(
+            user=conn.user_id, node=self.node_id, epoch=replay.epoch, offset=replay.head,
+            recovered=replay.recovered, pending=(), heartbeat_s=max(1, round(self.settings.heartbeat_s)),
+        )
+        if not await self._send_paged(conn, [encode(m, conn.encoding) for m in welcome_messages(welcome, pending)]):
+            return
+        last = await self._replay(conn, replay)
+        if last is None:
+            return
+        conn.epoch = replay.epoch
+        conn.last_offset = last
+        self.hub.flush_buffered(conn)
+        log.info("connected", extra={"user": conn.user_id, "app": conn.app, "recovered": replay.recovered})
+
+    async def _send_paged(self, conn: ClientConnection, frames: list[Frame]) -> bool:
+        """Queue ``frames`` a page at a time; False when the connection ended meanwhile."""
+        for start in range(0, len(frames), self.page):
+            if start:
+                await conn.drained()
+            for frame in frames[start : start + self.page]:
+                conn.push(frame)
+        return not conn.closing
+
+    async def _replay(self, conn: ClientConnection, first: Replay) -> int | None:
+        """Queue the missed events, reading and sending a page at a time up to the head the
+        welcome announced. The newest offset queued (at least that head), or None when the
+        connection ended meanwhile."""
+        page = first
+        while True:
+            for event in page.events:
+                conn.push(encode(event_view(event), conn.encoding))
+            if len(page.events) < self.page or page.events[-1].offset >= first.head:
+                if conn.closing:
+                    return None
+                return max(first.head, page.events[-1].offset) if page.events else first.head
+            await conn.drained()
+            if conn.closing:
+                return None
+            page = await self.events.replay(conn.user_id, first.epoch, page.events[-1].offset, limit=self.page)
+            if page.epoch != first.epoch or not page.recovered:
+                # The stream was recreated, or trimmed past what we sent, while we read it:
+                # the client reconnects and learns it from the welcome (recovered=false).
+                conn.close(CloseCode.SERVICE_UNAVAILABLE, "event stream reset, reconnect")
+                return None
