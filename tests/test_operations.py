@@ -182,10 +182,13 @@ def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     env = dict(os.environ, NOTECARD_DATA_DIR=str(tmp_path / "data"))
     env.pop("NOTECARD_REDIS_URL", None)
     env.pop("REDIS_URL", None)
-    done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(free_port_run(4))],
+    port = free_port_run(4)
+    done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(port)],
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
+    # The banner says how to reach the ports it chose with `notecard admin`, and its secrets.
+    assert f"NOTECARD_DATA_DIR={tmp_path / 'data'} notecard admin --url http://127.0.0.1:{port + 1} user" in out
     nodes = {line.split(" is connected to node ")[1].split(" ")[0] for line in out.splitlines()
              if " is connected to node " in line}
     assert len(nodes) == 2  # the giver and the recipient are on different nodes
