@@ -166,3 +166,56 @@ def test_the_effective_rows_follow_the_declarations() -> None:
     rows = effective(GatewaySettings(), {})
     assert [name for name, _, _ in rows] == [d.variable for d in declarations()]
     assert all(origin == "default" for _, _, origin in rows)
+
+
+async def test_a_node_answers_healthz_while_it_waits_for_redis_then_serves(tmp_path: Path) -> None:
+    """Started before its Redis (a compose file, a failover): alive, not ready with the
+    reason (the address without its password, and the cause), then ready once Redis is up."""
+    import asyncio
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    from gateway import GatewayNode, connect_redis
+    from notecard.local_redis import LocalRedis
+    from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET
+
+    server = LocalRedis(tmp_path / "redis")  # not started yet
+    settings = GatewaySettings(redis_url=server.url, port=0, admin_port=0, probe_port=0, data_dir=tmp_path,
+                               log_format="text", redis_wait_s=0, redis_timeout_s=1.0, shutdown_grace_s=1.0)
+    client = connect_redis(settings)
+    node = GatewayNode(settings, client, token_secret=TOKEN_SECRET, admin_token=ADMIN_TOKEN)
+    starting = asyncio.create_task(node.start())
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.probe_port}{path}", timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while node.probe_port is None or node.waiting_for is None:
+            assert not starting.done(), starting
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert (await asyncio.to_thread(get, "/healthz"))[0] == 200
+        status, body = await asyncio.to_thread(get, "/readyz")
+        reasons = orjson.loads(body)["reasons"]
+        assert status == 503
+        assert f"waiting for Redis at redis://:***@127.0.0.1:{server.port}/0" in reasons[0], reasons
+        assert "ConnectionError" in reasons[0] and server.password not in body.decode()
+        server.start()
+        await asyncio.wait_for(starting, 30)
+        while (await asyncio.to_thread(get, "/readyz"))[0] != 200:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await node.stop()
+        await client.aclose()
+        server.stop()
