@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -61,7 +62,10 @@ from clearing import (
 from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
+from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
+
+log = logging.getLogger("notecard.gateway.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,6 +94,16 @@ def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
     return obj
+
+
+def _with_unit(plain: dict[str, Any], units_per_card: int) -> dict[str, Any]:
+    """Balances are minor units; saying how many make a card lets a reader (``notecard
+    admin``) show the whole cards that ``mint`` takes."""
+    if "available" in plain:
+        return plain | {"units_per_card": units_per_card}
+    if isinstance(plain.get("balances"), dict):
+        return plain | {"balances": _with_unit(plain["balances"], units_per_card)}
+    return plain
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -149,6 +163,7 @@ class AdminApp:
         self.metrics = metrics
         self.ready = ready
         self.not_ready_reasons = not_ready_reasons or list
+        self.rejected_tokens = ThrottledLog(log, "admin token rejected")
 
     def build_probes(self) -> web.Application:
         """Probes and metrics only: safe to bind where the admin API must not be reached."""
@@ -204,6 +219,10 @@ class AdminApp:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            # Never the token itself: the operator needs to know that calls are refused, and
+            # from where (a CLI run from another folder has other generated secrets).
+            self.rejected_tokens.log(peer=request.remote, path=request.path,
+                                     reason="missing" if not token else "wrong")
             raise AdminError(401, "UNAUTHORIZED", "admin token missing or wrong")
 
     # ------------------------------------------------------------ probes
@@ -232,25 +251,25 @@ class AdminApp:
             created_at_ms=_field(data, "created_at_ms", int),
             app=_field(data, "app", str) or "main",
         )
-        return _json(_plain(user), 201)
+        return _json(_with_unit(_plain(user), self.rules.units_per_card), 201)
 
     async def get_user(self, request: web.Request) -> web.Response:
         user = await self.accounts.get_user(_path_id(request, "user"))
         if user is None:
             raise AdminError(404, "UNKNOWN_USER", "no such user")
-        return _json(_plain(user))
+        return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def set_flags(self, request: web.Request) -> web.Response:
         data = _only(await _body(request), *_BOOL_FLAGS)
         flags = {name: _field(data, name, bool) for name in _BOOL_FLAGS}
         user = await self.accounts.set_flags(_path_id(request, "user"), **flags)
-        return _json(_plain(user))
+        return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def mint(self, request: web.Request) -> web.Response:
         data = _only(await _body(request), "kind", "qty")
         kind = _field(data, "kind", str) or self.rules.card_kinds[0]
         balances = await self.accounts.mint(_path_id(request, "user"), kind, _field(data, "qty", int, required=True))
-        return _json(_plain(balances))
+        return _json(_with_unit(_plain(balances), self.rules.units_per_card))
 
     async def follow(self, request: web.Request) -> web.Response:
         data = _only(await _body(request), "since_ms")
@@ -285,6 +304,7 @@ class AdminApp:
 
     async def invariant(self, request: web.Request) -> web.Response:
         report = await check_invariant(self.redis, self.rules, self.keys)
+        self.metrics.invariant_checked(len(report.violations))
         return _json({"ok": report.ok, "violations": report.violations, "per_kind": report.per_kind})
 
     # ------------------------------------------------------------ scenes

@@ -1,22 +1,51 @@
 """Typed gateway settings, read from the environment (prefix ``NOTECARD_``).
 
+Each setting is declared once, as a field of :class:`GatewaySettings` made by
+:func:`setting`: its environment variable, its kind (type and range, gateway/setting_kinds.py),
+its default and what it means. Reading the environment, the range checks, the error
+messages, ``notecard config`` and README's configuration table all come from that one
+declaration (tests/test_config.py checks the README's table against it). The gift rules
+(``clearing.GiftRules``) keep their defaults in clearing; their variables are declared in
+:data:`RULE_SETTINGS`.
+
 Every setting has a working local default, so ``notecard dev`` needs no set-up. A bad
-value stops the process at start with a message naming the variable, never later.
-The full reference table is in README.md ("Configuration").
+value stops the process at start with a message naming the variable and what it accepts,
+never later.
+
+Adding a setting: one field here, ``name: type = setting(default, "ENV_NAME", Kind(...),
+"what it does")``; then ``notecard config --markdown`` prints the README table to paste.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from collections.abc import Iterator, Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clearing import GiftRules
 from clearing.lua import Durability
-from gateway.auth import check_secret
+from clearing.rules import MIN_POINTS_LOG
+from gateway.auth import MIN_SECRET_BYTES, check_secret
+from gateway.setting_kinds import (
+    Choice,
+    Flag,
+    HostPorts,
+    Integer,
+    Kind,
+    Names,
+    Networks,
+    Number,
+    PathKind,
+    Port,
+    RedisUrl,
+    Secret,
+    Text,
+    redact_url,
+)
 
 PREFIX = "NOTECARD_"
 T = TypeVar("T")
@@ -27,6 +56,7 @@ DurabilityPreset = Literal["", "fast", "aof", "replicated", "strict"]
 PRESET_WAIT: dict[str, tuple[int, int]] = {
     "fast": (0, 1000), "aof": (0, 1000), "replicated": (1, 500), "strict": (2, 500),
 }
+_DECLARED = "notecard.setting"
 
 
 class ConfigError(ValueError):
@@ -34,113 +64,229 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    """Everything one gateway node needs. Build with :meth:`from_env` or directly in tests."""
+class Declared:
+    """One environment variable: what it accepts and means. ``field`` is the settings
+    field it sets (``rules.<name>`` for a gift rule); ``scale`` turns the variable's unit
+    into the field's (seconds into milliseconds); ``shown`` is the default as the README
+    states it when the field's own default would not say it (``None`` meaning "generated")."""
 
-    #: Redis to use; ``None`` means "start a local redis-server child in data_dir".
-    redis_url: str | None = None
-    #: Redis Sentinel addresses ("host:port,host:port") and the monitored primary's name.
-    sentinels: tuple[tuple[str, int], ...] = ()
-    sentinel_master: str = "notecard"
-    host: str = "127.0.0.1"
-    port: int = 8765
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 8766
-    #: Secret that signs client tokens; generated into data_dir when not configured.
-    token_secret: str | None = None
-    #: Bearer token of the admin API; generated into data_dir when not configured.
-    admin_token: str | None = None
-    data_dir: Path = Path(".notecard")
-    node_id: str | None = None
+    env: str
+    kind: Kind[Any]
+    doc: str
+    field: str = ""
+    shown: str = ""
+    scale: int = 1
+    #: Unprefixed names also read, after the prefixed one (REDIS_URL).
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def variable(self) -> str:
+        return PREFIX + self.env
+
+    @property
+    def secret(self) -> bool:
+        return isinstance(self.kind, Secret)
+
+    def parse(self, raw: str) -> Any:
+        value = self.kind.parse(raw)
+        return round(value * self.scale) if self.scale != 1 else value
+
+    def echo(self, raw: str) -> str:
+        """A bad value as an error message may quote it: never a secret or a URL's password."""
+        return "(hidden)" if self.secret else repr(redact_url(raw) if isinstance(self.kind, RedisUrl) else raw)
+
+    def show(self, value: Any) -> str:
+        if value is None or value == ():
+            return ""
+        if self.secret:
+            return "*** (set)"
+        return self.kind.show(value / self.scale if self.scale != 1 else value)
+
+
+def setting(default: T, env: str, kind: Kind[Any], doc: str, *, shown: str = "",
+            aliases: tuple[str, ...] = ()) -> T:
+    """A settings field read from ``NOTECARD_<env>``: the single declaration of a setting."""
+    declared = Declared(env, kind, doc, shown=shown, aliases=aliases)
+    return dataclasses.field(default=default, metadata={_DECLARED: declared})
+
+
+class TimeZone(Kind[str]):
+    expected = "an IANA time zone such as Asia/Shanghai or UTC"
+
+    def parse(self, raw: str) -> str:
+        self.check(raw.strip())
+        return raw.strip()
+
+    def check(self, value: str) -> None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"expected {self.expected}") from None
+
+
+#: The gift rules' variables (gift-rules.md section 1); defaults are GiftRules's own.
+#: A card kind is a wire name (docs/protocol.md: ``kind``), or clients could never send it.
+RULE_SETTINGS: tuple[Declared, ...] = (
+    Declared("CARD_KINDS", Names(r"[a-z0-9_]{1,32}", "comma-separated card kinds, each 1-32 of a-z 0-9 _"),
+             "card kinds; the first is the default of `mint`", "rules.card_kinds"),
+    Declared("UNITS_PER_CARD", Integer(1), "minor units per card", "rules.units_per_card"),
+    Declared("MAX_QTY_PER_GIFT", Integer(1), "cards per gift", "rules.max_qty_per_gift"),
+    Declared("DAILY_SEND_LIMIT", Integer(0), "gifts a sender may send per day", "rules.daily_send_limit"),
+    Declared("VIP_SEND_BONUS", Integer(0), "more gifts a day for a VIP sender", "rules.vip_send_bonus"),
+    Declared("DAILY_RECEIVE_LIMIT", Integer(0), "gifts a user may receive per day", "rules.daily_receive_limit"),
+    Declared("RECEIVE_LIMIT_SCOPE", Choice("recipient", "pair"),
+             "`recipient`: the receive limit counts all senders; `pair`: per (sender, recipient)",
+             "rules.receive_limit_scope"),
+    Declared("FOLLOW_MIN_AGE_S", Number(minimum=0), "minimum age of both follows, seconds (3 days)",
+             "rules.follow_min_age_ms", scale=1000),
+    Declared("CONFIRM_WINDOW_S", Number(minimum=0.001), "time to accept before the gift returns",
+             "rules.confirm_window_ms", scale=1000),
+    Declared("TIMEZONE", TimeZone(), "the calendar day of the daily limits", "rules.timezone"),
+    Declared("STREAM_MAXLEN", Integer(1), "events kept per user for replay", "rules.stream_maxlen"),
+    Declared("POINTS_LOG_MAXLEN", Integer(MIN_POINTS_LOG),
+             "entries kept in the points log; older ones are folded into per-user sums, so the invariant "
+             "check reads a bounded log", "rules.points_log_maxlen"),
+    Declared("NODE_TTL_S", Number(minimum=0.001),
+             "a node silent this long is dead (at least 3 `NODE_HEARTBEAT_S`)", "rules.node_ttl_ms", scale=1000),
+    Declared("REFUSAL_MEMORY_S", Number(minimum=0.001),
+             "a refused gift id answers the same refusal this long; keep it above `HEARTBEAT_S` + "
+             "`PONG_TIMEOUT_S` + `REDIS_TIMEOUT_S`, the longest a copy of a request can be on its way",
+             "rules.refusal_memory_ms", scale=1000),
+)
+
+_LOG_LEVELS = Choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=str.upper)
+_SECRET_SIZE = f"text of {MIN_SECRET_BYTES} bytes or more"
+_DURABILITY = Choice("fast", "aof", "replicated", "strict")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything one gateway node needs. Build with :meth:`from_env` or directly in tests;
+    either way every declared value is checked against its range."""
+
+    redis_url: str | None = setting(
+        None, "REDIS_URL", RedisUrl(),
+        "Redis to use; `rediss://` for TLS, credentials in the URL win over the settings below",
+        shown="unset (required outside development)", aliases=("REDIS_URL",))
+    sentinels: tuple[tuple[str, int], ...] = setting(
+        (), "SENTINELS", HostPorts(), "Redis Sentinels, instead of `REDIS_URL`", shown="unset")
+    sentinel_master: str = setting("notecard", "SENTINEL_MASTER", Text(), "the primary's name in Sentinel")
+    host: str = setting("127.0.0.1", "HOST", Text(), "WebSocket listener address")
+    port: int = setting(8765, "PORT", Port(), "WebSocket listener port")
+    admin_host: str = setting("127.0.0.1", "ADMIN_HOST", Text(), "admin API address (plain HTTP: keep it private)")
+    admin_port: int = setting(8766, "ADMIN_PORT", Port(), "admin API, metrics and probes port")
+    #: Secret that signs client tokens; generated into data_dir in development.
+    token_secret: str | None = setting(
+        None, "TOKEN_SECRET", Secret(expected=_SECRET_SIZE), "client-token signing secret, at least 32 bytes",
+        shown="required outside development (there: generated into `DATA_DIR/secrets.json`)")
+    #: Bearer token of the admin API; generated into data_dir in development.
+    admin_token: str | None = setting(
+        None, "ADMIN_TOKEN", Secret(expected=_SECRET_SIZE), "admin API bearer token, at least 32 bytes",
+        shown="required outside development (there: generated into `DATA_DIR/secrets.json`)")
+    data_dir: Path = setting(Path(".notecard"), "DATA_DIR", PathKind(),
+                             "development Redis data and generated secrets (created mode 700)")
+    node_id: str | None = setting(
+        None, "NODE_ID", Text(r"[A-Za-z0-9_.:\-]{1,64}", "1-64 characters of A-Z a-z 0-9 _ . : -"),
+        "this node's name in presence, channels and logs", shown="host-pid-random")
     rules: GiftRules = dataclasses.field(default_factory=GiftRules)
-    #: WebSocket keepalive: ping every heartbeat_s, close (1011) when no pong in pong_timeout_s.
-    heartbeat_s: float = 20.0
-    pong_timeout_s: float = 20.0
-    #: A connection must send ``hello`` within this time.
-    auth_timeout_s: float = 10.0
-    #: Frames queued for one connection before it is a slow consumer (closed with 3001).
-    send_queue_max: int = 256
+    heartbeat_s: float = setting(20.0, "HEARTBEAT_S", Number(above=0), "WebSocket ping interval")
+    pong_timeout_s: float = setting(20.0, "PONG_TIMEOUT_S", Number(above=0), "close (1011) when no pong this long")
+    auth_timeout_s: float = setting(10.0, "AUTH_TIMEOUT_S", Number(above=0), "time to send `hello` (else close 3003)")
+    send_queue_max: int = setting(256, "SEND_QUEUE_MAX", Integer(1),
+                                  "frames queued per connection before close 3001 (slow consumer)")
     #: WebSocket write buffer high-water mark per connection, bytes.
     write_limit: int = 32 * 1024
-    #: Per-connection request rate: sustained requests per second and burst size.
-    rate_per_s: float = 20.0
-    rate_burst: int = 40
+    rate_per_s: float = setting(20.0, "RATE_PER_S", Number(above=0),
+                                "requests per second per connection (then `RATE_LIMITED`)")
+    rate_burst: int = setting(40, "RATE_BURST", Integer(1), "request burst per connection")
     #: Refused requests in a row (rate limit) before the connection is closed (3002).
     rate_strikes_max: int = 50
     #: Per-user request rate over all of the user's connections on every node (Redis), so
     #: that more connections buy no more requests than one.
-    user_rate_per_s: float = 20.0
-    user_rate_burst: int = 40
-    #: A user's connections over all live nodes (more are closed with 3510) and connections
-    #: from one client address on this node (more are closed with 3511).
-    max_connections_per_user: int = 10
-    max_connections_per_ip: int = 1000
-    #: Peers whose X-Forwarded-For names the client (a load balancer); CIDR networks.
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
-    #: Live rooms one connection may watch at once (more are refused TOO_MANY_ROOMS).
-    max_rooms_per_connection: int = 5
-    #: Malformed frames on one connection before it is closed (3502).
-    max_bad_frames: int = 5
-    #: How long a graceful shutdown waits for connections to drain.
-    shutdown_grace_s: float = 5.0
-    #: Sweeper period: pending gifts past their window are refunded at most this late.
-    sweep_interval_s: float = 0.5
-    #: Live-room updates (viewers, wish progress, leaderboard) are pushed at most this often.
-    room_push_s: float = 0.5
-    #: Node heartbeat period; rules.node_ttl_ms must be several of these.
-    node_heartbeat_s: float = 2.0
-    #: Subscriber watchdog: a self-addressed probe must come back within this time.
-    subscriber_probe_s: float = 2.0
-    #: A Redis call slower than this is treated as unavailable (the outcome is unknown).
-    redis_timeout_s: float = 5.0
-    #: Durability of acknowledged gift writes: also on this many replicas (Redis WAIT), waiting
-    #: at most wait_timeout_ms; fewer in time answers UNAVAILABLE (outcome unknown). 0: the
-    #: primary's word is enough. What each setting guarantees: docs/guarantees.md.
-    wait_replicas: int = 0
-    wait_timeout_ms: int = 1000
-    log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
-    #: Start N worker processes sharing the port (SO_REUSEPORT); 1 runs in-process.
-    workers: int = 1
-    #: Credentials and TLS for Redis, with a URL as with Sentinel's primary. A URL's own user
-    #: and password win, and ``rediss://`` turns TLS on as redis_tls does.
-    redis_username: str | None = None
-    redis_password: str | None = None
-    redis_tls: bool = False
-    #: PEM files for TLS (to Redis and to the Sentinels): the CA that signed the servers'
-    #: certificates (default: the system's), and this client's certificate and key when the
-    #: servers require one (``tls-auth-clients``).
-    redis_tls_ca_file: str | None = None
-    redis_tls_cert_file: str | None = None
-    redis_tls_key_file: str | None = None
-    #: The Sentinels' own credentials (their ``requirepass`` or ACL user) and TLS.
-    sentinel_username: str | None = None
-    sentinel_password: str | None = None
-    sentinel_tls: bool = False
-    #: The durability preset the deployment promises (docs/guarantees.md): its WAIT becomes
-    #: the default of wait_replicas / wait_timeout_ms, and the node checks the replicas it
-    #: sees against it. "" promises nothing beyond the WAIT settings.
-    durability_preset: DurabilityPreset = ""
-    #: A second HTTP listener with only /healthz, /readyz and /metrics, for load balancers
-    #: and scrapers on other hosts while the admin API stays on loopback. None: none.
-    probe_host: str = "127.0.0.1"
-    probe_port: int | None = None
+    user_rate_per_s: float = setting(
+        20.0, "USER_RATE_PER_S", Number(above=0),
+        "requests per second per user over all their connections and nodes (then `RATE_LIMITED`; one small "
+        "Redis script per request)")
+    user_rate_burst: int = setting(40, "USER_RATE_BURST", Integer(1), "request burst per user")
+    max_connections_per_user: int = setting(10, "MAX_CONNECTIONS_PER_USER", Integer(1),
+                                            "a user's connections over all live nodes; more are closed with 3510")
+    max_connections_per_ip: int = setting(
+        1000, "MAX_CONNECTIONS_PER_IP", Integer(1),
+        "connections from one client address on one node; more are closed with 3511 (cap all nodes at the load "
+        "balancer)")
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(
+        (), "TRUSTED_PROXIES", Networks(),
+        "load balancers whose `X-Forwarded-For` (last entry) names the client", shown="unset")
+    max_rooms_per_connection: int = setting(5, "MAX_ROOMS_PER_CONNECTION", Integer(1),
+                                            "live rooms one connection watches at once (then `TOO_MANY_ROOMS`)")
+    max_bad_frames: int = setting(5, "MAX_BAD_FRAMES", Integer(1), "malformed frames before close 3502")
+    shutdown_grace_s: float = setting(5.0, "SHUTDOWN_GRACE_S", Number(above=0), "graceful shutdown deadline")
+    sweep_interval_s: float = setting(0.5, "SWEEP_INTERVAL_S", Number(above=0),
+                                      "how often each node refunds expired gifts")
+    room_push_s: float = setting(0.5, "ROOM_PUSH_S", Number(above=0),
+                                 "live-room updates are pushed at most this often (the throttle)")
+    node_heartbeat_s: float = setting(2.0, "NODE_HEARTBEAT_S", Number(above=0), "node heartbeat period")
+    subscriber_probe_s: float = setting(
+        2.0, "SUBSCRIBER_PROBE_S", Number(above=0),
+        "pub/sub watchdog probe period; 3 periods without an answer make the node not ready and take it out of "
+        "presence")
+    redis_timeout_s: float = setting(
+        5.0, "REDIS_TIMEOUT_S", Number(above=0),
+        "a slower Redis call answers `UNAVAILABLE` (outcome unknown, retry with the same id)")
+    redis_wait_s: float = setting(
+        60.0, "REDIS_WAIT_S", Number(minimum=0),
+        "how long a starting node waits for Redis (answering /healthz, not ready) before it gives up; 0: for ever")
+    #: Durability of acknowledged gift writes (docs/guarantees.md).
+    wait_replicas: int = setting(0, "WAIT_REPLICAS", Integer(0),
+                                 "acknowledge a gift only once this many replicas have it (Redis WAIT)",
+                                 shown="0, or `DURABILITY`'s")
+    wait_timeout_ms: int = setting(1000, "WAIT_TIMEOUT_MS", Integer(1),
+                                   "how long WAIT waits; fewer replicas in time answer `UNAVAILABLE`",
+                                   shown="1000, or `DURABILITY`'s")
+    log_level: str = setting("INFO", "LOG_LEVEL", _LOG_LEVELS, "log level")
+    log_format: Literal["json", "text"] = setting("json", "LOG_FORMAT", Choice("json", "text"),
+                                                  "one JSON object per line, or text for people")
+    workers: int = setting(1, "WORKERS", Integer(1), "worker processes for `serve`")
+    redis_username: str | None = setting(None, "REDIS_USERNAME", Text(),
+                                         "Redis ACL user (with a URL or through Sentinel)", shown="unset")
+    redis_password: str | None = setting(None, "REDIS_PASSWORD", Secret(),
+                                         "Redis password (with a URL or through Sentinel)", shown="unset")
+    redis_tls: bool = setting(False, "REDIS_TLS", Flag(),
+                              "TLS to Redis (a `redis://` URL is used as `rediss://`); the server certificate is "
+                              "always verified")
+    redis_tls_ca_file: str | None = setting(None, "REDIS_TLS_CA_FILE", Text(),
+                                            "PEM file of the CA that signed Redis's and the Sentinels' certificates",
+                                            shown="unset: the system's CAs")
+    redis_tls_cert_file: str | None = setting(None, "REDIS_TLS_CERT_FILE", Text(),
+                                              "PEM client certificate, when the servers require one",
+                                              shown="unset")
+    redis_tls_key_file: str | None = setting(None, "REDIS_TLS_KEY_FILE", Text(),
+                                             "PEM key of the client certificate", shown="unset")
+    sentinel_username: str | None = setting(None, "SENTINEL_USERNAME", Text(),
+                                            "the Sentinels' own ACL user", shown="unset")
+    sentinel_password: str | None = setting(None, "SENTINEL_PASSWORD", Secret(),
+                                            "the Sentinels' own password (their `requirepass`)", shown="unset")
+    sentinel_tls: bool = setting(False, "SENTINEL_TLS", Flag(), "TLS to the Sentinels")
+    durability_preset: DurabilityPreset = setting(
+        "", "DURABILITY", _DURABILITY,
+        "the preset promised (docs/guarantees.md); sets the default `WAIT_REPLICAS` / `WAIT_TIMEOUT_MS` "
+        "(0, 1000; 0, 1000; 1, 500; 2, 500), and the node checks the replicas it sees against it", shown="unset")
+    probe_host: str = setting("127.0.0.1", "PROBE_HOST", Text(), "probe listener address")
+    probe_port: int | None = setting(
+        None, "PROBE_PORT", Port(),
+        "a second listener with only `/healthz`, `/readyz`, `/metrics` (worker *i* on `PROBE_PORT + i`)",
+        shown="unset")
+    dev: bool = setting(
+        False, "DEV", Flag(),
+        "development mode (`notecard dev` and `serve --dev` set it): with no Redis configured a private "
+        "`redis-server` runs in `DATA_DIR`, and missing secrets are generated there")
 
     def __post_init__(self) -> None:
+        problems = [str(exc) for exc in _range_errors(self)]
+        if problems:
+            raise ConfigError("\n".join(problems))
         if self.rules.node_ttl_ms < 3 * self.node_heartbeat_s * 1000:
-            raise ConfigError("NOTECARD_NODE_TTL_S must be at least 3 heartbeats (NOTECARD_NODE_HEARTBEAT_S)")
-        if self.room_push_s <= 0:
-            raise ConfigError(f"{PREFIX}ROOM_PUSH_S must be positive")
-        for name in ("send_queue_max", "rate_burst", "max_bad_frames", "workers", "wait_timeout_ms",
-                     "user_rate_burst", "max_connections_per_user", "max_connections_per_ip",
-                     "max_rooms_per_connection"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1")
-        for name in ("rate_per_s", "user_rate_per_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{PREFIX}{name.upper()} must be positive")
-        if self.wait_replicas < 0:
-            raise ConfigError(f"{PREFIX}WAIT_REPLICAS must not be negative")
+            raise ConfigError(f"{PREFIX}NODE_TTL_S must be at least 3 heartbeats ({PREFIX}NODE_HEARTBEAT_S)")
         if self.wait_replicas and self.wait_timeout_ms >= self.redis_timeout_s * 1000:
             raise ConfigError(f"{PREFIX}WAIT_TIMEOUT_MS must be below {PREFIX}REDIS_TIMEOUT_S, "
                               "or every slow WAIT would look like a dead Redis")
@@ -158,8 +304,6 @@ class GatewaySettings:
 
     def _check_durability_preset(self) -> None:
         preset, wait = self.durability_preset, self.wait_replicas
-        if preset not in ("", *PRESET_WAIT):
-            raise ConfigError(f"{PREFIX}DURABILITY: expected one of {', '.join(PRESET_WAIT)}")
         if preset in ("fast", "aof") and wait:
             raise ConfigError(f"{PREFIX}WAIT_REPLICAS={wait} contradicts {PREFIX}DURABILITY={preset} (WAIT 0)")
         if preset in ("replicated", "strict") and not wait:
@@ -184,178 +328,130 @@ class GatewaySettings:
         return self.redis_tls or self.sentinel_tls or url_tls
 
     @property
+    def redis_configured(self) -> bool:
+        """An external Redis is named (else only development runs a private one)."""
+        return bool(self.redis_url or self.sentinels)
+
+    @property
+    def redis_address(self) -> str:
+        """Where Redis is, for messages (a URL's password hidden)."""
+        if self.sentinels:
+            return f"Sentinel primary {self.sentinel_master!r} via " + HostPorts().show(self.sentinels)
+        return redact_url(self.redis_url) if self.redis_url else "no Redis configured"
+
+    @property
     def durability(self) -> Durability:
         return Durability(self.wait_replicas, self.wait_timeout_ms)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> GatewaySettings:
-        """Read settings from ``env`` (default ``os.environ``); ``overrides`` win."""
+        """Read settings from ``env`` (default ``os.environ``); ``overrides`` win. Every bad
+        variable is named in the one :class:`ConfigError` raised."""
         source = os.environ if env is None else env
-        reader = _EnvReader(source)
-        # Defaults come from instances: on a slotted dataclass, a class attribute is a slot
-        # descriptor, not the default value.
-        base, default_rules = cls(), GiftRules()
-        try:
-            rules = cls._rules_from(reader, default_rules)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        except KeyError:  # zoneinfo's ZoneInfoNotFoundError
-            raise ConfigError(f"{PREFIX}TIMEZONE: unknown time zone") from None
-        redis_url = source.get(f"{PREFIX}REDIS_URL") or source.get("REDIS_URL") or None
-        values: dict[str, object] = {
-            "redis_url": redis_url,
-            "sentinels": reader.get("SENTINELS", _hostports, base.sentinels),
-            "sentinel_master": reader.get("SENTINEL_MASTER", str, base.sentinel_master),
-            "host": reader.get("HOST", str, base.host),
-            "port": reader.get("PORT", _port, base.port),
-            "admin_host": reader.get("ADMIN_HOST", str, base.admin_host),
-            "admin_port": reader.get("ADMIN_PORT", _port, base.admin_port),
-            "token_secret": reader.get("TOKEN_SECRET", str, None),
-            "admin_token": reader.get("ADMIN_TOKEN", str, None),
-            "data_dir": Path(reader.get("DATA_DIR", str, str(base.data_dir))),
-            "node_id": reader.get("NODE_ID", str, None),
-            "rules": rules,
-            "heartbeat_s": reader.get("HEARTBEAT_S", float, base.heartbeat_s),
-            "pong_timeout_s": reader.get("PONG_TIMEOUT_S", float, base.pong_timeout_s),
-            "auth_timeout_s": reader.get("AUTH_TIMEOUT_S", float, base.auth_timeout_s),
-            "send_queue_max": reader.get("SEND_QUEUE_MAX", int, base.send_queue_max),
-            "rate_per_s": reader.get("RATE_PER_S", float, base.rate_per_s),
-            "rate_burst": reader.get("RATE_BURST", int, base.rate_burst),
-            "max_bad_frames": reader.get("MAX_BAD_FRAMES", int, base.max_bad_frames),
-            "user_rate_per_s": reader.get("USER_RATE_PER_S", float, base.user_rate_per_s),
-            "user_rate_burst": reader.get("USER_RATE_BURST", int, base.user_rate_burst),
-            "max_connections_per_user": reader.get("MAX_CONNECTIONS_PER_USER", int, base.max_connections_per_user),
-            "max_connections_per_ip": reader.get("MAX_CONNECTIONS_PER_IP", int, base.max_connections_per_ip),
-            "trusted_proxies": reader.get("TRUSTED_PROXIES", _networks, base.trusted_proxies),
-            "max_rooms_per_connection": reader.get("MAX_ROOMS_PER_CONNECTION", int, base.max_rooms_per_connection),
-            "shutdown_grace_s": reader.get("SHUTDOWN_GRACE_S", float, base.shutdown_grace_s),
-            "sweep_interval_s": reader.get("SWEEP_INTERVAL_S", float, base.sweep_interval_s),
-            "node_heartbeat_s": reader.get("NODE_HEARTBEAT_S", float, base.node_heartbeat_s),
-            "subscriber_probe_s": reader.get("SUBSCRIBER_PROBE_S", float, base.subscriber_probe_s),
-            "room_push_s": reader.get("ROOM_PUSH_S", float, base.room_push_s),
-            "redis_timeout_s": reader.get("REDIS_TIMEOUT_S", float, base.redis_timeout_s),
-            "wait_replicas": reader.get("WAIT_REPLICAS", int, base.wait_replicas),
-            "wait_timeout_ms": reader.get("WAIT_TIMEOUT_MS", int, base.wait_timeout_ms),
-            "log_level": reader.get("LOG_LEVEL", str, base.log_level).upper(),
-            "log_format": reader.get("LOG_FORMAT", _log_format, base.log_format),
-            "workers": reader.get("WORKERS", int, base.workers),
-            **cls._connection_from(reader, base),
-        }
-        preset = reader.get("DURABILITY", _preset, base.durability_preset)
+        values: dict[str, Any] = {}
+        rules: dict[str, Any] = {}
+        problems: list[str] = []
+        for declared in declarations():
+            raw = _raw(source, declared)
+            if raw is None:
+                continue
+            try:
+                value = declared.parse(raw)
+            except ValueError as exc:
+                problems.append(f"{declared.variable}={declared.echo(raw)}: {exc}")
+                continue
+            target, _, rule = declared.field.partition(".")
+            (rules if rule else values)[rule or target] = value
+        if problems:
+            raise ConfigError("\n".join(problems))
+        preset = values.get("durability_preset", "")
         if preset:
             # The preset's WAIT is the default; an explicit NOTECARD_WAIT_* setting wins.
             wait, timeout = PRESET_WAIT[preset]
-            values["durability_preset"] = preset
-            values["wait_replicas"] = reader.get("WAIT_REPLICAS", int, wait)
-            values["wait_timeout_ms"] = reader.get("WAIT_TIMEOUT_MS", int, timeout)
+            values.setdefault("wait_replicas", wait)
+            values.setdefault("wait_timeout_ms", timeout)
+        try:
+            values["rules"] = GiftRules(**rules)
+        except ValueError as exc:  # a combination of rules (each rule's range is checked above)
+            raise ConfigError(str(exc)) from None
         values.update(overrides)
         try:
-            return cls(**values)  # type: ignore[arg-type]
+            return cls(**values)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
-    @staticmethod
-    def _connection_from(reader: _EnvReader, base: GatewaySettings) -> dict[str, object]:
-        """Redis and Sentinel credentials and TLS, and the probe listener."""
-        return {
-            "redis_username": reader.get("REDIS_USERNAME", str, None),
-            "redis_password": reader.get("REDIS_PASSWORD", str, None),
-            "redis_tls": reader.get("REDIS_TLS", _bool, base.redis_tls),
-            "redis_tls_ca_file": reader.get("REDIS_TLS_CA_FILE", str, None),
-            "redis_tls_cert_file": reader.get("REDIS_TLS_CERT_FILE", str, None),
-            "redis_tls_key_file": reader.get("REDIS_TLS_KEY_FILE", str, None),
-            "sentinel_username": reader.get("SENTINEL_USERNAME", str, None),
-            "sentinel_password": reader.get("SENTINEL_PASSWORD", str, None),
-            "sentinel_tls": reader.get("SENTINEL_TLS", _bool, base.sentinel_tls),
-            "probe_host": reader.get("PROBE_HOST", str, base.probe_host),
-            "probe_port": reader.get("PROBE_PORT", _port, base.probe_port),
-        }
 
-    @staticmethod
-    def _rules_from(reader: _EnvReader, default_rules: GiftRules) -> GiftRules:
-        return GiftRules(
-            card_kinds=reader.get("CARD_KINDS", _csv, default_rules.card_kinds),
-            units_per_card=reader.get("UNITS_PER_CARD", int, default_rules.units_per_card),
-            max_qty_per_gift=reader.get("MAX_QTY_PER_GIFT", int, default_rules.max_qty_per_gift),
-            daily_send_limit=reader.get("DAILY_SEND_LIMIT", int, default_rules.daily_send_limit),
-            vip_send_bonus=reader.get("VIP_SEND_BONUS", int, default_rules.vip_send_bonus),
-            daily_receive_limit=reader.get("DAILY_RECEIVE_LIMIT", int, default_rules.daily_receive_limit),
-            receive_limit_scope=reader.get("RECEIVE_LIMIT_SCOPE", _scope, default_rules.receive_limit_scope),
-            follow_min_age_ms=_ms(reader.get("FOLLOW_MIN_AGE_S", float, default_rules.follow_min_age_ms / 1000)),
-            confirm_window_ms=_ms(reader.get("CONFIRM_WINDOW_S", float, default_rules.confirm_window_ms / 1000)),
-            refusal_memory_ms=_ms(reader.get("REFUSAL_MEMORY_S", float, default_rules.refusal_memory_ms / 1000)),
-            timezone=reader.get("TIMEZONE", str, default_rules.timezone),
-            stream_maxlen=reader.get("STREAM_MAXLEN", int, default_rules.stream_maxlen),
-            points_log_maxlen=reader.get("POINTS_LOG_MAXLEN", int, default_rules.points_log_maxlen),
-            node_ttl_ms=_ms(reader.get("NODE_TTL_S", float, default_rules.node_ttl_ms / 1000)),
-        )
+def declarations() -> Iterator[Declared]:
+    """Every setting, in the README's order (the rules where the settings hold them)."""
+    for field in dataclasses.fields(GatewaySettings):
+        if field.name == "rules":
+            yield from RULE_SETTINGS
+        declared = field.metadata.get(_DECLARED)
+        if declared is not None:
+            yield dataclasses.replace(declared, field=field.name)
 
 
-class _EnvReader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
+def effective(settings: GatewaySettings, env: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(variable, value as it would be written, where it came from) for every setting;
+    secrets are never shown."""
+    source = os.environ if env is None else env
+    rows = []
+    for declared in declarations():
+        target, _, rule = declared.field.partition(".")
+        value = getattr(settings.rules, rule) if rule else getattr(settings, target)
+        given = _raw(source, declared) is not None
+        origin = "environment" if given else "default"
+        if declared.env in ("WAIT_REPLICAS", "WAIT_TIMEOUT_MS") and settings.durability_preset and not given:
+            origin = f"DURABILITY={settings.durability_preset}"
+        rows.append((declared.variable, declared.show(value) or "(unset)", origin))
+    return rows
 
-    def get(self, name: str, cast_to: Callable[[str], T], default: T) -> T:
-        raw = self.env.get(PREFIX + name)
-        if raw is None or raw == "":
-            return default
+
+def markdown_table() -> str:
+    """README's configuration table, from the declarations."""
+    lines = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
+    defaults = GatewaySettings()
+    for declared in declarations():
+        target, _, rule = declared.field.partition(".")
+        value = getattr(defaults.rules, rule) if rule else getattr(defaults, target)
+        default = declared.shown or f"`{declared.show(value)}`"
+        name = f"`{declared.env}`" + "".join(f" (or plain `{alias}`)" for alias in declared.aliases)
+        lines.append(f"| {name} | {default} | {declared.kind.expected} | {declared.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def production_problems(settings: GatewaySettings) -> list[str]:
+    """What a node outside development refuses to start without: a Redis of the
+    deployment's (not a private one per process) and the deployment's secrets (not ones
+    generated per data folder, which other nodes would not share)."""
+    if settings.dev:
+        return []
+    problems = []
+    if not settings.redis_configured:
+        problems.append(f"no Redis configured: set {PREFIX}REDIS_URL or {PREFIX}SENTINELS (a private Redis "
+                        f"per process is for development: `notecard dev`, `notecard serve --dev` or {PREFIX}DEV=true)")
+    for name, value in (("TOKEN_SECRET", settings.token_secret), ("ADMIN_TOKEN", settings.admin_token)):
+        if value is None:
+            problems.append(f"{PREFIX}{name} is not set: outside development every node needs the deployment's "
+                            "secret (generated secrets are for `notecard dev` or --dev)")
+    return problems
+
+
+def _raw(source: Mapping[str, str], declared: Declared) -> str | None:
+    for name in (declared.variable, *declared.aliases):
+        raw = source.get(name)
+        if raw is not None and raw.strip() != "":
+            return raw
+    return None
+
+
+def _range_errors(settings: GatewaySettings) -> Iterator[ConfigError]:
+    for field in dataclasses.fields(settings):
+        declared: Declared | None = field.metadata.get(_DECLARED)
+        value = getattr(settings, field.name)
+        if declared is None or value is None or value in ("", ()):
+            continue
         try:
-            return cast_to(raw)
+            declared.kind.check(value)
         except ValueError as exc:
-            raise ConfigError(f"{PREFIX}{name}={raw!r}: {exc}") from None
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
-def _csv(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError("a port is 0..65535")
-    return value
-
-
-def _scope(raw: str) -> Literal["recipient", "pair"]:
-    if raw not in ("recipient", "pair"):
-        raise ValueError("expected 'recipient' or 'pair'")
-    return cast(Literal["recipient", "pair"], raw)
-
-
-def _log_format(raw: str) -> Literal["json", "text"]:
-    if raw not in ("json", "text"):
-        raise ValueError("expected 'json' or 'text'")
-    return cast(Literal["json", "text"], raw)
-
-
-def _networks(raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
-    return tuple(ip_network(part) for part in _csv(raw))  # ValueError names the bad part
-
-
-def _hostports(raw: str) -> tuple[tuple[str, int], ...]:
-    out = []
-    for part in _csv(raw):
-        host, sep, port = part.rpartition(":")
-        if not sep or not host:
-            raise ValueError("expected host:port[,host:port...]")
-        out.append((host, _port(port)))
-    return tuple(out)
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _preset(raw: str) -> DurabilityPreset:
-    if raw not in PRESET_WAIT:
-        raise ValueError(f"expected one of {', '.join(PRESET_WAIT)}")
-    return cast(DurabilityPreset, raw)
+            yield ConfigError(f"{PREFIX}{declared.env}={declared.echo(declared.kind.show(value))}: {exc}")

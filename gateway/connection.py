@@ -118,6 +118,11 @@ class ClientConnection:
         return True
 
     @property
+    def queued(self) -> int:
+        """Frames waiting to be sent (the slow-consumer limit counts these)."""
+        return len(self._queue) if self._queue is not None else 0
+
+    @property
     def synced(self) -> bool:
         return self.last_offset is not None
 

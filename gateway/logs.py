@@ -33,6 +33,33 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class ThrottledLog:
+    """A warning that a peer can cause, logged at most ``burst`` times per ``period_s``:
+    a flood of bad requests must not become a flood of log lines. What was held back is
+    counted in the next line that gets through (``suppressed``)."""
+
+    def __init__(self, logger: logging.Logger, message: str, burst: int = 10, period_s: float = 10.0) -> None:
+        self.logger, self.message = logger, message
+        self.burst, self.period_s = burst, period_s
+        self._window_start = -period_s
+        self._logged = 0
+        self._suppressed = 0
+
+    def log(self, **context: object) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.period_s:
+            self._window_start, self._logged = now, 0
+        if self._logged >= self.burst:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        extra = dict(context, suppressed=self._suppressed) if self._suppressed else context
+        self._suppressed = 0
+        # The context in the text too: the text format (notecard dev) shows no extra fields.
+        details = ", ".join(f"{key} {value}" for key, value in extra.items())
+        self.logger.warning("%s (%s)", self.message, details, extra=extra)
+
+
 def configure_logging(level: str, fmt: str, node_id: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

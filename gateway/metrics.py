@@ -1,18 +1,53 @@
 """Prometheus metrics of one gateway node.
 
 Each node owns its :class:`CollectorRegistry` (no process-global registry), so several
-nodes can run in one test process and each ``/metrics`` shows only its own numbers.
+nodes can run in one test process and each ``/metrics`` shows only its own numbers. The
+series are named in README ("Metrics") exactly as exposed (counters end in ``_total``),
+and tests/test_metrics.py checks that a running node exports every one of them and no
+other. Counters have no ``_created`` series: one more series per counter that no alert or
+dashboard reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import platform
+import time
+from collections.abc import Callable, Iterable
+from functools import cache
+from importlib import metadata
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 M = TypeVar("M", Counter, Histogram)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Event-loop lag is sampled this often: a sleep that wakes late by X means every callback
+#: ready meanwhile (frames, replies, probes) waited about X too.
+LOOP_LAG_PERIOD_S = 0.5
+#: Outcomes and codes exported from the start at zero, so that a rate() over them (an
+#: alert on INTERNAL answers, a dashboard's accept ratio) has a series before the first one.
+_GIFT_OUTCOMES = ("sent", "accepted", "declined", "expired", "refused")
+_SEEDED_REFUSALS = ("INTERNAL", "RATE_LIMITED", "UNAVAILABLE")
+
+
+@cache
+def package_version() -> str:
+    """The installed notecard version (``notecard --version``, ``notecard_build_info``)."""
+    try:
+        return metadata.version("notecard")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Children(Generic[M]):
@@ -38,8 +73,12 @@ class Children(Generic[M]):
 
 class NodeMetrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client; nothing here wants them
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        Info("notecard_build", "The running version", registry=r).info(
+            {"version": package_version(), "python": platform.python_version()})
         self.connections = Gauge("notecard_connections", "Open authenticated connections", registry=r)
         self.frames_in = Counter("notecard_frames_in", "Frames received", ["type"], registry=r)
         self.frames_out = Counter("notecard_frames_out", "Frames sent", ["type"], registry=r)
@@ -88,6 +127,49 @@ class NodeMetrics:
         )
         self.redis_replicas = Gauge("notecard_redis_replicas", "Replicas attached to the Redis primary, as last seen",
                                     registry=r)
+        self.loop_lag = Histogram(
+            "notecard_event_loop_lag_seconds", "How late the event loop runs a timer (sampled every 0.5 s)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.requests_in_flight = Gauge("notecard_requests_in_flight", "Client requests being handled", registry=r)
+        self.send_queue_frames = Gauge(
+            "notecard_send_queue_frames", "Frames queued for clients, all connections together", registry=r)
+        self.send_queue_max_frames = Gauge(
+            "notecard_send_queue_max_frames", "Frames queued for the most backed-up connection (closed as a slow "
+            "consumer at NOTECARD_SEND_QUEUE_MAX)", registry=r)
+        self.pending_gifts = Gauge(
+            "notecard_pending_gifts", "Gifts pending (held, waiting for an answer), all nodes together", registry=r)
+        self.held_units = Gauge(
+            "notecard_held_units", "Minor units held by pending gifts, all nodes together", ["kind"], registry=r)
+        self.invariant_violations = Gauge(
+            "notecard_invariant_violations", "Violations the last conservation check run on this node found",
+            registry=r)
+        self.invariant_checked_at = Gauge(
+            "notecard_invariant_checked_timestamp_seconds", "When this node last ran the conservation check",
+            registry=r)
+        for outcome in _GIFT_OUTCOMES:
+            self.gifts_of(outcome)
+        for code in _SEEDED_REFUSALS:
+            self.refusals_of(code)
+        self.slow_consumers.inc(0)
+
+    def watch_send_queues(self, depths: Callable[[], Iterable[int]]) -> None:
+        """Send-queue depths, read when scraped (a pass over the connections, not a count
+        kept up to date on every frame of the hot path)."""
+        self.send_queue_frames.set_function(lambda: sum(depths()))
+        self.send_queue_max_frames.set_function(lambda: max(depths(), default=0))
+
+    async def watch_loop_lag(self) -> None:
+        """Sample the event loop's lag for ever (a supervised background task)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LOOP_LAG_PERIOD_S)
+            self.loop_lag.observe(max(0.0, loop.time() - start - LOOP_LAG_PERIOD_S))
+
+    def invariant_checked(self, violations: int) -> None:
+        self.invariant_violations.set(violations)
+        self.invariant_checked_at.set(time.time())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

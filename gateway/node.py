@@ -36,6 +36,8 @@ from gateway.bans import BanEnforcer
 from gateway.config import GatewaySettings
 from gateway.connection import page_size
 from gateway.hub import Hub
+from gateway.ledger_gauges import REFRESH_S as LEDGER_GAUGES_S
+from gateway.ledger_gauges import LedgerGauges
 from gateway.metrics import NodeMetrics
 from gateway.periodic import NodeLiveness, Sweeper, every
 from gateway.replica_check import CHECK_INTERVAL_S, ReplicaCheck
@@ -50,6 +52,8 @@ log = logging.getLogger("notecard.gateway.node")
 
 #: How long start() waits for the first pub/sub probe to come back.
 SUBSCRIBE_TIMEOUT_S = 10.0
+#: Retries of an unreachable Redis at start back off up to this period.
+REDIS_RETRY_MAX_S = 2.0
 #: Dead-node reaping runs this many heartbeat periods apart.
 REAP_EVERY_HEARTBEATS = 2
 
@@ -105,8 +109,12 @@ class GatewayNode:
         self.admin = AdminApp(
             node_id=self.node_id, admin_token=admin_token, redis=redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
-            scenes=self.scenes, not_ready_reasons=lambda: self.replica_check.reasons,
+            scenes=self.scenes, not_ready_reasons=self._not_ready_reasons,
         )
+        self.metrics.watch_send_queues(lambda: (c.queued for c in self.hub.all_connections()))
+        self.ledger_gauges = LedgerGauges(redis, self.keys, self.metrics, rules.card_kinds)
+        #: Why the node is not serving yet, while it waits for Redis at start.
+        self.waiting_for: str | None = None
         self._server: Server | None = None
         self._http: web.AppRunner | None = None
         self._probe_http: web.AppRunner | None = None
@@ -149,7 +157,14 @@ class GatewayNode:
     async def start(self) -> None:
         s = self.settings
         liveness = self.liveness
-        await self._first_beat(liveness)
+        # The probes answer from the start: /healthz while the node waits for Redis (alive,
+        # not ready), /readyz with the reason.
+        await self._start_http()
+        try:
+            await self._first_beat(liveness)
+        except BaseException:
+            await self.stop()
+            raise
         await self.replica_check.step()  # its findings are in the log before the node serves
         jobs = self.supervisor
         jobs.start("subscriber", self.subscriber.listen)
@@ -165,6 +180,8 @@ class GatewayNode:
         jobs.start("sweeper", lambda: every(s.sweep_interval_s, sweeper.step, "sweeper"))
         jobs.start("rooms", lambda: every(s.room_push_s, self.rooms.push_step, "room pushes"))
         jobs.start("replica-check", lambda: every(CHECK_INTERVAL_S, self.replica_check.step, "replica check"))
+        jobs.start("loop-lag", self.metrics.watch_loop_lag)
+        jobs.start("ledger-gauges", lambda: every(LEDGER_GAUGES_S, self.ledger_gauges.step, "ledger gauges"))
         self._server = await serve(
             AddressGate(self.sessions, s.max_connections_per_ip, s.trusted_proxies, self.metrics),
             s.host,
@@ -181,6 +198,10 @@ class GatewayNode:
             reuse_port=s.workers > 1,
             server_header=None,
         )
+        log.info("node started", extra={"ws": self.url, "http": self.admin_url, "probes": self.probe_port})
+
+    async def _start_http(self) -> None:
+        s = self.settings
         self._http = web.AppRunner(self.admin.build(), access_log=None, handle_signals=False)
         await self._http.setup()
         await web.TCPSite(self._http, s.admin_host, s.admin_port, reuse_port=s.workers > 1).start()
@@ -188,23 +209,34 @@ class GatewayNode:
             self._probe_http = web.AppRunner(self.admin.build_probes(), access_log=None, handle_signals=False)
             await self._probe_http.setup()
             await web.TCPSite(self._probe_http, s.probe_host, s.probe_port, reuse_port=s.workers > 1).start()
-        log.info("node started", extra={"ws": self.url, "http": self.admin_url, "probes": self.probe_port})
 
     async def _first_beat(self, liveness: NodeLiveness) -> None:
         """Register the node, waiting for Redis if it is not reachable yet (a node started
-        during a failover, or before Redis in a compose file) instead of dying at once."""
-        deadline = asyncio.get_running_loop().time() + SUBSCRIBE_TIMEOUT_S
+        during a failover, or before Redis in a compose file) instead of dying at once;
+        up to ``redis_wait_s`` (0: for ever). Each failure names the address and the cause."""
+        loop = asyncio.get_running_loop()
+        wait_s = self.settings.redis_wait_s
+        deadline = loop.time() + wait_s if wait_s else None
+        where = self.settings.redis_address
         delay = 0.05
         while True:
             try:
                 await liveness.register()
+                self.waiting_for = None
                 return
-            except ClearingError:
-                if asyncio.get_running_loop().time() + delay > deadline:
-                    raise RuntimeError(f"Redis unreachable for {SUBSCRIBE_TIMEOUT_S}s at start") from None
-                log.warning("redis unreachable at start; retrying")
+            except ClearingError as exc:
+                cause = str(exc).removeprefix("redis unavailable: ")
+                self.waiting_for = f"waiting for Redis at {where}: {cause}"
+                if deadline is not None and loop.time() + delay > deadline:
+                    raise RuntimeError(f"Redis at {where} unreachable for {wait_s:g}s "
+                                       f"(NOTECARD_REDIS_WAIT_S): {cause}") from None
+                log.warning("redis unreachable at start; retrying", extra={"redis": where, "cause": cause})
                 await asyncio.sleep(delay)
-                delay = min(1.0, delay * 2)
+                delay = min(REDIS_RETRY_MAX_S, delay * 2)
+
+    def _not_ready_reasons(self) -> list[str]:
+        waiting = [self.waiting_for] if self.waiting_for else []
+        return waiting + self.replica_check.reasons
 
     async def _restart_listener(self, reason: str) -> None:
         await self.supervisor.restart("subscriber", reason, self.settings.redis_timeout_s)

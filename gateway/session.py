@@ -24,6 +24,7 @@ from gateway.auth import Identity, TokenError, verify_token
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection
 from gateway.hub import Hub
+from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.ratelimit import TokenBucket
 from gateway.requests import RequestHandler
@@ -81,6 +82,7 @@ class SessionRunner:
         #: The per-user request rate over every node; None: per connection only.
         self.user_rates = user_rates
         self.welcomer = Welcomer(node_id, settings, hub, clearing, events)
+        self.rejected_tokens = ThrottledLog(log, "token rejected")
 
     async def __call__(self, ws: ServerConnection) -> None:
         encoding = encoding_for(ws.subprotocol)
@@ -146,6 +148,9 @@ class SessionRunner:
         try:
             identity = verify_token(self.token_secret, msg.token)
         except TokenError as exc:
+            # Never the token itself; a burst of these usually means clients hold tokens
+            # signed with another secret (a node started with other generated secrets).
+            self.rejected_tokens.log(reason=str(exc), peer=_peer(ws))
             if exc.expired:
                 return _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
             return _Rejection(CloseCode.INVALID_TOKEN, ErrorCode.INVALID_TOKEN, "invalid token")
@@ -209,6 +214,7 @@ class SessionRunner:
                     return
                 continue
             strikes = 0
+            self.metrics.requests_in_flight.inc()
             try:
                 reply = await self.requests.handle(conn.user_id, msg, app=conn.app, conn=conn)
             except Exception:
@@ -217,11 +223,18 @@ class SessionRunner:
                 log.exception("request failed", extra={"user": conn.user_id})
                 self.metrics.refusals_of(ErrorCode.INTERNAL).inc()
                 reply = Error(rid=getattr(msg, "rid", None), code=ErrorCode.INTERNAL, message="internal error")
+            finally:
+                self.metrics.requests_in_flight.dec()
             self._reply(conn, reply)
 
     def _reply(self, conn: ClientConnection, msg: ServerMessage) -> None:
         if conn.push(encode(msg, conn.encoding)):
             self.metrics.frames_out_of(msg.TYPE).inc()
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if address else "unknown"
 
 
 async def _reject(ws: ServerConnection, encoding: Encoding, rejection: _Rejection) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from gateway.auth import DEFAULT_TTL_S, mint_token
-from gateway.config import ConfigError, GatewaySettings
+from gateway.config import ConfigError, GatewaySettings, effective, markdown_table, production_problems
+from gateway.metrics import package_version
 from notecard import secrets
 from notecard.admin_client import AdminApiError, AdminClient
 
@@ -34,39 +35,74 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
             overrides[name] = value
     if getattr(args, "redis_url", None):
         overrides["redis_url"] = args.redis_url
+    if args.command == "dev" or getattr(args, "dev", False):
+        overrides["dev"] = True
     return GatewaySettings.from_env(**overrides)
 
 
-def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+def _add_server_flags(parser: argparse.ArgumentParser, *, admin_port: bool = True) -> None:
     parser.add_argument("--host", help="WebSocket bind address (NOTECARD_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="WebSocket port (NOTECARD_PORT, default 8765)")
-    parser.add_argument("--admin-port", type=int, help="admin/metrics HTTP port (NOTECARD_ADMIN_PORT, default 8766)")
-    parser.add_argument("--redis-url", help="use this Redis instead of a local child (REDIS_URL)")
+    if admin_port:
+        parser.add_argument("--admin-port", type=int,
+                            help="admin/metrics HTTP port (NOTECARD_ADMIN_PORT, default 8766)")
+    parser.add_argument("--redis-url", help="Redis to use (NOTECARD_REDIS_URL); without one, only development "
+                                            "runs a private redis-server")
+
+
+_ADMIN_URL_HELP = "a node's admin API (default: NOTECARD_ADMIN_URL, else http://127.0.0.1:8766)"
+_SECRETS_HELP = ("Secrets: NOTECARD_TOKEN_SECRET and NOTECARD_ADMIN_TOKEN when set, else the file "
+                 "DATA_DIR/secrets.json (NOTECARD_DATA_DIR, default ./.notecard: run from the folder where the "
+                 "nodes were started).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="notecard", description="Note-card gift gateway")
+    parser = argparse.ArgumentParser(prog="notecard", description="Note-card gift gateway",
+                                     epilog="Settings: NOTECARD_* environment variables (notecard config).")
+    parser.add_argument("--version", action="version", version=f"notecard {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run gateway node(s); starts a local redis-server if none is configured")
+    serve = sub.add_parser("serve", help="run gateway node(s) on a configured Redis with configured secrets",
+                           description="Run gateway node(s). Outside development it needs NOTECARD_REDIS_URL (or "
+                                       "NOTECARD_SENTINELS), NOTECARD_TOKEN_SECRET and NOTECARD_ADMIN_TOKEN.")
     _add_server_flags(serve)
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (NOTECARD_WORKERS)")
+    serve.add_argument("--dev", action="store_true",
+                       help="development (NOTECARD_DEV): a private redis-server when no Redis is configured, "
+                            "secrets generated into the data folder")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
-    dev = sub.add_parser("dev", help="local Redis + gateway nodes + the demo")
-    _add_server_flags(dev)
+    dev = sub.add_parser("dev", help="local Redis + gateway nodes + the demo",
+                         description="A private redis-server and gateway nodes: node i on PORT + 2i, its admin "
+                                     "API on PORT + 2i + 1 (8765/8766, 8767/8768 by default).")
+    _add_server_flags(dev, admin_port=False)
     dev.add_argument("--nodes", type=int, default=2, help="gateway processes (default 2)")
     dev.add_argument("--no-demo", action="store_true", help="do not run the demo")
     dev.add_argument("--once", action="store_true", help="exit after the demo instead of serving on")
 
-    demo = sub.add_parser("demo", help="run the demo against running nodes")
-    demo.add_argument("--url", action="append", help="node WebSocket URL (twice for two nodes)")
-    demo.add_argument("--admin-url", default=os.environ.get("NOTECARD_ADMIN_URL", "http://127.0.0.1:8766"))
+    demo = sub.add_parser("demo", help="run the demo against running nodes", epilog=_SECRETS_HELP)
+    demo.add_argument("--url", action="append",
+                      help="node WebSocket URL (twice for two nodes; default ws://NOTECARD_HOST:NOTECARD_PORT)")
+    demo.add_argument("--admin-url", default=os.environ.get("NOTECARD_ADMIN_URL", "http://127.0.0.1:8766"),
+                      help=_ADMIN_URL_HELP)
 
-    token = sub.add_parser("token", help="mint a client token for development")
-    token.add_argument("user")
+    token = sub.add_parser("token", help="mint a client token for development", epilog=_SECRETS_HELP,
+                           description="Print a client token for USER, signed with the nodes' token secret.")
+    token.add_argument("user", help="the user id the token names")
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, help="seconds (default one day)")
-    token.add_argument("--app", default="main", help="linked app the connection comes from")
+    token.add_argument("--app", default="main", help="linked app the connection comes from (default main)")
+
+    config = sub.add_parser("config", help="print the effective configuration, or check it",
+                            description="Every NOTECARD_* setting, its value (secrets masked) and where it came "
+                                        "from.")
+    config.add_argument("--check", action="store_true",
+                        help="validate without starting: exit 0 when a node could start with this configuration, "
+                             "2 with every problem otherwise")
+    config.add_argument("--dev", action="store_true", help="check as for development (notecard dev, serve --dev)")
+    config.add_argument("--markdown", action="store_true", help="print README's configuration table")
+
+    probe = sub.add_parser("probe", help="ask this host's node whether it is alive (a container health check)")
+    probe.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
 
     _build_admin(sub)
     for name, helptext in _TOOLS.items():
@@ -84,54 +120,67 @@ _TOOLS = {
 
 
 def _build_admin(sub: Any) -> None:
-    admin = sub.add_parser("admin", help="operator actions through a node's admin API")
-    admin.add_argument("--url", default=os.environ.get("NOTECARD_ADMIN_URL", "http://127.0.0.1:8766"))
+    admin = sub.add_parser("admin", help="operator actions through a node's admin API", epilog=_SECRETS_HELP)
+    admin.add_argument("--url", default=os.environ.get("NOTECARD_ADMIN_URL", "http://127.0.0.1:8766"),
+                       help=_ADMIN_URL_HELP)
+    # The same --url after the action too (`admin user alice --url ...`); SUPPRESS keeps an
+    # absent one from overwriting the value given before the action.
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--url", default=argparse.SUPPRESS, help=_ADMIN_URL_HELP)
     cmds = admin.add_subparsers(dest="action", required=True)
-    create = cmds.add_parser("create-user", help="create a user")
-    create.add_argument("user")
+
+    def action(name: str, helptext: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = cmds.add_parser(name, help=helptext, parents=[url])
+        return parser
+
+    create = action("create-user", "create a user (verified unless --unverified)")
+    create.add_argument("user", help="user id: 1-64 of A-Z a-z 0-9 _ . : -")
     create.add_argument("--unverified", action="store_true", help="not real-name verified")
-    create.add_argument("--vip", action="store_true")
-    create.add_argument("--banned", action="store_true")
-    create.add_argument("--age-days", type=float, help="account created this many days ago")
-    create.add_argument("--app", help="home app of the account")
-    show = cmds.add_parser("user", help="show a user's flags and balances")
-    show.add_argument("user")
-    flags = cmds.add_parser("set", help="set flags: --verified/--no-verified, --vip/--no-vip, --banned/--no-banned")
-    flags.add_argument("user")
+    create.add_argument("--vip", action="store_true", help="a VIP (more gifts a day)")
+    create.add_argument("--banned", action="store_true", help="banned from gifting")
+    create.add_argument("--age-days", type=float, help="account created this many days ago (default now)")
+    create.add_argument("--app", help="home app of the account (default main)")
+    show = action("user", "show a user's flags and balances (in cards and in minor units)")
+    show.add_argument("user", help="user id")
+    flags = action("set", "set flags: --verified/--no-verified, --vip/--no-vip, --banned/--no-banned")
+    flags.add_argument("user", help="user id")
     for name in ("verified", "vip", "banned"):
-        flags.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None)
-    mint = cmds.add_parser("mint", help="mint whole cards to a user")
-    mint.add_argument("user")
-    mint.add_argument("qty", type=int)
-    mint.add_argument("--kind", default="note")
-    for action, helptext in (("follow", "FOLLOWER starts following FOLLOWEE"), ("unfollow", "stop following"),
-                             ("block", "BLOCKER blocks BLOCKED"), ("unblock", "lift a block")):
-        p = cmds.add_parser(action, help=helptext)
-        p.add_argument("a")
-        p.add_argument("b")
-        if action == "follow":
-            p.add_argument("--days-ago", type=float, default=0.0, help="the follow started this long ago")
+        flags.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"set or clear {name}")
+    mint = action("mint", "mint whole cards to a user")
+    mint.add_argument("user", help="user id")
+    mint.add_argument("qty", type=int, help="whole cards (not minor units)")
+    mint.add_argument("--kind", default="note", help="card kind (default note)")
+    for name, helptext, a, b in (("follow", "A starts following B", "follower", "followee"),
+                                 ("unfollow", "A stops following B", "follower", "followee"),
+                                 ("block", "A blocks B", "blocker", "blocked"),
+                                 ("unblock", "A lifts the block on B", "blocker", "blocked")):
+        p = action(name, helptext)
+        p.add_argument("a", metavar=a.upper(), help=f"the {a}'s user id")
+        p.add_argument("b", metavar=b.upper(), help=f"the {b}'s user id")
+        if name == "follow":
+            p.add_argument("--days-ago", type=float, default=0.0, help="the follow started this long ago (default 0)")
             p.add_argument("--mutual", action="store_true", help="also B follows A, from the same time")
-    gift = cmds.add_parser("gift", help="show a gift")
-    gift.add_argument("gift_id")
-    cmds.add_parser("invariant", help="run the conservation check")
-    scenes = cmds.add_parser("scenes", help="show scene settings and festivals, or change settings")
+    gift = action("gift", "show a gift")
+    gift.add_argument("gift_id", help="gift id")
+    action("invariant", "run the conservation check (minted = balances + holds + consumed)")
+    scenes = action("scenes", "show scene settings and festivals, or change settings")
     scenes.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help='e.g. --set newcomer_free_gifts=5 --set quote_ttl_ms=15000 (repeatable)')
-    fest = cmds.add_parser("festival", help="create or replace a festival window [START, END)")
-    fest.add_argument("festival_id")
+    fest = action("festival", "create or replace a festival window [START, END)")
+    fest.add_argument("festival_id", help="festival id")
     fest.add_argument("--start", required=True, help="local date-time in the platform zone, 2026-02-17T00:00")
-    fest.add_argument("--end", required=True)
-    fest.add_argument("--name")
+    fest.add_argument("--end", required=True, help="local date-time, the first moment after the window")
+    fest.add_argument("--name", help="display name (default the id)")
     fest.add_argument("--multiplier", type=float, help="cost multiplier (default: the configured 1.2)")
     fest.add_argument("--frame", help="the avatar frame redeemable during the window")
-    unfest = cmds.add_parser("delete-festival", help="remove a festival window")
-    unfest.add_argument("festival_id")
-    points = cmds.add_parser("points", help="a user's points, joint-campaign eligibility and inventory")
-    points.add_argument("user")
-    mentor = cmds.add_parser("mentor", help="bind APPRENTICE (a newcomer) to MENTOR, once")
-    mentor.add_argument("apprentice")
-    mentor.add_argument("mentor")
+    unfest = action("delete-festival", "remove a festival window")
+    unfest.add_argument("festival_id", help="festival id")
+    points = action("points", "a user's points, joint-campaign eligibility and inventory")
+    points.add_argument("user", help="user id")
+    mentor = action("mentor", "bind APPRENTICE (a newcomer) to MENTOR, once")
+    mentor.add_argument("apprentice", help="the newcomer's user id")
+    mentor.add_argument("mentor", help="the mentor's user id")
 
 
 async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
@@ -202,10 +251,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = tool.main(argv[1:])
         return status
     args = build_parser().parse_args(argv)
+    if args.command == "config" and args.markdown:
+        sys.stdout.write(markdown_table())
+        return 0
     try:
         settings = _settings(args)
     except ConfigError as exc:
-        print(f"notecard: configuration error: {exc}", file=sys.stderr)
+        _fail("configuration error:", *str(exc).splitlines())
+        return 2
+    if args.command == "config":
+        return _config(settings, check=args.check)
+    if args.command == "probe":
+        return _probe(settings, ready=args.ready)
+    if args.command == "serve" and production_problems(settings):
+        _fail("will not start:", *production_problems(settings))
         return 2
     from notecard import runner
 
@@ -223,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return runner.serve(settings)
         if args.command == "dev":
             return runner.dev(settings, args.nodes, demo=not args.no_demo, once=args.once)
-        keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
+        keys = _client_secrets(settings, generate=args.command == "token")
         if args.command == "token":
             print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app))
             return 0
@@ -234,18 +293,117 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_demo(urls, args.admin_url, keys))
             return 0
         if args.command == "admin":
-            result = asyncio.run(_admin(args, keys.admin_token))
+            result = _in_cards(asyncio.run(_admin(args, keys.admin_token)))
             sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
     except AdminApiError as exc:
-        print(f"notecard: {exc}", file=sys.stderr)
+        _fail(str(exc), *(_unauthorized_hint(settings, args.url) if exc.status == 401 else ()))
+        return 1
+    except _NoSecrets as exc:
+        _fail(*str(exc).splitlines())
         return 1
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"notecard: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)
+
+
+def _fail(first: str, *more: str) -> None:
+    print(f"notecard: {first}", *(f"  {line}" for line in more), sep="\n", file=sys.stderr)
+
+
+class _NoSecrets(Exception):
+    """The client commands would have to invent secrets that no node has."""
+
+
+def _client_secrets(settings: GatewaySettings, *, generate: bool) -> secrets.Secrets:
+    """The secrets ``token``, ``admin`` and ``demo`` use: the environment's, else the data
+    folder's. Run from another folder, the file is not there: ``admin`` and ``demo`` say so
+    (new secrets could only be refused, 401); ``token`` creates them and says so (a node
+    started afterwards, here, uses them)."""
+    if settings.token_secret and settings.admin_token:
+        return secrets.Secrets(settings.token_secret, settings.admin_token)
+    path = (settings.data_dir / secrets.FILE_NAME).absolute()
+    if not path.exists():
+        if not generate:
+            raise _NoSecrets(
+                f"no secrets: {path} does not exist and NOTECARD_ADMIN_TOKEN is not set.\n"
+                "Run notecard from the folder where the nodes were started (notecard dev keeps its secrets in "
+                "./.notecard), or set NOTECARD_DATA_DIR, or NOTECARD_TOKEN_SECRET and NOTECARD_ADMIN_TOKEN.")
+        print(f"notecard: generated new secrets in {path}; nodes started with other secrets will refuse this "
+              "token (run from the folder where the nodes were started, or set NOTECARD_TOKEN_SECRET)",
+              file=sys.stderr)
+    return secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
+
+
+def _unauthorized_hint(settings: GatewaySettings, url: str) -> list[str]:
+    source = ("NOTECARD_ADMIN_TOKEN" if settings.admin_token
+              else str((settings.data_dir / secrets.FILE_NAME).absolute()))
+    return [f"the admin token came from {source}, and the node at {url} has another:",
+            "run notecard from the folder where that node was started, or set NOTECARD_ADMIN_TOKEN "
+            "(or NOTECARD_DATA_DIR) to its."]
+
+
+def _in_cards(result: Any) -> Any:
+    """Balances as ``mint`` takes them, whole cards, beside the API's minor units."""
+    if not isinstance(result, dict):
+        return result
+    if isinstance(result.get("balances"), dict):
+        return result | {"balances": _in_cards(result["balances"])}
+    per_card = result.get("units_per_card")
+    if not isinstance(per_card, int) or "available" not in result:
+        return result
+
+    def cards(units: dict[str, int]) -> dict[str, float | int]:
+        return {kind: amount // per_card if amount % per_card == 0 else amount / per_card
+                for kind, amount in units.items()}
+
+    return {"available_cards": cards(result["available"]), "held_cards": cards(result["held"]),
+            "available_units": result["available"], "held_units": result["held"], "units_per_card": per_card}
+
+
+def _config(settings: GatewaySettings, *, check: bool) -> int:
+    problems = production_problems(settings)
+    if check:
+        if problems:
+            _fail("a node would not start:", *problems)
+            return 2
+        where = "development" if settings.dev else "a deployment"
+        print(f"configuration ok for {where}; Redis: {settings.redis_address}")
+        return 0
+    rows = effective(settings)
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, origin in rows:
+        print(f"{name:<{width}}  {value}  ({origin})")
+    for problem in problems:
+        print(f"# would not start: {problem}")
+    return 0
+
+
+def _probe(settings: GatewaySettings, *, ready: bool) -> int:
+    """GET this host's probe listener (else the admin listener): 0 when it answers 200."""
+    import urllib.error
+    import urllib.request
+
+    port = settings.probe_port if settings.probe_port is not None else settings.admin_port
+    bound = settings.probe_host if settings.probe_port is not None else settings.admin_host
+    host = "127.0.0.1" if bound in ("0.0.0.0", "::", "") else bound
+    url = f"http://{host}:{port}/{'readyz' if ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as resp:
+            print(f"{url}: {resp.status}")
+            return 0
+    except urllib.error.HTTPError as exc:
+        _fail(f"{url}: {exc.code} {exc.read(500).decode(errors='replace')}")
+    except OSError as exc:
+        _fail(f"{url}: {exc}")
+    return 1
+
+
+#: A health check that takes longer than this has failed (Docker's own timeout is longer).
+PROBE_TIMEOUT_S = 2.0
 
 
 if __name__ == "__main__":

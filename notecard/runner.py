@@ -147,6 +147,8 @@ def worker_env(settings: GatewaySettings, url: str | None, index: int, port: int
     env["NOTECARD_DATA_DIR"] = str(settings.data_dir)
     if settings.probe_port:  # like the admin port: worker i listens on PROBE_PORT + i
         env["NOTECARD_PROBE_PORT"] = str(settings.probe_port + index)
+    if settings.dev:  # the workers of `dev` and `serve --dev` use the generated secrets too
+        env["NOTECARD_DEV"] = "true"
     return env
 
 
@@ -239,6 +241,7 @@ def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool) -> int:
                 print(f"node {i + 1}: websocket {ws_url}  admin/metrics {admin_url}", flush=True)
             where = "a local redis-server (password in the secrets)" if url and not settings.redis_url else "configured"
             print(f"redis: {where}; secrets in {settings.data_dir / secrets.FILE_NAME}", flush=True)
+            print(admin_hint(settings, started[0][2]), flush=True)
             if demo:
                 from notecard.demo import run_demo
 
@@ -258,6 +261,14 @@ def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool) -> int:
                     proc.wait(timeout=15)
                 if proc.poll() is None:
                     proc.kill()
+
+
+def admin_hint(settings: GatewaySettings, admin_url: str) -> str:
+    """How to reach these nodes with ``notecard admin``: the URL, and where its token is."""
+    data_dir = "" if settings.data_dir == Path(".notecard") else f"NOTECARD_DATA_DIR={settings.data_dir.absolute()} "
+    where = "from this folder" if not data_dir else "from any folder"
+    return (f"admin: {data_dir}notecard admin --url {admin_url} user USER  ({where}; or export "
+            f"NOTECARD_ADMIN_URL={admin_url})")
 
 
 def data_dir_default() -> Path:

@@ -5,7 +5,7 @@ Depends on the ``protocol`` package alone (never on the server's code).
 
 from notecard_sdk.client import NotecardClient, TokenSource
 from notecard_sdk.errors import ConnectionRejected, GiftRefused, NotConnected, NotecardError, RequestTimeout
-from protocol import Balance, Encoding, ErrorCode, Gift, GiftState
+from notecard_sdk.protocol import Balance, Encoding, ErrorCode, Gift, GiftState
 
 __all__ = [
     "Balance",

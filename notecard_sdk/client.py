@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
 from notecard_sdk.errors import ConnectionRejected, GiftRefused, NotConnected, RequestTimeout
-from protocol import (
+from notecard_sdk.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     RETRYABLE_CODES,

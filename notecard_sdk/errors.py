@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from protocol import Gift
+from notecard_sdk.protocol import Gift
 
 
 class NotecardError(Exception):

@@ -4,8 +4,8 @@ Shared by the gateway, the client SDK, the load generators and the fuzzers. The
 specification for implementers in other languages is ``docs/protocol.md``.
 """
 
-from protocol.close_codes import CloseCode, needs_new_token, should_reconnect
-from protocol.codec import (
+from .close_codes import CloseCode, needs_new_token, should_reconnect
+from .codec import (
     MAX_FRAME_BYTES,
     SUBPROTOCOLS,
     Encoding,
@@ -16,8 +16,8 @@ from protocol.codec import (
     encoding_for,
     to_wire,
 )
-from protocol.errors import RETRYABLE_CODES, ErrorCode, FieldError, FrameError, ProtocolError
-from protocol.messages import (
+from .errors import RETRYABLE_CODES, ErrorCode, FieldError, FrameError, ProtocolError
+from .messages import (
     CLIENT_MESSAGES,
     PROTOCOL_VERSION,
     SERVER_MESSAGES,

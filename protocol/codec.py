@@ -25,16 +25,16 @@ from typing import Any, TypeVar
 import msgpack
 import orjson
 
-from protocol.compiled import Invalid, compile_decoder, compile_encoder
-from protocol.errors import ErrorCode, FrameError, ProtocolError
-from protocol.messages import (
+from .compiled import Invalid, compile_decoder, compile_encoder
+from .errors import ErrorCode, FrameError, ProtocolError
+from .messages import (
     CLIENT_MESSAGES,
     SERVER_MESSAGES,
     ClientMessage,
     ServerMessage,
     WireObject,
 )
-from protocol.schema import MAX_SAFE_INT, parse_fields
+from .schema import MAX_SAFE_INT, parse_fields
 
 #: Largest frame either side accepts. Every legal message is far smaller; the limit keeps
 #: a hostile client from making the gateway buffer and parse megabytes.

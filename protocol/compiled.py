@@ -25,8 +25,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from protocol.messages import WireObject
-from protocol.schema import FieldSpec, ListOf, Nested, Pattern, Range, Scalar, Shape
+from .messages import WireObject
+from .schema import FieldSpec, ListOf, Nested, Pattern, Range, Scalar, Shape
 
 Decoder = Callable[[Any], Any]
 Encoder = Callable[[Any], dict[str, Any]]

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Callable
 from typing import Annotated, ClassVar, TypeVar, dataclass_transform
 
-from protocol.schema import MAX_SAFE_INT, FieldSpec, Pattern, Range, compile_fields
+from .schema import MAX_SAFE_INT, FieldSpec, Pattern, Range, compile_fields
 
 PROTOCOL_VERSION = 1
 

@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from protocol.errors import ErrorCode, FieldError
+from .errors import ErrorCode, FieldError
 
 #: Largest integer every JSON implementation represents exactly (2**53 - 1).
 MAX_SAFE_INT = 9_007_199_254_740_991

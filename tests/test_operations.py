@@ -119,7 +119,8 @@ async def test_cli_token_and_admin_commands(node: GatewayNode, tmp_path: Path) -
         assert done.returncode == 0, done.stderr
     shown = await asyncio.to_thread(run_cli, "admin", "user", "carol", env=env)
     user = orjson.loads(shown.stdout)
-    assert user["vip"] is True and user["balances"]["available"]["note"] == 30
+    assert user["vip"] is True and user["balances"]["available_cards"]["note"] == 3  # as minted: cards
+    assert user["balances"]["available_units"]["note"] == 30
     missing = await asyncio.to_thread(run_cli, "admin", "user", "nobody", env=env)
     assert missing.returncode == 1 and "UNKNOWN_USER" in missing.stderr
     token = (await asyncio.to_thread(run_cli, "token", "carol", env=env)).stdout.strip()
@@ -136,7 +137,8 @@ async def test_cli_token_and_admin_commands(node: GatewayNode, tmp_path: Path) -
 def test_serve_runs_worker_processes_on_one_port(redis_server: LocalRedis, tmp_path: Path) -> None:
     port, admin_port = free_port(), free_port_run(2)  # worker i serves admin on admin_port + i
     env = dict(os.environ, NOTECARD_REDIS_URL=redis_server.url, NOTECARD_PORT=str(port),
-               NOTECARD_ADMIN_PORT=str(admin_port), NOTECARD_DATA_DIR=str(tmp_path), NOTECARD_LOG_LEVEL="WARNING")
+               NOTECARD_ADMIN_PORT=str(admin_port), NOTECARD_DATA_DIR=str(tmp_path), NOTECARD_LOG_LEVEL="WARNING",
+               NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN)
     proc = subprocess.Popen([sys.executable, "-m", "notecard", "serve", "--workers", "2"], env=env)
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}", proc)
@@ -180,10 +182,13 @@ def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     env = dict(os.environ, NOTECARD_DATA_DIR=str(tmp_path / "data"))
     env.pop("NOTECARD_REDIS_URL", None)
     env.pop("REDIS_URL", None)
-    done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(free_port_run(4))],
+    port = free_port_run(4)
+    done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(port)],
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
+    # The banner says how to reach the ports it chose with `notecard admin`, and its secrets.
+    assert f"NOTECARD_DATA_DIR={tmp_path / 'data'} notecard admin --url http://127.0.0.1:{port + 1} user" in out
     nodes = {line.split(" is connected to node ")[1].split(" ")[0] for line in out.splitlines()
              if " is connected to node " in line}
     assert len(nodes) == 2  # the giver and the recipient are on different nodes

@@ -1,0 +1,152 @@
+"""The node's Prometheus series: every one README names is exported by a running node,
+under exactly that name (PromQL copied from README must find it), and nothing else is."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway import GatewayNode
+from gateway.metrics import NodeMetrics, package_version
+from notecard.admin_client import AdminClient
+from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all
+from tests.test_operations import http_get
+
+ROOT = Path(__file__).resolve().parent.parent
+_SERIES = re.compile(r"`((?:notecard|process)_[a-z_]+)(?:\{([a-z_,]+)\})?`")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+
+
+def readme_series() -> dict[str, set[str]]:
+    """Series README's Metrics section names, with the labels it gives them; ``X_bucket``
+    followed by `` / `_sum` / `_count` `` names all three."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("- **Metrics**"):readme.index("- **Logs**")]
+    named: dict[str, set[str]] = {}
+    for match in _SERIES.finditer(section):
+        name, labels = match.group(1), set(filter(None, (match.group(2) or "").split(",")))
+        named[name] = labels
+        if name.endswith("_bucket"):
+            base = name.removesuffix("_bucket")
+            named[base + "_sum"] = named[base + "_count"] = labels - {"le"}
+    return named
+
+
+def exposed(text: str) -> dict[str, list[dict[str, str]]]:
+    """Series name -> label sets of its samples; a family declared with no sample yet
+    (a labelled counter nothing has counted) is there with no label sets."""
+    series: dict[str, list[dict[str, str]]] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            for suffix in ("_bucket", "_sum", "_count") if kind == "histogram" else ("",):
+                series.setdefault(name + suffix, [])
+        elif line and not line.startswith("#"):
+            match = _SAMPLE.match(line)
+            assert match, line
+            labels = dict(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+            series.setdefault(match.group(1), []).append(labels)
+    return series
+
+
+def value(text: str, series: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+@pytest.fixture
+def fast_gauges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.node.LEDGER_GAUGES_S", 0.2)
+
+
+async def metrics_text(node: GatewayNode) -> str:
+    status, body = await http_get(f"http://127.0.0.1:{node.probe_port}/metrics")
+    assert status == 200
+    return body.decode()
+
+
+async def test_every_series_readme_names_is_exported_and_nothing_else(
+    node_factory: NodeFactory, connect: ClientFactory, fast_gauges: None
+) -> None:
+    node = await node_factory(probe_port=0)
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        await befriend_all(admin, "alice", "bob")
+        alice, bob = await connect("alice", url=node.url), await connect("bob", url=node.url)
+        await alice.send_gift("bob")
+        await bob.accept((await bob.next_offer(5)).gift_id)
+        await admin.invariant()
+    text = await metrics_text(node)
+    series = exposed(text)
+    named = readme_series()
+    assert len(named) > 30
+    missing = sorted(set(named) - set(series))
+    assert missing == [], f"README names series the node does not export: {missing}"
+    undocumented = sorted(set(series) - set(named))
+    assert undocumented == [], f"exported but not in README: {undocumented}"
+    for name, labels in named.items():
+        for sample in series[name]:
+            assert set(sample) == labels, (name, sample, labels)
+    assert not any(name.endswith("_created") for name in series)
+    assert 'notecard_gifts_total{outcome="accepted"} 1.0' in text
+    assert 'notecard_refusals_total{code="INTERNAL"} 0.0' in text  # there before the first one
+    assert f'notecard_build_info{{python="{value_of_python()}",version="{package_version()}"}} 1.0' in text
+    assert (value(text, "process_resident_memory_bytes") or 0) > 0
+
+
+def value_of_python() -> str:
+    import platform
+
+    return platform.python_version()
+
+
+async def test_pending_gifts_and_held_units_follow_the_ledger(
+    node_factory: NodeFactory, connect: ClientFactory, fast_gauges: None
+) -> None:
+    node = await node_factory(probe_port=0)
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        await befriend_all(admin, "alice", "bob")
+    alice, bob = await connect("alice", url=node.url), await connect("bob", url=node.url)
+    gift = await alice.send_gift("bob", qty=2)
+    text = await _until(node, lambda t: value(t, "notecard_pending_gifts") == 1.0)
+    assert 'notecard_held_units{kind="note"} 20.0' in text
+    await bob.decline(gift.gift_id)
+    text = await _until(node, lambda t: value(t, "notecard_pending_gifts") == 0.0)
+    assert 'notecard_held_units{kind="note"} 0.0' in text
+
+
+async def test_the_event_loop_lag_is_sampled(node_factory: NodeFactory) -> None:
+    node = await node_factory(probe_port=0)
+    await _until(node, lambda t: (value(t, "notecard_event_loop_lag_seconds_count") or 0) >= 2)
+    # Block the loop longer than a sampling period, as a slow callback would: the sample
+    # due meanwhile wakes at least 0.2 s late.
+    time.sleep(0.7)  # noqa: ASYNC251  (the point: a callback that blocks the loop)
+    text = await _until(node, lambda t: (value(t, "notecard_event_loop_lag_seconds_sum") or 0) >= 0.15)
+    assert value(text, 'notecard_event_loop_lag_seconds_bucket{le="0.1"}') is not None
+
+
+def test_send_queue_depths_are_read_when_scraped() -> None:
+    metrics = NodeMetrics()
+    depths = [3, 5, 0]
+    metrics.watch_send_queues(lambda: depths)
+    text = metrics.render().decode()
+    assert value(text, "notecard_send_queue_frames") == 8.0
+    assert value(text, "notecard_send_queue_max_frames") == 5.0
+    depths.clear()
+    text = metrics.render().decode()
+    assert (value(text, "notecard_send_queue_frames"), value(text, "notecard_send_queue_max_frames")) == (0.0, 0.0)
+
+
+async def _until(node: GatewayNode, condition: object, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = await metrics_text(node)
+        if condition(text):  # type: ignore[operator]
+            return text
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
