@@ -20,7 +20,7 @@ from clearing.gifts import Clearing
 from clearing.invariant import InvariantReport, check_invariant
 from clearing.keys import KeySchema
 from clearing.model import (
-    TRANSITIONS,
+    MOVES,
     Balances,
     EventKind,
     GiftRecord,
@@ -36,7 +36,7 @@ from clearing.rules import GiftRules
 
 __all__ = [
     "CONTROL_PREFIX",
-    "TRANSITIONS",
+    "MOVES",
     "Accounts",
     "Balances",
     "Clearing",

@@ -19,6 +19,7 @@ from clearing.guard import guarded
 from clearing.keys import APP_PATTERN, is_valid_app, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, UserRecord
+from clearing.presence import Presence
 
 #: How far ahead of this node's clock a given instant may be: the admin's machine and the
 #: nodes keep slightly different time. Further ahead, an account would stay a newcomer and
@@ -47,8 +48,9 @@ class Accounts(RedisComponent):
             raise Refused(Refusal.BAD_REQUEST, f"app must match {APP_PATTERN}, as in client tokens")
         now = self._clock()
         created = now if created_at_ms is None else self._instant("created_at_ms", created_at_ms, now)
-        args = (user_id, _flag(verified), _flag(vip), _flag(banned), created, app)
-        reply = await self._lua.run("create_user", self._keys.user(user_id), now, args)
+        args = {"u": user_id, "tag": self.tag(user_id), "verified": _flag(verified), "vip": _flag(vip),
+                "banned": _flag(banned), "created_at_ms": created, "app": app}
+        reply = await self._lua.run("create_user", self.slot(user_id), self._keys.user(user_id), now, args)
         return user_from(user_id, pairs(reply["user"]), self._balances([], []))
 
     async def set_flags(
@@ -60,8 +62,11 @@ class Accounts(RedisComponent):
         banned: bool | None = None,
     ) -> UserRecord:
         """Change the given flags, leave the others. Gifts in flight are not touched."""
-        args = (user_id, _flag(verified), _flag(vip), _flag(banned))
-        reply = await self._lua.run("set_flags", self._keys.user(user_id), self._clock(), args)
+        flags = {name: _flag(value) for name, value in (("verified", verified), ("vip", vip), ("banned", banned))
+                 if value is not None}
+        presence = Presence(self._topology, self._rules, self._keys, self._clock, settings=self._settings)
+        args = {"u": user_id, "tag": self.tag(user_id), "flags": flags, "dead": await presence.dead_nodes()}
+        reply = await self._lua.run("set_flags", self.slot(user_id), self._keys.user(user_id), self._clock(), args)
         return user_from(user_id, pairs(reply["user"]), self._balances(reply["bal"], reply["held"]))
 
     async def get_user(self, user_id: str) -> UserRecord | None:
@@ -92,8 +97,8 @@ class Accounts(RedisComponent):
         amount = qty * self._rules.units_per_card
         if qty < 1 or amount > MAX_SAFE_INT:
             raise Refused(Refusal.BAD_QUANTITY)
-        args = (user_id, kind, amount, MAX_SAFE_INT)
-        reply = await self._lua.run("mint", self._keys.balance(user_id), self._clock(), args)
+        args = {"u": user_id, "tag": self.tag(user_id), "kind": kind, "amount": amount, "ceiling": MAX_SAFE_INT}
+        reply = await self._lua.run("mint", self.slot(user_id), self._keys.balance(user_id), self._clock(), args)
         return self._balances(reply["bal"], reply["held"])
 
     async def follow(self, follower: str, followee: str, since_ms: int | None = None) -> None:
@@ -104,24 +109,34 @@ class Accounts(RedisComponent):
         """
         self._not_self(follower, followee)
         now = self._clock()
-        since, explicit = (now, "0") if since_ms is None else (self._instant("since_ms", since_ms, now), "1")
-        args = (follower, followee, "follow", since, explicit)
-        await self._lua.run("follow", self._keys.follows(follower), now, args)
+        since, explicit = (now, False) if since_ms is None else (self._instant("since_ms", since_ms, now), True)
+        await self._other_exists(followee)
+        args = {"follower": follower, "followee": followee, "action": "follow", "since": since, "explicit": explicit}
+        await self._lua.run("follow", self.slot(follower), self._keys.follows(follower), now, args)
 
     async def unfollow(self, follower: str, followee: str) -> None:
         self._not_self(follower, followee)
-        args = (follower, followee, "unfollow", 0, "0")
-        await self._lua.run("follow", self._keys.follows(follower), self._clock(), args)
+        await self._other_exists(followee)
+        args = {"follower": follower, "followee": followee, "action": "unfollow", "since": 0, "explicit": False}
+        await self._lua.run("follow", self.slot(follower), self._keys.follows(follower), self._clock(), args)
 
     async def block(self, blocker: str, blocked: str) -> None:
-        self._not_self(blocker, blocked)
-        args = (blocker, blocked, "block")
-        await self._lua.run("block", self._keys.blocks(blocker), self._clock(), args)
+        await self._blocking(blocker, blocked, "block")
 
     async def unblock(self, blocker: str, blocked: str) -> None:
+        await self._blocking(blocker, blocked, "unblock")
+
+    async def _blocking(self, blocker: str, blocked: str, action: str) -> None:
         self._not_self(blocker, blocked)
-        args = (blocker, blocked, "unblock")
-        await self._lua.run("block", self._keys.blocks(blocker), self._clock(), args)
+        await self._other_exists(blocked)
+        args = {"blocker": blocker, "blocked": blocked, "action": action}
+        await self._lua.run("block", self.slot(blocker), self._keys.blocks(blocker), self._clock(), args)
+
+    async def _other_exists(self, other: str) -> None:
+        """The other user of a follow or block lives in another slot: it is checked here,
+        before the one-slot script checks the acting user (UNKNOWN_USER either way)."""
+        if not await guarded(self._redis.exists(self._keys.user(other))):
+            raise Refused(Refusal.UNKNOWN_USER)
 
     @staticmethod
     def _instant(name: str, value: int, now: int) -> int:

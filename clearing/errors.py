@@ -7,6 +7,10 @@
      +-- ClearingUnavailable  Redis could not be reached or timed out: the outcome is UNKNOWN
                               (the operation may or may not have happened); retry with the
                               same gift id to learn it
+     +-- StepRefused          a step of a cross-shard saga found its gift elsewhere than it
+                              expected (a sweep that came early, a conflict that the state
+                              table rules out); clearing's own callers handle it, and it
+                              never reaches a client as such
 
 ``Refused.code`` values equal the wire protocol's error codes of the same name, so the
 gateway maps them by value without clearing importing the wire format.
@@ -57,6 +61,21 @@ class Refusal(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
+    # A send that stopped half-way across shards and was abandoned: nothing moved.
+    SEND_ABORTED = "SEND_ABORTED"
+
+
+#: The order in which a send's rules are checked: the first that fails is the refusal, on
+#: whichever side of the gift (sender's or recipient's shard) it is checked. The scripts get
+#: it as RANK (clearing/lua.py); the codes after RECIPIENT_OFFLINE never compete.
+_SEND_ORDER = (
+    Refusal.RATE_LIMITED, Refusal.IDEMPOTENCY_CONFLICT, Refusal.SEND_ABORTED, Refusal.SELF_GIFT,
+    Refusal.UNKNOWN_KIND, Refusal.BAD_QUANTITY, Refusal.UNKNOWN_USER, Refusal.SENDER_BANNED,
+    Refusal.RECIPIENT_BANNED, Refusal.NOT_VERIFIED, Refusal.BLOCKED, Refusal.NOT_MUTUAL_3D,
+    Refusal.LIMIT_DAILY_SEND, Refusal.LIMIT_DAILY_RECEIVE, Refusal.QUOTE_EXPIRED, Refusal.QUOTE_MISMATCH,
+    Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
+)
+REFUSAL_ORDER: tuple[Refusal, ...] = (*_SEND_ORDER, *(code for code in Refusal if code not in _SEND_ORDER))
 
 
 #: A short reason per code for people (logs, the wire's ``message``); never internal details.
@@ -94,6 +113,7 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.RATE_LIMITED: "too many requests; slow down",
     Refusal.TOO_MANY_CONNECTIONS: "too many connections of this user; close another one first",
     Refusal.TOO_MANY_ROOMS: "this connection watches as many live rooms as it may; leave one first",
+    Refusal.SEND_ABORTED: "the send did not complete and was abandoned; nothing moved; send again with a new gift id",
 }
 
 
@@ -112,3 +132,11 @@ class Refused(ClearingError):
 
 class ClearingUnavailable(ClearingError):
     """Redis did not answer in time; the outcome of a write is unknown."""
+
+
+class StepRefused(ClearingError):
+    """A saga step's own code (NOT_DUE, SAGA_CONFLICT): for clearing's callers only."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code

@@ -1,8 +1,10 @@
 """Each user's event stream: offers and outcomes, replayable after a reconnect.
 
 The gift scripts append every event to the user's Redis stream with the explicit entry id
-``<offset>-0`` (offset = ``HINCRBY evmeta seq 1``, so 1, 2, 3, ...) and PUBLISH the very
-same bytes on ``keys.node_channel(node)`` of every live node holding the user. Pub/sub is
+``<offset>-0`` (offset = ``HINCRBY evmeta seq 1``, so 1, 2, 3, ...) and SPUBLISH the very
+same bytes on ``keys.node_channel(tag, node)`` of every live node holding the user, where
+``tag`` is the user's slot tag: a sharded channel in the user's own slot, so the message
+stays on the shard that owns the user. Pub/sub is
 at most once; the stream is what a client resumes from. The stream has an ``epoch`` that
 changes when its history was lost (Centrifugo's model): a client that sends an epoch we no
 longer have, or an offset whose successors were trimmed, is told ``recovered=False``.
@@ -62,8 +64,9 @@ class EventLog(RedisComponent):
             raise Refused(Refusal.BAD_REQUEST, "offset must not be negative")
         if limit is not None and limit < 1:
             raise Refused(Refusal.BAD_REQUEST, "limit must be positive")
-        args = (user_id, epoch or "", "" if after is None else after, "" if limit is None else limit)
-        reply = await self._lua.run("replay", self._keys.event_meta(user_id), self._clock(), args, emits=True)
+        args = {"u": user_id, "epoch": epoch or None, "after": after, "limit": limit}
+        reply = await self._lua.run("replay", self.slot(user_id), self._keys.event_meta(user_id), self._clock(),
+                                    args, emits=True)
         return Replay(
             epoch=str(reply["ep"]),
             head=int(reply["head"]),

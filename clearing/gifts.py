@@ -1,51 +1,93 @@
 """Gifts as two-phase transfers: reserve (hold the cost), then accept, decline or expire.
 
 The gift id is chosen by the client before its first try and is the idempotency key: a
-retry with the same payload gets the stored record back, in whatever state it is now; the
-same id with another payload is refused (IDEMPOTENCY_CONFLICT). Each operation is one Lua
-script, so one EVALSHA round trip, atomic, with every check before the first write.
+retry with the same payload gets the gift back, in whatever state it is now; the same id
+with another payload is refused (IDEMPOTENCY_CONFLICT). Ids are unique per sender and per
+recipient (each side keeps its half under it).
 
-Refusals of :meth:`Clearing.reserve`, in the order they are checked::
+Where a gift lives (clearing/keys.py): its send half with the sender, its offer half (the
+decision) with the recipient, and for a newcomer's free gift a hold with the promotion
+account. When one Redis node holds all of them (always, on a single Redis), each operation
+is one script, checked in full before its first write (``send.lua``, ``resolve.lua``): the
+fast path. Otherwise it is a saga of one-slot steps, each atomic and idempotent by gift id
+(docs/architecture.md draws it with every crash point):
 
-    RATE_LIMITED (with ``user_rate``: the sender's requests over every node),
-    IDEMPOTENCY_CONFLICT, SELF_GIFT, UNKNOWN_KIND, BAD_QUANTITY, UNKNOWN_USER (either user),
-    SENDER_BANNED, RECIPIENT_BANNED, NOT_VERIFIED (sender), BLOCKED (either way),
-    NOT_MUTUAL_3D, LIMIT_DAILY_SEND (limit + VIP bonus), LIMIT_DAILY_RECEIVE (per recipient
-    or per pair), INSUFFICIENT_BALANCE, RECIPIENT_OFFLINE
+    send     admit@R -> reserve@S [-> sponsor@P -> reserve@S] -> offer@R
+    answer   decide@R -> [settle_sponsor@P ->] settle@S -> close@R
 
-plus BAD_REQUEST for a gift id that is not 1-64 characters of ``A-Za-z0-9_.:-``. A refusal
-from UNKNOWN_USER on is remembered under the gift id for ``rules.refusal_memory_ms`` (a copy
-of the request answers the same, another payload IDEMPOTENCY_CONFLICT; a new attempt takes
-a new id); SELF_GIFT, UNKNOWN_KIND and BAD_QUANTITY follow from the request alone and write
-nothing. Answering (:meth:`~Clearing.accept` / :meth:`~Clearing.decline`): RATE_LIMITED
-(with ``user_rate``: the answering user's requests), GIFT_NOT_FOUND, NOT_RECIPIENT, then
-GIFT_EXPIRED (the window passed: the gift is expired by this very call
-and refunded, or was already expired) or ALREADY_RESOLVED (the other final state); the same
-answer twice is ``Resolution(changed=False)``. See ``scripts/reserve.lua`` and
-``scripts/resolve.lua`` for the exact writes.
+A step that stops half-way (a node dies, Redis fails over) is left due in its slot's queue;
+:meth:`Clearing.sweep`, which every node runs over its share of the slots, finishes it or
+undoes it. Conservation holds at every instant, summed over slots:
+``minted = available + held + consumed + transit`` (an accepted amount is in transit from
+the payer's slot to the recipient's between settle and close).
 
-Durability: reserve, accept and decline are acknowledged to a user, so with
-``Durability(wait_replicas=n)`` they return only once ``n`` replicas confirmed the write
-(see ``clearing/lua.py``); otherwise they raise ClearingUnavailable, outcome unknown.
+Refusals of :meth:`Clearing.reserve`, in the order they are checked, whichever side checks::
+
+    IDEMPOTENCY_CONFLICT, SEND_ABORTED, SELF_GIFT, UNKNOWN_KIND, BAD_QUANTITY, UNKNOWN_USER
+    (either user), SENDER_BANNED, RECIPIENT_BANNED, NOT_VERIFIED (sender), BLOCKED (either
+    way), NOT_MUTUAL_3D, LIMIT_DAILY_SEND (limit + VIP bonus), LIMIT_DAILY_RECEIVE (per
+    recipient or per pair), QUOTE_EXPIRED, QUOTE_MISMATCH, INSUFFICIENT_BALANCE,
+    RECIPIENT_OFFLINE
+
+plus BAD_REQUEST for a gift id that is not 1-64 characters of ``A-Za-z0-9_.:-``. A refused
+gift id is spent for ``refusal_memory_ms``: the same request repeats the refusal (so a late
+duplicate never creates a gift its client was told was refused); a new attempt takes a new
+id. Answering (:meth:`~Clearing.accept` / :meth:`~Clearing.decline`): GIFT_NOT_FOUND,
+NOT_RECIPIENT (the sender answering their own gift), then GIFT_EXPIRED (the window passed:
+the gift is expired by this very call and refunded, or was already expired) or
+ALREADY_RESOLVED; the same answer twice is ``Resolution(changed=False)``.
+
+Durability: every step that a user's reply depends on waits for replicas as configured
+(clearing/lua.py); otherwise it raises ClearingUnavailable, outcome unknown.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis import exceptions as rx
 
 from clearing.clock import Clock, QuotaDays, wall_clock_ms
-from clearing.codec import balances_from, gift_from_hash, gift_from_map, text_hash
+from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
-from clearing.errors import Refusal, Refused
+from clearing.errors import Refusal, Refused, StepRefused
 from clearing.guard import guarded
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
-from clearing.lua import MAX_SAFE_INT, Durability
-from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
-from clearing.rates import NO_LIMIT_ARGS, RateLimit
+from clearing.lua import MAX_SAFE_INT
+from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
+from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
-from clearing.scene_config import SceneConfig
+from clearing.settings import SettingsCache, SettingsSnapshot
+from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
+from clearing.topology import Durability, Topology
+
+log = logging.getLogger("notecard.clearing.gifts")
+T = TypeVar("T")
+
+#: A cross-shard step not finished this long after it started is taken over by recovery.
+DEFAULT_SAGA_MS = 10_000
+#: Slots per due.lua call: each reads two queues per slot; bounded so one call stays short.
+SWEEP_CHUNK = 512
+#: Entries per queue per sweep call.
+SWEEP_LIMIT = 200
+
+#: Which nodes are dead right now (registry heartbeat older than the node TTL).
+DeadNodes = Callable[[], Awaitable[list[str]]]
+
+
+async def _no_dead_nodes() -> list[str]:
+    return []
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SweepResult:
+    expired: list[GiftRecord]
+    recovered: int
 
 
 class Clearing(RedisComponent):
@@ -53,53 +95,93 @@ class Clearing(RedisComponent):
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | Topology,
         rules: GiftRules,
         keys: KeySchema = DEFAULT_KEYS,
         clock: Clock = wall_clock_ms,
         durability: Durability | None = None,
-        scenes: SceneConfig | None = None,
+        settings: SettingsCache | None = None,
+        *,
         user_rate: RateLimit | None = None,
+        dead_nodes: DeadNodes = _no_dead_nodes,
+        saga_ms: int = DEFAULT_SAGA_MS,
+        force_saga: bool = False,
     ) -> None:
         if rules.max_qty_per_gift * rules.units_per_card > MAX_SAFE_INT:
             raise ValueError("max_qty_per_gift * units_per_card must stay below 2**53")
-        super().__init__(redis, rules, keys, clock, durability)
+        super().__init__(redis, rules, keys, clock, durability, settings)
         self._days = QuotaDays(rules.timezone)
         self._kinds = frozenset(rules.card_kinds)
-        #: Scene defaults for the scripts while operators have stored none (scene_config.py).
-        self._scene_defaults = (scenes or SceneConfig()).to_json()
-        #: Each reserve and answer counts against its user's rate in its own script (rates.py).
-        self._rate_args = user_rate.script_args if user_rate is not None else NO_LIMIT_ARGS
-        self._reserve_rules = (
-            rules.daily_send_limit,
-            rules.vip_send_bonus,
-            rules.daily_receive_limit,
-            rules.receive_limit_scope,
-            rules.follow_min_age_ms,
-            rules.confirm_window_ms,
-        )
+        self._dead_nodes = dead_nodes
+        #: Take the saga even when every part is on one node (tests, and the benchmark's
+        #: measure of what the saga costs).
+        self.force_saga = force_saga
+        #: Each send and answer counts against its user's rate (rates.py): in its own script
+        #: on the fast path, with one small call first across shards.
+        self._rate = user_rate.script_args if user_rate is not None else NO_LIMIT_ARGS
+        self._rates = UserRates(self._topology, rules, user_rate, keys, clock) if user_rate is not None else None
+        self._constant = {
+            "send_limit": rules.daily_send_limit, "vip_bonus": rules.vip_send_bonus,
+            "recv_limit": rules.daily_receive_limit, "scope": rules.receive_limit_scope,
+            "follow_age": rules.follow_min_age_ms, "window": rules.confirm_window_ms,
+            "memo_ms": rules.refusal_memory_ms, "saga_ms": saga_ms, "pointlog_max": rules.points_log_maxlen,
+        }
 
+    # ================================================================ send
     async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
                       app: str = "main", quote_id: str = "") -> GiftRecord:
         """Offer ``qty`` cards of ``kind``; the cost is held until the gift resolves.
 
         ``app``: where the sender is (perks on accept); ``quote_id``: a live-room quote
-        (clearing/rooms.py) that prices the gift. Festival and newcomer pricing: reserve.lua.
+        (clearing/rooms.py) that prices the gift. Festival and newcomer pricing: gift.lua.
         """
         if not is_valid_id(gift_id):
             raise Refused(Refusal.BAD_REQUEST, "gift id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-        precheck = self._precheck(sender, recipient, kind, qty)
-        # The base price; the script raises the cost for a festival or a quote.
-        cost = qty * self._rules.units_per_card if not precheck else 0
+        if quote_id and not is_valid_id(quote_id):
+            raise Refused(Refusal.QUOTE_EXPIRED)
         now = self._clock()
-        day = self._days(now)
-        args = (gift_id, sender, recipient, kind, qty, cost, cost, precheck, day, *self._reserve_rules,
-                app, self._scene_defaults, quote_id, self._rules.refusal_memory_ms, *self._rate_args)
-        reply = await self._lua.run("reserve", self._keys.gift(gift_id), now, args, emits=True, durable=True)
-        return gift_from_map(reply["gift"])
+        snapshot = await self._settings.get()
+        a = await self._send_args(snapshot, now, gift_id, sender, recipient, kind, qty, app, quote_id)
+        parties = [slot_of(sender), slot_of(recipient)] + ([slot_of(a["promo"])] if "promo" in a else [])
+        if not self.force_saga and self._topology.colocated(parties):
+            try:
+                reply = await self._lua.run("send", parties[0], self._keys.user(sender), now, {**a, **self._rate},
+                                            emits=True, durable=True)
+                return gift_from_map(reply["gift"])
+            except rx.ResponseError as exc:
+                if not _moved_apart(exc):
+                    raise
+                # A slot moved between the map and the call: nothing ran; take the saga.
+        if self._rates is not None and not await self._rates.take(sender):
+            raise Refused(Refusal.RATE_LIMITED)
+        return await SendSaga(self, a, now).run()
+
+    async def _send_args(self, snapshot: SettingsSnapshot, now: int, gift_id: str, sender: str, recipient: str,
+                         kind: str, qty: int, app: str, quote_id: str) -> dict[str, Any]:
+        precheck = self._precheck(sender, recipient, kind, qty)
+        base = qty * self._rules.units_per_card if not precheck else 0
+        festival = snapshot.festival_at(now)
+        cost = -(-base * festival.permille // 1000) if festival else base
+        scenes = snapshot.scenes
+        a: dict[str, Any] = {
+            **self._constant, "gid": gift_id, "s": sender, "r": recipient, "kind": kind, "qty": qty,
+            "base": base, "cost": cost, "day": self._days(now), "app": app,
+            "stag": tag_of(sender), "rtag": tag_of(recipient), "dead": await self._dead_nodes(),
+        }
+        if precheck:
+            a["pre"] = precheck
+        if festival:
+            a["festival"] = festival.festival_id
+        if quote_id:
+            a["quote"] = quote_id
+        if scenes.newcomer_free_gifts > 0 and scenes.promo_account not in (sender, recipient):
+            a.update(promo=scenes.promo_account, ptag=tag_of(scenes.promo_account),
+                     nc_age=scenes.newcomer_age_ms, nc_free=scenes.newcomer_free_gifts)
+        return a
 
     def _precheck(self, sender: str, recipient: str, kind: str, qty: int) -> str:
-        """The refusals that need no Redis; the script raises them after its idempotency check."""
+        """The refusals that need no Redis; the script raises them after its idempotency
+        check (and remembers nothing for them)."""
         if sender == recipient:
             return Refusal.SELF_GIFT.value
         if kind not in self._kinds:
@@ -108,49 +190,226 @@ class Clearing(RedisComponent):
             return Refusal.BAD_QUANTITY.value
         return ""
 
-    async def accept(self, gift_id: str, by_user: str, app: str = "main") -> Resolution:
-        """``app``: where the recipient answers from (its perks apply)."""
-        return await self._resolve(gift_id, by_user, GiftState.ACCEPTED, app)
+    # ================================================================ answer and expiry
+    async def accept(self, gift_id: str, by_user: str, app: str = "main", *, sender_hint: str | None = None
+                     ) -> Resolution:
+        """``app``: where the recipient answers from (its perks apply). ``sender_hint``: the
+        gift's sender when the caller knows it (the offer it pushed): on a cluster it lets a
+        gift whose sides share a node take the one-script path."""
+        return await self._resolve(gift_id, by_user, "accept", app, sender_hint)
 
-    async def decline(self, gift_id: str, by_user: str, app: str = "main") -> Resolution:
-        return await self._resolve(gift_id, by_user, GiftState.DECLINED, app)
+    async def decline(self, gift_id: str, by_user: str, app: str = "main", *, sender_hint: str | None = None
+                      ) -> Resolution:
+        return await self._resolve(gift_id, by_user, "decline", app, sender_hint)
 
-    async def _resolve(self, gift_id: str, by_user: str, target: GiftState, app: str) -> Resolution:
-        args = (gift_id, by_user, target.value, app, self._scene_defaults, *self._rate_args,
-                self._rules.points_log_maxlen)
-        reply = await self._lua.run(
-            "resolve", self._keys.gift(gift_id), self._clock(), args, emits=True, durable=True,
-        )
-        return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+    async def _resolve(self, gift_id: str, recipient: str, event: str, app: str, sender_hint: str | None,
+                       answering: bool = True) -> Resolution:
+        if not is_valid_id(gift_id):
+            raise Refused(Refusal.GIFT_NOT_FOUND)
+        now = self._clock()
+        snapshot = await self._settings.get()
+        a: dict[str, Any] = {
+            **self._constant, "gid": gift_id, "r": recipient, "event": event, "rapp": app,
+            "perks": _perks(snapshot), "dead": await self._dead_nodes(),
+        }
+        if answering:
+            a.update(by=recipient, **self._rate)
+        if self._fast_resolve(recipient, sender_hint):
+            try:
+                reply = await self._lua.run("resolve", slot_of(recipient), self._keys.user(recipient), now, a,
+                                            emits=True, durable=True)
+                return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+            except rx.ResponseError as exc:
+                if not _moved_apart(exc):
+                    raise
+        return await ResolveSaga(self, a, now).run()
 
-    async def expire_due(self, limit: int = 200) -> list[GiftRecord]:
-        """Expire pending gifts whose window has passed (at most ``limit``); safe to run
-        from every process at once. Returns the gifts this call expired."""
+    def _fast_resolve(self, recipient: str, sender: str | None) -> bool:
+        if self.force_saga:
+            return False
+        if sender is None:
+            # Without the sender, only a topology with one node can tell.
+            return len(self._topology.nodes()) == 1
+        # The payer is not known before the offer half is read. A gift paid by the promotion
+        # account on another node fails the script at its first read of the payer's hold,
+        # before any write (resolve.lua), and takes the saga.
+        return self._topology.colocated([slot_of(recipient), slot_of(sender)])
+
+    async def expire(self, recipient: str, gift_id: str) -> GiftRecord | None:
+        """Expire one offer past its window (the sweeper's step); None when it was not due
+        or had already resolved."""
+        try:
+            resolution = await self._resolve(gift_id, recipient, "expire", "main", None, answering=False)
+        except StepRefused as exc:
+            if exc.code == "NOT_DUE":
+                return None
+            raise
+        except Refused as refusal:
+            if refusal.code in (Refusal.ALREADY_RESOLVED, Refusal.GIFT_NOT_FOUND, Refusal.GIFT_EXPIRED):
+                return None
+            raise
+        return resolution.gift if resolution.changed else None
+
+    # ================================================================ the sagas, step by step
+    async def send_saga(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
+                        app: str = "main", quote_id: str = "") -> SendSaga:
+        """The cross-shard send of a gift, to be run step by step (tests stop it half-way)."""
+        now = self._clock()
+        args = await self._send_args(await self._settings.get(), now, gift_id, sender, recipient, kind, qty, app,
+                                     quote_id)
+        return SendSaga(self, args, now)
+
+    async def answer_saga(self, gift_id: str, recipient: str, event: str, app: str = "main") -> ResolveSaga:
+        """The cross-shard answer (``accept`` / ``decline``) of a gift, step by step."""
+        snapshot = await self._settings.get()
+        args = {**self._constant, "gid": gift_id, "r": recipient, "by": recipient, "event": event, "rapp": app,
+                "perks": _perks(snapshot), "dead": await self._dead_nodes()}
+        return ResolveSaga(self, args, self._clock())
+
+    # ================================================================ the sweeper
+    async def expire_due(self, limit: int = SWEEP_LIMIT) -> list[GiftRecord]:
+        """Expire up to ``limit`` offers past their window, in every slot, and finish what is
+        due there (a tool's and a test's sweep; a node sweeps its share with :meth:`sweep`)."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        reply = await self._lua.run("expire_due", self._keys.pending(), self._clock(), (limit,), emits=True)
-        return _gifts(reply)
+        return (await self.sweep(range(SLOTS), limit)).expired
 
-    async def get_gift(self, gift_id: str) -> GiftRecord | None:
-        raw = await guarded(self._redis.hgetall(self._keys.gift(gift_id)))
-        return gift_from_hash(gift_id, raw) if raw else None
+    async def sweep(self, slots: Iterable[int], limit: int = SWEEP_LIMIT) -> SweepResult:
+        """Expire the offers past their window and finish the saga steps past their deadline,
+        in ``slots``. Safe to run from every process at once: each step is idempotent. The
+        reads of all slots go out together (one pipeline per Redis node), then the work."""
+        now = self._clock()
+        reads = []
+        for _node, node_slots in self._topology.by_node(slots):
+            for start in range(0, len(node_slots), SWEEP_CHUNK):
+                chunk = node_slots[start : start + SWEEP_CHUNK]
+                tags = [slot_tag(s) for s in chunk]
+                reads.append(self._lua.run("due", chunk[0], self._keys.expiry(tags[0]), now,
+                                           {"tags": tags, "limit": limit}))
+        expiries: list[str] = []
+        steps: list[str] = []
+        for due in await asyncio.gather(*reads, return_exceptions=True):
+            if isinstance(due, BaseException):
+                if isinstance(due, rx.ResponseError) and _moved_apart(due):
+                    await self._topology.refresh()  # this chunk is read again next time
+                    continue
+                raise due
+            expiries += [str(e) for e in due.get("expired", ())]
+            steps += [str(e) for e in due.get("due", ())]
+        # at most ``limit`` expiries per sweep, whatever the number of queues read
+        expired = [g for g in await _bounded(self._expire_entry(e) for e in expiries[:limit]) if g is not None]
+        recovered = sum(await _bounded(self._recover_entry(e) for e in steps))
+        return SweepResult(expired, recovered)
 
-    async def refused_send(self, gift_id: str) -> RefusedSend | None:
-        """The refusal remembered for ``gift_id``, while it is (see :meth:`reserve`)."""
+    async def _expire_entry(self, entry: str) -> GiftRecord | None:
+        recipient, _, gift_id = entry.partition("|")
+        try:
+            return await self.expire(recipient, gift_id)
+        except (Refused, StepRefused) as exc:
+            log.error("an offer in the expiry queue could not expire", extra={"gift": gift_id, "reason": str(exc)})
+            return None
+
+    async def _recover_entry(self, entry: str) -> bool:
+        try:
+            return await self.recover(entry)
+        except (Refused, StepRefused) as exc:
+            log.error("a due step could not be finished", extra={"entry": entry, "reason": str(exc)})
+            return False
+
+    async def recover(self, entry: str) -> bool:
+        """Finish or undo one step left due (``<step>|<user>|<id>``); True when it acted."""
+        step, _, rest = entry.partition("|")
+        if step == "admit":
+            recipient, _, gift_id = rest.partition("|")
+            return await SendSaga.recover_admission(self, recipient, gift_id)
+        if step == "settle":
+            recipient, _, gift_id = rest.partition("|")
+            return await ResolveSaga.recover(self, recipient, gift_id)
+        if step == "sponsor":
+            payer, _, sender_gift = rest.partition("|")
+            sender, _, gift_id = sender_gift.partition("|")
+            return await SendSaga.recover_sponsorship(self, payer, sender, gift_id)
+        if step == "mentor":
+            apprentice, _, mentor = rest.partition("|")
+            from clearing.scenes import recover_mentor_binding  # scenes builds on gifts
+
+            return await recover_mentor_binding(self, apprentice, mentor)
+        log.error("unknown due entry", extra={"entry": entry})
+        return False
+
+    # ================================================================ reads
+    async def get_gift(self, gift_id: str, user: str | None = None) -> GiftRecord | None:
+        """A gift by id, as it stands: its recipient's half decides the state. ``user`` is
+        its sender or recipient; without it every shard is scanned (operators only)."""
+        if not is_valid_id(gift_id):
+            return None
+        users = [user] if user is not None else await self._owners_of(gift_id)
+        for who in users:
+            offer = await guarded(self._redis.hgetall(self._keys.offer(who, gift_id)))
+            if offer and text_hash(offer).get("state") not in ("admitted", "void"):
+                return _record(gift_id, offer)
+            sent = await guarded(self._redis.hgetall(self._keys.gift(who, gift_id)))
+            if sent:
+                fields = text_hash(sent)
+                if fields.get("state") == "void":
+                    continue
+                decided = await guarded(self._redis.hgetall(self._keys.offer(fields["recipient"], gift_id)))
+                decided_fields = text_hash(decided)
+                if decided_fields.get("state") not in (None, "admitted", "void"):
+                    return _record(gift_id, decided)
+                return _record(gift_id, sent)
+        return None
+
+    async def _owners_of(self, gift_id: str) -> list[str]:
+        owners: list[str] = []
+        for name in (f"offer:{gift_id}", f"gift:{gift_id}"):
+            async for key in self._redis.scan_iter(match=self._keys.pattern(name), count=1000):
+                owners.append(self._keys.tag_in(key.decode()))
+        return owners
+
+    async def refused_send(self, gift_id: str, sender: str) -> RefusedSend | None:
+        """The refusal remembered for ``sender``'s ``gift_id``, while it is (see :meth:`reserve`)."""
+        key = self._keys.refused(sender, gift_id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(self._keys.refused(gift_id), "code", "fp")
-            pipe.pttl(self._keys.refused(gift_id))
+            pipe.hmget(key, "code", "fp")
+            pipe.pttl(key)
             (code, fingerprint), ttl = await guarded(pipe.execute())
         if code is None or fingerprint is None:
             return None
-        sender, recipient, rest = fingerprint.decode().split("|", 2)  # ids hold no "|"
+        recipient, rest = fingerprint.decode().split("|", 1)  # ids hold no "|"
         kind, qty = rest.rsplit("|", 1)
         return RefusedSend(gift_id, code.decode(), sender, recipient, kind, int(qty), max(0, int(ttl)))
 
+    async def held_in(self, slots: Iterable[int]) -> tuple[int, dict[str, int]]:
+        """Offers pending and units held per kind in ``slots`` (one call per chunk of one
+        Redis node's slots): what a node reports for its share (the metrics)."""
+        pending, held = 0, dict.fromkeys(self._rules.card_kinds, 0)
+        reads = []
+        for _node, node_slots in self._topology.by_node(slots):
+            for start in range(0, len(node_slots), SWEEP_CHUNK):
+                chunk = node_slots[start : start + SWEEP_CHUNK]
+                tags = [slot_tag(s) for s in chunk]
+                reads.append(self._lua.run("gauges", chunk[0], self._keys.totals(tags[0]), self._clock(),
+                                           {"tags": tags}))
+        for reply in await asyncio.gather(*reads):
+            pending += int(reply.get("pending", 0))
+            for kind, units in (reply.get("held") or {}).items():
+                held[str(kind)] = held.get(str(kind), 0) + int(units)
+        return pending, held
+
+    async def refusers_of(self, gift_id: str) -> list[str]:
+        """The senders who were refused a send with this id, while it is remembered (every
+        shard scanned: operators only)."""
+        if not is_valid_id(gift_id):
+            return []
+        return [self._keys.tag_in(key.decode()) async for key in
+                self._redis.scan_iter(match=self._keys.pattern(f"refused:{gift_id}"), count=1000)]
+
     async def pending_for(self, recipient: str) -> list[GiftRecord]:
         """Offers still waiting for ``recipient``'s answer, soonest expiry first."""
-        reply = await self._lua.run("pending_for", self._keys.inbox(recipient), self._clock())
-        return _gifts(reply)
+        reply = await self._lua.run("pending", slot_of(recipient), self._keys.inbox(recipient), self._clock(),
+                                    {"u": recipient})
+        return [gift_from_map(m) for m in reply.get("gifts", ())]
 
     async def balances(self, user_id: str) -> Balances:
         """Available and held amounts per kind, read at one instant (MULTI)."""
@@ -160,6 +419,242 @@ class Clearing(RedisComponent):
             available, held = await guarded(pipe.execute())
         return balances_from(text_hash(available), text_hash(held), self._rules.card_kinds)
 
+    # ================================================================ for the sagas
+    async def step(self, name: Any, user: str, now: int, args: dict[str, Any], *, emits: bool = True,
+                   durable: bool = True) -> dict[str, Any]:
+        """Run one saga step on ``user``'s slot."""
+        return await self._lua.run(name, slot_of(user), self._keys.user(user), now, args, emits=emits,
+                                   durable=durable)
 
-def _gifts(reply: dict[str, Any]) -> list[GiftRecord]:
-    return [gift_from_map(m) for m in reply.get("gifts", ())]
+    @property
+    def keys(self) -> KeySchema:
+        return self._keys
+
+    @property
+    def redis(self) -> Any:
+        return self._redis
+
+    def now(self) -> int:
+        return self._clock()
+
+    async def dead_nodes(self) -> list[str]:
+        return await self._dead_nodes()
+
+    @property
+    def constant_args(self) -> dict[str, Any]:
+        return self._constant
+
+
+async def _bounded(calls: Iterable[Awaitable[T]], at_once: int = 64) -> list[T]:
+    """Run ``calls`` concurrently, ``at_once`` at a time (their scripts share pipelines)."""
+    out: list[T] = []
+    pending = list(calls)
+    for start in range(0, len(pending), at_once):
+        out += await asyncio.gather(*pending[start : start + at_once])
+    return out
+
+
+def _perks(snapshot: SettingsSnapshot) -> dict[str, Any]:
+    scenes = snapshot.scenes
+    return {"per_card": scenes.points_per_card,
+            "apps": {app: [p.sender_bonus_permille, p.recipient_multiplier_permille, int(p.joint_campaign)]
+                     for app, p in scenes.apps.items()}}
+
+
+def _record(gift_id: str, raw: Any) -> GiftRecord:
+    fields = text_hash(raw)
+    return gift_from_map({"gift_id": gift_id, **fields})
+
+
+def _moved_apart(exc: rx.ResponseError) -> bool:
+    """The reply of a one-node script whose slots are no longer on one node: it ran no
+    write (every key is read before the first write, or the call was refused up front)."""
+    text = str(exc)
+    return isinstance(exc, rx.ClusterCrossSlotError) or "non local key" in text or "CROSSSLOT" in text
+
+
+# ===================================================================== the sagas
+class SendSaga:
+    """admit@R -> reserve@S [-> sponsor@P -> reserve@S] -> offer@R (see gift.lua)."""
+
+    def __init__(self, clearing: Clearing, args: dict[str, Any], now: int) -> None:
+        self.c = clearing
+        self.a = args
+        self.now = now
+        self.admitted = False
+
+    async def run(self) -> GiftRecord:
+        rcode = await self.admit()
+        send = await self.reserve(rcode)
+        return await self.offer(send)
+
+    # Each step is a method so that a test can stop between any two, as a crash would.
+    async def admit(self) -> str | None:
+        """The recipient's side; its refusal code (nothing written), or None (admitted)."""
+        if "pre" in self.a:
+            return None
+        try:
+            admit = await self.c.step("admit", self.a["r"], self.now, self.a, emits=False)
+        except Refused as refusal:
+            return refusal.code.value
+        self.admitted = admit["state"] == "admitted"
+        return None
+
+    async def reserve(self, rcode: str | None) -> dict[str, Any]:
+        """The sender's side (and the promotion account's, for a newcomer's free gift); on a
+        refusal the admission is voided and the refusal raised. Returns the send half."""
+        a, c = self.a, self.c
+        try:
+            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode}, emits=False)
+            if reply.get("need_sponsor"):
+                reply = await self._sponsored(rcode, int(reply["cost"]))
+        except Refused as refusal:
+            if self.admitted:
+                await c.step("void", a["r"], self.now, {**a, "why": refusal.code.value}, emits=False)
+            raise
+        return dict(reply["send"])
+
+    async def _sponsored(self, rcode: str | None, cost: int) -> dict[str, Any]:
+        """Ask the promotion account to hold the gift (only if it will be sent: R admitted
+        it), then reserve again knowing whether it does; give the hold back if unused."""
+        a, c = self.a, self.c
+        sponsor = await c.step("sponsor", a["promo"], self.now, {**a, "cost": cost, "hold": rcode is None},
+                               emits=False)
+        held = bool(sponsor["covers"]) and rcode is None
+        try:
+            reply = await c.step("reserve", a["s"], self.now,
+                                 {**a, "rcode": rcode, "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
+        except Refused:
+            if held:
+                await c.step("release", a["promo"], self.now, a, emits=False)
+            raise
+        if held and reply["send"].get("payer") != a["promo"]:
+            await c.step("release", a["promo"], self.now, a, emits=False)
+        return reply
+
+    async def offer(self, send: dict[str, Any]) -> GiftRecord:
+        """The recipient's side becomes an offer, pushed to the recipient's devices."""
+        offered = await self.c.step("offer", self.a["r"], self.now, {**self.a, "send": _send_fields(send)})
+        gift = offered["gift"]
+        return gift_from_map({**_public(send), "state": gift["state"], "resolved_at_ms": gift.get("resolved_at_ms")})
+
+    @staticmethod
+    async def recover_admission(c: Clearing, recipient: str, gift_id: str) -> bool:
+        """An admission past its deadline: offer it if the sender's side reserved it, void it
+        otherwise (after a tombstone takes the id at the sender, so a late reserve cannot)."""
+        fields = text_hash(await guarded(c.redis.hgetall(c.keys.offer(recipient, gift_id))))
+        if fields.get("state") != "admitted":
+            await guarded(c.redis.zrem(c.keys.due(tag_of(recipient)), f"admit|{recipient}|{gift_id}"))
+            return False
+        now = c.now()
+        a = {**c.constant_args, "gid": gift_id, "s": fields["sender"], "r": recipient, "kind": fields["kind"],
+             "qty": int(fields["qty"]), "rtag": tag_of(recipient), "stag": tag_of(fields["sender"]),
+             "dead": await c.dead_nodes()}
+        probe = await c.step("probe", fields["sender"], now, a, emits=False)
+        send = probe.get("send")
+        if send is not None and send.get("state") != "void":
+            await c.step("offer", recipient, now, {**a, "send": _send_fields(send)})
+        else:
+            why = probe.get("refused") or (send or {}).get("why") or Refusal.SEND_ABORTED.value
+            await c.step("void", recipient, now, {**a, "why": why}, emits=False)
+        return True
+
+    @staticmethod
+    async def recover_sponsorship(c: Clearing, payer: str, sender: str, gift_id: str) -> bool:
+        """A promotion hold past the gift's window: release it unless the gift it paid for
+        exists and is still to be settled (then look again later)."""
+        held = text_hash(await guarded(c.redis.hgetall(c.keys.sponsorship(payer, f"{sender}|{gift_id}"))))
+        due_key, entry = c.keys.due(tag_of(payer)), f"sponsor|{payer}|{sender}|{gift_id}"
+        if held.get("state") != "held":
+            await guarded(c.redis.zrem(due_key, entry))
+            return False
+        sent = text_hash(await guarded(c.redis.hgetall(c.keys.gift(sender, gift_id))))
+        now = c.now()
+        if sent.get("payer") == payer and sent.get("state") == "pending":
+            await guarded(c.redis.zadd(due_key, {entry: now + int(c.constant_args["saga_ms"])}, xx=True))
+            return False
+        a = {**c.constant_args, "gid": gift_id, "s": sender, "promo": payer, "ptag": tag_of(payer)}
+        if not sent:
+            # No send half yet: a tombstone first, so that the reserve of a late retry is
+            # refused instead of counting on a hold that is about to go back.
+            probe_args = {**a, "r": held.get("recipient", ""), "kind": held.get("kind", ""),
+                          "qty": int(held.get("qty", "0") or 0)}
+            probe = await c.step("probe", sender, now, probe_args, emits=False)
+            settled = probe.get("send") or {}
+            if settled.get("payer") == payer and settled.get("state") == "pending":
+                return False
+        await c.step("release", payer, now, a, emits=False)
+        return True
+
+
+class ResolveSaga:
+    """decide@R -> [settle_sponsor@P ->] settle@S -> close@R (see gift.lua)."""
+
+    def __init__(self, clearing: Clearing, args: dict[str, Any], now: int) -> None:
+        self.c = clearing
+        self.a = args
+        self.now = now
+
+    async def run(self) -> Resolution:
+        gift, changed, code = await self.decide()
+        await self.settle(gift)
+        record = await self.close(gift)
+        if code:
+            raise Refused(Refusal(code), gift=record)
+        return Resolution(record, changed=changed)
+
+    # Each step is a method so that a test can stop between any two, as a crash would.
+    async def decide(self) -> tuple[dict[str, Any], bool, str | None]:
+        """The offer half decides: (the gift with its saga fields, changed, a refusal to raise
+        once the gift is settled: GIFT_EXPIRED / ALREADY_RESOLVED)."""
+        decided = await self.c.step("decide", self.a["r"], self.now, self.a, emits=False)
+        return dict(decided["decided"]), bool(decided["changed"]), decided.get("code")
+
+    def _args(self, gift: dict[str, Any]) -> dict[str, Any]:
+        return {**self.a, "gid": gift["gift_id"], "s": gift["sender"], "r": gift["recipient"], "to": gift["state"]}
+
+    async def settle(self, gift: dict[str, Any]) -> None:
+        """The payer's hold and the send half follow the decision (once each)."""
+        if int(gift.get("closed", 0)) == 1:
+            return
+        a, c = self._args(gift), self.c
+        payer = gift.get("payer")
+        if payer:
+            await c.step("settle_sponsor", payer, self.now, {**a, "promo": payer, "ptag": tag_of(payer)}, emits=False)
+        await c.step("settle", gift["sender"], self.now, {**a, "rapp": gift.get("rapp", "main")})
+
+    async def close(self, gift: dict[str, Any]) -> GiftRecord:
+        """The recipient is credited (when accepted) and told; nothing is due any more."""
+        if int(gift.get("closed", 0)) == 1:
+            return gift_from_map(_public(gift))
+        closed = await self.c.step("close", gift["recipient"], self.now, self._args(gift))
+        return gift_from_map(closed["gift"])
+
+    @staticmethod
+    async def recover(c: Clearing, recipient: str, gift_id: str) -> bool:
+        fields = text_hash(await guarded(c.redis.hgetall(c.keys.offer(recipient, gift_id))))
+        if not fields or fields.get("closed") != "0":
+            await guarded(c.redis.zrem(c.keys.due(tag_of(recipient)), f"settle|{recipient}|{gift_id}"))
+            return False
+        gift: dict[str, Any] = {"gift_id": gift_id, **fields}
+        snapshot = await c.settings.get()
+        saga = ResolveSaga(c, {**c.constant_args, "perks": _perks(snapshot), "dead": await c.dead_nodes()}, c.now())
+        await saga.settle(gift)
+        await saga.close(gift)
+        return True
+
+
+_SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room")
+_PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
+           "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room")
+
+
+def _send_fields(send: dict[str, Any]) -> dict[str, Any]:
+    return {k: send[k] for k in _SEND_FIELDS if send.get(k) is not None}
+
+
+def _public(gift: dict[str, Any]) -> dict[str, Any]:
+    return {k: gift[k] for k in _PUBLIC if gift.get(k) is not None}
+
+
+__all__ = ["Clearing", "SweepResult"]

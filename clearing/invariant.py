@@ -1,48 +1,50 @@
 """The ledger's invariants, checked against what Redis holds (Jepsen's bank test, offline).
 
-Per card kind: ``minted == sum(available) + holds_total + consumed``. Per user: no negative
-balance or hold, and ``held[u] == sum(cost of u's pending gifts)``; ``holds_total ==
-sum(held)``. Every gift has a known state and all its fields; the pending queue and every
-inbox hold exactly the pending gifts, scored by their expiry; each day's send, receive and
-pair counters equal the number of that day's pending and accepted gifts (a counter may be
-gone only once its TTL ran out, so a missing counter is flagged only while the day still
-has pending gifts).
+Per card kind, summed over every slot's totals: ``minted == sum(available) + sum(held) +
+consumed + transit``, where ``transit`` is what an accepted cross-shard gift (or a mentor
+reward) has left its payer's slot and not yet reached its recipient's; it must equal what
+the records say is in flight, and is 0 at rest. Per slot: ``holds`` equals the sum of its
+users' holds. Per user: no negative balance or hold, and each hold equals the cost of the
+gifts (and newcomer sponsorships) it holds for.
 
-Scenes: holds are kept by whoever paid (``payer``: the promotion account for a newcomer's
-free gift); each newcomer's free-gift counter is at least the number of their retained
-pending and accepted promotion-paid gifts; the points ledger has no negative total and
-every total equals its folded sum plus its entries still in the log (the log is bounded by
-``points_log_maxlen``: resolve.lua folds the entries it trims into per-user sums in the
-same run, so the check reads at most that many entries, in pages); leaderboard scores are
-not negative.
+Gifts: every half parses and has a known state; a send half and its offer half agree (the
+offer half decides; the send half follows it once settled); the inboxes and the slots'
+expiry queues hold exactly the pending offers, scored by their expiry; each day's send,
+receive and pair counters equal the number of that day's gifts that hold a slot (a counter
+may be gone only once its TTL ran out, so a missing counter is flagged only while the day
+still has pending gifts).
 
-The check reads with SCAN and several round trips, not one snapshot: run it while nothing
-writes (tests, maintenance windows), or expect passing mismatches. It assumes resolved gifts
-are kept (``gift_retention_ms``) at least as long as quota counters (2 days).
+Scenes: each newcomer's free-gift counter is at least the number of their promotion-paid
+gifts that hold one; each user's points total equals its log (the retained entries plus
+the sum of the trimmed ones) and is not negative; leaderboard scores are not negative.
+
+The check reads with SCAN (on every primary of a cluster) and many round trips, not one
+snapshot: run it while nothing writes (tests, maintenance windows), or expect passing
+mismatches. It assumes resolved gifts are kept (``gift_retention_ms``) at least as long as
+quota counters (2 days).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import fnmatch
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
-from typing import cast
-
-import redis.asyncio as aioredis
+from typing import Any, cast
 
 from clearing.codec import gift_from_map, text_hash
 from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.model import GiftRecord, GiftState
 from clearing.rules import GiftRules
+from clearing.topology import AnyRedis
 
-_COUNTED = (GiftState.PENDING, GiftState.ACCEPTED)
+_COUNTED = ("pending", "accepted")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class InvariantReport:
     violations: list[str]
-    #: kind -> {"minted", "available", "held", "consumed"} totals, for a human to read.
+    #: kind -> {"minted", "available", "held", "consumed", "transit"} totals, for a human to read.
     per_kind: dict[str, dict[str, int]]
 
     @property
@@ -50,28 +52,48 @@ class InvariantReport:
         return not self.violations
 
 
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+class _Reader:
+    def __init__(self, redis: AnyRedis, keys: KeySchema) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def scan(self, name: str) -> AsyncIterator[str]:
+        """Keys ``<prefix>:{<tag>}:<name>`` (``name`` may end in ``*``). The SCAN pattern's
+        ``*`` in the tag also matches a longer key whose id holds ``:`` (a gift id ``x:bal``
+        under ``gift:``), so each key is matched again, past its tag."""
+        async for raw in self.redis.scan_iter(match=self.keys.pattern(name), count=1000):
+            key = raw.decode()
+            if fnmatch.fnmatchcase(self.rest(key), name):
+                yield key
+
+    def rest(self, key: str) -> str:
+        """What follows the tag: ``gift:<id>``, ``bal``..."""
+        return key[len(self.keys.prefix) + len(self.keys.tag_in(key)) + 4 :]
+
+    async def hashes(self, name: str) -> dict[str, dict[str, str]]:
+        """Every hash named ``name`` under any tag, by its key."""
+        keys = [key async for key in self.scan(name)]
+        values: list[Any] = []
+        for start in range(0, len(keys), 500):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys[start : start + 500]:
+                    pipe.hgetall(key)
+                values += await pipe.execute()
+        return {key: text_hash(value) for key, value in zip(keys, values, strict=True)}
+
+    async def zset(self, key: str) -> dict[str, int]:
+        members = cast("list[tuple[bytes, float]]", await self.redis.zrange(key, 0, -1, withscores=True))
+        return {member.decode(): int(score) for member, score in members}
 
 
-async def _scan(redis: aioredis.Redis, pattern: str) -> AsyncIterator[str]:
-    async for key in redis.scan_iter(match=pattern, count=1000):
-        yield key.decode()
-
-
-async def _zset(redis: aioredis.Redis, key: str) -> dict[str, int]:
-    members = cast("list[tuple[bytes, float]]", await redis.zrange(key, 0, -1, withscores=True))
-    return {member.decode(): int(score) for member, score in members}
-
-
-async def _hashes(redis: aioredis.Redis, pattern: str, prefix: str) -> dict[str, dict[str, str]]:
-    """Every hash whose key matches, by the key's suffix after ``prefix`` (a user id...)."""
-    keys = [key async for key in _scan(redis, pattern)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-        values = await pipe.execute()
-    return {key[len(prefix) :]: text_hash(value) for key, value in zip(keys, values, strict=True)}
+def _whole(value: bytes | str | None) -> int | None:
+    """A stored counter as an integer (absent: 0), or None when it is not one."""
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def _ints(owner: str, fields: dict[str, str], violations: list[str]) -> dict[str, int]:
@@ -84,186 +106,242 @@ def _ints(owner: str, fields: dict[str, str], violations: list[str]) -> dict[str
     return out
 
 
-async def check_invariant(redis: aioredis.Redis, rules: GiftRules, keys: KeySchema = DEFAULT_KEYS) -> InvariantReport:
-    violations: list[str] = []
-    pattern = KeySchema(_glob_escape(keys.prefix))
+@dataclasses.dataclass
+class _Gifts:
+    sent: dict[tuple[str, str], dict[str, str]]  # (sender, gift id) -> send half
+    offered: dict[tuple[str, str], dict[str, str]]  # (recipient, gift id) -> offer half
+    sponsored: dict[tuple[str, str, str], dict[str, str]]  # (payer, sender, gift id) -> hold
 
-    balances = await _hashes(redis, pattern.balance("*"), keys.balance(""))
-    helds = await _hashes(redis, pattern.held("*"), keys.held(""))
-    totals = {
-        name: _ints(name, text_hash(await redis.hgetall(key)), violations)
-        for name, key in (
-            ("minted", keys.minted()),
-            ("holds", keys.holds_total()),
-            ("consumed", keys.consumed()),
-        )
-    }
-    available = {user: _ints(f"bal:{user}", fields, violations) for user, fields in balances.items()}
-    held = {user: _ints(f"held:{user}", fields, violations) for user, fields in helds.items()}
+
+async def check_invariant(redis: AnyRedis, rules: GiftRules, keys: KeySchema = DEFAULT_KEYS) -> InvariantReport:
+    r = _Reader(redis, keys)
+    violations: list[str] = []
+
+    totals: dict[str, dict[str, int]] = {}
+    for key, fields in (await r.hashes("tot")).items():
+        totals[keys.tag_in(key)] = _ints(key, fields, violations)
+    available = {keys.tag_in(k): _ints(k, v, violations) for k, v in (await r.hashes("bal")).items()}
+    held = {keys.tag_in(k): _ints(k, v, violations) for k, v in (await r.hashes("held")).items()}
     for name, per_user in (("available", available), ("held", held)):
         for user, amounts in per_user.items():
             violations += [f"{name} of {user} in {k} is negative: {v}" for k, v in amounts.items() if v < 0]
 
-    gifts, days = await _gifts(redis, keys, pattern, violations)
-    pending = [g for g in gifts.values() if g.state is GiftState.PENDING]
-
-    # money: per kind, and each user's hold against their pending gifts
-    kinds = set(rules.card_kinds).union(*totals.values(), *available.values(), *held.values())
-    per_kind: dict[str, dict[str, int]] = {}
-    for kind in sorted(kinds):
-        row = {
-            "minted": totals["minted"].get(kind, 0),
-            "available": sum(a.get(kind, 0) for a in available.values()),
-            "held": sum(h.get(kind, 0) for h in held.values()),
-            "consumed": totals["consumed"].get(kind, 0),
-        }
-        per_kind[kind] = row
-        holds_total = totals["holds"].get(kind, 0)
-        if holds_total != row["held"]:
-            violations.append(f"holds_total[{kind}] = {holds_total} != sum of held {row['held']}")
-        if row["minted"] != row["available"] + row["held"] + row["consumed"]:
-            violations.append(f"{kind}: minted {row['minted']} != available + held + consumed {row}")
-    expected_held: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for g in pending:
-        expected_held[g.charged_to, g.kind] += g.cost
-    for user, amounts in held.items():
-        for kind, amount in amounts.items():
-            expected = expected_held.pop((user, kind), 0)
-            if amount != expected:
-                violations.append(f"held of {user} in {kind} = {amount}, its pending gifts cost {expected}")
-    violations += [f"{u} has pending gifts of {n} {k} but no hold" for (u, k), n in expected_held.items() if n]
-
-    # queues: pending zset and inboxes == the pending gifts, scored by expiry
-    expected_queue = {g.gift_id: g.expires_at_ms for g in pending}
-    queue = await _zset(redis, keys.pending())
-    if queue != expected_queue:
-        violations.append(f"pending queue {queue} != pending gifts {expected_queue}")
-    inboxes: dict[str, dict[str, int]] = defaultdict(dict)
-    for g in pending:
-        inboxes[g.recipient][g.gift_id] = g.expires_at_ms
-    async for key in _scan(redis, pattern.inbox("*")):
-        user = key[len(keys.inbox("")) :]
-        members = await _zset(redis, key)
-        if members != inboxes.pop(user, {}):
-            violations.append(f"inbox of {user} {members} does not match its pending gifts")
-    violations += [f"inbox of {user} is missing {ids}" for user, ids in inboxes.items()]
-
-    violations += await _check_quotas(redis, keys, pattern, gifts, days)
-    violations += await _check_scenes(redis, keys, pattern, gifts)
-    violations += await _check_points(redis, keys)
+    gifts = await _read_gifts(r, violations)
+    per_kind = _money(rules, totals, available, held, gifts, violations)
+    violations += _holds_per_slot(totals, held)
+    violations += _halves_agree(gifts)
+    violations += await _queues(r, gifts)
+    violations += await _quotas(r, gifts)
+    violations += await _scenes(r, gifts)
     return InvariantReport(violations=violations, per_kind=per_kind)
 
 
-async def _gifts(
-    redis: aioredis.Redis, keys: KeySchema, pattern: KeySchema, violations: list[str]
-) -> tuple[dict[str, GiftRecord], dict[str, str]]:
-    """Every gift that parses (the others are violations), and each gift's quota day."""
-    gifts: dict[str, GiftRecord] = {}
-    days: dict[str, str] = {}
-    raw = await _hashes(redis, pattern.gift("*"), keys.gift(""))
-    for gift_id, fields in raw.items():
-        try:
-            gift = gift_from_map({"gift_id": gift_id, **fields})
-        except (KeyError, ValueError) as exc:
-            violations.append(f"gift {gift_id} is malformed ({exc!r}): {fields}")
+def _total(totals: dict[str, dict[str, int]], name: str, kind: str) -> int:
+    return sum(t.get(f"{name}:{kind}", 0) for t in totals.values())
+
+
+def _money(rules: GiftRules, totals: dict[str, dict[str, int]], available: dict[str, dict[str, int]],
+           held: dict[str, dict[str, int]], gifts: _Gifts, violations: list[str]) -> dict[str, dict[str, int]]:
+    kinds = set(rules.card_kinds).union(*available.values(), *held.values())
+    kinds |= {field.partition(":")[2] for t in totals.values() for field in t}
+    in_flight: Counter[str] = Counter()
+    for (_, gift_id), offer in gifts.offered.items():
+        if offer.get("state") == "accepted" and offer.get("closed") == "0" and _payer_settled(gifts, gift_id, offer):
+            in_flight[offer["kind"]] += int(offer["amount"])
+    per_kind: dict[str, dict[str, int]] = {}
+    for kind in sorted(kinds):
+        row = {
+            "minted": _total(totals, "minted", kind),
+            "available": sum(a.get(kind, 0) for a in available.values()),
+            "held": sum(h.get(kind, 0) for h in held.values()),
+            "consumed": _total(totals, "consumed", kind),
+            "transit": _total(totals, "transit", kind),
+        }
+        per_kind[kind] = row
+        if row["minted"] != row["available"] + row["held"] + row["consumed"] + row["transit"]:
+            violations.append(f"{kind}: minted {row['minted']} != available + held + consumed + transit {row}")
+        if row["transit"] < in_flight[kind]:
+            violations.append(f"{kind}: transit {row['transit']} is below the accepted gifts in flight "
+                              f"{in_flight[kind]}")
+    # each user's hold against what it holds for
+    expected: defaultdict[tuple[str, str], int] = defaultdict(int)
+    for (sender, _), sent in gifts.sent.items():
+        if sent.get("state") == "pending" and not sent.get("payer"):
+            expected[sender, sent["kind"]] += int(sent["cost"])
+    for (payer, _, _), hold in gifts.sponsored.items():
+        if hold.get("state") == "held":
+            expected[payer, hold["kind"]] += int(hold["cost"])
+    for user, amounts in held.items():
+        for kind, amount in amounts.items():
+            want = expected.pop((user, kind), 0)
+            if amount != want:
+                violations.append(f"held of {user} in {kind} = {amount}, what it holds for costs {want}")
+    violations += [f"{u} holds for gifts of {n} {k} but has no hold" for (u, k), n in expected.items() if n]
+    return per_kind
+
+
+def _payer_settled(gifts: _Gifts, gift_id: str, offer: dict[str, str]) -> bool:
+    sender, payer = offer["sender"], offer.get("payer")
+    if payer:
+        return gifts.sponsored.get((payer, sender, gift_id), {}).get("state") == "accepted"
+    return gifts.sent.get((sender, gift_id), {}).get("state") == "accepted"
+
+
+def _holds_per_slot(totals: dict[str, dict[str, int]], held: dict[str, dict[str, int]]) -> list[str]:
+    from clearing.slots import tag_of  # the slot table is built on first use
+
+    per_slot: defaultdict[tuple[str, str], int] = defaultdict(int)
+    for user, amounts in held.items():
+        for kind, amount in amounts.items():
+            per_slot[tag_of(user), kind] += amount
+    out = []
+    for tag, fields in totals.items():
+        for field, value in fields.items():
+            name, _, kind = field.partition(":")
+            if name == "holds" and value != per_slot.pop((tag, kind), 0):
+                out.append(f"holds of slot {tag} in {kind} = {value} != the sum of its users' holds")
+    out += [f"slot {tag} has holds of {n} {kind} but no total" for (tag, kind), n in per_slot.items() if n]
+    return out
+
+
+async def _read_gifts(r: _Reader, violations: list[str]) -> _Gifts:
+    gifts = _Gifts({}, {}, {})
+    for name, target in (("gift:*", gifts.sent), ("offer:*", gifts.offered)):
+        for key, fields in (await r.hashes(name)).items():
+            owner, gift_id = r.keys.tag_in(key), r.rest(key).partition(":")[2]
+            target[owner, gift_id] = fields
+            if fields.get("state") in ("void", "admitted"):
+                continue
+            try:
+                gift = gift_from_map({"gift_id": gift_id, **fields})
+            except (KeyError, ValueError) as exc:
+                violations.append(f"gift half {key} is malformed ({exc!r}): {fields}")
+                continue
+            violations += _one_gift(key, gift, fields)
+    for key, fields in (await r.hashes("sponsor:*")).items():
+        sender, _, gift_id = r.rest(key).partition(":")[2].partition("|")
+        gifts.sponsored[r.keys.tag_in(key), sender, gift_id] = fields
+    return gifts
+
+
+def _one_gift(key: str, gift: GiftRecord, fields: dict[str, str]) -> list[str]:
+    out = []
+    if "day" not in fields:
+        out.append(f"gift half {key} has no quota day")
+    if (gift.state is GiftState.PENDING) != (gift.resolved_at_ms is None):
+        out.append(f"gift half {key} is {gift.state} with resolved_at_ms {gift.resolved_at_ms}")
+    if not 0 < gift.amount <= gift.cost:
+        out.append(f"gift half {key} credits {gift.amount} of its cost {gift.cost}")
+    return out
+
+
+def _halves_agree(gifts: _Gifts) -> list[str]:
+    out = []
+    for (sender, gift_id), sent in gifts.sent.items():
+        state = sent.get("state")
+        if state == "void":
             continue
-        if "day" not in fields:
-            violations.append(f"gift {gift_id} has no quota day")
-        if (gift.state is GiftState.PENDING) != (gift.resolved_at_ms is None):
-            violations.append(f"gift {gift_id} is {gift.state} with resolved_at_ms {gift.resolved_at_ms}")
-        if not 0 < gift.amount <= gift.cost:
-            violations.append(f"gift {gift_id} credits {gift.amount} of its cost {gift.cost}")
-        gifts[gift_id] = gift
-        days[gift_id] = fields.get("day", "")
-    return gifts, days
+        offer = gifts.offered.get((sent["recipient"], gift_id))
+        if offer is None:
+            out.append(f"gift {gift_id} of {sender} has no offer half at {sent['recipient']}")
+            continue
+        decided = offer.get("state")
+        settled = state == decided
+        waiting = state == "pending" and (decided == "admitted" or offer.get("closed") == "0")
+        if not (settled or waiting):
+            out.append(f"gift {gift_id}: send half {state}, offer half {decided}")
+    for (recipient, gift_id), offer in gifts.offered.items():
+        if offer.get("state") in ("void", "admitted"):
+            continue
+        if (offer["sender"], gift_id) not in gifts.sent:
+            out.append(f"offer {gift_id} to {recipient} has no send half at {offer['sender']}")
+    return out
 
 
-async def _check_quotas(
-    redis: aioredis.Redis,
-    keys: KeySchema,
-    pattern: KeySchema,
-    gifts: dict[str, GiftRecord],
-    days: dict[str, str],
-) -> list[str]:
+async def _queues(r: _Reader, gifts: _Gifts) -> list[str]:
+    from clearing.slots import tag_of
+
+    out: list[str] = []
+    inboxes: dict[str, dict[str, int]] = defaultdict(dict)
+    expiry: dict[str, dict[str, int]] = defaultdict(dict)
+    for (recipient, gift_id), offer in gifts.offered.items():
+        if offer.get("state") == "pending":
+            inboxes[recipient][gift_id] = int(offer["expires_at_ms"])
+            expiry[tag_of(recipient)][f"{recipient}|{gift_id}"] = int(offer["expires_at_ms"])
+    for name, expected in (("inbox", inboxes), ("expiry", expiry)):
+        async for key in r.scan(name):
+            owner = r.keys.tag_in(key)
+            members = await r.zset(key)
+            if members != expected.pop(owner, {}):
+                out.append(f"{name} of {owner} {members} does not match its pending offers")
+        out += [f"{name} of {owner} is missing {ids}" for owner, ids in expected.items()]
+    return out
+
+
+async def _quotas(r: _Reader, gifts: _Gifts) -> list[str]:
     expected: Counter[str] = Counter()
     needed: set[str] = set()  # counters a pending gift will still release
-    for gift in gifts.values():
-        if gift.state not in _COUNTED:
-            continue
-        day = days[gift.gift_id]
-        counters = (
-            keys.send_quota(day, gift.sender),
-            keys.receive_quota(day, gift.recipient),
-            keys.pair_receive_quota(day, gift.recipient, gift.sender),
-        )
-        expected.update(counters)
-        if gift.state is GiftState.PENDING:
-            needed.update(counters)
+    keys = r.keys
+    for (sender, _), sent in gifts.sent.items():
+        if sent.get("state") in _COUNTED:
+            counter = keys.send_quota(sent["day"], sender)
+            expected[counter] += 1
+            if sent["state"] == "pending":
+                needed.add(counter)
+    for (recipient, _), offer in gifts.offered.items():
+        if offer.get("state") in ("admitted", *_COUNTED):
+            counters = (keys.receive_quota(offer["day"], recipient),
+                        keys.pair_receive_quota(offer["day"], recipient, offer["sender"]))
+            expected.update(counters)
+            if offer["state"] != "accepted":
+                needed.update(counters)
     actual: dict[str, int] = {}
-    globs = (
-        pattern.send_quota("*", "*"),
-        pattern.receive_quota("*", "*"),
-        pattern.pair_receive_quota("*", "*", "*"),
-    )
-    for glob in globs:
-        async for key in _scan(redis, glob):
-            value = await redis.get(key)
-            try:
-                actual[key] = int(value) if value is not None else 0
-            except ValueError:
-                actual[key] = -1  # reported below as not matching any count
-    out = [f"quota {key} = {n}, counted gifts: {expected[key]}" for key, n in actual.items() if n != expected[key]]
+    out: list[str] = []
+    for name in ("q:send:*", "q:recv:*", "q:recvp:*"):
+        async for key in r.scan(name):
+            value = _whole(await r.redis.get(key))
+            if value is None:
+                out.append(f"quota {key} is not an integer")
+                continue
+            actual[key] = value
+    out += [f"quota {key} = {n}, counted gifts: {expected[key]}" for key, n in actual.items() if n != expected[key]]
     out += [f"quota {key} is missing for a pending gift" for key in sorted(needed - actual.keys())]
     return out
 
 
-#: Entries read per round trip when summing the points log.
-_LOG_PAGE = 1000
-
-
-async def _check_points(redis: aioredis.Redis, keys: KeySchema) -> list[str]:
-    out: list[str] = []
-    totals = _ints("points", text_hash(await redis.hgetall(keys.points())), out)
-    folded = _ints("pointlog:folded", text_hash(await redis.hgetall(keys.point_log_folded())), out)
-    logged: Counter[str] = Counter(folded)
-    out += [f"folded points of {user} are negative: {n}" for user, n in folded.items() if n < 0]
-    start = "-"
-    while True:
-        page = cast("list[tuple[bytes, dict[bytes, bytes]]]",
-                    await redis.xrange(keys.point_log(), min=start, count=_LOG_PAGE))
-        for _, fields in page:
-            entry = text_hash(fields)  # type: ignore[arg-type]
-            points = _ints("points log entry", {"p": entry.get("p", "")}, out).get("p", 0)
-            if points <= 0:
-                out.append(f"points log entry {entry} is not positive")
-            logged[entry.get("u", "")] += points
-        if len(page) < _LOG_PAGE:
-            break
-        start = "(" + page[-1][0].decode()
-    for user in set(totals) | set(logged):
-        if totals.get(user, 0) < 0 or totals.get(user, 0) != logged[user]:
-            out.append(f"points of {user} = {totals.get(user, 0)}, its folded sum and log add up to {logged[user]}")
-    return out
-
-
-async def _check_scenes(
-    redis: aioredis.Redis, keys: KeySchema, pattern: KeySchema, gifts: dict[str, GiftRecord]
-) -> list[str]:
+async def _scenes(r: _Reader, gifts: _Gifts) -> list[str]:
     out: list[str] = []
     free: Counter[str] = Counter(
-        g.sender for g in gifts.values() if g.payer is not None and g.state in _COUNTED
+        sender for (sender, _), sent in gifts.sent.items() if sent.get("payer") and sent.get("state") in _COUNTED
     )
-    async for key in _scan(redis, pattern.free_gifts("*")):
-        user = key[len(keys.free_gifts("")) :]
-        try:
-            count = int(await redis.get(key) or 0)
-        except ValueError:
-            count = -1  # reported as below its gifts
+    async for key in r.scan("free"):
+        user = r.keys.tag_in(key)
+        count = _whole(await r.redis.get(key))
+        if count is None:
+            out.append(f"free-gift counter of {user} is not an integer")
+            continue
         if count < free.pop(user, 0) or count < 0:
             out.append(f"free-gift counter of {user} = {count} is below its promotion-paid gifts")
     out += [f"{user} has {n} promotion-paid gifts but no free-gift counter" for user, n in free.items()]
 
-    async for key in _scan(redis, pattern.board("*")):
-        scores = await _zset(redis, key)
+    for key, fields in (await r.hashes("points")).items():
+        user = r.keys.tag_in(key)
+        total, trimmed = _whole(fields.get("total", "0")), _whole(fields.get("trimmed", "0"))
+        if total is None or trimmed is None:
+            out.append(f"points of {user} are not integers: {fields}")
+            continue
+        logged = 0
+        log = cast("list[tuple[bytes, dict[bytes, bytes]]]", await r.redis.xrange(r.keys.point_log(user)))
+        for _, raw in log:
+            entry = text_hash(raw)  # type: ignore[arg-type]
+            points = _whole(entry.get("p"))
+            if points is None or points <= 0:
+                out.append(f"points log entry of {user} {entry} is not a positive integer")
+                continue
+            logged += points
+        if total < 0 or total != trimmed + logged:
+            out.append(f"points of {user} = {total}, its log sums to {logged} (+{trimmed} trimmed)")
+    async for key in r.scan("board"):
+        scores = await r.zset(key)
         out += [f"{key}: {user} has negative points {n}" for user, n in scores.items() if n < 0]
     return out

@@ -1,9 +1,21 @@
-"""The Redis key schema, in one place.
+"""The Redis key schema, in one place (clearing/scripts/lib.lua spells the same names).
 
-Every key starts with the prefix, ``{nc}`` by default. The braces are a Redis Cluster hash
-tag: all clearing keys live in one hash slot, so every Lua script may touch any of them in
-Cluster mode too (a gift between two users needs both balances in one atomic script).
-Channels (pub/sub) are not keys and carry the same prefix only for readability.
+Every key is ``<prefix>:{<tag>}:<name>``. The braces are a Redis Cluster hash tag, and the
+tag is one of three things:
+
+- a **user id**: everything about one user (account, balances, holds, follows, blocks,
+  daily counters, the gifts the user sent and the offers made to the user, inbox, event
+  stream, presence, the user's live room) shares the user's slot, so one script can check
+  and change it atomically, and users spread over every shard;
+- a **slot tag** (``#`` + base 62, see clearing/slots.py): what the users of one slot share,
+  per slot: totals per card kind, the expiry and recovery queues, which users and room
+  viewers a gateway node holds there, and that node's pub/sub channel for the slot;
+- ``nodes`` and ``cfg``: the gateway node registry and the operators' settings, one slot each.
+
+A gift therefore has two halves: the **send half** with its sender (``gift``: idempotency by
+the client's gift id, the hold, the sender's counter) and the **offer half** with its
+recipient (``offer``: the decision, the window, the recipient's counters, the credit).
+docs/architecture.md draws how a gift moves between them.
 """
 
 from __future__ import annotations
@@ -11,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
-DEFAULT_PREFIX = "{nc}"
+DEFAULT_PREFIX = "nc"
 
-#: User, gift, node and app ids become parts of key names: short, printable, no spaces and
-#: no glob characters (the invariant check SCANs with patterns). The wire protocol's
-#: ``Ident`` is the same set.
+#: User, gift, node and app ids become parts of key names: short, printable, no spaces, no
+#: braces (they would change the hash tag) and no glob characters (the invariant check
+#: SCANs with patterns). The wire protocol's ``Ident`` is the same set.
 _ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_PREFIX = re.compile(r"[A-Za-z0-9_.:\-]{1,32}")
 
 
 #: A linked app's name, as client tokens carry it (gateway/auth.py): the scene rules match
@@ -37,177 +50,181 @@ def is_valid_app(value: str) -> bool:
 class KeySchema:
     prefix: str = DEFAULT_PREFIX
 
-    # ----------------------------------------------------------- accounts
-    def user(self, user_id: str) -> str:
-        """Hash: verified, vip, banned (0/1), created_ms, app."""
-        return f"{self.prefix}:user:{user_id}"
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.prefix):
+            raise ValueError("a key prefix is 1-32 characters of A-Z a-z 0-9 _ . : - (no braces)")
 
-    def users(self) -> str:
-        """Set of every user id (the invariant walks it)."""
-        return f"{self.prefix}:users"
+    def _of(self, tag: str, name: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:{name}"
+
+    def tag_in(self, key: str) -> str:
+        """The hash tag of one of our keys (a user id or a slot tag)."""
+        start = len(self.prefix) + 2
+        return key[start : key.index("}", start)]
+
+    def pattern(self, name: str) -> str:
+        """A SCAN pattern matching ``name`` under every tag (ids hold no glob characters)."""
+        return f"{_glob_escape(self.prefix)}:{{*}}:{name}"
+
+    # ----------------------------------------------------------- a user's own keys
+    def user(self, user_id: str) -> str:
+        """Hash: verified, vip, banned (0/1), created_at_ms, app; mentor and joint once set."""
+        return self._of(user_id, "user")
 
     def balance(self, user_id: str) -> str:
         """Hash: card kind -> available minor units."""
-        return f"{self.prefix}:bal:{user_id}"
+        return self._of(user_id, "bal")
 
     def held(self, user_id: str) -> str:
-        """Hash: card kind -> minor units held by the user's pending outgoing gifts."""
-        return f"{self.prefix}:held:{user_id}"
+        """Hash: card kind -> minor units held for the user's pending gifts (as their payer)."""
+        return self._of(user_id, "held")
 
     def follows(self, user_id: str) -> str:
         """Hash: followee -> follow start in ms (``user_id`` follows ``followee``)."""
-        return f"{self.prefix}:follows:{user_id}"
+        return self._of(user_id, "follows")
 
     def blocks(self, user_id: str) -> str:
         """Set of users ``user_id`` has blocked."""
-        return f"{self.prefix}:blocks:{user_id}"
+        return self._of(user_id, "blocks")
 
-    # ----------------------------------------------------------- totals per kind
-    def minted(self) -> str:
-        return f"{self.prefix}:minted"
+    def gift(self, sender: str, gift_id: str) -> str:
+        """Hash: the send half of a gift (see clearing/scripts/gift.lua)."""
+        return self._of(sender, f"gift:{gift_id}")
 
-    def holds_total(self) -> str:
-        return f"{self.prefix}:holds"
+    def offer(self, recipient: str, gift_id: str) -> str:
+        """Hash: the offer half of a gift, which decides its state."""
+        return self._of(recipient, f"offer:{gift_id}")
 
-    def consumed(self) -> str:
-        return f"{self.prefix}:consumed"
+    def sponsorship(self, payer: str, gift_id: str) -> str:
+        """Hash: a hold the promotion account placed for a newcomer's free gift."""
+        return self._of(payer, f"sponsor:{gift_id}")
 
-    # ----------------------------------------------------------- gifts
-    def gift(self, gift_id: str) -> str:
-        """Hash: the gift record (see clearing/scripts/reserve.lua)."""
-        return f"{self.prefix}:gift:{gift_id}"
-
-    def gift_pattern(self) -> str:
-        return f"{self.prefix}:gift:*"
-
-    def refused(self, gift_id: str) -> str:
-        """Hash {code, fp = "sender|recipient|kind|qty"}: a refused send, for
-        ``refusal_memory_ms`` (clearing/scripts/reserve.lua)."""
-        return f"{self.prefix}:refused:{gift_id}"
-
-    def pending(self) -> str:
-        """Sorted set: pending gift id -> expiry ms (the sweeper's queue)."""
-        return f"{self.prefix}:pending"
-
-    def inbox(self, user_id: str) -> str:
-        """Sorted set: pending gift id addressed to the user -> expiry ms."""
-        return f"{self.prefix}:inbox:{user_id}"
-
-    def send_quota(self, day: str, user_id: str) -> str:
-        return f"{self.prefix}:q:send:{day}:{user_id}"
-
-    def receive_quota(self, day: str, user_id: str) -> str:
-        return f"{self.prefix}:q:recv:{day}:{user_id}"
-
-    def pair_receive_quota(self, day: str, recipient: str, sender: str) -> str:
-        # "|" cannot occur in an id, so (a:b, c) and (a, b:c) never share a counter.
-        return f"{self.prefix}:q:recvp:{day}:{recipient}|{sender}"
-
-    # ----------------------------------------------------------- events and presence
-    def events(self, user_id: str) -> str:
-        """Stream: the user's offers and outcomes; entry id ``<offset>-0``."""
-        return f"{self.prefix}:ev:{user_id}"
-
-    def event_meta(self, user_id: str) -> str:
-        """Hash: epoch (changes when the stream was lost), seq (newest offset)."""
-        return f"{self.prefix}:evmeta:{user_id}"
-
-    def presence(self, user_id: str) -> str:
-        """Hash: node id -> number of the user's connections on that node."""
-        return f"{self.prefix}:presence:{user_id}"
+    def refused(self, sender: str, gift_id: str) -> str:
+        """Hash {code, fp = "recipient|kind|qty"}: a refused send, for ``refusal_memory_ms``
+        (gift.lua's check_reserve): the gift id is spent meanwhile."""
+        return self._of(sender, f"refused:{gift_id}")
 
     def rate(self, user_id: str) -> str:
         """String: the user's request-rate state, us (clearing/rates.py); absent when idle."""
-        return f"{self.prefix}:rate:{user_id}"
+        return self._of(user_id, "rate")
 
-    def nodes(self) -> str:
-        """Sorted set: node id -> last heartbeat ms."""
-        return f"{self.prefix}:nodes"
+    def credit(self, user_id: str, transfer_id: str) -> str:
+        """Marker: a cross-shard transfer (mentor rewards) credited to the user once."""
+        return self._of(user_id, f"credit:{transfer_id}")
 
-    def node_users(self, node_id: str) -> str:
-        """Set of users with at least one connection on the node (to clean up after it dies)."""
-        return f"{self.prefix}:nodeusers:{node_id}"
+    def inbox(self, user_id: str) -> str:
+        """Sorted set: offers waiting for the user's answer, gift id -> expiry ms."""
+        return self._of(user_id, "inbox")
 
-    def node_channel(self, node_id: str) -> str:
-        """Pub/sub channel every event for a user on that node is published to."""
-        return f"{self.prefix}:node:{node_id}"
+    def send_quota(self, day: str, user_id: str) -> str:
+        return self._of(user_id, f"q:send:{day}")
 
-    # ----------------------------------------------------------- scenes (clearing/scenes.py)
-    def scene_config(self) -> str:
-        """String: the scene settings as validated JSON (absent: the defaults)."""
-        return f"{self.prefix}:scene:config"
+    def receive_quota(self, day: str, user_id: str) -> str:
+        return self._of(user_id, f"q:recv:{day}")
 
-    def scene_config_digest(self) -> str:
-        """String: the SHA-1 (hex) of the document ``scene_config()`` held when
-        ``Scenes.set_config`` wrote both. The scripts read a document off its text only when
-        the digest matches (one this code validated and laid out); any other is decoded and
-        checked field by field."""
-        return f"{self.prefix}:scene:config:sha1"
+    def pair_receive_quota(self, day: str, recipient: str, sender: str) -> str:
+        """Kept with the recipient, who is the one limited."""
+        return self._of(recipient, f"q:recvp:{day}:{sender}")
 
-    def festivals(self) -> str:
-        """Hash: festival id -> JSON {name, start_ms, end_ms, permille, frame}."""
-        return f"{self.prefix}:festivals"
+    def events(self, user_id: str) -> str:
+        """Stream: the user's offers and outcomes; entry id ``<offset>-0``."""
+        return self._of(user_id, "ev")
 
-    def festival_schedule(self) -> str:
-        """Sorted set, derived from ``festivals()`` on every write: ``<end_ms>:<permille>:<id>``
-        scored by start_ms, plus the empty member at -inf, so that reserve reads the one
-        window that can hold now instead of decoding every festival."""
-        return f"{self.prefix}:festivals:schedule"
+    def event_meta(self, user_id: str) -> str:
+        """Hash: epoch (changes when the stream was lost), seq (newest offset), replid."""
+        return self._of(user_id, "evmeta")
+
+    def presence(self, user_id: str) -> str:
+        """Hash: node id -> number of the user's connections on that node."""
+        return self._of(user_id, "presence")
 
     def free_gifts(self, user_id: str) -> str:
         """Counter: the user's pending and accepted gifts paid by the promotion account."""
-        return f"{self.prefix}:free:{user_id}"
-
-    def mentors(self) -> str:
-        """Hash: apprentice -> mentor (a binding is made once and never changes)."""
-        return f"{self.prefix}:mentors"
+        return self._of(user_id, "free")
 
     def inventory(self, user_id: str) -> str:
         """Hash: item (``frame:<festival>``) -> expiry ms."""
-        return f"{self.prefix}:inv:{user_id}"
+        return self._of(user_id, "inv")
 
-    def points(self) -> str:
-        """Hash: user -> points total (the ledger's balances)."""
-        return f"{self.prefix}:points"
+    def points(self, user_id: str) -> str:
+        """Hash: total (the user's points), logged (the sum of the retained log entries)."""
+        return self._of(user_id, "points")
 
-    def point_log(self) -> str:
-        """Stream: one entry per award {u, p, g, why, app}, the newest ``points_log_maxlen``
-        or fewer; each total is ``point_log_folded()`` plus the sum of its entries here."""
-        return f"{self.prefix}:pointlog"
+    def point_log(self, user_id: str) -> str:
+        """Stream: the user's awards {p, g, why, app}, bounded."""
+        return self._of(user_id, "pointlog")
 
-    def point_log_folded(self) -> str:
-        """Hash: user -> the points of the user's entries trimmed from ``point_log()`` (the
-        script that trims them adds them here in the same run)."""
-        return f"{self.prefix}:pointlog:folded"
-
-    def joint_campaign(self) -> str:
-        """Set: users eligible for the joint campaign (chat-app perk)."""
-        return f"{self.prefix}:campaign:joint"
-
-    # ----------------------------------------------------------- live rooms (clearing/rooms.py)
+    # ----------------------------------------------------------- a live room (its streamer's slot)
     def room(self, room: str) -> str:
         """Hash: streamer, wish_kind, wish_target, wish_progress, version."""
-        return f"{self.prefix}:room:{room}"
+        return self._of(room, "room")
 
     def room_conns(self, room: str) -> str:
         """Hash: ``node|user`` -> that user's connections in the room on that node."""
-        return f"{self.prefix}:roomconn:{room}"
+        return self._of(room, "roomconn")
 
     def room_viewers(self, room: str) -> str:
         """Hash: user -> number of nodes where the user watches (HLEN = viewer count)."""
-        return f"{self.prefix}:roomviewers:{room}"
-
-    def node_rooms(self, node_id: str) -> str:
-        """Set of ``room|user`` the node holds (to clean up after it dies)."""
-        return f"{self.prefix}:noderooms:{node_id}"
+        return self._of(room, "roomviewers")
 
     def board(self, room: str) -> str:
         """Sorted set: user -> contribution points in the room."""
-        return f"{self.prefix}:board:{room}"
+        return self._of(room, "board")
 
-    def quote(self, quote_id: str) -> str:
-        """Hash: a live-room price quote {sender, recipient, room, kind, qty, cost, amount, expires_at_ms}."""
-        return f"{self.prefix}:quote:{quote_id}"
+    def quote(self, room: str, quote_id: str) -> str:
+        """Hash: a price quote for a gift to the room's streamer."""
+        return self._of(room, f"quote:{quote_id}")
+
+    # ----------------------------------------------------------- per slot (slot tags)
+    def totals(self, tag: str) -> str:
+        """Hash: ``minted:<kind>``, ``holds:<kind>``, ``consumed:<kind>``, ``transit:<kind>``
+        of the slot's users; the conservation check sums them over every slot."""
+        return self._of(tag, "tot")
+
+    def slot_users(self, tag: str) -> str:
+        """Set: the users whose keys live in the slot."""
+        return self._of(tag, "users")
+
+    def expiry(self, tag: str) -> str:
+        """Sorted set: ``<recipient>|<gift id>`` -> expiry ms, for offers in the slot."""
+        return self._of(tag, "expiry")
+
+    def due(self, tag: str) -> str:
+        """Sorted set: ``<step>|<user>|<id>`` -> deadline ms: a cross-shard step to finish."""
+        return self._of(tag, "due")
+
+    def node_users(self, tag: str, node_id: str) -> str:
+        """Set: the slot's users with a connection on the node (dropped when it dies)."""
+        return self._of(tag, f"nodeusers:{node_id}")
+
+    def node_rooms(self, tag: str, node_id: str) -> str:
+        """Set: ``room|user`` watched through the node, for rooms in the slot."""
+        return self._of(tag, f"noderooms:{node_id}")
+
+    def node_channel(self, tag: str, node_id: str) -> str:
+        """Sharded pub/sub channel: events for the slot's users connected to the node."""
+        return self._of(tag, f"node:{node_id}")
+
+    # ----------------------------------------------------------- deployment-wide, one slot each
+    def nodes(self) -> str:
+        """Sorted set: gateway node id -> last heartbeat ms."""
+        return self._of("nodes", "beats")
+
+    def scene_settings(self) -> str:
+        """Hash: the scene settings (clearing/scene_config.py), one field each."""
+        return self._of("cfg", "scenes")
+
+    def festivals(self) -> str:
+        """Hash: festival id -> JSON {name, start_ms, end_ms, permille, frame}."""
+        return self._of("cfg", "festivals")
+
+    def settings_channel(self) -> str:
+        """Pub/sub channel (classic, cluster-wide): "settings changed, reload"."""
+        return self._of("cfg", "changed")
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 #: The schema every clearing class uses unless given another prefix.

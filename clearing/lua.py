@@ -1,55 +1,68 @@
 """The one path from clearing to Redis: run a Lua script, decode its reply, map failures.
 
-Scripts live in ``clearing/scripts/*.lua`` (package data, read with importlib.resources on
-first use, never at import). Each is sent with ``lib.lua`` in front of it, since Redis
-scripts cannot import one another, and called by EVALSHA; a NOSCRIPT reply (the script
-cache is lost on restart and failover) loads it and runs the call again. The calls of one
-event-loop turn go to Redis as one pipeline (``clearing/pipelining.py``). Every script
-takes the same ARGV header (documented in ``lib.lua``) and returns ``cmsgpack.pack(table)``.
+Scripts live in ``clearing/scripts/*.lua`` (package data, read on first use, never at
+import). Each is sent as one body: its ``#!lua`` line if it has one, the tables generated
+from Python (``MOVES``, the gift state table of clearing/model.py, and ``RANK``, the order
+of refusals of clearing/errors.py), ``lib.lua``, the step library it needs (``gift.lua``,
+``mentor.lua``), then the script itself, since Redis scripts cannot import one another. It
+is called by EVALSHA with one key (the routing key of its slot) and one argument, a msgpack
+map of named arguments; a NOSCRIPT reply (the script cache is lost on restart and failover)
+loads it and runs the call again. The calls of one event-loop turn go to each Redis node as
+one pipeline (clearing/pipelining.py). Every script returns ``cmsgpack.pack(table)``.
 
-Outages become :class:`ClearingUnavailable` (see ``clearing/guard.py``).
+Outages become :class:`ClearingUnavailable` (clearing/guard.py). On a cluster a call whose
+slot moved (MOVED: it did not run) is sent again where the slot is now; ASK (the slot is
+migrating) is answered on the target with ASKING first.
 
 Durability (:class:`Durability`): Redis replicates asynchronously, so a write the primary
 acknowledged can vanish in a failover (Jepsen lost acknowledged writes this way). With
-``wait_replicas`` > 0 the scripts that change a gift run as one pipeline on one connection,
-``EVALSHA...; PUBLISH <fence>; WAIT n timeout``, and are acknowledged only when ``n``
-replicas hold them. WAIT counts from the connection's last propagated write; the PUBLISH (always
-propagated) moves that mark to "now", so an idempotent retry that writes nothing still
-waits for the original write, whoever made it. Too few replicas in time raises
-:class:`ClearingUnavailable`: the write happened on the primary and may or may not
-survive; the caller is told the outcome is unknown and a retry with the same gift id
-settles it. WAIT bounds the loss window, it is not consensus: see docs/guarantees.md.
+``wait_replicas`` > 0 the scripts that change a gift run as one pipeline per node,
+``EVALSHA...; SPUBLISH <fence>; WAIT n timeout``, and are acknowledged only when ``n``
+replicas of that node hold them. WAIT counts from the connection's last propagated write; the
+SPUBLISH (always propagated) moves that mark to "now", so an idempotent retry that writes
+nothing still waits for the original write, whoever made it. Too few replicas in time raises
+:class:`ClearingUnavailable`: the write happened on the primary and may or may not survive;
+the caller is told the outcome is unknown and a retry with the same gift id settles it. WAIT
+bounds the loss window, it is not consensus: see docs/guarantees.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import importlib.resources
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgpack
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+from redis import exceptions as rx
 
 from clearing.codec import gift_from_map
-from clearing.errors import Refusal, Refused
+from clearing.errors import REFUSAL_ORDER, ClearingUnavailable, Refusal, Refused, StepRefused
 from clearing.guard import guarded
-from clearing.pipelining import NotReplicated, ScriptBatcher, WaitFor
+from clearing.keys import KeySchema
+from clearing.model import MOVES
+from clearing.pipelining import NotReplicated
+from clearing.rules import DAY_MS, GiftRules
+from clearing.topology import Durability, SlotUncovered, Topology
 
 __all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "ScriptName", "ScriptRunner", "script_source"]
-from clearing.keys import KeySchema
-from clearing.rules import DAY_MS, GiftRules
 
 ScriptName = Literal[
-    "reserve", "resolve", "expire_due", "pending_for",
-    "create_user", "set_flags", "mint", "follow", "block",
-    "connect", "disconnect", "leave", "reap_nodes", "live_nodes", "replay",
-    "redeem_frame", "bind_mentor", "room_join", "room_leave", "open_wish", "quote", "room_state",
-    "room_states", "rate",
+    "send", "admit", "reserve", "sponsor", "offer", "void", "probe", "release",
+    "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
+    "create_user", "set_flags", "mint", "follow", "block", "presence", "drop_node", "replay",
+    "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
+    "room_states", "rate", "gauges",
 ]  # fmt: skip
+
+#: Which step library each script needs after lib.lua.
+_LIBRARY: dict[str, str] = {
+    **dict.fromkeys(("send", "admit", "reserve", "sponsor", "offer", "void", "probe", "release", "resolve",
+                     "decide", "settle", "settle_sponsor", "close", "pending"), "gift"),
+    **dict.fromkeys(("mentor_bind", "mentor_step"), "mentor"),
+}
 
 #: A quota counter only matters during its day and while that day's gifts can still be
 #: declined or expire; two days covers a day plus any confirm window, then Redis drops it.
@@ -58,82 +71,145 @@ QUOTA_TTL_MS = 2 * DAY_MS
 #: Above this, Lua's doubles stop counting every minor unit.
 MAX_SAFE_INT = 2**53 - 1
 
+#: Argument names lib.lua gives every script (the key prefix, the clock, the epoch candidate).
+_RESERVED = frozenset({"p", "now", "ep"})
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Durability:
-    """When a gift write counts as done: on the primary only (0), or on ``wait_replicas``
-    replicas too, waiting at most ``wait_timeout_ms`` for them."""
+#: Times a call whose slot moved is sent again after reading the map again.
+_MOVED_RETRIES = 3
 
-    wait_replicas: int = 0
-    wait_timeout_ms: int = 1000
 
-    def __post_init__(self) -> None:
-        if self.wait_replicas < 0:
-            raise ValueError("wait_replicas must not be negative")
-        if self.wait_timeout_ms < 1:
-            # WAIT n 0 would block forever: a stalled replica must not hang a request.
-            raise ValueError("wait_timeout_ms must be at least 1")
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@functools.cache
+def generated_tables() -> str:
+    """``MOVES`` and ``RANK`` as Lua, from their one source in Python."""
+    moves: dict[str, dict[str, str]] = {}
+    for (state, event), target in MOVES.items():
+        moves.setdefault(state.value, {})[event.value] = target.value
+    rows = ", ".join(
+        f"{state} = {{" + ", ".join(f"{e} = {_lua_string(t)}" for e, t in sorted(events.items())) + "}"
+        for state, events in sorted(moves.items())
+    )
+    ranks = ", ".join(f"{code.value} = {i}" for i, code in enumerate(REFUSAL_ORDER))
+    return (f"-- generated by clearing/lua.py from clearing/model.py and clearing/errors.py\n"
+            f"local MOVES = {{{rows}}}\nlocal RANK = {{{ranks}}}\n")
 
 
 @functools.cache
 def script_source(name: ScriptName) -> str:
     folder = importlib.resources.files("clearing") / "scripts"
-    lib = (folder / "lib.lua").read_text(encoding="utf-8")
-    return lib + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    shebang = ""
+    if body.startswith("#!lua"):
+        line, _, body = body.partition("\n")
+        shebang = line + "\n"
+    parts = [shebang + generated_tables(), (folder / "lib.lua").read_text(encoding="utf-8")]
+    library = _LIBRARY.get(name)
+    if library is not None:
+        parts.append((folder / f"{library}.lua").read_text(encoding="utf-8"))
+    parts.append(body)
+    return "\n".join(parts)
 
 
 class ScriptRunner:
-    """The registered scripts of one Redis client, plus the constant part of their ARGV."""
+    """Runs clearing's scripts on whichever node serves each slot."""
 
-    __slots__ = ("_plain", "_prefix", "_redis", "_scripts", "_tail", "_waited")
+    __slots__ = ("_common", "_topology")
 
-    def __init__(self, redis: aioredis.Redis, rules: GiftRules, keys: KeySchema,
-                 durability: Durability | None = None) -> None:
-        self._prefix = keys.prefix
-        d = durability or Durability()
-        self._tail = (rules.node_ttl_ms, rules.stream_maxlen, rules.gift_retention_ms, QUOTA_TTL_MS)
-        self._scripts: dict[str, AsyncScript] = {}
-        self._redis = redis
-        # Calls of one loop turn share a pipeline (clearing/pipelining.py); durable ones share
-        # one WAIT as well.
-        self._plain = ScriptBatcher(redis)
-        self._waited = self._plain if d.wait_replicas == 0 else ScriptBatcher(
-            redis, WaitFor(d.wait_replicas, d.wait_timeout_ms, fence=f"{keys.prefix}:wait-fence"))
+    def __init__(self, topology: Topology, rules: GiftRules, keys: KeySchema) -> None:
+        self._topology = topology
+        #: What every script may read from its argument map.
+        self._common = {"p": keys.prefix, "maxlen": rules.stream_maxlen, "quota_ttl": QUOTA_TTL_MS,
+                        "retention": rules.gift_retention_ms}
 
-    def _script(self, name: ScriptName) -> AsyncScript:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self._redis.register_script(script_source(name))
-        return script
+    @property
+    def topology(self) -> Topology:
+        return self._topology
 
     async def run(
         self,
         name: ScriptName,
+        slot: int,
         key: str,
         now_ms: int,
-        args: Sequence[str | int] = (),
+        args: Mapping[str, Any] | None = None,
         *,
         emits: bool = False,
         durable: bool = False,
     ) -> dict[str, Any]:
-        """Run one script; a reply with ``err`` is raised as :class:`Refused`.
+        """Run one script on ``slot``'s node; a reply with ``err`` is raised as :class:`Refused`
+        (or :class:`StepRefused` for a code only clearing sees).
 
         ``emits``: the script may append to a user's event stream, which needs an epoch
         candidate in case the stream has none (a fresh one per call: a reused candidate
         could make a lost and recreated history look continuous to a client).
-        ``durable``: the reply is acknowledged to a user; wait for replicas as configured,
-        refusals included (reserve remembers a refusal for its gift id).
+        ``durable``: the reply is acknowledged to a user; wait for replicas as configured.
         """
-        epoch = secrets.token_hex(6) if emits else ""
-        argv = (self._prefix, now_ms, epoch, *self._tail, *args)
-        batcher = self._waited if durable else self._plain
-        raw = await guarded(batcher.call(self._script(name), key, argv))
-        reply = msgpack.unpackb(raw, raw=False)
-        if not isinstance(reply, dict):
-            # cmsgpack packs an empty Lua table as an empty array
-            return {}
-        err = reply.get("err")
-        if err is not None:
-            gift = reply.get("gift")
-            raise Refused(Refusal(err), gift=gift_from_map(gift) if gift else None)
+        if args is not None and not _RESERVED.isdisjoint(args):
+            raise ValueError(f"script arguments may not be named {sorted(_RESERVED & args.keys())}")
+        packed: dict[str, Any] = {**self._common, **(args or {}), "now": now_ms}
+        if emits:
+            packed["ep"] = secrets.token_hex(6)
+        argv = [msgpack.packb(packed)]
+        raw = await self._call(name, slot, key, argv, durable)
+        return decode_reply(raw)
+
+    async def _call(self, name: ScriptName, slot: int, key: str, argv: list[bytes], durable: bool) -> Any:
+        topology = self._topology
+        for _ in range(_MOVED_RETRIES):
+            try:
+                node = topology.node_for(slot)
+            except SlotUncovered as exc:
+                await self._refresh()
+                raise ClearingUnavailable(str(exc)) from None
+            script = node.script(name, script_source(name))
+            try:
+                return await guarded((node.waited if durable else node.plain).call(script, key, argv))
+            except rx.MovedError:
+                await self._refresh()
+            except rx.AskError as exc:
+                return await self._ask(exc, name, key, argv)
+            except ClearingUnavailable:
+                await self._refresh()
+                raise
+        raise ClearingUnavailable(f"slot {slot} kept moving") from None
+
+    async def _ask(self, exc: rx.AskError, name: ScriptName, key: str, argv: list[bytes]) -> Any:
+        """The slot is migrating and the key is on the target already: ASKING, then the call,
+        on one connection of the target."""
+        host, port = exc.node_addr
+        target = next((n for n in self._topology.nodes() if n.name == f"{host}:{port}"), None)
+        if target is None:
+            await self._refresh()
+            raise ClearingUnavailable("slot migrating to an unknown node") from None
+        script = target.script(name, script_source(name))
+        await guarded(target.client.script_load(script.script))
+        async with target.client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("ASKING")
+            pipe.evalsha(script.sha, 1, key, *argv)
+            replies = await guarded(pipe.execute())
+        return replies[-1]
+
+    async def _refresh(self) -> None:
+        # A failed read of the map is tried again by the next call; this one already failed
+        # with its own error.
+        with contextlib.suppress(rx.RedisError):
+            await self._topology.refresh()
+
+
+def decode_reply(raw: Any) -> dict[str, Any]:
+    reply = msgpack.unpackb(raw, raw=False)
+    if not isinstance(reply, dict):
+        # cmsgpack packs an empty Lua table as an empty array
+        return {}
+    err = reply.get("err")
+    if err is None:
         return reply
+    gift = reply.get("gift")
+    try:
+        code = Refusal(err)
+    except ValueError:
+        raise StepRefused(str(err)) from None
+    raise Refused(code, gift=gift_from_map(gift) if gift else None)

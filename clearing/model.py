@@ -7,19 +7,49 @@ import enum
 
 
 class GiftState(enum.StrEnum):
+    #: The recipient's side took the gift in (its rules passed, its counters hold a slot);
+    #: the sender's side has not been reserved yet. Never shown to a client.
+    ADMITTED = "admitted"
     PENDING = "pending"
     ACCEPTED = "accepted"
     DECLINED = "declined"
     EXPIRED = "expired"
+    #: An admitted gift that was never reserved (the sender was refused, or the send was
+    #: abandoned): nothing moved, the recipient's slots went back. Never shown to a client.
+    VOID = "void"
 
 
-#: The only legal moves of a gift. Anything else is refused (ALREADY_RESOLVED).
-TRANSITIONS: dict[GiftState, frozenset[GiftState]] = {
-    GiftState.PENDING: frozenset({GiftState.ACCEPTED, GiftState.DECLINED, GiftState.EXPIRED}),
-    GiftState.ACCEPTED: frozenset(),
-    GiftState.DECLINED: frozenset(),
-    GiftState.EXPIRED: frozenset(),
+class GiftEvent(enum.StrEnum):
+    OFFER = "offer"
+    VOID = "void"
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    EXPIRE = "expire"
+
+
+#: The only legal moves of a gift: (state, event) -> next state. Anything else is refused
+#: (ALREADY_RESOLVED). clearing/lua.py writes this table into every script as ``MOVES``,
+#: and the scripts make every change of state through it, so this is the one source.
+MOVES: dict[tuple[GiftState, GiftEvent], GiftState] = {
+    (GiftState.ADMITTED, GiftEvent.OFFER): GiftState.PENDING,
+    (GiftState.ADMITTED, GiftEvent.VOID): GiftState.VOID,
+    (GiftState.PENDING, GiftEvent.ACCEPT): GiftState.ACCEPTED,
+    (GiftState.PENDING, GiftEvent.DECLINE): GiftState.DECLINED,
+    (GiftState.PENDING, GiftEvent.EXPIRE): GiftState.EXPIRED,
 }
+
+#: The states a client sees (the wire protocol's gift states).
+VISIBLE_STATES = frozenset({GiftState.PENDING, GiftState.ACCEPTED, GiftState.DECLINED, GiftState.EXPIRED})
+#: What an answer of the recipient asks for.
+ANSWER_EVENTS = {GiftState.ACCEPTED: GiftEvent.ACCEPT, GiftState.DECLINED: GiftEvent.DECLINE}
+
+
+def transitions() -> dict[GiftState, frozenset[GiftState]]:
+    """State -> the states it may move to, from :data:`MOVES`."""
+    out: dict[GiftState, set[GiftState]] = {state: set() for state in GiftState}
+    for (state, _), target in MOVES.items():
+        out[state].add(target)
+    return {state: frozenset(targets) for state, targets in out.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

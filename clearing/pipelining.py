@@ -16,10 +16,11 @@ Semantics kept:
 - A connection error or timeout fails every call of the batch that has no reply yet, as it
   would have failed each alone: the outcome is unknown and clearing's callers retry with
   the same ids.
-- Durable calls (``wait_replicas`` > 0) end their pipeline with ``PUBLISH <fence>; WAIT n
-  timeout``. WAIT counts every write the connection made before it, so one WAIT confirms
-  the whole batch, and the fence moves the mark past idempotent retries that wrote
-  nothing (see clearing/lua.py). Too few replicas fails every call of the batch.
+- Durable calls (``wait_replicas`` > 0) end their pipeline with ``SPUBLISH <fence>; WAIT n
+  timeout`` (the fence is a sharded channel of a slot on the same node). WAIT counts every
+  write the connection made before it, so one WAIT confirms the whole batch, and the fence
+  moves the mark past idempotent retries that wrote nothing (see clearing/lua.py). Too few
+  replicas fails every call of the batch.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class NotReplicated(ClearingUnavailable):
 class _Call:
     script: AsyncScript
     key: str
-    argv: Sequence[str | int]
+    argv: Sequence[str | int | bytes]
     future: asyncio.Future[Any]
 
 
@@ -79,7 +80,7 @@ class ScriptBatcher:
         #: Running flushes, kept referenced so that none is collected half-way.
         self._flushes: set[asyncio.Task[None]] = set()
 
-    def call(self, script: AsyncScript, key: str, argv: Sequence[str | int]) -> asyncio.Future[Any]:
+    def call(self, script: AsyncScript, key: str, argv: Sequence[str | int | bytes]) -> asyncio.Future[Any]:
         """The raw reply of ``script`` (an EVALSHA with one key), sent with this turn's others."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -145,7 +146,7 @@ class ScriptBatcher:
                 pipe.evalsha(c.script.sha, 1, c.key, *c.argv)
             wait = self._wait
             if wait is not None:
-                pipe.publish(wait.fence, b"")
+                pipe.execute_command("SPUBLISH", wait.fence, b"")
                 pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         if wait is None:

@@ -1,36 +1,42 @@
 """Live rooms (gift-rules.md section 3, "live-stream boost"): viewers, wishes, quotes and the
 contribution leaderboard, all in Redis so that every node sees the same room.
 
-A room is named by its streamer's user id. Viewers are counted like presence: per node
-and per user (``room_join.lua``), so a user on two devices, on one node or on two, counts
-once, and a dead node's viewers are dropped when it is reaped (``drop_node`` in lib.lua);
-until then, at most ``node_ttl_ms`` plus one reap period, they still count.
+A room is named by its streamer's user id, and all of it lives in the streamer's slot.
+Viewers are counted like presence: per node and per user (``room_join.lua``), so a user on
+two devices, on one node or on two, counts once, and a dead node's viewers are dropped when
+it is reaped (``drop_node.lua``); until then, at most ``node_ttl_ms`` plus one reap period,
+they still count.
 
-A gift to the streamer in the room is priced by a quote (``quote.lua``: a monotone step
-function of the viewer count, see :class:`~clearing.scene_config.LiveTier`), honoured for
-``quote_ttl_ms`` and used up by the gift it prices. An accepted quoted gift adds its cost
+A gift to the streamer in the room is priced by a quote (``quote.lua``, on the room's slot: a
+monotone step function of the viewer count, see :class:`~clearing.scene_config.LiveTier`),
+kept with the *sender* (``KeySchema.quote(sender, id)``), where the send's reserve step checks
+it and uses it up; it is honoured for ``quote_ttl_ms``. An accepted quoted gift adds its cost
 (in minor units) to the sender's contribution points on the room's leaderboard and, when
-its kind is the wish's, its quantity to the wish's progress (``plan_room`` in lib.lua).
+its kind is the wish's, its quantity to the wish's progress (``apply_close`` in gift.lua).
 Ranks are competition ranks: tied users share a rank and are listed by user id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from clearing.clock import Clock, wall_clock_ms
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
-from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
-from clearing.rules import GiftRules
-from clearing.scene_config import SceneConfig
+from clearing.guard import guarded
+from clearing.keys import is_valid_id
+from clearing.lua import ScriptName
 
 #: Largest leaderboard page a caller may ask for.
 MAX_TOP = 100
+#: A used or lapsed quote still answers QUOTE_EXPIRED for this long, then Redis drops it.
+QUOTE_LINGER_MS = 60_000
+#: Rooms one room_states.lua call reads, so that one script holds Redis about a millisecond
+#: at most (9-12 us per unchanged room, 13-24 per changed one, 800 rooms on a busy machine:
+#: docs/benchmarks.md, section 8); the calls of one tick share a pipeline per node.
+STATES_PER_CALL = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,32 +73,22 @@ class RoomState:
 
 
 class Rooms(RedisComponent):
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        rules: GiftRules,
-        keys: KeySchema = DEFAULT_KEYS,
-        clock: Clock = wall_clock_ms,
-        defaults: SceneConfig | None = None,
-    ) -> None:
-        super().__init__(redis, rules, keys, clock)
-        self._defaults_json = (defaults or SceneConfig()).to_json()
-
     async def join(self, room: str, user_id: str, node_id: str, *, require_open: bool = True) -> int:
         """Count one more connection of the user in the room; returns the viewer count.
 
         Only an open room (its streamer opened a wish) can be joined: Refused(NO_WISH)
         otherwise. ``require_open=False`` is for a node counting again the viewers it
         already holds (after it was reaped while alive)."""
-        _check_room(room)
-        args = (room, user_id, node_id, "1" if require_open else "0")
-        reply = await self._lua.run("room_join", self._keys.room_conns(room), self._clock(), args)
-        return int(reply["viewers"])
+        return await self._membership("room_join", room, user_id, node_id, require_open)
 
     async def leave(self, room: str, user_id: str, node_id: str) -> int:
+        return await self._membership("room_leave", room, user_id, node_id)
+
+    async def _membership(self, script: ScriptName, room: str, user_id: str, node_id: str,
+                          require_open: bool = False) -> int:
         _check_room(room)
-        reply = await self._lua.run("room_leave", self._keys.room_conns(room), self._clock(),
-                                    (room, user_id, node_id))
+        args = {"room": room, "user": user_id, "node": node_id, "tag": self.tag(room), "open": require_open}
+        reply = await self._lua.run(script, self.slot(room), self._keys.room_conns(room), self._clock(), args)
         return int(reply["viewers"])
 
     async def open_wish(self, streamer: str, kind: str, target: int) -> int:
@@ -101,7 +97,8 @@ class Rooms(RedisComponent):
             raise Refused(Refusal.UNKNOWN_KIND)
         if not 1 <= target <= 1_000_000:
             raise Refused(Refusal.BAD_QUANTITY)
-        reply = await self._lua.run("open_wish", self._keys.room(streamer), self._clock(), (streamer, kind, target))
+        args = {"streamer": streamer, "kind": kind, "target": target}
+        reply = await self._lua.run("open_wish", self.slot(streamer), self._keys.room(streamer), self._clock(), args)
         return int(reply["version"])
 
     async def quote(self, sender: str, room: str, kind: str, qty: int) -> Quote:
@@ -115,17 +112,32 @@ class Rooms(RedisComponent):
             raise Refused(Refusal.BAD_QUANTITY)
         quote_id = secrets.token_hex(8)
         base = qty * self._rules.units_per_card
-        args = (quote_id, sender, room, kind, qty, base, self._defaults_json)
-        r = await self._lua.run("quote", self._keys.quote(quote_id), self._clock(), args)
-        return Quote(quote_id, room, int(r["cost"]), int(r["amount"]), int(r["viewers"]), int(r["permille"]),
-                     int(r["expires_at_ms"]))
+        now = self._clock()
+        snapshot = await self._settings.get()
+        festival = snapshot.festival_at(now)
+        tiers = [[t.min_viewers, t.permille] for t in snapshot.scenes.live_tiers]
+        args = {"room": room, "sender": sender, "base": base, "tiers": tiers,
+                "festival_permille": festival.permille if festival else 1000}
+        r = await self._lua.run("quote", self.slot(room), self._keys.room(room), now, args)
+        cost, ttl = int(r["cost"]), snapshot.scenes.quote_ttl_ms
+        expires = now + ttl
+        # Kept with the sender, whose reserve step uses it up; the key lingers a minute past
+        # the quote's life only to answer QUOTE_EXPIRED rather than "unknown".
+        key = self._keys.quote(sender, quote_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"recipient": room, "kind": kind, "qty": qty, "cost": cost, "amount": base,
+                                    "expires_at_ms": expires})
+            pipe.pexpire(key, ttl + QUOTE_LINGER_MS)
+            await guarded(pipe.execute())
+        return Quote(quote_id, room, cost, base, int(r["viewers"]), int(r["permille"]), expires)
 
     async def state(self, room: str, user_id: str = "", top: int = 10) -> RoomState:
         """Viewers, the wish and the top ``top`` contributors (ties at the cut included)."""
         _check_room(room)
         if not 1 <= top <= MAX_TOP:
             raise Refused(Refusal.BAD_REQUEST, f"top must be from 1 to {MAX_TOP}")
-        r = await self._lua.run("room_state", self._keys.room(room), self._clock(), (room, user_id, top))
+        args = {"room": room, "user": user_id or None, "top": top}
+        r = await self._lua.run("room_state", self.slot(room), self._keys.room(room), self._clock(), args)
         return RoomState(
             room=room, viewers=int(r["viewers"]), version=int(r["version"]),
             wish_kind=_opt_str(r.get("wish_kind")), wish_target=_opt_int(r.get("wish_target")),
@@ -134,17 +146,27 @@ class Rooms(RedisComponent):
         )
 
 
-    async def changed_states(self, node_id: str, marks: dict[str, tuple[int, int]], top: int = 10
-                             ) -> list[RoomState]:
-        """The rooms of ``marks`` whose (version, viewers) differ from their mark, read in one
-        call (``room_states.lua``); a room with no mark yet may be given (-1, -1)."""
+    async def changed_states(self, marks: dict[str, tuple[int, int]], top: int = 10) -> list[RoomState]:
+        """The rooms of ``marks`` whose (version, viewers) differ from their mark, one call per
+        Redis node (``room_states.lua``, at most ``STATES_PER_CALL`` rooms each, all of one
+        turn in one pipeline); a room with no mark yet may be given (-1, -1)."""
         if not 1 <= top <= MAX_TOP:
             raise Refused(Refusal.BAD_REQUEST, f"top must be from 1 to {MAX_TOP}")
-        args: list[str | int] = [top]
-        for room, (version, viewers) in marks.items():
-            args += (room, version, viewers)
-        reply = await self._lua.run("room_states", self._keys.node_rooms(node_id), self._clock(), args)
-        return [_state(r, top) for r in reply.get("rooms", ())]
+        by_slot: dict[int, list[str]] = {}
+        for room in marks:
+            by_slot.setdefault(self.slot(room), []).append(room)
+        calls = []
+        for _node, slots in self._topology.by_node(by_slot):
+            rooms = [room for s in slots for room in by_slot[s]]
+            for start in range(0, len(rooms), STATES_PER_CALL):
+                chunk = rooms[start : start + STATES_PER_CALL]
+                args = {"top": top, "rooms": [[room, *marks[room]] for room in chunk]}
+                calls.append(self._lua.run("room_states", self.slot(chunk[0]), self._keys.room(chunk[0]),
+                                           self._clock(), args))
+        out: list[RoomState] = []
+        for reply in await asyncio.gather(*calls):
+            out += [_state(r, top) for r in reply.get("rooms", ())]
+        return out
 
 
 def _state(r: dict[str, Any], top: int) -> RoomState:

@@ -125,7 +125,7 @@ class SceneConfig:
     def __post_init__(self) -> None:
         for name, (low, high) in INT_RANGES.items():
             _check_int(name, getattr(self, name), low, high)
-        if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", self.promo_account):
+        if not isinstance(self.promo_account, str) or not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", self.promo_account):
             raise SceneConfigError("promo_account must be a user id")
         for app, perk in self.apps.items():
             if not APP_RE.fullmatch(app):
@@ -190,12 +190,17 @@ class SceneConfig:
         nothing. Never raises on what it reads: a broken document must not lock operators
         out of the API that repairs it (``Scenes.set_config`` writes a whole valid one)."""
         try:
-            # not orjson: integers beyond 64 bits must read (and be refused); UTF-8 only, as cjson
+            # not orjson: integers beyond 64 bits must read (and be refused); UTF-8 only
             data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         except (ValueError, RecursionError):
             return defaults
         if not isinstance(data, dict):
             return defaults
+        return cls.from_data(data, defaults)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], defaults: SceneConfig) -> SceneConfig:
+        """:meth:`from_stored` of settings already decoded, one value per field."""
         config = defaults
         for name in (f.name for f in dataclasses.fields(cls)):
             if name not in data:

@@ -13,6 +13,7 @@ import dataclasses
 import redis.asyncio as aioredis
 
 from clearing.accounts import Accounts
+from clearing.component import single_topology
 from clearing.events import EventLog
 from clearing.gifts import Clearing
 from clearing.invariant import InvariantReport, check_invariant
@@ -20,6 +21,8 @@ from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.model import UserRecord
 from clearing.presence import Presence
 from clearing.rules import DAY_MS, GiftRules
+from clearing.settings import SettingsCache
+from clearing.topology import AnyRedis, Topology
 
 #: 2024-03-01 12:00 in Asia/Shanghai: mid-day, far from the quota day's edges.
 NOON_SHANGHAI_MS = 1_709_265_600_000
@@ -43,7 +46,7 @@ class ManualClock:
 
 @dataclasses.dataclass(slots=True)
 class World:
-    redis: aioredis.Redis
+    redis: AnyRedis
     rules: GiftRules
     keys: KeySchema
     clock: ManualClock
@@ -51,28 +54,40 @@ class World:
     accounts: Accounts
     presence: Presence
     events: EventLog
+    topology: Topology
+    settings: SettingsCache
     #: The node ``user(online=True)`` connects users to; it beats on build and on ``tick``.
     node: str = "node-1"
 
     @classmethod
     async def build(
         cls,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | Topology,
         rules: GiftRules | None = None,
         keys: KeySchema = DEFAULT_KEYS,
         clock: ManualClock | None = None,
+        *,
+        force_saga: bool = False,
     ) -> World:
+        """``redis``: one server, or a topology (a cluster's); every class shares it and one
+        settings cache. ``force_saga``: gifts take the cross-shard steps even on one node."""
         rules = rules or GiftRules()
         clock = clock or ManualClock()
+        topology = redis if isinstance(redis, Topology) else single_topology(redis, keys)
+        settings = SettingsCache(topology.general, keys)
+        presence = Presence(topology, rules, keys, clock, settings=settings)
         world = cls(
-            redis=redis,
+            redis=topology.general,
             rules=rules,
             keys=keys,
             clock=clock,
-            clearing=Clearing(redis, rules, keys, clock),
-            accounts=Accounts(redis, rules, keys, clock),
-            presence=Presence(redis, rules, keys, clock),
-            events=EventLog(redis, rules, keys, clock),
+            clearing=Clearing(topology, rules, keys, clock, settings=settings, dead_nodes=presence.dead_nodes,
+                              force_saga=force_saga),
+            accounts=Accounts(topology, rules, keys, clock, settings=settings),
+            presence=presence,
+            events=EventLog(topology, rules, keys, clock, settings=settings),
+            topology=topology,
+            settings=settings,
         )
         await world.presence.heartbeat(world.node)
         return world

@@ -47,7 +47,6 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
 
 from clearing import (
     Accounts,
@@ -62,6 +61,7 @@ from clearing import (
 from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
+from clearing.topology import AnyRedis
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 
@@ -148,11 +148,11 @@ def _path_id(request: web.Request, name: str) -> str:
 
 class AdminApp:
     def __init__(
-        self, *, node_id: str, admin_token: str, redis: Redis, clearing: Clearing, accounts: Accounts,
+        self, *, node_id: str, admin_token: str, redis: AnyRedis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
     ) -> None:
-        self.scenes = scenes or Scenes(redis, rules, keys)
+        self.scenes = scenes or Scenes(clearing.topology, rules, keys, settings=clearing.settings)
         self.node_id = node_id
         self.admin_token = admin_token
         self.redis = redis
@@ -293,12 +293,19 @@ class AdminApp:
         return _json({"ok": True})
 
     async def get_gift(self, request: web.Request) -> web.Response:
-        gift = await self.clearing.get_gift(_path_id(request, "gift"))
+        """``?user=`` (the sender or the recipient) finds the gift on that user's slot; without
+        it every shard is scanned for the id, which is slow on a big deployment."""
+        gift_id = _path_id(request, "gift")
+        user = request.query.get("user")
+        if user is not None and not is_valid_id(user):
+            raise AdminError(400, "BAD_FIELD", "user must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        gift = await self.clearing.get_gift(gift_id, user)
         if gift is None:
             # A refused send is an outcome its client was told: show it while it is remembered.
-            refused = await self.clearing.refused_send(request.match_info["gift"])
-            if refused is not None:
-                return _json(_plain(refused) | {"state": "refused"})
+            for sender in [user] if user is not None else await self.clearing.refusers_of(gift_id):
+                refused = await self.clearing.refused_send(gift_id, sender)
+                if refused is not None:
+                    return _json(_plain(refused) | {"state": "refused"})
             raise AdminError(404, "GIFT_NOT_FOUND", "no such gift")
         return _json(_plain(gift))
 
@@ -309,9 +316,12 @@ class AdminApp:
 
     # ------------------------------------------------------------ scenes
     async def get_scenes(self, request: web.Request) -> web.Response:
+        """What every node applies, read afresh; ``problems``: stored values it ignores."""
+        self.scenes.settings.invalidate()
         config = await self.scenes.config()
         festivals = [_plain(f) | {"multiplier": f.multiplier} for f in await self.scenes.festivals()]
-        return _json({"config": config.to_plain(), "festivals": festivals})
+        return _json({"config": config.to_plain(), "festivals": festivals,
+                      "problems": list(await self.scenes.problems())})
 
     async def patch_scenes(self, request: web.Request) -> web.Response:
         config = await self.scenes.set_config(await _body(request))

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clearing import GiftRules
@@ -48,6 +49,8 @@ from gateway.setting_kinds import (
 )
 
 PREFIX = "NOTECARD_"
+#: REDIS_URL of a Redis Cluster: ``redis+cluster://[user:password@]host:port,host:port``.
+CLUSTER_SCHEME = "redis+cluster://"
 T = TypeVar("T")
 DurabilityPreset = Literal["", "fast", "aof", "replicated", "strict"]
 #: WAIT replicas and timeout of each preset of docs/guarantees.md; AOF is Redis's own
@@ -171,6 +174,19 @@ class GatewaySettings:
     sentinels: tuple[tuple[str, int], ...] = setting(
         (), "SENTINELS", HostPorts(), "Redis Sentinels, instead of `REDIS_URL`", shown="unset")
     sentinel_master: str = setting("notecard", "SENTINEL_MASTER", Text(), "the primary's name in Sentinel")
+    redis_cluster: tuple[tuple[str, int], ...] = setting(
+        (), "REDIS_CLUSTER", HostPorts(),
+        "Redis Cluster nodes (any of them), instead of `REDIS_URL`: clearing spreads users over every shard "
+        "(docs/architecture.md); `REDIS_URL=redis+cluster://[:password@]host:port,...` says the same",
+        shown="unset")
+    saga_step_s: float = setting(
+        10.0, "SAGA_STEP_S", Number(above=0),
+        "a cross-shard step not finished this long after it started is finished (or undone) by the sweeper of "
+        "the node that owns its slot")
+    settings_refresh_s: float = setting(
+        1.0, "SETTINGS_REFRESH_S", Number(above=0),
+        "each node reads the operators' scene settings again at least this often (a write is announced and "
+        "applied at once; this bounds a lost announcement)")
     host: str = setting("127.0.0.1", "HOST", Text(), "WebSocket listener address")
     port: int = setting(8765, "PORT", Port(), "WebSocket listener port")
     admin_host: str = setting("127.0.0.1", "ADMIN_HOST", Text(), "admin API address (plain HTTP: keep it private)")
@@ -287,6 +303,9 @@ class GatewaySettings:
             raise ConfigError("\n".join(problems))
         if self.rules.node_ttl_ms < 3 * self.node_heartbeat_s * 1000:
             raise ConfigError(f"{PREFIX}NODE_TTL_S must be at least 3 heartbeats ({PREFIX}NODE_HEARTBEAT_S)")
+        if self.redis_cluster and self.sentinels:
+            raise ConfigError(f"{PREFIX}REDIS_CLUSTER and {PREFIX}SENTINELS exclude each other: a cluster fails "
+                              "over by itself")
         if self.wait_replicas and self.wait_timeout_ms >= self.redis_timeout_s * 1000:
             raise ConfigError(f"{PREFIX}WAIT_TIMEOUT_MS must be below {PREFIX}REDIS_TIMEOUT_S, "
                               "or every slow WAIT would look like a dead Redis")
@@ -330,11 +349,13 @@ class GatewaySettings:
     @property
     def redis_configured(self) -> bool:
         """An external Redis is named (else only development runs a private one)."""
-        return bool(self.redis_url or self.sentinels)
+        return bool(self.redis_url or self.sentinels or self.redis_cluster)
 
     @property
     def redis_address(self) -> str:
         """Where Redis is, for messages (a URL's password hidden)."""
+        if self.redis_cluster:
+            return "Redis Cluster via " + HostPorts().show(self.redis_cluster)
         if self.sentinels:
             return f"Sentinel primary {self.sentinel_master!r} via " + HostPorts().show(self.sentinels)
         return redact_url(self.redis_url) if self.redis_url else "no Redis configured"
@@ -362,6 +383,10 @@ class GatewaySettings:
                 continue
             target, _, rule = declared.field.partition(".")
             (rules if rule else values)[rule or target] = value
+        url = values.get("redis_url")
+        if url is not None and url.startswith(CLUSTER_SCHEME):
+            # A cluster by URL: its nodes and credentials, as REDIS_CLUSTER and REDIS_PASSWORD.
+            values.update(_cluster_url(values.pop("redis_url")))
         if problems:
             raise ConfigError("\n".join(problems))
         preset = values.get("durability_preset", "")
@@ -379,6 +404,18 @@ class GatewaySettings:
             return cls(**values)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _cluster_url(url: str) -> dict[str, Any]:
+    """``redis+cluster://[user:password@]host:port,...`` as the cluster's settings."""
+    userinfo, at, hosts = url[len(CLUSTER_SCHEME) :].partition("/")[0].rpartition("@")
+    user, _, password = userinfo.partition(":") if at else ("", "", "")
+    values: dict[str, Any] = {"redis_cluster": HostPorts().parse(hosts)}
+    if user:
+        values["redis_username"] = unquote(user)
+    if password:
+        values["redis_password"] = unquote(password)
+    return values
 
 
 def declarations() -> Iterator[Declared]:
@@ -428,7 +465,8 @@ def production_problems(settings: GatewaySettings) -> list[str]:
         return []
     problems = []
     if not settings.redis_configured:
-        problems.append(f"no Redis configured: set {PREFIX}REDIS_URL or {PREFIX}SENTINELS (a private Redis "
+        problems.append(f"no Redis configured: set {PREFIX}REDIS_URL, {PREFIX}SENTINELS or {PREFIX}REDIS_CLUSTER "
+                        "(a private Redis "
                         f"per process is for development: `notecard dev`, `notecard serve --dev` or {PREFIX}DEV=true)")
     for name, value in (("TOKEN_SECRET", settings.token_secret), ("ADMIN_TOKEN", settings.admin_token)):
         if value is None:

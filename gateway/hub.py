@@ -20,6 +20,9 @@ from protocol import CloseCode, Encoding, ErrorCode, Frame, encode
 
 log = logging.getLogger("notecard.gateway.hub")
 
+#: Offers whose sender a node remembers (about 100 bytes each).
+_SENDERS_KEPT = 100_000
+
 #: How long a catch-up waits for a page to leave a device's queue before it queues the next
 #: anyway: one device that stopped reading must not hold up the user's others for long (it
 #: is then closed as a slow consumer, and resumes when it reconnects).
@@ -37,6 +40,8 @@ class Hub:
         self._lag = {kind: metrics.delivery_lag.labels(event=kind.value) for kind in EventKind}
         self._events_out = metrics.frames_out.labels(type="event")
         self.users: dict[str, set[ClientConnection]] = {}
+        #: gift id -> sender of the offers delivered lately (see sender_of).
+        self._senders: dict[str, str] = {}
         self._catching_up: set[str] = set()
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -71,11 +76,21 @@ class Hub:
         return len(conns)
 
     # ------------------------------------------------------------ delivery
+    def sender_of(self, gift_id: str) -> str | None:
+        """The sender of an offer this node delivered lately, if it remembers it: lets an
+        answer on a cluster take the one-script path when both sides share a node."""
+        return self._senders.get(gift_id)
+
     def publish_received(self, event: UserEvent) -> None:
         """An event from pub/sub: deliver it to the user's local connections, in order."""
         conns = self.users.get(event.user)
         if not conns:
             return
+        if event.kind is EventKind.OFFER:
+            senders = self._senders
+            senders[event.gift.gift_id] = event.gift.sender
+            if len(senders) > _SENDERS_KEPT:
+                del senders[next(iter(senders))]  # the oldest: dicts keep insertion order
         self._lag[event.kind].observe(max(0.0, time.time() - _event_time_ms(event) / 1000))
         if self.deliver(conns, event):
             self._schedule_catch_up(event.user)

@@ -138,9 +138,11 @@ class NodeMetrics:
             "notecard_send_queue_max_frames", "Frames queued for the most backed-up connection (closed as a slow "
             "consumer at NOTECARD_SEND_QUEUE_MAX)", registry=r)
         self.pending_gifts = Gauge(
-            "notecard_pending_gifts", "Gifts pending (held, waiting for an answer), all nodes together", registry=r)
+            "notecard_pending_gifts", "Gifts pending (held, waiting for an answer) in this node's share of slots",
+            registry=r)
         self.held_units = Gauge(
-            "notecard_held_units", "Minor units held by pending gifts, all nodes together", ["kind"], registry=r)
+            "notecard_held_units", "Minor units held by pending gifts in this node's share of slots", ["kind"],
+            registry=r)
         self.invariant_violations = Gauge(
             "notecard_invariant_violations", "Violations the last conservation check run on this node found",
             registry=r)

@@ -26,9 +26,12 @@ from websockets.exceptions import NegotiationError
 from websockets.typing import Subprotocol
 
 from clearing import Accounts, Clearing, ClearingError, EventLog, KeySchema, Presence
+from clearing.component import single_topology
 from clearing.rates import RateLimit, UserRates
 from clearing.rooms import Rooms
 from clearing.scenes import Scenes
+from clearing.settings import SettingsCache
+from clearing.topology import Topology
 from gateway.admin_http import AdminApp
 from gateway.admission import AddressGate
 from gateway.auth import check_secret
@@ -73,46 +76,59 @@ def select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -
 
 
 class GatewayNode:
-    def __init__(self, settings: GatewaySettings, redis: aioredis.Redis, *, token_secret: str,
+    def __init__(self, settings: GatewaySettings, store: aioredis.Redis | Topology, *, token_secret: str,
                  admin_token: str) -> None:
+        """``store``: one Redis (a client of it), or a cluster's topology (gateway.connect_store
+        builds either from the settings). The caller owns it and closes it after stop()."""
         check_secret(token_secret, "NOTECARD_TOKEN_SECRET")
         check_secret(admin_token, "NOTECARD_ADMIN_TOKEN")
         self.settings = settings
-        self.redis = redis
         self.node_id = settings.node_id or default_node_id()
-        self.keys = KeySchema()
+        self.keys = keys = KeySchema()
+        self.topology = topo = store if isinstance(store, Topology) else single_topology(store, keys,
+                                                                                          settings.durability)
+        #: The client for everything but scripts (routed by key on a cluster).
+        self.redis = topo.general
         rules = settings.rules
         self.metrics = NodeMetrics()
+        #: Every service reads the operators' settings through one cache (clearing/settings.py).
+        self.settings_cache = cache = SettingsCache(self.redis, keys, max_age_s=settings.settings_refresh_s)
         user_rate = RateLimit(settings.user_rate_per_s, settings.user_rate_burst)
-        self.clearing = Clearing(redis, rules, keys=self.keys, durability=settings.durability, user_rate=user_rate)
-        self.accounts = Accounts(redis, rules, keys=self.keys)
-        self.presence = Presence(redis, rules, keys=self.keys)
-        self.events = EventLog(redis, rules, keys=self.keys)
+        self.presence = Presence(topo, rules, keys, settings=cache)
+        # The scripts are told which nodes are dead; the registry is read once a heartbeat.
+        self.presence.registry_max_age_s = settings.node_heartbeat_s
+        self.clearing = Clearing(topo, rules, keys, settings=cache, user_rate=user_rate,
+                                 dead_nodes=self.presence.dead_nodes, saga_ms=round(settings.saga_step_s * 1000))
+        self.accounts = Accounts(topo, rules, keys, settings=cache)
+        self.events = EventLog(topo, rules, keys, settings=cache)
         self.hub = Hub(self.events, self.metrics, page=page_size(settings.send_queue_max))
         self.bans = BanEnforcer(self.hub, self.accounts)
-        self.scenes = Scenes(redis, rules, keys=self.keys)
-        self.rooms = RoomHub(Rooms(redis, rules, keys=self.keys), self.node_id, settings.max_rooms_per_connection)
-        self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms)
+        self.scenes = Scenes(topo, rules, keys, settings=cache)
+        self.rooms = RoomHub(Rooms(topo, rules, keys, settings=cache), self.node_id, settings.max_rooms_per_connection)
+        self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms,
+                                       sender_of=self.hub.sender_of)
         self.sessions = SessionRunner(
             self.node_id, settings, token_secret, self.hub, self.requests, self.clearing, self.presence,
             self.events, self.metrics,
-            UserRates(redis, rules, user_rate, keys=self.keys),
+            UserRates(topo, rules, user_rate, keys=keys),
         )
         self.subscriber = NodeSubscriber(
-            redis, self.keys.node_channel(self.node_id), self.hub.publish_received, self._missed,
-            self.metrics, settings.subscriber_probe_s, settings.redis_timeout_s, on_control=self.bans.on_control,
+            topo, keys, self.node_id, self.hub.publish_received, self._missed, self.metrics,
+            settings.subscriber_probe_s, settings.redis_timeout_s, on_control=self.bans.on_control,
+            on_settings=cache.invalidate,
         )
         self.liveness = NodeLiveness(self.presence, self.node_id, self.hub, self.rooms,
                                      hearing=self.subscriber.hearing, metrics=self.metrics)
         self.supervisor = TaskSupervisor(self.node_id, self.metrics, self._fail)
-        self.replica_check = ReplicaCheck(redis, settings, self.metrics)
+        self.replica_check = ReplicaCheck(topo, settings, self.metrics)
         self.admin = AdminApp(
-            node_id=self.node_id, admin_token=admin_token, redis=redis, clearing=self.clearing,
+            node_id=self.node_id, admin_token=admin_token, redis=self.redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
             scenes=self.scenes, not_ready_reasons=self._not_ready_reasons,
         )
         self.metrics.watch_send_queues(lambda: (c.queued for c in self.hub.all_connections()))
-        self.ledger_gauges = LedgerGauges(redis, self.keys, self.metrics, rules.card_kinds)
+        self.sweeper = Sweeper(self.clearing, self.presence, self.node_id, self.metrics)
+        self.ledger_gauges = LedgerGauges(self.clearing, self.sweeper, self.metrics)
         #: Why the node is not serving yet, while it waits for Redis at start.
         self.waiting_for: str | None = None
         self._server: Server | None = None
@@ -176,7 +192,7 @@ class GatewayNode:
         jobs.start("watchdog", lambda: self.subscriber.watch(self._restart_listener))
         jobs.start("heartbeat", lambda: every(s.node_heartbeat_s, liveness.beat, "heartbeat"))
         jobs.start("reaper", lambda: every(s.node_heartbeat_s * REAP_EVERY_HEARTBEATS, liveness.reap, "reaper"))
-        sweeper = Sweeper(self.clearing, self.metrics)
+        sweeper = self.sweeper
         jobs.start("sweeper", lambda: every(s.sweep_interval_s, sweeper.step, "sweeper"))
         jobs.start("rooms", lambda: every(s.room_push_s, self.rooms.push_step, "room pushes"))
         jobs.start("replica-check", lambda: every(CHECK_INTERVAL_S, self.replica_check.step, "replica check"))

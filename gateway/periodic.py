@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from clearing import Clearing, ClearingError, Presence, Refusal, Refused
+from clearing.slots import SLOTS
 from gateway.connection import ClientConnection
 from gateway.hub import Hub
 from gateway.metrics import NodeMetrics
@@ -41,21 +42,41 @@ async def every(interval_s: float, step: Callable[[], Awaitable[object]], name: 
 
 
 class Sweeper:
-    """Refunds pending gifts whose confirmation window has passed."""
+    """Refunds offers whose confirmation window has passed and finishes cross-shard steps
+    left half-way, in this node's share of the slots.
+
+    Every slot has its own queues (clearing/keys.py), so the slots are shared out among the
+    live nodes: the one of rank i (by id) of n sweeps the slots s with s % n == i. The share
+    of a node that died passes to the others once it leaves the registry; while two nodes see
+    different registries for a moment, a slot is swept twice (every step is idempotent) or a
+    tick late. A node out of the registry (one that cannot hear) sweeps nothing.
+    """
 
     BATCH = 500
 
-    def __init__(self, clearing: Clearing, metrics: NodeMetrics) -> None:
+    def __init__(self, clearing: Clearing, presence: Presence, node_id: str, metrics: NodeMetrics) -> None:
         self.clearing = clearing
+        self.presence = presence
+        self.node_id = node_id
         self.metrics = metrics
 
+    async def my_slots(self) -> range:
+        nodes = sorted(await self.presence.live_nodes())
+        if self.node_id not in nodes:
+            return range(0)
+        return range(nodes.index(self.node_id), SLOTS, len(nodes))
+
     async def step(self) -> None:
-        while True:
-            expired = await self.clearing.expire_due(self.BATCH)
+        slots = await self.my_slots()
+        while slots:
+            result = await self.clearing.sweep(slots, self.BATCH)
+            expired = result.expired
             if expired:
                 self.metrics.swept.inc(len(expired))
                 self.metrics.gifts_of("expired").inc(len(expired))
                 log.info("gifts expired", extra={"count": len(expired)})
+            if result.recovered:
+                log.info("cross-shard steps finished", extra={"count": result.recovered})
             if len(expired) < self.BATCH:
                 return
 

@@ -1,4 +1,5 @@
-"""Building the node's Redis client: a plain URL, or a primary found through Sentinel.
+"""Building the node's Redis client: a plain URL, a primary found through Sentinel, or the
+primaries of a Redis Cluster (:func:`connect_store`).
 
 With Sentinel, redis-py asks the sentinels for the current primary on every (re)connect, so
 after a failover the next call reaches the promoted replica; calls in flight during the
@@ -20,6 +21,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from clearing.component import single_topology
+from clearing.keys import KeySchema
+from clearing.topology import Topology, connect_cluster
 from gateway.config import GatewaySettings
 
 #: redis-py checks an idle connection with PING before reuse after this long.
@@ -97,3 +101,28 @@ def connect_redis(settings: GatewaySettings, url: str | None = None) -> aioredis
         **redis_auth, **tls,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+async def connect_store(settings: GatewaySettings, keys: KeySchema | None = None) -> Topology:
+    """What clearing runs on: a Redis Cluster's primaries (``NOTECARD_REDIS_CLUSTER``), or one
+    Redis (a URL, or the primary Sentinel names). Close it with :func:`close_store`."""
+    keys = keys or KeySchema()
+    if not settings.redis_cluster:
+        return single_topology(connect_redis(settings), keys, settings.durability)
+    tls = {"ssl_cert_reqs": "required", **_tls_paths(settings)} if settings.redis_tls else {}
+    return await connect_cluster(
+        settings.redis_cluster, fence=lambda tag: keys.node_channel(tag, "fence"), durability=settings.durability,
+        password=settings.redis_password, username=settings.redis_username, timeout_s=settings.redis_timeout_s,
+        ssl=settings.redis_tls, health_check_interval=HEALTH_CHECK_INTERVAL_S, **tls,
+    )
+
+
+async def close_store(topology: Topology) -> None:
+    await topology.aclose()
+    await topology.general.aclose()
+
+
+def _tls_paths(settings: GatewaySettings) -> dict[str, Any]:
+    options = tls_options(settings)
+    options.pop("ssl_cert_reqs", None)
+    return options

@@ -27,9 +27,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from clearing.topology import Topology
 from gateway.config import PREFIX, GatewaySettings
 from gateway.metrics import NodeMetrics
 
@@ -73,8 +73,8 @@ def assess(settings: GatewaySettings, replicas: int, aof_enabled: bool) -> list[
 class ReplicaCheck:
     """The latest findings; :meth:`step` refreshes them (a Redis error keeps the last)."""
 
-    def __init__(self, redis: aioredis.Redis, settings: GatewaySettings, metrics: NodeMetrics) -> None:
-        self.redis = redis
+    def __init__(self, topology: Topology, settings: GatewaySettings, metrics: NodeMetrics) -> None:
+        self.topology = topology
         self.settings = settings
         self.metrics = metrics
         self.findings: list[Finding] = []
@@ -89,14 +89,22 @@ class ReplicaCheck:
         return [f.message for f in self.findings if not f.ready]
 
     async def step(self) -> None:
-        try:
-            info = await self.redis.info("replication", "persistence")
-        except (RedisError, OSError) as exc:
-            log.debug("replica check skipped: redis unavailable", extra={"reason": str(exc)[:200]})
+        """Every primary's replicas (on a cluster, the fewest of any shard's count: WAIT is
+        per shard) and AOF (off on any shard counts as off)."""
+        replicas, aof = None, True
+        for node in self.topology.nodes():
+            try:
+                info = await node.client.info("replication", "persistence")
+            except (RedisError, OSError) as exc:
+                log.debug("replica check skipped: redis unavailable", extra={"reason": str(exc)[:200]})
+                return
+            seen = int(info.get("connected_slaves", 0))
+            replicas = seen if replicas is None else min(replicas, seen)
+            aof = aof and bool(int(info.get("aof_enabled", 0)))
+        if replicas is None:
             return
-        replicas = int(info.get("connected_slaves", 0))
         self.metrics.redis_replicas.set(replicas)
-        findings = assess(self.settings, replicas, bool(int(info.get("aof_enabled", 0))))
+        findings = assess(self.settings, replicas, aof)
         for finding in findings:
             if finding not in self.findings:
                 (log.warning if finding.ready else log.error)(finding.message)

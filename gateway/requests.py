@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from clearing import Clearing, ClearingUnavailable, GiftRules, Refusal, Refused
@@ -51,12 +51,15 @@ T = TypeVar("T")
 
 class RequestHandler:
     def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics,
-                 scenes: Scenes | None = None, rooms: RoomHub | None = None) -> None:
+                 scenes: Scenes | None = None, rooms: RoomHub | None = None,
+                 sender_of: Callable[[str], str | None] = lambda gift_id: None) -> None:
         self.clearing = clearing
         self.rules = rules
         self.metrics = metrics
         self.scenes = scenes
         self.rooms = rooms
+        #: The sender of a gift this node offered lately, when it knows (Hub.sender_of).
+        self.sender_of = sender_of
 
     async def handle(self, user_id: str, msg: ClientMessage, *, app: str = "main",
                      conn: ClientConnection | None = None) -> ServerMessage:
@@ -106,10 +109,12 @@ class RequestHandler:
     async def _resolve(self, user_id: str, msg: AcceptGift | DeclineGift, app: str) -> ServerMessage:
         if isinstance(msg, AcceptGift):
             op, outcome = "accept", "accepted"
-            resolution = await self._timed(op, self.clearing.accept(msg.gift_id, user_id, app))
+            resolution = await self._timed(op, self.clearing.accept(msg.gift_id, user_id, app,
+                                                                    sender_hint=self.sender_of(msg.gift_id)))
         else:
             op, outcome = "decline", "declined"
-            resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id, app))
+            resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id, app,
+                                                                     sender_hint=self.sender_of(msg.gift_id)))
         if resolution.changed:
             self.metrics.gifts_of(outcome).inc()
             log.debug("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})

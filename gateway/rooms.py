@@ -10,14 +10,14 @@ and a node that missed something catches up on the next tick.
 
 What a tick costs is bounded: only an open room can be joined (its streamer opened a wish),
 a connection watches at most ``max_rooms`` rooms (TOO_MANY_ROOMS beyond), and the tick
-reads its rooms in one script call per ``ROOMS_PER_CALL`` rooms, sent as one pipeline.
+reads its rooms with one script call per Redis node and 64 rooms (``Rooms.changed_states``),
+sent as one pipeline per node.
 With one script per room, run one after another, a few connections joining many rooms
 nobody streams cost the node and Redis a script per room on every tick.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from clearing import ClearingError, Refusal, Refused
@@ -30,10 +30,6 @@ log = logging.getLogger("notecard.gateway.rooms")
 
 #: Leaderboard lines in a pushed update; anyone may ask for more with get_room.
 PUSH_TOP = 10
-#: Rooms read by one script of a push tick, so that one script holds Redis about a
-#: millisecond at most (9-12 us per unchanged room, 13-24 per changed one, 800 rooms on a
-#: busy machine); the tick's calls share a pipeline.
-ROOMS_PER_CALL = 64
 #: The mark of a room not pushed yet: no room has this version.
 _NEVER = (-1, -1)
 
@@ -92,16 +88,13 @@ class RoomHub:
 
     async def push_step(self) -> None:
         """One throttle tick: push every local room that changed since its last push."""
-        rooms = list(self._viewers)
-        calls = []
-        for start in range(0, len(rooms), ROOMS_PER_CALL):
-            marks = {room: self._pushed.get(room, _NEVER) for room in rooms[start : start + ROOMS_PER_CALL]}
-            calls.append(self.rooms.changed_states(self.node_id, marks, top=PUSH_TOP))
-        for states in await asyncio.gather(*calls):
-            for state in states:
-                if state.room in self._viewers:  # still watched here after the await
-                    self._pushed[state.room] = (state.version, state.viewers)
-                    self._push(state.room, state)
+        marks = {room: self._pushed.get(room, _NEVER) for room in self._viewers}
+        if not marks:
+            return
+        for state in await self.rooms.changed_states(marks, top=PUSH_TOP):
+            if state.room in self._viewers:  # still watched here after the await
+                self._pushed[state.room] = (state.version, state.viewers)
+                self._push(state.room, state)
 
     def _push(self, room: str, state: RoomState) -> None:
         frames: dict[Encoding, Frame] = {}

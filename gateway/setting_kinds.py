@@ -195,7 +195,7 @@ class HostPorts(Kind[tuple[tuple[str, int], ...]]):
 
 
 class RedisUrl(Kind[str]):
-    expected = "a redis://, rediss:// or unix:// URL"
+    expected = "a redis://, rediss://, unix:// or redis+cluster:// URL"
 
     def parse(self, raw: str) -> str:
         self.check(raw.strip())
@@ -203,7 +203,7 @@ class RedisUrl(Kind[str]):
 
     def check(self, value: str) -> None:
         parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+cluster") or not (parts.netloc or parts.path):
             raise ValueError(f"expected {self.expected}")
 
     def show(self, value: str) -> str:

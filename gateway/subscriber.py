@@ -1,16 +1,27 @@
-"""The node's one pub/sub subscription, watched so that the node never stays deaf.
+"""The node's pub/sub subscriptions, watched so that the node never stays deaf.
+
+Events for a user are published on the user's own slot (sharded pub/sub, clearing/events.py):
+``keys.node_channel(tag, node)`` for each slot tag, so a message travels only inside the
+shard that owns the user, never over a whole cluster's bus. The node therefore subscribes
+to its channel of every slot, with one connection per Redis node (the node that serves those
+slots): on a single Redis that is one connection and one SSUBSCRIBE; on a cluster one
+connection per primary. The same connection of the first group also subscribes (classic
+pub/sub) to the settings channel, whose messages reach every node of a cluster.
 
 A subscriber connection can die without an error on our side (Redis restarted, the
 connection killed with ``CLIENT KILL TYPE pubsub``, the output-buffer limit hit, a socket
-half-open or frozen: open, but carrying nothing). So the node publishes a probe to its own
-channel every few seconds and expects to hear it back; a missing probe, like any error,
-makes the listener log, resubscribe on a new connection, and have every local connection
-filled from the event streams (``on_missed``), which hold every event pub/sub carries.
+half-open or frozen: open, but carrying nothing). So the node publishes a probe to one of its
+channels on each connection every few seconds and expects to hear it back; a missing probe,
+like any error, makes the listener log, resubscribe everything on new connections (after
+reading the cluster's map again: a failover or a slot that moved is one way to lose a
+subscription), and have every local connection filled from the event streams
+(``on_missed``), which hold every event pub/sub carries.
 
-What "hearing" means is the age of the last probe that came back, not a flag set once:
-readiness (``/readyz``) and the node's presence (gateway/periodic.py) ask :meth:`hearing`,
-so a node whose probes stop coming back turns not-ready and leaves presence (its users
-count as offline, senders get ``RECIPIENT_OFFLINE``) until a probe is heard again.
+What "hearing" means is the age of the oldest latest probe of all connections, not a flag
+set once: readiness (``/readyz``) and the node's presence (gateway/periodic.py) ask
+:meth:`hearing`, so a node whose probes stop coming back on any connection turns not-ready
+and leaves presence (its users count as offline, senders get ``RECIPIENT_OFFLINE``) until
+every probe is heard again.
 
 Every await of the listener is bounded (``call_timeout_s``), so a frozen socket or a client
 library reconnecting inside a call cannot hold it; and the watchdog (:meth:`watch`)
@@ -25,12 +36,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from clearing import CONTROL_PREFIX, UserEvent, decode_published
+from clearing import CONTROL_PREFIX, KeySchema, UserEvent, decode_published
+from clearing.slots import SLOTS, slot_tag
+from clearing.topology import NodeScripts, SingleTopology, Topology
 from gateway.metrics import NodeMetrics
 
 log = logging.getLogger("notecard.gateway.subscriber")
@@ -44,30 +57,43 @@ _BACKOFF_MAX_S = 2.0
 DEAF_AFTER_PROBES = 3
 #: The longest one get_message may wait for data before the loop looks at its probe again.
 _POLL_S = 0.5
+#: Extra time allowed per channel subscribed one at a time (a cluster node: each SSUBSCRIBE
+#: names channels of one slot only).
+_PER_CHANNEL_S = 0.001
 
 
 class NodeSubscriber:
     def __init__(
-        self, redis: aioredis.Redis, channel: str, on_event: Callable[[UserEvent], None],
+        self, topology: Topology, keys: KeySchema, node_id: str, on_event: Callable[[UserEvent], None],
         on_missed: Callable[[], None], metrics: NodeMetrics, probe_interval_s: float, call_timeout_s: float,
         on_control: Callable[[bytes], None] = lambda payload: None,
+        on_settings: Callable[[], None] = lambda: None,
     ) -> None:
-        self.redis = redis
-        self.channel = channel
+        self.topology = topology
+        self.keys = keys
+        self.node_id = node_id
         self.on_event = on_event
         self.on_missed = on_missed
         #: Gets every control message (clearing.CONTROL_PREFIX: a ban) published to the node.
         self.on_control = on_control
+        #: Called when an operator's settings write is announced (clearing/settings.py).
+        self.on_settings = on_settings
         self.metrics = metrics
         self.probe_interval_s = probe_interval_s
         self.call_timeout_s = call_timeout_s
-        #: Monotonic time the last probe came back (None: never).
-        self.heard_at: float | None = None
-        #: Set once the first probe came back (the node's start waits for it).
+        #: The client a group of slots is listened to with (its Redis node's, but a test
+        #: may put another in between).
+        self.client_of: Callable[[NodeScripts], aioredis.Redis] = lambda node: node.client
+        #: Monotonic time the last probe came back, per Redis node listened to.
+        self._heard: dict[str, float] = {}
+        self._groups: list[str] = []
+        #: Set once every connection's first probe came back (the node's start waits for it).
         self.first_heard = asyncio.Event()
         #: Monotonic time of the listener's latest step; a stuck listener stops moving it.
         self.progress_at = time.monotonic()
+        #: Rounds in which every connection got subscribed (1 after the start).
         self.subscriptions = 0
+        self._subscribed = 0
         metrics.probe_age.set_function(self.probe_age)
 
     @property
@@ -77,15 +103,20 @@ class NodeSubscriber:
     @property
     def stuck_after_s(self) -> float:
         """No listener step takes longer than this: two bounded calls (a close and a
-        subscribe, or a probe and a read), a poll, a probe period and the longest backoff."""
-        return 2 * self.call_timeout_s + _POLL_S + self.probe_interval_s + _BACKOFF_MAX_S + 1.0
+        subscribe, or a probe and a read), a poll, a probe period and the longest backoff,
+        plus the one-by-one subscribes of a cluster node."""
+        subscribes = SLOTS * _PER_CHANNEL_S if not isinstance(self.topology, SingleTopology) else 0.0
+        return 2 * self.call_timeout_s + _POLL_S + self.probe_interval_s + _BACKOFF_MAX_S + subscribes + 1.0
 
     def probe_age(self) -> float:
-        """Seconds since the last probe came back (infinite before the first)."""
-        return math.inf if self.heard_at is None else time.monotonic() - self.heard_at
+        """Seconds since the probe of the most silent connection came back (infinite
+        before every connection heard its first)."""
+        if not self._groups or any(g not in self._heard for g in self._groups):
+            return math.inf
+        return time.monotonic() - min(self._heard[g] for g in self._groups)
 
     def hearing(self) -> bool:
-        """A probe came back recently: events published to this node reach it."""
+        """Every connection heard a probe recently: events published to this node reach it."""
         return self.probe_age() < self.deaf_after_s
 
     # ------------------------------------------------------------ listener
@@ -95,7 +126,7 @@ class NodeSubscriber:
         while True:
             subscribed_before = self.subscriptions
             try:
-                await self._listen()
+                await self._listen_all()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, _Deaf) as exc:  # TimeoutError is an OSError
@@ -116,17 +147,42 @@ class NodeSubscriber:
             attempt = 0 if self.subscriptions > subscribed_before and self.hearing() else attempt + 1
             self.progress_at = time.monotonic()
             await asyncio.sleep(random.uniform(0, min(_BACKOFF_MAX_S, 0.05 * 2**attempt)))
+            with contextlib.suppress(RedisError, OSError):
+                async with asyncio.timeout(self.call_timeout_s):
+                    await self.topology.refresh()  # a failover or a moved slot is read again
 
-    async def _listen(self) -> None:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+    async def _listen_all(self) -> None:
+        """One listener per Redis node, together: the first that fails ends them all."""
+        groups = self.topology.by_node(range(SLOTS))
+        self._groups = [node.name for node, _ in groups]
+        self._subscribed = 0
+        tasks = [asyncio.create_task(self._listen(node, slots, settings=i == 0))
+                 for i, (node, slots) in enumerate(groups)]
         try:
-            async with asyncio.timeout(self.call_timeout_s):
-                await pubsub.subscribe(self.channel)
-            self.subscriptions += 1
-            if self.subscriptions > 1:
-                self.metrics.subscriber_reconnects.inc()
-                log.info("pub/sub resubscribed")
-            await self._loop(pubsub)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        raise _Deaf("a listener ended")  # they loop until they fail: not reached
+
+    async def _listen(self, node: NodeScripts, slots: Sequence[int], *, settings: bool) -> None:
+        client = self.client_of(node)
+        channels = [self.keys.node_channel(slot_tag(s), self.node_id) for s in slots]
+        pubsub = client.pubsub()
+        try:
+            await self._subscribe(pubsub, channels, settings)
+            self._subscribed += 1
+            if self._subscribed == len(self._groups):
+                # every connection of this round is subscribed
+                self.subscriptions += 1
+                if self.subscriptions > 1:
+                    self.metrics.subscriber_reconnects.inc()
+                    log.info("pub/sub resubscribed")
+            await self._loop(node.name, client, pubsub, channels[0])
         finally:
             self.progress_at = time.monotonic()
             try:
@@ -135,36 +191,69 @@ class NodeSubscriber:
             except (RedisError, OSError, RuntimeError):
                 log.warning("pub/sub connection did not close cleanly; dropped")
 
-    async def _loop(self, pubsub: aioredis.client.PubSub) -> None:
+    async def _subscribe(self, pubsub: aioredis.client.PubSub, channels: list[str], settings: bool) -> None:
+        """The node's channels of these slots: in one SSUBSCRIBE on a single Redis; one per
+        slot on a cluster, where a shard channel command names channels of one slot only."""
+        one_by_one = not isinstance(self.topology, SingleTopology)
+        timeout = self.call_timeout_s + len(channels) * _PER_CHANNEL_S
+        async with asyncio.timeout(timeout):
+            if one_by_one:
+                for channel in channels:
+                    await pubsub.ssubscribe(channel)
+            else:
+                await pubsub.ssubscribe(*channels)
+            if settings:
+                await pubsub.subscribe(self.keys.settings_channel())
+            # Read the confirmations (one per channel) before the first probe: the probe
+            # comes back after all of them, and on a slow machine thousands of them could
+            # take longer than a probe period to read.
+            expected = len(channels) + (1 if settings else 0)
+            confirmed = 0
+            while confirmed < expected:
+                message = await pubsub.get_message(timeout=_POLL_S)
+                if message is not None and message.get("type") in ("ssubscribe", "subscribe"):
+                    confirmed += 1
+
+    async def _loop(self, name: str, client: aioredis.Redis, pubsub: aioredis.client.PubSub, probe: str) -> None:
         probe_sent_at = -math.inf
         probe_token = b""
         answered = True
         proven = False
+        settings_channel = self.keys.settings_channel().encode()
         while True:
             now = self.progress_at = time.monotonic()
             if now - probe_sent_at >= self.probe_interval_s:
                 if not answered:
-                    raise _Deaf(f"probe not heard back within {self.probe_interval_s}s")
+                    raise _Deaf(f"probe not heard back within {self.probe_interval_s}s from {name}")
                 probe_token = PROBE_PREFIX + str(now).encode()
                 async with asyncio.timeout(self.call_timeout_s):
-                    await self.redis.publish(self.channel, probe_token)
+                    await client.spublish(probe, probe_token)
                 probe_sent_at, answered = now, False
             poll = min(_POLL_S, self.probe_interval_s / 2)
             # get_message's own timeout covers only the read: a reconnect or a health
             # check inside it is bounded here.
             async with asyncio.timeout(poll + self.call_timeout_s):
                 message = await pubsub.get_message(timeout=poll)
-            if message is None or message.get("type") != "message":
+            if message is None:
+                continue
+            kind = message.get("type")
+            if kind == "sunsubscribe":
+                # Redis unsubscribes the channels of a slot that moved to another node.
+                raise _Deaf(f"a slot moved away from {name}")
+            if kind == "message" and message.get("channel") == settings_channel:
+                self.on_settings()
+                continue
+            if kind != "smessage":
                 continue
             data = message["data"]
             if data.startswith(PROBE_PREFIX):
                 if data == probe_token:
                     answered = True
-                    self._heard()
+                    self._heard_from(name)
                     if not proven:
                         # Subscribed for sure now: events published from here on reach us,
                         # and those before are in the streams. (A catch-up started before
-                        # the SUBSCRIBE was in effect could miss one published in between.)
+                        # the SSUBSCRIBE was in effect could miss one published in between.)
                         proven = True
                         if self.subscriptions > 1:
                             log.info("pub/sub heard again; catching up from the streams")
@@ -186,10 +275,11 @@ class NodeSubscriber:
                 # the next one shows a gap and the hub reads it from there.
                 log.exception("delivering a pub/sub event failed", extra={"user": event.user})
 
-    def _heard(self) -> None:
-        self.heard_at = time.monotonic()
-        self.metrics.redis_up.set(1)
-        self.first_heard.set()
+    def _heard_from(self, name: str) -> None:
+        self._heard[name] = time.monotonic()
+        if self.hearing():
+            self.metrics.redis_up.set(1)
+            self.first_heard.set()
 
     # ------------------------------------------------------------ watchdog
     async def watch(self, restart_listener: Callable[[str], Awaitable[object]]) -> None:

@@ -2,7 +2,7 @@
 
 Why: a gift costs two EVALSHAs, so Redis running ``reserve.lua`` bounds the gift rate no
 matter how fast the Python around it is. Three numbers, measured back to back on the
-bench's own ``redis-server`` under a key prefix of their own (``{ncb}``, so nothing here
+bench's own ``redis-server`` under a key prefix of their own (``ncb``, so nothing here
 meets the gateway nodes' data):
 
 - **EVALSHA ceiling**: ``redis-benchmark`` (C, no Python) sends the very command the
@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import json
 import secrets
 import shutil
 import subprocess
 import time
 from typing import Any
 
+import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
@@ -40,7 +42,7 @@ from gateway.config import GatewaySettings
 from gateway.redis_client import connect_redis
 from loadtest.stats import Recorder, percentile
 
-BENCH_PREFIX = "{ncb}"
+BENCH_PREFIX = "ncb"
 DAY_MS = 86_400_000
 #: Rules for the clearing phases: no daily limit in the way, a node heartbeat that stays
 #: valid for the whole phase (the captured command carries a fixed "now").
@@ -114,7 +116,7 @@ async def prepare(url: str) -> tuple[str, ...]:
         await accounts.follow(_RECIPIENT, _SENDER, since)
         await presence.heartbeat(_NODE)
         await presence.connect(_RECIPIENT, _NODE)
-        marker = f"cbcapture{secrets.token_hex(4)}"
+        marker = f"cbcapture{secrets.token_hex(3)}"
         client.captured.clear()
         await Clearing(client, BENCH_RULES, keys=keys).reserve(marker, _SENDER, _RECIPIENT, "note", 1)
     finally:
@@ -122,10 +124,15 @@ async def prepare(url: str) -> tuple[str, ...]:
     # The first EVALSHA of a fresh script fails with NOSCRIPT and is sent again after
     # SCRIPT LOAD: the last one is the call that ran.
     command = client.captured[-1]
-    argv = tuple(str(a.decode() if isinstance(a, bytes) else a) for a in command)
-    if not any(marker in a for a in argv):
-        raise RuntimeError("the captured reserve does not carry its gift id")
-    return ("EVALSHA", *(a.replace(marker, "cb-__rand_int__") for a in argv))
+    # EVALSHA sha 1 key args: the arguments travel as msgpack, which holds NUL bytes that a
+    # command line cannot; the scripts also take the same map as JSON (lib.lua).
+    sha, numkeys, key, packed = command[:4]
+    args = msgpack.unpackb(packed, raw=False)
+    if args.get("gid") != marker or any(v is None for v in args.values()):
+        raise RuntimeError("the captured send does not carry its gift id, or carries a null")
+    args["gid"] = "cb-__rand_int__"
+    as_text = [str(a.decode() if isinstance(a, bytes) else a) for a in (sha, numkeys, key)]
+    return ("EVALSHA", *(a.replace(marker, "cb-__rand_int__") for a in as_text), json.dumps(args))
 
 
 def _redis_benchmark() -> str:

@@ -341,7 +341,10 @@ async def _wait_no_pending(ha: RedisHA, timeout_s: float) -> int:
         with contextlib.suppress(Exception):
             redis = await _primary_client(ha)
             try:
-                left = int(await redis.zcard(KeySchema().pending()))
+                keys = KeySchema()
+                left = 0
+                async for key in redis.scan_iter(match=keys.pattern("expiry"), count=1000):
+                    left += int(await redis.zcard(key))
             finally:
                 await redis.aclose()
             if left == 0:

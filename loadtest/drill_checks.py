@@ -72,18 +72,24 @@ class Verdict:
 
 
 async def read_gifts(redis: aioredis.Redis, keys: KeySchema) -> dict[str, GiftRecord]:
+    """Every gift by id, as it stands: its offer half (with the recipient) decides; a send
+    half whose offer half is not written yet (a send stopped half-way) counts as it is."""
     out: dict[str, GiftRecord] = {}
-    prefix = keys.gift("")
-    found = [k async for k in redis.scan_iter(match=keys.gift_pattern(), count=1000)]
-    for start in range(0, len(found), 500):
-        chunk = found[start : start + 500]
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in chunk:
-                pipe.hgetall(key)
-            values = await pipe.execute()
-        for key, raw in zip(chunk, values, strict=True):
-            gift_id = key.decode()[len(prefix) :]
-            out[gift_id] = gift_from_hash(gift_id, raw)
+    for name in ("gift:*", "offer:*"):  # offer halves last: they win
+        found = [k async for k in redis.scan_iter(match=keys.pattern(name), count=1000)]
+        for start in range(0, len(found), 500):
+            chunk = found[start : start + 500]
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.hgetall(key)
+                values = await pipe.execute()
+            for key, raw in zip(chunk, values, strict=True):
+                text = key.decode()
+                gift_id = text[len(keys.prefix) + len(keys.tag_in(text)) + 4 :].partition(":")[2]
+                state = raw.get(b"state")
+                if state in (b"admitted", b"void") or not raw:
+                    continue
+                out[gift_id] = gift_from_hash(gift_id, raw)
     return out
 
 

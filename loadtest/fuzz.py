@@ -91,7 +91,9 @@ AUTH_CLOSES = frozenset({CloseCode.NOT_AUTHENTICATED, CloseCode.UNSUPPORTED_VERS
 #: Keys a well-formed but refused request may legitimately write: presence and streams,
 #: the short-lived memory of a refused gift id (clearing/scripts/reserve.lua) and the
 #: user's request rate (clearing/rates.py).
-VOLATILE = (":presence:", ":nodes", ":nodeusers:", ":ev:", ":evmeta:", ":refused:", ":rate:")
+#: Keys a fuzzed connection may change without touching the ledger: presence, the node
+#: registry, event streams, refusal memory and request rates (names after the hash tag).
+VOLATILE = ("presence", "beats", "nodeusers:", "ev", "evmeta", "refused:", "rate")
 FUZZ_USER = "fuzzer"
 #: Frames sent before their replies are read (keeps the live pass fast, and ordered).
 BATCH = 64
@@ -272,7 +274,8 @@ async def _snapshot(redis: aioredis.Redis) -> dict[bytes, bytes]:
     """Every non-volatile key's DUMP: equal snapshots mean nothing was written."""
     out: dict[bytes, bytes] = {}
     async for key in redis.scan_iter(count=1000):
-        if not any(v in key.decode() for v in VOLATILE):
+        name = key.decode().partition("}:")[2]
+        if not name.startswith(VOLATILE):
             out[key] = await redis.dump(key) or b""
     return out
 

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "API on PORT + 2i + 1 (8765/8766, 8767/8768 by default).")
     _add_server_flags(dev, admin_port=False)
     dev.add_argument("--nodes", type=int, default=2, help="gateway processes (default 2)")
+    dev.add_argument("--cluster", action="store_true",
+                     help="a fresh local Redis Cluster (a replica per shard) instead of one redis-server; "
+                          "its data lasts as long as the command")
+    dev.add_argument("--shards", type=int, default=3, help="primaries of --cluster (default 3)")
     dev.add_argument("--no-demo", action="store_true", help="do not run the demo")
     dev.add_argument("--once", action="store_true", help="exit after the demo instead of serving on")
 
@@ -281,7 +285,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             return runner.serve(settings)
         if args.command == "dev":
-            return runner.dev(settings, args.nodes, demo=not args.no_demo, once=args.once)
+            if args.cluster and (settings.redis_url or settings.sentinels or settings.redis_cluster):
+                _fail("notecard dev --cluster starts its own Redis Cluster: unset NOTECARD_REDIS_URL, "
+                      "NOTECARD_SENTINELS and NOTECARD_REDIS_CLUSTER, or drop --cluster")
+                return 2
+            if args.cluster and not 1 <= args.shards <= 16:
+                _fail("--shards: from 1 to 16")
+                return 2
+            return runner.dev(settings, args.nodes, demo=not args.no_demo, once=args.once,
+                              shards=args.shards if args.cluster else 0)
         keys = _client_secrets(settings, generate=args.command == "token")
         if args.command == "token":
             print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app))

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +22,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway import GatewayNode, GatewaySettings, connect_redis
+from gateway import GatewayNode, GatewaySettings, close_store, connect_store
 from gateway.logs import configure_logging
 from gateway.node import default_node_id
 from notecard import secrets
+from notecard.local_cluster import LocalCluster
 from notecard.local_redis import LocalRedis
 
 log = logging.getLogger("notecard.runner")
@@ -44,7 +46,7 @@ def install_uvloop() -> None:
 @contextlib.contextmanager
 def local_redis_if_needed(settings: GatewaySettings) -> Iterator[str | None]:
     """Yield the Redis URL to use, starting a managed local server if none is configured."""
-    if settings.redis_url or settings.sentinels:
+    if settings.redis_url or settings.sentinels or settings.redis_cluster:
         yield settings.redis_url
         return
     secrets.ensure_data_dir(settings.data_dir)
@@ -61,8 +63,8 @@ def local_redis_if_needed(settings: GatewaySettings) -> Iterator[str | None]:
 async def run_node(settings: GatewaySettings) -> None:
     """One node in this process until SIGTERM or SIGINT; then a graceful shutdown."""
     keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
-    redis = connect_redis(settings)
-    node = GatewayNode(settings, redis, token_secret=keys.token_secret, admin_token=keys.admin_token)
+    store = await connect_store(settings)
+    node = GatewayNode(settings, store, token_secret=keys.token_secret, admin_token=keys.admin_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,7 +73,7 @@ async def run_node(settings: GatewaySettings) -> None:
     try:
         await node.serve_forever(stop)
     finally:
-        await redis.aclose()
+        await close_store(store)
         await _end_stray_tasks()
 
 
@@ -229,17 +231,37 @@ def dev_nodes(settings: GatewaySettings, url: str | None, count: int) -> list[tu
     return started
 
 
-def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool) -> int:
-    """``notecard dev``: local Redis, ``nodes`` gateway processes, then the demo."""
+@contextlib.contextmanager
+def local_cluster(settings: GatewaySettings, shards: int) -> Iterator[str]:
+    """A fresh local Redis Cluster in the data folder (``cluster/``, emptied first: its
+    servers take free ports, so a previous run's cannot be reused); its URL."""
+    secrets.ensure_data_dir(settings.data_dir)
+    work_dir = settings.data_dir / "cluster"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    cluster = LocalCluster(work_dir, shards=shards, replicas=1, password=secrets.redis_password(settings.data_dir))
+    with cluster:
+        log.info("started a local Redis Cluster", extra={"nodes": cluster.addresses})
+        yield cluster.url
+
+
+def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool, shards: int = 0) -> int:
+    """``notecard dev``: local Redis (or a local cluster of ``shards`` primaries), ``nodes``
+    gateway processes, then the demo."""
     configure_logging(settings.log_level, "text", "dev")
     keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
-    with local_redis_if_needed(settings) as url:
+    store = local_cluster(settings, shards) if shards else local_redis_if_needed(settings)
+    with store as url:
         started = dev_nodes(settings, url, nodes)
         procs = [p for p, _, _ in started]
         try:
             for i, (_, ws_url, admin_url) in enumerate(started):
                 print(f"node {i + 1}: websocket {ws_url}  admin/metrics {admin_url}", flush=True)
-            where = "a local redis-server (password in the secrets)" if url and not settings.redis_url else "configured"
+            if shards:
+                where = f"a local Redis Cluster of {shards} shards, a replica each (gone when this command ends)"
+            elif url and not settings.redis_url:
+                where = "a local redis-server (password in the secrets)"
+            else:
+                where = "configured"
             print(f"redis: {where}; secrets in {settings.data_dir / secrets.FILE_NAME}", flush=True)
             print(admin_hint(settings, started[0][2]), flush=True)
             if demo:

@@ -65,6 +65,8 @@ class ErrorCode(enum.StrEnum):
     # Abuse limits (per user, per client address, per connection).
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
+    # A send that stopped half-way across shards and was abandoned (nothing moved).
+    SEND_ABORTED = "SEND_ABORTED"
     # The service.
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"

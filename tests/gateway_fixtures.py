@@ -16,8 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from clearing import GiftRules, check_invariant
-from gateway import GatewayNode, GatewaySettings, connect_redis, mint_token
+from clearing.topology import Topology
+from gateway import GatewayNode, GatewaySettings, close_store, connect_store, mint_token
 from notecard.admin_client import AdminClient
+from notecard.local_cluster import LocalCluster
 from notecard.local_redis import LocalRedis
 from notecard_sdk import NotecardClient
 from protocol import Encoding
@@ -39,27 +41,42 @@ def token_for(user: str, **kwargs: Any) -> str:
     return mint_token(TOKEN_SECRET, user, **kwargs)
 
 
+def store_settings(request: pytest.FixtureRequest, topology_kind: str) -> dict[str, Any]:
+    """Where a test node keeps its data: the session's Redis, or the test cluster."""
+    if topology_kind == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return {"redis_cluster": tuple((s.host, s.port) for s in cluster.servers),
+                "redis_password": cluster.password}
+    server: LocalRedis = request.getfixturevalue("redis_server")
+    return {"redis_url": server.url}
+
+
 @pytest.fixture
-async def node_factory(redis_server: LocalRedis, redis: aioredis.Redis, tmp_path: Path
+async def node_factory(request: pytest.FixtureRequest, topology_kind: str, redis: aioredis.Redis, tmp_path: Path
                        ) -> AsyncIterator[NodeFactory]:
-    """Start gateway nodes sharing the test Redis; all are stopped at the end."""
-    started: list[tuple[GatewayNode, aioredis.Redis]] = []
+    """Start gateway nodes sharing the test Redis (or cluster); all are stopped at the end."""
+    started: list[tuple[GatewayNode, Topology]] = []
+    where = store_settings(request, topology_kind)
 
     async def make(rules: GiftRules | None = None, **overrides: Any) -> GatewayNode:
         settings = GatewaySettings(**{
-            "redis_url": redis_server.url, "port": 0, "admin_port": 0, "data_dir": tmp_path, "log_format": "text",
+            **where, "port": 0, "admin_port": 0, "data_dir": tmp_path, "log_format": "text",
             "rules": rules or GiftRules(), "shutdown_grace_s": 2.0, **overrides,
         })
-        client = connect_redis(settings)
-        node = GatewayNode(settings, client, token_secret=TOKEN_SECRET, admin_token=ADMIN_TOKEN)
-        await node.start()
-        started.append((node, client))
+        store = await connect_store(settings)
+        node = GatewayNode(settings, store, token_secret=TOKEN_SECRET, admin_token=ADMIN_TOKEN)
+        try:
+            await node.start()
+        except BaseException:
+            await close_store(store)
+            raise
+        started.append((node, store))
         return node
 
     yield make
-    for node, client in started:
+    for node, store in started:
         await node.stop()
-        await client.aclose()
+        await close_store(store)
     report = await check_invariant(redis, GiftRules())
     assert report.ok, report.violations
 

@@ -8,20 +8,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-import redis.asyncio as aioredis
 
 from clearing import Balances, GiftRules, Refusal, Refused, UserRecord, check_invariant
 from clearing.accounts import MAX_CLOCK_SKEW_MS
 from clearing.lua import MAX_SAFE_INT
 from clearing.rules import DAY_MS
+from clearing.slots import tag_of
 from clearing.testing import World
+from clearing.topology import Topology
 
 UNIT = GiftRules().units_per_card
 
 
 @pytest.fixture
-async def world(redis: aioredis.Redis) -> AsyncIterator[World]:
-    world = await World.build(redis)
+async def world(store: Topology) -> AsyncIterator[World]:
+    """On one Redis, then on a 3-shard cluster."""
+    world = await World.build(store)
     yield world
     report = await world.check()
     assert report.ok, report.violations
@@ -91,7 +93,8 @@ async def test_mint_credits_whole_cards(world: World) -> None:
     assert await world.accounts.mint("ann", "note", 3) == Balances(available={"note": 3 * UNIT}, held={"note": 0})
     assert (await world.accounts.mint("ann", "note", 2)).available["note"] == 5 * UNIT
     report = await world.check()
-    assert report.per_kind["note"] == {"minted": 5 * UNIT, "available": 5 * UNIT, "held": 0, "consumed": 0}
+    assert report.per_kind["note"] == {"minted": 5 * UNIT, "available": 5 * UNIT, "held": 0, "consumed": 0,
+                                       "transit": 0}
 
 
 async def test_mint_refusals(world: World) -> None:
@@ -177,14 +180,24 @@ CORRUPTIONS: dict[str, tuple[Corruption, Corruption, str]] = {
         "held",
     ),
     "queue": (
-        lambda w: w.redis.zrem(w.keys.pending(), "g-open"),
-        lambda w: w.redis.zadd(w.keys.pending(), {"g-open": w.clock() + w.rules.confirm_window_ms}),
-        "pending queue",
+        lambda w: w.redis.zrem(w.keys.expiry(tag_of("bob")), "bob|g-open"),
+        lambda w: w.redis.zadd(w.keys.expiry(tag_of("bob")), {"bob|g-open": w.clock() + w.rules.confirm_window_ms}),
+        "expiry",
+    ),
+    "inbox": (
+        lambda w: w.redis.zrem(w.keys.inbox("bob"), "g-open"),
+        lambda w: w.redis.zadd(w.keys.inbox("bob"), {"g-open": w.clock() + w.rules.confirm_window_ms}),
+        "inbox",
     ),
     "state": (
-        lambda w: w.redis.hset(w.keys.gift("g-done"), "state", "lost"),
-        lambda w: w.redis.hset(w.keys.gift("g-done"), "state", "accepted"),
+        lambda w: w.redis.hset(w.keys.offer("bob", "g-done"), "state", "lost"),
+        lambda w: w.redis.hset(w.keys.offer("bob", "g-done"), "state", "accepted"),
         "malformed",
+    ),
+    "transit": (
+        lambda w: w.redis.hincrby(w.keys.totals(tag_of("ann")), "transit:note", 10),
+        lambda w: w.redis.hincrby(w.keys.totals(tag_of("ann")), "transit:note", -10),
+        "transit",
     ),
     "quota": (
         lambda w: w.redis.incr(w.keys.send_quota("20240301", "ann")),

@@ -27,7 +27,9 @@ from clearing import (
     check_invariant,
 )
 from clearing.rules import DAY_MS
+from clearing.slots import tag_of
 from clearing.testing import ManualClock, World
+from clearing.topology import Topology
 from notecard.local_redis import LocalRedis, free_port
 
 UNIT = GiftRules().units_per_card
@@ -35,11 +37,12 @@ MakeWorld = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
-async def make_world(redis: aioredis.Redis) -> AsyncIterator[MakeWorld]:
+async def make_world(store: Topology) -> AsyncIterator[MakeWorld]:
+    """Worlds on one Redis, then on a 3-shard cluster (``store``)."""
     built: list[World] = []
 
     async def make(rules: GiftRules | None = None, **kwargs: object) -> World:
-        world = await World.build(redis, rules, **kwargs)  # type: ignore[arg-type]
+        world = await World.build(store, rules, **kwargs)  # type: ignore[arg-type]
         built.append(world)
         return world
 
@@ -160,14 +163,14 @@ async def test_a_refusal_is_remembered_for_the_configured_time_then_the_id_is_fr
     await world.befriend("ann", "bob")
     c = world.clearing
     assert (await refusal(c.reserve("g-short", "ann", "bob", "note", 2))).code is Refusal.RECIPIENT_OFFLINE
-    assert 0 < await world.redis.pttl(world.keys.refused("g-short")) <= 400
-    remembered = await c.refused_send("g-short")
+    assert 0 < await world.redis.pttl(world.keys.refused("ann", "g-short")) <= 400
+    remembered = await c.refused_send("g-short", "ann")
     assert remembered is not None
     assert (remembered.code, remembered.sender, remembered.recipient, remembered.kind, remembered.qty) == (
         "RECIPIENT_OFFLINE", "ann", "bob", "note", 2)
     await world.presence.connect("bob", world.node)
     deadline = asyncio.get_running_loop().time() + 10
-    while await c.refused_send("g-short") is not None:
+    while await c.refused_send("g-short", "ann") is not None:
         assert asyncio.get_running_loop().time() < deadline, "the refusal outlived its memory"
         await asyncio.sleep(0.05)
     assert (await c.reserve("g-short", "ann", "bob", "note", 2)).state is GiftState.PENDING
@@ -184,7 +187,7 @@ async def test_refusals_that_follow_from_the_request_write_nothing(world: World)
         first = await refusal(c.reserve(gid, "ann", recipient, kind, qty))
         assert (await refusal(c.reserve(gid, "ann", recipient, kind, qty))).code is first.code
     assert await world.redis.dbsize() == keys_before
-    assert [k async for k in world.redis.scan_iter(match=world.keys.refused("*"))] == []
+    assert [k async for k in world.redis.scan_iter(match=world.keys.pattern("refused:*"))] == []
     # and the same ids stay free for a proper gift
     assert (await c.reserve("g-qty", "ann", "bob", "note", 1)).state is GiftState.PENDING
 
@@ -403,8 +406,9 @@ async def test_accept_moves_the_held_cost_to_the_recipient(world: World) -> None
     assert (ann.available["note"], ann.held["note"]) == (3 * UNIT, 0)
     assert bob.available["note"] == 2 * UNIT
     assert await world.clearing.pending_for("bob") == []
-    assert 0 < await world.redis.pttl(world.keys.gift(gift.gift_id)) <= world.rules.gift_retention_ms
-    assert await world.redis.zscore(world.keys.pending(), gift.gift_id) is None
+    for half in (world.keys.offer("bob", gift.gift_id), world.keys.gift("ann", gift.gift_id)):
+        assert 0 < await world.redis.pttl(half) <= world.rules.gift_retention_ms
+    assert await world.redis.zscore(world.keys.expiry(tag_of("bob")), f"bob|{gift.gift_id}") is None
 
     again = await world.clearing.accept(gift.gift_id, "bob")
     assert (again.changed, again.gift) == (False, done.gift)
@@ -437,7 +441,8 @@ async def test_only_the_recipient_may_answer(world: World) -> None:
     await friends(world)
     gift = await send(world)
     assert (await refusal(world.clearing.accept(gift.gift_id, "ann"))).code is Refusal.NOT_RECIPIENT
-    assert (await refusal(world.clearing.decline(gift.gift_id, "eve"))).code is Refusal.NOT_RECIPIENT
+    # anyone else finds no gift of theirs by that id: nothing is told about others' gifts
+    assert (await refusal(world.clearing.decline(gift.gift_id, "eve"))).code is Refusal.GIFT_NOT_FOUND
     assert (await refusal(world.clearing.accept("g-none", "bob"))).code is Refusal.GIFT_NOT_FOUND
 
 
@@ -515,19 +520,18 @@ async def test_concurrent_reserves_race_for_the_last_card(make_world: MakeWorld)
     assert (await world.clearing.balances("ann")).available["note"] == 0
 
 
-async def test_concurrent_sweepers_never_refund_twice(make_world: MakeWorld, redis_server: LocalRedis) -> None:
+async def test_concurrent_sweepers_never_refund_twice(make_world: MakeWorld) -> None:
     world = await make_world(GiftRules(daily_send_limit=100, daily_receive_limit=100))
     await friends(world, cards=12)
     gifts = [await send(world) for _ in range(12)]
     world.clock.advance(world.rules.confirm_window_ms)
-    clients = [aioredis.Redis.from_url(redis_server.url) for _ in range(4)]
-    try:
-        sweepers = [Clearing(client, world.rules, clock=world.clock) for client in clients]
+    expired: list[str] = []
+    sweepers = [Clearing(world.topology, world.rules, clock=world.clock) for _ in range(4)]
+    while True:  # rounds of 8 concurrent sweeps, all reading the same queue heads
         batches = await asyncio.gather(*(s.expire_due(limit=5) for s in sweepers for _ in range(2)))
-    finally:
-        for client in clients:
-            await client.aclose()
-    expired = [g.gift_id for batch in batches for g in batch]
+        if not any(batches):
+            break
+        expired += [g.gift_id for batch in batches for g in batch]
     assert sorted(expired) == sorted(g.gift_id for g in gifts)  # each exactly once
     assert (await world.clearing.balances("ann")).available["note"] == 12 * UNIT
 
@@ -579,7 +583,10 @@ async def test_an_unreachable_redis_is_unavailable() -> None:
         await client.aclose()
 
 
-async def test_a_timeout_is_unavailable_and_a_retry_learns_the_outcome(world: World, redis_server: LocalRedis) -> None:
+async def test_a_timeout_is_unavailable_and_a_retry_learns_the_outcome(redis: aioredis.Redis,
+                                                                       redis_server: LocalRedis) -> None:
+    """One Redis paused (a cluster's node failing over is the cluster drill's business)."""
+    world = await World.build(redis)
     await friends(world)
     impatient = aioredis.Redis.from_url(redis_server.url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
     try:
@@ -594,16 +601,17 @@ async def test_a_timeout_is_unavailable_and_a_retry_learns_the_outcome(world: Wo
     gift = await world.clearing.reserve("g-t", "ann", "bob", "note", 1)
     assert gift.state is GiftState.PENDING
     assert (await world.clearing.balances("ann")).available["note"] == 9 * UNIT
+    assert (await world.check()).ok
 
 
 async def test_a_custom_prefix_keeps_every_key_under_it(make_world: MakeWorld) -> None:
-    keys = KeySchema("{test}")
+    keys = KeySchema("test")
     world = await make_world(keys=keys)
     await friends(world)
     gift = await send(world)
     await world.clearing.decline(gift.gift_id, "bob")
     all_keys = [k.decode() async for k in world.redis.scan_iter()]
     assert all_keys
-    assert all(k.startswith("{test}:") for k in all_keys), all_keys
+    assert all(k.startswith("test:{") for k in all_keys), all_keys
     assert (await check_invariant(world.redis, world.rules, keys)).ok
     assert (await check_invariant(world.redis, world.rules)).per_kind["note"]["minted"] == 0

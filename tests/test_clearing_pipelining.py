@@ -16,8 +16,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from clearing import ClearingUnavailable, GiftRules, GiftState, Refused
+from clearing.component import single_topology
 from clearing.lua import ScriptRunner
 from clearing.pipelining import MAX_BATCH
+from clearing.slots import slot_of
 from clearing.testing import World
 from notecard.local_redis import LocalRedis, free_port
 
@@ -120,8 +122,9 @@ async def test_more_calls_than_one_batch_holds_all_settle(world: World) -> None:
 async def test_an_outage_fails_every_call_of_the_batch_as_unavailable(world: World) -> None:
     down = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     try:
-        runner = ScriptRunner(down, world.rules, world.keys)
-        calls = [runner.run("pending_for", world.keys.inbox(u), world.clock()) for u in ("ann", "bob", "cid")]
+        runner = ScriptRunner(single_topology(down, world.keys), world.rules, world.keys)
+        calls = [runner.run("pending", slot_of(u), world.keys.inbox(u), world.clock(), {"u": u})
+                 for u in ("ann", "bob", "cid")]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(o, ClearingUnavailable) for o in outcomes)
         assert len({id(o) for o in outcomes}) == 3  # one exception object per caller

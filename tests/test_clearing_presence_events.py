@@ -14,6 +14,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from clearing import EventKind, GiftState, Refusal, Refused, UserEvent, decode_published
+from clearing.keys import KeySchema
+from clearing.slots import tag_of
 from clearing.testing import World
 
 
@@ -38,12 +40,15 @@ async def friends(world: World) -> None:
     await world.befriend("ann", "bob")
 
 
-async def subscribe(pubsub: PubSub, channel: str) -> None:
-    """Subscribe and wait for the confirmation, so nothing published next can be missed."""
-    await pubsub.subscribe(channel)
-    confirmation = await pubsub.get_message(timeout=2.0)
-    assert confirmation is not None
-    assert confirmation["type"] == "subscribe"
+async def subscribe(pubsub: PubSub, keys: KeySchema, node: str, users: tuple[str, ...] = ("ann", "bob")) -> None:
+    """Subscribe to the node's channel of each user's slot (events are published on the
+    user's slot) and wait for the confirmations, so nothing published next can be missed."""
+    channels = sorted({keys.node_channel(tag_of(user), node) for user in users})
+    await pubsub.ssubscribe(*channels)
+    for _ in channels:
+        confirmation = await pubsub.get_message(timeout=2.0)
+        assert confirmation is not None
+        assert confirmation["type"] == "ssubscribe"
 
 
 async def received(pubsub: PubSub, expected: int, wait_s: float = 2.0) -> list[UserEvent]:
@@ -76,7 +81,7 @@ async def test_connections_are_counted_per_node(world: World) -> None:
     await p.disconnect("bob", "n2")  # one too many: ignored, never negative
     assert await p.nodes_of("bob") == [world.node]
     assert await world.redis.hgetall(world.keys.presence("bob")) == {world.node.encode(): b"1"}
-    assert not await world.redis.sismember(world.keys.node_users("n2"), "bob")
+    assert not await world.redis.sismember(world.keys.node_users(tag_of("bob"), "n2"), "bob")
 
 
 async def test_a_node_is_dead_once_its_heartbeat_is_node_ttl_old(world: World) -> None:
@@ -99,7 +104,7 @@ async def test_reaping_drops_the_dead_nodes_presence_only(world: World) -> None:
     assert await p.reap_dead_nodes() == []  # idempotent
     assert await world.redis.hgetall(world.keys.presence("ann")) == {}
     assert await world.redis.hgetall(world.keys.presence("bob")) == {b"n2": b"1"}
-    assert not await world.redis.exists(world.keys.node_users(world.node))
+    assert not await world.redis.exists(world.keys.node_users(tag_of("ann"), world.node))
     assert await p.nodes_of("bob") == ["n2"]
     assert await p.heartbeat(world.node)  # the paused node comes back and learns it was reaped
 
@@ -147,8 +152,8 @@ async def test_events_are_published_to_the_users_live_nodes(world: World, subscr
     await world.presence.heartbeat(world.node)
     stale = world.redis.pubsub()
     try:
-        await subscribe(subscriber, world.keys.node_channel(world.node))
-        await subscribe(stale, world.keys.node_channel("n-stale"))
+        await subscribe(subscriber, world.keys, world.node)
+        await subscribe(stale, world.keys, "n-stale")
         gift = await world.clearing.reserve("g1", "ann", "bob", "note", 1)
         [offer] = await received(subscriber, 1)
         assert offer == UserEvent("bob", offer.epoch, 1, EventKind.OFFER, gift)
@@ -168,7 +173,7 @@ async def test_an_expiry_is_told_to_both_users(world: World, subscriber: PubSub)
     await world.presence.connect("ann", world.node)
     await world.clearing.reserve("g1", "ann", "bob", "note", 1)
     await world.tick(world.rules.confirm_window_ms)
-    await subscribe(subscriber, world.keys.node_channel(world.node))
+    await subscribe(subscriber, world.keys, world.node)
     await world.clearing.expire_due()
     outcomes = await received(subscriber, 2)
     assert sorted(e.user for e in outcomes) == ["ann", "bob"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from clearing.keys import KeySchema
 from loadtest.drill import PRESETS, DrillSettings, build_parser, run_drill, settings_from, summary_lines
 from loadtest.faults.proxy import FaultProxy
 from loadtest.faults.redis_ha import RedisHA
@@ -151,8 +152,8 @@ async def test_replicas_count_as_synced_while_nodes_keep_writing(tmp_path: Path)
         async def nodes_writing() -> None:
             async with ha.client(port) as r:
                 while not stop.is_set():
-                    await r.zadd("{nc}:nodes", {"n1": time.time()})
-                    await r.publish("{nc}:node:n1", b"probe:1")
+                    await r.zadd(KeySchema().nodes(), {"n1": time.time()})
+                    await r.spublish(KeySchema().node_channel("#0", "n1"), b"probe:1")
                     await asyncio.sleep(0.005)  # faster than a replica reports its offset
 
         writer = asyncio.create_task(nodes_writing())

@@ -154,7 +154,7 @@ async def test_a_user_spreading_requests_over_connections_on_two_nodes_is_rate_l
                 await ask(on_b, "decline", gift_id="g0")] == ["RATE_LIMITED"] * 3
         assert await ask(bob, "ping") == "pong"  # another user has a budget of their own
     keys = KeySchema()
-    assert await redis.exists(keys.refused("g1")) and not await redis.exists(keys.refused("g2")), \
+    assert await redis.exists(keys.refused("alice", "g1")) and not await redis.exists(keys.refused("alice", "g2")), \
         "a rate-limited send is not a refusal to remember"
 
 

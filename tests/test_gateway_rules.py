@@ -8,7 +8,11 @@ from clearing import Refused
 from gateway import GatewayNode
 from notecard.admin_client import AdminClient
 from notecard_sdk import GiftRefused, NotecardClient
+from tests.conftest import TOPOLOGIES
 from tests.gateway_fixtures import DAY_MS, ClientFactory, befriend_all, now_ms
+
+#: Every test here runs on one Redis and on a 3-shard cluster (users on different shards).
+pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
 
 
 async def refused_code(client: NotecardClient, to: str, qty: int = 1) -> str:

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from clearing import GiftRules, Presence, UserEvent
+from clearing.keys import KeySchema
 from gateway import GatewayNode, GatewaySettings, connect_redis
 from gateway.metrics import NodeMetrics
 from gateway.node import NodeFailed
@@ -84,7 +85,11 @@ async def test_a_node_with_a_frozen_subscriber_leaves_presence_and_comes_back(
     with pytest.raises(GiftRefused) as refused:
         await alice.send_gift("bob")
     assert refused.value.code == "RECIPIENT_OFFLINE"
-    assert sample(frozen.metrics, "notecard_deaf_presence_leaves_total") >= 1
+
+    async def counted() -> bool:  # once the leave has gone through every slot
+        return sample(frozen.metrics, "notecard_deaf_presence_leaves_total") >= 1
+
+    await wait_until(counted)
     assert sample(frozen.metrics, "notecard_subscriber_probe_age_seconds") > PROBE_S
 
     proxy.heal()
@@ -159,8 +164,8 @@ async def test_a_listener_call_that_never_returns_is_cut_short(
     alice = await connect("alice")
     bob = await connect("bob", url=deaf.url)
     presence = Presence(redis, GiftRules())
-    reads = StuckReads(deaf.redis)
-    deaf.subscriber.redis = reads  # type: ignore[assignment]
+    reads = StuckReads(deaf.topology.nodes()[0].client)
+    deaf.subscriber.client_of = lambda node: reads  # type: ignore[assignment,return-value]
     await redis.client_kill_filter(_type="pubsub")  # every node resubscribes; this one gets stuck
 
     async def bob_offline() -> bool:
@@ -190,17 +195,17 @@ async def test_a_background_task_that_ends_is_logged_and_restarted(
     Before the supervisor, nothing was logged and no gift expired on that node again.
     (The only node here: another node's sweeper would expire the gift too.)"""
     node = await node_factory(rules=GiftRules(confirm_window_ms=1000), sweep_interval_s=0.1)
-    expire_due = node.clearing.expire_due
+    sweep = node.clearing.sweep
     leaked = False
 
-    async def leaking_once(limit: int) -> list[str]:
+    async def leaking_once(slots: Any, limit: int) -> Any:
         nonlocal leaked
         if not leaked:
             leaked = True
             raise asyncio.CancelledError
-        return await expire_due(limit)
+        return await sweep(slots, limit)
 
-    node.clearing.expire_due = leaking_once  # type: ignore[method-assign]
+    node.clearing.sweep = leaking_once  # type: ignore[method-assign]
     async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
         await befriend_all(admin, "ann", "ben", cards=5)
     async with NotecardClient(node.url, token_for("ann")) as ann, NotecardClient(node.url, token_for("ben")):
@@ -304,7 +309,7 @@ async def test_supervisor_restarts_a_stuck_task_and_gives_up_on_one_that_ignores
 
 async def test_watchdog_restarts_a_listener_that_stopped_making_progress() -> None:
     subscriber = NodeSubscriber(
-        None, "ch", on_event=lambda e: None, on_missed=lambda: None,  # type: ignore[arg-type]
+        None, KeySchema(), "n1", on_event=lambda e: None, on_missed=lambda: None,  # type: ignore[arg-type]
         metrics=NodeMetrics(), probe_interval_s=0.05, call_timeout_s=0.05,
     )
     restarted = asyncio.Event()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from clearing.errors import Refusal
-from clearing.model import TRANSITIONS
+from clearing.model import VISIBLE_STATES, transitions
 from clearing.model import GiftState as LedgerState
 from protocol import ErrorCode, Gift, GiftState, ProtocolError
 
@@ -26,20 +26,25 @@ def test_every_client_facing_refusal_is_an_error_code() -> None:
 
 
 def test_gift_states_agree() -> None:
-    assert [s.value for s in LedgerState] == [s.value for s in GiftState]
-    # Each state clearing can store passes the wire Gift's validation.
-    for state in LedgerState:
+    """The states a client sees are the wire's; the saga's own (admitted, void) never reach it."""
+    assert sorted(s.value for s in VISIBLE_STATES) == sorted(s.value for s in GiftState)
+    assert {s.value for s in LedgerState} - {s.value for s in VISIBLE_STATES} == {"admitted", "void"}
+    # Each state a client can be shown passes the wire Gift's validation.
+    for state in VISIBLE_STATES:
         spec = next(s for s in Gift.FIELDS if s.name == "state")
         assert spec.parse(state.value, "state", None) == state.value
 
 
 def test_transition_table_is_the_documented_one() -> None:
-    """pending -> accepted | declined | expired; every final state is final."""
-    assert {s.value: sorted(t.value for t in targets) for s, targets in TRANSITIONS.items()} == {
+    """admitted -> pending (offered) | void; pending -> accepted | declined | expired; every
+    final state is final (docs/architecture.md)."""
+    assert {s.value: sorted(t.value for t in targets) for s, targets in transitions().items()} == {
+        "admitted": ["pending", "void"],
         "pending": ["accepted", "declined", "expired"],
         "accepted": [],
         "declined": [],
         "expired": [],
+        "void": [],
     }
 
 

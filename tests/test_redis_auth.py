@@ -23,6 +23,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.retry import Retry
 
 from clearing import GiftRules, check_invariant
+from clearing.keys import KeySchema
 from gateway import GatewayNode, GatewaySettings, connect_redis
 from loadtest.faults.redis_ha import RedisDurability, RedisHA
 from notecard import runner, secrets
@@ -203,7 +204,7 @@ async def test_a_node_reaches_redis_over_tls_with_a_rediss_url(
            "NOTECARD_REDIS_PASSWORD": server.password, **tls_env(tls_files)}
     client = connect_redis(GatewaySettings.from_env(env))
     try:
-        assert await client.exists("{nc}:user:alice") == 1  # what the node wrote
+        assert await client.exists(KeySchema().user("alice")) == 1  # what the node wrote
     finally:
         await client.aclose()
 

@@ -12,7 +12,6 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable
 
 import pytest
-import redis.asyncio as aioredis
 
 from clearing import GiftRules, GiftState, Refusal, Refused
 from clearing.rooms import Rooms
@@ -20,6 +19,7 @@ from clearing.rules import DAY_MS
 from clearing.scene_config import LiveTier, SceneConfig, SceneConfigError
 from clearing.scenes import Scenes
 from clearing.testing import World
+from clearing.topology import Topology
 
 UNIT = GiftRules().units_per_card
 _ids = itertools.count(1)
@@ -28,14 +28,16 @@ _ids = itertools.count(1)
 class SceneWorld:
     def __init__(self, w: World) -> None:
         self.w = w
-        self.scenes = Scenes(w.redis, w.rules, w.keys, w.clock)
-        self.rooms = Rooms(w.redis, w.rules, w.keys, w.clock)
+        self.scenes = Scenes(w.topology, w.rules, w.keys, w.clock, settings=w.settings)
+        self.rooms = Rooms(w.topology, w.rules, w.keys, w.clock, settings=w.settings)
 
 
 @pytest.fixture
-async def sw(redis: aioredis.Redis) -> AsyncIterator[SceneWorld]:
+async def sw(store: Topology) -> AsyncIterator[SceneWorld]:
+    """On one Redis, then on a 3-shard cluster (the promotion account, streamers and fans on
+    different shards: newcomer gifts and mentor bindings take the saga)."""
     # Daily limits are section 1's business; lifted here so a scenario can give freely.
-    world = SceneWorld(await World.build(redis, GiftRules(daily_send_limit=50, daily_receive_limit=50)))
+    world = SceneWorld(await World.build(store, GiftRules(daily_send_limit=50, daily_receive_limit=50)))
     yield world
     report = await world.w.check()
     assert report.ok, report.violations
@@ -261,6 +263,8 @@ async def test_scene_settings_are_validated_as_a_whole(sw: SceneWorld) -> None:
                                                    {"min_viewers": 5, "permille": 1000}]})
     with pytest.raises(SceneConfigError, match="newcomer_free_gifts"):
         await sw.scenes.set_config({"newcomer_free_gifts": -1})
+    with pytest.raises(SceneConfigError, match="promo_account"):
+        await sw.scenes.set_config({"promo_account": None})
     config = await sw.scenes.set_config({"newcomer_free_gifts": 3})
     assert config.newcomer_free_gifts == 3 and config.festival_permille == 1200
     assert (await sw.scenes.config()) == config
@@ -370,3 +374,14 @@ async def test_tier_table_must_be_monotone() -> None:
         SceneConfig(live_tiers=(LiveTier(5, 1000),))
     assert SceneConfig().festival_permille == 1200
     assert GiftState.ACCEPTED.value == "accepted"
+
+
+async def test_a_stored_null_promotion_account_is_reported_and_can_be_repaired(sw: SceneWorld) -> None:
+    """A hand edit storing ``null`` keeps the default and is listed; the API still writes."""
+    await sw.w.redis.hset(sw.w.keys.scene_settings(), "promo_account", "null")
+    sw.w.settings.invalidate()
+    snapshot = await sw.w.settings.get()
+    assert snapshot.scenes.promo_account == "promo"
+    assert any("promo_account" in p for p in snapshot.problems)
+    config = await sw.scenes.set_config({"points_per_card": 3})
+    assert config.points_per_card == 3 and config.promo_account == "promo"

@@ -5,7 +5,7 @@ and one viewer on two devices. The node_factory fixture checks the invariant at 
 
 from __future__ import annotations
 
-import json
+import asyncio
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,7 +14,7 @@ from clearing.keys import DEFAULT_KEYS
 from gateway import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard_sdk import GiftRefused, NotecardClient
-from tests.gateway_fixtures import ClientFactory, befriend_all, now_ms, token_for
+from tests.gateway_fixtures import ClientFactory, NodeFactory, befriend_all, now_ms, token_for
 
 
 async def test_festival_gift_across_apps_pays_perks_and_consumes_the_extra(
@@ -68,12 +68,29 @@ async def test_scene_settings_are_bounded_and_a_broken_document_is_shown_as_appl
         await admin.set_scenes(points_per_card=1_000_001)
     assert (too_many.value.status, too_many.value.code) == (400, "BAD_REQUEST")
     assert "points_per_card" in too_many.value.message
-    # an older version's document without the field, and a hand edit with a string in it
-    await redis.set(DEFAULT_KEYS.scene_config(), json.dumps({"frame_price_units": "3", "quote_ttl_ms": 5000}))
-    shown = (await admin.scenes())["config"]
-    assert (shown["points_per_card"], shown["frame_price_units"], shown["quote_ttl_ms"]) == (10, 0, 5000)
-    repaired = (await admin.set_scenes(frame_price_units=3))["config"]
-    assert (repaired["frame_price_units"], repaired["quote_ttl_ms"]) == (3, 5000)
+    # an older version's settings without a field, and a hand edit with a string in it
+    await redis.hset(DEFAULT_KEYS.scene_settings(), mapping={"frame_price_units": '"3"', "quote_ttl_ms": "5000"})
+    shown = await admin.scenes()
+    config = shown["config"]
+    assert (config["points_per_card"], config["frame_price_units"], config["quote_ttl_ms"]) == (10, 0, 5000)
+    assert [p.split(":")[0] for p in shown["problems"]] == ["scene setting frame_price_units"]
+    repaired = await admin.set_scenes(frame_price_units=3)
+    assert (repaired["config"]["frame_price_units"], repaired["config"]["quote_ttl_ms"]) == (3, 5000)
+    assert (await admin.scenes())["problems"] == []
+
+
+async def test_a_settings_change_through_one_node_applies_on_another_at_once(
+    node: GatewayNode, node_factory: NodeFactory, admin: AdminClient
+) -> None:
+    """The write is announced over pub/sub; the other node reads the settings again on its
+    next gift instead of when its cache ages (NOTECARD_SETTINGS_REFRESH_S, made long here)."""
+    other = await node_factory(settings_refresh_s=3600)
+    assert (await other.settings_cache.get()).scenes.points_per_card == 10
+    await admin.set_scenes(points_per_card=7)  # through `node`
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await other.settings_cache.get()).scenes.points_per_card != 7:
+        assert asyncio.get_running_loop().time() < deadline, "the other node never applied the change"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_request_failing_inside_the_node_answers_internal_is_counted_and_changes_nothing(

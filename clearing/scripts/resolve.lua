@@ -1,71 +1,69 @@
--- resolve.lua: the recipient accepts or declines a pending gift.
+#!lua flags=allow-cross-slot-keys
+-- resolve.lua: a whole answer or expiry in one script, the fast path (decide, settle at the
+-- payer and the sender, close at the recipient, on one Redis node).
 --
--- KEYS[1]  the gift hash ({p}:gift:<gift_id>)
--- ARGV[1..7] common header (lib.lua)
--- ARGV[8]  gift_id   ARGV[9]  by_user   ARGV[10] target state: "accepted" | "declined"
--- ARGV[11] the app the recipient answers from   ARGV[12] default scene settings (JSON)
--- ARGV[13] by_user's request rate: us per request, or '0' for no limit (lib.lua's
---          take_rate)   ARGV[14] its burst
--- ARGV[15] points_log_maxlen (entries the points log keeps; see lib.lua's plan_fold)
--- (an accept awards points with both users' app perks: see lib.lua's plan_points)
+-- KEYS[1]  {R}:user
+-- A        gid, r (the recipient: the user answering, or the sweeper's entry), by (the user
+--          answering; nil for an expiry), event ('accept' | 'decline' | 'expire'), rapp
+--          (the app answering), perks, retention, dead, ep, maxlen, pointlog_max
 --
--- Returns msgpack {gift = record, changed = bool} or {err = code, gift = record?}:
---   RATE_LIMITED (by_user is over their rate; nothing else looked at or written);
---   GIFT_NOT_FOUND (also for a record that is not well_formed: nothing can act on it);
---   NOT_RECIPIENT (by_user is not the recipient);
---   pending, now < expires_at_ms  -> moved to the target state, changed = true
---   pending, now >= expires_at_ms -> expired right here (refund, slots back, events) and
---                                    {err = GIFT_EXPIRED, gift = the expired record}
---   already in the target state   -> changed = false (a retry of the call that did it)
---   expired                       -> GIFT_EXPIRED again, so a retry after the expiry
---                                    answers what the first try answered
---   the other final state         -> ALREADY_RESOLVED with the record
--- or a CORRUPT error when a ledger counter the move must change holds no whole number
--- (nothing is written).
---
+-- The decision (gift.lua check_decide):
+--   pending, now < expires_at_ms   -> moved by the event, changed = true
+--   pending, now >= expires_at_ms  -> expired right here, {err = GIFT_EXPIRED, gift}
+--   already in the event's state   -> changed = false (a retry of the call that did it)
+--   expired                        -> GIFT_EXPIRED again; another final state: ALREADY_RESOLVED
+-- and a decided gift whose saga stopped half-way (cross-shard, before this call) is settled
+-- and closed here too. Returns msgpack {gift, changed} or {err, gift?}.
 -- Invariants kept: a gift leaves pending at most once (TigerBeetle's "a pending transfer
--- resolves at most once"); every read, check and computed value (points, perks, room
--- credit) comes from plan_finish() before finish(), the only writer.
+-- resolves at most once"), through MOVES; every read and check precedes the first write.
 
-local gift_key = KEYS[1]
-local scenes = scene_reader()
-local plan_finish, finish = gift_finisher(scenes)
-local gift_id, by_user, target = ARGV[8], ARGV[9], ARGV[10]
-local app, default_cfg = ARGV[11], ARGV[12]
-
-if not take_rate(by_user, ARGV[13], ARGV[14]) then
+-- An answer first counts against the answering user's rate (an expiry is nobody's request).
+if A.by and not check_rate(A.by, A.rate_us, A.rate_burst) then
   return refuse('RATE_LIMITED')
 end
 
-local flat = redis.call('HGETALL', gift_key)
-local g, day, numbers_ok = gift_map(gift_id, flat)
-if #flat == 0 or not well_formed(g, numbers_ok) then
-  return refuse('GIFT_NOT_FOUND')
+local d = check_decide()
+local g = d.g
+if g == nil then
+  return refuse(d.err, d.gift and public(d.gift))
 end
-if by_user ~= g.recipient then
-  return refuse('NOT_RECIPIENT')
-end
-if g.state == 'pending' then
-  local state, scene = target, nil
-  if NOW >= g.expires_at_ms then
-    state = 'expired'
-  elseif target == 'accepted' then
-    scene = {doc = scenes.doc(default_cfg), defaults = default_cfg, app = app, log_maxlen = tonumber(ARGV[15])}
+A.s = g.sender
+local to = d.to or g.state
+local st, sp
+if g.closed ~= 1 then
+  st = check_settle(to)
+  if st.err then
+    return refuse(st.err)
   end
-  local plan, bad = plan_finish(g, day, state, scene)
-  if not plan then
-    return corrupt(bad)
+  if g.payer then
+    sp = check_settle_sponsor(g.payer, g.sender)
+    if sp.err then
+      return refuse(sp.err)
+    end
   end
-  -- ------------------------------------------------------------ writes
-  if state == 'expired' then
-    return refuse('GIFT_EXPIRED', finish(gift_key, plan))
+  local was = g.state
+  g.state = to  -- what close will see
+  local bad = check_close(g)
+  g.state = was
+  if bad then
+    return refuse(bad)
   end
-  return reply({gift = finish(gift_key, plan), changed = true})
 end
-if g.state == target then
-  return reply({gift = g, changed = false})
+
+-- ------------------------------------------------------------ writes
+if d.changed then
+  apply_decide(g, to, false)
 end
-if g.state == 'expired' then
-  return refuse('GIFT_EXPIRED', g)
+if sp and sp.held then
+  apply_settle_sponsor(g.payer, g.sender, sp.sp, to)
 end
-return refuse('ALREADY_RESOLVED', g)
+if st and not st.done then
+  apply_settle(st.s, to)
+end
+if g.closed ~= 1 then
+  apply_close(g)
+end
+if d.expired or d.err then
+  return refuse(d.err or 'GIFT_EXPIRED', public(g))
+end
+return reply({gift = public(g), changed = d.changed == true})

@@ -1,0 +1,183 @@
+"""A slot moves between shards under a running clearing (a resharding): the router's map
+is stale, the fast path meets a key that left its node, a saga step meets MOVED and ASK.
+Every gift must still go through exactly once and the conservation check must hold.
+
+The cluster here is its own (two primaries, no replicas): the test moves slots, which the
+shared test cluster's users must not see.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from clearing import GiftRules, GiftState
+from clearing.gifts import Clearing
+from clearing.keys import DEFAULT_KEYS
+from clearing.scenes import Scenes
+from clearing.slots import slot_of
+from clearing.testing import World
+from clearing.topology import ClusterTopology, connect_cluster
+from notecard.local_cluster import LocalCluster
+from notecard.local_redis import LocalRedis
+
+UNIT = GiftRules().units_per_card
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(Path(tmp_path_factory.mktemp("reshard")), shards=2, replicas=0)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def world(two_shards: LocalCluster) -> AsyncIterator[World]:
+    topology = await connect_cluster([(s.host, s.port) for s in two_shards.servers], password=two_shards.password,
+                                     fence=lambda tag: DEFAULT_KEYS.node_channel(tag, "fence"))
+    await topology.general.flushall(target_nodes="primaries")
+    w = await World.build(topology, GiftRules(daily_send_limit=50, daily_receive_limit=50))
+    # no free newcomer gifts: the promotion account that pays them is on a shard of its own
+    await Scenes(w.topology, w.rules, w.keys, w.clock, settings=w.settings).set_config({"newcomer_free_gifts": 0})
+    yield w
+    report = await w.check()
+    assert report.ok, report.violations
+    await topology.aclose()
+    await topology.general.aclose()
+
+
+def users_on(world: World, server: LocalRedis, count: int) -> list[str]:
+    """User ids, each of its own slot, whose slots ``server`` serves now."""
+    chosen: list[str] = []
+    for i in itertools.count():
+        user = f"u{i}"
+        if (world.topology.node_for(slot_of(user)).name == f"{server.host}:{server.port}"
+                and slot_of(user) not in {slot_of(u) for u in chosen}):
+            chosen.append(user)
+            if len(chosen) == count:
+                return chosen
+    raise AssertionError
+
+
+class Resharding:
+    """CLUSTER SETSLOT IMPORTING / MIGRATING, MIGRATE of the slot's keys, SETSLOT NODE: the
+    steps ``redis-cli --cluster reshard`` takes, one slot at a time."""
+
+    def __init__(self, cluster: LocalCluster, slot: int, source: LocalRedis, target: LocalRedis) -> None:
+        self.cluster, self.slot, self.source, self.target = cluster, slot, source, target
+
+    def _client(self, server: LocalRedis) -> redis.Redis:
+        return redis.Redis(host=server.host, port=server.port, password=self.cluster.password)
+
+    def _id(self, server: LocalRedis) -> str:
+        with self._client(server) as c:
+            return str(c.execute_command("CLUSTER", "MYID").decode())
+
+    def begin(self) -> None:
+        with self._client(self.target) as c:
+            c.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self._id(self.source))
+        with self._client(self.source) as c:
+            c.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._id(self.target))
+
+    def move_keys(self) -> int:
+        moved = 0
+        with self._client(self.source) as c:
+            while keys := c.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100):
+                c.execute_command("MIGRATE", self.target.host, self.target.port, "", 0, 5000,
+                                  "AUTH", self.cluster.password, "KEYS", *keys)
+                moved += len(keys)
+        return moved
+
+    def finish(self) -> None:
+        target_id = self._id(self.target)
+        for server in (self.target, self.source):
+            with self._client(server) as c:
+                c.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", target_id)
+
+
+def record_steps(monkeypatch: pytest.MonkeyPatch, clearing: Clearing) -> list[str]:
+    """The saga steps clearing runs from now on (the fast path runs none)."""
+    steps: list[str] = []
+    original = clearing.step
+
+    async def step(name: Any, user: str, now: int, args: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        steps.append(str(name))
+        return await original(name, user, now, args, **kwargs)
+
+    monkeypatch.setattr(clearing, "step", step)
+    return steps
+
+
+async def test_gifts_go_through_while_the_recipients_slot_moves_to_another_shard(
+        two_shards: LocalCluster, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = (shard.primary for shard in two_shards.shards)
+    ann, bob = users_on(world, first, 2)
+    for user in (ann, bob):
+        await world.user(user, cards=5)
+    await world.befriend(ann, bob)
+    steps = record_steps(monkeypatch, world.clearing)
+    topology = world.topology
+    assert isinstance(topology, ClusterTopology)
+
+    # Both on the first shard: one script per operation.
+    await world.clearing.reserve("g1", ann, bob, "note", 1)
+    await world.clearing.accept("g1", bob, sender_hint=ann)
+    assert steps == []
+
+    # Bob's slot half-way to the second shard: his keys are there, the slot not yet handed
+    # over. The map still says the first shard; it answers ASK for his keys.
+    moving = Resharding(two_shards, slot_of(bob), first, second)
+    moving.begin()
+    assert moving.move_keys() > 0
+    gift = await world.clearing.reserve("g2", ann, bob, "note", 1)
+    assert gift.state is GiftState.PENDING
+    assert "admit" in steps  # the fast path met a key that left its node: the saga ran
+    assert (await world.clearing.accept("g2", bob, sender_hint=ann)).gift.state is GiftState.ACCEPTED
+    report = await world.check()
+    assert report.ok, report.violations
+
+    # Handed over: MOVED, the map is read again, and from then on the router knows.
+    moving.finish()
+    steps.clear()
+    gift = await world.clearing.reserve("g3", ann, bob, "note", 1)
+    assert gift.state is GiftState.PENDING
+    assert (await world.clearing.decline("g3", bob, sender_hint=ann)).gift.state is GiftState.DECLINED
+    assert "admit" in steps and "close" in steps
+    assert topology.node_for(slot_of(bob)) is not topology.node_for(slot_of(ann))
+
+    # The same gift again is the same gift (idempotency survived the move), and nothing was
+    # paid twice: ann gave 2 cards, one came back.
+    assert (await world.clearing.reserve("g2", ann, bob, "note", 1)).state is GiftState.ACCEPTED
+    assert (await world.clearing.balances(ann)).available["note"] == 3 * UNIT
+    assert (await world.clearing.balances(bob)).available["note"] == 7 * UNIT
+
+
+async def test_a_saga_step_follows_the_slot_of_the_sender_moving_mid_gift(
+        two_shards: LocalCluster, world: World) -> None:
+    """The sender's slot moves after the admission and before the reserve: the reserve
+    meets MOVED, and the gift completes on the new shard."""
+    first, second = (shard.primary for shard in two_shards.shards)
+    (ann,) = users_on(world, first, 1)
+    (bob,) = users_on(world, second, 1)
+    for user in (ann, bob):
+        await world.user(user, cards=5)
+    await world.befriend(ann, bob)
+    saga = await world.clearing.send_saga("g1", ann, bob, "note", 2)
+    assert await saga.admit() is None
+
+    moving = Resharding(two_shards, slot_of(ann), first, second)
+    moving.begin()
+    moving.move_keys()
+    moving.finish()
+
+    gift = await saga.offer(await saga.reserve(None))
+    assert gift.state is GiftState.PENDING
+    assert (await world.clearing.accept("g1", bob)).gift.state is GiftState.ACCEPTED
+    assert (await world.clearing.balances(ann)).available["note"] == 3 * UNIT
+    assert (await world.clearing.balances(bob)).available["note"] == 7 * UNIT
