@@ -43,7 +43,8 @@ function existing(dir, prefix = "") {
   );
 }
 
-const stale = existing(lib).filter((name) => !wanted.has(name));
+const handWritten = new Set(["common.css"]); // the pages' own style sheet
+const stale = existing(lib).filter((name) => !wanted.has(name) && !handWritten.has(name));
 const differing = [...wanted].filter(([name, text]) => !existsSync(join(lib, name)) || readFileSync(join(lib, name), "utf8") !== text);
 if (check) {
   if (stale.length || differing.length) {
