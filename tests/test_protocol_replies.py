@@ -103,4 +103,5 @@ async def test_a_node_answers_every_request_type_with_the_tables_reply_or_an_err
             assert not (isinstance(reply, Error) and reply.code == ErrorCode.INTERNAL), (request, reply)
             answered[request.TYPE] = reply.code if isinstance(reply, Error) else reply.TYPE
     assert len(answered) == len(SAMPLES)
-    assert answered["open_wish"] == "room" and answered["ping"] == "pong" and answered["send_gift"] == "RECIPIENT_OFFLINE"
+    assert answered["open_wish"] == "room" and answered["ping"] == "pong"
+    assert answered["send_gift"] == "RECIPIENT_OFFLINE"

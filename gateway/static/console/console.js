@@ -111,6 +111,8 @@ async function poll() {
     previous = stats;
     if (r !== null) {
       charts.gifts.add(t, { sent: 0, accepted: 0, declined: 0, expired: 0, ...r.gifts });
+      const box = $("c-gifts"); // the highest rate drawn, for tests and the curious
+      box.dataset.peakSent = String(Math.max(Number(box.dataset.peakSent ?? 0), r.gifts.sent ?? 0));
       charts.refusals.add(t, r.refusals);
     }
     charts.conns.add(t, Object.fromEntries(stats.nodes.map((n) => [n.node, n.connections])));
