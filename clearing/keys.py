@@ -210,6 +210,10 @@ class KeySchema:
         """Sorted set: gateway node id -> last heartbeat ms."""
         return self._of("nodes", "beats")
 
+    def node_stats(self) -> str:
+        """Hash: gateway node id -> JSON snapshot of its counters (gateway/node_stats.py)."""
+        return self._of("nodes", "stats")
+
     def scene_settings(self) -> str:
         """Hash: the scene settings (clearing/scene_config.py), one field each."""
         return self._of("cfg", "scenes")

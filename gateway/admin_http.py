@@ -18,6 +18,15 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     DELETE /admin/festivals/{id}
     GET    /admin/users/{user}/points                points, joint campaign, inventory
     POST   /admin/users/{user}/mentor                {mentor}: bind the user as apprentice
+    GET    /admin/users/{user}/pending               offers waiting for the user's answer
+    GET    /admin/stats                              every live node's counters, pending gifts, held units
+
+Pages (static files, no token to load them; gateway/static/)::
+
+    GET    /app/                                     the web app (docs/clients.md)
+    GET    /app/config.json                          the WebSocket URLs the app connects to
+    POST   /app/token                                {user}: a development token (development mode only)
+    GET    /console/                                 the operator console (asks for the admin token)
 
 Festival ``start`` / ``end`` are local date-times in the platform time zone
 (``2026-02-17T00:00``) or integers of ms since the epoch; the window is [start, end).
@@ -42,6 +51,7 @@ import datetime as dt
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -62,8 +72,10 @@ from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
 from clearing.topology import AnyRedis
+from gateway.auth import mint_token
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
+from gateway.node_stats import live_snapshots
 
 log = logging.getLogger("notecard.gateway.admin")
 
@@ -139,6 +151,25 @@ def _only(data: dict[str, Any], *allowed: str) -> dict[str, Any]:
     return data
 
 
+def _redirect(location: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=301, headers={"Location": location})
+
+    return handler
+
+
+def _file(path: Path) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return handler
+
+
+async def _page_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith(("/app", "/console", "/lib/")):
+        response.headers.update(_PAGE_HEADERS)
+
+
 def _path_id(request: web.Request, name: str) -> str:
     value = request.match_info[name]
     if not is_valid_id(value):
@@ -146,12 +177,38 @@ def _path_id(request: web.Request, name: str) -> str:
     return value
 
 
+#: The web app, the console and their libraries (built from clients/js, committed).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: A development token lasts this long (the app asks for a new one when it expires).
+DEV_TOKEN_TTL_S = 24 * 3600
+_PAGE_HEADERS = {
+    # The pages load only their own files; the app talks to the gateway's WebSocket port.
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebPages:
+    """What ``/app`` needs from its node: where clients connect, and whether it may hand
+    out development tokens (signed with the node's token secret)."""
+
+    ws_port: Callable[[], int]
+    public_ws_urls: tuple[str, ...] = ()
+    dev: bool = False
+    token_secret: str = ""
+
+
 class AdminApp:
     def __init__(
         self, *, node_id: str, admin_token: str, redis: AnyRedis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
+        pages: WebPages | None = None,
     ) -> None:
+        self.pages = pages
         self.scenes = scenes or Scenes(clearing.topology, rules, keys, settings=clearing.settings)
         self.node_id = node_id
         self.admin_token = admin_token
@@ -195,7 +252,21 @@ class AdminApp:
         app.router.add_delete("/admin/festivals/{festival}", self.delete_festival)
         app.router.add_get("/admin/users/{user}/points", self.get_points)
         app.router.add_post("/admin/users/{user}/mentor", self.bind_mentor)
+        app.router.add_get("/admin/users/{user}/pending", self.get_pending)
+        app.router.add_get("/admin/stats", self.stats)
+        if self.pages is not None:
+            self._add_pages(app)
         return app
+
+    def _add_pages(self, app: web.Application) -> None:
+        for name in ("app", "console"):
+            app.router.add_get(f"/{name}", _redirect(f"/{name}/"))
+            app.router.add_get(f"/{name}/", _file(STATIC_DIR / name / "index.html"))
+        app.router.add_get("/app/config.json", self.app_config)
+        app.router.add_post("/app/token", self.app_token)
+        for name in ("app", "console", "lib"):
+            app.router.add_static(f"/{name}/", STATIC_DIR / name, append_version=False)
+        app.on_response_prepare.append(_page_headers)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -361,6 +432,56 @@ class AdminApp:
         if not await self.scenes.delete_festival(request.match_info["festival"]):
             raise AdminError(404, "NO_FESTIVAL", "no such festival")
         return _json({"ok": True})
+
+    async def get_pending(self, request: web.Request) -> web.Response:
+        gifts = await self.clearing.pending_for(_path_id(request, "user"))
+        return _json({"gifts": [_plain(g) for g in gifts]})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """For the console: every live node's counters, and the ledger's pending gifts and
+        held units for the whole deployment: the sum of the live nodes' shares of the slots
+        (each node reads its share for /metrics and writes it with its counters)."""
+        nodes = await live_snapshots(self.redis, self.keys)
+        held = dict.fromkeys(self.rules.card_kinds, 0)
+        for snap in nodes:
+            for kind, units in (snap.get("held_units") or {}).items():
+                held[str(kind)] = held.get(str(kind), 0) + int(units)
+        return _json({
+            "at_ms": int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+            "node": self.node_id,
+            "nodes": nodes,
+            "pending_gifts": sum(int(snap.get("pending_gifts", 0)) for snap in nodes),
+            "held_units": held,
+            "units_per_card": self.rules.units_per_card,
+            "card_kinds": list(self.rules.card_kinds),
+        })
+
+    # ------------------------------------------------------------ the web app
+    async def app_config(self, request: web.Request) -> web.Response:
+        """Where the app connects: the configured public URLs, else this node's WebSocket
+        port on the host the page was loaded from."""
+        assert self.pages is not None
+        urls = list(self.pages.public_ws_urls)
+        if not urls:
+            scheme = "wss" if request.secure else "ws"
+            host = request.url.host or "127.0.0.1"
+            urls = [f"{scheme}://{host}:{self.pages.ws_port()}"]
+        return _json({"gateways": urls, "dev_tokens": self.pages.dev, "node": self.node_id})
+
+    async def app_token(self, request: web.Request) -> web.Response:
+        """A development token for any user: only a node in development mode hands them
+        out (anyone who reaches this port could otherwise act as anyone)."""
+        assert self.pages is not None
+        if not self.pages.dev:
+            raise AdminError(403, "DEV_ONLY", "development tokens come only from a node in development mode "
+                                              "(notecard dev, NOTECARD_DEV=true); sign in with a token from your "
+                                              "login service")
+        data = _only(await _body(request), "user")
+        user = _field(data, "user", str, required=True)
+        if not is_valid_id(user):
+            raise AdminError(400, "BAD_REQUEST", "user id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        token = mint_token(self.pages.token_secret, user, ttl_s=DEV_TOKEN_TTL_S)
+        return _json({"token": token, "user": user, "ttl_s": DEV_TOKEN_TTL_S})
 
     async def get_points(self, request: web.Request) -> web.Response:
         user = request.match_info["user"]

@@ -295,7 +295,12 @@ class GatewaySettings:
     dev: bool = setting(
         False, "DEV", Flag(),
         "development mode (`notecard dev` and `serve --dev` set it): with no Redis configured a private "
-        "`redis-server` runs in `DATA_DIR`, and missing secrets are generated there")
+        "`redis-server` runs in `DATA_DIR`, and missing secrets are generated there; `/app` hands out "
+        "development tokens")
+    public_ws_urls: tuple[str, ...] = setting(
+        (), "PUBLIC_WS_URLS", Names(r"wss?://[^\s,]+", "ws:// or wss:// URLs, comma-separated"),
+        "the WebSocket URLs the web app at `/app` connects to, in turn on reconnects (`wss://gw.example.com`)",
+        shown="this node's port on the host the page came from")
 
     def __post_init__(self) -> None:
         problems = [str(exc) for exc in _range_errors(self)]

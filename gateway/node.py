@@ -32,7 +32,7 @@ from clearing.rooms import Rooms
 from clearing.scenes import Scenes
 from clearing.settings import SettingsCache
 from clearing.topology import Topology
-from gateway.admin_http import AdminApp
+from gateway.admin_http import AdminApp, WebPages
 from gateway.admission import AddressGate
 from gateway.auth import check_secret
 from gateway.bans import BanEnforcer
@@ -42,6 +42,8 @@ from gateway.hub import Hub
 from gateway.ledger_gauges import REFRESH_S as LEDGER_GAUGES_S
 from gateway.ledger_gauges import LedgerGauges
 from gateway.metrics import NodeMetrics
+from gateway.node_stats import INTERVAL_S as NODE_STATS_S
+from gateway.node_stats import NodeStats
 from gateway.periodic import NodeLiveness, Sweeper, every
 from gateway.replica_check import CHECK_INTERVAL_S, ReplicaCheck
 from gateway.requests import RequestHandler
@@ -125,7 +127,9 @@ class GatewayNode:
             node_id=self.node_id, admin_token=admin_token, redis=self.redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
             scenes=self.scenes, not_ready_reasons=self._not_ready_reasons,
+            pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev, token_secret),
         )
+        self.node_stats = NodeStats(self.redis, self.keys, self.node_id, self.metrics)
         self.metrics.watch_send_queues(lambda: (c.queued for c in self.hub.all_connections()))
         self.sweeper = Sweeper(self.clearing, self.presence, self.node_id, self.metrics)
         self.ledger_gauges = LedgerGauges(self.clearing, self.sweeper, self.metrics)
@@ -198,6 +202,7 @@ class GatewayNode:
         jobs.start("replica-check", lambda: every(CHECK_INTERVAL_S, self.replica_check.step, "replica check"))
         jobs.start("loop-lag", self.metrics.watch_loop_lag)
         jobs.start("ledger-gauges", lambda: every(LEDGER_GAUGES_S, self.ledger_gauges.step, "ledger gauges"))
+        jobs.start("node-stats", lambda: every(NODE_STATS_S, self.node_stats.step, "node stats"))
         self._server = await serve(
             AddressGate(self.sessions, s.max_connections_per_ip, s.trusted_proxies, self.metrics),
             s.host,

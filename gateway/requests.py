@@ -1,6 +1,9 @@
 """Requests of an authenticated client, answered through clearing.
 
-Each request maps to one clearing call and one reply. Refusals become ``error`` frames with
+Each request maps to one clearing call and one reply. :data:`RequestHandler.HANDLERS` says
+which method answers which message type, one row per client message (tests check that
+it covers every type of ``protocol.CLIENT_MESSAGES`` and that each answer is the reply
+``protocol.REPLIES`` names). Refusals become ``error`` frames with
 the code of the same name; an unreachable Redis becomes ``UNAVAILABLE`` (retryable: the
 outcome is unknown, and a retry with the same gift id tells it). Nothing internal (a
 traceback, a Redis message) ever reaches the client.
@@ -10,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from clearing import Clearing, ClearingUnavailable, GiftRules, Refusal, Refused
 from clearing.scenes import Scenes
@@ -49,7 +53,13 @@ log = logging.getLogger("notecard.gateway.requests")
 T = TypeVar("T")
 
 
+Handler = Callable[["RequestHandler", str, Any, str, "ClientConnection | None"], Awaitable[ServerMessage]]
+
+
 class RequestHandler:
+    #: Message type -> the method answering it (filled in below the class).
+    HANDLERS: Mapping[type[ClientMessage], Handler]
+
     def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics,
                  scenes: Scenes | None = None, rooms: RoomHub | None = None,
                  sender_of: Callable[[str], str | None] = lambda gift_id: None) -> None:
@@ -64,19 +74,9 @@ class RequestHandler:
     async def handle(self, user_id: str, msg: ClientMessage, *, app: str = "main",
                      conn: ClientConnection | None = None) -> ServerMessage:
         """The reply to one request of ``user_id``, on a connection from ``app``."""
-        if isinstance(msg, Hello):
-            return Error(code=ErrorCode.ALREADY_AUTHENTICATED, message="this connection is authenticated")
-        rid = msg.rid
+        rid = getattr(msg, "rid", None)
         try:
-            if isinstance(msg, SendGift):
-                return await self._send(user_id, msg, app)
-            if isinstance(msg, AcceptGift | DeclineGift):
-                return await self._resolve(user_id, msg, app)
-            if isinstance(msg, GetBalance):
-                return await self._balance(user_id, msg)
-            if isinstance(msg, Ping):
-                return Pong(rid=rid, server_time_ms=int(time.time() * 1000))
-            return await self._scene(user_id, msg, conn)
+            return await self.HANDLERS[type(msg)](self, user_id, msg, app, conn)
         except Refused as refusal:
             self.metrics.refusals_of(refusal.code.value).inc()
             # BAD_REQUEST is clearing's word for a field the wire accepted but the rule did not.
@@ -88,7 +88,6 @@ class RequestHandler:
             self.metrics.refusals_of(ErrorCode.UNAVAILABLE).inc()
             return Error(rid=rid, code=ErrorCode.UNAVAILABLE,
                          message="service temporarily unavailable; retry with the same ids")
-        raise AssertionError(f"unhandled message type {type(msg).__name__}")
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -97,7 +96,10 @@ class RequestHandler:
         finally:
             self.metrics.clearing_latency_of(op).observe(time.perf_counter() - started)
 
-    async def _send(self, user_id: str, msg: SendGift, app: str) -> ServerMessage:
+    async def _hello(self, user_id: str, msg: Hello, app: str, conn: ClientConnection | None) -> ServerMessage:
+        return Error(code=ErrorCode.ALREADY_AUTHENTICATED, message="this connection is authenticated")
+
+    async def _send(self, user_id: str, msg: SendGift, app: str, conn: ClientConnection | None) -> ServerMessage:
         gift = await self._timed(
             "reserve",
             self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty, app=app, quote_id=msg.quote or ""),
@@ -106,7 +108,8 @@ class RequestHandler:
         log.debug("gift sent", extra={"user": user_id, "gift": msg.gift_id, "to": msg.to})
         return GiftSent(rid=msg.rid, gift=gift_view(gift))
 
-    async def _resolve(self, user_id: str, msg: AcceptGift | DeclineGift, app: str) -> ServerMessage:
+    async def _resolve(self, user_id: str, msg: AcceptGift | DeclineGift, app: str,
+                       conn: ClientConnection | None) -> ServerMessage:
         if isinstance(msg, AcceptGift):
             op, outcome = "accept", "accepted"
             resolution = await self._timed(op, self.clearing.accept(msg.gift_id, user_id, app,
@@ -120,38 +123,72 @@ class RequestHandler:
             log.debug("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
         return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
 
-    async def _balance(self, user_id: str, msg: GetBalance) -> ServerMessage:
+    async def _balance(self, user_id: str, msg: GetBalance, app: str, conn: ClientConnection | None) -> ServerMessage:
         balances = await self._timed("balance", self.clearing.balances(user_id))
         points = (await self.scenes.points(user_id)).points if self.scenes is not None else None
         return Balance(rid=msg.rid, available=balances.available, held=balances.held,
                        units_per_card=self.rules.units_per_card, points=points)
 
-    async def _scene(self, user_id: str, msg: ClientMessage, conn: ClientConnection | None) -> ServerMessage:
-        """Live rooms, festivals and newcomers (gift-rules.md section 3)."""
-        scenes, hub = self.scenes, self.rooms
-        if scenes is None or hub is None:
+    async def _ping(self, user_id: str, msg: Ping, app: str, conn: ClientConnection | None) -> ServerMessage:
+        return Pong(rid=msg.rid, server_time_ms=int(time.time() * 1000))
+
+    # ------------------------------------------------------------ scenes (gift-rules.md section 3)
+    def _scenes(self, msg: ClientMessage) -> tuple[Scenes, RoomHub]:
+        if self.scenes is None or self.rooms is None:
             raise AssertionError(f"scenes are not configured for {type(msg).__name__}")
-        if isinstance(msg, JoinRoom | LeaveRoom):
-            if conn is None:
-                raise AssertionError("room membership needs the connection")
-            if isinstance(msg, JoinRoom):
-                await hub.join(conn, msg.room)
-            else:
-                await hub.leave(conn, msg.room)
-            return room_view(await hub.rooms.state(msg.room, user_id), msg.rid)
-        if isinstance(msg, GetRoom):
-            return room_view(await hub.rooms.state(msg.room, user_id, msg.top), msg.rid)
-        if isinstance(msg, OpenWish):
-            await hub.rooms.open_wish(user_id, msg.kind, msg.target)
-            return room_view(await hub.rooms.state(user_id, user_id), msg.rid)
-        if isinstance(msg, GetQuote):
-            q = await hub.rooms.quote(user_id, msg.room, msg.kind, msg.qty)
-            return QuoteReply(rid=msg.rid, quote_id=q.quote_id, room=q.room, cost=q.cost, amount=q.amount,
-                              viewers=q.viewers, expires_at_ms=q.expires_at_ms)
-        if isinstance(msg, RedeemFrame):
-            got = await scenes.redeem_frame(user_id, msg.festival)
-            return Done(rid=msg.rid, item=got.item, expires_at_ms=got.expires_at_ms)
-        if isinstance(msg, BindMentor):
-            bound = await scenes.bind_mentor(user_id, msg.mentor)
-            return Done(rid=msg.rid, item=bound.mentor, reward=bound.apprentice_reward)
-        raise AssertionError(f"unhandled message type {type(msg).__name__}")
+        return self.scenes, self.rooms
+
+    async def _membership(self, user_id: str, msg: JoinRoom | LeaveRoom, app: str,
+                          conn: ClientConnection | None) -> ServerMessage:
+        _, hub = self._scenes(msg)
+        if conn is None:
+            raise AssertionError("room membership needs the connection")
+        if isinstance(msg, JoinRoom):
+            await hub.join(conn, msg.room)
+        else:
+            await hub.leave(conn, msg.room)
+        return room_view(await hub.rooms.state(msg.room, user_id), msg.rid)
+
+    async def _get_room(self, user_id: str, msg: GetRoom, app: str, conn: ClientConnection | None) -> ServerMessage:
+        _, hub = self._scenes(msg)
+        return room_view(await hub.rooms.state(msg.room, user_id, msg.top), msg.rid)
+
+    async def _open_wish(self, user_id: str, msg: OpenWish, app: str, conn: ClientConnection | None) -> ServerMessage:
+        _, hub = self._scenes(msg)
+        await hub.rooms.open_wish(user_id, msg.kind, msg.target)
+        return room_view(await hub.rooms.state(user_id, user_id), msg.rid)
+
+    async def _quote(self, user_id: str, msg: GetQuote, app: str, conn: ClientConnection | None) -> ServerMessage:
+        _, hub = self._scenes(msg)
+        q = await hub.rooms.quote(user_id, msg.room, msg.kind, msg.qty)
+        return QuoteReply(rid=msg.rid, quote_id=q.quote_id, room=q.room, cost=q.cost, amount=q.amount,
+                          viewers=q.viewers, expires_at_ms=q.expires_at_ms)
+
+    async def _redeem(self, user_id: str, msg: RedeemFrame, app: str, conn: ClientConnection | None) -> ServerMessage:
+        scenes, _ = self._scenes(msg)
+        got = await scenes.redeem_frame(user_id, msg.festival)
+        return Done(rid=msg.rid, item=got.item, expires_at_ms=got.expires_at_ms)
+
+    async def _mentor(self, user_id: str, msg: BindMentor, app: str, conn: ClientConnection | None) -> ServerMessage:
+        scenes, _ = self._scenes(msg)
+        bound = await scenes.bind_mentor(user_id, msg.mentor)
+        return Done(rid=msg.rid, item=bound.mentor, reward=bound.apprentice_reward)
+
+
+# One row per client message: tests/test_protocol_replies.py checks that the rows are exactly
+# protocol.CLIENT_MESSAGES, and that each answers with the reply protocol.REPLIES names.
+RequestHandler.HANDLERS = MappingProxyType({
+    Hello: RequestHandler._hello,
+    SendGift: RequestHandler._send,
+    AcceptGift: RequestHandler._resolve,
+    DeclineGift: RequestHandler._resolve,
+    GetBalance: RequestHandler._balance,
+    Ping: RequestHandler._ping,
+    JoinRoom: RequestHandler._membership,
+    LeaveRoom: RequestHandler._membership,
+    GetRoom: RequestHandler._get_room,
+    OpenWish: RequestHandler._open_wish,
+    GetQuote: RequestHandler._quote,
+    RedeemFrame: RequestHandler._redeem,
+    BindMentor: RequestHandler._mentor,
+})

@@ -30,7 +30,6 @@ from gateway.ratelimit import TokenBucket
 from gateway.requests import RequestHandler
 from gateway.welcome import Welcomer
 from protocol import (
-    PROTOCOL_VERSION,
     AcceptGift,
     ClientMessage,
     CloseCode,
@@ -40,10 +39,11 @@ from protocol import (
     ErrorCode,
     Frame,
     Hello,
-    ProtocolError,
+    Refuse,
     SendGift,
     ServerMessage,
-    decode_client,
+    ServerSession,
+    ServerState,
     encode,
     encoding_for,
 )
@@ -134,17 +134,12 @@ class SessionRunner:
             return _Rejection(CloseCode.AUTH_TIMEOUT, ErrorCode.NOT_AUTHENTICATED, "no hello in time")
         except ConnectionClosed:
             return None
-        try:
-            msg = decode_client(frame, encoding)
-        except ProtocolError:
-            return _Rejection(CloseCode.NOT_AUTHENTICATED, ErrorCode.NOT_AUTHENTICATED,
-                              "the first frame must be a valid hello")
-        if not isinstance(msg, Hello):
-            return _Rejection(CloseCode.NOT_AUTHENTICATED, ErrorCode.NOT_AUTHENTICATED,
-                              "the first frame must be hello")
-        if msg.v != PROTOCOL_VERSION:
-            return _Rejection(CloseCode.UNSUPPORTED_VERSION, ErrorCode.UNSUPPORTED_VERSION,
-                              f"protocol version {PROTOCOL_VERSION} required")
+        checked = ServerSession(encoding).receive(frame)
+        if isinstance(checked, Refuse):
+            assert checked.close is not None
+            return _Rejection(checked.close, ErrorCode(checked.error.code), checked.error.message)
+        msg = checked
+        assert isinstance(msg, Hello)
         try:
             identity = verify_token(self.token_secret, msg.token)
         except TokenError as exc:
@@ -188,19 +183,18 @@ class SessionRunner:
 
     async def _serve(self, conn: ClientConnection) -> None:
         bucket = TokenBucket(self.settings.rate_per_s, self.settings.rate_burst)
-        bad_frames = 0
+        frames = ServerSession(conn.encoding, max_bad_frames=self.settings.max_bad_frames)
+        frames.state = ServerState.SERVING
         strikes = 0
         async for frame in conn.ws:
             if conn.closing:
                 return
-            try:
-                msg = decode_client(frame, conn.encoding)
-            except ProtocolError as exc:
-                bad_frames += 1
-                self.metrics.bad_frames.labels(code=exc.code.value).inc()
-                self._reply(conn, Error(rid=exc.rid, code=exc.code, message=exc.message))
-                if bad_frames >= self.settings.max_bad_frames:
-                    conn.close(CloseCode.PROTOCOL_VIOLATION, "too many malformed frames")
+            msg = frames.receive(frame)
+            if isinstance(msg, Refuse):
+                self.metrics.bad_frames.labels(code=msg.error.code).inc()
+                self._reply(conn, msg.error)
+                if msg.close is not None:
+                    conn.close(msg.close, "too many malformed frames")
                     return
                 continue
             self.metrics.frames_in_of(msg.TYPE).inc()
@@ -225,7 +219,12 @@ class SessionRunner:
                 reply = Error(rid=getattr(msg, "rid", None), code=ErrorCode.INTERNAL, message="internal error")
             finally:
                 self.metrics.requests_in_flight.dec()
-            self._reply(conn, reply)
+            checked = frames.reply(msg, reply)
+            if checked is not reply:
+                log.error("reply does not answer its request", extra={"user": conn.user_id, "request": msg.TYPE,
+                                                                       "reply": reply.TYPE})
+                self.metrics.refusals_of(ErrorCode.INTERNAL).inc()
+            self._reply(conn, checked)
 
     def _reply(self, conn: ClientConnection, msg: ServerMessage) -> None:
         if conn.push(encode(msg, conn.encoding)):

@@ -4,7 +4,7 @@ events it missed, then the live events that arrived meanwhile.
 A client back after a long absence may have hundreds of missed events and offers waiting.
 All of it at once would overflow the connection's send queue and close it as a slow
 consumer, again at every reconnect; and a welcome holding every offer could outgrow the
-frame limit. So the pending list is cut into frames of :data:`PENDING_PER_FRAME` offers
+frame limit. So the pending list is cut into frames of :data:`protocol.server_session.PENDING_PER_FRAME` offers
 (the welcome carries the first, ``pending`` frames the rest), and the frames go out a page
 at a time, each page once the one before has left the queue. The events are read from the
 stream a page at a time too. Live events arriving meanwhile wait in the connection's
@@ -13,34 +13,18 @@ stream a page at a time too. Live events arriving meanwhile wait in the connecti
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Sequence
 
 from clearing import Clearing, EventLog, Replay
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection, page_size
 from gateway.hub import Hub
 from gateway.views import event_view, gift_view
-from protocol import CloseCode, Frame, Gift, Hello, Pending, Welcome, encode
+from protocol import CloseCode, Frame, Hello, Welcome, encode
+from protocol.server_session import welcome_messages
 
 # The session's logger: "connected" stays where operators have always found it.
 log = logging.getLogger("notecard.gateway.session")
-
-#: Offers per welcome or ``pending`` frame. The largest possible gift (64-character ids,
-#: 16-digit numbers, every optional field) takes 662 bytes of JSON: 64 of them plus the
-#: welcome's own fields stay far below MAX_FRAME_BYTES (tests/test_protocol_frame_sizes.py).
-PENDING_PER_FRAME = 64
-
-
-def welcome_messages(welcome: Welcome, pending: Sequence[Gift]) -> list[Welcome | Pending]:
-    """``welcome`` with the first offers of ``pending``, then one ``pending`` frame per further
-    :data:`PENDING_PER_FRAME` offers; ``pending_more`` and ``more`` say another follows."""
-    pages = [tuple(pending[i : i + PENDING_PER_FRAME]) for i in range(0, len(pending), PENDING_PER_FRAME)]
-    pages = pages or [()]
-    last = len(pages) - 1
-    first = dataclasses.replace(welcome, pending=pages[0], pending_more=True if last else None)
-    return [first, *(Pending(gifts=page, more=True if i < last else None) for i, page in enumerate(pages) if i)]
 
 
 class Welcomer:

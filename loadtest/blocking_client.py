@@ -14,16 +14,18 @@ it, so a push is timed when it reached this process, not when a user got round t
 reading it. The reader also answers the server's WebSocket pings (the sans-I/O protocol
 queues the pong; the reader writes it).
 
-Replies are matched to requests by ``rid``; events are kept by ``(event, gift_id)`` until
-a caller takes them with :meth:`BlockingConnection.wait_event`. Nothing reconnects by
-itself: a load scenario decides when to reconnect and times it.
+The session's rules (hello and resume, request ids and which reply answers which request,
+offsets, epochs, offer de-duplication) are the sans-I/O :class:`~protocol.session.ClientSession`
+the asyncio SDK drives too; this class moves its frames over a socket. Replies are kept by
+``rid`` and events by ``(event, gift_id)`` until a caller takes them with
+:meth:`BlockingConnection.request` and :meth:`BlockingConnection.wait_event`. Nothing
+reconnects by itself: a load scenario decides when to reconnect and times it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import socket
 import threading
 import time
@@ -39,19 +41,22 @@ from websockets.uri import parse_uri
 
 from protocol import (
     MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    Answered,
     ClientMessage,
+    ClientSession,
     CloseCode,
     Encoding,
     Error,
     ErrorCode,
-    Event,
-    Hello,
+    Gift,
+    OfferReceived,
+    OutcomeReceived,
     ProtocolError,
+    ServerError,
     ServerMessage,
+    SessionEvent,
     Welcome,
-    decode_server,
-    encode,
+    Welcomed,
 )
 
 #: Bytes read from the socket at once; several frames usually arrive together.
@@ -75,10 +80,11 @@ class RequestFailed(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Arrival:
-    """A server message and when the reader took it off the socket (clock seconds)."""
+    """A server message (for offers and outcomes: the gift) and when the reader took it off
+    the socket (clock seconds)."""
 
     at: float
-    msg: ServerMessage
+    msg: ServerMessage | Gift
     size: int
 
 
@@ -109,10 +115,10 @@ class BlockingConnection:
         self.encoding = encoding
         self.timeout_s = timeout_s
         self.clock = clock
-        self.welcome: Welcome | None = None
-        #: Stream position of the newest event received (for resuming after a reconnect).
-        self.epoch: str | None = None
-        self.offset: int | None = None
+        #: The session's state, sans I/O; a new one per connect (with its resume position).
+        self.session = ClientSession(encoding)
+        #: Guards the session: the reader thread and the callers' threads both use it.
+        self._session_lock = threading.Lock()
         self.close_code: int | None = None
         self._uri = parse_uri(url)
         self._proto = ClientProtocol(
@@ -123,14 +129,27 @@ class BlockingConnection:
         self._send_lock = threading.Lock()
         self._slots_lock = threading.Lock()
         self._slots: dict[tuple[str, object], _Slot] = {}
-        self._rids = itertools.count(1)
         self._partial: list[bytes] = []
         self._lost = threading.Event()
+
+    @property
+    def welcome(self) -> Welcome | None:
+        return self.session.welcome
+
+    @property
+    def epoch(self) -> str | None:
+        """Stream position of the newest event processed (for resuming after a reconnect)."""
+        return self.session.epoch
+
+    @property
+    def offset(self) -> int | None:
+        return self.session.offset
 
     # ------------------------------------------------------------ life
     def connect(self, *, epoch: str | None = None, offset: int | None = None) -> Arrival:
         """TCP connect, WebSocket handshake, ``hello``; returns the ``welcome`` as it arrived."""
         host, port = self._uri.host, self._uri.port
+        self.session = ClientSession(self.encoding, epoch=epoch, offset=offset)
         sock = socket.create_connection((host, port), timeout=self.timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
@@ -139,19 +158,17 @@ class BlockingConnection:
             sock.settimeout(None)  # the reader blocks; waiters time out on their own events
             self._reader = threading.Thread(target=self._read_loop, name=f"nc-reader:{self.url}", daemon=True)
             self._reader.start()
-            self.send(Hello(v=PROTOCOL_VERSION, token=self.token, epoch=epoch, offset=offset))
+            with self._session_lock:
+                self.session.connect(self.token)
+                frames = self.session.data_to_send()
+            self._write(frames)
             arrival = self._take(("welcome", None), self.timeout_s)
         except BaseException:
             self.abort()
             raise
-        welcome = arrival.msg
-        if isinstance(welcome, Error):
+        if isinstance(arrival.msg, Error):
             self.abort()
-            raise RequestFailed(welcome)
-        assert isinstance(welcome, Welcome)
-        self.welcome = welcome
-        if self.epoch != welcome.epoch or self.offset is None:
-            self.epoch, self.offset = welcome.epoch, welcome.offset
+            raise RequestFailed(arrival.msg)
         return arrival
 
     def _handshake(self, sock: socket.socket) -> None:
@@ -216,25 +233,22 @@ class BlockingConnection:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
 
-    def send(self, msg: ClientMessage) -> float:
-        """Send one message; returns the clock just before it was written."""
-        frame = encode(msg, self.encoding)
+    def _write(self, frames: list[bytes | str]) -> float:
+        """Write frames the session made; returns the clock just before they were written."""
         with self._send_lock:
             if self._proto.state is not State.OPEN:
                 raise ConnectionLost("connection is not open")
-            if isinstance(frame, bytes):
-                self._proto.send_binary(frame)
-            else:
-                self._proto.send_text(frame.encode())
+            for frame in frames:
+                if isinstance(frame, bytes):
+                    self._proto.send_binary(frame)
+                else:
+                    self._proto.send_text(frame.encode())
             sent = self.clock()
             try:
                 self._flush()
             except OSError as exc:
                 raise ConnectionLost(str(exc)) from exc
         return sent
-
-    def next_rid(self) -> int:
-        return next(self._rids)
 
     def request(self, build: Callable[[int], ClientMessage], expect: type[M],
                 timeout_s: float | None = None) -> tuple[float, Arrival]:
@@ -243,15 +257,21 @@ class BlockingConnection:
         An ``error`` reply raises :class:`RequestFailed`; a reply of another type than
         ``expect`` raises :class:`ProtocolError`.
         """
-        rid = self.next_rid()
-        key = ("reply", rid)
-        self._slot(key)  # registered before sending: the reply may beat us back
-        sent = self.send(build(rid))
-        arrival = self._take(key, timeout_s)
+        with self._session_lock:
+            call = self.session.request(build)
+            key = ("reply", call.rid)
+            self._slot(key)  # registered before sending: the reply may beat us back
+            frames = self.session.data_to_send()
+        try:
+            sent = self._write(frames)
+            arrival = self._take(key, timeout_s)
+        finally:
+            with self._session_lock:
+                self.session.forget(call)
         if isinstance(arrival.msg, Error):
             raise RequestFailed(arrival.msg)
         if not isinstance(arrival.msg, expect):
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected reply {arrival.msg.TYPE} to request {rid}")
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected reply {arrival.msg.TYPE} to request {call.rid}")
         return sent, arrival
 
     # ------------------------------------------------------------ waiting
@@ -328,22 +348,27 @@ class BlockingConnection:
             frame: bytes | str = data
         else:
             frame = data.decode("utf-8", "replace")
-        try:
-            msg = decode_server(frame, self.encoding)
-        except ProtocolError:
-            return  # a newer server's message: ignored, as the spec asks (section 15)
-        arrival = Arrival(now, msg, len(data))
-        if isinstance(msg, Welcome):
-            key: tuple[str, object] = ("welcome", None)
-        elif isinstance(msg, Event):
-            self.epoch, self.offset = msg.epoch, msg.offset
-            key = (msg.event, msg.gift.gift_id)
-        elif (rid := getattr(msg, "rid", None)) is not None:
-            key = ("reply", rid)
-        elif isinstance(msg, Error):
-            key = ("welcome", None)  # a refused hello (the only rid-less error a client waits on)
-        else:
-            return
-        slot = self._slot(key)
-        slot.arrival = arrival
-        slot.ready.set()
+        with self._session_lock:
+            self.session.receive(frame)  # a frame it cannot read is ignored (section 15)
+            events = self.session.events_received()
+        for received in events:
+            key = _key_of(received, self.session.welcome is None)
+            if key is not None:
+                slot = self._slot(key[0])
+                slot.arrival = Arrival(now, key[1], len(data))
+                slot.ready.set()
+
+
+def _key_of(event: SessionEvent, before_welcome: bool) -> tuple[tuple[str, object], ServerMessage | Gift] | None:
+    """The mailbox a session event goes to, with the message a waiter gets."""
+    if isinstance(event, Welcomed):
+        return ("welcome", None), event.welcome
+    if isinstance(event, Answered):
+        return ("reply", event.call.rid), event.reply
+    if isinstance(event, OfferReceived):
+        return ("offer", event.gift.gift_id), event.gift
+    if isinstance(event, OutcomeReceived):
+        return ("outcome", event.gift.gift_id), event.gift
+    if isinstance(event, ServerError) and before_welcome:
+        return ("welcome", None), event.error  # a refused hello
+    return None

@@ -128,12 +128,13 @@ class UserAgent:
         self.stop_sending = asyncio.Event()
         self.done = asyncio.Event()
 
-    def _new_client(self) -> NotecardClient:
+    def _new_client(self, epoch: str | None = None, offset: int | None = None) -> NotecardClient:
         # Start on a different node per user so that load and faults spread.
         shift = self.rng.randrange(len(self.urls))
         urls = self.urls[shift:] + self.urls[:shift]
         return NotecardClient(urls, self.token, backoff_base_s=0.1, backoff_cap_s=2.0,
-                              request_timeout_s=self.config.request_timeout_s, connect_timeout_s=5.0)
+                              request_timeout_s=self.config.request_timeout_s, connect_timeout_s=5.0,
+                              epoch=epoch, offset=offset)
 
     async def connect(self, deadline_s: float = 30.0) -> None:
         """Connect the current client, retrying (bounded) while nodes are down."""
@@ -145,9 +146,7 @@ class UserAgent:
             except (OSError, TimeoutError, ConnectionRejected, NotConnected) as exc:
                 if time.monotonic() > end:
                     raise RuntimeError(f"{self.user} could not connect: {exc!r}") from exc
-                epoch, offset = self.client.epoch, self.client.offset
-                self.client = self._new_client()
-                self.client.epoch, self.client.offset = epoch, offset
+                self.client = self._new_client(self.client.epoch, self.client.offset)
                 await asyncio.sleep(0.3)
 
     # ------------------------------------------------------------ drops
@@ -168,8 +167,7 @@ class UserAgent:
             await old.close()
             await self._drain(old)
             await asyncio.sleep(self.rng.uniform(0.0, 1.0))
-            self.client = self._new_client()
-            self.client.epoch, self.client.offset = old.epoch, old.offset
+            self.client = self._new_client(old.epoch, old.offset)
             try:
                 await self.connect()
             finally:

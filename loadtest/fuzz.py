@@ -54,8 +54,8 @@ from notecard.local_redis import LocalRedis
 from protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    REPLIES,
     AcceptGift,
-    Balance,
     ClientMessage,
     CloseCode,
     DeclineGift,
@@ -80,10 +80,6 @@ from protocol import (
 from protocol.schema import MAX_SAFE_INT
 
 FRAME_CODES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_FIELD})
-#: Replies a well-formed request of the fuzzing user may get (it has no cards, no friends).
-REPLY_TYPES: dict[type[ClientMessage], type[ServerMessage]] = {
-    SendGift: GiftSent, AcceptGift: GiftResolved, DeclineGift: GiftResolved, GetBalance: Balance, Ping: Pong,
-}
 #: Documented close codes a first frame (not a valid hello) may end with.
 AUTH_CLOSES = frozenset({CloseCode.NOT_AUTHENTICATED, CloseCode.UNSUPPORTED_VERSION, CloseCode.INVALID_TOKEN,
                          CloseCode.TOKEN_EXPIRED, CloseCode.MESSAGE_TOO_BIG})
@@ -298,7 +294,7 @@ def _expect_reply(sent: Frame, encoding: Encoding, reply: ServerMessage, stats: 
         if isinstance(expected, (SendGift, AcceptGift, DeclineGift)):
             ok = ok and reply.code != ErrorCode.RATE_LIMITED
     else:
-        want = REPLY_TYPES[type(expected)]
+        want = REPLIES[type(expected)]
         ok = isinstance(reply, want) and getattr(reply, "rid", None) == expected.rid
         if isinstance(reply, (GiftSent, GiftResolved)):
             ok = False  # the fuzzing user can neither give nor receive: state would change

@@ -19,18 +19,19 @@ is unanswered (a dropped connection, ``RATE_LIMITED``, ``UNAVAILABLE``), never a
 answer; the server remembers a refusal longer than a copy can be on its way (60 s by
 default), so a late copy of a refused send never creates the gift. A refusal spends the
 id: each :meth:`NotecardClient.send_gift` call is a new attempt with a new id.
+
+The session's rules (hello and resume, request ids and their replies, offsets, epochs,
+de-duplication, what to resend, what a close code means) live in the sans-I/O
+:class:`~protocol.session.ClientSession`; this class moves its frames over a WebSocket and
+keeps its timers (deadlines, backoff).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import logging
-import random
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -41,44 +42,44 @@ from websockets.typing import Subprotocol
 from notecard_sdk.errors import ConnectionRejected, GiftRefused, NotConnected, RequestTimeout
 from notecard_sdk.protocol import (
     MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
-    RETRYABLE_CODES,
     AcceptGift,
+    Answered,
     Balance,
     BindMentor,
+    Call,
     ClientMessage,
+    ClientSession,
     CloseCode,
     DeclineGift,
     Done,
     Encoding,
     Error,
     ErrorCode,
-    Event,
-    EventKind,
+    FrameIgnored,
     GetBalance,
     GetQuote,
     GetRoom,
     Gift,
     GiftResolved,
     GiftSent,
-    Hello,
     JoinRoom,
     LeaveRoom,
+    OfferReceived,
     OpenWish,
-    Pending,
+    OutcomeReceived,
     Ping,
     Pong,
     ProtocolError,
     QuoteReply,
     RedeemFrame,
     Room,
+    RoomUpdated,
     SendGift,
+    ServerError,
     ServerMessage,
     Welcome,
-    decode_server,
-    encode,
-    needs_new_token,
-    should_reconnect,
+    Welcomed,
+    backoff_delay,
 )
 
 log = logging.getLogger("notecard_sdk")
@@ -86,9 +87,6 @@ log = logging.getLogger("notecard_sdk")
 TokenSource = str | Callable[[], Awaitable[str]]
 R = TypeVar("R", bound=ServerMessage)
 Q = TypeVar("Q")
-
-#: Remembered offer ids, so that an offer shown again after a reconnect is yielded once.
-_SEEN_OFFERS_MAX = 10_000
 
 
 class _Expired(Exception):
@@ -112,7 +110,11 @@ class NotecardClient:
         backoff_cap_s: float = 20.0,
         request_timeout_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        epoch: str | None = None,
+        offset: int | None = None,
     ) -> None:
+        """``epoch`` and ``offset``: a stream position the application stored (``client.epoch``,
+        ``client.offset`` of an earlier run), to resume from on the first connection."""
         #: Gateway URLs (usually one load balancer); reconnects move on to the next one.
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
@@ -125,8 +127,10 @@ class NotecardClient:
         self.backoff_cap_s = backoff_cap_s
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self._rids = itertools.count(1)
-        self._inflight: dict[int, tuple[ClientMessage, asyncio.Future[ServerMessage]]] = {}
+        #: The session's state (positions, requests in flight, seen offers), sans I/O.
+        self.session = ClientSession(encoding, epoch=epoch, offset=offset)
+        #: The future each waiting request is answered through.
+        self._inflight: dict[Call, asyncio.Future[ServerMessage]] = {}
         self._ws: ClientConnection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -136,17 +140,28 @@ class NotecardClient:
         self._offers: asyncio.Queue[Gift] = asyncio.Queue()
         self._outcomes: asyncio.Queue[Gift] = asyncio.Queue()
         self._room_updates: asyncio.Queue[Room] = asyncio.Queue()
-        self._seen_offers: OrderedDict[str, None] = OrderedDict()
-        #: A welcome whose pending list comes in parts, with the offers received so far.
-        self._partial_welcome: tuple[Welcome, list[Gift]] | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        #: The newest welcome; ``welcome.node`` says which gateway node serves us.
-        self.welcome: Welcome | None = None
-        self.epoch: str | None = None
-        self.offset: int | None = None
-        #: False after a reconnect whose missed events could not all be replayed.
-        self.recovered = True
-        self.connections = 0
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The newest welcome; ``welcome.node`` says which gateway node serves us."""
+        return self.session.welcome
+
+    @property
+    def epoch(self) -> str | None:
+        return self.session.epoch
+
+    @property
+    def offset(self) -> int | None:
+        return self.session.offset
+
+    @property
+    def recovered(self) -> bool:
+        """False after a reconnect whose missed events could not all be replayed."""
+        return self.session.recovered
+
+    @property
+    def connections(self) -> int:
+        return self.session.connections
 
     # ------------------------------------------------------------ life
     async def connect(self) -> Welcome:
@@ -171,6 +186,7 @@ class NotecardClient:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+        self.session.close()
         self._fail_inflight(NotConnected("client closed"))
 
     async def __aenter__(self) -> NotecardClient:
@@ -256,36 +272,42 @@ class NotecardClient:
     async def _request(self, build: Callable[[int], ClientMessage], expect: type[R]) -> R:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout_s
-        attempt = 0
-        while True:
-            rid = next(self._rids)
-            msg = build(rid)
-            future: asyncio.Future[ServerMessage] = loop.create_future()
-            self._inflight[rid] = (msg, future)
-            try:
-                if self._failure is not None:
-                    raise self._failure
-                if self._ws is not None and self._connected.is_set():
-                    # Not contextlib.suppress: that is an object and two calls per request.
-                    try:  # noqa: SIM105
-                        await self._ws.send(encode(msg, self.encoding))
-                    except ConnectionClosed:
-                        pass  # _run resends every in-flight request on reconnect
+        if self._failure is not None:
+            raise self._failure
+        call = self.session.request(build)
+        try:
+            while True:
+                future: asyncio.Future[ServerMessage] = loop.create_future()
+                self._inflight[call] = future
+                await self._flush()
                 if not future.done():
-                    await self._wait(loop, future, deadline, msg)
+                    await self._wait(loop, future, deadline, call.message)
                 reply = future.result()
-            finally:
-                self._inflight.pop(rid, None)
-            if isinstance(reply, Error):
-                code = ErrorCode(reply.code) if reply.code in ErrorCode.__members__ else None
-                if code in RETRYABLE_CODES and loop.time() < deadline:
-                    attempt += 1
-                    await asyncio.sleep(self._backoff(attempt))
-                    continue
-                raise GiftRefused(reply.code, reply.message, reply.gift)
-            if not isinstance(reply, expect):
-                raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected reply {reply.TYPE} to {msg.TYPE}")
-            return reply
+                if isinstance(reply, Error):
+                    if Answered(call, reply).retryable and loop.time() < deadline:
+                        await asyncio.sleep(self._backoff(call.tries))
+                        self.session.retry(call)
+                        continue
+                    raise GiftRefused(reply.code, reply.message, reply.gift)
+                if not isinstance(reply, expect):
+                    raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected reply {reply.TYPE} to {call.message.TYPE}")
+                return reply
+        finally:
+            self._inflight.pop(call, None)
+            self.session.forget(call)
+
+    async def _flush(self) -> None:
+        """Write what the session has to send; a closed connection keeps it for the next
+        (the session sends every request in flight again after the next welcome)."""
+        frames = self.session.data_to_send()
+        ws = self._ws
+        if ws is None or not frames:
+            return
+        try:
+            for frame in frames:
+                await ws.send(frame)
+        except ConnectionClosed:
+            pass
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[ServerMessage], deadline: float,
                     msg: ClientMessage) -> None:
@@ -330,53 +352,35 @@ class NotecardClient:
     async def next_outcome(self, timeout: float | None = None) -> Gift:
         return await _next(self._outcomes, timeout)
 
-    def _offer(self, gift: Gift) -> None:
-        if gift.gift_id in self._seen_offers:
-            return
-        self._seen_offers[gift.gift_id] = None
-        if len(self._seen_offers) > _SEEN_OFFERS_MAX:
-            self._seen_offers.popitem(last=False)
-        self._offers.put_nowait(gift)
-
-    def _event(self, event: Event) -> None:
-        if event.epoch == self.epoch and self.offset is not None and event.offset <= self.offset:
-            return  # already processed (replayed after a reconnect)
-        self.epoch, self.offset = event.epoch, event.offset
-        if event.event == EventKind.OFFER:
-            self._offer(event.gift)
-        else:
-            self._outcomes.put_nowait(event.gift)
-
     # ------------------------------------------------------------ connection loop
     def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
+        return backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s)
 
     async def _token_value(self) -> str:
         return self._token if isinstance(self._token, str) else await self._token()
 
     async def _run(self) -> None:
-        attempt = 0
         while not self._closed:
             code: int | None = None
             try:
-                code = await self._session()
-                attempt = 0
+                code = await self._connection()
             except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
                 log.debug("connection attempt failed: %s", exc)
                 if isinstance(exc, InvalidURI):
                     code = CloseCode.PROTOCOL_VIOLATION
             if self._closed:
                 return
-            if code is not None and not should_reconnect(code) and not (
-                needs_new_token(code) and not isinstance(self._token, str)
-            ):
-                self._fail(ConnectionRejected(code, f"server closed the connection with {code}"))
+            advice = self.session.disconnected(code)
+            if not advice.reconnect or (advice.new_token and isinstance(self._token, str)):
+                self._fail(ConnectionRejected(code or CloseCode.GOING_AWAY,
+                                              f"server closed the connection with {code}"))
                 return
             if not self.reconnect:
                 self._fail(ConnectionRejected(code or CloseCode.GOING_AWAY, "disconnected"))
                 return
-            attempt += 1
             self._url_index = (self._url_index + 1) % len(self.urls)
+            attempt = self.session.reconnect_attempt
+            self.session.reconnect_attempt += 1
             await asyncio.sleep(self._backoff(attempt))
 
     @property
@@ -384,105 +388,61 @@ class NotecardClient:
         """The URL the client is (or will next be) connected to."""
         return self.urls[self._url_index]
 
-    async def _session(self) -> int | None:
+    async def _connection(self) -> int | None:
         """One connection from hello to close; returns the close code."""
         subprotocol = Subprotocol(self.encoding.subprotocol)
         async with connect(self.url, subprotocols=[subprotocol], max_size=MAX_FRAME_BYTES, compression=None,
                            open_timeout=self.connect_timeout_s, close_timeout=2) as ws:
-            hello = Hello(v=PROTOCOL_VERSION, token=await self._token_value(), epoch=self.epoch,
-                          offset=self.offset)
-            await ws.send(encode(hello, self.encoding))
+            self.session.connect(await self._token_value())
+            self._ws = ws
             try:
+                await self._flush()
                 async for frame in ws:
-                    try:
-                        msg = decode_server(frame, self.encoding)
-                    except ProtocolError as exc:
-                        log.warning("undecodable frame from the server ignored: %s", exc)
-                        continue
-                    self._dispatch(msg, ws)
+                    self.session.receive(frame)
+                    self._handle_events()
+                    await self._flush()
             except ConnectionClosed:
                 pass
             finally:
                 self._connected.clear()
                 self._ws = None
-                self._partial_welcome = None
             return ws.close_code
 
-    def _dispatch(self, msg: ServerMessage, ws: ClientConnection) -> None:
-        if self._partial_welcome is not None:
-            if isinstance(msg, Pending):
-                self._pending_part(msg, ws)
-                return
-            self._welcome_complete(ws)  # the server moved on: take the list as it came
-        if isinstance(msg, Welcome):
-            if msg.pending_more:
-                self._partial_welcome = (msg, list(msg.pending))
-            else:
-                self._welcomed(msg, ws)
-        elif isinstance(msg, Event):
-            self._event(msg)
-        elif isinstance(msg, Pending):
-            for gift in msg.gifts:  # not after a welcome that announced it: offers all the same
-                self._offer(gift)
-        elif isinstance(msg, Room) and msg.rid is None:
-            self._room_updates.put_nowait(msg)
-        elif (rid := getattr(msg, "rid", None)) is not None:
-            entry = self._inflight.get(rid)
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(msg)
-        elif isinstance(msg, Error):
-            log.warning("server error %s: %s", msg.code, msg.message)
+    def _dispatch(self, msg: ServerMessage, ws: ClientConnection | None = None) -> None:
+        """A decoded server message (``ws`` is kept for callers that pass it)."""
+        self.session.receive_message(msg)
+        self._handle_events()
 
-    def _pending_part(self, part: Pending, ws: ClientConnection) -> None:
-        assert self._partial_welcome is not None
-        self._partial_welcome[1].extend(part.gifts)
-        if not part.more:
-            self._welcome_complete(ws)
-
-    def _welcome_complete(self, ws: ClientConnection) -> None:
-        """The welcome as if its pending list had come whole (``client.welcome.pending``)."""
-        assert self._partial_welcome is not None
-        welcome, pending = self._partial_welcome
-        self._partial_welcome = None
-        self._welcomed(dataclasses.replace(welcome, pending=tuple(pending), pending_more=None), ws)
-
-    def _welcomed(self, welcome: Welcome, ws: ClientConnection) -> None:
-        resumed = self.epoch is not None
-        self.welcome = welcome
-        self.connections += 1
-        self.recovered = welcome.recovered
-        if not resumed:
-            self.epoch, self.offset = welcome.epoch, welcome.offset
-        elif not welcome.recovered or welcome.epoch != self.epoch:
-            # History was lost: take whatever the server replays next, and rely on the
-            # pending list (offers are de-duplicated by gift id).
-            self.epoch, self.offset = welcome.epoch, None
-        for gift in welcome.pending:
-            self._offer(gift)
-        self._ws = ws
-        self._connected.set()
-        if self._first_welcome is not None and not self._first_welcome.done():
-            self._first_welcome.set_result(welcome)
-        # Requests that were in flight when the last connection dropped go out again, same ids.
-        unanswered = [msg for msg, future in self._inflight.values() if not future.done()]
-        if unanswered:
-            task = asyncio.create_task(self._resend(ws, unanswered))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _resend(self, ws: ClientConnection, messages: list[ClientMessage]) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            for msg in messages:
-                await ws.send(encode(msg, self.encoding))
+    def _handle_events(self) -> None:
+        for event in self.session.events_received():
+            if isinstance(event, Answered):
+                future = self._inflight.get(event.call)
+                if future is not None and not future.done():
+                    future.set_result(event.reply)
+            elif isinstance(event, OfferReceived):
+                self._offers.put_nowait(event.gift)
+            elif isinstance(event, OutcomeReceived):
+                self._outcomes.put_nowait(event.gift)
+            elif isinstance(event, RoomUpdated):
+                self._room_updates.put_nowait(event.room)
+            elif isinstance(event, Welcomed):
+                self._connected.set()
+                if self._first_welcome is not None and not self._first_welcome.done():
+                    self._first_welcome.set_result(event.welcome)
+            elif isinstance(event, ServerError):
+                log.warning("server error %s: %s", event.error.code, event.error.message)
+            elif isinstance(event, FrameIgnored):
+                log.warning("undecodable frame from the server ignored: %s", event.problem)
 
     def _fail(self, error: ConnectionRejected) -> None:
         self._failure = error
+        self.session.close()
         self._fail_inflight(error)
         if self._first_welcome is not None and not self._first_welcome.done():
             self._first_welcome.set_exception(error)
 
     def _fail_inflight(self, error: Exception) -> None:
-        for _, future in list(self._inflight.values()):
+        for future in list(self._inflight.values()):
             if not future.done():
                 future.set_exception(error)
 

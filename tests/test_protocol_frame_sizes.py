@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from clearing.rules import MAX_CARD_KINDS, GiftRules
-from gateway.welcome import PENDING_PER_FRAME, welcome_messages
 from protocol import (
     MAX_FRAME_BYTES,
     SERVER_MESSAGES,
@@ -30,6 +29,7 @@ from protocol import (
     encode,
 )
 from protocol.schema import MAX_SAFE_INT
+from protocol.server_session import PENDING_PER_FRAME, welcome_messages
 
 M = MAX_SAFE_INT
 ID = "i" * 64

@@ -290,9 +290,12 @@ async def test_cancelling_a_request_whose_reply_just_arrived_cancels_it() -> Non
             sent.set()
 
     client = NotecardClient("ws://127.0.0.1:9", "token")
+    client.session.connect("token")  # the session is open on a connection the test plays
+    client._dispatch(Welcome(user="alice", node="fake", epoch="e", offset=0, recovered=True, pending=(),
+                             heartbeat_s=20))
+    client.session.data_to_send()  # the hello
     connection: Any = Connection()
     client._ws = connection
-    client._connected.set()
     task = asyncio.create_task(client.ping())
     await sent.wait()  # the request is written and now waits for its reply
     client._dispatch(Pong(rid=1, server_time_ms=5), connection)

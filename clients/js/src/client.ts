@@ -1,0 +1,550 @@
+/**
+ * The notecard client for browsers and Node 20+: one connection, reconnected by itself.
+ *
+ *     const client = new NotecardClient("ws://127.0.0.1:8765", token);
+ *     await client.connect();
+ *     const gift = await client.sendGift("bob", { qty: 1 });   // the card is held, the offer sent
+ *     client.on("offer", (offer) => client.accept(offer.gift_id));   // on bob's side
+ *
+ * It behaves as the Python SDK does (docs/protocol.md): full-jitter reconnects that obey the
+ * close-code ranges, a gift id chosen before the first try and sent again only while its
+ * request is unanswered, resume from the last (epoch, offset) with `recovered`, offers and
+ * events never delivered twice. The rules live in the sans-I/O `ClientSession`; this class
+ * moves its frames over a WebSocket (the browser's, Node's global one, or the `ws` package
+ * on Node 20) and keeps the timers.
+ */
+import { encodingOf } from "./codec.js";
+import type { Encoding, Frame } from "./codec.js";
+import { ConnectionRejected, GiftRefused, NotConnected, ProtocolError, RequestTimeout } from "./errors.js";
+import { MAX_FRAME_BYTES, REPLIES, SUBPROTOCOLS } from "./schema.generated.js";
+import type { Balance, Done, Gift, Pong, QuoteReply, Room, ServerMessage, Welcome } from "./schema.generated.js";
+import { backoffDelay, ClientSession } from "./session.js";
+import type { Call, RequestBody, SessionEvent } from "./session.js";
+
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** The subset of the WebSocket API the client uses (the browser's, or `ws`'s). */
+export interface WebSocketLike {
+  binaryType: string;
+  readonly protocol: string;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketClass = new (url: string, protocols: string[], options?: object) => WebSocketLike;
+
+export interface ClientOptions {
+  /** `msgpack` (default: smaller, faster) or `json` (readable in the browser's devtools). */
+  encoding?: Encoding;
+  /** Reconnect by itself after a close that allows it (default true). */
+  reconnect?: boolean;
+  backoffBaseS?: number;
+  backoffCapS?: number;
+  /** A request not answered within this (including retries) rejects with RequestTimeout. */
+  requestTimeoutMs?: number;
+  connectTimeoutMs?: number;
+  /** A stream position stored by an earlier run (`client.epoch`, `client.offset`), to resume from. */
+  epoch?: string | null;
+  offset?: number | null;
+  /** The WebSocket class to use (default: the global one, else the `ws` package). */
+  WebSocket?: WebSocketClass;
+}
+
+export type ClientEvents = {
+  offer: Gift;
+  outcome: Gift;
+  room: Room;
+  welcome: Welcome;
+  /** `true` when a connection was welcomed, `false` when it was lost. */
+  connected: boolean;
+  /** The client stopped for good: a close code after which reconnecting cannot help. */
+  failed: ConnectionRejected;
+  /** Something for the logs: an `error` without rid, an unreadable frame. */
+  warning: string;
+};
+type Listener<T> = (value: T) => void;
+
+type ReplyTo<B extends RequestBody> = Extract<ServerMessage, { t: (typeof REPLIES)[B["t"]] }>;
+
+interface Waiter {
+  resolve(reply: ServerMessage): void;
+  reject(error: Error): void;
+}
+
+/** A FIFO whose reader waits; items wait for a reader. Bounded: the oldest go first. */
+class Inbox<T> {
+  private items: T[] = [];
+  private readers: Array<(item: T) => void> = [];
+  constructor(private readonly max = 10_000) {}
+
+  push(item: T): void {
+    const reader = this.readers.shift();
+    if (reader !== undefined) reader(item);
+    else {
+      this.items.push(item);
+      if (this.items.length > this.max) this.items.shift();
+    }
+  }
+
+  next(timeoutMs?: number): Promise<T> {
+    const item = this.items.shift();
+    if (item !== undefined) return Promise.resolve(item);
+    return new Promise((resolve, reject) => {
+      const reader = (got: T) => {
+        if (timer !== undefined) clearTimeout(timer);
+        resolve(got);
+      };
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              this.readers = this.readers.filter((r) => r !== reader);
+              reject(new RequestTimeout(`nothing within ${timeoutMs} ms`));
+            }, timeoutMs);
+      this.readers.push(reader);
+    });
+  }
+
+  get size(): number {
+    return this.items.length;
+  }
+}
+
+/** A gift id: 32 hex digits from the platform's cryptographic random source. */
+export function newGiftId(): string {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function defaultWebSocket(): Promise<WebSocketClass> {
+  const global = (globalThis as { WebSocket?: WebSocketClass }).WebSocket;
+  if (global !== undefined) return global;
+  // Node 20 has no global WebSocket unless flagged: the `ws` package stands in.
+  const module = (await import("ws")) as unknown as { WebSocket: WebSocketClass };
+  return module.WebSocket;
+}
+
+export class NotecardClient {
+  readonly urls: string[];
+  readonly session: ClientSession;
+  private urlIndex = 0;
+  private readonly options: Required<Omit<ClientOptions, "epoch" | "offset" | "WebSocket">>;
+  private readonly webSocketClass: WebSocketClass | undefined;
+  private ws: WebSocketLike | null = null;
+  private runner: Promise<void> | null = null;
+  private closed = false;
+  private failure: ConnectionRejected | null = null;
+  private firstWelcome: { resolve(w: Welcome): void; reject(e: Error): void } | null = null;
+  private readonly waiting = new Map<Call, Waiter>();
+  private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
+  private readonly offers = new Inbox<Gift>();
+  private readonly outcomes = new Inbox<Gift>();
+  private readonly roomUpdates = new Inbox<Room>();
+  private lastHeard = 0;
+  private watchdog: ReturnType<typeof setInterval> | null = null;
+  private dropConnection: (() => void) | null = null;
+  private wakeSleeper: (() => void) | null = null;
+
+  constructor(url: string | string[], private readonly token: TokenSource, options: ClientOptions = {}) {
+    this.urls = typeof url === "string" ? [url] : [...url];
+    if (this.urls.length === 0) throw new TypeError("at least one gateway URL is required");
+    this.options = {
+      encoding: options.encoding ?? "msgpack",
+      reconnect: options.reconnect ?? true,
+      backoffBaseS: options.backoffBaseS ?? 0.5,
+      backoffCapS: options.backoffCapS ?? 20,
+      requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+    };
+    this.webSocketClass = options.WebSocket;
+    this.session = new ClientSession(this.options.encoding, { epoch: options.epoch ?? null, offset: options.offset ?? null });
+  }
+
+  // ---------------------------------------------------------- state
+  get welcome(): Welcome | null {
+    return this.session.welcome;
+  }
+  get user(): string | null {
+    return this.session.welcome?.user ?? null;
+  }
+  get node(): string | null {
+    return this.session.welcome?.node ?? null;
+  }
+  get epoch(): string | null {
+    return this.session.epoch;
+  }
+  get offset(): number | null {
+    return this.session.offset;
+  }
+  /** False after a reconnect whose missed events could not all be replayed: refetch state. */
+  get recovered(): boolean {
+    return this.session.recovered;
+  }
+  get connections(): number {
+    return this.session.connections;
+  }
+  get connected(): boolean {
+    return this.session.state === "open";
+  }
+  /** The URL the client is (or will next be) connected to. */
+  get url(): string {
+    return this.urls[this.urlIndex]!;
+  }
+
+  // ---------------------------------------------------------- life
+  /** Connect and authenticate; resolves with the first welcome, or rejects (ConnectionRejected, RequestTimeout). */
+  connect(): Promise<Welcome> {
+    if (this.runner !== null) return Promise.reject(new Error("already connected"));
+    const welcomed = new Promise<Welcome>((resolve, reject) => {
+      this.firstWelcome = { resolve, reject };
+    });
+    this.runner = this.run();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new RequestTimeout(`not welcomed within ${this.options.connectTimeoutMs} ms`)),
+        this.options.connectTimeoutMs,
+      );
+    });
+    return Promise.race([welcomed, timeout]).then(
+      (welcome) => {
+        clearTimeout(timer);
+        return welcome;
+      },
+      async (error: unknown) => {
+        clearTimeout(timer);
+        await this.close();
+        throw error;
+      },
+    );
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.session.close();
+    this.failPending(new NotConnected("client closed"));
+    this.wakeSleeper?.();
+    const ws = this.ws;
+    if (ws !== null) ws.close(1000, "client closed");
+    this.dropConnection?.();
+    await this.runner?.catch(() => undefined);
+  }
+
+  on<K extends keyof ClientEvents>(type: K, listener: Listener<ClientEvents[K]>): () => void {
+    let set = this.listeners.get(type);
+    if (set === undefined) this.listeners.set(type, (set = new Set()));
+    set.add(listener as Listener<never>);
+    return () => set!.delete(listener as Listener<never>);
+  }
+
+  private emit<K extends keyof ClientEvents>(type: K, value: ClientEvents[K]): void {
+    for (const listener of this.listeners.get(type) ?? []) {
+      try {
+        (listener as Listener<ClientEvents[K]>)(value);
+      } catch (error) {
+        console.error("notecard listener failed", error);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------- requests
+  /**
+   * Give `qty` cards of `kind` to `to`; resolves with the held gift (state `pending`). Rejects
+   * with GiftRefused and the rule's code. `giftId` defaults to a new one, so every call is a
+   * new attempt: pass your own (stored before the call) only to repeat a call whose outcome
+   * you did not learn (RequestTimeout, NotConnected, a reload); a refused id is spent.
+   */
+  async sendGift(to: string, opts: { qty?: number; kind?: string; giftId?: string; quote?: string } = {}): Promise<Gift> {
+    const body: RequestBody = { t: "send_gift", gift_id: opts.giftId ?? newGiftId(), to, kind: opts.kind ?? "note", qty: opts.qty ?? 1 };
+    if (opts.quote !== undefined) body.quote = opts.quote;
+    return (await this.request(body)).gift;
+  }
+
+  async accept(giftId: string): Promise<Gift> {
+    return (await this.request({ t: "accept", gift_id: giftId })).gift;
+  }
+
+  async decline(giftId: string): Promise<Gift> {
+    return (await this.request({ t: "decline", gift_id: giftId })).gift;
+  }
+
+  balance(): Promise<Balance> {
+    return this.request({ t: "get_balance" });
+  }
+
+  ping(): Promise<Pong> {
+    return this.request({ t: "ping" });
+  }
+
+  /** Watch a live room; its pushes arrive as `room` events and through nextRoomUpdate(). */
+  joinRoom(room: string): Promise<Room> {
+    return this.request({ t: "join_room", room });
+  }
+
+  leaveRoom(room: string): Promise<Room> {
+    return this.request({ t: "leave_room", room });
+  }
+
+  /** As a streamer: open a gift wish for `target` cards of `kind` in your own room. */
+  openWish(kind: string, target: number): Promise<Room> {
+    return this.request({ t: "open_wish", kind, target });
+  }
+
+  /** The price of a gift to the room's streamer; pass `quote_id` to sendGift within its validity. */
+  quote(room: string, opts: { qty?: number; kind?: string } = {}): Promise<QuoteReply> {
+    return this.request({ t: "get_quote", room, kind: opts.kind ?? "note", qty: opts.qty ?? 1 });
+  }
+
+  /** The room's viewers, wish, top contributors and your own rank. */
+  room(room: string, top = 10): Promise<Room> {
+    return this.request({ t: "get_room", room, top });
+  }
+
+  redeemFrame(festival: string): Promise<Done> {
+    return this.request({ t: "redeem_frame", festival });
+  }
+
+  bindMentor(mentor: string): Promise<Done> {
+    return this.request({ t: "bind_mentor", mentor });
+  }
+
+  /** The next offer addressed to this user (each once, including those pending at connect). */
+  nextOffer(timeoutMs?: number): Promise<Gift> {
+    return this.offers.next(timeoutMs);
+  }
+
+  /** The next final state of a gift this user sent or received. */
+  nextOutcome(timeoutMs?: number): Promise<Gift> {
+    return this.outcomes.next(timeoutMs);
+  }
+
+  nextRoomUpdate(timeoutMs?: number): Promise<Room> {
+    return this.roomUpdates.next(timeoutMs);
+  }
+
+  /** Send any request; resolves with the reply protocol.REPLIES names for it. */
+  async request<B extends RequestBody>(body: B): Promise<ReplyTo<B>> {
+    if (this.failure !== null) throw this.failure;
+    if (this.closed) throw new NotConnected("client closed");
+    const deadline = Date.now() + this.options.requestTimeoutMs;
+    const call = this.session.request(body);
+    try {
+      for (;;) {
+        this.flush();
+        const reply = await this.answerOf(call, deadline);
+        if (reply.t === "error") {
+          const retryable = reply.code === "RATE_LIMITED" || reply.code === "UNAVAILABLE";
+          if (retryable && Date.now() < deadline) {
+            await this.sleep(backoffDelay(call.tries, this.options.backoffBaseS, this.options.backoffCapS) * 1000);
+            if (this.closed) throw new NotConnected("client closed");
+            this.session.retry(call);
+            continue;
+          }
+          throw new GiftRefused(reply.code, reply.message, reply.gift);
+        }
+        if (reply.t !== REPLIES[body.t]) {
+          throw new ProtocolError("BAD_FRAME", `unexpected reply ${reply.t} to ${body.t}`);
+        }
+        return reply as ReplyTo<B>;
+      }
+    } finally {
+      this.waiting.delete(call);
+      this.session.forget(call);
+    }
+  }
+
+  private answerOf(call: Call, deadline: number): Promise<ServerMessage> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(call);
+        reject(new RequestTimeout(`no answer to ${call.message.t} within ${this.options.requestTimeoutMs} ms`));
+      }, Math.max(0, deadline - Date.now()));
+      this.waiting.set(call, {
+        resolve: (reply) => {
+          clearTimeout(timer);
+          resolve(reply);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
+    });
+  }
+
+  // ---------------------------------------------------------- connection loop
+  private async run(): Promise<void> {
+    while (!this.closed) {
+      let code: number | null = null;
+      try {
+        code = await this.connection();
+      } catch (error) {
+        this.emit("warning", `connection attempt failed: ${String(error)}`);
+      }
+      if (this.closed) return;
+      const advice = this.session.disconnected(code);
+      if (!advice.reconnect || (advice.newToken && typeof this.token === "string")) {
+        this.fail(new ConnectionRejected(code ?? 1001, `server closed the connection with ${code}`));
+        return;
+      }
+      if (!this.options.reconnect) {
+        this.fail(new ConnectionRejected(code ?? 1001, "disconnected"));
+        return;
+      }
+      this.urlIndex = (this.urlIndex + 1) % this.urls.length;
+      const attempt = this.session.reconnectAttempt++;
+      await this.sleep(backoffDelay(attempt, this.options.backoffBaseS, this.options.backoffCapS) * 1000);
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      const previous = this.wakeSleeper;
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeSleeper = () => {
+        previous?.();
+        done();
+      };
+    });
+  }
+
+  /** One connection from hello to close; resolves with the close code (null: none came). */
+  private async connection(): Promise<number | null> {
+    const WS = this.webSocketClass ?? (await defaultWebSocket());
+    const token = typeof this.token === "string" ? this.token : await this.token();
+    if (this.closed) return null;
+    return new Promise<number | null>((resolve) => {
+      const ws = new WS(this.url, [SUBPROTOCOLS[this.options.encoding]], { maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false });
+      ws.binaryType = "arraybuffer";
+      let ended = false;
+      const end = (code: number | null) => {
+        if (ended) return;
+        ended = true;
+        clearTimeout(openTimer);
+        this.stopWatchdog();
+        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        if (this.ws === ws) this.ws = null;
+        this.dropConnection = null;
+        if (this.session.state === "open") this.emit("connected", false);
+        resolve(code);
+      };
+      const openTimer = setTimeout(() => {
+        ws.close();
+        end(null);
+      }, this.options.connectTimeoutMs);
+      this.dropConnection = () => end(null);
+      ws.onopen = () => {
+        clearTimeout(openTimer);
+        this.ws = ws;
+        this.lastHeard = Date.now();
+        this.session.connect(token, encodingOf(ws.protocol));
+        this.flush();
+      };
+      ws.onmessage = (event) => {
+        this.lastHeard = Date.now();
+        const data = event.data;
+        const frame: Frame = typeof data === "string" ? data : new Uint8Array(data as ArrayBuffer);
+        this.session.receive(frame);
+        this.handleEvents(this.session.eventsReceived());
+        this.flush();
+      };
+      ws.onclose = (event) => end(event.code === 1006 || event.code === 1005 ? null : event.code);
+      ws.onerror = () => undefined; // a close event follows
+    });
+  }
+
+  private flush(): void {
+    const frames = this.session.dataToSend();
+    const ws = this.ws;
+    if (ws === null) return; // the session sends every request in flight again after the next welcome
+    for (const frame of frames) {
+      try {
+        ws.send(frame);
+      } catch {
+        return;
+      }
+    }
+  }
+
+  private handleEvents(events: SessionEvent[]): void {
+    for (const event of events) {
+      switch (event.type) {
+        case "answered":
+          this.waiting.get(event.call)?.resolve(event.reply);
+          break;
+        case "offer":
+          this.offers.push(event.gift);
+          this.emit("offer", event.gift);
+          break;
+        case "outcome":
+          this.outcomes.push(event.gift);
+          this.emit("outcome", event.gift);
+          break;
+        case "room":
+          this.roomUpdates.push(event.room);
+          this.emit("room", event.room);
+          break;
+        case "welcomed":
+          this.startWatchdog(event.welcome.heartbeat_s);
+          this.firstWelcome?.resolve(event.welcome);
+          this.firstWelcome = null;
+          this.emit("welcome", event.welcome);
+          this.emit("connected", true);
+          break;
+        case "server_error":
+          this.emit("warning", `server error ${event.error.code}: ${event.error.message}`);
+          break;
+        case "frame_ignored":
+          this.emit("warning", `unreadable frame from the server ignored: ${event.problem.message}`);
+          break;
+      }
+    }
+  }
+
+  /**
+   * Browsers do not show WebSocket pings, so silence is measured on frames: after
+   * `heartbeat_s` of it the client sends a `ping` request; after `2 * heartbeat_s + 10` s
+   * (docs/protocol.md section 12) the connection counts as dead and is replaced.
+   */
+  private startWatchdog(heartbeatS: number): void {
+    this.stopWatchdog();
+    const quietMs = heartbeatS * 1000;
+    const deadMs = (2 * heartbeatS + 10) * 1000;
+    this.watchdog = setInterval(() => {
+      const silent = Date.now() - this.lastHeard;
+      if (silent >= deadMs) {
+        this.ws?.close(4000, "no frames from the server");
+        this.dropConnection?.();
+      } else if (silent >= quietMs) {
+        this.ping().catch(() => undefined);
+      }
+    }, Math.max(1000, quietMs / 2));
+  }
+
+  private stopWatchdog(): void {
+    if (this.watchdog !== null) clearInterval(this.watchdog);
+    this.watchdog = null;
+  }
+
+  private fail(error: ConnectionRejected): void {
+    this.failure = error;
+    this.session.close();
+    this.failPending(error);
+    this.firstWelcome?.reject(error);
+    this.firstWelcome = null;
+    this.emit("failed", error);
+  }
+
+  private failPending(error: Error): void {
+    for (const waiter of this.waiting.values()) waiter.reject(error);
+    this.waiting.clear();
+  }
+}

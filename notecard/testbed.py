@@ -1,0 +1,66 @@
+"""A throwaway local deployment for tests in other languages: ``python -m notecard.testbed``.
+
+Starts a ``redis-server`` and N gateway nodes (in development mode, so that ``/app`` hands
+out development tokens) on free loopback ports, with fresh secrets, in a temporary folder;
+prints one JSON line::
+
+    {"nodes": [{"name", "url", "admin_url", "pid"}, ...], "token_secret", "admin_token", "redis_pid"}
+
+then serves until its standard input closes or it gets SIGTERM/SIGINT, and removes
+everything it started. A test may SIGKILL a node by its pid (that node only). The
+TypeScript SDK's ``npm test`` and the browser tests start one per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from notecard.cluster import LocalCluster
+from notecard.local_redis import LocalRedis
+
+
+def _stop_at_end_of_input(stop: threading.Event) -> None:
+    sys.stdin.read()
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notecard.testbed", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=2, help="gateway processes (default 2)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="notecard-testbed-") as folder:
+        work = Path(folder)
+        redis = LocalRedis(work / "redis").start()
+        try:
+            cluster = LocalCluster(redis.url, work / "nodes", args.nodes, env={"NOTECARD_DEV": "true",
+                                                                               "NOTECARD_LOG_LEVEL": "WARNING"})
+            urls = ",".join(node.url for node in cluster.nodes)
+            for node in cluster.nodes:
+                node.env["NOTECARD_PUBLIC_WS_URLS"] = urls
+            with cluster:
+                print(json.dumps({
+                    "nodes": [{"name": n.name, "url": n.url, "admin_url": n.admin_url, "pid": n.pid}
+                              for n in cluster.nodes],
+                    "token_secret": cluster.token_secret,
+                    "admin_token": cluster.admin_token,
+                    "redis_pid": redis.process.pid if redis.process else None,
+                    "log_dir": str(work / "nodes"),
+                }), flush=True)
+                threading.Thread(target=_stop_at_end_of_input, args=(stop,), daemon=True).start()
+                stop.wait()
+        finally:
+            redis.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
