@@ -2,9 +2,10 @@
 
 The gift scripts append every event to the user's Redis stream with the explicit entry id
 ``<offset>-0`` (offset = ``HINCRBY evmeta seq 1``, so 1, 2, 3, ...) and SPUBLISH the very
-same bytes on ``keys.node_channel(tag, node)`` of every live node holding the user, where
-``tag`` is the user's slot tag: a sharded channel in the user's own slot, so the message
-stays on the shard that owns the user. Pub/sub is
+same bytes on ``keys.node_channel(home, node)`` of every live node holding the user, where
+``home`` is the tag of the lowest slot of the Redis server running the script
+(clearing/topology.py): a sharded channel on the shard that owns the user, so the message
+stays there, and each gateway node listens to one channel per Redis server. Pub/sub is
 at most once; the stream is what a client resumes from. The stream has an ``epoch`` that
 changes when its history was lost (Centrifugo's model): a client that sends an epoch we no
 longer have, or an offset whose successors were trimmed, is told ``recovered=False``.

@@ -9,7 +9,8 @@ tag is one of three things:
   and change it atomically, and users spread over every shard;
 - a **slot tag** (``#`` + base 62, see clearing/slots.py): what the users of one slot share,
   per slot: totals per card kind, the expiry and recovery queues, which users and room
-  viewers a gateway node holds there, and that node's pub/sub channel for the slot;
+  viewers a gateway node holds there; and in the lowest slot of each Redis server, each
+  gateway node's pub/sub channel on that server;
 - ``nodes`` and ``cfg``: the gateway node registry and the operators' settings, one slot each.
 
 A gift therefore has two halves: the **send half** with its sender (``gift``: idempotency by
@@ -202,7 +203,8 @@ class KeySchema:
         return self._of(tag, f"noderooms:{node_id}")
 
     def node_channel(self, tag: str, node_id: str) -> str:
-        """Sharded pub/sub channel: events for the slot's users connected to the node."""
+        """Sharded pub/sub channel of a gateway node on the Redis server whose home slot
+        has this tag: events for the node's users there (clearing/events.py)."""
         return self._of(tag, f"node:{node_id}")
 
     # ----------------------------------------------------------- deployment-wide, one slot each

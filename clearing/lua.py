@@ -71,8 +71,9 @@ QUOTA_TTL_MS = 2 * DAY_MS
 #: Above this, Lua's doubles stop counting every minor unit.
 MAX_SAFE_INT = 2**53 - 1
 
-#: Argument names lib.lua gives every script (the key prefix, the clock, the epoch candidate).
-_RESERVED = frozenset({"p", "now", "ep"})
+#: Argument names lib.lua gives every script (the key prefix, the clock, the epoch candidate,
+#: the home slot of the Redis node that runs the call).
+_RESERVED = frozenset({"p", "now", "ep", "home"})
 
 #: Times a call whose slot moved is sent again after reading the map again.
 _MOVED_RETRIES = 3
@@ -97,14 +98,23 @@ def generated_tables() -> str:
             f"local MOVES = {{{rows}}}\nlocal RANK = {{{ranks}}}\n")
 
 
+#: Every script may touch keys of other slots of its Redis node: the fast path's parties,
+#: and for all of them the home slot whose channel they publish on (lib.lua ``A.home``).
+_CROSS_SLOT = "allow-cross-slot-keys"
+
+
 @functools.cache
 def script_source(name: ScriptName) -> str:
     folder = importlib.resources.files("clearing") / "scripts"
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-    shebang = ""
+    flags = [_CROSS_SLOT]
     if body.startswith("#!lua"):
         line, _, body = body.partition("\n")
-        shebang = line + "\n"
+        declared = line.partition("flags=")[2]
+        flags = [f for f in declared.split(",") if f] if declared else []
+        if _CROSS_SLOT not in flags:
+            flags.append(_CROSS_SLOT)
+    shebang = "#!lua flags=" + ",".join(flags) + "\n"
     parts = [shebang + generated_tables(), (folder / "lib.lua").read_text(encoding="utf-8")]
     library = _LIBRARY.get(name)
     if library is not None:
@@ -152,11 +162,10 @@ class ScriptRunner:
         packed: dict[str, Any] = {**self._common, **(args or {}), "now": now_ms}
         if emits:
             packed["ep"] = secrets.token_hex(6)
-        argv = [msgpack.packb(packed)]
-        raw = await self._call(name, slot, key, argv, durable)
+        raw = await self._call(name, slot, key, packed, durable)
         return decode_reply(raw)
 
-    async def _call(self, name: ScriptName, slot: int, key: str, argv: list[bytes], durable: bool) -> Any:
+    async def _call(self, name: ScriptName, slot: int, key: str, packed: dict[str, Any], durable: bool) -> Any:
         topology = self._topology
         for _ in range(_MOVED_RETRIES):
             try:
@@ -165,18 +174,30 @@ class ScriptRunner:
                 await self._refresh()
                 raise ClearingUnavailable(str(exc)) from None
             script = node.script(name, script_source(name))
+            home = packed["home"] = node.home
+            argv = [msgpack.packb(packed)]
             try:
                 return await guarded((node.waited if durable else node.plain).call(script, key, argv))
-            except rx.MovedError:
-                await self._refresh()
+            except rx.MovedError as exc:
+                if not topology.moved(slot, f"{exc.host}:{exc.port}"):
+                    await self._refresh(force=True)
             except rx.AskError as exc:
-                return await self._ask(exc, name, key, argv)
+                return await self._ask(exc, name, key, packed)
             except ClearingUnavailable:
                 await self._refresh()
                 raise
+            except rx.ResponseError as exc:
+                if not _non_local(exc):
+                    raise
+                # A key of another slot left this node (nothing was written): the home
+                # slot (then try again with the new map), or a fast-path party (the
+                # caller takes the saga).
+                await self._refresh(force=True)
+                if topology.node_for(slot).home == home:
+                    raise
         raise ClearingUnavailable(f"slot {slot} kept moving") from None
 
-    async def _ask(self, exc: rx.AskError, name: ScriptName, key: str, argv: list[bytes]) -> Any:
+    async def _ask(self, exc: rx.AskError, name: ScriptName, key: str, packed: dict[str, Any]) -> Any:
         """The slot is migrating and the key is on the target already: ASKING, then the call,
         on one connection of the target."""
         host, port = exc.node_addr
@@ -185,6 +206,7 @@ class ScriptRunner:
             await self._refresh()
             raise ClearingUnavailable("slot migrating to an unknown node") from None
         script = target.script(name, script_source(name))
+        argv = [msgpack.packb({**packed, "home": target.home})]
         await guarded(target.client.script_load(script.script))
         async with target.client.pipeline(transaction=False) as pipe:
             pipe.execute_command("ASKING")
@@ -192,11 +214,15 @@ class ScriptRunner:
             replies = await guarded(pipe.execute())
         return replies[-1]
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, force: bool = False) -> None:
         # A failed read of the map is tried again by the next call; this one already failed
         # with its own error.
         with contextlib.suppress(rx.RedisError):
-            await self._topology.refresh()
+            await self._topology.refresh(force)
+
+
+def _non_local(exc: rx.ResponseError) -> bool:
+    return "non local key" in str(exc)
 
 
 def decode_reply(raw: Any) -> dict[str, Any]:

@@ -53,12 +53,19 @@ class Durability:
 
 
 class NodeScripts:
-    """One Redis server's client, its registered scripts and its batchers."""
+    """One Redis server's client, its registered scripts and its batchers.
 
-    __slots__ = ("client", "name", "plain", "scripts", "waited")
+    ``home``: the tag of the lowest slot the server serves. Gateway nodes listen on one
+    channel per Redis server, in that slot, and every script call publishes there (lib.lua
+    ``A.home``): one subscription per server instead of one per slot.
+    """
 
-    def __init__(self, name: str, client: aioredis.Redis, durability: Durability, fence: str) -> None:
+    __slots__ = ("client", "home", "name", "plain", "scripts", "waited")
+
+    def __init__(self, name: str, client: aioredis.Redis, durability: Durability, fence: str,
+                 home: str = "") -> None:
         self.name = name
+        self.home = home or slot_tag(0)
         self.client = client
         self.scripts: dict[str, AsyncScript] = {}
         self.plain = ScriptBatcher(client)
@@ -97,8 +104,13 @@ class Topology(abc.ABC):
             groups.setdefault(node.name, (node, []))[1].append(slot)
         return list(groups.values())
 
-    async def refresh(self) -> None:  # noqa: B027 (one Redis has no map to read)
-        """Read the map again (after MOVED, ASK or a failed node)."""
+    async def refresh(self, force: bool = False) -> None:  # noqa: B027 (one Redis has no map to read)
+        """Read the map again (after MOVED, ASK or a failed node). Calls in a burst share
+        one read; ``force``: even if the map was read a moment ago."""
+
+    def moved(self, slot: int, address: str) -> bool:
+        """A MOVED reply said where ``slot`` is now: note it if that server is known."""
+        return False
 
     async def aclose(self) -> None:  # noqa: B027 (one Redis was given, not opened, here)
         """Close what the topology opened itself (not the clients it was given)."""
@@ -147,6 +159,7 @@ class ClusterTopology(Topology):
     def _build(self) -> None:
         cache = self.cluster.nodes_manager.slots_cache
         by_slot: list[NodeScripts | None] = [None] * SLOTS
+        seen: set[str] = set()
         for slot in range(SLOTS):
             serving = cache.get(slot)
             if not serving:
@@ -156,7 +169,10 @@ class ClusterTopology(Topology):
             if node is None:
                 client = self._connect(primary.host, int(primary.port))
                 node = self._by_name[primary.name] = NodeScripts(primary.name, client, self._durability,
-                                                                 self._fence(slot_tag(slot)))
+                                                                 self._fence(slot_tag(slot)), slot_tag(slot))
+            elif primary.name not in seen:
+                node.home = slot_tag(slot)  # its lowest slot now (slots moved)
+            seen.add(primary.name)
             by_slot[slot] = node
         self._by_slot = by_slot
 
@@ -170,17 +186,24 @@ class ClusterTopology(Topology):
         live = {id(n): n for n in self._by_slot if n is not None}
         return list(live.values())
 
-    async def refresh(self) -> None:
+    async def refresh(self, force: bool = False) -> None:
         if self._refreshing is not None:
             await asyncio.shield(self._refreshing)
             return
-        if time.monotonic() - self._refreshed_at < _REFRESH_MIN_INTERVAL_S:
+        if not force and time.monotonic() - self._refreshed_at < _REFRESH_MIN_INTERVAL_S:
             return
         self._refreshing = asyncio.create_task(self._refresh())
         try:
             await asyncio.shield(self._refreshing)
         finally:
             self._refreshing = None
+
+    def moved(self, slot: int, address: str) -> bool:
+        node = self._by_name.get(address)
+        if node is None:
+            return False
+        self._by_slot[slot] = node
+        return True
 
     async def _refresh(self) -> None:
         self._refreshed_at = time.monotonic()

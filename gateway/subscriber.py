@@ -1,12 +1,15 @@
 """The node's pub/sub subscriptions, watched so that the node never stays deaf.
 
-Events for a user are published on the user's own slot (sharded pub/sub, clearing/events.py):
-``keys.node_channel(tag, node)`` for each slot tag, so a message travels only inside the
-shard that owns the user, never over a whole cluster's bus. The node therefore subscribes
-to its channel of every slot, with one connection per Redis node (the node that serves those
-slots): on a single Redis that is one connection and one SSUBSCRIBE; on a cluster one
-connection per primary. The same connection of the first group also subscribes (classic
-pub/sub) to the settings channel, whose messages reach every node of a cluster.
+Events for a user are published by the script that made them, on the Redis node that runs
+it (sharded pub/sub, clearing/events.py), on the gateway node's channel in that Redis node's
+*home* slot (its lowest slot: ``keys.node_channel(home, node)``, clearing/topology.py), so a
+message travels only inside the shard that owns the user, never over a whole cluster's bus.
+The node therefore holds one connection and one channel per Redis node: on a single Redis
+one of each; on a cluster one per primary. The same connection of the first group also
+subscribes (classic pub/sub) to the settings channel, whose messages reach every node of a
+cluster. When the cluster's map changes (a home slot moved, a primary added or promoted)
+the listener subscribes again after the map it reads every ``MAP_CHECK_S``, or at once when
+Redis unsubscribes a channel whose slot moved.
 
 A subscriber connection can die without an error on our side (Redis restarted, the
 connection killed with ``CLIENT KILL TYPE pubsub``, the output-buffer limit hit, a socket
@@ -36,14 +39,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from clearing import CONTROL_PREFIX, KeySchema, UserEvent, decode_published
-from clearing.slots import SLOTS, slot_tag
-from clearing.topology import NodeScripts, SingleTopology, Topology
+from clearing.topology import NodeScripts, Topology
 from gateway.metrics import NodeMetrics
 
 log = logging.getLogger("notecard.gateway.subscriber")
@@ -57,9 +59,9 @@ _BACKOFF_MAX_S = 2.0
 DEAF_AFTER_PROBES = 3
 #: The longest one get_message may wait for data before the loop looks at its probe again.
 _POLL_S = 0.5
-#: Extra time allowed per channel subscribed one at a time (a cluster node: each SSUBSCRIBE
-#: names channels of one slot only).
-_PER_CHANNEL_S = 0.001
+#: How often the listener reads the cluster's map again to find a changed set of primaries
+#: or home slots (a script meeting a moved slot reads it sooner). One CLUSTER SLOTS per node.
+MAP_CHECK_S = 10.0
 
 
 class NodeSubscriber:
@@ -104,9 +106,8 @@ class NodeSubscriber:
     def stuck_after_s(self) -> float:
         """No listener step takes longer than this: two bounded calls (a close and a
         subscribe, or a probe and a read), a poll, a probe period and the longest backoff,
-        plus the one-by-one subscribes of a cluster node."""
-        subscribes = SLOTS * _PER_CHANNEL_S if not isinstance(self.topology, SingleTopology) else 0.0
-        return 2 * self.call_timeout_s + _POLL_S + self.probe_interval_s + _BACKOFF_MAX_S + subscribes + 1.0
+        and a read of the cluster's map."""
+        return 3 * self.call_timeout_s + _POLL_S + self.probe_interval_s + _BACKOFF_MAX_S + 1.0
 
     def probe_age(self) -> float:
         """Seconds since the probe of the most silent connection came back (infinite
@@ -153,11 +154,11 @@ class NodeSubscriber:
 
     async def _listen_all(self) -> None:
         """One listener per Redis node, together: the first that fails ends them all."""
-        groups = self.topology.by_node(range(SLOTS))
-        self._groups = [node.name for node, _ in groups]
+        nodes = self.topology.nodes()
+        self._groups = [node.name for node in nodes]
         self._subscribed = 0
-        tasks = [asyncio.create_task(self._listen(node, slots, settings=i == 0))
-                 for i, (node, slots) in enumerate(groups)]
+        tasks = [asyncio.create_task(self._listen(node, node.home, settings=i == 0)) for i, node in enumerate(nodes)]
+        tasks.append(asyncio.create_task(self._watch_map({node.name: node.home for node in nodes})))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -169,12 +170,22 @@ class NodeSubscriber:
                 raise task.exception()  # type: ignore[misc]
         raise _Deaf("a listener ended")  # they loop until they fail: not reached
 
-    async def _listen(self, node: NodeScripts, slots: Sequence[int], *, settings: bool) -> None:
+    async def _watch_map(self, listened: dict[str, str]) -> None:
+        """Ends the round (to subscribe again) once the map names other primaries or homes."""
+        while True:
+            await asyncio.sleep(MAP_CHECK_S)
+            with contextlib.suppress(RedisError, OSError):
+                async with asyncio.timeout(self.call_timeout_s):
+                    await self.topology.refresh()
+            if {node.name: node.home for node in self.topology.nodes()} != listened:
+                raise _Deaf("the cluster's map changed")
+
+    async def _listen(self, node: NodeScripts, home: str, *, settings: bool) -> None:
         client = self.client_of(node)
-        channels = [self.keys.node_channel(slot_tag(s), self.node_id) for s in slots]
+        channel = self.keys.node_channel(home, self.node_id)
         pubsub = client.pubsub()
         try:
-            await self._subscribe(pubsub, channels, settings)
+            await self._subscribe(pubsub, channel, settings)
             self._subscribed += 1
             if self._subscribed == len(self._groups):
                 # every connection of this round is subscribed
@@ -182,7 +193,7 @@ class NodeSubscriber:
                 if self.subscriptions > 1:
                     self.metrics.subscriber_reconnects.inc()
                     log.info("pub/sub resubscribed")
-            await self._loop(node.name, client, pubsub, channels[0])
+            await self._loop(node.name, client, pubsub, channel)
         finally:
             self.progress_at = time.monotonic()
             try:
@@ -191,24 +202,13 @@ class NodeSubscriber:
             except (RedisError, OSError, RuntimeError):
                 log.warning("pub/sub connection did not close cleanly; dropped")
 
-    async def _subscribe(self, pubsub: aioredis.client.PubSub, channels: list[str], settings: bool) -> None:
-        """The node's channels of these slots: in one SSUBSCRIBE on a single Redis; one per
-        slot on a cluster, where a shard channel command names channels of one slot only."""
-        one_by_one = not isinstance(self.topology, SingleTopology)
-        timeout = self.call_timeout_s + len(channels) * _PER_CHANNEL_S
-        async with asyncio.timeout(timeout):
-            if one_by_one:
-                for channel in channels:
-                    await pubsub.ssubscribe(channel)
-            else:
-                await pubsub.ssubscribe(*channels)
+    async def _subscribe(self, pubsub: aioredis.client.PubSub, channel: str, settings: bool) -> None:
+        """The node's channel on this Redis node (and the settings channel), confirmed."""
+        async with asyncio.timeout(self.call_timeout_s):
+            await pubsub.ssubscribe(channel)
             if settings:
                 await pubsub.subscribe(self.keys.settings_channel())
-            # Read the confirmations (one per channel) before the first probe: the probe
-            # comes back after all of them, and on a slow machine thousands of them could
-            # take longer than a probe period to read.
-            expected = len(channels) + (1 if settings else 0)
-            confirmed = 0
+            expected, confirmed = (2 if settings else 1), 0
             while confirmed < expected:
                 message = await pubsub.get_message(timeout=_POLL_S)
                 if message is not None and message.get("type") in ("ssubscribe", "subscribe"):

@@ -89,7 +89,7 @@ AUTH_CLOSES = frozenset({CloseCode.NOT_AUTHENTICATED, CloseCode.UNSUPPORTED_VERS
 #: user's request rate (clearing/rates.py).
 #: Keys a fuzzed connection may change without touching the ledger: presence, the node
 #: registry, event streams, refusal memory and request rates (names after the hash tag).
-VOLATILE = ("presence", "beats", "nodeusers:", "ev", "evmeta", "refused:", "rate")
+VOLATILE = ("presence", "beats", "stats", "nodeusers:", "ev", "evmeta", "refused:", "rate")
 FUZZ_USER = "fuzzer"
 #: Frames sent before their replies are read (keeps the live pass fast, and ordered).
 BATCH = 64

@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from clearing import EventKind, GiftState, Refusal, Refused, UserEvent, decode_published
-from clearing.keys import KeySchema
 from clearing.slots import tag_of
 from clearing.testing import World
 
@@ -40,15 +39,14 @@ async def friends(world: World) -> None:
     await world.befriend("ann", "bob")
 
 
-async def subscribe(pubsub: PubSub, keys: KeySchema, node: str, users: tuple[str, ...] = ("ann", "bob")) -> None:
-    """Subscribe to the node's channel of each user's slot (events are published on the
-    user's slot) and wait for the confirmations, so nothing published next can be missed."""
-    channels = sorted({keys.node_channel(tag_of(user), node) for user in users})
-    await pubsub.ssubscribe(*channels)
-    for _ in channels:
-        confirmation = await pubsub.get_message(timeout=2.0)
-        assert confirmation is not None
-        assert confirmation["type"] == "ssubscribe"
+async def subscribe(pubsub: PubSub, world: World, node: str) -> None:
+    """Subscribe to the node's channel on the Redis server (events are published in its home
+    slot) and wait for the confirmation, so nothing published next can be missed."""
+    (server,) = world.topology.nodes()
+    await pubsub.ssubscribe(world.keys.node_channel(server.home, node))
+    confirmation = await pubsub.get_message(timeout=2.0)
+    assert confirmation is not None
+    assert confirmation["type"] == "ssubscribe"
 
 
 async def received(pubsub: PubSub, expected: int, wait_s: float = 2.0) -> list[UserEvent]:
@@ -152,8 +150,8 @@ async def test_events_are_published_to_the_users_live_nodes(world: World, subscr
     await world.presence.heartbeat(world.node)
     stale = world.redis.pubsub()
     try:
-        await subscribe(subscriber, world.keys, world.node)
-        await subscribe(stale, world.keys, "n-stale")
+        await subscribe(subscriber, world, world.node)
+        await subscribe(stale, world, "n-stale")
         gift = await world.clearing.reserve("g1", "ann", "bob", "note", 1)
         [offer] = await received(subscriber, 1)
         assert offer == UserEvent("bob", offer.epoch, 1, EventKind.OFFER, gift)
@@ -173,7 +171,7 @@ async def test_an_expiry_is_told_to_both_users(world: World, subscriber: PubSub)
     await world.presence.connect("ann", world.node)
     await world.clearing.reserve("g1", "ann", "bob", "note", 1)
     await world.tick(world.rules.confirm_window_ms)
-    await subscribe(subscriber, world.keys, world.node)
+    await subscribe(subscriber, world, world.node)
     await world.clearing.expire_due()
     outcomes = await received(subscriber, 2)
     assert sorted(e.user for e in outcomes) == ["ann", "bob"]

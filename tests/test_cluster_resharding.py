@@ -23,8 +23,11 @@ from clearing.scenes import Scenes
 from clearing.slots import slot_of
 from clearing.testing import World
 from clearing.topology import ClusterTopology, connect_cluster
+from gateway import GatewayNode, GatewaySettings, close_store, connect_store
 from notecard.local_cluster import LocalCluster
 from notecard.local_redis import LocalRedis
+from notecard_sdk import NotecardClient
+from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET, token_for
 
 UNIT = GiftRules().units_per_card
 
@@ -181,3 +184,44 @@ async def test_a_saga_step_follows_the_slot_of_the_sender_moving_mid_gift(
     assert (await world.clearing.accept("g1", bob)).gift.state is GiftState.ACCEPTED
     assert (await world.clearing.balances(ann)).available["note"] == 3 * UNIT
     assert (await world.clearing.balances(bob)).available["note"] == 7 * UNIT
+
+
+async def test_a_gateway_node_follows_its_channel_when_the_home_slot_of_a_shard_moves(
+        two_shards: LocalCluster, world: World, tmp_path: Path) -> None:
+    """Gateway nodes listen on one channel per Redis server, in its lowest ("home") slot.
+    Moving that slot away makes Redis drop the subscription; the node subscribes again on
+    the new map and offers keep arriving live."""
+    first, second = (shard.primary for shard in two_shards.shards)
+    ann, bob = users_on(world, first, 2)
+    for user in (ann, bob):
+        await world.user(user, cards=5, online=False)
+    await world.befriend(ann, bob)
+    settings = GatewaySettings(redis_cluster=tuple((s.host, s.port) for s in two_shards.servers),
+                               redis_password=two_shards.password, port=0, admin_port=0, data_dir=tmp_path,
+                               log_format="text", subscriber_probe_s=0.5, shutdown_grace_s=2.0,
+                               rules=world.rules)
+    store = await connect_store(settings)
+    node = GatewayNode(settings, store, token_secret=TOKEN_SECRET, admin_token=ADMIN_TOKEN)
+    await node.start()
+    clients = [NotecardClient(node.url, token_for(user)) for user in (ann, bob)]
+    try:
+        sender, recipient = clients
+        for client in clients:
+            await client.connect()
+        gift = await sender.send_gift(bob)
+        assert (await recipient.next_offer(10)).gift_id == gift.gift_id
+
+        home = min(s for s in range(16384) if world.topology.node_for(s).name == f"{first.host}:{first.port}")
+        moving = Resharding(two_shards, home, first, second)
+        moving.begin()
+        moving.move_keys()
+        moving.finish()
+        for _ in range(3):  # each arrives live, whichever channel the node listens on now
+            gift = await sender.send_gift(bob)
+            assert (await recipient.next_offer(30)).gift_id == gift.gift_id
+            await recipient.accept(gift.gift_id)
+    finally:
+        for client in clients:
+            await client.close()
+        await node.stop()
+        await close_store(store)

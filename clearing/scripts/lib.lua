@@ -32,6 +32,15 @@ local function ukey(user, name)
 end
 local tkey = ukey
 
+-- A.home: the tag of a slot the Redis node running this call serves (the caller's map says
+-- which). Gateway nodes listen on one channel per Redis node, in that slot, so every
+-- publish of the call goes there. Touched first: if the map was stale and the slot is not
+-- served here, the call fails now, before any write, and the caller reads the map again.
+local HOME = A.home
+if HOME then
+  redis.call('EXISTS', tkey(HOME, 'home'))
+end
+
 -- A request's rate token, checked first (check_rate) and taken when the script ends, by
 -- its reply or its refusal: a script that stops on an error (a key whose slot moved to
 -- another node, on the fast path) has then written nothing at all.
@@ -228,10 +237,16 @@ local function ensure_epoch(user)
   return A.ep
 end
 
+-- The channel of a gateway node on this Redis node: in the home slot (sharded pub/sub: the
+-- message stays on the shard that owns the slot). `tag` (the user's slot tag) serves a
+-- caller that gives no home (the benchmark's redis-benchmark).
+local function node_channel(tag, node)
+  return tkey(HOME or tag, 'node:' .. node)
+end
+
 -- Append an event to the user's stream (entry id <offset>-0) and publish the same bytes on
--- the slot's channel of every live node of the user (sharded pub/sub: the channel lives in
--- the user's slot, so the message stays on the shard that owns it). `tag` is the user's
--- slot tag; `nodes` may be passed when the caller already has them.
+-- the channel of every live node of the user on this Redis node. `tag` is the user's slot
+-- tag; `nodes` may be passed when the caller already has them.
 local function emit(user, tag, kind, gift, nodes)
   local meta = ukey(user, 'evmeta')
   local epoch = ensure_epoch(user)
@@ -239,7 +254,7 @@ local function emit(user, tag, kind, gift, nodes)
   local payload = cmsgpack.pack({u = user, ep = epoch, o = offset, e = kind, g = public(gift)})
   redis.call('XADD', ukey(user, 'ev'), 'MAXLEN', '~', A.maxlen, offset .. '-0', 'p', payload)
   for _, node in ipairs(nodes or live_nodes(user)) do
-    redis.call('SPUBLISH', tkey(tag, 'node:' .. node), payload)
+    redis.call('SPUBLISH', node_channel(tag, node), payload)
   end
 end
 

@@ -7,7 +7,7 @@
 -- gifts are not touched: a ban stops new gifts, and the ones in flight resolve as usual so
 -- no held amount is stranded. A ban also tells every live node holding the user's
 -- connections to close them: the control message 'ctl:ban:<user>' on the node's channel
--- of the user's slot (clearing/events.py). presence.lua refuses new ones.
+-- (lib.lua node_channel; clearing/events.py). presence.lua refuses new ones.
 
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then
@@ -20,7 +20,7 @@ for _, name in ipairs({'verified', 'vip', 'banned'}) do
 end
 if A.flags.banned == '1' then
   for _, node in ipairs(live_nodes(A.u)) do
-    redis.call('SPUBLISH', tkey(A.tag, 'node:' .. node), 'ctl:ban:' .. A.u)
+    redis.call('SPUBLISH', node_channel(A.tag, node), 'ctl:ban:' .. A.u)
   end
 end
 return reply({user = redis.call('HGETALL', key), bal = redis.call('HGETALL', ukey(A.u, 'bal')),
