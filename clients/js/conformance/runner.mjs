@@ -1,0 +1,197 @@
+// Runs one conformance case with the TypeScript SDK against a real gateway: the twin of
+// tests/conformance/runner.py (read there what a case and its steps are). Reads
+// {"case", "urls", "names"} as JSON on standard input and writes the report as one JSON
+// line; {"vectors": [...]} instead checks the comparison rules (match_vectors.json).
+import { WebSocket } from "ws";
+import { ConnectionRejected, GiftRefused, NotecardClient, RequestTimeout } from "../dist/index.js";
+import { mismatch } from "./match.mjs";
+
+const WAIT_MS = 15_000;
+
+/** An SDK object as the JSON a peer would see: no null or undefined fields. */
+function plain(value) {
+  if (Array.isArray(value)) return value.map(plain);
+  if (value !== null && typeof value === "object") {
+    const out = {};
+    for (const [key, item] of Object.entries(value)) if (item !== null && item !== undefined) out[key] = plain(item);
+    return out;
+  }
+  return value;
+}
+
+function resolve(value, names) {
+  if (typeof value === "string" && value.startsWith("$") && Object.hasOwn(names, value.slice(1))) return names[value.slice(1)];
+  if (Array.isArray(value)) return value.map((item) => resolve(item, names));
+  if (value !== null && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, resolve(v, names)]));
+  return value;
+}
+
+function pick(observed, path) {
+  for (const part of path.split(".")) observed = Array.isArray(observed) ? observed[Number(part)] : observed[part];
+  return observed;
+}
+
+function oversizeFrame(size) {
+  const head = '{"t":"ping","rid":1,"pad":"';
+  return head + "x".repeat(size - head.length - 2) + '"}';
+}
+
+class TypeScriptRunner {
+  constructor(urls, names) {
+    this.urls = urls;
+    this.names = { ...names };
+    this.clients = new Map();
+    this.positions = new Map();
+  }
+
+  async run(testCase) {
+    const steps = [];
+    try {
+      for (const [index, step] of testCase.steps.entries()) {
+        const entry = await this.step(step);
+        steps.push({ ...entry, index });
+        if (entry.problem !== null) break;
+      }
+    } finally {
+      await Promise.all([...this.clients.values()].map((client) => client.close()));
+    }
+    return { ok: steps.length === testCase.steps.length && steps.every((s) => s.problem === null), steps };
+  }
+
+  async step(step) {
+    const expected = step.expect === undefined ? undefined : resolve(step.expect, this.names);
+    const deadline = Date.now() + 1000 * (step.until_s ?? 0);
+    let observed;
+    let problem;
+    for (;;) {
+      observed = await this.observe(step.as, step.do, resolve(step.args ?? {}, this.names));
+      problem = expected === undefined ? null : mismatch(expected, observed);
+      if (problem === null || Date.now() >= deadline) break;
+      await new Promise((done) => setTimeout(done, 50)); // polling a condition, bounded by until_s
+    }
+    if (problem === null) for (const [name, path] of Object.entries(step.save ?? {})) this.names[name] = pick(observed, path);
+    return { as: step.as, do: step.do, observed: observed ?? null, problem };
+  }
+
+  async observe(actor, action, args) {
+    if (action === "connect") return this.connect(actor, args);
+    if (action === "raw") return this.raw(args);
+    const client = this.clients.get(actor);
+    if (action === "close") {
+      await client.close();
+      this.positions.set(actor, { epoch: client.epoch, offset: client.offset });
+      return plain({ epoch: client.epoch, offset: client.offset });
+    }
+    if (action === "state") {
+      return plain({ epoch: client.epoch, offset: client.offset, recovered: client.recovered, connections: client.connections });
+    }
+    try {
+      if (action === "next_offer") return plain(await client.nextOffer(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
+      if (action === "next_outcome") return plain(await client.nextOutcome(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
+      return plain(await this.request(client, action, args));
+    } catch (error) {
+      if (error instanceof GiftRefused) return plain({ error: error.code, gift: error.gift });
+      if (error instanceof RequestTimeout) return { error: "TIMEOUT" };
+      throw error;
+    }
+  }
+
+  request(client, action, args) {
+    switch (action) {
+      case "send_gift":
+        return client.sendGift(args.to, { qty: args.qty ?? 1, kind: args.kind ?? "note", giftId: args.gift_id, quote: args.quote });
+      case "accept":
+        return client.accept(args.gift_id);
+      case "decline":
+        return client.decline(args.gift_id);
+      case "balance":
+        return client.balance();
+      case "ping":
+        return client.ping();
+      case "open_wish":
+        return client.openWish(args.kind ?? "note", args.target);
+      case "join_room":
+        return client.joinRoom(args.room);
+      case "leave_room":
+        return client.leaveRoom(args.room);
+      case "quote":
+        return client.quote(args.room, { qty: args.qty ?? 1, kind: args.kind ?? "note" });
+      case "room":
+        return client.room(args.room, args.top ?? 10);
+      default:
+        throw new Error(`unknown action ${action}`);
+    }
+  }
+
+  async connect(actor, args) {
+    let { epoch = null, offset = null } = args;
+    if (args.resume !== undefined) ({ epoch, offset } = this.positions.get(args.resume));
+    const client = new NotecardClient(this.urls[args.node ?? 0], args.token, {
+      encoding: args.encoding ?? "msgpack", epoch, offset,
+      backoffBaseS: 0.05, backoffCapS: 0.5, requestTimeoutMs: WAIT_MS, connectTimeoutMs: WAIT_MS,
+    });
+    try {
+      const welcome = await client.connect();
+      this.clients.set(actor, client);
+      return plain(welcome);
+    } catch (error) {
+      if (error instanceof ConnectionRejected) return { error: "CONNECTION_REJECTED", close: error.closeCode };
+      throw error;
+    }
+  }
+
+  /** Frames written by hand on a WebSocket of its own (see the Python runner's `_raw`). */
+  raw(args) {
+    const most = args.read ?? 1000;
+    return new Promise((done, fail) => {
+      const frames = [];
+      let closed = null;
+      const ws = new WebSocket(this.urls[args.node ?? 0], ["notecard.v1.json"], { perMessageDeflate: false });
+      const timer = setTimeout(() => ws.terminate(), WAIT_MS);
+      let arrived = () => undefined;
+      const received = (count) =>
+        new Promise((enough) => {
+          arrived = () => frames.length >= count && enough();
+          arrived();
+        });
+      ws.on("open", async () => {
+        for (const frame of args.frames) {
+          if (typeof frame !== "string" && "$await" in frame) {
+            await received(frame.$await); // the server's answers so far, before the next frame
+            continue;
+          }
+          const text = typeof frame === "string" ? frame : "$oversize" in frame ? oversizeFrame(frame.$oversize) : JSON.stringify(frame);
+          if (ws.readyState === WebSocket.OPEN) ws.send(text);
+        }
+      });
+      ws.on("message", (data) => {
+        frames.push(JSON.parse(data.toString("utf8")));
+        arrived();
+        if (frames.length >= most) ws.close(1000);
+      });
+      ws.on("close", (code) => {
+        clearTimeout(timer);
+        arrived = () => undefined;
+        // A close this side started (after `read` frames) is no close of the server's.
+        done({ frames, close: frames.length >= most ? closed : code === 1006 || code === 1005 ? null : code });
+      });
+      ws.on("error", (error) => {
+        if (ws.readyState === WebSocket.CONNECTING) fail(error);
+      });
+    });
+  }
+}
+
+async function main() {
+  let text = "";
+  for await (const chunk of process.stdin) text += chunk;
+  const input = JSON.parse(text);
+  if (input.vectors !== undefined) {
+    process.stdout.write(JSON.stringify(input.vectors.map((v) => mismatch(v.expected, v.actual) === null)) + "\n");
+    return;
+  }
+  const report = await new TypeScriptRunner(input.urls, input.names).run(input.case);
+  process.stdout.write(JSON.stringify(report) + "\n");
+}
+
+await main();

@@ -1,0 +1,206 @@
+"""Runs one conformance case with the Python SDK (``notecard_sdk``) against a real gateway.
+
+A case (tests/conformance/cases.json) is a list of steps. Each step names an actor (one SDK
+client, or one raw WebSocket), an action, its arguments and the observation it expects.
+``$name`` strings in arguments and expectations are replaced from the case's variables:
+the users' ids (``$alice``), their tokens (``$alice.token``), fresh gift ids, and values
+saved by earlier steps (``"save": {"name": "path.in.observation"}``). A step with
+``until_s`` is repeated until it matches (for state the server updates after replying).
+
+clients/js/conformance/runner.mjs is the same interpreter over the TypeScript SDK: one
+file of cases, two SDKs. The runner stops at the first step that does not match and
+reports every step it ran, with what it observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import time
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from notecard_sdk import ConnectionRejected, Encoding, GiftRefused, NotecardClient, RequestTimeout
+from tests.conformance.match import mismatch
+
+#: How long a step may wait for a push (an offer, an outcome) or for ``until_s`` by default.
+WAIT_S = 15.0
+
+
+def plain(value: Any) -> Any:
+    """An SDK object as the JSON a peer would see: no ``None`` fields, lists for tuples."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def resolve(value: Any, names: dict[str, Any]) -> Any:
+    """``value`` with every ``$name`` string that names a variable replaced by its value."""
+    if isinstance(value, str) and value.startswith("$") and value[1:] in names:
+        return names[value[1:]]
+    if isinstance(value, dict):
+        return {k: resolve(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, names) for v in value]
+    return value
+
+
+def pick(observed: Any, path: str) -> Any:
+    for part in path.split("."):
+        observed = observed[int(part)] if isinstance(observed, list) else observed[part]
+    return observed
+
+
+def oversize_frame(size: int) -> str:
+    """A JSON ``ping`` padded to ``size`` bytes (over the 65536-byte limit when asked)."""
+    head = '{"t":"ping","rid":1,"pad":"'
+    return head + "x" * (size - len(head) - 2) + '"}'
+
+
+class PythonRunner:
+    def __init__(self, urls: list[str], names: dict[str, Any]) -> None:
+        self.urls = urls
+        self.names = dict(names)
+        self.clients: dict[str, NotecardClient] = {}
+        #: The stream position each closed client ended with, for a later resume.
+        self.positions: dict[str, tuple[str | None, int | None]] = {}
+
+    async def run(self, case: dict[str, Any]) -> dict[str, Any]:
+        report: list[dict[str, Any]] = []
+        try:
+            for index, step in enumerate(case["steps"]):
+                entry = await self._step(step)
+                entry["index"] = index
+                report.append(entry)
+                if entry["problem"] is not None:
+                    break
+        finally:
+            for client in self.clients.values():
+                await client.close()
+        return {"ok": all(e["problem"] is None for e in report) and len(report) == len(case["steps"]),
+                "steps": report}
+
+    async def _step(self, step: dict[str, Any]) -> dict[str, Any]:
+        actor = step["as"]
+        expected = resolve(step.get("expect"), self.names)
+        until = float(step.get("until_s", 0))
+        deadline = time.monotonic() + until
+        while True:
+            observed = await self._observe(actor, step["do"], resolve(step.get("args", {}), self.names))
+            problem = None if expected is None else mismatch(expected, observed)
+            if problem is None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # polling a condition, bounded by until_s
+        if problem is None:
+            for name, path in step.get("save", {}).items():
+                self.names[name] = pick(observed, path)
+        return {"as": actor, "do": step["do"], "observed": observed, "problem": problem}
+
+    async def _observe(self, actor: str, action: str, args: dict[str, Any]) -> Any:
+        if action == "connect":
+            return await self._connect(actor, args)
+        if action == "raw":
+            return await self._raw(args)
+        client = self.clients[actor]
+        if action == "close":
+            await client.close()
+            self.positions[actor] = (client.epoch, client.offset)
+            return {"epoch": client.epoch, "offset": client.offset}
+        if action == "state":
+            return plain({"epoch": client.epoch, "offset": client.offset, "recovered": client.recovered,
+                          "connections": client.connections})
+        if action in ("next_offer", "next_outcome"):
+            wait = float(args.get("timeout_s", WAIT_S))
+            try:
+                gift = await (client.next_offer(wait) if action == "next_offer" else client.next_outcome(wait))
+            except TimeoutError:
+                return {"error": "TIMEOUT"}
+            return plain(gift)
+        try:
+            return plain(await self._request(client, action, args))
+        except GiftRefused as refused:
+            return plain({"error": refused.code, "gift": refused.gift})
+        except RequestTimeout:
+            return {"error": "TIMEOUT"}
+
+    async def _request(self, client: NotecardClient, action: str, args: dict[str, Any]) -> Any:
+        if action == "send_gift":
+            return await client.send_gift(args["to"], qty=args.get("qty", 1), kind=args.get("kind", "note"),
+                                          gift_id=args.get("gift_id"), quote=args.get("quote"))
+        if action in ("accept", "decline"):
+            return await (client.accept if action == "accept" else client.decline)(args["gift_id"])
+        if action == "balance":
+            return await client.balance()
+        if action == "ping":
+            return await client.ping()
+        if action == "open_wish":
+            return await client.open_wish(args.get("kind", "note"), args["target"])
+        if action == "join_room":
+            return await client.join_room(args["room"])
+        if action == "leave_room":
+            return await client.leave_room(args["room"])
+        if action == "quote":
+            return await client.quote(args["room"], qty=args.get("qty", 1), kind=args.get("kind", "note"))
+        if action == "room":
+            return await client.room(args["room"], top=args.get("top", 10))
+        raise ValueError(f"unknown action {action!r}")
+
+    async def _connect(self, actor: str, args: dict[str, Any]) -> Any:
+        epoch, offset = args.get("epoch"), args.get("offset")
+        if "resume" in args:
+            epoch, offset = self.positions[args["resume"]]
+        client = NotecardClient(self.urls[args.get("node", 0)], args["token"],
+                                encoding=Encoding[args.get("encoding", "msgpack").upper()], epoch=epoch, offset=offset,
+                                backoff_base_s=0.05, backoff_cap_s=0.5, request_timeout_s=WAIT_S,
+                                connect_timeout_s=WAIT_S)
+        try:
+            welcome = await client.connect()
+        except ConnectionRejected as rejected:
+            return {"error": "CONNECTION_REJECTED", "close": rejected.close_code}
+        self.clients[actor] = client
+        return plain(welcome)
+
+    async def _raw(self, args: dict[str, Any]) -> Any:
+        """Frames written by hand on a WebSocket of its own: what the server answers, and
+        how it closes (``close`` is None when the server had not closed after ``read`` frames)."""
+        frames: list[Any] = []
+        async with connect(self.urls[args.get("node", 0)], subprotocols=[Subprotocol("notecard.v1.json")],
+                           compression=None, max_size=None) as ws:
+            for frame in args["frames"]:
+                if isinstance(frame, dict) and "$await" in frame:
+                    # The server's answers so far, before the next frame.
+                    if await _read(ws, frames, int(frame["$await"])) is not None:
+                        break
+                    continue
+                if isinstance(frame, dict) and "$oversize" in frame:
+                    text = oversize_frame(int(frame["$oversize"]))
+                else:
+                    text = frame if isinstance(frame, str) else json.dumps(frame)
+                try:
+                    await ws.send(text)
+                except ConnectionClosed:
+                    break
+            closed = await _read(ws, frames, int(args.get("read", 1000)))
+        return {"frames": frames, "close": closed}
+
+
+async def _read(ws: ClientConnection, frames: list[Any], most: int) -> int | None:
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while len(frames) < most:
+                frames.append(json.loads(await ws.recv()))
+    except (ConnectionClosed, TimeoutError):
+        pass
+    received = ws.protocol.close_rcvd  # the server's close frame, if it sent one
+    return None if received is None else received.code
