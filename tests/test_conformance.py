@@ -95,7 +95,9 @@ async def _prepare(bed: Deployment, case: dict[str, Any]) -> dict[str, Any]:
     members = [role for role, spec in users.items() if spec.get("account", True)]
     async with AdminClient(bed.admin_url, bed.admin_token) as admin:
         for role in members:
-            await admin.create_user(names[role], verified=True, created_at_ms=now - 30 * DAY_MS)
+            spec = users[role]
+            await admin.create_user(names[role], verified=True, banned=spec.get("banned", False),
+                                    created_at_ms=now - int(spec.get("age_days", 30) * DAY_MS))
             if cards := users[role].get("cards", 10):
                 await admin.mint(names[role], cards)
         social = [role for role in members if users[role].get("follows", True)]
@@ -172,7 +174,8 @@ def test_the_typescript_comparison_follows_the_same_rules() -> None:
 def test_every_case_is_well_formed() -> None:
     """Each case names its users and the doc sections it checks; steps use known actions."""
     actions = {"connect", "close", "state", "raw", "send_gift", "accept", "decline", "balance", "ping",
-               "next_offer", "next_outcome", "open_wish", "join_room", "leave_room", "quote", "room"}
+               "next_offer", "next_outcome", "open_wish", "join_room", "leave_room", "quote", "room",
+               "redeem_frame", "bind_mentor"}
     assert len({c["name"] for c in CASES}) == len(CASES)
     for case in CASES:
         assert case["doc"] and case["users"] and case["steps"], case["name"]

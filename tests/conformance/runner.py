@@ -22,10 +22,11 @@ import time
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from notecard_sdk import ConnectionRejected, Encoding, GiftRefused, NotecardClient, RequestTimeout
+from protocol.messages import SERVER_MESSAGES
 from tests.conformance.match import mismatch
 
 #: How long a step may wait for a push (an offer, an outcome) or for ``until_s`` by default.
@@ -35,7 +36,9 @@ WAIT_S = 15.0
 def plain(value: Any) -> Any:
     """An SDK object as the JSON a peer would see: no ``None`` fields, lists for tuples."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        kind = getattr(value, "TYPE", None)
+        head = {"t": kind} if SERVER_MESSAGES.get(kind) is type(value) else {}  # as on the wire
+        value = head | {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, dict):
@@ -62,10 +65,27 @@ def pick(observed: Any, path: str) -> Any:
     return observed
 
 
-def oversize_frame(size: int) -> str:
-    """A JSON ``ping`` padded to ``size`` bytes (over the 65536-byte limit when asked)."""
-    head = '{"t":"ping","rid":1,"pad":"'
-    return head + "x" * (size - len(head) - 2) + '"}'
+def raw_frame(frame: Any) -> tuple[str | bytes, bool]:
+    """A hand-written frame of a ``raw`` step as (payload, sent as a text frame):
+
+    a string is sent as it is; ``{"$oversize": n}`` is a ``ping`` padded to n bytes;
+    ``{"$deep": n}`` a ``ping`` with n nested lists; ``{"$binary": hex}`` a binary frame and
+    ``{"$text_bytes": hex}`` a text frame of those bytes (invalid UTF-8 is possible); any
+    other map is sent as JSON text.
+    """
+    if isinstance(frame, str):
+        return frame, True
+    if "$oversize" in frame:
+        head = '{"t":"ping","rid":1,"pad":"'
+        return head + "x" * (int(frame["$oversize"]) - len(head) - 2) + '"}', True
+    if "$deep" in frame:
+        depth = int(frame["$deep"])
+        return '{"t":"ping","rid":1,"x":' + "[" * depth + "]" * depth + "}", True
+    if "$binary" in frame:
+        return bytes.fromhex(frame["$binary"]), False
+    if "$text_bytes" in frame:
+        return bytes.fromhex(frame["$text_bytes"]), True
+    return json.dumps(frame), True
 
 
 class PythonRunner:
@@ -154,6 +174,10 @@ class PythonRunner:
             return await client.quote(args["room"], qty=args.get("qty", 1), kind=args.get("kind", "note"))
         if action == "room":
             return await client.room(args["room"], top=args.get("top", 10))
+        if action == "redeem_frame":
+            return await client.redeem_frame(args["festival"])
+        if action == "bind_mentor":
+            return await client.bind_mentor(args["mentor"])
         raise ValueError(f"unknown action {action!r}")
 
     async def _connect(self, actor: str, args: dict[str, Any]) -> Any:
@@ -175,31 +199,34 @@ class PythonRunner:
         """Frames written by hand on a WebSocket of its own: what the server answers, and
         how it closes (``close`` is None when the server had not closed after ``read`` frames)."""
         frames: list[Any] = []
-        async with connect(self.urls[args.get("node", 0)], subprotocols=[Subprotocol("notecard.v1.json")],
-                           compression=None, max_size=None) as ws:
+        offered = [Subprotocol(p) for p in args.get("subprotocols", ["notecard.v1.json"])]
+        try:
+            ws = await connect(self.urls[args.get("node", 0)], subprotocols=offered or None, compression=None,
+                               max_size=None)
+        except InvalidStatus as refused:  # the handshake itself was refused
+            return {"refused": refused.response.status_code}
+        async with ws:
             for frame in args["frames"]:
                 if isinstance(frame, dict) and "$await" in frame:
                     # The server's answers so far, before the next frame.
                     if await _read(ws, frames, int(frame["$await"])) is not None:
                         break
                     continue
-                if isinstance(frame, dict) and "$oversize" in frame:
-                    text = oversize_frame(int(frame["$oversize"]))
-                else:
-                    text = frame if isinstance(frame, str) else json.dumps(frame)
+                payload, text = raw_frame(frame)
                 try:
-                    await ws.send(text)
+                    await ws.send(payload, text=text)
                 except ConnectionClosed:
                     break
             closed = await _read(ws, frames, int(args.get("read", 1000)))
-        return {"frames": frames, "close": closed}
+        return {"subprotocol": ws.subprotocol, "frames": frames, "close": closed}
 
 
 async def _read(ws: ClientConnection, frames: list[Any], most: int) -> int | None:
     try:
         async with asyncio.timeout(WAIT_S):
             while len(frames) < most:
-                frames.append(json.loads(await ws.recv()))
+                frame = await ws.recv()
+                frames.append(json.loads(frame) if isinstance(frame, str) else {"$binary": frame.hex()})
     except (ConnectionClosed, TimeoutError):
         pass
     received = ws.protocol.close_rcvd  # the server's close frame, if it sent one

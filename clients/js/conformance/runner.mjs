@@ -31,9 +31,17 @@ function pick(observed, path) {
   return observed;
 }
 
-function oversizeFrame(size) {
-  const head = '{"t":"ping","rid":1,"pad":"';
-  return head + "x".repeat(size - head.length - 2) + '"}';
+/** A hand-written frame of a `raw` step as [payload, sent as a text frame] (see runner.py's raw_frame). */
+function rawFrame(frame) {
+  if (typeof frame === "string") return [frame, true];
+  if ("$oversize" in frame) {
+    const head = '{"t":"ping","rid":1,"pad":"';
+    return [head + "x".repeat(frame.$oversize - head.length - 2) + '"}', true];
+  }
+  if ("$deep" in frame) return ['{"t":"ping","rid":1,"x":' + "[".repeat(frame.$deep) + "]".repeat(frame.$deep) + "}", true];
+  if ("$binary" in frame) return [Buffer.from(frame.$binary, "hex"), false];
+  if ("$text_bytes" in frame) return [Buffer.from(frame.$text_bytes, "hex"), true];
+  return [JSON.stringify(frame), true];
 }
 
 class TypeScriptRunner {
@@ -118,6 +126,10 @@ class TypeScriptRunner {
         return client.quote(args.room, { qty: args.qty ?? 1, kind: args.kind ?? "note" });
       case "room":
         return client.room(args.room, args.top ?? 10);
+      case "redeem_frame":
+        return client.redeemFrame(args.festival);
+      case "bind_mentor":
+        return client.bindMentor(args.mentor);
       default:
         throw new Error(`unknown action ${action}`);
     }
@@ -146,7 +158,7 @@ class TypeScriptRunner {
     return new Promise((done, fail) => {
       const frames = [];
       let closed = null;
-      const ws = new WebSocket(this.urls[args.node ?? 0], ["notecard.v1.json"], { perMessageDeflate: false });
+      const ws = new WebSocket(this.urls[args.node ?? 0], args.subprotocols ?? ["notecard.v1.json"], { perMessageDeflate: false });
       const timer = setTimeout(() => ws.terminate(), WAIT_MS);
       let arrived = () => undefined;
       const received = (count) =>
@@ -160,12 +172,12 @@ class TypeScriptRunner {
             await received(frame.$await); // the server's answers so far, before the next frame
             continue;
           }
-          const text = typeof frame === "string" ? frame : "$oversize" in frame ? oversizeFrame(frame.$oversize) : JSON.stringify(frame);
-          if (ws.readyState === WebSocket.OPEN) ws.send(text);
+          const [payload, text] = rawFrame(frame);
+          if (ws.readyState === WebSocket.OPEN) ws.send(payload, { binary: !text });
         }
       });
-      ws.on("message", (data) => {
-        frames.push(JSON.parse(data.toString("utf8")));
+      ws.on("message", (data, binary) => {
+        frames.push(binary ? { $binary: Buffer.from(data).toString("hex") } : JSON.parse(data.toString("utf8")));
         arrived();
         if (frames.length >= most) ws.close(1000);
       });
@@ -173,7 +185,12 @@ class TypeScriptRunner {
         clearTimeout(timer);
         arrived = () => undefined;
         // A close this side started (after `read` frames) is no close of the server's.
-        done({ frames, close: frames.length >= most ? closed : code === 1006 || code === 1005 ? null : code });
+        done({ subprotocol: ws.protocol || null, frames, close: frames.length >= most ? closed : code === 1006 || code === 1005 ? null : code });
+      });
+      ws.on("unexpected-response", (request, response) => {
+        clearTimeout(timer);
+        done({ refused: response.statusCode }); // the handshake itself was refused
+        request.destroy();
       });
       ws.on("error", (error) => {
         if (ws.readyState === WebSocket.CONNECTING) fail(error);
