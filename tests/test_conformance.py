@@ -118,9 +118,11 @@ async def _run_typescript(bed: Deployment, payload: dict[str, Any]) -> Any:
 
 
 async def _run(bed: Deployment, sdk: str, case: dict[str, Any], names: dict[str, Any]) -> dict[str, Any]:
+    admin = {"url": bed.admin_url, "token": bed.admin_token}
     if sdk == "python":
-        return await PythonRunner(bed.urls, names).run(case)
-    report: dict[str, Any] = await _run_typescript(bed, {"case": case, "urls": bed.urls, "names": names})
+        return await PythonRunner(bed.urls, names, admin).run(case)
+    report: dict[str, Any] = await _run_typescript(bed, {"case": case, "urls": bed.urls, "names": names,
+                                                         "admin": admin})
     return report
 
 
@@ -175,7 +177,7 @@ def test_every_case_is_well_formed() -> None:
     """Each case names its users and the doc sections it checks; steps use known actions."""
     actions = {"connect", "close", "state", "raw", "send_gift", "accept", "decline", "balance", "ping",
                "next_offer", "next_outcome", "open_wish", "join_room", "leave_room", "quote", "room",
-               "redeem_frame", "bind_mentor"}
+               "redeem_frame", "bind_mentor", "next_room", "admin"}
     assert len({c["name"] for c in CASES}) == len(CASES)
     for case in CASES:
         assert case["doc"] and case["users"] and case["steps"], case["name"]

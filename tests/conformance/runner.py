@@ -25,7 +25,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from notecard_sdk import ConnectionRejected, Encoding, GiftRefused, NotecardClient, RequestTimeout
+from notecard.admin_client import AdminClient
+from notecard_sdk import ConnectionRejected, Encoding, GiftRefused, NotConnected, NotecardClient, RequestTimeout
 from protocol.messages import SERVER_MESSAGES
 from tests.conformance.match import mismatch
 
@@ -89,8 +90,10 @@ def raw_frame(frame: Any) -> tuple[str | bytes, bool]:
 
 
 class PythonRunner:
-    def __init__(self, urls: list[str], names: dict[str, Any]) -> None:
+    def __init__(self, urls: list[str], names: dict[str, Any], admin: dict[str, str]) -> None:
         self.urls = urls
+        #: The admin API (``url``, ``token``) for ``admin`` steps: what an operator does meanwhile.
+        self.admin = admin
         self.names = dict(names)
         self.clients: dict[str, NotecardClient] = {}
         #: The stream position each closed client ended with, for a later resume.
@@ -132,6 +135,10 @@ class PythonRunner:
             return await self._connect(actor, args)
         if action == "raw":
             return await self._raw(args)
+        if action == "admin":
+            async with AdminClient(self.admin["url"], self.admin["token"]) as admin:
+                path = args["path"] if isinstance(args["path"], str) else "".join(args["path"])  # parts: names inside
+                return await admin.call(args["method"], path, args.get("body"))
         client = self.clients[actor]
         if action == "close":
             await client.close()
@@ -140,19 +147,24 @@ class PythonRunner:
         if action == "state":
             return plain({"epoch": client.epoch, "offset": client.offset, "recovered": client.recovered,
                           "connections": client.connections})
-        if action in ("next_offer", "next_outcome"):
+        if action in ("next_offer", "next_outcome", "next_room"):
             wait = float(args.get("timeout_s", WAIT_S))
+            pushes = {"next_offer": client.next_offer, "next_outcome": client.next_outcome,
+                      "next_room": client.next_room_update}
             try:
-                gift = await (client.next_offer(wait) if action == "next_offer" else client.next_outcome(wait))
+                return plain(await pushes[action](wait))
             except TimeoutError:
                 return {"error": "TIMEOUT"}
-            return plain(gift)
         try:
             return plain(await self._request(client, action, args))
         except GiftRefused as refused:
             return plain({"error": refused.code, "gift": refused.gift})
         except RequestTimeout:
             return {"error": "TIMEOUT"}
+        except ConnectionRejected as rejected:
+            return {"error": "CONNECTION_REJECTED", "close": rejected.close_code}
+        except NotConnected:
+            return {"error": "NOT_CONNECTED"}
 
     async def _request(self, client: NotecardClient, action: str, args: dict[str, Any]) -> Any:
         if action == "send_gift":

@@ -3,7 +3,7 @@
 // {"case", "urls", "names"} as JSON on standard input and writes the report as one JSON
 // line; {"vectors": [...]} instead checks the comparison rules (match_vectors.json).
 import { WebSocket } from "ws";
-import { ConnectionRejected, GiftRefused, NotecardClient, RequestTimeout } from "../dist/index.js";
+import { ConnectionRejected, GiftRefused, NotConnected, NotecardClient, RequestTimeout } from "../dist/index.js";
 import { mismatch } from "./match.mjs";
 
 const WAIT_MS = 15_000;
@@ -45,8 +45,9 @@ function rawFrame(frame) {
 }
 
 class TypeScriptRunner {
-  constructor(urls, names) {
+  constructor(urls, names, admin) {
     this.urls = urls;
+    this.admin = admin;
     this.names = { ...names };
     this.clients = new Map();
     this.positions = new Map();
@@ -84,6 +85,7 @@ class TypeScriptRunner {
   async observe(actor, action, args) {
     if (action === "connect") return this.connect(actor, args);
     if (action === "raw") return this.raw(args);
+    if (action === "admin") return this.adminCall(args);
     const client = this.clients.get(actor);
     if (action === "close") {
       await client.close();
@@ -96,10 +98,13 @@ class TypeScriptRunner {
     try {
       if (action === "next_offer") return plain(await client.nextOffer(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
       if (action === "next_outcome") return plain(await client.nextOutcome(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
+      if (action === "next_room") return plain(await client.nextRoomUpdate(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
       return plain(await this.request(client, action, args));
     } catch (error) {
       if (error instanceof GiftRefused) return plain({ error: error.code, gift: error.gift });
       if (error instanceof RequestTimeout) return { error: "TIMEOUT" };
+      if (error instanceof ConnectionRejected) return { error: "CONNECTION_REJECTED", close: error.closeCode };
+      if (error instanceof NotConnected) return { error: "NOT_CONNECTED" };
       throw error;
     }
   }
@@ -133,6 +138,17 @@ class TypeScriptRunner {
       default:
         throw new Error(`unknown action ${action}`);
     }
+  }
+
+  /** What an operator does meanwhile, through the admin API. */
+  async adminCall(args) {
+    const path = typeof args.path === "string" ? args.path : args.path.join(""); // parts: names inside
+    const response = await fetch(this.admin.url + path, {
+      method: args.method,
+      headers: { Authorization: `Bearer ${this.admin.token}`, "Content-Type": "application/json" },
+      body: args.body === undefined ? undefined : JSON.stringify(args.body),
+    });
+    return response.json();
   }
 
   async connect(actor, args) {
@@ -207,7 +223,7 @@ async function main() {
     process.stdout.write(JSON.stringify(input.vectors.map((v) => mismatch(v.expected, v.actual) === null)) + "\n");
     return;
   }
-  const report = await new TypeScriptRunner(input.urls, input.names).run(input.case);
+  const report = await new TypeScriptRunner(input.urls, input.names, input.admin).run(input.case);
   process.stdout.write(JSON.stringify(report) + "\n");
 }
 
