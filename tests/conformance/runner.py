@@ -19,6 +19,8 @@ import dataclasses
 import enum
 import json
 import time
+
+import msgpack
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -70,7 +72,8 @@ def raw_frame(frame: Any) -> tuple[str | bytes, bool]:
     """A hand-written frame of a ``raw`` step as (payload, sent as a text frame):
 
     a string is sent as it is; ``{"$oversize": n}`` is a ``ping`` padded to n bytes;
-    ``{"$deep": n}`` a ``ping`` with n nested lists; ``{"$binary": hex}`` a binary frame and
+    ``{"$deep": n}`` a ``ping`` with n nested lists; ``{"$msgpack": map}`` that map as a
+    msgpack binary frame; ``{"$binary": hex}`` a binary frame of those bytes and
     ``{"$text_bytes": hex}`` a text frame of those bytes (invalid UTF-8 is possible); any
     other map is sent as JSON text.
     """
@@ -84,6 +87,8 @@ def raw_frame(frame: Any) -> tuple[str | bytes, bool]:
         return '{"t":"ping","rid":1,"x":' + "[" * depth + "]" * depth + "}", True
     if "$binary" in frame:
         return bytes.fromhex(frame["$binary"]), False
+    if "$msgpack" in frame:
+        return msgpack.packb(frame["$msgpack"]), False
     if "$text_bytes" in frame:
         return bytes.fromhex(frame["$text_bytes"]), True
     return json.dumps(frame), True
@@ -233,12 +238,20 @@ class PythonRunner:
         return {"subprotocol": ws.subprotocol, "frames": frames, "close": closed}
 
 
+def _unpack(frame: bytes) -> Any:
+    """A binary frame from the server: its msgpack map, or its bytes when it is none."""
+    try:
+        return msgpack.unpackb(frame)
+    except ValueError:
+        return {"$binary": frame.hex()}
+
+
 async def _read(ws: ClientConnection, frames: list[Any], most: int) -> int | None:
     try:
         async with asyncio.timeout(WAIT_S):
             while len(frames) < most:
                 frame = await ws.recv()
-                frames.append(json.loads(frame) if isinstance(frame, str) else {"$binary": frame.hex()})
+                frames.append(json.loads(frame) if isinstance(frame, str) else _unpack(frame))
     except (ConnectionClosed, TimeoutError):
         pass
     received = ws.protocol.close_rcvd  # the server's close frame, if it sent one

@@ -2,6 +2,7 @@
 // tests/conformance/runner.py (read there what a case and its steps are). Reads
 // {"case", "urls", "names"} as JSON on standard input and writes the report as one JSON
 // line; {"vectors": [...]} instead checks the comparison rules (match_vectors.json).
+import { decode, encode } from "@msgpack/msgpack";
 import { WebSocket } from "ws";
 import { ConnectionRejected, GiftRefused, NotConnected, NotecardClient, RequestTimeout } from "../dist/index.js";
 import { mismatch } from "./match.mjs";
@@ -40,8 +41,18 @@ function rawFrame(frame) {
   }
   if ("$deep" in frame) return ['{"t":"ping","rid":1,"x":' + "[".repeat(frame.$deep) + "]".repeat(frame.$deep) + "}", true];
   if ("$binary" in frame) return [Buffer.from(frame.$binary, "hex"), false];
+  if ("$msgpack" in frame) return [encode(frame.$msgpack), false];
   if ("$text_bytes" in frame) return [Buffer.from(frame.$text_bytes, "hex"), true];
   return [JSON.stringify(frame), true];
+}
+
+/** A binary frame from the server: its msgpack map, or its bytes when it is none. */
+function unpack(bytes) {
+  try {
+    return decode(bytes);
+  } catch {
+    return { $binary: bytes.toString("hex") };
+  }
 }
 
 class TypeScriptRunner {
@@ -193,7 +204,7 @@ class TypeScriptRunner {
         }
       });
       ws.on("message", (data, binary) => {
-        frames.push(binary ? { $binary: Buffer.from(data).toString("hex") } : JSON.parse(data.toString("utf8")));
+        frames.push(binary ? unpack(Buffer.from(data)) : JSON.parse(data.toString("utf8")));
         arrived();
         if (frames.length >= most) ws.close(1000);
       });
