@@ -19,10 +19,9 @@ import dataclasses
 import enum
 import json
 import time
-
-import msgpack
 from typing import Any
 
+import msgpack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
@@ -39,7 +38,7 @@ WAIT_S = 15.0
 def plain(value: Any) -> Any:
     """An SDK object as the JSON a peer would see: no ``None`` fields, lists for tuples."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        kind = getattr(value, "TYPE", None)
+        kind = str(getattr(value, "TYPE", ""))
         head = {"t": kind} if SERVER_MESSAGES.get(kind) is type(value) else {}  # as on the wire
         value = head | {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
