@@ -89,6 +89,7 @@ async def _prepare(bed: Deployment, case: dict[str, Any]) -> dict[str, Any]:
         names[role] = user
         names[f"{role}.token"] = mint_token(bed.token_secret, user)
         names[f"{role}.expired_token"] = mint_token(bed.token_secret, user, now=time.time() - 7200, ttl_s=3600)
+        names[f"{role}.short_token"] = mint_token(bed.token_secret, user, ttl_s=3)  # expires during the case
     for name in case.get("gift_ids", []):
         names[name] = f"{name}-{uuid.uuid4().hex}"
     now = int(time.time() * 1000)

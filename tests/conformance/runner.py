@@ -27,7 +27,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from notecard.admin_client import AdminClient
-from notecard_sdk import ConnectionRejected, Encoding, GiftRefused, NotConnected, NotecardClient, RequestTimeout
+from notecard_sdk import (
+    ConnectionRejected,
+    Encoding,
+    GiftRefused,
+    NotConnected,
+    NotecardClient,
+    RequestTimeout,
+    TokenSource,
+)
 from protocol.messages import SERVER_MESSAGES
 from tests.conformance.match import mismatch
 
@@ -200,7 +208,7 @@ class PythonRunner:
         epoch, offset = args.get("epoch"), args.get("offset")
         if "resume" in args:
             epoch, offset = self.positions[args["resume"]]
-        client = NotecardClient(self.urls[args.get("node", 0)], args["token"],
+        client = NotecardClient(self.urls[args.get("node", 0)], _token_source(args),
                                 encoding=Encoding[args.get("encoding", "msgpack").upper()], epoch=epoch, offset=offset,
                                 backoff_base_s=0.05, backoff_cap_s=0.5, request_timeout_s=WAIT_S,
                                 connect_timeout_s=WAIT_S)
@@ -235,6 +243,19 @@ class PythonRunner:
                     break
             closed = await _read(ws, frames, int(args.get("read", 1000)))
         return {"subprotocol": ws.subprotocol, "frames": frames, "close": closed}
+
+
+def _token_source(args: dict[str, Any]) -> TokenSource:
+    """The token, or with ``refresh_token`` a function giving ``token`` first and then the
+    refreshed one (what an app's login service does after TOKEN_EXPIRED)."""
+    if "refresh_token" not in args:
+        return str(args["token"])
+    tokens = [str(args["token"])]
+
+    async def source() -> str:
+        return tokens.pop() if tokens else str(args["refresh_token"])
+
+    return source
 
 
 def _unpack(frame: bytes) -> Any:

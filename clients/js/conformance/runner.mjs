@@ -165,7 +165,10 @@ class TypeScriptRunner {
   async connect(actor, args) {
     let { epoch = null, offset = null } = args;
     if (args.resume !== undefined) ({ epoch, offset } = this.positions.get(args.resume));
-    const client = new NotecardClient(this.urls[args.node ?? 0], args.token, {
+    // With refresh_token: a token source giving `token` first, then the refreshed one.
+    let first = true;
+    const token = args.refresh_token === undefined ? args.token : () => (first ? ((first = false), args.token) : args.refresh_token);
+    const client = new NotecardClient(this.urls[args.node ?? 0], token, {
       encoding: args.encoding ?? "msgpack", epoch, offset,
       backoffBaseS: 0.05, backoffCapS: 0.5, requestTimeoutMs: WAIT_MS, connectTimeoutMs: WAIT_MS,
     });
