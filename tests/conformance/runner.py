@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
+from gateway import mint_token
 from notecard.admin_client import AdminClient
 from notecard_sdk import (
     ConnectionRejected,
@@ -102,10 +103,12 @@ def raw_frame(frame: Any) -> tuple[str | bytes, bool]:
 
 
 class PythonRunner:
-    def __init__(self, urls: list[str], names: dict[str, Any], admin: dict[str, str]) -> None:
+    def __init__(self, urls: list[str], names: dict[str, Any], admin: dict[str, str], token_secret: str) -> None:
         self.urls = urls
         #: The admin API (``url``, ``token``) for ``admin`` steps: what an operator does meanwhile.
         self.admin = admin
+        #: For tokens minted during the case (the login service's part).
+        self.token_secret = token_secret
         self.names = dict(names)
         self.clients: dict[str, NotecardClient] = {}
         #: The stream position each closed client ended with, for a later resume.
@@ -208,7 +211,7 @@ class PythonRunner:
         epoch, offset = args.get("epoch"), args.get("offset")
         if "resume" in args:
             epoch, offset = self.positions[args["resume"]]
-        client = NotecardClient(self.urls[args.get("node", 0)], _token_source(args),
+        client = NotecardClient(self.urls[args.get("node", 0)], _token_source(args, self.token_secret),
                                 encoding=Encoding[args.get("encoding", "msgpack").upper()], epoch=epoch, offset=offset,
                                 backoff_base_s=0.05, backoff_cap_s=0.5, request_timeout_s=WAIT_S,
                                 connect_timeout_s=WAIT_S)
@@ -216,6 +219,8 @@ class PythonRunner:
             welcome = await client.connect()
         except ConnectionRejected as rejected:
             return {"error": "CONNECTION_REJECTED", "close": rejected.close_code}
+        if actor in self.clients:  # an actor that connects again is one device, one client
+            await self.clients[actor].close()
         self.clients[actor] = client
         return plain(welcome)
 
@@ -245,12 +250,15 @@ class PythonRunner:
         return {"subprotocol": ws.subprotocol, "frames": frames, "close": closed}
 
 
-def _token_source(args: dict[str, Any]) -> TokenSource:
-    """The token, or with ``refresh_token`` a function giving ``token`` first and then the
-    refreshed one (what an app's login service does after TOKEN_EXPIRED)."""
+def _token_source(args: dict[str, Any], secret: str) -> TokenSource:
+    """The token (``mint``: {user, ttl_s} makes one now, to expire during the case), or with
+    ``refresh_token`` a function giving it first and then the refreshed one (what an app's
+    login service does after TOKEN_EXPIRED)."""
+    mint = args.get("mint")
+    token = str(args["token"]) if mint is None else mint_token(secret, mint["user"], ttl_s=int(mint["ttl_s"]))
     if "refresh_token" not in args:
-        return str(args["token"])
-    tokens = [str(args["token"])]
+        return token
+    tokens = [token]
 
     async def source() -> str:
         return tokens.pop() if tokens else str(args["refresh_token"])

@@ -1,10 +1,11 @@
-// Runs one conformance case with the TypeScript SDK against a real gateway: the twin of
+// Runs conformance cases with the TypeScript SDK against a real gateway: the twin of
 // tests/conformance/runner.py (read there what a case and its steps are). Reads
-// {"case", "urls", "names"} as JSON on standard input and writes the report as one JSON
-// line; {"vectors": [...]} instead checks the comparison rules (match_vectors.json).
+// {"runs": [{"case", "names"}], "urls", "admin", "token_secret"} as JSON on standard input, runs them one
+// after the other and writes their reports as one JSON line; {"vectors": [...]} instead checks the comparison rules (match_vectors.json).
 import { decode, encode } from "@msgpack/msgpack";
 import { WebSocket } from "ws";
 import { ConnectionRejected, GiftRefused, NotConnected, NotecardClient, RequestTimeout } from "../dist/index.js";
+import { mintToken } from "../support/testbed.mjs";
 import { mismatch } from "./match.mjs";
 
 const WAIT_MS = 15_000;
@@ -56,9 +57,10 @@ function unpack(bytes) {
 }
 
 class TypeScriptRunner {
-  constructor(urls, names, admin) {
+  constructor(urls, names, admin, tokenSecret) {
     this.urls = urls;
     this.admin = admin;
+    this.tokenSecret = tokenSecret;
     this.names = { ...names };
     this.clients = new Map();
     this.positions = new Map();
@@ -166,14 +168,17 @@ class TypeScriptRunner {
     let { epoch = null, offset = null } = args;
     if (args.resume !== undefined) ({ epoch, offset } = this.positions.get(args.resume));
     // With refresh_token: a token source giving `token` first, then the refreshed one.
+    // `mint`: {user, ttl_s} makes a token now, to expire during the case.
+    const given = args.mint === undefined ? args.token : mintToken(this.tokenSecret, args.mint.user, args.mint.ttl_s);
     let first = true;
-    const token = args.refresh_token === undefined ? args.token : () => (first ? ((first = false), args.token) : args.refresh_token);
+    const token = args.refresh_token === undefined ? given : () => (first ? ((first = false), given) : args.refresh_token);
     const client = new NotecardClient(this.urls[args.node ?? 0], token, {
       encoding: args.encoding ?? "msgpack", epoch, offset,
       backoffBaseS: 0.05, backoffCapS: 0.5, requestTimeoutMs: WAIT_MS, connectTimeoutMs: WAIT_MS,
     });
     try {
       const welcome = await client.connect();
+      await this.clients.get(actor)?.close(); // an actor that connects again is one device, one client
       this.clients.set(actor, client);
       return plain(welcome);
     } catch (error) {
@@ -237,8 +242,9 @@ async function main() {
     process.stdout.write(JSON.stringify(input.vectors.map((v) => mismatch(v.expected, v.actual) === null)) + "\n");
     return;
   }
-  const report = await new TypeScriptRunner(input.urls, input.names, input.admin).run(input.case);
-  process.stdout.write(JSON.stringify(report) + "\n");
+  const reports = [];
+  for (const run of input.runs) reports.push(await new TypeScriptRunner(input.urls, run.names, input.admin, input.token_secret).run(run.case));
+  process.stdout.write(JSON.stringify(reports) + "\n");
 }
 
 await main();
