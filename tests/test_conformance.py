@@ -81,14 +81,19 @@ def testbed() -> Iterator[Deployment]:
 
 
 async def _prepare(bed: Deployment, case: dict[str, Any]) -> dict[str, Any]:
-    """Users of the case's own (fresh ids), their tokens, fresh gift ids: the case's names."""
+    """Users of the case's own (fresh ids), their tokens, fresh gift ids: the case's names.
+
+    A user is created verified, 30 days old, not banned, with 10 cards, following and
+    followed by every other user of the case for 4 days, unless the case says otherwise
+    (``account``, ``verified``, ``banned``, ``age_days``, ``cards``, ``follows``; ``app``: the
+    linked app in the user's token)."""
     run = uuid.uuid4().hex[:8]
     users: dict[str, dict[str, Any]] = case["users"]
     names: dict[str, Any] = {"forged_token": mint_token("not-the-gateway-secret-0123456789abcdef", "mallory")}
     for role in users:
         user = f"{role}-{run}"
         names[role] = user
-        names[f"{role}.token"] = mint_token(bed.token_secret, user)
+        names[f"{role}.token"] = mint_token(bed.token_secret, user, app=users[role].get("app", "main"))
         names[f"{role}.expired_token"] = mint_token(bed.token_secret, user, now=time.time() - 7200, ttl_s=3600)
     for name in case.get("gift_ids", []):
         names[name] = f"{name}-{uuid.uuid4().hex}"
@@ -97,7 +102,7 @@ async def _prepare(bed: Deployment, case: dict[str, Any]) -> dict[str, Any]:
     async with AdminClient(bed.admin_url, bed.admin_token) as admin:
         for role in members:
             spec = users[role]
-            await admin.create_user(names[role], verified=True, banned=spec.get("banned", False),
+            await admin.create_user(names[role], verified=spec.get("verified", True), banned=spec.get("banned", False),
                                     created_at_ms=now - int(spec.get("age_days", 30) * DAY_MS))
             if cards := users[role].get("cards", 10):
                 await admin.mint(names[role], cards)
