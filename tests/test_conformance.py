@@ -90,10 +90,10 @@ async def _prepare(bed: Deployment, case: dict[str, Any]) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     users: dict[str, dict[str, Any]] = case["users"]
     names: dict[str, Any] = {"forged_token": mint_token("not-the-gateway-secret-0123456789abcdef", "mallory")}
-    for role in users:
+    for role, spec in users.items():
         user = f"{role}-{run}"
         names[role] = user
-        names[f"{role}.token"] = mint_token(bed.token_secret, user, app=users[role].get("app", "main"))
+        names[f"{role}.token"] = mint_token(bed.token_secret, user, app=spec.get("app", "main"))
         names[f"{role}.expired_token"] = mint_token(bed.token_secret, user, now=time.time() - 7200, ttl_s=3600)
     for name in case.get("gift_ids", []):
         names[name] = f"{name}-{uuid.uuid4().hex}"
