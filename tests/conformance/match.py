@@ -3,7 +3,8 @@
 The TypeScript runner (clients/js/conformance/match.mjs) implements the same rules, and
 tests/conformance/match_vectors.json pins both to the same answers:
 
-- a map expects a subset: every expected key must match, other keys are ignored;
+- a map expects a subset: every expected key must match, other keys are ignored (so ``{}``
+  matches any map: to say a key has nothing, use ``"$absent"``);
 - a list expects the same length and each item to match in order;
 - ``"$any"`` matches any present, non-null value; ``"$absent"`` a missing or null key;
 - anything else must be equal, with its JSON type (``true`` is not ``1``, ``1`` is not ``"1"``).

@@ -162,6 +162,8 @@ class PythonRunner:
         if action == "state":
             return plain({"epoch": client.epoch, "offset": client.offset, "recovered": client.recovered,
                           "connections": client.connections})
+        if action == "burst":
+            return await self._burst(client, args)
         if action in ("next_offer", "next_outcome", "next_room"):
             wait = float(args.get("timeout_s", WAIT_S))
             pushes = {"next_offer": client.next_offer, "next_outcome": client.next_outcome,
@@ -180,6 +182,25 @@ class PythonRunner:
             return {"error": "CONNECTION_REJECTED", "close": rejected.close_code}
         except NotConnected:
             return {"error": "NOT_CONNECTED"}
+
+    async def _burst(self, client: NotecardClient, args: dict[str, Any]) -> Any:
+        """``count`` requests of one kind at once: how many got their reply, and the errors
+        of the others by code (the SDK retries RATE_LIMITED by itself)."""
+        async def one() -> str | None:
+            try:
+                await self._request(client, args["request"], args.get("args", {}))
+            except GiftRefused as refused:
+                return refused.code
+            except RequestTimeout:
+                return "TIMEOUT"
+            return None
+
+        results = await asyncio.gather(*(one() for _ in range(int(args["count"]))))
+        errors: dict[str, int] = {}
+        for code in results:
+            if code is not None:
+                errors[code] = errors.get(code, 0) + 1
+        return {"answered": results.count(None), "errors": errors}
 
     async def _request(self, client: NotecardClient, action: str, args: dict[str, Any]) -> Any:
         if action == "send_gift":

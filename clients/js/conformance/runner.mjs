@@ -108,6 +108,7 @@ class TypeScriptRunner {
     if (action === "state") {
       return plain({ epoch: client.epoch, offset: client.offset, recovered: client.recovered, connections: client.connections });
     }
+    if (action === "burst") return this.burst(client, args);
     try {
       if (action === "next_offer") return plain(await client.nextOffer(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
       if (action === "next_outcome") return plain(await client.nextOutcome(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
@@ -120,6 +121,21 @@ class TypeScriptRunner {
       if (error instanceof NotConnected) return { error: "NOT_CONNECTED" };
       throw error;
     }
+  }
+
+  /** `count` requests of one kind at once (see runner.py's `_burst`). */
+  async burst(client, args) {
+    const results = await Promise.all(
+      Array.from({ length: args.count }, () =>
+        this.request(client, args.request, args.args ?? {}).then(
+          () => null,
+          (error) => (error instanceof GiftRefused ? error.code : error instanceof RequestTimeout ? "TIMEOUT" : Promise.reject(error)),
+        ),
+      ),
+    );
+    const errors = {};
+    for (const code of results) if (code !== null) errors[code] = (errors[code] ?? 0) + 1;
+    return { answered: results.filter((code) => code === null).length, errors };
   }
 
   request(client, action, args) {
