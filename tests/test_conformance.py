@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,11 +131,16 @@ async def _run(bed: Deployment, sdk: str, runs: list[Run]) -> list[dict[str, Any
     """The reports of ``runs``, one after the other, with one SDK (one Node process for all)."""
     admin = {"url": bed.admin_url, "token": bed.admin_token}
     if sdk == "python":
-        return [await PythonRunner(bed.urls, names, admin, bed.token_secret).run(case) for case, names in runs]
-    reports: list[dict[str, Any]] = await _run_typescript(
+        reports: list[dict[str, Any]] = []
+        for case, names in runs:
+            try:
+                reports.append(await PythonRunner(bed.urls, names, admin, bed.token_secret).run(case))
+            except Exception as exc:  # a runner that broke fails its case, not the others
+                reports.append({"ok": False, "steps": [], "crash": traceback.format_exc(limit=-8) or repr(exc)})
+        return reports
+    return list(await _run_typescript(
         {"runs": [{"case": case, "names": names} for case, names in runs], "urls": bed.urls, "admin": admin,
-         "token_secret": bed.token_secret})
-    return reports
+         "token_secret": bed.token_secret}))
 
 
 async def _run_every_case(bed: Deployment) -> dict[tuple[str, str], dict[str, Any]]:
@@ -152,7 +158,7 @@ def reports(testbed: Deployment) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _explain(report: dict[str, Any]) -> str:
-    lines = []
+    lines = [f"the runner broke: {report['crash']}"] if "crash" in report else []
     for step in report["steps"]:
         mark = "ok " if step["problem"] is None else "BAD"
         lines.append(f"{mark} #{step['index']} {step['as']} {step['do']}: {json.dumps(step['observed'])[:400]}")

@@ -259,7 +259,13 @@ async function main() {
     return;
   }
   const reports = [];
-  for (const run of input.runs) reports.push(await new TypeScriptRunner(input.urls, run.names, input.admin, input.token_secret).run(run.case));
+  for (const run of input.runs) {
+    try {
+      reports.push(await new TypeScriptRunner(input.urls, run.names, input.admin, input.token_secret).run(run.case));
+    } catch (error) {
+      reports.push({ ok: false, steps: [], crash: String(error?.stack ?? error) }); // fails its case, not the others
+    }
+  }
   process.stdout.write(JSON.stringify(reports) + "\n");
 }
 
