@@ -7,6 +7,15 @@ the users' ids (``$alice``), their tokens (``$alice.token``), fresh gift ids, an
 saved by earlier steps (``"save": {"name": "path.in.observation"}``). A step with
 ``until_s`` is repeated until it matches (for state the server updates after replying).
 
+Actions (``do``): ``connect`` (``token`` or ``mint``, ``encoding``, ``node``, ``resume``: an
+actor whose closed client's position to resume from, or ``epoch`` and ``offset``;
+``refresh_token``), ``close``, ``state`` (epoch, offset, recovered, connections), the
+requests ``send_gift``, ``accept``, ``decline``, ``balance``, ``ping``, ``open_wish``,
+``join_room``, ``leave_room``, ``quote``, ``room``, ``redeem_frame``, ``bind_mentor`` (a
+refusal is observed as ``{"error": code, "gift"}``), the pushes ``next_offer``,
+``next_outcome``, ``next_room``, ``burst`` (many requests at once), ``admin`` (an
+operator's call meanwhile) and ``raw`` (frames written by hand: :func:`raw_frame`).
+
 clients/js/conformance/runner.mjs is the same interpreter over the TypeScript SDK: one
 file of cases, two SDKs. The runner stops at the first step that does not match and
 reports every step it ran, with what it observed.
