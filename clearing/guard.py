@@ -27,8 +27,11 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
 #: Replies redis-py leaves as a plain ResponseError that are a server state, not a defect:
 #: another script running too long (BUSY), a replica that lost its master, a primary that
 #: refuses writes for want of replicas (NOREPLICAS: min-replicas-to-write), and the rest in
-#: case a proxy in between rewrites the class.
-_UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+#: case a proxy in between rewrites the class. A durable batch's WAIT on a server that has just
+#: become a replica (a cluster failover; the batch's script got MOVED and ran nowhere) is
+#: one too: the map is read again and the same step is retried.
+_UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
+                         "WAIT cannot be used with replica")
 
 
 def is_unavailable(exc: BaseException) -> bool:
