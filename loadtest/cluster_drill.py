@@ -80,6 +80,8 @@ GAP_S = 2.0
 #: Start-up, faults beyond the workload, healing, settling and the checks (the drill is bounded).
 PHASE_BUDGET_S = 300.0
 STOP_BUDGET_S = 60.0
+#: Tries to start the Redis servers when a free port was taken before a server bound it.
+START_TRIES = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,12 +154,7 @@ class ClusterDrill:
         self.work = s.work_dir or Path(tempfile.mkdtemp(prefix="notecard-cluster-drill-"))
         self.rng = random.Random(s.seed)
         self.plan = fault_plan(s)
-        r = s.durability.redis
-        fsync = ("--appendfsync", r.appendfsync) if r.appendonly else ()
-        self.redis = RedisNodes(self.work / "redis", shards=s.shards, replicas=s.replicas,
-                                node_timeout_ms=s.node_timeout_ms, appendonly=r.appendonly,
-                                extra_args=(*fsync, "--repl-diskless-sync", "yes",
-                                            "--repl-diskless-sync-delay", "0"))
+        self.redis = self._redis_nodes(0)
         self.gateways: GatewayNodes | None = None
         self.faults: ClusterFaults | None = None
         self.agents: list[UserAgent] = []
@@ -169,6 +166,26 @@ class ClusterDrill:
         self.healed: list[str] = []
         self.left: dict[str, int] = {}
         self.phase = "new"
+
+    def _redis_nodes(self, attempt: int) -> RedisNodes:
+        s, r = self.s, self.s.durability.redis
+        fsync = ("--appendfsync", r.appendfsync) if r.appendonly else ()
+        return RedisNodes(self.work / f"redis-{attempt}", shards=s.shards, replicas=s.replicas,
+                          node_timeout_ms=s.node_timeout_ms, appendonly=r.appendonly,
+                          extra_args=(*fsync, "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"))
+
+    async def _start_redis(self) -> None:
+        """Free ports are picked before the servers bind them: on a busy machine another
+        process can take one in between; the cluster is then built again on new ports."""
+        for attempt in range(START_TRIES):
+            try:
+                await asyncio.to_thread(self.redis.start)
+                return
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == START_TRIES - 1:
+                    raise
+                log.warning("a port was taken while the cluster started; starting it again")
+                self.redis = self._redis_nodes(attempt + 1)
 
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -213,7 +230,7 @@ class ClusterDrill:
 
     async def _start(self) -> None:
         s = self.s
-        await asyncio.to_thread(self.redis.start)
+        await self._start_redis()
         env = drill_env(s.confirm_window_s, s.durability, s.wait_replicas)
         env.update({"NOTECARD_SAGA_STEP_S": str(s.saga_step_s), "NOTECARD_SENTINELS": ""})
         self.gateways = gateways = GatewayNodes(self.redis.url, self.work / "nodes", s.nodes, env=env)
