@@ -68,12 +68,15 @@ from notecard.local_cluster import LocalCluster as RedisNodes
 
 log = logging.getLogger("notecard.drill.cluster")
 
-#: (min, max) seconds a node stays dead / a primary stays stopped.
+#: (min, max) seconds a node stays dead, a primary stopped, site B alone.
 DURATIONS: dict[ClusterFaultKind, tuple[float, float]] = {
     ClusterFaultKind.NODE_KILL: (1.0, 3.0),
-    ClusterFaultKind.SHARD_PAUSE: (1.5, 4.0),
+    # Around the cluster's node timeout (2 s): short pauses end before anyone notices, long
+    # ones make the replica take over while the old primary sleeps.
+    ClusterFaultKind.SHARD_PAUSE: (1.5, 5.0),
     ClusterFaultKind.PRIMARY_KILL: (0.0, 0.0),
-    ClusterFaultKind.SITE_LOSS: (0.0, 0.0),
+    # How long site B runs alone (no replicas) before site A's servers come back.
+    ClusterFaultKind.SITE_LOSS: (4.0, 4.0),
 }
 #: Quiet time between two faults, and the workload's time after the last one.
 GAP_S = 2.0
@@ -142,7 +145,7 @@ def fault_plan(s: ClusterDrillSettings) -> list[ClusterFaultRecord]:
             low, high = DURATIONS[kind]
             plan.append(ClusterFaultRecord(kind, rng.randrange(1000), rng.uniform(low, high)))
     if s.site_loss:
-        plan.append(ClusterFaultRecord(ClusterFaultKind.SITE_LOSS, 0, 0.0))
+        plan.append(ClusterFaultRecord(ClusterFaultKind.SITE_LOSS, 0, DURATIONS[ClusterFaultKind.SITE_LOSS][0]))
     return plan
 
 

@@ -48,7 +48,8 @@ class ClusterFaultKind(enum.StrEnum):
     NODE_KILL = "node_kill"  # kill -9 of a gateway node while sagas run, restarted after `duration`
     PRIMARY_KILL = "primary_kill"  # kill -9 of one shard's primary; the cluster promotes its replica
     SHARD_PAUSE = "shard_pause"  # SIGSTOP of one shard's primary for `duration`, then SIGCONT
-    SITE_LOSS = "site_loss"  # every site-A process killed; site B promoted with CLUSTER FAILOVER TAKEOVER
+    SITE_LOSS = "site_loss"  # every site-A process killed; site B promoted (CLUSTER FAILOVER TAKEOVER),
+    # alone for `duration`, then site A's Redis servers back as its replicas
 
 
 def parse_cluster_kinds(text: str) -> tuple[ClusterFaultKind, ...]:
@@ -285,14 +286,17 @@ class ClusterFaults:
             raise RuntimeError(f"site B did not take over in {HEAL_TIMEOUT_S:.0f}s")
         record.measured["takeover_s"] = time.monotonic() - started
         # Site B now runs without replicas: under `strict` (WAIT for every replica) every gift
-        # write answers UNAVAILABLE until replicas attach again. Here site A's servers come
-        # back (as a rebuilt site would) and rejoin as replicas of site B's primaries.
+        # write answers UNAVAILABLE until replicas attach again. After `duration` site A's
+        # servers come back (as a rebuilt site would) and rejoin as replicas of site B's primaries.
+        await asyncio.sleep(record.duration_s)
         await asyncio.gather(*(asyncio.to_thread(self.by_port[p].start) for p in site_a))
         synced = await self.wait_healthy()
         record.measured["replicas_back_s"] = time.monotonic() - started
         return (f"site A lost ({len(site_a)} Redis servers, gateway nodes {', '.join(n.name for n in nodes_a)}); "
-                f"{promoted} site-B replicas took over in {record.measured['takeover_s']:.1f}s; site A's servers "
-                f"back as replicas after {record.measured['replicas_back_s']:.1f}s (cluster healthy: {synced})")
+                f"{promoted} site-B replicas took over (the others were primaries already) in "
+                f"{record.measured['takeover_s']:.1f}s; site B alone for {record.duration_s:.0f}s; site A's servers "
+                f"back as replicas {record.measured['replicas_back_s']:.1f}s after the loss "
+                f"(cluster healthy: {synced})")
 
     async def _all_ok(self, ports: Iterable[int]) -> bool:
         for port in ports:
