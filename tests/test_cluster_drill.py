@@ -55,3 +55,23 @@ async def test_primary_and_gateway_kills_on_a_cluster_lose_nothing() -> None:
     assert "promoted" in ran["primary_kill"]["detail"] and not ran["primary_kill"]["error"]
     assert report["per_fault"]["primary_kill"]["gifts_during"] > 0
     assert report["per_fault"]["node_kill"]["gifts_during"] > 0
+
+
+@pytest.mark.slow
+async def test_losing_site_a_and_promoting_site_b_loses_nothing_under_strict() -> None:
+    """Every site-A process (each shard's primary and first replica, one gateway node) killed
+    at once; each shard's site-B replica takes over with CLUSTER FAILOVER TAKEOVER; clients
+    move to the site-B node. Under ``strict`` (WAIT for both replicas) nothing acknowledged
+    is lost and no saga is left half-done."""
+    settings = ClusterDrillSettings(
+        seed=5, shards=2, nodes=2, users=10, friends=4, duration_s=8.0, per_kind=1, kinds=(), site_loss=True,
+        durability=PRESETS["strict"], confirm_window_s=4.0, saga_step_s=2.0)
+    report = await run_cluster_drill(settings)
+    assert report["violations"] == [], report["violations"]
+    n = report["numbers"]
+    assert n["acked_cross_shard"] > 0 and n["acked_then_lost"] == 0 and n["ledger_mismatches"] == 0
+    assert n["sagas_unfinished"] == 0 and n["transit_at_rest"] == 0 and n["offers_queued"] == 0
+    (site_loss,) = report["faults"]
+    assert site_loss["kind"] == "site_loss" and not site_loss["error"]
+    assert "took over" in site_loss["detail"] and "cluster healthy: True" in site_loss["detail"]
+    assert report["per_fault"]["site_loss"]["gifts_during"] > 0
