@@ -7,10 +7,13 @@ a wrong key type) and propagates unchanged, so it is not mistaken for an outage.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
+import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from clearing.errors import ClearingUnavailable
 
@@ -48,6 +51,22 @@ async def guarded(call: Awaitable[T]) -> T:
     """Await a Redis call, turning an outage into :class:`ClearingUnavailable`."""
     try:
         return await call
+    except rx.RedisError as exc:
+        if is_unavailable(exc):
+            raise unavailable(exc) from exc
+        raise
+
+
+@contextlib.asynccontextmanager
+async def guarded_pipeline(redis: aioredis.Redis | RedisCluster, *,
+                           transaction: bool) -> AsyncIterator[aioredis.client.Pipeline | ClusterPipeline]:
+    """``redis.pipeline(transaction=...)`` with its opening guarded too: a cluster client's
+    pipeline reads the cluster's map when it opens (after a connection error reset it), and
+    that read fails like any call (seen in the cluster drill as ``INTERNAL`` replies while
+    a node was cut off from one shard)."""
+    try:
+        async with redis.pipeline(transaction=transaction) as pipe:
+            yield pipe
     except rx.RedisError as exc:
         if is_unavailable(exc):
             raise unavailable(exc) from exc

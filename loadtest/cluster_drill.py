@@ -17,6 +17,9 @@ on others. The faults run one after another while the users keep going:
 - ``shard_pause``: SIGSTOP of a shard's primary for a few seconds, then SIGCONT (longer
   than the cluster's node timeout: its replica may take over, and the old one wakes up
   still believing it is the primary);
+- ``link_cut``: one gateway node's connections to one shard's primary closed and new ones
+  refused for a few seconds (its own Redis user disabled on that server), while its links
+  to the other shards work;
 - ``site_loss`` (with ``--site-loss``, always last): every site-A process (each shard's
   first primary and replica, the first half of the gateway nodes) killed at once, site B's
   replicas promoted with ``CLUSTER FAILOVER TAKEOVER``; clients move to site B's nodes.
@@ -27,7 +30,7 @@ clearing's queues (pending offers, cross-shard steps due) are empty. The verdict
 single-instance drill's (loadtest/drill_checks.py) plus the cluster's own: nothing in
 transit between shards, no step left due. Exit status 1 on any violation.
 
-    notecard drill --cluster                          # 3 shards, every fault but site loss
+    notecard drill --cluster                          # 3 shards, every fault but the site loss
     notecard drill --cluster --site-loss              # ... and the data-centre switch at the end
     notecard drill --cluster --faults node_kill,primary_kill --duration 20 --users 12
 """
@@ -38,8 +41,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import random
+import secrets
 import sys
 import tempfile
 import time
@@ -75,6 +80,7 @@ DURATIONS: dict[ClusterFaultKind, tuple[float, float]] = {
     # ones make the replica take over while the old primary sleeps.
     ClusterFaultKind.SHARD_PAUSE: (1.5, 5.0),
     ClusterFaultKind.PRIMARY_KILL: (0.0, 0.0),
+    ClusterFaultKind.LINK_CUT: (2.0, 5.0),
     # How long site B runs alone (no replicas) before site A's servers come back.
     ClusterFaultKind.SITE_LOSS: (4.0, 4.0),
 }
@@ -98,8 +104,7 @@ class ClusterDrillSettings:
     #: The workload runs at least this long, and until the last fault is over plus a gap.
     duration_s: float = 30.0
     per_kind: int = 1
-    kinds: tuple[ClusterFaultKind, ...] = (ClusterFaultKind.NODE_KILL, ClusterFaultKind.PRIMARY_KILL,
-                                           ClusterFaultKind.SHARD_PAUSE)
+    kinds: tuple[ClusterFaultKind, ...] = parse_cluster_kinds("all")
     site_loss: bool = False
     durability: DurabilityPreset = PRESETS["strict"]
     confirm_window_s: float = 6.0
@@ -157,6 +162,9 @@ class ClusterDrill:
         self.work = s.work_dir or Path(tempfile.mkdtemp(prefix="notecard-cluster-drill-"))
         self.rng = random.Random(s.seed)
         self.plan = fault_plan(s)
+        #: The servers' password; each gateway node logs in with it as its own user.
+        self.password = secrets.token_urlsafe(24)
+        self.redis_users = [f"gw{i + 1}" for i in range(s.nodes)]
         self.redis = self._redis_nodes(0)
         self.gateways: GatewayNodes | None = None
         self.faults: ClusterFaults | None = None
@@ -173,9 +181,13 @@ class ClusterDrill:
     def _redis_nodes(self, attempt: int) -> RedisNodes:
         s, r = self.s, self.s.durability.redis
         fsync = ("--appendfsync", r.appendfsync) if r.appendonly else ()
+        # A user per gateway node, given as a hash (the command line is visible to local users).
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        users = [arg for user in self.redis_users for arg in ("--user", user, "on", f"#{digest}", "~*", "&*", "+@all")]
         return RedisNodes(self.work / f"redis-{attempt}", shards=s.shards, replicas=s.replicas,
-                          node_timeout_ms=s.node_timeout_ms, appendonly=r.appendonly,
-                          extra_args=(*fsync, "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"))
+                          node_timeout_ms=s.node_timeout_ms, appendonly=r.appendonly, password=self.password,
+                          extra_args=(*fsync, "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+                                      *users))
 
     async def _start_redis(self) -> None:
         """Free ports are picked before the servers bind them: on a busy machine another
@@ -239,8 +251,12 @@ class ClusterDrill:
         self.gateways = gateways = GatewayNodes(self.redis.url, self.work / "nodes", s.nodes, env=env)
         # With a site B, the second half of the nodes is there (at least one on each site).
         site_b = [n.name for n in gateways.nodes[max(1, s.nodes // 2):]] if s.site_loss else []
+        for node, user in zip(gateways.nodes, self.redis_users, strict=True):
+            node.env["NOTECARD_REDIS_URL"] = f"redis+cluster://{user}:{self.password}@{self.redis.addresses}"
         await asyncio.to_thread(gateways.start)
-        self.faults = ClusterFaults(self.redis, gateways, self.work / "nodes", site_b_nodes=site_b)
+        self.faults = ClusterFaults(self.redis, gateways, self.work / "nodes", site_b_nodes=site_b,
+                                    redis_users=dict(zip((n.name for n in gateways.nodes), self.redis_users,
+                                                         strict=True)))
         ranges = await self.faults.slot_map()
         async with AdminClient(gateways.nodes[0].admin_url, gateways.admin_token) as admin:
             friends = await setup_users(admin, self.rng, users_n=s.users, friends_n=s.friends, cards=s.cards)

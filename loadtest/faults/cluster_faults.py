@@ -48,6 +48,7 @@ class ClusterFaultKind(enum.StrEnum):
     NODE_KILL = "node_kill"  # kill -9 of a gateway node while sagas run, restarted after `duration`
     PRIMARY_KILL = "primary_kill"  # kill -9 of one shard's primary; the cluster promotes its replica
     SHARD_PAUSE = "shard_pause"  # SIGSTOP of one shard's primary for `duration`, then SIGCONT
+    LINK_CUT = "link_cut"  # one gateway node refused by one shard's primary for `duration`
     SITE_LOSS = "site_loss"  # every site-A process killed; site B promoted (CLUSTER FAILOVER TAKEOVER),
     # alone for `duration`, then site A's Redis servers back as its replicas
 
@@ -55,7 +56,8 @@ class ClusterFaultKind(enum.StrEnum):
 def parse_cluster_kinds(text: str) -> tuple[ClusterFaultKind, ...]:
     """``"all"`` (every kind but site loss, which needs ``--site-loss``), ``"none"`` or a list."""
     if text == "all":
-        return (ClusterFaultKind.NODE_KILL, ClusterFaultKind.PRIMARY_KILL, ClusterFaultKind.SHARD_PAUSE)
+        return (ClusterFaultKind.NODE_KILL, ClusterFaultKind.PRIMARY_KILL, ClusterFaultKind.SHARD_PAUSE,
+                ClusterFaultKind.LINK_CUT)
     if text in ("", "none"):
         return ()
     return tuple(ClusterFaultKind(part.strip().replace("-", "_")) for part in text.split(",") if part.strip())
@@ -103,8 +105,11 @@ class ClusterFaults:
     """Injects :class:`ClusterFaultKind` faults and reads the cluster's health."""
 
     def __init__(self, redis_nodes: RedisNodes, gateways: GatewayNodes, log_dir: Path, *,
-                 site_b_nodes: Iterable[str] = ()) -> None:
+                 site_b_nodes: Iterable[str] = (), redis_users: dict[str, str] | None = None) -> None:
         self.redis = redis_nodes
+        #: gateway node name -> the Redis user it logs in as (its own, so that one node's
+        #: link to one server can be cut by disabling that user there).
+        self.redis_users = dict(redis_users or {})
         self.gateways = gateways
         self.log_dir = log_dir
         self.by_port: dict[int, LocalRedis] = {s.port: s for s in redis_nodes.servers}
@@ -194,6 +199,8 @@ class ClusterFaults:
                     record.detail = await self._shard_pause(record)
                 case ClusterFaultKind.SITE_LOSS:
                     record.detail = await self._site_loss(record)
+                case ClusterFaultKind.LINK_CUT:
+                    record.detail = await self._link_cut(record)
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("fault %s failed: %s", record.kind, record.error)
@@ -255,6 +262,32 @@ class ClusterFaults:
         now = next((r.primary for r in await self.slot_map() if r.low == shard.low), 0)
         moved = f"; the cluster failed over to :{now}" if now != shard.primary else ""
         return f"primary :{shard.primary} paused {record.duration_s:.1f}s{moved} (cluster healthy: {synced})"
+
+    async def _link_cut(self, record: ClusterFaultRecord) -> str:
+        """The node's connections to one shard's primary closed, and new ones refused (its
+        Redis user disabled there), while its links to the other shards keep working."""
+        alive = [n for n in self.gateways.nodes if n.running and n.name in self.redis_users]
+        if not alive:
+            raise RuntimeError("no gateway node with its own Redis user to cut off")
+        node = alive[record.target % len(alive)]
+        shard = await self._shard(record.target // len(alive))
+        user = self.redis_users[node.name]
+        async with self.client(shard.primary) as c:
+            await command(c, "ACL", "SETUSER", user, "off")
+            closed = int(await command(c, "CLIENT", "KILL", "USER", user))
+        try:
+            await asyncio.sleep(record.duration_s)
+        finally:
+            await self.restore_users()
+        return (f"{node.name} cut off from the shard of slots {shard.low}-{shard.high} (primary :{shard.primary}) "
+                f"for {record.duration_s:.1f}s ({closed} connections closed)")
+
+    async def restore_users(self) -> None:
+        """Every node's Redis user enabled on every live server (a cut is per server)."""
+        for port in self.live_ports():
+            async with self.client(port) as c:
+                for user in self.redis_users.values():
+                    await command(c, "ACL", "SETUSER", user, "on")
 
     async def _site_loss(self, record: ClusterFaultRecord) -> str:
         site_a = [p for p, site in self.site.items() if site == SITE_A]
@@ -348,6 +381,7 @@ class ClusterFaults:
                 fixed.append(f"redis :{port} restarted")
         if not await self.wait_healthy():
             fixed.append(f"cluster NOT healthy after heal ({self.last_health})")
+        await self.restore_users()
         for node in self.gateways.nodes:
             if node.name in self.lost_nodes:
                 continue
