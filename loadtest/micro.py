@@ -14,6 +14,12 @@ child), so that a neighbour's load changes them less than it changes rates:
   server CPU per message received and answered.
 - ``codec``: decode and encode of a ``gift_sent`` reply and an offer ``event``, both
   encodings.
+- ``scripts``: the clearing scripts of one gift on one Redis, ``Clearing.reserve`` then
+  ``Clearing.accept`` between pairs of users: the time Redis spends inside each call
+  (``INFO commandstats``, reset before each batch) and its process CPU per call. This
+  machine's virtual CPUs expose no instruction counter to ``perf``, so time stands for
+  instructions. Only the public clearing API is used, so the same part runs on older
+  commits and compares their scripts with today's.
 
 Each part starts what it needs (its own redis-server in a temporary folder, a server
 process on a free loopback port), stops it by its PID and is bounded in count.
@@ -35,7 +41,7 @@ import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-PARTS = ("redis", "pubsub", "frames", "codec")
+PARTS = ("redis", "pubsub", "frames", "codec", "scripts")
 #: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
 #: is the client's side of a call.
 _ECHO_SCRIPT = "return ARGV[1]"
@@ -203,6 +209,62 @@ def _per_call(fn: Callable[[], object], repeat: int) -> float:
     return min(timeit.repeat(fn, number=repeat, repeat=3)) / repeat * 1e6
 
 
+# ------------------------------------------------------------------ scripts
+async def _scripts(url: str, gifts: int, concurrency: int) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    from clearing import Accounts, Clearing, GiftRules, Presence
+
+    day = 86_400_000
+    rules = GiftRules(daily_send_limit=10**9, daily_receive_limit=10**9, node_ttl_ms=day, confirm_window_ms=day)
+    client = aioredis.Redis.from_url(url)
+    accounts, presence, clearing = Accounts(client, rules), Presence(client, rules), Clearing(client, rules)
+    pairs = [(f"ms{i}", f"mr{i}") for i in range(concurrency)]
+    since = int(time.time() * 1000) - 4 * day
+    await presence.heartbeat("micro-node")
+    for sender, recipient in pairs:
+        for user in (sender, recipient):
+            await accounts.create_user(user, verified=True)
+            await accounts.mint(user, "note", 10**8)
+            await presence.connect(user, "micro-node")
+        await accounts.follow(sender, recipient, since)
+        await accounts.follow(recipient, sender, since)
+    per_task = gifts // concurrency
+
+    async def batch(step: str) -> tuple[float, float, float]:
+        """Per operation: microseconds inside Redis's script calls, redis-server CPU
+        microseconds, and script calls (a version may split an operation into more)."""
+        await client.config_resetstat()
+        cpu = await client.info("cpu")
+
+        async def one(index: int) -> None:
+            sender, recipient = pairs[index]
+            for n in range(per_task):
+                if step == "reserve":
+                    await clearing.reserve(f"m{index}-{n}", sender, recipient, "note", 1)
+                else:
+                    await clearing.accept(f"m{index}-{n}", recipient)
+
+        await asyncio.gather(*(one(i) for i in range(concurrency)))
+        after, stats = await client.info("cpu"), await client.info("commandstats")
+        calls = sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall"))
+        inside = sum(float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall"))
+        spent = sum(float(after[k]) - float(cpu[k]) for k in ("used_cpu_user", "used_cpu_sys"))
+        ops = per_task * concurrency
+        return inside / ops, spent / ops * 1e6, calls / ops
+
+    try:
+        out: dict[str, float] = {}
+        for step in ("reserve", "accept"):
+            inside, process, calls = await batch(step)
+            out[f"{step}: time inside its script calls"] = inside
+            out[f"{step}: redis-server CPU in all"] = process
+            out[f"{step}: script calls (a count, not us)"] = calls
+    finally:
+        await client.aclose()
+    return out
+
+
 # ------------------------------------------------------------------ CLI
 def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[str, dict[str, float]]:
     from notecard.local_redis import LocalRedis
@@ -210,7 +272,7 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
     scale = 10 if quick else 1
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="notecard-micro-") as work:
-        redis_server = LocalRedis(Path(work)) if {"redis", "pubsub"} & set(parts) else None
+        redis_server = LocalRedis(Path(work)) if {"redis", "pubsub", "scripts"} & set(parts) else None
         if redis_server is not None:
             redis_server.start()
         try:
@@ -225,6 +287,9 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
                                                              redis_server.password))
                 elif part == "frames":
                     results[part] = _frames(96_000 // scale)
+                elif part == "scripts":
+                    assert redis_server is not None
+                    results[part] = asyncio.run(_scripts(redis_server.url, 20_000 // scale, 16))
                 else:
                     results[part] = _codec(20_000 // scale)
         finally:
