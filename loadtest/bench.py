@@ -429,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.cluster:
         return cluster_bench.main(quick=args.quick, shards=args.shards, out=args.out, concurrency=args.concurrency,
-                                  command="notecard bench " + " ".join(sys.argv[2:] if argv is None else argv))
+                                  command="notecard bench " + " ".join(sys.argv[2:] if argv is None else argv),
+                                  gateway=not args.no_gateway)
     return _main(args, argv)
 
 

@@ -67,10 +67,15 @@ _FOLLOW_AGE_MS = 4 * 86_400_000
 class Plan:
     phase_s: float
     concurrency: int
+    #: Through 2 gateway nodes (SDK generator, loadtest/gifting.py): warm-up, then the
+    #: maximum rate, then half of it, where send->offer is timed.
+    gateway_warmup_s: float
+    gateway_s: float
+    gateway_pairs: int
 
 
-FULL = Plan(phase_s=4.0, concurrency=32)
-QUICK = Plan(phase_s=0.5, concurrency=4)
+FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32)
+QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=0.8, gateway_pairs=4)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,6 +93,16 @@ class Server:
 
 def _cpu_s(info: dict[str, Any]) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _calls(info: dict[str, Any], *commands: str) -> int:
+    """Calls of ``commands`` so far, those made from scripts included (``INFO commandstats``)."""
+    return sum(int(info.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
+
+
+#: What a phase counts per shard: script calls (the saga's steps), and messages published
+#: to gateway nodes (each one crosses the shard's pub/sub to one node).
+_COUNTED = {"script_calls": ("evalsha", "eval", "fcall"), "publishes": ("publish", "spublish")}
 
 
 def _inside_s(info: dict[str, Any]) -> float:
@@ -111,6 +126,8 @@ class PhaseResult:
     redis_cpu_s: list[float]
     #: Seconds each primary spent inside commands over the phase.
     redis_inside_s: list[float]
+    #: Per shard: script calls and publishes over the phase (see ``_COUNTED``).
+    counts: dict[str, list[int]]
     #: used_memory growth of each primary over the phase (bytes).
     memory_growth: list[int]
     generator_cpu_s: float
@@ -158,6 +175,8 @@ class PhaseResult:
             "redis_cpu_us_per_gift_busiest_shard": self.busiest_us_per_gift,
             "capacity_per_s_one_core_per_shard": self.capacity_per_s,
             "memory_bytes_per_gift": sum(self.memory_growth) / self.settled if self.settled else float("nan"),
+            **{f"{name}_per_gift_per_shard": [n / self.settled if self.settled else float("nan") for n in per_shard]
+               for name, per_shard in self.counts.items()},
             "generator_cpu_us_per_gift": self.generator_cpu_s / self.settled * 1e6 if self.settled else float("nan"),
             "latency_ms": self.latency,
         }
@@ -260,6 +279,8 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: b
         redis_cpu_s=[_cpu_s(b) - _cpu_s(a) for a, b in zip(before, after, strict=True)],
         redis_inside_s=[_inside_s(b) - _inside_s(a) for a, b in zip(before, after, strict=True)],
         memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
+        counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
+                for name, cmds in _COUNTED.items()},
         generator_cpu_s=generator, latency=_summary(latencies))
 
 
@@ -274,15 +295,55 @@ def _summary(latencies: list[float]) -> dict[str, float]:
     return {"p50_ms": s.p50_ms, "p99_ms": s.p99_ms}
 
 
-async def user_memory(topology: Topology, user: str) -> dict[str, int]:
-    """Bytes (``MEMORY USAGE``, samples 0 = exact) of every key under ``user``'s hash tag."""
+async def user_memory(topology: Topology, user: str) -> dict[str, Any]:
+    """Bytes (``MEMORY USAGE``, samples 0 = exact) of every key under ``user``'s hash tag,
+    in all and by the kind of key (``user``, ``bal``, ``gift``, ``offer``, ...)."""
     client = topology.node_for(slot_of(user)).client
     total = count = 0
-    pattern = f"{DEFAULT_KEYS.prefix}:{{{user}}}:*"
-    async for key in client.scan_iter(match=pattern, count=1000):
-        total += int(await client.memory_usage(key, samples=0) or 0)
+    by_kind: dict[str, list[int]] = {}
+    head = f"{DEFAULT_KEYS.prefix}:{{{user}}}:"
+    async for key in client.scan_iter(match=head + "*", count=1000):
+        size = int(await client.memory_usage(key, samples=0) or 0)
+        kind = key.decode()[len(head):].split(":", 1)[0]
+        entry = by_kind.setdefault(kind, [0, 0])
+        entry[0] += 1
+        entry[1] += size
+        total += size
         count += 1
-    return {"bytes": total, "keys": count}
+    return {"bytes": total, "keys": count,
+            "by_kind": {k: {"keys": n, "bytes": b} for k, (n, b) in sorted(by_kind.items())}}
+
+
+async def through_gateway(plan: Plan, work: Path, redis_url: str | None) -> dict[str, Any]:
+    """Settled gifts/s at the maximum rate and send->offer at half of it, through 2 gateway
+    nodes (each sender on node 1, its recipient on node 2), on ``redis_url`` or a fresh Redis."""
+    from loadtest import gifting
+    from loadtest.bench import CpuMeter
+    from loadtest.stats import Recorder
+    from loadtest.target import LoadTarget
+    from notecard.admin_client import AdminClient
+
+    rec = Recorder()
+    with LoadTarget(work, nodes=2, redis_url=redis_url) as target:
+        tgt = target.target
+        async with AdminClient(tgt.admin_url, tgt.admin_token) as admin:
+            pairs = await gifting.provision_pairs(admin, plan.gateway_pairs)
+        async with gifting.GiftLoad(tgt.urls[0], tgt.urls[-1], tgt.token, pairs, rec) as load:
+            await load.run_closed(plan.gateway_warmup_s, "warmup")
+            meter = CpuMeter({f"node{i + 1}": pid for i, pid in enumerate(target.node_pids())})
+            top = await load.run_closed(plan.gateway_s, "max")
+            cores = meter.read()
+            half = await load.run_paced(max(1.0, top.settled_per_s / 2), plan.gateway_s, "half")
+    out: dict[str, Any] = {"pairs": plan.gateway_pairs, "settled_per_s_max": top.settled_per_s,
+                           "settled_per_s_half": half.settled_per_s, "errors": top.errors + half.errors,
+                           "lost": top.lost + half.lost,
+                           # CPU-seconds of both gateway nodes per gift settled at the maximum rate
+                           "nodes_cpu_us_per_gift": sum(cores[f"node{i + 1}"] for i in range(2)) * top.seconds
+                           / max(1, top.settled) * 1e6}
+    for phase in ("max", "half"):
+        series = rec.series.get(f"{phase}/send->offer")
+        out[f"send_offer_{phase}"] = dataclasses.asdict(LatencySummary.of(series.latency if series else []))
+    return out
 
 
 # ---------------------------------------------------------------- topologies
@@ -306,7 +367,7 @@ async def _cluster(work: Path, shards: int) -> Any:
                                          fence=lambda tag: DEFAULT_KEYS.node_channel(tag, "fence"))
         # Primaries in the topology's order, so that per-shard figures line up with its nodes.
         servers = [Server(s.primary.host, s.primary.port, cluster.password) for s in cluster.shards]
-        yield topology, servers
+        yield topology, servers, cluster.url
     finally:
         if topology is not None:
             await topology.aclose()
@@ -315,9 +376,11 @@ async def _cluster(work: Path, shards: int) -> Any:
 
 
 # ---------------------------------------------------------------- the run
-async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable[[str], None], *,
+              gateway: bool = True) -> dict[str, Any]:
     phases: list[PhaseResult] = []
     memory: dict[str, Any] = {}
+    gateways: dict[str, Any] = {}
     #: The conservation check after each topology's phases: a fast bench that loses cards
     #: measures nothing.
     conservation: dict[str, Any] = {}
@@ -346,10 +409,13 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
         memory["bench_user"] = {**await user_memory(topology, fresh), "user": fresh,
                                 "state": f"after the one-instance phases (in {gifts} of the pairs)"}
         await check("one instance", topology)
+    if gateway:
+        say("through 2 gateway nodes on one instance ...")
+        gateways["one_instance"] = await through_gateway(plan, work / "gw-single", None)
     largest = max(shard_counts)
     for shards in shard_counts:
         say(f"{shards} shard(s) ...")
-        async with _cluster(work, shards) as (topology, servers):
+        async with _cluster(work, shards) as (topology, servers, url):
             modes = ["mixed", "same", "cross"] if shards == largest and shards > 1 else ["mixed"]
             bed = Bed(topology, servers, plan.concurrency, cluster=True)
             bed.draw(modes)
@@ -357,8 +423,11 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
             for mode in modes:
                 done(await drive(bed, f"{shards} shard(s), {_MODES[mode]}", mode, plan.phase_s))
             await check(f"{shards} shard(s)", topology)
+            if gateway and shards == largest:
+                say(f"through 2 gateway nodes on {shards} shard(s) ...")
+                gateways[f"{shards}_shards"] = await through_gateway(plan, work / f"gw-{shards}", url)
     return {"phases": [p.as_dict() for p in phases], "memory": memory, "conservation": conservation,
-            "derived": derive(phases)}
+            "gateway": gateways, "derived": derive(phases)}
 
 
 _MODES = {"mixed": "random pairs", "same": "same-shard pairs only", "cross": "cross-shard pairs only"}
@@ -410,6 +479,16 @@ def rows_of(results: dict[str, Any]) -> list[report.Row]:
         target = ("min", 2.0) if p["shards"] == 3 and p["mode"] == "mixed" else None
         rows.append(report.Row(f"{key}_capacity", "   gifts/s at one core per shard (1 / busiest shard)",
                                p["capacity_per_s_one_core_per_shard"], "/s", ceiling, "1 shard", target))
+    gateway = results.get("gateway", {})
+    base = gateway.get("one_instance")
+    for name, g in gateway.items():
+        where = "one instance" if name == "one_instance" else name.replace("_", " ")
+        label = f"2 gateway nodes on {where}: settled gifts/s ({g['pairs']} pairs)"
+        rows.append(report.Row(f"gateway_{name}_per_s", label,
+                               g["settled_per_s_max"], "/s", base["settled_per_s_max"] if base else None,
+                               "one instance"))
+        rows.append(report.Row(f"gateway_{name}_p99", "   send->offer p99 at half that rate (cross-node)",
+                               g["send_offer_half"]["p99_ms"], "ms", target=("max", 20.0)))
     if single:
         rows.append(report.Row("memory_per_gift", "used_memory growth per settled gift (one instance)",
                                single["memory_bytes_per_gift"], "B"))
@@ -434,7 +513,8 @@ def parse_shards(text: str) -> list[int]:
     return counts
 
 
-def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None, command: str) -> int:
+def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None, command: str,
+         gateway: bool = True) -> int:
     from loadtest.bench import machine
     from notecard.runner import install_uvloop
 
@@ -460,7 +540,7 @@ def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None,
     info = machine()
     say(f"notecard bench --cluster {'--quick ' if quick else ''}-> {out}  ({info['cpus']} CPUs, {info['cpu_model']})")
     with _workdir() as work:
-        results = asyncio.run(run(plan, counts, work, say))
+        results = asyncio.run(run(plan, counts, work, say, gateway=gateway))
     rows = rows_of(results)
     say("")
     say(report.table(rows))
@@ -485,3 +565,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="Redis CPU per settled gift on 1..N-shard local clusters (loadtest.cluster_bench)")
     parser.add_argument("--shards", default="1,2,3", help="with --cluster: shard counts to measure (default 1,2,3)")
+    parser.add_argument("--no-gateway", action="store_true",
+                        help="with --cluster: skip the phases through 2 gateway nodes (one instance, largest cluster)")

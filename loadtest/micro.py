@@ -18,8 +18,12 @@ child), so that a neighbour's load changes them less than it changes rates:
   ``Clearing.accept`` between pairs of users: the time Redis spends inside each call
   (``INFO commandstats``, reset before each batch) and its process CPU per call. This
   machine's virtual CPUs expose no instruction counter to ``perf``, so time stands for
-  instructions. Only the public clearing API is used, so the same part runs on older
+  instructions here. Only the public clearing API is used, so the same part runs on older
   commits and compares their scripts with today's.
+- ``instructions``: the same gifts (fewer) on a ``redis-server`` under valgrind's
+  callgrind, counting the instructions inside EVALSHA per reserve and per accept: a count
+  that does not move with the machine's load (not in the default parts: valgrind is
+  slow, and is not installed everywhere).
 
 Each part starts what it needs (its own redis-server in a temporary folder, a server
 process on a free loopback port), stops it by its PID and is bounded in count.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -41,7 +46,7 @@ import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-PARTS = ("redis", "pubsub", "frames", "codec", "scripts")
+PARTS = ("redis", "pubsub", "frames", "codec", "scripts", "instructions")
 #: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
 #: is the client's side of a call.
 _ECHO_SCRIPT = "return ARGV[1]"
@@ -210,7 +215,31 @@ def _per_call(fn: Callable[[], object], repeat: int) -> float:
 
 
 # ------------------------------------------------------------------ scripts
-async def _scripts(url: str, gifts: int, concurrency: int) -> dict[str, float]:
+class _Callgrind:
+    """Instructions that a ``redis-server`` run under callgrind spent inside EVALSHA
+    (``--toggle-collect=evalshaCommand``): zeroed before a batch, dumped after it. Unlike
+    time, the count does not change with what the neighbours do."""
+
+    def __init__(self, control: str, pid: int, out: Path) -> None:
+        self.control, self.pid, self.out = control, pid, out
+
+    def start(self) -> None:
+        subprocess.run([self.control, "--zero", str(self.pid)], capture_output=True, timeout=60, check=True)
+
+    def stop(self) -> int:
+        before = set(self.out.parent.glob(self.out.name + "*"))
+        subprocess.run([self.control, "--dump", str(self.pid)], capture_output=True, timeout=60, check=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for dump in set(self.out.parent.glob(self.out.name + "*")) - before:
+                for line in dump.read_text().splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        return int(line.split()[1])
+            time.sleep(0.1)
+        raise RuntimeError("callgrind wrote no dump")
+
+
+async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind | None = None) -> dict[str, float]:
     import redis.asyncio as aioredis
 
     from clearing import Accounts, Clearing, GiftRules, Presence
@@ -230,12 +259,15 @@ async def _scripts(url: str, gifts: int, concurrency: int) -> dict[str, float]:
         await accounts.follow(sender, recipient, since)
         await accounts.follow(recipient, sender, since)
     per_task = gifts // concurrency
+    instructions: dict[str, float] = {}
 
     async def batch(step: str) -> tuple[float, float, float]:
         """Per operation: microseconds inside Redis's script calls, redis-server CPU
         microseconds, and script calls (a version may split an operation into more)."""
         await client.config_resetstat()
         cpu = await client.info("cpu")
+        if counter is not None:
+            counter.start()
 
         async def one(index: int) -> None:
             sender, recipient = pairs[index]
@@ -246,6 +278,8 @@ async def _scripts(url: str, gifts: int, concurrency: int) -> dict[str, float]:
                     await clearing.accept(f"m{index}-{n}", recipient)
 
         await asyncio.gather(*(one(i) for i in range(concurrency)))
+        if counter is not None:
+            instructions[step] = counter.stop() / (per_task * concurrency)
         after, stats = await client.info("cpu"), await client.info("commandstats")
         calls = sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall"))
         inside = sum(float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall"))
@@ -257,12 +291,53 @@ async def _scripts(url: str, gifts: int, concurrency: int) -> dict[str, float]:
         out: dict[str, float] = {}
         for step in ("reserve", "accept"):
             inside, process, calls = await batch(step)
+            if counter is not None:
+                out[f"{step}: instructions inside EVALSHA (count)"] = instructions[step]
+                continue  # under valgrind, time says nothing
             out[f"{step}: time inside its script calls"] = inside
             out[f"{step}: redis-server CPU in all"] = process
-            out[f"{step}: script calls (a count, not us)"] = calls
+            out[f"{step}: script calls (count)"] = calls
     finally:
         await client.aclose()
     return out
+
+
+def _instructions(work: Path, gifts: int) -> dict[str, float]:
+    """The ``scripts`` part's gifts on a ``redis-server`` under valgrind's callgrind."""
+    from notecard.local_redis import find_redis_server
+
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if valgrind is None or control is None:
+        raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
+    port, password = _free_port(), "micro-" + os.urandom(8).hex()
+    out = work / "callgrind.out"
+    server = subprocess.Popen(
+        [valgrind, "--tool=callgrind", "--toggle-collect=evalshaCommand", f"--callgrind-out-file={out}",
+         find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", password, "--dir", str(work)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, 120)
+        return asyncio.run(_scripts(f"redis://:{password}@127.0.0.1:{port}/0", gifts, 4,
+                                    _Callgrind(control, server.pid, out)))
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+
+
+def _wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s")
 
 
 # ------------------------------------------------------------------ CLI
@@ -290,6 +365,8 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
                 elif part == "scripts":
                     assert redis_server is not None
                     results[part] = asyncio.run(_scripts(redis_server.url, 20_000 // scale, 16))
+                elif part == "instructions":
+                    results[part] = _instructions(Path(work), 400 // scale)
                 else:
                     results[part] = _codec(20_000 // scale)
         finally:
@@ -300,7 +377,9 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="notecard micro", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")
+    default = [p for p in PARTS if p != "instructions"]
+    parser.add_argument("--only", default=",".join(default),
+                        help=f"comma-separated parts of {','.join(PARTS)} (default: {','.join(default)})")
     parser.add_argument("--quick", action="store_true", help="a tenth of the counts (what the tests run)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     parts = [p for p in args.only.split(",") if p]
@@ -314,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for part, figures in results.items():
         print(f"\n{part}: CPU per operation")
         for name, micros in figures.items():
-            print(f"  {name:<48} {micros:8.2f} us")
+            print(f"  {name:<48} {micros:8.2f}{'' if name.endswith('(count)') else ' us'}")
     return 0
 
 

@@ -1,9 +1,11 @@
 """``notecard bench --cluster --quick`` measures every phase and writes its table and JSON.
 
 No speed is asserted (docs/capacity.md quotes measured runs): only that each phase settled
-gifts, that Redis CPU was charged to every shard it measured, that pairs land where the
-phase says (same-shard pairs never cross, cross-shard pairs always do), that cards were
-conserved on every topology, and that the derived ratios agree with the phase figures.
+gifts, that Redis CPU was charged to the shards it measured, that pairs land where the
+phase says (same-shard pairs never cross, cross-shard pairs always do), that a gift on one
+instance is two script calls (send, resolve), that cards were conserved on every topology,
+that gifts went through the gateway nodes with none lost, and that the derived ratios agree
+with the phase figures.
 """
 
 from __future__ import annotations
@@ -56,9 +58,18 @@ def test_quick_cluster_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert derived["one_instance_saga_over_one_script_cpu"] > 0
     assert derived["cross_over_same_shard_cpu_total"] > 0
 
+    gateway = document["gateway"]
+    assert set(gateway) == {"one_instance", "2_shards"}
+    for g in gateway.values():
+        assert g["settled_per_s_max"] > 0 and g["lost"] == 0, g
+        assert g["send_offer_half"]["count"] > 0 and g["send_offer_half"]["p99_ms"] > 0, g
+
     memory = document["memory"]
     assert memory["fresh_user"]["keys"] > 0 and memory["fresh_user"]["bytes"] > 0
     assert memory["bench_user"]["bytes"] >= memory["fresh_user"]["bytes"]
+    assert {"user", "bal"} <= set(memory["fresh_user"]["by_kind"])
+    assert phases[(2, "cross", False)]["script_calls_per_gift_per_shard"] != [0, 0]
+    assert sum(phases[(0, "mixed", False)]["script_calls_per_gift_per_shard"]) == pytest.approx(2.0, rel=0.05)
 
     rows = {row["key"]: row for row in document["table"]}
     assert rows["2_shards_mixed_capacity"]["ceiling"] == pytest.approx(one["capacity_per_s_one_core_per_shard"])
