@@ -19,7 +19,14 @@ by PID at its end), every one driving the clearing API at its maximum rate from
 - **N shards** for each N of ``--shards``: a Redis Cluster of N primaries, pairs of users
   drawn at random, so about ``1 - 1/N`` of the gifts cross shards as they would;
 - on the largest N: **same-shard only** and **cross-shard only** pairs, the fast path
-  against the saga on the same cluster.
+  against the saga on the same cluster; and random pairs again with **newcomer promotion
+  on**, as it is by default.
+
+The users are established (a month old, not newcomers) and newcomer promotion is off in
+every other phase: with it on, a gift may be charged to the promotion account, so it takes
+the one-script path only when its sender, its recipient *and* that account share a node
+(``Clearing.reserve``), which on N shards is about 1 gift in N squared. The settings are
+read at most once a second, as a gateway node reads them.
 
 Ratios are taken against the baselines of the same run (machines are shared and noisy).
 Memory: ``MEMORY USAGE`` of every key of one provisioned user (before any gift) and of a
@@ -51,6 +58,9 @@ from clearing import Accounts, Clearing, Presence
 from clearing.component import single_topology
 from clearing.invariant import check_invariant
 from clearing.keys import DEFAULT_KEYS
+from clearing.scene_config import SceneConfig
+from clearing.scenes import Scenes
+from clearing.settings import SettingsCache
 from clearing.slots import slot_of
 from clearing.topology import Topology, connect_cluster
 from loadtest import report
@@ -61,6 +71,11 @@ from notecard.local_redis import LocalRedis
 
 _NODE = "cb-node"
 _FOLLOW_AGE_MS = 4 * 86_400_000
+#: Bench users are a month old: established users, not newcomers whose first gifts the
+#: promotion account pays for (a sponsor step on the one shard that holds it).
+_ACCOUNT_AGE_MS = 30 * 86_400_000
+#: A gateway node reads the operators' settings at most this often (settings_refresh_s).
+_SETTINGS_MAX_AGE_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,6 +206,7 @@ class Bed:
     def __init__(self, topology: Topology, servers: list[Server], concurrency: int, *, cluster: bool) -> None:
         self.topology = topology
         self.cluster = cluster
+        self.settings = SettingsCache(topology.general, DEFAULT_KEYS, max_age_s=_SETTINGS_MAX_AGE_S)
         self.servers = servers
         self.concurrency = concurrency
         self.tag = secrets.token_hex(3)
@@ -225,15 +241,25 @@ class Bed:
                 pairs.append((a, b))
             self.pairs[mode] = pairs
 
+    async def promotion(self, on: bool) -> None:
+        """Newcomer promotion on (the default: 5 free gifts paid by the ``promo`` account)
+        or off. On, a gift takes the one-script path only when its sender, its recipient
+        and the promotion account share a node, since the script may charge any of them."""
+        default = SceneConfig().newcomer_free_gifts
+        await Scenes(self.topology, BENCH_RULES, settings=self.settings).set_config(
+            {"newcomer_free_gifts": default if on else 0})
+        self.settings.invalidate()
+
     async def provision(self) -> None:
         accounts = Accounts(self.topology, BENCH_RULES)
         presence = Presence(self.topology, BENCH_RULES)
         users = sorted({u for pairs in self.pairs.values() for pair in pairs for u in pair})
-        since = int(time.time() * 1000) - _FOLLOW_AGE_MS
+        now = int(time.time() * 1000)
+        since = now - _FOLLOW_AGE_MS
         await presence.heartbeat(_NODE)
 
         async def make(user: str) -> None:
-            await accounts.create_user(user, verified=True)
+            await accounts.create_user(user, verified=True, created_at_ms=now - _ACCOUNT_AGE_MS)
             await accounts.mint(user, "note", 10**8)
             await presence.connect(user, _NODE)
 
@@ -241,14 +267,17 @@ class Bed:
         pairs = {p for ps in self.pairs.values() for p in ps}
         await asyncio.gather(*(accounts.follow(a, b, since) for a, b in pairs),
                              *(accounts.follow(b, a, since) for a, b in pairs))
+        await self.promotion(False)
 
     def crosses(self, pair: Pair) -> bool:
         return not self.topology.colocated([slot_of(pair[0]), slot_of(pair[1])])
 
 
-async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: bool = False) -> PhaseResult:
+async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: bool = False,
+                promotion: bool = False) -> PhaseResult:
     """Gift and accept along each pair of ``mode`` from one task per pair for ``seconds``."""
-    clearing = Clearing(bed.topology, BENCH_RULES, force_saga=force_saga)
+    await bed.promotion(promotion)
+    clearing = Clearing(bed.topology, BENCH_RULES, settings=bed.settings, force_saga=force_saga)
     pairs = bed.pairs[mode]
     run = secrets.token_hex(2)
     # One warm-up gift per pair: connections opened and scripts loaded outside the window.
@@ -274,7 +303,8 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: b
     elapsed, generator = time.perf_counter() - t0, time.process_time() - cpu0
     after = [s.info() for s in bed.servers]
     return PhaseResult(
-        name=name, shards=len(bed.servers) if bed.cluster else 0, mode=mode, forced_saga=force_saga,
+        name=name, shards=len(bed.servers) if bed.cluster else 0, mode=mode if not promotion else f"{mode}+promotion",
+        forced_saga=force_saga,
         settled=settled, cross=cross, seconds=elapsed,
         redis_cpu_s=[_cpu_s(b) - _cpu_s(a) for a, b in zip(before, after, strict=True)],
         redis_inside_s=[_inside_s(b) - _inside_s(a) for a, b in zip(before, after, strict=True)],
@@ -422,6 +452,9 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
             await bed.provision()
             for mode in modes:
                 done(await drive(bed, f"{shards} shard(s), {_MODES[mode]}", mode, plan.phase_s))
+            if "same" in modes:
+                done(await drive(bed, f"{shards} shard(s), random pairs, newcomer promotion on", "mixed",
+                                 plan.phase_s, promotion=True))
             await check(f"{shards} shard(s)", topology)
             if gateway and shards == largest:
                 say(f"through 2 gateway nodes on {shards} shard(s) ...")

@@ -37,7 +37,7 @@ def test_quick_cluster_bench_writes_table_and_json(tmp_path: Path) -> None:
     document = json.loads((out / "cluster.json").read_text())
     phases = {(p["shards"], p["mode"], p["forced_saga"]): p for p in document["phases"]}
     assert set(phases) == {(0, "mixed", False), (0, "mixed", True), (1, "mixed", False), (2, "mixed", False),
-                           (2, "same", False), (2, "cross", False)}
+                           (2, "same", False), (2, "cross", False), (2, "mixed+promotion", False)}
     for (shards, _mode, _forced), p in phases.items():
         assert p["settled"] > 0 and p["settled_per_s"] > 0, p
         per_shard = p["redis_cpu_us_per_gift_per_shard"]
