@@ -217,7 +217,7 @@ def _per_call(fn: Callable[[], object], repeat: int) -> float:
 # ------------------------------------------------------------------ scripts
 class _Callgrind:
     """Instructions that a ``redis-server`` run under callgrind spent inside EVALSHA
-    (``--toggle-collect=evalshaCommand``): zeroed before a batch, dumped after it. Unlike
+    (``--toggle-collect=evalShaCommand``): zeroed before a batch, dumped after it. Unlike
     time, the count does not change with what the neighbours do."""
 
     def __init__(self, control: str, pid: int, out: Path) -> None:
@@ -249,11 +249,13 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
     client = aioredis.Redis.from_url(url)
     accounts, presence, clearing = Accounts(client, rules), Presence(client, rules), Clearing(client, rules)
     pairs = [(f"ms{i}", f"mr{i}") for i in range(concurrency)]
-    since = int(time.time() * 1000) - 4 * day
+    now = int(time.time() * 1000)
+    since = now - 4 * day
     await presence.heartbeat("micro-node")
     for sender, recipient in pairs:
         for user in (sender, recipient):
-            await accounts.create_user(user, verified=True)
+            # Established users (a month old): a newcomer's gift also checks the promotion account.
+            await accounts.create_user(user, verified=True, created_at_ms=now - 30 * day)
             await accounts.mint(user, "note", 10**8)
             await presence.connect(user, "micro-node")
         await accounts.follow(sender, recipient, since)
@@ -312,7 +314,7 @@ def _instructions(work: Path, gifts: int) -> dict[str, float]:
     port, password = _free_port(), "micro-" + os.urandom(8).hex()
     out = work / "callgrind.out"
     server = subprocess.Popen(
-        [valgrind, "--tool=callgrind", "--toggle-collect=evalshaCommand", f"--callgrind-out-file={out}",
+        [valgrind, "--tool=callgrind", "--toggle-collect=evalShaCommand", f"--callgrind-out-file={out}",
          find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--requirepass", password, "--dir", str(work)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
