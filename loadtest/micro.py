@@ -45,6 +45,7 @@ import time
 import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 PARTS = ("redis", "pubsub", "frames", "codec", "scripts", "instructions")
 #: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
@@ -239,14 +240,13 @@ class _Callgrind:
         raise RuntimeError("callgrind wrote no dump")
 
 
-async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind | None = None) -> dict[str, float]:
-    import redis.asyncio as aioredis
-
+async def _gifting_pairs(client: Any, concurrency: int) -> tuple[Any, list[tuple[str, str]]]:
+    """``concurrency`` pairs of established, funded, befriended, online users, and the
+    clearing API between them, its scripts loaded."""
     from clearing import Accounts, Clearing, GiftRules, Presence
 
     day = 86_400_000
     rules = GiftRules(daily_send_limit=10**9, daily_receive_limit=10**9, node_ttl_ms=day, confirm_window_ms=day)
-    client = aioredis.Redis.from_url(url)
     accounts, presence, clearing = Accounts(client, rules), Presence(client, rules), Clearing(client, rules)
     pairs = [(f"ms{i}", f"mr{i}") for i in range(concurrency)]
     now = int(time.time() * 1000)
@@ -260,6 +260,21 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
             await presence.connect(user, "micro-node")
         await accounts.follow(sender, recipient, since)
         await accounts.follow(recipient, sender, since)
+        # Both scripts loaded (and the pipelines' connections open) before anything counts.
+        await clearing.reserve(f"warm-{sender}", sender, recipient, "note", 1)
+        await clearing.accept(f"warm-{sender}", recipient)
+    return clearing, pairs
+
+
+async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind | None = None) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        clearing, pairs = await _gifting_pairs(client, concurrency)
+    except BaseException:
+        await client.aclose()
+        raise
     per_task = gifts // concurrency
     instructions: dict[str, float] = {}
 
