@@ -90,7 +90,7 @@ class Plan:
 
 
 FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32)
-QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=0.8, gateway_pairs=4)
+QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

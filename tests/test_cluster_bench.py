@@ -62,7 +62,8 @@ def test_quick_cluster_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert set(gateway) == {"one_instance", "2_shards"}
     for g in gateway.values():
         assert g["settled_per_s_max"] > 0 and g["lost"] == 0, g
-        assert g["send_offer_half"]["count"] > 0 and g["send_offer_half"]["p99_ms"] > 0, g
+        assert g["send_offer_max"]["count"] > 0 and g["send_offer_max"]["p99_ms"] > 0, g
+        assert g["nodes_cpu_us_per_gift"] > 0, g
 
     memory = document["memory"]
     assert memory["fresh_user"]["keys"] > 0 and memory["fresh_user"]["bytes"] > 0
