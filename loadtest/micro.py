@@ -16,10 +16,10 @@ child), so that a neighbour's load changes them less than it changes rates:
   encodings.
 - ``scripts``: the clearing scripts of one gift on one Redis, ``Clearing.reserve`` then
   ``Clearing.accept`` between pairs of users: the time Redis spends inside each call
-  (``INFO commandstats``, reset before each batch) and its process CPU per call. This
-  machine's virtual CPUs expose no instruction counter to ``perf``, so time stands for
-  instructions here. Only the public clearing API is used, so the same part runs on older
-  commits and compares their scripts with today's.
+  (``INFO commandstats``, reset before each batch; Redis takes it from the wall clock, so
+  a busy machine inflates it) and redis-server's CPU per call. Only the public clearing
+  API is used, so the same part runs on older commits and compares their scripts with
+  today's (docs/benchmarks.md section 10).
 - ``instructions``: the same gifts (fewer) on a ``redis-server`` under valgrind's
   callgrind, counting the instructions inside EVALSHA per reserve and per accept: a count
   that does not move with the machine's load (not in the default parts: valgrind is
@@ -242,7 +242,8 @@ class _Callgrind:
 
 async def _gifting_pairs(client: Any, concurrency: int) -> tuple[Any, list[tuple[str, str]]]:
     """``concurrency`` pairs of established, funded, befriended, online users, and the
-    clearing API between them, its scripts loaded."""
+    clearing API between them, its scripts loaded. Typed loosely on purpose: the same code
+    runs against older commits' ``clearing`` package."""
     from clearing import Accounts, Clearing, GiftRules, Presence
 
     day = 86_400_000
