@@ -72,7 +72,7 @@ from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
 from clearing.topology import AnyRedis
-from gateway.auth import mint_token
+from gateway.auth import ClaimRules, mint_token
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
@@ -199,6 +199,8 @@ class WebPages:
     public_ws_urls: tuple[str, ...] = ()
     dev: bool = False
     token_secret: str = ""
+    #: The audience and issuer a development token must carry to pass this node's checks.
+    claims: ClaimRules = ClaimRules()
 
 
 class AdminApp:
@@ -480,7 +482,9 @@ class AdminApp:
         user = _field(data, "user", str, required=True)
         if not is_valid_id(user):
             raise AdminError(400, "BAD_REQUEST", "user id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-        token = mint_token(self.pages.token_secret, user, ttl_s=DEV_TOKEN_TTL_S)
+        claims = self.pages.claims
+        token = mint_token(self.pages.token_secret, user, ttl_s=DEV_TOKEN_TTL_S, audience=claims.audience,
+                           issuer=claims.issuer)
         return _json({"token": token, "user": user, "ttl_s": DEV_TOKEN_TTL_S})
 
     async def get_points(self, request: web.Request) -> web.Response:

@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-url", default=os.environ.get("NOTECARD_ADMIN_URL", "http://127.0.0.1:8766"),
                       help=_ADMIN_URL_HELP)
 
-    token = sub.add_parser("token", help="mint a client token for development", epilog=_SECRETS_HELP,
-                           description="Print a client token for USER, signed with the nodes' token secret.")
+    token = sub.add_parser("token", help="mint a client token (an HS256 JWT) for development", epilog=_SECRETS_HELP,
+                           description="Print a client token for USER: a JWT signed with HS256 and the nodes' token "
+                                       "secret, for the audience NOTECARD_JWT_AUDIENCE (and the issuer "
+                                       "NOTECARD_JWT_ISSUER, when set).")
     token.add_argument("user", help="the user id the token names")
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, help="seconds (default one day)")
     token.add_argument("--app", default="main", help="linked app the connection comes from (default main)")
@@ -296,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               shards=args.shards if args.cluster else 0)
         keys = _client_secrets(settings, generate=args.command == "token")
         if args.command == "token":
-            print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app))
+            print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app,
+                             audience=settings.jwt_audience, issuer=settings.jwt_issuer))
             return 0
         if args.command == "demo":
             from notecard.demo import run_demo
