@@ -58,7 +58,7 @@ __all__ = [
     "UserEvent",
     "UserRecord",
     "banned_user",
-    "kicked_user",
     "check_invariant",
     "decode_published",
+    "kicked_user",
 ]

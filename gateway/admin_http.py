@@ -200,7 +200,7 @@ class WebPages:
     dev: bool = False
     token_secret: str = ""
     #: The audience and issuer a development token must carry to pass this node's checks.
-    claims: ClaimRules = ClaimRules()
+    claims: ClaimRules = dataclasses.field(default_factory=ClaimRules)
 
 
 class AdminApp:

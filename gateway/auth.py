@@ -127,16 +127,12 @@ def claims_identity(claims: dict[str, Any], rules: ClaimRules) -> Identity:
     return Identity(user_id=user, app=app, expires_at=exp)
 
 
-def decode_jwt(token: str, key: Any, algorithm: str, rules: ClaimRules, *, now: float | None = None) -> Identity:
+def decode_jwt(token: str, key: Any, algorithm: str, rules: ClaimRules) -> Identity:
     """Check a JWT's signature with ``key`` for exactly ``algorithm``, then its claims."""
-    options: Any = {"require": ["exp", "sub", "aud"] + (["iss"] if rules.issuer is not None else [])}
+    required = ["exp", "sub", "aud"] + (["iss"] if rules.issuer is not None else [])
     try:
-        if now is not None:
-            # PyJWT reads the clock itself; a test's instant is applied as leeway on both sides.
-            claims = _decode_at(token, key, algorithm, rules, now, options)
-        else:
-            claims = jwt.decode(token, key, algorithms=[algorithm], audience=rules.audience, issuer=rules.issuer,
-                                leeway=rules.leeway_s, options=options)
+        claims = jwt.decode(token, key, algorithms=[algorithm], audience=rules.audience, issuer=rules.issuer,
+                            leeway=rules.leeway_s, options={"require": required})
     except jwt.ExpiredSignatureError:
         raise TokenError("token has expired", rejection=Rejection.EXPIRED) from None
     except jwt.ImmatureSignatureError:
@@ -153,17 +149,6 @@ def decode_jwt(token: str, key: Any, algorithm: str, rules: ClaimRules, *, now: 
         # Malformed parts, a key of the wrong type for the algorithm: never a stack trace.
         raise TokenError("token is malformed") from None
     return claims_identity(claims, rules)
-
-
-def _decode_at(token: str, key: Any, algorithm: str, rules: ClaimRules, now: float, options: Any) -> Any:
-    claims = jwt.decode(token, key, algorithms=[algorithm], audience=rules.audience, issuer=rules.issuer,
-                        options={**options, "verify_exp": False, "verify_nbf": False})
-    exp, nbf = claims.get("exp"), claims.get("nbf")
-    if isinstance(exp, int | float) and exp <= now - rules.leeway_s:
-        raise jwt.ExpiredSignatureError("expired")
-    if isinstance(nbf, int | float) and nbf > now + rules.leeway_s:
-        raise jwt.ImmatureSignatureError("not yet valid")
-    return claims
 
 
 def is_jwt(token: str) -> bool:
@@ -212,10 +197,11 @@ def verify_legacy_token(secret: str, token: str, *, now: float | None = None) ->
 
 def verify_token(secret: str, token: str, *, now: float | None = None, rules: ClaimRules | None = None,
                  legacy: bool = True) -> Identity:
-    """A token checked against a shared secret alone: an HS256 JWT, or (``legacy``) the
-    deprecated format. A node verifies with gateway/tokens.py, which also knows JWKS keys."""
+    """A token checked against a shared secret alone: an HS256 JWT (against the real clock),
+    or (``legacy``) the deprecated format (at ``now``). A node verifies with
+    gateway/tokens.py, which also knows JWKS keys."""
     if is_jwt(token):
-        return decode_jwt(token, secret, "HS256", rules or ClaimRules(), now=now)
+        return decode_jwt(token, secret, "HS256", rules or ClaimRules())
     if not legacy:
         raise TokenError("token of the retired format (NOTECARD_LEGACY_TOKENS is off)")
     return verify_legacy_token(secret, token, now=now)

@@ -194,9 +194,10 @@ class GatewaySettings:
     port: int = setting(8765, "PORT", Port(), "WebSocket listener port")
     admin_host: str = setting("127.0.0.1", "ADMIN_HOST", Text(), "admin API address (plain HTTP: keep it private)")
     admin_port: int = setting(8766, "ADMIN_PORT", Port(), "admin API, metrics and probes port")
-    #: Secret that signs client tokens; generated into data_dir in development.
+    #: Secret of HS256 client tokens; generated into data_dir in development.
     token_secret: str | None = setting(
-        None, "TOKEN_SECRET", Secret(expected=_SECRET_SIZE), "shared secret of HS256 client tokens (and of the deprecated format), at least 32 bytes",
+        None, "TOKEN_SECRET", Secret(expected=_SECRET_SIZE),
+        "shared secret of HS256 client tokens (and of the deprecated format), at least 32 bytes",
         shown="required outside development unless `JWKS_URL` is set (there: generated into "
               "`DATA_DIR/secrets.json`)")
     #: Bearer token of the admin API; generated into data_dir in development.

@@ -114,7 +114,7 @@ def _usable(entry: Any) -> PyJWK | None:
     kid = entry["kid"]
     if entry.get("use", "sig") != "sig":
         return None
-    algorithm = entry.get("alg") or {"RSA": "RS256", "EC": "ES256"}.get(entry.get("kty"))
+    algorithm = entry.get("alg") or {"RSA": "RS256", "EC": "ES256"}.get(str(entry.get("kty")))
     if algorithm not in _KEY_TYPES:
         log.warning("JWKS key of an algorithm the gateway does not accept skipped",
                     extra={"kid": kid, "alg": algorithm})
@@ -124,10 +124,16 @@ def _usable(entry: Any) -> PyJWK | None:
         log.warning("JWKS key whose type does not match its algorithm skipped", extra={"kid": kid})
         return None
     try:
-        return PyJWK(entry, algorithm)
+        key = PyJWK(entry, algorithm)
     except (PyJWKError, ValueError, TypeError):
         log.warning("JWKS key that does not parse skipped", extra={"kid": kid})
         return None
+    too_weak = getattr(key.Algorithm, "check_key_length", lambda _: None)(key.key)
+    if too_weak:
+        # An RSA key under 2048 bits can be factored by a determined attacker.
+        log.warning("JWKS key too weak skipped", extra={"kid": kid, "cause": too_weak})
+        return None
+    return key
 
 
 class JwksCache:

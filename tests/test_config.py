@@ -145,7 +145,9 @@ def test_serve_outside_development_refuses_a_private_redis_and_generated_secrets
     assert "no Redis configured" in done.stderr and "serve --dev" in done.stderr
     assert list(tmp_path.iterdir()) == []  # no data folder, no redis-server, no secrets
     with_redis = run_cli("serve", env=clean_env(NOTECARD_REDIS_URL="redis://127.0.0.1:1"), cwd=tmp_path)
-    assert with_redis.returncode == 2 and "NOTECARD_TOKEN_SECRET is not set" in with_redis.stderr
+    assert with_redis.returncode == 2
+    assert "NOTECARD_JWKS_URL" in with_redis.stderr and "NOTECARD_TOKEN_SECRET" in with_redis.stderr
+    assert "NOTECARD_ADMIN_TOKEN is not set" in with_redis.stderr
     assert production_problems(GatewaySettings(dev=True)) == []
 
 
