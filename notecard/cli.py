@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,6 +170,7 @@ def _build_admin(sub: Any) -> None:
             p.add_argument("--mutual", action="store_true", help="also B follows A, from the same time")
     gift = action("gift", "show a gift")
     gift.add_argument("gift_id", help="gift id")
+    _add_backend_actions(action)
     action("invariant", "run the conservation check (minted = balances + holds + consumed)")
     scenes = action("scenes", "show scene settings and festivals, or change settings")
     scenes.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
@@ -187,6 +189,18 @@ def _build_admin(sub: Any) -> None:
     mentor = action("mentor", "bind APPRENTICE (a newcomer) to MENTOR, once")
     mentor.add_argument("apprentice", help="the newcomer's user id")
     mentor.add_argument("mentor", help="the mentor's user id")
+
+
+def _add_backend_actions(action: Any) -> None:
+    """What the platform's backend does through the API (docs/server-api.md), by hand."""
+    send = action("send-gift", "send a gift for SENDER to RECIPIENT (who must be online), as the client would")
+    send.add_argument("sender", help="the sender's user id")
+    send.add_argument("recipient", help="the recipient's user id")
+    send.add_argument("--qty", type=int, default=1, help="whole cards (default 1)")
+    send.add_argument("--kind", help="card kind (default the first configured)")
+    send.add_argument("--gift-id", help="the gift's id; give the same one to retry (default a new random id)")
+    kick = action("disconnect", "close USER's connections on every node (close code 3506)")
+    kick.add_argument("user", help="user id")
 
 
 async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
@@ -218,6 +232,11 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
                 return await api.unblock(args.a, args.b)
             case "gift":
                 return await api.gift(args.gift_id)
+            case "send-gift":
+                gift_id = args.gift_id or f"admin-{uuid.uuid4().hex}"
+                return await api.send_gift(gift_id, args.sender, args.recipient, qty=args.qty, kind=args.kind)
+            case "disconnect":
+                return await api.disconnect(args.user)
             case "invariant":
                 return await api.invariant()
             case "scenes":
