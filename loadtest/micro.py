@@ -14,6 +14,9 @@ child), so that a neighbour's load changes them less than it changes rates:
   server CPU per message received and answered.
 - ``codec``: decode and encode of a ``gift_sent`` reply and an offer ``event``, both
   encodings.
+- ``tokens``: a node's check of a client token at ``hello`` (gateway/tokens.py), for the
+  deprecated format and JWTs of each algorithm (HS256; RS256 and ES256 with their key
+  already in the JWKS cache).
 
 Each part starts what it needs (its own redis-server in a temporary folder, a server
 process on a free loopback port), stops it by its PID and is bounded in count.
@@ -35,7 +38,7 @@ import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-PARTS = ("redis", "pubsub", "frames", "codec")
+PARTS = ("redis", "pubsub", "frames", "codec", "tokens")
 #: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
 #: is the client's side of a call.
 _ECHO_SCRIPT = "return ARGV[1]"
@@ -198,6 +201,52 @@ def _codec(repeat: int) -> dict[str, float]:
     return out
 
 
+def _tokens(repeat: int) -> dict[str, float]:
+    import jwt
+    import orjson
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    from gateway.auth import ClaimRules, mint_legacy_token, mint_token
+    from gateway.jwks import JwksCache
+    from gateway.tokens import TokenVerifier
+
+    secret = "micro-benchmark-secret-" + "x" * 20
+    rsa_key, ec_key = rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(
+        ec.SECP256R1())
+    document = orjson.dumps({"keys": [
+        RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True) | {"kid": "r", "alg": "RS256"},
+        ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True) | {"kid": "e", "alg": "ES256"}]})
+
+    async def fetch() -> bytes:
+        return document
+
+    claims = {"sub": "alice", "aud": "notecard", "exp": int(time.time()) + 3600, "app": "main"}
+    tokens = {
+        "HS256 JWT": mint_token(secret, "alice"),
+        "RS256 JWT": jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "r"}),
+        "ES256 JWT": jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": "e"}),
+        "deprecated format": mint_legacy_token(secret, "alice"),
+    }
+
+    async def measure() -> dict[str, float]:
+        verifier = TokenVerifier(ClaimRules(), secret=secret, jwks=JwksCache(fetch), legacy=True)
+        await verifier.start()
+        verifier.legacy_used.burst = 0  # the deprecation warning is not what is measured
+        out = {}
+        for name, token in tokens.items():
+            best = float("inf")
+            for _ in range(3):
+                started = time.process_time()
+                for _ in range(repeat):
+                    await verifier.verify(token)
+                best = min(best, time.process_time() - started)
+            out[f"verify {name}"] = best / repeat * 1e6
+        return out
+
+    return asyncio.run(measure())
+
+
 def _per_call(fn: Callable[[], object], repeat: int) -> float:
     """Microseconds per call: the best of three timings, the usual defence against noise."""
     return min(timeit.repeat(fn, number=repeat, repeat=3)) / repeat * 1e6
@@ -225,6 +274,8 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
                                                              redis_server.password))
                 elif part == "frames":
                     results[part] = _frames(96_000 // scale)
+                elif part == "tokens":
+                    results[part] = _tokens(2_000 // scale)
                 else:
                     results[part] = _codec(20_000 // scale)
         finally:

@@ -108,6 +108,6 @@ def test_micro_measures_every_part_briefly() -> None:
         elif line.strip().endswith(" us"):
             name, value = line.strip().rsplit(maxsplit=2)[0], float(line.split()[-2])
             figures[(part, name)] = value
-    assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec"}
-    assert len(figures) == 2 + 1 + 3 + 8
+    assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec", "tokens"}
+    assert len(figures) == 2 + 1 + 3 + 8 + 4
     assert all(math.isfinite(v) and v > 0 for v in figures.values())
