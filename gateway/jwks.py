@@ -182,6 +182,9 @@ class JwksCache:
         """Read the document again (callers at the same time share one read)."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self._load())
+            # Its failure is logged in _load; callers cancelled meanwhile must not leave it
+            # "never retrieved".
+            self._refreshing.add_done_callback(lambda task: task.cancelled() or task.exception())
         await asyncio.shield(self._refreshing)
 
     async def _load(self) -> None:

@@ -39,6 +39,8 @@ class TokenVerifier:
         self.rules = rules
         self.secret = secret
         self.jwks = jwks
+        #: Where the JWKS comes from, for messages.
+        self.jwks_source = ""
         #: The deprecated format is accepted (it needs the shared secret).
         self.legacy = legacy and secret is not None
         self.legacy_used = ThrottledLog(log, "client token of the deprecated format accepted "
@@ -50,12 +52,18 @@ class TokenVerifier:
         if settings.jwks_url:
             jwks = JwksCache(source_fetcher(settings.jwks_url), max_age_s=settings.jwks_refresh_s,
                              min_refresh_s=settings.jwks_min_refresh_s)
-        return cls(settings.claim_rules, secret=secret, jwks=jwks, legacy=settings.legacy_tokens)
+        verifier = cls(settings.claim_rules, secret=secret, jwks=jwks, legacy=settings.legacy_tokens)
+        verifier.jwks_source = settings.jwks_url or ""
+        return verifier
 
     async def start(self) -> None:
         """Read the JWKS once before serving; a failure is logged, not fatal (the keys are
         read again when a token needs them)."""
         if self.jwks is not None:
+            if self.jwks_source.startswith("http://"):
+                # Whoever can change the document in transit can sign tokens for anyone.
+                log.warning("JWKS fetched over plain HTTP: use https:// outside a trusted network",
+                            extra={"jwks": self.jwks_source})
             try:
                 await self.jwks.refresh()
             except JwksUnavailable as exc:
