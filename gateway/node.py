@@ -115,7 +115,7 @@ class GatewayNode:
         self.rooms = RoomHub(Rooms(topo, rules, keys, settings=cache), self.node_id, settings.max_rooms_per_connection)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms,
                                        sender_of=self.hub.sender_of)
-        self.tokens = TokenVerifier.from_settings(settings, token_secret)
+        self.tokens = TokenVerifier.from_settings(settings, token_secret, self.metrics.tokens)
         self.sessions = SessionRunner(
             self.node_id, settings, self.tokens, self.hub, self.requests, self.clearing, self.presence,
             self.events, self.metrics,

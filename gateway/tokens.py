@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import jwt
+from prometheus_client import Counter
 
 from gateway.auth import (
     ASYMMETRIC_ALGORITHMS,
@@ -41,19 +42,23 @@ class TokenVerifier:
         self.jwks = jwks
         #: Where the JWKS comes from, for messages.
         self.jwks_source = ""
+        #: notecard_tokens_total{format, outcome}, when a node counts.
+        self.counter: Counter | None = None
         #: The deprecated format is accepted (it needs the shared secret).
         self.legacy = legacy and secret is not None
         self.legacy_used = ThrottledLog(log, "client token of the deprecated format accepted "
                                              "(NOTECARD_LEGACY_TOKENS); have the login service mint JWTs")
 
     @classmethod
-    def from_settings(cls, settings: GatewaySettings, secret: str | None) -> TokenVerifier:
+    def from_settings(cls, settings: GatewaySettings, secret: str | None, counter: Counter | None = None
+                      ) -> TokenVerifier:
         jwks = None
         if settings.jwks_url:
             jwks = JwksCache(source_fetcher(settings.jwks_url), max_age_s=settings.jwks_refresh_s,
                              min_refresh_s=settings.jwks_min_refresh_s)
         verifier = cls(settings.claim_rules, secret=secret, jwks=jwks, legacy=settings.legacy_tokens)
         verifier.jwks_source = settings.jwks_url or ""
+        verifier.counter = counter
         return verifier
 
     async def start(self) -> None:
@@ -70,7 +75,20 @@ class TokenVerifier:
                 log.error("JWKS unreadable at start; RS256/ES256 tokens wait for it", extra={"cause": str(exc)})
 
     async def verify(self, token: str) -> Identity:
-        """The identity ``token`` carries, or :class:`TokenError`."""
+        """The identity ``token`` carries, or :class:`TokenError`; counted by format
+        (``jwt``, ``legacy``: how many clients still hold the deprecated one) and outcome."""
+        form = "jwt" if is_jwt(token) else "legacy"
+        try:
+            identity = await self._verify(token)
+        except TokenError as exc:
+            if self.counter is not None:
+                self.counter.labels(format=form, outcome=exc.rejection.value).inc()
+            raise
+        if self.counter is not None:
+            self.counter.labels(format=form, outcome="accepted").inc()
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
         if not is_jwt(token):
             if not self.legacy or self.secret is None:
                 raise TokenError("token is not a JWT (the deprecated format is off: NOTECARD_LEGACY_TOKENS)")

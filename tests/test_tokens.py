@@ -250,10 +250,18 @@ async def test_the_jwks_comes_from_a_url_and_an_unreachable_one_is_unavailable_n
     assert await outcome(down, hs256()) == WELCOME_ALICE
 
 
-async def test_the_deprecated_format_works_behind_its_setting(node_with: NodeWith) -> None:
+async def test_the_deprecated_format_works_behind_its_setting_and_is_counted(node_with: NodeWith) -> None:
     legacy = mint_legacy_token(TOKEN_SECRET, "alice")
-    assert await outcome(await node_with(), legacy) == WELCOME_ALICE
-    assert await outcome(await node_with(), mint_legacy_token(TOKEN_SECRET, "alice", ttl_s=-1)) == EXPIRED
+    node = await node_with()
+    assert await outcome(node, legacy) == WELCOME_ALICE
+    assert await outcome(node, mint_legacy_token(TOKEN_SECRET, "alice", ttl_s=-1)) == EXPIRED
+    assert await outcome(node, hs256()) == WELCOME_ALICE
+    # What an operator watches before turning the deprecated format off.
+    counted = node.metrics.render().decode()
+    for line in ('notecard_tokens_total{format="legacy",outcome="accepted"} 1.0',
+                 'notecard_tokens_total{format="legacy",outcome="expired"} 1.0',
+                 'notecard_tokens_total{format="jwt",outcome="accepted"} 1.0'):
+        assert line in counted, line
     assert await outcome(await node_with(legacy_tokens=False), legacy) == INVALID
 
 
