@@ -217,6 +217,17 @@ async def test_a_rotated_key_is_fetched_on_its_first_token(node_with: NodeWith, 
     assert await outcome(node, signed(keys, "rsa-1")) == WELCOME_ALICE
 
 
+async def test_a_key_withdrawn_from_the_jwks_stops_working_once_the_jwks_is_read_again(
+        node_with: NodeWith, jwks_file: Path, keys: Keys) -> None:
+    """Revoking a leaked key: the login service removes it; nodes drop it at their next read
+    (here every check reads, NOTECARD_JWKS_REFRESH_S being tiny)."""
+    node = await node_with(jwks_url=str(jwks_file), jwks_refresh_s=0.001, jwks_min_refresh_s=0)
+    assert await outcome(node, signed(keys, "rsa-1")) == WELCOME_ALICE
+    await asyncio.to_thread(jwks_file.write_bytes, jwks_document(keys, "ec-1"))
+    assert await outcome(node, signed(keys, "rsa-1")) == INVALID
+    assert await outcome(node, signed(keys, "ec-1")) == WELCOME_ALICE
+
+
 async def test_the_jwks_comes_from_a_url_and_an_unreachable_one_is_unavailable_not_invalid(
         node_with: NodeWith, keys: Keys) -> None:
     served = {"count": 0, "document": jwks_document(keys, "ec-1")}
