@@ -15,7 +15,7 @@ described in :mod:`clearing.errors`; the published event format in :mod:`clearin
 
 from clearing.accounts import Accounts
 from clearing.errors import ClearingError, ClearingUnavailable, Refusal, Refused
-from clearing.events import CONTROL_PREFIX, EventLog, banned_user, decode_published
+from clearing.events import CONTROL_PREFIX, EventLog, banned_user, decode_published, kicked_user
 from clearing.gifts import Clearing
 from clearing.invariant import InvariantReport, check_invariant
 from clearing.keys import KeySchema
@@ -60,4 +60,5 @@ __all__ = [
     "banned_user",
     "check_invariant",
     "decode_published",
+    "kicked_user",
 ]

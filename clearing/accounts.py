@@ -69,6 +69,15 @@ class Accounts(RedisComponent):
         reply = await self._lua.run("set_flags", self.slot(user_id), self._keys.user(user_id), self._clock(), args)
         return user_from(user_id, pairs(reply["user"]), self._balances(reply["bal"], reply["held"]))
 
+    async def disconnect(self, user_id: str) -> int:
+        """Tell every live node holding the user's connections to close them (SESSION_ENDED);
+        how many nodes were told. Pub/sub is at most once: a node whose subscription is
+        down at that instant keeps its connections."""
+        presence = Presence(self._topology, self._rules, self._keys, self._clock, settings=self._settings)
+        args = {"u": user_id, "tag": self.tag(user_id), "dead": await presence.dead_nodes()}
+        reply = await self._lua.run("disconnect", self.slot(user_id), self._keys.user(user_id), self._clock(), args)
+        return int(reply["nodes"])
+
     async def get_user(self, user_id: str) -> UserRecord | None:
         async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hgetall(self._keys.user(user_id))

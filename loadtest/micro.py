@@ -24,6 +24,9 @@ child), so that a neighbour's load changes them less than it changes rates:
   callgrind, counting the instructions inside EVALSHA per reserve and per accept: a count
   that does not move with the machine's load (not in the default parts: valgrind is
   slow, and is not installed everywhere).
+- ``tokens``: a node's check of a client token at ``hello`` (gateway/tokens.py), for the
+  deprecated format and JWTs of each algorithm (HS256; RS256 and ES256 with their key
+  already in the JWKS cache).
 
 Each part starts what it needs (its own redis-server in a temporary folder, a server
 process on a free loopback port), stops it by its PID and is bounded in count.
@@ -47,7 +50,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-PARTS = ("redis", "pubsub", "frames", "codec", "scripts", "instructions")
+PARTS = ("redis", "pubsub", "frames", "codec", "scripts", "tokens", "instructions")
 #: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
 #: is the client's side of a call.
 _ECHO_SCRIPT = "return ARGV[1]"
@@ -208,6 +211,52 @@ def _codec(repeat: int) -> dict[str, float]:
             out[f"decode {label}"] = _per_call(functools.partial(decode_server, wire, encoding), repeat)
             out[f"encode {label}"] = _per_call(functools.partial(encode, msg, encoding), repeat)
     return out
+
+
+def _tokens(repeat: int) -> dict[str, float]:
+    import jwt
+    import orjson
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    from gateway.auth import ClaimRules, mint_legacy_token, mint_token
+    from gateway.jwks import JwksCache
+    from gateway.tokens import TokenVerifier
+
+    secret = "micro-benchmark-secret-" + "x" * 20
+    rsa_key, ec_key = rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(
+        ec.SECP256R1())
+    document = orjson.dumps({"keys": [
+        RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True) | {"kid": "r", "alg": "RS256"},
+        ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True) | {"kid": "e", "alg": "ES256"}]})
+
+    async def fetch() -> bytes:
+        return document
+
+    claims = {"sub": "alice", "aud": "notecard", "exp": int(time.time()) + 3600, "app": "main"}
+    tokens = {
+        "HS256 JWT": mint_token(secret, "alice"),
+        "RS256 JWT": jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "r"}),
+        "ES256 JWT": jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": "e"}),
+        "deprecated format": mint_legacy_token(secret, "alice"),
+    }
+
+    async def measure() -> dict[str, float]:
+        verifier = TokenVerifier(ClaimRules(), secret=secret, jwks=JwksCache(fetch), legacy=True)
+        await verifier.start()
+        verifier.legacy_used.burst = 0  # the deprecation warning is not what is measured
+        out = {}
+        for name, token in tokens.items():
+            best = float("inf")
+            for _ in range(3):
+                started = time.process_time()
+                for _ in range(repeat):
+                    await verifier.verify(token)
+                best = min(best, time.process_time() - started)
+            out[f"verify {name}"] = best / repeat * 1e6
+        return out
+
+    return asyncio.run(measure())
 
 
 def _per_call(fn: Callable[[], object], repeat: int) -> float:
@@ -385,6 +434,8 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
                     results[part] = asyncio.run(_scripts(redis_server.url, 20_000 // scale, 16))
                 elif part == "instructions":
                     results[part] = _instructions(Path(work), 400 // scale)
+                elif part == "tokens":
+                    results[part] = _tokens(2_000 // scale)
                 else:
                     results[part] = _codec(20_000 // scale)
         finally:

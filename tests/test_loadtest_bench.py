@@ -112,8 +112,8 @@ def test_micro_measures_every_part_briefly() -> None:
         elif "(count)" in line:
             name, value = line.strip().rsplit(maxsplit=1)[0], float(line.split()[-1])
             counts[(part, name)] = value
-    assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec", "scripts"}
-    assert len(figures) == 2 + 1 + 3 + 8 + 4
+    assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec", "scripts", "tokens"}
+    assert len(figures) == 2 + 1 + 3 + 8 + 4 + 4  # redis, pubsub, frames, codec, scripts, tokens
     assert all(math.isfinite(v) and v > 0 for v in figures.values())
     # Reserve and accept are one script call each on one Redis (the one-script path).
     assert counts == {("scripts", "reserve: script calls (count)"): 1.0,
