@@ -64,7 +64,7 @@ from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
-from clearing.topology import Durability, Topology
+from clearing.topology import Durability, SlotUncovered, Topology
 
 log = logging.getLogger("notecard.clearing.gifts")
 T = TypeVar("T")
@@ -300,6 +300,48 @@ class Clearing(RedisComponent):
         expired = [g for g in await _bounded(self._expire_entry(e) for e in expiries[:limit]) if g is not None]
         recovered = sum(await _bounded(self._recover_entry(e) for e in steps))
         return SweepResult(expired, recovered)
+
+    async def due_slots(self, slots: Iterable[int]) -> list[int]:
+        """The slots among ``slots`` whose queues may hold something due now, by each Redis
+        node's sweep index (keys.py ``sweep_index``): one read per node, however many slots.
+        Index entries for slots a node no longer serves (a resharding moved them) are
+        dropped; the full sweep finds what came with a slot to its new node."""
+        wanted = set(slots)
+        now = self._clock()
+        nodes = self._topology.nodes()
+        reads = [guarded(node.client.zrangebyscore(self._keys.sweep_index(node.home), "-inf", now))
+                 for node in nodes]
+        found: list[int] = []
+        for node, listed in zip(nodes, await asyncio.gather(*reads, return_exceptions=True), strict=True):
+            if isinstance(listed, rx.ResponseError):
+                await self._topology.refresh()  # the home slot moved (MOVED): read again next time
+                continue
+            if isinstance(listed, BaseException):
+                raise listed
+            stale: list[bytes] = []
+            for raw in listed:
+                raw = raw if isinstance(raw, bytes) else str(raw).encode()
+                tag = raw.decode(errors="replace")  # what is no tag is dropped below
+                slot = slot_of(tag)
+                try:
+                    here = slot_tag(slot) == tag and self._topology.node_for(slot) is node
+                except SlotUncovered:
+                    continue  # a failover in progress: ask again next time
+                if not here:
+                    stale.append(raw)
+                elif slot in wanted:
+                    found.append(slot)
+            if stale:
+                await guarded(node.client.zrem(self._keys.sweep_index(node.home), *stale))
+        return found
+
+    async def sweep_due(self, slots: Iterable[int], limit: int = SWEEP_LIMIT) -> SweepResult:
+        """:meth:`sweep` of only those ``slots`` the sweep index lists as due: what a node
+        runs every tick (an idle deployment costs one read per Redis node)."""
+        due = await self.due_slots(slots)
+        if not due:
+            return SweepResult([], 0)
+        return await self.sweep(due, limit)
 
     async def _expire_entry(self, entry: str) -> GiftRecord | None:
         recipient, _, gift_id = entry.partition("|")

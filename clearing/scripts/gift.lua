@@ -120,6 +120,7 @@ local function apply_admit(due)
   store(offer_key(), o, OFFER_FIELDS)
   if due then
     redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'admit|' .. A.r .. '|' .. A.gid)
+    index_due(A.rtag, NOW + A.saga_ms)
   end
   return o
 end
@@ -274,6 +275,7 @@ local function apply_sponsor(cost, due)
              'stag', A.stag, 'ptag', A.ptag, 'recipient', A.r, 'qty', A.qty)
   if due then
     redis.call('ZADD', tkey(A.ptag, 'due'), NOW + A.window + A.saga_ms, 'sponsor|' .. p .. '|' .. A.s .. '|' .. A.gid)
+    index_due(A.ptag, NOW + A.window + A.saga_ms)
   end
 end
 
@@ -302,6 +304,7 @@ local function apply_offer(o, g, nodes)
   store(offer_key(), o, OFFER_FIELDS)
   redis.call('ZADD', ukey(A.r, 'inbox'), o.expires_at_ms, A.gid)
   redis.call('ZADD', tkey(A.rtag, 'expiry'), o.expires_at_ms, A.r .. '|' .. A.gid)
+  index_due(A.rtag, o.expires_at_ms)
   redis.call('ZREM', tkey(A.rtag, 'due'), 'admit|' .. A.r .. '|' .. A.gid)
   emit(A.r, A.rtag, 'offer', o, nodes)
   return o
@@ -361,6 +364,7 @@ local function apply_decide(g, to, due)
   end
   if due then
     redis.call('ZADD', tkey(g.rtag, 'due'), NOW + A.saga_ms, 'settle|' .. g.recipient .. '|' .. A.gid)
+    index_due(g.rtag, NOW + A.saga_ms)
   end
 end
 

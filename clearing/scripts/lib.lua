@@ -41,6 +41,17 @@ if HOME then
   redis.call('EXISTS', tkey(HOME, 'home'))
 end
 
+-- Every entry added to a slot's expiry or due queue is noted in the sweep index of this
+-- Redis node (a sorted set in the home slot: slot tag -> earliest time something there may
+-- come due), so that the sweeper reads only the slots with entries instead of all of them.
+-- LT keeps the earlier time; due.lua sets the slot's true next time when it reads the slot.
+-- A caller without a home (the benchmark's redis-benchmark) leaves it to the full sweep.
+local function index_due(tag, at)
+  if HOME then
+    redis.call('ZADD', tkey(HOME, 'sweepidx'), 'LT', at, tag)
+  end
+end
+
 -- A request's rate token, checked first (check_rate) and taken when the script ends, by
 -- its reply or its refusal: a script that stops on an error (a key whose slot moved to
 -- another node, on the fast path) has then written nothing at all.
