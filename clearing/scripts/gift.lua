@@ -50,15 +50,10 @@ local function well_formed(g)
     and g.kind and g.day and true or false
 end
 
--- The counters a settle or close will change: {key} or {key, field} entries.
-local function money_counters(user, tag, kind, points)
-  local out = {{ukey(user, 'bal'), kind}, {ukey(user, 'held'), kind}, {tkey(tag, 'tot'), 'holds:' .. kind},
-               {tkey(tag, 'tot'), 'consumed:' .. kind}, {tkey(tag, 'tot'), 'transit:' .. kind}}
-  if points then
-    out[#out + 1] = {ukey(user, 'points'), 'total'}
-    out[#out + 1] = {ukey(user, 'points'), 'trimmed'}
-  end
-  return out
+-- The counters a payer's settle may change, as corrupt() takes them.
+local function money_counters(user, tag, kind)
+  return {{ukey(user, 'bal'), kind}, {ukey(user, 'held'), kind},
+          {tkey(tag, 'tot'), 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind}}
 end
 
 local function same_gift(g)
@@ -109,18 +104,20 @@ local function check_admit()
   return {nodes = nodes}
 end
 
--- Take R's receive slots and write the offer half, `admitted`; due for recovery unless the
--- offer follows in this same script.
+-- Take R's receive slots and the offer half, `admitted`: written and due for recovery, or,
+-- when the offer follows in this same script (due false), left for apply_offer to write.
 local function apply_admit(due)
   local recv, pair = recv_counters(A.day, A.r, A.s)
   take_slot(recv)
   take_slot(pair)
   local o = {sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, state = 'admitted', day = A.day,
              app = A.app, stag = A.stag, rtag = A.rtag}
-  store(offer_key(), o, OFFER_FIELDS)
   if due then
+    store(offer_key(), o, OFFER_FIELDS)
     redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'admit|' .. A.r .. '|' .. A.gid)
     index_due(A.rtag, NOW + A.saga_ms)
+  else
+    o.unwritten = true
   end
   return o
 end
@@ -305,7 +302,10 @@ local function apply_offer(o, g, nodes)
   redis.call('ZADD', ukey(A.r, 'inbox'), o.expires_at_ms, A.gid)
   redis.call('ZADD', tkey(A.rtag, 'expiry'), o.expires_at_ms, A.r .. '|' .. A.gid)
   index_due(A.rtag, o.expires_at_ms)
-  redis.call('ZREM', tkey(A.rtag, 'due'), 'admit|' .. A.r .. '|' .. A.gid)
+  if not o.unwritten then  -- admitted by an earlier step: no longer due
+    redis.call('ZREM', tkey(A.rtag, 'due'), 'admit|' .. A.r .. '|' .. A.gid)
+  end
+  o.unwritten = nil
   emit(A.r, A.rtag, 'offer', o, nodes)
   return o
 end
@@ -404,9 +404,15 @@ local function check_settle(to)
   if s.state ~= 'pending' or not well_formed(s) then
     return {err = 'SAGA_CONFLICT'}
   end
-  local counters = money_counters(s.sender, s.stag, s.kind, to == 'accepted')
-  counters[#counters + 1] = {ukey(s.sender, 'q:send:' .. s.day)}
-  counters[#counters + 1] = {ukey(s.sender, 'free')}
+  -- what apply_settle changes: the hold, and the points (accepted) or the counters given back
+  local tot, kind, counters = tkey(s.stag, 'tot'), s.kind, nil
+  if to == 'accepted' then
+    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind},
+                {ukey(s.sender, 'points'), 'total', 'trimmed'}}
+  else
+    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind}, {ukey(s.sender, 'bal'), kind},
+                {ukey(s.sender, 'q:send:' .. s.day)}, {ukey(s.sender, 'free')}}
+  end
   if corrupt(counters) then
     return {err = 'CORRUPT'}
   end
@@ -461,10 +467,11 @@ end
 local function check_close(o)
   local counters = {}
   if o.state == 'accepted' then
-    counters = money_counters(o.recipient, o.rtag, o.kind, true)
+    -- what apply_close changes: the balance, transit, the points
+    counters = {{ukey(o.recipient, 'bal'), o.kind}, {tkey(o.rtag, 'tot'), 'transit:' .. o.kind},
+                {ukey(o.recipient, 'points'), 'total', 'trimmed'}}
     if o.room then
-      counters[#counters + 1] = {ukey(o.room, 'room'), 'wish_progress'}
-      counters[#counters + 1] = {ukey(o.room, 'room'), 'version'}
+      counters[#counters + 1] = {ukey(o.room, 'room'), 'wish_progress', 'version'}
     end
   end
   return corrupt(counters) and 'CORRUPT' or nil

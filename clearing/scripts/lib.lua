@@ -115,20 +115,23 @@ local function whole(value)
   return nil
 end
 
--- The first of these counters ({key} or {key, field}) that is no whole number, or nil.
+-- The first of these counters that is no whole number, or nil.
 -- Every counter a script will INCR or HINCRBY is read here first, before any write: those
 -- commands fail on anything else, and a failure after the first write would leave the
 -- script's work half done.
+-- Each entry is {key} (a plain counter) or {key, field, ...}: fields of one hash, read with
+-- one HMGET (a script's reads cost by the command more than by the field).
 local function corrupt(counters)
   for _, c in ipairs(counters) do
-    local value
     if c[2] then
-      value = redis.call('HGET', c[1], c[2])
-    else
-      value = redis.call('GET', c[1])
-    end
-    if whole(value) == nil then
-      return c[1] .. (c[2] and ('[' .. c[2] .. ']') or '')
+      local got = redis.call('HMGET', unpack(c))
+      for i = 1, #got do
+        if whole(got[i]) == nil then
+          return c[1] .. '[' .. c[i + 1] .. ']'
+        end
+      end
+    elseif whole(redis.call('GET', c[1])) == nil then
+      return c[1]
     end
   end
   return nil
