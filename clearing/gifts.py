@@ -319,8 +319,8 @@ class Clearing(RedisComponent):
             if isinstance(listed, BaseException):
                 raise listed
             stale: list[bytes] = []
-            for raw in listed:
-                raw = raw if isinstance(raw, bytes) else str(raw).encode()
+            for member in listed:
+                raw = member if isinstance(member, bytes) else str(member).encode()
                 tag = raw.decode(errors="replace")  # what is no tag is dropped below
                 slot = slot_of(tag)
                 try:
