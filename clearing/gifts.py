@@ -133,7 +133,7 @@ class Clearing(RedisComponent):
         """Offer ``qty`` cards of ``kind``; the cost is held until the gift resolves.
 
         ``app``: where the sender is (perks on accept); ``quote_id``: a live-room quote
-        (clearing/rooms.py) that prices the gift. Festival and newcomer pricing: gift.lua.
+        (clearing/rooms.py) that prices the gift. Festival and newcomer pricing: gift_send.lua.
         """
         if not is_valid_id(gift_id):
             raise Refused(Refusal.BAD_REQUEST, "gift id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
@@ -142,12 +142,19 @@ class Clearing(RedisComponent):
         now = self._clock()
         snapshot = await self._settings.get()
         a = await self._send_args(snapshot, now, gift_id, sender, recipient, kind, qty, app, quote_id)
-        parties = [slot_of(sender), slot_of(recipient)] + ([slot_of(a["promo"])] if "promo" in a else [])
+        parties = [slot_of(sender), slot_of(recipient)]
         if not self.force_saga and self._topology.colocated(parties):
+            # The promotion account pays only a newcomer's free gift, which the script finds
+            # out: when it is on another node, every other gift still takes the fast path.
+            remote = "promo" in a and not self._topology.colocated([*parties, slot_of(a["promo"])])
             try:
-                reply = await self._lua.run("send", parties[0], self._keys.user(sender), now, {**a, **self._rate},
+                reply = await self._lua.run("send", parties[0], self._keys.user(sender), now,
+                                            {**a, **self._rate, **({"promo_remote": True} if remote else {})},
                                             emits=True, durable=True)
                 return gift_from_map(reply["gift"])
+            except StepRefused as exc:
+                if exc.code != "NEEDS_SAGA":
+                    raise
             except rx.ResponseError as exc:
                 if not _moved_apart(exc):
                     raise

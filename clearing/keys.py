@@ -102,7 +102,7 @@ class KeySchema:
 
     def refused(self, sender: str, gift_id: str) -> str:
         """Hash {code, fp = "recipient|kind|qty"}: a refused send, for ``refusal_memory_ms``
-        (gift.lua's check_reserve): the gift id is spent meanwhile."""
+        (gift_send.lua's check_reserve): the gift id is spent meanwhile."""
         return self._of(sender, f"refused:{gift_id}")
 
     def rate(self, user_id: str) -> str:

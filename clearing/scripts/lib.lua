@@ -1,6 +1,6 @@
 -- lib.lua: prepended to every script of this folder by clearing/lua.py (Redis scripts cannot
--- import one another), after the generated tables MOVES and RANK (clearing/model.py's state
--- table and clearing/errors.py's refusal order).
+-- import one another), after the generated MOVES and RANK (clearing/model.py's state table
+-- and clearing/errors.py's refusal order, each one constant string).
 --
 -- Arguments: ARGV[1] is one msgpack map of named arguments, read here into A. Every script
 -- gets A.p (key prefix) and A.now (ms since the epoch: the caller's clock, never TIME, so a
@@ -76,22 +76,30 @@ local function refuse(code, gift)
   return cmsgpack.pack({err = code, gift = gift})
 end
 
+-- A refusal code's place in the documented order (RANK: the codes in order, each between
+-- spaces); nil for a code that is not there.
+local function rank(code)
+  return string.find(RANK, ' ' .. code .. ' ', 1, true)
+end
+
 -- The earlier of two refusal codes in the documented order (either may be nil).
 local function first_refusal(a, b)
   if a == nil then
     return b
   end
-  if b == nil or RANK[a] <= RANK[b] then
+  if b == nil or rank(a) <= rank(b) then
     return a
   end
   return b
 end
 
--- The state a gift moves to on an event, from the generated table; nil when the move is
--- not legal.
+-- The state a gift moves to on an event, from the generated table (MOVES:
+-- ';state:event=target;...'); nil when the move is not legal. A plain search: a stored
+-- state is data, never a pattern.
 local function move(state, event)
-  local moves = MOVES[state]
-  return moves and moves[event]
+  local key = ';' .. tostring(state) .. ':' .. event .. '='
+  local at = string.find(MOVES, key, 1, true)
+  return at and string.match(MOVES, '^[^;]+', at + #key) or nil
 end
 
 -- A stored number read for a decision: what is no number reads as 0 (a hand edit or an
