@@ -6,9 +6,10 @@ from Python (``MOVES``, the gift state table of clearing/model.py, and ``RANK``,
 of refusals of clearing/errors.py), ``lib.lua``, the step libraries it needs (``gift.lua``
 then ``gift_send.lua`` or ``gift_answer.lua``; ``mentor.lua``), then the script itself,
 since Redis scripts cannot import one another. It is called by EVALSHA with one key (the
-routing key of its slot) and one argument, a msgpack map of named arguments; a NOSCRIPT reply (the script cache is lost on restart and failover)
-loads it and runs the call again. The calls of one event-loop turn go to each Redis node as
-one pipeline (clearing/pipelining.py). Every script returns ``cmsgpack.pack(table)``.
+routing key of its slot) and one argument, a msgpack map of named arguments; a NOSCRIPT
+reply (the script cache is lost on restart and failover) loads it and runs the call again.
+The calls of one event-loop turn go to each Redis node as one pipeline
+(clearing/pipelining.py). Every script returns ``cmsgpack.pack(table)``.
 
 Outages become :class:`ClearingUnavailable` (clearing/guard.py). On a cluster a call whose
 slot moved (MOVED: it did not run) is sent again where the slot is now; ASK (the slot is
