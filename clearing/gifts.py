@@ -321,7 +321,13 @@ class Clearing(RedisComponent):
         found: list[int] = []
         for node, listed in zip(nodes, await asyncio.gather(*reads, return_exceptions=True), strict=True):
             if isinstance(listed, rx.ResponseError):
-                await self._topology.refresh()  # the home slot moved (MOVED): read again next time
+                if "WRONGTYPE" in str(listed):
+                    # Not an index (a hand edit): the scripts note nothing in it meanwhile;
+                    # the next ones start a new one, and the full sweep covers the gap.
+                    log.warning("the sweep index was no sorted set; it starts again")
+                    await guarded(node.client.delete(self._keys.sweep_index(node.home)))
+                else:
+                    await self._topology.refresh()  # the home slot moved (MOVED): read again next time
                 continue
             if isinstance(listed, BaseException):
                 raise listed

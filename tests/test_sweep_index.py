@@ -21,6 +21,7 @@ from clearing.topology import Topology
 from gateway.metrics import NodeMetrics
 from gateway.periodic import Sweeper
 
+UNIT = GiftRules().units_per_card
 ALL_SLOTS = range(SLOTS)
 #: Edges of the test cluster's shards (notecard/local_cluster.py splits evenly), and one inside.
 EDGE_SLOTS = (0, 5460, 5461, 10921, 10922, SLOTS - 1, 7777)
@@ -130,3 +131,16 @@ async def test_an_index_entry_that_names_no_slot_of_its_server_is_dropped(world:
     await node.client.zadd(index, junk)
     assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []
     assert await node.client.zcard(index) == 0
+
+
+async def test_an_index_key_of_another_type_stops_no_gift_and_is_started_again(world: World) -> None:
+    for node in world.topology.nodes():
+        await node.client.set(world.keys.sweep_index(node.home), "hand edit")
+    gifts = await gifts_to_every_edge(world)  # whole gifts: the scripts note nothing in it
+    assert (await world.clearing.balances("ann")).held["note"] == len(gifts) * UNIT
+    assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []  # drops it
+    for node in world.topology.nodes():
+        assert await node.client.exists(world.keys.sweep_index(node.home)) == 0
+    await world.tick(world.rules.confirm_window_ms)
+    swept = await world.clearing.sweep(ALL_SLOTS)  # the full sweep finds what went unnoted
+    assert sorted(g.gift_id for g in swept.expired) == sorted(gifts)

@@ -36,9 +36,15 @@ local tkey = ukey
 -- which). Gateway nodes listen on one channel per Redis node, in that slot, so every
 -- publish of the call goes there. Touched first: if the map was stale and the slot is not
 -- served here, the call fails now, before any write, and the caller reads the map again.
+--
+-- The touch is a TYPE of this node's sweep index (index_due below), which also tells
+-- whether entries can be noted in it: a key of another type (a hand edit) would make the
+-- ZADD fail after other writes, so then nothing is noted and the full sweep finds them.
 local HOME = A.home
+local INDEXED = false
 if HOME then
-  redis.call('EXISTS', tkey(HOME, 'home'))
+  local held = redis.call('TYPE', tkey(HOME, 'sweepidx'))['ok']
+  INDEXED = held == 'zset' or held == 'none'
 end
 
 -- Every entry added to a slot's expiry or due queue is noted in the sweep index of this
@@ -47,7 +53,7 @@ end
 -- LT keeps the earlier time; due.lua sets the slot's true next time when it reads the slot.
 -- A caller without a home (the benchmark's redis-benchmark) leaves it to the full sweep.
 local function index_due(tag, at)
-  if HOME then
+  if INDEXED then
     redis.call('ZADD', tkey(HOME, 'sweepidx'), 'LT', at, tag)
   end
 end
