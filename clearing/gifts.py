@@ -126,6 +126,9 @@ class Clearing(RedisComponent):
             "follow_age": rules.follow_min_age_ms, "window": rules.confirm_window_ms,
             "memo_ms": rules.refusal_memory_ms, "saga_ms": saga_ms, "pointlog_max": rules.points_log_maxlen,
         }
+        #: What the answer's scripts read of those (gift_answer.lua): each named argument is
+        #: decoded by every call, so an answer carries only these.
+        self._answer_constant = {k: self._constant[k] for k in ("saga_ms", "pointlog_max")}
 
     # ================================================================ send
     async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
@@ -216,7 +219,7 @@ class Clearing(RedisComponent):
         now = self._clock()
         snapshot = await self._settings.get()
         a: dict[str, Any] = {
-            **self._constant, "gid": gift_id, "r": recipient, "event": event, "rapp": app,
+            **self._answer_constant, "gid": gift_id, "r": recipient, "event": event, "rapp": app,
             "perks": _perks(snapshot), "dead": await self._dead_nodes(),
         }
         if answering:
