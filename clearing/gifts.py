@@ -311,14 +311,16 @@ class Clearing(RedisComponent):
         recovered = sum(await _bounded(self._recover_entry(e) for e in steps))
         return SweepResult(expired, recovered)
 
-    async def due_slots(self, slots: Iterable[int]) -> list[int]:
-        """The slots among ``slots`` whose queues may hold something due now, by each Redis
-        node's sweep index (keys.py ``sweep_index``): one read per node, however many slots.
-        Index entries for slots a node no longer serves (a resharding moved them) are
-        dropped; the full sweep finds what came with a slot to its new node."""
-        wanted = set(slots)
+    async def due_slots(self, rank: int = 0, of: int = 1) -> list[int]:
+        """The slots whose queues may hold something due now, by the sweep index (keys.py
+        ``sweep_index``) of the Redis servers of this share: those of rank ``rank`` among
+        ``of`` in the order of their names (every server when ``of`` is 1). One read per
+        server, however many slots; each server's index is read by one node of ``of``, so
+        the reads grow with the servers, not with servers times nodes. Index entries for
+        slots a server no longer serves (a resharding moved them) are dropped; the full
+        sweep finds what came with a slot to its new server."""
         now = self._clock()
-        nodes = self._topology.nodes()
+        nodes = sorted(self._topology.nodes(), key=lambda n: n.name)[rank::of]
         reads = [guarded(node.client.zrangebyscore(self._keys.sweep_index(node.home), "-inf", now))
                  for node in nodes]
         found: list[int] = []
@@ -343,18 +345,21 @@ class Clearing(RedisComponent):
                     here = slot_tag(slot) == tag and self._topology.node_for(slot) is node
                 except SlotUncovered:
                     continue  # a failover in progress: ask again next time
-                if not here:
-                    stale.append(raw)
-                elif slot in wanted:
+                if here:
                     found.append(slot)
+                else:
+                    stale.append(raw)
             if stale:
                 await guarded(node.client.zrem(self._keys.sweep_index(node.home), *stale))
         return found
 
-    async def sweep_due(self, slots: Iterable[int], limit: int = SWEEP_LIMIT) -> SweepResult:
-        """:meth:`sweep` of only those ``slots`` the sweep index lists as due: what a node
-        runs every tick (an idle deployment costs one read per Redis node)."""
-        due = await self.due_slots(slots)
+    async def sweep_due(self, rank: int = 0, of: int = 1, limit: int = SWEEP_LIMIT) -> SweepResult:
+        """:meth:`sweep` of the slots that the sweep index of this share's Redis servers
+        lists as due (:meth:`due_slots`): what a node runs every tick (an idle deployment
+        costs one read per Redis server, shared among the nodes)."""
+        if not 0 <= rank < of:
+            raise ValueError("rank must be in 0 .. of - 1")
+        due = await self.due_slots(rank, of)
         if not due:
             return SweepResult([], 0)
         return await self.sweep(due, limit)

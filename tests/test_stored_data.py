@@ -32,7 +32,7 @@ from clearing.rooms import Rooms
 from clearing.rules import DAY_MS
 from clearing.scene_config import INT_RANGES, MAX_PERMILLE, AppPerk, SceneConfig, SceneConfigError
 from clearing.scenes import Scenes
-from clearing.slots import SLOTS, tag_of
+from clearing.slots import tag_of
 from clearing.testing import World
 from notecard.local_redis import LocalRedis
 from tests.test_drill_findings import promote_as_after_a_failover
@@ -444,7 +444,7 @@ async def _operate(fz: Fuzz, op: tuple[Any, ...]) -> object:
         return await _answer(fz, *fz.gifts[op[1] % len(fz.gifts)], accept=op[2], app=op[3])
     if name == "expire":
         await w.tick(op[1])
-        await w.clearing.sweep_due(range(SLOTS))  # what a node's tick reads first
+        await w.clearing.sweep_due()  # what a node's tick reads first
         return await w.clearing.expire_due()
     if name == "index junk":
         index = w.keys.sweep_index(w.topology.nodes()[0].home)

@@ -69,7 +69,7 @@ async def gifts_to_every_edge(w: World) -> list[str]:
 
 async def test_an_idle_sweep_reads_one_index_per_server_and_no_slot(world: World) -> None:
     await reset_stats(world)
-    result = await world.clearing.sweep_due(ALL_SLOTS)
+    result = await world.clearing.sweep_due()
     assert (result.expired, result.recovered) == ([], 0)
     assert await calls(world, "zrangebyscore") == len(world.topology.nodes())
     assert await calls(world, "evalsha") == 0  # no due.lua: no slot read
@@ -89,10 +89,10 @@ async def test_an_idle_tick_of_a_node_reads_a_small_slice_of_its_slots(world: Wo
 
 async def test_offers_due_in_any_slot_are_found_through_the_index(world: World) -> None:
     gifts = await gifts_to_every_edge(world)
-    assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []  # listed, not due yet
+    assert (await world.clearing.sweep_due()).expired == []  # listed, not due yet
     await world.tick(world.rules.confirm_window_ms)
     await reset_stats(world)
-    swept = await world.clearing.sweep_due(ALL_SLOTS)
+    swept = await world.clearing.sweep_due()
     assert sorted(g.gift_id for g in swept.expired) == sorted(gifts)
     # the slots read are the ones with work, not every slot of a server (one index per
     # server, two queues per slot with work, the live nodes' registry for the expiries)
@@ -100,12 +100,12 @@ async def test_offers_due_in_any_slot_are_found_through_the_index(world: World) 
     assert (await world.clearing.balances("ann")).held["note"] == 0
     # the index is set right by the read: nothing listed any more, so the next sweep is idle
     await reset_stats(world)
-    assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []
+    assert (await world.clearing.sweep_due()).expired == []
     # one more read of the slots just emptied (they were read before their entries went), per server
     assert await calls(world, "evalsha") <= len(world.topology.nodes())
     assert await calls(world, "zrangebyscore") <= len(world.topology.nodes()) + 2 * len(EDGE_SLOTS)
     await reset_stats(world)
-    assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []
+    assert (await world.clearing.sweep_due()).expired == []
     assert await calls(world, "evalsha") == 0
 
 
@@ -114,7 +114,7 @@ async def test_a_lost_index_is_made_up_by_the_rolling_full_sweep(world: World) -
     for node in world.topology.nodes():
         await node.client.delete(world.keys.sweep_index(node.home))
     await world.tick(world.rules.confirm_window_ms)
-    assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []  # the index knows nothing
+    assert (await world.clearing.sweep_due()).expired == []  # the index knows nothing
     sweeper = Sweeper(world.clearing, world.presence, world.node, NodeMetrics())
     for _ in range(Sweeper.FULL_SWEEP_TICKS):
         await sweeper.step()
@@ -129,7 +129,7 @@ async def test_an_index_entry_that_names_no_slot_of_its_server_is_dropped(world:
         world.topology.nodes()) > 1 else None
     junk = {"not a tag": 0, "#": 0, **({slot_tag(foreign): 0} if foreign is not None else {})}
     await node.client.zadd(index, junk)
-    assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []
+    assert (await world.clearing.sweep_due()).expired == []
     assert await node.client.zcard(index) == 0
 
 
@@ -138,9 +138,20 @@ async def test_an_index_key_of_another_type_stops_no_gift_and_is_started_again(w
         await node.client.set(world.keys.sweep_index(node.home), "hand edit")
     gifts = await gifts_to_every_edge(world)  # whole gifts: the scripts note nothing in it
     assert (await world.clearing.balances("ann")).held["note"] == len(gifts) * UNIT
-    assert (await world.clearing.sweep_due(ALL_SLOTS)).expired == []  # drops it
+    assert (await world.clearing.sweep_due()).expired == []  # drops it
     for node in world.topology.nodes():
         assert await node.client.exists(world.keys.sweep_index(node.home)) == 0
     await world.tick(world.rules.confirm_window_ms)
     swept = await world.clearing.sweep(ALL_SLOTS)  # the full sweep finds what went unnoted
     assert sorted(g.gift_id for g in swept.expired) == sorted(gifts)
+
+
+async def test_each_servers_index_is_read_by_one_node_of_a_share_and_nothing_is_missed(world: World) -> None:
+    gifts = await gifts_to_every_edge(world)
+    await world.tick(world.rules.confirm_window_ms)
+    await reset_stats(world)
+    swept = [await world.clearing.sweep_due(rank, 2) for rank in range(2)]  # two nodes' ticks
+    assert sorted(g.gift_id for result in swept for g in result.expired) == sorted(gifts)
+    # one index read per server over both nodes, two queues per slot with work, the
+    # registry for the expiries
+    assert await calls(world, "zrangebyscore") <= len(world.topology.nodes()) + 2 * len(EDGE_SLOTS) + 2
