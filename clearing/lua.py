@@ -73,7 +73,7 @@ MAX_SAFE_INT = 2**53 - 1
 
 #: Argument names lib.lua gives every script (the key prefix, the clock, the epoch candidate,
 #: the home slot of the Redis node that runs the call).
-_RESERVED = frozenset({"p", "now", "ep", "home"})
+_RESERVED = frozenset({"p", "now", "ep", "home", "op"})
 
 #: Times a call whose slot moved is sent again after reading the map again.
 _MOVED_RETRIES = 3
@@ -132,7 +132,7 @@ class ScriptRunner:
         self._topology = topology
         #: What every script may read from its argument map.
         self._common = {"p": keys.prefix, "maxlen": rules.stream_maxlen, "quota_ttl": QUOTA_TTL_MS,
-                        "retention": rules.gift_retention_ms}
+                        "retention": rules.gift_retention_ms, "lmax": rules.ledger_maxlen}
 
     @property
     def topology(self) -> Topology:
@@ -159,7 +159,8 @@ class ScriptRunner:
         """
         if args is not None and not _RESERVED.isdisjoint(args):
             raise ValueError(f"script arguments may not be named {sorted(_RESERVED & args.keys())}")
-        packed: dict[str, Any] = {**self._common, **(args or {}), "now": now_ms}
+        # "op": unique per call; the ledger entries the call writes are "<op>.<n>" (lib.lua)
+        packed: dict[str, Any] = {**self._common, **(args or {}), "now": now_ms, "op": secrets.token_hex(8)}
         if emits:
             packed["ep"] = secrets.token_hex(6)
         raw = await self._call(name, slot, key, packed, durable)

@@ -124,10 +124,107 @@ local function corrupt(counters)
 end
 
 -- Totals per card kind of one slot: minted, holds, consumed, transit (see clearing/keys.py).
+-- Only the movers below call it, so that every change of a total has its ledger entry.
 local function add_total(tag, name, kind, delta)
   if delta ~= 0 then
     redis.call('HINCRBY', tkey(tag, 'tot'), name .. ':' .. kind, delta)
   end
+end
+
+-- ------------------------------------------------------------------ the ledger (outbox)
+-- Every change of value appends a double-entry record to the ledger stream of the Redis
+-- server that runs the call ({home}:ledger; the slot's own tag for a caller that gives no
+-- home), in the same script as the change: no change without its entry, no entry without
+-- its change (docs/ledger.md). Units leave the debit account and reach the credit account;
+-- an account's balance is its credits minus its debits. Accounts:
+--   avail:<user>  held:<user>  points:<user>    (the user's bal / held hashes, points total)
+--   issued:<tag>  consumed:<tag>  transit:<tag>  awards:<tag>   (per slot; issued and awards
+--   only ever give, so their balances are minus what was minted or awarded)
+-- A.lmax (entries kept per stream, MAXLEN ~) and A.op (unique per call: entry ids are
+-- A.op.<n>) come with every call; checked here, before any script's first write, as is
+-- the stream itself (a key of another type would make XADD fail after earlier writes).
+local LEDGER_MAX, LEDGER_OP = A.lmax, A.op
+local ledger_seq = 0
+local function ledger_key(tag)
+  return tkey(HOME or tag, 'ledger')
+end
+if type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0 or type(LEDGER_OP) ~= 'string'
+    or (HOME and redis.call('EXISTS', ledger_key(HOME)) == 1
+        and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream') then
+  return cmsgpack.pack({err = 'CORRUPT'})
+end
+
+-- One entry ('t' = 'e'); `g` is the gift (or nil), `cause` what made the move. Zero units
+-- move nothing and write nothing.
+local function ledger(tag, ekind, debit, credit, kind, units, g, cause)
+  if units == 0 then
+    return
+  end
+  ledger_seq = ledger_seq + 1
+  redis.call('XADD', ledger_key(tag), 'MAXLEN', '~', LEDGER_MAX, '*', 't', 'e', 'id', LEDGER_OP .. '.' .. ledger_seq,
+             'ek', ekind, 'dr', debit, 'cr', credit, 'k', kind, 'u', units, 'g', g and g.gift_id or '',
+             's', g and g.sender or '', 'c', cause, 'ms', NOW)
+end
+
+-- A gift's life for the platform's feed ('t' = 'g'): sent, accepted, declined, expired.
+local function gift_event(tag, event, g)
+  redis.call('XADD', ledger_key(tag), 'MAXLEN', '~', LEDGER_MAX, '*', 't', 'g', 'ev', event, 'g', g.gift_id,
+             's', g.sender, 'r', g.recipient, 'k', g.kind, 'q', g.qty, 'cost', g.cost, 'amt', g.amount,
+             'payer', g.payer or g.sender, 'ms', NOW)
+end
+
+-- The movers: each changes a user's hash and/or a slot's totals and appends the entry.
+-- `tag` is the user's slot tag. The callers checked every counter first (corrupt()).
+local function mint_units(user, tag, kind, units)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, units)
+  add_total(tag, 'minted', kind, units)
+  ledger(tag, 'mint', 'issued:' .. tag, 'avail:' .. user, kind, units, nil, 'mint')
+end
+
+-- available -> held (a gift's cost, held by its payer)
+local function hold_units(user, tag, kind, units, g, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, -units)
+  redis.call('HINCRBY', ukey(user, 'held'), kind, units)
+  add_total(tag, 'holds', kind, units)
+  ledger(tag, 'hold', 'avail:' .. user, 'held:' .. user, kind, units, g, cause)
+end
+
+-- held -> available (ekind 'release' or 'expire')
+local function release_units(user, tag, kind, units, g, ekind, cause)
+  redis.call('HINCRBY', ukey(user, 'held'), kind, -units)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, units)
+  add_total(tag, 'holds', kind, -units)
+  ledger(tag, ekind, 'held:' .. user, 'avail:' .. user, kind, units, g, cause)
+end
+
+-- held -> consumed (the share an accepted gift's payer loses) and held -> transit (what
+-- the recipient will get)
+local function settle_units(user, tag, kind, consumed, transit, g)
+  redis.call('HINCRBY', ukey(user, 'held'), kind, -(consumed + transit))
+  add_total(tag, 'holds', kind, -(consumed + transit))
+  add_total(tag, 'consumed', kind, consumed)
+  add_total(tag, 'transit', kind, transit)
+  ledger(tag, 'consume', 'held:' .. user, 'consumed:' .. tag, kind, consumed, g, 'accepted')
+  ledger(tag, 'settle', 'held:' .. user, 'transit:' .. tag, kind, transit, g, 'accepted')
+end
+
+-- available -> consumed (a purchase: an avatar frame)
+local function consume_units(user, tag, kind, units, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, -units)
+  add_total(tag, 'consumed', kind, units)
+  ledger(tag, 'consume', 'avail:' .. user, 'consumed:' .. tag, kind, units, nil, cause)
+end
+
+-- available -> transit (a payment that another slot will credit) and back out of transit
+local function pay_units(user, tag, kind, units, g, ekind, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, -units)
+  add_total(tag, 'transit', kind, units)
+  ledger(tag, ekind, 'avail:' .. user, 'transit:' .. tag, kind, units, g, cause)
+end
+local function credit_units(user, tag, kind, units, g, ekind, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, units)
+  add_total(tag, 'transit', kind, -units)
+  ledger(tag, ekind, 'transit:' .. tag, 'avail:' .. user, kind, units, g, cause)
 end
 
 -- A daily counter: INCR with its expiry, so no counter outlives its use.
@@ -296,13 +393,14 @@ local POINTLOG_TRIM = 64
 -- half-way through the writes.
 -- A total never passes MAX_COUNTER (the caller checked it reads as a whole number): the
 -- award is cut to fit, and the log records what was added.
-local function add_points(user, points, gift_id, why, app)
-  local key, log = ukey(user, 'points'), ukey(user, 'pointlog')
+local function add_points(user, tag, points, g, why, app)
+  local key, log, gift_id = ukey(user, 'points'), ukey(user, 'pointlog'), g.gift_id
   points = math.min(points, MAX_COUNTER - (whole(redis.call('HGET', key, 'total')) or MAX_COUNTER))
   if points <= 0 then
     return
   end
   redis.call('HINCRBY', key, 'total', points)
+  ledger(tag, 'points', 'awards:' .. tag, 'points:' .. user, 'points', points, g, why)
   redis.call('XADD', log, '*', 'p', points, 'g', gift_id, 'why', why, 'app', app)
   if redis.call('XLEN', log) > A.pointlog_max then
     local dropped, ids = 0, {}
