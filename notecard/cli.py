@@ -120,7 +120,10 @@ _TOOLS = {
     "drill": "failover drill: bank workload under injected faults, then the checks (loadtest.drill)",
     "fuzz": "fuzz the protocol decoder and a live gateway's frame handling (loadtest.fuzz)",
     "micro": "CPU per operation of a gift's parts: Redis calls, pub/sub, frames, codec (loadtest.micro)",
+    "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
 }
+#: Where a tool lives when not in loadtest/.
+_TOOL_MODULES = {"feed": "notecard.feed"}
 
 
 def _build_admin(sub: Any) -> None:
@@ -251,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The tool parses its own flags (and --help).
         import importlib
 
-        tool = importlib.import_module(f"loadtest.{argv[0]}")
+        tool = importlib.import_module(_TOOL_MODULES.get(argv[0], f"loadtest.{argv[0]}"))
         status: int = tool.main(argv[1:])
         return status
     args = build_parser().parse_args(argv)
