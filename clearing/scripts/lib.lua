@@ -141,17 +141,25 @@ end
 --   issued:<tag>  consumed:<tag>  transit:<tag>  awards:<tag>   (per slot; issued and awards
 --   only ever give, so their balances are minus what was minted or awarded)
 -- A.lmax (entries kept per stream, MAXLEN ~) and A.op (unique per call: entry ids are
--- A.op.<n>) come with every call; checked here, before any script's first write, as is
--- the stream itself (a key of another type would make XADD fail after earlier writes).
+-- A.op.<n>) come with the calls of the scripts that write entries (clearing/lua.py
+-- LEDGER_SCRIPTS); checked here, before the script's first write, as is the stream itself
+-- (a key of another type would make XADD fail after earlier writes).
 local LEDGER_MAX, LEDGER_OP = A.lmax, A.op
 local ledger_seq = 0
 local function ledger_key(tag)
   return tkey(HOME or tag, 'ledger')
 end
-if type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0 or type(LEDGER_OP) ~= 'string'
-    or (HOME and redis.call('EXISTS', ledger_key(HOME)) == 1
-        and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream') then
+if LEDGER_MAX ~= nil and (type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0
+    or type(LEDGER_OP) ~= 'string' or (HOME and redis.call('EXISTS', ledger_key(HOME)) == 1
+        and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream')) then
   return cmsgpack.pack({err = 'CORRUPT'})
+end
+
+local function ledger_write(tag, ...)
+  if LEDGER_MAX == nil then
+    error('a ledger entry from a script missing in LEDGER_SCRIPTS (clearing/lua.py)')
+  end
+  redis.call('XADD', ledger_key(tag), 'MAXLEN', '~', LEDGER_MAX, '*', ...)
 end
 
 -- One entry ('t' = 'e'); `g` is the gift (or nil), `cause` what made the move. Zero units
@@ -161,14 +169,14 @@ local function ledger(tag, ekind, debit, credit, kind, units, g, cause)
     return
   end
   ledger_seq = ledger_seq + 1
-  redis.call('XADD', ledger_key(tag), 'MAXLEN', '~', LEDGER_MAX, '*', 't', 'e', 'id', LEDGER_OP .. '.' .. ledger_seq,
+  ledger_write(tag, 't', 'e', 'id', LEDGER_OP .. '.' .. ledger_seq,
              'ek', ekind, 'dr', debit, 'cr', credit, 'k', kind, 'u', units, 'g', g and g.gift_id or '',
              's', g and g.sender or '', 'c', cause, 'ms', NOW)
 end
 
 -- A gift's life for the platform's feed ('t' = 'g'): sent, accepted, declined, expired.
 local function gift_event(tag, event, g)
-  redis.call('XADD', ledger_key(tag), 'MAXLEN', '~', LEDGER_MAX, '*', 't', 'g', 'ev', event, 'g', g.gift_id,
+  ledger_write(tag, 't', 'g', 'ev', event, 'g', g.gift_id,
              's', g.sender, 'r', g.recipient, 'k', g.kind, 'q', g.qty, 'cost', g.cost, 'amt', g.amount,
              'payer', g.payer or g.sender, 'ms', NOW)
 end
