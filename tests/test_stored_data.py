@@ -249,7 +249,7 @@ async def test_a_ledger_key_that_is_no_stream_stops_every_change_of_value_before
     await w.redis.delete(streams[0])
     for stream_id, fields in entries:
         await w.redis.xadd(streams[0], fields, id=stream_id)
-    assert (await w.clearing.accept(pending.gift_id, "bob")).state is GiftState.ACCEPTED
+    assert (await w.clearing.accept(pending.gift_id, "bob")).gift.state is GiftState.ACCEPTED
     assert (await reconcile(w.redis, w.keys)).ok
 
 
