@@ -85,6 +85,8 @@ class GiftEvent:
 
 
 Record = LedgerEntry | GiftEvent
+#: Stream entries as redis-py returns them (the fields are None once trimmed, in a claim).
+_Entries = list[tuple[bytes, dict[bytes, bytes] | None]]
 
 
 def _text(raw: dict[Any, Any]) -> dict[str, str]:
@@ -210,9 +212,10 @@ class StreamConsumer:
         return batch
 
     async def _read_stream(self, stream: str, batch: Batch) -> None:
-        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+        entries: _Entries = []
         if self._cursor[stream] == "0":
-            own = await self._redis.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self._count)
+            own = cast("list[tuple[bytes, _Entries]]",
+                       await self._redis.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self._count))
             entries = own[0][1] if own else []
             if not entries:
                 self._cursor[stream] = ">"
@@ -224,7 +227,8 @@ class StreamConsumer:
                 batch.trimmed += 1
                 batch.ids.setdefault(stream, []).append(gone.decode())
         if not entries:
-            new = await self._redis.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self._count)
+            new = cast("list[tuple[bytes, _Entries]]",
+                       await self._redis.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self._count))
             entries = new[0][1] if new else []
         for raw_id, fields in entries:
             stream_id = raw_id.decode()
@@ -269,14 +273,14 @@ async def read_all(redis: AnyRedis, keys: KeySchema = DEFAULT_KEYS) -> tuple[lis
             problems.append(f"{stream}: {added - length} of its {added} entries were trimmed or deleted")
         last = "-"
         while True:
-            chunk = await redis.xrange(stream, min=last, max="+", count=1000)
+            chunk = cast("_Entries", await redis.xrange(stream, min=last, max="+", count=1000))
             if last != "-":
                 chunk = chunk[1:]
             if not chunk:
                 break
             for raw_id, fields in chunk:
                 try:
-                    records += parse(stream, raw_id.decode(), fields)
+                    records += parse(stream, raw_id.decode(), fields or {})
                 except BadEntry as exc:
                     problems.append(str(exc))
             last = chunk[-1][0].decode()
