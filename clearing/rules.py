@@ -49,7 +49,7 @@ class GiftRules:
     #: Entries kept per ledger stream, one per Redis server (approximate trim, MAXLEN ~):
     #: the ledger's consumers must read an entry before this many newer ones pass it
     #: (docs/ledger.md).
-    ledger_maxlen: int = 1_000_000
+    ledger_maxlen: int = 200_000
     #: Entries kept in the points log; older ones are folded into per-user sums (resolve.lua).
     points_log_maxlen: int = 100_000
     #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.
