@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 
 from clearing import GiftRules, GiftState, KeySchema, check_invariant
 from clearing.codec import gift_from_hash, text_hash
+from clearing.ledger import reconcile
 from clearing.model import GiftRecord
 from loadtest.drill_workload import GiftLog, History
 from loadtest.faults.injector import FaultRecord
@@ -102,6 +103,10 @@ async def verify(redis: aioredis.Redis, rules: GiftRules, history: History, mint
     report = await check_invariant(redis, rules, keys)
     v.violations += [f"invariant: {text}" for text in report.violations]
     v.numbers["per_kind"] = report.per_kind
+    # the ledger outbox: its records replay to every balance Redis holds (docs/ledger.md)
+    outbox = await reconcile(redis, keys)
+    v.violations += [f"outbox: {text}" for text in outbox.drift]
+    v.numbers["ledger_records"] = outbox.entries
     gifts = await read_gifts(redis, keys)
     log = history.gifts
 
