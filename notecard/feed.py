@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import socket
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
 import orjson
+from redis import exceptions as rx
 
 from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.ledger import GiftEvent, LedgerEntry, StreamConsumer
@@ -107,6 +107,12 @@ def main(argv: Sequence[str]) -> int:
         finally:
             await close_store(topology)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(feed())
+    except KeyboardInterrupt:
+        return 0
+    except (rx.RedisError, OSError) as exc:
+        # what was printed and not yet acknowledged is printed again by the next run
+        print(f"notecard feed: Redis failed: {exc}; run it again to resume", file=sys.stderr)
+        return 1
     return 0

@@ -212,3 +212,13 @@ async def test_notecard_feed_prints_gift_events_and_resumes_after_a_restart(
     assert (await reconcile(w.redis, w.keys)).ok
     report = await w.check()
     assert report.ok, report.violations
+
+
+async def test_notecard_feed_without_redis_says_so_without_a_traceback() -> None:
+    env = {**os.environ, "NOTECARD_REDIS_URL": "redis://127.0.0.1:1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notecard", "feed", "--once",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 1 and out == b""
+    assert b"notecard feed: Redis failed" in err and b"Traceback" not in err
