@@ -247,13 +247,16 @@ class StreamConsumer:
                 await self._redis.xack(stream, self.group, *ids)
 
     async def lag(self) -> dict[str, int]:
-        """Entries not yet delivered to the group, per stream (Redis 7 ``lag``)."""
+        """Entries not yet delivered to the group, per stream (Redis 7 ``lag``); -1 when Redis
+        cannot tell, as after entries were trimmed before the group read them."""
         out: dict[str, int] = {}
         for stream in self._cursor:
             for info in await self._redis.xinfo_groups(stream):
-                row = _text(info)
-                if row.get("name") == self.group:
-                    out[stream] = int(row.get("lag") or 0)
+                row = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in info.items()}
+                name = row.get("name")
+                if (name.decode() if isinstance(name, bytes) else name) == self.group:
+                    lag = row.get("lag")
+                    out[stream] = -1 if lag is None else int(lag)
         return out
 
 

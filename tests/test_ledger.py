@@ -222,3 +222,22 @@ async def test_notecard_feed_without_redis_says_so_without_a_traceback() -> None
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 1 and out == b""
     assert b"notecard feed: Redis failed" in err and b"Traceback" not in err
+
+
+async def test_entries_trimmed_before_a_group_acknowledged_them_are_reported(redis: aioredis.Redis) -> None:
+    w = await World.build(redis, GiftRules(daily_send_limit=1000, daily_receive_limit=1000, ledger_maxlen=1))
+    for user in ("ann", "bob"):
+        await w.user(user, cards=500)
+    await w.befriend("ann", "bob")
+    slow = StreamConsumer(w.redis, "books", "slow", w.keys, count=3)
+    delivered = await slow.read()  # the two mints: delivered, not yet acknowledged
+    assert [r.entry_kind for r in delivered.records if isinstance(r, LedgerEntry)] == ["mint", "mint"]
+    for i in range(150):  # MAXLEN ~ 1 trims whole stream nodes (100 entries each) as they fill
+        await w.clearing.reserve(f"g{i}", "ann", "bob", "note", 1)
+    taker = StreamConsumer(w.redis, "books", "taker", w.keys, claim_idle_ms=0)
+    claimed = await taker.read()
+    assert claimed.trimmed == len(delivered.ids[next(iter(delivered.ids))])  # gone, and said so
+    result = await reconcile(w.redis, w.keys)
+    assert not result.ok
+    (stream,) = await ledger_streams(w.redis, w.keys)
+    assert result.drift[0].startswith(f"{stream}: ") and "were trimmed or deleted" in result.drift[0]
