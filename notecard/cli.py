@@ -121,9 +121,10 @@ _TOOLS = {
     "fuzz": "fuzz the protocol decoder and a live gateway's frame handling (loadtest.fuzz)",
     "micro": "CPU per operation of a gift's parts: Redis calls, pub/sub, frames, codec (loadtest.micro)",
     "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
+    "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
 }
 #: Where a tool lives when not in loadtest/.
-_TOOL_MODULES = {"feed": "notecard.feed"}
+_TOOL_MODULES = {"feed": "notecard.feed", "ledger": "ledger.cli"}
 
 
 def _build_admin(sub: Any) -> None:
