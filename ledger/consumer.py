@@ -123,6 +123,7 @@ class BooksConsumer:
         """Until cancelled; with ``once``, until a read finds nothing. Every
         ``status_every_s`` (and at the end of ``once``) the lag is measured and handed to
         ``on_status``."""
+        await self._connection()  # a wrong URL or schema fails here, before any entry is taken
         await self.member.streams()
         last_status = time.monotonic()
         while True:

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -222,48 +223,71 @@ async def wait_for(what: str, check: Callable[[], Awaitable[bool]]) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.slow
-async def test_no_drift_after_a_consumer_killed_mid_batch_and_a_postgres_restart(
-        redis_server: LocalRedis, redis: aioredis.Redis, postgres_server: LocalPostgres, postgres_url: str) -> None:
-    w = await World.build(redis, GiftRules(daily_send_limit=10_000, daily_receive_limit=10_000))
-    senders = [f"s{i}" for i in range(4)]
-    for user in [*senders, "r"]:
-        await w.user(user, cards=200)
-    for user in senders:
-        await w.befriend(user, "r")
-    env = cli_env(redis_server.url, postgres_url)
-    flowing = asyncio.Event()
-    sent = 0
+class GiftFlow:
+    """Gifts from four senders to one recipient, one after the other, until stopped; a third
+    declined, the rest accepted."""
 
-    async def gifts() -> None:
-        nonlocal sent
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.senders = [f"s{i}" for i in range(4)]
+        self.sent = 0
+        self.flowing = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for user in [*self.senders, "r"]:
+            await self.w.user(user, cards=1_000_000)
+        for user in self.senders:
+            await self.w.befriend(user, "r")
+        self.task = asyncio.create_task(self._run())
+        await self.flowing.wait()
+
+    async def _run(self) -> None:
+        clearing = self.w.clearing
         while True:
-            sender = senders[sent % len(senders)]
-            gid = f"g{sent}"
-            await w.clearing.reserve(gid, sender, "r", "note", 1)
-            await (w.clearing.accept if sent % 3 else w.clearing.decline)(gid, "r")
-            sent += 1
-            flowing.set()
+            gid = f"g{self.sent}"
+            await clearing.reserve(gid, self.senders[self.sent % len(self.senders)], "r", "note", 1)
+            await (clearing.accept if self.sent % 3 else clearing.decline)(gid, "r")
+            self.sent += 1
+            self.flowing.set()
             await asyncio.sleep(0)
 
-    flow = asyncio.create_task(gifts())
-    procs: list[asyncio.subprocess.Process] = []
+    async def more_than(self, count: int) -> bool:
+        if self.task is not None and self.task.done():
+            self.task.result()  # the gifts' failure, if they stopped
+        return self.sent > count
 
-    async def consumer(name: str) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "notecard", "ledger", "--consumer", name, "--count", "5", "--claim-idle-ms", "300",
-            "--status-every", "0", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        procs.append(proc)
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class Members:
+    """``notecard ledger`` processes (small batches, a short claim time), stderr to a file."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, name: str) -> asyncio.subprocess.Process:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "notecard", "ledger", "--consumer", name, "--count", "5", "--claim-idle-ms",
+                "300", "--status-every", "0", env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=log)
+        self.procs.append(proc)
         return proc
 
-    try:
-        await flowing.wait()
-        # kill a member by its PID while it holds a batch it has not acknowledged (read,
-        # maybe written, not XACKed): tried until a kill lands in that window
-        killed_mid_batch = False
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
+
+    async def kill_one_mid_batch(self, redis: aioredis.Redis) -> None:
+        """Kill a member by its PID while it holds a batch it has not acknowledged (read,
+        maybe written, not XACKed): tried until a kill lands in that window."""
         for attempt in range(5):
             name = f"victim{attempt}"
-            victim = await consumer(name)
+            victim = await self.start(name)
 
             async def holds_a_batch(name: str = name) -> bool:
                 return await pending_of(redis, name) > 0
@@ -272,46 +296,57 @@ async def test_no_drift_after_a_consumer_killed_mid_batch_and_a_postgres_restart
             os.kill(victim.pid, signal.SIGKILL)
             await victim.wait()
             if await holds_a_batch():
-                killed_mid_batch = True
-                break
-        assert killed_mid_batch
-        survivor = await consumer("survivor")
-        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-            start = await entry_count(conn)
+                return
+        raise AssertionError("no kill landed between a read and its acknowledgement")
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def caught_up(env: dict[str, str]) -> bool:
+    """``notecard ledger lag``: nothing undelivered and nothing unacknowledged, per stream."""
+    code, out = await cli(env, "lag")
+    assert code == 0, out
+    streams = orjson.loads(out.strip().splitlines()[-1])["streams"]
+    return bool(streams) and all(s == {"undelivered": 0, "pending": 0} for s in streams.values())
+
+
+@pytest.mark.slow
+async def test_no_drift_after_a_consumer_killed_mid_batch_and_a_postgres_restart(
+        redis_server: LocalRedis, redis: aioredis.Redis, postgres_server: LocalPostgres, postgres_url: str,
+        books: Conn, tmp_path: Path) -> None:
+    w = await World.build(redis, GiftRules(daily_send_limit=10_000, daily_receive_limit=10_000))
+    env = cli_env(redis_server.url, postgres_url)
+    flow = GiftFlow(w)
+    members = Members(env, tmp_path)
+    try:
+        await flow.start()
+        await members.kill_one_mid_batch(redis)
+        survivor = await members.start("survivor")  # claims the victim's batch once idle
+        start = await entry_count(books)
         await wait_for("the survivor to write", lambda: more_entries(postgres_url, start))
         postgres_server.restart()  # cuts the survivor's connection while gifts flow
-        count_after_restart = sent
-
-        async def flowed_on() -> bool:
-            return sent > count_after_restart + 20
-
-        await wait_for("gifts after the restart", flowed_on)
-        flow.cancel()
-        await asyncio.gather(flow, return_exceptions=True)
-
-        async def caught_up() -> bool:
-            code, out = await cli(env, "lag")
-            assert code == 0, out
-            streams = orjson.loads(out.strip().splitlines()[-1])["streams"]
-            return bool(streams) and all(s == {"undelivered": 0, "pending": 0} for s in streams.values())
-
-        await wait_for("the survivor to catch up, the victim's batch included", caught_up)
+        after_restart = flow.sent
+        await wait_for("gifts after the restart", lambda: flow.more_than(after_restart + 20))
+        await flow.stop()
+        await wait_for("the survivor to catch up, the victim's batch included", lambda: caught_up(env))
         survivor.send_signal(signal.SIGTERM)
         await survivor.wait()
+        # the restart reached the survivor: a write failed and was tried again
+        assert "PostgreSQL write failed" in members.log("survivor")
 
         code, out = await cli(env, "reconcile")
-        assert code == 0, out
-        assert "drift: 0 accounts" in out
-        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        assert code == 0 and "drift: 0 accounts" in out, out
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:  # books' went with the restart
             assert sorted(await written_ids(conn)) == sorted(e.id for e in await stream_entries(redis))
         report = await w.check()
         assert report.ok, report.violations
     finally:
-        flow.cancel()
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await flow.stop()
+        await members.stop()
 
 
 async def more_entries(url: str, than: int) -> bool:
