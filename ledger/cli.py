@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import orjson
 import psycopg
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from redis import exceptions as rx
 
 from clearing.ledger import StreamConsumer
@@ -35,6 +36,8 @@ from ledger.restore import RestoreRefused, restore
 
 T = TypeVar("T")
 POSTGRES_ENV = "NOTECARD_POSTGRES_URL"
+#: With metrics and no status lines, the lag is still measured this often.
+METRICS_EVERY_S = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run: take over entries another member left unacknowledged this long (default 30000)")
     parser.add_argument("--status-every", type=float, default=10.0,
                         help="run: progress and lag as a JSON line on stderr every this many seconds (0: never)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="run: serve Prometheus metrics (lag per stream, entries written) on this port (0: off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="run: the metrics' address (default 127.0.0.1)")
     sub = parser.add_subparsers(dest="action")
     sub.add_parser("run", help="write every stream's entries to PostgreSQL (the default action)")
     sub.add_parser("lag", help="per stream: entries not yet delivered to the group, and delivered unacknowledged")
@@ -66,6 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _status(progress: Progress) -> None:
     sys.stderr.write(orjson.dumps({"ledger": progress.as_dict()}).decode() + "\n")
     sys.stderr.flush()
+
+
+def metrics_reporter(registry: CollectorRegistry) -> Callable[[Progress], None]:
+    """Gauges in ``registry`` set from each status: the lag per stream, what was written."""
+    lag = Gauge("notecard_ledger_lag_entries", "Ledger stream entries not yet delivered to the consumer group "
+                "(-1: unknown, entries were trimmed before the group read them)", ["stream"], registry=registry)
+    written = Gauge("notecard_ledger_written", "Records this member wrote to PostgreSQL", ["record"],
+                    registry=registry)
+    problems = Gauge("notecard_ledger_lost_entries", "Stream entries this member could not write: trimmed "
+                     "before it read them, or unreadable", ["why"], registry=registry)
+
+    def report(progress: Progress) -> None:
+        for stream, entries in progress.lag.items():
+            lag.labels(stream).set(entries)
+        written.labels("entry").set(progress.entries)
+        written.labels("gift_event").set(progress.events)
+        problems.labels("trimmed").set(progress.trimmed)
+        problems.labels("unreadable").set(progress.bad)
+
+    return report
 
 
 async def _with_redis(body: Callable[[AnyRedis], Awaitable[T]]) -> T:
@@ -99,64 +125,84 @@ async def _pg(url: str, body: Callable[[Conn], Awaitable[T]]) -> T:
         return await body(conn)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
-    action = args.action or "run"
+async def _run(redis: AnyRedis, url: str, args: argparse.Namespace) -> int:
+    books = BooksConsumer(redis, url, group=args.group, consumer=args.consumer, count=args.count,
+                          claim_idle_ms=args.claim_idle_ms)
+    on_status = _status
+    every = args.status_every
+    if args.metrics_port:
+        registry = CollectorRegistry()
+        gauges = metrics_reporter(registry)
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
+        every = every or METRICS_EVERY_S
+
+        def on_status(progress: Progress) -> None:
+            gauges(progress)
+            if args.status_every:
+                _status(progress)
+    try:
+        await books.run(once=args.once, status_every_s=every, on_status=on_status)
+    finally:
+        await books.close()
+    return 0
+
+
+async def _reconcile(redis: AnyRedis, url: str) -> int:
+    result = await _pg(url, lambda conn: reconcile_books(conn, redis))
+    print(result.report())
+    return 0 if result.ok else 1
+
+
+async def _restore(redis: AnyRedis, url: str, force: bool) -> int:
+    done = await _pg(url, lambda conn: restore(conn, redis, force=force))
+    print(f"restored {done.fields} values: {done.users} users, {done.slots} slot totals")
+    if done.holds:
+        print(f"holds restored without their gifts (pending at the loss): {', '.join(done.holds)}")
+    return 0
+
+
+async def _migrate(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        applied = await migrate(conn)
+    print("applied: " + (", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing (up to date)"))
+    return 0
+
+
+def _missing_settings(action: str, args: argparse.Namespace) -> str | None:
     from gateway.config import ConfigError, GatewaySettings
 
-    logging.basicConfig(level=logging.INFO, format="notecard ledger: %(levelname)s %(message)s", stream=sys.stderr)
     try:
         settings = GatewaySettings.from_env()
     except ConfigError as exc:
-        print(f"notecard ledger: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return f"configuration error: {exc}"
     if action != "migrate" and not (settings.redis_url or settings.redis_cluster or settings.sentinels):
-        print("notecard ledger: give the Redis: NOTECARD_REDIS_URL or NOTECARD_REDIS_CLUSTER", file=sys.stderr)
-        return 2
+        return "give the Redis: NOTECARD_REDIS_URL or NOTECARD_REDIS_CLUSTER"
     if action != "lag" and not args.postgres_url:
-        print(f"notecard ledger: give the PostgreSQL: {POSTGRES_ENV} or --postgres-url", file=sys.stderr)
+        return f"give the PostgreSQL: {POSTGRES_ENV} or --postgres-url"
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    action = args.action or "run"
+    logging.basicConfig(level=logging.INFO, format="notecard ledger: %(levelname)s %(message)s", stream=sys.stderr)
+    missing = _missing_settings(action, args)
+    if missing:
+        print(f"notecard ledger: {missing}", file=sys.stderr)
         return 2
-    url: str = args.postgres_url
-
-    async def run(redis: AnyRedis) -> int:
-        books = BooksConsumer(redis, url, group=args.group, consumer=args.consumer, count=args.count,
-                              claim_idle_ms=args.claim_idle_ms)
-        try:
-            await books.run(once=args.once, status_every_s=args.status_every, on_status=_status)
-        finally:
-            await books.close()
-        return 0
-
-    async def reconcile(redis: AnyRedis) -> int:
-        result = await _pg(url, lambda conn: reconcile_books(conn, redis))
-        print(result.report())
-        return 0 if result.ok else 1
-
-    async def rebuild(redis: AnyRedis) -> int:
-        done = await _pg(url, lambda conn: restore(conn, redis, force=args.force))
-        print(f"restored {done.fields} values: {done.users} users, {done.slots} slot totals")
-        if done.holds:
-            print(f"holds restored without their gifts (pending at the loss): {', '.join(done.holds)}")
-        return 0
-
-    async def just_migrate() -> int:
-        async with await psycopg.AsyncConnection.connect(url) as conn:
-            applied = await migrate(conn)
-        print("applied: " + (", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing (up to date)"))
-        return 0
-
+    url: str = args.postgres_url or ""
     try:
         match action:
             case "migrate":
-                return asyncio.run(just_migrate())
+                return asyncio.run(_migrate(url))
             case "lag":
                 return asyncio.run(_with_redis(lambda redis: _lag(redis, args.group)))
             case "reconcile":
-                return asyncio.run(_with_redis(reconcile))
+                return asyncio.run(_with_redis(lambda redis: _reconcile(redis, url)))
             case "restore":
-                return asyncio.run(_with_redis(rebuild))
+                return asyncio.run(_with_redis(lambda redis: _restore(redis, url, args.force)))
             case _:
-                return asyncio.run(_with_redis(run))
+                return asyncio.run(_with_redis(lambda redis: _run(redis, url, args)))
     except KeyboardInterrupt:
         return 0
     except RestoreRefused as exc:

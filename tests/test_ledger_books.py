@@ -18,6 +18,7 @@ import orjson
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio.cluster import RedisCluster
 
 from clearing import GiftRules
@@ -26,6 +27,7 @@ from clearing.ledger import LedgerEntry, StreamConsumer, read_all
 from clearing.testing import World
 from clearing.topology import Topology
 from ledger.books import Conn, entry_count
+from ledger.cli import metrics_reporter
 from ledger.consumer import BooksConsumer
 from ledger.migrate import migrate, migrations, schema_version
 from ledger.reconcile import reconcile_books
@@ -75,14 +77,20 @@ async def test_the_consumer_writes_every_record_once_and_balances_match_redis(
         world: World, books: Conn, postgres_url: str) -> None:
     await traffic(world)
     member = BooksConsumer(world.redis, postgres_url, consumer="books-1", count=7)
+    registry = CollectorRegistry()
     try:
-        progress = await member.run(once=True, on_status=lambda p: None)
+        progress = await member.run(once=True, on_status=metrics_reporter(registry))
     finally:
         await member.close()
     in_streams = await stream_entries(world.redis)
     assert sorted(await written_ids(books)) == sorted(e.id for e in in_streams)
     assert progress.entries == len(in_streams) and progress.repeated == 0
+    # the lag, per stream, as the command's metrics serve it
     assert progress.lag and set(progress.lag.values()) == {0}
+    metrics = generate_latest(registry).decode()
+    for stream in progress.lag:
+        assert f'notecard_ledger_lag_entries{{stream="{stream}"}} 0.0' in metrics
+    assert f'notecard_ledger_written{{record="entry"}} {float(len(in_streams))}' in metrics
     cur = await books.execute("SELECT event, count(*) FROM gift_event GROUP BY event ORDER BY event")
     assert dict(await cur.fetchall()) == {"accepted": 5, "declined": 4, "expired": 2, "sent": 11}
     result = await reconcile_books(books, world.redis)
