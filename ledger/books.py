@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
@@ -12,20 +13,26 @@ from clearing.ledger import Balances, GiftEvent, LedgerEntry, Record
 
 Conn = AsyncConnection[TupleRow]
 
-# One statement per table and batch: arrays of the columns, unnested; a record written
-# before (a redelivery after a crash between COMMIT and XACK) is skipped by its id.
+# One statement per table and batch: the records as one JSON array (orjson writes the
+# dataclasses as they are, PostgreSQL reads them in C; measured faster than one array
+# parameter per column, which psycopg builds in Python), and a record written before (a
+# redelivery after a crash between COMMIT and XACK) skipped by its id.
 _ENTRIES = """
-INSERT INTO ledger_entry (id, entry_kind, debit, credit, kind, units, gift_id, sender, cause, at_ms,
-                          stream, stream_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[],
-                     %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[])
+INSERT INTO ledger_entry (id, entry_kind, debit, credit, kind, units, gift_id, sender, cause, at_ms, stream,
+                          stream_id)
+SELECT id, entry_kind, debit, credit, kind, units, gift_id, sender, cause, at_ms, stream, stream_id
+FROM json_to_recordset(%s::json) AS r(id text, entry_kind text, debit text, credit text, kind text, units bigint,
+                                      gift_id text, sender text, cause text, at_ms bigint, stream text,
+                                      stream_id text)
 ON CONFLICT (id) DO NOTHING
 """
 _EVENTS = """
-INSERT INTO gift_event (id, event, gift_id, sender, recipient, kind, qty, cost, amount, payer, at_ms,
-                        stream, stream_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],
-                     %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[])
+INSERT INTO gift_event (id, event, gift_id, sender, recipient, kind, qty, cost, amount, payer, at_ms, stream,
+                        stream_id)
+SELECT id, event, gift_id, sender, recipient, kind, qty, cost, amount, payer, at_ms, stream, stream_id
+FROM json_to_recordset(%s::json) AS r(id text, event text, gift_id text, sender text, recipient text, kind text,
+                                      qty bigint, cost bigint, amount bigint, payer text, at_ms bigint,
+                                      stream text, stream_id text)
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -36,21 +43,10 @@ async def write_records(conn: Conn, records: Sequence[Record]) -> tuple[int, int
     entries = [r for r in records if isinstance(r, LedgerEntry)]
     events = [r for r in records if isinstance(r, GiftEvent)]
     written = [0, 0]
-    if entries:
-        cur = await conn.execute(_ENTRIES, [
-            [e.id for e in entries], [e.entry_kind for e in entries], [e.debit for e in entries],
-            [e.credit for e in entries], [e.kind for e in entries], [e.units for e in entries],
-            [e.gift_id for e in entries], [e.sender for e in entries], [e.cause for e in entries],
-            [e.at_ms for e in entries], [e.stream for e in entries], [e.stream_id for e in entries]])
-        written[0] = cur.rowcount
-    if events:
-        cur = await conn.execute(_EVENTS, [
-            [g.id for g in events], [g.event for g in events], [g.gift_id for g in events],
-            [g.sender for g in events], [g.recipient for g in events], [g.kind for g in events],
-            [g.qty for g in events], [g.cost for g in events], [g.amount for g in events],
-            [g.payer for g in events], [g.at_ms for g in events], [g.stream for g in events],
-            [g.stream_id for g in events]])
-        written[1] = cur.rowcount
+    for i, (rows, statement) in enumerate(((entries, _ENTRIES), (events, _EVENTS))):
+        if rows:
+            cur = await conn.execute(statement, (orjson.dumps(rows).decode(),))
+            written[i] = cur.rowcount
     return written[0], written[1]
 
 

@@ -29,7 +29,7 @@ from redis import exceptions as rx
 from clearing.ledger import StreamConsumer
 from clearing.topology import AnyRedis
 from ledger.books import Conn
-from ledger.consumer import GROUP, BooksConsumer, Progress
+from ledger.consumer import BATCH, GROUP, BooksConsumer, Progress
 from ledger.migrate import migrate
 from ledger.reconcile import reconcile_books
 from ledger.restore import RestoreRefused, restore
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--consumer", default=socket.gethostname(),
                         help="run: this member's name (default: the host name)")
     parser.add_argument("--once", action="store_true", help="run: stop when nothing is left to read")
-    parser.add_argument("--count", type=int, default=256, help="run: entries per stream and read (default 256)")
+    parser.add_argument("--count", type=int, default=BATCH, help=f"run: entries per stream and read (default {BATCH})")
     parser.add_argument("--claim-idle-ms", type=int, default=30_000,
                         help="run: take over entries another member left unacknowledged this long (default 30000)")
     parser.add_argument("--status-every", type=float, default=10.0,
