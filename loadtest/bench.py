@@ -44,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from loadtest import clearing_bench, echo, gifting, idle, locust_run, profiling, report
+from loadtest import clearing_bench, cluster_bench, echo, gifting, idle, locust_run, profiling, report
 from loadtest.stats import LatencySummary, Recorder
 from loadtest.target import LOAD_ENV, LoadTarget
 from notecard.admin_client import AdminClient
@@ -403,6 +403,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--check-targets", action="store_true", help="exit with 1 when a target is missed")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the nodes and the generator during the max phase (into OUT/profile)")
+    cluster_bench.add_arguments(parser)
     args = parser.parse_args(list(argv))
     unknown = set(args.only.split(",")) - set(PHASES)
     if unknown:
@@ -426,6 +427,14 @@ def missing_tools(phases: Sequence[str], *, profile: bool) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.cluster:
+        return cluster_bench.main(quick=args.quick, shards=args.shards, out=args.out, concurrency=args.concurrency,
+                                  command="notecard bench " + " ".join(sys.argv[2:] if argv is None else argv),
+                                  gateway=not args.no_gateway)
+    return _main(args, argv)
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     plan = QUICK if args.quick else FULL
     overrides = {k: v for k, v in (("pairs", args.pairs), ("concurrency", args.concurrency),
                                    ("idle_connections", args.idle)) if v is not None}

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-url", default=os.environ.get("NOTECARD_ADMIN_URL", "http://127.0.0.1:8766"),
                       help=_ADMIN_URL_HELP)
 
-    token = sub.add_parser("token", help="mint a client token for development", epilog=_SECRETS_HELP,
-                           description="Print a client token for USER, signed with the nodes' token secret.")
+    token = sub.add_parser("token", help="mint a client token (an HS256 JWT) for development", epilog=_SECRETS_HELP,
+                           description="Print a client token for USER: a JWT signed with HS256 and the nodes' token "
+                                       "secret, for the audience NOTECARD_JWT_AUDIENCE (and the issuer "
+                                       "NOTECARD_JWT_ISSUER, when set).")
     token.add_argument("user", help="the user id the token names")
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, help="seconds (default one day)")
     token.add_argument("--app", default="main", help="linked app the connection comes from (default main)")
@@ -170,6 +173,7 @@ def _build_admin(sub: Any) -> None:
             p.add_argument("--mutual", action="store_true", help="also B follows A, from the same time")
     gift = action("gift", "show a gift")
     gift.add_argument("gift_id", help="gift id")
+    _add_backend_actions(action)
     action("invariant", "run the conservation check (minted = balances + holds + consumed)")
     scenes = action("scenes", "show scene settings and festivals, or change settings")
     scenes.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
@@ -188,6 +192,18 @@ def _build_admin(sub: Any) -> None:
     mentor = action("mentor", "bind APPRENTICE (a newcomer) to MENTOR, once")
     mentor.add_argument("apprentice", help="the newcomer's user id")
     mentor.add_argument("mentor", help="the mentor's user id")
+
+
+def _add_backend_actions(action: Any) -> None:
+    """What the platform's backend does through the API (docs/server-api.md), by hand."""
+    send = action("send-gift", "send a gift for SENDER to RECIPIENT (who must be online), as the client would")
+    send.add_argument("sender", help="the sender's user id")
+    send.add_argument("recipient", help="the recipient's user id")
+    send.add_argument("--qty", type=int, default=1, help="whole cards (default 1)")
+    send.add_argument("--kind", help="card kind (default the first configured)")
+    send.add_argument("--gift-id", help="the gift's id; give the same one to retry (default a new random id)")
+    kick = action("disconnect", "close USER's connections on every node (close code 3506)")
+    kick.add_argument("user", help="user id")
 
 
 async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
@@ -219,6 +235,11 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
                 return await api.unblock(args.a, args.b)
             case "gift":
                 return await api.gift(args.gift_id)
+            case "send-gift":
+                gift_id = args.gift_id or f"admin-{uuid.uuid4().hex}"
+                return await api.send_gift(gift_id, args.sender, args.recipient, qty=args.qty, kind=args.kind)
+            case "disconnect":
+                return await api.disconnect(args.user)
             case "invariant":
                 return await api.invariant()
             case "scenes":
@@ -299,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               shards=args.shards if args.cluster else 0)
         keys = _client_secrets(settings, generate=args.command == "token")
         if args.command == "token":
-            print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app))
+            print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app,
+                             audience=settings.jwt_audience, issuer=settings.jwt_issuer))
             return 0
         if args.command == "demo":
             from notecard.demo import run_demo

@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     TOKEN_EXPIRED = "TOKEN_EXPIRED"
     RATE_LIMITED = "RATE_LIMITED"
     ACCOUNT_BANNED = "ACCOUNT_BANNED"
+    SESSION_ENDED = "SESSION_ENDED"
     # Gift rules (gift-rules.md section 1).
     UNKNOWN_USER = "UNKNOWN_USER"
     SELF_GIFT = "SELF_GIFT"

@@ -204,6 +204,19 @@ async def test_connection_and_viewer_counts_that_do_not_read_count_as_zero(w: Wo
     assert await w.redis.hget(w.keys.presence("ann"), w.node) is None
 
 
+async def test_an_operators_disconnect_reads_presence_counts_that_do_not_read_as_zero_and_writes_nothing(
+        w: World) -> None:
+    await old_friends(w, "ann", cards=0)
+    await w.presence.connect("ann", "node-2")
+    assert await w.accounts.disconnect("ann") == 2
+    for junk in ("x", "-3", "0", ""):
+        await w.redis.hset(w.keys.presence("ann"), "node-2", junk)
+        before = await snapshot(w.redis)
+        assert await w.accounts.disconnect("ann") == 1  # w.node only: node-2's count is not a count
+        assert await snapshot(w.redis) == before
+    assert await w.accounts.disconnect("nobody") == 0
+
+
 async def test_a_room_version_that_does_not_read_stops_a_wish_before_it_is_written(w: World) -> None:
     await old_friends(w, "star")
     await w.redis.hset(w.keys.room("star"), "version", "1.5")
