@@ -107,7 +107,7 @@ export class NotecardClient {
             connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
         };
         this.webSocketClass = options.WebSocket;
-        this.session = new ClientSession(this.options.encoding, { epoch: options.epoch ?? null, offset: options.offset ?? null });
+        this.session = new ClientSession(this.options.encoding, { epoch: options.epoch ?? null, offset: options.offset ?? null }, undefined, options.device ?? null);
     }
     // ---------------------------------------------------------- state
     get welcome() {
@@ -238,6 +238,10 @@ export class NotecardClient {
     }
     bindMentor(mentor) {
         return this.request({ t: "bind_mentor", mentor });
+    }
+    /** Appeal the risk engine's action on this account (docs/risk.md). */
+    appeal(kind, evidence) {
+        return this.request({ t: "appeal", kind, evidence });
     }
     /** The next offer addressed to this user (each once, including those pending at connect). */
     nextOffer(timeoutMs) {

@@ -1,0 +1,25 @@
+"""The device verdict, copied where the send scripts read it.
+
+A banned device's mark lives under the device's own tag, a slot the send scripts of its
+users do not touch. So whenever the device is seen with an account (at hello, here; when
+the scorer bans a device, for every account it saw on it: risk/actions.py) the verdict is
+copied onto that account's risk hash, in the account's slot, as ``dev:<fingerprint>``.
+The device key has no app in it: a ban holds in every linked app (gift-rules.md section 2).
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from clearing.keys import KeySchema
+from risk.signals import NO_DEVICE
+
+
+async def device_seen(redis: aioredis.Redis, keys: KeySchema, user: str, device: str) -> bool:
+    """Copy the device's ban (if any) onto ``user``; returns whether the device is banned."""
+    if device == NO_DEVICE:
+        return False
+    if not await redis.exists(keys.device_ban(device)):
+        return False
+    await redis.hset(keys.risk(user), f"dev:{device}", "1")
+    return True
