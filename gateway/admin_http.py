@@ -76,6 +76,7 @@ from gateway.auth import mint_token
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
+from gateway.risk_admin import RiskAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
 
@@ -254,6 +255,7 @@ class AdminApp:
         app.router.add_post("/admin/users/{user}/mentor", self.bind_mentor)
         app.router.add_get("/admin/users/{user}/pending", self.get_pending)
         app.router.add_get("/admin/stats", self.stats)
+        RiskAdmin(self.redis, self.keys).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+from clearing.topology import AnyRedis
 
 from clearing.keys import KeySchema
 from risk.signals import NO_DEVICE
@@ -49,7 +49,7 @@ def now_ms() -> int:
 
 
 class RiskActions:
-    def __init__(self, redis: aioredis.Redis, keys: KeySchema) -> None:
+    def __init__(self, redis: AnyRedis, keys: KeySchema) -> None:
         self.redis = redis
         self.keys = keys
 
@@ -69,7 +69,7 @@ class RiskActions:
         if tier is Tier.NONE or SEVERITY[await self.tier_of(user)] >= SEVERITY[tier]:
             return False
         at = now_ms() if at_ms is None else at_ms
-        fields: dict[str, Any] = {"tier": tier.value, "reason": reason, "since_ms": at}
+        fields: dict[str, str | int] = {"tier": tier.value, "reason": reason, "since_ms": at}
         if tier is Tier.LIMIT:
             fields["limited"] = 1
         elif tier is Tier.FREEZE:
@@ -78,7 +78,7 @@ class RiskActions:
             fields["banned"] = 1
             if device != NO_DEVICE:
                 fields["banned_device"] = device
-        await self.redis.hset(self.keys.risk(user), mapping=fields)
+        await self.redis.hset(self.keys.risk(user), mapping=fields)  # type: ignore[arg-type]
         if tier is Tier.BAN and device != NO_DEVICE:
             await self.ban_device(device, f"{reason} ({user})", at)
         return True
@@ -104,7 +104,7 @@ class RiskActions:
         return tier
 
 
-async def audit(redis: aioredis.Redis, keys: KeySchema, entry: dict[str, Any]) -> None:
+async def audit(redis: AnyRedis, keys: KeySchema, entry: dict[str, Any]) -> None:
     await redis.xadd(keys.risk_audit(), {k: _field(v) for k, v in entry.items()}, maxlen=AUDIT_MAXLEN,
                      approximate=True)
 

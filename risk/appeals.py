@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+from clearing.topology import AnyRedis
 
 from clearing.errors import Refusal, Refused
 from clearing.keys import KeySchema
@@ -33,7 +33,7 @@ class AppealRecord:
 
 
 class Appeals:
-    def __init__(self, redis: aioredis.Redis, keys: KeySchema) -> None:
+    def __init__(self, redis: AnyRedis, keys: KeySchema) -> None:
         self.redis = redis
         self.keys = keys
         self.actions = RiskActions(redis, keys)

@@ -9,13 +9,13 @@ The device key has no app in it: a ban holds in every linked app (gift-rules.md 
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from clearing.topology import AnyRedis
 
 from clearing.keys import KeySchema
 from risk.signals import NO_DEVICE
 
 
-async def device_seen(redis: aioredis.Redis, keys: KeySchema, user: str, device: str) -> bool:
+async def device_seen(redis: AnyRedis, keys: KeySchema, user: str, device: str) -> bool:
     """Copy the device's ban (if any) onto ``user``; returns whether the device is banned."""
     if device == NO_DEVICE:
         return False

@@ -17,6 +17,7 @@ from risk.simulate import EXPECTED, Simulator, Traffic
 
 #: Bad accounts count as caught when actioned by their this-many-th gift (the issue's bar).
 WITHIN_GIFTS = 10
+NO_SWITCHES = Switches()
 #: The share of normal users the model alone may touch on the training traffic.
 MODEL_FPR_BUDGET = 0.002
 
@@ -43,7 +44,7 @@ def untrained_model() -> Model:
     return Model("untrained", (0.0,) * n, (1.0,) * n, (0.0,) * n, -50.0, 2.0, {})
 
 
-async def replay(traffic: Traffic, model: Model, switches: Switches = Switches(), *, keep_rows: bool = False
+async def replay(traffic: Traffic, model: Model, switches: Switches = NO_SWITCHES, *, keep_rows: bool = False
                  ) -> Replay:
     """Every event through the live scorer's features and decision, on a memory backend."""
     state = FeatureState(MemoryBackend(), KeySchema())
@@ -113,7 +114,7 @@ def _sklearn_version() -> str:
     return str(sklearn.__version__)
 
 
-async def evaluate(seed: int, model: Model, switches: Switches = Switches()) -> dict[str, Any]:
+async def evaluate(seed: int, model: Model, switches: Switches = NO_SWITCHES) -> dict[str, Any]:
     traffic = Simulator(seed).run()
     result = await replay(traffic, model, switches)
     accounts = result.accounts.values()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
+from clearing.topology import AnyRedis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.exceptions import ResponseError
 
@@ -39,7 +39,7 @@ class RedisBackend:
     """The feature operations on Redis (one command each; keys in the account's, the device's
     and the address block's slots)."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
 
     async def add_member(self, key: str, member: str) -> int:
@@ -54,10 +54,10 @@ class RedisBackend:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def set_hash(self, key: str, values: Mapping[str, str]) -> None:
-        await self.redis.hset(key, mapping=dict(values))
+        await self.redis.hset(key, mapping=dict(values))  # type: ignore[arg-type]
 
     async def add_peer(self, key: str, member: str) -> float:
-        return float(await self.redis.zincrby(key, 1, member))
+        return float(await self.redis.zincrby(key, 1, member) or 0)
 
     async def has_peer(self, key: str, member: str) -> bool:
         return await self.redis.zscore(key, member) is not None
@@ -78,7 +78,7 @@ class RiskMetrics:
 
 
 class Scorer:
-    def __init__(self, redis: aioredis.Redis, keys: KeySchema, model: Model, *, name: str,
+    def __init__(self, redis: AnyRedis, keys: KeySchema, model: Model, *, name: str,
                  metrics: RiskMetrics | None = None, backend: Backend | None = None) -> None:
         self.redis = redis
         self.keys = keys
@@ -111,10 +111,10 @@ class Scorer:
 
     async def step(self, count: int = 200, block_ms: int = 1000) -> int:
         """Score one batch: entries abandoned by a dead scorer first, then new ones."""
-        claimed = await self.redis.xautoclaim(self.stream, GROUP, self.name, CLAIM_IDLE_MS, "0-0", count=count)
+        claimed: Any = await self.redis.xautoclaim(self.stream, GROUP, self.name, CLAIM_IDLE_MS, "0-0", count=count)
         entries = list(claimed[1]) if claimed else []
         if not entries:
-            got = await self.redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=block_ms)
+            got: Any = await self.redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=block_ms)
             entries = [e for _, batch in got for e in batch] if got else []
         for entry_id, fields in entries:
             if fields:  # a claimed entry trimmed away meanwhile has no fields

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
+from clearing.topology import AnyRedis
 from redis.exceptions import RedisError
 
 from clearing.keys import KeySchema, is_valid_device
@@ -53,7 +53,7 @@ def device_or_none(device: str | None) -> str:
 class SignalLog:
     """A node's queue of risk events and the task that writes them."""
 
-    def __init__(self, redis: aioredis.Redis, keys: KeySchema, *, flush_s: float = FLUSH_S) -> None:
+    def __init__(self, redis: AnyRedis, keys: KeySchema, *, flush_s: float = FLUSH_S) -> None:
         self.redis = redis
         self.key = keys.risk_events()
         self.flush_s = flush_s
