@@ -297,7 +297,7 @@ class NotecardClient:
                         await asyncio.sleep(self._backoff(call.tries))
                         self.session.retry(call)
                         continue
-                    raise GiftRefused(reply.code, reply.message, reply.gift)
+                    raise GiftRefused(reply.code, reply.message, reply.gift, reply.until_ms)
                 if not isinstance(reply, expect):
                     raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected reply {reply.TYPE} to {call.message.TYPE}")
                 return reply

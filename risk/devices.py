@@ -16,9 +16,12 @@ from risk.signals import NO_DEVICE
 
 
 async def device_seen(redis: AnyRedis, keys: KeySchema, user: str, device: str) -> bool:
-    """Copy the device's ban (if any) onto ``user``; returns whether the device is banned."""
+    """Note the account on the device, then copy the device's ban (if any) onto ``user``;
+    returns whether the device is banned. The account is noted first, so that a ban or a
+    lift from now on (risk/actions.py walks the device's accounts) reaches it."""
     if device == NO_DEVICE:
         return False
+    await redis.sadd(keys.device_accounts(device), user)
     if not await redis.exists(keys.device_ban(device)):
         return False
     await redis.hset(keys.risk(user), f"dev:{device}", "1")

@@ -354,7 +354,7 @@ export class NotecardClient {
             this.session.retry(call);
             continue;
           }
-          throw new GiftRefused(reply.code, reply.message, reply.gift);
+          throw new GiftRefused(reply.code, reply.message, reply.gift, reply.until_ms);
         }
         if (reply.t !== REPLIES[body.t]) {
           throw new ProtocolError("BAD_FRAME", `unexpected reply ${reply.t} to ${body.t}`);
