@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 import orjson
-from clearing.topology import AnyRedis
 
 from clearing.keys import KeySchema
+from clearing.topology import AnyRedis
 from risk.signals import NO_DEVICE
 
 FREEZE_MS = 48 * 3_600_000

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from clearing.topology import AnyRedis
 
 from clearing.errors import Refusal, Refused
 from clearing.keys import KeySchema
+from clearing.topology import AnyRedis
 from risk.actions import APPEAL_KINDS, RiskActions, Tier, audit, now_ms
 
 

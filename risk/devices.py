@@ -9,9 +9,8 @@ The device key has no app in it: a ban holds in every linked app (gift-rules.md 
 
 from __future__ import annotations
 
-from clearing.topology import AnyRedis
-
 from clearing.keys import KeySchema
+from clearing.topology import AnyRedis
 from risk.signals import NO_DEVICE
 
 

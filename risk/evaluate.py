@@ -53,7 +53,7 @@ async def replay(traffic: Traffic, model: Model, switches: Switches = NO_SWITCHE
         acc = out.accounts.get(ev.user)
         if acc is None:
             continue
-        x = await state.observe(ev)
+        x = (await state.observe(ev)).x
         if ev.kind == "send":
             acc.sends += 1
         started = time.perf_counter()

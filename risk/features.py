@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from clearing.keys import KeySchema
 from risk.signals import NO_DEVICE, network_of
@@ -55,15 +55,15 @@ class Event:
                      waited_ms=_int(fields.get("waited_ms"), -1))
 
 
+#: One backend operation: (name, key, member?). ``sadd``: add to a set, answers the set's size;
+#: ``ismember``; ``hgetall``; ``hset`` (member: a mapping); ``zscore`` (None when absent);
+#: ``zincr``: count one more for member.
+Op = tuple[str, str, Any]
+
+
 class Backend(Protocol):
-    async def add_member(self, key: str, member: str) -> int:
-        """Add to a set; returns the set's size."""
-    async def is_member(self, key: str, member: str) -> bool: ...
-    async def get_hash(self, key: str) -> dict[str, str]: ...
-    async def set_hash(self, key: str, values: Mapping[str, str]) -> None: ...
-    async def add_peer(self, key: str, member: str) -> float:
-        """Count one more gift to ``member``; returns the new count."""
-    async def has_peer(self, key: str, member: str) -> bool: ...
+    async def run(self, ops: list[Op]) -> list[Any]:
+        """Every operation in order, answered in order (Redis: one pipeline, one round trip)."""
 
 
 class MemoryBackend:
@@ -72,85 +72,131 @@ class MemoryBackend:
     def __init__(self) -> None:
         self.sets: dict[str, set[str]] = {}
         self.hashes: dict[str, dict[str, str]] = {}
-        self.peers: dict[str, dict[str, float]] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
 
-    async def add_member(self, key: str, member: str) -> int:
-        s = self.sets.setdefault(key, set())
-        s.add(member)
-        return len(s)
+    async def run(self, ops: list[Op]) -> list[Any]:
+        return [self._one(name, key, member) for name, key, member in ops]
 
-    async def is_member(self, key: str, member: str) -> bool:
-        return member in self.sets.get(key, ())
+    def _one(self, name: str, key: str, member: Any) -> Any:
+        if name == "sadd":
+            s = self.sets.setdefault(key, set())
+            s.add(member)
+            return len(s)
+        if name == "ismember":
+            return member in self.sets.get(key, ())
+        if name == "hgetall":
+            return dict(self.hashes.get(key, {}))
+        if name == "hset":
+            self.hashes.setdefault(key, {}).update(member)
+            return None
+        if name == "zscore":
+            return self.zsets.get(key, {}).get(member)
+        if name == "zincr":
+            z = self.zsets.setdefault(key, {})
+            z[member] = z.get(member, 0.0) + 1
+            return z[member]
+        raise ValueError(name)
 
-    async def get_hash(self, key: str) -> dict[str, str]:
-        return dict(self.hashes.get(key, {}))
 
-    async def set_hash(self, key: str, values: Mapping[str, str]) -> None:
-        self.hashes.setdefault(key, {}).update(values)
-
-    async def add_peer(self, key: str, member: str) -> float:
-        p = self.peers.setdefault(key, {})
-        p[member] = p.get(member, 0.0) + 1
-        return p[member]
-
-    async def has_peer(self, key: str, member: str) -> bool:
-        return member in self.peers.get(key, {})
+@dataclass(frozen=True, slots=True)
+class Observation:
+    #: The account's features after the event (FEATURES, plus ``answers``).
+    x: dict[str, float]
+    #: The event was already counted (a redelivery): nothing was written.
+    repeated: bool
+    #: The highest shadow tier already audited for the account (risk/scorer.py), as stored.
+    shadow_seen: int
 
 
 class FeatureState:
-    """Updates the features from events and returns the acting account's vector."""
+    """Updates the features from events and returns the acting account's vector: one round
+    trip reads (and notes the account on its device and block: idempotent set adds), one
+    writes, unless the event was counted before."""
 
     def __init__(self, backend: Backend, keys: KeySchema) -> None:
         self.backend = backend
         self.keys = keys
 
-    async def observe(self, ev: Event) -> dict[str, float]:
-        b, k = self.backend, self.keys
+    async def observe(self, ev: Event, entry_id: tuple[int, int] = (0, 0)) -> Observation:
+        k = self.keys
         net = network_of(ev.ip)
-        dev_accts = await b.add_member(k.device_accounts(ev.device), ev.user) if ev.device != NO_DEVICE else 1
-        net_accts = await b.add_member(k.net_members(net, "accts"), ev.user) if net else 1
-        net_devs = await b.add_member(k.net_members(net, "devs"), ev.device) if net else 1
-        raw = await b.get_hash(k.risk_features(ev.user))
+        ops: list[Op] = [("hgetall", k.risk_features(ev.user), None)]
+        if ev.device != NO_DEVICE:
+            ops.append(("sadd", k.device_accounts(ev.device), ev.user))
+        if net:
+            ops += [("sadd", k.net_members(net, "accts"), ev.user), ("sadd", k.net_members(net, "devs"), ev.device)]
+        sending = ev.kind == "send" and bool(ev.to)
+        if sending:
+            ops += [("zscore", k.risk_peers(ev.user), ev.to), ("zscore", k.risk_peers(ev.to), ev.user)]
+            if net:
+                ops.append(("ismember", k.net_members(net, "accts"), ev.to))
+        got = iter(await self.backend.run(ops))
+        raw = {_str(a): _str(b) for a, b in next(got).items()}
+        dev_accts = next(got) if ev.device != NO_DEVICE else 1
+        net_accts, net_devs = (next(got), next(got)) if net else (1, 1)
         c = {name: _float(raw.get(name)) for name in _COUNTERS}
+        shadow_seen = int(c["shadow_seen"])
+        if entry_id != (0, 0) and _entry(raw.get("last_id")) >= entry_id:
+            return Observation(vector(c), True, shadow_seen)
+        writes: list[Op] = []
         if ev.kind == "send":
-            await self._send(ev, c, net)
+            c["sends"] += 1
+            if ev.code != "OK":
+                c["refused"] += 1
+            _timing(ev.ts, c)
+        if sending:
+            known, gave_back = next(got), next(got)
+            if known is None:
+                c["distinct"] += 1
+            if gave_back is not None:
+                c["recip"] += 1
+            if net and next(got):
+                c["samenet"] += 1
+            writes.append(("zincr", k.risk_peers(ev.user), ev.to))
         elif ev.kind in ("accept", "decline"):
             c["answers"] += 1
             if 0 <= ev.waited_ms < FAST_ACCEPT_MS:
                 c["fast"] += 1
-        c["dev_accts"], c["net_accts"], c["net_devs"] = (max(c["dev_accts"], dev_accts), max(c["net_accts"], net_accts),
-                                                         max(c["net_devs"], net_devs))
-        await b.set_hash(k.risk_features(ev.user), {name: _text(c[name]) for name in _COUNTERS})
-        return vector(c)
+        c["dev_accts"] = max(c["dev_accts"], float(dev_accts))
+        c["net_accts"] = max(c["net_accts"], float(net_accts))
+        c["net_devs"] = max(c["net_devs"], float(net_devs))
+        fields = {name: _text(c[name]) for name in _COUNTERS}
+        if entry_id != (0, 0):
+            fields["last_id"] = f"{entry_id[0]}-{entry_id[1]}"
+        writes.append(("hset", k.risk_features(ev.user), fields))
+        await self.backend.run(writes)
+        return Observation(vector(c), False, shadow_seen)
 
-    async def _send(self, ev: Event, c: dict[str, float], net: str) -> None:
-        b, k = self.backend, self.keys
-        c["sends"] += 1
-        if ev.code != "OK":
-            c["refused"] += 1
-        if c["last_ts"] > 0:
-            gap = max(0.0, (ev.ts - c["last_ts"]) / 1000)
-            # Welford's running mean and variance of the gaps.
-            c["gaps"] += 1
-            delta = gap - c["gap_mean"]
-            c["gap_mean"] += delta / c["gaps"]
-            c["gap_m2"] += delta * (gap - c["gap_mean"])
-        c["last_ts"] = ev.ts
-        if ev.ts - c["win_start"] > BURST_WINDOW_MS:
-            c["win_start"], c["win_n"] = ev.ts, 0
-        c["win_n"] += 1
-        c["burst"] = max(c["burst"], c["win_n"])
-        if ev.to:
-            if await b.add_peer(k.risk_peers(ev.user), ev.to) == 1:
-                c["distinct"] += 1
-            if await b.has_peer(k.risk_peers(ev.to), ev.user):
-                c["recip"] += 1
-            if net and await b.is_member(k.net_members(net, "accts"), ev.to):
-                c["samenet"] += 1
+
+def _timing(ts: int, c: dict[str, float]) -> None:
+    if c["last_ts"] > 0:
+        gap = max(0.0, (ts - c["last_ts"]) / 1000)
+        # Welford's running mean and variance of the gaps.
+        c["gaps"] += 1
+        delta = gap - c["gap_mean"]
+        c["gap_mean"] += delta / c["gaps"]
+        c["gap_m2"] += delta * (gap - c["gap_mean"])
+    c["last_ts"] = ts
+    if ts - c["win_start"] > BURST_WINDOW_MS:
+        c["win_start"], c["win_n"] = ts, 0
+    c["win_n"] += 1
+    c["burst"] = max(c["burst"], c["win_n"])
+
+
+def _entry(value: str | None) -> tuple[int, int]:
+    ms, _, seq = (value or "").partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _COUNTERS = ("sends", "refused", "last_ts", "gaps", "gap_mean", "gap_m2", "win_start", "win_n", "burst", "distinct",
-             "recip", "samenet", "answers", "fast", "dev_accts", "net_accts", "net_devs")
+             "recip", "samenet", "answers", "fast", "dev_accts", "net_accts", "net_devs", "shadow_seen")
 
 
 def vector(c: Mapping[str, float]) -> dict[str, float]:

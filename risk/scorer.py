@@ -18,14 +18,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from clearing.topology import AnyRedis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.exceptions import ResponseError
 
 from clearing.keys import KeySchema
-from risk.actions import RiskActions, Tier, audit
+from clearing.topology import AnyRedis
+from risk.actions import SEVERITY, RiskActions, Tier, audit
 from risk.engine import Decision, Switches, decide
-from risk.features import Backend, Event, FeatureState
+from risk.features import Backend, Event, FeatureState, Op
 from risk.model import Model
 
 log = logging.getLogger("notecard.risk.scorer")
@@ -36,31 +36,38 @@ SWITCHES_MAX_AGE_S = 1.0
 
 
 class RedisBackend:
-    """The feature operations on Redis (one command each; keys in the account's, the device's
-    and the address block's slots)."""
+    """The feature operations on Redis, one pipeline per call (keys in the account's, the
+    device's and the address block's slots; a cluster client splits it by node)."""
 
     def __init__(self, redis: AnyRedis) -> None:
         self.redis = redis
 
-    async def add_member(self, key: str, member: str) -> int:
-        await self.redis.sadd(key, member)
-        return int(await self.redis.scard(key))
-
-    async def is_member(self, key: str, member: str) -> bool:
-        return bool(await self.redis.sismember(key, member))
-
-    async def get_hash(self, key: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(key)
-        return {_text(k): _text(v) for k, v in raw.items()}
-
-    async def set_hash(self, key: str, values: Mapping[str, str]) -> None:
-        await self.redis.hset(key, mapping=dict(values))  # type: ignore[arg-type]
-
-    async def add_peer(self, key: str, member: str) -> float:
-        return float(await self.redis.zincrby(key, 1, member) or 0)
-
-    async def has_peer(self, key: str, member: str) -> bool:
-        return await self.redis.zscore(key, member) is not None
+    async def run(self, ops: list[Op]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, key, member in ops:
+                if name == "sadd":
+                    pipe.sadd(key, member)
+                    pipe.scard(key)
+                elif name == "ismember":
+                    pipe.sismember(key, member)
+                elif name == "hgetall":
+                    pipe.hgetall(key)
+                elif name == "hset":
+                    pipe.hset(key, mapping=member)
+                elif name == "zscore":
+                    pipe.zscore(key, member)
+                elif name == "zincr":
+                    pipe.zincrby(key, 1, member)
+                else:
+                    raise ValueError(name)
+            raw = iter(await pipe.execute())
+        out = []
+        for name, _, _ in ops:
+            if name == "sadd":
+                next(raw)
+            value = next(raw)
+            out.append(int(value) if name == "sadd" else bool(value) if name == "ismember" else value)
+        return out
 
 
 class RiskMetrics:
@@ -126,22 +133,20 @@ class Scorer:
         ev = Event.from_fields(fields)
         if not ev.user:
             return None
-        seen = await self.redis.hget(self.keys.risk_features(ev.user), "last_id")
-        if seen is not None and _id(_text(seen)) >= _id(entry_id):
+        seen = await self.features.observe(ev, _id(entry_id))
+        if seen.repeated:
             return None  # redelivered after its features were stored
-        x = await self.features.observe(ev)
-        await self.redis.hset(self.keys.risk_features(ev.user), "last_id", entry_id)
         self.metrics.events.labels(kind=ev.kind).inc()
         if ev.kind == "hello" and ev.device != "-" and await self.redis.exists(self.keys.device_ban(ev.device)):
             # The device was banned before this hello's account was known on it.
             await self.redis.hset(self.keys.risk(ev.user), f"dev:{ev.device}", "1")
         started = time.perf_counter()
-        decision = decide(x, self.model, await self.switches())
+        decision = decide(seen.x, self.model, await self.switches())
         self.metrics.latency.observe(time.perf_counter() - started)
-        await self.act(ev, decision)
+        await self.act(ev, decision, seen.shadow_seen)
         return decision
 
-    async def act(self, ev: Event, d: Decision) -> None:
+    async def act(self, ev: Event, d: Decision, shadow_seen: int = 0) -> None:
         m = self.metrics
         if d.tier is not Tier.NONE:
             m.decisions.labels(tier=d.tier.value, mode="enforce").inc()
@@ -153,7 +158,12 @@ class Scorer:
             return
         moved = d.tier is not Tier.NONE and await self.actions.apply(
             ev.user, d.tier, device=ev.device, reason=d.rule, at_ms=ev.ts or None)
-        if moved or d.shadow_tier is not Tier.NONE:
+        # A shadow decision is audited when the account first reaches its tier, not at every
+        # later event that says the same.
+        shadow_new = SEVERITY[d.shadow_tier] > shadow_seen
+        if shadow_new:
+            await self.redis.hset(self.keys.risk_features(ev.user), "shadow_seen", SEVERITY[d.shadow_tier])
+        if moved or shadow_new:
             await audit(self.redis, self.keys, decision_entry(ev, d, applied=moved))
 
 

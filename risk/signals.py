@@ -17,10 +17,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from clearing.topology import AnyRedis
 from redis.exceptions import RedisError
 
 from clearing.keys import KeySchema, is_valid_device
+from clearing.topology import AnyRedis
 
 log = logging.getLogger("notecard.risk.signals")
 

@@ -27,7 +27,7 @@ async def _log(redis: aioredis.Redis, events: list[Event]) -> None:
         signals.record(ev.kind, ev.user, ev.device, ev.ip, ev.app, to=ev.to, code=ev.code,
                        waited_ms=ev.waited_ms if ev.waited_ms >= 0 else None)
         # the stream keeps the events' own times, as a node would have written them
-        signals._queue[-1]["ts"] = ev.ts  # noqa: SLF001
+        signals._queue[-1]["ts"] = ev.ts
     assert await signals.flush() == len(events)
 
 
@@ -78,7 +78,7 @@ async def test_shadow_mode_and_a_rule_switched_off_decide_without_acting(redis: 
     assert await redis.hget(KEYS.risk("shadow-bot"), "tier") is None, "shadow mode acts on nothing"
     audit = [f for _, f in await redis.xrange(KEYS.risk_audit())]
     assert any(f[b"shadow_tier"] == b"ban" and f[b"applied"] == b"0" for f in audit)
-    disagreements = scorer.metrics.disagreements._value.get()  # noqa: SLF001
+    disagreements = scorer.metrics.disagreements._value.get()
     assert disagreements >= 1
 
     await redis.hset(KEYS.risk_switches(), mapping={"shadow": "0", "rule:script": "off", "rule:model": "off"})
@@ -89,10 +89,10 @@ async def test_shadow_mode_and_a_rule_switched_off_decide_without_acting(redis: 
 
 
 async def test_the_redis_features_equal_the_simulators(redis: aioredis.Redis) -> None:
-    events = _scripted("same-bot", 6) + [Event("accept", "fan0", "fan-dev", "10.1.2.9", "main", 2_000_000,
-                                               to="same-bot", waited_ms=300)]
+    events = [*_scripted("same-bot", 6),
+              Event("accept", "fan0", "fan-dev", "10.1.2.9", "main", 2_000_000, to="same-bot", waited_ms=300)]
     memory = FeatureState(MemoryBackend(), KEYS)
-    expected = [await memory.observe(ev) for ev in events]
+    expected = [(await memory.observe(ev)).x for ev in events]
     await _log(redis, events)
     scorer = Scorer(redis, KEYS, load_model(), name="f")
     await scorer.ensure_group()
@@ -101,5 +101,5 @@ async def test_the_redis_features_equal_the_simulators(redis: aioredis.Redis) ->
     seen = []
     for _, fields in got[0][1]:
         ev = Event.from_fields({k.decode(): v.decode() for k, v in fields.items()})
-        seen.append(await live.observe(ev))
+        seen.append((await live.observe(ev)).x)
     assert seen == expected
