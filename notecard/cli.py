@@ -193,7 +193,8 @@ def _build_admin(sub: Any) -> None:
 
 def _build_risk_admin(action: Callable[[str, str], argparse.ArgumentParser]) -> None:
     appeals = action("appeals", "risk-engine appeals: list the open ones, or approve / reject a user's")
-    appeals.add_argument("decision", nargs="?", choices=("list", "approve", "reject"), default="list")
+    appeals.add_argument("decision", nargs="?", choices=("list", "approve", "reject"), default="list",
+                         help="list (default), approve or reject")
     appeals.add_argument("user", nargs="?", help="the appealing user (approve, reject)")
     appeals.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who decides (audited)")
     appeals.add_argument("--note", default="", help="why (audited)")
