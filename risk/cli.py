@@ -18,10 +18,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from risk.model import MODEL_FILE, ModelError, load_model, save_model
 
 #: The seed `notecard risk train` uses by default; eval refuses to report on it.
 TRAIN_SEED = 1
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,10 +111,19 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     scorer = Scorer(store.general, KeySchema(), model, name=args.name, metrics=metrics)
     try:
-        await scorer.ensure_group()
         print(f"notecard risk: scoring as {args.name} with model {model.version}", file=sys.stderr)
+        delay = RETRY_MIN_S
         while not stop.is_set():
-            await scorer.step()
+            # An unreachable Redis is waited for: the events stay in the stream meanwhile.
+            try:
+                await scorer.ensure_group()
+                while not stop.is_set():
+                    await scorer.step()
+            except (RedisError, OSError) as exc:
+                print(f"notecard risk: redis unavailable ({exc}); retrying in {delay:g} s", file=sys.stderr)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(RETRY_MAX_S, delay * 2)
     finally:
         with contextlib.suppress(Exception):
             await close_store(store)
