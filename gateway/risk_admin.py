@@ -53,8 +53,11 @@ class RiskAdmin:
     async def get_risk(self, request: web.Request) -> web.Response:
         user = _user(request)
         appeal = await self.redis.hget(self.keys.risk_appeals(), user)
-        return _json({"user": user, "risk": await self.actions.state(user),
-                      "appeal": orjson.loads(appeal) if appeal else None})
+        try:
+            shown = orjson.loads(appeal) if appeal else None
+        except orjson.JSONDecodeError:
+            shown = {"unreadable": True}
+        return _json({"user": user, "risk": await self.actions.state(user), "appeal": shown})
 
     async def put_risk(self, request: web.Request) -> web.Response:
         """An operator's own action: put the account in a tier (``device`` for a ban), or

@@ -68,9 +68,12 @@ class Appeals:
         raw = await self.redis.hget(self.keys.risk_appeals(), user)
         if raw is None:
             return None
-        d = orjson.loads(raw)
-        record = AppealRecord(user, str(d.get("tier", "")), str(d.get("kind", "")), str(d.get("evidence", "")),
-                              int(d.get("filed_ms", 0)))
+        try:
+            d = orjson.loads(raw)
+            record = AppealRecord(user, str(d.get("tier", "")), str(d.get("kind", "")), str(d.get("evidence", "")),
+                                  int(d.get("filed_ms", 0)))
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            record = AppealRecord(user, "", "", "", 0)  # a hand-edited record is still decided and removed
         lifted = (await self.actions.lift(user)).value if approve else None
         await self.redis.hdel(self.keys.risk_appeals(), user)
         await audit(self.redis, self.keys, {"what": "appeal_approved" if approve else "appeal_rejected",

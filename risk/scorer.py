@@ -126,7 +126,11 @@ class Scorer:
         for entry_id, fields in entries:
             if fields:  # a claimed entry trimmed away meanwhile has no fields
                 await self.handle(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
-            await self.redis.xack(self.stream, GROUP, entry_id)
+        if entries:
+            # One acknowledgement for the batch, after every decision in it is stored: a
+            # scorer dying before it leaves the batch to another, whose redelivered entries
+            # the features recognise (handle).
+            await self.redis.xack(self.stream, GROUP, *(entry_id for entry_id, _ in entries))
         return len(entries)
 
     async def handle(self, entry_id: str, fields: Mapping[str, str]) -> Decision | None:
