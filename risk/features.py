@@ -9,7 +9,7 @@ handful of commands on the account's slot, the device's and the /24's.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -109,42 +109,92 @@ class Observation:
 
 
 class FeatureState:
-    """Updates the features from events and returns the acting account's vector: one round
-    trip reads (and notes the account on its device and block: idempotent set adds), one
-    writes, unless the event was counted before."""
+    """Updates the features from a batch of events and returns each acting account's vector
+    after its event, exactly as if the events came one by one: three round trips a batch
+    (the accounts' counters; the set and peer operations of every new event, in event
+    order, so each sees the ones before it; the counters written back with the newest entry
+    id they include). An event whose entry id the counters already include (a redelivery)
+    changes nothing. A scorer that dies between the second and the third round trip leaves
+    peers counted whose counters were not written: at most one distinct recipient or
+    reciprocal gift of that batch goes uncounted when it is scored again."""
 
     def __init__(self, backend: Backend, keys: KeySchema) -> None:
         self.backend = backend
         self.keys = keys
 
     async def observe(self, ev: Event, entry_id: tuple[int, int] = (0, 0)) -> Observation:
+        return (await self.observe_many([(ev, entry_id)]))[0]
+
+    async def observe_many(self, items: list[tuple[Event, tuple[int, int]]]) -> list[Observation]:
         k = self.keys
-        net = network_of(ev.ip)
-        ops: list[Op] = [("hgetall", k.risk_features(ev.user), None)]
-        if ev.device != NO_DEVICE:
-            ops.append(("sadd", k.device_accounts(ev.device), ev.user))
-        if net:
-            ops += [("sadd", k.net_members(net, "accts"), ev.user), ("sadd", k.net_members(net, "devs"), ev.device)]
-        sending = ev.kind == "send" and bool(ev.to)
-        if sending:
-            ops += [("zscore", k.risk_peers(ev.user), ev.to), ("zscore", k.risk_peers(ev.to), ev.user)]
-            if net:
-                ops.append(("ismember", k.net_members(net, "accts"), ev.to))
+        users = list(dict.fromkeys(ev.user for ev, _ in items))
+        heads = await self.backend.run([("hgetall", k.risk_features(u), None) for u in users])
+        raw = {u: {_str(a): _str(b) for a, b in h.items()} for u, h in zip(users, heads, strict=True)}
+        counters = {u: {name: _float(r.get(name)) for name in _COUNTERS} for u, r in raw.items()}
+        last = {u: _entry(r.get("last_id")) for u, r in raw.items()}
+        fresh: list[bool] = []
+        for ev, entry_id in items:
+            new = entry_id == (0, 0) or entry_id > last[ev.user]
+            fresh.append(new)
+            if new and entry_id != (0, 0):
+                last[ev.user] = entry_id
+        ops: list[Op] = []
+        for (ev, _), new in zip(items, fresh, strict=True):
+            if new:
+                ops += _event_ops(k, ev)
         got = iter(await self.backend.run(ops))
-        raw = {_str(a): _str(b) for a, b in next(got).items()}
-        dev_accts = next(got) if ev.device != NO_DEVICE else 1
-        net_accts, net_devs = (next(got), next(got)) if net else (1, 1)
-        c = {name: _float(raw.get(name)) for name in _COUNTERS}
-        shadow_seen = int(c["shadow_seen"])
-        if entry_id != (0, 0) and _entry(raw.get("last_id")) >= entry_id:
-            return Observation(vector(c), True, shadow_seen)
+        out = []
+        touched: dict[str, None] = {}
+        for (ev, _), new in zip(items, fresh, strict=True):
+            c = counters[ev.user]
+            if new:
+                _apply(ev, c, got)
+                touched[ev.user] = None
+            out.append(Observation(vector(c), not new, int(c["shadow_seen"])))
         writes: list[Op] = []
-        if ev.kind == "send":
-            c["sends"] += 1
-            if ev.code != "OK":
-                c["refused"] += 1
-            _timing(ev.ts, c)
-        if sending:
+        for u in touched:
+            fields = {name: _text(counters[u][name]) for name in _COUNTERS}
+            if last[u] != (0, 0):
+                fields["last_id"] = f"{last[u][0]}-{last[u][1]}"
+            writes.append(("hset", k.risk_features(u), fields))
+        if writes:
+            await self.backend.run(writes)
+        return out
+
+
+def _event_ops(k: KeySchema, ev: Event) -> list[Op]:
+    """The set and peer operations of one event, in the order _apply reads their answers."""
+    net = network_of(ev.ip)
+    ops: list[Op] = []
+    if ev.device != NO_DEVICE:
+        ops.append(("sadd", k.device_accounts(ev.device), ev.user))
+    if net:
+        ops += [("sadd", k.net_members(net, "accts"), ev.user), ("sadd", k.net_members(net, "devs"), ev.device)]
+    if ev.kind == "send" and ev.to:
+        ops += [("zscore", k.risk_peers(ev.user), ev.to), ("zscore", k.risk_peers(ev.to), ev.user)]
+        if net:
+            ops.append(("ismember", k.net_members(net, "accts"), ev.to))
+        ops.append(("zincr", k.risk_peers(ev.user), ev.to))
+    return ops
+
+
+def _apply(ev: Event, c: dict[str, float], got: Iterator[Any]) -> None:
+    net = network_of(ev.ip)
+    if ev.device != NO_DEVICE:
+        c["dev_accts"] = max(c["dev_accts"], float(next(got)))
+    else:
+        c["dev_accts"] = max(c["dev_accts"], 1.0)
+    if net:
+        c["net_accts"] = max(c["net_accts"], float(next(got)))
+        c["net_devs"] = max(c["net_devs"], float(next(got)))
+    else:
+        c["net_accts"], c["net_devs"] = max(c["net_accts"], 1.0), max(c["net_devs"], 1.0)
+    if ev.kind == "send":
+        c["sends"] += 1
+        if ev.code != "OK":
+            c["refused"] += 1
+        _timing(ev.ts, c)
+        if ev.to:
             known, gave_back = next(got), next(got)
             if known is None:
                 c["distinct"] += 1
@@ -152,20 +202,11 @@ class FeatureState:
                 c["recip"] += 1
             if net and next(got):
                 c["samenet"] += 1
-            writes.append(("zincr", k.risk_peers(ev.user), ev.to))
-        elif ev.kind in ("accept", "decline"):
-            c["answers"] += 1
-            if 0 <= ev.waited_ms < FAST_ACCEPT_MS:
-                c["fast"] += 1
-        c["dev_accts"] = max(c["dev_accts"], float(dev_accts))
-        c["net_accts"] = max(c["net_accts"], float(net_accts))
-        c["net_devs"] = max(c["net_devs"], float(net_devs))
-        fields = {name: _text(c[name]) for name in _COUNTERS}
-        if entry_id != (0, 0):
-            fields["last_id"] = f"{entry_id[0]}-{entry_id[1]}"
-        writes.append(("hset", k.risk_features(ev.user), fields))
-        await self.backend.run(writes)
-        return Observation(vector(c), False, shadow_seen)
+            next(got)  # the peer count's increment
+    elif ev.kind in ("accept", "decline"):
+        c["answers"] += 1
+        if 0 <= ev.waited_ms < FAST_ACCEPT_MS:
+            c["fast"] += 1
 
 
 def _timing(ts: int, c: dict[str, float]) -> None:

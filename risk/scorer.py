@@ -123,9 +123,9 @@ class Scorer:
         if not entries:
             got: Any = await self.redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=block_ms)
             entries = [e for _, batch in got for e in batch] if got else []
-        for entry_id, fields in entries:
-            if fields:  # a claimed entry trimmed away meanwhile has no fields
-                await self.handle(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+        # A claimed entry trimmed away meanwhile has no fields.
+        await self.handle_many([(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+                                for entry_id, fields in entries if fields])
         if entries:
             # One acknowledgement for the batch, after every decision in it is stored: a
             # scorer dying before it leaves the batch to another, whose redelivered entries
@@ -134,23 +134,39 @@ class Scorer:
         return len(entries)
 
     async def handle(self, entry_id: str, fields: Mapping[str, str]) -> Decision | None:
-        ev = Event.from_fields(fields)
-        if not ev.user:
-            return None
-        seen = await self.features.observe(ev, _id(entry_id))
-        if seen.repeated:
-            return None  # redelivered after its features were stored
-        self.metrics.events.labels(kind=ev.kind).inc()
-        if ev.kind == "hello" and ev.device != "-" and await self.redis.exists(self.keys.device_ban(ev.device)):
-            # The device was banned before this hello's account was known on it.
-            await self.redis.hset(self.keys.risk(ev.user), f"dev:{ev.device}", "1")
-        started = time.perf_counter()
-        decision = decide(seen.x, self.model, await self.switches())
-        self.metrics.latency.observe(time.perf_counter() - started)
-        await self.act(ev, decision, seen.shadow_seen)
-        return decision
+        return (await self.handle_many([(entry_id, fields)]))[0]
 
-    async def act(self, ev: Event, d: Decision, shadow_seen: int = 0) -> None:
+    async def handle_many(self, entries: list[tuple[str, Mapping[str, str]]]) -> list[Decision | None]:
+        """Score a batch in stream order: its features in three round trips, then a decision
+        per event (None for an entry already scored, or one without a user)."""
+        parsed = [(Event.from_fields(fields), _id(entry_id)) for entry_id, fields in entries]
+        items = [(ev, eid) for ev, eid in parsed if ev.user]
+        seen = iter(await self.features.observe_many(items))
+        switches = await self.switches()
+        shadow_levels: dict[str, int] = {}
+        out: list[Decision | None] = []
+        for ev, _ in parsed:
+            if not ev.user:
+                out.append(None)
+                continue
+            obs = next(seen)
+            if obs.repeated:
+                out.append(None)  # redelivered after its features were stored
+                continue
+            self.metrics.events.labels(kind=ev.kind).inc()
+            if ev.kind == "hello" and ev.device != "-" and await self.redis.exists(self.keys.device_ban(ev.device)):
+                # The device was banned before this hello's account was known on it.
+                await self.redis.hset(self.keys.risk(ev.user), f"dev:{ev.device}", "1")
+            started = time.perf_counter()
+            decision = decide(obs.x, self.model, switches)
+            self.metrics.latency.observe(time.perf_counter() - started)
+            level = max(obs.shadow_seen, shadow_levels.get(ev.user, 0))
+            shadow_levels[ev.user] = await self.act(ev, decision, level)
+            out.append(decision)
+        return out
+
+    async def act(self, ev: Event, d: Decision, shadow_seen: int = 0) -> int:
+        """Apply (or, in shadow, only audit) a decision; returns the account's audited shadow level."""
         m = self.metrics
         if d.tier is not Tier.NONE:
             m.decisions.labels(tier=d.tier.value, mode="enforce").inc()
@@ -159,7 +175,7 @@ class Scorer:
             if d.shadow_tier is not d.tier:
                 m.disagreements.inc()
         if d.tier is Tier.NONE and d.shadow_tier is Tier.NONE:
-            return
+            return shadow_seen
         moved = d.tier is not Tier.NONE and await self.actions.apply(
             ev.user, d.tier, device=ev.device, reason=d.rule, at_ms=ev.ts or None)
         # A shadow decision is audited when the account first reaches its tier, not at every
@@ -169,6 +185,7 @@ class Scorer:
             await self.redis.hset(self.keys.risk_features(ev.user), "shadow_seen", SEVERITY[d.shadow_tier])
         if moved or shadow_new:
             await audit(self.redis, self.keys, decision_entry(ev, d, applied=moved))
+        return max(shadow_seen, SEVERITY[d.shadow_tier])
 
 
 def decision_entry(ev: Event, d: Decision, *, applied: bool) -> dict[str, Any]:
