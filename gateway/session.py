@@ -112,10 +112,10 @@ class SessionRunner:
             if not await self._admit(conn):
                 return
             registered = True
+            # A banned device is told at its first send (DEVICE_BANNED), not here: the user
+            # may still answer offers and appeal. Two small calls, for a hello with a device.
+            await device_seen(self.clearing.redis, self.clearing.keys, conn.user_id, conn.device)
             if self.signals is not None:
-                # A banned device is told at its first send (DEVICE_BANNED), not here: the
-                # user may still answer offers and appeal.
-                await device_seen(self.clearing.redis, self.clearing.keys, conn.user_id, conn.device)
                 self.signals.record("hello", conn.user_id, conn.device, conn.address, conn.app)
             await self.welcomer.welcome(conn, hello)
             await self._serve(conn)
