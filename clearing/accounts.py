@@ -15,7 +15,7 @@ from typing import Any
 from clearing.codec import balances_from, pairs, text_hash, user_from
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
-from clearing.guard import guarded
+from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import APP_PATTERN, is_valid_app, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, UserRecord
@@ -70,7 +70,7 @@ class Accounts(RedisComponent):
         return user_from(user_id, pairs(reply["user"]), self._balances(reply["bal"], reply["held"]))
 
     async def get_user(self, user_id: str) -> UserRecord | None:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hgetall(self._keys.user(user_id))
             pipe.hgetall(self._keys.balance(user_id))
             pipe.hgetall(self._keys.held(user_id))
@@ -84,7 +84,7 @@ class Accounts(RedisComponent):
         """Those of ``user_ids`` whose account is banned (one round trip)."""
         if not user_ids:
             return set()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with guarded_pipeline(self._redis, transaction=False) as pipe:
             for user_id in user_ids:
                 pipe.hget(self._keys.user(user_id), "banned")
             flags = await guarded(pipe.execute())

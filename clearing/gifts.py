@@ -56,7 +56,7 @@ from clearing.clock import Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused, StepRefused
-from clearing.guard import guarded
+from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
@@ -376,7 +376,7 @@ class Clearing(RedisComponent):
     async def refused_send(self, gift_id: str, sender: str) -> RefusedSend | None:
         """The refusal remembered for ``sender``'s ``gift_id``, while it is (see :meth:`reserve`)."""
         key = self._keys.refused(sender, gift_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hmget(key, "code", "fp")
             pipe.pttl(key)
             (code, fingerprint), ttl = await guarded(pipe.execute())
@@ -419,7 +419,7 @@ class Clearing(RedisComponent):
 
     async def balances(self, user_id: str) -> Balances:
         """Available and held amounts per kind, read at one instant (MULTI)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hgetall(self._keys.balance(user_id))
             pipe.hgetall(self._keys.held(user_id))
             available, held = await guarded(pipe.execute())

@@ -86,6 +86,8 @@ class RequestHandler:
             return await self.HANDLERS[type(msg)](self, user_id, msg, app, conn)
         except Refused as refusal:
             self.metrics.refusals_of(refusal.code.value).inc()
+            if isinstance(msg, SendGift):
+                self.metrics.gifts_of("refused").inc()  # README: gifts by outcome, refused among them
             # BAD_REQUEST is clearing's word for a field the wire accepted but the rule did not.
             code = ErrorCode.BAD_FIELD if refusal.code is Refusal.BAD_REQUEST else ErrorCode(refusal.code.value)
             gift = gift_view(refusal.gift) if refusal.gift is not None else None

@@ -283,6 +283,8 @@ class NotecardClient:
         deadline = loop.time() + self.request_timeout_s
         if self._failure is not None:
             raise self._failure
+        if self._closed:
+            raise NotConnected("client closed")  # as the TypeScript SDK: not the session's RuntimeError
         call = self.session.request(build)
         try:
             while True:
