@@ -250,4 +250,6 @@ def decode_reply(raw: Any) -> dict[str, Any]:
         code = Refusal(err)
     except ValueError:
         raise StepRefused(str(err)) from None
-    raise Refused(code, gift=gift_from_map(gift) if gift else None)
+    until = reply.get("until_ms")
+    raise Refused(code, gift=gift_from_map(gift) if gift else None,
+                  until_ms=until if isinstance(until, int) and not isinstance(until, bool) else None)

@@ -394,9 +394,13 @@ STORE = st.one_of(  # data put in place of what the scripts and Scenes would wri
               st.sampled_from(["", "x", "1.5", "-3", "star", "note", "99999999999999999999"])),
     st.tuples(st.just("user junk"), user, st.sampled_from(["x", "", "1.5", "-1", "0"])),
     st.tuples(st.just("follow junk"), user, user, st.sampled_from(["x", "1e3", " 5", "0"])),
+    # The risk engine's state (risk/actions.py writes it; the send scripts read it).
+    st.tuples(st.just("risk junk"), user, st.sampled_from(["frozen_until", "limited", "banned", "dev:phone-1", "tier"]),
+              st.sampled_from(["", "x", "1", "0", "1.5", "-1", "99999999999999999999", "4102444800000"])),
 )
 ACT = st.one_of(  # the operations, through the clearing API
     st.tuples(st.just("reserve"), sender, user, st.integers(1, 3), st.sampled_from(APPS)),
+    st.tuples(st.just("device reserve"), sender, user, st.sampled_from(["phone-1", "phone-2"])),
     st.tuples(st.just("answer"), st.integers(0, 99), st.booleans(), st.sampled_from(APPS)),  # gift, accept?
     st.tuples(st.just("quote"), sender, st.integers(1, 3)),
     st.tuples(st.just("quoted reserve"), st.integers(0, 99)),
@@ -459,6 +463,12 @@ async def _operate(fz: Fuzz, op: tuple[Any, ...]) -> object:
         gift = await w.clearing.reserve(f"g{next(_ids)}", op[1], op[2], "note", op[3], app=op[4])
         fz.gifts.append((gift.gift_id, gift.recipient))
         return gift
+    if name == "device reserve":
+        gift = await w.clearing.reserve(f"g{next(_ids)}", op[1], op[2], "note", 1, device=op[3])
+        fz.gifts.append((gift.gift_id, gift.recipient))
+        return gift
+    if name == "risk junk":
+        return await w.redis.hset(w.keys.risk(op[1]), op[2], op[3])
     if name == "answer" and fz.gifts:
         return await _answer(fz, *fz.gifts[op[1] % len(fz.gifts)], accept=op[2], app=op[3])
     if name == "expire":
