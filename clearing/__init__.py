@@ -17,7 +17,7 @@ check in :mod:`clearing.ledger` (docs/ledger.md).
 
 from clearing.accounts import Accounts
 from clearing.errors import ClearingError, ClearingUnavailable, Refusal, Refused
-from clearing.events import CONTROL_PREFIX, EventLog, banned_user, decode_published
+from clearing.events import CONTROL_PREFIX, EventLog, banned_user, decode_published, kicked_user
 from clearing.gifts import Clearing
 from clearing.invariant import InvariantReport, check_invariant
 from clearing.keys import KeySchema
@@ -62,4 +62,5 @@ __all__ = [
     "banned_user",
     "check_invariant",
     "decode_published",
+    "kicked_user",
 ]

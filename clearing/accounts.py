@@ -15,7 +15,7 @@ from typing import Any
 from clearing.codec import balances_from, pairs, text_hash, user_from
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
-from clearing.guard import guarded
+from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import APP_PATTERN, is_valid_app, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, UserRecord
@@ -69,8 +69,17 @@ class Accounts(RedisComponent):
         reply = await self._lua.run("set_flags", self.slot(user_id), self._keys.user(user_id), self._clock(), args)
         return user_from(user_id, pairs(reply["user"]), self._balances(reply["bal"], reply["held"]))
 
+    async def disconnect(self, user_id: str) -> int:
+        """Tell every live node holding the user's connections to close them (SESSION_ENDED);
+        how many nodes were told. Pub/sub is at most once: a node whose subscription is
+        down at that instant keeps its connections."""
+        presence = Presence(self._topology, self._rules, self._keys, self._clock, settings=self._settings)
+        args = {"u": user_id, "tag": self.tag(user_id), "dead": await presence.dead_nodes()}
+        reply = await self._lua.run("disconnect", self.slot(user_id), self._keys.user(user_id), self._clock(), args)
+        return int(reply["nodes"])
+
     async def get_user(self, user_id: str) -> UserRecord | None:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hgetall(self._keys.user(user_id))
             pipe.hgetall(self._keys.balance(user_id))
             pipe.hgetall(self._keys.held(user_id))
@@ -84,7 +93,7 @@ class Accounts(RedisComponent):
         """Those of ``user_ids`` whose account is banned (one round trip)."""
         if not user_ids:
             return set()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with guarded_pipeline(self._redis, transaction=False) as pipe:
             for user_id in user_ids:
                 pipe.hget(self._keys.user(user_id), "banned")
             flags = await guarded(pipe.execute())

@@ -21,7 +21,9 @@ Published payload (msgpack map, string keys)::
 
 Control messages share the node channels and start with :data:`CONTROL_PREFIX` (an event,
 a msgpack map, never does): ``ctl:ban:<user>``, published by a ban (set_flags.lua) to the
-nodes holding the user, asks them to close that user's connections (:func:`banned_user`).
+nodes holding the user, asks them to close that user's connections (:func:`banned_user`);
+``ctl:kick:<user>``, published by an operator's disconnect (disconnect.lua), the same
+without a ban (:func:`kicked_user`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from clearing.model import Replay, UserEvent
 #: The start of every control message on a node channel.
 CONTROL_PREFIX = b"ctl:"
 _BAN_PREFIX = CONTROL_PREFIX + b"ban:"
+_KICK_PREFIX = CONTROL_PREFIX + b"kick:"
 
 
 def banned_user(payload: bytes) -> str | None:
@@ -43,6 +46,13 @@ def banned_user(payload: bytes) -> str | None:
     if not payload.startswith(_BAN_PREFIX):
         return None
     return payload[len(_BAN_PREFIX) :].decode("ascii", "replace")
+
+
+def kicked_user(payload: bytes) -> str | None:
+    """The user a disconnect control message names (disconnect.lua); None for any other."""
+    if not payload.startswith(_KICK_PREFIX):
+        return None
+    return payload[len(_KICK_PREFIX) :].decode("ascii", "replace")
 
 
 def decode_published(payload: bytes) -> UserEvent:

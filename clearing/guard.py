@@ -7,10 +7,13 @@ a wrong key type) and propagates unchanged, so it is not mistaken for an outage.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
+import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from clearing.errors import ClearingUnavailable
 
@@ -27,8 +30,11 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
 #: Replies redis-py leaves as a plain ResponseError that are a server state, not a defect:
 #: another script running too long (BUSY), a replica that lost its master, a primary that
 #: refuses writes for want of replicas (NOREPLICAS: min-replicas-to-write), and the rest in
-#: case a proxy in between rewrites the class.
-_UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+#: case a proxy in between rewrites the class. A durable batch's WAIT on a server that has just
+#: become a replica (a cluster failover; the batch's script got MOVED and ran nowhere) is
+#: one too: the map is read again and the same step is retried.
+_UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
+                         "WAIT cannot be used with replica")
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -45,6 +51,22 @@ async def guarded(call: Awaitable[T]) -> T:
     """Await a Redis call, turning an outage into :class:`ClearingUnavailable`."""
     try:
         return await call
+    except rx.RedisError as exc:
+        if is_unavailable(exc):
+            raise unavailable(exc) from exc
+        raise
+
+
+@contextlib.asynccontextmanager
+async def guarded_pipeline(redis: aioredis.Redis | RedisCluster, *,
+                           transaction: bool) -> AsyncIterator[aioredis.client.Pipeline | ClusterPipeline]:
+    """``redis.pipeline(transaction=...)`` with its opening guarded too: a cluster client's
+    pipeline reads the cluster's map when it opens (after a connection error reset it), and
+    that read fails like any call (seen in the cluster drill as ``INTERNAL`` replies while
+    a node was cut off from one shard)."""
+    try:
+        async with redis.pipeline(transaction=transaction) as pipe:
+            yield pipe
     except rx.RedisError as exc:
         if is_unavailable(exc):
             raise unavailable(exc) from exc

@@ -52,7 +52,7 @@ __all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "Scrip
 ScriptName = Literal[
     "send", "admit", "reserve", "sponsor", "offer", "void", "probe", "release",
     "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
-    "create_user", "set_flags", "mint", "follow", "block", "presence", "drop_node", "replay",
+    "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
     "room_states", "rate", "gauges",
 ]  # fmt: skip
@@ -250,4 +250,6 @@ def decode_reply(raw: Any) -> dict[str, Any]:
         code = Refusal(err)
     except ValueError:
         raise StepRefused(str(err)) from None
-    raise Refused(code, gift=gift_from_map(gift) if gift else None)
+    until = reply.get("until_ms")
+    raise Refused(code, gift=gift_from_map(gift) if gift else None,
+                  until_ms=until if isinstance(until, int) and not isinstance(until, bool) else None)

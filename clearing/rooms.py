@@ -25,7 +25,7 @@ from typing import Any
 
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
-from clearing.guard import guarded
+from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import is_valid_id
 from clearing.lua import ScriptName
 
@@ -124,7 +124,7 @@ class Rooms(RedisComponent):
         # Kept with the sender, whose reserve step uses it up; the key lingers a minute past
         # the quote's life only to answer QUOTE_EXPIRED rather than "unknown".
         key = self._keys.quote(sender, quote_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hset(key, mapping={"recipient": room, "kind": kind, "qty": qty, "cost": cost, "amount": base,
                                     "expires_at_ms": expires})
             pipe.pexpire(key, ttl + QUOTE_LINGER_MS)

@@ -54,6 +54,10 @@ class GiftRules:
     points_log_maxlen: int = 100_000
     #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.
     node_ttl_ms: int = 15_000
+    #: What a user of the risk engine's low tier may still send (docs/risk.md): gifts a day,
+    #: and whether live-room gifts; more is refused RISK_LIMITED.
+    risk_limited_daily: int = 1
+    risk_limited_rooms: bool = False
 
     def __post_init__(self) -> None:
         ZoneInfo(self.timezone)  # raises on an unknown zone, at configuration time
@@ -70,7 +74,8 @@ class GiftRules:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("daily_send_limit", "vip_send_bonus", "daily_receive_limit", "follow_min_age_ms"):
+        for name in ("daily_send_limit", "vip_send_bonus", "daily_receive_limit", "follow_min_age_ms",
+                     "risk_limited_daily"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.points_log_maxlen < MIN_POINTS_LOG:

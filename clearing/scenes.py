@@ -28,7 +28,7 @@ from redis import exceptions as rx
 from clearing.codec import text_hash
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
-from clearing.guard import guarded
+from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 from clearing.settings import Festival, decode_festivals, encode_scenes
@@ -79,7 +79,7 @@ class Scenes(RedisComponent):
         """Replace the given settings, keep the others; the whole result is validated first."""
         config = (await self.config()).patched(patch)
         key = self._keys.scene_settings()
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=encode_scenes(config))  # type: ignore[arg-type]
             await guarded(pipe.execute())
@@ -123,7 +123,7 @@ class Scenes(RedisComponent):
         from a fresh read, so two operators cannot store overlapping windows."""
         hash_key = self._keys.festivals()
         while True:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with guarded_pipeline(self._redis, transaction=True) as pipe:
                 try:
                     await guarded(pipe.watch(hash_key))
                     festivals, _ = decode_festivals(text_hash(await guarded(pipe.hgetall(hash_key))))
@@ -177,7 +177,7 @@ class Scenes(RedisComponent):
         return Binding(mentor, apprentice, scenes.mentor_reward_units, scenes.apprentice_reward_units)
 
     async def points(self, user_id: str) -> PointsView:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hget(self._keys.points(user_id), "total")
             pipe.hget(self._keys.user(user_id), "joint")
             points, joint = await guarded(pipe.execute())

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from clearing.guard import guarded
+from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import KeySchema, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.scene_config import SceneConfig, SceneConfigError
@@ -192,7 +192,7 @@ class SettingsCache:
 
     async def _load(self) -> SettingsSnapshot:
         started = time.monotonic()
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hgetall(self._keys.scene_settings())
             pipe.hgetall(self._keys.festivals())
             scenes_raw, festivals_raw = await guarded(pipe.execute())

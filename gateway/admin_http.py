@@ -20,6 +20,11 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     POST   /admin/users/{user}/mentor                {mentor}: bind the user as apprentice
     GET    /admin/users/{user}/pending               offers waiting for the user's answer
     GET    /admin/stats                              every live node's counters, pending gifts, held units
+    POST   /admin/gifts                              send a gift for its sender (gateway/admin_backend.py)
+    POST   /admin/users/{user}/disconnect            close the user's connections on every node
+    POST   /admin/bulk/users                         create or update up to 500 users
+    POST   /admin/bulk/follows                       create or refresh up to 500 follows
+    GET    /admin/openapi.json                       this API as an OpenAPI 3.1 document (no token)
 
 Pages (static files, no token to load them; gateway/static/)::
 
@@ -55,7 +60,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import orjson
 from aiohttp import web
 
 from clearing import (
@@ -72,10 +76,20 @@ from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
 from clearing.topology import AnyRedis
-from gateway.auth import mint_token
+from gateway.admin_backend import BackendRoutes
+from gateway.admin_json import AdminError
+from gateway.admin_json import field as _field
+from gateway.admin_json import json_response as _json
+from gateway.admin_json import only as _only
+from gateway.admin_json import path_id as _path_id
+from gateway.admin_json import plain as _plain
+from gateway.admin_json import read_body as _body
+from gateway.auth import ClaimRules, mint_token
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
+from gateway.openapi import OPENAPI_PATH, openapi_document
+from gateway.risk_admin import RiskAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
 
@@ -87,25 +101,11 @@ _STATUS: dict[Refusal, int] = {
     Refusal.USER_EXISTS: 409,
 }
 _BOOL_FLAGS = ("verified", "vip", "banned")
+#: Errors aiohttp raises itself, as codes.
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}
+#: The largest request body: a bulk call of MAX_BATCH items fits.
+MAX_BODY_BYTES = 256 * 1024
 _CREATE_FIELDS = ("user_id", *_BOOL_FLAGS, "created_at_ms", "app")
-
-
-class AdminError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
-    return obj
 
 
 def _with_unit(plain: dict[str, Any], units_per_card: int) -> dict[str, Any]:
@@ -116,39 +116,6 @@ def _with_unit(plain: dict[str, Any], units_per_card: int) -> dict[str, Any]:
     if isinstance(plain.get("balances"), dict):
         return plain | {"balances": _with_unit(plain["balances"], units_per_card)}
     return plain
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise AdminError(400, "BAD_REQUEST", "body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise AdminError(400, "BAD_REQUEST", "body must be a JSON object")
-    return data
-
-
-def _field(data: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise AdminError(400, "BAD_REQUEST", f"field '{name}' is required")
-        return None
-    if type(value) is not kind:
-        raise AdminError(400, "BAD_REQUEST", f"field '{name}' must be of type {kind.__name__}")
-    return value
-
-
-def _only(data: dict[str, Any], *allowed: str) -> dict[str, Any]:
-    """Refuse fields the route does not know: silently ignored, a misspelt one would do
-    something else than asked."""
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        expected = ", ".join(allowed) if allowed else "no fields"
-        raise AdminError(400, "BAD_REQUEST", f"unknown field '{unknown[0]}'; expected {expected}")
-    return data
 
 
 def _redirect(location: str) -> Handler:
@@ -168,13 +135,6 @@ def _file(path: Path) -> Handler:
 async def _page_headers(request: web.Request, response: web.StreamResponse) -> None:
     if request.path.startswith(("/app", "/console", "/lib/")):
         response.headers.update(_PAGE_HEADERS)
-
-
-def _path_id(request: web.Request, name: str) -> str:
-    value = request.match_info[name]
-    if not is_valid_id(value):
-        raise AdminError(400, "BAD_REQUEST", f"{name} id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-    return value
 
 
 #: The web app, the console and their libraries (built from clients/js, committed).
@@ -199,6 +159,8 @@ class WebPages:
     public_ws_urls: tuple[str, ...] = ()
     dev: bool = False
     token_secret: str = ""
+    #: The audience and issuer a development token must carry to pass this node's checks.
+    claims: ClaimRules = dataclasses.field(default_factory=ClaimRules)
 
 
 class AdminApp:
@@ -234,7 +196,8 @@ class AdminApp:
         app.router.add_get("/metrics", self.metrics_view)
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        # Room for a bulk call of MAX_BATCH items; every other body is far smaller.
+        app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY_BYTES)
         self._add_probes(app)
         app.router.add_post("/admin/users", self.create_user)
         app.router.add_get("/admin/users/{user}", self.get_user)
@@ -254,6 +217,9 @@ class AdminApp:
         app.router.add_post("/admin/users/{user}/mentor", self.bind_mentor)
         app.router.add_get("/admin/users/{user}/pending", self.get_pending)
         app.router.add_get("/admin/stats", self.stats)
+        BackendRoutes(self).add(app)
+        app.router.add_get(OPENAPI_PATH, self.openapi)
+        RiskAdmin(self.redis, self.keys).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app
@@ -271,7 +237,7 @@ class AdminApp:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.path.startswith("/admin/"):
+            if request.path.startswith("/admin/") and request.path != OPENAPI_PATH:
                 self._authorize(request)
             return await handler(request)
         except AdminError as exc:
@@ -283,8 +249,13 @@ class AdminApp:
         except ClearingUnavailable:
             return _json({"error": "UNAVAILABLE", "message": "redis unavailable; retry"}, 503)
         except web.HTTPException as exc:
-            return _json({"error": "NOT_FOUND" if exc.status == 404 else "BAD_REQUEST",
-                          "message": exc.reason}, exc.status)
+            if exc.status < 400:
+                raise  # a redirect
+            return _json({"error": _HTTP_CODES.get(exc.status, "BAD_REQUEST"), "message": exc.reason}, exc.status)
+        except Exception:
+            # A bug costs one call; the caller gets a code, never a stack trace (the log has it).
+            log.exception("admin call failed", extra={"path": request.path, "method": request.method})
+            return _json({"error": "INTERNAL", "message": "internal error"}, 500)
 
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -307,6 +278,10 @@ class AdminApp:
         if reasons:
             body["reasons"] = reasons
         return _json(body, 200 if ok else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 description of this API (no token needed: it holds no data)."""
+        return _json(openapi_document())
 
     async def metrics_view(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
@@ -480,7 +455,9 @@ class AdminApp:
         user = _field(data, "user", str, required=True)
         if not is_valid_id(user):
             raise AdminError(400, "BAD_REQUEST", "user id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-        token = mint_token(self.pages.token_secret, user, ttl_s=DEV_TOKEN_TTL_S)
+        claims = self.pages.claims
+        token = mint_token(self.pages.token_secret, user, ttl_s=DEV_TOKEN_TTL_S, audience=claims.audience,
+                           issuer=claims.issuer)
         return _json({"token": token, "user": user, "ttl_s": DEV_TOKEN_TTL_S})
 
     async def get_points(self, request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
 """Account bans reach open connections: a banned user's connections close on every node.
+An operator's disconnect (``ctl:kick:<user>``) takes the same way, without the ban.
 
 An operator's ban (``PATCH /admin/users/{user}`` with ``banned``) publishes a control
 message to each live node holding the user's connections, in the same script that sets the
@@ -12,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from clearing import Accounts, ClearingError, banned_user
+from clearing import Accounts, ClearingError, banned_user, kicked_user
 from gateway.hub import Hub
+from protocol import CloseCode, ErrorCode
 
 log = logging.getLogger("notecard.gateway.bans")
 
@@ -45,6 +47,13 @@ class BanEnforcer:
         user = banned_user(payload)
         if user is not None:
             self._close(user)
+            return
+        kicked = kicked_user(payload)
+        if kicked is not None:
+            closed = self.hub.close_user(kicked, CloseCode.SESSION_ENDED, ErrorCode.SESSION_ENDED,
+                                         "session ended by the platform")
+            if closed:
+                log.info("user disconnected by an operator", extra={"user": kicked, "connections": closed})
 
     async def recheck(self) -> None:
         """Close the connections of every local user banned meanwhile (after the subscriber

@@ -30,12 +30,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from clearing import GiftRules
 from clearing.lua import Durability
 from clearing.rules import MIN_POINTS_LOG
-from gateway.auth import MIN_SECRET_BYTES, check_secret
+from gateway.auth import DEFAULT_AUDIENCE, MIN_SECRET_BYTES, ClaimRules, check_secret
 from gateway.setting_kinds import (
     Choice,
     Flag,
     HostPorts,
     Integer,
+    JwksSource,
     Kind,
     Names,
     Networks,
@@ -60,6 +61,8 @@ PRESET_WAIT: dict[str, tuple[int, int]] = {
     "fast": (0, 1000), "aof": (0, 1000), "replicated": (1, 500), "strict": (2, 500),
 }
 _DECLARED = "notecard.setting"
+#: The largest clock skew allowed on a token's times.
+MAX_LEEWAY_S = 300.0
 
 
 class ConfigError(ValueError):
@@ -158,6 +161,10 @@ RULE_SETTINGS: tuple[Declared, ...] = (
              "a refused gift id answers the same refusal this long; keep it above `HEARTBEAT_S` + "
              "`PONG_TIMEOUT_S` + `REDIS_TIMEOUT_S`, the longest a copy of a request can be on its way",
              "rules.refusal_memory_ms", scale=1000),
+    Declared("RISK_LIMITED_DAILY", Integer(0), "gifts a day a user of the risk engine's low tier may send",
+             "rules.risk_limited_daily"),
+    Declared("RISK_LIMITED_ROOMS", Flag(), "whether a user of the risk engine's low tier may send live-room gifts",
+             "rules.risk_limited_rooms"),
 )
 
 _LOG_LEVELS = Choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=str.upper)
@@ -194,14 +201,37 @@ class GatewaySettings:
     port: int = setting(8765, "PORT", Port(), "WebSocket listener port")
     admin_host: str = setting("127.0.0.1", "ADMIN_HOST", Text(), "admin API address (plain HTTP: keep it private)")
     admin_port: int = setting(8766, "ADMIN_PORT", Port(), "admin API, metrics and probes port")
-    #: Secret that signs client tokens; generated into data_dir in development.
+    #: Secret of HS256 client tokens; generated into data_dir in development.
     token_secret: str | None = setting(
-        None, "TOKEN_SECRET", Secret(expected=_SECRET_SIZE), "client-token signing secret, at least 32 bytes",
-        shown="required outside development (there: generated into `DATA_DIR/secrets.json`)")
+        None, "TOKEN_SECRET", Secret(expected=_SECRET_SIZE),
+        "shared secret of HS256 client tokens (and of the deprecated format), at least 32 bytes",
+        shown="required outside development unless `JWKS_URL` is set (there: generated into "
+              "`DATA_DIR/secrets.json`)")
     #: Bearer token of the admin API; generated into data_dir in development.
     admin_token: str | None = setting(
         None, "ADMIN_TOKEN", Secret(expected=_SECRET_SIZE), "admin API bearer token, at least 32 bytes",
         shown="required outside development (there: generated into `DATA_DIR/secrets.json`)")
+    jwks_url: str | None = setting(
+        None, "JWKS_URL", JwksSource(),
+        "the login service's public keys (a JWKS) for RS256/ES256 client tokens: an https:// URL or a file; "
+        "with it no signing secret is needed", shown="unset")
+    jwt_audience: str = setting(DEFAULT_AUDIENCE, "JWT_AUDIENCE", Text(r"[^\s]{1,256}", "1-256 characters, no space"),
+                                "the audience (`aud`) every client token must name")
+    jwt_issuer: str | None = setting(None, "JWT_ISSUER", Text(r"[^\s]{1,256}", "1-256 characters, no space"),
+                                     "the issuer (`iss`) every client token must name", shown="unset: not checked")
+    jwt_leeway_s: float = setting(30.0, "JWT_LEEWAY_S", Number(minimum=0),
+                                  "clock skew allowed on `exp` and `nbf`, seconds (at most 300)")
+    jwt_app_claim: str = setting("app", "JWT_APP_CLAIM", Text(r"[A-Za-z0-9_]{1,64}", "1-64 of A-Z a-z 0-9 _"),
+                                 "the claim naming the linked app (`main` when a token has none)")
+    jwks_refresh_s: float = setting(300.0, "JWKS_REFRESH_S", Number(above=0),
+                                    "the JWKS is read again when a token needs it and it is older than this")
+    jwks_min_refresh_s: float = setting(
+        10.0, "JWKS_MIN_REFRESH_S", Number(minimum=0),
+        "a token with an unknown `kid` reads the JWKS again (key rotation), at most once this often")
+    legacy_tokens: bool = setting(
+        True, "LEGACY_TOKENS", Flag(),
+        "also accept client tokens of the deprecated pre-JWT format (needs `TOKEN_SECRET`); deprecated: turn it "
+        "off once the login service mints JWTs")
     data_dir: Path = setting(Path(".notecard"), "DATA_DIR", PathKind(),
                              "development Redis data and generated secrets (created mode 700)")
     node_id: str | None = setting(
@@ -236,6 +266,10 @@ class GatewaySettings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(
         (), "TRUSTED_PROXIES", Networks(),
         "load balancers whose `X-Forwarded-For` (last entry) names the client", shown="unset")
+    risk_engine: bool = setting(
+        True, "RISK_ENGINE", Flag(),
+        "tell the risk engine every hello, send and answer (device, address, app; docs/risk.md); the send "
+        "scripts read its actions either way")
     max_rooms_per_connection: int = setting(5, "MAX_ROOMS_PER_CONNECTION", Integer(1),
                                             "live rooms one connection watches at once (then `TOO_MANY_ROOMS`)")
     max_bad_frames: int = setting(5, "MAX_BAD_FRAMES", Integer(1), "malformed frames before close 3502")
@@ -318,6 +352,7 @@ class GatewaySettings:
             raise ConfigError(f"{PREFIX}WAIT_TIMEOUT_MS must be below {PREFIX}REDIS_TIMEOUT_S, "
                               "or every slow WAIT would look like a dead Redis")
         self._check_secrets()
+        self._check_tokens()
         self._check_durability_preset()
         self._check_tls_files()
 
@@ -328,6 +363,18 @@ class GatewaySettings:
                     check_secret(value, PREFIX + name)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
+
+    def _check_tokens(self) -> None:
+        if self.jwt_leeway_s > MAX_LEEWAY_S:
+            raise ConfigError(f"{PREFIX}JWT_LEEWAY_S={self.jwt_leeway_s:g}: at most {MAX_LEEWAY_S:g} seconds; a "
+                              "larger leeway keeps expired tokens working")
+        problem = JwksSource.missing_file(self.jwks_url)
+        if problem:
+            raise ConfigError(f"{PREFIX}JWKS_URL={self.jwks_url!r}: {problem}")
+
+    @property
+    def claim_rules(self) -> ClaimRules:
+        return ClaimRules(self.jwt_audience, self.jwt_issuer, self.jwt_leeway_s, self.jwt_app_claim)
 
     def _check_durability_preset(self) -> None:
         preset, wait = self.durability_preset, self.wait_replicas
@@ -476,10 +523,13 @@ def production_problems(settings: GatewaySettings) -> list[str]:
         problems.append(f"no Redis configured: set {PREFIX}REDIS_URL, {PREFIX}SENTINELS or {PREFIX}REDIS_CLUSTER "
                         "(a private Redis "
                         f"per process is for development: `notecard dev`, `notecard serve --dev` or {PREFIX}DEV=true)")
-    for name, value in (("TOKEN_SECRET", settings.token_secret), ("ADMIN_TOKEN", settings.admin_token)):
-        if value is None:
-            problems.append(f"{PREFIX}{name} is not set: outside development every node needs the deployment's "
-                            "secret (generated secrets are for `notecard dev` or --dev)")
+    if settings.admin_token is None:
+        problems.append(f"{PREFIX}ADMIN_TOKEN is not set: outside development every node needs the deployment's "
+                        "admin token (generated secrets are for `notecard dev` or --dev)")
+    if settings.token_secret is None and settings.jwks_url is None:
+        problems.append(f"no way to verify client tokens: set {PREFIX}JWKS_URL (the login service's public keys, "
+                        f"RS256/ES256) or {PREFIX}TOKEN_SECRET (a shared HS256 secret); generated secrets are for "
+                        "`notecard dev` or --dev")
     return problems
 
 

@@ -70,9 +70,13 @@ class Hub:
 
     def close_banned(self, user_id: str) -> int:
         """Close every local connection of a banned user; how many there were."""
+        return self.close_user(user_id, CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
+
+    def close_user(self, user_id: str, code: CloseCode, error: ErrorCode, reason: str) -> int:
+        """Close every local connection of the user with ``code``; how many there were."""
         conns = list(self.users.get(user_id, ()))
         for conn in conns:
-            conn.end(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
+            conn.end(code, error, reason)
         return len(conns)
 
     # ------------------------------------------------------------ delivery

@@ -100,6 +100,8 @@ class NodeMetrics:
         )
         self.closes = Counter("notecard_closes", "Connections closed by the server, by close code", ["code"],
                               registry=r)
+        self.tokens = Counter("notecard_tokens", "Client tokens checked at hello, by format and outcome",
+                              ["format", "outcome"], registry=r)
         self.subscriber_reconnects = Counter(
             "notecard_subscriber_reconnects", "Times the pub/sub subscriber was re-established", registry=r
         )

@@ -51,7 +51,10 @@ from gateway.rooms import RoomHub
 from gateway.session import SessionRunner
 from gateway.subscriber import NodeSubscriber
 from gateway.supervisor import TaskSupervisor
+from gateway.tokens import TokenVerifier
 from protocol import MAX_FRAME_BYTES, SUBPROTOCOLS, CloseCode
+from risk.appeals import Appeals
+from risk.signals import SignalLog
 
 log = logging.getLogger("notecard.gateway.node")
 
@@ -78,11 +81,16 @@ def select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -
 
 
 class GatewayNode:
-    def __init__(self, settings: GatewaySettings, store: aioredis.Redis | Topology, *, token_secret: str,
+    def __init__(self, settings: GatewaySettings, store: aioredis.Redis | Topology, *, token_secret: str | None,
                  admin_token: str) -> None:
         """``store``: one Redis (a client of it), or a cluster's topology (gateway.connect_store
-        builds either from the settings). The caller owns it and closes it after stop()."""
-        check_secret(token_secret, "NOTECARD_TOKEN_SECRET")
+        builds either from the settings). The caller owns it and closes it after stop().
+        ``token_secret``: the HS256 secret; None when tokens are checked against the JWKS
+        of settings.jwks_url alone (the node then holds no key that could sign a token)."""
+        if token_secret is not None:
+            check_secret(token_secret, "NOTECARD_TOKEN_SECRET")
+        elif not settings.jwks_url:
+            raise ValueError("no way to verify client tokens: give NOTECARD_TOKEN_SECRET or NOTECARD_JWKS_URL")
         check_secret(admin_token, "NOTECARD_ADMIN_TOKEN")
         self.settings = settings
         self.node_id = settings.node_id or default_node_id()
@@ -107,12 +115,16 @@ class GatewayNode:
         self.bans = BanEnforcer(self.hub, self.accounts)
         self.scenes = Scenes(topo, rules, keys, settings=cache)
         self.rooms = RoomHub(Rooms(topo, rules, keys, settings=cache), self.node_id, settings.max_rooms_per_connection)
+        #: The risk engine's signals (docs/risk.md); None when RISK_ENGINE is off.
+        self.signals = SignalLog(self.redis, keys) if settings.risk_engine else None
+        self.appeals = Appeals(self.redis, keys)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms,
-                                       sender_of=self.hub.sender_of)
+                                       sender_of=self.hub.sender_of, signals=self.signals, appeals=self.appeals)
+        self.tokens = TokenVerifier.from_settings(settings, token_secret, self.metrics.tokens)
         self.sessions = SessionRunner(
-            self.node_id, settings, token_secret, self.hub, self.requests, self.clearing, self.presence,
+            self.node_id, settings, self.tokens, self.hub, self.requests, self.clearing, self.presence,
             self.events, self.metrics,
-            UserRates(topo, rules, user_rate, keys=keys),
+            UserRates(topo, rules, user_rate, keys=keys), signals=self.signals,
         )
         self.subscriber = NodeSubscriber(
             topo, keys, self.node_id, self.hub.publish_received, self._missed, self.metrics,
@@ -127,7 +139,8 @@ class GatewayNode:
             node_id=self.node_id, admin_token=admin_token, redis=self.redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
             scenes=self.scenes, not_ready_reasons=self._not_ready_reasons,
-            pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev, token_secret),
+            pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev and token_secret is not None,
+                           token_secret or "", settings.claim_rules),
         )
         self.node_stats = NodeStats(self.redis, self.keys, self.node_id, self.metrics)
         self.metrics.watch_send_queues(lambda: (c.queued for c in self.hub.all_connections()))
@@ -186,6 +199,7 @@ class GatewayNode:
             await self.stop()
             raise
         await self.replica_check.step()  # its findings are in the log before the node serves
+        await self.tokens.start()
         jobs = self.supervisor
         jobs.start("subscriber", self.subscriber.listen)
         try:
@@ -203,6 +217,8 @@ class GatewayNode:
         jobs.start("loop-lag", self.metrics.watch_loop_lag)
         jobs.start("ledger-gauges", lambda: every(LEDGER_GAUGES_S, self.ledger_gauges.step, "ledger gauges"))
         jobs.start("node-stats", lambda: every(NODE_STATS_S, self.node_stats.step, "node stats"))
+        if self.signals is not None:
+            jobs.start("risk-signals", self.signals.run)
         self._server = await serve(
             AddressGate(self.sessions, s.max_connections_per_ip, s.trusted_proxies, self.metrics),
             s.host,
@@ -305,6 +321,9 @@ class GatewayNode:
             log.error("background tasks did not stop", extra={"tasks": stuck})
         await self.hub.close()
         await self.bans.close()
+        if self.signals is not None:
+            with contextlib.suppress(ClearingError):
+                await self.signals.flush()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)
         for runner in (self._http, self._probe_http):

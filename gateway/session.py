@@ -20,7 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from clearing import Clearing, ClearingError, EventLog, Presence, Refusal, Refused
 from clearing.rates import UserRates
-from gateway.auth import Identity, TokenError, verify_token
+from gateway.admission import client_address
+from gateway.auth import Identity, Rejection, TokenError
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection
 from gateway.hub import Hub
@@ -28,6 +29,7 @@ from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.ratelimit import TokenBucket
 from gateway.requests import RequestHandler
+from gateway.tokens import TokenVerifier
 from gateway.welcome import Welcomer
 from protocol import (
     AcceptGift,
@@ -47,6 +49,8 @@ from protocol import (
     encode,
     encoding_for,
 )
+from risk.devices import device_seen
+from risk.signals import SignalLog, device_or_none
 
 log = logging.getLogger("notecard.gateway.session")
 
@@ -60,19 +64,27 @@ class _Rejection:
 
 BANNED = _Rejection(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
 EXPIRED = _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
+#: A refused token, by reason (docs/protocol.md section 13). The peer is told the class,
+#: never the detail (which audience, which key), which goes to the node's log.
+_TOKEN_REJECTIONS = {
+    Rejection.INVALID: _Rejection(CloseCode.INVALID_TOKEN, ErrorCode.INVALID_TOKEN, "invalid token"),
+    Rejection.EXPIRED: EXPIRED,
+    Rejection.UNAVAILABLE: _Rejection(CloseCode.SERVICE_UNAVAILABLE, ErrorCode.UNAVAILABLE,
+                                      "token keys unavailable; reconnect"),
+}
 
 
 class SessionRunner:
     """The ``websockets`` connection handler of a node."""
 
     def __init__(
-        self, node_id: str, settings: GatewaySettings, token_secret: str, hub: Hub,
+        self, node_id: str, settings: GatewaySettings, tokens: TokenVerifier, hub: Hub,
         requests: RequestHandler, clearing: Clearing, presence: Presence, events: EventLog,
-        metrics: NodeMetrics, user_rates: UserRates | None = None,
+        metrics: NodeMetrics, user_rates: UserRates | None = None, signals: SignalLog | None = None,
     ) -> None:
         self.node_id = node_id
         self.settings = settings
-        self.token_secret = token_secret
+        self.tokens = tokens
         self.hub = hub
         self.requests = requests
         self.clearing = clearing
@@ -81,6 +93,8 @@ class SessionRunner:
         self.metrics = metrics
         #: The per-user request rate over every node; None: per connection only.
         self.user_rates = user_rates
+        #: Where hellos, sends and answers are told to the risk engine; None: risk engine off.
+        self.signals = signals
         self.welcomer = Welcomer(node_id, settings, hub, clearing, events)
         self.rejected_tokens = ThrottledLog(log, "token rejected")
 
@@ -95,17 +109,25 @@ class SessionRunner:
             return
         identity, hello = outcome
         conn = ClientConnection(ws, identity.user_id, identity.app, encoding, self.settings.send_queue_max,
-                                self.metrics)
+                                self.metrics, device=device_or_none(hello.device),
+                                address=client_address(ws, self.settings.trusted_proxies))
         conn.start_writer()
         self.hub.add(conn)
-        # The token is checked once, at hello; the session ends when it expires.
+        # The token is checked once, at hello; the session ends when it expires (with the
+        # same leeway for clock skew as at hello, or a token accepted in it would end at once).
+        lasts = identity.expires_at + self.settings.jwt_leeway_s - time.time()
         expiry = asyncio.get_running_loop().call_later(
-            max(0.0, identity.expires_at - time.time()), conn.end, EXPIRED.code, EXPIRED.error, EXPIRED.reason)
+            max(0.0, lasts), conn.end, EXPIRED.code, EXPIRED.error, EXPIRED.reason)
         registered = False
         try:
             if not await self._admit(conn):
                 return
             registered = True
+            # A banned device is told at its first send (DEVICE_BANNED), not here: the user
+            # may still answer offers and appeal. Two small calls, for a hello with a device.
+            await device_seen(self.clearing.redis, self.clearing.keys, conn.user_id, conn.device)
+            if self.signals is not None:
+                self.signals.record("hello", conn.user_id, conn.device, conn.address, conn.app)
             await self.welcomer.welcome(conn, hello)
             await self._serve(conn)
         except ClearingError:
@@ -141,14 +163,13 @@ class SessionRunner:
         msg = checked
         assert isinstance(msg, Hello)
         try:
-            identity = verify_token(self.token_secret, msg.token)
+            identity = await self.tokens.verify(msg.token)
         except TokenError as exc:
             # Never the token itself; a burst of these usually means clients hold tokens
-            # signed with another secret (a node started with other generated secrets).
+            # signed with another secret (a node started with other generated secrets), or
+            # a login service whose keys or audience differ from the node's settings.
             self.rejected_tokens.log(reason=str(exc), peer=_peer(ws))
-            if exc.expired:
-                return _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
-            return _Rejection(CloseCode.INVALID_TOKEN, ErrorCode.INVALID_TOKEN, "invalid token")
+            return _TOKEN_REJECTIONS[exc.rejection]
         return identity, msg
 
     async def _admit(self, conn: ClientConnection) -> bool:

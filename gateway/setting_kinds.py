@@ -210,6 +210,31 @@ class RedisUrl(Kind[str]):
         return redact_url(value)
 
 
+class JwksSource(Kind[str]):
+    expected = "an https:// or http:// URL, or a file (a path or a file:// URL)"
+
+    def parse(self, raw: str) -> str:
+        self.check(raw.strip())
+        return raw.strip()
+
+    def check(self, value: str) -> None:
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return
+        if parts.scheme in ("", "file") and (parts.path or value):
+            return
+        raise ValueError(f"expected {self.expected}")
+
+    @staticmethod
+    def missing_file(value: str | None) -> str:
+        """Why a file source cannot be read at start ("" when it is a URL or a file): a
+        typo in a path is found before the node serves, not at the first RS256 token."""
+        if not value or urlsplit(value).scheme in ("http", "https"):
+            return ""
+        path = Path(urlsplit(value).path if value.startswith("file:") else value)
+        return "" if path.is_file() else f"no such file: {path}"
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``: for logs and messages."""
     parts = urlsplit(url)

@@ -93,6 +93,8 @@ class NodeSubscriber:
         self.first_heard = asyncio.Event()
         #: Monotonic time of the listener's latest step; a stuck listener stops moving it.
         self.progress_at = time.monotonic()
+        #: When the current round of subscriptions began (or the watchdog last restarted it).
+        self.round_at = time.monotonic()
         #: Rounds in which every connection got subscribed (1 after the start).
         self.subscriptions = 0
         self._subscribed = 0
@@ -155,6 +157,7 @@ class NodeSubscriber:
     async def _listen_all(self) -> None:
         """One listener per Redis node, together: the first that fails ends them all."""
         nodes = self.topology.nodes()
+        self.round_at = time.monotonic()
         self._groups = [node.name for node in nodes]
         self._subscribed = 0
         tasks = [asyncio.create_task(self._listen(node, node.home, settings=i == 0)) for i, node in enumerate(nodes)]
@@ -288,11 +291,21 @@ class NodeSubscriber:
         loop step that hangs where no bound reaches)."""
         while True:
             await asyncio.sleep(self.probe_interval_s / 2)
-            stalled = time.monotonic() - self.progress_at
-            if stalled > self.stuck_after_s:
+            now = time.monotonic()
+            stalled = now - self.progress_at
+            # Each Redis node has its own connection in a round: one that hangs is hidden
+            # from ``progress_at`` by the others, which keep looping. A round that has not
+            # heard every probe for longer than any of its steps may take is stuck as well
+            # (seen in the cluster drill: after a shard's primary was killed, two subscribes
+            # of the next round hung past their timeout while the third connection looped,
+            # and the node stayed deaf, out of presence and without sweeping, for good).
+            deaf = 0.0 if self.hearing() else now - self.round_at
+            if stalled > self.stuck_after_s or deaf > self.stuck_after_s:
+                what = f"made no progress for {stalled:.1f}s" if stalled > self.stuck_after_s else \
+                    f"subscribed but deaf for {deaf:.1f}s"
                 with contextlib.suppress(Exception):
-                    await restart_listener(f"listener made no progress for {stalled:.1f}s")
-                self.progress_at = time.monotonic()
+                    await restart_listener(f"listener {what}")
+                self.progress_at = self.round_at = time.monotonic()
 
 
 class _Deaf(Exception):

@@ -26,6 +26,7 @@ Redis timeout so that the whole cycle fits in minutes.
     notecard drill --profile ci                    # ~90 s, a couple of faults of each kind
     notecard drill --profile long                  # the docs/guarantees.md numbers
     notecard drill --seed 7 --faults node_kill,primary_kill --duration 60 --durability replicated
+    notecard drill --cluster [--shards 3] [--site-loss]   # on a Redis Cluster: loadtest/cluster_drill.py
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from loadtest.faults.injector import FaultInjector
 from loadtest.faults.proxy import FaultProxy
 from loadtest.faults.redis_ha import RedisDurability, RedisHA
 from loadtest.faults.schedule import FaultKind, make_schedule, parse_kinds
-from notecard.admin_client import AdminClient
+from notecard.admin_client import AdminApiError, AdminClient
 from notecard.cluster import LocalCluster
 
 log = logging.getLogger("notecard.drill")
@@ -115,15 +116,19 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
     """What every gateway node of the drill runs with (the limits raised, the clocks shortened)."""
+    return {**ha.node_env(), **drill_env(s.confirm_window_s, s.durability, s.durability.wait_replicas)}
+
+
+def drill_env(confirm_window_s: float, durability: DurabilityPreset, wait_replicas: int) -> dict[str, str]:
+    """The gift rules' limits raised and the clocks shortened, whatever the Redis topology."""
     return {
-        **ha.node_env(),
         "NOTECARD_DAILY_SEND_LIMIT": "1000000",
         "NOTECARD_DAILY_RECEIVE_LIMIT": "1000000",
         "NOTECARD_RATE_PER_S": "500",
         "NOTECARD_RATE_BURST": "1000",
         "NOTECARD_USER_RATE_PER_S": "500",
         "NOTECARD_USER_RATE_BURST": "1000",
-        "NOTECARD_CONFIRM_WINDOW_S": str(s.confirm_window_s),
+        "NOTECARD_CONFIRM_WINDOW_S": str(confirm_window_s),
         "NOTECARD_NODE_HEARTBEAT_S": "0.5",
         "NOTECARD_NODE_TTL_S": "2.5",
         "NOTECARD_SUBSCRIBER_PROBE_S": "1",
@@ -131,9 +136,9 @@ def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
         "NOTECARD_HEARTBEAT_S": "5",
         "NOTECARD_PONG_TIMEOUT_S": "5",
         "NOTECARD_SHUTDOWN_GRACE_S": "2",
-        "NOTECARD_DURABILITY": s.durability.name,  # the nodes check the deployment against it
-        "NOTECARD_WAIT_REPLICAS": str(s.durability.wait_replicas),
-        "NOTECARD_WAIT_TIMEOUT_MS": str(s.durability.wait_timeout_ms),
+        "NOTECARD_DURABILITY": durability.name,  # the nodes check the deployment against it
+        "NOTECARD_WAIT_REPLICAS": str(wait_replicas),
+        "NOTECARD_WAIT_TIMEOUT_MS": str(durability.wait_timeout_ms),
         "NOTECARD_LOG_LEVEL": "INFO",
     }
 
@@ -143,14 +148,15 @@ async def _primary_client(ha: RedisHA) -> aioredis.Redis:
     return ha.client(port, timeout_s=10)
 
 
-async def _setup_users(s: DrillSettings, admin: AdminClient, rng: random.Random) -> dict[str, list[str]]:
-    """Verified users with ``cards`` each, every one with ``friends`` mutual old-enough follows."""
-    users = [f"u{i:03d}" for i in range(s.users)]
+async def setup_users(admin: AdminClient, rng: random.Random, *, users_n: int, friends_n: int,
+                      cards: int) -> dict[str, list[str]]:
+    """Verified users with ``cards`` each, every one with ``friends_n`` mutual old-enough follows."""
+    users = [f"u{i:03d}" for i in range(users_n)]
     since = int(time.time() * 1000) - 4 * DAY_MS
     friends: dict[str, set[str]] = {u: set() for u in users}
     for u in users:
         others = [o for o in users if o != u]
-        for o in rng.sample(others, min(s.friends, len(others))):
+        for o in rng.sample(others, min(friends_n, len(others))):
             friends[u].add(o)
             friends[o].add(u)
     sem = asyncio.Semaphore(16)
@@ -158,7 +164,7 @@ async def _setup_users(s: DrillSettings, admin: AdminClient, rng: random.Random)
     async def make(u: str) -> None:
         async with sem:
             await admin.create_user(u, verified=True)
-            await admin.mint(u, s.cards)
+            await admin.mint(u, cards)
 
     await asyncio.gather(*(make(u) for u in users))
 
@@ -187,6 +193,9 @@ class Drill:
         self.minted: dict[str, int] = {}
         self.timings: dict[str, float] = {}
         self.healed: list[str] = []
+        #: Risk-engine actions taken during the workload (freeze, then lift): the bank check
+        #: covers accounts whose gifts are refused and whose pending gifts resolve meanwhile.
+        self.risk_actions: list[dict[str, Any]] = []
         self.leftover = 0
         self.phase = "new"
 
@@ -236,6 +245,7 @@ class Drill:
             "faults": [r.to_json() for r in (self.injector.records if self.injector else [])],
             "schedule": [f.to_json() for f in self.schedule],
             "healed": self.healed,
+            "risk_actions": self.risk_actions,
             "pending_left_at_deadline": self.leftover,
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
             "work_dir": str(self.work),
@@ -250,7 +260,7 @@ class Drill:
         proxied.env.update({"NOTECARD_SENTINELS": "", "NOTECARD_REDIS_URL": self.proxy.url})
         await asyncio.to_thread(cluster.start)
         async with AdminClient(cluster.nodes[0].admin_url, cluster.admin_token) as admin:
-            friends = await _setup_users(s, admin, self.rng)
+            friends = await setup_users(admin, self.rng, users_n=s.users, friends_n=s.friends, cards=s.cards)
         if not await self.ha.wait_replicas_synced(30):
             raise RuntimeError("replicas did not catch up with the set-up")
         self.minted = {u: s.cards * UNITS_PER_CARD for u in friends}
@@ -268,13 +278,31 @@ class Drill:
         t0 = time.monotonic()
         self.runs = [asyncio.create_task(a.run()) for a in self.agents]
         fault_task = asyncio.create_task(self.injector.run(self.schedule, t0, stop_faults))
+        risk_task = asyncio.create_task(self._risk_actions())
         await asyncio.sleep(self.s.duration_s)
+        await risk_task
         for a in self.agents:
             a.stop_sending.set()
         stop_faults.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(fault_task, 60)
         self.timings["workload_s"] = time.monotonic() - t0
+
+    async def _risk_actions(self) -> None:
+        """Freeze two users at a third of the workload and lift it at two thirds, through any
+        node's admin API that answers (nodes may be down by the fault schedule)."""
+        assert self.cluster is not None
+        users = self.rng.sample(sorted(a.user for a in self.agents), k=min(2, len(self.agents)))
+        for at, tier in ((0.3, "freeze"), (0.6, "none")):
+            await asyncio.sleep(self.s.duration_s * 0.3)
+            for user in users:
+                done = None
+                for node in self.cluster.nodes:
+                    with contextlib.suppress(OSError, AdminApiError, TimeoutError):
+                        async with AdminClient(node.admin_url, self.cluster.admin_token) as admin:
+                            done = await admin.set_risk(user, tier, operator="drill")
+                        break
+                self.risk_actions.append({"at": at, "user": user, "tier": tier, "done": done is not None})
 
     async def _settle(self) -> None:
         """Heal, settle unknown outcomes, let every window run out, stop the clients."""
@@ -398,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="JSON report path (default drill-results/drill-<seed>-<time>.json)")
     p.add_argument("--work-dir", type=Path, help="keep Redis and node logs here (default: a temporary folder)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--cluster", action="store_true",
+                   help="the drill on a local Redis Cluster instead (loadtest/cluster_drill.py; its own options: "
+                        "notecard drill --cluster --help)")
     return p
 
 
@@ -420,6 +451,10 @@ def settings_from(args: argparse.Namespace) -> list[DrillSettings]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "--cluster" in (argv or ()):
+        from loadtest import cluster_drill  # imported here: it imports this module
+
+        return cluster_drill.main(argv)
     args = build_parser().parse_args(list(argv or []))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Any
-
-import redis.asyncio as aioredis
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from clearing import GiftRules, GiftState, KeySchema, check_invariant
 from clearing.codec import gift_from_hash, text_hash
 from clearing.ledger import reconcile
 from clearing.model import GiftRecord
+from clearing.topology import AnyRedis
 from loadtest.drill_workload import GiftLog, History
-from loadtest.faults.injector import FaultRecord
 
 #: Who told a client a gift's state in the reply to its own request (the others are events).
 REPLY_SOURCES = ("send-reply", "answer-reply", "send-error", "answer-error")
@@ -61,6 +60,20 @@ ATTRIBUTE_BEFORE_MS = 500
 ATTRIBUTE_AFTER_MS = 3000
 
 
+class TimedFault(Protocol):
+    """One injected fault as the checks see it: its kind's name, when it ran, whether it failed
+    (the single-instance drill's and the cluster drill's faults both are)."""
+
+    @property
+    def kind_name(self) -> str: ...
+    @property
+    def started_ms(self) -> int: ...
+    @property
+    def ended_ms(self) -> int: ...
+    @property
+    def error(self) -> str: ...
+
+
 @dataclasses.dataclass(slots=True)
 class Verdict:
     violations: list[str] = dataclasses.field(default_factory=list)
@@ -72,7 +85,7 @@ class Verdict:
         return not self.violations
 
 
-async def read_gifts(redis: aioredis.Redis, keys: KeySchema) -> dict[str, GiftRecord]:
+async def read_gifts(redis: AnyRedis, keys: KeySchema) -> dict[str, GiftRecord]:
     """Every gift by id, as it stands: its offer half (with the recipient) decides; a send
     half whose offer half is not written yet (a send stopped half-way) counts as it is."""
     out: dict[str, GiftRecord] = {}
@@ -94,8 +107,8 @@ async def read_gifts(redis: aioredis.Redis, keys: KeySchema) -> dict[str, GiftRe
     return out
 
 
-async def verify(redis: aioredis.Redis, rules: GiftRules, history: History, minted: dict[str, int],
-                 faults: list[FaultRecord], keys: KeySchema | None = None, *, durable: bool = False) -> Verdict:
+async def verify(redis: AnyRedis, rules: GiftRules, history: History, minted: dict[str, int],
+                 faults: Sequence[TimedFault], keys: KeySchema | None = None, *, durable: bool = False) -> Verdict:
     """``durable``: the setting promises that acknowledged writes survive a failover (WAIT
     for every replica), so losing one is a violation rather than a measurement."""
     keys = keys or KeySchema()
@@ -259,11 +272,11 @@ class _Arrival:
         return {"delivered": self.delivered, "total": self.total, "rate": rate, "missed_ids": self.missed}
 
 
-def _per_fault(faults: list[FaultRecord], history: History, anomalies: dict[str, list[str]],
+def _per_fault(faults: Sequence[TimedFault], history: History, anomalies: dict[str, list[str]],
                missed: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for record in faults:
-        row = out.setdefault(record.spec.kind.value, {
+        row = out.setdefault(record.kind_name, {
             "faults": 0, "errors": 0, "gifts_during": 0, "acked_then_lost": 0, "violating_gifts": 0,
             "arrival_missed": 0, "offers_of_lost_gifts": 0,
         })  # fmt: skip
@@ -274,7 +287,7 @@ def _per_fault(faults: list[FaultRecord], history: History, anomalies: dict[str,
     missed_set = set(missed)
     for entry in history.gifts.values():
         t = entry.sent_at_ms
-        kinds = {r.spec.kind.value for r in faults
+        kinds = {r.kind_name for r in faults
                  if r.started_ms - ATTRIBUTE_BEFORE_MS <= t <= (r.ended_ms or r.started_ms) + ATTRIBUTE_AFTER_MS}
         for kind in kinds:
             row = out[kind]

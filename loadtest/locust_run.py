@@ -104,8 +104,12 @@ def read_history(prefix: Path) -> dict[str, list[tuple[float, int]]]:
 
 def run_locust(target_file: Path, csv_prefix: Path, *, users: int, duration_s: float,
                classes: Sequence[str] = ("GiftingPair",), processes: int = 1,
-               log_file: Path | None = None) -> LocustResult:
-    """``locust --headless`` for ``duration_s`` with ``users`` users, all started at once."""
+               log_file: Path | None = None, until: tuple[int, Sequence[str]] | None = None) -> LocustResult:
+    """``locust --headless`` for ``duration_s`` with ``users`` users, all started at once.
+
+    ``until=(n, names)`` ends the run earlier, once every name has ``n`` requests: a test
+    waits for the work it needs, however slow the machine, with ``duration_s`` as the bound.
+    """
     csv_prefix, target_file = csv_prefix.resolve(), target_file.resolve()  # the child runs elsewhere
     cmd = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
@@ -115,6 +119,8 @@ def run_locust(target_file: Path, csv_prefix: Path, *, users: int, duration_s: f
     ]
     if processes > 1:
         cmd += ["--processes", str(processes)]
+    if until is not None:
+        cmd += ["--notecard-until", f"{until[0]}:{','.join(until[1])}"]
     cmd += list(classes)
     env = dict(os.environ)
     root = str(LOCUSTFILE.parent.parent)

@@ -46,6 +46,7 @@ import orjson
 from locust import User, between, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
+from locust.runners import WorkerRunner
 
 from loadtest.blocking_client import Arrival, BlockingConnection, ConnectionLost, RequestFailed
 from loadtest.target import Target
@@ -67,11 +68,50 @@ def _add_arguments(parser: Any) -> None:
         "--notecard-target", env_var="NOTECARD_TARGET", default="",
         help="JSON file describing the deployment (written by python -m loadtest.target)",
     )
+    parser.add_argument(
+        "--notecard-until", default="",
+        help="stop before -t once every listed request name has at least N requests: "
+             "'N:name,name,...' (tests wait for work done, not for a fixed time)",
+    )
 
 
 # Locust's event hooks are untyped; going through Any keeps mypy --strict quiet about it.
 _parser_hook: Any = events.init_command_line_parser
 _parser_hook.add_listener(_add_arguments)
+
+
+def _until_of(options: Any) -> tuple[int, list[str]] | None:
+    spec = getattr(options, "notecard_until", "") if options is not None else ""
+    if not spec:
+        return None
+    count, _, names = spec.partition(":")
+    return int(count), [name for name in names.split(",") if name]
+
+
+def _stop_when_done(environment: Environment, count: int, names: list[str]) -> None:
+    """Quit the run once each name has ``count`` requests (``-t`` stays the upper bound)."""
+    import gevent  # Locust's own dependency; imported here so the module imports without it
+
+    def requests_of(name: str) -> int:
+        return sum(entry.num_requests for entry in environment.stats.entries.values() if entry.name == name)
+
+    while not all(requests_of(name) >= count for name in names):
+        gevent.sleep(0.2)
+    runner: Any = environment.runner
+    runner.quit()
+
+
+def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
+    until = _until_of(environment.parsed_options)
+    # The master (or the only process) sees every worker's requests; a worker sees its own.
+    if until is not None and environment.runner is not None and not isinstance(environment.runner, WorkerRunner):
+        import gevent
+
+        gevent.spawn(_stop_when_done, environment, *until)
+
+
+_start_hook: Any = events.test_start
+_start_hook.add_listener(_on_test_start)
 
 
 def target_of(environment: Environment) -> Target:

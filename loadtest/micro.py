@@ -14,6 +14,19 @@ child), so that a neighbour's load changes them less than it changes rates:
   server CPU per message received and answered.
 - ``codec``: decode and encode of a ``gift_sent`` reply and an offer ``event``, both
   encodings.
+- ``scripts``: the clearing scripts of one gift on one Redis, ``Clearing.reserve`` then
+  ``Clearing.accept`` between pairs of users: the time Redis spends inside each call
+  (``INFO commandstats``, reset before each batch; Redis takes it from the wall clock, so
+  a busy machine inflates it) and redis-server's CPU per call. Only the public clearing
+  API is used, so the same part runs on older commits and compares their scripts with
+  today's (docs/benchmarks.md section 10).
+- ``instructions``: the same gifts (fewer) on a ``redis-server`` under valgrind's
+  callgrind, counting the instructions inside EVALSHA per reserve and per accept: a count
+  that does not move with the machine's load (not in the default parts: valgrind is
+  slow, and is not installed everywhere).
+- ``tokens``: a node's check of a client token at ``hello`` (gateway/tokens.py), for the
+  deprecated format and JWTs of each algorithm (HS256; RS256 and ES256 with their key
+  already in the JWKS cache).
 
 Each part starts what it needs (its own redis-server in a temporary folder, a server
 process on a free loopback port), stops it by its PID and is bounded in count.
@@ -23,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -34,8 +48,9 @@ import time
 import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-PARTS = ("redis", "pubsub", "frames", "codec")
+PARTS = ("redis", "pubsub", "frames", "codec", "scripts", "tokens", "instructions")
 #: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
 #: is the client's side of a call.
 _ECHO_SCRIPT = "return ARGV[1]"
@@ -198,9 +213,198 @@ def _codec(repeat: int) -> dict[str, float]:
     return out
 
 
+def _tokens(repeat: int) -> dict[str, float]:
+    import jwt
+    import orjson
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    from gateway.auth import ClaimRules, mint_legacy_token, mint_token
+    from gateway.jwks import JwksCache
+    from gateway.tokens import TokenVerifier
+
+    secret = "micro-benchmark-secret-" + "x" * 20
+    rsa_key, ec_key = rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(
+        ec.SECP256R1())
+    document = orjson.dumps({"keys": [
+        RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True) | {"kid": "r", "alg": "RS256"},
+        ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True) | {"kid": "e", "alg": "ES256"}]})
+
+    async def fetch() -> bytes:
+        return document
+
+    claims = {"sub": "alice", "aud": "notecard", "exp": int(time.time()) + 3600, "app": "main"}
+    tokens = {
+        "HS256 JWT": mint_token(secret, "alice"),
+        "RS256 JWT": jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "r"}),
+        "ES256 JWT": jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": "e"}),
+        "deprecated format": mint_legacy_token(secret, "alice"),
+    }
+
+    async def measure() -> dict[str, float]:
+        verifier = TokenVerifier(ClaimRules(), secret=secret, jwks=JwksCache(fetch), legacy=True)
+        await verifier.start()
+        verifier.legacy_used.burst = 0  # the deprecation warning is not what is measured
+        out = {}
+        for name, token in tokens.items():
+            best = float("inf")
+            for _ in range(3):
+                started = time.process_time()
+                for _ in range(repeat):
+                    await verifier.verify(token)
+                best = min(best, time.process_time() - started)
+            out[f"verify {name}"] = best / repeat * 1e6
+        return out
+
+    return asyncio.run(measure())
+
+
 def _per_call(fn: Callable[[], object], repeat: int) -> float:
     """Microseconds per call: the best of three timings, the usual defence against noise."""
     return min(timeit.repeat(fn, number=repeat, repeat=3)) / repeat * 1e6
+
+
+# ------------------------------------------------------------------ scripts
+class _Callgrind:
+    """Instructions that a ``redis-server`` run under callgrind spent inside EVALSHA
+    (``--toggle-collect=evalShaCommand``): zeroed before a batch, dumped after it. Unlike
+    time, the count does not change with what the neighbours do."""
+
+    def __init__(self, control: str, pid: int, out: Path) -> None:
+        self.control, self.pid, self.out = control, pid, out
+
+    def start(self) -> None:
+        subprocess.run([self.control, "--zero", str(self.pid)], capture_output=True, timeout=60, check=True)
+
+    def stop(self) -> int:
+        before = set(self.out.parent.glob(self.out.name + "*"))
+        subprocess.run([self.control, "--dump", str(self.pid)], capture_output=True, timeout=60, check=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for dump in set(self.out.parent.glob(self.out.name + "*")) - before:
+                for line in dump.read_text().splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        return int(line.split()[1])
+            time.sleep(0.1)
+        raise RuntimeError("callgrind wrote no dump")
+
+
+async def _gifting_pairs(client: Any, concurrency: int) -> tuple[Any, list[tuple[str, str]]]:
+    """``concurrency`` pairs of established, funded, befriended, online users, and the
+    clearing API between them, its scripts loaded. Typed loosely on purpose: the same code
+    runs against older commits' ``clearing`` package."""
+    from clearing import Accounts, Clearing, GiftRules, Presence
+
+    day = 86_400_000
+    rules = GiftRules(daily_send_limit=10**9, daily_receive_limit=10**9, node_ttl_ms=day, confirm_window_ms=day)
+    accounts, presence, clearing = Accounts(client, rules), Presence(client, rules), Clearing(client, rules)
+    pairs = [(f"ms{i}", f"mr{i}") for i in range(concurrency)]
+    now = int(time.time() * 1000)
+    since = now - 4 * day
+    await presence.heartbeat("micro-node")
+    for sender, recipient in pairs:
+        for user in (sender, recipient):
+            # Established users (a month old): a newcomer's gift also checks the promotion account.
+            await accounts.create_user(user, verified=True, created_at_ms=now - 30 * day)
+            await accounts.mint(user, "note", 10**8)
+            await presence.connect(user, "micro-node")
+        await accounts.follow(sender, recipient, since)
+        await accounts.follow(recipient, sender, since)
+        # Both scripts loaded (and the pipelines' connections open) before anything counts.
+        await clearing.reserve(f"warm-{sender}", sender, recipient, "note", 1)
+        await clearing.accept(f"warm-{sender}", recipient)
+    return clearing, pairs
+
+
+async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind | None = None) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        clearing, pairs = await _gifting_pairs(client, concurrency)
+    except BaseException:
+        await client.aclose()
+        raise
+    per_task = gifts // concurrency
+    instructions: dict[str, float] = {}
+
+    async def batch(step: str) -> tuple[float, float, float]:
+        """Per operation: microseconds inside Redis's script calls, redis-server CPU
+        microseconds, and script calls (a version may split an operation into more)."""
+        await client.config_resetstat()
+        cpu = await client.info("cpu")
+        if counter is not None:
+            counter.start()
+
+        async def one(index: int) -> None:
+            sender, recipient = pairs[index]
+            for n in range(per_task):
+                if step == "reserve":
+                    await clearing.reserve(f"m{index}-{n}", sender, recipient, "note", 1)
+                else:
+                    await clearing.accept(f"m{index}-{n}", recipient)
+
+        await asyncio.gather(*(one(i) for i in range(concurrency)))
+        if counter is not None:
+            instructions[step] = counter.stop() / (per_task * concurrency)
+        after, stats = await client.info("cpu"), await client.info("commandstats")
+        calls = sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall"))
+        inside = sum(float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall"))
+        spent = sum(float(after[k]) - float(cpu[k]) for k in ("used_cpu_user", "used_cpu_sys"))
+        ops = per_task * concurrency
+        return inside / ops, spent / ops * 1e6, calls / ops
+
+    try:
+        out: dict[str, float] = {}
+        for step in ("reserve", "accept"):
+            inside, process, calls = await batch(step)
+            if counter is not None:
+                out[f"{step}: instructions inside EVALSHA (count)"] = instructions[step]
+                continue  # under valgrind, time says nothing
+            out[f"{step}: time inside its script calls"] = inside
+            out[f"{step}: redis-server CPU in all"] = process
+            out[f"{step}: script calls (count)"] = calls
+    finally:
+        await client.aclose()
+    return out
+
+
+def _instructions(work: Path, gifts: int) -> dict[str, float]:
+    """The ``scripts`` part's gifts on a ``redis-server`` under valgrind's callgrind."""
+    from notecard.local_redis import find_redis_server
+
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if valgrind is None or control is None:
+        raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
+    port, password = _free_port(), "micro-" + os.urandom(8).hex()
+    out = work / "callgrind.out"
+    server = subprocess.Popen(
+        [valgrind, "--tool=callgrind", "--toggle-collect=evalShaCommand", f"--callgrind-out-file={out}",
+         find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", password, "--dir", str(work)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, 120)
+        return asyncio.run(_scripts(f"redis://:{password}@127.0.0.1:{port}/0", gifts, 4,
+                                    _Callgrind(control, server.pid, out)))
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+
+
+def _wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s")
 
 
 # ------------------------------------------------------------------ CLI
@@ -210,7 +414,7 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
     scale = 10 if quick else 1
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="notecard-micro-") as work:
-        redis_server = LocalRedis(Path(work)) if {"redis", "pubsub"} & set(parts) else None
+        redis_server = LocalRedis(Path(work)) if {"redis", "pubsub", "scripts"} & set(parts) else None
         if redis_server is not None:
             redis_server.start()
         try:
@@ -225,6 +429,13 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
                                                              redis_server.password))
                 elif part == "frames":
                     results[part] = _frames(96_000 // scale)
+                elif part == "scripts":
+                    assert redis_server is not None
+                    results[part] = asyncio.run(_scripts(redis_server.url, 20_000 // scale, 16))
+                elif part == "instructions":
+                    results[part] = _instructions(Path(work), 400 // scale)
+                elif part == "tokens":
+                    results[part] = _tokens(2_000 // scale)
                 else:
                     results[part] = _codec(20_000 // scale)
         finally:
@@ -235,7 +446,9 @@ def run(parts: Sequence[str], quick: bool, say: Callable[[str], None]) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="notecard micro", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: {','.join(PARTS)})")
+    default = [p for p in PARTS if p != "instructions"]
+    parser.add_argument("--only", default=",".join(default),
+                        help=f"comma-separated parts of {','.join(PARTS)} (default: {','.join(default)})")
     parser.add_argument("--quick", action="store_true", help="a tenth of the counts (what the tests run)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     parts = [p for p in args.only.split(",") if p]
@@ -249,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for part, figures in results.items():
         print(f"\n{part}: CPU per operation")
         for name, micros in figures.items():
-            print(f"  {name:<48} {micros:8.2f} us")
+            print(f"  {name:<48} {micros:8.2f}{'' if name.endswith('(count)') else ' us'}")
     return 0
 
 

@@ -94,21 +94,29 @@ class Target:
 
 
 class LoadTarget:
-    """Redis plus ``nodes`` gateway processes under :data:`LOAD_ENV`. A context manager."""
+    """Redis plus ``nodes`` gateway processes under :data:`LOAD_ENV`. A context manager.
 
-    def __init__(self, work_dir: Path, nodes: int = 2, env: Mapping[str, str] | None = None) -> None:
+    ``redis_url``: put the nodes on a Redis that is already running (a local cluster's
+    ``redis+cluster://`` URL, for ``notecard bench --cluster``) instead of a fresh one.
+    """
+
+    def __init__(self, work_dir: Path, nodes: int = 2, env: Mapping[str, str] | None = None, *,
+                 redis_url: str | None = None) -> None:
         self.work_dir = work_dir
-        self.redis = LocalRedis(work_dir / "redis")
+        self._own = LocalRedis(work_dir / "redis") if redis_url is None else None
+        self.redis_url = redis_url or (self._own.url if self._own is not None else "")
         self.env = {**LOAD_ENV, **(env or {})}
         self.nodes = nodes
         self.cluster: LocalCluster | None = None
 
     def start(self) -> LoadTarget:
-        self.redis.start()
+        if self._own is not None:
+            self._own.start()
         try:
-            self.cluster = LocalCluster(self.redis.url, self.work_dir / "nodes", self.nodes, env=self.env).start()
+            self.cluster = LocalCluster(self.redis_url, self.work_dir / "nodes", self.nodes, env=self.env).start()
         except BaseException:
-            self.redis.stop()
+            if self._own is not None:
+                self._own.stop()
             raise
         return self
 
@@ -117,7 +125,14 @@ class LoadTarget:
             if self.cluster is not None:
                 self.cluster.stop()
         finally:
-            self.redis.stop()
+            if self._own is not None:
+                self._own.stop()
+
+    @property
+    def redis(self) -> LocalRedis:
+        """The target's own ``redis-server`` (there is none with ``redis_url``)."""
+        assert self._own is not None, "this target runs on a Redis it did not start"
+        return self._own
 
     def __enter__(self) -> LoadTarget:
         return self.start()

@@ -107,6 +107,42 @@ class AdminClient:
     async def bind_mentor(self, apprentice: str, mentor: str) -> Any:
         return await self.call("POST", f"/admin/users/{apprentice}/mentor", {"mentor": mentor})
 
+    async def send_gift(self, gift_id: str, sender: str, recipient: str, *, qty: int = 1,
+                        kind: str | None = None) -> Any:
+        """Send a gift for ``sender`` (idempotent by ``gift_id``: retry with the same one)."""
+        body: dict[str, Any] = {"gift_id": gift_id, "sender": sender, "recipient": recipient, "qty": qty}
+        if kind is not None:
+            body["kind"] = kind
+        return await self.call("POST", "/admin/gifts", body)
+
+    async def disconnect(self, user_id: str) -> Any:
+        return await self.call("POST", f"/admin/users/{user_id}/disconnect")
+
+    async def bulk_users(self, users: list[dict[str, Any]]) -> Any:
+        return await self.call("POST", "/admin/bulk/users", {"users": users})
+
+    async def bulk_follows(self, follows: list[dict[str, Any]]) -> Any:
+        return await self.call("POST", "/admin/bulk/follows", {"follows": follows})
+
+    async def appeals(self) -> Any:
+        return await self.call("GET", "/admin/appeals")
+
+    async def decide_appeal(self, user_id: str, *, approve: bool, operator: str, note: str = "") -> Any:
+        return await self.call("POST", f"/admin/appeals/{user_id}",
+                               {"approve": approve, "operator": operator, "note": note})
+
+    async def risk(self, user_id: str) -> Any:
+        return await self.call("GET", f"/admin/users/{user_id}/risk")
+
+    async def set_risk(self, user_id: str, tier: str, *, operator: str, device: str = "-", reason: str = "") -> Any:
+        return await self.call("PUT", f"/admin/users/{user_id}/risk",
+                               {"tier": tier, "operator": operator, "device": device, "reason": reason})
+
+    async def risk_switches(self, operator: str | None = None, **changes: Any) -> Any:
+        if not changes:
+            return await self.call("GET", "/admin/risk")
+        return await self.call("PATCH", "/admin/risk", {"operator": operator, **changes})
+
     async def befriend(self, a: str, b: str, since_ms: int) -> None:
         """Mutual follows from ``since_ms``: the relationship the gift rules require."""
         await self.follow(a, b, since_ms)

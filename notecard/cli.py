@@ -13,7 +13,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -90,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-url", default=os.environ.get("NOTECARD_ADMIN_URL", "http://127.0.0.1:8766"),
                       help=_ADMIN_URL_HELP)
 
-    token = sub.add_parser("token", help="mint a client token for development", epilog=_SECRETS_HELP,
-                           description="Print a client token for USER, signed with the nodes' token secret.")
+    token = sub.add_parser("token", help="mint a client token (an HS256 JWT) for development", epilog=_SECRETS_HELP,
+                           description="Print a client token for USER: a JWT signed with HS256 and the nodes' token "
+                                       "secret, for the audience NOTECARD_JWT_AUDIENCE (and the issuer "
+                                       "NOTECARD_JWT_ISSUER, when set).")
     token.add_argument("user", help="the user id the token names")
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, help="seconds (default one day)")
     token.add_argument("--app", default="main", help="linked app the connection comes from (default main)")
@@ -120,11 +123,12 @@ _TOOLS = {
     "drill": "failover drill: bank workload under injected faults, then the checks (loadtest.drill)",
     "fuzz": "fuzz the protocol decoder and a live gateway's frame handling (loadtest.fuzz)",
     "micro": "CPU per operation of a gift's parts: Redis calls, pub/sub, frames, codec (loadtest.micro)",
+    "risk": "the risk engine: run the scorer, train and evaluate the model (risk.cli)",
     "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
     "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
 }
-#: Where a tool lives when not in loadtest/.
-_TOOL_MODULES = {"feed": "notecard.feed", "ledger": "ledger.cli"}
+#: Tools that live outside loadtest/.
+_TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli"}
 
 
 def _build_admin(sub: Any) -> None:
@@ -171,6 +175,7 @@ def _build_admin(sub: Any) -> None:
             p.add_argument("--mutual", action="store_true", help="also B follows A, from the same time")
     gift = action("gift", "show a gift")
     gift.add_argument("gift_id", help="gift id")
+    _add_backend_actions(action)
     action("invariant", "run the conservation check (minted = balances + holds + consumed)")
     scenes = action("scenes", "show scene settings and festivals, or change settings")
     scenes.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
@@ -186,9 +191,42 @@ def _build_admin(sub: Any) -> None:
     unfest.add_argument("festival_id", help="festival id")
     points = action("points", "a user's points, joint-campaign eligibility and inventory")
     points.add_argument("user", help="user id")
+    _build_risk_admin(action)
     mentor = action("mentor", "bind APPRENTICE (a newcomer) to MENTOR, once")
     mentor.add_argument("apprentice", help="the newcomer's user id")
     mentor.add_argument("mentor", help="the mentor's user id")
+
+
+def _add_backend_actions(action: Any) -> None:
+    """What the platform's backend does through the API (docs/server-api.md), by hand."""
+    send = action("send-gift", "send a gift for SENDER to RECIPIENT (who must be online), as the client would")
+    send.add_argument("sender", help="the sender's user id")
+    send.add_argument("recipient", help="the recipient's user id")
+    send.add_argument("--qty", type=int, default=1, help="whole cards (default 1)")
+    send.add_argument("--kind", help="card kind (default the first configured)")
+    send.add_argument("--gift-id", help="the gift's id; give the same one to retry (default a new random id)")
+    kick = action("disconnect", "close USER's connections on every node (close code 3506)")
+    kick.add_argument("user", help="user id")
+
+
+def _build_risk_admin(action: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    appeals = action("appeals", "risk-engine appeals: list the open ones, or approve / reject a user's")
+    appeals.add_argument("decision", nargs="?", choices=("list", "approve", "reject"), default="list",
+                         help="list (default), approve or reject")
+    appeals.add_argument("user", nargs="?", help="the appealing user (approve, reject)")
+    appeals.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who decides (audited)")
+    appeals.add_argument("--note", default="", help="why (audited)")
+    risk = action("risk", "a user's risk state, or put them in a tier (--tier none lifts it)")
+    risk.add_argument("user", help="user id")
+    risk.add_argument("--tier", choices=("none", "limit", "freeze", "ban"), help="set the tier")
+    risk.add_argument("--device", default="-", help="with --tier ban: the device to ban in every app")
+    risk.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who acts (audited)")
+    switches = action("risk-switches", "the scorer's switches: shadow mode and each rule's mode")
+    switches.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None,
+                          help="score and audit only, act on nothing")
+    switches.add_argument("--rule", action="append", default=[], metavar="RULE=MODE",
+                          help="script, ip_ring, device_farm or model = enforce, shadow or off (repeatable)")
+    switches.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who changes them")
 
 
 async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
@@ -220,6 +258,11 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
                 return await api.unblock(args.a, args.b)
             case "gift":
                 return await api.gift(args.gift_id)
+            case "send-gift":
+                gift_id = args.gift_id or f"admin-{uuid.uuid4().hex}"
+                return await api.send_gift(gift_id, args.sender, args.recipient, qty=args.qty, kind=args.kind)
+            case "disconnect":
+                return await api.disconnect(args.user)
             case "invariant":
                 return await api.invariant()
             case "scenes":
@@ -235,6 +278,24 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
                 return await api.points(args.user)
             case "mentor":
                 return await api.bind_mentor(args.apprentice, args.mentor)
+            case "appeals":
+                if args.decision == "list":
+                    return await api.appeals()
+                if not args.user:
+                    raise ValueError(f"appeals {args.decision} needs the user")
+                return await api.decide_appeal(args.user, approve=args.decision == "approve",
+                                               operator=args.operator, note=args.note)
+            case "risk":
+                if args.tier is None:
+                    return await api.risk(args.user)
+                return await api.set_risk(args.user, args.tier, operator=args.operator, device=args.device)
+            case "risk-switches":
+                changes: dict[str, Any] = {}
+                if args.shadow is not None:
+                    changes["shadow"] = args.shadow
+                if args.rule:
+                    changes["rules"] = dict(text.split("=", 1) for text in args.rule if "=" in text)
+                return await api.risk_switches(args.operator, **changes)
     raise AssertionError(args.action)
 
 
@@ -300,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               shards=args.shards if args.cluster else 0)
         keys = _client_secrets(settings, generate=args.command == "token")
         if args.command == "token":
-            print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app))
+            print(mint_token(keys.token_secret, args.user, ttl_s=args.ttl, app=args.app,
+                             audience=settings.jwt_audience, issuer=settings.jwt_issuer))
             return 0
         if args.command == "demo":
             from notecard.demo import run_demo

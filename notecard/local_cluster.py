@@ -31,12 +31,15 @@ class Shard:
 
 class LocalCluster:
     def __init__(self, work_dir: Path, *, shards: int = 3, replicas: int = 1, host: str = "127.0.0.1",
-                 node_timeout_ms: int = 2000, appendonly: bool = False, password: str | None = None) -> None:
+                 node_timeout_ms: int = 2000, appendonly: bool = False, password: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         if shards < 1 or replicas < 0:
             raise ValueError("a cluster has at least one shard")
         self.work_dir = work_dir.resolve()
         self.host = host
         self.node_timeout_ms = node_timeout_ms
+        #: More ``redis-server`` arguments for every server (the drill's fsync policy, say).
+        self.extra_args = extra_args
         #: Every server requires it (and replicas give it to their primaries).
         self.password = password or secrets.token_urlsafe(24)
         self.shards: list[Shard] = []
@@ -58,7 +61,7 @@ class LocalCluster:
                         "--cluster-port", str(bus),
                         "--cluster-node-timeout", str(self.node_timeout_ms),
                         # a replica may take over even if it lagged: the drill kills primaries on purpose
-                        "--cluster-replica-validity-factor", "0"),
+                        "--cluster-replica-validity-factor", "0", *self.extra_args),
         )  # fmt: skip
 
     @property

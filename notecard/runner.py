@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway import GatewayNode, GatewaySettings, close_store, connect_store
+from gateway.config import production_problems
 from gateway.logs import configure_logging
 from gateway.node import default_node_id
 from ledger.cli import POSTGRES_ENV
@@ -51,6 +52,9 @@ def local_redis_if_needed(settings: GatewaySettings) -> Iterator[str | None]:
     if settings.redis_url or settings.sentinels or settings.redis_cluster:
         yield settings.redis_url
         return
+    if not settings.dev:
+        # A private Redis per process outside development would be a silent private ledger.
+        raise RuntimeError("; ".join(production_problems(settings)))
     secrets.ensure_data_dir(settings.data_dir)
     server = LocalRedis(settings.data_dir / "redis", appendonly=True,
                         password=secrets.redis_password(settings.data_dir))
@@ -62,11 +66,23 @@ def local_redis_if_needed(settings: GatewaySettings) -> Iterator[str | None]:
         server.stop()
 
 
+def node_secrets(settings: GatewaySettings) -> tuple[str | None, str]:
+    """(token secret, admin token) of a node. Development generates missing ones into the
+    data folder; a deployment's come from its settings only (production_problems refused
+    to start without them), and with a JWKS alone the node holds no token secret at all."""
+    if settings.dev:
+        keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
+        return keys.token_secret, keys.admin_token
+    if settings.admin_token is None or (settings.token_secret is None and not settings.jwks_url):
+        raise RuntimeError("; ".join(production_problems(settings)))
+    return settings.token_secret, settings.admin_token
+
+
 async def run_node(settings: GatewaySettings) -> None:
     """One node in this process until SIGTERM or SIGINT; then a graceful shutdown."""
-    keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
+    token_secret, admin_token = node_secrets(settings)
     store = await connect_store(settings)
-    node = GatewayNode(settings, store, token_secret=keys.token_secret, admin_token=keys.admin_token)
+    node = GatewayNode(settings, store, token_secret=token_secret, admin_token=admin_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,7 +192,7 @@ def wait_ready(admin_url: str, process: subprocess.Popen[bytes], timeout: float 
 def supervise_workers(settings: GatewaySettings, url: str | None) -> int:
     """Start ``workers`` processes on one port (SO_REUSEPORT); stop them all on a signal."""
     # Generated secrets exist before the workers read them, so that all of them share them.
-    secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
+    node_secrets(settings)
     workers = [spawn_worker(worker_env(settings, url, i)) for i in range(settings.workers)]
     return _wait_for_signal(workers)
 

@@ -1,7 +1,8 @@
 """A throwaway local deployment for tests in other languages: ``python -m notecard.testbed``.
 
 Starts a ``redis-server`` and N gateway nodes (in development mode, so that ``/app`` hands
-out development tokens) on free loopback ports, with fresh secrets, in a temporary folder;
+out development tokens; without the tokens' clock-skew leeway, so a session ends at its
+token's ``exp``) on free loopback ports, with fresh secrets, in a temporary folder;
 prints one JSON line::
 
     {"nodes": [{"name", "url", "admin_url", "pid"}, ...], "token_secret", "admin_token", "redis_pid"}
@@ -41,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(folder)
         redis = LocalRedis(work / "redis").start()
         try:
+            # No clock-skew leeway on tokens: every process here reads the same clock, and a
+            # test of a token expiring during a session expects the close at its exp.
             cluster = LocalCluster(redis.url, work / "nodes", args.nodes, env={"NOTECARD_DEV": "true",
-                                                                               "NOTECARD_LOG_LEVEL": "WARNING"})
+                                                                               "NOTECARD_LOG_LEVEL": "WARNING",
+                                                                               "NOTECARD_JWT_LEEWAY_S": "0"})
             urls = ",".join(node.url for node in cluster.nodes)
             for node in cluster.nodes:
                 node.env["NOTECARD_PUBLIC_WS_URLS"] = urls

@@ -34,6 +34,9 @@ class CloseCode(enum.IntEnum):
     UNSUPPORTED_VERSION = 3503
     NOT_AUTHENTICATED = 3504
     ACCOUNT_BANNED = 3505
+    #: The platform ended the user's sessions (``POST /admin/users/{user}/disconnect``: a
+    #: sign-out everywhere, say); the client does not reconnect by itself.
+    SESSION_ENDED = 3506
     # Connection limits: reconnecting by itself would only repeat the refusal (and be the very
     # load the limit is there to stop); a connection may succeed once another one is closed.
     USER_CONNECTION_LIMIT = 3510

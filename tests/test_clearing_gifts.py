@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -26,6 +27,7 @@ from clearing import (
     Refused,
     check_invariant,
 )
+from clearing.guard import guarded_pipeline
 from clearing.rules import DAY_MS
 from clearing.slots import tag_of
 from clearing.testing import ManualClock, World
@@ -581,6 +583,39 @@ async def test_an_unreachable_redis_is_unavailable() -> None:
             await clearing.balances("ann")
     finally:
         await client.aclose()
+
+
+async def test_a_pipeline_that_fails_to_open_is_unavailable() -> None:
+    """A cluster client's pipeline reads the cluster's map when it opens; a node that refuses
+    the connection there (the cluster drill's link cut: the node's Redis user disabled)
+    answered INTERNAL. The opening is a Redis call like any other: unavailable, retried by
+    the client. A defect (a wrong key type) still passes unchanged. The client is a stand-in:
+    this is the mapping of errors, not Redis's behaviour."""
+
+    class Opening:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        async def __aenter__(self) -> None:
+            raise self.error
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    class Client:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def pipeline(self, transaction: bool) -> Opening:
+            return Opening(self.error)
+
+    refused = Client(rx.AuthenticationError("invalid username-password pair or user is disabled."))
+    with pytest.raises(ClearingUnavailable, match="user is disabled"):
+        async with guarded_pipeline(refused, transaction=True):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(rx.ResponseError, match="WRONGTYPE"):
+        async with guarded_pipeline(Client(rx.ResponseError("WRONGTYPE")), transaction=True):  # type: ignore[arg-type]
+            pass
 
 
 async def test_a_timeout_is_unavailable_and_a_retry_learns_the_outcome(redis: aioredis.Redis,

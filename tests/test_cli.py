@@ -154,3 +154,41 @@ def http_status(url: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as err:
         return err.code
+
+
+async def test_token_mints_a_jwt_the_node_welcomes(node: GatewayNode, tmp_path: Path) -> None:
+    import jwt
+
+    env = bare_env(NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN)
+    done = await asyncio.to_thread(run_cli, "token", "carol", "--ttl", "600", "--app", "toutiao", env=env,
+                                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    claims = jwt.decode(token, TOKEN_SECRET, algorithms=["HS256"], audience="notecard")
+    assert (claims["sub"], claims["app"], claims["exp"] - claims["iat"]) == ("carol", "toutiao", 600)
+    async with connect(node.url) as ws:
+        await ws.send(orjson.dumps({"t": "hello", "v": 1, "token": token}).decode())
+        assert orjson.loads(await ws.recv())["user"] == "carol"
+
+
+async def test_admin_sends_a_gift_for_a_user_and_disconnects_a_user(node: GatewayNode, tmp_path: Path) -> None:
+    from notecard.admin_client import AdminClient
+    from tests.gateway_fixtures import befriend_all, token_for
+
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        await befriend_all(admin, "alice", "bob", cards=2)
+    env = bare_env(NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
+                   NOTECARD_ADMIN_URL=node.admin_url)
+    async with connect(node.url) as bob:
+        await bob.send(orjson.dumps({"t": "hello", "v": 1, "token": token_for("bob")}).decode())
+        assert orjson.loads(await bob.recv())["t"] == "welcome"
+        sent = await asyncio.to_thread(run_cli, "admin", "send-gift", "alice", "bob", "--gift-id", "cli-1", env=env)
+        assert sent.returncode == 0, sent.stderr
+        assert orjson.loads(sent.stdout)["state"] == "pending"
+        again = await asyncio.to_thread(run_cli, "admin", "send-gift", "alice", "bob", "--gift-id", "cli-1", env=env)
+        assert orjson.loads(again.stdout) == orjson.loads(sent.stdout)  # the same gift, not a second one
+        kicked = await asyncio.to_thread(run_cli, "admin", "disconnect", "bob", env=env)
+        assert orjson.loads(kicked.stdout) == {"ok": True, "nodes": 1}
+        await bob.wait_closed()
+        assert bob.close_code == 3506

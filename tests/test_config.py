@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from gateway import GatewayNode
 from gateway.config import ConfigError, GatewaySettings, declarations, effective, markdown_table, production_problems
+from notecard import runner
 from notecard.local_redis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,7 +148,9 @@ def test_serve_outside_development_refuses_a_private_redis_and_generated_secrets
     assert "no Redis configured" in done.stderr and "serve --dev" in done.stderr
     assert list(tmp_path.iterdir()) == []  # no data folder, no redis-server, no secrets
     with_redis = run_cli("serve", env=clean_env(NOTECARD_REDIS_URL="redis://127.0.0.1:1"), cwd=tmp_path)
-    assert with_redis.returncode == 2 and "NOTECARD_TOKEN_SECRET is not set" in with_redis.stderr
+    assert with_redis.returncode == 2
+    assert "NOTECARD_JWKS_URL" in with_redis.stderr and "NOTECARD_TOKEN_SECRET" in with_redis.stderr
+    assert "NOTECARD_ADMIN_TOKEN is not set" in with_redis.stderr
     assert production_problems(GatewaySettings(dev=True)) == []
 
 
@@ -219,3 +224,58 @@ async def test_a_node_answers_healthz_while_it_waits_for_redis_then_serves(tmp_p
         await node.stop()
         await client.aclose()
         server.stop()
+
+
+# ------------------------------------------------------------------ production safety and tokens
+
+
+def test_a_deployment_may_verify_tokens_with_a_jwks_alone_and_then_holds_no_secret(tmp_path: Path) -> None:
+    """The login service keeps its signing key: the gateway needs only its public keys."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    work = tmp_path / "work"
+    work.mkdir()
+    env = clean_env(NOTECARD_REDIS_URL="redis://redis:6379", NOTECARD_JWKS_URL=str(jwks), NOTECARD_ADMIN_TOKEN=ADMIN)
+    ready = run_cli("config", "--check", env=env, cwd=work)
+    assert ready.returncode == 0, ready.stderr
+    settings = GatewaySettings(redis_url="redis://redis:6379", jwks_url=str(jwks), admin_token=ADMIN,
+                               data_dir=work / ".notecard")
+    assert runner.node_secrets(settings) == (None, ADMIN)
+    assert list(work.iterdir()) == []  # nothing generated
+    missing = run_cli("config", "--check", env=env | {"NOTECARD_JWKS_URL": str(tmp_path / "nope.json")}, cwd=work)
+    assert missing.returncode == 2 and "NOTECARD_JWKS_URL" in missing.stderr and "no such file" in missing.stderr
+
+
+def test_without_any_token_key_or_admin_token_a_node_says_which_setting_to_give(tmp_path: Path) -> None:
+    settings = GatewaySettings(redis_url="redis://redis:6379", data_dir=tmp_path / "data")
+    problems = "\n".join(production_problems(settings))
+    assert "NOTECARD_JWKS_URL" in problems and "NOTECARD_TOKEN_SECRET" in problems
+    assert "NOTECARD_ADMIN_TOKEN" in problems
+    with pytest.raises(RuntimeError, match="NOTECARD_ADMIN_TOKEN"):
+        runner.node_secrets(settings)
+    with pytest.raises(ValueError, match="NOTECARD_TOKEN_SECRET or NOTECARD_JWKS_URL"):
+        GatewayNode(settings, aioredis.Redis(), token_secret=None, admin_token=ADMIN)
+    assert not (tmp_path / "data").exists()
+
+
+def test_outside_development_no_private_redis_is_started_even_by_a_worker(tmp_path: Path) -> None:
+    """Every way in refuses: the command, a worker started on its own, and the runner."""
+    worker = run_cli("serve", "--worker", env=clean_env(NOTECARD_PORT=str(free_port())), cwd=tmp_path)
+    assert worker.returncode == 2 and "NOTECARD_REDIS_URL" in worker.stderr
+    with pytest.raises(RuntimeError, match="NOTECARD_REDIS_URL"), \
+            runner.local_redis_if_needed(GatewaySettings(data_dir=tmp_path / "data")):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_token_settings_are_checked_at_start() -> None:
+    for env, named in (({"NOTECARD_JWT_LEEWAY_S": "900"}, "NOTECARD_JWT_LEEWAY_S"),
+                       ({"NOTECARD_JWT_LEEWAY_S": "-1"}, "NOTECARD_JWT_LEEWAY_S"),
+                       ({"NOTECARD_JWKS_URL": "ftp://keys.example.com/jwks"}, "NOTECARD_JWKS_URL"),
+                       ({"NOTECARD_JWT_AUDIENCE": "two words"}, "NOTECARD_JWT_AUDIENCE")):
+        with pytest.raises(ConfigError, match=named):
+            GatewaySettings.from_env(env)
+    settings = GatewaySettings.from_env({"NOTECARD_JWKS_URL": "https://login.example.com/.well-known/jwks.json",
+                                         "NOTECARD_JWT_ISSUER": "https://login.example.com",
+                                         "NOTECARD_LEGACY_TOKENS": "false"})
+    assert (settings.claim_rules.issuer, settings.legacy_tokens) == ("https://login.example.com", False)

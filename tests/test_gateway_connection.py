@@ -48,7 +48,7 @@ async def test_forged_and_expired_tokens_are_refused(node: GatewayNode) -> None:
     with pytest.raises(ConnectionRejected) as bad:
         await NotecardClient(node.url, forged, reconnect=False).connect()
     assert bad.value.close_code == CloseCode.INVALID_TOKEN
-    expired = token_for("alice", ttl_s=-10)
+    expired = token_for("alice", ttl_s=-60)  # past the default 30 s leeway (NOTECARD_JWT_LEEWAY_S)
     with pytest.raises(ConnectionRejected) as old:
         await NotecardClient(node.url, expired).connect()
     assert old.value.close_code == CloseCode.TOKEN_EXPIRED

@@ -98,9 +98,14 @@ async def test_live_events_during_a_long_replay_follow_it_in_order_once(node_fac
             await wait_until(lambda: len(node.hub.users.get(LONG_RECIPIENT, ())) == 2)
             await make_gifts(node, LONG_SENDER, LONG_RECIPIENT, 20, decline=True, prefix="live")  # 801..840
             replaying = [c for c in node.hub.users[LONG_RECIPIENT] if not c.synced]
-            assert replaying and len(replaying[0].buffered) == 40, "the live events met a paused replay"
+            # At least the 40 live events; on a busy machine some of the 800 older ones are
+            # still on their way through pub/sub too, and are buffered (then dropped as
+            # already replayed) the same way.
+            assert replaying and len(replaying[0].buffered) >= 40, "the live events met a paused replay"
             frames: list[dict[str, Any]] = []
-            await read_until(ws, lambda f: f.get("offset") == 840, frames)
+            # The welcome's own offset is the head when the node read it, which is already 840
+            # when the live gifts beat that read on a busy machine: that is not the end.
+            await read_until(ws, lambda f: f["t"] != "welcome" and f.get("offset") == 840, frames)
             assert [f["offset"] for f in frames[1:]] == list(range(1, 841))
             await ws.send(orjson.dumps({"t": "ping", "rid": 1}).decode())
             await read_until(ws, lambda f: f.get("rid") == 1, frames)

@@ -65,6 +65,13 @@ def token_expiring_in(user: str, seconds: int) -> str:
 # ---------------------------------------------------------------- token expiry
 
 
+@pytest.fixture
+async def node(node_factory: NodeFactory) -> GatewayNode:
+    """No clock-skew leeway: a session ends exactly at its token's ``exp`` (the default
+    leeway, 30 s, would make these tests wait that long)."""
+    return await node_factory(jwt_leeway_s=0)
+
+
 async def test_a_token_that_expires_while_connected_ends_the_session(node: GatewayNode) -> None:
     async with connect(node.url, subprotocols=JSON) as ws:  # type: ignore[list-item]
         welcome = await hello(ws, token_expiring_in("alice", 3))

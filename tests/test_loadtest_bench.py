@@ -101,6 +101,7 @@ def test_micro_measures_every_part_briefly() -> None:
                           text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     figures = {}
+    counts = {}
     part = ""
     for line in done.stdout.splitlines():
         if line.endswith(": CPU per operation"):
@@ -108,6 +109,12 @@ def test_micro_measures_every_part_briefly() -> None:
         elif line.strip().endswith(" us"):
             name, value = line.strip().rsplit(maxsplit=2)[0], float(line.split()[-2])
             figures[(part, name)] = value
-    assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec"}
-    assert len(figures) == 2 + 1 + 3 + 8
+        elif "(count)" in line:
+            name, value = line.strip().rsplit(maxsplit=1)[0], float(line.split()[-1])
+            counts[(part, name)] = value
+    assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec", "scripts", "tokens"}
+    assert len(figures) == 2 + 1 + 3 + 8 + 4 + 4  # redis, pubsub, frames, codec, scripts, tokens
     assert all(math.isfinite(v) and v > 0 for v in figures.values())
+    # Reserve and accept are one script call each on one Redis (the one-script path).
+    assert counts == {("scripts", "reserve: script calls (count)"): 1.0,
+                      ("scripts", "accept: script calls (count)"): 1.0}

@@ -29,11 +29,14 @@ def test_headless_run_reports_requests_and_pushes(served: LoadTarget, tmp_path: 
     target_file = tmp_path / "target.json"
     served.target.write(target_file)
     assert Target.from_json(target_file.read_bytes()) == served.target
-    result = run_locust(target_file, tmp_path / "run", users=6, duration_s=4,
-                        classes=("GiftingPair", "IdleConnection", "ReconnectStorm"))
+    names = ("provision", "connect", "send_gift", "send->offer", "accept", "send->outcome", "ping")
+    # Bounded by 120 s, ended as soon as every step was seen a few times: a slow or busy
+    # machine sets its users up slowly, and a fixed few seconds may end before the first gift.
+    result = run_locust(target_file, tmp_path / "run", users=6, duration_s=120,
+                        classes=("GiftingPair", "IdleConnection", "ReconnectStorm"), until=(3, names))
     assert result.returncode == 0, (tmp_path / "run_locust.log").read_text()[-3000:]
     rows = result.rows
-    for name in ("provision", "connect", "send_gift", "send->offer", "accept", "send->outcome", "ping"):
+    for name in names:
         assert name in rows, sorted(rows)
         assert rows[name].requests > 0
         assert rows[name].failures == 0, (name, (tmp_path / "run_failures.csv").read_text())

@@ -13,6 +13,7 @@ import pytest
 from gateway import GatewayNode
 from gateway.metrics import NodeMetrics, package_version
 from notecard.admin_client import AdminClient
+from notecard_sdk import GiftRefused
 from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all
 from tests.test_operations import http_get
 
@@ -80,6 +81,8 @@ async def test_every_series_readme_names_is_exported_and_nothing_else(
         alice, bob = await connect("alice", url=node.url), await connect("bob", url=node.url)
         await alice.send_gift("bob")
         await bob.accept((await bob.next_offer(5)).gift_id)
+        with pytest.raises(GiftRefused):
+            await alice.send_gift("alice")
         await admin.invariant()
     text = await metrics_text(node)
     series = exposed(text)
@@ -94,6 +97,9 @@ async def test_every_series_readme_names_is_exported_and_nothing_else(
             assert set(sample) == labels, (name, sample, labels)
     assert not any(name.endswith("_created") for name in series)
     assert 'notecard_gifts_total{outcome="accepted"} 1.0' in text
+    assert 'notecard_gifts_total{outcome="sent"} 1.0' in text
+    assert 'notecard_gifts_total{outcome="refused"} 1.0' in text  # the self-gift
+    assert 'notecard_refusals_total{code="SELF_GIFT"} 1.0' in text
     assert 'notecard_refusals_total{code="INTERNAL"} 0.0' in text  # there before the first one
     assert f'notecard_build_info{{python="{value_of_python()}",version="{package_version()}"}} 1.0' in text
     assert (value(text, "process_resident_memory_bytes") or 0) > 0

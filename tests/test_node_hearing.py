@@ -325,3 +325,39 @@ async def test_watchdog_restarts_a_listener_that_stopped_making_progress() -> No
     finally:
         watch.cancel()
     assert subscriber.hearing() is False  # never heard a probe: not ready, not live
+
+
+async def test_watchdog_restarts_a_round_that_stays_deaf_while_one_connection_loops() -> None:
+    """One connection of a round looping (and moving ``progress_at``) must not hide another
+    that hangs: a round that has not heard every probe for longer than any of its steps may
+    take is restarted too."""
+    subscriber = NodeSubscriber(
+        None, KeySchema(), "n1", on_event=lambda e: None, on_missed=lambda: None,  # type: ignore[arg-type]
+        metrics=NodeMetrics(), probe_interval_s=0.05, call_timeout_s=0.05,
+    )
+    reasons: list[str] = []
+    restarted = asyncio.Event()
+
+    async def restart(reason: str) -> None:
+        reasons.append(reason)
+        restarted.set()
+
+    subscriber._groups = ["a:1", "b:2"]
+    subscriber._heard["a:1"] = time.monotonic()  # "b:2" never heard back
+    subscriber.round_at = time.monotonic() - 60
+    stop = asyncio.Event()
+
+    async def looping() -> None:  # the connection that keeps making progress
+        while not stop.is_set():
+            subscriber.progress_at = time.monotonic()
+            await asyncio.sleep(0.01)
+
+    loop = asyncio.create_task(looping())
+    watch = asyncio.create_task(subscriber.watch(restart))
+    try:
+        await asyncio.wait_for(restarted.wait(), 10)
+    finally:
+        stop.set()
+        watch.cancel()
+        await loop
+    assert "deaf" in reasons[0]

@@ -69,6 +69,8 @@ def test_helm_lint_finds_nothing_to_fix() -> None:
     ({"redis": {"url": "redis://r:6379", "sentinels": SENTINELS}, "secrets": {"existingSecret": "notecard"}},
      "set exactly one of"),
     ({"redis": {"url": "redis://r:6379"}}, "set secrets.existingSecret"),
+    ({"redis": {"url": "redis://r:6379"}, "secrets": {"existingSecret": "notecard", "tokenSecretKey": ""}},
+     "set tokens.jwksUrl or secrets.tokenSecretKey"),
 ])
 def test_rendering_without_a_redis_or_the_secret_fails_naming_it(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=re.escape(message)):
@@ -117,6 +119,21 @@ def test_the_rendered_settings_would_start_a_node(sentinel_objects: list[dict[st
     assert production_problems(settings) == []
     assert settings.sentinels == tuple((h, int(p)) for h, _, p in (s.rpartition(":") for s in SENTINELS))
     assert (settings.durability_preset, settings.rules.daily_send_limit) == ("replicated", 7)
+
+
+def test_with_a_jwks_alone_no_pod_gets_a_token_secret_and_a_node_would_start() -> None:
+    objects = render({"redis": {"url": "redis://redis:6379/0"},
+                      "secrets": {"existingSecret": "notecard", "tokenSecretKey": ""},
+                      "tokens": {"jwksUrl": "https://login.example.com/.well-known/jwks.json",
+                                 "issuer": "https://login.example.com", "legacy": "false"}})
+    main = container(objects)
+    names = {e["name"] for e in main["env"]}
+    assert "NOTECARD_TOKEN_SECRET" not in names
+    env = plain_env(main) | {"NOTECARD_ADMIN_TOKEN": "secret-value-" + "x" * 32}
+    settings = GatewaySettings.from_env(env)
+    assert production_problems(settings) == []
+    assert (settings.jwks_url, settings.jwt_issuer, settings.legacy_tokens) == (
+        "https://login.example.com/.well-known/jwks.json", "https://login.example.com", False)
 
 
 def test_probes_ask_the_probe_listener(sentinel_objects: list[dict[str, Any]]) -> None:

@@ -285,7 +285,7 @@ def test_the_data_folder_is_created_0700_whatever_the_umask(tmp_path: Path) -> N
     assert (tmp_path / "data" / "secrets.json").stat().st_mode & 0o777 == 0o600
     previous = os.umask(0o022)
     try:
-        with local_redis_if_needed(GatewaySettings(data_dir=tmp_path / "fresh")):
+        with local_redis_if_needed(GatewaySettings(data_dir=tmp_path / "fresh", dev=True)):
             pass
     finally:
         os.umask(previous)

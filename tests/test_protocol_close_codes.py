@@ -25,6 +25,7 @@ ADVICE: dict[int, tuple[bool, bool]] = {
     CloseCode.UNSUPPORTED_VERSION: (False, False),
     CloseCode.NOT_AUTHENTICATED: (False, False),
     CloseCode.ACCOUNT_BANNED: (False, False),
+    CloseCode.SESSION_ENDED: (False, False),
     CloseCode.USER_CONNECTION_LIMIT: (False, False),
     CloseCode.ADDRESS_CONNECTION_LIMIT: (False, False),
 }
@@ -41,7 +42,7 @@ def test_close_code_values() -> None:
         "SHUTDOWN": 3000, "SLOW_CONSUMER": 3001, "TOO_MANY_REQUESTS": 3002, "AUTH_TIMEOUT": 3003,
         "SERVICE_UNAVAILABLE": 3004, "INVALID_TOKEN": 3500, "TOKEN_EXPIRED": 3501, "PROTOCOL_VIOLATION": 3502,
         "UNSUPPORTED_VERSION": 3503, "NOT_AUTHENTICATED": 3504, "ACCOUNT_BANNED": 3505,
-        "USER_CONNECTION_LIMIT": 3510, "ADDRESS_CONNECTION_LIMIT": 3511,
+        "SESSION_ENDED": 3506, "USER_CONNECTION_LIMIT": 3510, "ADDRESS_CONNECTION_LIMIT": 3511,
     }
 
 

@@ -186,8 +186,9 @@ def test_refusal_order_lists_every_send_gift_rule() -> None:
     listed = re.findall(r"^\d+\. `([A-Z_0-9]+)`", section(r"10\. Errors"), re.M)
     assert listed == [
         "IDEMPOTENCY_CONFLICT", "SELF_GIFT", "UNKNOWN_KIND", "BAD_QUANTITY", "UNKNOWN_USER",
-        "SENDER_BANNED", "RECIPIENT_BANNED", "NOT_VERIFIED", "BLOCKED", "NOT_MUTUAL_3D",
-        "LIMIT_DAILY_SEND", "LIMIT_DAILY_RECEIVE", "INSUFFICIENT_BALANCE", "RECIPIENT_OFFLINE",
+        "SENDER_BANNED", "DEVICE_BANNED", "ACCOUNT_FROZEN", "RECIPIENT_BANNED", "RECIPIENT_FROZEN",
+        "NOT_VERIFIED", "BLOCKED", "NOT_MUTUAL_3D", "LIMIT_DAILY_SEND", "LIMIT_DAILY_RECEIVE", "RISK_LIMITED",
+        "INSUFFICIENT_BALANCE", "RECIPIENT_OFFLINE",
     ]
     assert all(code in ErrorCode.__members__ for code in listed)
 
@@ -203,13 +204,29 @@ def test_close_code_table() -> None:
         assert advice.startswith("yes" if should_reconnect(code) else "no"), code
 
 
-def test_token_example_verifies() -> None:
-    token = re.search(r"^([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$", section(r"13\. Tokens"), re.M)
-    assert token, "the token example"
-    body, signature = token.group(1).split(".")
-    expected = hmac.new(TOKEN_SECRET.encode(), body.encode(), hashlib.sha256).digest()
-    assert base64.urlsafe_b64encode(expected).rstrip(b"=").decode() == signature
-    payload = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _hs256(text: str) -> str:
+    return base64.urlsafe_b64encode(hmac.new(TOKEN_SECRET.encode(), text.encode(), hashlib.sha256).digest()
+                                    ).rstrip(b"=").decode()
+
+
+def test_token_examples_verify() -> None:
+    tokens = section(r"13\. Tokens")
+    jwt = re.search(r"^([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$", tokens, re.M)
+    assert jwt, "the JWT example"
+    header, claims, signature = jwt.group(1).split(".")
+    assert _hs256(f"{header}.{claims}") == signature
+    assert orjson.loads(_b64decode(header)) == {"alg": "HS256", "typ": "JWT"}
+    assert orjson.loads(_b64decode(claims)) == {"sub": "bob", "aud": "notecard", "exp": 1767225600, "app": "main"}
+    assert orjson.dumps(orjson.loads(_b64decode(claims))).decode() in DOC
+    legacy = re.search(r"^([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$", section(r"The deprecated format"), re.M)
+    assert legacy, "the deprecated format's example"
+    body, signature = legacy.group(1).split(".")
+    assert _hs256(body) == signature
+    payload = orjson.loads(_b64decode(body))
     assert payload == {"sub": "bob", "exp": 1767225600, "app": "main"}
     assert f"`{TOKEN_SECRET}`" in DOC
     assert orjson.dumps(payload).decode() in DOC

@@ -90,10 +90,10 @@ def test_a_managed_local_redis_refuses_a_client_without_its_password(tmp_path: P
 
 
 async def test_the_gateway_works_with_the_password_of_its_managed_redis(tmp_path: Path) -> None:
-    """``notecard serve`` with no Redis configured: the managed server's password is
+    """``notecard serve --dev`` with no Redis configured: the managed server's password is
     generated into the data folder's secrets, and the node (through the URL it is given)
     uses it, while a client without it is refused."""
-    settings = GatewaySettings(port=0, admin_port=0, data_dir=tmp_path / "data", log_format="text")
+    settings = GatewaySettings(port=0, admin_port=0, data_dir=tmp_path / "data", log_format="text", dev=True)
     with runner.local_redis_if_needed(settings) as url:
         assert url is not None
         stored = orjson.loads((tmp_path / "data" / secrets.FILE_NAME).read_bytes())

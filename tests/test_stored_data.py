@@ -204,6 +204,19 @@ async def test_connection_and_viewer_counts_that_do_not_read_count_as_zero(w: Wo
     assert await w.redis.hget(w.keys.presence("ann"), w.node) is None
 
 
+async def test_an_operators_disconnect_reads_presence_counts_that_do_not_read_as_zero_and_writes_nothing(
+        w: World) -> None:
+    await old_friends(w, "ann", cards=0)
+    await w.presence.connect("ann", "node-2")
+    assert await w.accounts.disconnect("ann") == 2
+    for junk in ("x", "-3", "0", ""):
+        await w.redis.hset(w.keys.presence("ann"), "node-2", junk)
+        before = await snapshot(w.redis)
+        assert await w.accounts.disconnect("ann") == 1  # w.node only: node-2's count is not a count
+        assert await snapshot(w.redis) == before
+    assert await w.accounts.disconnect("nobody") == 0
+
+
 async def test_a_room_version_that_does_not_read_stops_a_wish_before_it_is_written(w: World) -> None:
     await old_friends(w, "star")
     await w.redis.hset(w.keys.room("star"), "version", "1.5")
@@ -381,9 +394,13 @@ STORE = st.one_of(  # data put in place of what the scripts and Scenes would wri
               st.sampled_from(["", "x", "1.5", "-3", "star", "note", "99999999999999999999"])),
     st.tuples(st.just("user junk"), user, st.sampled_from(["x", "", "1.5", "-1", "0"])),
     st.tuples(st.just("follow junk"), user, user, st.sampled_from(["x", "1e3", " 5", "0"])),
+    # The risk engine's state (risk/actions.py writes it; the send scripts read it).
+    st.tuples(st.just("risk junk"), user, st.sampled_from(["frozen_until", "limited", "banned", "dev:phone-1", "tier"]),
+              st.sampled_from(["", "x", "1", "0", "1.5", "-1", "99999999999999999999", "4102444800000"])),
 )
 ACT = st.one_of(  # the operations, through the clearing API
     st.tuples(st.just("reserve"), sender, user, st.integers(1, 3), st.sampled_from(APPS)),
+    st.tuples(st.just("device reserve"), sender, user, st.sampled_from(["phone-1", "phone-2"])),
     st.tuples(st.just("answer"), st.integers(0, 99), st.booleans(), st.sampled_from(APPS)),  # gift, accept?
     st.tuples(st.just("quote"), sender, st.integers(1, 3)),
     st.tuples(st.just("quoted reserve"), st.integers(0, 99)),
@@ -446,6 +463,12 @@ async def _operate(fz: Fuzz, op: tuple[Any, ...]) -> object:
         gift = await w.clearing.reserve(f"g{next(_ids)}", op[1], op[2], "note", op[3], app=op[4])
         fz.gifts.append((gift.gift_id, gift.recipient))
         return gift
+    if name == "device reserve":
+        gift = await w.clearing.reserve(f"g{next(_ids)}", op[1], op[2], "note", 1, device=op[3])
+        fz.gifts.append((gift.gift_id, gift.recipient))
+        return gift
+    if name == "risk junk":
+        return await w.redis.hset(w.keys.risk(op[1]), op[2], op[3])
     if name == "answer" and fz.gifts:
         return await _answer(fz, *fz.gifts[op[1] % len(fz.gifts)], accept=op[2], app=op[3])
     if name == "expire":

@@ -20,6 +20,8 @@
 --   is kept; saga_ms: how long a step may stay unfinished before recovery takes it over
 --   perks: {per_card, apps = {app = {sender_bonus, recipient_mult, joint}}}
 --   dead, ep, maxlen, quota_ttl, pointlog_max: see lib.lua
+--   dev: the sender's device fingerprint, or nil; rl_daily, rl_rooms: what a user of the
+--   risk engine's limited tier may still do (gifts a day; 1: live-room gifts allowed)
 
 local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
@@ -61,6 +63,26 @@ local function money_counters(user, tag, kind, points)
   return out
 end
 
+-- The risk engine's verdict on a user ({U}:risk, written by risk/actions.py), read in the same
+-- step as the user's other rules: frozen_until (ms; nil when not frozen, -1 when frozen with an
+-- end that does not read: a hand edit must not thaw an account), limited (the low tier's
+-- behaviour limits), whether the device `dev` (copied there at hello and when the device is
+-- banned, so no other slot is read) is banned, and whether the account is banned (the top
+-- tier: gifts refused as for a banned account, while the user may still connect to appeal).
+local function risk_of(user, dev)
+  local r = redis.call('HMGET', ukey(user, 'risk'), 'frozen_until', 'limited', 'dev:' .. (dev or ''), 'banned')
+  local frozen
+  if r[1] then
+    local u = whole(r[1])
+    if u == nil then
+      frozen = -1
+    elseif u > NOW then
+      frozen = u
+    end
+  end
+  return frozen, r[2] == '1', dev ~= nil and r[3] == '1', r[4] == '1'
+end
+
 local function same_gift(g)
   return g.sender == A.s and g.recipient == A.r and g.kind == A.kind and g.qty == A.qty
 end
@@ -85,8 +107,13 @@ local function check_admit()
   if not r[1] then
     return {err = 'UNKNOWN_USER'}
   end
-  if r[2] == '1' then
+  local rfrozen, _, _, rbanned = risk_of(A.r, nil)
+  if r[2] == '1' or rbanned then
     return {err = 'RECIPIENT_BANNED'}
+  end
+  -- The recipient's freeze end is not the sender's business: no time goes with this code.
+  if rfrozen then
+    return {err = 'RECIPIENT_FROZEN'}
   end
   if redis.call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
     return {err = 'BLOCKED'}
@@ -144,20 +171,28 @@ local function check_reserve(rcode)
   -- A refused gift id is spent for memo_ms: the same request repeats the refusal, so a late
   -- duplicate cannot create a gift its client was told was refused (docs/protocol.md).
   local fingerprint = A.r .. '|' .. A.kind .. '|' .. A.qty
-  local memo = redis.call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp')
+  local memo = redis.call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp', 'until')
   if memo[1] then
-    return {err = memo[2] == fingerprint and memo[1] or 'IDEMPOTENCY_CONFLICT'}
+    if memo[2] ~= fingerprint then
+      return {err = 'IDEMPOTENCY_CONFLICT'}
+    end
+    return {err = memo[1], until_ms = memo[1] == 'ACCOUNT_FROZEN' and whole(memo[3] or nil) or nil}
   end
   if A.pre or rcode == 'IDEMPOTENCY_CONFLICT' then
     return {err = A.pre or rcode}  -- needs no state: not remembered
   end
 
   local s = redis.call('HMGET', ukey(A.s, 'user'), 'created_at_ms', 'verified', 'vip', 'banned')
-  local code
+  local frozen, limited, dev_banned, rbanned = risk_of(A.s, A.dev)
+  local code, until_ms
   if not s[1] then
     code = 'UNKNOWN_USER'
-  elseif s[4] == '1' then
+  elseif s[4] == '1' or rbanned then
     code = 'SENDER_BANNED'
+  elseif dev_banned then
+    code = 'DEVICE_BANNED'
+  elseif frozen then
+    code, until_ms = 'ACCOUNT_FROZEN', frozen > 0 and frozen or nil
   elseif s[2] ~= '1' then
     code = 'NOT_VERIFIED'
   elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
@@ -172,12 +207,14 @@ local function check_reserve(rcode)
       local sent = whole(redis.call('GET', ukey(A.s, 'q:send:' .. A.day)) or nil)
       if sent == nil or sent >= limit then
         code = 'LIMIT_DAILY_SEND'  -- a counter that holds no whole number counts as full
+      elseif limited and (sent >= A.rl_daily or (A.quote and A.rl_rooms ~= 1)) then
+        code = 'RISK_LIMITED'  -- the low tier's behaviour limits, instead of a refusal of all
       end
     end
   end
   code = first_refusal(code, rcode)
   if code and RANK[code] < RANK.QUOTE_EXPIRED then
-    return {err = code, remember = fingerprint}
+    return {err = code, remember = fingerprint, until_ms = code == 'ACCOUNT_FROZEN' and until_ms or nil}
   end
 
   local cost, room = A.cost, nil
@@ -227,9 +264,12 @@ local function check_reserve(rcode)
 end
 
 -- Remember a refusal for the gift id (see check_reserve).
-local function remember_refusal(code, fingerprint)
+local function remember_refusal(code, fingerprint, until_ms)
   local key = ukey(A.s, 'refused:' .. A.gid)
   redis.call('HSET', key, 'code', code, 'fp', fingerprint)
+  if until_ms then
+    redis.call('HSET', key, 'until', until_ms)
+  end
   redis.call('PEXPIRE', key, A.memo_ms)
 end
 

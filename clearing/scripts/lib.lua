@@ -63,10 +63,10 @@ end
 
 -- A refusal: nothing was written (except where a script's header says otherwise, and the
 -- request's rate token).
-local function refuse(code, gift)
+local function refuse(code, gift, until_ms)
   take_pending_rate()
   flush_ledger()
-  return cmsgpack.pack({err = code, gift = gift})
+  return cmsgpack.pack({err = code, gift = gift, until_ms = until_ms})
 end
 
 -- The earlier of two refusal codes in the documented order (either may be nil).

@@ -40,6 +40,10 @@ class FaultRecord:
     detail: str = ""
     error: str = ""
 
+    @property
+    def kind_name(self) -> str:
+        return self.spec.kind.value
+
     def to_json(self) -> dict[str, object]:
         return {**self.spec.to_json(), "started_ms": self.started_ms, "ended_ms": self.ended_ms,
                 "detail": self.detail, "error": self.error}

@@ -45,11 +45,13 @@ export async function startTestbed(nodes = 2) {
   };
 }
 
-/** A client token as docs/protocol.md section 13 defines it (the gateway only verifies it). */
+/** A client token as docs/protocol.md section 13 defines it: an HS256 JWT for the audience
+ * `notecard` (the gateway only verifies it; in production the login service mints it). */
 export function mintToken(secret, user, ttlS = 3600) {
-  const payload = Buffer.from(JSON.stringify({ sub: user, exp: Math.floor(Date.now() / 1000) + ttlS, app: "main" })).toString("base64url");
-  const signature = createHmac("sha256", secret).update(payload).digest("base64url");
-  return `${payload}.${signature}`;
+  const now = Math.floor(Date.now() / 1000);
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const signed = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: user, aud: "notecard", iat: now, exp: now + ttlS, app: "main" })}`;
+  return `${signed}.${createHmac("sha256", secret).update(signed).digest("base64url")}`;
 }
 
 export async function admin(base, token, method, path, body) {

@@ -35,6 +35,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if not .Values.secrets.existingSecret -}}
 {{- fail "set secrets.existingSecret: a Secret with the token secret and the admin token (see values.yaml)" -}}
 {{- end -}}
+{{- if and (not .Values.secrets.tokenSecretKey) (not .Values.tokens.jwksUrl) -}}
+{{- fail "set tokens.jwksUrl or secrets.tokenSecretKey: a node needs a way to verify client tokens" -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "notecard.terminationGrace" -}}

@@ -1,0 +1,291 @@
+"""The admin HTTP API as an OpenAPI 3.1 document, served at ``/admin/openapi.json``.
+
+Written by hand beside the routes (gateway/admin_http.py, gateway/admin_backend.py);
+tests/test_openapi.py checks that every route the server registers is described here and
+nothing else is, and validates real answers against the schemas. Schemas are JSON Schema
+2020-12 (OpenAPI 3.1's dialect). A schema that says only ``object`` is a shape the
+document does not pin down (the scene settings, whose fields docs/operations.md lists).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+OPENAPI_PATH = "/admin/openapi.json"
+_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,64}$"}
+_APP = {"type": "string", "pattern": r"^[a-z0-9_]{1,32}$"}
+_MS = {"type": "integer", "minimum": 0, "description": "ms since the epoch"}
+_UNITS = {"type": "object", "additionalProperties": {"type": "integer"}, "description": "minor units by card kind"}
+_OPTIONAL_STR = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = (), *, closed: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": list(required)}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _object({"error": {"type": "string", "description": "a stable code, e.g. UNKNOWN_USER"},
+                      "message": {"type": "string"}}, ("error", "message")),
+    "Ok": _object({"ok": {"const": True}}, ("ok",)),
+    "Balances": _object({"available": _UNITS, "held": _UNITS, "units_per_card": {"type": "integer"}},
+                        ("available", "held", "units_per_card")),
+    "User": _object({"user_id": _ID, "verified": {"type": "boolean"}, "vip": {"type": "boolean"},
+                     "banned": {"type": "boolean"}, "created_at_ms": _MS, "app": _APP, "balances": _ref("Balances")},
+                    ("user_id", "verified", "vip", "banned", "created_at_ms", "app", "balances")),
+    "NewUser": _object({"user_id": _ID, "verified": {"type": "boolean", "default": False},
+                        "vip": {"type": "boolean", "default": False}, "banned": {"type": "boolean", "default": False},
+                        "created_at_ms": _MS, "app": _APP}, ("user_id",)),
+    "Flags": _object({"verified": {"type": "boolean"}, "vip": {"type": "boolean"}, "banned": {"type": "boolean"}}),
+    "Mint": _object({"qty": {"type": "integer", "minimum": 1, "description": "whole cards"},
+                     "kind": {"type": "string"}}, ("qty",)),
+    "Gift": _object({
+        "gift_id": _ID, "sender": _ID, "recipient": _ID, "kind": {"type": "string"},
+        "qty": {"type": "integer", "minimum": 1}, "cost": {"type": "integer"}, "amount": {"type": "integer"},
+        "state": {"enum": ["pending", "accepted", "declined", "expired"]},
+        "created_at_ms": _MS, "expires_at_ms": _MS, "resolved_at_ms": {"type": ["integer", "null"]},
+        "payer": _OPTIONAL_STR, "app": _APP, "festival": _OPTIONAL_STR, "room": _OPTIONAL_STR,
+    }, ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
+        "expires_at_ms")),
+    "RefusedGift": _object({
+        "gift_id": _ID, "state": {"const": "refused"}, "code": {"type": "string"}, "sender": _ID, "recipient": _ID,
+        "kind": {"type": "string"}, "qty": {"type": "integer"}, "remembered_ms": {"type": "integer"},
+    }, ("gift_id", "state", "code", "sender", "recipient", "kind", "qty", "remembered_ms")),
+    "SendGift": _object({"gift_id": {**_ID, "description": "chosen by the caller; a retry reuses it"},
+                         "sender": _ID, "recipient": _ID, "kind": {"type": "string"},
+                         "qty": {"type": "integer", "minimum": 1, "default": 1}, "app": _APP},
+                        ("gift_id", "sender", "recipient")),
+    "Disconnected": _object({"ok": {"const": True}, "nodes": {"type": "integer", "minimum": 0,
+                                                              "description": "nodes told to close connections"}},
+                            ("ok", "nodes")),
+    "BulkUsers": _object({"users": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ref("NewUser")}},
+                         ("users",)),
+    "BulkFollows": _object({"follows": {"type": "array", "minItems": 1, "maxItems": 500, "items": _object(
+        {"follower": _ID, "followee": _ID, "since_ms": _MS, "mutual": {"type": "boolean", "default": False}},
+        ("follower", "followee"))}}, ("follows",)),
+    "BulkResult": _object({
+        "results": {"type": "array", "description": "one per item, in the order given", "items": {"oneOf": [
+            _object({"ok": {"const": True}, "user_id": _ID, "created": {"type": "boolean"}, "follower": _ID,
+                     "followee": _ID}, ("ok",)),
+            _object({"ok": {"const": False}, "error": {"type": "string"}, "message": {"type": "string"}},
+                    ("ok", "error", "message")),
+        ]}},
+        "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
+    }, ("results", "succeeded", "failed")),
+    "Invariant": _object({"ok": {"type": "boolean"}, "violations": {"type": "array", "items": {"type": "string"}},
+                          "per_kind": {"type": "object"}}, ("ok", "violations", "per_kind")),
+    "Pending": _object({"gifts": {"type": "array", "items": _ref("Gift")}}, ("gifts",)),
+    "Points": {"type": "object", "required": ["points", "joint_campaign", "inventory"],
+               "properties": {"points": {"type": "integer"}, "joint_campaign": {"type": "boolean"},
+                              "inventory": {"type": "object", "additionalProperties": {"type": "integer"},
+                                            "description": "item -> expiry ms"}}},
+    "Scenes": {"type": "object", "required": ["config"], "description": "docs/operations.md lists the fields"},
+    "Festival": {"type": "object", "required": ["festival_id", "name", "start_ms", "end_ms", "multiplier"]},
+    "NewFestival": _object({"name": {"type": "string"}, "start": {"type": ["string", "integer"]},
+                            "end": {"type": ["string", "integer"]}, "multiplier": {"type": "number"},
+                            "frame": {"type": "string"}}, ("start", "end")),
+    "Mentor": _object({"mentor": _ID}, ("mentor",)),
+    "Binding": _object({"mentor": _ID, "apprentice": _ID, "mentor_reward": {"type": "integer"},
+                        "apprentice_reward": {"type": "integer"}},
+                       ("mentor", "apprentice", "mentor_reward", "apprentice_reward")),
+    "Stats": {"type": "object", "required": ["at_ms", "node", "nodes", "pending_gifts", "held_units"]},
+    "Health": {"type": "object", "required": ["status", "node"]},
+    "Ready": {"type": "object", "required": ["ready", "node"],
+              "properties": {"ready": {"type": "boolean"}, "node": {"type": "string"},
+                             "reasons": {"type": "array", "items": {"type": "string"}}}},
+    "AppConfig": {"type": "object", "required": ["gateways", "dev_tokens", "node"]},
+    "DevToken": _object({"token": {"type": "string"}, "user": _ID, "ttl_s": {"type": "integer"}},
+                        ("token", "user", "ttl_s")),
+    # The risk engine's operator API (gateway/risk_admin.py, docs/risk.md).
+    "Appeals": {"type": "object", "required": ["appeals"],
+                "properties": {"appeals": {"type": "array", "items": {"type": "object"}}}},
+    "AppealDecision": _object({"approve": {"type": "boolean"},
+                               "operator": {**_ID, "description": "who decides (audited)"},
+                               "note": {"type": "string", "maxLength": 512}}, ("approve", "operator")),
+    "AppealDecided": {"type": "object", "required": ["user", "approved", "appeal", "risk"]},
+    "Risk": {"type": "object", "required": ["user", "risk", "appeal"],
+             "description": "the account's risk state and its appeal (null when none)"},
+    "RiskAction": _object({"tier": {"enum": ["none", "limit", "freeze", "ban"]},
+                           "device": {"type": "string", "description": "with ban: the device banned in every app"},
+                           "operator": {**_ID, "description": "who acts (audited)"}, "reason": {"type": "string"}},
+                          ("tier", "operator")),
+    "RiskChanged": {"type": "object", "required": ["user", "changed", "risk"]},
+    "RiskSwitches": {"type": "object", "required": ["shadow", "rules"],
+                     "properties": {"shadow": {"type": "boolean"},
+                                    "rules": {"type": "object", "additionalProperties": {
+                                        "enum": ["enforce", "shadow", "off"]}}}},
+    "RiskSwitchChange": _object({"shadow": {"type": "boolean"}, "rules": {"type": "object"},
+                                 "operator": {**_ID, "description": "who changes them (audited)"}}, ("operator",)),
+}
+
+_ERRORS = {
+    "400": "bad input (the message names the field); nothing changed",
+    "401": "admin token missing or wrong",
+    "404": "unknown user, gift or festival",
+    "409": "the user exists, or the gift id was used with another payload",
+    "422": "a gift rule refused the send (the code says which: gift-rules.md section 1)",
+    "429": "the sender's request rate is exceeded",
+    "500": "internal error (the node's log has the details)",
+    "503": "Redis unavailable: the outcome is unknown, retry with the same ids",
+}
+
+
+def _error(status: str) -> dict[str, Any]:
+    return {"description": _ERRORS[status], "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _op(summary: str, ok: str | None, *, status: str = "200", body: str | None = None,
+        errors: tuple[str, ...] = ("400", "401", "503"), params: tuple[str, ...] = (), open_: bool = False,
+        media: str = "application/json") -> dict[str, Any]:
+    responses: dict[str, Any] = {status: {"description": summary}}
+    if ok is not None:
+        schema = _ref(ok) if media == "application/json" else {"type": "string"}
+        responses[status]["content"] = {media: {"schema": schema}}
+    for code in errors:
+        responses[code] = _error(code)
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        operation["parameters"] = [{"name": p, "in": "path", "required": True, "schema": _ID} for p in params]
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if open_:
+        operation["security"] = []
+    return operation
+
+
+_U = ("user",)
+_UO = ("user", "other")
+_USER_ERRORS = ("400", "401", "404", "503")
+
+
+def _paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/admin/users": {"post": _op("create a user (unverified unless verified: true)", "User", status="201",
+                                     body="NewUser", errors=("400", "401", "409", "503"))},
+        "/admin/users/{user}": {
+            "get": _op("a user's flags and balances", "User", params=_U, errors=_USER_ERRORS),
+            "patch": _op("set flags; banning closes the user's connections (3505)", "User", body="Flags",
+                         params=_U, errors=_USER_ERRORS),
+        },
+        "/admin/users/{user}/mint": {"post": _op("mint whole cards", "Balances", body="Mint", params=_U,
+                                                 errors=_USER_ERRORS)},
+        "/admin/users/{user}/follows/{other}": {
+            "put": _op("user follows other (since_ms, default now)", "Ok", params=_UO, errors=_USER_ERRORS),
+            "delete": _op("user stops following other", "Ok", params=_UO, errors=_USER_ERRORS),
+        },
+        "/admin/users/{user}/blocks/{other}": {
+            "put": _op("user blocks other", "Ok", params=_UO, errors=_USER_ERRORS),
+            "delete": _op("user lifts the block on other", "Ok", params=_UO, errors=_USER_ERRORS),
+        },
+        "/admin/users/{user}/points": {"get": _op("points, joint campaign, inventory", "Points", params=_U)},
+        "/admin/users/{user}/mentor": {"post": _op("bind the user (a newcomer) to a mentor, once", "Binding",
+                                                   body="Mentor", params=_U, errors=_USER_ERRORS)},
+        "/admin/users/{user}/pending": {"get": _op("offers waiting for the user's answer", "Pending", params=_U)},
+        "/admin/users/{user}/disconnect": {"post": _op(
+            "close the user's connections on every node (close code 3506, SESSION_ENDED); the user's tokens "
+            "stay valid", "Disconnected", params=_U)},
+        "/admin/gifts": {"post": _op(
+            "send a gift for its sender: the client's send (rules, hold, offer to the online recipient); "
+            "idempotent by gift_id", "Gift", body="SendGift", errors=("400", "401", "404", "409", "422", "429",
+                                                                         "503"))},
+        "/admin/gifts/{gift}": {"get": {
+            **_op("a gift, or a refused send while it is remembered (?user= finds it faster)", "Gift",
+                  params=("gift",), errors=_USER_ERRORS),
+            "responses": {"200": {"description": "the gift", "content": {"application/json": {
+                "schema": {"oneOf": [_ref("Gift"), _ref("RefusedGift")]}}}},
+                **{code: _error(code) for code in _USER_ERRORS}},
+        }},
+        "/admin/bulk/users": {"post": _op(
+            "create users, or set the flags of existing ones (created_at_ms and app apply at creation); "
+            "at most 500; each item on its own", "BulkResult", body="BulkUsers")},
+        "/admin/bulk/follows": {"post": _op(
+            "create or refresh follows (mutual: both ways); at most 500; each item on its own", "BulkResult",
+            body="BulkFollows")},
+        "/admin/invariant": {"get": _op("the conservation check", "Invariant", errors=("401", "503"))},
+        "/admin/appeals": {"get": _op("open risk-engine appeals", "Appeals", errors=("401", "503"))},
+        "/admin/appeals/{user}": {"post": _op("approve (lifts the action) or reject the user's open appeal",
+                                              "AppealDecided", body="AppealDecision", params=_U,
+                                              errors=_USER_ERRORS)},
+        "/admin/users/{user}/risk": {
+            "get": _op("the account's risk state and appeal", "Risk", params=_U),
+            "put": _op("put the account in a risk tier, or lift it (none)", "RiskChanged", body="RiskAction",
+                       params=_U),
+        },
+        "/admin/risk": {
+            "get": _op("the scorer's shadow mode and each rule's mode", "RiskSwitches", errors=("401", "503")),
+            "patch": _op("change shadow mode or rule modes", "RiskSwitches", body="RiskSwitchChange"),
+        },
+        "/admin/scenes": {
+            "get": _op("scene settings, festival windows, stored values ignored", "Scenes", errors=("401", "503")),
+            "patch": _op("change scene settings {field: value}", "Scenes", errors=("400", "401", "503")),
+        },
+        "/admin/festivals/{festival}": {
+            "put": _op("create or replace a festival window [start, end)", "Festival", body="NewFestival",
+                       params=("festival",)),
+            "delete": _op("remove a festival window", "Ok", params=("festival",), errors=("401", "404", "503")),
+        },
+        "/admin/stats": {"get": _op("every live node's counters, pending gifts, held units", "Stats",
+                                    errors=("401", "503"))},
+        OPENAPI_PATH: {"get": {"summary": "this document", "security": [], "responses": {
+            "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/healthz": {"get": _op("the process is alive", "Health", errors=(), open_=True)},
+        "/readyz": {"get": {**_op("ready to serve (Redis, pub/sub, durability preset)", "Ready", errors=(),
+                                  open_=True),
+                            "responses": {"200": {"description": "ready", "content": {
+                                "application/json": {"schema": _ref("Ready")}}},
+                                          "503": {"description": "not ready; reasons say why", "content": {
+                                              "application/json": {"schema": _ref("Ready")}}}}}},
+        "/metrics": {"get": _op("Prometheus metrics", "Metrics", errors=(), open_=True, media="text/plain")},
+        "/app": {"get": _redirect("/app/")},
+        "/app/": {"get": _page("the web app (docs/clients.md)")},
+        "/app/config.json": {"get": _op("the WebSocket URLs the app connects to", "AppConfig", errors=(),
+                                        open_=True)},
+        "/app/token": {"post": {**_op("a development token (development mode only; else 403 DEV_ONLY)", "DevToken",
+                                      errors=("400",), open_=True),
+                                "requestBody": {"required": True, "content": {"application/json": {
+                                    "schema": _object({"user": _ID}, ("user",))}}}}},
+        "/console": {"get": _redirect("/console/")},
+        "/console/": {"get": _page("the operator console (asks for the admin token)")},
+    }
+
+
+def _redirect(to: str) -> dict[str, Any]:
+    return {"summary": f"redirects to {to}", "security": [],
+            "responses": {"301": {"description": f"to {to}", "headers": {"Location": {"schema": {"const": to}}}}}}
+
+
+def _page(summary: str) -> dict[str, Any]:
+    return {"summary": summary, "security": [],
+            "responses": {"200": {"description": "an HTML page", "content": {"text/html": {"schema": {
+                "type": "string"}}}}}}
+
+
+#: Routes the server registers that are files, not API: the pages' scripts and styles.
+STATIC_PREFIXES = ("/app/", "/console/", "/lib/")
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    from gateway.metrics import package_version
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "notecard gateway admin API", "version": package_version(),
+                 "description": "Operators' and the platform backend's API of a gateway node: accounts, gifts, "
+                                "scenes, health. JSON in and out; errors are {error: CODE, message}. "
+                                "A refused call changes nothing. README 'Admin HTTP API' and "
+                                "docs/server-api.md."},
+        "servers": [{"url": "/"}],
+        "security": [{"admin": []}],
+        "paths": _paths(),
+        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer",
+                                                     "description": "NOTECARD_ADMIN_TOKEN"}},
+                       "schemas": _SCHEMAS | {"Metrics": {"type": "string"}}},
+    }

@@ -1,0 +1,602 @@
+"""``notecard bench --cluster``: what a settled gift costs each Redis shard, on 1, 2, 3 shards.
+
+Why CPU per gift per shard: this machine has two cores shared with other work, so the
+gifts/s of a 3-shard cluster here says more about the load generator and the neighbours
+than about the cluster. What predicts a larger cluster, where each primary has its own
+core, is how many CPU-seconds each primary spends per settled gift: a shard saturates at
+``1 / (its CPU-seconds per gift)`` gifts/s, so the cluster at the rate of its busiest shard.
+Each primary's ``INFO cpu`` (``used_cpu_user + used_cpu_sys``) is read before and after
+every phase; docs/capacity.md turns the figures into shards, nodes and memory.
+
+Phases, back to back in one run (each a fresh set of ``redis-server`` children, stopped
+by PID at its end), every one driving the clearing API at its maximum rate from
+``concurrency`` asyncio tasks, each task sending a gift to its partner and accepting it
+(``Clearing.reserve`` then ``Clearing.accept``, the calls a gateway node makes):
+
+- **one instance**: a plain ``redis-server``, every gift on the one-script path; then
+  the same server with ``force_saga`` (every gift as the cross-shard saga of one-slot
+  steps), which prices the saga itself with no cluster around it;
+- **N shards** for each N of ``--shards``: a Redis Cluster of N primaries, pairs of users
+  drawn at random, so about ``1 - 1/N`` of the gifts cross shards as they would;
+- on the largest N: **same-shard only** and **cross-shard only** pairs, the fast path
+  against the saga on the same cluster; and random pairs again with **newcomer promotion
+  on**, as it is by default.
+
+The users are established (a month old, not newcomers) and newcomer promotion is off in
+every other phase: with it on, a gift may be charged to the promotion account, so it takes
+the one-script path only when its sender, its recipient *and* that account share a node
+(``Clearing.reserve``), which on N shards is about 1 gift in N squared. The settings are
+read at most once a second, as a gateway node reads them.
+
+Ratios are taken against the baselines of the same run (machines are shared and noisy).
+Memory: ``MEMORY USAGE`` of every key of one provisioned user (before any gift) and of a
+bench user after the run, and each phase's ``used_memory`` growth per settled gift (the
+gift records kept for the retry window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import random
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from clearing import Accounts, Clearing, Presence
+from clearing.component import single_topology
+from clearing.invariant import check_invariant
+from clearing.keys import DEFAULT_KEYS
+from clearing.scene_config import SceneConfig
+from clearing.scenes import Scenes
+from clearing.settings import SettingsCache
+from clearing.slots import slot_of
+from clearing.topology import Topology, connect_cluster
+from loadtest import report
+from loadtest.clearing_bench import BENCH_RULES
+from loadtest.stats import LatencySummary
+from notecard.local_cluster import LocalCluster
+from notecard.local_redis import LocalRedis
+
+_NODE = "cb-node"
+_FOLLOW_AGE_MS = 4 * 86_400_000
+#: Bench users are a month old: established users, not newcomers whose first gifts the
+#: promotion account pays for (a sponsor step on the one shard that holds it).
+_ACCOUNT_AGE_MS = 30 * 86_400_000
+#: A gateway node reads the operators' settings at most this often (settings_refresh_s).
+_SETTINGS_MAX_AGE_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    phase_s: float
+    concurrency: int
+    #: Through 2 gateway nodes (SDK generator, loadtest/gifting.py): warm-up, then the
+    #: maximum rate, then half of it, where send->offer is timed.
+    gateway_warmup_s: float
+    gateway_s: float
+    gateway_pairs: int
+
+
+FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32)
+QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Server:
+    """Where to read a primary's INFO from."""
+
+    host: str
+    port: int
+    password: str | None
+
+    def info(self) -> dict[str, Any]:
+        with redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=10) as client:
+            return dict(client.info("all"))
+
+
+def _cpu_s(info: dict[str, Any]) -> float:
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _calls(info: dict[str, Any], *commands: str) -> int:
+    """Calls of ``commands`` so far, those made from scripts included (``INFO commandstats``)."""
+    return sum(int(info.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
+
+
+#: What a phase counts per shard: script calls (the saga's steps), and messages published
+#: to gateway nodes (each one crosses the shard's pub/sub to one node).
+_COUNTED = {"script_calls": ("evalsha", "eval", "fcall"), "publishes": ("publish", "spublish")}
+
+
+def _inside_s(info: dict[str, Any]) -> float:
+    """Seconds inside commands (``INFO commandstats``), by the wall clock: on a machine
+    with more runnable processes than cores it counts the time Redis waited for a core,
+    so it is kept in the JSON only, beside the CPU time that the figures use."""
+    return sum(float(v["usec"]) for k, v in info.items() if k.startswith("cmdstat_")) / 1e6
+
+
+@dataclasses.dataclass(slots=True)
+class PhaseResult:
+    name: str
+    #: 0 for the plain (non-cluster) instance.
+    shards: int
+    mode: str
+    forced_saga: bool
+    settled: int
+    cross: int
+    seconds: float
+    #: CPU-seconds each primary spent over the phase.
+    redis_cpu_s: list[float]
+    #: Seconds each primary spent inside commands over the phase.
+    redis_inside_s: list[float]
+    #: Per shard: script calls and publishes over the phase (see ``_COUNTED``).
+    counts: dict[str, list[int]]
+    #: used_memory growth of each primary over the phase (bytes).
+    memory_growth: list[int]
+    generator_cpu_s: float
+    latency: dict[str, float]
+
+    @property
+    def per_s(self) -> float:
+        return self.settled / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cross_share(self) -> float:
+        return self.cross / self.settled if self.settled else 0.0
+
+    @property
+    def cpu_us_per_gift(self) -> list[float]:
+        """Each shard's CPU per settled gift of the whole cluster (microseconds)."""
+        return [c / self.settled * 1e6 if self.settled else float("nan") for c in self.redis_cpu_s]
+
+    @property
+    def inside_us_per_gift(self) -> list[float]:
+        return [c / self.settled * 1e6 if self.settled else float("nan") for c in self.redis_inside_s]
+
+    @property
+    def busiest_us_per_gift(self) -> float:
+        return max(self.cpu_us_per_gift)
+
+    @property
+    def total_us_per_gift(self) -> float:
+        return sum(self.cpu_us_per_gift)
+
+    @property
+    def capacity_per_s(self) -> float:
+        """Settled gifts/s when each primary has one core to itself: the busiest one's limit."""
+        busiest = self.busiest_us_per_gift
+        return 1e6 / busiest if busiest > 0 else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "shards": self.shards, "mode": self.mode, "forced_saga": self.forced_saga,
+            "settled": self.settled,
+            "seconds": self.seconds, "settled_per_s": self.per_s, "cross_shard_share": self.cross_share,
+            "redis_cpu_s": self.redis_cpu_s, "redis_cpu_us_per_gift_per_shard": self.cpu_us_per_gift,
+            "redis_cpu_us_per_gift_total": self.total_us_per_gift,
+            "redis_inside_commands_wall_us_per_gift_per_shard": self.inside_us_per_gift,
+            "redis_cpu_us_per_gift_busiest_shard": self.busiest_us_per_gift,
+            "capacity_per_s_one_core_per_shard": self.capacity_per_s,
+            "memory_bytes_per_gift": sum(self.memory_growth) / self.settled if self.settled else float("nan"),
+            **{f"{name}_per_gift_per_shard": [n / self.settled if self.settled else float("nan") for n in per_shard]
+               for name, per_shard in self.counts.items()},
+            "generator_cpu_us_per_gift": self.generator_cpu_s / self.settled * 1e6 if self.settled else float("nan"),
+            "latency_ms": self.latency,
+        }
+
+
+Pair = tuple[str, str]
+
+
+class Bed:
+    """Users, funded, mutual followers and online, on one topology; pairs by placement."""
+
+    def __init__(self, topology: Topology, servers: list[Server], concurrency: int, *, cluster: bool) -> None:
+        self.topology = topology
+        self.cluster = cluster
+        self.settings = SettingsCache(topology.general, DEFAULT_KEYS, max_age_s=_SETTINGS_MAX_AGE_S)
+        self.servers = servers
+        self.concurrency = concurrency
+        self.tag = secrets.token_hex(3)
+        self.by_node: dict[str, list[str]] = {}
+        self.pairs: dict[str, list[Pair]] = {}
+
+    def _node(self, user: str) -> str:
+        return self.topology.node_for(slot_of(user)).name
+
+    def draw(self, modes: Sequence[str]) -> None:
+        """Enough users on every primary for ``concurrency`` pairs of each mode."""
+        nodes = {n.name for n in self.topology.nodes()}
+        want = 2 * self.concurrency
+        i = 0
+        while any(len(self.by_node.get(n, ())) < want for n in nodes):
+            user = f"cb{self.tag}u{i}"
+            self.by_node.setdefault(self._node(user), []).append(user)
+            i += 1
+        rng = random.Random(self.tag)
+        everyone = [u for users in self.by_node.values() for u in users]
+        names = sorted(self.by_node)
+        for mode in modes:
+            pairs: list[Pair] = []
+            for k in range(self.concurrency):
+                if mode == "mixed":
+                    a, b = rng.sample(everyone, 2)
+                elif mode == "same":
+                    a, b = rng.sample(self.by_node[names[k % len(names)]], 2)
+                else:  # cross
+                    here, there = rng.sample(names, 2)
+                    a, b = rng.choice(self.by_node[here]), rng.choice(self.by_node[there])
+                pairs.append((a, b))
+            self.pairs[mode] = pairs
+
+    async def promotion(self, on: bool) -> None:
+        """Newcomer promotion on (the default: 5 free gifts paid by the ``promo`` account)
+        or off. On, a gift takes the one-script path only when its sender, its recipient
+        and the promotion account share a node, since the script may charge any of them."""
+        default = SceneConfig().newcomer_free_gifts
+        await Scenes(self.topology, BENCH_RULES, settings=self.settings).set_config(
+            {"newcomer_free_gifts": default if on else 0})
+        self.settings.invalidate()
+
+    async def provision(self) -> None:
+        accounts = Accounts(self.topology, BENCH_RULES)
+        presence = Presence(self.topology, BENCH_RULES)
+        users = sorted({u for pairs in self.pairs.values() for pair in pairs for u in pair})
+        now = int(time.time() * 1000)
+        since = now - _FOLLOW_AGE_MS
+        await presence.heartbeat(_NODE)
+
+        async def make(user: str) -> None:
+            await accounts.create_user(user, verified=True, created_at_ms=now - _ACCOUNT_AGE_MS)
+            await accounts.mint(user, "note", 10**8)
+            await presence.connect(user, _NODE)
+
+        await asyncio.gather(*(make(u) for u in users))
+        pairs = {p for ps in self.pairs.values() for p in ps}
+        await asyncio.gather(*(accounts.follow(a, b, since) for a, b in pairs),
+                             *(accounts.follow(b, a, since) for a, b in pairs))
+        await self.promotion(False)
+
+    def crosses(self, pair: Pair) -> bool:
+        return not self.topology.colocated([slot_of(pair[0]), slot_of(pair[1])])
+
+
+async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: bool = False,
+                promotion: bool = False) -> PhaseResult:
+    """Gift and accept along each pair of ``mode`` from one task per pair for ``seconds``."""
+    await bed.promotion(promotion)
+    clearing = Clearing(bed.topology, BENCH_RULES, settings=bed.settings, force_saga=force_saga)
+    pairs = bed.pairs[mode]
+    run = secrets.token_hex(2)
+    # One warm-up gift per pair: connections opened and scripts loaded outside the window.
+    await asyncio.gather(*(_gift(clearing, f"w{run}{i}", pair) for i, pair in enumerate(pairs)))
+    latencies: list[float] = []
+    settled = cross = 0
+    before = [s.info() for s in bed.servers]
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    deadline = t0 + seconds
+
+    async def worker(index: int, pair: Pair) -> None:
+        nonlocal settled, cross
+        crossing = bed.crosses(pair)
+        n = 0
+        while (began := time.perf_counter()) < deadline:
+            await _gift(clearing, f"g{run}{index}-{n}", pair)
+            latencies.append(time.perf_counter() - began)
+            n += 1
+            settled += 1
+            cross += crossing
+
+    await asyncio.gather(*(worker(i, p) for i, p in enumerate(pairs)))
+    elapsed, generator = time.perf_counter() - t0, time.process_time() - cpu0
+    after = [s.info() for s in bed.servers]
+    return PhaseResult(
+        name=name, shards=len(bed.servers) if bed.cluster else 0, mode=mode if not promotion else f"{mode}+promotion",
+        forced_saga=force_saga,
+        settled=settled, cross=cross, seconds=elapsed,
+        redis_cpu_s=[_cpu_s(b) - _cpu_s(a) for a, b in zip(before, after, strict=True)],
+        redis_inside_s=[_inside_s(b) - _inside_s(a) for a, b in zip(before, after, strict=True)],
+        memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
+        counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
+                for name, cmds in _COUNTED.items()},
+        generator_cpu_s=generator, latency=_summary(latencies))
+
+
+async def _gift(clearing: Clearing, gift_id: str, pair: Pair) -> None:
+    sender, recipient = pair
+    await clearing.reserve(gift_id, sender, recipient, "note", 1)
+    await clearing.accept(gift_id, recipient, sender_hint=sender)
+
+
+def _summary(latencies: list[float]) -> dict[str, float]:
+    s = LatencySummary.of(latencies)
+    return {"p50_ms": s.p50_ms, "p99_ms": s.p99_ms}
+
+
+async def user_memory(topology: Topology, user: str) -> dict[str, Any]:
+    """Bytes (``MEMORY USAGE``, samples 0 = exact) of every key under ``user``'s hash tag,
+    in all and by the kind of key (``user``, ``bal``, ``gift``, ``offer``, ...)."""
+    client = topology.node_for(slot_of(user)).client
+    total = count = 0
+    by_kind: dict[str, list[int]] = {}
+    head = f"{DEFAULT_KEYS.prefix}:{{{user}}}:"
+    async for key in client.scan_iter(match=head + "*", count=1000):
+        size = int(await client.memory_usage(key, samples=0) or 0)
+        kind = key.decode()[len(head):].split(":", 1)[0]
+        entry = by_kind.setdefault(kind, [0, 0])
+        entry[0] += 1
+        entry[1] += size
+        total += size
+        count += 1
+    return {"bytes": total, "keys": count,
+            "by_kind": {k: {"keys": n, "bytes": b} for k, (n, b) in sorted(by_kind.items())}}
+
+
+async def through_gateway(plan: Plan, work: Path, redis_url: str | None) -> dict[str, Any]:
+    """Settled gifts/s at the maximum rate and send->offer at half of it, through 2 gateway
+    nodes (each sender on node 1, its recipient on node 2), on ``redis_url`` or a fresh Redis."""
+    from loadtest import gifting
+    from loadtest.bench import CpuMeter
+    from loadtest.stats import Recorder
+    from loadtest.target import LoadTarget
+    from notecard.admin_client import AdminClient
+
+    rec = Recorder()
+    with LoadTarget(work, nodes=2, redis_url=redis_url) as target:
+        tgt = target.target
+        async with AdminClient(tgt.admin_url, tgt.admin_token) as admin:
+            pairs = await gifting.provision_pairs(admin, plan.gateway_pairs)
+        async with gifting.GiftLoad(tgt.urls[0], tgt.urls[-1], tgt.token, pairs, rec) as load:
+            await load.run_closed(plan.gateway_warmup_s, "warmup")
+            meter = CpuMeter({f"node{i + 1}": pid for i, pid in enumerate(target.node_pids())})
+            top = await load.run_closed(plan.gateway_s, "max")
+            cores = meter.read()
+            half = await load.run_paced(max(1.0, top.settled_per_s / 2), plan.gateway_s, "half")
+    out: dict[str, Any] = {"pairs": plan.gateway_pairs, "settled_per_s_max": top.settled_per_s,
+                           "settled_per_s_half": half.settled_per_s, "errors": top.errors + half.errors,
+                           "lost": top.lost + half.lost,
+                           # CPU-seconds of both gateway nodes per gift settled at the maximum rate
+                           "nodes_cpu_us_per_gift": sum(cores[f"node{i + 1}"] for i in range(2)) * top.seconds
+                           / max(1, top.settled) * 1e6}
+    for phase in ("max", "half"):
+        series = rec.series.get(f"{phase}/send->offer")
+        out[f"send_offer_{phase}"] = dataclasses.asdict(LatencySummary.of(series.latency if series else []))
+    return out
+
+
+# ---------------------------------------------------------------- topologies
+@contextlib.asynccontextmanager
+async def _single(work: Path) -> Any:
+    server = LocalRedis(work / "single").start()
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        yield single_topology(client, DEFAULT_KEYS), [Server(server.host, server.port, server.password)]
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _cluster(work: Path, shards: int) -> Any:
+    cluster = LocalCluster(work / f"cluster{shards}", shards=shards, replicas=0).start()
+    topology = None
+    try:
+        topology = await connect_cluster([(s.host, s.port) for s in cluster.servers], password=cluster.password,
+                                         fence=lambda tag: DEFAULT_KEYS.node_channel(tag, "fence"))
+        # Primaries in the topology's order, so that per-shard figures line up with its nodes.
+        servers = [Server(s.primary.host, s.primary.port, cluster.password) for s in cluster.shards]
+        yield topology, servers, cluster.url
+    finally:
+        if topology is not None:
+            await topology.aclose()
+            await topology.general.aclose()
+        cluster.stop()
+
+
+# ---------------------------------------------------------------- the run
+async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable[[str], None], *,
+              gateway: bool = True) -> dict[str, Any]:
+    phases: list[PhaseResult] = []
+    memory: dict[str, Any] = {}
+    gateways: dict[str, Any] = {}
+    #: The conservation check after each topology's phases: a fast bench that loses cards
+    #: measures nothing.
+    conservation: dict[str, Any] = {}
+
+    async def check(name: str, topology: Topology) -> None:
+        found = await check_invariant(topology.general, BENCH_RULES)
+        conservation[name] = {"ok": found.ok, "violations": found.violations[:10]}
+        say(f"  conservation on {name}: {'ok' if found.ok else found.violations[:3]}")
+
+    def done(result: PhaseResult) -> None:
+        phases.append(result)
+        say(f"  {result.name}: {result.per_s:,.0f} settled/s, busiest shard "
+            f"{result.busiest_us_per_gift:.1f} us/gift, cross-shard {result.cross_share:.0%}")
+
+    say("one instance ...")
+    async with _single(work) as (topology, servers):
+        bed = Bed(topology, servers, plan.concurrency, cluster=False)
+        bed.draw(["mixed"])
+        await bed.provision()
+        fresh = bed.pairs["mixed"][0][0]
+        memory["fresh_user"] = {**await user_memory(topology, fresh), "user": fresh,
+                                "state": "created, funded, 2 mutual follows at most, online"}
+        done(await drive(bed, "one instance, one-script path", "mixed", plan.phase_s))
+        done(await drive(bed, "one instance, saga forced", "mixed", plan.phase_s, force_saga=True))
+        gifts = sum(1 for p in bed.pairs["mixed"] if fresh in p)
+        memory["bench_user"] = {**await user_memory(topology, fresh), "user": fresh,
+                                "state": f"after the one-instance phases (in {gifts} of the pairs)"}
+        await check("one instance", topology)
+    if gateway:
+        say("through 2 gateway nodes on one instance ...")
+        gateways["one_instance"] = await through_gateway(plan, work / "gw-single", None)
+    largest = max(shard_counts)
+    for shards in shard_counts:
+        say(f"{shards} shard(s) ...")
+        async with _cluster(work, shards) as (topology, servers, url):
+            modes = ["mixed", "same", "cross"] if shards == largest and shards > 1 else ["mixed"]
+            bed = Bed(topology, servers, plan.concurrency, cluster=True)
+            bed.draw(modes)
+            await bed.provision()
+            for mode in modes:
+                done(await drive(bed, f"{shards} shard(s), {_MODES[mode]}", mode, plan.phase_s))
+            if "same" in modes:
+                done(await drive(bed, f"{shards} shard(s), random pairs, newcomer promotion on", "mixed",
+                                 plan.phase_s, promotion=True))
+            await check(f"{shards} shard(s)", topology)
+            if gateway and shards == largest:
+                say(f"through 2 gateway nodes on {shards} shard(s) ...")
+                gateways[f"{shards}_shards"] = await through_gateway(plan, work / f"gw-{shards}", url)
+    return {"phases": [p.as_dict() for p in phases], "memory": memory, "conservation": conservation,
+            "gateway": gateways, "derived": derive(phases)}
+
+
+_MODES = {"mixed": "random pairs", "same": "same-shard pairs only", "cross": "cross-shard pairs only"}
+
+
+def derive(phases: Sequence[PhaseResult]) -> dict[str, Any]:
+    """The ratios the bars are about, each against a baseline of the same run."""
+    by = {(p.shards, p.mode, p.forced_saga): p for p in phases}
+    single, forced, one = by.get((0, "mixed", False)), by.get((0, "mixed", True)), by.get((1, "mixed", False))
+    out: dict[str, Any] = {}
+    if single and forced:
+        out["one_instance_saga_over_one_script_cpu"] = forced.total_us_per_gift / single.total_us_per_gift
+    if one and single:
+        out["one_shard_cluster_over_one_instance_cpu"] = one.total_us_per_gift / single.total_us_per_gift
+    for p in phases:
+        if one and p.mode == "mixed" and p.shards > 1:
+            out[f"capacity_{p.shards}_over_1_shard"] = p.capacity_per_s / one.capacity_per_s
+    same = next((p for p in phases if p.mode == "same"), None)
+    cross = next((p for p in phases if p.mode == "cross"), None)
+    if same and cross:
+        out["cross_over_same_shard_cpu_total"] = cross.total_us_per_gift / same.total_us_per_gift
+        if single:
+            out["cross_shard_over_one_instance_cpu_total"] = cross.total_us_per_gift / single.total_us_per_gift
+    return out
+
+
+def _key(p: dict[str, Any]) -> str:
+    if p["shards"] == 0:
+        return "one_instance_saga" if p["forced_saga"] else "one_instance"
+    return f"{p['shards']}_shards_{p['mode']}"
+
+
+def rows_of(results: dict[str, Any]) -> list[report.Row]:
+    """The table: per phase its rate, its Redis CPU per gift (against the one-script path on
+    one instance) and its rate at one core per shard (against one shard)."""
+    rows: list[report.Row] = []
+    phases = {_key(p): p for p in results["phases"]}
+    single, one = phases.get("one_instance"), phases.get("1_shards_mixed")
+    for key, p in phases.items():
+        rows.append(report.Row(f"{key}_per_s", f"{p['name']}: settled gifts/s ({p['cross_shard_share']:.0%} cross)",
+                               p["settled_per_s"], "/s"))
+        per_shard = ", ".join(f"{v:.0f}" for v in p["redis_cpu_us_per_gift_per_shard"])
+        rows.append(report.Row(f"{key}_cpu", f"   Redis CPU us/gift, all shards ({per_shard})",
+                               p["redis_cpu_us_per_gift_total"], "us",
+                               single["redis_cpu_us_per_gift_total"] if single else None, "one instance"))
+        if p["shards"] == 0:
+            continue
+        ceiling = one["capacity_per_s_one_core_per_shard"] if one else None
+        target = ("min", 2.0) if p["shards"] == 3 and p["mode"] == "mixed" else None
+        rows.append(report.Row(f"{key}_capacity", "   gifts/s at one core per shard (1 / busiest shard)",
+                               p["capacity_per_s_one_core_per_shard"], "/s", ceiling, "1 shard", target))
+    gateway = results.get("gateway", {})
+    base = gateway.get("one_instance")
+    for name, g in gateway.items():
+        where = "one instance" if name == "one_instance" else name.replace("_", " ")
+        label = f"2 gateway nodes on {where}: settled gifts/s ({g['pairs']} pairs)"
+        rows.append(report.Row(f"gateway_{name}_per_s", label,
+                               g["settled_per_s_max"], "/s", base["settled_per_s_max"] if base else None,
+                               "one instance"))
+        rows.append(report.Row(f"gateway_{name}_p99", "   send->offer p99 at half that rate (cross-node)",
+                               g["send_offer_half"]["p99_ms"], "ms", target=("max", 20.0)))
+    if single:
+        rows.append(report.Row("memory_per_gift", "used_memory growth per settled gift (one instance)",
+                               single["memory_bytes_per_gift"], "B"))
+    memory = results.get("memory", {})
+    for name in ("fresh_user", "bench_user"):
+        if name in memory:
+            m = memory[name]
+            rows.append(report.Row(f"memory_{name}", f"memory of a {name.replace('_', ' ')} ({m['keys']} keys)",
+                                   float(m["bytes"]), "B"))
+    return rows
+
+
+# ---------------------------------------------------------------- CLI
+def parse_shards(text: str) -> list[int]:
+    problem = "--shards takes shard counts from 1 to 16, e.g. 1,2,3"
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(problem) from None
+    if not counts or counts[0] < 1 or counts[-1] > 16:
+        raise ValueError(problem)
+    return counts
+
+
+def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None, command: str,
+         gateway: bool = True) -> int:
+    from loadtest.bench import machine
+    from notecard.runner import install_uvloop
+
+    try:
+        counts = parse_shards(shards)
+    except ValueError as exc:
+        print(f"notecard bench: {exc}", file=sys.stderr)
+        return 2
+    plan = QUICK if quick else FULL
+    if concurrency is not None:
+        if concurrency < 1:
+            print("notecard bench: --concurrency must be at least 1", file=sys.stderr)
+            return 2
+        plan = dataclasses.replace(plan, concurrency=concurrency)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = out or Path("bench-results") / f"cluster-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    install_uvloop()
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    info = machine()
+    say(f"notecard bench --cluster {'--quick ' if quick else ''}-> {out}  ({info['cpus']} CPUs, {info['cpu_model']})")
+    with _workdir() as work:
+        results = asyncio.run(run(plan, counts, work, say, gateway=gateway))
+    rows = rows_of(results)
+    say("")
+    say(report.table(rows))
+    document = {"started_at": stamp, "command": command, "machine": info, "plan": dataclasses.asdict(plan),
+                "shards": counts, **results, "table": [r.as_dict() for r in rows]}
+    (out / "cluster.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    (out / "cluster.md").write_text(report.table(rows, markdown=True) + "\n")
+    say(f"\nwrote {out / 'cluster.json'}, {out / 'cluster.md'}")
+    if not all(c["ok"] for c in results["conservation"].values()):
+        say("conservation check FAILED (see cluster.json)")
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="notecard-cluster-bench-") as work:
+        yield Path(work)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", action="store_true",
+                        help="Redis CPU per settled gift on 1..N-shard local clusters (loadtest.cluster_bench)")
+    parser.add_argument("--shards", default="1,2,3", help="with --cluster: shard counts to measure (default 1,2,3)")
+    parser.add_argument("--no-gateway", action="store_true",
+                        help="with --cluster: skip the phases through 2 gateway nodes (one instance, largest cluster)")

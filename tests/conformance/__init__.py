@@ -1,0 +1,1 @@
+"""Conformance cases of docs/protocol.md, run against every SDK (see tests/test_conformance.py)."""
