@@ -190,6 +190,11 @@ class KeySchema:
         of the slot's users; the conservation check sums them over every slot."""
         return self._of(tag, "tot")
 
+    def ledger(self, tag: str) -> str:
+        """Stream: the double-entry records of every change of value and the gift events
+        (clearing/ledger.py, docs/ledger.md), one per Redis server, in its home slot."""
+        return self._of(tag, "ledger")
+
     def slot_users(self, tag: str) -> str:
         """Set: the users whose keys live in the slot."""
         return self._of(tag, "users")

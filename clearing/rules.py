@@ -46,6 +46,10 @@ class GiftRules:
     refusal_memory_ms: int = 60_000
     #: Events kept per user stream (approximate trim, MAXLEN ~).
     stream_maxlen: int = 1000
+    #: Entries kept per ledger stream, one per Redis server (approximate trim, MAXLEN ~):
+    #: the ledger's consumers must read an entry before this many newer ones pass it
+    #: (docs/ledger.md).
+    ledger_maxlen: int = 200_000
     #: Entries kept in the points log; older ones are folded into per-user sums (resolve.lua).
     points_log_maxlen: int = 100_000
     #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.
@@ -65,6 +69,7 @@ class GiftRules:
             "confirm_window_ms",
             "refusal_memory_ms",
             "stream_maxlen",
+            "ledger_maxlen",
             "node_ttl_ms",
         ):
             if getattr(self, name) <= 0:

@@ -149,6 +149,9 @@ RULE_SETTINGS: tuple[Declared, ...] = (
              "rules.confirm_window_ms", scale=1000),
     Declared("TIMEZONE", TimeZone(), "the calendar day of the daily limits", "rules.timezone"),
     Declared("STREAM_MAXLEN", Integer(1), "events kept per user for replay", "rules.stream_maxlen"),
+    Declared("LEDGER_MAXLEN", Integer(1),
+             "ledger entries kept per Redis server (docs/ledger.md); consumers must keep within it",
+             "rules.ledger_maxlen"),
     Declared("POINTS_LOG_MAXLEN", Integer(MIN_POINTS_LOG),
              "entries kept in the points log; older ones are folded into per-user sums, so the invariant "
              "check reads a bounded log", "rules.points_log_maxlen"),

@@ -124,9 +124,10 @@ _TOOLS = {
     "fuzz": "fuzz the protocol decoder and a live gateway's frame handling (loadtest.fuzz)",
     "micro": "CPU per operation of a gift's parts: Redis calls, pub/sub, frames, codec (loadtest.micro)",
     "risk": "the risk engine: run the scorer, train and evaluate the model (risk.cli)",
+    "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
 }
 #: Tools that live outside loadtest/.
-_TOOL_MODULES = {"risk": "risk.cli"}
+_TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed"}
 
 
 def _build_admin(sub: Any) -> None:

@@ -303,7 +303,7 @@ async def test_the_probe_listener_serves_probes_and_metrics_only(node_factory: N
 async def _accounts_snapshot(redis: aioredis.Redis) -> dict[bytes, bytes | None]:
     """Every account, balance, follow and block key, serialised: what a refused call must
     leave as it was (the node's own presence keys move on by themselves)."""
-    names = ("user", "users", "bal", "held", "follows", "blocks", "tot")
+    names = ("user", "users", "bal", "held", "follows", "blocks", "tot", "ledger")
     keys = [k for name in names for k in await redis.keys(KeySchema().pattern(name))]
     return {k: await redis.dump(k) for k in sorted(set(keys))}
 
