@@ -138,8 +138,8 @@ class LocalPostgres:
 
     def restart(self) -> None:
         """``pg_ctl restart``: every connection is cut, the server is back when this returns."""
-        self._run("pg_ctl", "restart", "-D", str(self.data_dir), "-l", str(self.root / "server.log") if self.root
-                  else "", "-w", "-t", str(READY_TIMEOUT_S), "-m", "fast", "-o", self._options())
+        self._run("pg_ctl", "restart", "-D", str(self.data_dir), "-l", str(self.data_dir.parent / "server.log"),
+                  "-w", "-t", str(READY_TIMEOUT_S), "-m", "fast", "-o", self._options())
 
     def create_database(self, name: str) -> str:
         """A new empty database; its URL."""
