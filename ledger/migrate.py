@@ -13,7 +13,7 @@ from importlib import resources
 
 from ledger.books import Conn
 
-#: pg_advisory_xact_lock key: any fixed number no other code of ours locks ("ncledger" in hex-ish).
+#: pg_advisory_xact_lock key: "ncledger" in ASCII, a number no other code of ours locks.
 _LOCK = 0x6E636C6564676572
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
