@@ -49,6 +49,7 @@ import redis.asyncio as aioredis
 
 from clearing import GiftRules, KeySchema
 from gateway.auth import mint_token
+from loadtest.drill_books import check_books
 from loadtest.drill_checks import verify
 from loadtest.drill_workload import History, UserAgent, WorkloadConfig
 from loadtest.faults.injector import FaultInjector
@@ -221,6 +222,7 @@ class Drill:
                     verdict = await verify(redis, GiftRules(), self.history, self.minted,
                                            self.injector.records if self.injector else [], KeySchema(),
                                            durable=self.s.durability.wait_replicas >= REPLICAS)
+                    await check_books(redis, verdict)
                 finally:
                     await redis.aclose()
         except TimeoutError:
@@ -399,6 +401,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  acknowledged-then-lost {n['acked_then_lost']}; offers of gifts later lost {n['offers_of_lost_gifts']}; "
         f"states told in replies then lost {n['anomalies'].get('reply_state_lost', 0)}, in events "
         f"{n['anomalies'].get('event_state_lost', 0)}; ledger mismatches {n['ledger_mismatches']}",
+        f"  book of record (PostgreSQL): {n.get('books', 'not checked')}",
         f"  arrival (recipient online): {n['arrival_online']['delivered']}/{n['arrival_online']['total']} "
         f"= {n['arrival_online']['rate']:.2%}; all recipients {n['arrival']['rate']:.2%}",
         "  per fault kind: faults / gifts during / acked-then-lost / violating / arrival missed",

@@ -125,9 +125,10 @@ _TOOLS = {
     "micro": "CPU per operation of a gift's parts: Redis calls, pub/sub, frames, codec (loadtest.micro)",
     "risk": "the risk engine: run the scorer, train and evaluate the model (risk.cli)",
     "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
+    "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
 }
 #: Tools that live outside loadtest/.
-_TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed"}
+_TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli"}
 
 
 def _build_admin(sub: Any) -> None:
