@@ -10,7 +10,9 @@ off)::
     events = EventLog(redis, rules)       # replay after a reconnect
 
 Each also takes ``keys=KeySchema(prefix)`` and ``clock=`` (ms since the epoch). Errors are
-described in :mod:`clearing.errors`; the published event format in :mod:`clearing.events`.
+described in :mod:`clearing.errors`; the published event format in :mod:`clearing.events`;
+the ledger outbox every change of value appends to, its consumer groups and its replay
+check in :mod:`clearing.ledger` (docs/ledger.md).
 """
 
 from clearing.accounts import Accounts

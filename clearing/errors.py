@@ -63,6 +63,14 @@ class Refusal(enum.StrEnum):
     TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
     # A send that stopped half-way across shards and was abandoned: nothing moved.
     SEND_ABORTED = "SEND_ABORTED"
+    # The risk engine's actions (docs/risk.md), read in the same step as the other rules.
+    DEVICE_BANNED = "DEVICE_BANNED"
+    ACCOUNT_FROZEN = "ACCOUNT_FROZEN"
+    RECIPIENT_FROZEN = "RECIPIENT_FROZEN"
+    RISK_LIMITED = "RISK_LIMITED"
+    NOTHING_TO_APPEAL = "NOTHING_TO_APPEAL"
+    APPEAL_KIND = "APPEAL_KIND"
+    APPEAL_PENDING = "APPEAL_PENDING"
 
 
 #: The order in which a send's rules are checked: the first that fails is the refusal, on
@@ -71,8 +79,9 @@ class Refusal(enum.StrEnum):
 _SEND_ORDER = (
     Refusal.RATE_LIMITED, Refusal.IDEMPOTENCY_CONFLICT, Refusal.SEND_ABORTED, Refusal.SELF_GIFT,
     Refusal.UNKNOWN_KIND, Refusal.BAD_QUANTITY, Refusal.UNKNOWN_USER, Refusal.SENDER_BANNED,
-    Refusal.RECIPIENT_BANNED, Refusal.NOT_VERIFIED, Refusal.BLOCKED, Refusal.NOT_MUTUAL_3D,
-    Refusal.LIMIT_DAILY_SEND, Refusal.LIMIT_DAILY_RECEIVE, Refusal.QUOTE_EXPIRED, Refusal.QUOTE_MISMATCH,
+    Refusal.DEVICE_BANNED, Refusal.ACCOUNT_FROZEN, Refusal.RECIPIENT_BANNED, Refusal.RECIPIENT_FROZEN,
+    Refusal.NOT_VERIFIED, Refusal.BLOCKED, Refusal.NOT_MUTUAL_3D, Refusal.LIMIT_DAILY_SEND,
+    Refusal.LIMIT_DAILY_RECEIVE, Refusal.RISK_LIMITED, Refusal.QUOTE_EXPIRED, Refusal.QUOTE_MISMATCH,
     Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
 )
 REFUSAL_ORDER: tuple[Refusal, ...] = (*_SEND_ORDER, *(code for code in Refusal if code not in _SEND_ORDER))
@@ -114,6 +123,13 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.TOO_MANY_CONNECTIONS: "too many connections of this user; close another one first",
     Refusal.TOO_MANY_ROOMS: "this connection watches as many live rooms as it may; leave one first",
     Refusal.SEND_ABORTED: "the send did not complete and was abandoned; nothing moved; send again with a new gift id",
+    Refusal.DEVICE_BANNED: "this device is banned from sending gifts",
+    Refusal.ACCOUNT_FROZEN: "the account is frozen for now; see until_ms, or appeal",
+    Refusal.RECIPIENT_FROZEN: "the recipient's account is frozen for now",
+    Refusal.RISK_LIMITED: "the account is limited for now (gifts per day, live-room gifts); appeal to lift it",
+    Refusal.NOTHING_TO_APPEAL: "the account has no risk action to appeal",
+    Refusal.APPEAL_KIND: "this action is appealed with another kind of evidence",
+    Refusal.APPEAL_PENDING: "an appeal of this action is already waiting for an operator",
 }
 
 
@@ -124,10 +140,13 @@ class ClearingError(Exception):
 class Refused(ClearingError):
     """A rule refused the operation. ``gift`` is set for ALREADY_RESOLVED / GIFT_EXPIRED."""
 
-    def __init__(self, code: Refusal, message: str = "", gift: GiftRecord | None = None) -> None:
+    def __init__(self, code: Refusal, message: str = "", gift: GiftRecord | None = None,
+                 until_ms: int | None = None) -> None:
         super().__init__(message or REFUSAL_TEXT[code])
         self.code = code
         self.gift = gift
+        #: ACCOUNT_FROZEN: when the freeze ends (ms), when it reads.
+        self.until_ms = until_ms
 
 
 class ClearingUnavailable(ClearingError):

@@ -57,7 +57,7 @@ from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused, StepRefused
 from clearing.guard import guarded, guarded_pipeline
-from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_id
+from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
@@ -125,6 +125,7 @@ class Clearing(RedisComponent):
             "recv_limit": rules.daily_receive_limit, "scope": rules.receive_limit_scope,
             "follow_age": rules.follow_min_age_ms, "window": rules.confirm_window_ms,
             "memo_ms": rules.refusal_memory_ms, "saga_ms": saga_ms, "pointlog_max": rules.points_log_maxlen,
+            "rl_daily": rules.risk_limited_daily, "rl_rooms": 1 if rules.risk_limited_rooms else 0,
         }
         #: What the answer's scripts read of those (gift_answer.lua): each named argument is
         #: decoded by every call, so an answer carries only these.
@@ -132,11 +133,12 @@ class Clearing(RedisComponent):
 
     # ================================================================ send
     async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
-                      app: str = "main", quote_id: str = "") -> GiftRecord:
+                      app: str = "main", quote_id: str = "", device: str | None = None) -> GiftRecord:
         """Offer ``qty`` cards of ``kind``; the cost is held until the gift resolves.
 
         ``app``: where the sender is (perks on accept); ``quote_id``: a live-room quote
-        (clearing/rooms.py) that prices the gift. Festival and newcomer pricing: gift_send.lua.
+        (clearing/rooms.py) that prices the gift; ``device``: the sender's device fingerprint
+        (a banned one is refused). Festival and newcomer pricing: gift_send.lua.
         """
         if not is_valid_id(gift_id):
             raise Refused(Refusal.BAD_REQUEST, "gift id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
@@ -145,6 +147,10 @@ class Clearing(RedisComponent):
         now = self._clock()
         snapshot = await self._settings.get()
         a = await self._send_args(snapshot, now, gift_id, sender, recipient, kind, qty, app, quote_id)
+        if device is not None:
+            if not is_valid_device(device):
+                raise Refused(Refusal.BAD_REQUEST, "a device fingerprint is 1-128 characters of A-Z a-z 0-9 _ -")
+            a["dev"] = device
         parties = [slot_of(sender), slot_of(recipient)]
         if not self.force_saga and self._topology.colocated(parties):
             # The promotion account pays only a newcomer's free gift, which the script finds

@@ -43,6 +43,14 @@ def is_valid_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
+#: A device fingerprint (the wire's ``hello.device``).
+_DEVICE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+
+
+def is_valid_device(value: str) -> bool:
+    return _DEVICE.fullmatch(value) is not None
+
+
 def is_valid_app(value: str) -> bool:
     return _APP.fullmatch(value) is not None
 
@@ -182,6 +190,11 @@ class KeySchema:
         of the slot's users; the conservation check sums them over every slot."""
         return self._of(tag, "tot")
 
+    def ledger(self, tag: str) -> str:
+        """Stream: the double-entry records of every change of value and the gift events
+        (clearing/ledger.py, docs/ledger.md), one per Redis server, in its home slot."""
+        return self._of(tag, "ledger")
+
     def slot_users(self, tag: str) -> str:
         """Set: the users whose keys live in the slot."""
         return self._of(tag, "users")
@@ -234,6 +247,49 @@ class KeySchema:
     def settings_channel(self) -> str:
         """Pub/sub channel (classic, cluster-wide): "settings changed, reload"."""
         return self._of("cfg", "changed")
+
+    # ----------------------------------------------------------- the risk engine (docs/risk.md)
+    # Tags starting with ``~`` can be no user id (``_ID`` has no ``~``) and no slot tag.
+    def risk(self, user_id: str) -> str:
+        """Hash, in the user's slot so the send scripts read it: frozen_until (ms), limited
+        (1), ``dev:<fingerprint>`` (1: that device is banned), tier, reason, since_ms."""
+        return self._of(user_id, "risk")
+
+    def risk_features(self, user_id: str) -> str:
+        """Hash: the scorer's running features of the user (risk/features.py)."""
+        return self._of(user_id, "rfeat")
+
+    def risk_peers(self, user_id: str) -> str:
+        """Sorted set: the users this user gave to (score: gifts), for fan-out and cycles."""
+        return self._of(user_id, "rpeers")
+
+    def device_accounts(self, device: str) -> str:
+        """Set: the accounts seen on the device."""
+        return self._of(f"~d{device}", "accts")
+
+    def device_ban(self, device: str) -> str:
+        """String: why and when the device was banned, in every linked app (absent: not banned)."""
+        return self._of(f"~d{device}", "ban")
+
+    def net_members(self, net: str, what: str) -> str:
+        """Set: the accounts (``what`` = accts) or devices (devs) seen in an IP /24 (IPv6 /48)."""
+        return self._of(f"~n{net}", what)
+
+    def risk_events(self) -> str:
+        """Stream: what every send and answer was, with its device, address and app (risk/signals.py)."""
+        return self._of("~risk", "events")
+
+    def risk_audit(self) -> str:
+        """Stream: the scorer's decisions and the operators' appeal verdicts."""
+        return self._of("~risk", "audit")
+
+    def risk_appeals(self) -> str:
+        """Hash: user -> JSON of the user's open appeal."""
+        return self._of("~risk", "appeals")
+
+    def risk_switches(self) -> str:
+        """Hash: the scorer's switches (shadow, rule:<name>, model), set by operators."""
+        return self._of("cfg", "risk")
 
 
 def _glob_escape(text: str) -> str:

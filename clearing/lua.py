@@ -67,6 +67,14 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("mentor_bind", "mentor_step"), ("mentor",)),
 }
 
+#: The scripts that change value or decide a gift, and so append to the ledger stream
+#: (lib.lua): only they are given its settings, and only they are stopped by a ledger key
+#: that is not a stream.
+LEDGER_SCRIPTS: frozenset[str] = frozenset({
+    "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
+    "redeem_frame", "mentor_bind", "mentor_step",
+})
+
 #: A quota counter only matters during its day and while that day's gifts can still be
 #: declined or expire; two days covers a day plus any confirm window, then Redis drops it.
 QUOTA_TTL_MS = 2 * DAY_MS
@@ -75,8 +83,8 @@ QUOTA_TTL_MS = 2 * DAY_MS
 MAX_SAFE_INT = 2**53 - 1
 
 #: Argument names lib.lua gives every script (the key prefix, the clock, the epoch candidate,
-#: the home slot of the Redis node that runs the call).
-_RESERVED = frozenset({"p", "now", "ep", "home"})
+#: the home slot of the Redis node that runs the call, the ledger's call id and bound).
+_RESERVED = frozenset({"p", "now", "ep", "home", "op", "lmax"})
 
 #: Times a call whose slot moved is sent again after reading the map again.
 _MOVED_RETRIES = 3
@@ -128,13 +136,14 @@ def script_source(name: ScriptName) -> str:
 class ScriptRunner:
     """Runs clearing's scripts on whichever node serves each slot."""
 
-    __slots__ = ("_common", "_topology")
+    __slots__ = ("_common", "_ledger_max", "_topology")
 
     def __init__(self, topology: Topology, rules: GiftRules, keys: KeySchema) -> None:
         self._topology = topology
         #: What every script may read from its argument map.
         self._common = {"p": keys.prefix, "maxlen": rules.stream_maxlen, "quota_ttl": QUOTA_TTL_MS,
                         "retention": rules.gift_retention_ms}
+        self._ledger_max = rules.ledger_maxlen
 
     @property
     def topology(self) -> Topology:
@@ -162,6 +171,9 @@ class ScriptRunner:
         if args is not None and not _RESERVED.isdisjoint(args):
             raise ValueError(f"script arguments may not be named {sorted(_RESERVED & args.keys())}")
         packed: dict[str, Any] = {**self._common, **(args or {}), "now": now_ms}
+        if name in LEDGER_SCRIPTS:
+            # "op": unique per call; the ledger entries the call writes are "<op>.<n>"
+            packed["lmax"], packed["op"] = self._ledger_max, secrets.token_hex(8)
         if emits:
             packed["ep"] = secrets.token_hex(6)
         raw = await self._call(name, slot, key, packed, durable)
@@ -240,4 +252,6 @@ def decode_reply(raw: Any) -> dict[str, Any]:
         code = Refusal(err)
     except ValueError:
         raise StepRefused(str(err)) from None
-    raise Refused(code, gift=gift_from_map(gift) if gift else None)
+    until = reply.get("until_ms")
+    raise Refused(code, gift=gift_from_map(gift) if gift else None,
+                  until_ms=until if isinstance(until, int) and not isinstance(until, bool) else None)

@@ -46,10 +46,18 @@ class GiftRules:
     refusal_memory_ms: int = 60_000
     #: Events kept per user stream (approximate trim, MAXLEN ~).
     stream_maxlen: int = 1000
+    #: Entries kept per ledger stream, one per Redis server (approximate trim, MAXLEN ~):
+    #: the ledger's consumers must read an entry before this many newer ones pass it
+    #: (docs/ledger.md).
+    ledger_maxlen: int = 200_000
     #: Entries kept in the points log; older ones are folded into per-user sums (resolve.lua).
     points_log_maxlen: int = 100_000
     #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.
     node_ttl_ms: int = 15_000
+    #: What a user of the risk engine's low tier may still send (docs/risk.md): gifts a day,
+    #: and whether live-room gifts; more is refused RISK_LIMITED.
+    risk_limited_daily: int = 1
+    risk_limited_rooms: bool = False
 
     def __post_init__(self) -> None:
         ZoneInfo(self.timezone)  # raises on an unknown zone, at configuration time
@@ -61,11 +69,13 @@ class GiftRules:
             "confirm_window_ms",
             "refusal_memory_ms",
             "stream_maxlen",
+            "ledger_maxlen",
             "node_ttl_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("daily_send_limit", "vip_send_bonus", "daily_receive_limit", "follow_min_age_ms"):
+        for name in ("daily_send_limit", "vip_send_bonus", "daily_receive_limit", "follow_min_age_ms",
+                     "risk_limited_daily"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.points_log_maxlen < MIN_POINTS_LOG:

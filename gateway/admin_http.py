@@ -89,6 +89,7 @@ from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
 from gateway.openapi import OPENAPI_PATH, openapi_document
+from gateway.risk_admin import RiskAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
 
@@ -218,6 +219,7 @@ class AdminApp:
         app.router.add_get("/admin/stats", self.stats)
         BackendRoutes(self).add(app)
         app.router.add_get(OPENAPI_PATH, self.openapi)
+        RiskAdmin(self.redis, self.keys).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

@@ -149,6 +149,9 @@ RULE_SETTINGS: tuple[Declared, ...] = (
              "rules.confirm_window_ms", scale=1000),
     Declared("TIMEZONE", TimeZone(), "the calendar day of the daily limits", "rules.timezone"),
     Declared("STREAM_MAXLEN", Integer(1), "events kept per user for replay", "rules.stream_maxlen"),
+    Declared("LEDGER_MAXLEN", Integer(1),
+             "ledger entries kept per Redis server (docs/ledger.md); consumers must keep within it",
+             "rules.ledger_maxlen"),
     Declared("POINTS_LOG_MAXLEN", Integer(MIN_POINTS_LOG),
              "entries kept in the points log; older ones are folded into per-user sums, so the invariant "
              "check reads a bounded log", "rules.points_log_maxlen"),
@@ -158,6 +161,10 @@ RULE_SETTINGS: tuple[Declared, ...] = (
              "a refused gift id answers the same refusal this long; keep it above `HEARTBEAT_S` + "
              "`PONG_TIMEOUT_S` + `REDIS_TIMEOUT_S`, the longest a copy of a request can be on its way",
              "rules.refusal_memory_ms", scale=1000),
+    Declared("RISK_LIMITED_DAILY", Integer(0), "gifts a day a user of the risk engine's low tier may send",
+             "rules.risk_limited_daily"),
+    Declared("RISK_LIMITED_ROOMS", Flag(), "whether a user of the risk engine's low tier may send live-room gifts",
+             "rules.risk_limited_rooms"),
 )
 
 _LOG_LEVELS = Choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=str.upper)
@@ -259,6 +266,10 @@ class GatewaySettings:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(
         (), "TRUSTED_PROXIES", Networks(),
         "load balancers whose `X-Forwarded-For` (last entry) names the client", shown="unset")
+    risk_engine: bool = setting(
+        True, "RISK_ENGINE", Flag(),
+        "tell the risk engine every hello, send and answer (device, address, app; docs/risk.md); the send "
+        "scripts read its actions either way")
     max_rooms_per_connection: int = setting(5, "MAX_ROOMS_PER_CONNECTION", Integer(1),
                                             "live rooms one connection watches at once (then `TOO_MANY_ROOMS`)")
     max_bad_frames: int = setting(5, "MAX_BAD_FRAMES", Integer(1), "malformed frames before close 3502")

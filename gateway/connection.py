@@ -51,9 +51,11 @@ class ClientConnection:
         "_queue",
         "_queue_max",
         "_writer",
+        "address",
         "app",
         "buffered",
         "closing",
+        "device",
         "encoding",
         "epoch",
         "last_offset",
@@ -64,11 +66,15 @@ class ClientConnection:
 
     def __init__(
         self, ws: ServerConnection, user_id: str, app: str, encoding: Encoding, queue_max: int,
-        metrics: NodeMetrics,
+        metrics: NodeMetrics, *, device: str = "-", address: str = "",
     ) -> None:
         self.ws = ws
         self.user_id = user_id
         self.app = app
+        #: The device fingerprint of the hello ("-": none sent) and the client's address
+        #: (gateway/admission.py): what the risk engine attributes this connection's gifts to.
+        self.device = device
+        self.address = address
         self.encoding = encoding
         self.metrics = metrics
         #: Frames waiting for the writer; None while there are none (see the module docstring).

@@ -53,6 +53,8 @@ from gateway.subscriber import NodeSubscriber
 from gateway.supervisor import TaskSupervisor
 from gateway.tokens import TokenVerifier
 from protocol import MAX_FRAME_BYTES, SUBPROTOCOLS, CloseCode
+from risk.appeals import Appeals
+from risk.signals import SignalLog
 
 log = logging.getLogger("notecard.gateway.node")
 
@@ -113,13 +115,16 @@ class GatewayNode:
         self.bans = BanEnforcer(self.hub, self.accounts)
         self.scenes = Scenes(topo, rules, keys, settings=cache)
         self.rooms = RoomHub(Rooms(topo, rules, keys, settings=cache), self.node_id, settings.max_rooms_per_connection)
+        #: The risk engine's signals (docs/risk.md); None when RISK_ENGINE is off.
+        self.signals = SignalLog(self.redis, keys) if settings.risk_engine else None
+        self.appeals = Appeals(self.redis, keys)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms,
-                                       sender_of=self.hub.sender_of)
+                                       sender_of=self.hub.sender_of, signals=self.signals, appeals=self.appeals)
         self.tokens = TokenVerifier.from_settings(settings, token_secret, self.metrics.tokens)
         self.sessions = SessionRunner(
             self.node_id, settings, self.tokens, self.hub, self.requests, self.clearing, self.presence,
             self.events, self.metrics,
-            UserRates(topo, rules, user_rate, keys=keys),
+            UserRates(topo, rules, user_rate, keys=keys), signals=self.signals,
         )
         self.subscriber = NodeSubscriber(
             topo, keys, self.node_id, self.hub.publish_received, self._missed, self.metrics,
@@ -212,6 +217,8 @@ class GatewayNode:
         jobs.start("loop-lag", self.metrics.watch_loop_lag)
         jobs.start("ledger-gauges", lambda: every(LEDGER_GAUGES_S, self.ledger_gauges.step, "ledger gauges"))
         jobs.start("node-stats", lambda: every(NODE_STATS_S, self.node_stats.step, "node stats"))
+        if self.signals is not None:
+            jobs.start("risk-signals", self.signals.run)
         self._server = await serve(
             AddressGate(self.sessions, s.max_connections_per_ip, s.trusted_proxies, self.metrics),
             s.host,
@@ -314,6 +321,9 @@ class GatewayNode:
             log.error("background tasks did not stop", extra={"tasks": stuck})
         await self.hub.close()
         await self.bans.close()
+        if self.signals is not None:
+            with contextlib.suppress(ClearingError):
+                await self.signals.flush()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)
         for runner in (self._http, self._probe_http):

@@ -103,6 +103,26 @@ _SCHEMAS: dict[str, Any] = {
     "AppConfig": {"type": "object", "required": ["gateways", "dev_tokens", "node"]},
     "DevToken": _object({"token": {"type": "string"}, "user": _ID, "ttl_s": {"type": "integer"}},
                         ("token", "user", "ttl_s")),
+    # The risk engine's operator API (gateway/risk_admin.py, docs/risk.md).
+    "Appeals": {"type": "object", "required": ["appeals"],
+                "properties": {"appeals": {"type": "array", "items": {"type": "object"}}}},
+    "AppealDecision": _object({"approve": {"type": "boolean"},
+                               "operator": {**_ID, "description": "who decides (audited)"},
+                               "note": {"type": "string", "maxLength": 512}}, ("approve", "operator")),
+    "AppealDecided": {"type": "object", "required": ["user", "approved", "appeal", "risk"]},
+    "Risk": {"type": "object", "required": ["user", "risk", "appeal"],
+             "description": "the account's risk state and its appeal (null when none)"},
+    "RiskAction": _object({"tier": {"enum": ["none", "limit", "freeze", "ban"]},
+                           "device": {"type": "string", "description": "with ban: the device banned in every app"},
+                           "operator": {**_ID, "description": "who acts (audited)"}, "reason": {"type": "string"}},
+                          ("tier", "operator")),
+    "RiskChanged": {"type": "object", "required": ["user", "changed", "risk"]},
+    "RiskSwitches": {"type": "object", "required": ["shadow", "rules"],
+                     "properties": {"shadow": {"type": "boolean"},
+                                    "rules": {"type": "object", "additionalProperties": {
+                                        "enum": ["enforce", "shadow", "off"]}}}},
+    "RiskSwitchChange": _object({"shadow": {"type": "boolean"}, "rules": {"type": "object"},
+                                 "operator": {**_ID, "description": "who changes them (audited)"}}, ("operator",)),
 }
 
 _ERRORS = {
@@ -189,6 +209,19 @@ def _paths() -> dict[str, dict[str, Any]]:
             "create or refresh follows (mutual: both ways); at most 500; each item on its own", "BulkResult",
             body="BulkFollows")},
         "/admin/invariant": {"get": _op("the conservation check", "Invariant", errors=("401", "503"))},
+        "/admin/appeals": {"get": _op("open risk-engine appeals", "Appeals", errors=("401", "503"))},
+        "/admin/appeals/{user}": {"post": _op("approve (lifts the action) or reject the user's open appeal",
+                                              "AppealDecided", body="AppealDecision", params=_U,
+                                              errors=_USER_ERRORS)},
+        "/admin/users/{user}/risk": {
+            "get": _op("the account's risk state and appeal", "Risk", params=_U),
+            "put": _op("put the account in a risk tier, or lift it (none)", "RiskChanged", body="RiskAction",
+                       params=_U),
+        },
+        "/admin/risk": {
+            "get": _op("the scorer's shadow mode and each rule's mode", "RiskSwitches", errors=("401", "503")),
+            "patch": _op("change shadow mode or rule modes", "RiskSwitches", body="RiskSwitchChange"),
+        },
         "/admin/scenes": {
             "get": _op("scene settings, festival windows, stored values ignored", "Scenes", errors=("401", "503")),
             "patch": _op("change scene settings {field: value}", "Scenes", errors=("400", "401", "503")),

@@ -25,6 +25,7 @@ from gateway.rooms import RoomHub
 from gateway.views import gift_view, room_view
 from protocol import (
     AcceptGift,
+    Appeal,
     Balance,
     BindMentor,
     ClientMessage,
@@ -48,6 +49,8 @@ from protocol import (
     SendGift,
     ServerMessage,
 )
+from risk.appeals import Appeals
+from risk.signals import SignalLog
 
 log = logging.getLogger("notecard.gateway.requests")
 T = TypeVar("T")
@@ -62,7 +65,8 @@ class RequestHandler:
 
     def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics,
                  scenes: Scenes | None = None, rooms: RoomHub | None = None,
-                 sender_of: Callable[[str], str | None] = lambda gift_id: None) -> None:
+                 sender_of: Callable[[str], str | None] = lambda gift_id: None,
+                 signals: SignalLog | None = None, appeals: Appeals | None = None) -> None:
         self.clearing = clearing
         self.rules = rules
         self.metrics = metrics
@@ -70,6 +74,9 @@ class RequestHandler:
         self.rooms = rooms
         #: The sender of a gift this node offered lately, when it knows (Hub.sender_of).
         self.sender_of = sender_of
+        #: The risk engine's event log (None: off) and its appeals desk.
+        self.signals = signals
+        self.appeals = appeals
 
     async def handle(self, user_id: str, msg: ClientMessage, *, app: str = "main",
                      conn: ClientConnection | None = None) -> ServerMessage:
@@ -85,7 +92,7 @@ class RequestHandler:
             code = ErrorCode.BAD_FIELD if refusal.code is Refusal.BAD_REQUEST else ErrorCode(refusal.code.value)
             gift = gift_view(refusal.gift) if refusal.gift is not None else None
             # The text is clearing's fixed reason for the code (REFUSAL_TEXT), never internals.
-            return Error(rid=rid, code=code, message=str(refusal), gift=gift)
+            return Error(rid=rid, code=code, message=str(refusal), gift=gift, until_ms=refusal.until_ms)
         except ClearingUnavailable:
             self.metrics.refusals_of(ErrorCode.UNAVAILABLE).inc()
             return Error(rid=rid, code=ErrorCode.UNAVAILABLE,
@@ -102,10 +109,19 @@ class RequestHandler:
         return Error(code=ErrorCode.ALREADY_AUTHENTICATED, message="this connection is authenticated")
 
     async def _send(self, user_id: str, msg: SendGift, app: str, conn: ClientConnection | None) -> ServerMessage:
-        gift = await self._timed(
-            "reserve",
-            self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty, app=app, quote_id=msg.quote or ""),
-        )
+        device = conn.device if conn is not None else None
+        try:
+            gift = await self._timed(
+                "reserve",
+                self.clearing.reserve(msg.gift_id, user_id, msg.to, msg.kind, msg.qty, app=app,
+                                      quote_id=msg.quote or "", device=device),
+            )
+        except Refused as refusal:
+            self._signal("send", user_id, conn, app, to=msg.to, qty=msg.qty, gift=msg.gift_id,
+                         code=refusal.code.value, room=1 if msg.quote else None)
+            raise
+        self._signal("send", user_id, conn, app, to=msg.to, qty=msg.qty, gift=msg.gift_id, code="OK",
+                     room=1 if msg.quote else None)
         self.metrics.gifts_of("sent").inc()
         log.debug("gift sent", extra={"user": user_id, "gift": msg.gift_id, "to": msg.to})
         return GiftSent(rid=msg.rid, gift=gift_view(gift))
@@ -121,9 +137,23 @@ class RequestHandler:
             resolution = await self._timed(op, self.clearing.decline(msg.gift_id, user_id, app,
                                                                      sender_hint=self.sender_of(msg.gift_id)))
         if resolution.changed:
+            gift = resolution.gift
+            self._signal(op, user_id, conn, app, to=gift.sender, qty=gift.qty, gift=msg.gift_id,
+                         waited_ms=max(0, int(time.time() * 1000) - gift.created_at_ms))
             self.metrics.gifts_of(outcome).inc()
             log.debug("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
         return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
+
+    def _signal(self, kind: str, user_id: str, conn: ClientConnection | None, app: str, **fields: Any) -> None:
+        if self.signals is not None:
+            self.signals.record(kind, user_id, conn.device if conn is not None else None,
+                                conn.address if conn is not None else "", app, **fields)
+
+    async def _appeal(self, user_id: str, msg: Appeal, app: str, conn: ClientConnection | None) -> ServerMessage:
+        if self.appeals is None:
+            raise Refused(Refusal.NOTHING_TO_APPEAL)
+        await self.appeals.file(user_id, msg.kind, msg.evidence)
+        return Done(rid=msg.rid, item=msg.kind)
 
     async def _balance(self, user_id: str, msg: GetBalance, app: str, conn: ClientConnection | None) -> ServerMessage:
         balances = await self._timed("balance", self.clearing.balances(user_id))
@@ -193,4 +223,5 @@ RequestHandler.HANDLERS = MappingProxyType({
     GetQuote: RequestHandler._quote,
     RedeemFrame: RequestHandler._redeem,
     BindMentor: RequestHandler._mentor,
+    Appeal: RequestHandler._appeal,
 })

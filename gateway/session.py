@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from clearing import Clearing, ClearingError, EventLog, Presence, Refusal, Refused
 from clearing.rates import UserRates
+from gateway.admission import client_address
 from gateway.auth import Identity, Rejection, TokenError
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection
@@ -48,6 +49,8 @@ from protocol import (
     encode,
     encoding_for,
 )
+from risk.devices import device_seen
+from risk.signals import SignalLog, device_or_none
 
 log = logging.getLogger("notecard.gateway.session")
 
@@ -77,7 +80,7 @@ class SessionRunner:
     def __init__(
         self, node_id: str, settings: GatewaySettings, tokens: TokenVerifier, hub: Hub,
         requests: RequestHandler, clearing: Clearing, presence: Presence, events: EventLog,
-        metrics: NodeMetrics, user_rates: UserRates | None = None,
+        metrics: NodeMetrics, user_rates: UserRates | None = None, signals: SignalLog | None = None,
     ) -> None:
         self.node_id = node_id
         self.settings = settings
@@ -90,6 +93,8 @@ class SessionRunner:
         self.metrics = metrics
         #: The per-user request rate over every node; None: per connection only.
         self.user_rates = user_rates
+        #: Where hellos, sends and answers are told to the risk engine; None: risk engine off.
+        self.signals = signals
         self.welcomer = Welcomer(node_id, settings, hub, clearing, events)
         self.rejected_tokens = ThrottledLog(log, "token rejected")
 
@@ -104,7 +109,8 @@ class SessionRunner:
             return
         identity, hello = outcome
         conn = ClientConnection(ws, identity.user_id, identity.app, encoding, self.settings.send_queue_max,
-                                self.metrics)
+                                self.metrics, device=device_or_none(hello.device),
+                                address=client_address(ws, self.settings.trusted_proxies))
         conn.start_writer()
         self.hub.add(conn)
         # The token is checked once, at hello; the session ends when it expires (with the
@@ -117,6 +123,11 @@ class SessionRunner:
             if not await self._admit(conn):
                 return
             registered = True
+            # A banned device is told at its first send (DEVICE_BANNED), not here: the user
+            # may still answer offers and appeal. Two small calls, for a hello with a device.
+            await device_seen(self.clearing.redis, self.clearing.keys, conn.user_id, conn.device)
+            if self.signals is not None:
+                self.signals.record("hello", conn.user_id, conn.device, conn.address, conn.app)
             await self.welcomer.welcome(conn, hello)
             await self._serve(conn)
         except ClearingError:

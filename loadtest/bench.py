@@ -44,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from loadtest import clearing_bench, cluster_bench, echo, gifting, idle, locust_run, profiling, report
+from loadtest import clearing_bench, cluster_bench, echo, gifting, idle, locust_run, profiling, report, risk_bench
 from loadtest.stats import LatencySummary, Recorder
 from loadtest.target import LOAD_ENV, LoadTarget
 from notecard.admin_client import AdminClient
@@ -77,7 +77,10 @@ QUICK = Plan(echo_s=1.0, clearing_s=1.0, pubsub_messages=5_000, warmup_s=0.3, ma
              locust_s=8, concurrency=16, pairs=8, idle_connections=200)
 #: The idle-memory target is stated for this many connections on one node.
 IDLE_TARGET_CONNECTIONS = 10_000
-PHASES = ("echo", "clearing", "gifts", "locust", "idle")
+PHASES = ("echo", "clearing", "gifts", "locust", "idle", "risk")
+#: Phases run unless --only names others: the risk engine's cost (loadtest/risk_bench.py)
+#: starts four more targets, so it runs when asked for (`--only gifts,risk`).
+DEFAULT_PHASES = ("echo", "clearing", "gifts", "locust", "idle")
 
 
 # ---------------------------------------------------------------- machine facts
@@ -318,6 +321,9 @@ class Bench:
     def run(self) -> None:
         if "echo" in self.phases:
             self.run_echo()
+        if "risk" in self.phases:
+            self.results["risk"] = risk_bench.run(self.work / "risk", pairs=self.plan.pairs,
+                                                  seconds=max(2.0, self.plan.max_s), rounds=2, say=self.say)
         needs_target = self.phases & {"clearing", "gifts", "locust", "idle"}
         if not needs_target:
             return
@@ -380,6 +386,10 @@ def rows_of(results: dict[str, Any], plan: Plan) -> list[report.Row]:
         rows.append(report.Row("locust", f"f. Locust settled gifts/s ({locust['users']} users)",
                                locust["settled_per_s"], "/s", top["settled_per_s"] if top else None, "SDK",
                                ("min", 0.5)))
+    risk = results.get("risk")
+    if risk is not None:
+        rows.append(report.Row("risk", "h. settled gifts/s, risk engine on (signals + shadow scorer)",
+                               risk["on_settled_per_s"], "/s", risk["off_settled_per_s"], "risk off", ("min", 0.9)))
     idle_result = results.get("idle")
     if idle_result is not None:
         n = idle_result["connections"]
@@ -394,8 +404,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="notecard bench", description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="about 20 s instead of about 2 min (used by the tests)")
     parser.add_argument("--out", type=Path, help="output folder (default bench-results/<UTC time>)")
-    parser.add_argument("--only", default=",".join(PHASES),
-                        help=f"comma-separated phases to run (default all: {','.join(PHASES)})")
+    parser.add_argument("--only", default=",".join(DEFAULT_PHASES),
+                        help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all but risk)")
     parser.add_argument("--pairs", type=int, help="gift pairs (and Locust users)")
     parser.add_argument("--concurrency", type=int, help="connections/tasks for the echo and clearing phases")
     parser.add_argument("--idle", type=int, help="idle connections opened on one node")

@@ -49,13 +49,14 @@ import redis.asyncio as aioredis
 
 from clearing import GiftRules, KeySchema
 from gateway.auth import mint_token
+from loadtest.drill_books import check_books
 from loadtest.drill_checks import verify
 from loadtest.drill_workload import History, UserAgent, WorkloadConfig
 from loadtest.faults.injector import FaultInjector
 from loadtest.faults.proxy import FaultProxy
 from loadtest.faults.redis_ha import RedisDurability, RedisHA
 from loadtest.faults.schedule import FaultKind, make_schedule, parse_kinds
-from notecard.admin_client import AdminClient
+from notecard.admin_client import AdminApiError, AdminClient
 from notecard.cluster import LocalCluster
 
 log = logging.getLogger("notecard.drill")
@@ -193,6 +194,9 @@ class Drill:
         self.minted: dict[str, int] = {}
         self.timings: dict[str, float] = {}
         self.healed: list[str] = []
+        #: Risk-engine actions taken during the workload (freeze, then lift): the bank check
+        #: covers accounts whose gifts are refused and whose pending gifts resolve meanwhile.
+        self.risk_actions: list[dict[str, Any]] = []
         self.leftover = 0
         self.phase = "new"
 
@@ -218,6 +222,7 @@ class Drill:
                     verdict = await verify(redis, GiftRules(), self.history, self.minted,
                                            self.injector.records if self.injector else [], KeySchema(),
                                            durable=self.s.durability.wait_replicas >= REPLICAS)
+                    await check_books(redis, verdict)
                 finally:
                     await redis.aclose()
         except TimeoutError:
@@ -242,6 +247,7 @@ class Drill:
             "faults": [r.to_json() for r in (self.injector.records if self.injector else [])],
             "schedule": [f.to_json() for f in self.schedule],
             "healed": self.healed,
+            "risk_actions": self.risk_actions,
             "pending_left_at_deadline": self.leftover,
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
             "work_dir": str(self.work),
@@ -274,13 +280,31 @@ class Drill:
         t0 = time.monotonic()
         self.runs = [asyncio.create_task(a.run()) for a in self.agents]
         fault_task = asyncio.create_task(self.injector.run(self.schedule, t0, stop_faults))
+        risk_task = asyncio.create_task(self._risk_actions())
         await asyncio.sleep(self.s.duration_s)
+        await risk_task
         for a in self.agents:
             a.stop_sending.set()
         stop_faults.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(fault_task, 60)
         self.timings["workload_s"] = time.monotonic() - t0
+
+    async def _risk_actions(self) -> None:
+        """Freeze two users at a third of the workload and lift it at two thirds, through any
+        node's admin API that answers (nodes may be down by the fault schedule)."""
+        assert self.cluster is not None
+        users = self.rng.sample(sorted(a.user for a in self.agents), k=min(2, len(self.agents)))
+        for at, tier in ((0.3, "freeze"), (0.6, "none")):
+            await asyncio.sleep(self.s.duration_s * 0.3)
+            for user in users:
+                done = None
+                for node in self.cluster.nodes:
+                    with contextlib.suppress(OSError, AdminApiError, TimeoutError):
+                        async with AdminClient(node.admin_url, self.cluster.admin_token) as admin:
+                            done = await admin.set_risk(user, tier, operator="drill")
+                        break
+                self.risk_actions.append({"at": at, "user": user, "tier": tier, "done": done is not None})
 
     async def _settle(self) -> None:
         """Heal, settle unknown outcomes, let every window run out, stop the clients."""
@@ -377,6 +401,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  acknowledged-then-lost {n['acked_then_lost']}; offers of gifts later lost {n['offers_of_lost_gifts']}; "
         f"states told in replies then lost {n['anomalies'].get('reply_state_lost', 0)}, in events "
         f"{n['anomalies'].get('event_state_lost', 0)}; ledger mismatches {n['ledger_mismatches']}",
+        f"  book of record (PostgreSQL): {n.get('books', 'not checked')}",
         f"  arrival (recipient online): {n['arrival_online']['delivered']}/{n['arrival_online']['total']} "
         f"= {n['arrival_online']['rate']:.2%}; all recipients {n['arrival']['rate']:.2%}",
         "  per fault kind: faults / gifts during / acked-then-lost / violating / arrival missed",

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from clearing import GiftRules, GiftState, KeySchema, check_invariant
 from clearing.codec import gift_from_hash, text_hash
+from clearing.ledger import reconcile
 from clearing.model import GiftRecord
 from clearing.topology import AnyRedis
 from loadtest.drill_workload import GiftLog, History
@@ -115,6 +116,10 @@ async def verify(redis: AnyRedis, rules: GiftRules, history: History, minted: di
     report = await check_invariant(redis, rules, keys)
     v.violations += [f"invariant: {text}" for text in report.violations]
     v.numbers["per_kind"] = report.per_kind
+    # the ledger outbox: its records replay to every balance Redis holds (docs/ledger.md)
+    outbox = await reconcile(redis, keys)
+    v.violations += [f"outbox: {text}" for text in outbox.drift]
+    v.numbers["ledger_records"] = outbox.entries
     gifts = await read_gifts(redis, keys)
     log = history.gifts
 

@@ -89,6 +89,7 @@ AUTH_CLOSES = frozenset({CloseCode.NOT_AUTHENTICATED, CloseCode.UNSUPPORTED_VERS
 #: user's request rate (clearing/rates.py).
 #: Keys a fuzzed connection may change without touching the ledger: presence, the node
 #: registry, event streams, refusal memory and request rates (names after the hash tag).
+#: The ledger stream is not among them: a request that changes no value writes no entry.
 VOLATILE = ("presence", "beats", "stats", "nodeusers:", "ev", "evmeta", "refused:", "rate")
 FUZZ_USER = "fuzzer"
 #: Frames sent before their replies are read (keeps the live pass fast, and ordered).

@@ -124,6 +124,25 @@ class AdminClient:
     async def bulk_follows(self, follows: list[dict[str, Any]]) -> Any:
         return await self.call("POST", "/admin/bulk/follows", {"follows": follows})
 
+    async def appeals(self) -> Any:
+        return await self.call("GET", "/admin/appeals")
+
+    async def decide_appeal(self, user_id: str, *, approve: bool, operator: str, note: str = "") -> Any:
+        return await self.call("POST", f"/admin/appeals/{user_id}",
+                               {"approve": approve, "operator": operator, "note": note})
+
+    async def risk(self, user_id: str) -> Any:
+        return await self.call("GET", f"/admin/users/{user_id}/risk")
+
+    async def set_risk(self, user_id: str, tier: str, *, operator: str, device: str = "-", reason: str = "") -> Any:
+        return await self.call("PUT", f"/admin/users/{user_id}/risk",
+                               {"tier": tier, "operator": operator, "device": device, "reason": reason})
+
+    async def risk_switches(self, operator: str | None = None, **changes: Any) -> Any:
+        if not changes:
+            return await self.call("GET", "/admin/risk")
+        return await self.call("PATCH", "/admin/risk", {"operator": operator, **changes})
+
     async def befriend(self, a: str, b: str, since_ms: int) -> None:
         """Mutual follows from ``since_ms``: the relationship the gift rules require."""
         await self.follow(a, b, since_ms)

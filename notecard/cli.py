@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -123,7 +123,12 @@ _TOOLS = {
     "drill": "failover drill: bank workload under injected faults, then the checks (loadtest.drill)",
     "fuzz": "fuzz the protocol decoder and a live gateway's frame handling (loadtest.fuzz)",
     "micro": "CPU per operation of a gift's parts: Redis calls, pub/sub, frames, codec (loadtest.micro)",
+    "risk": "the risk engine: run the scorer, train and evaluate the model (risk.cli)",
+    "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
+    "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
 }
+#: Tools that live outside loadtest/.
+_TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli"}
 
 
 def _build_admin(sub: Any) -> None:
@@ -186,6 +191,7 @@ def _build_admin(sub: Any) -> None:
     unfest.add_argument("festival_id", help="festival id")
     points = action("points", "a user's points, joint-campaign eligibility and inventory")
     points.add_argument("user", help="user id")
+    _build_risk_admin(action)
     mentor = action("mentor", "bind APPRENTICE (a newcomer) to MENTOR, once")
     mentor.add_argument("apprentice", help="the newcomer's user id")
     mentor.add_argument("mentor", help="the mentor's user id")
@@ -201,6 +207,26 @@ def _add_backend_actions(action: Any) -> None:
     send.add_argument("--gift-id", help="the gift's id; give the same one to retry (default a new random id)")
     kick = action("disconnect", "close USER's connections on every node (close code 3506)")
     kick.add_argument("user", help="user id")
+
+
+def _build_risk_admin(action: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    appeals = action("appeals", "risk-engine appeals: list the open ones, or approve / reject a user's")
+    appeals.add_argument("decision", nargs="?", choices=("list", "approve", "reject"), default="list",
+                         help="list (default), approve or reject")
+    appeals.add_argument("user", nargs="?", help="the appealing user (approve, reject)")
+    appeals.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who decides (audited)")
+    appeals.add_argument("--note", default="", help="why (audited)")
+    risk = action("risk", "a user's risk state, or put them in a tier (--tier none lifts it)")
+    risk.add_argument("user", help="user id")
+    risk.add_argument("--tier", choices=("none", "limit", "freeze", "ban"), help="set the tier")
+    risk.add_argument("--device", default="-", help="with --tier ban: the device to ban in every app")
+    risk.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who acts (audited)")
+    switches = action("risk-switches", "the scorer's switches: shadow mode and each rule's mode")
+    switches.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None,
+                          help="score and audit only, act on nothing")
+    switches.add_argument("--rule", action="append", default=[], metavar="RULE=MODE",
+                          help="script, ip_ring, device_farm or model = enforce, shadow or off (repeatable)")
+    switches.add_argument("--operator", default=os.environ.get("USER", "operator"), help="who changes them")
 
 
 async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
@@ -252,6 +278,24 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
                 return await api.points(args.user)
             case "mentor":
                 return await api.bind_mentor(args.apprentice, args.mentor)
+            case "appeals":
+                if args.decision == "list":
+                    return await api.appeals()
+                if not args.user:
+                    raise ValueError(f"appeals {args.decision} needs the user")
+                return await api.decide_appeal(args.user, approve=args.decision == "approve",
+                                               operator=args.operator, note=args.note)
+            case "risk":
+                if args.tier is None:
+                    return await api.risk(args.user)
+                return await api.set_risk(args.user, args.tier, operator=args.operator, device=args.device)
+            case "risk-switches":
+                changes: dict[str, Any] = {}
+                if args.shadow is not None:
+                    changes["shadow"] = args.shadow
+                if args.rule:
+                    changes["rules"] = dict(text.split("=", 1) for text in args.rule if "=" in text)
+                return await api.risk_switches(args.operator, **changes)
     raise AssertionError(args.action)
 
 
@@ -272,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The tool parses its own flags (and --help).
         import importlib
 
-        tool = importlib.import_module(f"loadtest.{argv[0]}")
+        tool = importlib.import_module(_TOOL_MODULES.get(argv[0], f"loadtest.{argv[0]}"))
         status: int = tool.main(argv[1:])
         return status
     args = build_parser().parse_args(argv)

@@ -26,7 +26,9 @@ from gateway import GatewayNode, GatewaySettings, close_store, connect_store
 from gateway.config import production_problems
 from gateway.logs import configure_logging
 from gateway.node import default_node_id
+from ledger.cli import POSTGRES_ENV
 from notecard import secrets
+from notecard.dev_books import books_check, ledger_books
 from notecard.local_cluster import LocalCluster
 from notecard.local_redis import LocalRedis
 
@@ -266,7 +268,7 @@ def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool, shards: i
     configure_logging(settings.log_level, "text", "dev")
     keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
     store = local_cluster(settings, shards) if shards else local_redis_if_needed(settings)
-    with store as url:
+    with store as url, ledger_books(url) as books_url:
         started = dev_nodes(settings, url, nodes)
         procs = [p for p, _, _ in started]
         try:
@@ -280,12 +282,17 @@ def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool, shards: i
                 where = "configured"
             print(f"redis: {where}; secrets in {settings.data_dir / secrets.FILE_NAME}", flush=True)
             print(admin_hint(settings, started[0][2]), flush=True)
+            if books_url:
+                print(f"ledger: notecard ledger writes the ledger streams to PostgreSQL ({POSTGRES_ENV}="
+                      f"{books_url}; notecard ledger reconcile compares)", flush=True)
             if demo:
                 from notecard.demo import run_demo
 
                 install_uvloop()
                 asyncio.run(run_demo([u for _, u, _ in started], started[0][2], keys,
                                      say=lambda line: print(line, flush=True)))
+                if books_url:
+                    print(books_check(settings, url, books_url), flush=True)
             if once:
                 return 0
             print("gateway running; Ctrl-C stops it", flush=True)

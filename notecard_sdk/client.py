@@ -44,6 +44,7 @@ from notecard_sdk.protocol import (
     MAX_FRAME_BYTES,
     AcceptGift,
     Answered,
+    Appeal,
     Balance,
     BindMentor,
     Call,
@@ -112,9 +113,12 @@ class NotecardClient:
         connect_timeout_s: float = 10.0,
         epoch: str | None = None,
         offset: int | None = None,
+        device: str | None = None,
     ) -> None:
         """``epoch`` and ``offset``: a stream position the application stored (``client.epoch``,
-        ``client.offset`` of an earlier run), to resume from on the first connection."""
+        ``client.offset`` of an earlier run), to resume from on the first connection.
+        ``device``: the device's fingerprint, sent in every hello (docs/risk.md; the app derives
+        it, e.g. a hash of the platform's install id)."""
         #: Gateway URLs (usually one load balancer); reconnects move on to the next one.
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
@@ -128,7 +132,7 @@ class NotecardClient:
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         #: The session's state (positions, requests in flight, seen offers), sans I/O.
-        self.session = ClientSession(encoding, epoch=epoch, offset=offset)
+        self.session = ClientSession(encoding, epoch=epoch, offset=offset, device=device)
         #: The future each waiting request is answered through.
         self._inflight: dict[Call, asyncio.Future[ServerMessage]] = {}
         self._ws: ClientConnection | None = None
@@ -265,6 +269,11 @@ class NotecardClient:
     async def bind_mentor(self, mentor: str) -> Done:
         return await self._request(lambda rid: BindMentor(rid=rid, mentor=mentor), Done)
 
+    async def appeal(self, kind: str, evidence: str) -> Done:
+        """Appeal the risk engine's action on this account with the evidence its tier asks
+        for (docs/risk.md): ``face_verification``, ``carrier_bill`` or ``notarised_document``."""
+        return await self._request(lambda rid: Appeal(rid=rid, kind=kind, evidence=evidence), Done)
+
     async def next_room_update(self, timeout: float | None = None) -> Room:
         """The next pushed update of a room this client watches (throttled by the server)."""
         return await _next(self._room_updates, timeout)
@@ -290,7 +299,7 @@ class NotecardClient:
                         await asyncio.sleep(self._backoff(call.tries))
                         self.session.retry(call)
                         continue
-                    raise GiftRefused(reply.code, reply.message, reply.gift)
+                    raise GiftRefused(reply.code, reply.message, reply.gift, reply.until_ms)
                 if not isinstance(reply, expect):
                     raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected reply {reply.TYPE} to {call.message.TYPE}")
                 return reply

@@ -17,12 +17,14 @@ class NotecardError(Exception):
 
 
 class GiftRefused(NotecardError):
-    def __init__(self, code: str, message: str, gift: Gift | None = None) -> None:
+    def __init__(self, code: str, message: str, gift: Gift | None = None, until_ms: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         #: For ALREADY_RESOLVED / GIFT_EXPIRED: the gift as it stands now.
         self.gift = gift
+        #: For ACCOUNT_FROZEN: when the freeze ends (server clock, ms).
+        self.until_ms = until_ms
 
 
 class ConnectionRejected(NotecardError):

@@ -66,6 +66,14 @@ class ErrorCode(enum.StrEnum):
     # Abuse limits (per user, per client address, per connection).
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     TOO_MANY_ROOMS = "TOO_MANY_ROOMS"
+    # The risk engine (docs/risk.md).
+    ACCOUNT_FROZEN = "ACCOUNT_FROZEN"
+    RECIPIENT_FROZEN = "RECIPIENT_FROZEN"
+    DEVICE_BANNED = "DEVICE_BANNED"
+    RISK_LIMITED = "RISK_LIMITED"
+    NOTHING_TO_APPEAL = "NOTHING_TO_APPEAL"
+    APPEAL_KIND = "APPEAL_KIND"
+    APPEAL_PENDING = "APPEAL_PENDING"
     # A send that stopped half-way across shards and was abandoned (nothing moved).
     SEND_ABORTED = "SEND_ABORTED"
     # The service.

@@ -28,6 +28,8 @@ Offset = Annotated[int, Range(0, MAX_SAFE_INT)]
 Millis = Annotated[int, Range(0, MAX_SAFE_INT)]
 Token = Annotated[str, Pattern(r"[A-Za-z0-9_\-.]+", 2048)]
 Epoch = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 64)]
+#: A device fingerprint: an opaque hash the SDK derives from the device (docs/risk.md).
+Device = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 128)]
 
 
 class GiftState(enum.StrEnum):
@@ -114,6 +116,9 @@ class Hello(WireObject):
     #: The stream epoch and last offset the client processed, to receive what it missed.
     epoch: Epoch | None = None
     offset: Offset | None = None
+    #: The device's fingerprint (docs/risk.md); a connection without one counts as one
+    #: unknown device.
+    device: Device | None = None
 
 
 @message("send_gift")
@@ -208,6 +213,18 @@ class BindMentor(WireObject):
     mentor: Ident
 
 
+@message("appeal")
+class Appeal(WireObject):
+    """Appeal the risk engine's action on the user's account (docs/risk.md): the kind of
+    evidence the action's tier asks for, and a reference to it."""
+
+    rid: RequestId
+    #: face_verification, carrier_bill or notarised_document (another: APPEAL_KIND).
+    kind: Annotated[str, Pattern(r"[a-z_]+", 32)]
+    #: Where the operator finds the evidence (an upload id of the app); no file travels here.
+    evidence: Annotated[str, Pattern(r"[^\x00]*", 256)]
+
+
 # ---------------------------------------------------------------- server to client
 
 
@@ -283,6 +300,8 @@ class Error(WireObject):
     rid: RequestId | None = None
     #: For ALREADY_RESOLVED and GIFT_EXPIRED: the gift as it now stands.
     gift: Gift | None = None
+    #: For ACCOUNT_FROZEN and RECIPIENT_FROZEN: when the freeze ends.
+    until_ms: Millis | None = None
 
 
 @message("event")
@@ -337,7 +356,7 @@ class Done(WireObject):
 
 
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
-                 | GetQuote | GetRoom | RedeemFrame | BindMentor)
+                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
                  | Pending)
 Message = ClientMessage | ServerMessage
@@ -345,7 +364,7 @@ Message = ClientMessage | ServerMessage
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
-                GetQuote, GetRoom, RedeemFrame, BindMentor)
+                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls

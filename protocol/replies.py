@@ -15,6 +15,7 @@ from types import MappingProxyType
 from .messages import (
     CLIENT_MESSAGES,
     AcceptGift,
+    Appeal,
     Balance,
     BindMentor,
     ClientMessage,
@@ -55,6 +56,7 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     GetRoom: Room,
     RedeemFrame: Done,
     BindMentor: Done,
+    Appeal: Done,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

@@ -180,8 +180,11 @@ class ClientSession:
     """The state of one user's session over any number of connections."""
 
     def __init__(self, encoding: Encoding = Encoding.MSGPACK, *, epoch: str | None = None,
-                 offset: int | None = None, seen_offers_max: int = SEEN_OFFERS_MAX) -> None:
+                 offset: int | None = None, seen_offers_max: int = SEEN_OFFERS_MAX,
+                 device: str | None = None) -> None:
         self.encoding = encoding
+        #: The device fingerprint every hello carries (docs/risk.md), or None.
+        self.device = device
         self.state = SessionState.IDLE
         #: Position of the last event processed; sent in each hello to resume from there.
         self.epoch = epoch
@@ -214,9 +217,10 @@ class ClientSession:
         self._resuming = self.epoch is not None and self.offset is not None
         self.state = SessionState.AWAITING_WELCOME
         if self._resuming:
-            self._send(Hello(v=PROTOCOL_VERSION, token=token, epoch=self.epoch, offset=self.offset))
+            self._send(Hello(v=PROTOCOL_VERSION, token=token, epoch=self.epoch, offset=self.offset,
+                             device=self.device))
         else:
-            self._send(Hello(v=PROTOCOL_VERSION, token=token))
+            self._send(Hello(v=PROTOCOL_VERSION, token=token, device=self.device))
 
     def disconnected(self, code: int | None) -> Disconnect:
         """The connection ended; calls in flight stay, to be sent again after the next welcome."""

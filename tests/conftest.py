@@ -4,6 +4,7 @@ asks for it. ``store`` runs a test on both: one Redis, and the cluster."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from clearing.component import single_topology
 from clearing.keys import DEFAULT_KEYS
 from clearing.topology import Topology, connect_cluster
 from notecard.local_cluster import LocalCluster
+from notecard.local_postgres import LocalPostgres
 from notecard.local_redis import LocalRedis
 from tests.gateway_fixtures import admin, connect, node, node_factory  # noqa: F401  (fixtures)
 
@@ -26,6 +28,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One PostgreSQL of our own (initdb + pg_ctl in a temporary folder, a free port), started
+    when a test first asks for it; never a system PostgreSQL."""
+    server = LocalPostgres(durable=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres) -> str:
+    """A new empty database on the session's PostgreSQL."""
+    return postgres_server.create_database(f"t{secrets.token_hex(6)}")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 
 from clearing import GiftRules, GiftState, Refusal, Refused
 from clearing.gifts import DEFAULT_SAGA_MS
+from clearing.ledger import reconcile
 from clearing.model import GiftEvent
 from clearing.scenes import MentorSaga, Scenes, mentor_args
 from clearing.slots import SLOTS, slot_of
@@ -38,6 +39,9 @@ async def world(store: Topology) -> AsyncIterator[World]:
 async def ok(w: World) -> None:
     report = await w.check()
     assert report.ok, report.violations
+    # every stop leaves a ledger whose replay equals what Redis holds, per account
+    ledger = await reconcile(w.redis, w.keys)
+    assert ledger.ok, ledger.drift
 
 
 async def past_deadline(w: World) -> int:

@@ -197,6 +197,8 @@ def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     assert "is told the outcome: accepted" in out
     assert "9 available, 0 held" in out and "1 available, 0 held" in out
     assert "(minted = balances + holds + consumed): ok" in out
+    # the book of record: a local PostgreSQL the ledger consumer wrote the demo's entries to
+    assert "its balances equal Redis's (0 drift)" in out
 
 
 def test_dev_cluster_runs_the_demo_on_a_local_redis_cluster(tmp_path: Path) -> None:
@@ -213,6 +215,7 @@ def test_dev_cluster_runs_the_demo_on_a_local_redis_cluster(tmp_path: Path) -> N
     assert "a local Redis Cluster of 3 shards" in out
     assert "is told the outcome: accepted" in out
     assert "(minted = balances + holds + consumed): ok" in out
+    assert "its balances equal Redis's (0 drift)" in out
     # every server was stopped (a redis-server works in its --dir)
     cluster_dir = str((tmp_path / "data" / "cluster").resolve())
     assert len(list(Path(cluster_dir).iterdir())) == 6
@@ -303,7 +306,7 @@ async def test_the_probe_listener_serves_probes_and_metrics_only(node_factory: N
 async def _accounts_snapshot(redis: aioredis.Redis) -> dict[bytes, bytes | None]:
     """Every account, balance, follow and block key, serialised: what a refused call must
     leave as it was (the node's own presence keys move on by themselves)."""
-    names = ("user", "users", "bal", "held", "follows", "blocks", "tot")
+    names = ("user", "users", "bal", "held", "follows", "blocks", "tot", "ledger")
     keys = [k for name in names for k in await redis.keys(KeySchema().pattern(name))]
     return {k: await redis.dump(k) for k in sorted(set(keys))}
 

@@ -23,7 +23,7 @@ from tests.gateway_fixtures import ADMIN_TOKEN, befriend_all, token_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK_PROJECT = ROOT / "packaging" / "notecard-sdk"
-PACKAGES = ("protocol", "clearing", "gateway", "notecard", "notecard_sdk", "loadtest")
+PACKAGES = ("protocol", "clearing", "gateway", "notecard", "notecard_sdk", "loadtest", "risk")
 
 USER_PROTOCOL = 'NAME = "the application\'s own protocol module"\n'
 USER_APP = '''\

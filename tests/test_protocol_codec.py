@@ -20,6 +20,7 @@ from protocol import (
     SERVER_MESSAGES,
     SUBPROTOCOLS,
     AcceptGift,
+    Appeal,
     Balance,
     BindMentor,
     DeclineGift,
@@ -87,6 +88,7 @@ SAMPLES: dict[str, Message] = {
     "hello/fresh": Hello(v=PROTOCOL_VERSION, token="eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"),
     "hello/resume": Hello(v=1, token="a.b", epoch="9f2c41d07a3b", offset=41),
     "hello/resume-from-zero": Hello(v=1, token="a.b", epoch="e", offset=0),
+    "hello/device": Hello(v=1, token="a.b", device="d" * 128),
     "send_gift": SendGift(rid=1, gift_id="g-01HV3K9Z", to="bob", kind="note", qty=2),
     "send_gift/edges": SendGift(rid=MAX_SAFE_INT, gift_id="x" * 64, to="u:1.a_b-c", kind="k" * 32,
                                 qty=1_000_000),
@@ -110,6 +112,8 @@ SAMPLES: dict[str, Message] = {
     "get_room/top-hundred": GetRoom(rid=14, room="carol", top=100),
     "redeem_frame": RedeemFrame(rid=15, festival="spring-2025"),
     "bind_mentor": BindMentor(rid=16, mentor="alice"),
+    "appeal": Appeal(rid=18, kind="face_verification", evidence="upload-42"),
+    "appeal/edges": Appeal(rid=18, kind="k" * 32, evidence="e" * 256),
     "welcome/empty": Welcome(user="bob", node="node-1", epoch="9f2c41d07a3b", offset=0, recovered=True,
                              pending=(), heartbeat_s=20),
     "welcome/pending": Welcome(user="bob", node="gw-a:8765", epoch="9f2c41d07a3b", offset=41,
@@ -139,6 +143,7 @@ SAMPLES: dict[str, Message] = {
     "error/empty-message": Error(code="X", message=""),
     "error/scene-gift": Error(code="GIFT_EXPIRED", message="the gift expired", rid=8, gift=SCENE_EDGES),
     "error/quote-expired": Error(code="QUOTE_EXPIRED", message="ask for a new quote", rid=6),
+    "error/frozen": Error(code="ACCOUNT_FROZEN", message="the account is frozen", rid=6, until_ms=1_700_000_010_000),
     "event/offer": Event(epoch="9f2c41d07a3b", offset=42, event="offer", gift=OFFER),
     "event/outcome": Event(epoch="9f2c41d07a3b", offset=43, event="outcome", gift=ACCEPTED),
     "event/scene-offer": Event(epoch="9f2c41d07a3b", offset=44, event="offer", gift=SCENE),
@@ -357,6 +362,7 @@ def test_wire_shape_scene_requests_and_replies_json() -> None:
         "get_room": '{"t":"get_room","rid":14,"room":"carol","top":10}',
         "redeem_frame": '{"t":"redeem_frame","rid":15,"festival":"spring-2025"}',
         "bind_mentor": '{"t":"bind_mentor","rid":16,"mentor":"alice"}',
+        "appeal": '{"t":"appeal","rid":18,"kind":"face_verification","evidence":"upload-42"}',
         "quote": '{"t":"quote","rid":13,"quote_id":"q-7f3a","room":"carol","cost":20,"amount":18,"viewers":3,'
                  '"expires_at_ms":1700000010000}',
         "done/frame": '{"t":"done","rid":15,"item":"frame:spring-2025","expires_at_ms":1700086400000}',
@@ -515,6 +521,7 @@ def test_message_type_names() -> None:
     assert set(CLIENT_MESSAGES) == {
         "hello", "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
+        "appeal",
     }
     assert set(SERVER_MESSAGES) == {
         "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event", "room", "quote", "done",
@@ -532,6 +539,7 @@ def test_every_request_carries_a_rid_and_every_reply_echoes_it() -> None:
     assert requests == {
         "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
+        "appeal",
     }
     # Every request's rid is required.
     for name in requests:

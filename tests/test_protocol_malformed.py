@@ -55,7 +55,7 @@ TOP: list[dict[str, Any]] = [{"user": "alice", "points": 180, "rank": 1}, {"user
 #: One valid wire map per message type, every optional field present; every test below
 #: breaks exactly one thing in it.
 VALID: dict[str, dict[str, Any]] = {
-    "hello": {"t": "hello", "v": 1, "token": "a.b", "epoch": "e1", "offset": 3},
+    "hello": {"t": "hello", "v": 1, "token": "a.b", "epoch": "e1", "offset": 3, "device": "d-9f2c"},
     "send_gift": {"t": "send_gift", "rid": 7, "gift_id": "g-1", "to": "bob", "kind": "note", "qty": 2,
                   "quote": "q-1"},
     "accept": {"t": "accept", "rid": 7, "gift_id": "g-1"},
@@ -69,6 +69,7 @@ VALID: dict[str, dict[str, Any]] = {
     "get_room": {"t": "get_room", "rid": 7, "room": "carol", "top": 10},
     "redeem_frame": {"t": "redeem_frame", "rid": 7, "festival": "spring"},
     "bind_mentor": {"t": "bind_mentor", "rid": 7, "mentor": "alice"},
+    "appeal": {"t": "appeal", "rid": 7, "kind": "face_verification", "evidence": "upload-42"},
     "welcome": {"t": "welcome", "user": "bob", "node": "n1", "epoch": "e1", "offset": 3, "recovered": True,
                 "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20, "pending_more": True},
     "pending": {"t": "pending", "gifts": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "more": True},
@@ -77,7 +78,8 @@ VALID: dict[str, dict[str, Any]] = {
     "balance": {"t": "balance", "rid": 7, "available": {"note": 10}, "held": {"note": 0},
                 "units_per_card": 10, "points": 5},
     "pong": {"t": "pong", "rid": 7, "server_time_ms": 5},
-    "error": {"t": "error", "code": "BAD_FIELD", "message": "m", "rid": 7, "gift": GIFT},
+    "error": {"t": "error", "code": "ACCOUNT_FROZEN", "message": "m", "rid": 7, "gift": GIFT,
+              "until_ms": 1_700_000_010_000},
     "event": {"t": "event", "epoch": "e1", "offset": 4, "event": "offer", "gift": GIFT},
     "room": {"t": "room", "room": "carol", "viewers": 3, "top": TOP, "rid": 7, "wish_kind": "note",
              "wish_target": 10, "wish_progress": 4, "points": 90, "rank": 2},
@@ -298,7 +300,8 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
     optional = {(n, s.name) for n, c in {**CLIENT_MESSAGES, **SERVER_MESSAGES}.items() for s in c.FIELDS
                 if s.optional}
     assert optional == {
-        ("hello", "epoch"), ("hello", "offset"), ("error", "rid"), ("error", "gift"),
+        ("hello", "epoch"), ("hello", "offset"), ("hello", "device"), ("error", "rid"), ("error", "gift"),
+        ("error", "until_ms"),
         ("send_gift", "quote"), ("balance", "points"),
         ("room", "rid"), ("room", "wish_kind"), ("room", "wish_target"), ("room", "wish_progress"),
         ("room", "points"), ("room", "rank"),

@@ -22,6 +22,7 @@ from protocol import (
     REQUESTS,
     SERVER_MESSAGES,
     AcceptGift,
+    Appeal,
     BindMentor,
     ClientMessage,
     DeclineGift,
@@ -60,6 +61,7 @@ SAMPLES: dict[type[ClientMessage], ClientMessage] = {
     GetRoom: GetRoom(rid=1, room="rp-alice", top=3),
     RedeemFrame: RedeemFrame(rid=1, festival="none"),
     BindMentor: BindMentor(rid=1, mentor="rp-bob"),
+    Appeal: Appeal(rid=1, kind="face_verification", evidence="upload-1"),
 }
 
 

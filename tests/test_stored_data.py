@@ -1,6 +1,6 @@
 """Stored data the scripts and Scenes did not write, against a real Redis: scene settings from
 an older version or a hand edit, festival entries, quotes, room and user hashes, follows,
-ledger counters and the points log.
+ledger counters, the points log and the ledger stream.
 
 The rules under test: settings are read field by field in Python (clearing/settings.py) and
 a field that does not read keeps its default, exactly as the admin API shows it; a script
@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from clearing import GiftRules, GiftState, Refusal, Refused
 from clearing.errors import StepRefused
+from clearing.ledger import ledger_streams, reconcile
 from clearing.lua import MAX_SAFE_INT
 from clearing.rooms import Rooms
 from clearing.rules import DAY_MS
@@ -245,6 +246,26 @@ async def test_a_corrupt_hold_stops_a_send_before_its_first_write(redis: aioredi
     assert (await w.check()).ok
 
 
+async def test_a_ledger_key_that_is_no_stream_stops_every_change_of_value_before_its_first_write(w: World) -> None:
+    await old_friends(w, "ann", "bob")
+    pending = await w.clearing.reserve("g1", "ann", "bob", "note", 1)
+    streams = await ledger_streams(w.redis, w.keys)
+    assert len(streams) == 1
+    entries = await w.redis.xrange(streams[0])
+    await w.redis.delete(streams[0])
+    await w.redis.set(streams[0], "not a stream")
+    for call in (w.clearing.reserve("g2", "ann", "bob", "note", 1), w.clearing.accept("g1", "bob"),
+                 w.accounts.mint("ann", "note", 1)):
+        error = await unchanged_after(w.redis, call)
+        assert isinstance(error, StepRefused) and error.code == "CORRUPT"
+    await w.presence.connect("cat", w.node)  # what moves no value goes on
+    await w.redis.delete(streams[0])
+    for stream_id, fields in entries:
+        await w.redis.xadd(streams[0], fields, id=stream_id)
+    assert (await w.clearing.accept(pending.gift_id, "bob")).gift.state is GiftState.ACCEPTED
+    assert (await reconcile(w.redis, w.keys)).ok
+
+
 async def test_a_corrupt_counter_stops_an_accept_whole_and_the_sweeper_passes_it(w: World) -> None:
     await old_friends(w, "ann", "bob", "cat")
     await scenes_of(w).put_festival("f", "F", w.clock() - 1, w.clock() + DAY_MS)
@@ -375,9 +396,13 @@ STORE = st.one_of(  # data put in place of what the scripts and Scenes would wri
     st.tuples(st.just("follow junk"), user, user, st.sampled_from(["x", "1e3", " 5", "0"])),
     # the sweep index: lost, holding what names no slot, or putting users' slots off forever
     st.tuples(st.just("index junk"), st.sampled_from(["delete", "junk", "late"])),
+    # The risk engine's state (risk/actions.py writes it; the send scripts read it).
+    st.tuples(st.just("risk junk"), user, st.sampled_from(["frozen_until", "limited", "banned", "dev:phone-1", "tier"]),
+              st.sampled_from(["", "x", "1", "0", "1.5", "-1", "99999999999999999999", "4102444800000"])),
 )
 ACT = st.one_of(  # the operations, through the clearing API
     st.tuples(st.just("reserve"), sender, user, st.integers(1, 3), st.sampled_from(APPS)),
+    st.tuples(st.just("device reserve"), sender, user, st.sampled_from(["phone-1", "phone-2"])),
     st.tuples(st.just("answer"), st.integers(0, 99), st.booleans(), st.sampled_from(APPS)),  # gift, accept?
     st.tuples(st.just("quote"), sender, st.integers(1, 3)),
     st.tuples(st.just("quoted reserve"), st.integers(0, 99)),
@@ -440,6 +465,12 @@ async def _operate(fz: Fuzz, op: tuple[Any, ...]) -> object:
         gift = await w.clearing.reserve(f"g{next(_ids)}", op[1], op[2], "note", op[3], app=op[4])
         fz.gifts.append((gift.gift_id, gift.recipient))
         return gift
+    if name == "device reserve":
+        gift = await w.clearing.reserve(f"g{next(_ids)}", op[1], op[2], "note", 1, device=op[3])
+        fz.gifts.append((gift.gift_id, gift.recipient))
+        return gift
+    if name == "risk junk":
+        return await w.redis.hset(w.keys.risk(op[1]), op[2], op[3])
     if name == "answer" and fz.gifts:
         return await _answer(fz, *fz.gifts[op[1] % len(fz.gifts)], accept=op[2], app=op[3])
     if name == "expire":
@@ -525,6 +556,9 @@ async def _fuzz(url: str, saga: bool, ops: list[tuple[Any, ...]]) -> None:
                 assert await snapshot(redis) == before, (op, failure)
             report = await fz.w.check()
             assert report.ok, (op, report.violations)
+            # no change of value without its ledger entry, none without its change
+            ledger = await reconcile(redis, fz.w.keys)
+            assert ledger.ok, (op, ledger.drift)
     finally:
         await redis.aclose()
 

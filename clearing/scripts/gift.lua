@@ -23,6 +23,8 @@
 --   is kept; saga_ms: how long a step may stay unfinished before recovery takes it over
 --   perks: {per_card, apps = {app = {sender_bonus, recipient_mult, joint}}}
 --   dead, ep, maxlen, quota_ttl, pointlog_max: see lib.lua
+--   dev: the sender's device fingerprint, or nil; rl_daily, rl_rooms: what a user of the
+--   risk engine's limited tier may still do (gifts a day; 1: live-room gifts allowed)
 
 local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
@@ -59,7 +61,26 @@ local function money_counters(user, tag, kind)
           {tkey(tag, 'tot'), 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind}}
 end
 
+-- The risk engine's verdict on a user ({U}:risk, written by risk/actions.py), read in the same
+-- step as the user's other rules: frozen_until (ms; nil when not frozen, -1 when frozen with an
+-- end that does not read: a hand edit must not thaw an account), limited (the low tier's
+-- behaviour limits), whether the device `dev` (copied there at hello and when the device is
+-- banned, so no other slot is read) is banned, and whether the account is banned (the top
+-- tier: gifts refused as for a banned account, while the user may still connect to appeal).
+local function risk_of(user, dev)
+  local r = redis.call('HMGET', ukey(user, 'risk'), 'frozen_until', 'limited', 'dev:' .. (dev or ''), 'banned')
+  local frozen
+  if r[1] then
+    local u = whole(r[1])
+    if u == nil then
+      frozen = -1
+    elseif u > NOW then
+      frozen = u
+    end
+  end
+  return frozen, r[2] == '1', dev ~= nil and r[3] == '1', r[4] == '1'
+end
+
 local function same_gift(g)
   return g.sender == A.s and g.recipient == A.r and g.kind == A.kind and g.qty == A.qty
 end
-

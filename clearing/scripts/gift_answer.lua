@@ -48,6 +48,7 @@ local function apply_decide(g, to, due)
   redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
   redis.call('ZREM', ukey(g.recipient, 'inbox'), A.gid)
   redis.call('ZREM', tkey(g.rtag, 'expiry'), g.recipient .. '|' .. A.gid)
+  gift_event(g.rtag, to, g)
   if to ~= 'accepted' then
     local recv, pair = recv_counters(g.day, g.recipient, g.sender)
     give_slot(recv)
@@ -73,14 +74,12 @@ end
 -- ================================================================ resolve: settling the money
 -- settle at the payer: the hold goes to the decision. Accepted: cost - amount is consumed
 -- and amount is in transit to R until close credits it; otherwise all of it goes back.
-local function settle_hold(payer, tag, kind, cost, amount, to)
-  redis.call('HINCRBY', ukey(payer, 'held'), kind, -cost)
-  add_total(tag, 'holds', kind, -cost)
+-- `g` names the gift in the ledger ({gift_id, sender}).
+local function settle_hold(payer, tag, kind, cost, amount, to, g)
   if to == 'accepted' then
-    add_total(tag, 'consumed', kind, cost - amount)
-    add_total(tag, 'transit', kind, amount)
+    settle_units(payer, tag, kind, cost - amount, amount, g)
   else
-    redis.call('HINCRBY', ukey(payer, 'bal'), kind, cost)
+    release_units(payer, tag, kind, cost, g, to == 'expired' and 'expire' or 'release', to)
   end
 end
 
@@ -112,13 +111,13 @@ end
 
 local function apply_settle(s, to)
   if s.payer == nil then
-    settle_hold(s.sender, s.stag, s.kind, s.cost, s.amount, to)
+    settle_hold(s.sender, s.stag, s.kind, s.cost, s.amount, to, s)
   end
   if to == 'accepted' then
     local bonus, _, joint = perks_of(s.app or 'main')
     local _, _, recipient_joint = perks_of(A.rapp or 'main')
     local base = s.qty * A.perks.per_card
-    add_points(s.sender, base + math.floor(base * bonus / 1000), A.gid, 'sent', s.app or 'main')
+    add_points(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main')
     if joint or recipient_joint then
       redis.call('HSET', ukey(s.sender, 'user'), 'joint', '1')
     end
@@ -147,7 +146,7 @@ end
 
 local function apply_settle_sponsor(payer, sender, sp, to)
   local tag = sp.ptag or A.ptag
-  settle_hold(payer, tag, sp.kind, sp.cost, sp.amount, to)
+  settle_hold(payer, tag, sp.kind, sp.cost, sp.amount, to, {gift_id = A.gid, sender = sender})
   redis.call('HSET', sponsor_key(payer, sender), 'state', to)
   redis.call('PEXPIRE', sponsor_key(payer, sender), A.retention)
   redis.call('ZREM', tkey(tag, 'due'), 'sponsor|' .. payer .. '|' .. sender .. '|' .. A.gid)
@@ -172,12 +171,11 @@ end
 -- the room's credit; either way R is told and the step is no longer due.
 local function apply_close(o)
   if o.state == 'accepted' then
-    redis.call('HINCRBY', ukey(o.recipient, 'bal'), o.kind, o.amount)
-    add_total(o.rtag, 'transit', o.kind, -o.amount)
+    credit_units(o.recipient, o.rtag, o.kind, o.amount, o, 'credit', 'accepted')
     local _, mult, joint = perks_of(o.rapp or 'main')
     local _, _, sender_joint = perks_of(o.app or 'main')
     local base = o.qty * A.perks.per_card
-    add_points(o.recipient, math.floor(base * mult / 1000), A.gid, 'received', o.rapp or 'main')
+    add_points(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main')
     if joint or sender_joint then
       redis.call('HSET', ukey(o.recipient, 'user'), 'joint', '1')
     end

@@ -21,8 +21,13 @@ local function check_admit()
   if not r[1] then
     return {err = 'UNKNOWN_USER'}
   end
-  if r[2] == '1' then
+  local rfrozen, _, _, rbanned = risk_of(A.r, nil)
+  if r[2] == '1' or rbanned then
     return {err = 'RECIPIENT_BANNED'}
+  end
+  -- The recipient's freeze end is not the sender's business: no time goes with this code.
+  if rfrozen then
+    return {err = 'RECIPIENT_FROZEN'}
   end
   if redis.call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
     return {err = 'BLOCKED'}
@@ -83,20 +88,28 @@ local function check_reserve(rcode)
   -- A refused gift id is spent for memo_ms: the same request repeats the refusal, so a late
   -- duplicate cannot create a gift its client was told was refused (docs/protocol.md).
   local fingerprint = A.r .. '|' .. A.kind .. '|' .. A.qty
-  local memo = redis.call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp')
+  local memo = redis.call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp', 'until')
   if memo[1] then
-    return {err = memo[2] == fingerprint and memo[1] or 'IDEMPOTENCY_CONFLICT'}
+    if memo[2] ~= fingerprint then
+      return {err = 'IDEMPOTENCY_CONFLICT'}
+    end
+    return {err = memo[1], until_ms = memo[1] == 'ACCOUNT_FROZEN' and whole(memo[3] or nil) or nil}
   end
   if A.pre or rcode == 'IDEMPOTENCY_CONFLICT' then
     return {err = A.pre or rcode}  -- needs no state: not remembered
   end
 
   local s = redis.call('HMGET', ukey(A.s, 'user'), 'created_at_ms', 'verified', 'vip', 'banned')
-  local code
+  local frozen, limited, dev_banned, rbanned = risk_of(A.s, A.dev)
+  local code, until_ms
   if not s[1] then
     code = 'UNKNOWN_USER'
-  elseif s[4] == '1' then
+  elseif s[4] == '1' or rbanned then
     code = 'SENDER_BANNED'
+  elseif dev_banned then
+    code = 'DEVICE_BANNED'
+  elseif frozen then
+    code, until_ms = 'ACCOUNT_FROZEN', frozen > 0 and frozen or nil
   elseif s[2] ~= '1' then
     code = 'NOT_VERIFIED'
   elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
@@ -111,12 +124,14 @@ local function check_reserve(rcode)
       local sent = whole(redis.call('GET', ukey(A.s, 'q:send:' .. A.day)) or nil)
       if sent == nil or sent >= limit then
         code = 'LIMIT_DAILY_SEND'  -- a counter that holds no whole number counts as full
+      elseif limited and (sent >= A.rl_daily or (A.quote and A.rl_rooms ~= 1)) then
+        code = 'RISK_LIMITED'  -- the low tier's behaviour limits, instead of a refusal of all
       end
     end
   end
   code = first_refusal(code, rcode)
   if code and rank(code) < rank('QUOTE_EXPIRED') then
-    return {err = code, remember = fingerprint}
+    return {err = code, remember = fingerprint, until_ms = code == 'ACCOUNT_FROZEN' and until_ms or nil}
   end
 
   local cost, room = A.cost, nil
@@ -166,18 +181,19 @@ local function check_reserve(rcode)
 end
 
 -- Remember a refusal for the gift id (see check_reserve).
-local function remember_refusal(code, fingerprint)
+local function remember_refusal(code, fingerprint, until_ms)
   local key = ukey(A.s, 'refused:' .. A.gid)
   redis.call('HSET', key, 'code', code, 'fp', fingerprint)
+  if until_ms then
+    redis.call('HSET', key, 'until', until_ms)
+  end
   redis.call('PEXPIRE', key, A.memo_ms)
 end
 
 -- The hold (or, when the promotion account pays, a free slot), S's send slot, the send half.
 local function apply_reserve(g)
   if g.payer == nil then
-    redis.call('HINCRBY', ukey(A.s, 'bal'), A.kind, -g.cost)
-    redis.call('HINCRBY', ukey(A.s, 'held'), A.kind, g.cost)
-    add_total(A.stag, 'holds', A.kind, g.cost)
+    hold_units(A.s, A.stag, A.kind, g.cost, g, 'send')
   else
     redis.call('INCR', ukey(A.s, 'free'))
   end
@@ -186,6 +202,7 @@ local function apply_reserve(g)
   end
   take_slot(ukey(A.s, 'q:send:' .. A.day))
   store(send_key(), g, SEND_FIELDS)
+  gift_event(A.stag, 'sent', g)
 end
 
 -- ================================================================ send: the payer's side
@@ -206,9 +223,7 @@ end
 
 local function apply_sponsor(cost, due)
   local p = A.promo
-  redis.call('HINCRBY', ukey(p, 'bal'), A.kind, -cost)
-  redis.call('HINCRBY', ukey(p, 'held'), A.kind, cost)
-  add_total(A.ptag, 'holds', A.kind, cost)
+  hold_units(p, A.ptag, A.kind, cost, {gift_id = A.gid, sender = A.s}, 'sponsor')
   redis.call('HSET', sponsor_key(p, A.s), 'state', 'held', 'kind', A.kind, 'cost', cost, 'amount', A.base,
              'stag', A.stag, 'ptag', A.ptag, 'recipient', A.r, 'qty', A.qty)
   if due then
@@ -250,4 +265,3 @@ local function apply_offer(o, g, nodes)
   emit(A.r, A.rtag, 'offer', o, nodes)
   return o
 end
-

@@ -62,6 +62,8 @@ end
 -- its reply or its refusal: a script that stops on an error (a key whose slot moved to
 -- another node, on the fast path) has then written nothing at all.
 local rate_to_take = nil
+-- The ledger records of this call, appended when it ends (see "the ledger" below).
+local flush_ledger
 
 local function take_pending_rate()
   if rate_to_take then
@@ -72,14 +74,16 @@ end
 
 local function reply(t)
   take_pending_rate()
+  flush_ledger()
   return cmsgpack.pack(t)
 end
 
 -- A refusal: nothing was written (except where a script's header says otherwise, and the
 -- request's rate token).
-local function refuse(code, gift)
+local function refuse(code, gift, until_ms)
   take_pending_rate()
-  return cmsgpack.pack({err = code, gift = gift})
+  flush_ledger()
+  return cmsgpack.pack({err = code, gift = gift, until_ms = until_ms})
 end
 
 -- A refusal code's place in the documented order (RANK: the codes in order, each between
@@ -152,10 +156,130 @@ local function corrupt(counters)
 end
 
 -- Totals per card kind of one slot: minted, holds, consumed, transit (see clearing/keys.py).
+-- Only the movers below call it, so that every change of a total has its ledger entry.
 local function add_total(tag, name, kind, delta)
   if delta ~= 0 then
     redis.call('HINCRBY', tkey(tag, 'tot'), name .. ':' .. kind, delta)
   end
+end
+
+-- ------------------------------------------------------------------ the ledger (outbox)
+-- Every change of value appends a double-entry record to the ledger stream of the Redis
+-- server that runs the call ({home}:ledger; the slot's own tag for a caller that gives no
+-- home), in the same script as the change: no change without its record, no record
+-- without its change (docs/ledger.md). Units leave the debit account and reach the credit
+-- account; an account's balance is its credits minus its debits. Accounts:
+--   avail:<user>  held:<user>  points:<user>    (the user's bal / held hashes, points total)
+--   issued:<tag>  consumed:<tag>  transit:<tag>  awards:<tag>   (per slot; issued and awards
+--   only ever give, so their balances are minus what was minted or awarded)
+-- A call's records go out as ONE stream entry when it ends (reply or refuse): fields op
+-- (the call's id, A.op), ms (its clock) and b (msgpack list of records; each has n, its
+-- number in the call, so "<op>.<n>" is unique). One XADD per call, not one per record.
+-- A.lmax (entries kept per stream, MAXLEN ~) and A.op come with the calls of the scripts
+-- that write records (clearing/lua.py LEDGER_SCRIPTS); checked here, before the script's
+-- first write, as is the stream itself (a key of another type would make XADD fail).
+local LEDGER_MAX, LEDGER_OP = A.lmax, A.op
+local ledger_seq, ledger_buf, ledger_order = 0, {}, {}
+local function ledger_key(tag)
+  return tkey(HOME or tag, 'ledger')
+end
+if LEDGER_MAX ~= nil and (type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0
+    or type(LEDGER_OP) ~= 'string' or (HOME and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream'
+        and redis.call('EXISTS', ledger_key(HOME)) == 1)) then
+  return cmsgpack.pack({err = 'CORRUPT'})
+end
+
+local function ledger_push(tag, rec)
+  if LEDGER_MAX == nil then
+    error('a ledger record from a script missing in LEDGER_SCRIPTS (clearing/lua.py)')
+  end
+  ledger_seq = ledger_seq + 1
+  rec.n = ledger_seq
+  local key = ledger_key(tag)
+  local list = ledger_buf[key]
+  if list == nil then
+    list = {}
+    ledger_buf[key] = list
+    ledger_order[#ledger_order + 1] = key
+  end
+  list[#list + 1] = rec
+end
+
+flush_ledger = function()
+  for _, key in ipairs(ledger_order) do
+    redis.call('XADD', key, 'MAXLEN', '~', LEDGER_MAX, '*', 'op', LEDGER_OP, 'ms', NOW,
+               'b', cmsgpack.pack(ledger_buf[key]))
+  end
+  ledger_buf, ledger_order = {}, {}
+end
+
+-- One record (t = 'e'); `g` is the gift (or nil), `cause` what made the move. Zero units
+-- move nothing and write nothing.
+local function ledger(tag, ekind, debit, credit, kind, units, g, cause)
+  if units ~= 0 then
+    ledger_push(tag, {t = 'e', ek = ekind, dr = debit, cr = credit, k = kind, u = units,
+                      g = g and g.gift_id or '', s = g and g.sender or '', c = cause})
+  end
+end
+
+-- A gift's life for the platform's feed (t = 'g'): sent, accepted, declined, expired.
+local function gift_event(tag, event, g)
+  ledger_push(tag, {t = 'g', ev = event, g = g.gift_id, s = g.sender, r = g.recipient, k = g.kind, q = g.qty,
+                    cost = g.cost, amt = g.amount, payer = g.payer or g.sender})
+end
+
+-- The movers: each changes a user's hash and/or a slot's totals and appends the entry.
+-- `tag` is the user's slot tag. The callers checked every counter first (corrupt()).
+local function mint_units(user, tag, kind, units)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, units)
+  add_total(tag, 'minted', kind, units)
+  ledger(tag, 'mint', 'issued:' .. tag, 'avail:' .. user, kind, units, nil, 'mint')
+end
+
+-- available -> held (a gift's cost, held by its payer)
+local function hold_units(user, tag, kind, units, g, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, -units)
+  redis.call('HINCRBY', ukey(user, 'held'), kind, units)
+  add_total(tag, 'holds', kind, units)
+  ledger(tag, 'hold', 'avail:' .. user, 'held:' .. user, kind, units, g, cause)
+end
+
+-- held -> available (ekind 'release' or 'expire')
+local function release_units(user, tag, kind, units, g, ekind, cause)
+  redis.call('HINCRBY', ukey(user, 'held'), kind, -units)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, units)
+  add_total(tag, 'holds', kind, -units)
+  ledger(tag, ekind, 'held:' .. user, 'avail:' .. user, kind, units, g, cause)
+end
+
+-- held -> consumed (the share an accepted gift's payer loses) and held -> transit (what
+-- the recipient will get)
+local function settle_units(user, tag, kind, consumed, transit, g)
+  redis.call('HINCRBY', ukey(user, 'held'), kind, -(consumed + transit))
+  add_total(tag, 'holds', kind, -(consumed + transit))
+  add_total(tag, 'consumed', kind, consumed)
+  add_total(tag, 'transit', kind, transit)
+  ledger(tag, 'consume', 'held:' .. user, 'consumed:' .. tag, kind, consumed, g, 'accepted')
+  ledger(tag, 'settle', 'held:' .. user, 'transit:' .. tag, kind, transit, g, 'accepted')
+end
+
+-- available -> consumed (a purchase: an avatar frame)
+local function consume_units(user, tag, kind, units, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, -units)
+  add_total(tag, 'consumed', kind, units)
+  ledger(tag, 'consume', 'avail:' .. user, 'consumed:' .. tag, kind, units, nil, cause)
+end
+
+-- available -> transit (a payment that another slot will credit) and back out of transit
+local function pay_units(user, tag, kind, units, g, ekind, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, -units)
+  add_total(tag, 'transit', kind, units)
+  ledger(tag, ekind, 'avail:' .. user, 'transit:' .. tag, kind, units, g, cause)
+end
+local function credit_units(user, tag, kind, units, g, ekind, cause)
+  redis.call('HINCRBY', ukey(user, 'bal'), kind, units)
+  add_total(tag, 'transit', kind, -units)
+  ledger(tag, ekind, 'transit:' .. tag, 'avail:' .. user, kind, units, g, cause)
 end
 
 -- A daily counter: INCR with its expiry, so no counter outlives its use.
@@ -324,13 +448,14 @@ local POINTLOG_TRIM = 64
 -- half-way through the writes.
 -- A total never passes MAX_COUNTER (the caller checked it reads as a whole number): the
 -- award is cut to fit, and the log records what was added.
-local function add_points(user, points, gift_id, why, app)
-  local key, log = ukey(user, 'points'), ukey(user, 'pointlog')
+local function add_points(user, tag, points, g, why, app)
+  local key, log, gift_id = ukey(user, 'points'), ukey(user, 'pointlog'), g.gift_id
   points = math.min(points, MAX_COUNTER - (whole(redis.call('HGET', key, 'total')) or MAX_COUNTER))
   if points <= 0 then
     return
   end
   redis.call('HINCRBY', key, 'total', points)
+  ledger(tag, 'points', 'awards:' .. tag, 'points:' .. user, 'points', points, g, why)
   redis.call('XADD', log, '*', 'p', points, 'g', gift_id, 'why', why, 'app', app)
   if redis.call('XLEN', log) > A.pointlog_max then
     local dropped, ids = 0, {}

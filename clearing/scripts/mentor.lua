@@ -69,8 +69,7 @@ end
 local function apply_pay()
   local total = A.mreward + A.areward
   if total > 0 then
-    redis.call('HINCRBY', ukey(A.promo, 'bal'), A.kind, -total)
-    add_total(A.ptag, 'transit', A.kind, total)
+    pay_units(A.promo, A.ptag, A.kind, total, nil, 'mentor_pay', 'mentor:' .. A.a)
   end
   redis.call('SET', marker(A.promo), total, 'PX', A.retention)
 end
@@ -86,8 +85,7 @@ local function apply_credit(user, tag, amount)
     return
   end
   if amount > 0 then
-    redis.call('HINCRBY', ukey(user, 'bal'), A.kind, amount)
-    add_total(tag, 'transit', A.kind, -amount)
+    credit_units(user, tag, A.kind, amount, nil, 'mentor_credit', 'mentor:' .. A.a)
   end
   redis.call('SET', marker(user), amount, 'PX', A.retention)
 end

@@ -16,6 +16,5 @@ local minted = num(redis.call('HGET', tkey(A.tag, 'tot'), 'minted:' .. A.kind))
 if num(redis.call('HGET', bal, A.kind)) + A.amount > A.ceiling or minted + A.amount > A.ceiling then
   return refuse('BAD_QUANTITY')
 end
-redis.call('HINCRBY', bal, A.kind, A.amount)
-add_total(A.tag, 'minted', A.kind, A.amount)
+mint_units(A.u, A.tag, A.kind, A.amount)
 return reply({bal = redis.call('HGETALL', bal), held = redis.call('HGETALL', ukey(A.u, 'held'))})

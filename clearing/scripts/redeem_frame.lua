@@ -28,8 +28,7 @@ if A.price > 0 and corrupt({{ukey(A.u, 'bal'), A.kind}, {tkey(A.tag, 'tot'), 'co
   return refuse('CORRUPT')
 end
 if A.price > 0 then
-  redis.call('HINCRBY', ukey(A.u, 'bal'), A.kind, -A.price)
-  add_total(A.tag, 'consumed', A.kind, A.price)
+  consume_units(A.u, A.tag, A.kind, A.price, item)
 end
 redis.call('HSET', KEYS[1], item, f.end_ms)
 return reply({item = item, frame = f.frame, expires_at_ms = f.end_ms})

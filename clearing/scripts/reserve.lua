@@ -10,9 +10,9 @@
 local res = check_reserve(A.rcode)
 if res.err then
   if res.remember then
-    remember_refusal(res.err, res.remember)
+    remember_refusal(res.err, res.remember, res.until_ms)
   end
-  return refuse(res.err)
+  return refuse(res.err, nil, res.until_ms)
 end
 if res.existing then
   return reply({send = res.existing})

@@ -39,12 +39,12 @@ end
 
 if res.err then
   if res.remember then
-    remember_refusal(res.err, res.remember)
+    remember_refusal(res.err, res.remember, res.until_ms)
   end
   if o and move(o.state, 'void') then
     apply_void(o, res.err)
   end
-  return refuse(res.err)
+  return refuse(res.err, nil, res.until_ms)
 end
 
 -- ------------------------------------------------------------ writes

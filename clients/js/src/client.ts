@@ -49,6 +49,8 @@ export interface ClientOptions {
   /** A stream position stored by an earlier run (`client.epoch`, `client.offset`), to resume from. */
   epoch?: string | null;
   offset?: number | null;
+  /** The device's fingerprint, sent in every hello (docs/risk.md). */
+  device?: string | null;
   /** The WebSocket class to use (default: the global one, else the `ws` package). */
   WebSocket?: WebSocketClass;
 }
@@ -132,7 +134,7 @@ export class NotecardClient {
   readonly urls: string[];
   readonly session: ClientSession;
   private urlIndex = 0;
-  private readonly options: Required<Omit<ClientOptions, "epoch" | "offset" | "WebSocket">>;
+  private readonly options: Required<Omit<ClientOptions, "epoch" | "offset" | "device" | "WebSocket">>;
   private readonly webSocketClass: WebSocketClass | undefined;
   private ws: WebSocketLike | null = null;
   private runner: Promise<void> | null = null;
@@ -161,7 +163,10 @@ export class NotecardClient {
       connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
     };
     this.webSocketClass = options.WebSocket;
-    this.session = new ClientSession(this.options.encoding, { epoch: options.epoch ?? null, offset: options.offset ?? null });
+    this.session = new ClientSession(
+      this.options.encoding, { epoch: options.epoch ?? null, offset: options.offset ?? null }, undefined,
+      options.device ?? null,
+    );
   }
 
   // ---------------------------------------------------------- state
@@ -312,6 +317,11 @@ export class NotecardClient {
     return this.request({ t: "bind_mentor", mentor });
   }
 
+  /** Appeal the risk engine's action on this account (docs/risk.md). */
+  appeal(kind: "face_verification" | "carrier_bill" | "notarised_document", evidence: string): Promise<Done> {
+    return this.request({ t: "appeal", kind, evidence });
+  }
+
   /** The next offer addressed to this user (each once, including those pending at connect). */
   nextOffer(timeoutMs?: number): Promise<Gift> {
     return this.offers.next(timeoutMs);
@@ -344,7 +354,7 @@ export class NotecardClient {
             this.session.retry(call);
             continue;
           }
-          throw new GiftRefused(reply.code, reply.message, reply.gift);
+          throw new GiftRefused(reply.code, reply.message, reply.gift, reply.until_ms);
         }
         if (reply.t !== REPLIES[body.t]) {
           throw new ProtocolError("BAD_FRAME", `unexpected reply ${reply.t} to ${body.t}`);

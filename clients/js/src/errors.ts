@@ -23,6 +23,8 @@ export class GiftRefused extends NotecardError {
     readonly reason: string,
     /** For ALREADY_RESOLVED and GIFT_EXPIRED: the gift as it stands now. */
     readonly gift?: Gift,
+    /** For ACCOUNT_FROZEN: when the freeze ends (server clock, ms). */
+    readonly untilMs?: number,
   ) {
     super(`${code}: ${reason}`);
   }

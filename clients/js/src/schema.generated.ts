@@ -31,7 +31,8 @@ export const CLIENT_TYPES = [
   "get_quote",
   "get_room",
   "redeem_frame",
-  "bind_mentor"
+  "bind_mentor",
+  "appeal"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -61,7 +62,8 @@ export const REPLIES = {
   "get_quote": "quote",
   "get_room": "room",
   "redeem_frame": "done",
-  "bind_mentor": "done"
+  "bind_mentor": "done",
+  "appeal": "done"
 } as const;
 
 export const ERROR_CODES = [
@@ -105,6 +107,13 @@ export const ERROR_CODES = [
   "PROMOTION_EXHAUSTED",
   "TOO_MANY_CONNECTIONS",
   "TOO_MANY_ROOMS",
+  "ACCOUNT_FROZEN",
+  "RECIPIENT_FROZEN",
+  "DEVICE_BANNED",
+  "RISK_LIMITED",
+  "NOTHING_TO_APPEAL",
+  "APPEAL_KIND",
+  "APPEAL_PENDING",
   "SEND_ABORTED",
   "UNAVAILABLE",
   "INTERNAL"
@@ -322,6 +331,15 @@ export const SHAPES = {
         "k": "int",
         "lo": 0,
         "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "device",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_\\-]+",
+        "max": 128
       }
     }
   ],
@@ -619,6 +637,35 @@ export const SHAPES = {
       }
     }
   ],
+  "appeal": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "kind",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[a-z_]+",
+        "max": 32
+      }
+    },
+    {
+      "name": "evidence",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[^\\x00]*",
+        "max": 256
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -846,6 +893,15 @@ export const SHAPES = {
       "shape": {
         "k": "obj",
         "type": "gift"
+      }
+    },
+    {
+      "name": "until_ms",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
       }
     }
   ],
@@ -1127,6 +1183,7 @@ export interface Hello {
   token: string;
   epoch?: string;
   offset?: number;
+  device?: string;
 }
 
 export interface SendGift {
@@ -1207,6 +1264,13 @@ export interface BindMentor {
   mentor: string;
 }
 
+export interface Appeal {
+  t: "appeal";
+  rid: number;
+  kind: string;
+  evidence: string;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1252,6 +1316,7 @@ export interface ErrorMessage {
   message: string;
   rid?: number;
   gift?: Gift;
+  until_ms?: number;
 }
 
 export interface EventMessage {
@@ -1300,5 +1365,5 @@ export interface Pending {
   more?: boolean;
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor;
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal;
 export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending;

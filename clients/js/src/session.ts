@@ -106,6 +106,8 @@ export class ClientSession {
     readonly encoding: Encoding = "msgpack",
     position: { epoch?: string | null; offset?: number | null } = {},
     private readonly seenOffersMax: number = SEEN_OFFERS_MAX,
+    /** The device fingerprint every hello carries (docs/risk.md), or null. */
+    readonly device: string | null = null,
   ) {
     this.epoch = position.epoch ?? null;
     this.offset = position.offset ?? null;
@@ -119,9 +121,10 @@ export class ClientSession {
     this.partial = null;
     this.resuming = this.epoch !== null && this.offset !== null;
     this.state = "awaiting_welcome";
+    const device = this.device !== null ? { device: this.device } : {};
     const hello: ClientMessage = this.resuming
-      ? { t: "hello", v: PROTOCOL_VERSION, token, epoch: this.epoch!, offset: this.offset! }
-      : { t: "hello", v: PROTOCOL_VERSION, token };
+      ? { t: "hello", v: PROTOCOL_VERSION, token, epoch: this.epoch!, offset: this.offset!, ...device }
+      : { t: "hello", v: PROTOCOL_VERSION, token, ...device };
     this.send(hello);
   }
 

@@ -107,7 +107,7 @@ export class NotecardClient {
             connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
         };
         this.webSocketClass = options.WebSocket;
-        this.session = new ClientSession(this.options.encoding, { epoch: options.epoch ?? null, offset: options.offset ?? null });
+        this.session = new ClientSession(this.options.encoding, { epoch: options.epoch ?? null, offset: options.offset ?? null }, undefined, options.device ?? null);
     }
     // ---------------------------------------------------------- state
     get welcome() {
@@ -239,6 +239,10 @@ export class NotecardClient {
     bindMentor(mentor) {
         return this.request({ t: "bind_mentor", mentor });
     }
+    /** Appeal the risk engine's action on this account (docs/risk.md). */
+    appeal(kind, evidence) {
+        return this.request({ t: "appeal", kind, evidence });
+    }
     /** The next offer addressed to this user (each once, including those pending at connect). */
     nextOffer(timeoutMs) {
         return this.offers.next(timeoutMs);
@@ -271,7 +275,7 @@ export class NotecardClient {
                         this.session.retry(call);
                         continue;
                     }
-                    throw new GiftRefused(reply.code, reply.message, reply.gift);
+                    throw new GiftRefused(reply.code, reply.message, reply.gift, reply.until_ms);
                 }
                 if (reply.t !== REPLIES[body.t]) {
                     throw new ProtocolError("BAD_FRAME", `unexpected reply ${reply.t} to ${body.t}`);

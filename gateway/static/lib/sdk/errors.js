@@ -5,6 +5,7 @@ export class GiftRefused extends NotecardError {
     code;
     reason;
     gift;
+    untilMs;
     name = "GiftRefused";
     constructor(
     /** The protocol's error code, e.g. `LIMIT_DAILY_SEND`; codes this SDK does not know are possible. */
@@ -12,11 +13,14 @@ export class GiftRefused extends NotecardError {
     /** The server's short reason, for logs: never parse it. */
     reason, 
     /** For ALREADY_RESOLVED and GIFT_EXPIRED: the gift as it stands now. */
-    gift) {
+    gift, 
+    /** For ACCOUNT_FROZEN: when the freeze ends (server clock, ms). */
+    untilMs) {
         super(`${code}: ${reason}`);
         this.code = code;
         this.reason = reason;
         this.gift = gift;
+        this.untilMs = untilMs;
     }
 }
 export class ConnectionRejected extends NotecardError {

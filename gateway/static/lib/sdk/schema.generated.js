@@ -23,7 +23,8 @@ export const CLIENT_TYPES = [
     "get_quote",
     "get_room",
     "redeem_frame",
-    "bind_mentor"
+    "bind_mentor",
+    "appeal"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -51,7 +52,8 @@ export const REPLIES = {
     "get_quote": "quote",
     "get_room": "room",
     "redeem_frame": "done",
-    "bind_mentor": "done"
+    "bind_mentor": "done",
+    "appeal": "done"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -94,6 +96,13 @@ export const ERROR_CODES = [
     "PROMOTION_EXHAUSTED",
     "TOO_MANY_CONNECTIONS",
     "TOO_MANY_ROOMS",
+    "ACCOUNT_FROZEN",
+    "RECIPIENT_FROZEN",
+    "DEVICE_BANNED",
+    "RISK_LIMITED",
+    "NOTHING_TO_APPEAL",
+    "APPEAL_KIND",
+    "APPEAL_PENDING",
     "SEND_ABORTED",
     "UNAVAILABLE",
     "INTERNAL"
@@ -308,6 +317,15 @@ export const SHAPES = {
                 "k": "int",
                 "lo": 0,
                 "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "device",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_\\-]+",
+                "max": 128
             }
         }
     ],
@@ -605,6 +623,35 @@ export const SHAPES = {
             }
         }
     ],
+    "appeal": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "kind",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[a-z_]+",
+                "max": 32
+            }
+        },
+        {
+            "name": "evidence",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[^\\x00]*",
+                "max": 256
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -832,6 +879,15 @@ export const SHAPES = {
             "shape": {
                 "k": "obj",
                 "type": "gift"
+            }
+        },
+        {
+            "name": "until_ms",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
             }
         }
     ],

@@ -37,6 +37,7 @@ export function answers(request, reply) {
 export class ClientSession {
     encoding;
     seenOffersMax;
+    device;
     state = "idle";
     /** Position of the last event processed; sent in each hello to resume from there. */
     epoch;
@@ -54,9 +55,12 @@ export class ClientSession {
     resuming = false;
     out = [];
     events = [];
-    constructor(encoding = "msgpack", position = {}, seenOffersMax = SEEN_OFFERS_MAX) {
+    constructor(encoding = "msgpack", position = {}, seenOffersMax = SEEN_OFFERS_MAX, 
+    /** The device fingerprint every hello carries (docs/risk.md), or null. */
+    device = null) {
         this.encoding = encoding;
         this.seenOffersMax = seenOffersMax;
+        this.device = device;
         this.epoch = position.epoch ?? null;
         this.offset = position.offset ?? null;
     }
@@ -69,9 +73,10 @@ export class ClientSession {
         this.partial = null;
         this.resuming = this.epoch !== null && this.offset !== null;
         this.state = "awaiting_welcome";
+        const device = this.device !== null ? { device: this.device } : {};
         const hello = this.resuming
-            ? { t: "hello", v: PROTOCOL_VERSION, token, epoch: this.epoch, offset: this.offset }
-            : { t: "hello", v: PROTOCOL_VERSION, token };
+            ? { t: "hello", v: PROTOCOL_VERSION, token, epoch: this.epoch, offset: this.offset, ...device }
+            : { t: "hello", v: PROTOCOL_VERSION, token, ...device };
         this.send(hello);
     }
     disconnected(code) {
