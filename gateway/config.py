@@ -355,7 +355,7 @@ class GatewaySettings:
                                            "the longest wait between two deliveries of one event")
     webhook_timeout_s: float = setting(10.0, "WEBHOOK_TIMEOUT_S", Number(above=0),
                                        "a delivery that has no answer this long has failed")
-    webhook_dead_max: int = setting(10_000, "WEBHOOK_DEAD_MAX", Integer(1, 1_000_000),
+    webhook_dead_max: int = setting(10_000, "WEBHOOK_DEAD_MAX", Integer(1, 999_999),
                                     "dead letters kept (the oldest go first)")
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from clearing.testing import World
 from gateway import GatewayNode
 from notecard.local_redis import LocalRedis
 from notecard.webhooks import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, Policy, run_webhooks
-from tests.gateway_fixtures import ADMIN_TOKEN
+from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory
 
 SECRET = b"s" * 32
 FAST = Policy(attempts=4, backoff_s=0.01, backoff_max_s=0.05, timeout_s=5)
@@ -163,8 +163,9 @@ async def admin_call(node: GatewayNode, method: str, path: str) -> tuple[int, An
 
 
 async def test_an_event_no_attempt_delivers_is_a_dead_letter_in_the_admin_api_until_sent_back(
-        node: GatewayNode, redis: aioredis.Redis, receiver: Receiver) -> None:
-    w = await gifts(redis)
+        node_factory: NodeFactory, redis: aioredis.Redis, receiver: Receiver) -> None:
+    w = await gifts(redis)  # before the node: offers need no online recipient yet
+    node = await node_factory()
     receiver.answer = lambda n: 500
     sender = await run_webhooks(redis, [receiver.url], SECRET, group="webhooks", consumer="t", policy=FAST,
                                 once=True)
