@@ -71,7 +71,8 @@ return #letters
 
 class DeadLetters:
     def __init__(self, redis: AnyRedis, keys: KeySchema, *, keep: int = 10_000) -> None:
-        self._redis = redis
+        # Any: redis-py types values as str, and these lists hold bytes
+        self._redis: Any = redis
         self._dead = keys.webhooks_dead()
         self._retry = keys.webhooks_retry()
         self._keep = keep
@@ -79,14 +80,14 @@ class DeadLetters:
     async def add(self, letter: DeadLetter, *, replacing: bytes | None = None) -> None:
         """Push ``letter`` (bounded); ``replacing``: the retry-list letter it supersedes,
         removed in the same step."""
-        await self._redis.eval(_ADD, 2, self._dead, self._retry, letter.dumps(), self._keep,  # type: ignore[misc]
+        await self._redis.eval(_ADD, 2, self._dead, self._retry, letter.dumps(), self._keep,
                                replacing or b"")
 
     async def newest(self, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Up to ``limit`` letters, newest first (an unreadable one as ``{"unreadable": text}``),
         and how many there are."""
-        raw = await self._redis.lrange(self._dead, 0, limit - 1)  # type: ignore[misc]
-        total = await self._redis.llen(self._dead)  # type: ignore[misc]
+        raw = await self._redis.lrange(self._dead, 0, limit - 1)
+        total = await self._redis.llen(self._dead)
         out: list[dict[str, Any]] = []
         for item in raw:
             try:
@@ -97,13 +98,13 @@ class DeadLetters:
 
     async def retry_all(self) -> int:
         """Move every dead letter to the retry list in one step; how many moved."""
-        moved = await self._redis.eval(_RETRY_ALL, 2, self._dead, self._retry)  # type: ignore[misc]
+        moved = await self._redis.eval(_RETRY_ALL, 2, self._dead, self._retry)
         return int(moved)
 
     async def next_retry(self) -> bytes | None:
         """The oldest letter sent back for delivery (it stays until :meth:`done` or :meth:`add`)."""
-        raw = await self._redis.lindex(self._retry, 0)  # type: ignore[misc]
+        raw = await self._redis.lindex(self._retry, 0)
         return bytes(raw) if raw is not None else None
 
     async def done(self, raw: bytes) -> None:
-        await self._redis.lrem(self._retry, 1, raw)  # type: ignore[misc]
+        await self._redis.lrem(self._retry, 1, raw)

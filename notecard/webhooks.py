@@ -61,8 +61,8 @@ class Policy:
     def delay(self, failures: int) -> float:
         """The wait after the ``failures``-th failure: doubling, capped, and between half of it
         and all of it at random, so that many senders do not retry in step."""
-        full = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
-        return full * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+        full = min(self.backoff_max_s, self.backoff_s * 2.0 ** (failures - 1))
+        return float(full * random.uniform(0.5, 1.0))
 
 
 class Sender:
@@ -80,7 +80,8 @@ class Sender:
     async def post(self, url: str, event: dict[str, object]) -> str | None:
         """One attempt; None when delivered, else what went wrong."""
         body = orjson.dumps(event)
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(self._secret, int(time.time()), body),
+        headers = {"Content-Type": "application/json",
+                   SIGNATURE_HEADER: signature(self._secret, int(time.time()), body),
                    IDEMPOTENCY_HEADER: str(event["id"])}
         try:
             timeout = aiohttp.ClientTimeout(total=self.policy.timeout_s)
