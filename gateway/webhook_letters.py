@@ -53,15 +53,25 @@ class DeadLetter:
         return letter
 
 
+#: Both keys must be lists (or absent) before the first write, so a hand-edited key stops a
+#: call whole instead of half way.
+_CHECK = """
+for _, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'none' and kind ~= 'list' then
+    return redis.error_reply('CORRUPT ' .. key .. ' is a ' .. kind .. ', not a list')
+  end
+end
+"""
 #: KEYS: dead, retry; ARGV: letter, keep, the retry-list letter it replaces (or "").
-_ADD = """
+_ADD = _CHECK + """
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 if ARGV[3] ~= '' then redis.call('LREM', KEYS[2], 1, ARGV[3]) end
 return 1
 """
 #: KEYS: dead, retry. Every dead letter to the retry list's tail, oldest first.
-_RETRY_ALL = """
+_RETRY_ALL = _CHECK + """
 local letters = redis.call('LRANGE', KEYS[1], 0, -1)
 for i = #letters, 1, -1 do redis.call('RPUSH', KEYS[2], letters[i]) end
 redis.call('DEL', KEYS[1])

@@ -26,7 +26,7 @@ from clearing.keys import DEFAULT_KEYS
 from clearing.testing import World
 from clearing.topology import Topology
 from gateway import GatewayNode
-from gateway.webhook_letters import DeadLetters
+from gateway.webhook_letters import DeadLetter, DeadLetters
 from notecard.local_redis import LocalRedis
 from notecard.webhooks import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, Policy, run_webhooks
 from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory
@@ -224,6 +224,16 @@ async def test_a_hand_edited_dead_letter_is_shown_as_unreadable(node: GatewayNod
     await redis.lpush(DEFAULT_KEYS.webhooks_dead(), b"\xffnot json")
     status, listed = await admin_call(node, "GET", "/admin/webhooks/dead")
     assert status == 200 and listed["total"] == 1 and "unreadable" in listed["dead"][0]
+
+
+async def test_a_letter_sent_back_that_does_not_read_is_dropped_and_the_others_go_out(
+        redis: aioredis.Redis, receiver: Receiver) -> None:
+    letter = DeadLetter({"id": "a.1", "gift_id": "g1"}, receiver.url, 2, "HTTP 500", 1)
+    await redis.rpush(DEFAULT_KEYS.webhooks_retry(), b"not a letter", letter.dumps())
+    sender = await run_webhooks(redis, [receiver.url], SECRET, group="webhooks", consumer="t", policy=FAST,
+                                once=True)
+    assert receiver.events() == [letter.event] and sender.delivered == 1
+    assert await redis.llen(DEFAULT_KEYS.webhooks_retry()) == 0
 
 
 async def start_webhooks(redis_server: LocalRedis, url: str) -> asyncio.subprocess.Process:
