@@ -280,3 +280,22 @@ async def streams(redis: aioredis.Redis) -> list[str]:
     from clearing.ledger import ledger_streams
 
     return await ledger_streams(redis)
+
+
+@pytest.mark.parametrize(("args", "env", "said"), [
+    ([], {}, b"give a receiver: --url URL or NOTECARD_WEBHOOK_URLS"),
+    (["--url", "ftp://x"], {}, b"not an http(s) URL: 'ftp://x'"),
+    (["--url", "http://127.0.0.1:9/"], {}, b"set NOTECARD_WEBHOOK_SECRET to the signing secret, 32 bytes or more"),
+    (["--url", "http://127.0.0.1:9/", "--secret-env", "HOOK"], {"HOOK": "short"},
+     b"set HOOK to the signing secret, 32 bytes or more"),
+    ([], {"NOTECARD_WEBHOOK_ATTEMPTS": "0"}, b"NOTECARD_WEBHOOK_ATTEMPTS"),
+])
+async def test_notecard_webhooks_refuses_what_it_cannot_use_and_says_what_to_give(
+        args: list[str], env: dict[str, str], said: bytes) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTECARD_WEBHOOK")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notecard", "webhooks", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**clean, "NOTECARD_REDIS_URL": "redis://127.0.0.1:1", **env})
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 2 and out == b""
+    assert said in err and b"Traceback" not in err
