@@ -236,6 +236,14 @@ class KeySchema:
         """Hash: gateway node id -> JSON snapshot of its counters (gateway/node_stats.py)."""
         return self._of("nodes", "stats")
 
+    def webhooks_dead(self) -> str:
+        """List: webhook deliveries that failed every attempt, newest first (JSON each)."""
+        return self._of("cfg", "webhooks:dead")
+
+    def webhooks_retry(self) -> str:
+        """List: dead letters an operator sent back for delivery (JSON each, as in the dead list)."""
+        return self._of("cfg", "webhooks:retry")
+
     def scene_settings(self) -> str:
         """Hash: the scene settings (clearing/scene_config.py), one field each."""
         return self._of("cfg", "scenes")

@@ -24,6 +24,8 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     POST   /admin/users/{user}/disconnect            close the user's connections on every node
     POST   /admin/bulk/users                         create or update up to 500 users
     POST   /admin/bulk/follows                       create or refresh up to 500 follows
+    GET    /admin/webhooks/dead                      webhook deliveries that failed every attempt, newest first
+    POST   /admin/webhooks/dead/retry                send every dead letter back for delivery
     GET    /admin/openapi.json                       this API as an OpenAPI 3.1 document (no token)
 
 Pages (static files, no token to load them; gateway/static/)::
@@ -90,6 +92,7 @@ from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
 from gateway.openapi import OPENAPI_PATH, openapi_document
 from gateway.risk_admin import RiskAdmin
+from gateway.webhooks_admin import WebhooksAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
 
@@ -220,6 +223,7 @@ class AdminApp:
         BackendRoutes(self).add(app)
         app.router.add_get(OPENAPI_PATH, self.openapi)
         RiskAdmin(self.redis, self.keys).routes(app)
+        WebhooksAdmin(self.redis, self.keys).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

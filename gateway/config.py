@@ -338,6 +338,25 @@ class GatewaySettings:
         (), "PUBLIC_WS_URLS", Names(r"wss?://[^\s,]+", "ws:// or wss:// URLs, comma-separated"),
         "the WebSocket URLs the web app at `/app` connects to, in turn on reconnects (`wss://gw.example.com`)",
         shown="this node's port on the host the page came from")
+    # `notecard webhooks` (notecard/webhooks.py, docs/ledger.md "Webhooks")
+    webhook_urls: tuple[str, ...] = setting(
+        (), "WEBHOOK_URLS", Names(r"https?://[^\s,]+", "http:// or https:// URLs, comma-separated"),
+        "where `notecard webhooks` POSTs each gift event (every URL gets every event)", shown="unset")
+    webhook_secret: str | None = setting(
+        None, "WEBHOOK_SECRET", Secret(expected=_SECRET_SIZE),
+        "the HMAC-SHA256 key of the `Notecard-Signature` header, at least 32 bytes", shown="unset")
+    webhook_attempts: int = setting(6, "WEBHOOK_ATTEMPTS", Integer(1, 50),
+                                    "deliveries tried per event and URL before it goes to the dead-letter list")
+    webhook_backoff_s: float = setting(
+        0.5, "WEBHOOK_BACKOFF_S", Number(above=0),
+        "the wait after the first failed delivery; it doubles after each failure, with up to half of it "
+        "taken off at random (jitter)")
+    webhook_backoff_max_s: float = setting(30.0, "WEBHOOK_BACKOFF_MAX_S", Number(above=0),
+                                           "the longest wait between two deliveries of one event")
+    webhook_timeout_s: float = setting(10.0, "WEBHOOK_TIMEOUT_S", Number(above=0),
+                                       "a delivery that has no answer this long has failed")
+    webhook_dead_max: int = setting(10_000, "WEBHOOK_DEAD_MAX", Integer(1, 999_999),
+                                    "dead letters kept (the oldest go first)")
 
     def __post_init__(self) -> None:
         problems = [str(exc) for exc in _range_errors(self)]

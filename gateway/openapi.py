@@ -103,6 +103,19 @@ _SCHEMAS: dict[str, Any] = {
     "AppConfig": {"type": "object", "required": ["gateways", "dev_tokens", "node"]},
     "DevToken": _object({"token": {"type": "string"}, "user": _ID, "ttl_s": {"type": "integer"}},
                         ("token", "user", "ttl_s")),
+    # The webhooks' dead letters (gateway/webhooks_admin.py, docs/ledger.md "Webhooks").
+    "DeadLetters": _object({
+        "dead": {"type": "array", "description": "newest first", "items": {"oneOf": [
+            _object({"event": {"type": "object", "description": "the event as POSTed (docs/ledger.md)"},
+                     "url": {"type": "string"}, "attempts": {"type": "integer", "minimum": 1},
+                     "error": {"type": "string", "description": "the last failure"}, "at_ms": _MS},
+                    ("event", "url", "attempts", "error", "at_ms")),
+            _object({"unreadable": {"type": "string", "description": "a stored letter that is not one"}},
+                    ("unreadable",)),
+        ]}},
+        "total": {"type": "integer", "minimum": 0, "description": "letters stored"}}, ("dead", "total")),
+    "Retried": _object({"moved": {"type": "integer", "minimum": 0,
+                                  "description": "letters sent back to notecard webhooks"}}, ("moved",)),
     # The risk engine's operator API (gateway/risk_admin.py, docs/risk.md).
     "Appeals": {"type": "object", "required": ["appeals"],
                 "properties": {"appeals": {"type": "array", "items": {"type": "object"}}}},
@@ -231,6 +244,14 @@ def _paths() -> dict[str, dict[str, Any]]:
                        params=("festival",)),
             "delete": _op("remove a festival window", "Ok", params=("festival",), errors=("401", "404", "503")),
         },
+        "/admin/webhooks/dead": {"get": {
+            **_op("webhook deliveries that failed every attempt, newest first", "DeadLetters",
+                  errors=("400", "401", "503")),
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}]}},
+        "/admin/webhooks/dead/retry": {"post": _op(
+            "send every dead letter back to notecard webhooks, which delivers them again (same idempotency keys)",
+            "Retried", errors=("401", "503"))},
         "/admin/stats": {"get": _op("every live node's counters, pending gifts, held units", "Stats",
                                     errors=("401", "503"))},
         OPENAPI_PATH: {"get": {"summary": "this document", "security": [], "responses": {

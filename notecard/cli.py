@@ -126,9 +126,11 @@ _TOOLS = {
     "risk": "the risk engine: run the scorer, train and evaluate the model (risk.cli)",
     "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
     "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
+    "webhooks": "POST gift events, signed, to the platform's URLs, with retries and dead letters (notecard.webhooks)",
 }
 #: Tools that live outside loadtest/.
-_TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli"}
+_TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli",
+                 "webhooks": "notecard.webhooks"}
 
 
 def _build_admin(sub: Any) -> None:

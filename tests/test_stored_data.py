@@ -1,6 +1,6 @@
 """Stored data the scripts and Scenes did not write, against a real Redis: scene settings from
 an older version or a hand edit, festival entries, quotes, room and user hashes, follows,
-ledger counters, the points log and the ledger stream.
+ledger counters, the points log, the ledger stream and the webhooks' dead letters.
 
 The rules under test: settings are read field by field in Python (clearing/settings.py) and
 a field that does not read keeps its default, exactly as the admin API shows it; a script
@@ -24,9 +24,11 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from redis import exceptions as rx
 
 from clearing import GiftRules, GiftState, Refusal, Refused
 from clearing.errors import StepRefused
+from clearing.keys import DEFAULT_KEYS
 from clearing.ledger import ledger_streams, reconcile
 from clearing.lua import MAX_SAFE_INT
 from clearing.rooms import Rooms
@@ -35,6 +37,7 @@ from clearing.scene_config import INT_RANGES, MAX_PERMILLE, AppPerk, SceneConfig
 from clearing.scenes import Scenes
 from clearing.slots import tag_of
 from clearing.testing import World
+from gateway.webhook_letters import DeadLetter, DeadLetters
 from notecard.local_redis import LocalRedis
 from tests.test_drill_findings import promote_as_after_a_failover
 
@@ -264,6 +267,33 @@ async def test_a_ledger_key_that_is_no_stream_stops_every_change_of_value_before
         await w.redis.xadd(streams[0], fields, id=stream_id)
     assert (await w.clearing.accept(pending.gift_id, "bob")).gift.state is GiftState.ACCEPTED
     assert (await reconcile(w.redis, w.keys)).ok
+
+
+@pytest.mark.parametrize("corrupt", ["dead", "retry"])
+async def test_a_webhook_list_that_is_no_list_stops_a_dead_letter_call_before_its_first_write(
+        redis: aioredis.Redis, corrupt: str) -> None:
+    letters = DeadLetters(redis, DEFAULT_KEYS, keep=3)
+    sent_back = DeadLetter({"id": "a.1"}, "http://127.0.0.1:9/", 2, "HTTP 500", 1).dumps()
+    await redis.rpush(DEFAULT_KEYS.webhooks_retry(), sent_back)
+    await redis.lpush(DEFAULT_KEYS.webhooks_dead(), DeadLetter({"id": "b.1"}, "http://127.0.0.1:9/", 2, "x", 2).dumps())
+    await redis.set(DEFAULT_KEYS.webhooks_dead() if corrupt == "dead" else DEFAULT_KEYS.webhooks_retry(), b"hand edit")
+    before = await snapshot(redis)
+    for call in (letters.add(DeadLetter({"id": "c.1"}, "http://127.0.0.1:9/", 2, "x", 3), replacing=sent_back),
+                 letters.retry_all()):
+        with pytest.raises(rx.ResponseError, match="CORRUPT"):
+            await call
+        assert await snapshot(redis) == before
+
+
+async def test_the_dead_letters_stay_bounded_and_unreadable_ones_are_shown_as_such(redis: aioredis.Redis) -> None:
+    letters = DeadLetters(redis, DEFAULT_KEYS, keep=3)
+    for i in range(5):
+        await letters.add(DeadLetter({"id": f"e.{i}"}, "http://127.0.0.1:9/", 1, "x", i))
+    shown, total = await letters.newest(10)
+    assert total == 3 and [d["event"]["id"] for d in shown] == ["e.4", "e.3", "e.2"]
+    for junk in (b"[1, 2]", b'{"event": 1, "url": "u", "attempts": 1, "error": "", "at_ms": 1}', b"\xff"):
+        await redis.lpush(DEFAULT_KEYS.webhooks_dead(), junk)
+        assert "unreadable" in (await letters.newest(1))[0][0]
 
 
 async def test_a_corrupt_counter_stops_an_accept_whole_and_the_sweeper_passes_it(w: World) -> None:
