@@ -64,7 +64,7 @@ from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
-from clearing.topology import Durability, Topology
+from clearing.topology import Durability, SlotUncovered, Topology
 
 log = logging.getLogger("notecard.clearing.gifts")
 T = TypeVar("T")
@@ -127,6 +127,9 @@ class Clearing(RedisComponent):
             "memo_ms": rules.refusal_memory_ms, "saga_ms": saga_ms, "pointlog_max": rules.points_log_maxlen,
             "rl_daily": rules.risk_limited_daily, "rl_rooms": 1 if rules.risk_limited_rooms else 0,
         }
+        #: What the answer's scripts read of those (gift_answer.lua): each named argument is
+        #: decoded by every call, so an answer carries only these.
+        self._answer_constant = {k: self._constant[k] for k in ("saga_ms", "pointlog_max")}
 
     # ================================================================ send
     async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
@@ -135,7 +138,7 @@ class Clearing(RedisComponent):
 
         ``app``: where the sender is (perks on accept); ``quote_id``: a live-room quote
         (clearing/rooms.py) that prices the gift; ``device``: the sender's device fingerprint
-        (a banned one is refused). Festival and newcomer pricing: gift.lua.
+        (a banned one is refused). Festival and newcomer pricing: gift_send.lua.
         """
         if not is_valid_id(gift_id):
             raise Refused(Refusal.BAD_REQUEST, "gift id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
@@ -148,12 +151,19 @@ class Clearing(RedisComponent):
             if not is_valid_device(device):
                 raise Refused(Refusal.BAD_REQUEST, "a device fingerprint is 1-128 characters of A-Z a-z 0-9 _ -")
             a["dev"] = device
-        parties = [slot_of(sender), slot_of(recipient)] + ([slot_of(a["promo"])] if "promo" in a else [])
+        parties = [slot_of(sender), slot_of(recipient)]
         if not self.force_saga and self._topology.colocated(parties):
+            # The promotion account pays only a newcomer's free gift, which the script finds
+            # out: when it is on another node, every other gift still takes the fast path.
+            remote = "promo" in a and not self._topology.colocated([*parties, slot_of(a["promo"])])
             try:
-                reply = await self._lua.run("send", parties[0], self._keys.user(sender), now, {**a, **self._rate},
+                reply = await self._lua.run("send", parties[0], self._keys.user(sender), now,
+                                            {**a, **self._rate, **({"promo_remote": True} if remote else {})},
                                             emits=True, durable=True)
                 return gift_from_map(reply["gift"])
+            except StepRefused as exc:
+                if exc.code != "NEEDS_SAGA":
+                    raise
             except rx.ResponseError as exc:
                 if not _moved_apart(exc):
                     raise
@@ -215,7 +225,7 @@ class Clearing(RedisComponent):
         now = self._clock()
         snapshot = await self._settings.get()
         a: dict[str, Any] = {
-            **self._constant, "gid": gift_id, "r": recipient, "event": event, "rapp": app,
+            **self._answer_constant, "gid": gift_id, "r": recipient, "event": event, "rapp": app,
             "perks": _perks(snapshot), "dead": await self._dead_nodes(),
         }
         if answering:
@@ -306,6 +316,59 @@ class Clearing(RedisComponent):
         expired = [g for g in await _bounded(self._expire_entry(e) for e in expiries[:limit]) if g is not None]
         recovered = sum(await _bounded(self._recover_entry(e) for e in steps))
         return SweepResult(expired, recovered)
+
+    async def due_slots(self, rank: int = 0, of: int = 1) -> list[int]:
+        """The slots whose queues may hold something due now, by the sweep index (keys.py
+        ``sweep_index``) of the Redis servers of this share: those of rank ``rank`` among
+        ``of`` in the order of their names (every server when ``of`` is 1). One read per
+        server, however many slots; each server's index is read by one node of ``of``, so
+        the reads grow with the servers, not with servers times nodes. Index entries for
+        slots a server no longer serves (a resharding moved them) are dropped; the full
+        sweep finds what came with a slot to its new server."""
+        now = self._clock()
+        nodes = sorted(self._topology.nodes(), key=lambda n: n.name)[rank::of]
+        reads = [guarded(node.client.zrangebyscore(self._keys.sweep_index(node.home), "-inf", now))
+                 for node in nodes]
+        found: list[int] = []
+        for node, listed in zip(nodes, await asyncio.gather(*reads, return_exceptions=True), strict=True):
+            if isinstance(listed, rx.ResponseError):
+                if "WRONGTYPE" in str(listed):
+                    # Not an index (a hand edit): the scripts note nothing in it meanwhile;
+                    # the next ones start a new one, and the full sweep covers the gap.
+                    log.warning("the sweep index was no sorted set; it starts again")
+                    await guarded(node.client.delete(self._keys.sweep_index(node.home)))
+                else:
+                    await self._topology.refresh()  # the home slot moved (MOVED): read again next time
+                continue
+            if isinstance(listed, BaseException):
+                raise listed
+            stale: list[bytes] = []
+            for member in listed:
+                raw = member if isinstance(member, bytes) else str(member).encode()
+                tag = raw.decode(errors="replace")  # what is no tag is dropped below
+                slot = slot_of(tag)
+                try:
+                    here = slot_tag(slot) == tag and self._topology.node_for(slot) is node
+                except SlotUncovered:
+                    continue  # a failover in progress: ask again next time
+                if here:
+                    found.append(slot)
+                else:
+                    stale.append(raw)
+            if stale:
+                await guarded(node.client.zrem(self._keys.sweep_index(node.home), *stale))
+        return found
+
+    async def sweep_due(self, rank: int = 0, of: int = 1, limit: int = SWEEP_LIMIT) -> SweepResult:
+        """:meth:`sweep` of the slots that the sweep index of this share's Redis servers
+        lists as due (:meth:`due_slots`): what a node runs every tick (an idle deployment
+        costs one read per Redis server, shared among the nodes)."""
+        if not 0 <= rank < of:
+            raise ValueError("rank must be in 0 .. of - 1")
+        due = await self.due_slots(rank, of)
+        if not due:
+            return SweepResult([], 0)
+        return await self.sweep(due, limit)
 
     async def _expire_entry(self, entry: str) -> GiftRecord | None:
         recipient, _, gift_id = entry.partition("|")

@@ -110,7 +110,7 @@ class KeySchema:
 
     def refused(self, sender: str, gift_id: str) -> str:
         """Hash {code, fp = "recipient|kind|qty"}: a refused send, for ``refusal_memory_ms``
-        (gift.lua's check_reserve): the gift id is spent meanwhile."""
+        (gift_send.lua's check_reserve): the gift id is spent meanwhile."""
         return self._of(sender, f"refused:{gift_id}")
 
     def rate(self, user_id: str) -> str:
@@ -206,6 +206,13 @@ class KeySchema:
     def due(self, tag: str) -> str:
         """Sorted set: ``<step>|<user>|<id>`` -> deadline ms: a cross-shard step to finish."""
         return self._of(tag, "due")
+
+    def sweep_index(self, home: str) -> str:
+        """Sorted set in a Redis server's home slot: slot tag -> the earliest time an entry
+        of that slot's expiry or due queue may come due (a lower bound; a slot not listed has
+        none, unless its entries moved here with a resharding). What the sweeper reads first,
+        so an idle server costs one read per sweep instead of two per slot."""
+        return self._of(home, "sweepidx")
 
     def node_users(self, tag: str, node_id: str) -> str:
         """Set: the slot's users with a connection on the node (dropped when it dies)."""

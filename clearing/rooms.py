@@ -12,7 +12,7 @@ monotone step function of the viewer count, see :class:`~clearing.scene_config.L
 kept with the *sender* (``KeySchema.quote(sender, id)``), where the send's reserve step checks
 it and uses it up; it is honoured for ``quote_ttl_ms``. An accepted quoted gift adds its cost
 (in minor units) to the sender's contribution points on the room's leaderboard and, when
-its kind is the wish's, its quantity to the wish's progress (``apply_close`` in gift.lua).
+its kind is the wish's, its quantity to the wish's progress (``apply_close`` in gift_answer.lua).
 Ranks are competition ranks: tied users share a rank and are listed by user id.
 """
 

@@ -3,7 +3,8 @@
 Clearing keeps both per slot (clearing/keys.py): each node reports the slots of its share
 (the sweeper's: gateway/periodic.py), so the deployment's numbers are the sum over nodes
 (dashboards take ``sum()``). One read-only script per chunk of a Redis node's slots
-(``gauges.lua``) every few seconds.
+(``gauges.lua``) every ``REFRESH_S``: it reads every slot of the share, so it is the
+largest standing cost of an idle node after the sweep index (docs/capacity.md).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from clearing import Clearing
 from gateway.metrics import NodeMetrics
 from gateway.periodic import Sweeper
 
-#: How often the gauges are refreshed: a scrape interval's worth of staleness at most.
-REFRESH_S = 5.0
+#: How often the gauges are refreshed: a scrape interval's worth of staleness at most
+#: (Prometheus scrapes every 15 s by default).
+REFRESH_S = 15.0
 
 
 class LedgerGauges:

@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from clearing import Clearing, ClearingError, Presence, Refusal, Refused
+from clearing.gifts import SweepResult
 from clearing.slots import SLOTS
 from gateway.connection import ClientConnection
 from gateway.hub import Hub
@@ -50,35 +51,64 @@ class Sweeper:
     of a node that died passes to the others once it leaves the registry; while two nodes see
     different registries for a moment, a slot is swept twice (every step is idempotent) or a
     tick late. A node out of the registry (one that cannot hear) sweeps nothing.
+
+    Each tick reads the sweep index (clearing/keys.py ``sweep_index``) of the Redis
+    servers of its share (servers by name, shared out like the slots: one read per server
+    per tick over all nodes when idle) and sweeps the slots it lists as due, plus a rolling
+    slice of its share of the slots read in full, so that the whole share is read every
+    ``FULL_SWEEP_TICKS`` ticks (a minute at the default interval): what the index cannot
+    know (entries that came with a slot moved by a resharding, an index write lost in a
+    failover) is found then, and the index set right.
     """
 
     BATCH = 500
+    FULL_SWEEP_TICKS = 120
 
     def __init__(self, clearing: Clearing, presence: Presence, node_id: str, metrics: NodeMetrics) -> None:
         self.clearing = clearing
         self.presence = presence
         self.node_id = node_id
         self.metrics = metrics
+        self._cursor = 0
 
-    async def my_slots(self) -> range:
+    async def my_share(self) -> tuple[int, int]:
+        """This node's rank among the live nodes (by id) and their number; (0, 0) when it
+        is not among them."""
         nodes = sorted(await self.presence.live_nodes())
         if self.node_id not in nodes:
-            return range(0)
-        return range(nodes.index(self.node_id), SLOTS, len(nodes))
+            return 0, 0
+        return nodes.index(self.node_id), len(nodes)
+
+    async def my_slots(self) -> range:
+        rank, of = await self.my_share()
+        return range(rank, SLOTS, of) if of else range(0)
+
+    def _full_slice(self, slots: range) -> list[int]:
+        """The next part of the share to read in full (wrapping around)."""
+        size = -(-len(slots) // self.FULL_SWEEP_TICKS)
+        start = self._cursor % len(slots)
+        self._cursor = start + size
+        return [slots[(start + i) % len(slots)] for i in range(min(size, len(slots)))]
 
     async def step(self) -> None:
-        slots = await self.my_slots()
-        while slots:
-            result = await self.clearing.sweep(slots, self.BATCH)
-            expired = result.expired
-            if expired:
-                self.metrics.swept.inc(len(expired))
-                self.metrics.gifts_of("expired").inc(len(expired))
-                log.info("gifts expired", extra={"count": len(expired)})
-            if result.recovered:
-                log.info("cross-shard steps finished", extra={"count": result.recovered})
-            if len(expired) < self.BATCH:
+        rank, of = await self.my_share()
+        if not of:
+            return
+        self._report(await self.clearing.sweep(self._full_slice(range(rank, SLOTS, of)), self.BATCH))
+        while True:
+            result = await self.clearing.sweep_due(rank, of, self.BATCH)
+            self._report(result)
+            if len(result.expired) < self.BATCH:
                 return
+
+    def _report(self, result: SweepResult) -> None:
+        expired = result.expired
+        if expired:
+            self.metrics.swept.inc(len(expired))
+            self.metrics.gifts_of("expired").inc(len(expired))
+            log.info("gifts expired", extra={"count": len(expired)})
+        if result.recovered:
+            log.info("cross-shard steps finished", extra={"count": result.recovered})
 
 
 class NodeLiveness:

@@ -424,6 +424,8 @@ STORE = st.one_of(  # data put in place of what the scripts and Scenes would wri
               st.sampled_from(["", "x", "1.5", "-3", "star", "note", "99999999999999999999"])),
     st.tuples(st.just("user junk"), user, st.sampled_from(["x", "", "1.5", "-1", "0"])),
     st.tuples(st.just("follow junk"), user, user, st.sampled_from(["x", "1e3", " 5", "0"])),
+    # the sweep index: lost, holding what names no slot, or putting users' slots off forever
+    st.tuples(st.just("index junk"), st.sampled_from(["delete", "junk", "late"])),
     # The risk engine's state (risk/actions.py writes it; the send scripts read it).
     st.tuples(st.just("risk junk"), user, st.sampled_from(["frozen_until", "limited", "banned", "dev:phone-1", "tier"]),
               st.sampled_from(["", "x", "1", "0", "1.5", "-1", "99999999999999999999", "4102444800000"])),
@@ -503,7 +505,15 @@ async def _operate(fz: Fuzz, op: tuple[Any, ...]) -> object:
         return await _answer(fz, *fz.gifts[op[1] % len(fz.gifts)], accept=op[2], app=op[3])
     if name == "expire":
         await w.tick(op[1])
+        await w.clearing.sweep_due()  # what a node's tick reads first
         return await w.clearing.expire_due()
+    if name == "index junk":
+        index = w.keys.sweep_index(w.topology.nodes()[0].home)
+        if op[1] == "delete":
+            return await w.redis.delete(index)
+        if op[1] == "junk":
+            return await w.redis.zadd(index, {"not a tag": 0, "#": -5})
+        return await w.redis.zadd(index, {tag_of(u): 2**52 for u in USERS})
     if name == "redeem":
         before = (await w.clearing.balances(op[1])).available["note"]
         price = (await fz.scenes.config()).frame_price_units

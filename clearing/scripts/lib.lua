@@ -1,6 +1,6 @@
 -- lib.lua: prepended to every script of this folder by clearing/lua.py (Redis scripts cannot
--- import one another), after the generated tables MOVES and RANK (clearing/model.py's state
--- table and clearing/errors.py's refusal order).
+-- import one another), after the generated MOVES and RANK (clearing/model.py's state table
+-- and clearing/errors.py's refusal order, each one constant string).
 --
 -- Arguments: ARGV[1] is one msgpack map of named arguments, read here into A. Every script
 -- gets A.p (key prefix) and A.now (ms since the epoch: the caller's clock, never TIME, so a
@@ -36,9 +36,26 @@ local tkey = ukey
 -- which). Gateway nodes listen on one channel per Redis node, in that slot, so every
 -- publish of the call goes there. Touched first: if the map was stale and the slot is not
 -- served here, the call fails now, before any write, and the caller reads the map again.
+--
+-- The touch is a TYPE of this node's sweep index (index_due below), which also tells
+-- whether entries can be noted in it: a key of another type (a hand edit) would make the
+-- ZADD fail after other writes, so then nothing is noted and the full sweep finds them.
 local HOME = A.home
+local INDEXED = false
 if HOME then
-  redis.call('EXISTS', tkey(HOME, 'home'))
+  local held = redis.call('TYPE', tkey(HOME, 'sweepidx'))['ok']
+  INDEXED = held == 'zset' or held == 'none'
+end
+
+-- Every entry added to a slot's expiry or due queue is noted in the sweep index of this
+-- Redis node (a sorted set in the home slot: slot tag -> earliest time something there may
+-- come due), so that the sweeper reads only the slots with entries instead of all of them.
+-- LT keeps the earlier time; due.lua sets the slot's true next time when it reads the slot.
+-- A caller without a home (the benchmark's redis-benchmark) leaves it to the full sweep.
+local function index_due(tag, at)
+  if INDEXED then
+    redis.call('ZADD', tkey(HOME, 'sweepidx'), 'LT', at, tag)
+  end
 end
 
 -- A request's rate token, checked first (check_rate) and taken when the script ends, by
@@ -69,22 +86,30 @@ local function refuse(code, gift, until_ms)
   return cmsgpack.pack({err = code, gift = gift, until_ms = until_ms})
 end
 
+-- A refusal code's place in the documented order (RANK: the codes in order, each between
+-- spaces); nil for a code that is not there.
+local function rank(code)
+  return string.find(RANK, ' ' .. code .. ' ', 1, true)
+end
+
 -- The earlier of two refusal codes in the documented order (either may be nil).
 local function first_refusal(a, b)
   if a == nil then
     return b
   end
-  if b == nil or RANK[a] <= RANK[b] then
+  if b == nil or rank(a) <= rank(b) then
     return a
   end
   return b
 end
 
--- The state a gift moves to on an event, from the generated table; nil when the move is
--- not legal.
+-- The state a gift moves to on an event, from the generated table (MOVES:
+-- ';state:event=target;...'); nil when the move is not legal. A plain search: a stored
+-- state is data, never a pattern.
 local function move(state, event)
-  local moves = MOVES[state]
-  return moves and moves[event]
+  local key = ';' .. tostring(state) .. ':' .. event .. '='
+  local at = string.find(MOVES, key, 1, true)
+  return at and string.match(MOVES, '^[^;]+', at + #key) or nil
 end
 
 -- A stored number read for a decision: what is no number reads as 0 (a hand edit or an
@@ -108,20 +133,23 @@ local function whole(value)
   return nil
 end
 
--- The first of these counters ({key} or {key, field}) that is no whole number, or nil.
+-- The first of these counters that is no whole number, or nil.
 -- Every counter a script will INCR or HINCRBY is read here first, before any write: those
 -- commands fail on anything else, and a failure after the first write would leave the
 -- script's work half done.
+-- Each entry is {key} (a plain counter) or {key, field, ...}: fields of one hash, read with
+-- one HMGET (a script's reads cost by the command more than by the field).
 local function corrupt(counters)
   for _, c in ipairs(counters) do
-    local value
     if c[2] then
-      value = redis.call('HGET', c[1], c[2])
-    else
-      value = redis.call('GET', c[1])
-    end
-    if whole(value) == nil then
-      return c[1] .. (c[2] and ('[' .. c[2] .. ']') or '')
+      local got = redis.call('HMGET', unpack(c))
+      for i = 1, #got do
+        if whole(got[i]) == nil then
+          return c[1] .. '[' .. c[i + 1] .. ']'
+        end
+      end
+    elseif whole(redis.call('GET', c[1])) == nil then
+      return c[1]
     end
   end
   return nil

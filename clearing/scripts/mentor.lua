@@ -46,6 +46,7 @@ local function apply_bind(due)
              'mentor_a', A.areward)
   if due then
     redis.call('ZADD', tkey(A.atag, 'due'), NOW + A.saga_ms, 'mentor|' .. A.a .. '|' .. A.m)
+    index_due(A.atag, NOW + A.saga_ms)
   end
 end
 

@@ -1,9 +1,12 @@
 #!lua flags=allow-cross-slot-keys
 -- send.lua: a whole send in one script, the fast path when the sender's, the recipient's
--- and the payer's slots are on one Redis node (always, on a single Redis).
+-- and the payer's slots are on one Redis node (always, on a single Redis). When only the
+-- promotion account is elsewhere, it runs too, and answers NEEDS_SAGA before any write if
+-- the sender turns out to be a newcomer whose gift the promotion would pay.
 --
 -- KEYS[1]  {S}:user (routes the call)
--- A        see gift.lua; rate_us, rate_burst: the sender's rate (lib.lua's check_rate)
+-- A        see gift.lua; rate_us, rate_burst: the sender's rate (lib.lua's check_rate);
+--          promo_remote: the promotion account is not on this node (the caller's map says so)
 --
 -- Every check of admit (R), reserve (S) and, for a newcomer's free gift, sponsor (P) runs
 -- before the first write; refusals come in the documented order (the first failing rule of
@@ -24,6 +27,11 @@ local o = rf.existing
 local res = check_reserve(rf.err)
 local sp
 if res.need_sponsor then
+  if A.promo_remote then
+    -- The promotion account is on another Redis node: a newcomer's free gift takes the
+    -- saga. Nothing was written and the rate token is left for the saga to take.
+    return cmsgpack.pack({err = 'NEEDS_SAGA'})
+  end
   sp = check_sponsor(res.cost)
   A.sponsor = (sp.existing == 'held' or sp.covers) and 'yes' or 'no'
   res = check_reserve(rf.err)

@@ -1,0 +1,200 @@
+-- gift_answer.lua: the answer steps of a gift (decide, settle, settle_sponsor, close),
+-- prepended after gift.lua to the scripts that answer, expire or release (clearing/lua.py).
+
+-- ================================================================ resolve: the decision
+-- decide (the offer half decides): A.by answers with A.event 'accept' | 'decline', or the
+-- sweeper expires (A.event 'expire'). Returns {err, gift?} or {g, to, changed}.
+local FINAL_OF = {accept = 'accepted', decline = 'declined', expire = 'expired'}
+local function check_decide()
+  local flat = redis.call('HGETALL', offer_key())
+  if #flat == 0 then
+    -- The sender asking about their own gift is told they are not its recipient.
+    if A.by and redis.call('EXISTS', ukey(A.by, 'gift:' .. A.gid)) == 1 then
+      return {err = 'NOT_RECIPIENT'}
+    end
+    return {err = 'GIFT_NOT_FOUND'}
+  end
+  local g = record(A.gid, flat)
+  if g.state == 'admitted' or g.state == 'void' or not well_formed(g) then
+    return {err = 'GIFT_NOT_FOUND'}  -- nothing can act on a record that does not read
+  end
+  if g.state == 'pending' then
+    local event = A.event
+    if NOW >= g.expires_at_ms then
+      event = 'expire'
+    elseif event == 'expire' then
+      return {err = 'NOT_DUE', gift = g}
+    end
+    local to = move(g.state, event)
+    if to == nil then
+      return {err = 'ALREADY_RESOLVED', g = g}  -- the state table has no such move
+    end
+    if to ~= 'accepted' and corrupt(slot_counters(g)) then
+      return {err = 'CORRUPT'}
+    end
+    return {g = g, to = to, changed = true, expired = event == 'expire' and A.event ~= 'expire'}
+  end
+  if g.state == FINAL_OF[A.event] then
+    return {g = g, changed = false}
+  end
+  if g.state == 'expired' then
+    return {err = 'GIFT_EXPIRED', g = g}
+  end
+  return {err = 'ALREADY_RESOLVED', g = g}
+end
+
+local function apply_decide(g, to, due)
+  g.state, g.resolved_at_ms, g.closed, g.rapp = to, NOW, 0, A.rapp
+  redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
+  redis.call('ZREM', ukey(g.recipient, 'inbox'), A.gid)
+  redis.call('ZREM', tkey(g.rtag, 'expiry'), g.recipient .. '|' .. A.gid)
+  gift_event(g.rtag, to, g)
+  if to ~= 'accepted' then
+    local recv, pair = recv_counters(g.day, g.recipient, g.sender)
+    give_slot(recv)
+    give_slot(pair)
+  end
+  if due then
+    redis.call('ZADD', tkey(g.rtag, 'due'), NOW + A.saga_ms, 'settle|' .. g.recipient .. '|' .. A.gid)
+    index_due(g.rtag, NOW + A.saga_ms)
+  end
+end
+
+-- Points of an accepted gift (gift-rules.md section 2): each side earns qty * per_card, the
+-- sender's app adds its bonus, the recipient's app multiplies; bonuses round down. The
+-- numbers were validated by the caller (clearing/scene_config.py bounds them below 2^53).
+local function perks_of(app)
+  local p = A.perks.apps[app]
+  if p then
+    return p[1], p[2], p[3] == 1
+  end
+  return 0, 1000, false
+end
+
+-- ================================================================ resolve: settling the money
+-- settle at the payer: the hold goes to the decision. Accepted: cost - amount is consumed
+-- and amount is in transit to R until close credits it; otherwise all of it goes back.
+-- `g` names the gift in the ledger ({gift_id, sender}).
+local function settle_hold(payer, tag, kind, cost, amount, to, g)
+  if to == 'accepted' then
+    settle_units(payer, tag, kind, cost - amount, amount, g)
+  else
+    release_units(payer, tag, kind, cost, g, to == 'expired' and 'expire' or 'release', to)
+  end
+end
+
+-- The send half follows the decision. Returns {s = send half, to} to apply, {done} when
+-- it already has, or {err} when it holds another final state (it cannot: only the offer half
+-- decides, and every step applies what it decided).
+local function check_settle(to)
+  local s = record(A.gid, redis.call('HGETALL', send_key()))
+  if s.state == to then
+    return {done = true, s = s}
+  end
+  if s.state ~= 'pending' or not well_formed(s) then
+    return {err = 'SAGA_CONFLICT'}
+  end
+  -- what apply_settle changes: the hold, and the points (accepted) or the counters given back
+  local tot, kind, counters = tkey(s.stag, 'tot'), s.kind, nil
+  if to == 'accepted' then
+    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind},
+                {ukey(s.sender, 'points'), 'total', 'trimmed'}}
+  else
+    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind}, {ukey(s.sender, 'bal'), kind},
+                {ukey(s.sender, 'q:send:' .. s.day)}, {ukey(s.sender, 'free')}}
+  end
+  if corrupt(counters) then
+    return {err = 'CORRUPT'}
+  end
+  return {s = s, to = to}
+end
+
+local function apply_settle(s, to)
+  if s.payer == nil then
+    settle_hold(s.sender, s.stag, s.kind, s.cost, s.amount, to, s)
+  end
+  if to == 'accepted' then
+    local bonus, _, joint = perks_of(s.app or 'main')
+    local _, _, recipient_joint = perks_of(A.rapp or 'main')
+    local base = s.qty * A.perks.per_card
+    add_points(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main')
+    if joint or recipient_joint then
+      redis.call('HSET', ukey(s.sender, 'user'), 'joint', '1')
+    end
+  else
+    give_slot(ukey(s.sender, 'q:send:' .. s.day))
+    if s.payer ~= nil then
+      give_slot(ukey(s.sender, 'free'))
+    end
+  end
+  s.state, s.resolved_at_ms = to, NOW
+  redis.call('HSET', send_key(), 'state', to, 'resolved_at_ms', NOW)
+  redis.call('PEXPIRE', send_key(), A.retention)
+  emit(s.sender, s.stag, 'outcome', s)
+end
+
+-- settle at a sponsoring promotion account: its hold follows the decision (once).
+local function check_settle_sponsor(payer, sender)
+  local flat = redis.call('HGETALL', sponsor_key(payer, sender))
+  local sp = record(A.gid, flat)
+  local held = sp.state == 'held'
+  if held and (not sp.cost or not sp.amount or corrupt(money_counters(payer, sp.ptag or A.ptag, sp.kind))) then
+    return {err = 'CORRUPT', sp = sp}
+  end
+  return {sp = sp, held = held}
+end
+
+local function apply_settle_sponsor(payer, sender, sp, to)
+  local tag = sp.ptag or A.ptag
+  settle_hold(payer, tag, sp.kind, sp.cost, sp.amount, to, {gift_id = A.gid, sender = sender})
+  redis.call('HSET', sponsor_key(payer, sender), 'state', to)
+  redis.call('PEXPIRE', sponsor_key(payer, sender), A.retention)
+  redis.call('ZREM', tkey(tag, 'due'), 'sponsor|' .. payer .. '|' .. sender .. '|' .. A.gid)
+end
+
+-- ================================================================ resolve: closing
+-- What close will change, read first: nil, or CORRUPT.
+local function check_close(o)
+  local counters = {}
+  if o.state == 'accepted' then
+    -- what apply_close changes: the balance, transit, the points
+    counters = {{ukey(o.recipient, 'bal'), o.kind}, {tkey(o.rtag, 'tot'), 'transit:' .. o.kind},
+                {ukey(o.recipient, 'points'), 'total', 'trimmed'}}
+    if o.room then
+      counters[#counters + 1] = {ukey(o.room, 'room'), 'wish_progress', 'version'}
+    end
+  end
+  return corrupt(counters) and 'CORRUPT' or nil
+end
+
+-- close at R: an accepted gift's amount leaves transit for R's balance, with R's points and
+-- the room's credit; either way R is told and the step is no longer due.
+local function apply_close(o)
+  if o.state == 'accepted' then
+    credit_units(o.recipient, o.rtag, o.kind, o.amount, o, 'credit', 'accepted')
+    local _, mult, joint = perks_of(o.rapp or 'main')
+    local _, _, sender_joint = perks_of(o.app or 'main')
+    local base = o.qty * A.perks.per_card
+    add_points(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main')
+    if joint or sender_joint then
+      redis.call('HSET', ukey(o.recipient, 'user'), 'joint', '1')
+    end
+    if o.room then
+      -- A gift priced in a live room: the sender's contribution on the streamer's board,
+      -- and the wish's progress when it wishes for this kind.
+      local room = ukey(o.room, 'room')
+      redis.call('ZINCRBY', ukey(o.room, 'board'), o.cost, o.sender)
+      local r = redis.call('HMGET', room, 'streamer', 'wish_kind')
+      if r[1] == o.recipient and r[2] == o.kind then
+        redis.call('HINCRBY', room, 'wish_progress', o.qty)
+      end
+      redis.call('HINCRBY', room, 'version', 1)
+    end
+  end
+  o.closed = 1
+  local key = offer_key(o.recipient)
+  redis.call('HSET', key, 'closed', 1)
+  redis.call('PEXPIRE', key, A.retention)
+  redis.call('ZREM', tkey(o.rtag, 'due'), 'settle|' .. o.recipient .. '|' .. A.gid)
+  emit(o.recipient, o.rtag, 'outcome', o)
+end

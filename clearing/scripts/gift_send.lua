@@ -1,0 +1,267 @@
+-- gift_send.lua: the send steps of a gift (admit, reserve, sponsor, void, offer), prepended
+-- after gift.lua to the scripts that send (clearing/lua.py); see gift.lua for the arguments.
+
+-- ================================================================ send: the recipient's side
+-- admit: R's rules (R exists, not banned, has not blocked S, follows S for long enough, has a
+-- receive slot left, is online). Returns {err} (nothing to write), {existing = offer half}
+-- (a retry), or {nodes} (admit).
+local function check_admit()
+  local flat = redis.call('HGETALL', offer_key())
+  if #flat > 0 then
+    local o = record(A.gid, flat)
+    if not same_gift(o) then
+      return {err = 'IDEMPOTENCY_CONFLICT'}
+    end
+    if o.state == 'void' then
+      return {err = o.why or 'SEND_ABORTED'}
+    end
+    return {existing = o}
+  end
+  local r = redis.call('HMGET', ukey(A.r, 'user'), 'created_at_ms', 'banned')
+  if not r[1] then
+    return {err = 'UNKNOWN_USER'}
+  end
+  local rfrozen, _, _, rbanned = risk_of(A.r, nil)
+  if r[2] == '1' or rbanned then
+    return {err = 'RECIPIENT_BANNED'}
+  end
+  -- The recipient's freeze end is not the sender's business: no time goes with this code.
+  if rfrozen then
+    return {err = 'RECIPIENT_FROZEN'}
+  end
+  if redis.call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
+    return {err = 'BLOCKED'}
+  end
+  local since = redis.call('HGET', ukey(A.r, 'follows'), A.s)
+  if not since or num(since) > NOW - A.follow_age then
+    return {err = 'NOT_MUTUAL_3D'}
+  end
+  -- A counter that holds no whole number counts as full: nothing could add to it.
+  local counts = redis.call('MGET', recv_counters(A.day, A.r, A.s))
+  local recv, pair = whole(counts[1] or nil), whole(counts[2] or nil)
+  local used = A.scope == 'pair' and pair or recv
+  if recv == nil or pair == nil or used >= A.recv_limit then
+    return {err = 'LIMIT_DAILY_RECEIVE'}
+  end
+  local nodes = live_nodes(A.r)
+  if #nodes == 0 then
+    return {err = 'RECIPIENT_OFFLINE'}
+  end
+  return {nodes = nodes}
+end
+
+-- Take R's receive slots and the offer half, `admitted`: written and due for recovery, or,
+-- when the offer follows in this same script (due false), left for apply_offer to write.
+local function apply_admit(due)
+  local recv, pair = recv_counters(A.day, A.r, A.s)
+  take_slot(recv)
+  take_slot(pair)
+  local o = {sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, state = 'admitted', day = A.day,
+             app = A.app, stag = A.stag, rtag = A.rtag}
+  if due then
+    store(offer_key(), o, OFFER_FIELDS)
+    redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'admit|' .. A.r .. '|' .. A.gid)
+    index_due(A.rtag, NOW + A.saga_ms)
+  else
+    o.unwritten = true
+  end
+  return o
+end
+
+-- ================================================================ send: the sender's side
+-- reserve: idempotency, then S's rules, merged with R's refusal (rcode) in the documented
+-- order. Returns {err, remember}, {existing = send half}, {need_sponsor = true} (the answer
+-- depends on whether the promotion account covers the gift: ask it, then call again with
+-- A.sponsor = 'yes' | 'no'), or {g = the send half to write, payer}.
+local function check_reserve(rcode)
+  local flat = redis.call('HGETALL', send_key())
+  if #flat > 0 then
+    local g = record(A.gid, flat)
+    if not same_gift(g) then
+      return {err = 'IDEMPOTENCY_CONFLICT'}
+    end
+    if g.state == 'void' then
+      return {err = g.why or 'SEND_ABORTED'}
+    end
+    return {existing = g}
+  end
+  -- A refused gift id is spent for memo_ms: the same request repeats the refusal, so a late
+  -- duplicate cannot create a gift its client was told was refused (docs/protocol.md).
+  local fingerprint = A.r .. '|' .. A.kind .. '|' .. A.qty
+  local memo = redis.call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp', 'until')
+  if memo[1] then
+    if memo[2] ~= fingerprint then
+      return {err = 'IDEMPOTENCY_CONFLICT'}
+    end
+    return {err = memo[1], until_ms = memo[1] == 'ACCOUNT_FROZEN' and whole(memo[3] or nil) or nil}
+  end
+  if A.pre or rcode == 'IDEMPOTENCY_CONFLICT' then
+    return {err = A.pre or rcode}  -- needs no state: not remembered
+  end
+
+  local s = redis.call('HMGET', ukey(A.s, 'user'), 'created_at_ms', 'verified', 'vip', 'banned')
+  local frozen, limited, dev_banned, rbanned = risk_of(A.s, A.dev)
+  local code, until_ms
+  if not s[1] then
+    code = 'UNKNOWN_USER'
+  elseif s[4] == '1' or rbanned then
+    code = 'SENDER_BANNED'
+  elseif dev_banned then
+    code = 'DEVICE_BANNED'
+  elseif frozen then
+    code, until_ms = 'ACCOUNT_FROZEN', frozen > 0 and frozen or nil
+  elseif s[2] ~= '1' then
+    code = 'NOT_VERIFIED'
+  elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
+    code = 'BLOCKED'
+  end
+  if code == nil then
+    local since = redis.call('HGET', ukey(A.s, 'follows'), A.r)
+    local limit = A.send_limit + (s[3] == '1' and A.vip_bonus or 0)
+    if not since or num(since) > NOW - A.follow_age then
+      code = 'NOT_MUTUAL_3D'
+    else
+      local sent = whole(redis.call('GET', ukey(A.s, 'q:send:' .. A.day)) or nil)
+      if sent == nil or sent >= limit then
+        code = 'LIMIT_DAILY_SEND'  -- a counter that holds no whole number counts as full
+      elseif limited and (sent >= A.rl_daily or (A.quote and A.rl_rooms ~= 1)) then
+        code = 'RISK_LIMITED'  -- the low tier's behaviour limits, instead of a refusal of all
+      end
+    end
+  end
+  code = first_refusal(code, rcode)
+  if code and rank(code) < rank('QUOTE_EXPIRED') then
+    return {err = code, remember = fingerprint, until_ms = code == 'ACCOUNT_FROZEN' and until_ms or nil}
+  end
+
+  local cost, room = A.cost, nil
+  if A.quote then
+    local q = redis.call('HMGET', ukey(A.s, 'quote:' .. A.quote), 'recipient', 'kind', 'qty', 'cost',
+                         'expires_at_ms', 'amount')
+    -- A quote that does not read as rooms.py writes it (a cost below what the recipient
+    -- gets, say) is no quote.
+    local qcost, expires, qamount = whole(q[4] or nil), whole(q[5] or nil), whole(q[6] or nil)
+    if not q[1] or not qcost or not expires or not qamount or qcost < qamount or NOW >= expires then
+      return {err = 'QUOTE_EXPIRED', remember = fingerprint}
+    end
+    -- the same recipient, kind and quantity give the same amount: the quote's cost covers it
+    if q[1] ~= A.r or q[2] ~= A.kind or whole(q[3] or nil) ~= A.qty or qamount ~= A.base then
+      return {err = 'QUOTE_MISMATCH', remember = fingerprint}
+    end
+    cost, room = qcost, A.r
+  end
+
+  local payer = A.s
+  -- An account age or free-gift count that does not read makes no newcomer.
+  local free = whole(redis.call('GET', ukey(A.s, 'free')) or nil)
+  if A.promo and A.promo ~= A.s and A.promo ~= A.r and whole(s[1]) and NOW - whole(s[1]) < A.nc_age
+      and free and free < A.nc_free then
+    if A.sponsor == nil then
+      return {need_sponsor = true, cost = cost}
+    end
+    if A.sponsor == 'yes' then
+      payer = A.promo
+    end
+  end
+  if payer == A.s and num(redis.call('HGET', ukey(A.s, 'bal'), A.kind)) < cost then
+    code = first_refusal('INSUFFICIENT_BALANCE', code)
+  end
+  if code then
+    return {err = code, remember = fingerprint}
+  end
+  if payer == A.s and corrupt({{ukey(A.s, 'bal'), A.kind}, {ukey(A.s, 'held'), A.kind},
+                               {tkey(A.stag, 'tot'), 'holds:' .. A.kind}}) then
+    return {err = 'CORRUPT'}
+  end
+  local g = {gift_id = A.gid, sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, cost = cost,
+             amount = A.base, state = 'pending', created_at_ms = NOW, expires_at_ms = NOW + A.window,
+             day = A.day, app = A.app, payer = payer ~= A.s and payer or nil, festival = A.festival,
+             room = room, stag = A.stag, rtag = A.rtag, ptag = payer ~= A.s and A.ptag or nil}
+  return {g = g}
+end
+
+-- Remember a refusal for the gift id (see check_reserve).
+local function remember_refusal(code, fingerprint, until_ms)
+  local key = ukey(A.s, 'refused:' .. A.gid)
+  redis.call('HSET', key, 'code', code, 'fp', fingerprint)
+  if until_ms then
+    redis.call('HSET', key, 'until', until_ms)
+  end
+  redis.call('PEXPIRE', key, A.memo_ms)
+end
+
+-- The hold (or, when the promotion account pays, a free slot), S's send slot, the send half.
+local function apply_reserve(g)
+  if g.payer == nil then
+    hold_units(A.s, A.stag, A.kind, g.cost, g, 'send')
+  else
+    redis.call('INCR', ukey(A.s, 'free'))
+  end
+  if A.quote then
+    redis.call('DEL', ukey(A.s, 'quote:' .. A.quote))
+  end
+  take_slot(ukey(A.s, 'q:send:' .. A.day))
+  store(send_key(), g, SEND_FIELDS)
+  gift_event(A.stag, 'sent', g)
+end
+
+-- ================================================================ send: the payer's side
+-- sponsor: the promotion account holds a newcomer's gift when it can cover it. The hold is
+-- due back at the end of the window (plus saga_ms): settle removes it first, unless the gift
+-- never got its send half, and then recovery releases it. Returns {existing} or {covers}.
+local function check_sponsor(cost)
+  local state = redis.call('HGET', sponsor_key(A.promo, A.s), 'state')
+  if state then
+    return {existing = state}
+  end
+  local exists = redis.call('EXISTS', ukey(A.promo, 'user')) == 1
+  -- counters that do not read cannot be moved: then it does not cover, and the sender pays
+  local intact = not corrupt({{ukey(A.promo, 'bal'), A.kind}, {ukey(A.promo, 'held'), A.kind},
+                              {tkey(A.ptag, 'tot'), 'holds:' .. A.kind}})
+  return {covers = exists and intact and num(redis.call('HGET', ukey(A.promo, 'bal'), A.kind)) >= cost}
+end
+
+local function apply_sponsor(cost, due)
+  local p = A.promo
+  hold_units(p, A.ptag, A.kind, cost, {gift_id = A.gid, sender = A.s}, 'sponsor')
+  redis.call('HSET', sponsor_key(p, A.s), 'state', 'held', 'kind', A.kind, 'cost', cost, 'amount', A.base,
+             'stag', A.stag, 'ptag', A.ptag, 'recipient', A.r, 'qty', A.qty)
+  if due then
+    redis.call('ZADD', tkey(A.ptag, 'due'), NOW + A.window + A.saga_ms, 'sponsor|' .. p .. '|' .. A.s .. '|' .. A.gid)
+    index_due(A.ptag, NOW + A.window + A.saga_ms)
+  end
+end
+
+-- A send the sender's side refused (or that was abandoned): the admitted offer half is void,
+-- R's slots go back, and it is kept for memo_ms, like the sender's refusal memory.
+local function apply_void(o, why)
+  o.state = move(o.state, 'void')
+  local recv, pair = recv_counters(o.day, o.recipient, o.sender)
+  give_slot(recv)
+  give_slot(pair)
+  local key = offer_key(o.recipient)
+  redis.call('HSET', key, 'state', o.state, 'why', why)
+  redis.call('PEXPIRE', key, A.memo_ms)
+  redis.call('ZREM', tkey(o.rtag, 'due'), 'admit|' .. o.recipient .. '|' .. A.gid)
+end
+
+-- ================================================================ offer
+-- The admitted offer half becomes `pending` with what the send half decided: in the inbox,
+-- in the slot's expiry queue, and an offer event to R's devices.
+local function apply_offer(o, g, nodes)
+  o.state = move(o.state, 'offer')
+  for _, f in ipairs({'cost', 'amount', 'created_at_ms', 'expires_at_ms', 'payer', 'festival', 'room', 'ptag'}) do
+    o[f] = g[f]
+  end
+  o.gift_id = A.gid
+  store(offer_key(), o, OFFER_FIELDS)
+  redis.call('ZADD', ukey(A.r, 'inbox'), o.expires_at_ms, A.gid)
+  redis.call('ZADD', tkey(A.rtag, 'expiry'), o.expires_at_ms, A.r .. '|' .. A.gid)
+  index_due(A.rtag, o.expires_at_ms)
+  if not o.unwritten then  -- admitted by an earlier step: no longer due
+    redis.call('ZREM', tkey(A.rtag, 'due'), 'admit|' .. A.r .. '|' .. A.gid)
+  end
+  o.unwritten = nil
+  emit(A.r, A.rtag, 'offer', o, nodes)
+  return o
+end
