@@ -1,6 +1,7 @@
 """``notecard dev``'s book of record: ``NOTECARD_POSTGRES_URL`` when set, else a local
 PostgreSQL in a temporary folder (gone when the command ends), and a ``notecard ledger``
-process writing every ledger stream to it. Without PostgreSQL's server binaries, dev runs
+process writing every ledger stream to it (every retained entry, since the previous runs'
+entries are still in Redis). Without PostgreSQL's server binaries, dev runs
 on without a book of record and says how to get one.
 """
 
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -46,8 +48,13 @@ def ledger_books(redis_url: str | None) -> Iterator[str | None]:
     env = dict(os.environ, **{POSTGRES_ENV: url})
     if redis_url:
         env["NOTECARD_REDIS_URL"] = redis_url
-    consumer = subprocess.Popen([sys.executable, "-m", "notecard", "ledger", "--consumer", "dev",
-                                 "--status-every", "60"], env=env)
+    command = [sys.executable, "-m", "notecard", "ledger", "--consumer", "dev", "--status-every", "60"]
+    if server is not None:
+        # The Redis of `notecard dev` keeps its data between runs but this PostgreSQL is new:
+        # a group of its own reads every retained entry again, from the streams' start, where
+        # the previous run's group would go on from where that run's (gone) PostgreSQL stopped.
+        command += ["--group", f"dev-{secrets.token_hex(4)}"]
+    consumer = subprocess.Popen(command, env=env)
     try:
         yield url
     finally:

@@ -199,6 +199,12 @@ def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     assert "(minted = balances + holds + consumed): ok" in out
     # the book of record: a local PostgreSQL the ledger consumer wrote the demo's entries to
     assert "its balances equal Redis's (0 drift)" in out
+    # A second run keeps Redis's data (and its ledger streams) but starts a new PostgreSQL: the
+    # books still agree, the first run's entries included.
+    again = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(port)],
+                           env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "its balances equal Redis's (0 drift)" in again.stdout, again.stdout[-2000:]
 
 
 def test_dev_cluster_runs_the_demo_on_a_local_redis_cluster(tmp_path: Path) -> None:
