@@ -64,7 +64,7 @@ from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
-from clearing.topology import Durability, SlotUncovered, Topology
+from clearing.topology import Durability, NodeScripts, SlotUncovered, Topology
 
 log = logging.getLogger("notecard.clearing.gifts")
 T = TypeVar("T")
@@ -327,8 +327,13 @@ class Clearing(RedisComponent):
         sweep finds what came with a slot to its new server."""
         now = self._clock()
         nodes = sorted(self._topology.nodes(), key=lambda n: n.name)[rank::of]
-        reads = [guarded(node.client.zrangebyscore(self._keys.sweep_index(node.home), "-inf", now))
-                 for node in nodes]
+
+        async def read_index(node: NodeScripts) -> Any:
+            # The call is made inside the task: a sweep cancelled before its reads start (a
+            # node stopping) then leaves no Redis call created and never awaited.
+            return await guarded(node.client.zrangebyscore(self._keys.sweep_index(node.home), "-inf", now))
+
+        reads = [read_index(node) for node in nodes]
         found: list[int] = []
         for node, listed in zip(nodes, await asyncio.gather(*reads, return_exceptions=True), strict=True):
             if isinstance(listed, rx.ResponseError):
