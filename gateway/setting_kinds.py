@@ -9,6 +9,7 @@ that text; the caller adds the variable's name.
 
 from __future__ import annotations
 
+import abc
 import math
 import re
 from collections.abc import Callable
@@ -20,13 +21,14 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 
-class Kind(Generic[T]):
+class Kind(abc.ABC, Generic[T]):
     """Base: ``parse`` turns text into a value; ``check`` refuses a value out of range."""
 
     expected = "a value"
 
+    @abc.abstractmethod
     def parse(self, raw: str) -> T:
-        raise NotImplementedError
+        """The value ``raw`` names; ValueError naming what is expected when it names none."""
 
     def check(self, value: T) -> None:
         """Raise ValueError naming the range when ``value`` is out of it."""

@@ -16,7 +16,7 @@ import asyncio
 import socket
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from redis import exceptions as rx
@@ -24,6 +24,9 @@ from redis import exceptions as rx
 from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.ledger import GiftEvent, LedgerEntry, StreamConsumer
 from clearing.topology import AnyRedis
+
+if TYPE_CHECKING:
+    from gateway.config import GatewaySettings
 
 #: Between two empty reads: the feed's delay when idle (reads never block, since a cluster
 #: cannot block on streams of several slots in one call).
@@ -85,18 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+def settings_with_redis(command: str) -> GatewaySettings | None:
+    """The settings from the environment for a stream-reading command (``notecard feed``,
+    ``notecard webhooks``), or None after saying on stderr what is wrong or missing."""
     from gateway.config import ConfigError, GatewaySettings
-    from gateway.redis_client import close_store, connect_store
 
     try:
         settings = GatewaySettings.from_env()
     except ConfigError as exc:
-        print(f"notecard feed: configuration error: {exc}", file=sys.stderr)
-        return 2
+        print(f"notecard {command}: configuration error: {exc}", file=sys.stderr)
+        return None
     if not (settings.redis_url or settings.redis_cluster or settings.sentinels):
-        print("notecard feed: give the Redis to read: NOTECARD_REDIS_URL or NOTECARD_REDIS_CLUSTER", file=sys.stderr)
+        print(f"notecard {command}: give the Redis to read: NOTECARD_REDIS_URL or NOTECARD_REDIS_CLUSTER",
+              file=sys.stderr)
+        return None
+    return settings
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from gateway.redis_client import close_store, connect_store
+
+    settings = settings_with_redis("feed")
+    if settings is None:
         return 2
 
     async def feed() -> int:

@@ -37,7 +37,7 @@ from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.ledger import GiftEvent, StreamConsumer
 from clearing.topology import AnyRedis
 from gateway.webhook_letters import DeadLetter, DeadLetters
-from notecard.feed import IDLE_POLL_S, event_json
+from notecard.feed import IDLE_POLL_S, event_json, settings_with_redis
 
 SIGNATURE_HEADER = "Notecard-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -175,17 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     from gateway.auth import MIN_SECRET_BYTES
-    from gateway.config import ConfigError, GatewaySettings
     from gateway.redis_client import close_store, connect_store
 
-    try:
-        settings = GatewaySettings.from_env()
-    except ConfigError as exc:
-        print(f"notecard webhooks: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if not (settings.redis_url or settings.redis_cluster or settings.sentinels):
-        print("notecard webhooks: give the Redis to read: NOTECARD_REDIS_URL or NOTECARD_REDIS_CLUSTER",
-              file=sys.stderr)
+    settings = settings_with_redis("webhooks")
+    if settings is None:
         return 2
     urls = args.url or list(settings.webhook_urls)
     if not urls:
