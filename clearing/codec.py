@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from clearing.model import Balances, EventKind, GiftRecord, GiftState, UserEvent, UserRecord
+from clearing.regions import DEFAULT_REGION
 
 
 def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
@@ -73,6 +74,7 @@ def user_from(user_id: str, fields: Mapping[str, str], balances: Balances) -> Us
         created_at_ms=int(fields["created_at_ms"]),
         app=fields["app"],
         balances=balances,
+        region=fields.get("region") or DEFAULT_REGION,
     )
 
 

@@ -77,7 +77,7 @@ class KeySchema:
 
     # ----------------------------------------------------------- a user's own keys
     def user(self, user_id: str) -> str:
-        """Hash: verified, vip, banned (0/1), created_at_ms, app; mentor and joint once set."""
+        """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set."""
         return self._of(user_id, "user")
 
     def balance(self, user_id: str) -> str:
@@ -251,6 +251,10 @@ class KeySchema:
     def festivals(self) -> str:
         """Hash: festival id -> JSON {name, start_ms, end_ms, permille, frame}."""
         return self._of("cfg", "festivals")
+
+    def regions(self) -> str:
+        """Hash: region code -> JSON of its rules (clearing/regions.py)."""
+        return self._of("cfg", "regions")
 
     def settings_channel(self) -> str:
         """Pub/sub channel (classic, cluster-wide): "settings changed, reload"."""

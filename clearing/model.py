@@ -120,6 +120,8 @@ class UserRecord:
     created_at_ms: int
     app: str
     balances: Balances
+    #: clearing/regions.py; accounts from before regions are in the default one.
+    region: str = "global"
 
 
 class EventKind(enum.StrEnum):

@@ -30,6 +30,7 @@ from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import is_valid_id
+from clearing.regions import MAX_REGIONS, RegionRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 from clearing.settings import Festival, decode_festivals, encode_scenes
 from clearing.slots import slot_of, tag_of
@@ -85,6 +86,29 @@ class Scenes(RedisComponent):
             await guarded(pipe.execute())
         await self._settings.announce()
         return config
+
+    # ------------------------------------------------------------ regions
+    async def regions(self) -> dict[str, RegionRules]:
+        """Every configured region's rules, read afresh (clearing/regions.py)."""
+        self._settings.invalidate()
+        return dict((await self._settings.get()).regions)
+
+    async def put_region(self, code: str, body: Mapping[str, Any]) -> RegionRules:
+        """Create or replace a region's rules, validated whole before anything is stored."""
+        rules = RegionRules.from_plain(code, body)
+        key = self._keys.regions()
+        stored = await guarded(self._redis.hkeys(key))
+        if code.encode() not in stored and len(stored) >= MAX_REGIONS:
+            raise SceneConfigError(f"at most {MAX_REGIONS} regions")
+        await guarded(self._redis.hset(key, code, rules.stored()))
+        await self._settings.announce()
+        return rules
+
+    async def delete_region(self, code: str) -> bool:
+        """Drop a region's rules (its users keep the code and fall under no rule)."""
+        found = bool(await guarded(self._redis.hdel(self._keys.regions(), code)))
+        await self._settings.announce()
+        return found
 
     async def festivals(self) -> list[Festival]:
         return list(decode_festivals(text_hash(await guarded(self._redis.hgetall(self._keys.festivals()))))[0])

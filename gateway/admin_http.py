@@ -75,6 +75,7 @@ from clearing import (
     check_invariant,
 )
 from clearing.keys import is_valid_id
+from clearing.regions import DEFAULT_REGION, REGION_PATTERN, is_valid_region
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
 from clearing.topology import AnyRedis
@@ -108,7 +109,7 @@ _BOOL_FLAGS = ("verified", "vip", "banned")
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}
 #: The largest request body: a bulk call of MAX_BATCH items fits.
 MAX_BODY_BYTES = 256 * 1024
-_CREATE_FIELDS = ("user_id", *_BOOL_FLAGS, "created_at_ms", "app")
+_CREATE_FIELDS = ("user_id", *_BOOL_FLAGS, "created_at_ms", "app", "region")
 
 
 def _with_unit(plain: dict[str, Any], units_per_card: int) -> dict[str, Any]:
@@ -119,6 +120,11 @@ def _with_unit(plain: dict[str, Any], units_per_card: int) -> dict[str, Any]:
     if isinstance(plain.get("balances"), dict):
         return plain | {"balances": _with_unit(plain["balances"], units_per_card)}
     return plain
+
+
+def _or_default(value: str | None, default: str) -> str:
+    """An absent field takes the default; an empty one is checked (and refused) as given."""
+    return default if value is None else value
 
 
 def _redirect(location: str) -> Handler:
@@ -216,6 +222,9 @@ class AdminApp:
         app.router.add_patch("/admin/scenes", self.patch_scenes)
         app.router.add_put("/admin/festivals/{festival}", self.put_festival)
         app.router.add_delete("/admin/festivals/{festival}", self.delete_festival)
+        app.router.add_get("/admin/regions", self.get_regions)
+        app.router.add_put("/admin/regions/{region}", self.put_region)
+        app.router.add_delete("/admin/regions/{region}", self.delete_region)
         app.router.add_get("/admin/users/{user}/points", self.get_points)
         app.router.add_post("/admin/users/{user}/mentor", self.bind_mentor)
         app.router.add_get("/admin/users/{user}/pending", self.get_pending)
@@ -300,6 +309,7 @@ class AdminApp:
             banned=bool(_field(data, "banned", bool)),
             created_at_ms=_field(data, "created_at_ms", int),
             app=_field(data, "app", str) or "main",
+            region=_or_default(_field(data, "region", str), DEFAULT_REGION),
         )
         return _json(_with_unit(_plain(user), self.rules.units_per_card), 201)
 
@@ -310,9 +320,9 @@ class AdminApp:
         return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def set_flags(self, request: web.Request) -> web.Response:
-        data = _only(await _body(request), *_BOOL_FLAGS)
+        data = _only(await _body(request), *_BOOL_FLAGS, "region")
         flags = {name: _field(data, name, bool) for name in _BOOL_FLAGS}
-        user = await self.accounts.set_flags(_path_id(request, "user"), **flags)
+        user = await self.accounts.set_flags(_path_id(request, "user"), **flags, region=_field(data, "region", str))
         return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def mint(self, request: web.Request) -> web.Response:
@@ -410,6 +420,24 @@ class AdminApp:
     async def delete_festival(self, request: web.Request) -> web.Response:
         if not await self.scenes.delete_festival(request.match_info["festival"]):
             raise AdminError(404, "NO_FESTIVAL", "no such festival")
+        return _json({"ok": True})
+
+    async def get_regions(self, request: web.Request) -> web.Response:
+        """Every configured region's rules; ``problems``: stored ones the nodes ignore."""
+        regions = await self.scenes.regions()
+        return _json({"regions": {code: rules.to_plain() for code, rules in regions.items()},
+                      "problems": [p for p in await self.scenes.problems() if p.startswith("region ")]})
+
+    async def put_region(self, request: web.Request) -> web.Response:
+        code = request.match_info["region"]
+        if not is_valid_region(code):
+            raise AdminError(400, "BAD_REQUEST", f"a region code must match {REGION_PATTERN}")
+        rules = await self.scenes.put_region(code, await _body(request))
+        return _json({"region": code, **rules.to_plain()})
+
+    async def delete_region(self, request: web.Request) -> web.Response:
+        if not await self.scenes.delete_region(request.match_info["region"]):
+            raise AdminError(404, "NO_REGION", "no rules are stored for this region")
         return _json({"ok": True})
 
     async def get_pending(self, request: web.Request) -> web.Response:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from clearing.regions import DEFAULT_REGION, REGION_PATTERN
+
 OPENAPI_PATH = "/admin/openapi.json"
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,64}$"}
 _APP = {"type": "string", "pattern": r"^[a-z0-9_]{1,32}$"}
 _MS = {"type": "integer", "minimum": 0, "description": "ms since the epoch"}
 _UNITS = {"type": "object", "additionalProperties": {"type": "integer"}, "description": "minor units by card kind"}
 _OPTIONAL_STR = {"type": ["string", "null"]}
+_REGION = {"type": "string", "pattern": f"^{REGION_PATTERN}$", "description": "docs/regions.md"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -38,12 +41,22 @@ _SCHEMAS: dict[str, Any] = {
     "Balances": _object({"available": _UNITS, "held": _UNITS, "units_per_card": {"type": "integer"}},
                         ("available", "held", "units_per_card")),
     "User": _object({"user_id": _ID, "verified": {"type": "boolean"}, "vip": {"type": "boolean"},
-                     "banned": {"type": "boolean"}, "created_at_ms": _MS, "app": _APP, "balances": _ref("Balances")},
-                    ("user_id", "verified", "vip", "banned", "created_at_ms", "app", "balances")),
+                     "banned": {"type": "boolean"}, "created_at_ms": _MS, "app": _APP, "region": _REGION,
+                     "balances": _ref("Balances")},
+                    ("user_id", "verified", "vip", "banned", "created_at_ms", "app", "region", "balances")),
     "NewUser": _object({"user_id": _ID, "verified": {"type": "boolean", "default": False},
                         "vip": {"type": "boolean", "default": False}, "banned": {"type": "boolean", "default": False},
-                        "created_at_ms": _MS, "app": _APP}, ("user_id",)),
-    "Flags": _object({"verified": {"type": "boolean"}, "vip": {"type": "boolean"}, "banned": {"type": "boolean"}}),
+                        "created_at_ms": _MS, "app": _APP, "region": _REGION | {"default": DEFAULT_REGION}},
+                       ("user_id",)),
+    "Flags": _object({"verified": {"type": "boolean"}, "vip": {"type": "boolean"}, "banned": {"type": "boolean"},
+                      "region": _REGION}),
+    "Regions": _object({"regions": {"type": "object", "additionalProperties": _ref("RegionRules"),
+                                    "description": "region code -> its rules"},
+                        "problems": {"type": "array", "items": {"type": "string"}}}, ("regions", "problems")),
+    "RegionRules": {"type": "object", "description": "one region's rules; every field's default is off "
+                                                    "(docs/regions.md lists them)",
+                    "properties": {"name": {"type": "string", "maxLength": 100}}},
+    "Region": {"type": "object", "required": ["region"], "properties": {"region": _REGION}},
     "Mint": _object({"qty": {"type": "integer", "minimum": 1, "description": "whole cards"},
                      "kind": {"type": "string"}}, ("qty",)),
     "Gift": _object({
@@ -238,6 +251,15 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/admin/scenes": {
             "get": _op("scene settings, festival windows, stored values ignored", "Scenes", errors=("401", "503")),
             "patch": _op("change scene settings {field: value}", "Scenes", errors=("400", "401", "503")),
+        },
+        "/admin/regions": {"get": _op("every configured region's rules, stored ones ignored", "Regions",
+                                      errors=("401", "503"))},
+        "/admin/regions/{region}": {
+            "put": {**_op("create or replace a region's rules (unknown fields refused)", "Region",
+                          body="RegionRules", errors=("400", "401", "503")),
+                    "parameters": [{"name": "region", "in": "path", "required": True, "schema": _REGION}]},
+            "delete": {**_op("drop a region's rules (its users keep the code)", "Ok", errors=("401", "404", "503")),
+                       "parameters": [{"name": "region", "in": "path", "required": True, "schema": _REGION}]},
         },
         "/admin/festivals/{festival}": {
             "put": _op("create or replace a festival window [start, end)", "Festival", body="NewFestival",

@@ -34,8 +34,9 @@ from notecard.local_redis import LocalRedis
 
 log = logging.getLogger("notecard.runner")
 
-#: How long a started worker may take to answer /readyz.
-READY_TIMEOUT_S = 20.0
+#: How long a started worker may take to answer /readyz: a deadline for a failure, not a
+#: wait, generous for a slow or busy machine (a worker imports the whole product first).
+READY_TIMEOUT_S = 60.0
 
 
 def install_uvloop() -> None:
