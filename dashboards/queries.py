@@ -214,12 +214,19 @@ async def conversion(conn: Conn, scope: Scope, window_days: int = 7) -> Conversi
 _DAY = "(to_timestamp({0} / 1000.0) AT TIME ZONE %(tz)s::text)::date"
 _RETENTION = f"""
 WITH {_SENT},
-cohort AS (
-    SELECT recipient, {_DAY.format("min(at_ms)")} AS day0 FROM sent GROUP BY recipient
+first AS (
+    SELECT recipient, min(at_ms) AS first_ms FROM sent GROUP BY recipient
 ),
+cohort AS (
+    SELECT recipient, first_ms, {_DAY.format("first_ms")} AS day0 FROM first
+),
+-- Only the activity that can fall on days 1..days: after the first card (day 1 starts after
+-- it) and within days + 2 whole days of it (room for a daylight-saving hour), read by the
+-- key (user_id, at_ms) instead of every activity row of the recipients.
 active AS (
     SELECT DISTINCT a.user_id, {_DAY.format("a.at_ms")} AS day
     FROM activity a JOIN cohort c ON c.recipient = a.user_id
+    WHERE a.at_ms > c.first_ms AND a.at_ms < c.first_ms + (%(days)s + 2) * {DAY_MS}::bigint
 )
 SELECT c.day0, 0 AS after, count(*) FROM cohort c GROUP BY c.day0
 UNION ALL
