@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.local and args.action != "render":
         print("notecard dashboards: --local goes with render --seed N (the PostgreSQL ends with the run)",
               file=sys.stderr)
+        return 2
+    if args.action == "render" and importlib.util.find_spec("matplotlib") is None:
+        print("notecard dashboards render: matplotlib not installed: scripts/setup dashboards "
+              "(or .venv/bin/pip install -e '.[dashboards]')", file=sys.stderr)
         return 2
     if min(getattr(args, "recipients", 1), getattr(args, "window_days", 1), getattr(args, "days", 1)) < 1:
         print("notecard dashboards: --recipients, --window-days and --days are whole numbers from 1", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import importlib.util
 import secrets
 import struct
 from collections.abc import AsyncIterator
@@ -381,3 +382,15 @@ async def test_a_book_of_record_without_the_tables_says_so(node_factory: NodeFac
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session, \
             session.get(node.admin_url + "/admin/dashboards/retention") as resp:
         assert resp.status == 503 and (await resp.json())["error"] == "NO_BOOKS"
+
+
+def test_render_without_matplotlib_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def without_matplotlib(name: str, *args: Any) -> Any:
+        return None if name == "matplotlib" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_matplotlib)
+    assert cli.main(["--postgres-url", "postgresql://nobody@127.0.0.1:1/none", "render", "--out", str(tmp_path)]) == 2
+    assert "matplotlib not installed" in capsys.readouterr().err and not any(tmp_path.iterdir())
