@@ -24,16 +24,22 @@ import psycopg
 import pytest
 
 from clearing import GiftRules
+from clearing.gifts import Clearing
 from clearing.ledger import GiftEvent, LedgerEntry, Record
+from clearing.slots import SLOTS
+from clearing.testing import World
+from clearing.topology import Topology
 from dashboards import cli, export, generate, queries
 from dashboards.queries import AGE_BUCKETS, Scope
 from dashboards.render import DPI, HEIGHT_IN, WIDTH_IN, render
 from gateway.openapi import openapi_document
 from ledger.books import Conn, write_records
+from ledger.consumer import BooksConsumer
 from ledger.migrate import migrate
 from notecard.local_postgres import LocalPostgres
 from notecard.local_redis import free_port
 from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory
+from tests.test_ledger import FAR, NEAR
 
 SEED, RECIPIENTS = 11, 160
 DAY_MS = 86_400_000
@@ -394,3 +400,54 @@ def test_render_without_matplotlib_says_how_to_install_it(monkeypatch: pytest.Mo
     monkeypatch.setattr(importlib.util, "find_spec", without_matplotlib)
     assert cli.main(["--postgres-url", "postgresql://nobody@127.0.0.1:1/none", "render", "--out", str(tmp_path)]) == 2
     assert "matplotlib not installed" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+@pytest.fixture
+async def world(store: Topology) -> AsyncIterator[World]:
+    w = await World.build(store, GiftRules())
+    yield w
+    report = await w.check()
+    assert report.ok, report.violations
+
+
+async def test_the_funnel_reads_what_the_clearing_and_the_consumer_wrote(world: World, books: Conn,
+                                                                         postgres_url: str) -> None:
+    """Real gifts through the Lua scripts (one recipient on the sender's shard, one on
+    another, one by the saga), written to PostgreSQL by the ledger consumer: the campaign's
+    funnel and cost follow the ledger's own entries and events."""
+    saga = Clearing(world.topology, world.rules, world.keys, world.clock, settings=world.settings,
+                    dead_nodes=world.presence.dead_nodes, force_saga=True)
+    await world.user("brand", cards=10)
+    plan = [("c-1", world.clearing, NEAR, "accept"), ("c-2", saga, FAR, "accept"),
+            ("c-3", world.clearing, "r3", "decline"), ("c-4", world.clearing, "r4", None),
+            ("own-1", world.clearing, "r5", "accept")]
+    for gift, clearing, recipient, answer in plan:
+        await world.user(recipient)
+        await world.befriend("brand", recipient)
+        await clearing.reserve(gift, "brand", recipient, "note", 2)
+        if answer == "accept":
+            await clearing.accept(gift, recipient)
+        elif answer == "decline":
+            await clearing.decline(gift, recipient)
+    await world.tick(world.rules.confirm_window_ms)
+    await world.clearing.sweep(range(SLOTS))  # c-4 expires
+    member = BooksConsumer(world.redis, postgres_url, consumer="books-1")
+    try:
+        await member.run(once=True)
+    finally:
+        await member.close()
+    now = world.clock()
+    async with books.transaction():
+        await books.execute("INSERT INTO campaign VALUES ('c', 'brand', 'C', 'note', 3, 0)")
+        for gift, _, recipient, _ in plan[:4]:  # own-1 is the brand's gift outside the campaign
+            await books.execute("INSERT INTO campaign_issue VALUES ('c', %s, 'brand', %s, 0)", (recipient, gift))
+        await books.execute("INSERT INTO purchase VALUES ('o1', 'brand', %s, 1000, %s, false)", (FAR, now))
+
+    report = await queries.conversion(books, Scope(brand="brand"))
+    cost = 2 * world.rules.units_per_card * 2  # two accepted gifts of 2 cards
+    funnel = [(r.issued, r.accepted, r.purchased, r.cost_units, r.cost_cents, r.revenue_cents)
+              for r in report.campaigns]
+    assert funnel == [(4, 2, 1, cost, cost * 3, 1000)]
+    profile = await queries.profile(books, Scope(brand="brand"))
+    assert profile.recipients == 5 and dict(profile.breakdown["region"]) == {"unknown": 5}
+    assert (await queries.profile(books, Scope(campaign="c"))).recipients == 4
