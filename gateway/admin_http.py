@@ -26,6 +26,9 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     POST   /admin/bulk/follows                       create or refresh up to 500 follows
     GET    /admin/webhooks/dead                      webhook deliveries that failed every attempt, newest first
     POST   /admin/webhooks/dead/retry                send every dead letter back for delivery
+    GET    /admin/dashboards/profile                 recipients by region, age, app, fan level (JSON or CSV)
+    GET    /admin/dashboards/conversion              per campaign: issued -> accepted -> purchase, cost
+    GET    /admin/dashboards/retention               cohorts of recipients x days they came back
     GET    /admin/openapi.json                       this API as an OpenAPI 3.1 document (no token)
 
 Pages (static files, no token to load them; gateway/static/)::
@@ -88,6 +91,7 @@ from gateway.admin_json import path_id as _path_id
 from gateway.admin_json import plain as _plain
 from gateway.admin_json import read_body as _body
 from gateway.auth import ClaimRules, mint_token
+from gateway.dashboards_admin import DashboardsAdmin
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
@@ -177,9 +181,11 @@ class AdminApp:
         self, *, node_id: str, admin_token: str, redis: AnyRedis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
-        pages: WebPages | None = None,
+        pages: WebPages | None = None, postgres_url: str | None = None,
     ) -> None:
         self.pages = pages
+        #: The book of record the dashboards read (None: their routes answer NO_BOOKS).
+        self.postgres_url = postgres_url
         self.scenes = scenes or Scenes(clearing.topology, rules, keys, settings=clearing.settings)
         self.node_id = node_id
         self.admin_token = admin_token
@@ -233,6 +239,7 @@ class AdminApp:
         app.router.add_get(OPENAPI_PATH, self.openapi)
         RiskAdmin(self.redis, self.keys).routes(app)
         WebhooksAdmin(self.redis, self.keys).routes(app)
+        DashboardsAdmin(self.postgres_url, self.rules.timezone).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

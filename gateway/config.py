@@ -338,6 +338,10 @@ class GatewaySettings:
         (), "PUBLIC_WS_URLS", Names(r"wss?://[^\s,]+", "ws:// or wss:// URLs, comma-separated"),
         "the WebSocket URLs the web app at `/app` connects to, in turn on reconnects (`wss://gw.example.com`)",
         shown="this node's port on the host the page came from")
+    postgres_url: str | None = setting(
+        None, "POSTGRES_URL", Secret(expected="a PostgreSQL connection URL"),
+        "the PostgreSQL book of record (docs/ledger.md): `notecard ledger` writes it, the admin API's "
+        "`/admin/dashboards/*` read it (docs/dashboards.md)", shown="unset")
     # `notecard webhooks` (notecard/webhooks.py, docs/ledger.md "Webhooks")
     webhook_urls: tuple[str, ...] = setting(
         (), "WEBHOOK_URLS", Names(r"https?://[^\s,]+", "http:// or https:// URLs, comma-separated"),

@@ -141,6 +141,7 @@ class GatewayNode:
             scenes=self.scenes, not_ready_reasons=self._not_ready_reasons,
             pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev and token_secret is not None,
                            token_secret or "", settings.claim_rules),
+            postgres_url=settings.postgres_url,
         )
         self.node_stats = NodeStats(self.redis, self.keys, self.node_id, self.metrics)
         self.metrics.watch_send_queues(lambda: (c.queued for c in self.hub.all_connections()))

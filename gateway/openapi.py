@@ -129,6 +129,34 @@ _SCHEMAS: dict[str, Any] = {
         "total": {"type": "integer", "minimum": 0, "description": "letters stored"}}, ("dead", "total")),
     "Retried": _object({"moved": {"type": "integer", "minimum": 0,
                                   "description": "letters sent back to notecard webhooks"}}, ("moved",)),
+    # The business dashboards (gateway/dashboards_admin.py, docs/dashboards.md).
+    "ProfileDashboard": _object({
+        "scope": _ref("DashboardScope"), "recipients": {"type": "integer", "minimum": 0},
+        "breakdown": _object({name: {"type": "array", "items": _object(
+            {"value": {"type": "string"}, "recipients": {"type": "integer", "minimum": 0}}, ("value", "recipients"))}
+            for name in ("region", "age", "app", "fan_level")}, ("region", "age", "app", "fan_level"))},
+        ("scope", "recipients", "breakdown")),
+    "ConversionDashboard": _object({
+        "scope": _ref("DashboardScope"), "window_days": {"type": "integer", "minimum": 1},
+        "campaigns": {"type": "array", "items": _object({
+            "campaign": {"type": "string"}, "brand": {"type": "string"}, "name": {"type": "string"},
+            **{name: {"type": "integer", "minimum": 0} for name in (
+                "issued", "accepted", "purchased", "cost_units", "cost_cents", "revenue_cents")},
+            **{name: {"type": ["number", "null"]} for name in (
+                "accept_rate", "purchase_rate", "cost_per_conversion_cents", "roi")},
+        }, ("campaign", "brand", "name", "issued", "accepted", "purchased", "accept_rate", "purchase_rate",
+            "cost_units", "cost_cents", "revenue_cents", "cost_per_conversion_cents", "roi"))}},
+        ("scope", "window_days", "campaigns")),
+    "RetentionDashboard": _object({
+        "scope": _ref("DashboardScope"), "days": {"type": "integer", "minimum": 1}, "timezone": {"type": "string"},
+        "cohorts": {"type": "array", "items": _object({
+            "day": {"type": "string", "format": "date"}, "recipients": {"type": "integer", "minimum": 1},
+            "active": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                       "description": "recipients active on day 1, 2, ... after the cohort's day"},
+            "rate": {"type": "array", "items": {"type": ["number", "null"]}}},
+            ("day", "recipients", "active", "rate"))}},
+        ("scope", "days", "timezone", "cohorts")),
+    "DashboardScope": _object({"brand": _OPTIONAL_STR, "campaign": _OPTIONAL_STR}, ("brand", "campaign")),
     # The risk engine's operator API (gateway/risk_admin.py, docs/risk.md).
     "Appeals": {"type": "object", "required": ["appeals"],
                 "properties": {"appeals": {"type": "array", "items": {"type": "object"}}}},
@@ -159,7 +187,8 @@ _ERRORS = {
     "422": "a gift rule refused the send (the code says which: gift-rules.md section 1)",
     "429": "the sender's request rate is exceeded",
     "500": "internal error (the node's log has the details)",
-    "503": "Redis unavailable: the outcome is unknown, retry with the same ids",
+    "503": "Redis unavailable: the outcome is unknown, retry with the same ids (dashboards: NO_BOOKS without a "
+           "PostgreSQL book of record, UNAVAILABLE when it does not answer)",
 }
 
 
@@ -183,6 +212,19 @@ def _op(summary: str, ok: str | None, *, status: str = "200", body: str | None =
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
     if open_:
         operation["security"] = []
+    return operation
+
+
+def _dashboard(summary: str, schema: str, *extra: dict[str, Any]) -> dict[str, Any]:
+    """A dashboard: JSON, or CSV with ?format=csv; 503 NO_BOOKS without a book of record."""
+    operation = _op(summary, schema, errors=("400", "401", "503"))
+    operation["responses"]["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+    query = [{"name": name, "in": "query", "required": False, "schema": _ID, "description": text}
+             for name, text in (("brand", "the brand's cards only (a gift sender)"),
+                                ("campaign", "the campaign's cards only"))]
+    query.append({"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"],
+                                                                                 "default": "json"}})
+    operation["parameters"] = query + list(extra)
     return operation
 
 
@@ -274,6 +316,16 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/admin/webhooks/dead/retry": {"post": _op(
             "send every dead letter back to notecard webhooks, which delivers them again (same idempotency keys)",
             "Retried", errors=("401", "503"))},
+        "/admin/dashboards/profile": {"get": _dashboard(
+            "recipients of the scope's cards by region, age bucket, app and fan level", "ProfileDashboard")},
+        "/admin/dashboards/conversion": {"get": _dashboard(
+            "per campaign: issued -> accepted -> purchase, cost per conversion, ROI", "ConversionDashboard",
+            {"name": "window_days", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 365, "default": 7}})},
+        "/admin/dashboards/retention": {"get": _dashboard(
+            "cohorts of recipients by the day of their first card x the days after it they were active",
+            "RetentionDashboard", {"name": "days", "in": "query", "required": False,
+                                   "schema": {"type": "integer", "minimum": 1, "maximum": 90, "default": 14}})},
         "/admin/stats": {"get": _op("every live node's counters, pending gifts, held units", "Stats",
                                     errors=("401", "503"))},
         OPENAPI_PATH: {"get": {"summary": "this document", "security": [], "responses": {

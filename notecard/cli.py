@@ -127,10 +127,11 @@ _TOOLS = {
     "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
     "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
     "webhooks": "POST gift events, signed, to the platform's URLs, with retries and dead letters (notecard.webhooks)",
+    "dashboards": "business dashboards from PostgreSQL: generate a data set, show, render PNGs (dashboards.cli)",
 }
 #: Tools that live outside loadtest/.
 _TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli",
-                 "webhooks": "notecard.webhooks"}
+                 "webhooks": "notecard.webhooks", "dashboards": "dashboards.cli"}
 
 
 def _build_admin(sub: Any) -> None:
