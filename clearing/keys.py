@@ -77,7 +77,9 @@ class KeySchema:
 
     # ----------------------------------------------------------- a user's own keys
     def user(self, user_id: str) -> str:
-        """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set."""
+        """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set;
+        consent, consent_at_ms, consent_channel (the data-processing consent on record,
+        clearing/consent.py) and consent_withdrawn_at_ms once given or withdrawn."""
         return self._of(user_id, "user")
 
     def balance(self, user_id: str) -> str:
@@ -120,6 +122,11 @@ class KeySchema:
     def credit(self, user_id: str, transfer_id: str) -> str:
         """Marker: a cross-shard transfer (mentor rewards) credited to the user once."""
         return self._of(user_id, f"credit:{transfer_id}")
+
+    def consents(self, user_id: str) -> str:
+        """List: the user's consent history, oldest first, one JSON document per change
+        ({action: give | withdraw, version, channel, app, at_ms}); clearing/consent.py."""
+        return self._of(user_id, "consents")
 
     def inbox(self, user_id: str) -> str:
         """Sorted set: offers waiting for the user's answer, gift id -> expiry ms."""

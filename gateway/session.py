@@ -95,7 +95,7 @@ class SessionRunner:
         self.user_rates = user_rates
         #: Where hellos, sends and answers are told to the risk engine; None: risk engine off.
         self.signals = signals
-        self.welcomer = Welcomer(node_id, settings, hub, clearing, events)
+        self.welcomer = Welcomer(node_id, settings, hub, clearing, events, requests.consents)
         self.rejected_tokens = ThrottledLog(log, "token rejected")
 
     async def __call__(self, ws: ServerConnection) -> None:

@@ -25,6 +25,12 @@ local function check_decide()
     elseif event == 'expire' then
       return {err = 'NOT_DUE', gift = g}
     end
+    -- Accepting is the recipient's own act: it needs their consent where their region asks
+    -- for it (a sender's later withdrawal does not undo a gift already sent, GDPR Art. 7(3)).
+    -- Declining and expiry stay open to everyone, so every hold can go back.
+    if event == 'accept' and lacks_consent(g.recipient) then
+      return {err = 'CONSENT_REQUIRED'}
+    end
     local to = move(g.state, event)
     if to == nil then
       return {err = 'ALREADY_RESOLVED', g = g}  -- the state table has no such move
