@@ -75,6 +75,7 @@ class Refusal(enum.StrEnum):
     CONSENT_REQUIRED = "CONSENT_REQUIRED"
     RECIPIENT_NO_CONSENT = "RECIPIENT_NO_CONSENT"
     ACCOUNT_ERASED = "ACCOUNT_ERASED"
+    ERASE_PENDING = "ERASE_PENDING"
 
 
 #: The order in which a send's rules are checked: the first that fails is the refusal, on
@@ -137,6 +138,7 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.CONSENT_REQUIRED: "give data-processing consent to the current text first",
     Refusal.RECIPIENT_NO_CONSENT: "the recipient has not given data-processing consent",
     Refusal.ACCOUNT_ERASED: "the account was erased",
+    Refusal.ERASE_PENDING: "the account still has gifts in flight; settle them and erase again",
 }
 
 

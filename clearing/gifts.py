@@ -257,6 +257,16 @@ class Clearing(RedisComponent):
         # before any write (resolve.lua), and takes the saga.
         return self._topology.colocated([slot_of(recipient), slot_of(sender)])
 
+    async def decline_for_erasure(self, gift_id: str, recipient: str, sender: str) -> None:
+        """Decline a pending gift on its recipient's behalf, as an erasure does
+        (clearing/erasure.py): not the recipient's request, so no rate is taken; a gift
+        already resolved is left as it is."""
+        try:
+            await self._resolve(gift_id, recipient, "decline", "main", sender, answering=False)
+        except Refused as refusal:
+            if refusal.code not in (Refusal.ALREADY_RESOLVED, Refusal.GIFT_EXPIRED, Refusal.GIFT_NOT_FOUND):
+                raise
+
     async def expire(self, recipient: str, gift_id: str) -> GiftRecord | None:
         """Expire one offer past its window (the sweeper's step); None when it was not due
         or had already resolved."""
@@ -510,6 +520,10 @@ class Clearing(RedisComponent):
     @property
     def keys(self) -> KeySchema:
         return self._keys
+
+    @property
+    def gift_rules(self) -> GiftRules:
+        return self._rules
 
     @property
     def redis(self) -> Any:

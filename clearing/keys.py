@@ -76,6 +76,15 @@ class KeySchema:
         return f"{_glob_escape(self.prefix)}:{{*}}:{name}"
 
     # ----------------------------------------------------------- a user's own keys
+    def own(self, user_id: str, name: str) -> str:
+        """Any key of the user's own slot by its name (``bal``, ``gift:<id>``): for tools
+        that read a whole slot (clearing/erasure.py)."""
+        return self._of(user_id, name)
+
+    def user_pattern(self, user_id: str) -> str:
+        """A SCAN pattern matching every key of the user's own slot (ids hold no glob characters)."""
+        return f"{_glob_escape(self.prefix)}:{{{user_id}}}:*"
+
     def user(self, user_id: str) -> str:
         """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set;
         consent, consent_at_ms, consent_channel (the data-processing consent on record,

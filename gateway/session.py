@@ -63,6 +63,8 @@ class _Rejection:
 
 
 BANNED = _Rejection(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
+#: An erased account (GDPR Art. 17) is closed as a banned one, with its own code.
+ERASED = _Rejection(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_ERASED, "account erased")
 EXPIRED = _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
 #: A refused token, by reason (docs/protocol.md section 13). The peer is told the class,
 #: never the detail (which audience, which key), which goes to the node's log.
@@ -180,9 +182,10 @@ class SessionRunner:
         try:
             await self.presence.connect(conn.user_id, self.node_id, self.settings.max_connections_per_user)
         except Refused as refusal:
-            if refusal.code is Refusal.ACCOUNT_BANNED:
-                await _reject(conn.ws, conn.encoding, BANNED)
-                self.metrics.closes.labels(code=str(int(BANNED.code))).inc()
+            if refusal.code in (Refusal.ACCOUNT_BANNED, Refusal.ACCOUNT_ERASED):
+                rejection = ERASED if refusal.code is Refusal.ACCOUNT_ERASED else BANNED
+                await _reject(conn.ws, conn.encoding, rejection)
+                self.metrics.closes.labels(code=str(int(rejection.code))).inc()
                 return False
             self.metrics.refusals_of(ErrorCode.TOO_MANY_CONNECTIONS).inc()
             self._reply(conn, Error(code=ErrorCode.TOO_MANY_CONNECTIONS, message=str(refusal)))

@@ -12,11 +12,11 @@
 
 local key = KEYS[1]
 local u = redis.call('HMGET', key, 'created_at_ms', 'erased', 'consent', 'consent_at_ms', 'consent_channel')
+if u[2] == '1' then
+  return refuse('ACCOUNT_ERASED')  -- a tombstone (erase.lua) has no created_at_ms
+end
 if not u[1] then
   return refuse('UNKNOWN_USER')
-end
-if u[2] == '1' then
-  return refuse('ACCOUNT_ERASED')
 end
 local current = u[3] or nil  -- HMGET reads a missing field as false
 local function history(action, version)

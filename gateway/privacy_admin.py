@@ -1,0 +1,38 @@
+"""The admin API of GDPR access and erasure (docs/regions.md "Export and erasure"):
+``GET /admin/users/{user}/export`` (Art. 15) and ``POST /admin/users/{user}/erase``
+(Art. 17). Mounted by gateway/admin_http.py; errors go through its middleware (an unknown
+user is ``404 UNKNOWN_USER``, gifts still in flight ``409 ERASE_PENDING``)."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web
+
+from clearing.erasure import Erasure
+from clearing.gifts import Clearing
+
+log = logging.getLogger("notecard.gateway.privacy")
+
+
+class PrivacyAdmin:
+    def __init__(self, clearing: Clearing) -> None:
+        self.erasure = Erasure(clearing)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/admin/users/{user}/export", self.export)
+        app.router.add_post("/admin/users/{user}/erase", self.erase)
+
+    async def export(self, request: web.Request) -> web.Response:
+        return _json(await self.erasure.export(request.match_info["user"]))
+
+    async def erase(self, request: web.Request) -> web.Response:
+        erased = await self.erasure.erase(request.match_info["user"])
+        # The audit line keeps the pseudonym, never more about the person.
+        log.info("user erased", extra={"pseudonym": erased["pseudonym"], "settled": len(erased.get("settled", []))})
+        return _json(erased)
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
