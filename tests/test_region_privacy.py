@@ -159,11 +159,13 @@ async def test_an_erasure_settles_pending_gifts_removes_personal_data_and_keeps_
         assert (refusal["t"], refusal["code"]) == ("error", "ACCOUNT_ERASED")
         with pytest.raises(GiftRefused) as refused:
             await bob.send_gift("anna")
-        assert refused.value.code == "UNKNOWN_USER"  # the account no longer exists as a person
+        assert refused.value.code == "RECIPIENT_BANNED"
 
         # repeating it is harmless; the export shows the tombstone only
         again = await admin.call("POST", "/admin/users/anna/erase")
         assert (again["already_erased"], again["pseudonym"]) == (True, pseudonym)
+        shown = await admin.get_user("anna")
+        assert shown["banned"] is True and shown["balances"]["available"] == {"note": 0}
         export = await admin.call("GET", "/admin/users/anna/export")
         assert export["account"]["pseudonym"] == pseudonym and export["gifts_sent"] == {}
         assert export["followed_by"] == [] and export["consent"]["history"] == []

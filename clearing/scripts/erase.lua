@@ -9,17 +9,18 @@
 -- every counter it moves reads as a whole number. Then: what remains available of each kind
 -- is consumed (ledger `consume`, avail:U -> consumed:T, cause `erased`), so the books stay
 -- balanced; U's other keys are deleted; the account hash becomes a tombstone {erased = 1,
--- banned = 1, erased_at_ms, pseudonym} that refuses every later connection, consent and gift.
+-- banned = 1, erased_at_ms, pseudonym, and neutral flags} that refuses every later
+-- connection, consent and gift.
 -- Returns msgpack {pseudonym, consumed = {kind = units}, erased_at_ms, again} or
 -- {err = UNKNOWN_USER | ERASE_PENDING | CORRUPT}.
 
 local key = KEYS[1]
 local u = redis.call('HMGET', key, 'created_at_ms', 'erased', 'pseudonym', 'erased_at_ms')
-if not u[1] and u[2] ~= '1' then
-  return refuse('UNKNOWN_USER')
-end
 if u[2] == '1' then
   return reply({pseudonym = u[3], consumed = {}, erased_at_ms = whole(u[4] or nil), again = true})
+end
+if not u[1] then
+  return refuse('UNKNOWN_USER')
 end
 if redis.call('ZCARD', ukey(A.u, 'inbox')) > 0 then
   return refuse('ERASE_PENDING')
@@ -55,5 +56,7 @@ for _, name in ipairs(A.drop) do
   redis.call('DEL', ukey(A.u, name))
 end
 redis.call('DEL', key)
-redis.call('HSET', key, 'erased', '1', 'banned', '1', 'erased_at_ms', NOW, 'pseudonym', A.pseudonym)
+-- The fields every reader of an account expects, with nothing of the person in them.
+redis.call('HSET', key, 'erased', '1', 'banned', '1', 'verified', '0', 'vip', '0', 'app', 'main',
+           'created_at_ms', NOW, 'erased_at_ms', NOW, 'pseudonym', A.pseudonym)
 return reply({pseudonym = A.pseudonym, consumed = consumed, erased_at_ms = NOW, again = false})
