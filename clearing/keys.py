@@ -137,6 +137,12 @@ class KeySchema:
         ({action: give | withdraw, version, channel, app, at_ms}); clearing/consent.py."""
         return self._of(user_id, "consents")
 
+    def stats(self, user_id: str) -> str:
+        """Hash of counters the eco badges read (clearing/badges.py): accepted (gifts the user
+        accepted), given (the user's gifts that were accepted), given:<YYYYMM> (of them, per
+        calendar month of the quota day)."""
+        return self._of(user_id, "stats")
+
     def inbox(self, user_id: str) -> str:
         """Sorted set: offers waiting for the user's answer, gift id -> expiry ms."""
         return self._of(user_id, "inbox")

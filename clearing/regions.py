@@ -71,6 +71,9 @@ class RegionRules:
     consent_required: bool = False
     #: The id of the consent text users must have agreed to (required when the rule is on).
     consent_version: str = ""
+    #: Eco-theme badges (docs/regions.md "Eco badges", clearing/badges.py): each
+    #: {id, name, metric, at_least}; none by default.
+    eco_badges: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not is_valid_region(self.code):
@@ -84,6 +87,9 @@ class RegionRules:
             raise SceneConfigError(f"consent_version must match {CONSENT_VERSION_PATTERN}")
         if self.consent_required and not self.consent_version:
             raise SceneConfigError("consent_required needs the consent_version users agree to")
+        from clearing.badges import parse_badges  # badges.py reads the regions: imported late
+
+        object.__setattr__(self, "eco_badges", parse_badges(self.eco_badges))
 
     def to_plain(self) -> dict[str, Any]:
         """The document as stored and served (without the code, which is its key); a rule

@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from clearing import Clearing, ClearingError, EventLog, Presence, Refusal, Refused
+from clearing.badges import Badges
 from clearing.rates import UserRates
 from gateway.admission import client_address
 from gateway.auth import Identity, Rejection, TokenError
@@ -97,7 +98,9 @@ class SessionRunner:
         self.user_rates = user_rates
         #: Where hellos, sends and answers are told to the risk engine; None: risk engine off.
         self.signals = signals
-        self.welcomer = Welcomer(node_id, settings, hub, clearing, events, requests.consents)
+        self.welcomer = Welcomer(node_id, settings, hub, clearing, events, requests.consents,
+                                Badges(clearing.topology, clearing.gift_rules, clearing.keys, clearing.now,
+                                       settings=clearing.settings))
         self.rejected_tokens = ThrottledLog(log, "token rejected")
 
     async def __call__(self, ws: ServerConnection) -> None:

@@ -32,6 +32,8 @@ Epoch = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 64)]
 Device = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 128)]
 #: The id of a data-processing consent text (docs/regions.md): what the user was shown.
 ConsentVersion = Annotated[str, Pattern(r"[A-Za-z0-9_.:\-]+", 64)]
+#: An eco badge's id, as the user's region defines it (docs/regions.md).
+BadgeId = Annotated[str, Pattern(r"[a-z][a-z0-9_]*", 32)]
 #: Where in the app a consent was given or withdrawn (``signup``, ``settings``).
 ConsentChannel = Annotated[str, Pattern(r"[a-z0-9_.\-]+", 32)]
 
@@ -270,6 +272,8 @@ class Welcome(WireObject):
     #: The consent text version the user's region asks for, when the user has no consent
     #: to it on record: no gift moves until ``give_consent`` names it (docs/regions.md).
     consent_needed: ConsentVersion | None = None
+    #: The eco badges the user holds, when the user's region has any (docs/regions.md).
+    badges: tuple[BadgeId, ...] | None = None
 
 
 @message("pending")

@@ -125,6 +125,10 @@ SAMPLES: dict[str, Message] = {
     "consent/withdrawn": ConsentReply(rid=20, changed=False),
     "welcome/consent-needed": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
                                       heartbeat_s=20, consent_needed="privacy-v2"),
+    "welcome/badges": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                              heartbeat_s=20, badges=("green_giver", "b" * 32)),
+    "welcome/no-badges-yet": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                                     heartbeat_s=20, badges=()),
     "welcome/empty": Welcome(user="bob", node="node-1", epoch="9f2c41d07a3b", offset=0, recovered=True,
                              pending=(), heartbeat_s=20),
     "welcome/pending": Welcome(user="bob", node="gw-a:8765", epoch="9f2c41d07a3b", offset=41,
@@ -230,7 +234,7 @@ def test_round_trip(name: str, encoding: Encoding) -> None:
     assert type(decoded) is type(msg)
     # Nested gifts and leaderboard lines come back as objects and lists as tuples, not raw
     # maps and lists.
-    items = {"pending": Gift, "gifts": Gift, "top": RankEntry}
+    items = {"pending": Gift, "gifts": Gift, "top": RankEntry, "badges": str}
     for field in dataclasses.fields(decoded):
         value = getattr(decoded, field.name)
         if isinstance(value, tuple):

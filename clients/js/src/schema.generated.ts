@@ -802,6 +802,18 @@ export const SHAPES = {
         "re": "[A-Za-z0-9_.:\\-]+",
         "max": 64
       }
+    },
+    {
+      "name": "badges",
+      "optional": true,
+      "shape": {
+        "k": "list",
+        "item": {
+          "k": "str",
+          "re": "[a-z][a-z0-9_]*",
+          "max": 32
+        }
+      }
     }
   ],
   "gift_sent": [
@@ -1406,6 +1418,7 @@ export interface Welcome {
   heartbeat_s: number;
   pending_more?: boolean;
   consent_needed?: string;
+  badges?: string[];
 }
 
 export interface GiftSent {

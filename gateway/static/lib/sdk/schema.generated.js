@@ -788,6 +788,18 @@ export const SHAPES = {
                 "re": "[A-Za-z0-9_.:\\-]+",
                 "max": 64
             }
+        },
+        {
+            "name": "badges",
+            "optional": true,
+            "shape": {
+                "k": "list",
+                "item": {
+                    "k": "str",
+                    "re": "[a-z][a-z0-9_]*",
+                    "max": 32
+                }
+            }
         }
     ],
     "gift_sent": [
