@@ -24,7 +24,8 @@ the payer's slot to the recipient's between settle and close).
 Refusals of :meth:`Clearing.reserve`, in the order they are checked, whichever side checks::
 
     IDEMPOTENCY_CONFLICT, SEND_ABORTED, SELF_GIFT, UNKNOWN_KIND, BAD_QUANTITY, UNKNOWN_USER
-    (either user), SENDER_BANNED, RECIPIENT_BANNED, NOT_VERIFIED (sender), BLOCKED (either
+    (either user), SENDER_BANNED, CONSENT_REQUIRED (sender), RECIPIENT_BANNED,
+    RECIPIENT_NO_CONSENT (docs/regions.md), NOT_VERIFIED (sender), BLOCKED (either
     way), NOT_MUTUAL_3D, LIMIT_DAILY_SEND (limit + VIP bonus), LIMIT_DAILY_RECEIVE (per
     recipient or per pair), QUOTE_EXPIRED, QUOTE_MISMATCH, INSUFFICIENT_BALANCE,
     RECIPIENT_OFFLINE
@@ -33,7 +34,8 @@ plus BAD_REQUEST for a gift id that is not 1-64 characters of ``A-Za-z0-9_.:-``.
 gift id is spent for ``refusal_memory_ms``: the same request repeats the refusal (so a late
 duplicate never creates a gift its client was told was refused); a new attempt takes a new
 id. Answering (:meth:`~Clearing.accept` / :meth:`~Clearing.decline`): GIFT_NOT_FOUND,
-NOT_RECIPIENT (the sender answering their own gift), then GIFT_EXPIRED (the window passed:
+NOT_RECIPIENT (the sender answering their own gift), CONSENT_REQUIRED (an accept by a
+recipient whose region asks for a consent they do not have on record), then GIFT_EXPIRED (the window passed:
 the gift is expired by this very call and refunded, or was already expired) or
 ALREADY_RESOLVED; the same answer twice is ``Resolution(changed=False)``.
 
@@ -61,6 +63,7 @@ from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
+from clearing.regions import consent_versions
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
@@ -186,6 +189,7 @@ class Clearing(RedisComponent):
         }
         if precheck:
             a["pre"] = precheck
+        a.update(_consent(snapshot))
         if festival:
             a["festival"] = festival.festival_id
         if quote_id:
@@ -230,6 +234,8 @@ class Clearing(RedisComponent):
         }
         if answering:
             a.update(by=recipient, **self._rate)
+        if event == "accept":
+            a.update(_consent(snapshot))
         if self._fast_resolve(recipient, sender_hint):
             try:
                 reply = await self._lua.run("resolve", slot_of(recipient), self._keys.user(recipient), now, a,
@@ -250,6 +256,16 @@ class Clearing(RedisComponent):
         # account on another node fails the script at its first read of the payer's hold,
         # before any write (resolve.lua), and takes the saga.
         return self._topology.colocated([slot_of(recipient), slot_of(sender)])
+
+    async def decline_for_erasure(self, gift_id: str, recipient: str, sender: str) -> None:
+        """Decline a pending gift on its recipient's behalf, as an erasure does
+        (clearing/erasure.py): not the recipient's request, so no rate is taken; a gift
+        already resolved is left as it is."""
+        try:
+            await self._resolve(gift_id, recipient, "decline", "main", sender, answering=False)
+        except Refused as refusal:
+            if refusal.code not in (Refusal.ALREADY_RESOLVED, Refusal.GIFT_EXPIRED, Refusal.GIFT_NOT_FOUND):
+                raise
 
     async def expire(self, recipient: str, gift_id: str) -> GiftRecord | None:
         """Expire one offer past its window (the sweeper's step); None when it was not due
@@ -279,7 +295,8 @@ class Clearing(RedisComponent):
         """The cross-shard answer (``accept`` / ``decline``) of a gift, step by step."""
         snapshot = await self._settings.get()
         args = {**self._constant, "gid": gift_id, "r": recipient, "by": recipient, "event": event, "rapp": app,
-                "perks": _perks(snapshot), "dead": await self._dead_nodes()}
+                "perks": _perks(snapshot), "dead": await self._dead_nodes(),
+                **(_consent(snapshot) if event == "accept" else {})}
         return ResolveSaga(self, args, self._clock())
 
     # ================================================================ the sweeper
@@ -505,6 +522,10 @@ class Clearing(RedisComponent):
         return self._keys
 
     @property
+    def gift_rules(self) -> GiftRules:
+        return self._rules
+
+    @property
     def redis(self) -> Any:
         return self._redis
 
@@ -533,6 +554,13 @@ def _perks(snapshot: SettingsSnapshot) -> dict[str, Any]:
     return {"per_card": scenes.points_per_card,
             "apps": {app: [p.sender_bonus_permille, p.recipient_multiplier_permille, int(p.joint_campaign)]
                      for app, p in scenes.apps.items()}}
+
+
+def _consent(snapshot: SettingsSnapshot) -> dict[str, Any]:
+    """The ``consent`` argument of a send or an accept (gift.lua lacks_consent): region ->
+    the consent version its users need; nothing when no region asks for consent."""
+    versions = consent_versions(snapshot.regions)
+    return {"consent": versions} if versions else {}
 
 
 def _record(gift_id: str, raw: Any) -> GiftRecord:

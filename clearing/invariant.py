@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from clearing.codec import gift_from_map, text_hash
+from clearing.erasure_names import is_pseudonym
 from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.model import GiftRecord, GiftState
 from clearing.rules import GiftRules
@@ -242,6 +243,8 @@ def _halves_agree(gifts: _Gifts) -> list[str]:
         if state == "void":
             continue
         offer = gifts.offered.get((sent["recipient"], gift_id))
+        if offer is None and is_pseudonym(sent["recipient"]):
+            continue  # the recipient was erased with their half (clearing/erasure.py)
         if offer is None:
             out.append(f"gift {gift_id} of {sender} has no offer half at {sent['recipient']}")
             continue
@@ -253,7 +256,7 @@ def _halves_agree(gifts: _Gifts) -> list[str]:
     for (recipient, gift_id), offer in gifts.offered.items():
         if offer.get("state") in ("void", "admitted"):
             continue
-        if (offer["sender"], gift_id) not in gifts.sent:
+        if (offer["sender"], gift_id) not in gifts.sent and not is_pseudonym(offer["sender"]):
             out.append(f"offer {gift_id} to {recipient} has no send half at {offer['sender']}")
     return out
 

@@ -76,8 +76,19 @@ class KeySchema:
         return f"{_glob_escape(self.prefix)}:{{*}}:{name}"
 
     # ----------------------------------------------------------- a user's own keys
+    def own(self, user_id: str, name: str) -> str:
+        """Any key of the user's own slot by its name (``bal``, ``gift:<id>``): for tools
+        that read a whole slot (clearing/erasure.py)."""
+        return self._of(user_id, name)
+
+    def user_pattern(self, user_id: str) -> str:
+        """A SCAN pattern matching every key of the user's own slot (ids hold no glob characters)."""
+        return f"{_glob_escape(self.prefix)}:{{{user_id}}}:*"
+
     def user(self, user_id: str) -> str:
-        """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set."""
+        """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set;
+        consent, consent_at_ms, consent_channel (the data-processing consent on record,
+        clearing/consent.py) and consent_withdrawn_at_ms once given or withdrawn."""
         return self._of(user_id, "user")
 
     def balance(self, user_id: str) -> str:
@@ -120,6 +131,17 @@ class KeySchema:
     def credit(self, user_id: str, transfer_id: str) -> str:
         """Marker: a cross-shard transfer (mentor rewards) credited to the user once."""
         return self._of(user_id, f"credit:{transfer_id}")
+
+    def consents(self, user_id: str) -> str:
+        """List: the user's consent history, oldest first, one JSON document per change
+        ({action: give | withdraw, version, channel, app, at_ms}); clearing/consent.py."""
+        return self._of(user_id, "consents")
+
+    def stats(self, user_id: str) -> str:
+        """Hash of counters the eco badges read (clearing/badges.py): accepted (gifts the user
+        accepted), given (the user's gifts that were accepted), given:<YYYYMM> (of them, per
+        calendar month of the quota day)."""
+        return self._of(user_id, "stats")
 
     def inbox(self, user_id: str) -> str:
         """Sorted set: offers waiting for the user's answer, gift id -> expiry ms."""

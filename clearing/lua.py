@@ -69,7 +69,7 @@ ScriptName = Literal[
     "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
-    "room_states", "rate", "gauges",
+    "room_states", "rate", "gauges", "consent", "erase", "pseudonymise",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order: its function is defined
@@ -87,7 +87,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
 #: that is not a stream.
 LEDGER_SCRIPTS: frozenset[str] = frozenset({
     "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
-    "redeem_frame", "mentor_bind", "mentor_step",
+    "redeem_frame", "mentor_bind", "mentor_step", "erase",
 })
 
 #: A quota counter only matters during its day and while that day's gifts can still be

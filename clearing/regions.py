@@ -44,6 +44,21 @@ def is_valid_region(value: object) -> bool:
     return isinstance(value, str) and _REGION.fullmatch(value) is not None
 
 
+#: The id of a consent text version (``privacy-2026-01``, ``v3``): what a user agreed to.
+CONSENT_VERSION_PATTERN = r"[A-Za-z0-9_.:\-]{1,64}"
+_CONSENT_VERSION = re.compile(CONSENT_VERSION_PATTERN)
+
+
+def is_valid_consent_version(value: object) -> bool:
+    return isinstance(value, str) and _CONSENT_VERSION.fullmatch(value) is not None
+
+
+def consent_versions(regions: Mapping[str, RegionRules]) -> dict[str, str]:
+    """Region code -> the consent version its users need, for the regions with the rule on:
+    what a send or an accept hands its script (which reads each party's ``region``)."""
+    return {code: rules.consent_version for code, rules in regions.items() if rules.consent_required}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RegionRules:
     """One region's rules; every field's default means the rule is off."""
@@ -51,16 +66,37 @@ class RegionRules:
     code: str
     #: For people (console, exports); no rule reads it.
     name: str = ""
+    #: GDPR (docs/regions.md "Data-processing consent"): a user of this region sends and
+    #: receives gifts only with a consent to exactly ``consent_version`` on record.
+    consent_required: bool = False
+    #: The id of the consent text users must have agreed to (required when the rule is on).
+    consent_version: str = ""
+    #: Eco-theme badges (docs/regions.md "Eco badges", clearing/badges.py): each
+    #: {id, name, metric, at_least}; none by default.
+    eco_badges: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not is_valid_region(self.code):
             raise SceneConfigError(f"a region code must match {REGION_PATTERN}")
         if not isinstance(self.name, str) or len(self.name) > 100:
             raise SceneConfigError("a region's name is text of at most 100 characters")
+        if not isinstance(self.consent_required, bool):
+            raise SceneConfigError("consent_required is true or false")
+        if not isinstance(self.consent_version, str) or (
+                self.consent_version and not is_valid_consent_version(self.consent_version)):
+            raise SceneConfigError(f"consent_version must match {CONSENT_VERSION_PATTERN}")
+        if self.consent_required and not self.consent_version:
+            raise SceneConfigError("consent_required needs the consent_version users agree to")
+        from clearing.badges import parse_badges  # badges.py reads the regions: imported late
+
+        object.__setattr__(self, "eco_badges", parse_badges(self.eco_badges))
 
     def to_plain(self) -> dict[str, Any]:
-        """The document as stored and served (without the code, which is its key)."""
-        return {k: v for k, v in _asdict(self).items() if k != "code"}
+        """The document as stored and served (without the code, which is its key); a rule
+        field at its default ("off") is left out, so a document names only the rules it sets."""
+        defaults = RegionRules(self.code)
+        return {k: v for k, v in _asdict(self).items()
+                if k != "code" and (k == "name" or v != getattr(defaults, k))}
 
     def stored(self) -> bytes:
         return orjson.dumps(self.to_plain())

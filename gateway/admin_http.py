@@ -96,6 +96,7 @@ from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
 from gateway.openapi import OPENAPI_PATH, openapi_document
+from gateway.privacy_admin import PrivacyAdmin
 from gateway.risk_admin import RiskAdmin
 from gateway.webhooks_admin import WebhooksAdmin
 
@@ -107,6 +108,7 @@ _STATUS: dict[Refusal, int] = {
     Refusal.UNKNOWN_USER: 404,
     Refusal.GIFT_NOT_FOUND: 404,
     Refusal.USER_EXISTS: 409,
+    Refusal.ERASE_PENDING: 409,
 }
 _BOOL_FLAGS = ("verified", "vip", "banned")
 #: Errors aiohttp raises itself, as codes.
@@ -240,6 +242,7 @@ class AdminApp:
         RiskAdmin(self.redis, self.keys).routes(app)
         WebhooksAdmin(self.redis, self.keys).routes(app)
         DashboardsAdmin(self.postgres_url, self.rules.timezone).routes(app)
+        PrivacyAdmin(self.clearing).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

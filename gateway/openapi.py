@@ -55,7 +55,27 @@ _SCHEMAS: dict[str, Any] = {
                         "problems": {"type": "array", "items": {"type": "string"}}}, ("regions", "problems")),
     "RegionRules": {"type": "object", "description": "one region's rules; every field's default is off "
                                                     "(docs/regions.md lists them)",
-                    "properties": {"name": {"type": "string", "maxLength": 100}}},
+                    "properties": {"name": {"type": "string", "maxLength": 100},
+                                   "consent_required": {"type": "boolean"},
+                                   "consent_version": {"type": "string", "maxLength": 64},
+                                   "eco_badges": {"type": "array", "maxItems": 20, "items": _ref("EcoBadge")}}},
+    "EcoBadge": _object({"id": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+                         "name": {"type": "string", "maxLength": 60},
+                         "metric": {"enum": ["accepted", "given", "given_month"]},
+                         "at_least": {"type": "integer", "minimum": 1}}, ("id", "metric", "at_least")),
+    "Badges": {"type": "object", "required": ["user", "region", "badges", "earned"],
+               "properties": {"badges": {"type": "array", "items": {"type": "object"},
+                                         "description": "each badge of the region with the user's value"},
+                              "earned": {"type": "array", "items": {"type": "string"}}}},
+    # GDPR access and erasure (gateway/privacy_admin.py, docs/regions.md "Export and erasure").
+    "Export": {"type": "object", "description": "everything held about the user (docs/regions.md lists the parts)",
+               "required": ["user", "exported_at_ms", "account", "region", "consent", "balances", "gifts_sent",
+                            "gifts_received", "follows", "blocks", "followed_by", "blocked_by", "risk",
+                            "presence", "ledger", "other", "gaps"]},
+    "Erased": {"type": "object", "required": ["user", "pseudonym", "consumed", "erased_at_ms", "already_erased"],
+               "properties": {"pseudonym": {"type": "string"}, "already_erased": {"type": "boolean"},
+                              "consumed": {"type": "object", "additionalProperties": {"type": "integer"}},
+                              "settled": {"type": "array", "items": {"type": "object"}}}},
     "Region": {"type": "object", "required": ["region"], "properties": {"region": _REGION}},
     "Mint": _object({"qty": {"type": "integer", "minimum": 1, "description": "whole cards"},
                      "kind": {"type": "string"}}, ("qty",)),
@@ -256,6 +276,14 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/admin/users/{user}/mentor": {"post": _op("bind the user (a newcomer) to a mentor, once", "Binding",
                                                    body="Mentor", params=_U, errors=_USER_ERRORS)},
         "/admin/users/{user}/pending": {"get": _op("offers waiting for the user's answer", "Pending", params=_U)},
+        "/admin/users/{user}/badges": {"get": _op("the user's eco badges: each of the region's with the user's "
+                                                  "progress, and those earned", "Badges", params=_U,
+                                                  errors=_USER_ERRORS)},
+        "/admin/users/{user}/export": {"get": _op("GDPR Art. 15: everything held about the user", "Export",
+                                                  params=_U, errors=_USER_ERRORS)},
+        "/admin/users/{user}/erase": {"post": _op(
+            "GDPR Art. 17: settle the user's pending gifts, then erase or pseudonymise the user's data "
+            "(repeating it is harmless)", "Erased", params=_U, errors=(*_USER_ERRORS, "409"))},
         "/admin/users/{user}/disconnect": {"post": _op(
             "close the user's connections on every node (close code 3506, SESSION_ENDED); the user's tokens "
             "stay valid", "Disconnected", params=_U)},

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from clearing import Clearing, ClearingUnavailable, GiftRules, Refusal, Refused
+from clearing.consent import Consents
 from clearing.scenes import Scenes
 from gateway.connection import ClientConnection
 from gateway.metrics import NodeMetrics
@@ -29,6 +30,7 @@ from protocol import (
     Balance,
     BindMentor,
     ClientMessage,
+    ConsentReply,
     DeclineGift,
     Done,
     Error,
@@ -38,6 +40,7 @@ from protocol import (
     GetRoom,
     GiftResolved,
     GiftSent,
+    GiveConsent,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -48,6 +51,7 @@ from protocol import (
     RedeemFrame,
     SendGift,
     ServerMessage,
+    WithdrawConsent,
 )
 from risk.appeals import Appeals
 from risk.signals import SignalLog
@@ -66,7 +70,8 @@ class RequestHandler:
     def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics,
                  scenes: Scenes | None = None, rooms: RoomHub | None = None,
                  sender_of: Callable[[str], str | None] = lambda gift_id: None,
-                 signals: SignalLog | None = None, appeals: Appeals | None = None) -> None:
+                 signals: SignalLog | None = None, appeals: Appeals | None = None,
+                 consents: Consents | None = None) -> None:
         self.clearing = clearing
         self.rules = rules
         self.metrics = metrics
@@ -77,6 +82,8 @@ class RequestHandler:
         #: The risk engine's event log (None: off) and its appeals desk.
         self.signals = signals
         self.appeals = appeals
+        #: Data-processing consent (docs/regions.md); built on clearing's store when not given.
+        self.consents = consents or Consents(clearing.topology, rules, clearing.keys, settings=clearing.settings)
 
     async def handle(self, user_id: str, msg: ClientMessage, *, app: str = "main",
                      conn: ClientConnection | None = None) -> ServerMessage:
@@ -155,6 +162,16 @@ class RequestHandler:
         await self.appeals.file(user_id, msg.kind, msg.evidence)
         return Done(rid=msg.rid, item=msg.kind)
 
+    async def _consent(self, user_id: str, msg: GiveConsent | WithdrawConsent, app: str,
+                       conn: ClientConnection | None) -> ServerMessage:
+        channel = msg.channel or "sdk"
+        if isinstance(msg, GiveConsent):
+            state = await self.consents.give(user_id, msg.version, channel, app)
+        else:
+            state = await self.consents.withdraw(user_id, channel, app)
+        return ConsentReply(rid=msg.rid, changed=state.changed, version=state.version, at_ms=state.at_ms,
+                            channel=state.channel)
+
     async def _balance(self, user_id: str, msg: GetBalance, app: str, conn: ClientConnection | None) -> ServerMessage:
         balances = await self._timed("balance", self.clearing.balances(user_id))
         points = (await self.scenes.points(user_id)).points if self.scenes is not None else None
@@ -224,4 +241,6 @@ RequestHandler.HANDLERS = MappingProxyType({
     RedeemFrame: RequestHandler._redeem,
     BindMentor: RequestHandler._mentor,
     Appeal: RequestHandler._appeal,
+    GiveConsent: RequestHandler._consent,
+    WithdrawConsent: RequestHandler._consent,
 })

@@ -51,6 +51,7 @@ from notecard_sdk.protocol import (
     ClientMessage,
     ClientSession,
     CloseCode,
+    ConsentReply,
     DeclineGift,
     Done,
     Encoding,
@@ -63,6 +64,7 @@ from notecard_sdk.protocol import (
     Gift,
     GiftResolved,
     GiftSent,
+    GiveConsent,
     JoinRoom,
     LeaveRoom,
     OfferReceived,
@@ -80,6 +82,7 @@ from notecard_sdk.protocol import (
     ServerMessage,
     Welcome,
     Welcomed,
+    WithdrawConsent,
     backoff_delay,
 )
 
@@ -273,6 +276,16 @@ class NotecardClient:
         """Appeal the risk engine's action on this account with the evidence its tier asks
         for (docs/risk.md): ``face_verification``, ``carrier_bill`` or ``notarised_document``."""
         return await self._request(lambda rid: Appeal(rid=rid, kind=kind, evidence=evidence), Done)
+
+    async def give_consent(self, version: str, channel: str = "sdk") -> ConsentReply:
+        """Give data-processing consent to the text ``version`` the user was shown (the
+        welcome's ``consent_needed`` names the one the user's region asks for)."""
+        return await self._request(lambda rid: GiveConsent(rid=rid, version=version, channel=channel),
+                                   ConsentReply)
+
+    async def withdraw_consent(self, channel: str = "sdk") -> ConsentReply:
+        """Withdraw the consent on record: where the region asks for it, no gift moves any more."""
+        return await self._request(lambda rid: WithdrawConsent(rid=rid, channel=channel), ConsentReply)
 
     async def next_room_update(self, timeout: float | None = None) -> Room:
         """The next pushed update of a room this client watches (throttled by the server)."""

@@ -27,6 +27,7 @@ from .messages import (
     Balance,
     BindMentor,
     ClientMessage,
+    ConsentReply,
     DeclineGift,
     Done,
     Error,
@@ -39,6 +40,7 @@ from .messages import (
     GiftResolved,
     GiftSent,
     GiftState,
+    GiveConsent,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -55,6 +57,7 @@ from .messages import (
     ServerMessage,
     Welcome,
     WireObject,
+    WithdrawConsent,
 )
 from .replies import REPLIES, REPLY_NAMES, REQUESTS, answers, reply_type
 from .server_session import PENDING_PER_FRAME, Refuse, ServerSession, ServerState, welcome_messages
@@ -94,6 +97,7 @@ __all__ = [
     "ClientMessage",
     "ClientSession",
     "CloseCode",
+    "ConsentReply",
     "DeclineGift",
     "Disconnect",
     "Done",
@@ -113,6 +117,7 @@ __all__ = [
     "GiftResolved",
     "GiftSent",
     "GiftState",
+    "GiveConsent",
     "Hello",
     "JoinRoom",
     "LeaveRoom",
@@ -140,6 +145,7 @@ __all__ = [
     "Welcome",
     "Welcomed",
     "WireObject",
+    "WithdrawConsent",
     "answers",
     "backoff_delay",
     "decode_client",

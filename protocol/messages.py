@@ -30,6 +30,12 @@ Token = Annotated[str, Pattern(r"[A-Za-z0-9_\-.]+", 2048)]
 Epoch = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 64)]
 #: A device fingerprint: an opaque hash the SDK derives from the device (docs/risk.md).
 Device = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 128)]
+#: The id of a data-processing consent text (docs/regions.md): what the user was shown.
+ConsentVersion = Annotated[str, Pattern(r"[A-Za-z0-9_.:\-]+", 64)]
+#: An eco badge's id, as the user's region defines it (docs/regions.md).
+BadgeId = Annotated[str, Pattern(r"[a-z][a-z0-9_]*", 32)]
+#: Where in the app a consent was given or withdrawn (``signup``, ``settings``).
+ConsentChannel = Annotated[str, Pattern(r"[a-z0-9_.\-]+", 32)]
 
 
 class GiftState(enum.StrEnum):
@@ -225,6 +231,24 @@ class Appeal(WireObject):
     evidence: Annotated[str, Pattern(r"[^\x00]*", 256)]
 
 
+@message("give_consent")
+class GiveConsent(WireObject):
+    """Give data-processing consent to the text ``version`` the user was shown (its id, as
+    the welcome's ``consent_needed`` names it), from ``channel`` (default ``sdk``)."""
+
+    rid: RequestId
+    version: ConsentVersion
+    channel: ConsentChannel | None = None
+
+
+@message("withdraw_consent")
+class WithdrawConsent(WireObject):
+    """Withdraw the data-processing consent on record (gifts stop where the region asks for it)."""
+
+    rid: RequestId
+    channel: ConsentChannel | None = None
+
+
 # ---------------------------------------------------------------- server to client
 
 
@@ -245,6 +269,11 @@ class Welcome(WireObject):
     heartbeat_s: Annotated[int, Range(1, 3600)]
     #: True when the list did not fit one frame: the rest follows in ``pending`` frames.
     pending_more: bool | None = None
+    #: The consent text version the user's region asks for, when the user has no consent
+    #: to it on record: no gift moves until ``give_consent`` names it (docs/regions.md).
+    consent_needed: ConsentVersion | None = None
+    #: The eco badges the user holds, when the user's region has any (docs/regions.md).
+    badges: tuple[BadgeId, ...] | None = None
 
 
 @message("pending")
@@ -355,18 +384,31 @@ class Done(WireObject):
     reward: Millis | None = None
 
 
+@message("consent")
+class ConsentReply(WireObject):
+    """Reply to ``give_consent`` and ``withdraw_consent``: the consent on record now (no
+    ``version`` after a withdrawal), and ``changed`` false when it was already so."""
+
+    rid: RequestId
+    changed: bool
+    version: ConsentVersion | None = None
+    at_ms: Millis | None = None
+    channel: ConsentChannel | None = None
+
+
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
-                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal)
+                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
-                 | Pending)
+                 | Pending | ConsentReply)
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
-                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal)
+                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GiveConsent, WithdrawConsent)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
-    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending)
+    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending,
+                ConsentReply)
 }

@@ -19,6 +19,7 @@ from .messages import (
     Balance,
     BindMentor,
     ClientMessage,
+    ConsentReply,
     DeclineGift,
     Done,
     Error,
@@ -27,6 +28,7 @@ from .messages import (
     GetRoom,
     GiftResolved,
     GiftSent,
+    GiveConsent,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -39,6 +41,7 @@ from .messages import (
     SendGift,
     ServerMessage,
     Welcome,
+    WithdrawConsent,
 )
 
 #: Request type -> the type of its success reply.
@@ -57,6 +60,8 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     RedeemFrame: Done,
     BindMentor: Done,
     Appeal: Done,
+    GiveConsent: ConsentReply,
+    WithdrawConsent: ConsentReply,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

@@ -23,6 +23,7 @@ from protocol import (
     Appeal,
     Balance,
     BindMentor,
+    ConsentReply,
     DeclineGift,
     Done,
     Encoding,
@@ -39,6 +40,7 @@ from protocol import (
     GiftResolved,
     GiftSent,
     GiftState,
+    GiveConsent,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -54,6 +56,7 @@ from protocol import (
     Room,
     SendGift,
     Welcome,
+    WithdrawConsent,
     decode_client,
     decode_server,
     encode,
@@ -114,6 +117,18 @@ SAMPLES: dict[str, Message] = {
     "bind_mentor": BindMentor(rid=16, mentor="alice"),
     "appeal": Appeal(rid=18, kind="face_verification", evidence="upload-42"),
     "appeal/edges": Appeal(rid=18, kind="k" * 32, evidence="e" * 256),
+    "give_consent": GiveConsent(rid=19, version="privacy-v2", channel="signup"),
+    "give_consent/bare": GiveConsent(rid=19, version="v" * 64),
+    "withdraw_consent": WithdrawConsent(rid=20, channel="settings"),
+    "withdraw_consent/bare": WithdrawConsent(rid=20),
+    "consent/given": ConsentReply(rid=19, changed=True, version="privacy-v2", at_ms=T0, channel="signup"),
+    "consent/withdrawn": ConsentReply(rid=20, changed=False),
+    "welcome/consent-needed": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                                      heartbeat_s=20, consent_needed="privacy-v2"),
+    "welcome/badges": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                              heartbeat_s=20, badges=("green_giver", "b" * 32)),
+    "welcome/no-badges-yet": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                                     heartbeat_s=20, badges=()),
     "welcome/empty": Welcome(user="bob", node="node-1", epoch="9f2c41d07a3b", offset=0, recovered=True,
                              pending=(), heartbeat_s=20),
     "welcome/pending": Welcome(user="bob", node="gw-a:8765", epoch="9f2c41d07a3b", offset=41,
@@ -219,7 +234,7 @@ def test_round_trip(name: str, encoding: Encoding) -> None:
     assert type(decoded) is type(msg)
     # Nested gifts and leaderboard lines come back as objects and lists as tuples, not raw
     # maps and lists.
-    items = {"pending": Gift, "gifts": Gift, "top": RankEntry}
+    items = {"pending": Gift, "gifts": Gift, "top": RankEntry, "badges": str}
     for field in dataclasses.fields(decoded):
         value = getattr(decoded, field.name)
         if isinstance(value, tuple):
@@ -363,6 +378,10 @@ def test_wire_shape_scene_requests_and_replies_json() -> None:
         "redeem_frame": '{"t":"redeem_frame","rid":15,"festival":"spring-2025"}',
         "bind_mentor": '{"t":"bind_mentor","rid":16,"mentor":"alice"}',
         "appeal": '{"t":"appeal","rid":18,"kind":"face_verification","evidence":"upload-42"}',
+        "give_consent": '{"t":"give_consent","rid":19,"version":"privacy-v2","channel":"signup"}',
+        "withdraw_consent/bare": '{"t":"withdraw_consent","rid":20}',
+        "consent/given": '{"t":"consent","rid":19,"changed":true,"version":"privacy-v2","at_ms":1700000000000,'
+                         '"channel":"signup"}',
         "quote": '{"t":"quote","rid":13,"quote_id":"q-7f3a","room":"carol","cost":20,"amount":18,"viewers":3,'
                  '"expires_at_ms":1700000010000}',
         "done/frame": '{"t":"done","rid":15,"item":"frame:spring-2025","expires_at_ms":1700086400000}',
@@ -521,11 +540,11 @@ def test_message_type_names() -> None:
     assert set(CLIENT_MESSAGES) == {
         "hello", "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal",
+        "appeal", "give_consent", "withdraw_consent",
     }
     assert set(SERVER_MESSAGES) == {
         "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event", "room", "quote", "done",
-        "pending",
+        "pending", "consent",
     }
     # Nested objects are not messages: a frame cannot name them.
     assert Gift.TYPE not in CLIENT_MESSAGES and Gift.TYPE not in SERVER_MESSAGES
@@ -539,13 +558,14 @@ def test_every_request_carries_a_rid_and_every_reply_echoes_it() -> None:
     assert requests == {
         "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal",
+        "appeal", "give_consent", "withdraw_consent",
     }
     # Every request's rid is required.
     for name in requests:
         assert not next(s for s in CLIENT_MESSAGES[name].FIELDS if s.name == "rid").optional, name
     replies = {n for n, c in SERVER_MESSAGES.items() if "rid" in {f.name for f in dataclasses.fields(c)}}
-    assert replies == {"gift_sent", "gift_resolved", "balance", "pong", "error", "room", "quote", "done"}
+    assert replies == {"gift_sent", "gift_resolved", "balance", "pong", "error", "room", "quote", "done",
+                       "consent"}
     # rid is optional only where the server also pushes the message unasked.
     optional_rid = {n for n in replies if next(s for s in SERVER_MESSAGES[n].FIELDS if s.name == "rid").optional}
     assert optional_rid == {"error", "room"}

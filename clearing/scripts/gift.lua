@@ -25,6 +25,7 @@
 --   dead, ep, maxlen, quota_ttl, pointlog_max: see lib.lua
 --   dev: the sender's device fingerprint, or nil; rl_daily, rl_rooms: what a user of the
 --   risk engine's limited tier may still do (gifts a day; 1: live-room gifts allowed)
+--   consent: {region = consent version} for the regions that require consent, or nil
 
 local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
@@ -79,6 +80,20 @@ local function risk_of(user, dev)
     end
   end
   return frozen, r[2] == '1', dev ~= nil and r[3] == '1', r[4] == '1'
+end
+
+-- GDPR data-processing consent (docs/regions.md): A.consent maps each region whose rule is
+-- on to the consent text version its users must have agreed to (nil: no region has the
+-- rule). True when `user` is in such a region and has no consent to exactly that version on
+-- record (none, withdrawn, or an older text): such a user may not send, receive or accept.
+-- An account without a region is in 'global' (clearing/regions.py DEFAULT_REGION).
+local function lacks_consent(user)
+  if A.consent == nil then
+    return false
+  end
+  local u = redis.call('HMGET', ukey(user, 'user'), 'region', 'consent')
+  local needed = A.consent[u[1] or 'global']
+  return needed ~= nil and u[2] ~= needed
 end
 
 local function same_gift(g)

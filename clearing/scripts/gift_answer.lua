@@ -25,6 +25,12 @@ local function check_decide()
     elseif event == 'expire' then
       return {err = 'NOT_DUE', gift = g}
     end
+    -- Accepting is the recipient's own act: it needs their consent where their region asks
+    -- for it (a sender's later withdrawal does not undo a gift already sent, GDPR Art. 7(3)).
+    -- Declining and expiry stay open to everyone, so every hold can go back.
+    if event == 'accept' and lacks_consent(g.recipient) then
+      return {err = 'CONSENT_REQUIRED'}
+    end
     local to = move(g.state, event)
     if to == nil then
       return {err = 'ALREADY_RESOLVED', g = g}  -- the state table has no such move
@@ -86,6 +92,12 @@ end
 -- The send half follows the decision. Returns {s = send half, to} to apply, {done} when
 -- it already has, or {err} when it holds another final state (it cannot: only the offer half
 -- decides, and every step applies what it decided).
+-- The sender's count of accepted gifts in the gift's calendar month (its quota day is
+-- YYYYMMDD in the rules' time zone): what the eco badges read (clearing/badges.py).
+local function given_month(s)
+  return 'given:' .. string.sub(tostring(s.day), 1, 6)
+end
+
 local function check_settle(to)
   local s = record(A.gid, redis.call('HGETALL', send_key()))
   if s.state == to then
@@ -98,7 +110,7 @@ local function check_settle(to)
   local tot, kind, counters = tkey(s.stag, 'tot'), s.kind, nil
   if to == 'accepted' then
     counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind},
-                {ukey(s.sender, 'points'), 'total', 'trimmed'}}
+                {ukey(s.sender, 'points'), 'total', 'trimmed'}, {ukey(s.sender, 'stats'), 'given', given_month(s)}}
   else
     counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind}, {ukey(s.sender, 'bal'), kind},
                 {ukey(s.sender, 'q:send:' .. s.day)}, {ukey(s.sender, 'free')}}
@@ -118,6 +130,9 @@ local function apply_settle(s, to)
     local _, _, recipient_joint = perks_of(A.rapp or 'main')
     local base = s.qty * A.perks.per_card
     add_points(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main')
+    -- what the eco badges count (clearing/badges.py): accepted gifts given, in all and per month
+    redis.call('HINCRBY', ukey(s.sender, 'stats'), 'given', 1)
+    redis.call('HINCRBY', ukey(s.sender, 'stats'), given_month(s), 1)
     if joint or recipient_joint then
       redis.call('HSET', ukey(s.sender, 'user'), 'joint', '1')
     end
@@ -159,7 +174,7 @@ local function check_close(o)
   if o.state == 'accepted' then
     -- what apply_close changes: the balance, transit, the points
     counters = {{ukey(o.recipient, 'bal'), o.kind}, {tkey(o.rtag, 'tot'), 'transit:' .. o.kind},
-                {ukey(o.recipient, 'points'), 'total', 'trimmed'}}
+                {ukey(o.recipient, 'points'), 'total', 'trimmed'}, {ukey(o.recipient, 'stats'), 'accepted'}}
     if o.room then
       counters[#counters + 1] = {ukey(o.room, 'room'), 'wish_progress', 'version'}
     end
@@ -176,6 +191,7 @@ local function apply_close(o)
     local _, _, sender_joint = perks_of(o.app or 'main')
     local base = o.qty * A.perks.per_card
     add_points(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main')
+    redis.call('HINCRBY', ukey(o.recipient, 'stats'), 'accepted', 1)  -- for the eco badges
     if joint or sender_joint then
       redis.call('HSET', ukey(o.recipient, 'user'), 'joint', '1')
     end

@@ -2,7 +2,7 @@
 -- after gift.lua to the scripts that send (clearing/lua.py); see gift.lua for the arguments.
 
 -- ================================================================ send: the recipient's side
--- admit: R's rules (R exists, not banned, has not blocked S, follows S for long enough, has a
+-- admit: R's rules (R exists, not banned, has consented where its region asks, has not blocked S, follows S for long enough, has a
 -- receive slot left, is online). Returns {err} (nothing to write), {existing = offer half}
 -- (a retry), or {nodes} (admit).
 local function check_admit()
@@ -28,6 +28,9 @@ local function check_admit()
   -- The recipient's freeze end is not the sender's business: no time goes with this code.
   if rfrozen then
     return {err = 'RECIPIENT_FROZEN'}
+  end
+  if lacks_consent(A.r) then
+    return {err = 'RECIPIENT_NO_CONSENT'}
   end
   if redis.call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
     return {err = 'BLOCKED'}
@@ -110,6 +113,8 @@ local function check_reserve(rcode)
     code = 'DEVICE_BANNED'
   elseif frozen then
     code, until_ms = 'ACCOUNT_FROZEN', frozen > 0 and frozen or nil
+  elseif lacks_consent(A.s) then
+    code = 'CONSENT_REQUIRED'
   elseif s[2] ~= '1' then
     code = 'NOT_VERIFIED'
   elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then

@@ -17,7 +17,17 @@ import { encodingOf } from "./codec.js";
 import type { Encoding, Frame } from "./codec.js";
 import { ConnectionRejected, GiftRefused, NotConnected, ProtocolError, RequestTimeout } from "./errors.js";
 import { MAX_FRAME_BYTES, REPLIES, SUBPROTOCOLS } from "./schema.generated.js";
-import type { Balance, Done, Gift, Pong, QuoteReply, Room, ServerMessage, Welcome } from "./schema.generated.js";
+import type {
+  Balance,
+  Consent,
+  Done,
+  Gift,
+  Pong,
+  QuoteReply,
+  Room,
+  ServerMessage,
+  Welcome,
+} from "./schema.generated.js";
 import { backoffDelay, ClientSession } from "./session.js";
 import type { Call, RequestBody, SessionEvent } from "./session.js";
 
@@ -320,6 +330,17 @@ export class NotecardClient {
   /** Appeal the risk engine's action on this account (docs/risk.md). */
   appeal(kind: "face_verification" | "carrier_bill" | "notarised_document", evidence: string): Promise<Done> {
     return this.request({ t: "appeal", kind, evidence });
+  }
+
+  /** Give data-processing consent to the text `version` the user was shown (the welcome's
+   * `consent_needed` names the one the user's region asks for; docs/regions.md). */
+  giveConsent(version: string, channel = "sdk"): Promise<Consent> {
+    return this.request({ t: "give_consent", version, channel });
+  }
+
+  /** Withdraw the consent on record: where the region asks for it, no gift moves any more. */
+  withdrawConsent(channel = "sdk"): Promise<Consent> {
+    return this.request({ t: "withdraw_consent", channel });
   }
 
   /** The next offer addressed to this user (each once, including those pending at connect). */

@@ -32,7 +32,9 @@ export const CLIENT_TYPES = [
   "get_room",
   "redeem_frame",
   "bind_mentor",
-  "appeal"
+  "appeal",
+  "give_consent",
+  "withdraw_consent"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -46,7 +48,8 @@ export const SERVER_TYPES = [
   "room",
   "quote",
   "done",
-  "pending"
+  "pending",
+  "consent"
 ] as const;
 
 export const REPLIES = {
@@ -63,7 +66,9 @@ export const REPLIES = {
   "get_room": "room",
   "redeem_frame": "done",
   "bind_mentor": "done",
-  "appeal": "done"
+  "appeal": "done",
+  "give_consent": "consent",
+  "withdraw_consent": "consent"
 } as const;
 
 export const ERROR_CODES = [
@@ -114,6 +119,9 @@ export const ERROR_CODES = [
   "NOTHING_TO_APPEAL",
   "APPEAL_KIND",
   "APPEAL_PENDING",
+  "CONSENT_REQUIRED",
+  "RECIPIENT_NO_CONSENT",
+  "ACCOUNT_ERASED",
   "SEND_ABORTED",
   "UNAVAILABLE",
   "INTERNAL"
@@ -666,6 +674,55 @@ export const SHAPES = {
       }
     }
   ],
+  "give_consent": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "version",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "channel",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_.\\-]+",
+        "max": 32
+      }
+    }
+  ],
+  "withdraw_consent": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "channel",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_.\\-]+",
+        "max": 32
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -735,6 +792,27 @@ export const SHAPES = {
       "optional": true,
       "shape": {
         "k": "bool"
+      }
+    },
+    {
+      "name": "consent_needed",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "badges",
+      "optional": true,
+      "shape": {
+        "k": "list",
+        "item": {
+          "k": "str",
+          "re": "[a-z][a-z0-9_]*",
+          "max": 32
+        }
       }
     }
   ],
@@ -1149,6 +1227,51 @@ export const SHAPES = {
         "k": "bool"
       }
     }
+  ],
+  "consent": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "changed",
+      "optional": false,
+      "shape": {
+        "k": "bool"
+      }
+    },
+    {
+      "name": "version",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "at_ms",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "channel",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_.\\-]+",
+        "max": 32
+      }
+    }
   ]
 } as const;
 
@@ -1271,6 +1394,19 @@ export interface Appeal {
   evidence: string;
 }
 
+export interface GiveConsent {
+  t: "give_consent";
+  rid: number;
+  version: string;
+  channel?: string;
+}
+
+export interface WithdrawConsent {
+  t: "withdraw_consent";
+  rid: number;
+  channel?: string;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1281,6 +1417,8 @@ export interface Welcome {
   pending: Gift[];
   heartbeat_s: number;
   pending_more?: boolean;
+  consent_needed?: string;
+  badges?: string[];
 }
 
 export interface GiftSent {
@@ -1365,5 +1503,14 @@ export interface Pending {
   more?: boolean;
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal;
-export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending;
+export interface Consent {
+  t: "consent";
+  rid: number;
+  changed: boolean;
+  version?: string;
+  at_ms?: number;
+  channel?: string;
+}
+
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent;
+export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Consent;

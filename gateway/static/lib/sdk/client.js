@@ -243,6 +243,15 @@ export class NotecardClient {
     appeal(kind, evidence) {
         return this.request({ t: "appeal", kind, evidence });
     }
+    /** Give data-processing consent to the text `version` the user was shown (the welcome's
+     * `consent_needed` names the one the user's region asks for; docs/regions.md). */
+    giveConsent(version, channel = "sdk") {
+        return this.request({ t: "give_consent", version, channel });
+    }
+    /** Withdraw the consent on record: where the region asks for it, no gift moves any more. */
+    withdrawConsent(channel = "sdk") {
+        return this.request({ t: "withdraw_consent", channel });
+    }
     /** The next offer addressed to this user (each once, including those pending at connect). */
     nextOffer(timeoutMs) {
         return this.offers.next(timeoutMs);

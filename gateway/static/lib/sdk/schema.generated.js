@@ -24,7 +24,9 @@ export const CLIENT_TYPES = [
     "get_room",
     "redeem_frame",
     "bind_mentor",
-    "appeal"
+    "appeal",
+    "give_consent",
+    "withdraw_consent"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -37,7 +39,8 @@ export const SERVER_TYPES = [
     "room",
     "quote",
     "done",
-    "pending"
+    "pending",
+    "consent"
 ];
 export const REPLIES = {
     "hello": "welcome",
@@ -53,7 +56,9 @@ export const REPLIES = {
     "get_room": "room",
     "redeem_frame": "done",
     "bind_mentor": "done",
-    "appeal": "done"
+    "appeal": "done",
+    "give_consent": "consent",
+    "withdraw_consent": "consent"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -103,6 +108,9 @@ export const ERROR_CODES = [
     "NOTHING_TO_APPEAL",
     "APPEAL_KIND",
     "APPEAL_PENDING",
+    "CONSENT_REQUIRED",
+    "RECIPIENT_NO_CONSENT",
+    "ACCOUNT_ERASED",
     "SEND_ABORTED",
     "UNAVAILABLE",
     "INTERNAL"
@@ -652,6 +660,55 @@ export const SHAPES = {
             }
         }
     ],
+    "give_consent": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "version",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "channel",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_.\\-]+",
+                "max": 32
+            }
+        }
+    ],
+    "withdraw_consent": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "channel",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_.\\-]+",
+                "max": 32
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -721,6 +778,27 @@ export const SHAPES = {
             "optional": true,
             "shape": {
                 "k": "bool"
+            }
+        },
+        {
+            "name": "consent_needed",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "badges",
+            "optional": true,
+            "shape": {
+                "k": "list",
+                "item": {
+                    "k": "str",
+                    "re": "[a-z][a-z0-9_]*",
+                    "max": 32
+                }
             }
         }
     ],
@@ -1133,6 +1211,51 @@ export const SHAPES = {
             "optional": true,
             "shape": {
                 "k": "bool"
+            }
+        }
+    ],
+    "consent": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "changed",
+            "optional": false,
+            "shape": {
+                "k": "bool"
+            }
+        },
+        {
+            "name": "version",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "at_ms",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "channel",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_.\\-]+",
+                "max": 32
             }
         }
     ]
