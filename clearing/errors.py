@@ -71,6 +71,10 @@ class Refusal(enum.StrEnum):
     NOTHING_TO_APPEAL = "NOTHING_TO_APPEAL"
     APPEAL_KIND = "APPEAL_KIND"
     APPEAL_PENDING = "APPEAL_PENDING"
+    # Guardian confirmation (docs/regions.md): the rule applies and the ward has no guardian;
+    # a guardian's answer from someone who is not the gift's guardian.
+    GUARDIAN_REQUIRED = "GUARDIAN_REQUIRED"
+    NOT_GUARDIAN = "NOT_GUARDIAN"
 
 
 #: The order in which a send's rules are checked: the first that fails is the refusal, on
@@ -81,8 +85,8 @@ _SEND_ORDER = (
     Refusal.UNKNOWN_KIND, Refusal.BAD_QUANTITY, Refusal.UNKNOWN_USER, Refusal.SENDER_BANNED,
     Refusal.DEVICE_BANNED, Refusal.ACCOUNT_FROZEN, Refusal.RECIPIENT_BANNED, Refusal.RECIPIENT_FROZEN,
     Refusal.NOT_VERIFIED, Refusal.BLOCKED, Refusal.NOT_MUTUAL_3D, Refusal.LIMIT_DAILY_SEND,
-    Refusal.LIMIT_DAILY_RECEIVE, Refusal.RISK_LIMITED, Refusal.QUOTE_EXPIRED, Refusal.QUOTE_MISMATCH,
-    Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
+    Refusal.LIMIT_DAILY_RECEIVE, Refusal.RISK_LIMITED, Refusal.GUARDIAN_REQUIRED, Refusal.QUOTE_EXPIRED,
+    Refusal.QUOTE_MISMATCH, Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
 )
 REFUSAL_ORDER: tuple[Refusal, ...] = (*_SEND_ORDER, *(code for code in Refusal if code not in _SEND_ORDER))
 
@@ -130,6 +134,8 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.NOTHING_TO_APPEAL: "the account has no risk action to appeal",
     Refusal.APPEAL_KIND: "this action is appealed with another kind of evidence",
     Refusal.APPEAL_PENDING: "an appeal of this action is already waiting for an operator",
+    Refusal.GUARDIAN_REQUIRED: "the recipient's region asks a guardian to confirm this gift, and none is linked",
+    Refusal.NOT_GUARDIAN: "only the recipient's guardian can answer this gift",
 }
 
 

@@ -55,12 +55,13 @@ from redis import exceptions as rx
 from clearing.clock import Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
-from clearing.errors import Refusal, Refused, StepRefused
+from clearing.errors import ClearingUnavailable, Refusal, Refused, StepRefused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
-from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
+from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
+from clearing.regions import guardian_args
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
@@ -160,7 +161,7 @@ class Clearing(RedisComponent):
                 reply = await self._lua.run("send", parties[0], self._keys.user(sender), now,
                                             {**a, **self._rate, **({"promo_remote": True} if remote else {})},
                                             emits=True, durable=True)
-                return gift_from_map(reply["gift"])
+                return await self._shown_to_sender(gift_from_map(reply["gift"]))
             except StepRefused as exc:
                 if exc.code != "NEEDS_SAGA":
                     raise
@@ -170,7 +171,63 @@ class Clearing(RedisComponent):
                 # A slot moved between the map and the call: nothing ran; take the saga.
         if self._rates is not None and not await self._rates.take(sender):
             raise Refused(Refusal.RATE_LIMITED)
-        return await SendSaga(self, a, now).run()
+        return await self._shown_to_sender(await SendSaga(self, a, now).run())
+
+    # ================================================================ guardian confirmation
+    async def _shown_to_sender(self, gift: GiftRecord) -> GiftRecord:
+        """A gift that waits for the recipient's guardian: ask the guardian (the step after
+        the send, on the guardian's slot), then show the sender a pending gift. A failed ask
+        is left to the recovery worker (the offer half's ``ask`` entry stays due)."""
+        if gift.state is not GiftState.AWAITING_GUARDIAN:
+            return gift
+        try:
+            await self.ask_guardian(gift)
+        except ClearingUnavailable:
+            log.warning("a guardian could not be asked now; recovery asks", extra={"gift": gift.gift_id})
+        return dataclasses.replace(gift, state=GiftState.PENDING)
+
+    async def ask_guardian(self, gift: GiftRecord) -> bool:
+        """Put the request in the guardian's stream (once per gift; True when asked now),
+        then take the ward's ``ask`` entry off its due queue."""
+        guardian = gift.guardian
+        if not guardian:
+            return False
+        # The guardian's window is what the send half holds beyond the recipient's own window.
+        shown = {"gift_id": gift.gift_id, "sender": gift.sender, "recipient": gift.recipient, "kind": gift.kind,
+                 "qty": gift.qty, "cost": gift.cost, "amount": gift.amount, "state": GiftState.PENDING.value,
+                 "created_at_ms": gift.created_at_ms,
+                 "expires_at_ms": gift.expires_at_ms - self._rules.confirm_window_ms, "app": gift.app}
+        asked = await self.step("guardian_ask", guardian, self._clock(),
+                                {"gid": gift.gift_id, "g": guardian, "gtag": tag_of(guardian), "gift": shown,
+                                 "dead": await self._dead_nodes()})
+        await guarded(self._redis.zrem(self._keys.due(tag_of(gift.recipient)), f"ask|{gift.recipient}|{gift.gift_id}"))
+        return bool(asked.get("asked"))
+
+    async def guardian_answer(self, gift_id: str, guardian: str, ward: str, approve: bool, app: str = "main"
+                              ) -> Resolution:
+        """The ward's guardian approves (the gift becomes the ward's offer, its window starting
+        now) or rejects (declined: the sender is refunded) a gift awaiting them. The same
+        answer twice is ``Resolution(changed=False)``; refusals: GIFT_NOT_FOUND, NOT_GUARDIAN,
+        ALREADY_RESOLVED (the other answer was given), GIFT_EXPIRED. The guardian's request
+        rate lives in their own slot, not the ward's: the caller counts it (the gateway does,
+        as for any request that is not a gift's own)."""
+        if not is_valid_id(gift_id) or not is_valid_id(ward):
+            raise Refused(Refusal.GIFT_NOT_FOUND)
+        if not approve:
+            return await self._resolve(gift_id, ward, "reject", app, None, by=guardian)
+        args = {"gid": gift_id, "r": ward, "rtag": tag_of(ward), "by": guardian, "dead": await self._dead_nodes()}
+        reply = await self._lua.run("guardian_approve", slot_of(ward), self._keys.user(ward), self._clock(), args,
+                                    emits=True, durable=True)
+        return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+
+    async def recover_ask(self, ward: str, gift_id: str) -> bool:
+        """An ``ask`` entry past its deadline: ask the guardian again (once per gift) while the
+        gift still waits for them; drop the entry otherwise."""
+        fields = text_hash(await guarded(self._redis.hgetall(self._keys.offer(ward, gift_id))))
+        if fields.get("state") == GiftState.AWAITING_GUARDIAN.value and fields.get("guardian"):
+            return await self.ask_guardian(_record(gift_id, fields))
+        await guarded(self._redis.zrem(self._keys.due(tag_of(ward)), f"ask|{ward}|{gift_id}"))
+        return False
 
     async def _send_args(self, snapshot: SettingsSnapshot, now: int, gift_id: str, sender: str, recipient: str,
                          kind: str, qty: int, app: str, quote_id: str) -> dict[str, Any]:
@@ -188,6 +245,9 @@ class Clearing(RedisComponent):
             a["pre"] = precheck
         if festival:
             a["festival"] = festival.festival_id
+        guard = guardian_args(snapshot.regions)
+        if guard:
+            a["guard"] = guard
         if quote_id:
             a["quote"] = quote_id
         if scenes.newcomer_free_gifts > 0 and scenes.promo_account not in (sender, recipient):
@@ -219,7 +279,7 @@ class Clearing(RedisComponent):
         return await self._resolve(gift_id, by_user, "decline", app, sender_hint)
 
     async def _resolve(self, gift_id: str, recipient: str, event: str, app: str, sender_hint: str | None,
-                       answering: bool = True) -> Resolution:
+                       answering: bool = True, by: str | None = None) -> Resolution:
         if not is_valid_id(gift_id):
             raise Refused(Refusal.GIFT_NOT_FOUND)
         now = self._clock()
@@ -229,7 +289,8 @@ class Clearing(RedisComponent):
             "perks": _perks(snapshot), "dead": await self._dead_nodes(),
         }
         if answering:
-            a.update(by=recipient, **self._rate)
+            # A guardian's rate is in their own slot, which the ward's scripts cannot reach.
+            a.update(by=by or recipient, **(self._rate if by is None else {}))
         if self._fast_resolve(recipient, sender_hint):
             try:
                 reply = await self._lua.run("resolve", slot_of(recipient), self._keys.user(recipient), now, a,
@@ -399,6 +460,9 @@ class Clearing(RedisComponent):
         if step == "settle":
             recipient, _, gift_id = rest.partition("|")
             return await ResolveSaga.recover(self, recipient, gift_id)
+        if step == "ask":
+            ward, _, gift_id = rest.partition("|")
+            return await self.recover_ask(ward, gift_id)
         if step == "sponsor":
             payer, _, sender_gift = rest.partition("|")
             sender, _, gift_id = sender_gift.partition("|")
@@ -556,6 +620,8 @@ class SendSaga:
         self.a = args
         self.now = now
         self.admitted = False
+        #: The recipient side's verdict on the guardian rule (admit's reply), for reserve.
+        self.rguard: Any = None
 
     async def run(self) -> GiftRecord:
         rcode = await self.admit()
@@ -572,6 +638,7 @@ class SendSaga:
         except Refused as refusal:
             return refusal.code.value
         self.admitted = admit["state"] == "admitted"
+        self.rguard = admit.get("guard")
         return None
 
     async def reserve(self, rcode: str | None) -> dict[str, Any]:
@@ -579,7 +646,8 @@ class SendSaga:
         refusal the admission is voided and the refusal raised. Returns the send half."""
         a, c = self.a, self.c
         try:
-            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode}, emits=False)
+            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode, "rguard": self.rguard},
+                                 emits=False)
             if reply.get("need_sponsor"):
                 reply = await self._sponsored(rcode, int(reply["cost"]))
         except Refused as refusal:
@@ -597,7 +665,8 @@ class SendSaga:
         held = bool(sponsor["covers"]) and rcode is None
         try:
             reply = await c.step("reserve", a["s"], self.now,
-                                 {**a, "rcode": rcode, "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
+                                 {**a, "rcode": rcode, "rguard": self.rguard,
+                                  "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
         except Refused:
             if held:
                 await c.step("release", a["promo"], self.now, a, emits=False)
@@ -718,8 +787,9 @@ class ResolveSaga:
         return True
 
 
-_SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room")
-_PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
+_SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room", "guardian",
+                "gwin")
+_PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms", "guardian",
            "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room")
 
 

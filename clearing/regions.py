@@ -36,6 +36,18 @@ _REGION = re.compile(REGION_PATTERN)
 #: Where accounts are when nothing else was said; no rules are stored for it by default.
 DEFAULT_REGION = "global"
 
+#: Who needs a guardian's confirmation (docs/regions.md, "Guardian confirmation"): nobody
+#: (off), a gift from a male to a female recipient of the region, or every gift to a recipient
+#: of the region.
+GUARDIAN_RULES = ("off", "male_to_female", "any")
+#: The guardian's window, default and bounds (ms): a day by default, a second to a week.
+DEFAULT_GUARDIAN_WINDOW_MS = 86_400_000
+MIN_GUARDIAN_WINDOW_MS = 1_000
+MAX_GUARDIAN_WINDOW_MS = 7 * 86_400_000
+#: A user's gender as the guardian rule reads it; "" is "not given" (no rule takes it as male
+#: or female).
+GENDERS = ("", "male", "female")
+
 #: Bounds the settings document every node reads once a second at most.
 MAX_REGIONS = 64
 
@@ -51,16 +63,28 @@ class RegionRules:
     code: str
     #: For people (console, exports); no rule reads it.
     name: str = ""
+    #: Guardian confirmation of gifts to the region's users (GUARDIAN_RULES).
+    guardian_rule: str = "off"
+    #: How long the guardian has to answer before the gift expires back to its sender.
+    guardian_window_ms: int = DEFAULT_GUARDIAN_WINDOW_MS
 
     def __post_init__(self) -> None:
         if not is_valid_region(self.code):
             raise SceneConfigError(f"a region code must match {REGION_PATTERN}")
         if not isinstance(self.name, str) or len(self.name) > 100:
             raise SceneConfigError("a region's name is text of at most 100 characters")
+        if self.guardian_rule not in GUARDIAN_RULES:
+            raise SceneConfigError(f"guardian_rule must be one of {', '.join(GUARDIAN_RULES)}")
+        window = self.guardian_window_ms
+        if type(window) is not int or not MIN_GUARDIAN_WINDOW_MS <= window <= MAX_GUARDIAN_WINDOW_MS:
+            raise SceneConfigError(f"guardian_window_ms must be a whole number of ms from {MIN_GUARDIAN_WINDOW_MS} "
+                                   f"to {MAX_GUARDIAN_WINDOW_MS}")
 
     def to_plain(self) -> dict[str, Any]:
-        """The document as stored and served (without the code, which is its key)."""
-        return {k: v for k, v in _asdict(self).items() if k != "code"}
+        """The document as stored and served (without the code, which is its key, and without
+        the rules left at their default, which is off: a document names what it turns on)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in _asdict(self).items() if k != "code" and (k == "name" or v != defaults[k])}
 
     def stored(self) -> bytes:
         return orjson.dumps(self.to_plain())
@@ -77,6 +101,13 @@ class RegionRules:
             return cls(code=code, **body)
         except TypeError as exc:
             raise SceneConfigError(f"region {code!r}: {exc}") from None
+
+
+def guardian_args(regions: Mapping[str, RegionRules]) -> dict[str, list[Any]]:
+    """What a send script needs of the guardian rule: region code -> [rule, window ms] for
+    each region where it is on (empty when it is on nowhere: the send then passes nothing)."""
+    return {code: [rules.guardian_rule, rules.guardian_window_ms]
+            for code, rules in regions.items() if rules.guardian_rule != "off"}
 
 
 def _asdict(rules: RegionRules) -> dict[str, Any]:

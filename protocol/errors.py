@@ -74,6 +74,8 @@ class ErrorCode(enum.StrEnum):
     NOTHING_TO_APPEAL = "NOTHING_TO_APPEAL"
     APPEAL_KIND = "APPEAL_KIND"
     APPEAL_PENDING = "APPEAL_PENDING"
+    GUARDIAN_REQUIRED = "GUARDIAN_REQUIRED"
+    NOT_GUARDIAN = "NOT_GUARDIAN"
     # A send that stopped half-way across shards and was abandoned (nothing moved).
     SEND_ABORTED = "SEND_ABORTED"
     # The service.

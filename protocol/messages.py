@@ -44,6 +44,9 @@ class GiftState(enum.StrEnum):
 class EventKind(enum.StrEnum):
     OFFER = "offer"
     OUTCOME = "outcome"
+    #: To a guardian: a gift to their ward (``gift.recipient``) waits for their answer
+    #: (``guardian_answer``) until ``gift.expires_at_ms`` (docs/regions.md).
+    GUARDIAN = "guardian"
 
 
 class WireObject:
@@ -143,6 +146,19 @@ class AcceptGift(WireObject):
 class DeclineGift(WireObject):
     rid: RequestId
     gift_id: Ident
+
+
+@message("guardian_answer")
+class GuardianAnswer(WireObject):
+    """The recipient's guardian approves or rejects a gift awaiting them (a ``guardian``
+    event): approved, it becomes an offer to the ward; rejected, the sender is refunded.
+    Idempotent: the same answer again replies with the gift, another is ALREADY_RESOLVED."""
+
+    rid: RequestId
+    gift_id: Ident
+    #: The gift's recipient, as the ``guardian`` event names it (``gift.recipient``).
+    ward: Ident
+    approve: bool
 
 
 @message("get_balance")
@@ -267,7 +283,8 @@ class GiftSent(WireObject):
 
 @message("gift_resolved")
 class GiftResolved(WireObject):
-    """Reply to ``accept`` or ``decline``: the gift's final state."""
+    """Reply to ``accept`` or ``decline`` (the gift's final state) and to ``guardian_answer``
+    (approved: the gift, pending as offered to the ward; rejected: declined)."""
 
     rid: RequestId
     gift: Gift
@@ -306,11 +323,12 @@ class Error(WireObject):
 
 @message("event")
 class Event(WireObject):
-    """A push from the user's event stream: an offer to answer, or a gift's outcome."""
+    """A push from the user's event stream: an offer to answer, a gift's outcome, or (to a
+    guardian) a gift to their ward awaiting their answer."""
 
     epoch: Epoch
     offset: Offset
-    event: Annotated[str, Pattern(r"offer|outcome", 16)]
+    event: Annotated[str, Pattern(r"offer|outcome|guardian", 16)]
     gift: Gift
 
 
@@ -356,7 +374,7 @@ class Done(WireObject):
 
 
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
-                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal)
+                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GuardianAnswer)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
                  | Pending)
 Message = ClientMessage | ServerMessage
@@ -364,7 +382,7 @@ Message = ClientMessage | ServerMessage
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
-                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal)
+                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GuardianAnswer)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls

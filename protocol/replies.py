@@ -27,6 +27,7 @@ from .messages import (
     GetRoom,
     GiftResolved,
     GiftSent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -57,6 +58,7 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     RedeemFrame: Done,
     BindMentor: Done,
     Appeal: Done,
+    GuardianAnswer: GiftResolved,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

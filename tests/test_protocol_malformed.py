@@ -70,6 +70,7 @@ VALID: dict[str, dict[str, Any]] = {
     "redeem_frame": {"t": "redeem_frame", "rid": 7, "festival": "spring"},
     "bind_mentor": {"t": "bind_mentor", "rid": 7, "mentor": "alice"},
     "appeal": {"t": "appeal", "rid": 7, "kind": "face_verification", "evidence": "upload-42"},
+    "guardian_answer": {"t": "guardian_answer", "rid": 7, "gift_id": "g-1", "ward": "wafa", "approve": False},
     "welcome": {"t": "welcome", "user": "bob", "node": "n1", "epoch": "e1", "offset": 3, "recovered": True,
                 "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20, "pending_more": True},
     "pending": {"t": "pending", "gifts": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "more": True},

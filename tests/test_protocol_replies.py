@@ -32,6 +32,7 @@ from protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -62,6 +63,7 @@ SAMPLES: dict[type[ClientMessage], ClientMessage] = {
     RedeemFrame: RedeemFrame(rid=1, festival="none"),
     BindMentor: BindMentor(rid=1, mentor="rp-bob"),
     Appeal: Appeal(rid=1, kind="face_verification", evidence="upload-1"),
+    GuardianAnswer: GuardianAnswer(rid=1, gift_id="g-1", ward="wafa", approve=True),
 }
 
 

@@ -32,7 +32,8 @@ export const CLIENT_TYPES = [
   "get_room",
   "redeem_frame",
   "bind_mentor",
-  "appeal"
+  "appeal",
+  "guardian_answer"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -63,7 +64,8 @@ export const REPLIES = {
   "get_room": "room",
   "redeem_frame": "done",
   "bind_mentor": "done",
-  "appeal": "done"
+  "appeal": "done",
+  "guardian_answer": "gift_resolved"
 } as const;
 
 export const ERROR_CODES = [
@@ -114,6 +116,8 @@ export const ERROR_CODES = [
   "NOTHING_TO_APPEAL",
   "APPEAL_KIND",
   "APPEAL_PENDING",
+  "GUARDIAN_REQUIRED",
+  "NOT_GUARDIAN",
   "SEND_ABORTED",
   "UNAVAILABLE",
   "INTERNAL"
@@ -666,6 +670,42 @@ export const SHAPES = {
       }
     }
   ],
+  "guardian_answer": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "gift_id",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "ward",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "approve",
+      "optional": false,
+      "shape": {
+        "k": "bool"
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -929,7 +969,7 @@ export const SHAPES = {
       "optional": false,
       "shape": {
         "k": "str",
-        "re": "offer|outcome",
+        "re": "offer|outcome|guardian",
         "max": 16
       }
     },
@@ -1271,6 +1311,14 @@ export interface Appeal {
   evidence: string;
 }
 
+export interface GuardianAnswer {
+  t: "guardian_answer";
+  rid: number;
+  gift_id: string;
+  ward: string;
+  approve: boolean;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1365,5 +1413,5 @@ export interface Pending {
   more?: boolean;
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal;
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GuardianAnswer;
 export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending;
