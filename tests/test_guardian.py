@@ -150,6 +150,11 @@ async def test_approved_gift_becomes_an_offer_whose_accept_credits_the_ward(
     assert approved.state == "pending"
     offer = await w.next_offer(WAIT_S)
     assert offer.gift_id == gift.gift_id
+    # A change of mind is too late: the offer is the ward's, and nothing of it moves.
+    with pytest.raises(GiftRefused) as changed_mind:
+        await g.guardian_answer(gift.gift_id, ward, approve=False)
+    assert (changed_mind.value.code, changed_mind.value.gift.state) == ("ALREADY_RESOLVED", "pending")
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 2 * UNITS
     assert (await w.accept(gift.gift_id)).state == "accepted"
     assert (await s.next_outcome(WAIT_S)).state == "accepted"
     assert await _available(admin, ward) == 12 * UNITS

@@ -29,7 +29,9 @@ local function check_decide()
     elseif g.gdone == 'rejected' then
       return {g = g, changed = false}
     elseif g.gdone == 'approved' then
-      return {err = 'ALREADY_RESOLVED', g = g}
+      -- As `gift`, not `g`: the gift is the recipient's now, and this call must not go on
+      -- to settle or close it whatever its state.
+      return {err = 'ALREADY_RESOLVED', gift = g}
     end
   elseif g.state == 'awaiting_guardian' and A.event ~= 'expire' then
     return {err = 'GIFT_NOT_FOUND'}  -- not offered to the recipient yet

@@ -24,7 +24,8 @@ export const CLIENT_TYPES = [
     "get_room",
     "redeem_frame",
     "bind_mentor",
-    "appeal"
+    "appeal",
+    "guardian_answer"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -53,7 +54,8 @@ export const REPLIES = {
     "get_room": "room",
     "redeem_frame": "done",
     "bind_mentor": "done",
-    "appeal": "done"
+    "appeal": "done",
+    "guardian_answer": "gift_resolved"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -103,6 +105,8 @@ export const ERROR_CODES = [
     "NOTHING_TO_APPEAL",
     "APPEAL_KIND",
     "APPEAL_PENDING",
+    "GUARDIAN_REQUIRED",
+    "NOT_GUARDIAN",
     "SEND_ABORTED",
     "UNAVAILABLE",
     "INTERNAL"
@@ -652,6 +656,42 @@ export const SHAPES = {
             }
         }
     ],
+    "guardian_answer": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "gift_id",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "ward",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "approve",
+            "optional": false,
+            "shape": {
+                "k": "bool"
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -915,7 +955,7 @@ export const SHAPES = {
             "optional": false,
             "shape": {
                 "k": "str",
-                "re": "offer|outcome",
+                "re": "offer|outcome|guardian",
                 "max": 16
             }
         },
