@@ -181,22 +181,22 @@ class Clearing(RedisComponent):
         if gift.state is not GiftState.AWAITING_GUARDIAN:
             return gift
         try:
-            await self.ask_guardian(gift)
+            # The send half holds the gift for the guardian's window plus the recipient's.
+            await self.ask_guardian(gift, gift.expires_at_ms - self._rules.confirm_window_ms)
         except ClearingUnavailable:
             log.warning("a guardian could not be asked now; recovery asks", extra={"gift": gift.gift_id})
         return dataclasses.replace(gift, state=GiftState.PENDING)
 
-    async def ask_guardian(self, gift: GiftRecord) -> bool:
+    async def ask_guardian(self, gift: GiftRecord, until_ms: int) -> bool:
         """Put the request in the guardian's stream (once per gift; True when asked now),
-        then take the ward's ``ask`` entry off its due queue."""
+        then take the ward's ``ask`` entry off its due queue. ``until_ms``: the end of the
+        guardian's window, shown to the guardian as the gift's expiry."""
         guardian = gift.guardian
         if not guardian:
             return False
-        # The guardian's window is what the send half holds beyond the recipient's own window.
         shown = {"gift_id": gift.gift_id, "sender": gift.sender, "recipient": gift.recipient, "kind": gift.kind,
                  "qty": gift.qty, "cost": gift.cost, "amount": gift.amount, "state": GiftState.PENDING.value,
-                 "created_at_ms": gift.created_at_ms,
-                 "expires_at_ms": gift.expires_at_ms - self._rules.confirm_window_ms, "app": gift.app}
+                 "created_at_ms": gift.created_at_ms, "expires_at_ms": until_ms, "app": gift.app}
         asked = await self.step("guardian_ask", guardian, self._clock(),
                                 {"gid": gift.gift_id, "g": guardian, "gtag": tag_of(guardian), "gift": shown,
                                  "dead": await self._dead_nodes()})
@@ -225,7 +225,8 @@ class Clearing(RedisComponent):
         gift still waits for them; drop the entry otherwise."""
         fields = text_hash(await guarded(self._redis.hgetall(self._keys.offer(ward, gift_id))))
         if fields.get("state") == GiftState.AWAITING_GUARDIAN.value and fields.get("guardian"):
-            return await self.ask_guardian(_record(gift_id, fields))
+            offer = _record(gift_id, fields)  # its expiry is the guardian's deadline
+            return await self.ask_guardian(offer, offer.expires_at_ms)
         await guarded(self._redis.zrem(self._keys.due(tag_of(ward)), f"ask|{ward}|{gift_id}"))
         return False
 
@@ -336,11 +337,13 @@ class Clearing(RedisComponent):
                                      quote_id)
         return SendSaga(self, args, now)
 
-    async def answer_saga(self, gift_id: str, recipient: str, event: str, app: str = "main") -> ResolveSaga:
-        """The cross-shard answer (``accept`` / ``decline``) of a gift, step by step."""
+    async def answer_saga(self, gift_id: str, recipient: str, event: str, app: str = "main", *,
+                          by: str | None = None) -> ResolveSaga:
+        """The cross-shard answer (``accept`` / ``decline``, or the guardian ``by``'s
+        ``reject``) of a gift, step by step."""
         snapshot = await self._settings.get()
-        args = {**self._constant, "gid": gift_id, "r": recipient, "by": recipient, "event": event, "rapp": app,
-                "perks": _perks(snapshot), "dead": await self._dead_nodes()}
+        args = {**self._constant, "gid": gift_id, "r": recipient, "by": by or recipient, "event": event,
+                "rapp": app, "perks": _perks(snapshot), "dead": await self._dead_nodes()}
         return ResolveSaga(self, args, self._clock())
 
     # ================================================================ the sweeper
