@@ -12,8 +12,9 @@ import asyncio
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from clearing import GiftRules
+from clearing import GiftRules, check_invariant
 from clearing.slots import slot_of
 from gateway import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
@@ -63,6 +64,12 @@ async def _setup(admin: AdminClient, sender: str, ward: str, guardian: str, *, r
 
 async def _available(admin: AdminClient, user: str) -> int:
     return int((await admin.get_user(user))["balances"]["available"]["note"])
+
+
+async def _conserved(redis: aioredis.Redis) -> None:
+    """The conservation check, while gifts wait (the node fixture checks again at the end)."""
+    report = await check_invariant(redis, GiftRules())
+    assert report.ok, report.violations
 
 
 async def _pending(admin: AdminClient, user: str) -> list[Any]:
@@ -134,7 +141,7 @@ async def test_a_ward_without_a_guardian_is_refused_and_nothing_moves(
 
 
 async def test_approved_gift_becomes_an_offer_whose_accept_credits_the_ward(
-        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], redis: aioredis.Redis) -> None:
     sender, ward, guardian = parties
     await _setup(admin, sender, ward, guardian)
     s, w, g = await connect(sender), await connect(ward), await connect(guardian)
@@ -146,6 +153,7 @@ async def test_approved_gift_becomes_an_offer_whose_accept_credits_the_ward(
     # Held from the sender, not yet offered to the ward.
     assert (await admin.get_user(sender))["balances"]["held"]["note"] == 2 * UNITS
     assert await _pending(admin, ward) == []
+    await _conserved(redis)
     approved = await g.guardian_answer(gift.gift_id, ward, approve=True)
     assert approved.state == "pending"
     offer = await w.next_offer(WAIT_S)
@@ -155,6 +163,7 @@ async def test_approved_gift_becomes_an_offer_whose_accept_credits_the_ward(
         await g.guardian_answer(gift.gift_id, ward, approve=False)
     assert (changed_mind.value.code, changed_mind.value.gift.state) == ("ALREADY_RESOLVED", "pending")
     assert (await admin.get_user(sender))["balances"]["held"]["note"] == 2 * UNITS
+    await _conserved(redis)
     assert (await w.accept(gift.gift_id)).state == "accepted"
     assert (await s.next_outcome(WAIT_S)).state == "accepted"
     assert await _available(admin, ward) == 12 * UNITS
@@ -229,7 +238,7 @@ async def test_a_guardian_on_two_devices_answers_once(
 
 
 async def test_a_guardian_who_reconnects_gets_the_requests_missed_meanwhile(
-        admin: AdminClient, connect: ClientFactory, node: GatewayNode, parties: tuple[str, str, str]) -> None:
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], redis: aioredis.Redis) -> None:
     sender, ward, guardian = parties
     await _setup(admin, sender, ward, guardian)
     s, w = await connect(sender), await connect(ward)
@@ -237,6 +246,7 @@ async def test_a_guardian_who_reconnects_gets_the_requests_missed_meanwhile(
     epoch, offset = g.epoch, g.offset
     await g.close()
     gift = await s.send_gift(ward, 1)
+    await _conserved(redis)
     again = await connect(guardian, epoch=epoch, offset=offset)
     replayed = await again.next_guardian_request(WAIT_S)
     assert (replayed.gift_id, replayed.recipient) == (gift.gift_id, ward)
