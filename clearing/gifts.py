@@ -15,6 +15,11 @@ fast path. Otherwise it is a saga of one-slot steps, each atomic and idempotent 
     send     admit@R -> reserve@S [-> sponsor@P -> reserve@S] -> offer@R
     answer   decide@R -> [settle_sponsor@P ->] settle@S -> close@R
 
+A gift the recipient's region asks the recipient's guardian G to confirm (docs/regions.md)
+stops at ``awaiting_guardian`` (offer@R, or send.lua), then ``ask@G`` puts the request in G's
+stream; G's approval is one script at R (the gift becomes an offer), a rejection or the lapse
+of G's window is the answer saga above (declined / expired, refunded).
+
 A step that stops half-way (a node dies, Redis fails over) is left due in its slot's queue;
 :meth:`Clearing.sweep`, which every node runs over its share of the slots, finishes it or
 undoes it. Conservation holds at every instant, summed over slots:
