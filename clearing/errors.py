@@ -79,14 +79,17 @@ class Refusal(enum.StrEnum):
 
 #: The order in which a send's rules are checked: the first that fails is the refusal, on
 #: whichever side of the gift (sender's or recipient's shard) it is checked. The scripts get
-#: it as RANK (clearing/lua.py); the codes after RECIPIENT_OFFLINE never compete.
+#: it as RANK (clearing/lua.py); the codes after GUARDIAN_REQUIRED never compete.
 _SEND_ORDER = (
     Refusal.RATE_LIMITED, Refusal.IDEMPOTENCY_CONFLICT, Refusal.SEND_ABORTED, Refusal.SELF_GIFT,
     Refusal.UNKNOWN_KIND, Refusal.BAD_QUANTITY, Refusal.UNKNOWN_USER, Refusal.SENDER_BANNED,
     Refusal.DEVICE_BANNED, Refusal.ACCOUNT_FROZEN, Refusal.RECIPIENT_BANNED, Refusal.RECIPIENT_FROZEN,
     Refusal.NOT_VERIFIED, Refusal.BLOCKED, Refusal.NOT_MUTUAL_3D, Refusal.LIMIT_DAILY_SEND,
-    Refusal.LIMIT_DAILY_RECEIVE, Refusal.RISK_LIMITED, Refusal.GUARDIAN_REQUIRED, Refusal.QUOTE_EXPIRED,
-    Refusal.QUOTE_MISMATCH, Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
+    Refusal.LIMIT_DAILY_RECEIVE, Refusal.RISK_LIMITED, Refusal.QUOTE_EXPIRED, Refusal.QUOTE_MISMATCH,
+    Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
+    # Last: the recipient's side knows whether the rule applies only once its own rules passed
+    # (docs/regions.md), so any refusal of either side comes first, on every path.
+    Refusal.GUARDIAN_REQUIRED,
 )
 REFUSAL_ORDER: tuple[Refusal, ...] = (*_SEND_ORDER, *(code for code in Refusal if code not in _SEND_ORDER))
 

@@ -131,10 +131,17 @@ async def test_a_ward_without_a_guardian_is_refused_and_nothing_moves(
         admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
     sender, ward, guardian = parties
     await _setup(admin, sender, ward, guardian, link=False)
-    s, _w = await connect(sender), await connect(ward)
+    s = await connect(sender)
+    with pytest.raises(GiftRefused) as offline:  # the other refusals come first
+        await s.send_gift(ward, 1, gift_id="g-offline")
+    assert offline.value.code == "RECIPIENT_OFFLINE"
+    await connect(ward)
     with pytest.raises(GiftRefused) as refused:
         await s.send_gift(ward, 1, gift_id="g-none")
     assert refused.value.code == "GUARDIAN_REQUIRED"
+    with pytest.raises(GiftRefused) as again:  # remembered for its id
+        await s.send_gift(ward, 1, gift_id="g-none")
+    assert again.value.code == "GUARDIAN_REQUIRED"
     assert await _available(admin, sender) == 10 * UNITS
     assert (await admin.get_user(sender))["balances"]["held"]["note"] == 0
     assert await _pending(admin, ward) == []
