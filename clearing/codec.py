@@ -32,6 +32,7 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         app=str(m.get("app", "main")),
         festival=_opt(m.get("festival")),
         room=_opt(m.get("room")),
+        guardian=_opt(m.get("guardian")) or None,
     )
 
 
@@ -75,6 +76,8 @@ def user_from(user_id: str, fields: Mapping[str, str], balances: Balances) -> Us
         app=fields["app"],
         balances=balances,
         region=fields.get("region") or DEFAULT_REGION,
+        gender=fields.get("gender", ""),
+        guardian=fields.get("guardian", ""),
     )
 
 

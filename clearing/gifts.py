@@ -15,6 +15,11 @@ fast path. Otherwise it is a saga of one-slot steps, each atomic and idempotent 
     send     admit@R -> reserve@S [-> sponsor@P -> reserve@S] -> offer@R
     answer   decide@R -> [settle_sponsor@P ->] settle@S -> close@R
 
+A gift the recipient's region asks the recipient's guardian G to confirm (docs/regions.md)
+stops at ``awaiting_guardian`` (offer@R, or send.lua), then ``ask@G`` puts the request in G's
+stream; G's approval is one script at R (the gift becomes an offer), a rejection or the lapse
+of G's window is the answer saga above (declined / expired, refunded).
+
 A step that stops half-way (a node dies, Redis fails over) is left due in its slot's queue;
 :meth:`Clearing.sweep`, which every node runs over its share of the slots, finishes it or
 undoes it. Conservation holds at every instant, summed over slots:
@@ -57,13 +62,13 @@ from redis import exceptions as rx
 from clearing.clock import Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
-from clearing.errors import Refusal, Refused, StepRefused
+from clearing.errors import ClearingUnavailable, Refusal, Refused, StepRefused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
-from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
+from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
-from clearing.regions import consent_versions
+from clearing.regions import consent_versions, guardian_args
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
@@ -163,7 +168,7 @@ class Clearing(RedisComponent):
                 reply = await self._lua.run("send", parties[0], self._keys.user(sender), now,
                                             {**a, **self._rate, **({"promo_remote": True} if remote else {})},
                                             emits=True, durable=True)
-                return gift_from_map(reply["gift"])
+                return await self._shown_to_sender(gift_from_map(reply["gift"]))
             except StepRefused as exc:
                 if exc.code != "NEEDS_SAGA":
                     raise
@@ -173,7 +178,64 @@ class Clearing(RedisComponent):
                 # A slot moved between the map and the call: nothing ran; take the saga.
         if self._rates is not None and not await self._rates.take(sender):
             raise Refused(Refusal.RATE_LIMITED)
-        return await SendSaga(self, a, now).run()
+        return await self._shown_to_sender(await SendSaga(self, a, now).run())
+
+    # ================================================================ guardian confirmation
+    async def _shown_to_sender(self, gift: GiftRecord) -> GiftRecord:
+        """A gift that waits for the recipient's guardian: ask the guardian (the step after
+        the send, on the guardian's slot), then show the sender a pending gift. A failed ask
+        is left to the recovery worker (the offer half's ``ask`` entry stays due)."""
+        if gift.state is not GiftState.AWAITING_GUARDIAN:
+            return gift
+        try:
+            # The send half holds the gift for the guardian's window plus the recipient's.
+            await self.ask_guardian(gift, gift.expires_at_ms - self._rules.confirm_window_ms)
+        except ClearingUnavailable:
+            log.warning("a guardian could not be asked now; recovery asks", extra={"gift": gift.gift_id})
+        return dataclasses.replace(gift, state=GiftState.PENDING)
+
+    async def ask_guardian(self, gift: GiftRecord, until_ms: int) -> bool:
+        """Put the request in the guardian's stream (once per gift; True when asked now),
+        then take the ward's ``ask`` entry off its due queue. ``until_ms``: the end of the
+        guardian's window, shown to the guardian as the gift's expiry."""
+        guardian = gift.guardian
+        if not guardian:
+            return False
+        shown = {"gift_id": gift.gift_id, "sender": gift.sender, "recipient": gift.recipient, "kind": gift.kind,
+                 "qty": gift.qty, "cost": gift.cost, "amount": gift.amount, "state": GiftState.PENDING.value,
+                 "created_at_ms": gift.created_at_ms, "expires_at_ms": until_ms, "app": gift.app}
+        asked = await self.step("guardian_ask", guardian, self._clock(),
+                                {"gid": gift.gift_id, "g": guardian, "gtag": tag_of(guardian), "gift": shown,
+                                 "dead": await self._dead_nodes()})
+        await guarded(self._redis.zrem(self._keys.due(tag_of(gift.recipient)), f"ask|{gift.recipient}|{gift.gift_id}"))
+        return bool(asked.get("asked"))
+
+    async def guardian_answer(self, gift_id: str, guardian: str, ward: str, approve: bool, app: str = "main"
+                              ) -> Resolution:
+        """The ward's guardian approves (the gift becomes the ward's offer, its window starting
+        now) or rejects (declined: the sender is refunded) a gift awaiting them. The same
+        answer twice is ``Resolution(changed=False)``; refusals: GIFT_NOT_FOUND, NOT_GUARDIAN,
+        ALREADY_RESOLVED (the other answer was given), GIFT_EXPIRED. The guardian's request
+        rate lives in their own slot, not the ward's: the caller counts it (the gateway does,
+        as for any request that is not a gift's own)."""
+        if not is_valid_id(gift_id) or not is_valid_id(ward):
+            raise Refused(Refusal.GIFT_NOT_FOUND)
+        if not approve:
+            return await self._resolve(gift_id, ward, "reject", app, None, by=guardian)
+        args = {"gid": gift_id, "r": ward, "rtag": tag_of(ward), "by": guardian, "dead": await self._dead_nodes()}
+        reply = await self._lua.run("guardian_approve", slot_of(ward), self._keys.user(ward), self._clock(), args,
+                                    emits=True, durable=True)
+        return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+
+    async def recover_ask(self, ward: str, gift_id: str) -> bool:
+        """An ``ask`` entry past its deadline: ask the guardian again (once per gift) while the
+        gift still waits for them; drop the entry otherwise."""
+        fields = text_hash(await guarded(self._redis.hgetall(self._keys.offer(ward, gift_id))))
+        if fields.get("state") == GiftState.AWAITING_GUARDIAN.value and fields.get("guardian"):
+            offer = _record(gift_id, fields)  # its expiry is the guardian's deadline
+            return await self.ask_guardian(offer, offer.expires_at_ms)
+        await guarded(self._redis.zrem(self._keys.due(tag_of(ward)), f"ask|{ward}|{gift_id}"))
+        return False
 
     async def _send_args(self, snapshot: SettingsSnapshot, now: int, gift_id: str, sender: str, recipient: str,
                          kind: str, qty: int, app: str, quote_id: str) -> dict[str, Any]:
@@ -192,6 +254,9 @@ class Clearing(RedisComponent):
         a.update(_consent(snapshot))
         if festival:
             a["festival"] = festival.festival_id
+        guard = guardian_args(snapshot.regions)
+        if guard:
+            a["guard"] = guard
         if quote_id:
             a["quote"] = quote_id
         if scenes.newcomer_free_gifts > 0 and scenes.promo_account not in (sender, recipient):
@@ -223,7 +288,7 @@ class Clearing(RedisComponent):
         return await self._resolve(gift_id, by_user, "decline", app, sender_hint)
 
     async def _resolve(self, gift_id: str, recipient: str, event: str, app: str, sender_hint: str | None,
-                       answering: bool = True) -> Resolution:
+                       answering: bool = True, by: str | None = None) -> Resolution:
         if not is_valid_id(gift_id):
             raise Refused(Refusal.GIFT_NOT_FOUND)
         now = self._clock()
@@ -233,7 +298,8 @@ class Clearing(RedisComponent):
             "perks": _perks(snapshot), "dead": await self._dead_nodes(),
         }
         if answering:
-            a.update(by=recipient, **self._rate)
+            # A guardian's rate is in their own slot, which the ward's scripts cannot reach.
+            a.update(by=by or recipient, **(self._rate if by is None else {}))
         if event == "accept":
             a.update(_consent(snapshot))
         if self._fast_resolve(recipient, sender_hint):
@@ -291,11 +357,13 @@ class Clearing(RedisComponent):
                                      quote_id)
         return SendSaga(self, args, now)
 
-    async def answer_saga(self, gift_id: str, recipient: str, event: str, app: str = "main") -> ResolveSaga:
-        """The cross-shard answer (``accept`` / ``decline``) of a gift, step by step."""
+    async def answer_saga(self, gift_id: str, recipient: str, event: str, app: str = "main", *,
+                          by: str | None = None) -> ResolveSaga:
+        """The cross-shard answer (``accept`` / ``decline``, or the guardian ``by``'s
+        ``reject``) of a gift, step by step."""
         snapshot = await self._settings.get()
-        args = {**self._constant, "gid": gift_id, "r": recipient, "by": recipient, "event": event, "rapp": app,
-                "perks": _perks(snapshot), "dead": await self._dead_nodes(),
+        args = {**self._constant, "gid": gift_id, "r": recipient, "by": by or recipient, "event": event,
+                "rapp": app, "perks": _perks(snapshot), "dead": await self._dead_nodes(),
                 **(_consent(snapshot) if event == "accept" else {})}
         return ResolveSaga(self, args, self._clock())
 
@@ -416,6 +484,9 @@ class Clearing(RedisComponent):
         if step == "settle":
             recipient, _, gift_id = rest.partition("|")
             return await ResolveSaga.recover(self, recipient, gift_id)
+        if step == "ask":
+            ward, _, gift_id = rest.partition("|")
+            return await self.recover_ask(ward, gift_id)
         if step == "sponsor":
             payer, _, sender_gift = rest.partition("|")
             sender, _, gift_id = sender_gift.partition("|")
@@ -584,6 +655,8 @@ class SendSaga:
         self.a = args
         self.now = now
         self.admitted = False
+        #: The recipient side's verdict on the guardian rule (admit's reply), for reserve.
+        self.rguard: Any = None
 
     async def run(self) -> GiftRecord:
         rcode = await self.admit()
@@ -600,6 +673,7 @@ class SendSaga:
         except Refused as refusal:
             return refusal.code.value
         self.admitted = admit["state"] == "admitted"
+        self.rguard = admit.get("guard")
         return None
 
     async def reserve(self, rcode: str | None) -> dict[str, Any]:
@@ -607,7 +681,8 @@ class SendSaga:
         refusal the admission is voided and the refusal raised. Returns the send half."""
         a, c = self.a, self.c
         try:
-            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode}, emits=False)
+            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode, "rguard": self.rguard},
+                                 emits=False)
             if reply.get("need_sponsor"):
                 reply = await self._sponsored(rcode, int(reply["cost"]))
         except Refused as refusal:
@@ -625,7 +700,8 @@ class SendSaga:
         held = bool(sponsor["covers"]) and rcode is None
         try:
             reply = await c.step("reserve", a["s"], self.now,
-                                 {**a, "rcode": rcode, "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
+                                 {**a, "rcode": rcode, "rguard": self.rguard,
+                                  "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
         except Refused:
             if held:
                 await c.step("release", a["promo"], self.now, a, emits=False)
@@ -746,8 +822,9 @@ class ResolveSaga:
         return True
 
 
-_SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room")
-_PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
+_SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room", "guardian",
+                "gwin")
+_PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms", "guardian",
            "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room")
 
 

@@ -88,8 +88,19 @@ class KeySchema:
     def user(self, user_id: str) -> str:
         """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set;
         consent, consent_at_ms, consent_channel (the data-processing consent on record,
-        clearing/consent.py) and consent_withdrawn_at_ms once given or withdrawn."""
+        clearing/consent.py) and consent_withdrawn_at_ms once given or withdrawn; gender and
+        guardian (docs/regions.md) once an operator set them."""
         return self._of(user_id, "user")
+
+    def guardian_log(self, user_id: str) -> str:
+        """Stream: each change of the user's guardian (at_ms, operator, from, to), kept
+        with the user; the audit of guardian links."""
+        return self._of(user_id, "guardian_log")
+
+    def guardian_asked(self, guardian: str, gift_id: str) -> str:
+        """String, for the gift's retention: the guardian was asked about the gift
+        (guardian_ask.lua asks once)."""
+        return self._of(guardian, f"gask:{gift_id}")
 
     def balance(self, user_id: str) -> str:
         """Hash: card kind -> available minor units."""

@@ -69,7 +69,8 @@ ScriptName = Literal[
     "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
-    "room_states", "rate", "gauges", "consent", "erase", "pseudonymise",
+    "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",
+    "guardian_link",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order: its function is defined
@@ -79,6 +80,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("send", "admit", "reserve", "sponsor", "offer", "void", "probe"), ("gift", "gift_send")),
     **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close"), ("gift", "gift_answer")),
     "pending": ("gift",),
+    "guardian_approve": ("gift",),
     **dict.fromkeys(("mentor_bind", "mentor_step"), ("mentor",)),
 }
 

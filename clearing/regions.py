@@ -36,6 +36,18 @@ _REGION = re.compile(REGION_PATTERN)
 #: Where accounts are when nothing else was said; no rules are stored for it by default.
 DEFAULT_REGION = "global"
 
+#: Who needs a guardian's confirmation (docs/regions.md, "Guardian confirmation"): nobody
+#: (off), a gift from a male to a female recipient of the region, or every gift to a recipient
+#: of the region.
+GUARDIAN_RULES = ("off", "male_to_female", "any")
+#: The guardian's window, default and bounds (ms): a day by default, a second to a week.
+DEFAULT_GUARDIAN_WINDOW_MS = 86_400_000
+MIN_GUARDIAN_WINDOW_MS = 1_000
+MAX_GUARDIAN_WINDOW_MS = 7 * 86_400_000
+#: A user's gender as the guardian rule reads it; "" is "not given" (no rule takes it as male
+#: or female).
+GENDERS = ("", "male", "female")
+
 #: Bounds the settings document every node reads once a second at most.
 MAX_REGIONS = 64
 
@@ -74,6 +86,10 @@ class RegionRules:
     #: Eco-theme badges (docs/regions.md "Eco badges", clearing/badges.py): each
     #: {id, name, metric, at_least}; none by default.
     eco_badges: tuple[dict[str, Any], ...] = ()
+    #: Guardian confirmation of gifts to the region's users (GUARDIAN_RULES).
+    guardian_rule: str = "off"
+    #: How long the guardian has to answer before the gift expires back to its sender.
+    guardian_window_ms: int = DEFAULT_GUARDIAN_WINDOW_MS
 
     def __post_init__(self) -> None:
         if not is_valid_region(self.code):
@@ -87,6 +103,12 @@ class RegionRules:
             raise SceneConfigError(f"consent_version must match {CONSENT_VERSION_PATTERN}")
         if self.consent_required and not self.consent_version:
             raise SceneConfigError("consent_required needs the consent_version users agree to")
+        if self.guardian_rule not in GUARDIAN_RULES:
+            raise SceneConfigError(f"guardian_rule must be one of {', '.join(GUARDIAN_RULES)}")
+        window = self.guardian_window_ms
+        if type(window) is not int or not MIN_GUARDIAN_WINDOW_MS <= window <= MAX_GUARDIAN_WINDOW_MS:
+            raise SceneConfigError(f"guardian_window_ms must be a whole number of ms from {MIN_GUARDIAN_WINDOW_MS} "
+                                   f"to {MAX_GUARDIAN_WINDOW_MS}")
         from clearing.badges import parse_badges  # badges.py reads the regions: imported late
 
         object.__setattr__(self, "eco_badges", parse_badges(self.eco_badges))
@@ -113,6 +135,13 @@ class RegionRules:
             return cls(code=code, **body)
         except TypeError as exc:
             raise SceneConfigError(f"region {code!r}: {exc}") from None
+
+
+def guardian_args(regions: Mapping[str, RegionRules]) -> dict[str, list[Any]]:
+    """What a send script needs of the guardian rule: region code -> [rule, window ms] for
+    each region where it is on (empty when it is on nowhere: the send then passes nothing)."""
+    return {code: [rules.guardian_rule, rules.guardian_window_ms]
+            for code, rules in regions.items() if rules.guardian_rule != "off"}
 
 
 def _asdict(rules: RegionRules) -> dict[str, Any]:

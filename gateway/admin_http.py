@@ -219,6 +219,8 @@ class AdminApp:
         app.router.add_post("/admin/users", self.create_user)
         app.router.add_get("/admin/users/{user}", self.get_user)
         app.router.add_patch("/admin/users/{user}", self.set_flags)
+        app.router.add_get("/admin/users/{user}/guardian", self.get_guardian)
+        app.router.add_put("/admin/users/{user}/guardian", self.put_guardian)
         app.router.add_post("/admin/users/{user}/mint", self.mint)
         app.router.add_put("/admin/users/{user}/follows/{other}", self.follow)
         app.router.add_delete("/admin/users/{user}/follows/{other}", self.unfollow)
@@ -330,9 +332,28 @@ class AdminApp:
         return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def set_flags(self, request: web.Request) -> web.Response:
-        data = _only(await _body(request), *_BOOL_FLAGS, "region")
+        data = _only(await _body(request), *_BOOL_FLAGS, "region", "gender")
         flags = {name: _field(data, name, bool) for name in _BOOL_FLAGS}
-        user = await self.accounts.set_flags(_path_id(request, "user"), **flags, region=_field(data, "region", str))
+        user = await self.accounts.set_flags(_path_id(request, "user"), **flags, region=_field(data, "region", str),
+                                             gender=_field(data, "gender", str))
+        return _json(_with_unit(_plain(user), self.rules.units_per_card))
+
+    async def get_guardian(self, request: web.Request) -> web.Response:
+        """The ward's guardian ("" when none) and the audit log of its changes, newest first."""
+        ward = _path_id(request, "user")
+        user = await self.accounts.get_user(ward)
+        if user is None:
+            raise AdminError(404, "UNKNOWN_USER", "no such user")
+        return _json({"user_id": ward, "guardian": user.guardian, "log": await self.accounts.guardian_log(ward)})
+
+    async def put_guardian(self, request: web.Request) -> web.Response:
+        """Link a guardian to the ward ({"guardian": id, "operator": id}), or unlink it
+        ({"guardian": null, ...}); audited in the ward's guardian log."""
+        data = _only(await _body(request), "guardian", "operator")
+        if "guardian" not in data:
+            raise AdminError(400, "BAD_REQUEST", "guardian is required (null unlinks)")
+        user = await self.accounts.link_guardian(_path_id(request, "user"), _field(data, "guardian", str),
+                                                 _field(data, "operator", str, required=True))
         return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def mint(self, request: web.Request) -> web.Response:

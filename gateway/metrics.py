@@ -37,7 +37,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 LOOP_LAG_PERIOD_S = 0.5
 #: Outcomes and codes exported from the start at zero, so that a rate() over them (an
 #: alert on INTERNAL answers, a dashboard's accept ratio) has a series before the first one.
-_GIFT_OUTCOMES = ("sent", "accepted", "declined", "expired", "refused")
+_GIFT_OUTCOMES = ("sent", "accepted", "declined", "expired", "refused", "guardian_approved", "guardian_rejected")
 _SEEDED_REFUSALS = ("INTERNAL", "RATE_LIMITED", "UNAVAILABLE")
 
 
@@ -84,7 +84,8 @@ class NodeMetrics:
         self.frames_out = Counter("notecard_frames_out", "Frames sent", ["type"], registry=r)
         self.bad_frames = Counter("notecard_bad_frames", "Frames refused as malformed", ["code"], registry=r)
         self.gifts = Counter(
-            "notecard_gifts", "Gift operations by outcome (sent, accepted, declined, expired, refused)",
+            "notecard_gifts", "Gift operations by outcome (sent, accepted, declined, expired, refused, "
+            "guardian_approved, guardian_rejected)",
             ["outcome"], registry=r,
         )
         self.refusals = Counter("notecard_refusals", "Refused requests by error code", ["code"], registry=r)

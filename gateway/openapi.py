@@ -12,7 +12,15 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from clearing.regions import DEFAULT_REGION, REGION_PATTERN
+from clearing.regions import (
+    DEFAULT_GUARDIAN_WINDOW_MS,
+    DEFAULT_REGION,
+    GENDERS,
+    GUARDIAN_RULES,
+    MAX_GUARDIAN_WINDOW_MS,
+    MIN_GUARDIAN_WINDOW_MS,
+    REGION_PATTERN,
+)
 
 OPENAPI_PATH = "/admin/openapi.json"
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,64}$"}
@@ -21,6 +29,7 @@ _MS = {"type": "integer", "minimum": 0, "description": "ms since the epoch"}
 _UNITS = {"type": "object", "additionalProperties": {"type": "integer"}, "description": "minor units by card kind"}
 _OPTIONAL_STR = {"type": ["string", "null"]}
 _REGION = {"type": "string", "pattern": f"^{REGION_PATTERN}$", "description": "docs/regions.md"}
+_GENDER = {"type": "string", "enum": list(GENDERS), "description": "read by the guardian rule (docs/regions.md)"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -42,6 +51,7 @@ _SCHEMAS: dict[str, Any] = {
                         ("available", "held", "units_per_card")),
     "User": _object({"user_id": _ID, "verified": {"type": "boolean"}, "vip": {"type": "boolean"},
                      "banned": {"type": "boolean"}, "created_at_ms": _MS, "app": _APP, "region": _REGION,
+                     "gender": _GENDER, "guardian": {"type": "string", "description": "\"\" when none"},
                      "balances": _ref("Balances")},
                     ("user_id", "verified", "vip", "banned", "created_at_ms", "app", "region", "balances")),
     "NewUser": _object({"user_id": _ID, "verified": {"type": "boolean", "default": False},
@@ -49,7 +59,15 @@ _SCHEMAS: dict[str, Any] = {
                         "created_at_ms": _MS, "app": _APP, "region": _REGION | {"default": DEFAULT_REGION}},
                        ("user_id",)),
     "Flags": _object({"verified": {"type": "boolean"}, "vip": {"type": "boolean"}, "banned": {"type": "boolean"},
-                      "region": _REGION}),
+                      "region": _REGION, "gender": _GENDER}),
+    "GuardianLink": _object({"guardian": {**_ID, "type": ["string", "null"], "description": "null unlinks"},
+                             "operator": {**_ID, "description": "who links (audited)"}}, ("guardian", "operator")),
+    "Guardian": _object({"user_id": _ID, "guardian": {"type": "string", "description": "\"\" when none"},
+                         "log": {"type": "array", "description": "changes, newest first",
+                                 "items": _object({"id": {"type": "string"}, "at_ms": {"type": "string"},
+                                                   "operator": {"type": "string"}, "from": {"type": "string"},
+                                                   "to": {"type": "string"}})}},
+                        ("user_id", "guardian", "log")),
     "Regions": _object({"regions": {"type": "object", "additionalProperties": _ref("RegionRules"),
                                     "description": "region code -> its rules"},
                         "problems": {"type": "array", "items": {"type": "string"}}}, ("regions", "problems")),
@@ -58,7 +76,11 @@ _SCHEMAS: dict[str, Any] = {
                     "properties": {"name": {"type": "string", "maxLength": 100},
                                    "consent_required": {"type": "boolean"},
                                    "consent_version": {"type": "string", "maxLength": 64},
-                                   "eco_badges": {"type": "array", "maxItems": 20, "items": _ref("EcoBadge")}}},
+                                   "eco_badges": {"type": "array", "maxItems": 20, "items": _ref("EcoBadge")},
+                                   "guardian_rule": {"type": "string", "enum": list(GUARDIAN_RULES), "default": "off"},
+                                   "guardian_window_ms": {"type": "integer", "minimum": MIN_GUARDIAN_WINDOW_MS,
+                                                          "maximum": MAX_GUARDIAN_WINDOW_MS,
+                                                          "default": DEFAULT_GUARDIAN_WINDOW_MS}}},
     "EcoBadge": _object({"id": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
                          "name": {"type": "string", "maxLength": 60},
                          "metric": {"enum": ["accepted", "given", "given_month"]},
@@ -82,9 +104,11 @@ _SCHEMAS: dict[str, Any] = {
     "Gift": _object({
         "gift_id": _ID, "sender": _ID, "recipient": _ID, "kind": {"type": "string"},
         "qty": {"type": "integer", "minimum": 1}, "cost": {"type": "integer"}, "amount": {"type": "integer"},
-        "state": {"enum": ["pending", "accepted", "declined", "expired"]},
+        "state": {"enum": ["pending", "awaiting_guardian", "accepted", "declined", "expired"],
+                  "description": "awaiting_guardian: held, waiting for the recipient's guardian (docs/regions.md)"},
         "created_at_ms": _MS, "expires_at_ms": _MS, "resolved_at_ms": {"type": ["integer", "null"]},
         "payer": _OPTIONAL_STR, "app": _APP, "festival": _OPTIONAL_STR, "room": _OPTIONAL_STR,
+        "guardian": {**_OPTIONAL_STR, "description": "the recipient's guardian the gift waits or waited for"},
     }, ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
         "expires_at_ms")),
     "RefusedGift": _object({
@@ -261,6 +285,12 @@ def _paths() -> dict[str, dict[str, Any]]:
             "get": _op("a user's flags and balances", "User", params=_U, errors=_USER_ERRORS),
             "patch": _op("set flags; banning closes the user's connections (3505)", "User", body="Flags",
                          params=_U, errors=_USER_ERRORS),
+        },
+        "/admin/users/{user}/guardian": {
+            "get": _op("the ward's guardian and the audit log of its links", "Guardian", params=_U,
+                       errors=_USER_ERRORS),
+            "put": _op("link a guardian to the ward (null unlinks), audited", "User", body="GuardianLink",
+                       params=_U, errors=_USER_ERRORS),
         },
         "/admin/users/{user}/mint": {"post": _op("mint whole cards", "Balances", body="Mint", params=_U,
                                                  errors=_USER_ERRORS)},

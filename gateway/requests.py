@@ -41,6 +41,7 @@ from protocol import (
     GiftResolved,
     GiftSent,
     GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -151,6 +152,15 @@ class RequestHandler:
             log.debug("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
         return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
 
+    async def _guardian(self, user_id: str, msg: GuardianAnswer, app: str,
+                        conn: ClientConnection | None) -> ServerMessage:
+        """The guardian's answer (docs/regions.md); the reply shows the gift as it now stands."""
+        resolution = await self._timed("guardian", self.clearing.guardian_answer(msg.gift_id, user_id, msg.ward,
+                                                                                 msg.approve, app))
+        if resolution.changed:
+            self.metrics.gifts_of("guardian_approved" if msg.approve else "guardian_rejected").inc()
+        return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
+
     def _signal(self, kind: str, user_id: str, conn: ClientConnection | None, app: str, **fields: Any) -> None:
         if self.signals is not None:
             self.signals.record(kind, user_id, conn.device if conn is not None else None,
@@ -243,4 +253,5 @@ RequestHandler.HANDLERS = MappingProxyType({
     Appeal: RequestHandler._appeal,
     GiveConsent: RequestHandler._consent,
     WithdrawConsent: RequestHandler._consent,
+    GuardianAnswer: RequestHandler._guardian,
 })

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clearing import GiftRecord, UserEvent
+from clearing.model import GiftState
 from clearing.rooms import RoomState
 from protocol import Event, Gift, RankEntry, Room
 
@@ -15,7 +16,8 @@ def gift_view(record: GiftRecord) -> Gift:
         kind=record.kind,
         qty=record.qty,
         cost=record.cost,
-        state=record.state.value,
+        # A gift waiting for the recipient's guardian is pending to everyone who sees it.
+        state=GiftState.PENDING.value if record.state is GiftState.AWAITING_GUARDIAN else record.state.value,
         created_at_ms=record.created_at_ms,
         expires_at_ms=record.expires_at_ms,
         amount=record.amount,

@@ -67,6 +67,14 @@ class AdminClient:
     async def set_flags(self, user_id: str, **flags: bool | str) -> Any:
         return await self.call("PATCH", f"/admin/users/{user_id}", dict(flags))
 
+    async def link_guardian(self, ward: str, guardian: str | None, operator: str = "admin") -> Any:
+        """Link ``guardian`` to ``ward`` (None unlinks); audited (docs/regions.md)."""
+        return await self.call("PUT", f"/admin/users/{ward}/guardian", {"guardian": guardian, "operator": operator})
+
+    async def guardian(self, ward: str) -> Any:
+        """The ward's guardian and the log of its links, newest first."""
+        return await self.call("GET", f"/admin/users/{ward}/guardian")
+
     async def regions(self) -> Any:
         return await self.call("GET", "/admin/regions")
 

@@ -164,6 +164,15 @@ def _build_admin(sub: Any) -> None:
         flags.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
                            help=f"set or clear {name}")
     flags.add_argument("--region", help="move the account to this region (docs/regions.md)")
+    flags.add_argument("--gender", choices=("male", "female", ""),
+                       help="the account's gender, read by the guardian rule ('' clears it; docs/regions.md)")
+    guardian = action("guardian", "link a guardian to a ward (--set USER), unlink it (--unlink), or show both "
+                                  "with the audit log")
+    guardian.add_argument("user", help="the ward's user id")
+    link = guardian.add_mutually_exclusive_group()
+    link.add_argument("--set", dest="guardian", help="the guardian's user id")
+    link.add_argument("--unlink", action="store_true", help="remove the ward's guardian")
+    guardian.add_argument("--operator", default="cli", help="who acts, for the audit log (default cli)")
     mint = action("mint", "mint whole cards to a user")
     mint.add_argument("user", help="user id")
     mint.add_argument("qty", type=int, help="whole cards (not minor units)")
@@ -251,9 +260,13 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
             case "user":
                 return await api.get_user(args.user)
             case "set":
-                flags = {k: getattr(args, k) for k in ("verified", "vip", "banned", "region")
+                flags = {k: getattr(args, k) for k in ("verified", "vip", "banned", "region", "gender")
                          if getattr(args, k) is not None}
                 return await api.set_flags(args.user, **flags)
+            case "guardian":
+                if args.guardian is None and not args.unlink:
+                    return await api.guardian(args.user)
+                return await api.link_guardian(args.user, None if args.unlink else args.guardian, args.operator)
             case "mint":
                 return await api.mint(args.user, args.qty, args.kind)
             case "follow":

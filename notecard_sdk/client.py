@@ -65,6 +65,8 @@ from notecard_sdk.protocol import (
     GiftResolved,
     GiftSent,
     GiveConsent,
+    GuardianAnswer,
+    GuardianRequested,
     JoinRoom,
     LeaveRoom,
     OfferReceived,
@@ -147,6 +149,7 @@ class NotecardClient:
         self._offers: asyncio.Queue[Gift] = asyncio.Queue()
         self._outcomes: asyncio.Queue[Gift] = asyncio.Queue()
         self._room_updates: asyncio.Queue[Room] = asyncio.Queue()
+        self._guardian_requests: asyncio.Queue[Gift] = asyncio.Queue()
 
     @property
     def welcome(self) -> Welcome | None:
@@ -239,6 +242,18 @@ class NotecardClient:
     async def decline(self, gift_id: str) -> Gift:
         """Decline an offer; the card goes back to the sender."""
         return (await self._request(lambda rid: DeclineGift(rid=rid, gift_id=gift_id), GiftResolved)).gift
+
+    async def guardian_answer(self, gift_id: str, ward: str, approve: bool) -> Gift:
+        """As the recipient's guardian, approve (the gift becomes the ward's offer; returned
+        pending) or reject (the sender is refunded; returned declined) a gift from
+        :meth:`next_guardian_request`. The same answer again returns the gift as it stands."""
+        return (await self._request(
+            lambda rid: GuardianAnswer(rid=rid, gift_id=gift_id, ward=ward, approve=approve), GiftResolved)).gift
+
+    async def next_guardian_request(self, timeout: float | None = None) -> Gift:
+        """The next gift to a ward of this user waiting for their answer (live, or replayed
+        after a reconnect from the stream position)."""
+        return await _next(self._guardian_requests, timeout)
 
     async def balance(self) -> Balance:
         return await self._request(lambda rid: GetBalance(rid=rid), Balance)
@@ -447,6 +462,8 @@ class NotecardClient:
                 self._offers.put_nowait(event.gift)
             elif isinstance(event, OutcomeReceived):
                 self._outcomes.put_nowait(event.gift)
+            elif isinstance(event, GuardianRequested):
+                self._guardian_requests.put_nowait(event.gift)
             elif isinstance(event, RoomUpdated):
                 self._room_updates.put_nowait(event.room)
             elif isinstance(event, Welcomed):

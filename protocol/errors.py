@@ -78,6 +78,8 @@ class ErrorCode(enum.StrEnum):
     CONSENT_REQUIRED = "CONSENT_REQUIRED"
     RECIPIENT_NO_CONSENT = "RECIPIENT_NO_CONSENT"
     ACCOUNT_ERASED = "ACCOUNT_ERASED"
+    GUARDIAN_REQUIRED = "GUARDIAN_REQUIRED"
+    NOT_GUARDIAN = "NOT_GUARDIAN"
     # A send that stopped half-way across shards and was abandoned (nothing moved).
     SEND_ABORTED = "SEND_ABORTED"
     # The service.

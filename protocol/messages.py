@@ -50,6 +50,9 @@ class GiftState(enum.StrEnum):
 class EventKind(enum.StrEnum):
     OFFER = "offer"
     OUTCOME = "outcome"
+    #: To a guardian: a gift to their ward (``gift.recipient``) waits for their answer
+    #: (``guardian_answer``) until ``gift.expires_at_ms`` (docs/regions.md).
+    GUARDIAN = "guardian"
 
 
 class WireObject:
@@ -149,6 +152,19 @@ class AcceptGift(WireObject):
 class DeclineGift(WireObject):
     rid: RequestId
     gift_id: Ident
+
+
+@message("guardian_answer")
+class GuardianAnswer(WireObject):
+    """The recipient's guardian approves or rejects a gift awaiting them (a ``guardian``
+    event): approved, it becomes an offer to the ward; rejected, the sender is refunded.
+    Idempotent: the same answer again replies with the gift, another is ALREADY_RESOLVED."""
+
+    rid: RequestId
+    gift_id: Ident
+    #: The gift's recipient, as the ``guardian`` event names it (``gift.recipient``).
+    ward: Ident
+    approve: bool
 
 
 @message("get_balance")
@@ -296,7 +312,8 @@ class GiftSent(WireObject):
 
 @message("gift_resolved")
 class GiftResolved(WireObject):
-    """Reply to ``accept`` or ``decline``: the gift's final state."""
+    """Reply to ``accept`` or ``decline`` (the gift's final state) and to ``guardian_answer``
+    (approved: the gift, pending as offered to the ward; rejected: declined)."""
 
     rid: RequestId
     gift: Gift
@@ -335,11 +352,12 @@ class Error(WireObject):
 
 @message("event")
 class Event(WireObject):
-    """A push from the user's event stream: an offer to answer, or a gift's outcome."""
+    """A push from the user's event stream: an offer to answer, a gift's outcome, or (to a
+    guardian) a gift to their ward awaiting their answer."""
 
     epoch: Epoch
     offset: Offset
-    event: Annotated[str, Pattern(r"offer|outcome", 16)]
+    event: Annotated[str, Pattern(r"offer|outcome|guardian", 16)]
     gift: Gift
 
 
@@ -397,7 +415,8 @@ class ConsentReply(WireObject):
 
 
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
-                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent)
+                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent
+                 | GuardianAnswer)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
                  | Pending | ConsentReply)
 Message = ClientMessage | ServerMessage
@@ -405,7 +424,8 @@ Message = ClientMessage | ServerMessage
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
-                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GiveConsent, WithdrawConsent)
+                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GiveConsent, WithdrawConsent,
+                GuardianAnswer)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls

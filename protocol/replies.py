@@ -29,6 +29,7 @@ from .messages import (
     GiftResolved,
     GiftSent,
     GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -62,6 +63,7 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     Appeal: Done,
     GiveConsent: ConsentReply,
     WithdrawConsent: ConsentReply,
+    GuardianAnswer: GiftResolved,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

@@ -41,6 +41,7 @@ from protocol import (
     GiftSent,
     GiftState,
     GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -129,6 +130,7 @@ SAMPLES: dict[str, Message] = {
                               heartbeat_s=20, badges=("green_giver", "b" * 32)),
     "welcome/no-badges-yet": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
                                      heartbeat_s=20, badges=()),
+    "guardian_answer": GuardianAnswer(rid=19, gift_id="g-01HV3K9Z", ward="wafa", approve=True),
     "welcome/empty": Welcome(user="bob", node="node-1", epoch="9f2c41d07a3b", offset=0, recovered=True,
                              pending=(), heartbeat_s=20),
     "welcome/pending": Welcome(user="bob", node="gw-a:8765", epoch="9f2c41d07a3b", offset=41,
@@ -382,6 +384,7 @@ def test_wire_shape_scene_requests_and_replies_json() -> None:
         "withdraw_consent/bare": '{"t":"withdraw_consent","rid":20}',
         "consent/given": '{"t":"consent","rid":19,"changed":true,"version":"privacy-v2","at_ms":1700000000000,'
                          '"channel":"signup"}',
+        "guardian_answer": '{"t":"guardian_answer","rid":19,"gift_id":"g-01HV3K9Z","ward":"wafa","approve":true}',
         "quote": '{"t":"quote","rid":13,"quote_id":"q-7f3a","room":"carol","cost":20,"amount":18,"viewers":3,'
                  '"expires_at_ms":1700000010000}',
         "done/frame": '{"t":"done","rid":15,"item":"frame:spring-2025","expires_at_ms":1700086400000}',
@@ -540,7 +543,7 @@ def test_message_type_names() -> None:
     assert set(CLIENT_MESSAGES) == {
         "hello", "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal", "give_consent", "withdraw_consent",
+        "appeal", "give_consent", "withdraw_consent", "guardian_answer",
     }
     assert set(SERVER_MESSAGES) == {
         "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event", "room", "quote", "done",
@@ -558,7 +561,7 @@ def test_every_request_carries_a_rid_and_every_reply_echoes_it() -> None:
     assert requests == {
         "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal", "give_consent", "withdraw_consent",
+        "appeal", "give_consent", "withdraw_consent", "guardian_answer",
     }
     # Every request's rid is required.
     for name in requests:
@@ -598,7 +601,7 @@ def test_messages_are_frozen() -> None:
 
 def test_gift_states() -> None:
     assert [s.value for s in GiftState] == ["pending", "accepted", "declined", "expired"]
-    assert [k.value for k in EventKind] == ["offer", "outcome"]
+    assert [k.value for k in EventKind] == ["offer", "outcome", "guardian"]
 
 
 # ---------------------------------------------------------------- the schema compiler

@@ -72,6 +72,7 @@ VALID: dict[str, dict[str, Any]] = {
     "appeal": {"t": "appeal", "rid": 7, "kind": "face_verification", "evidence": "upload-42"},
     "give_consent": {"t": "give_consent", "rid": 7, "version": "privacy-v2", "channel": "signup"},
     "withdraw_consent": {"t": "withdraw_consent", "rid": 7, "channel": "settings"},
+    "guardian_answer": {"t": "guardian_answer", "rid": 7, "gift_id": "g-1", "ward": "wafa", "approve": False},
     "welcome": {"t": "welcome", "user": "bob", "node": "n1", "epoch": "e1", "offset": 3, "recovered": True,
                 "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20, "pending_more": True,
                 "consent_needed": "privacy-v2", "badges": ["green_giver"]},

@@ -33,6 +33,7 @@ from protocol import (
     GetQuote,
     GetRoom,
     GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -66,6 +67,7 @@ SAMPLES: dict[type[ClientMessage], ClientMessage] = {
     Appeal: Appeal(rid=1, kind="face_verification", evidence="upload-1"),
     GiveConsent: GiveConsent(rid=1, version="privacy-v1"),
     WithdrawConsent: WithdrawConsent(rid=1),
+    GuardianAnswer: GuardianAnswer(rid=1, gift_id="g-1", ward="wafa", approve=True),
 }
 
 

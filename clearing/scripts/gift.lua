@@ -23,14 +23,22 @@
 --   is kept; saga_ms: how long a step may stay unfinished before recovery takes it over
 --   perks: {per_card, apps = {app = {sender_bonus, recipient_mult, joint}}}
 --   dead, ep, maxlen, quota_ttl, pointlog_max: see lib.lua
+--   guard: {region = {rule, window ms}} for the regions whose guardian rule is on, or nil;
+--   rguard: the recipient side's guardian verdict (admit's reply) for a saga's reserve
 --   dev: the sender's device fingerprint, or nil; rl_daily, rl_rooms: what a user of the
 --   risk engine's limited tier may still do (gifts a day; 1: live-room gifts allowed)
 --   consent: {region = consent version} for the regions that require consent, or nil
 
 local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
-                     'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
+                     'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
+                     'guardian', 'gwin'}
+-- Guardian confirmation (docs/regions.md): gneed ('any' | 'male': the sender's gender the rule
+-- asks for), gcand (the ward's guardian, '' for none) and gwin (the guardian's window) as admit
+-- found them; guardian, only on a gift that waits (or waited) for them; rwin, the recipient's
+-- window once approved; gdone, the guardian's answer ('approved' | 'rejected').
 local OFFER_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
-                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
+                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
+                      'gneed', 'gcand', 'gwin', 'guardian', 'rwin', 'gdone'}
 
 local function send_key()
   return ukey(A.s, 'gift:' .. A.gid)

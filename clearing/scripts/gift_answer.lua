@@ -3,13 +3,15 @@
 
 -- ================================================================ resolve: the decision
 -- decide (the offer half decides): A.by answers with A.event 'accept' | 'decline', or the
--- sweeper expires (A.event 'expire'). Returns {err, gift?} or {g, to, changed}.
+-- recipient's guardian rejects a gift awaiting them ('reject'), or the sweeper expires
+-- (A.event 'expire'). Returns {err, gift?} or {g, to, changed}.
 local FINAL_OF = {accept = 'accepted', decline = 'declined', expire = 'expired'}
 local function check_decide()
   local flat = redis.call('HGETALL', offer_key())
   if #flat == 0 then
-    -- The sender asking about their own gift is told they are not its recipient.
-    if A.by and redis.call('EXISTS', ukey(A.by, 'gift:' .. A.gid)) == 1 then
+    -- The sender asking about their own gift is told they are not its recipient (a guardian's
+    -- keys are in another slot: not looked at).
+    if A.by and A.event ~= 'reject' and redis.call('EXISTS', ukey(A.by, 'gift:' .. A.gid)) == 1 then
       return {err = 'NOT_RECIPIENT'}
     end
     return {err = 'GIFT_NOT_FOUND'}
@@ -18,7 +20,23 @@ local function check_decide()
   if g.state == 'admitted' or g.state == 'void' or not well_formed(g) then
     return {err = 'GIFT_NOT_FOUND'}  -- nothing can act on a record that does not read
   end
-  if g.state == 'pending' then
+  if A.event == 'reject' then
+    -- Only the guardian the gift waits for; the same answer again changes nothing.
+    if not g.guardian or g.guardian == '' then
+      return {err = 'GIFT_NOT_FOUND'}
+    elseif g.guardian ~= A.by then
+      return {err = 'NOT_GUARDIAN'}
+    elseif g.gdone == 'rejected' then
+      return {g = g, changed = false}
+    elseif g.gdone == 'approved' then
+      -- As `gift`, not `g`: the gift is the recipient's now, and this call must not go on
+      -- to settle or close it whatever its state.
+      return {err = 'ALREADY_RESOLVED', gift = g}
+    end
+  elseif g.state == 'awaiting_guardian' and A.event ~= 'expire' then
+    return {err = 'GIFT_NOT_FOUND'}  -- not offered to the recipient yet
+  end
+  if g.state == 'pending' or g.state == 'awaiting_guardian' then
     local event = A.event
     if NOW >= g.expires_at_ms then
       event = 'expire'
@@ -52,6 +70,13 @@ end
 local function apply_decide(g, to, due)
   g.state, g.resolved_at_ms, g.closed, g.rapp = to, NOW, 0, A.rapp
   redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
+  if A.event == 'reject' and to == 'declined' then
+    g.gdone = 'rejected'
+    redis.call('HSET', offer_key(g.recipient), 'gdone', 'rejected')
+  end
+  if g.guardian then  -- decided before the ask step was done: it no longer needs to be
+    redis.call('ZREM', tkey(g.rtag, 'due'), 'ask|' .. g.recipient .. '|' .. A.gid)
+  end
   redis.call('ZREM', ukey(g.recipient, 'inbox'), A.gid)
   redis.call('ZREM', tkey(g.rtag, 'expiry'), g.recipient .. '|' .. A.gid)
   gift_event(g.rtag, to, g)
@@ -212,5 +237,8 @@ local function apply_close(o)
   redis.call('HSET', key, 'closed', 1)
   redis.call('PEXPIRE', key, A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'settle|' .. o.recipient .. '|' .. A.gid)
-  emit(o.recipient, o.rtag, 'outcome', o)
+  -- A gift the guardian did not approve was never offered: the recipient hears nothing of it.
+  if not (o.guardian and o.guardian ~= '' and o.gdone ~= 'approved') then
+    emit(o.recipient, o.rtag, 'outcome', o)
+  end
 end

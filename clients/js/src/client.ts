@@ -68,6 +68,8 @@ export interface ClientOptions {
 export type ClientEvents = {
   offer: Gift;
   outcome: Gift;
+  /** To a guardian: a gift to their ward (`gift.recipient`) waits for guardianAnswer(). */
+  guardian: Gift;
   room: Room;
   welcome: Welcome;
   /** `true` when a connection was welcomed, `false` when it was lost. */
@@ -155,6 +157,7 @@ export class NotecardClient {
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   private readonly offers = new Inbox<Gift>();
   private readonly outcomes = new Inbox<Gift>();
+  private readonly guardianRequests = new Inbox<Gift>();
   private readonly roomUpdates = new Inbox<Room>();
   private lastHeard = 0;
   private watchdog: ReturnType<typeof setInterval> | null = null;
@@ -285,6 +288,20 @@ export class NotecardClient {
 
   async decline(giftId: string): Promise<Gift> {
     return (await this.request({ t: "decline", gift_id: giftId })).gift;
+  }
+
+  /**
+   * As the recipient's guardian (docs/regions.md): approve (the gift becomes the ward's
+   * offer; returned pending) or reject (the sender is refunded; returned declined) a gift
+   * from nextGuardianRequest(). The same answer again returns the gift as it stands.
+   */
+  async guardianAnswer(giftId: string, ward: string, approve: boolean): Promise<Gift> {
+    return (await this.request({ t: "guardian_answer", gift_id: giftId, ward, approve })).gift;
+  }
+
+  /** The next gift to a ward of this user waiting for their answer (live or replayed). */
+  nextGuardianRequest(timeoutMs?: number): Promise<Gift> {
+    return this.guardianRequests.next(timeoutMs);
   }
 
   balance(): Promise<Balance> {
@@ -518,6 +535,10 @@ export class NotecardClient {
         case "outcome":
           this.outcomes.push(event.gift);
           this.emit("outcome", event.gift);
+          break;
+        case "guardian":
+          this.guardianRequests.push(event.gift);
+          this.emit("guardian", event.gift);
           break;
         case "room":
           this.roomUpdates.push(event.room);

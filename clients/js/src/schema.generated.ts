@@ -34,7 +34,8 @@ export const CLIENT_TYPES = [
   "bind_mentor",
   "appeal",
   "give_consent",
-  "withdraw_consent"
+  "withdraw_consent",
+  "guardian_answer"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -68,7 +69,8 @@ export const REPLIES = {
   "bind_mentor": "done",
   "appeal": "done",
   "give_consent": "consent",
-  "withdraw_consent": "consent"
+  "withdraw_consent": "consent",
+  "guardian_answer": "gift_resolved"
 } as const;
 
 export const ERROR_CODES = [
@@ -122,6 +124,8 @@ export const ERROR_CODES = [
   "CONSENT_REQUIRED",
   "RECIPIENT_NO_CONSENT",
   "ACCOUNT_ERASED",
+  "GUARDIAN_REQUIRED",
+  "NOT_GUARDIAN",
   "SEND_ABORTED",
   "UNAVAILABLE",
   "INTERNAL"
@@ -723,6 +727,42 @@ export const SHAPES = {
       }
     }
   ],
+  "guardian_answer": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "gift_id",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "ward",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "approve",
+      "optional": false,
+      "shape": {
+        "k": "bool"
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -1007,7 +1047,7 @@ export const SHAPES = {
       "optional": false,
       "shape": {
         "k": "str",
-        "re": "offer|outcome",
+        "re": "offer|outcome|guardian",
         "max": 16
       }
     },
@@ -1407,6 +1447,14 @@ export interface WithdrawConsent {
   channel?: string;
 }
 
+export interface GuardianAnswer {
+  t: "guardian_answer";
+  rid: number;
+  gift_id: string;
+  ward: string;
+  approve: boolean;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1512,5 +1560,5 @@ export interface Consent {
   channel?: string;
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent;
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent | GuardianAnswer;
 export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Consent;

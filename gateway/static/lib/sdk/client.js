@@ -88,6 +88,7 @@ export class NotecardClient {
     listeners = new Map();
     offers = new Inbox();
     outcomes = new Inbox();
+    guardianRequests = new Inbox();
     roomUpdates = new Inbox();
     lastHeard = 0;
     watchdog = null;
@@ -207,6 +208,18 @@ export class NotecardClient {
     }
     async decline(giftId) {
         return (await this.request({ t: "decline", gift_id: giftId })).gift;
+    }
+    /**
+     * As the recipient's guardian (docs/regions.md): approve (the gift becomes the ward's
+     * offer; returned pending) or reject (the sender is refunded; returned declined) a gift
+     * from nextGuardianRequest(). The same answer again returns the gift as it stands.
+     */
+    async guardianAnswer(giftId, ward, approve) {
+        return (await this.request({ t: "guardian_answer", gift_id: giftId, ward, approve })).gift;
+    }
+    /** The next gift to a ward of this user waiting for their answer (live or replayed). */
+    nextGuardianRequest(timeoutMs) {
+        return this.guardianRequests.next(timeoutMs);
     }
     balance() {
         return this.request({ t: "get_balance" });
@@ -430,6 +443,10 @@ export class NotecardClient {
                 case "outcome":
                     this.outcomes.push(event.gift);
                     this.emit("outcome", event.gift);
+                    break;
+                case "guardian":
+                    this.guardianRequests.push(event.gift);
+                    this.emit("guardian", event.gift);
                     break;
                 case "room":
                     this.roomUpdates.push(event.room);

@@ -26,7 +26,8 @@ export const CLIENT_TYPES = [
     "bind_mentor",
     "appeal",
     "give_consent",
-    "withdraw_consent"
+    "withdraw_consent",
+    "guardian_answer"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -58,7 +59,8 @@ export const REPLIES = {
     "bind_mentor": "done",
     "appeal": "done",
     "give_consent": "consent",
-    "withdraw_consent": "consent"
+    "withdraw_consent": "consent",
+    "guardian_answer": "gift_resolved"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -111,6 +113,8 @@ export const ERROR_CODES = [
     "CONSENT_REQUIRED",
     "RECIPIENT_NO_CONSENT",
     "ACCOUNT_ERASED",
+    "GUARDIAN_REQUIRED",
+    "NOT_GUARDIAN",
     "SEND_ABORTED",
     "UNAVAILABLE",
     "INTERNAL"
@@ -709,6 +713,42 @@ export const SHAPES = {
             }
         }
     ],
+    "guardian_answer": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "gift_id",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "ward",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "approve",
+            "optional": false,
+            "shape": {
+                "k": "bool"
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -993,7 +1033,7 @@ export const SHAPES = {
             "optional": false,
             "shape": {
                 "k": "str",
-                "re": "offer|outcome",
+                "re": "offer|outcome|guardian",
                 "max": 16
             }
         },
