@@ -60,6 +60,7 @@ from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
+from clearing.odds import Draw, draw
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
@@ -230,6 +231,8 @@ class Clearing(RedisComponent):
         }
         if answering:
             a.update(by=recipient, **self._rate)
+        if event == "accept":
+            a.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
         if self._fast_resolve(recipient, sender_hint):
             try:
                 reply = await self._lua.run("resolve", slot_of(recipient), self._keys.user(recipient), now, a,
@@ -280,6 +283,8 @@ class Clearing(RedisComponent):
         snapshot = await self._settings.get()
         args = {**self._constant, "gid": gift_id, "r": recipient, "by": recipient, "event": event, "rapp": app,
                 "perks": _perks(snapshot), "dead": await self._dead_nodes()}
+        if event == "accept":
+            args.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
         return ResolveSaga(self, args, self._clock())
 
     # ================================================================ the sweeper
@@ -528,6 +533,28 @@ async def _bounded(calls: Iterable[Awaitable[T]], at_once: int = 64) -> list[T]:
     return out
 
 
+def _lucky_args(snapshot: SettingsSnapshot, recipient: str, gift_id: str, units_per_card: int) -> dict[str, Any]:
+    """The lucky card's draw for each region with published odds (docs/regions.md): the
+    script picks the recipient's region's, records it with the decision and pays it. Empty
+    when no region has the rule or no promotion account could pay."""
+    promo = snapshot.scenes.promo_account
+    if not promo or promo == recipient:
+        return {}
+    draws: dict[str, Draw] = {}  # regions sharing a table share its one draw
+    lucky: dict[str, list[Any]] = {}
+    for code, rules in snapshot.regions.items():
+        table = snapshot.odds.get(rules.lucky_odds) if rules.lucky_odds else None
+        if table is None:
+            continue
+        if table.table_id not in draws:
+            draws[table.table_id] = draw(table, recipient, gift_id)
+        drawn = draws[table.table_id]
+        lucky[code] = [drawn.table, drawn.version, drawn.seed, drawn.bonus * units_per_card]
+    if not lucky:
+        return {}
+    return {"lucky": lucky, "lpromo": promo, "lptag": tag_of(promo)}
+
+
 def _perks(snapshot: SettingsSnapshot) -> dict[str, Any]:
     scenes = snapshot.scenes
     return {"per_card": scenes.points_per_card,
@@ -688,7 +715,8 @@ class ResolveSaga:
         return {**self.a, "gid": gift["gift_id"], "s": gift["sender"], "r": gift["recipient"], "to": gift["state"]}
 
     async def settle(self, gift: dict[str, Any]) -> None:
-        """The payer's hold and the send half follow the decision (once each)."""
+        """The payer's hold and the send half follow the decision (once each), and the
+        lucky bonus leaves its payer (once)."""
         if int(gift.get("closed", 0)) == 1:
             return
         a, c = self._args(gift), self.c
@@ -696,12 +724,31 @@ class ResolveSaga:
         if payer:
             await c.step("settle_sponsor", payer, self.now, {**a, "promo": payer, "ptag": tag_of(payer)}, emits=False)
         await c.step("settle", gift["sender"], self.now, {**a, "rapp": gift.get("rapp", "main")})
+        await self.pay_lucky(gift)
+
+    async def pay_lucky(self, gift: dict[str, Any]) -> None:
+        """An accepted gift's lucky bonus at its payer (lucky.lua); what was paid goes to close."""
+        bonus = int(gift.get("lucky_bonus") or 0)
+        if gift.get("state") != "accepted" or "lucky_table" not in gift or "lucky_paid" in gift:
+            return
+        if bonus == 0:
+            gift["lucky_paid"] = 0
+            return
+        payer = str(gift["lucky_payer"])
+        paid = await self.c.step("lucky", payer, self.now,
+                                 {**self._args(gift), "kind": gift["kind"], "bonus": bonus, "payer": payer,
+                                  "ptag": gift.get("lucky_ptag") or tag_of(payer)}, emits=False)
+        gift["lucky_paid"] = int(paid["paid"])
 
     async def close(self, gift: dict[str, Any]) -> GiftRecord:
-        """The recipient is credited (when accepted) and told; nothing is due any more."""
+        """The recipient is credited (when accepted, with the lucky bonus paid) and told;
+        nothing is due any more."""
         if int(gift.get("closed", 0)) == 1:
             return gift_from_map(_public(gift))
-        closed = await self.c.step("close", gift["recipient"], self.now, self._args(gift))
+        args = self._args(gift)
+        if "lucky_paid" in gift:
+            args["lucky_paid"] = int(gift["lucky_paid"])
+        closed = await self.c.step("close", gift["recipient"], self.now, args)
         return gift_from_map(closed["gift"])
 
     @staticmethod
@@ -720,7 +767,8 @@ class ResolveSaga:
 
 _SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room")
 _PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
-           "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room")
+           "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room", "lucky_table", "lucky_version",
+           "lucky_seed", "lucky_bonus", "lucky_paid")
 
 
 def _send_fields(send: dict[str, Any]) -> dict[str, Any]:

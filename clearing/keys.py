@@ -256,6 +256,14 @@ class KeySchema:
         """Hash: region code -> JSON of its rules (clearing/regions.py)."""
         return self._of("cfg", "regions")
 
+    def odds(self) -> str:
+        """Hash: odds table id -> JSON of its versions (clearing/odds.py)."""
+        return self._of("cfg", "odds")
+
+    def lucky(self, payer: str, recipient: str, gift_id: str) -> str:
+        """String: what ``payer`` paid for the lucky bonus of ``recipient``'s gift (once)."""
+        return self._of(payer, f"lucky:{recipient}|{gift_id}")
+
     def settings_channel(self) -> str:
         """Pub/sub channel (classic, cluster-wide): "settings changed, reload"."""
         return self._of("cfg", "changed")

@@ -56,13 +56,14 @@ ScriptName = Literal[
     "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
-    "room_states", "rate", "gauges",
+    "room_states", "rate", "gauges", "lucky",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order.
 _LIBRARY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("send", "admit", "reserve", "sponsor", "offer", "void", "probe"), ("gift", "gift_send")),
-    **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close"), ("gift", "gift_answer")),
+    **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close", "lucky"),
+                    ("gift", "gift_answer")),
     "pending": ("gift",),
     **dict.fromkeys(("mentor_bind", "mentor_step"), ("mentor",)),
 }
@@ -72,7 +73,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
 #: that is not a stream.
 LEDGER_SCRIPTS: frozenset[str] = frozenset({
     "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
-    "redeem_frame", "mentor_bind", "mentor_step",
+    "redeem_frame", "mentor_bind", "mentor_step", "lucky",
 })
 
 #: A quota counter only matters during its day and while that day's gifts can still be

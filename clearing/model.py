@@ -76,6 +76,14 @@ class GiftRecord:
     festival: str | None = None
     #: The live room (its streamer's id) whose quote priced the gift, if any.
     room: str | None = None
+    #: The lucky card (docs/regions.md "Published odds"), on a gift accepted in a region with
+    #: published odds: the table and version drawn from, the draw's seed (HMAC-SHA256, hex),
+    #: the bonus drawn and what the promotion account paid (0 when it could not), in units.
+    lucky_table: str | None = None
+    lucky_version: int | None = None
+    lucky_seed: str | None = None
+    lucky_bonus: int | None = None
+    lucky_paid: int | None = None
 
     @property
     def charged_to(self) -> str:

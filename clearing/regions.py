@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 
 #: A region code: lower-case letters, digits and ``_``, starting with a letter (``eu``,
@@ -51,12 +52,17 @@ class RegionRules:
     code: str
     #: For people (console, exports); no rule reads it.
     name: str = ""
+    #: Published odds (docs/regions.md): the odds table (clearing/odds.py) whose lucky card
+    #: adds a random bonus to every gift a user of the region accepts; "" = no lucky card.
+    lucky_odds: str = ""
 
     def __post_init__(self) -> None:
         if not is_valid_region(self.code):
             raise SceneConfigError(f"a region code must match {REGION_PATTERN}")
         if not isinstance(self.name, str) or len(self.name) > 100:
             raise SceneConfigError("a region's name is text of at most 100 characters")
+        if not isinstance(self.lucky_odds, str) or (self.lucky_odds and not is_valid_id(self.lucky_odds)):
+            raise SceneConfigError("lucky_odds is an odds table id (1-64 characters of A-Z a-z 0-9 _ . : -) or \"\"")
 
     def to_plain(self) -> dict[str, Any]:
         """The document as stored and served (without the code, which is its key)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rx
@@ -30,6 +30,7 @@ from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import is_valid_id
+from clearing.odds import MAX_TABLES, OddsEntry, OddsTable
 from clearing.regions import MAX_REGIONS, RegionRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 from clearing.settings import Festival, decode_festivals, encode_scenes
@@ -109,6 +110,37 @@ class Scenes(RedisComponent):
         found = bool(await guarded(self._redis.hdel(self._keys.regions(), code)))
         await self._settings.announce()
         return found
+
+    # ------------------------------------------------------------ published odds
+    async def odds(self) -> dict[str, OddsTable]:
+        """Every published odds table, read afresh (clearing/odds.py)."""
+        self._settings.invalidate()
+        return dict((await self._settings.get()).odds)
+
+    async def publish_odds(self, table_id: str, entries: Sequence[OddsEntry]) -> OddsTable:
+        """Publish a table's entries as a new version with a fresh secret key; the version in
+        force is retired and its key revealed. WATCH/MULTI: two operators publishing at once
+        each get their own version, and no key is ever overwritten unrevealed."""
+        key = self._keys.odds()
+        while True:
+            async with guarded_pipeline(self._redis, transaction=True) as pipe:
+                try:
+                    await guarded(pipe.watch(key))
+                    raw = await guarded(pipe.hget(key, table_id))
+                    if raw is None:
+                        if await guarded(pipe.hlen(key)) >= MAX_TABLES:
+                            raise SceneConfigError(f"at most {MAX_TABLES} odds tables")
+                        table = OddsTable.first(table_id, entries, self._clock())
+                    else:
+                        table = OddsTable.from_stored(table_id, raw).republished(entries, self._clock())
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, table_id, table.stored())
+                    await guarded(pipe.execute())
+                    break
+                except rx.WatchError:
+                    continue  # another write came first: read again
+        await self._settings.announce()
+        return table
 
     async def festivals(self) -> list[Festival]:
         return list(decode_festivals(text_hash(await guarded(self._redis.hgetall(self._keys.festivals()))))[0])

@@ -91,6 +91,7 @@ from gateway.auth import ClaimRules, mint_token
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
+from gateway.odds_admin import OddsAdmin
 from gateway.openapi import OPENAPI_PATH, openapi_document
 from gateway.risk_admin import RiskAdmin
 from gateway.webhooks_admin import WebhooksAdmin
@@ -233,6 +234,7 @@ class AdminApp:
         app.router.add_get(OPENAPI_PATH, self.openapi)
         RiskAdmin(self.redis, self.keys).routes(app)
         WebhooksAdmin(self.redis, self.keys).routes(app)
+        OddsAdmin(self.scenes).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

@@ -55,7 +55,28 @@ _SCHEMAS: dict[str, Any] = {
                         "problems": {"type": "array", "items": {"type": "string"}}}, ("regions", "problems")),
     "RegionRules": {"type": "object", "description": "one region's rules; every field's default is off "
                                                     "(docs/regions.md lists them)",
-                    "properties": {"name": {"type": "string", "maxLength": 100}}},
+                    "properties": {"name": {"type": "string", "maxLength": 100},
+                                   "lucky_odds": {"type": "string", "maxLength": 64,
+                                                  "description": "odds table of the lucky card; \"\" = off"}}},
+    "OddsEntries": _object({"entries": {"type": "array", "minItems": 1, "maxItems": 32, "items": _object(
+        {"bonus": {"type": "integer", "minimum": 0, "maximum": 1000, "description": "cards"},
+         "weight": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}}, ("bonus", "weight"))}},
+        ("entries",)),
+    "OddsVersion": _object({
+        "version": {"type": "integer", "minimum": 1}, "published_ms": _MS, "retired_ms": _MS,
+        "commitment": {"type": "string", "description": "SHA-256 of the version's key, hex"},
+        "key": {"type": "string", "description": "the key, hex: only once the version is retired"},
+        "total_weight": {"type": "integer"},
+        "entries": {"type": "array", "items": _object({"bonus": {"type": "integer"}, "weight": {"type": "integer"},
+                                                        "probability": {"type": "number"}},
+                                                       ("bonus", "weight", "probability"))},
+    }, ("version", "published_ms", "commitment", "total_weight", "entries")),
+    "OddsTable": _object({"table": _ID, "current": _ref("OddsVersion"),
+                          "revealed": {"type": "array", "items": _ref("OddsVersion")},
+                          "regions": {"type": "array", "items": {"type": "string"}}},
+                         ("table", "current", "revealed")),
+    "Odds": _object({"algorithm": {"type": "string"}, "tables": {"type": "array", "items": _ref("OddsTable")}},
+                    ("algorithm", "tables")),
     "Region": {"type": "object", "required": ["region"], "properties": {"region": _REGION}},
     "Mint": _object({"qty": {"type": "integer", "minimum": 1, "description": "whole cards"},
                      "kind": {"type": "string"}}, ("qty",)),
@@ -65,6 +86,8 @@ _SCHEMAS: dict[str, Any] = {
         "state": {"enum": ["pending", "accepted", "declined", "expired"]},
         "created_at_ms": _MS, "expires_at_ms": _MS, "resolved_at_ms": {"type": ["integer", "null"]},
         "payer": _OPTIONAL_STR, "app": _APP, "festival": _OPTIONAL_STR, "room": _OPTIONAL_STR,
+        "lucky_table": _OPTIONAL_STR, "lucky_version": {"type": ["integer", "null"]}, "lucky_seed": _OPTIONAL_STR,
+        "lucky_bonus": {"type": ["integer", "null"]}, "lucky_paid": {"type": ["integer", "null"]},
     }, ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
         "expires_at_ms")),
     "RefusedGift": _object({
@@ -279,6 +302,12 @@ def _paths() -> dict[str, dict[str, Any]]:
         OPENAPI_PATH: {"get": {"summary": "this document", "security": [], "responses": {
             "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/healthz": {"get": _op("the process is alive", "Health", errors=(), open_=True)},
+        "/odds": {"get": _op("the published odds of the lucky card (docs/regions.md)", "Odds", errors=("503",),
+                             open_=True)},
+        "/admin/odds": {"get": _op("the published odds, as GET /odds", "Odds", errors=("401", "503"))},
+        "/admin/odds/{table}": {"put": _op("publish a new version of a table; the one in force is retired and its "
+                                           "key revealed", "OddsTable", body="OddsEntries", params=("table",),
+                                           errors=("400", "401", "503"))},
         "/readyz": {"get": {**_op("ready to serve (Redis, pub/sub, durability preset)", "Ready", errors=(),
                                   open_=True),
                             "responses": {"200": {"description": "ready", "content": {

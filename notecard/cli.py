@@ -127,10 +127,11 @@ _TOOLS = {
     "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
     "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
     "webhooks": "POST gift events, signed, to the platform's URLs, with retries and dead letters (notecard.webhooks)",
+    "odds": "check a lucky card's draw from the published odds (notecard.odds)",
 }
 #: Tools that live outside loadtest/.
 _TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli",
-                 "webhooks": "notecard.webhooks"}
+                 "webhooks": "notecard.webhooks", "odds": "notecard.odds"}
 
 
 def _build_admin(sub: Any) -> None:

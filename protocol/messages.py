@@ -93,6 +93,14 @@ class Gift(WireObject):
     festival: Ident | None = None
     #: The live room (its streamer's id) whose quote priced the gift.
     room: Ident | None = None
+    #: The lucky card of an accepted gift in a region with published odds (``GET /odds``):
+    #: the table and version drawn from, the draw's seed (HMAC-SHA256, hex), the bonus
+    #: drawn and the bonus paid (0 when the promotion account could not), in minor units.
+    lucky_table: Ident | None = None
+    lucky_version: Annotated[int, Range(1, MAX_SAFE_INT)] | None = None
+    lucky_seed: Annotated[str, Pattern(r"[0-9a-f]{64}", 64)] | None = None
+    lucky_bonus: Millis | None = None
+    lucky_paid: Millis | None = None
 
 
 @message("rank_entry")

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from clearing import GiftRules
 from clearing.gifts import Clearing
 from clearing.ledger import GiftEvent, LedgerEntry, StreamConsumer, ledger_streams, read_all, reconcile
+from clearing.odds import OddsEntry
 from clearing.scenes import Scenes
 from clearing.slots import SLOTS, slot_of
 from clearing.testing import World
@@ -61,6 +62,11 @@ async def traffic(w: World) -> dict[str, str]:
     for a, b in (("ann", NEAR), ("ann", FAR), (NEAR, FAR), ("kid", FAR)):
         await w.befriend(a, b)
     await w.befriend("ann", "kid")  # old enough to gift, while kid's account is new
+    # FAR is in a region with published odds: each gift it accepts draws a lucky card of one
+    # card, paid by the promotion account (across shards: one more saga step)
+    await scenes.publish_odds("lucky", [OddsEntry(bonus=1, weight=1)])
+    await scenes.put_region("sea", {"lucky_odds": "lucky"})
+    await w.accounts.set_flags(FAR, region="sea")
 
     outcome: dict[str, str] = {}
     plan = [("g1", w.clearing, "ann", NEAR, "accept"), ("g2", w.clearing, "ann", FAR, "accept"),
@@ -98,7 +104,9 @@ async def test_replaying_the_ledger_gives_every_account_redis_holds(world: World
     entries = [r for r in records if isinstance(r, LedgerEntry)]
     assert result.entries == len(entries) > 0
     assert {e.entry_kind for e in entries} == {"mint", "hold", "release", "expire", "consume", "settle", "credit",
-                                               "points", "mentor_pay", "mentor_credit"}
+                                               "points", "mentor_pay", "mentor_credit", "lucky_pay", "lucky_credit"}
+    lucky = {e.gift_id for e in entries if e.entry_kind == "lucky_credit" and e.credit == f"avail:{FAR}"}
+    assert {"g2", "g7"} <= lucky
     assert len({e.id for e in entries}) == len(entries)  # unique ids
     assert all(e.units > 0 for e in entries)
 

@@ -77,7 +77,11 @@ SCENE = dataclasses.replace(OFFER, gift_id="g-scene", amount=18, payer="promo", 
                             room="carol")
 #: The optional fields at their edges: nothing credited, the largest amount.
 SCENE_EDGES = dataclasses.replace(SCENE, gift_id="g-scene-2", state="accepted", amount=0, payer="p" * 64,
-                                  festival="f" * 64, room="r" * 64)
+                                  festival="f" * 64, room="r" * 64, lucky_table="t" * 64, lucky_version=MAX_SAFE_INT,
+                                  lucky_seed="f" * 64, lucky_bonus=MAX_SAFE_INT, lucky_paid=0)
+#: A lucky card drawn and paid (docs/regions.md "Published odds").
+LUCKY = dataclasses.replace(ACCEPTED, gift_id="g-lucky", lucky_table="sea-lucky", lucky_version=1,
+                            lucky_seed="0123456789abcdef" * 4, lucky_bonus=50, lucky_paid=50)
 SCENE_ACCEPTED = dataclasses.replace(SCENE, state="accepted")
 TOP = (RankEntry(user="alice", points=180, rank=1), RankEntry(user="bob", points=180, rank=1),
        RankEntry(user="dave", points=0, rank=3))
@@ -122,6 +126,7 @@ SAMPLES: dict[str, Message] = {
     "gift_resolved": GiftResolved(rid=2, gift=ACCEPTED),
     "gift_sent/scene": GiftSent(rid=6, gift=SCENE),
     "gift_resolved/scene": GiftResolved(rid=7, gift=SCENE_ACCEPTED),
+    "gift_resolved/lucky": GiftResolved(rid=7, gift=LUCKY),
     "welcome/paged": Welcome(user="bob", node="node-1", epoch="e", offset=3, recovered=True,
                              pending=(OFFER,), heartbeat_s=20, pending_more=True),
     "pending/more": Pending(gifts=(OFFER, SCENE_EDGES), more=True),

@@ -265,6 +265,51 @@ export const SHAPES = {
         "re": "[A-Za-z0-9_.:\\-]+",
         "max": 64
       }
+    },
+    {
+      "name": "lucky_table",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "lucky_version",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 1,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "lucky_seed",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[0-9a-f]{64}",
+        "max": 64
+      }
+    },
+    {
+      "name": "lucky_bonus",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "lucky_paid",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
     }
   ],
   "rank_entry": [
@@ -1169,6 +1214,11 @@ export interface Gift {
   payer?: string;
   festival?: string;
   room?: string;
+  lucky_table?: string;
+  lucky_version?: number;
+  lucky_seed?: string;
+  lucky_bonus?: number;
+  lucky_paid?: number;
 }
 
 export interface RankEntry {
