@@ -37,6 +37,7 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         lucky_seed=_opt(m.get("lucky_seed")),
         lucky_bonus=_opt_int(m.get("lucky_bonus")),
         lucky_paid=_opt_int(m.get("lucky_paid")),
+        skin=_opt(m.get("skin")),
     )
 
 

@@ -64,6 +64,7 @@ from clearing.odds import Draw, draw
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
+from clearing.skins import kind_art
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
 from clearing.topology import Durability, NodeScripts, SlotUncovered, Topology
 
@@ -191,6 +192,9 @@ class Clearing(RedisComponent):
             a["festival"] = festival.festival_id
         if quote_id:
             a["quote"] = quote_id
+        art = kind_art(snapshot.skins, kind) if snapshot.skins else None
+        if art:
+            a["skins"] = art
         if scenes.newcomer_free_gifts > 0 and scenes.promo_account not in (sender, recipient):
             a.update(promo=scenes.promo_account, ptag=tag_of(scenes.promo_account),
                      nc_age=scenes.newcomer_age_ms, nc_free=scenes.newcomer_free_gifts)
@@ -768,7 +772,7 @@ class ResolveSaga:
 _SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room")
 _PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
            "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room", "lucky_table", "lucky_version",
-           "lucky_seed", "lucky_bonus", "lucky_paid")
+           "lucky_seed", "lucky_bonus", "lucky_paid", "skin")
 
 
 def _send_fields(send: dict[str, Any]) -> dict[str, Any]:

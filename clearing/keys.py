@@ -260,6 +260,10 @@ class KeySchema:
         """Hash: odds table id -> JSON of its versions (clearing/odds.py)."""
         return self._of("cfg", "odds")
 
+    def skins(self) -> str:
+        """Hash: skin id -> JSON of the card art (clearing/skins.py)."""
+        return self._of("cfg", "skins")
+
     def lucky(self, payer: str, recipient: str, gift_id: str) -> str:
         """String: what ``payer`` paid for the lucky bonus of ``recipient``'s gift (once)."""
         return self._of(payer, f"lucky:{recipient}|{gift_id}")

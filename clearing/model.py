@@ -84,6 +84,8 @@ class GiftRecord:
     lucky_seed: str | None = None
     lucky_bonus: int | None = None
     lucky_paid: int | None = None
+    #: The card art of the recipient's region for the gift's kind (docs/regions.md), if any.
+    skin: str | None = None
 
     @property
     def charged_to(self) -> str:

@@ -34,6 +34,7 @@ from clearing.odds import MAX_TABLES, OddsEntry, OddsTable
 from clearing.regions import MAX_REGIONS, RegionRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 from clearing.settings import Festival, decode_festivals, encode_scenes
+from clearing.skins import MAX_SKINS, Skin, clash, decode_skins
 from clearing.slots import slot_of, tag_of
 
 if TYPE_CHECKING:
@@ -141,6 +142,42 @@ class Scenes(RedisComponent):
                     continue  # another write came first: read again
         await self._settings.announce()
         return table
+
+    # ------------------------------------------------------------ card art
+    async def skins(self) -> dict[str, Skin]:
+        """The card art catalogue, read afresh (clearing/skins.py)."""
+        self._settings.invalidate()
+        return dict((await self._settings.get()).skins)
+
+    async def put_skin(self, skin: Skin) -> Skin:
+        """Create or replace a skin; refused when a region would get two of its own for one
+        kind. WATCH/MULTI: two operators writing at once cannot store a clash."""
+        if skin.kind not in self._rules.card_kinds:
+            raise SceneConfigError(f"kind must be one of {', '.join(self._rules.card_kinds)}")
+        key = self._keys.skins()
+        while True:
+            async with guarded_pipeline(self._redis, transaction=True) as pipe:
+                try:
+                    await guarded(pipe.watch(key))
+                    stored, _ = decode_skins(text_hash(await guarded(pipe.hgetall(key))))
+                    if skin.skin_id not in stored and len(stored) >= MAX_SKINS:
+                        raise SceneConfigError(f"at most {MAX_SKINS} skins")
+                    why = clash(stored.values(), skin)
+                    if why:
+                        raise SceneConfigError(why)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, skin.skin_id, skin.stored())
+                    await guarded(pipe.execute())
+                    break
+                except rx.WatchError:
+                    continue  # another write came first: read again
+        await self._settings.announce()
+        return skin
+
+    async def delete_skin(self, skin_id: str) -> bool:
+        found = bool(await guarded(self._redis.hdel(self._keys.skins(), skin_id)))
+        await self._settings.announce()
+        return found
 
     async def festivals(self) -> list[Festival]:
         return list(decode_festivals(text_hash(await guarded(self._redis.hgetall(self._keys.festivals()))))[0])

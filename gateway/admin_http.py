@@ -94,6 +94,7 @@ from gateway.node_stats import live_snapshots
 from gateway.odds_admin import OddsAdmin
 from gateway.openapi import OPENAPI_PATH, openapi_document
 from gateway.risk_admin import RiskAdmin
+from gateway.skins_admin import SkinsAdmin
 from gateway.webhooks_admin import WebhooksAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
@@ -235,6 +236,7 @@ class AdminApp:
         RiskAdmin(self.redis, self.keys).routes(app)
         WebhooksAdmin(self.redis, self.keys).routes(app)
         OddsAdmin(self.scenes).routes(app)
+        SkinsAdmin(self.scenes).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

@@ -27,6 +27,7 @@ def gift_view(record: GiftRecord) -> Gift:
         lucky_seed=record.lucky_seed,
         lucky_bonus=record.lucky_bonus,
         lucky_paid=record.lucky_paid,
+        skin=record.skin,
     )
 
 

@@ -101,6 +101,21 @@ class Gift(WireObject):
     lucky_seed: Annotated[str, Pattern(r"[0-9a-f]{64}", 64)] | None = None
     lucky_bonus: Millis | None = None
     lucky_paid: Millis | None = None
+    #: The card art (a skin of ``get_skins``) of the recipient's region for this kind;
+    #: absent: the default art.
+    skin: Ident | None = None
+
+
+@message("skin")
+class Skin(WireObject):
+    """One card art of the catalogue (docs/regions.md "Regional card art")."""
+
+    skin_id: Ident
+    kind: CardKind
+    name: Annotated[str, Pattern(r"[^\x00]*", 100)]
+    image_url: Annotated[str, Pattern(r"https?://[!-~]+", 507)]
+    #: False: the user's region shows it for its kind; true: offered for the user to choose.
+    optional: bool
 
 
 @message("rank_entry")
@@ -221,6 +236,13 @@ class BindMentor(WireObject):
     mentor: Ident
 
 
+@message("get_skins")
+class GetSkins(WireObject):
+    """The card art the user's region may see. Answered by ``skins``."""
+
+    rid: RequestId
+
+
 @message("appeal")
 class Appeal(WireObject):
     """Appeal the risk engine's action on the user's account (docs/risk.md): the kind of
@@ -291,6 +313,17 @@ class Balance(WireObject):
     units_per_card: Annotated[int, Range(1, 1_000_000)]
     #: The user's total in the points ledger (linked-app perks).
     points: Millis | None = None
+    #: The card art of the user's region per card kind (skin ids of ``get_skins``); a kind not
+    #: here shows the default art; absent when the region has none.
+    skins: dict[CardKind, Ident] | None = None
+
+
+@message("skins")
+class Skins(WireObject):
+    """Every skin the user's region may see, its own and the optional ones, by kind."""
+
+    rid: RequestId
+    skins: tuple[Skin, ...]
 
 
 @message("pong")
@@ -364,17 +397,17 @@ class Done(WireObject):
 
 
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
-                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal)
+                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GetSkins)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
-                 | Pending)
+                 | Pending | Skins)
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
-                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal)
+                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GetSkins)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
-    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending)
+    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending, Skins)
 }

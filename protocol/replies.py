@@ -25,6 +25,7 @@ from .messages import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     GiftResolved,
     GiftSent,
     Hello,
@@ -38,6 +39,7 @@ from .messages import (
     Room,
     SendGift,
     ServerMessage,
+    Skins,
     Welcome,
 )
 
@@ -57,6 +59,7 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     RedeemFrame: Done,
     BindMentor: Done,
     Appeal: Done,
+    GetSkins: Skins,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

@@ -32,6 +32,7 @@ from protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -62,6 +63,7 @@ SAMPLES: dict[type[ClientMessage], ClientMessage] = {
     RedeemFrame: RedeemFrame(rid=1, festival="none"),
     BindMentor: BindMentor(rid=1, mentor="rp-bob"),
     Appeal: Appeal(rid=1, kind="face_verification", evidence="upload-1"),
+    GetSkins: GetSkins(rid=1),
 }
 
 

@@ -50,6 +50,16 @@ local function check_admit()
   return {nodes = nodes}
 end
 
+-- The card art of the recipient's region for this kind (clearing/skins.py): A.skins maps each
+-- region that has its own art for A.kind to the skin id; nil: the default art.
+local function region_skin(r)
+  if type(A.skins) ~= 'table' then
+    return nil
+  end
+  local skin = A.skins[redis.call('HGET', ukey(r, 'user'), 'region') or 'global']
+  return type(skin) == 'string' and skin or nil
+end
+
 -- Take R's receive slots and the offer half, `admitted`: written and due for recovery, or,
 -- when the offer follows in this same script (due false), left for apply_offer to write.
 local function apply_admit(due)
@@ -57,7 +67,7 @@ local function apply_admit(due)
   take_slot(recv)
   take_slot(pair)
   local o = {sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, state = 'admitted', day = A.day,
-             app = A.app, stag = A.stag, rtag = A.rtag}
+             app = A.app, stag = A.stag, rtag = A.rtag, skin = region_skin(A.r)}
   if due then
     store(offer_key(), o, OFFER_FIELDS)
     redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'admit|' .. A.r .. '|' .. A.gid)

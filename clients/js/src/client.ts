@@ -17,7 +17,7 @@ import { encodingOf } from "./codec.js";
 import type { Encoding, Frame } from "./codec.js";
 import { ConnectionRejected, GiftRefused, NotConnected, ProtocolError, RequestTimeout } from "./errors.js";
 import { MAX_FRAME_BYTES, REPLIES, SUBPROTOCOLS } from "./schema.generated.js";
-import type { Balance, Done, Gift, Pong, QuoteReply, Room, ServerMessage, Welcome } from "./schema.generated.js";
+import type { Balance, Done, Gift, Pong, QuoteReply, Room, ServerMessage, Skin, Welcome } from "./schema.generated.js";
 import { backoffDelay, ClientSession } from "./session.js";
 import type { Call, RequestBody, SessionEvent } from "./session.js";
 
@@ -283,6 +283,12 @@ export class NotecardClient {
 
   ping(): Promise<Pong> {
     return this.request({ t: "ping" });
+  }
+
+  /** The card art this user's region may see: its own per kind (`optional` false: what offers
+   *  and balances name in `skin` / `skins`) and the optional ones. */
+  async skins(): Promise<Skin[]> {
+    return [...(await this.request({ t: "get_skins" })).skins];
   }
 
   /** Watch a live room; its pushes arrive as `room` events and through nextRoomUpdate(). */

@@ -32,7 +32,8 @@ export const CLIENT_TYPES = [
   "get_room",
   "redeem_frame",
   "bind_mentor",
-  "appeal"
+  "appeal",
+  "get_skins"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -46,7 +47,8 @@ export const SERVER_TYPES = [
   "room",
   "quote",
   "done",
-  "pending"
+  "pending",
+  "skins"
 ] as const;
 
 export const REPLIES = {
@@ -63,7 +65,8 @@ export const REPLIES = {
   "get_room": "room",
   "redeem_frame": "done",
   "bind_mentor": "done",
-  "appeal": "done"
+  "appeal": "done",
+  "get_skins": "skins"
 } as const;
 
 export const ERROR_CODES = [
@@ -310,6 +313,15 @@ export const SHAPES = {
         "lo": 0,
         "hi": 9007199254740991
       }
+    },
+    {
+      "name": "skin",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
     }
   ],
   "rank_entry": [
@@ -338,6 +350,51 @@ export const SHAPES = {
         "k": "int",
         "lo": 1,
         "hi": 9007199254740991
+      }
+    }
+  ],
+  "skin": [
+    {
+      "name": "skin_id",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "kind",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_]+",
+        "max": 32
+      }
+    },
+    {
+      "name": "name",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[^\\x00]*",
+        "max": 100
+      }
+    },
+    {
+      "name": "image_url",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "https?://[!-~]+",
+        "max": 507
+      }
+    },
+    {
+      "name": "optional",
+      "optional": false,
+      "shape": {
+        "k": "bool"
       }
     }
   ],
@@ -711,6 +768,17 @@ export const SHAPES = {
       }
     }
   ],
+  "get_skins": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -881,6 +949,23 @@ export const SHAPES = {
         "k": "int",
         "lo": 0,
         "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "skins",
+      "optional": true,
+      "shape": {
+        "k": "map",
+        "key": {
+          "k": "str",
+          "re": "[a-z0-9_]+",
+          "max": 32
+        },
+        "value": {
+          "k": "str",
+          "re": "[A-Za-z0-9_.:\\-]+",
+          "max": 64
+        }
       }
     }
   ],
@@ -1194,6 +1279,28 @@ export const SHAPES = {
         "k": "bool"
       }
     }
+  ],
+  "skins": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "skins",
+      "optional": false,
+      "shape": {
+        "k": "list",
+        "item": {
+          "k": "obj",
+          "type": "skin"
+        }
+      }
+    }
   ]
 } as const;
 
@@ -1219,12 +1326,21 @@ export interface Gift {
   lucky_seed?: string;
   lucky_bonus?: number;
   lucky_paid?: number;
+  skin?: string;
 }
 
 export interface RankEntry {
   user: string;
   points: number;
   rank: number;
+}
+
+export interface Skin {
+  skin_id: string;
+  kind: string;
+  name: string;
+  image_url: string;
+  optional: boolean;
 }
 
 export interface Hello {
@@ -1321,6 +1437,11 @@ export interface Appeal {
   evidence: string;
 }
 
+export interface GetSkins {
+  t: "get_skins";
+  rid: number;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1352,6 +1473,7 @@ export interface Balance {
   held: Record<string, number>;
   units_per_card: number;
   points?: number;
+  skins?: Record<string, string>;
 }
 
 export interface Pong {
@@ -1415,5 +1537,11 @@ export interface Pending {
   more?: boolean;
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal;
-export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending;
+export interface Skins {
+  t: "skins";
+  rid: number;
+  skins: Skin[];
+}
+
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GetSkins;
+export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Skins;

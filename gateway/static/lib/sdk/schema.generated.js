@@ -24,7 +24,8 @@ export const CLIENT_TYPES = [
     "get_room",
     "redeem_frame",
     "bind_mentor",
-    "appeal"
+    "appeal",
+    "get_skins"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -37,7 +38,8 @@ export const SERVER_TYPES = [
     "room",
     "quote",
     "done",
-    "pending"
+    "pending",
+    "skins"
 ];
 export const REPLIES = {
     "hello": "welcome",
@@ -53,7 +55,8 @@ export const REPLIES = {
     "get_room": "room",
     "redeem_frame": "done",
     "bind_mentor": "done",
-    "appeal": "done"
+    "appeal": "done",
+    "get_skins": "skins"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -296,6 +299,15 @@ export const SHAPES = {
                 "lo": 0,
                 "hi": 9007199254740991
             }
+        },
+        {
+            "name": "skin",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
         }
     ],
     "rank_entry": [
@@ -324,6 +336,51 @@ export const SHAPES = {
                 "k": "int",
                 "lo": 1,
                 "hi": 9007199254740991
+            }
+        }
+    ],
+    "skin": [
+        {
+            "name": "skin_id",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "kind",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_]+",
+                "max": 32
+            }
+        },
+        {
+            "name": "name",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[^\\x00]*",
+                "max": 100
+            }
+        },
+        {
+            "name": "image_url",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "https?://[!-~]+",
+                "max": 507
+            }
+        },
+        {
+            "name": "optional",
+            "optional": false,
+            "shape": {
+                "k": "bool"
             }
         }
     ],
@@ -697,6 +754,17 @@ export const SHAPES = {
             }
         }
     ],
+    "get_skins": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -867,6 +935,23 @@ export const SHAPES = {
                 "k": "int",
                 "lo": 0,
                 "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "skins",
+            "optional": true,
+            "shape": {
+                "k": "map",
+                "key": {
+                    "k": "str",
+                    "re": "[a-z0-9_]+",
+                    "max": 32
+                },
+                "value": {
+                    "k": "str",
+                    "re": "[A-Za-z0-9_.:\\-]+",
+                    "max": 64
+                }
             }
         }
     ],
@@ -1178,6 +1263,28 @@ export const SHAPES = {
             "optional": true,
             "shape": {
                 "k": "bool"
+            }
+        }
+    ],
+    "skins": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "skins",
+            "optional": false,
+            "shape": {
+                "k": "list",
+                "item": {
+                    "k": "obj",
+                    "type": "skin"
+                }
             }
         }
     ]
