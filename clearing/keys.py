@@ -260,6 +260,11 @@ class KeySchema:
         """Hash: odds table id -> JSON of its versions (clearing/odds.py)."""
         return self._of("cfg", "odds")
 
+    def payment(self, user_id: str, provider: str, payment_id: str) -> str:
+        """Hash: a provider's payment for the user (clearing/purchases.py): state, kind, units,
+        and once refunded what was clawed back and what was short."""
+        return self._of(user_id, f"pay:{provider}:{payment_id}")
+
     def skins(self) -> str:
         """Hash: skin id -> JSON of the card art (clearing/skins.py)."""
         return self._of("cfg", "skins")

@@ -56,7 +56,7 @@ ScriptName = Literal[
     "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
-    "room_states", "rate", "gauges", "lucky",
+    "room_states", "rate", "gauges", "lucky", "payment",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order.
@@ -73,7 +73,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
 #: that is not a stream.
 LEDGER_SCRIPTS: frozenset[str] = frozenset({
     "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
-    "redeem_frame", "mentor_bind", "mentor_step", "lucky",
+    "redeem_frame", "mentor_bind", "mentor_step", "lucky", "payment",
 })
 
 #: A quota counter only matters during its day and while that day's gifts can still be

@@ -33,6 +33,8 @@ from clearing.scene_config import SceneConfigError
 #: ``us``, ``mena``, ``sea``, ``global``).
 REGION_PATTERN = r"[a-z][a-z0-9_]{0,15}"
 _REGION = re.compile(REGION_PATTERN)
+#: A payment provider's name (clearing/purchases.py).
+_PROVIDER = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 #: Where accounts are when nothing else was said; no rules are stored for it by default.
 DEFAULT_REGION = "global"
@@ -55,6 +57,9 @@ class RegionRules:
     #: Published odds (docs/regions.md): the odds table (clearing/odds.py) whose lucky card
     #: adds a random bonus to every gift a user of the region accepts; "" = no lucky card.
     lucky_odds: str = ""
+    #: Purchases (docs/regions.md): the payment providers the region's users may buy cards
+    #: through; empty = every configured provider.
+    payment_providers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not is_valid_region(self.code):
@@ -63,10 +68,18 @@ class RegionRules:
             raise SceneConfigError("a region's name is text of at most 100 characters")
         if not isinstance(self.lucky_odds, str) or (self.lucky_odds and not is_valid_id(self.lucky_odds)):
             raise SceneConfigError("lucky_odds is an odds table id (1-64 characters of A-Z a-z 0-9 _ . : -) or \"\"")
+        providers = self.payment_providers
+        if isinstance(providers, list):
+            providers = tuple(providers)
+            object.__setattr__(self, "payment_providers", providers)  # JSON gives a list
+        if (not isinstance(providers, tuple) or len(providers) > 16 or len(set(providers)) != len(providers)
+                or not all(isinstance(p, str) and _PROVIDER.fullmatch(p) for p in providers)):
+            raise SceneConfigError("payment_providers is a list of at most 16 distinct provider names "
+                                   "([a-z][a-z0-9_]*, at most 32 characters)")
 
     def to_plain(self) -> dict[str, Any]:
         """The document as stored and served (without the code, which is its key)."""
-        return {k: v for k, v in _asdict(self).items() if k != "code"}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in _asdict(self).items() if k != "code"}
 
     def stored(self) -> bytes:
         return orjson.dumps(self.to_plain())

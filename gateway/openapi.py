@@ -87,6 +87,17 @@ _SCHEMAS: dict[str, Any] = {
                           ("skin_id", "kind", "name", "image_url", "regions", "optional")),
     "Skins": _object({"skins": {"type": "array", "items": _ref("SkinStored")},
                       "problems": {"type": "array", "items": {"type": "string"}}}, ("skins", "problems")),
+    "PaymentNotification": {"oneOf": [
+        _object({"type": {"const": "purchase"}, "payment_id": _ID, "user": _ID, "kind": {"type": "string"},
+                 "cards": {"type": "integer", "minimum": 1}}, ("type", "payment_id", "user", "kind", "cards")),
+        _object({"type": {"const": "refund"}, "payment_id": _ID, "user": _ID}, ("type", "payment_id", "user"))]},
+    "Payment": _object({"provider": {"type": "string"}, "payment_id": _ID, "user": _ID,
+                        "state": {"enum": ["paid", "refunded"]}, "kind": {"type": "string"},
+                        "units": {"type": "integer", "description": "minor units bought"},
+                        "clawed": {"type": "integer", "description": "refunded: units taken back"},
+                        "short": {"type": "integer", "description": "refunded: units already spent"},
+                        "replayed": {"type": "boolean", "description": "a repeat: nothing changed"}},
+                       ("provider", "payment_id", "user", "state", "kind", "units", "clawed", "short", "replayed")),
     "Odds": _object({"algorithm": {"type": "string"}, "tables": {"type": "array", "items": _ref("OddsTable")}},
                     ("algorithm", "tables")),
     "Region": {"type": "object", "required": ["region"], "properties": {"region": _REGION}},
@@ -189,9 +200,10 @@ _SCHEMAS: dict[str, Any] = {
 
 _ERRORS = {
     "400": "bad input (the message names the field); nothing changed",
-    "401": "admin token missing or wrong",
-    "404": "unknown user, gift or festival",
-    "409": "the user exists, or the gift id was used with another payload",
+    "401": "admin token missing or wrong (a payment notification: signature wrong, or timestamp out of window)",
+    "403": "a payment provider the user's region does not allow",
+    "404": "unknown user, gift, festival, skin, payment or payment provider",
+    "409": "the user exists, or the gift (payment) id was used with another payload",
     "422": "a gift rule refused the send (the code says which: gift-rules.md section 1)",
     "429": "the sender's request rate is exceeded",
     "500": "internal error (the node's log has the details)",
@@ -315,6 +327,13 @@ def _paths() -> dict[str, dict[str, Any]]:
         OPENAPI_PATH: {"get": {"summary": "this document", "security": [], "responses": {
             "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/healthz": {"get": _op("the process is alive", "Health", errors=(), open_=True)},
+        "/payments/{provider}/notify": {"post": {
+            **_op("a payment provider's signed notification: a purchase mints the cards, a refund claws back "
+                  "what is unspent (docs/regions.md); headers Notecard-Timestamp and Notecard-Signature",
+                  "Payment", body="PaymentNotification", errors=("400", "401", "403", "404", "409", "503"),
+                  open_=True),
+            "parameters": [{"name": "provider", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"}}]}},
         "/odds": {"get": _op("the published odds of the lucky card (docs/regions.md)", "Odds", errors=("503",),
                              open_=True)},
         "/admin/skins": {"get": _op("the card art catalogue, stored skins ignored", "Skins", errors=("401", "503"))},
