@@ -27,6 +27,7 @@ from clearing.odds import (
 )
 from clearing.regions import RegionRules
 from clearing.scene_config import SceneConfigError
+from clearing.slots import SLOTS, slot_of
 from gateway import GatewayNode
 from notecard import odds as odds_cli
 from notecard.admin_client import AdminApiError, AdminClient
@@ -225,3 +226,31 @@ async def test_notecard_odds_verify_checks_a_draw_once_its_key_is_revealed(
     assert '"matches": true' in capsys.readouterr().out
     wrong = [*args[:-1], str((accepted.lucky_bonus or 0) + UNITS)]
     assert await asyncio.to_thread(odds_cli.main, wrong) == 1
+
+
+def _shard(user: str) -> int:
+    # the test cluster splits the slots evenly over 3 primaries (notecard/local_cluster.py)
+    return slot_of(user) * 3 // SLOTS
+
+
+@pytest.mark.parametrize("topology_kind", ["cluster"], indirect=True)
+async def test_a_bonus_whose_payer_is_on_another_shard_is_paid_through_the_saga(
+        admin: AdminClient, connect: ClientFactory) -> None:
+    """Sender and recipient share a shard, so the answer tries the one-script path; the
+    promotion account lives on another, the script stops at its first read of it, before any
+    write, and the saga pays the bonus."""
+    sender = next(f"near{i}" for i in range(1000) if _shard(f"near{i}") == _shard("bob"))
+    payer = next(f"promo{i}" for i in range(1000) if _shard(f"promo{i}") != _shard("bob"))
+    await admin.set_scenes(promo_account=payer, newcomer_free_gifts=0)
+    await admin.publish_odds("sea-lucky", [{"bonus": 2, "weight": 1}])
+    await admin.put_region("sea", {"lucky_odds": "sea-lucky"})
+    await admin.create_user(payer, verified=True)
+    await admin.mint(payer, 10)
+    await befriend_all(admin, sender, cards=5)
+    await befriend_all(admin, "bob", cards=0, region="sea")
+    for a, b in ((sender, "bob"), ("bob", sender)):
+        await admin.follow(a, b, now_ms() - 4 * 86_400_000)
+    accepted, bob = await _accept_one(connect, sender, "bob")
+    assert (accepted.lucky_bonus, accepted.lucky_paid) == (2 * UNITS, 2 * UNITS)
+    assert (await bob.balance()).available["note"] == 3 * UNITS
+    assert (await admin.get_user(payer))["balances"]["available"]["note"] == 8 * UNITS
