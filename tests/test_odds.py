@@ -22,6 +22,7 @@ from clearing.odds import (
     OddsTable,
     chi_square,
     commitment,
+    decode_odds,
     draw,
     draw_with,
 )
@@ -254,3 +255,19 @@ async def test_a_bonus_whose_payer_is_on_another_shard_is_paid_through_the_saga(
     assert (accepted.lucky_bonus, accepted.lucky_paid) == (2 * UNITS, 2 * UNITS)
     assert (await bob.balance()).available["note"] == 3 * UNITS
     assert (await admin.get_user(payer))["balances"]["available"]["note"] == 8 * UNITS
+
+
+async def test_publishing_odds_needs_the_admin_token_and_a_stored_table_that_does_not_read_draws_nothing(
+        node: GatewayNode, admin: AdminClient, redis: aioredis.Redis) -> None:
+    async with aiohttp.ClientSession() as anyone, \
+            anyone.put(node.admin_url + "/admin/odds/sea-lucky", json={"entries": TABLE}) as response:
+        assert response.status == 401
+    assert (await admin.odds())["tables"] == []
+    await admin.publish_odds("good", TABLE)
+    await redis.hset(DEFAULT_KEYS.odds(), mapping={"bad": "{not json", "worse": '{"current": {"version": 0}}'})
+    assert [t["table"] for t in (await admin.odds())["tables"]] == ["good"]
+    problems = (await node.scenes.settings.get()).problems
+    assert sum("no lucky draws from it" in p for p in problems) == 2
+    tables, about = decode_odds({"x": '{"current": {"version": 1, "entries": [{"bonus": 1, "weight": 1}], '
+                                      '"key": "00", "published_ms": 1}}'})
+    assert tables == {} and "64 lower-case hex digits" in about[0]
