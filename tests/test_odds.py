@@ -170,6 +170,20 @@ async def test_a_gift_accepted_outside_a_lucky_region_draws_nothing(
 
 
 @BOTH
+async def test_a_gift_declined_in_a_lucky_region_draws_nothing(admin: AdminClient, connect: ClientFactory) -> None:
+    await _lucky_region(admin, promo_cards=10)
+    await befriend_all(admin, "alice", cards=5)
+    await befriend_all(admin, "bob", cards=0, region="sea")
+    for a, b in (("alice", "bob"), ("bob", "alice")):
+        await admin.follow(a, b, now_ms() - 4 * 86_400_000)
+    alice, bob = await connect("alice"), await connect("bob")
+    sent = await alice.send_gift("bob", 1)
+    declined = await bob.decline(sent.gift_id)
+    assert declined.state == "declined" and declined.lucky_table is None and declined.lucky_paid is None
+    assert (await admin.get_user("promo"))["balances"]["available"]["note"] == 10 * UNITS
+
+
+@BOTH
 async def test_an_unfunded_draw_is_recorded_and_pays_nothing(admin: AdminClient, connect: ClientFactory) -> None:
     await _lucky_region(admin, promo_cards=1)  # one card: short of the two drawn
     await befriend_all(admin, "alice", cards=5)
