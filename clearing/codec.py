@@ -33,11 +33,21 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         festival=_opt(m.get("festival")),
         room=_opt(m.get("room")),
         guardian=_opt(m.get("guardian")) or None,
+        lucky_table=_opt(m.get("lucky_table")),
+        lucky_version=_opt_int(m.get("lucky_version")),
+        lucky_seed=_opt(m.get("lucky_seed")),
+        lucky_bonus=_opt_int(m.get("lucky_bonus")),
+        lucky_paid=_opt_int(m.get("lucky_paid")),
+        skin=_opt(m.get("skin")),
     )
 
 
 def _opt(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _text(value: bytes | str) -> str:

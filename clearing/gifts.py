@@ -67,10 +67,12 @@ from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
+from clearing.odds import Draw, draw
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.regions import consent_versions, guardian_args
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
+from clearing.skins import kind_art
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
 from clearing.topology import Durability, NodeScripts, SlotUncovered, Topology
 
@@ -259,6 +261,9 @@ class Clearing(RedisComponent):
             a["guard"] = guard
         if quote_id:
             a["quote"] = quote_id
+        art = kind_art(snapshot.skins, kind) if snapshot.skins else None
+        if art:
+            a["skins"] = art
         if scenes.newcomer_free_gifts > 0 and scenes.promo_account not in (sender, recipient):
             a.update(promo=scenes.promo_account, ptag=tag_of(scenes.promo_account),
                      nc_age=scenes.newcomer_age_ms, nc_free=scenes.newcomer_free_gifts)
@@ -302,6 +307,7 @@ class Clearing(RedisComponent):
             a.update(by=by or recipient, **(self._rate if by is None else {}))
         if event == "accept":
             a.update(_consent(snapshot))
+            a.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
         if self._fast_resolve(recipient, sender_hint):
             try:
                 reply = await self._lua.run("resolve", slot_of(recipient), self._keys.user(recipient), now, a,
@@ -365,6 +371,8 @@ class Clearing(RedisComponent):
         args = {**self._constant, "gid": gift_id, "r": recipient, "by": by or recipient, "event": event,
                 "rapp": app, "perks": _perks(snapshot), "dead": await self._dead_nodes(),
                 **(_consent(snapshot) if event == "accept" else {})}
+        if event == "accept":
+            args.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
         return ResolveSaga(self, args, self._clock())
 
     # ================================================================ the sweeper
@@ -620,6 +628,28 @@ async def _bounded(calls: Iterable[Awaitable[T]], at_once: int = 64) -> list[T]:
     return out
 
 
+def _lucky_args(snapshot: SettingsSnapshot, recipient: str, gift_id: str, units_per_card: int) -> dict[str, Any]:
+    """The lucky card's draw for each region with published odds (docs/regions.md): the
+    script picks the recipient's region's, records it with the decision and pays it. Empty
+    when no region has the rule or no promotion account could pay."""
+    promo = snapshot.scenes.promo_account
+    if not promo or promo == recipient:
+        return {}
+    draws: dict[str, Draw] = {}  # regions sharing a table share its one draw
+    lucky: dict[str, list[Any]] = {}
+    for code, rules in snapshot.regions.items():
+        table = snapshot.odds.get(rules.lucky_odds) if rules.lucky_odds else None
+        if table is None:
+            continue
+        if table.table_id not in draws:
+            draws[table.table_id] = draw(table, recipient, gift_id)
+        drawn = draws[table.table_id]
+        lucky[code] = [drawn.table, drawn.version, drawn.seed, drawn.bonus * units_per_card]
+    if not lucky:
+        return {}
+    return {"lucky": lucky, "lpromo": promo, "lptag": tag_of(promo)}
+
+
 def _perks(snapshot: SettingsSnapshot) -> dict[str, Any]:
     scenes = snapshot.scenes
     return {"per_card": scenes.points_per_card,
@@ -792,7 +822,8 @@ class ResolveSaga:
         return {**self.a, "gid": gift["gift_id"], "s": gift["sender"], "r": gift["recipient"], "to": gift["state"]}
 
     async def settle(self, gift: dict[str, Any]) -> None:
-        """The payer's hold and the send half follow the decision (once each)."""
+        """The payer's hold and the send half follow the decision (once each), and the
+        lucky bonus leaves its payer (once)."""
         if int(gift.get("closed", 0)) == 1:
             return
         a, c = self._args(gift), self.c
@@ -800,12 +831,31 @@ class ResolveSaga:
         if payer:
             await c.step("settle_sponsor", payer, self.now, {**a, "promo": payer, "ptag": tag_of(payer)}, emits=False)
         await c.step("settle", gift["sender"], self.now, {**a, "rapp": gift.get("rapp", "main")})
+        await self.pay_lucky(gift)
+
+    async def pay_lucky(self, gift: dict[str, Any]) -> None:
+        """An accepted gift's lucky bonus at its payer (lucky.lua); what was paid goes to close."""
+        bonus = int(gift.get("lucky_bonus") or 0)
+        if gift.get("state") != "accepted" or "lucky_table" not in gift or "lucky_paid" in gift:
+            return
+        if bonus == 0:
+            gift["lucky_paid"] = 0
+            return
+        payer = str(gift["lucky_payer"])
+        paid = await self.c.step("lucky", payer, self.now,
+                                 {**self._args(gift), "kind": gift["kind"], "bonus": bonus, "payer": payer,
+                                  "ptag": gift.get("lucky_ptag") or tag_of(payer)}, emits=False)
+        gift["lucky_paid"] = int(paid["paid"])
 
     async def close(self, gift: dict[str, Any]) -> GiftRecord:
-        """The recipient is credited (when accepted) and told; nothing is due any more."""
+        """The recipient is credited (when accepted, with the lucky bonus paid) and told;
+        nothing is due any more."""
         if int(gift.get("closed", 0)) == 1:
             return gift_from_map(_public(gift))
-        closed = await self.c.step("close", gift["recipient"], self.now, self._args(gift))
+        args = self._args(gift)
+        if "lucky_paid" in gift:
+            args["lucky_paid"] = int(gift["lucky_paid"])
+        closed = await self.c.step("close", gift["recipient"], self.now, args)
         return gift_from_map(closed["gift"])
 
     @staticmethod
@@ -825,7 +875,8 @@ class ResolveSaga:
 _SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room", "guardian",
                 "gwin")
 _PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms", "guardian",
-           "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room")
+           "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room", "lucky_table", "lucky_version",
+           "lucky_seed", "lucky_bonus", "lucky_paid", "skin")
 
 
 def _send_fields(send: dict[str, Any]) -> dict[str, Any]:

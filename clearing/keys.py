@@ -289,6 +289,23 @@ class KeySchema:
         """Hash: region code -> JSON of its rules (clearing/regions.py)."""
         return self._of("cfg", "regions")
 
+    def odds(self) -> str:
+        """Hash: odds table id -> JSON of its versions (clearing/odds.py)."""
+        return self._of("cfg", "odds")
+
+    def payment(self, user_id: str, provider: str, payment_id: str) -> str:
+        """Hash: a provider's payment for the user (clearing/purchases.py): state, kind, units,
+        and once refunded what was clawed back and what was short."""
+        return self._of(user_id, f"pay:{provider}:{payment_id}")
+
+    def skins(self) -> str:
+        """Hash: skin id -> JSON of the card art (clearing/skins.py)."""
+        return self._of("cfg", "skins")
+
+    def lucky(self, payer: str, recipient: str, gift_id: str) -> str:
+        """String: what ``payer`` paid for the lucky bonus of ``recipient``'s gift (once)."""
+        return self._of(payer, f"lucky:{recipient}|{gift_id}")
+
     def settings_channel(self) -> str:
         """Pub/sub channel (classic, cluster-wide): "settings changed, reload"."""
         return self._of("cfg", "changed")

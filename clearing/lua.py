@@ -70,7 +70,7 @@ ScriptName = Literal[
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
     "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",
-    "guardian_link",
+    "guardian_link", "lucky", "payment",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order: its function is defined
@@ -78,7 +78,8 @@ ScriptName = Literal[
 #: function) and each callback's upvalues (60) to what one script could see before.
 _LIBRARY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("send", "admit", "reserve", "sponsor", "offer", "void", "probe"), ("gift", "gift_send")),
-    **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close"), ("gift", "gift_answer")),
+    **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close", "lucky"),
+                    ("gift", "gift_answer")),
     "pending": ("gift",),
     "guardian_approve": ("gift",),
     **dict.fromkeys(("mentor_bind", "mentor_step"), ("mentor",)),
@@ -89,7 +90,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
 #: that is not a stream.
 LEDGER_SCRIPTS: frozenset[str] = frozenset({
     "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
-    "redeem_frame", "mentor_bind", "mentor_step", "erase",
+    "redeem_frame", "mentor_bind", "mentor_step", "erase", "lucky", "payment",
 })
 
 #: A quota counter only matters during its day and while that day's gifts can still be

@@ -93,6 +93,16 @@ class GiftRecord:
     #: The recipient's guardian, on a gift that waits (or waited) for their answer
     #: (docs/regions.md); never shown to the sender or the recipient.
     guardian: str | None = None
+    #: The lucky card (docs/regions.md "Published odds"), on a gift accepted in a region with
+    #: published odds: the table and version drawn from, the draw's seed (HMAC-SHA256, hex),
+    #: the bonus drawn and what the promotion account paid (0 when it could not), in units.
+    lucky_table: str | None = None
+    lucky_version: int | None = None
+    lucky_seed: str | None = None
+    lucky_bonus: int | None = None
+    lucky_paid: int | None = None
+    #: The card art of the recipient's region for the gift's kind (docs/regions.md), if any.
+    skin: str | None = None
 
     @property
     def charged_to(self) -> str:

@@ -26,12 +26,15 @@ from typing import Any
 
 import orjson
 
+from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 
 #: A region code: lower-case letters, digits and ``_``, starting with a letter (``eu``,
 #: ``us``, ``mena``, ``sea``, ``global``).
 REGION_PATTERN = r"[a-z][a-z0-9_]{0,15}"
 _REGION = re.compile(REGION_PATTERN)
+#: A payment provider's name (clearing/purchases.py).
+_PROVIDER = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 #: Where accounts are when nothing else was said; no rules are stored for it by default.
 DEFAULT_REGION = "global"
@@ -90,6 +93,12 @@ class RegionRules:
     guardian_rule: str = "off"
     #: How long the guardian has to answer before the gift expires back to its sender.
     guardian_window_ms: int = DEFAULT_GUARDIAN_WINDOW_MS
+    #: Published odds (docs/regions.md): the odds table (clearing/odds.py) whose lucky card
+    #: adds a random bonus to every gift a user of the region accepts; "" = no lucky card.
+    lucky_odds: str = ""
+    #: Purchases (docs/regions.md): the payment providers the region's users may buy cards
+    #: through; empty = every configured provider.
+    payment_providers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not is_valid_region(self.code):
@@ -109,15 +118,26 @@ class RegionRules:
         if type(window) is not int or not MIN_GUARDIAN_WINDOW_MS <= window <= MAX_GUARDIAN_WINDOW_MS:
             raise SceneConfigError(f"guardian_window_ms must be a whole number of ms from {MIN_GUARDIAN_WINDOW_MS} "
                                    f"to {MAX_GUARDIAN_WINDOW_MS}")
+        if not isinstance(self.lucky_odds, str) or (self.lucky_odds and not is_valid_id(self.lucky_odds)):
+            raise SceneConfigError("lucky_odds is an odds table id (1-64 characters of A-Z a-z 0-9 _ . : -) or \"\"")
+        providers = self.payment_providers
+        if isinstance(providers, list):
+            providers = tuple(providers)
+            object.__setattr__(self, "payment_providers", providers)  # JSON gives a list
+        if (not isinstance(providers, tuple) or len(providers) > 16 or len(set(providers)) != len(providers)
+                or not all(isinstance(p, str) and _PROVIDER.fullmatch(p) for p in providers)):
+            raise SceneConfigError("payment_providers is a list of at most 16 distinct provider names "
+                                   "([a-z][a-z0-9_]*, at most 32 characters)")
         from clearing.badges import parse_badges  # badges.py reads the regions: imported late
 
         object.__setattr__(self, "eco_badges", parse_badges(self.eco_badges))
 
     def to_plain(self) -> dict[str, Any]:
         """The document as stored and served (without the code, which is its key); a rule
-        field at its default ("off") is left out, so a document names only the rules it sets."""
+        field at its default ("off") is left out, so a document names only the rules it sets;
+        tuples become JSON lists."""
         defaults = RegionRules(self.code)
-        return {k: v for k, v in _asdict(self).items()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in _asdict(self).items()
                 if k != "code" and (k == "name" or v != getattr(defaults, k))}
 
     def stored(self) -> bytes:

@@ -2,7 +2,8 @@
 
 Where they live: ``KeySchema.scene_settings()`` (a hash, one field per setting, each value
 JSON), ``KeySchema.festivals()`` (a hash, festival id -> JSON) and ``KeySchema.regions()`` (a
-hash, region code -> JSON, clearing/regions.py), all in the ``{cfg}`` slot.
+hash, region code -> JSON, clearing/regions.py) and ``KeySchema.odds()`` (odds tables,
+clearing/odds.py) and ``KeySchema.skins()`` (card art, clearing/skins.py), all in the ``{cfg}`` slot.
 Scripts never read them: a script runs on a user's slot and cannot reach another (on a
 cluster, that slot is often on another node), and every gift reading one key would make it
 the hottest key of the deployment. Instead each process keeps a :class:`SettingsCache` and
@@ -37,8 +38,10 @@ import orjson
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import KeySchema, is_valid_id
 from clearing.lua import MAX_SAFE_INT
+from clearing.odds import OddsTable, decode_odds
 from clearing.regions import DEFAULT_REGION, RegionRules, decode_regions, is_valid_region
 from clearing.scene_config import SceneConfig, SceneConfigError
+from clearing.skins import Skin, decode_skins
 from clearing.topology import AnyRedis
 
 log = logging.getLogger("notecard.clearing.settings")
@@ -103,6 +106,10 @@ class SettingsSnapshot:
     problems: tuple[str, ...] = ()
     #: Each region's rules (clearing/regions.py), by code; a region not here has none.
     regions: Mapping[str, RegionRules] = dataclasses.field(default_factory=dict)
+    #: The published odds tables (clearing/odds.py), by table id.
+    odds: Mapping[str, OddsTable] = dataclasses.field(default_factory=dict)
+    #: The card art catalogue (clearing/skins.py), by skin id.
+    skins: Mapping[str, Skin] = dataclasses.field(default_factory=dict)
 
     def region(self, code: str) -> RegionRules:
         """The rules of region ``code`` (all off for a region nobody configured)."""
@@ -205,15 +212,19 @@ class SettingsCache:
             pipe.hgetall(self._keys.scene_settings())
             pipe.hgetall(self._keys.festivals())
             pipe.hgetall(self._keys.regions())
-            scenes_raw, festivals_raw, regions_raw = await guarded(pipe.execute())
+            pipe.hgetall(self._keys.odds())
+            pipe.hgetall(self._keys.skins())
+            scenes_raw, festivals_raw, regions_raw, odds_raw, skins_raw = await guarded(pipe.execute())
         scenes, problems = decode_scenes(_text(scenes_raw), self.defaults)
         festivals, more = decode_festivals(_text(festivals_raw))
         regions, about_regions = decode_regions(_text(regions_raw))
-        found = tuple(problems + more + about_regions)
+        odds, about_odds = decode_odds(_text(odds_raw))
+        skins, about_skins = decode_skins(_text(skins_raw))
+        found = tuple(problems + more + about_regions + about_odds + about_skins)
         if found and found != self._snapshot.problems:
             for problem in found:
                 log.warning("stored settings: %s", problem)
-        self._snapshot = SettingsSnapshot(scenes, festivals, found, regions)
+        self._snapshot = SettingsSnapshot(scenes, festivals, found, regions, odds, skins)
         self._checked_at = started
         return self._snapshot
 

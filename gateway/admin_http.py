@@ -78,6 +78,7 @@ from clearing import (
     check_invariant,
 )
 from clearing.keys import is_valid_id
+from clearing.purchases import Purchases
 from clearing.regions import DEFAULT_REGION, REGION_PATTERN, is_valid_region
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
@@ -95,9 +96,12 @@ from gateway.dashboards_admin import DashboardsAdmin
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
+from gateway.odds_admin import OddsAdmin
 from gateway.openapi import OPENAPI_PATH, openapi_document
+from gateway.payments_http import DEFAULT_PAYMENT_WINDOW_S, PaymentsHttp
 from gateway.privacy_admin import PrivacyAdmin
 from gateway.risk_admin import RiskAdmin
+from gateway.skins_admin import SkinsAdmin
 from gateway.webhooks_admin import WebhooksAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
@@ -183,12 +187,15 @@ class AdminApp:
         self, *, node_id: str, admin_token: str, redis: AnyRedis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
-        pages: WebPages | None = None, postgres_url: str | None = None,
+        pages: WebPages | None = None, postgres_url: str | None = None, payments: PaymentsHttp | None = None,
     ) -> None:
         self.pages = pages
         #: The book of record the dashboards read (None: their routes answer NO_BOOKS).
         self.postgres_url = postgres_url
         self.scenes = scenes or Scenes(clearing.topology, rules, keys, settings=clearing.settings)
+        #: Payment notifications; without providers configured every one is UNKNOWN_PROVIDER.
+        self.payments = payments or PaymentsHttp(
+            Purchases(clearing.topology, rules, keys, settings=clearing.settings), {}, DEFAULT_PAYMENT_WINDOW_S)
         self.node_id = node_id
         self.admin_token = admin_token
         self.redis = redis
@@ -245,6 +252,9 @@ class AdminApp:
         WebhooksAdmin(self.redis, self.keys).routes(app)
         DashboardsAdmin(self.postgres_url, self.rules.timezone).routes(app)
         PrivacyAdmin(self.clearing).routes(app)
+        OddsAdmin(self.scenes).routes(app)
+        SkinsAdmin(self.scenes).routes(app)
+        self.payments.routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

@@ -45,6 +45,7 @@ from gateway.setting_kinds import (
     Port,
     RedisUrl,
     Secret,
+    SecretNames,
     Text,
     redact_url,
 )
@@ -91,7 +92,7 @@ class Declared:
 
     @property
     def secret(self) -> bool:
-        return isinstance(self.kind, Secret)
+        return isinstance(self.kind, (Secret, SecretNames))
 
     def parse(self, raw: str) -> Any:
         value = self.kind.parse(raw)
@@ -361,6 +362,16 @@ class GatewaySettings:
                                        "a delivery that has no answer this long has failed")
     webhook_dead_max: int = setting(10_000, "WEBHOOK_DEAD_MAX", Integer(1, 999_999),
                                     "dead letters kept (the oldest go first)")
+
+    # purchases (clearing/purchases.py, docs/regions.md "Purchases")
+    payment_secrets: tuple[str, ...] = setting(
+        (), "PAYMENT_SECRETS", SecretNames(r"[a-z][a-z0-9_]{0,31}:[!-+\--~]{32,}",
+                                           "provider:secret pairs, comma-separated, each secret 32 bytes or more"),
+        "the payment providers whose notifications `POST /payments/{provider}/notify` accepts, each with the "
+        "HMAC-SHA256 key of its signature (`ewallet:...,card:...,paypal:...,crypto:...`)", shown="unset")
+    payment_window_s: int = setting(300, "PAYMENT_WINDOW_S", Integer(1, 86_400),
+                                    "a payment notification whose timestamp is further than this from the node's "
+                                    "clock is refused (the replay window)")
 
     def __post_init__(self) -> None:
         problems = [str(exc) for exc in _range_errors(self)]

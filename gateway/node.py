@@ -27,6 +27,7 @@ from websockets.typing import Subprotocol
 
 from clearing import Accounts, Clearing, ClearingError, EventLog, KeySchema, Presence
 from clearing.component import single_topology
+from clearing.purchases import Purchases
 from clearing.rates import RateLimit, UserRates
 from clearing.rooms import Rooms
 from clearing.scenes import Scenes
@@ -44,6 +45,7 @@ from gateway.ledger_gauges import LedgerGauges
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import INTERVAL_S as NODE_STATS_S
 from gateway.node_stats import NodeStats
+from gateway.payments_http import PaymentsHttp, parse_secrets
 from gateway.periodic import NodeLiveness, Sweeper, every
 from gateway.replica_check import CHECK_INTERVAL_S, ReplicaCheck
 from gateway.requests import RequestHandler
@@ -142,6 +144,8 @@ class GatewayNode:
             pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev and token_secret is not None,
                            token_secret or "", settings.claim_rules),
             postgres_url=settings.postgres_url,
+            payments=PaymentsHttp(Purchases(topo, rules, self.keys, settings=cache),
+                                  parse_secrets(settings.payment_secrets), settings.payment_window_s),
         )
         self.node_stats = NodeStats(self.redis, self.keys, self.node_id, self.metrics)
         self.metrics.watch_send_queues(lambda: (c.queued for c in self.hub.all_connections()))

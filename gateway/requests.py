@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from clearing import Clearing, ClearingUnavailable, GiftRules, Refusal, Refused
 from clearing.consent import Consents
 from clearing.scenes import Scenes
+from clearing.skins import region_art, region_of, visible
 from gateway.connection import ClientConnection
 from gateway.metrics import NodeMetrics
 from gateway.rooms import RoomHub
@@ -38,6 +39,7 @@ from protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     GiftResolved,
     GiftSent,
     GiveConsent,
@@ -52,6 +54,8 @@ from protocol import (
     RedeemFrame,
     SendGift,
     ServerMessage,
+    Skin,
+    Skins,
     WithdrawConsent,
 )
 from risk.appeals import Appeals
@@ -185,8 +189,20 @@ class RequestHandler:
     async def _balance(self, user_id: str, msg: GetBalance, app: str, conn: ClientConnection | None) -> ServerMessage:
         balances = await self._timed("balance", self.clearing.balances(user_id))
         points = (await self.scenes.points(user_id)).points if self.scenes is not None else None
+        snapshot = await self.clearing.settings.get()
+        art = region_art(snapshot.skins, await self._region(user_id)) if snapshot.skins else None
         return Balance(rid=msg.rid, available=balances.available, held=balances.held,
-                       units_per_card=self.rules.units_per_card, points=points)
+                       units_per_card=self.rules.units_per_card, points=points, skins=art or None)
+
+    async def _region(self, user_id: str) -> str:
+        return await region_of(self.clearing.redis, self.clearing.keys, user_id)
+
+    async def _skins(self, user_id: str, msg: GetSkins, app: str, conn: ClientConnection | None) -> ServerMessage:
+        """The card art the user's region may see (docs/regions.md "Regional card art")."""
+        snapshot = await self.clearing.settings.get()
+        shown = visible(snapshot.skins, await self._region(user_id)) if snapshot.skins else []
+        return Skins(rid=msg.rid, skins=tuple(Skin(skin_id=s.skin_id, kind=s.kind, name=s.name,
+                                                   image_url=s.image_url, optional=s.optional) for s in shown))
 
     async def _ping(self, user_id: str, msg: Ping, app: str, conn: ClientConnection | None) -> ServerMessage:
         return Pong(rid=msg.rid, server_time_ms=int(time.time() * 1000))
@@ -254,4 +270,5 @@ RequestHandler.HANDLERS = MappingProxyType({
     GiveConsent: RequestHandler._consent,
     WithdrawConsent: RequestHandler._consent,
     GuardianAnswer: RequestHandler._guardian,
+    GetSkins: RequestHandler._skins,
 })

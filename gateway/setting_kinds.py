@@ -162,6 +162,10 @@ class Names(Kind[tuple[str, ...]]):
         return ",".join(value)
 
 
+class SecretNames(Names):
+    """A comma-separated list of ``name:secret`` pairs that ``notecard config`` never prints."""
+
+
 Network = IPv4Network | IPv6Network
 
 

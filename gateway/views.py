@@ -24,6 +24,12 @@ def gift_view(record: GiftRecord) -> Gift:
         payer=record.payer,
         festival=record.festival,
         room=record.room,
+        lucky_table=record.lucky_table,
+        lucky_version=record.lucky_version,
+        lucky_seed=record.lucky_seed,
+        lucky_bonus=record.lucky_bonus,
+        lucky_paid=record.lucky_paid,
+        skin=record.skin,
     )
 
 

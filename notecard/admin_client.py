@@ -81,6 +81,14 @@ class AdminClient:
     async def put_region(self, code: str, rules: dict[str, Any]) -> Any:
         return await self.call("PUT", f"/admin/regions/{code}", rules)
 
+    async def odds(self) -> Any:
+        """The published odds (``GET /odds``, which needs no token)."""
+        return await self.call("GET", "/odds")
+
+    async def publish_odds(self, table: str, entries: list[dict[str, int]]) -> Any:
+        """A new version of an odds table; the one in force is retired and its key revealed."""
+        return await self.call("PUT", f"/admin/odds/{table}", {"entries": entries})
+
     async def mint(self, user_id: str, qty: int, kind: str = "note") -> Any:
         return await self.call("POST", f"/admin/users/{user_id}/mint", {"kind": kind, "qty": qty})
 

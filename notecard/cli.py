@@ -128,10 +128,11 @@ _TOOLS = {
     "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
     "webhooks": "POST gift events, signed, to the platform's URLs, with retries and dead letters (notecard.webhooks)",
     "dashboards": "business dashboards from PostgreSQL: generate a data set, show, render PNGs (dashboards.cli)",
+    "odds": "check a lucky card's draw from the published odds (notecard.odds)",
 }
 #: Tools that live outside loadtest/.
 _TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli",
-                 "webhooks": "notecard.webhooks", "dashboards": "dashboards.cli"}
+                 "webhooks": "notecard.webhooks", "dashboards": "dashboards.cli", "odds": "notecard.odds"}
 
 
 def _build_admin(sub: Any) -> None:

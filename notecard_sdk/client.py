@@ -61,6 +61,7 @@ from notecard_sdk.protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     Gift,
     GiftResolved,
     GiftSent,
@@ -82,6 +83,8 @@ from notecard_sdk.protocol import (
     SendGift,
     ServerError,
     ServerMessage,
+    Skin,
+    Skins,
     Welcome,
     Welcomed,
     WithdrawConsent,
@@ -260,6 +263,11 @@ class NotecardClient:
 
     async def ping(self) -> Pong:
         return await self._request(lambda rid: Ping(rid=rid), Pong)
+
+    async def skins(self) -> tuple[Skin, ...]:
+        """The card art this user's region may see: its own per kind (``optional`` false: what
+        offers and balances name in ``skin`` / ``skins``) and the optional ones."""
+        return (await self._request(lambda rid: GetSkins(rid=rid), Skins)).skins
 
     # ------------------------------------------------------------ scenes
     async def join_room(self, room: str) -> Room:

@@ -102,6 +102,29 @@ class Gift(WireObject):
     festival: Ident | None = None
     #: The live room (its streamer's id) whose quote priced the gift.
     room: Ident | None = None
+    #: The lucky card of an accepted gift in a region with published odds (``GET /odds``):
+    #: the table and version drawn from, the draw's seed (HMAC-SHA256, hex), the bonus
+    #: drawn and the bonus paid (0 when the promotion account could not), in minor units.
+    lucky_table: Ident | None = None
+    lucky_version: Annotated[int, Range(1, MAX_SAFE_INT)] | None = None
+    lucky_seed: Annotated[str, Pattern(r"[0-9a-f]{64}", 64)] | None = None
+    lucky_bonus: Millis | None = None
+    lucky_paid: Millis | None = None
+    #: The card art (a skin of ``get_skins``) of the recipient's region for this kind;
+    #: absent: the default art.
+    skin: Ident | None = None
+
+
+@message("skin")
+class Skin(WireObject):
+    """One card art of the catalogue (docs/regions.md "Regional card art")."""
+
+    skin_id: Ident
+    kind: CardKind
+    name: Annotated[str, Pattern(r"[^\x00]*", 100)]
+    image_url: Annotated[str, Pattern(r"https?://[!-~]+", 507)]
+    #: False: the user's region shows it for its kind; true: offered for the user to choose.
+    optional: bool
 
 
 @message("rank_entry")
@@ -235,6 +258,13 @@ class BindMentor(WireObject):
     mentor: Ident
 
 
+@message("get_skins")
+class GetSkins(WireObject):
+    """The card art the user's region may see. Answered by ``skins``."""
+
+    rid: RequestId
+
+
 @message("appeal")
 class Appeal(WireObject):
     """Appeal the risk engine's action on the user's account (docs/risk.md): the kind of
@@ -329,6 +359,17 @@ class Balance(WireObject):
     units_per_card: Annotated[int, Range(1, 1_000_000)]
     #: The user's total in the points ledger (linked-app perks).
     points: Millis | None = None
+    #: The card art of the user's region per card kind (skin ids of ``get_skins``); a kind not
+    #: here shows the default art; absent when the region has none.
+    skins: dict[CardKind, Ident] | None = None
+
+
+@message("skins")
+class Skins(WireObject):
+    """Every skin the user's region may see, its own and the optional ones, by kind."""
+
+    rid: RequestId
+    skins: tuple[Skin, ...]
 
 
 @message("pong")
@@ -416,19 +457,19 @@ class ConsentReply(WireObject):
 
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
                  | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent
-                 | GuardianAnswer)
+                 | GuardianAnswer | GetSkins)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
-                 | Pending | ConsentReply)
+                 | Pending | ConsentReply | Skins)
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
                 GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GiveConsent, WithdrawConsent,
-                GuardianAnswer)
+                GuardianAnswer, GetSkins)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
     for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending,
-                ConsentReply)
+                ConsentReply, Skins)
 }

@@ -26,6 +26,7 @@ from .messages import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     GiftResolved,
     GiftSent,
     GiveConsent,
@@ -41,6 +42,7 @@ from .messages import (
     Room,
     SendGift,
     ServerMessage,
+    Skins,
     Welcome,
     WithdrawConsent,
 )
@@ -64,6 +66,7 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     GiveConsent: ConsentReply,
     WithdrawConsent: ConsentReply,
     GuardianAnswer: GiftResolved,
+    GetSkins: Skins,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

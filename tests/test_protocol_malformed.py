@@ -50,7 +50,9 @@ GIFT: dict[str, Any] = {
     "state": "pending", "created_at_ms": 1_700_000_000_000, "expires_at_ms": 1_700_000_060_000,
 }
 #: A gift with every optional (scene) field present.
-SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol"}
+SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol",
+                               "lucky_table": "sea-lucky", "lucky_version": 2, "lucky_seed": "0f" * 32,
+                               "lucky_bonus": 50, "lucky_paid": 0, "skin": "sea-tiger"}
 TOP: list[dict[str, Any]] = [{"user": "alice", "points": 180, "rank": 1}, {"user": "bob", "points": 90, "rank": 2}]
 #: One valid wire map per message type, every optional field present; every test below
 #: breaks exactly one thing in it.
@@ -80,7 +82,10 @@ VALID: dict[str, dict[str, Any]] = {
     "gift_sent": {"t": "gift_sent", "rid": 7, "gift": GIFT},
     "gift_resolved": {"t": "gift_resolved", "rid": 7, "gift": SCENE_GIFT},
     "balance": {"t": "balance", "rid": 7, "available": {"note": 10}, "held": {"note": 0},
-                "units_per_card": 10, "points": 5},
+                "units_per_card": 10, "points": 5, "skins": {"note": "sea-tiger"}},
+    "get_skins": {"t": "get_skins", "rid": 7},
+    "skins": {"t": "skins", "rid": 7, "skins": [{"skin_id": "sea-tiger", "kind": "note", "name": "Tiger",
+                                                 "image_url": "https://cdn.example/tiger.png", "optional": False}]},
     "pong": {"t": "pong", "rid": 7, "server_time_ms": 5},
     "error": {"t": "error", "code": "ACCOUNT_FROZEN", "message": "m", "rid": 7, "gift": GIFT,
               "until_ms": 1_700_000_010_000},
@@ -308,7 +313,7 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
     assert optional == {
         ("hello", "epoch"), ("hello", "offset"), ("hello", "device"), ("error", "rid"), ("error", "gift"),
         ("error", "until_ms"),
-        ("send_gift", "quote"), ("balance", "points"),
+        ("send_gift", "quote"), ("balance", "points"), ("balance", "skins"),
         ("room", "rid"), ("room", "wish_kind"), ("room", "wish_target"), ("room", "wish_progress"),
         ("room", "points"), ("room", "rank"),
         ("done", "expires_at_ms"), ("done", "reward"), ("welcome", "pending_more"), ("pending", "more"),
@@ -316,7 +321,9 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
         ("withdraw_consent", "channel"),
         ("consent", "version"), ("consent", "at_ms"), ("consent", "channel"),
     }
-    assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room"}
+    assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room", "lucky_table",
+                                                           "lucky_version", "lucky_seed", "lucky_bonus", "lucky_paid",
+                                                           "skin"}
     assert {s.name for s in Gift.FIELDS if not s.optional} == set(GIFT)
     assert not [s.name for s in RankEntry.FIELDS if s.optional]
 

@@ -32,6 +32,7 @@ from protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     GiveConsent,
     GuardianAnswer,
     Hello,
@@ -68,6 +69,7 @@ SAMPLES: dict[type[ClientMessage], ClientMessage] = {
     GiveConsent: GiveConsent(rid=1, version="privacy-v1"),
     WithdrawConsent: WithdrawConsent(rid=1),
     GuardianAnswer: GuardianAnswer(rid=1, gift_id="g-1", ward="wafa", approve=True),
+    GetSkins: GetSkins(rid=1),
 }
 
 

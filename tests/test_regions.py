@@ -58,8 +58,9 @@ async def test_region_rules_written_on_one_node_are_what_every_node_applies(
             AdminClient(second.admin_url, ADMIN_TOKEN) as two:
         assert (await one.regions())["regions"] == {}
         stored = await one.put_region("eu", {"name": "Europe"})
-        assert stored == {"region": "eu", "name": "Europe"}
-        assert (await two.regions())["regions"] == {"eu": {"name": "Europe"}}
+        # every rule's field is shown, at its default ("off") unless given
+        assert stored == {"region": "eu", **RegionRules("eu", "Europe").to_plain()}
+        assert (await two.regions())["regions"] == {"eu": RegionRules("eu", "Europe").to_plain()}
         snapshot = await second.scenes.settings.get()
         assert snapshot.region("eu").name == "Europe"
         assert snapshot.region("sea") == RegionRules("sea")  # not configured: every rule off
@@ -87,7 +88,7 @@ async def test_a_stored_region_that_does_not_decode_has_no_rules_and_is_reported
     await redis.hset(DEFAULT_KEYS.regions(), mapping={"sea": "{not json", "mena": '{"name": 7}',
                                                        "us": '["a list"]'})
     shown = await admin.regions()
-    assert shown["regions"] == {"eu": {"name": "Europe"}}
+    assert shown["regions"] == {"eu": RegionRules("eu", "Europe").to_plain()}
     assert len(shown["problems"]) == 3 and all("it has no rules" in p for p in shown["problems"])
     assert (await node.scenes.settings.get()).region("mena") == RegionRules("mena")
 

@@ -38,7 +38,7 @@ local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'st
 -- window once approved; gdone, the guardian's answer ('approved' | 'rejected').
 local OFFER_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
                       'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
-                      'gneed', 'gcand', 'gwin', 'guardian', 'rwin', 'gdone'}
+                      'gneed', 'gcand', 'gwin', 'guardian', 'rwin', 'gdone', 'skin'}
 
 local function send_key()
   return ukey(A.s, 'gift:' .. A.gid)

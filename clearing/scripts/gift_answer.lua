@@ -6,6 +6,27 @@
 -- recipient's guardian rejects a gift awaiting them ('reject'), or the sweeper expires
 -- (A.event 'expire'). Returns {err, gift?} or {g, to, changed}.
 local FINAL_OF = {accept = 'accepted', decline = 'declined', expire = 'expired'}
+
+-- The lucky card (docs/regions.md "Published odds"): a gift accepted by a user of a region
+-- with published odds gets the bonus the node drew for it (clearing/odds.py). A.lucky maps
+-- each such region to {table, version, seed, bonus units}; A.lpromo and A.lptag name the
+-- promotion account that pays it. The draw is recorded on the offer half with the decision,
+-- so every later step (and a retry) pays what was drawn then, whatever the settings are now.
+local function lucky_draw(g)
+  if type(A.lucky) ~= 'table' or type(A.lpromo) ~= 'string' or A.lpromo == g.recipient then
+    return nil
+  end
+  local region = redis.call('HGET', ukey(g.recipient, 'user'), 'region') or 'global'
+  local d = A.lucky[region]
+  if type(d) ~= 'table' or type(d[1]) ~= 'string' or type(d[2]) ~= 'number' or type(d[3]) ~= 'string'
+      or type(d[4]) ~= 'number' or d[4] < 0 or d[4] % 1 ~= 0 then
+    return nil
+  end
+  return {lucky_table = d[1], lucky_version = d[2], lucky_seed = d[3], lucky_bonus = d[4],
+          lucky_payer = A.lpromo, lucky_ptag = A.lptag}
+end
+local LUCKY_FIELDS = {'lucky_table', 'lucky_version', 'lucky_seed', 'lucky_bonus', 'lucky_payer', 'lucky_ptag'}
+
 local function check_decide()
   local flat = redis.call('HGETALL', offer_key())
   if #flat == 0 then
@@ -56,7 +77,8 @@ local function check_decide()
     if to ~= 'accepted' and corrupt(slot_counters(g)) then
       return {err = 'CORRUPT'}
     end
-    return {g = g, to = to, changed = true, expired = event == 'expire' and A.event ~= 'expire'}
+    local lucky = to == 'accepted' and lucky_draw(g) or nil
+    return {g = g, to = to, changed = true, expired = event == 'expire' and A.event ~= 'expire', lucky = lucky}
   end
   if g.state == FINAL_OF[A.event] then
     return {g = g, changed = false}
@@ -67,7 +89,7 @@ local function check_decide()
   return {err = 'ALREADY_RESOLVED', g = g}
 end
 
-local function apply_decide(g, to, due)
+local function apply_decide(g, to, due, lucky)
   g.state, g.resolved_at_ms, g.closed, g.rapp = to, NOW, 0, A.rapp
   redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
   if A.event == 'reject' and to == 'declined' then
@@ -76,6 +98,12 @@ local function apply_decide(g, to, due)
   end
   if g.guardian then  -- decided before the ask step was done: it no longer needs to be
     redis.call('ZREM', tkey(g.rtag, 'due'), 'ask|' .. g.recipient .. '|' .. A.gid)
+  end
+  if lucky then
+    for k, v in pairs(lucky) do
+      g[k] = v
+    end
+    store(offer_key(g.recipient), g, LUCKY_FIELDS)
   end
   redis.call('ZREM', ukey(g.recipient, 'inbox'), A.gid)
   redis.call('ZREM', tkey(g.rtag, 'expiry'), g.recipient .. '|' .. A.gid)
@@ -192,10 +220,46 @@ local function apply_settle_sponsor(payer, sender, sp, to)
   redis.call('ZREM', tkey(tag, 'due'), 'sponsor|' .. payer .. '|' .. sender .. '|' .. A.gid)
 end
 
+-- The lucky bonus at its payer, once (the fast path's resolve, or lucky.lua across shards):
+-- {paid = units (already paid, or to pay now), fresh = true when this call pays}, or
+-- {err = 'CORRUPT'}. A payer short of the bonus pays nothing and the gift records
+-- lucky_paid = 0: the draw stands, unfunded (docs/regions.md).
+local function lucky_marker(payer, recipient)
+  return ukey(payer, 'lucky:' .. recipient .. '|' .. A.gid)
+end
+
+local function check_lucky(payer, ptag, recipient, kind, bonus)
+  if bonus <= 0 then
+    return {paid = 0}
+  end
+  local done = redis.call('GET', lucky_marker(payer, recipient))
+  if done then
+    return {paid = num(done)}
+  end
+  if corrupt({{ukey(payer, 'bal'), kind}, {tkey(ptag, 'tot'), 'transit:' .. kind}}) then
+    return {err = 'CORRUPT'}
+  end
+  local funded = num(redis.call('HGET', ukey(payer, 'bal'), kind)) >= bonus
+  return {paid = funded and bonus or 0, fresh = true}
+end
+
+-- available -> transit at the payer; close credits it to the recipient.
+local function apply_lucky(payer, ptag, recipient, kind, g, c)
+  if c.fresh then
+    if c.paid > 0 then
+      pay_units(payer, ptag, kind, c.paid, g, 'lucky_pay', 'lucky')
+    end
+    redis.call('SET', lucky_marker(payer, recipient), c.paid, 'PX', A.retention)
+  end
+end
+
 -- ================================================================ resolve: closing
 -- What close will change, read first: nil, or CORRUPT.
 local function check_close(o)
   local counters = {}
+  if o.state == 'accepted' and o.lucky_bonus and o.lucky_paid == nil and type(A.lucky_paid) ~= 'number' then
+    return 'SAGA_CONFLICT'  -- the caller must say what the payer paid (lucky.lua)
+  end
   if o.state == 'accepted' then
     -- what apply_close changes: the balance, transit, the points
     counters = {{ukey(o.recipient, 'bal'), o.kind}, {tkey(o.rtag, 'tot'), 'transit:' .. o.kind},
@@ -231,6 +295,13 @@ local function apply_close(o)
       end
       redis.call('HINCRBY', room, 'version', 1)
     end
+  end
+  if o.state == 'accepted' and o.lucky_bonus and o.lucky_paid == nil then
+    if A.lucky_paid > 0 then
+      credit_units(o.recipient, o.rtag, o.kind, A.lucky_paid, o, 'lucky_credit', 'lucky')
+    end
+    o.lucky_paid = A.lucky_paid
+    redis.call('HSET', offer_key(o.recipient), 'lucky_paid', A.lucky_paid)
   end
   o.closed = 1
   local key = offer_key(o.recipient)

@@ -79,6 +79,16 @@ local function check_admit()
   return {nodes = nodes, guard = guard_of_recipient()}
 end
 
+-- The card art of the recipient's region for this kind (clearing/skins.py): A.skins maps each
+-- region that has its own art for A.kind to the skin id; nil: the default art.
+local function region_skin(r)
+  if type(A.skins) ~= 'table' then
+    return nil
+  end
+  local skin = A.skins[redis.call('HGET', ukey(r, 'user'), 'region') or 'global']
+  return type(skin) == 'string' and skin or nil
+end
+
 -- Take R's receive slots and the offer half, `admitted`: written and due for recovery, or,
 -- when the offer follows in this same script (due false), left for apply_offer to write.
 local function apply_admit(due, guard)
@@ -86,7 +96,7 @@ local function apply_admit(due, guard)
   take_slot(recv)
   take_slot(pair)
   local o = {sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, state = 'admitted', day = A.day,
-             app = A.app, stag = A.stag, rtag = A.rtag}
+             app = A.app, stag = A.stag, rtag = A.rtag, skin = region_skin(A.r)}
   if guard then
     o.gneed, o.gcand, o.gwin = guard.need, guard.g, guard.win
   end

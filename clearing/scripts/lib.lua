@@ -291,12 +291,14 @@ end
 
 -- ------------------------------------------------------------------ gift records
 local GIFT_NUMBERS = {qty = true, cost = true, amount = true, created_at_ms = true,
-                      expires_at_ms = true, resolved_at_ms = true, closed = true, gwin = true, rwin = true}
+                      expires_at_ms = true, resolved_at_ms = true, closed = true, gwin = true, rwin = true,
+                      lucky_version = true, lucky_bonus = true, lucky_paid = true}
 -- Fields a client or an operator sees (GiftRecord); the others are the saga's own.
 local PUBLIC = {gift_id = true, sender = true, recipient = true, kind = true, qty = true, cost = true,
                 amount = true, state = true, created_at_ms = true, expires_at_ms = true,
                 resolved_at_ms = true, payer = true, app = true, festival = true, room = true,
-                guardian = true}
+                guardian = true, lucky_table = true, lucky_version = true, lucky_seed = true, lucky_bonus = true,
+                lucky_paid = true, skin = true}
 
 -- HGETALL of a gift half -> a table of its fields (numbers as numbers).
 local function record(id, flat)

@@ -26,6 +26,7 @@ import type {
   QuoteReply,
   Room,
   ServerMessage,
+  Skin,
   Welcome,
 } from "./schema.generated.js";
 import { backoffDelay, ClientSession } from "./session.js";
@@ -310,6 +311,12 @@ export class NotecardClient {
 
   ping(): Promise<Pong> {
     return this.request({ t: "ping" });
+  }
+
+  /** The card art this user's region may see: its own per kind (`optional` false: what offers
+   *  and balances name in `skin` / `skins`) and the optional ones. */
+  async skins(): Promise<Skin[]> {
+    return [...(await this.request({ t: "get_skins" })).skins];
   }
 
   /** Watch a live room; its pushes arrive as `room` events and through nextRoomUpdate(). */

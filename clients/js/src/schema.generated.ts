@@ -35,7 +35,8 @@ export const CLIENT_TYPES = [
   "appeal",
   "give_consent",
   "withdraw_consent",
-  "guardian_answer"
+  "guardian_answer",
+  "get_skins"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -50,7 +51,8 @@ export const SERVER_TYPES = [
   "quote",
   "done",
   "pending",
-  "consent"
+  "consent",
+  "skins"
 ] as const;
 
 export const REPLIES = {
@@ -70,7 +72,8 @@ export const REPLIES = {
   "appeal": "done",
   "give_consent": "consent",
   "withdraw_consent": "consent",
-  "guardian_answer": "gift_resolved"
+  "guardian_answer": "gift_resolved",
+  "get_skins": "skins"
 } as const;
 
 export const ERROR_CODES = [
@@ -277,6 +280,60 @@ export const SHAPES = {
         "re": "[A-Za-z0-9_.:\\-]+",
         "max": 64
       }
+    },
+    {
+      "name": "lucky_table",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "lucky_version",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 1,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "lucky_seed",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[0-9a-f]{64}",
+        "max": 64
+      }
+    },
+    {
+      "name": "lucky_bonus",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "lucky_paid",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "skin",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
     }
   ],
   "rank_entry": [
@@ -305,6 +362,51 @@ export const SHAPES = {
         "k": "int",
         "lo": 1,
         "hi": 9007199254740991
+      }
+    }
+  ],
+  "skin": [
+    {
+      "name": "skin_id",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "kind",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_]+",
+        "max": 32
+      }
+    },
+    {
+      "name": "name",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[^\\x00]*",
+        "max": 100
+      }
+    },
+    {
+      "name": "image_url",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "https?://[!-~]+",
+        "max": 507
+      }
+    },
+    {
+      "name": "optional",
+      "optional": false,
+      "shape": {
+        "k": "bool"
       }
     }
   ],
@@ -763,6 +865,17 @@ export const SHAPES = {
       }
     }
   ],
+  "get_skins": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -954,6 +1067,23 @@ export const SHAPES = {
         "k": "int",
         "lo": 0,
         "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "skins",
+      "optional": true,
+      "shape": {
+        "k": "map",
+        "key": {
+          "k": "str",
+          "re": "[a-z0-9_]+",
+          "max": 32
+        },
+        "value": {
+          "k": "str",
+          "re": "[A-Za-z0-9_.:\\-]+",
+          "max": 64
+        }
       }
     }
   ],
@@ -1312,6 +1442,28 @@ export const SHAPES = {
         "max": 32
       }
     }
+  ],
+  "skins": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "skins",
+      "optional": false,
+      "shape": {
+        "k": "list",
+        "item": {
+          "k": "obj",
+          "type": "skin"
+        }
+      }
+    }
   ]
 } as const;
 
@@ -1332,12 +1484,26 @@ export interface Gift {
   payer?: string;
   festival?: string;
   room?: string;
+  lucky_table?: string;
+  lucky_version?: number;
+  lucky_seed?: string;
+  lucky_bonus?: number;
+  lucky_paid?: number;
+  skin?: string;
 }
 
 export interface RankEntry {
   user: string;
   points: number;
   rank: number;
+}
+
+export interface Skin {
+  skin_id: string;
+  kind: string;
+  name: string;
+  image_url: string;
+  optional: boolean;
 }
 
 export interface Hello {
@@ -1455,6 +1621,11 @@ export interface GuardianAnswer {
   approve: boolean;
 }
 
+export interface GetSkins {
+  t: "get_skins";
+  rid: number;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1488,6 +1659,7 @@ export interface Balance {
   held: Record<string, number>;
   units_per_card: number;
   points?: number;
+  skins?: Record<string, string>;
 }
 
 export interface Pong {
@@ -1560,5 +1732,11 @@ export interface Consent {
   channel?: string;
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent | GuardianAnswer;
-export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Consent;
+export interface Skins {
+  t: "skins";
+  rid: number;
+  skins: Skin[];
+}
+
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent | GuardianAnswer | GetSkins;
+export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Consent | Skins;

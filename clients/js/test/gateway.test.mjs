@@ -52,6 +52,29 @@ for (const encoding of ["msgpack", "json"]) {
   });
 }
 
+test("regional card art: the offer and the balance name the recipient's region's skin, skins() lists it", async () => {
+  const [alice, bob] = [unique("alice"), unique("bob")];
+  const skinId = unique("tiger");
+  await bed.admin("PUT", `/admin/skins/${skinId}`, {
+    kind: "note", name: "Tiger", image_url: "https://cdn.example/tiger.png", regions: ["jsart"],
+  });
+  await befriend(bed, [alice, bob]);
+  await bed.admin("PATCH", `/admin/users/${bob}`, { region: "jsart" });
+  const a = client(alice, bed.nodes[0].url);
+  const b = client(bob, bed.nodes[1].url);
+  await Promise.all([a.connect(), b.connect()]);
+  const gift = await a.sendGift(bob);
+  const offer = await b.nextOffer(10_000);
+  assert.equal(offer.gift_id, gift.gift_id);
+  assert.equal(offer.skin, skinId);
+  await b.decline(offer.gift_id);
+  assert.deepEqual((await b.balance()).skins, { note: skinId });
+  assert.equal((await a.balance()).skins, undefined);
+  assert.deepEqual((await b.skins()).map((s) => [s.skin_id, s.optional]), [[skinId, false]]);
+  assert.deepEqual(await a.skins(), []);
+  await bed.admin("DELETE", `/admin/skins/${skinId}`);
+});
+
 test("a refusal carries its code, a repeated gift id gives the same gift, a declined card comes back", async () => {
   const [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
   await befriend(bed, [alice, bob]);

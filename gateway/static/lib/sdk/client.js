@@ -227,6 +227,11 @@ export class NotecardClient {
     ping() {
         return this.request({ t: "ping" });
     }
+    /** The card art this user's region may see: its own per kind (`optional` false: what offers
+     *  and balances name in `skin` / `skins`) and the optional ones. */
+    async skins() {
+        return [...(await this.request({ t: "get_skins" })).skins];
+    }
     /** Watch a live room; its pushes arrive as `room` events and through nextRoomUpdate(). */
     joinRoom(room) {
         return this.request({ t: "join_room", room });

@@ -27,7 +27,8 @@ export const CLIENT_TYPES = [
     "appeal",
     "give_consent",
     "withdraw_consent",
-    "guardian_answer"
+    "guardian_answer",
+    "get_skins"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -41,7 +42,8 @@ export const SERVER_TYPES = [
     "quote",
     "done",
     "pending",
-    "consent"
+    "consent",
+    "skins"
 ];
 export const REPLIES = {
     "hello": "welcome",
@@ -60,7 +62,8 @@ export const REPLIES = {
     "appeal": "done",
     "give_consent": "consent",
     "withdraw_consent": "consent",
-    "guardian_answer": "gift_resolved"
+    "guardian_answer": "gift_resolved",
+    "get_skins": "skins"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -263,6 +266,60 @@ export const SHAPES = {
                 "re": "[A-Za-z0-9_.:\\-]+",
                 "max": 64
             }
+        },
+        {
+            "name": "lucky_table",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "lucky_version",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 1,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "lucky_seed",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[0-9a-f]{64}",
+                "max": 64
+            }
+        },
+        {
+            "name": "lucky_bonus",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "lucky_paid",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "skin",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
         }
     ],
     "rank_entry": [
@@ -291,6 +348,51 @@ export const SHAPES = {
                 "k": "int",
                 "lo": 1,
                 "hi": 9007199254740991
+            }
+        }
+    ],
+    "skin": [
+        {
+            "name": "skin_id",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "kind",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_]+",
+                "max": 32
+            }
+        },
+        {
+            "name": "name",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[^\\x00]*",
+                "max": 100
+            }
+        },
+        {
+            "name": "image_url",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "https?://[!-~]+",
+                "max": 507
+            }
+        },
+        {
+            "name": "optional",
+            "optional": false,
+            "shape": {
+                "k": "bool"
             }
         }
     ],
@@ -749,6 +851,17 @@ export const SHAPES = {
             }
         }
     ],
+    "get_skins": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -940,6 +1053,23 @@ export const SHAPES = {
                 "k": "int",
                 "lo": 0,
                 "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "skins",
+            "optional": true,
+            "shape": {
+                "k": "map",
+                "key": {
+                    "k": "str",
+                    "re": "[a-z0-9_]+",
+                    "max": 32
+                },
+                "value": {
+                    "k": "str",
+                    "re": "[A-Za-z0-9_.:\\-]+",
+                    "max": 64
+                }
             }
         }
     ],
@@ -1296,6 +1426,28 @@ export const SHAPES = {
                 "k": "str",
                 "re": "[a-z0-9_.\\-]+",
                 "max": 32
+            }
+        }
+    ],
+    "skins": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "skins",
+            "optional": false,
+            "shape": {
+                "k": "list",
+                "item": {
+                    "k": "obj",
+                    "type": "skin"
+                }
             }
         }
     ]
