@@ -11,6 +11,7 @@ interval of its traffic); the gifts themselves are not affected.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -35,6 +36,7 @@ FLUSH_S = 0.05
 NO_DEVICE = "-"
 
 
+@functools.lru_cache(maxsize=65_536)
 def network_of(address: str) -> str:
     """The /24 (IPv4) or /48 (IPv6) an address is in, as a key-safe name; "" when unknown."""
     try:
