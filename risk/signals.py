@@ -64,6 +64,11 @@ class SignalLog:
         self.dropped = 0
         self.written = 0
 
+    @property
+    def queued(self) -> int:
+        """Events waiting for the next write."""
+        return len(self._queue)
+
     def record(self, kind: str, user: str, device: str | None, address: str, app: str, **fields: Any) -> None:
         """Queue one event (never waits). ``kind``: hello, send, accept, decline."""
         if len(self._queue) >= QUEUE_MAX:

@@ -171,3 +171,44 @@ async def test_an_account_with_nothing_to_appeal_is_told_so(risk_node: GatewayNo
     finally:
         for cl in clients:
             await cl.close()
+
+
+async def test_the_node_counts_risk_refusals_by_code_and_tier_and_the_signals_it_wrote(
+        risk_node: GatewayNode) -> None:
+    from tests.test_metrics import value
+    from tests.test_operations import http_get
+
+    async def metrics() -> str:
+        status, body = await http_get(f"{risk_node.admin_url}/metrics")
+        assert status == 200
+        return body.decode()
+
+    text = await metrics()
+    # there from the start, at zero: a rate() has a series before the first refusal
+    assert value(text, 'notecard_risk_refusals_total{code="ACCOUNT_FROZEN",tier="freeze"}') == 0
+    assert value(text, 'notecard_risk_refusals_total{code="DEVICE_BANNED",tier="ban"}') == 0
+    assert value(text, 'notecard_risk_signals_total{outcome="dropped"}') == 0
+    clients: list[NotecardClient] = []
+    async with AdminClient(risk_node.admin_url, ADMIN_TOKEN) as admin:
+        await befriend_all(admin, "met-1", "met-2")
+        try:
+            a = await _client(risk_node, "met-1", clients, device="met-phone")
+            await _client(risk_node, "met-2", clients)
+            await a.send_gift("met-2")
+            await admin.set_risk("met-1", "freeze", operator="ops-m")
+            assert (await _refusal(a.send_gift("met-2"))).code == "ACCOUNT_FROZEN"
+            assert (await _refusal(a.send_gift("met-2"))).code == "ACCOUNT_FROZEN"
+        finally:
+            for c in clients:
+                await c.close()
+    text = await metrics()
+    assert value(text, 'notecard_risk_refusals_total{code="ACCOUNT_FROZEN",tier="freeze"}') == 2
+    assert value(text, 'notecard_refusals_total{code="ACCOUNT_FROZEN"}') == 2  # the same, among all refusals
+    assert value(text, 'notecard_risk_refusals_total{code="RISK_LIMITED",tier="limit"}') == 0
+
+    async def written() -> bool:
+        # two hellos and three sends, written in the node's next batch
+        return (value(await metrics(), 'notecard_risk_signals_total{outcome="written"}') or 0) >= 5
+
+    await _eventually(written, "the node's risk signals to be written")
+    assert value(await metrics(), "notecard_risk_signals_queued") == 0
