@@ -56,6 +56,10 @@ from risk.scorer import GROUP
 DEFAULT_NICES = (0, 19)
 SCORER_NAME = "bench"
 READY_TIMEOUT_S = 30.0
+#: Before a scorer's phase is measured, it scores the backlog the phases before it left,
+#: for at most DRAIN_MAX_S, until no more than DRAINED_LAG entries wait.
+DRAIN_MAX_S = 15.0
+DRAINED_LAG = 100
 
 
 async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: float) -> float:
@@ -182,6 +186,8 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
         await admin.risk_switches("bench", shadow=True)
         provisioned = await gifting.provision_pairs(admin, pairs)
     redis = aioredis.Redis.from_url(target.redis.url)
+    assert target.redis.process is not None
+    redis_pid = target.redis.process.pid
     modes = ["none", *scorers]
     rows: list[dict[str, Any]] = []
     try:
@@ -191,14 +197,26 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
                 for mode in modes[cycle % len(modes):] + modes[:cycle % len(modes)]:
                     for name, proc in scorers.items():
                         os.kill(proc.pid, signal.SIGCONT if name == mode else signal.SIGSTOP)
-                    # the running scorer takes in what the previous phase left, unmeasured
+                    # The running scorer takes in what the previous phases left, unmeasured, so
+                    # that its phase pays for its own traffic only (if it can keep up at all).
                     await load.run_closed(settle_s, "settle")
+                    drain_until = time.monotonic() + DRAIN_MAX_S
+                    while mode in scorers and time.monotonic() < drain_until:
+                        length, read = await _group_read(redis)
+                        if length - read <= DRAINED_LAG:
+                            break
+                        await load.run_closed(0.5, "settle")
                     length0, read0 = await _group_read(redis)
                     cpu0 = _cpu_seconds(scorers[mode].pid) if mode in scorers else 0.0
+                    redis_cpu0 = _cpu_seconds(redis_pid)
                     result = await load.run_closed(phase_s, mode)
+                    redis_cpu = _cpu_seconds(redis_pid) - redis_cpu0
                     length1, read1 = await _group_read(redis)
                     row: dict[str, Any] = {"cycle": cycle, "mode": mode, "settled_per_s": result.settled_per_s,
-                                           "events": length1 - length0, "scored": read1 - read0}
+                                           "events": length1 - length0, "scored": read1 - read0,
+                                           # Redis's CPU per settled gift: the scorer's commands show here
+                                           "redis_cpu_us_per_gift": 1e6 * redis_cpu / result.settled
+                                           if result.settled else 0.0}
                     if mode in scorers:
                         cpu = _cpu_seconds(scorers[mode].pid) - cpu0
                         row["scorer_cpu_s"] = cpu
@@ -206,6 +224,7 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
                     rows.append(row)
                     extra = (f" (scorer: {row['scored']} scored of {row['events']} events, "
                              f"{row['scorer_cpu_us_per_event']:.0f} us CPU per event)" if mode in scorers else "")
+                    extra += f" Redis {row['redis_cpu_us_per_gift']:.0f} us CPU per gift"
                     say(f"scorer {mode}: {row['settled_per_s']:.0f} settled gifts/s{extra}")
     finally:
         for proc in scorers.values():
@@ -273,6 +292,7 @@ def run(work: Path, *, pairs: int, seconds: float, rounds: int, warmup_s: float 
         scorer[mode] = {"factor": factor, "factor_paired": paired, "on_over_off": signals * factor,
                         "on_over_off_paired": signals_paired * paired,
                         "cpu_us_per_event": _mean(phase_rows, mode, "scorer_cpu_us_per_event"),
+                        "redis_cpu_us_per_gift": _mean(phase_rows, mode, "redis_cpu_us_per_gift"),
                         "scored_share": sum(r["scored"] for r in phase_rows if r["mode"] == mode) / events
                         if events else 0.0}
     # What answers the bar: the scorer kept off the gift path's CPU (the most idle priority
@@ -282,6 +302,7 @@ def run(work: Path, *, pairs: int, seconds: float, rounds: int, warmup_s: float 
     on_over_off = scorer[bar_mode]["on_over_off"] if bar_mode else signals
     return {"signal_rounds": signal_rows, "scorer_phases": phase_rows, "signals_factor": signals,
             "signals_factor_paired": signals_paired, "no_scorer_settled_per_s": none, "scorer": scorer,
+            "no_scorer_redis_cpu_us_per_gift": _mean(phase_rows, "none", "redis_cpu_us_per_gift"),
             "bar_mode": bar_mode, "off_settled_per_s": off, "on_settled_per_s": off * on_over_off,
             "on_over_off": on_over_off}
 
@@ -306,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode, s in result["scorer"].items():
         print(f"scorer {mode} (part 2): factor {s['factor']:.3f} (median of cycles {s['factor_paired']:.3f}) "
               f"against {result['no_scorer_settled_per_s']:.0f} gifts/s without; {s['cpu_us_per_event']:.0f} us "
-              f"CPU per event, {100 * s['scored_share']:.0f} % of the phases' events scored; on/off "
+              f"CPU per event, {100 * s['scored_share']:.0f} % of the phases' events scored, Redis "
+              f"{s['redis_cpu_us_per_gift']:.0f} us CPU per gift (without: "
+              f"{result['no_scorer_redis_cpu_us_per_gift']:.0f}); on/off "
               f"{s['on_over_off']:.3f} (medians {s['on_over_off_paired']:.3f})")
     print(f"bar (on/off >= 0.90) answered by the scorer at {result['bar_mode'] or 'none'}: "
           f"{result['on_over_off']:.3f}")
