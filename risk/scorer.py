@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from clearing.keys import KeySchema
@@ -40,7 +41,7 @@ BATCH = 200
 #: After a batch smaller than BATCH, ``notecard risk run`` waits this long before the next
 #: read, so that batches grow with the traffic: a batch's round trips are paid by more
 #: events, and a decision comes at most this much later (it never delays a gift).
-LINGER_S = 0.1
+LINGER_S = 0.25
 SWITCHES_MAX_AGE_S = 1.0
 
 
@@ -68,6 +69,8 @@ class RedisBackend:
                     pipe.zscore(key, member)
                 elif name == "zincr":
                     pipe.zincrby(key, member[1], member[0])
+                elif name == "xack":  # the scorer's acknowledgement of a batch (member: group, ids)
+                    pipe.xack(key, member[0], *member[1])
                 else:
                     raise ValueError(name)
             answers = await pipe.execute()
@@ -134,25 +137,30 @@ class Scorer:
         if not entries:
             got: Any = await self.redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=block_ms)
             entries = [e for _, batch in got for e in batch] if got else []
-        # A claimed entry trimmed away meanwhile has no fields.
+        # A claimed entry trimmed away meanwhile has no fields; it is acknowledged all the same.
         await self.handle_many([(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
-                                for entry_id, fields in entries if fields])
-        if entries:
-            # One acknowledgement for the batch, after every decision in it is stored: a
-            # scorer dying before it leaves the batch to another, whose redelivered entries
-            # the features recognise (handle).
-            await self.redis.xack(self.stream, GROUP, *(entry_id for entry_id, _ in entries))
+                                for entry_id, fields in entries if fields],
+                               ack=[_text(entry_id) for entry_id, _ in entries])
         return len(entries)
 
     async def handle(self, entry_id: str, fields: Mapping[str, str]) -> Decision | None:
         return (await self.handle_many([(entry_id, fields)]))[0]
 
-    async def handle_many(self, entries: list[tuple[str, Mapping[str, str]]]) -> list[Decision | None]:
-        """Score a batch in stream order: its features in three round trips, then a decision
-        per event (None for an entry already scored, or one without a user)."""
+    async def handle_many(self, entries: list[tuple[str, Mapping[str, str]]], *,
+                          ack: list[str] | None = None) -> list[Decision | None]:
+        """Score a batch in stream order: its features read in two round trips, a decision
+        per event (None for an entry already scored, or one without a user), then the
+        features written and the ``ack`` entries acknowledged.
+
+        The acknowledgement comes after every decision of the batch is stored and its
+        counters are written: a scorer dying before it leaves the batch to another, whose
+        redelivered entries the features recognise. On one Redis it goes in the counters'
+        pipeline (one connection runs them in order); a cluster client may send a pipeline's
+        commands to several servers at once, so there it is a call of its own after them."""
         parsed = [(Event.from_fields(fields), _id(entry_id)) for entry_id, fields in entries]
         items = [(ev, eid) for ev, eid in parsed if ev.user]
-        seen = iter(await self.features.observe_many(items))
+        observed, writes = await self.features.prepare(items)
+        seen = iter(observed)
         switches = await self.switches()
         shadow_levels: dict[str, int] = {}
         out: list[Decision | None] = []
@@ -177,6 +185,14 @@ class Scorer:
             out.append(decision)
         for kind, n in kinds.items():
             self.metrics.events.labels(kind=kind).inc(n)
+        together = bool(ack) and isinstance(self.features.backend, RedisBackend) and not isinstance(
+            self.redis, RedisCluster)
+        if together and ack:
+            writes.append(("xack", self.stream, (GROUP, ack)))
+        if writes:
+            await self.features.backend.run(writes)
+        if ack and not together:
+            await self.redis.xack(self.stream, GROUP, *ack)
         return out
 
     async def act(self, ev: Event, d: Decision, shadow_seen: int = 0) -> int:

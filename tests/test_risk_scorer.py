@@ -105,3 +105,29 @@ async def test_the_redis_features_of_a_batch_equal_the_simulators_one_by_one(red
     again = await scorer.features.observe_many(batch)  # redelivered: recognised, nothing counted twice
     assert all(o.repeated for o in again)
     assert (await redis.hgetall(KEYS.risk_features("same-bot")))[b"sends"] == b"6"
+
+
+async def test_two_scorers_each_remembering_what_it_saw_still_count_every_account_on_a_device(
+        redis: aioredis.Redis) -> None:
+    """What a scorer remembers (members it added, pairs that gave) never hides another
+    scorer's additions: set sizes are read from Redis at every batch."""
+    a = FeatureState(Scorer(redis, KEYS, load_model(), name="a").features.backend, KEYS)
+    b = FeatureState(Scorer(redis, KEYS, load_model(), name="b").features.backend, KEYS)
+
+    def hello(user: str, ts: int) -> Event:
+        return Event("hello", user, "shared-dev", "10.9.9.1", "main", ts)
+
+    assert (await a.observe(hello("dev-u1", 1))).x["dev_accts"] == 1
+    assert (await a.observe(hello("dev-u2", 2))).x["dev_accts"] == 2
+    assert (await b.observe(hello("dev-u3", 3))).x["dev_accts"] == 3  # b knows none of a's facts
+    assert (await a.observe(hello("dev-u1", 4))).x["dev_accts"] == 3  # a's remembered member, b's new one
+    assert (await a.observe(hello("dev-u4", 5))).x["dev_accts"] == 4
+    assert await redis.scard(KEYS.device_accounts("shared-dev")) == 4
+    # a gift pair: a first gift is a new recipient, the next is not, whichever scorer sees it
+    gift = Event("send", "dev-u1", "shared-dev", "10.9.9.1", "main", 10, to="dev-u2")
+    assert (await a.observe(gift)).x["fan_out"] == 1.0
+    again = Event("send", "dev-u1", "shared-dev", "10.9.9.1", "main", 20, to="dev-u2")
+    assert (await b.observe(again)).x["fan_out"] == 0.5
+    back = Event("send", "dev-u2", "shared-dev", "10.9.9.1", "main", 30, to="dev-u1")
+    assert (await a.observe(back)).x["reciprocal"] == 1.0  # dev-u1 gave to dev-u2 before
+    assert await redis.zscore(KEYS.risk_peers("dev-u1"), "dev-u2") == 2
