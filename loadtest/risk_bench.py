@@ -74,18 +74,12 @@ async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: flo
 
 async def _scorer_lag(url: str) -> dict[str, int]:
     redis = aioredis.Redis.from_url(url)
-    stream = DEFAULT_KEYS.risk_events()
     try:
-        length = await redis.xlen(stream)
-        groups = await redis.xinfo_groups(stream)
-        group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-        last = group["last-delivered-id"] if group else b"0-0"
-        last = last.decode() if isinstance(last, bytes) else str(last)
-        # entries after the group's last delivered one: not yet taken by any scorer
-        unscored = len(await redis.xrange(stream, min=f"({last}", count=10_000_000) or [])
+        events, read = await _group_read(redis)
     finally:
         await redis.aclose()
-    return {"events": int(length), "unscored": unscored}
+    # events after the group's last delivered entry: not yet taken by any scorer
+    return {"events": events, "unscored": events - read}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -163,13 +157,24 @@ def run_round(work: Path, nice: int | None, pairs: int, seconds: float, warmup_s
 
 
 async def _group_read(redis: aioredis.Redis) -> tuple[int, int]:
-    """(entries in the events stream, entries the scorers' group has read)."""
+    """(events in the events stream, events the scorers' group has read). A node's entry
+    holds a flush of events (``n`` of them, risk/signals.py); the benchmark's stream is
+    small enough to be read whole."""
     stream = DEFAULT_KEYS.risk_events()
-    length = int(await redis.xlen(stream))
+    last = "0-0"
     for group in await redis.xinfo_groups(stream):
         if group["name"] in (GROUP, GROUP.encode()):
-            return length, int(group.get("entries-read") or 0)
-    return length, 0
+            raw = group["last-delivered-id"]
+            last = raw.decode() if isinstance(raw, bytes) else str(raw)
+    done = tuple(map(int, last.split("-")))
+    total = read = 0
+    for entry_id, fields in await redis.xrange(stream) or []:
+        n = int((fields or {}).get(b"n", 1))
+        total += n
+        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        if tuple(map(int, text.split("-"))) <= done:
+            read += n
+    return total, read
 
 
 def _start_scorer(url: str, nice: int, name: str) -> subprocess.Popen[bytes]:

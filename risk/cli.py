@@ -91,7 +91,7 @@ async def _run(args: argparse.Namespace) -> int:
     from clearing.keys import KeySchema
     from gateway.config import ConfigError, GatewaySettings
     from gateway.redis_client import close_store, connect_store
-    from risk.scorer import BATCH, LINGER_S, RiskMetrics, Scorer
+    from risk.scorer import LINGER_S, RiskMetrics, Scorer
 
     try:
         settings = GatewaySettings.from_env()
@@ -118,7 +118,8 @@ async def _run(args: argparse.Namespace) -> int:
             try:
                 await scorer.ensure_group()
                 while not stop.is_set():
-                    if await scorer.step() < BATCH:
+                    await scorer.step()
+                    if not scorer.full:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), LINGER_S)
             except (RedisError, OSError) as exc:

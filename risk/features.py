@@ -55,6 +55,11 @@ class Event:
                      waited_ms=_int(fields.get("waited_ms"), -1))
 
 
+#: Where an event is in the events stream: (ms, seq) of its entry and its index in the entry.
+EventId = tuple[int, int, int]
+#: An event with no place in the stream (the simulator's): always counted.
+NO_ID: EventId = (0, 0, 0)
+
 #: One backend operation: (name, key, member?). ``sadd``: add to a set, answers 1 when the
 #: member is new, else 0; ``scard``: a set's size; ``ismember``; ``hgetall``; ``hset``
 #: (member: a mapping); ``zscore`` (None when absent); ``zincr`` (member: (member, by)):
@@ -157,16 +162,16 @@ class FeatureState:
         self.keys = keys
         self.known = known if known is not None else Known()
 
-    async def observe(self, ev: Event, entry_id: tuple[int, int] = (0, 0)) -> Observation:
+    async def observe(self, ev: Event, entry_id: EventId = NO_ID) -> Observation:
         return (await self.observe_many([(ev, entry_id)]))[0]
 
-    async def observe_many(self, items: list[tuple[Event, tuple[int, int]]]) -> list[Observation]:
+    async def observe_many(self, items: list[tuple[Event, EventId]]) -> list[Observation]:
         out, writes = await self.prepare(items)
         if writes:
             await self.backend.run(writes)
         return out
 
-    async def prepare(self, items: list[tuple[Event, tuple[int, int]]]) -> tuple[list[Observation], list[Op]]:
+    async def prepare(self, items: list[tuple[Event, EventId]]) -> tuple[list[Observation], list[Op]]:
         """The observations of a batch, and the writes that store them (not yet run)."""
         k = self.keys
         users = list(dict.fromkeys(ev.user for ev, _ in items))
@@ -176,12 +181,12 @@ class FeatureState:
         raw = {u: {_str(a): _str(b) for a, b in h.items()} for u, h in zip(users, first, strict=False)}
         sizes = {key: int(n) for key, n in zip(set_keys, first[len(users):], strict=True)}
         counters = {u: {name: _float(r.get(name)) for name in _COUNTERS} for u, r in raw.items()}
-        last = {u: _entry(r.get("last_id")) for u, r in raw.items()}
+        last = {u: event_id(r.get("last_id")) for u, r in raw.items()}
         fresh: list[bool] = []
         for ev, entry_id in items:
-            new = entry_id == (0, 0) or entry_id > last[ev.user]
+            new = entry_id == NO_ID or entry_id > last[ev.user]
             fresh.append(new)
-            if new and entry_id != (0, 0):
+            if new and entry_id != NO_ID:
                 last[ev.user] = entry_id
         # The questions, in event order; a fact the batch itself makes true (an account
         # added to a set, a first gift) answers the later events' questions.
@@ -208,8 +213,8 @@ class FeatureState:
             was = raw[u]
             fields = {name: text for name in _COUNTERS
                       if (text := _text(counters[u][name])) != was.get(name, "0")}
-            if last[u] != (0, 0):
-                fields["last_id"] = f"{last[u][0]}-{last[u][1]}"
+            if last[u] != NO_ID:
+                fields["last_id"] = "-".join(map(str, last[u]))
             writes.append(("hset", k.risk_features(u), fields))
         for (giver, recipient), n in gifts.items():
             writes.append(("zincr", k.risk_peers(giver), (recipient, n)))
@@ -327,12 +332,15 @@ def _timing(ts: int, c: dict[str, float]) -> None:
     c["burst"] = max(c["burst"], c["win_n"])
 
 
-def _entry(value: str | None) -> tuple[int, int]:
-    ms, _, seq = (value or "").partition("-")
+def event_id(value: str | None) -> EventId:
+    """``ms-seq`` (a stream entry of one event) or ``ms-seq-i`` (the i-th event of a batch
+    entry, risk/signals.py) as a tuple that orders like the stream; NO_ID when unreadable."""
+    parts = (value or "").split("-")
     try:
-        return int(ms), int(seq or 0)
+        ms, seq, index = (int(p) for p in [*parts, "0"][:3]) if 2 <= len(parts) <= 3 else (0, 0, 0)
     except ValueError:
-        return (0, 0)
+        return NO_ID
+    return ms, seq, index
 
 
 def _str(value: Any) -> str:

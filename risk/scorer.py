@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -26,7 +27,7 @@ from clearing.keys import KeySchema
 from clearing.topology import AnyRedis
 from risk.actions import SEVERITY, RiskActions, Tier, audit
 from risk.engine import Decision, Switches, decide
-from risk.features import Backend, Event, FeatureState, Op
+from risk.features import Backend, Event, FeatureState, Op, event_id
 from risk.model import Model
 
 log = logging.getLogger("notecard.risk.scorer")
@@ -105,6 +106,7 @@ class Scorer:
         self._switches = Switches()
         self._switches_at = -1e9
         self._claimed_at = -1e9
+        self.full = False
 
     async def ensure_group(self) -> None:
         try:
@@ -125,8 +127,9 @@ class Scorer:
         return self._switches
 
     async def step(self, count: int = BATCH, block_ms: int = 1000) -> int:
-        """Score one batch: entries abandoned by a dead scorer first (looked for every
-        CLAIM_EVERY_S), then new ones."""
+        """Score one batch of up to ``count`` entries: entries abandoned by a dead scorer
+        first (looked for every CLAIM_EVERY_S), then new ones. Returns how many events they
+        held; ``full`` says whether the read took ``count`` entries (more may wait)."""
         entries: list[Any] = []
         if time.monotonic() - self._claimed_at >= CLAIM_EVERY_S:
             claimed: Any = await self.redis.xautoclaim(self.stream, GROUP, self.name, CLAIM_IDLE_MS, "0-0",
@@ -137,16 +140,16 @@ class Scorer:
         if not entries:
             got: Any = await self.redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=block_ms)
             entries = [e for _, batch in got for e in batch] if got else []
+        self.full = len(entries) >= count
         # A claimed entry trimmed away meanwhile has no fields; it is acknowledged all the same.
-        await self.handle_many([(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
-                                for entry_id, fields in entries if fields],
-                               ack=[_text(entry_id) for entry_id, _ in entries])
-        return len(entries)
+        events = expand(entries)
+        await self.handle_many(events, ack=[_text(entry_id) for entry_id, _ in entries])
+        return len(events)
 
     async def handle(self, entry_id: str, fields: Mapping[str, str]) -> Decision | None:
         return (await self.handle_many([(entry_id, fields)]))[0]
 
-    async def handle_many(self, entries: list[tuple[str, Mapping[str, str]]], *,
+    async def handle_many(self, entries: Sequence[tuple[str, Mapping[str, str]]], *,
                           ack: list[str] | None = None) -> list[Decision | None]:
         """Score a batch in stream order: its features read in two round trips, a decision
         per event (None for an entry already scored, or one without a user), then the
@@ -157,7 +160,7 @@ class Scorer:
         redelivered entries the features recognise. On one Redis it goes in the counters'
         pipeline (one connection runs them in order); a cluster client may send a pipeline's
         commands to several servers at once, so there it is a call of its own after them."""
-        parsed = [(Event.from_fields(fields), _id(entry_id)) for entry_id, fields in entries]
+        parsed = [(Event.from_fields(fields), event_id(entry_id)) for entry_id, fields in entries]
         items = [(ev, eid) for ev, eid in parsed if ev.user]
         observed, writes = await self.features.prepare(items)
         seen = iter(observed)
@@ -225,12 +228,29 @@ def decision_entry(ev: Event, d: Decision, *, applied: bool) -> dict[str, Any]:
             "top": [[k, round(v, 3)] for k, v in d.top], "model": d.model_version}
 
 
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
+def expand(entries: list[Any]) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as (event id, fields) per event: a node's batch entry (``n``, ``b``:
+    risk/signals.py) gives ``<entry id>-<i>`` for its i-th event; an entry of one event (the
+    fields themselves, as older nodes wrote them) keeps its entry id. An entry that does not
+    read gives nothing (it is acknowledged with its batch)."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for raw_id, raw_fields in entries:
+        if not raw_fields:
+            continue
+        entry_id = _text(raw_id)
+        fields = {_text(k): v for k, v in raw_fields.items()}
+        batch = fields.get("b")
+        if batch is None:
+            out.append((entry_id, {k: _text(v) for k, v in fields.items()}))
+            continue
+        try:
+            events = orjson.loads(batch)
+        except orjson.JSONDecodeError:
+            log.warning("unreadable risk events entry skipped", extra={"entry": entry_id})
+            continue
+        out += [(f"{entry_id}-{i}", {str(k): str(v) for k, v in ev.items()})
+                for i, ev in enumerate(events) if isinstance(ev, dict)]
+    return out
 
 
 def _text(value: Any) -> str:

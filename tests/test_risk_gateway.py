@@ -19,7 +19,7 @@ from notecard_sdk import NotecardClient
 from notecard_sdk.errors import GiftRefused
 from risk.actions import FREEZE_MS
 from risk.model import load_model
-from risk.scorer import Scorer
+from risk.scorer import Scorer, expand
 from tests.gateway_fixtures import ADMIN_TOKEN, befriend_all, token_for
 
 RULES = GiftRules(daily_send_limit=100, daily_receive_limit=100)
@@ -63,15 +63,18 @@ async def test_sends_are_attributed_to_user_device_address_and_app(risk_node: Ga
         await a.send_gift("sig-b")
         stream = risk_node.keys.risk_events()
 
+        async def events() -> list[dict[str, str]]:
+            # the node's flushes, each one entry of events (risk/signals.py), as the scorer reads them
+            return [fields for _, fields in expand(await risk_node.redis.xrange(stream))]
+
         async def both_recorded() -> bool:
-            entries = await risk_node.redis.xrange(stream)
-            kinds = {(f[b"k"], f[b"u"]) for _, f in entries}
-            return (b"send", b"sig-a") in kinds and (b"hello", b"sig-b") in kinds
+            kinds = {(f["k"], f["u"]) for f in await events()}
+            return ("send", "sig-a") in kinds and ("hello", "sig-b") in kinds
 
         await _eventually(both_recorded, "the hello and the send in the events stream")
-        send = next(f for _, f in await risk_node.redis.xrange(stream) if f[b"k"] == b"send")
-        assert (send[b"d"], send[b"ip"], send[b"app"], send[b"to"], send[b"code"]) == (
-            b"phone-sig-a", b"127.0.0.1", b"huoshan", b"sig-b", b"OK")
+        send = next(f for f in await events() if f["k"] == "send")
+        assert (send["d"], send["ip"], send["app"], send["to"], send["code"]) == (
+            "phone-sig-a", "127.0.0.1", "huoshan", "sig-b", "OK")
     finally:
         for c in clients:
             await c.close()
