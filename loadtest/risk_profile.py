@@ -2,12 +2,13 @@
 
 Writes the events the gift benchmark makes (16 pairs of accounts giving back and forth: a
 send and an accept per gift, from one address, no device) to the events stream of a
-private ``redis-server`` and scores them with :class:`risk.scorer.Scorer`, in one of two
-shapes:
+private ``redis-server`` (each arrival one entry, as a node writes a flush) and scores
+them with :class:`risk.scorer.Scorer`, in one of two shapes:
 
-- ``trickle``: the events arrive as a node writes them under load (a batch of ``--arrive``
-  entries, then a step), so each step sees few entries: the per-batch cost counts;
-- ``backlog``: everything is written first, then scored in batches of 200.
+- ``trickle``: the events arrive as the nodes write them under load (``--arrive`` events,
+  then a step), so each step sees few: the per-batch cost counts;
+- ``backlog``: everything is written first (entries of 20 events), then scored in batches
+  of 200 entries.
 
 It reports the scorer's CPU per event (this process: the scorer's client side), Redis's
 commands and CPU per event, and optionally the scorer's hottest functions (cProfile).
@@ -29,12 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from clearing.keys import KeySchema
 from notecard.local_redis import LocalRedis
 from risk.model import load_model
 from risk.scorer import Scorer
+from risk.signals import ENTRY_EVENTS
 
 
 def bench_events(n: int, pairs: int = 16, start_ms: int = 1_700_000_000_000) -> list[dict[str, str]]:
@@ -68,14 +71,16 @@ async def profile(url: str, events: int, shape: str, arrive: int, use_cprofile: 
     stream = keys.risk_events()
 
     async def write(batch: list[dict[str, str]]) -> None:
+        # as a node writes a flush (risk/signals.py): one entry of up to ENTRY_EVENTS events
         async with redis.pipeline(transaction=False) as pipe:
-            for entry in batch:
-                pipe.xadd(stream, entry)  # type: ignore[arg-type]
+            for start in range(0, len(batch), ENTRY_EVENTS):
+                chunk = batch[start:start + ENTRY_EVENTS]
+                pipe.xadd(stream, {"n": len(chunk), "b": orjson.dumps(chunk)})
             await pipe.execute()
 
     if shape == "backlog":
-        for i in range(0, len(todo), 1000):
-            await write(todo[i:i + 1000])
+        for i in range(0, len(todo), 20):  # a node's flush under the benchmark's load
+            await write(todo[i:i + 20])
     commands0, redis_cpu0 = await _redis_stats(redis)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     prof = cProfile.Profile() if use_cprofile else None
@@ -100,7 +105,7 @@ async def profile(url: str, events: int, shape: str, arrive: int, use_cprofile: 
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     commands1, redis_cpu1 = await _redis_stats(redis)
     # the writes of a trickle are the nodes' work, not the scorer's
-    xadds = 0 if shape == "backlog" else events
+    xadds = 0 if shape == "backlog" else steps
     out: dict[str, Any] = {
         "shape": shape, "events": scored, "steps": steps, "events_per_step": scored / max(1, steps),
         "scorer_cpu_us_per_event": 1e6 * cpu / max(1, scored), "wall_s": wall,
