@@ -9,6 +9,7 @@ handful of commands on the account's slot, the device's and the /24's.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -118,8 +119,11 @@ class Observation:
     shadow_seen: int
 
 
-#: Facts a scorer remembers between batches, at most this many (then it starts again).
+#: Facts a scorer remembers between batches, at most this many and this long (then it
+#: starts again): the age bounds how long a fact stays wrong after its key went away (a
+#: Redis wiped and restored, a key deleted by hand).
 KNOWN_MAX = 200_000
+KNOWN_MAX_AGE_S = 600.0
 
 
 class Known:
@@ -129,9 +133,17 @@ class Known:
     on the same devices and blocks, so most of a batch's set and peer questions are answered
     here and cost no command. Forgetting is always safe: the question is asked again."""
 
-    def __init__(self, limit: int = KNOWN_MAX) -> None:
+    def __init__(self, limit: int = KNOWN_MAX, max_age_s: float = KNOWN_MAX_AGE_S) -> None:
         self.limit = limit
+        self.max_age_s = max_age_s
         self._facts: set[tuple[str, str]] = set()
+        self._since = time.monotonic()
+
+    def expire(self) -> None:
+        """Forget everything once it is older than ``max_age_s`` (called once a batch)."""
+        if time.monotonic() - self._since >= self.max_age_s:
+            self._facts.clear()
+            self._since = time.monotonic()
 
     def __contains__(self, fact: tuple[str, str]) -> bool:
         return fact in self._facts
@@ -174,6 +186,7 @@ class FeatureState:
     async def prepare(self, items: list[tuple[Event, EventId]]) -> tuple[list[Observation], list[Op]]:
         """The observations of a batch, and the writes that store them (not yet run)."""
         k = self.keys
+        self.known.expire()
         users = list(dict.fromkeys(ev.user for ev, _ in items))
         set_keys = list(dict.fromkeys(key for ev, _ in items for key in _set_keys(k, ev)))
         first = await self.backend.run([("hgetall", k.risk_features(u), None) for u in users]
@@ -215,7 +228,8 @@ class FeatureState:
                       if (text := _text(counters[u][name])) != was.get(name, "0")}
             if last[u] != NO_ID:
                 fields["last_id"] = "-".join(map(str, last[u]))
-            writes.append(("hset", k.risk_features(u), fields))
+            if fields:  # an event that changed nothing (a repeated hello) writes nothing
+                writes.append(("hset", k.risk_features(u), fields))
         for (giver, recipient), n in gifts.items():
             writes.append(("zincr", k.risk_peers(giver), (recipient, n)))
         return out, writes

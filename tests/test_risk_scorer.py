@@ -7,7 +7,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from clearing.keys import DEFAULT_KEYS
-from risk.features import Event, FeatureState, MemoryBackend, event_id
+from risk.features import Event, FeatureState, Known, MemoryBackend, event_id
 from risk.model import load_model
 from risk.scorer import GROUP, Scorer, expand
 from risk.signals import SignalLog
@@ -148,3 +148,19 @@ async def test_a_node_writes_a_flush_as_one_entry_and_the_scorer_reads_old_singl
     assert (await redis.xpending(KEYS.risk_events(), GROUP))["pending"] == 0
     assert event_id("5-1") < event_id("5-1-1") < event_id("5-2-0") < event_id("6-0")
     assert event_id("x-1") == event_id("") == (0, 0, 0)
+
+
+async def test_what_a_scorer_remembers_is_forgotten_in_time_and_a_wiped_set_is_filled_again(
+        redis: aioredis.Redis) -> None:
+    backend = Scorer(redis, KEYS, load_model(), name="k").features.backend
+    remembering = FeatureState(backend, KEYS)
+    forgetting = FeatureState(backend, KEYS, Known(max_age_s=0.0))
+    hello = Event("hello", "wipe-u1", "wipe-dev", "10.8.8.1", "main", 1)
+    for state in (remembering, forgetting):
+        await state.observe(hello)
+    key = KEYS.device_accounts("wipe-dev")
+    await redis.delete(key)  # the set went away (a Redis wiped and restored)
+    await remembering.observe(hello)
+    assert await redis.scard(key) == 0, "still remembered: not asked again"
+    await forgetting.observe(hello)
+    assert await redis.smembers(key) == {b"wipe-u1"}, "forgotten in time: added again"
