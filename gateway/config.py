@@ -43,6 +43,7 @@ from gateway.setting_kinds import (
     Number,
     PathKind,
     Port,
+    PostgresUrl,
     RedisUrl,
     Secret,
     SecretNames,
@@ -100,7 +101,8 @@ class Declared:
 
     def echo(self, raw: str) -> str:
         """A bad value as an error message may quote it: never a secret or a URL's password."""
-        return "(hidden)" if self.secret else repr(redact_url(raw) if isinstance(self.kind, RedisUrl) else raw)
+        return "(hidden)" if self.secret else repr(redact_url(raw) if isinstance(self.kind, RedisUrl | PostgresUrl)
+                                                  else raw)
 
     def show(self, value: Any) -> str:
         if value is None or value == ():
@@ -339,10 +341,12 @@ class GatewaySettings:
         (), "PUBLIC_WS_URLS", Names(r"wss?://[^\s,]+", "ws:// or wss:// URLs, comma-separated"),
         "the WebSocket URLs the web app at `/app` connects to, in turn on reconnects (`wss://gw.example.com`)",
         shown="this node's port on the host the page came from")
+    # `notecard ledger` (ledger/, docs/ledger.md "PostgreSQL"); the dashboards (docs/dashboards.md)
     postgres_url: str | None = setting(
-        None, "POSTGRES_URL", Secret(expected="a PostgreSQL connection URL"),
-        "the PostgreSQL book of record (docs/ledger.md): `notecard ledger` writes it, the admin API's "
-        "`/admin/dashboards/*` read it (docs/dashboards.md)", shown="unset")
+        None, "POSTGRES_URL", PostgresUrl(),
+        "the book of record `notecard ledger` writes the ledger streams to (and `reconcile` / `restore` read), and "
+        "the admin API's `/admin/dashboards/*` read; credentials in the URL",
+        shown="unset (`notecard dev`: a local PostgreSQL of its own)")
     # `notecard webhooks` (notecard/webhooks.py, docs/ledger.md "Webhooks")
     webhook_urls: tuple[str, ...] = setting(
         (), "WEBHOOK_URLS", Names(r"https?://[^\s,]+", "http:// or https:// URLs, comma-separated"),

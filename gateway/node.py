@@ -119,6 +119,7 @@ class GatewayNode:
         self.rooms = RoomHub(Rooms(topo, rules, keys, settings=cache), self.node_id, settings.max_rooms_per_connection)
         #: The risk engine's signals (docs/risk.md); None when RISK_ENGINE is off.
         self.signals = SignalLog(self.redis, keys) if settings.risk_engine else None
+        self.metrics.watch_signals(self.signals)
         self.appeals = Appeals(self.redis, keys)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms,
                                        sender_of=self.hub.sender_of, signals=self.signals, appeals=self.appeals)

@@ -97,7 +97,7 @@ class RequestHandler:
         try:
             return await self.HANDLERS[type(msg)](self, user_id, msg, app, conn)
         except Refused as refusal:
-            self.metrics.refusals_of(refusal.code.value).inc()
+            self.metrics.refused(refusal.code.value)
             if isinstance(msg, SendGift):
                 self.metrics.gifts_of("refused").inc()  # README: gifts by outcome, refused among them
             # BAD_REQUEST is clearing's word for a field the wire accepted but the rule did not.

@@ -216,6 +216,25 @@ class RedisUrl(Kind[str]):
         return redact_url(value)
 
 
+class PostgresUrl(Kind[str]):
+    """A libpq connection URL; shown with its password hidden."""
+
+    expected = "a postgresql:// or postgres:// URL (postgresql://user:password@host:port/database)"
+
+    def parse(self, raw: str) -> str:
+        self.check(raw.strip())
+        return raw.strip()
+
+    def check(self, value: str) -> None:
+        parts = urlsplit(value)
+        # a host, or a socket folder given as ?host=/run/postgresql with a database path
+        if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.path.strip("/")):
+            raise ValueError(f"expected {self.expected}")
+
+    def show(self, value: str) -> str:
+        return redact_url(value)
+
+
 class JwksSource(Kind[str]):
     expected = "an https:// or http:// URL, or a file (a path or a file:// URL)"
 

@@ -323,7 +323,8 @@ class Bench:
             self.run_echo()
         if "risk" in self.phases:
             self.results["risk"] = risk_bench.run(self.work / "risk", pairs=self.plan.pairs,
-                                                  seconds=max(2.0, self.plan.max_s), rounds=2, say=self.say)
+                                                  seconds=max(2.0, self.plan.max_s), rounds=2, cycles=2,
+                                                  say=self.say)
         needs_target = self.phases & {"clearing", "gifts", "locust", "idle"}
         if not needs_target:
             return
@@ -388,7 +389,8 @@ def rows_of(results: dict[str, Any], plan: Plan) -> list[report.Row]:
                                ("min", 0.5)))
     risk = results.get("risk")
     if risk is not None:
-        rows.append(report.Row("risk", "h. settled gifts/s, risk engine on (signals + shadow scorer)",
+        rows.append(report.Row("risk", f"h. settled gifts/s, risk engine on (signals + shadow scorer, "
+                               f"{risk['bar_mode']})",
                                risk["on_settled_per_s"], "/s", risk["off_settled_per_s"], "risk off", ("min", 0.9)))
     idle_result = results.get("idle")
     if idle_result is not None:
