@@ -31,6 +31,7 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         app=str(m.get("app", "main")),
         festival=_opt(m.get("festival")),
         room=_opt(m.get("room")),
+        campaign=_opt(m.get("camp")),
     )
 
 

@@ -56,7 +56,7 @@ ScriptName = Literal[
     "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
-    "room_states", "rate", "gauges",
+    "room_states", "rate", "gauges", "campaign_step",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order.

@@ -76,6 +76,8 @@ class GiftRecord:
     festival: str | None = None
     #: The live room (its streamer's id) whose quote priced the gift, if any.
     room: str | None = None
+    #: The brand campaign that issued the gift, if any (clearing/campaigns.py).
+    campaign: str | None = None
 
     @property
     def charged_to(self) -> str:

@@ -25,11 +25,14 @@
 --   dead, ep, maxlen, quota_ttl, pointlog_max: see lib.lua
 --   dev: the sender's device fingerprint, or nil; rl_daily, rl_rooms: what a user of the
 --   risk engine's limited tier may still do (gifts a day; 1: live-room gifts allowed)
+--   camp: a brand campaign's id, or nil (clearing/campaigns.py): the gift is issued by the
+--   brand to a recipient chosen by the campaign, not sent between friends; see gift_send.lua
 
 local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
-                     'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
+                     'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag', 'camp'}
 local OFFER_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
-                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
+                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
+                      'camp'}
 
 local function send_key()
   return ukey(A.s, 'gift:' .. A.gid)

@@ -302,7 +302,8 @@ local GIFT_NUMBERS = {qty = true, cost = true, amount = true, created_at_ms = tr
 -- Fields a client or an operator sees (GiftRecord); the others are the saga's own.
 local PUBLIC = {gift_id = true, sender = true, recipient = true, kind = true, qty = true, cost = true,
                 amount = true, state = true, created_at_ms = true, expires_at_ms = true,
-                resolved_at_ms = true, payer = true, app = true, festival = true, room = true}
+                resolved_at_ms = true, payer = true, app = true, festival = true, room = true,
+                camp = true}
 
 -- HGETALL of a gift half -> a table of its fields (numbers as numbers).
 local function record(id, flat)
