@@ -49,6 +49,8 @@ log = logging.getLogger("notecard.clearing.campaigns")
 
 #: A campaign id is short: the gift ids derive from it.
 _CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_\-]{1,24}")
+#: A custom kind's id is a card kind on the wire (protocol CardKind, as CARD_KINDS).
+_KIND = re.compile(r"[a-z0-9_]{1,32}")
 _ARTWORK = re.compile(r"https://[^\s]{1,500}")
 #: Recipients written to Redis per call when a campaign is created.
 LOAD_CHUNK = 1000
@@ -57,6 +59,8 @@ REPORT_CHUNK = 1000
 #: How long a runner's claim lasts without renewal: a runner that died leaves its campaign
 #: to another after this.
 DEFAULT_LEASE_MS = 30_000
+#: Where a campaign's recipients come from.
+SOURCES = ("list", "followers", "fan_group")
 #: States in which a campaign issues no more gifts.
 FINAL_STATES = frozenset({"done", "cancelled", "ended"})
 
@@ -134,11 +138,12 @@ class Campaigns:
     # ------------------------------------------------------------ custom kinds
     async def define_kind(self, brand: str, kind: str, *, name: str, artwork: str, budget_cards: int,
                           operator: str) -> CustomKind:
-        """Register ``kind`` as ``brand``'s and mint its budget into the brand's account."""
-        await self.business.require_brand(brand, self.min_followers)
-        if not is_valid_id(kind) or kind in self.clearing.rules.card_kinds:
-            raise Refused(Refusal.BAD_REQUEST, "a custom kind is 1-64 characters of A-Z a-z 0-9 _ . : -, "
-                                               "not a configured kind")
+        """Register ``kind`` as ``brand``'s and mint its budget into the brand's account
+        (any verified business: a fan community issues custom cards too)."""
+        await self.business.require_business(brand)
+        if not _KIND.fullmatch(kind) or kind in self.clearing.rules.card_kinds:
+            raise Refused(Refusal.BAD_REQUEST, "a custom kind is 1-32 characters of a-z 0-9 _ (a card kind on the "
+                                               "wire), not a configured kind")
         if not isinstance(name, str) or not 1 <= len(name) <= 64:
             raise Refused(Refusal.BAD_REQUEST, "a kind's name is 1-64 characters")
         if not isinstance(artwork, str) or not _ARTWORK.fullmatch(artwork):
@@ -225,10 +230,17 @@ class Campaigns:
         """A new campaign, running: runners start issuing at once. Recipients given twice
         count once (the first quantity). Refused: BAD_REQUEST, UNKNOWN_KIND, NOT_KIND_OWNER,
         NO_RECIPIENTS, BUDGET_EXCEEDED (more cards than the brand has of the kind),
-        CAMPAIGN_EXISTS. The caller checked the source's privilege (brand marketing for a list
-        or the followers, a business for a fan group)."""
+        CAMPAIGN_EXISTS; and the source's privilege: a list or the followers is brand
+        marketing (NOT_BUSINESS, BELOW_FOLLOWER_THRESHOLD), a fan group community ops (a
+        verified business, NOT_BUSINESS)."""
         if not _CAMPAIGN_ID.fullmatch(campaign_id):
             raise Refused(Refusal.BAD_REQUEST, "a campaign id is 1-24 characters of A-Z a-z 0-9 _ -")
+        if source not in SOURCES:
+            raise Refused(Refusal.BAD_REQUEST, f"a campaign's source is one of {', '.join(SOURCES)}")
+        if source == "fan_group":
+            await self.business.require_business(brand)
+        else:
+            await self.business.require_brand(brand, self.min_followers)
         now = self.clearing.now()
         if type(ends_at_ms) is not int or not now < ends_at_ms <= MAX_SAFE_INT:
             raise Refused(Refusal.BAD_REQUEST, "ends_at_ms is a time in ms after now")
@@ -414,12 +426,15 @@ class CampaignRunner:
         self.lease_ms = lease_ms
         #: Recipients this runner issued (gifts made or found, and refusals recorded).
         self.issued = 0
+        #: Campaigns seen in a final state: never looked at again by this runner.
+        self._finished: set[str] = set()
 
     async def step(self) -> int:
         """One pass over the campaigns; how many recipients this runner handled."""
         handled = 0
         for campaign_id, brand in sorted((await self.campaigns.all()).items()):
-            handled += await self.run_campaign(campaign_id, brand)
+            if campaign_id not in self._finished:
+                handled += await self.run_campaign(campaign_id, brand)
         return handled
 
     async def run_campaign(self, campaign_id: str, brand: str) -> int:
@@ -428,8 +443,11 @@ class CampaignRunner:
         try:
             claim = await c.act(brand, campaign_id,
                                 {"act": "claim", "holder": self.holder, "lease_ms": self.lease_ms})
-        except (BusinessRefused, StepRefused):
-            return 0  # not running, or another runner holds it
+        except (BusinessRefused, StepRefused) as exc:
+            # not running (paused, or final: then forgotten), or another runner holds it
+            if exc.code == "CAMPAIGN_STATE" and (await c.status(campaign_id)).state in FINAL_STATES:
+                self._finished.add(campaign_id)
+            return 0
         status = await c.status(campaign_id)
         position, total, handled = int(claim["next"]), int(claim["total"]), 0
         while position < total:

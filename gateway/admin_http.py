@@ -26,6 +26,19 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     POST   /admin/bulk/follows                       create or refresh up to 500 follows
     GET    /admin/webhooks/dead                      webhook deliveries that failed every attempt, newest first
     POST   /admin/webhooks/dead/retry                send every dead letter back for delivery
+    GET    /admin/business/{user}                    business profile: verified business, followers, shop window
+    PATCH  /admin/business/{user}                    set {business?, followers?, shop?, operator}
+    GET    /admin/business/{user}/fans/{group}       members and levels (?min_level=N)
+    PUT    /admin/business/{user}/fans/{group}/{m}   {level, operator}: add or move a member
+    DELETE /admin/business/{user}/fans/{group}/{m}   {operator}
+    GET    /admin/kinds/{kind}                       a custom card kind and its budget
+    PUT    /admin/kinds/{kind}                       {brand, name, artwork, budget_cards, operator}: define, mint
+    POST   /admin/kinds/{kind}/fund                  {brand, cards, operator}: mint more budget
+    GET    /admin/campaigns                          every campaign's progress
+    POST   /admin/campaigns                          {campaign_id, brand, kind, ends_at_ms, operator, one source}
+    GET    /admin/campaigns/{id}                     progress: state, issued of total, refused
+    GET    /admin/campaigns/{id}/report              recipients by outcome, units, the budget's balance
+    POST   /admin/campaigns/{id}/pause|resume|cancel {operator}
     GET    /admin/openapi.json                       this API as an OpenAPI 3.1 document (no token)
 
 Pages (static files, no token to load them; gateway/static/)::
@@ -74,6 +87,8 @@ from clearing import (
     Refused,
     check_invariant,
 )
+from clearing.business import DEFAULT_BRAND_MIN_FOLLOWERS, BusinessAccounts, BusinessRefused
+from clearing.campaigns import Campaigns
 from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
@@ -87,6 +102,7 @@ from gateway.admin_json import path_id as _path_id
 from gateway.admin_json import plain as _plain
 from gateway.admin_json import read_body as _body
 from gateway.auth import ClaimRules, mint_token
+from gateway.business_admin import BusinessAdmin, business_error
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
@@ -171,9 +187,11 @@ class AdminApp:
         self, *, node_id: str, admin_token: str, redis: AnyRedis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
-        pages: WebPages | None = None,
+        pages: WebPages | None = None, campaigns: Campaigns | None = None,
     ) -> None:
         self.pages = pages
+        self.campaigns = campaigns or Campaigns(clearing, BusinessAccounts(redis, keys, clearing.now),
+                                                min_followers=DEFAULT_BRAND_MIN_FOLLOWERS)
         self.scenes = scenes or Scenes(clearing.topology, rules, keys, settings=clearing.settings)
         self.node_id = node_id
         self.admin_token = admin_token
@@ -224,6 +242,7 @@ class AdminApp:
         app.router.add_get(OPENAPI_PATH, self.openapi)
         RiskAdmin(self.redis, self.keys).routes(app)
         WebhooksAdmin(self.redis, self.keys).routes(app)
+        BusinessAdmin(self.campaigns).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app
@@ -248,6 +267,9 @@ class AdminApp:
             return _json({"error": exc.code, "message": exc.message}, exc.status)
         except Refused as exc:
             return _json({"error": exc.code.value, "message": str(exc)}, _STATUS.get(exc.code, 400))
+        except BusinessRefused as exc:
+            error = business_error(exc)
+            return _json({"error": error.code, "message": error.message}, error.status)
         except SceneConfigError as exc:
             return _json({"error": "BAD_REQUEST", "message": str(exc)}, 400)
         except ClearingUnavailable:

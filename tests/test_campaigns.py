@@ -34,7 +34,7 @@ class Shop:
     async def brand(self, user: str = "acme", budget: int = 100) -> None:
         await self.w.user(user, verified=False, online=False)
         await self.business.update(user, operator="ops", business=True, followers=THRESHOLD)
-        await self.campaigns.define_kind(user, "acme.star", name="Acme star", artwork="https://cdn.example/star.png",
+        await self.campaigns.define_kind(user, "acme_star", name="Acme star", artwork="https://cdn.example/star.png",
                                          budget_cards=budget, operator="ops")
 
     async def fans(self, n: int, online: bool = True) -> list[str]:
@@ -65,23 +65,35 @@ async def business_refusal(call: object) -> BusinessRefusal:
     return info.value.code
 
 
-async def test_a_kind_needs_a_verified_business_with_the_follower_threshold(shop: Shop) -> None:
+async def test_kinds_need_a_verified_business_and_brand_marketing_the_follower_threshold(shop: Shop) -> None:
     await shop.w.user("corner", online=False)
+    fan = (await shop.fans(1))[0]
     define = shop.campaigns.define_kind
     args = {"name": "Corner", "artwork": "https://cdn.example/c.png", "budget_cards": 5, "operator": "ops"}
-    assert await business_refusal(define("corner", "corner.k", **args)) is BusinessRefusal.NOT_BUSINESS  # type: ignore[arg-type]
+    assert await business_refusal(define("corner", "corner_k", **args)) is BusinessRefusal.NOT_BUSINESS  # type: ignore[arg-type]
+    assert (await shop.w.clearing.balances("corner")).available.get("corner_k", 0) == 0
     await shop.business.update("corner", operator="ops", business=True, followers=THRESHOLD - 1)
-    assert await business_refusal(define("corner", "corner.k", **args)) is BusinessRefusal.BELOW_FOLLOWER_THRESHOLD  # type: ignore[arg-type]
-    assert (await shop.w.clearing.balances("corner")).available.get("corner.k", 0) == 0
-    await shop.business.update("corner", operator="ops", followers=THRESHOLD)
-    kind = await define("corner", "corner.k", **args)  # type: ignore[arg-type]
+    kind = await define("corner", "corner_k", **args)  # type: ignore[arg-type]
     assert kind.brand == "corner"
     # the budget is a mint: the brand holds it, and the audit says who did it
-    assert (await shop.w.clearing.balances("corner")).available["corner.k"] == 5 * UNIT
-    assert await shop.campaigns.budget_units("corner", "corner.k") == 5 * UNIT
-    assert await business_refusal(define("corner", "corner.k", **args)) is BusinessRefusal.KIND_EXISTS  # type: ignore[arg-type]
+    assert (await shop.w.clearing.balances("corner")).available["corner_k"] == 5 * UNIT
+    assert await shop.campaigns.budget_units("corner", "corner_k") == 5 * UNIT
+    assert await business_refusal(define("corner", "corner_k", **args)) is BusinessRefusal.KIND_EXISTS  # type: ignore[arg-type]
     whats = [e["what"] for e in await shop.business.audit_log()]
     assert whats[:3] == ["kind_funded", "kind", "business"]
+
+    ends = shop.w.clock() + HOUR_MS
+    below = shop.campaigns.create("c", "corner", "corner_k", [(fan, 1)], ends_at_ms=ends, operator="ops")
+    assert await business_refusal(below) is BusinessRefusal.BELOW_FOLLOWER_THRESHOLD
+    await shop.business.update("corner", operator="ops", business=False)
+    group = shop.campaigns.create("c", "corner", "corner_k", [(fan, 1)], ends_at_ms=ends, operator="ops",
+                                  source="fan_group")
+    assert await business_refusal(group) is BusinessRefusal.NOT_BUSINESS
+    await shop.business.update("corner", operator="ops", business=True, followers=THRESHOLD)
+    assert (await shop.campaigns.create("c", "corner", "corner_k", [(fan, 1)], ends_at_ms=ends,
+                                        operator="ops")).state == "running"
+    await shop.runner("n").step()
+    await shop.balanced("c")
 
 
 async def test_a_campaign_offers_every_recipient_one_gift_online_or_not_and_returns_the_rest(shop: Shop) -> None:
@@ -91,7 +103,7 @@ async def test_a_campaign_offers_every_recipient_one_gift_online_or_not_and_retu
     for u in offline:
         await shop.w.user(u, verified=False, online=False)
     ends = shop.w.clock() + HOUR_MS
-    status = await shop.campaigns.create("launch", "acme", "acme.star", [(u, 2) for u in online + offline],
+    status = await shop.campaigns.create("launch", "acme", "acme_star", [(u, 2) for u in online + offline],
                                          ends_at_ms=ends, operator="ops")
     assert (status.state, status.total, status.issued) == ("running", 5, 0)
 
@@ -101,7 +113,7 @@ async def test_a_campaign_offers_every_recipient_one_gift_online_or_not_and_retu
     for u in online + offline:
         [gift] = await shop.w.clearing.pending_for(u)
         assert (gift.sender, gift.kind, gift.qty, gift.campaign, gift.expires_at_ms) == (
-            "acme", "acme.star", 2, "launch", ends)
+            "acme", "acme_star", 2, "launch", ends)
     # no friendship rule and no daily counter applies, and nothing was counted
     assert await shop.w.redis.get(shop.w.keys.receive_quota("campaign", online[0])) is None
 
@@ -114,7 +126,7 @@ async def test_a_campaign_offers_every_recipient_one_gift_online_or_not_and_retu
     assert report.recipients == {"pending": 0, "accepted": 1, "declined": 1, "expired": 3, "refused": 0,
                                  "not_issued": 0}
     assert report.units == {"accepted": 2 * UNIT, "returned": 8 * UNIT, "held": 0}
-    assert (await shop.w.clearing.balances("acme")).available["acme.star"] == 18 * UNIT
+    assert (await shop.w.clearing.balances("acme")).available["acme_star"] == 18 * UNIT
     await shop.balanced("launch")
 
 
@@ -123,7 +135,7 @@ async def test_refused_recipients_are_reported_and_cost_nothing(shop: Shop) -> N
     fans = await shop.fans(2)
     await shop.w.accounts.set_flags(fans[0], banned=True)
     await shop.w.accounts.block(fans[1], "acme")
-    await shop.campaigns.create("c2", "acme", "acme.star", [(fans[0], 1), (fans[1], 1), ("ghost", 1)],
+    await shop.campaigns.create("c2", "acme", "acme_star", [(fans[0], 1), (fans[1], 1), ("ghost", 1)],
                                 ends_at_ms=shop.w.clock() + HOUR_MS, operator="ops")
     await shop.runner("n").step()
     report = await shop.campaigns.report("c2")
@@ -131,7 +143,7 @@ async def test_refused_recipients_are_reported_and_cost_nothing(shop: Shop) -> N
     refused = await shop.w.redis.hgetall(shop.w.keys.campaign_refused("acme", "c2"))
     assert {k.decode(): v.decode() for k, v in refused.items()} == {
         fans[0]: "RECIPIENT_BANNED", fans[1]: "BLOCKED", "ghost": "UNKNOWN_USER"}
-    assert (await shop.w.clearing.balances("acme")).available["acme.star"] == 10 * UNIT
+    assert (await shop.w.clearing.balances("acme")).available["acme_star"] == 10 * UNIT
     await shop.balanced("c2")
 
 
@@ -140,13 +152,14 @@ async def test_a_campaign_beyond_the_budget_or_of_another_brands_kind_is_refused
     fans = await shop.fans(2)
     ends = shop.w.clock() + HOUR_MS
     create = shop.campaigns.create
-    assert await business_refusal(create("big", "acme", "acme.star", [(f, 2) for f in fans], ends_at_ms=ends,
+    assert await business_refusal(create("big", "acme", "acme_star", [(f, 2) for f in fans], ends_at_ms=ends,
                                          operator="ops")) is BusinessRefusal.BUDGET_EXCEEDED
     await shop.w.user("rival", online=False)
-    assert await business_refusal(create("steal", "rival", "acme.star", [(fans[0], 1)], ends_at_ms=ends,
+    await shop.business.update("rival", operator="ops", business=True, followers=THRESHOLD)
+    assert await business_refusal(create("steal", "rival", "acme_star", [(fans[0], 1)], ends_at_ms=ends,
                                          operator="ops")) is BusinessRefusal.NOT_KIND_OWNER
     with pytest.raises(Refused) as info:
-        await create("old", "acme", "acme.star", [(fans[0], 1)], ends_at_ms=shop.w.clock(), operator="ops")
+        await create("old", "acme", "acme_star", [(fans[0], 1)], ends_at_ms=shop.w.clock(), operator="ops")
     assert info.value.code is Refusal.BAD_REQUEST
     assert await shop.campaigns.all() == {}
 
@@ -161,7 +174,7 @@ async def test_tiered_issuing_to_a_fan_group_by_level(shop: Shop) -> None:
     assert recipients == [(fans[1], 1), (fans[2], 5)]
     assert await business_refusal(shop.campaigns.fan_group_recipients("acme", "club", 9)) is \
         BusinessRefusal.NO_FAN_GROUP
-    await shop.campaigns.create("tier", "acme", "acme.star", recipients, ends_at_ms=shop.w.clock() + HOUR_MS,
+    await shop.campaigns.create("tier", "acme", "acme_star", recipients, ends_at_ms=shop.w.clock() + HOUR_MS,
                                 operator="ops", source="fan_group")
     await shop.runner("n").step()
     assert [g.qty for g in await shop.w.clearing.pending_for(fans[2])] == [5]
@@ -179,7 +192,7 @@ async def test_followers_are_found_from_the_follows(shop: Shop) -> None:
 async def test_pause_stops_issuing_resume_continues_cancel_ends(shop: Shop) -> None:
     await shop.brand(budget=50)
     fans = await shop.fans(6)
-    await shop.campaigns.create("p", "acme", "acme.star", [(f, 1) for f in fans],
+    await shop.campaigns.create("p", "acme", "acme_star", [(f, 1) for f in fans],
                                 ends_at_ms=shop.w.clock() + HOUR_MS, operator="ops")
     await shop.campaigns.change("p", "pause", operator="ops")
     assert await shop.runner("n").step() == 0
@@ -197,7 +210,7 @@ async def test_pause_stops_issuing_resume_continues_cancel_ends(shop: Shop) -> N
 async def test_a_closed_window_ends_the_campaign(shop: Shop) -> None:
     await shop.brand(budget=10)
     fans = await shop.fans(2)
-    await shop.campaigns.create("late", "acme", "acme.star", [(f, 1) for f in fans],
+    await shop.campaigns.create("late", "acme", "acme_star", [(f, 1) for f in fans],
                                 ends_at_ms=shop.w.clock() + 1000, operator="ops")
     await shop.w.tick(1000)
     assert await shop.runner("n").step() == 0
@@ -227,7 +240,7 @@ async def test_a_runner_killed_mid_batch_is_resumed_by_another_and_every_recipie
         shop: Shop) -> None:
     await shop.brand(budget=200)
     fans = await shop.fans(40, online=False)
-    await shop.campaigns.create("crash", "acme", "acme.star", [(f, 1 + i % 3) for i, f in enumerate(fans)],
+    await shop.campaigns.create("crash", "acme", "acme_star", [(f, 1 + i % 3) for i, f in enumerate(fans)],
                                 ends_at_ms=shop.w.clock() + HOUR_MS, operator="ops")
     lease = 5000
     first = _Killed(shop.campaigns, "node-a", rate_per_s=1_000_000, batch=16, concurrency=4, lease_ms=lease,
@@ -250,7 +263,7 @@ async def test_a_runner_killed_mid_batch_is_resumed_by_another_and_every_recipie
     for i, fan in enumerate(fans):
         [gift] = await shop.w.clearing.pending_for(fan)
         assert (gift.qty, gift.state) == (1 + i % 3, GiftState.PENDING)
-    held = (await shop.w.clearing.balances("acme")).held["acme.star"]
+    held = (await shop.w.clearing.balances("acme")).held["acme_star"]
     assert held == sum(1 + i % 3 for i in range(40)) * UNIT
     await shop.balanced("crash")
 
@@ -258,11 +271,11 @@ async def test_a_runner_killed_mid_batch_is_resumed_by_another_and_every_recipie
 async def test_two_runners_at_once_give_every_recipient_one_card(shop: Shop) -> None:
     await shop.brand(budget=100)
     fans = await shop.fans(30, online=False)
-    await shop.campaigns.create("race", "acme", "acme.star", [(f, 1) for f in fans],
+    await shop.campaigns.create("race", "acme", "acme_star", [(f, 1) for f in fans],
                                 ends_at_ms=shop.w.clock() + HOUR_MS, operator="ops")
     done = await asyncio.gather(shop.runner("a", batch=7).step(), shop.runner("b", batch=7).step())
     assert sum(done) == 30
     for fan in fans:
         assert len(await shop.w.clearing.pending_for(fan)) == 1
-    assert (await shop.w.clearing.balances("acme")).held["acme.star"] == 30 * UNIT
+    assert (await shop.w.clearing.balances("acme")).held["acme_star"] == 30 * UNIT
     await shop.balanced("race")
