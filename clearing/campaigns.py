@@ -226,13 +226,18 @@ class Campaigns:
 
     # ------------------------------------------------------------ campaigns
     async def create(self, campaign_id: str, brand: str, kind: str, recipients: Iterable[tuple[str, int]], *,
-                     ends_at_ms: int, operator: str, source: str = "list") -> CampaignStatus:
+                     ends_at_ms: int, operator: str, source: str = "list", open_list: bool = False
+                     ) -> CampaignStatus:
         """A new campaign, running: runners start issuing at once. Recipients given twice
         count once (the first quantity). Refused: BAD_REQUEST, UNKNOWN_KIND, NOT_KIND_OWNER,
         NO_RECIPIENTS, BUDGET_EXCEEDED (more cards than the brand has of the kind),
         CAMPAIGN_EXISTS; and the source's privilege: a list or the followers is brand
         marketing (NOT_BUSINESS, BELOW_FOLLOWER_THRESHOLD), a fan group community ops (a
-        verified business, NOT_BUSINESS)."""
+        verified business, NOT_BUSINESS).
+
+        ``open_list``: a list too long for one call (a file) stays ``loading``: more is added
+        by :meth:`add_recipients`, then :meth:`start` checks the budget and starts it.
+        """
         if not _CAMPAIGN_ID.fullmatch(campaign_id):
             raise Refused(Refusal.BAD_REQUEST, "a campaign id is 1-24 characters of A-Z a-z 0-9 _ -")
         if source not in SOURCES:
@@ -246,14 +251,10 @@ class Campaigns:
             raise Refused(Refusal.BAD_REQUEST, "ends_at_ms is a time in ms after now")
         await self._own_kind(brand, kind)
         unique = _unique(recipients, brand, self.clearing.rules.max_qty_per_gift)
-        if not unique:
+        if not unique and not open_list:
             raise BusinessRefused(BusinessRefusal.NO_RECIPIENTS)
-        cards = sum(q for _u, q in unique)
-        available = (await self.clearing.balances(brand)).available.get(kind, 0)
-        if cards * self.clearing.rules.units_per_card > available:
-            raise BusinessRefused(BusinessRefusal.BUDGET_EXCEEDED,
-                                  f"the recipients take {cards} cards; the brand has "
-                                  f"{available // self.clearing.rules.units_per_card} of {kind}")
+        if not open_list:
+            await self._within_budget(brand, kind, sum(q for _u, q in unique))
         registry = self._keys.campaigns()
         if not await guarded(self._redis.hsetnx(registry, campaign_id, brand)):
             existing = await self._status_or_none(campaign_id)
@@ -263,14 +264,56 @@ class Campaigns:
         key, to = self._keys.campaign(brand, campaign_id), self._keys.campaign_recipients(brand, campaign_id)
         await guarded(self._redis.delete(to))
         await guarded(self._redis.hset(key, mapping={
-            "brand": brand, "kind": kind, "state": "loading", "next": 0, "total": len(unique), "source": source,
+            "brand": brand, "kind": kind, "state": "loading", "next": 0, "total": 0, "cards": 0, "source": source,
             "created_at_ms": now, "ends_at_ms": ends_at_ms, "lease_until": 0}))
-        for start in range(0, len(unique), LOAD_CHUNK):
-            await guarded(self._redis.rpush(to, *(f"{q} {u}" for u, q in unique[start : start + LOAD_CHUNK])))
-        await guarded(self._redis.hset(key, "state", "running"))
+        await self._append(brand, campaign_id, unique)
         await self.business.audit("campaign", operator, user=brand, campaign=campaign_id, kind=kind,
-                                  recipients=str(len(unique)), cards=str(cards), source=source)
+                                  recipients=str(len(unique)), source=source)
+        if open_list:
+            return await self.status(campaign_id)
+        return await self.start(campaign_id, operator=operator)
+
+    async def add_recipients(self, campaign_id: str, recipients: Iterable[tuple[str, int]]) -> CampaignStatus:
+        """More of a ``loading`` campaign's list. A recipient repeated in another call is
+        issued once (the gift id is the same); with another quantity, that repeat is refused
+        (IDEMPOTENCY_CONFLICT, in the report)."""
+        status = await self.status(campaign_id)
+        if status.state != "loading":
+            raise BusinessRefused(BusinessRefusal.CAMPAIGN_STATE)
+        await self._append(status.brand, campaign_id,
+                           _unique(recipients, status.brand, self.clearing.rules.max_qty_per_gift))
         return await self.status(campaign_id)
+
+    async def start(self, campaign_id: str, *, operator: str) -> CampaignStatus:
+        """A ``loading`` campaign starts, if the brand has the cards its whole list takes."""
+        status = await self.status(campaign_id)
+        if status.state != "loading":
+            raise BusinessRefused(BusinessRefusal.CAMPAIGN_STATE)
+        if status.total == 0:
+            raise BusinessRefused(BusinessRefusal.NO_RECIPIENTS)
+        key = self._keys.campaign(status.brand, campaign_id)
+        await self._within_budget(status.brand, status.kind, _int(_text(await guarded(self._redis.hget(key, "cards"))
+                                                                        or b"0")))
+        await guarded(self._redis.hset(key, "state", "running"))
+        await self.business.audit("campaign_start", operator, user=status.brand, campaign=campaign_id,
+                                  recipients=str(status.total))
+        return await self.status(campaign_id)
+
+    async def _append(self, brand: str, campaign_id: str, unique: list[tuple[str, int]]) -> None:
+        key, to = self._keys.campaign(brand, campaign_id), self._keys.campaign_recipients(brand, campaign_id)
+        for start in range(0, len(unique), LOAD_CHUNK):
+            chunk = unique[start : start + LOAD_CHUNK]
+            await guarded(self._redis.rpush(to, *(f"{q} {u}" for u, q in chunk)))
+            # the list and its counts move together: a loading campaign is not issued yet
+            await guarded(self._redis.hincrby(key, "total", len(chunk)))
+            await guarded(self._redis.hincrby(key, "cards", sum(q for _u, q in chunk)))
+
+    async def _within_budget(self, brand: str, kind: str, cards: int) -> None:
+        available = (await self.clearing.balances(brand)).available.get(kind, 0)
+        if cards * self.clearing.rules.units_per_card > available:
+            raise BusinessRefused(BusinessRefusal.BUDGET_EXCEEDED,
+                                  f"the recipients take {cards} cards; the brand has "
+                                  f"{available // self.clearing.rules.units_per_card} of {kind}")
 
     async def change(self, campaign_id: str, event: str, *, operator: str) -> CampaignStatus:
         """pause, resume or cancel (audited). A cancelled campaign issues nothing more; the

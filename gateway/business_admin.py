@@ -60,6 +60,8 @@ class BusinessAdmin:
         r.add_post("/admin/campaigns", self.create_campaign)
         r.add_get("/admin/campaigns/{campaign}", self.get_campaign)
         r.add_get("/admin/campaigns/{campaign}/report", self.get_report)
+        r.add_post("/admin/campaigns/{campaign}/recipients", self.add_recipients)
+        r.add_post("/admin/campaigns/{campaign}/start", self.start_campaign)
         for action in ("pause", "resume", "cancel"):
             r.add_post(f"/admin/campaigns/{{campaign}}/{action}", self._change(action))
 
@@ -134,7 +136,7 @@ class BusinessAdmin:
         """``recipients`` ([[user, qty], ...], within the body limit), ``followers`` ({qty}),
         or ``fan_group`` ({group, min_level, per_level: {level: qty}}): exactly one."""
         data = only(await read_body(request), "campaign_id", "brand", "kind", "ends_at_ms", "operator",
-                    "recipients", "followers", "fan_group")
+                    "recipients", "followers", "fan_group", "open")
         brand = field(data, "brand", str, required=True)
         given = [s for s in ("recipients", "followers", "fan_group") if s in data]
         if len(given) != 1:
@@ -145,8 +147,18 @@ class BusinessAdmin:
         status = await self.campaigns.create(
             field(data, "campaign_id", str, required=True), brand, field(data, "kind", str, required=True),
             recipients, ends_at_ms=field(data, "ends_at_ms", int, required=True), operator=_operator(data),
-            source=source)
+            source=source, open_list=bool(field(data, "open", bool)) and source == "list")
         return json_response(status.to_json(), 201)
+
+    async def add_recipients(self, request: web.Request) -> web.Response:
+        data = only(await read_body(request), "recipients")
+        recipients = await self._recipients("", "list", data.get("recipients"))
+        return json_response((await self.campaigns.add_recipients(path_id(request, "campaign"), recipients)).to_json())
+
+    async def start_campaign(self, request: web.Request) -> web.Response:
+        data = only(await read_body(request), "operator")
+        status = await self.campaigns.start(path_id(request, "campaign"), operator=_operator(data))
+        return json_response(status.to_json())
 
     async def _recipients(self, brand: str, source: str, spec: Any) -> list[tuple[str, int]]:
         if source == "list":

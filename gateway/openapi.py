@@ -180,8 +180,12 @@ _SCHEMAS: dict[str, Any] = {
         "followers": _object({"qty": {"type": "integer", "minimum": 1}}),
         "fan_group": _object({"group": _ID, "min_level": {"type": "integer", "minimum": 1},
                               "per_level": {"type": "object", "additionalProperties": {"type": "integer"}}},
-                             ("group",))},
+                             ("group",)),
+        "open": {"type": "boolean", "default": False,
+                 "description": "with recipients: stay loading for more parts (…/recipients), then …/start"}},
         ("campaign_id", "brand", "kind", "ends_at_ms", "operator")),
+    "Recipients": _object({"recipients": {"type": "array", "items": {
+        "type": "array", "prefixItems": [_ID, {"type": "integer"}]}}}, ("recipients",)),
     "CampaignReport": _object({"status": _ref("Campaign"), "recipients": {"type": "object"},
                                "units": {"type": "object"}, "budget": {"type": "object"},
                                "balanced": {"type": "boolean"}},
@@ -367,6 +371,12 @@ def _business_paths() -> dict[str, dict[str, Any]]:
             "recipients by outcome, units accepted / returned / held, the budget's balance", "CampaignReport",
             params=campaign, errors=_USER_ERRORS)},
     }
+    paths["/admin/campaigns/{campaign}/recipients"] = {"post": _op(
+        "add a part of a loading campaign's list (one body holds about 8,000)", "Campaign", body="Recipients",
+        params=campaign, errors=biz)}
+    paths["/admin/campaigns/{campaign}/start"] = {"post": _op(
+        "start a loading campaign, if the brand has the cards its whole list takes", "Campaign", body="Operator",
+        params=campaign, errors=biz)}
     for action in ("pause", "resume", "cancel"):
         paths[f"/admin/campaigns/{{campaign}}/{action}"] = {"post": _op(
             f"{action} the campaign (audited)", "Campaign", body="Operator", params=campaign, errors=biz)}

@@ -279,3 +279,21 @@ async def test_two_runners_at_once_give_every_recipient_one_card(shop: Shop) -> 
         assert len(await shop.w.clearing.pending_for(fan)) == 1
     assert (await shop.w.clearing.balances("acme")).held["acme_star"] == 30 * UNIT
     await shop.balanced("race")
+
+
+async def test_a_long_list_is_loaded_in_parts_then_started_within_the_budget(shop: Shop) -> None:
+    await shop.brand(budget=5)
+    fans = await shop.fans(4)
+    ends = shop.w.clock() + HOUR_MS
+    status = await shop.campaigns.create("file", "acme", "acme_star", [(fans[0], 1), (fans[1], 1)],
+                                         ends_at_ms=ends, operator="ops", open_list=True)
+    assert (status.state, status.total) == ("loading", 2)
+    assert await shop.runner("n").step() == 0  # nothing is issued while it loads
+    await shop.campaigns.add_recipients("file", [(fans[2], 2), (fans[3], 2)])
+    assert await business_refusal(shop.campaigns.start("file", operator="ops")) is BusinessRefusal.BUDGET_EXCEEDED
+    await shop.campaigns.fund_kind("acme", "acme_star", 1, operator="ops")
+    assert (await shop.campaigns.start("file", operator="ops")).state == "running"
+    assert await business_refusal(shop.campaigns.add_recipients("file", [("x", 1)])) is \
+        BusinessRefusal.CAMPAIGN_STATE
+    assert await shop.runner("n").step() == 4
+    await shop.balanced("file")

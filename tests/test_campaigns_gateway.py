@@ -7,8 +7,11 @@ resume, and the report's balance. The node fixtures check conservation after eac
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,8 +19,11 @@ import orjson
 import pytest
 
 from gateway import GatewayNode
+from notecard import campaign_cli
+from notecard.cli import build_parser
 from tests.conftest import TOPOLOGIES
-from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, now_ms
+from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET, ClientFactory, NodeFactory, now_ms
+from tests.test_cli import bare_env, run_cli
 
 pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
 Call = Callable[..., Awaitable[tuple[int, Any]]]
@@ -140,3 +146,32 @@ async def test_fan_groups_pause_and_resume_through_the_admin_api(api: Call, conn
     assert (await m3.next_offer(30)).qty == 4
     listed = await ok(api("GET", "/admin/campaigns"))
     assert [c["campaign_id"] for c in listed["campaigns"]] == ["tiers"]
+
+
+async def test_the_cli_starts_a_campaign_from_a_file_in_parts_and_watches_it_to_the_end(
+        api: Call, fast_node: GatewayNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    users = [f"u{i:04d}" for i in range(12)]
+    await ok(api("POST", "/admin/bulk/users", {"users": [{"user_id": u} for u in ["brand", *users]]}))
+    env = bare_env(NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
+                   NOTECARD_ADMIN_URL=fast_node.admin_url)
+    cli = functools.partial(asyncio.to_thread, run_cli, env=env)
+    done = await cli("campaign", "business", "brand", "--business", "--followers", "100")
+    assert done.returncode == 0 and orjson.loads(done.stdout)["followers"] == 100, done.stderr
+    done = await cli("campaign", "kind", "brand_pin", "--brand", "brand", "--name", "Pin", "--artwork",
+                     "https://cdn.example/p.png", "--budget", "30")
+    assert orjson.loads(done.stdout)["budget_units"] == 300, done.stderr
+    listing = tmp_path / "fans.txt"
+    listing.write_text("# the fans\n" + "\n".join(f"{u},2" if i % 2 else u for i, u in enumerate(users)) + "\n")
+    monkeypatch.setattr(campaign_cli, "FILE_PART", 5)  # the file goes in three parts
+    args = build_parser().parse_args(["campaign", "--url", fast_node.admin_url, "start", "spring", "--brand",
+                                      "brand", "--kind", "brand_pin", "--file", str(listing)])
+    started = await campaign_cli.run(args, ADMIN_TOKEN)
+    assert (started["total"], started["state"]) in ((12, "running"), (12, "done"))
+    shown = io.StringIO()
+    watched = build_parser().parse_args(["campaign", "--url", fast_node.admin_url, "status", "spring", "--watch"])
+    final = await campaign_cli.run(watched, ADMIN_TOKEN, shown)
+    assert final["state"] == "done" and f"[{'#' * campaign_cli.BAR_WIDTH}] 12/12 100.0% done" in shown.getvalue()
+    report = orjson.loads((await cli("campaign", "report", "spring")).stdout)
+    assert report["recipients"]["pending"] == 12 and report["units"]["held"] == 18 * 10 and report["balanced"]
+    status, body = await api("POST", "/admin/campaigns/spring/pause", OPS)
+    assert (status, body["error"]) == (409, "CAMPAIGN_STATE")
