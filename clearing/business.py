@@ -47,6 +47,7 @@ class BusinessRefusal(enum.StrEnum):
     CAMPAIGN_STATE = "CAMPAIGN_STATE"
     NO_RECIPIENTS = "NO_RECIPIENTS"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    NO_SHOP_RULE = "NO_SHOP_RULE"
 
 
 BUSINESS_TEXT: dict[BusinessRefusal, str] = {
@@ -61,6 +62,7 @@ BUSINESS_TEXT: dict[BusinessRefusal, str] = {
     BusinessRefusal.CAMPAIGN_STATE: "the campaign cannot do that in its present state",
     BusinessRefusal.NO_RECIPIENTS: "the campaign has no recipients",
     BusinessRefusal.BUDGET_EXCEEDED: "the recipients' cards exceed the brand's available cards of the kind",
+    BusinessRefusal.NO_SHOP_RULE: "the shop has no purchase rule",
 }
 
 

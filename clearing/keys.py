@@ -282,6 +282,15 @@ class KeySchema:
         """Hash: recipient -> the refusal code its gift got (banned, blocked, unknown...)."""
         return self._of(brand, f"camp:{campaign_id}:refused")
 
+    def shop_rule(self, shop: str) -> str:
+        """Hash: the shop's "spend X, get a card" rule (kind, min_spend, qty, window_ms) and its
+        order-signing secret (clearing/shops.py)."""
+        return self._of(shop, "shoprule")
+
+    def shop_order(self, shop: str, order_id: str) -> str:
+        """Hash: what a shop's order decided: state (paid, below_minimum, refunded), gift, buyer."""
+        return self._of(shop, f"order:{order_id}")
+
     def campaigns(self) -> str:
         """Hash: campaign id -> brand, every campaign (the runners' list of work)."""
         return self._of("cfg", "campaigns")

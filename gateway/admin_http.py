@@ -41,6 +41,10 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     POST   /admin/campaigns/{id}/recipients          {recipients}: a part of a loading ("open") campaign's list
     POST   /admin/campaigns/{id}/start               {operator}: a loading campaign starts (budget checked)
     POST   /admin/campaigns/{id}/pause|resume|cancel {operator}
+    GET    /admin/shops/{shop}/rule                  the shop's "spend X, get a card" rule
+    PUT    /admin/shops/{shop}/rule                  {kind, min_spend, qty?, window_s?, operator}: set (secret once)
+    POST   /admin/shops/{shop}/secret                {operator}: a new order-signing secret
+    POST   /admin/shops/{shop}/orders                a signed order notification {order_id, event, buyer?, spend?}
     GET    /admin/openapi.json                       this API as an OpenAPI 3.1 document (no token)
 
 Pages (static files, no token to load them; gateway/static/)::
@@ -94,6 +98,7 @@ from clearing.campaigns import Campaigns
 from clearing.keys import is_valid_id
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
+from clearing.shops import Shops
 from clearing.topology import AnyRedis
 from gateway.admin_backend import BackendRoutes
 from gateway.admin_json import AdminError
@@ -110,6 +115,7 @@ from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
 from gateway.openapi import OPENAPI_PATH, openapi_document
 from gateway.risk_admin import RiskAdmin
+from gateway.shop_orders import ShopOrdersAdmin
 from gateway.webhooks_admin import WebhooksAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
@@ -189,8 +195,9 @@ class AdminApp:
         self, *, node_id: str, admin_token: str, redis: AnyRedis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
-        pages: WebPages | None = None, campaigns: Campaigns | None = None,
+        pages: WebPages | None = None, campaigns: Campaigns | None = None, order_replay_s: float = 300.0,
     ) -> None:
+        self.order_replay_s = order_replay_s
         self.pages = pages
         self.campaigns = campaigns or Campaigns(clearing, BusinessAccounts(redis, keys, clearing.now),
                                                 min_followers=DEFAULT_BRAND_MIN_FOLLOWERS)
@@ -245,6 +252,7 @@ class AdminApp:
         RiskAdmin(self.redis, self.keys).routes(app)
         WebhooksAdmin(self.redis, self.keys).routes(app)
         BusinessAdmin(self.campaigns).routes(app)
+        ShopOrdersAdmin(Shops(self.campaigns), self.order_replay_s).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app

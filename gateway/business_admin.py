@@ -27,6 +27,7 @@ STATUS: dict[BusinessRefusal, int] = {
     BusinessRefusal.CAMPAIGN_STATE: 409,
     BusinessRefusal.NO_RECIPIENTS: 400,
     BusinessRefusal.BUDGET_EXCEEDED: 409,
+    BusinessRefusal.NO_SHOP_RULE: 404,
 }
 
 
@@ -34,7 +35,7 @@ def business_error(exc: BusinessRefused) -> AdminError:
     return AdminError(STATUS.get(exc.code, 400), exc.code.value, str(exc))
 
 
-def _operator(data: dict[str, Any]) -> str:
+def operator_of(data: dict[str, Any]) -> str:
     operator = data.get("operator")
     if not isinstance(operator, str) or not is_valid_id(operator):
         raise AdminError(400, "BAD_REQUEST", "field 'operator' (who acts, an id) is required")
@@ -76,7 +77,7 @@ class BusinessAdmin:
         user = path_id(request, "user")
         data = only(await read_body(request), "business", "followers", "shop", "operator")
         profile = await self.business.update(
-            user, operator=_operator(data), business=field(data, "business", bool),
+            user, operator=operator_of(data), business=field(data, "business", bool),
             followers=field(data, "followers", int), shop=field(data, "shop", bool))
         return json_response(profile.to_json())
 
@@ -91,13 +92,13 @@ class BusinessAdmin:
         user, group, member = path_id(request, "user"), path_id(request, "group"), path_id(request, "member")
         data = only(await read_body(request), "level", "operator")
         await self.business.set_member(user, group, member, field(data, "level", int, required=True),
-                                       operator=_operator(data))
+                                       operator=operator_of(data))
         return json_response({"member": member, "level": data["level"]})
 
     async def delete_member(self, request: web.Request) -> web.Response:
         user, group, member = path_id(request, "user"), path_id(request, "group"), path_id(request, "member")
         data = only(await read_body(request), "operator")
-        removed = await self.business.remove_member(user, group, member, operator=_operator(data))
+        removed = await self.business.remove_member(user, group, member, operator=operator_of(data))
         return json_response({"member": member, "removed": removed})
 
     # ------------------------------------------------------------ custom kinds
@@ -114,7 +115,7 @@ class BusinessAdmin:
         record = await self.campaigns.define_kind(
             field(data, "brand", str, required=True), kind, name=field(data, "name", str, required=True),
             artwork=field(data, "artwork", str, required=True),
-            budget_cards=field(data, "budget_cards", int, required=True), operator=_operator(data))
+            budget_cards=field(data, "budget_cards", int, required=True), operator=operator_of(data))
         return json_response(await self._kind_json(record), 201)
 
     async def _kind_json(self, record: CustomKind) -> dict[str, Any]:
@@ -124,7 +125,7 @@ class BusinessAdmin:
         kind = path_id(request, "kind")
         data = only(await read_body(request), "brand", "cards", "operator")
         budget = await self.campaigns.fund_kind(field(data, "brand", str, required=True), kind,
-                                                field(data, "cards", int, required=True), operator=_operator(data))
+                                                field(data, "cards", int, required=True), operator=operator_of(data))
         return json_response({"kind": kind, "budget_units": budget})
 
     # ------------------------------------------------------------ campaigns
@@ -146,7 +147,7 @@ class BusinessAdmin:
         recipients = await self._recipients(brand, source, data[given[0]])
         status = await self.campaigns.create(
             field(data, "campaign_id", str, required=True), brand, field(data, "kind", str, required=True),
-            recipients, ends_at_ms=field(data, "ends_at_ms", int, required=True), operator=_operator(data),
+            recipients, ends_at_ms=field(data, "ends_at_ms", int, required=True), operator=operator_of(data),
             source=source, open_list=bool(field(data, "open", bool)) and source == "list")
         return json_response(status.to_json(), 201)
 
@@ -157,7 +158,7 @@ class BusinessAdmin:
 
     async def start_campaign(self, request: web.Request) -> web.Response:
         data = only(await read_body(request), "operator")
-        status = await self.campaigns.start(path_id(request, "campaign"), operator=_operator(data))
+        status = await self.campaigns.start(path_id(request, "campaign"), operator=operator_of(data))
         return json_response(status.to_json())
 
     async def _recipients(self, brand: str, source: str, spec: Any) -> list[tuple[str, int]]:
@@ -190,7 +191,7 @@ class BusinessAdmin:
     def _change(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             data = only(await read_body(request), "operator")
-            status = await self.campaigns.change(path_id(request, "campaign"), action, operator=_operator(data))
+            status = await self.campaigns.change(path_id(request, "campaign"), action, operator=operator_of(data))
             return json_response(status.to_json())
 
         return handler

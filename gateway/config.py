@@ -201,6 +201,10 @@ class GatewaySettings:
         500.0, "CAMPAIGN_RATE_PER_S", Number(above=0),
         "recipients a second each node's campaign runner issues, so that campaigns never take the Redis time "
         "users' own gifts need (docs/business.md, docs/benchmarks.md)")
+    order_replay_s: float = setting(
+        300.0, "ORDER_REPLAY_S", Number(above=0),
+        "a shop's signed order notification is accepted this long around its timestamp (`STALE_ORDER` outside; "
+        "docs/business.md)")
     campaign_poll_s: float = setting(
         1.0, "CAMPAIGN_POLL_S", Number(above=0), "how often each node's campaign runner looks for work")
     settings_refresh_s: float = setting(

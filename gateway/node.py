@@ -144,6 +144,7 @@ class GatewayNode:
             node_id=self.node_id, admin_token=admin_token, redis=self.redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
             scenes=self.scenes, not_ready_reasons=self._not_ready_reasons, campaigns=self.campaigns,
+            order_replay_s=settings.order_replay_s,
             pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev and token_secret is not None,
                            token_secret or "", settings.claim_rules),
         )

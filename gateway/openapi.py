@@ -184,6 +184,21 @@ _SCHEMAS: dict[str, Any] = {
         "open": {"type": "boolean", "default": False,
                  "description": "with recipients: stay loading for more parts (…/recipients), then …/start"}},
         ("campaign_id", "brand", "kind", "ends_at_ms", "operator")),
+    "ShopRule": _object({"shop": _ID, "kind": _KIND, "min_spend": {"type": "integer", "minimum": 0},
+                         "qty": {"type": "integer", "minimum": 1}, "window_ms": {"type": "integer"},
+                         "secret": {"type": "string", "description": "the order-signing secret, shown once"}},
+                        ("shop", "kind", "min_spend", "qty", "window_ms")),
+    "NewShopRule": _object({"kind": _KIND, "min_spend": {"type": "integer", "minimum": 0,
+                                                         "description": "in the shop's currency's minor units"},
+                            "qty": {"type": "integer", "minimum": 1, "default": 1},
+                            "window_s": {"type": "integer", "minimum": 1, "default": 604800},
+                            "operator": _OPERATOR}, ("kind", "min_spend", "operator")),
+    "ShopSecret": _object({"shop": _ID, "secret": {"type": "string"}}, ("shop", "secret")),
+    "Order": _object({"order_id": _ID, "event": {"enum": ["paid", "refunded"]}, "buyer": _ID,
+                      "spend": {"type": "integer", "minimum": 0}}, ("order_id", "event")),
+    "OrderOutcome": _object({"order_id": _ID, "result": {"enum": [
+        "gifted", "below_minimum", "refunded", "cancelled", "after_acceptance", "not_pending"]},
+        "gift": {"oneOf": [_ref("Gift"), {"type": "null"}]}}, ("order_id", "result", "gift")),
     "Recipients": _object({"recipients": {"type": "array", "items": {
         "type": "array", "prefixItems": [_ID, {"type": "integer"}]}}}, ("recipients",)),
     "CampaignReport": _object({"status": _ref("Campaign"), "recipients": {"type": "object"},
@@ -194,7 +209,7 @@ _SCHEMAS: dict[str, Any] = {
 
 _ERRORS = {
     "400": "bad input (the message names the field); nothing changed",
-    "401": "admin token missing or wrong",
+    "401": "admin token missing or wrong (an order: BAD_SIGNATURE, STALE_ORDER)",
     "403": "the account lacks the business privilege (NOT_BUSINESS, BELOW_FOLLOWER_THRESHOLD, "
            "SHOP_WINDOW_DISABLED, NOT_KIND_OWNER)",
     "404": "unknown user, gift or festival",
@@ -377,6 +392,20 @@ def _business_paths() -> dict[str, dict[str, Any]]:
     paths["/admin/campaigns/{campaign}/start"] = {"post": _op(
         "start a loading campaign, if the brand has the cards its whole list takes", "Campaign", body="Operator",
         params=campaign, errors=biz)}
+    shop = ("shop",)
+    paths["/admin/shops/{shop}/rule"] = {
+        "get": _op("the shop's purchase rule", "ShopRule", params=shop, errors=("401", "404", "503")),
+        "put": _op("set the shop's \"spend X, get a card\" rule (shop window required); the first one answers the "
+                   "order-signing secret, once", "ShopRule", body="NewShopRule", params=shop, errors=biz),
+    }
+    paths["/admin/shops/{shop}/secret"] = {"post": _op("a new order-signing secret (the old one stops working)",
+                                                       "ShopSecret", body="Operator", params=shop, errors=biz)}
+    order = _op("a paid or refunded order, signed (X-Notecard-Timestamp, X-Notecard-Signature: sha256=HMAC of "
+                "'<timestamp>.<body>'); idempotent by order_id", "OrderOutcome", body="Order", params=shop,
+                errors=("400", "401", "403", "404", "409", "422", "503"))
+    order["parameters"] += [{"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+                            for h in ("X-Notecard-Timestamp", "X-Notecard-Signature")]
+    paths["/admin/shops/{shop}/orders"] = {"post": order}
     for action in ("pause", "resume", "cancel"):
         paths[f"/admin/campaigns/{{campaign}}/{action}"] = {"post": _op(
             f"{action} the campaign (audited)", "Campaign", body="Operator", params=campaign, errors=biz)}
