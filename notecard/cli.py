@@ -315,9 +315,15 @@ def _setting(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def _tool_argv(argv: list[str]) -> list[str]:
+    """``campaign bench`` is a tool like the others (loadtest.campaign_bench), under the
+    campaign command."""
+    return ["campaign_bench", *argv[2:]] if argv[:2] == ["campaign", "bench"] else argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _TOOLS:
+    argv = _tool_argv(list(sys.argv[1:] if argv is None else argv))
+    if argv and (argv[0] in _TOOLS or argv[0] == "campaign_bench"):
         # The tool parses its own flags (and --help).
         import importlib
 

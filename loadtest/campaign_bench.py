@@ -1,0 +1,154 @@
+"""``notecard campaign bench``: a brand campaign's issuing rate, and what it does to users' gifts.
+
+One run, on a throw-away local deployment (loadtest/target.py: one redis-server, gateway
+node processes): users' gifts go at a fixed rate (open loop, SDK clients, sender and
+recipient on different nodes) for ``--seconds`` without a campaign (the baseline), then
+for as long again while a campaign issues to ``--recipients`` offline users (the list sent
+in parts through the admin API, as ``notecard campaign start --file`` does). It reports the
+campaign's recipients per second (from its progress, sampled every second) and the p50/p99
+of send->offer of the users' gifts in both phases, then checks the campaign's report (every
+recipient one gift, the budget balanced) and the conservation check.
+
+    .venv/bin/python -m notecard campaign bench --recipients 100000 --user-rate 200 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtest.gifting import GiftLoad, provision_pairs
+from loadtest.stats import LatencySummary, Recorder
+from loadtest.target import LoadTarget
+from notecard.admin_client import AdminClient
+
+#: Users created per bulk call (the admin API's limit).
+BULK = 500
+#: Recipients per call when the list is sent.
+PART = 5000
+OPS = {"operator": "bench"}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="notecard campaign bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipients", type=int, default=100_000, help="campaign recipients (offline users)")
+    p.add_argument("--campaign-rate", type=float, default=1_000_000.0,
+                   help="NOTECARD_CAMPAIGN_RATE_PER_S of the nodes (default: no practical cap)")
+    p.add_argument("--user-rate", type=float, default=200.0, help="users' gifts a second, in both phases")
+    p.add_argument("--pairs", type=int, default=50, help="sender/recipient pairs giving them")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    p.add_argument("--nodes", type=int, default=2, help="gateway node processes")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+async def _create_recipients(admin: AdminClient, count: int) -> list[str]:
+    users = [f"cb{i:07d}" for i in range(count)]
+    gate = asyncio.Semaphore(8)
+
+    async def part(start: int) -> None:
+        async with gate:
+            await admin.bulk_users([{"user_id": u} for u in users[start : start + BULK]])
+
+    await asyncio.gather(*(part(s) for s in range(0, count, BULK)))
+    return users
+
+
+async def _start_campaign(admin: AdminClient, users: list[str]) -> None:
+    ends = int(time.time() * 1000) + 3_600_000
+    await admin.call("POST", "/admin/campaigns", {
+        "campaign_id": "bench", "brand": "benchbrand", "kind": "bench_card", "ends_at_ms": ends, "open": True,
+        "recipients": [[u, 1] for u in users[:PART]], **OPS})
+    for start in range(PART, len(users), PART):
+        await admin.call("POST", "/admin/campaigns/bench/recipients",
+                         {"recipients": [[u, 1] for u in users[start : start + PART]]})
+    await admin.call("POST", "/admin/campaigns/bench/start", OPS)
+
+
+async def _progress(admin: AdminClient, samples: list[tuple[float, int, str]]) -> None:
+    while True:
+        status = await admin.call("GET", "/admin/campaigns/bench")
+        samples.append((time.perf_counter(), int(status["issued"]), str(status["state"])))
+        if status["state"] != "running":
+            return
+        await asyncio.sleep(1.0)
+
+
+def issuing_rate(samples: list[tuple[float, int, str]]) -> float:
+    """Recipients a second between the first sample that saw issuing and the first that saw
+    the campaign done (or the last one)."""
+    moving = [s for s in samples if s[1] > 0]
+    if len(moving) < 2:
+        return float("nan")
+    first = moving[0]
+    last = next((s for s in moving if s[2] != "running"), moving[-1])
+    return (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else float("nan")
+
+
+async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    env = {"NOTECARD_CAMPAIGN_RATE_PER_S": str(args.campaign_rate), "NOTECARD_CAMPAIGN_POLL_S": "0.2",
+           "NOTECARD_BRAND_MIN_FOLLOWERS": "0"}
+    with LoadTarget(work, nodes=args.nodes, env=env) as deployment:
+        target = deployment.target
+        async with AdminClient(target.admin_url, target.admin_token, timeout_s=120) as admin:
+            provisioning = time.perf_counter()
+            pairs = await provision_pairs(admin, args.pairs)
+            users = await _create_recipients(admin, args.recipients)
+            await admin.create_user("benchbrand")
+            await admin.call("PATCH", "/admin/business/benchbrand", {"business": True, **OPS})
+            await admin.call("PUT", "/admin/kinds/bench_card", {
+                "brand": "benchbrand", "name": "Bench card", "artwork": "https://cdn.example/b.png",
+                "budget_cards": args.recipients, **OPS})
+            provisioned_s = time.perf_counter() - provisioning
+            rec = Recorder()
+            urls = list(target.urls)
+            async with GiftLoad(urls[0], urls[-1], target.token, pairs, rec, seed=1) as load:
+                baseline = await load.run_paced(args.user_rate, args.seconds, name="baseline")
+                samples: list[tuple[float, int, str]] = []
+                loading = time.perf_counter()
+                await _start_campaign(admin, users)
+                loaded_s = time.perf_counter() - loading
+                watcher = asyncio.create_task(_progress(admin, samples))
+                during = await load.run_paced(args.user_rate, args.seconds, name="campaign")
+                await asyncio.wait_for(watcher, timeout=max(600.0, args.recipients / 50))
+            report = await admin.call("GET", "/admin/campaigns/bench/report")
+            invariant = await admin.call("GET", "/admin/invariant")
+    latencies = {name: _summary(rec, name) for name in ("baseline", "campaign")}
+    return {
+        "recipients": args.recipients, "campaign_rate_setting": args.campaign_rate, "nodes": args.nodes,
+        "user_gifts_per_s": args.user_rate, "phase_s": args.seconds, "provisioning_s": round(provisioned_s, 1),
+        "list_upload_s": round(loaded_s, 1), "recipients_per_s": round(issuing_rate(samples), 1),
+        "campaign_s": round(samples[-1][0] - samples[0][0], 1) if samples else None,
+        "send_to_offer_ms": latencies,
+        "user_gifts_settled": {"baseline": baseline.settled, "campaign": during.settled},
+        "user_gift_errors": {"baseline": baseline.errors, "campaign": during.errors},
+        "report": {"recipients": report["recipients"], "balanced": report["balanced"]},
+        "invariant_ok": invariant["ok"],
+    }
+
+
+def _summary(rec: Recorder, phase: str) -> dict[str, float]:
+    s = LatencySummary.of(rec.get(f"{phase}/send->offer").latency)
+    return {"count": s.count, "p50": round(s.p50_ms, 2), "p99": round(s.p99_ms, 2), "max": round(s.max_ms, 2)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(argv or []))
+    with tempfile.TemporaryDirectory(prefix="campaign-bench-") as folder:
+        results = asyncio.run(run(args, Path(folder)))
+    text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    if args.out is not None:
+        with contextlib.suppress(FileExistsError):
+            args.out.parent.mkdir(parents=True)
+        args.out.write_text(text + "\n")
+    ok = results["invariant_ok"] and results["report"]["balanced"]
+    return 0 if ok else 1
