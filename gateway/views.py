@@ -22,6 +22,7 @@ def gift_view(record: GiftRecord) -> Gift:
         payer=record.payer,
         festival=record.festival,
         room=record.room,
+        campaign=record.campaign,
     )
 
 

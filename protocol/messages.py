@@ -93,6 +93,9 @@ class Gift(WireObject):
     festival: Ident | None = None
     #: The live room (its streamer's id) whose quote priced the gift.
     room: Ident | None = None
+    #: The brand campaign (or ``shop.<shop>``, a purchase) that issued the gift; its sender
+    #: is the business, its kind the business's custom kind.
+    campaign: Ident | None = None
 
 
 @message("rank_entry")

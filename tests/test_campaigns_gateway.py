@@ -84,7 +84,8 @@ async def test_a_campaign_through_the_admin_api_reaches_online_and_offline_fans(
     fan1 = await connect_fan(fast_node, "fan1")
     await ok(api("POST", "/admin/campaigns", campaign), 201)
     offer = await fan1.next_offer(30)
-    assert (offer.sender, offer.kind, offer.qty, offer.expires_at_ms) == ("acme", "acme_star", 1, ends)
+    assert (offer.sender, offer.kind, offer.qty, offer.expires_at_ms, offer.campaign) == (
+        "acme", "acme_star", 1, ends, "launch")
     await fan1.accept(offer.gift_id)
 
     async def done() -> bool:
@@ -93,7 +94,7 @@ async def test_a_campaign_through_the_admin_api_reaches_online_and_offline_fans(
     await until(done)
     fan2 = await connect_fan(fast_node, "fan2")  # offline while the campaign ran
     late = await fan2.next_offer(30)
-    assert (late.sender, late.qty) == ("acme", 2)
+    assert (late.sender, late.qty, late.campaign) == ("acme", 2, "launch")
     await fan2.decline(late.gift_id)
     report = await ok(api("GET", "/admin/campaigns/launch/report"))
     assert report["balanced"] and report["recipients"]["accepted"] == 1 and report["recipients"]["declined"] == 1

@@ -50,7 +50,8 @@ GIFT: dict[str, Any] = {
     "state": "pending", "created_at_ms": 1_700_000_000_000, "expires_at_ms": 1_700_000_060_000,
 }
 #: A gift with every optional (scene) field present.
-SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol"}
+SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol",
+                              "campaign": "spring-launch"}
 TOP: list[dict[str, Any]] = [{"user": "alice", "points": 180, "rank": 1}, {"user": "bob", "points": 90, "rank": 2}]
 #: One valid wire map per message type, every optional field present; every test below
 #: breaks exactly one thing in it.
@@ -307,7 +308,7 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
         ("room", "points"), ("room", "rank"),
         ("done", "expires_at_ms"), ("done", "reward"), ("welcome", "pending_more"), ("pending", "more"),
     }
-    assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room"}
+    assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room", "campaign"}
     assert {s.name for s in Gift.FIELDS if not s.optional} == set(GIFT)
     assert not [s.name for s in RankEntry.FIELDS if s.optional]
 

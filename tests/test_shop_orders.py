@@ -94,7 +94,8 @@ async def test_spend_x_get_a_card_at_the_minimum_idempotent_by_order(shop: Shop,
     assert await balance(shop, "mall") == (80, 20)
     bob = await connect("bob")  # offline when it was bought: offered on connecting
     offer = await bob.next_offer(30)
-    assert (offer.gift_id, offer.sender, offer.kind) == (order_gift_id("mall", "a2"), "mall", "mall_coupon")
+    assert (offer.gift_id, offer.sender, offer.kind, offer.campaign) == (
+        order_gift_id("mall", "a2"), "mall", "mall_coupon", "shop.mall")
 
     # the window is checked where it is used: closed since the rule was set, no more gifts
     await shop.call("PATCH", "/admin/business/mall", {"shop": False, **OPS})

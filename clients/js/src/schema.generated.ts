@@ -265,6 +265,15 @@ export const SHAPES = {
         "re": "[A-Za-z0-9_.:\\-]+",
         "max": 64
       }
+    },
+    {
+      "name": "campaign",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
     }
   ],
   "rank_entry": [
@@ -1169,6 +1178,7 @@ export interface Gift {
   payer?: string;
   festival?: string;
   room?: string;
+  campaign?: string;
 }
 
 export interface RankEntry {
