@@ -14,6 +14,7 @@ import pytest
 from clearing import GiftRules, GiftState, Refusal, Refused
 from clearing.business import BusinessAccounts, BusinessRefusal, BusinessRefused
 from clearing.campaigns import CampaignRunner, Campaigns, campaign_gift_id
+from clearing.ledger import reconcile
 from clearing.testing import World
 from clearing.topology import Topology
 
@@ -49,6 +50,9 @@ class Shop:
         assert report.budget["accepted"] == report.budget["recipients_hold"] == report.units["accepted"]
         check = await self.w.check()
         assert check.ok, check.violations
+        # the budget's mint and every gift are in the ledger: its replay equals Redis, per account
+        ledger = await reconcile(self.w.redis, self.w.keys)
+        assert ledger.ok, ledger.drift
 
 
 @pytest.fixture
