@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ BULK = 500
 #: Recipients per call when the list is sent.
 PART = 5000
 OPS = {"operator": "bench"}
+#: The report and the conservation check read every gift of the run.
+CHECK_TIMEOUT_S = 1800
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -46,6 +49,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=50, help="sender/recipient pairs giving them")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--nodes", type=int, default=2, help="gateway node processes")
+    p.add_argument("--invariant", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the conservation check at the end (reads every gift: slow for big runs)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -119,9 +124,13 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 watcher = asyncio.create_task(_progress(admin, samples))
                 during = await load.run_paced(args.user_rate, args.seconds, name="campaign")
                 await asyncio.wait_for(watcher, timeout=max(600.0, args.recipients / 50))
+            latencies = {name: _summary(rec, name) for name in ("baseline", "campaign")}
+            # the numbers first: the checks below read every gift and take a while
+            print(orjson.dumps({"recipients_per_s": round(issuing_rate(samples), 1),
+                                "send_to_offer_ms": latencies}).decode(), file=sys.stderr, flush=True)
+        async with AdminClient(target.admin_url, target.admin_token, timeout_s=CHECK_TIMEOUT_S) as admin:
             report = await admin.call("GET", "/admin/campaigns/bench/report")
-            invariant = await admin.call("GET", "/admin/invariant")
-    latencies = {name: _summary(rec, name) for name in ("baseline", "campaign")}
+            invariant = await admin.call("GET", "/admin/invariant") if args.invariant else {"ok": None}
     return {
         "recipients": args.recipients, "campaign_rate_setting": args.campaign_rate, "nodes": args.nodes,
         "user_gifts_per_s": args.user_rate, "phase_s": args.seconds, "provisioning_s": round(provisioned_s, 1),
@@ -150,5 +159,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(FileExistsError):
             args.out.parent.mkdir(parents=True)
         args.out.write_text(text + "\n")
-    ok = results["invariant_ok"] and results["report"]["balanced"]
+    ok = results["invariant_ok"] is not False and results["report"]["balanced"]
     return 0 if ok else 1
