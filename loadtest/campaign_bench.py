@@ -2,12 +2,14 @@
 
 One run, on a throw-away local deployment (loadtest/target.py: one redis-server, gateway
 node processes): users' gifts go at a fixed rate (open loop, SDK clients, sender and
-recipient on different nodes) for ``--seconds`` without a campaign (the baseline), then
-for as long again while a campaign issues to ``--recipients`` offline users (the list sent
-in parts through the admin API, as ``notecard campaign start --file`` does). It reports the
-campaign's recipients per second (from its progress, sampled every second) and the p50/p99
-of send->offer of the users' gifts in both phases, then checks the campaign's report (every
-recipient one gift, the budget balanced) and the conservation check.
+recipient on different nodes) in ``--windows`` pairs of windows, one without a campaign
+(the baseline) and one while a campaign issues to ``--recipients`` offline users (the list
+sent in parts through the admin API, as ``notecard campaign start --file`` does; paused
+between its windows), alternated so that a neighbour's load drifting during the run weighs
+on both alike. It reports the campaign's recipients per second inside its windows and the
+p50/p99 of send->offer of the users' gifts in both phases; then the campaign runs to its
+end and the campaign's report (every recipient one gift, the budget balanced) and the
+conservation check are read.
 
     .venv/bin/python -m notecard campaign bench --recipients 100000 --user-rate 200 --seconds 20
 """
@@ -29,7 +31,7 @@ import orjson
 from loadtest.gifting import GiftLoad, provision_pairs
 from loadtest.stats import LatencySummary, Recorder
 from loadtest.target import LoadTarget
-from notecard.admin_client import AdminClient
+from notecard.admin_client import AdminApiError, AdminClient
 
 #: Users created per bulk call (the admin API's limit).
 BULK = 500
@@ -47,7 +49,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="NOTECARD_CAMPAIGN_RATE_PER_S of the nodes (default: no practical cap)")
     p.add_argument("--user-rate", type=float, default=200.0, help="users' gifts a second, in both phases")
     p.add_argument("--pairs", type=int, default=50, help="sender/recipient pairs giving them")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    p.add_argument("--seconds", type=float, default=60.0, help="time of each phase, over all its windows")
+    p.add_argument("--windows", type=int, default=3, help="windows of each phase, alternated")
     p.add_argument("--nodes", type=int, default=2, help="gateway node processes")
     p.add_argument("--invariant", action=argparse.BooleanOptionalAction, default=True,
                    help="run the conservation check at the end (reads every gift: slow for big runs)")
@@ -87,6 +90,16 @@ async def _progress(admin: AdminClient, samples: list[tuple[float, int, str]]) -
         await asyncio.sleep(1.0)
 
 
+async def _pause_if_running(admin: AdminClient) -> Any:
+    """Pause the campaign (it may have finished meanwhile); its status after."""
+    try:
+        return await admin.call("POST", "/admin/campaigns/bench/pause", OPS)
+    except AdminApiError as exc:
+        if exc.code != "CAMPAIGN_STATE":
+            raise
+        return await admin.call("GET", "/admin/campaigns/bench")
+
+
 def issuing_rate(samples: list[tuple[float, int, str]]) -> float:
     """Recipients a second between the first sample that saw issuing and the first that saw
     the campaign done (or the last one)."""
@@ -116,17 +129,33 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             rec = Recorder()
             urls = list(target.urls)
             async with GiftLoad(urls[0], urls[-1], target.token, pairs, rec, seed=1) as load:
-                baseline = await load.run_paced(args.user_rate, args.seconds, name="baseline")
-                samples: list[tuple[float, int, str]] = []
+                await load.run_paced(args.user_rate, min(5.0, args.seconds), name="warmup")
                 loading = time.perf_counter()
                 await _start_campaign(admin, users)
+                await admin.call("POST", "/admin/campaigns/bench/pause", OPS)
                 loaded_s = time.perf_counter() - loading
-                watcher = asyncio.create_task(_progress(admin, samples))
-                during = await load.run_paced(args.user_rate, args.seconds, name="campaign")
-                await asyncio.wait_for(watcher, timeout=max(600.0, args.recipients / 50))
+                # Alternate windows without and with the campaign: a neighbour's load that
+                # drifts during the run then weighs on both phases alike.
+                issued_s, issued = 0.0, 0
+                settled, errors = dict.fromkeys(("baseline", "campaign"), 0), dict.fromkeys(("baseline", "campaign"), 0)
+                for _ in range(args.windows):
+                    off = await load.run_paced(args.user_rate, args.seconds / args.windows, name="baseline")
+                    before = await admin.call("POST", "/admin/campaigns/bench/resume", OPS)
+                    began = time.perf_counter()
+                    on = await load.run_paced(args.user_rate, args.seconds / args.windows, name="campaign")
+                    after = await _pause_if_running(admin)
+                    issued_s += time.perf_counter() - began
+                    issued += int(after["issued"]) - int(before["issued"])
+                    for phase, result in (("baseline", off), ("campaign", on)):
+                        settled[phase] += result.settled
+                        errors[phase] += result.errors
+                samples: list[tuple[float, int, str]] = []
+                if (await admin.call("GET", "/admin/campaigns/bench"))["state"] == "paused":
+                    await admin.call("POST", "/admin/campaigns/bench/resume", OPS)
+                await asyncio.wait_for(_progress(admin, samples), timeout=max(600.0, args.recipients / 50))
             latencies = {name: _summary(rec, name) for name in ("baseline", "campaign")}
             # the numbers first: the checks below read every gift and take a while
-            print(orjson.dumps({"recipients_per_s": round(issuing_rate(samples), 1),
+            print(orjson.dumps({"recipients_per_s": round(issued / issued_s, 1),
                                 "send_to_offer_ms": latencies}).decode(), file=sys.stderr, flush=True)
         async with AdminClient(target.admin_url, target.admin_token, timeout_s=CHECK_TIMEOUT_S) as admin:
             report = await admin.call("GET", "/admin/campaigns/bench/report")
@@ -134,11 +163,10 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "recipients": args.recipients, "campaign_rate_setting": args.campaign_rate, "nodes": args.nodes,
         "user_gifts_per_s": args.user_rate, "phase_s": args.seconds, "provisioning_s": round(provisioned_s, 1),
-        "list_upload_s": round(loaded_s, 1), "recipients_per_s": round(issuing_rate(samples), 1),
-        "campaign_s": round(samples[-1][0] - samples[0][0], 1) if samples else None,
+        "list_upload_s": round(loaded_s, 1), "recipients_per_s": round(issued / issued_s, 1),
+        "recipients_per_s_after_the_windows": round(issuing_rate(samples), 1), "windows": args.windows,
         "send_to_offer_ms": latencies,
-        "user_gifts_settled": {"baseline": baseline.settled, "campaign": during.settled},
-        "user_gift_errors": {"baseline": baseline.errors, "campaign": during.errors},
+        "user_gifts_settled": settled, "user_gift_errors": errors,
         "report": {"recipients": report["recipients"], "balanced": report["balanced"]},
         "invariant_ok": invariant["ok"],
     }
