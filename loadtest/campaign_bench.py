@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import sys
 import tempfile
 import time
@@ -90,14 +91,18 @@ async def _progress(admin: AdminClient, samples: list[tuple[float, int, str]]) -
         await asyncio.sleep(1.0)
 
 
-async def _pause_if_running(admin: AdminClient) -> Any:
-    """Pause the campaign (it may have finished meanwhile); its status after."""
+async def _switch(admin: AdminClient, action: str) -> Any:
+    """Pause or resume the campaign (it may have finished meanwhile); its status after."""
     try:
-        return await admin.call("POST", "/admin/campaigns/bench/pause", OPS)
+        return await admin.call("POST", f"/admin/campaigns/bench/{action}", OPS)
     except AdminApiError as exc:
         if exc.code != "CAMPAIGN_STATE":
             raise
         return await admin.call("GET", "/admin/campaigns/bench")
+
+
+async def _pause_if_running(admin: AdminClient) -> Any:
+    return await _switch(admin, "pause")
 
 
 def issuing_rate(samples: list[tuple[float, int, str]]) -> float:
@@ -132,7 +137,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 await load.run_paced(args.user_rate, min(5.0, args.seconds), name="warmup")
                 loading = time.perf_counter()
                 await _start_campaign(admin, users)
-                await admin.call("POST", "/admin/campaigns/bench/pause", OPS)
+                await _pause_if_running(admin)
                 loaded_s = time.perf_counter() - loading
                 # Alternate windows without and with the campaign: a neighbour's load that
                 # drifts during the run then weighs on both phases alike.
@@ -140,10 +145,12 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 settled, errors = dict.fromkeys(("baseline", "campaign"), 0), dict.fromkeys(("baseline", "campaign"), 0)
                 for _ in range(args.windows):
                     off = await load.run_paced(args.user_rate, args.seconds / args.windows, name="baseline")
-                    before = await admin.call("POST", "/admin/campaigns/bench/resume", OPS)
+                    before = await _switch(admin, "resume")
                     began = time.perf_counter()
                     on = await load.run_paced(args.user_rate, args.seconds / args.windows, name="campaign")
                     after = await _pause_if_running(admin)
+                    if after["state"] not in ("running", "paused"):
+                        break  # a small campaign may be over before the windows are
                     issued_s += time.perf_counter() - began
                     issued += int(after["issued"]) - int(before["issued"])
                     for phase, result in (("baseline", off), ("campaign", on)):
@@ -155,7 +162,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 await asyncio.wait_for(_progress(admin, samples), timeout=max(600.0, args.recipients / 50))
             latencies = {name: _summary(rec, name) for name in ("baseline", "campaign")}
             # the numbers first: the checks below read every gift and take a while
-            print(orjson.dumps({"recipients_per_s": round(issued / issued_s, 1),
+            rate = round(issued / issued_s if issued_s > 0 else math.nan, 1)
+            print(orjson.dumps({"recipients_per_s": rate,
                                 "send_to_offer_ms": latencies}).decode(), file=sys.stderr, flush=True)
         async with AdminClient(target.admin_url, target.admin_token, timeout_s=CHECK_TIMEOUT_S) as admin:
             report = await admin.call("GET", "/admin/campaigns/bench/report")
@@ -163,7 +171,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "recipients": args.recipients, "campaign_rate_setting": args.campaign_rate, "nodes": args.nodes,
         "user_gifts_per_s": args.user_rate, "phase_s": args.seconds, "provisioning_s": round(provisioned_s, 1),
-        "list_upload_s": round(loaded_s, 1), "recipients_per_s": round(issued / issued_s, 1),
+        "list_upload_s": round(loaded_s, 1), "recipients_per_s": rate,
         "recipients_per_s_after_the_windows": round(issuing_rate(samples), 1), "windows": args.windows,
         "send_to_offer_ms": latencies,
         "user_gifts_settled": settled, "user_gift_errors": errors,

@@ -28,8 +28,8 @@ def test_issuing_rate_runs_from_the_first_issue_to_the_end() -> None:
 def test_a_tiny_campaign_bench_measures_both_phases_and_checks_the_campaign(tmp_path: Path) -> None:
     out = tmp_path / "campaign.json"
     done = subprocess.run(
-        [sys.executable, "-m", "notecard", "campaign", "bench", "--recipients", "300", "--seconds", "4",
-         "--windows", "2", "--pairs", "4", "--user-rate", "20", "--out", str(out)],
+        [sys.executable, "-m", "notecard", "campaign", "bench", "--recipients", "300", "--campaign-rate", "50",
+         "--seconds", "4", "--windows", "2", "--pairs", "4", "--user-rate", "20", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
