@@ -257,9 +257,10 @@ class Campaigns:
             await self._within_budget(brand, kind, sum(q for _u, q in unique))
         registry = self._keys.campaigns()
         if not await guarded(self._redis.hsetnx(registry, campaign_id, brand)):
+            # a creation that stopped before its list was loaded (registered, and no record
+            # yet or still loading) may be made again, by the same brand
             existing = await self._status_or_none(campaign_id)
-            # a creation that stopped while loading its list may be made again
-            if existing is None or existing.state != "loading" or existing.brand != brand:
+            if await self.brand_of(campaign_id) != brand or (existing is not None and existing.state != "loading"):
                 raise BusinessRefused(BusinessRefusal.CAMPAIGN_EXISTS)
         key, to = self._keys.campaign(brand, campaign_id), self._keys.campaign_recipients(brand, campaign_id)
         await guarded(self._redis.delete(to))

@@ -301,3 +301,18 @@ async def test_a_long_list_is_loaded_in_parts_then_started_within_the_budget(sho
         BusinessRefusal.CAMPAIGN_STATE
     assert await shop.runner("n").step() == 4
     await shop.balanced("file")
+
+
+async def test_a_creation_that_stopped_before_its_record_may_be_made_again_by_its_brand(shop: Shop) -> None:
+    await shop.brand(budget=5)
+    fans = await shop.fans(1)
+    # as a crash right after the id was registered leaves it
+    await shop.w.redis.hset(shop.w.keys.campaigns(), "half", "acme")
+    ends = shop.w.clock() + HOUR_MS
+    assert await shop.runner("n").step() == 0
+    status = await shop.campaigns.create("half", "acme", "acme_star", [(fans[0], 1)], ends_at_ms=ends, operator="ops")
+    assert status.state == "running"
+    again = shop.campaigns.create("half", "acme", "acme_star", [(fans[0], 1)], ends_at_ms=ends, operator="ops")
+    assert await business_refusal(again) is BusinessRefusal.CAMPAIGN_EXISTS
+    await shop.runner("n").step()
+    await shop.balanced("half")
