@@ -333,6 +333,10 @@ class GatewayNode:
                 await self.signals.flush()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)
+        with contextlib.suppress(ClearingError):
+            # another node's runner takes a campaign this one was issuing at once, not after
+            # the lease (its batch in flight was cancelled: it is issued again, nobody twice)
+            await self.campaign_runner.release()
         for runner in (self._http, self._probe_http):
             if runner is not None:
                 await runner.cleanup()
