@@ -29,6 +29,11 @@ def _midnight_ms(day: dt.date, zone: ZoneInfo) -> int:
     return int(dt.datetime.combine(day, dt.time(), tzinfo=zone).timestamp()) * 1000
 
 
+#: A campaign's gift counts in no day's quota (gift_send.lua): its ``day`` is this word
+#: instead of a date, and no counter is ever written under it.
+CAMPAIGN_DAY = "campaign"
+
+
 class QuotaDays:
     """``YYYYMMDD`` of an instant in the platform zone, recomputed once a day."""
 

@@ -39,6 +39,7 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         lucky_bonus=_opt_int(m.get("lucky_bonus")),
         lucky_paid=_opt_int(m.get("lucky_paid")),
         skin=_opt(m.get("skin")),
+        campaign=_opt(m.get("camp")),
     )
 
 

@@ -59,13 +59,13 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from clearing.clock import Clock, QuotaDays, wall_clock_ms
+from clearing.clock import CAMPAIGN_DAY, Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
 from clearing.errors import ClearingUnavailable, Refusal, Refused, StepRefused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
-from clearing.lua import MAX_SAFE_INT
+from clearing.lua import MAX_SAFE_INT, ScriptRunner
 from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
 from clearing.odds import Draw, draw
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
@@ -238,6 +238,44 @@ class Clearing(RedisComponent):
             return await self.ask_guardian(offer, offer.expires_at_ms)
         await guarded(self._redis.zrem(self._keys.due(tag_of(ward)), f"ask|{ward}|{gift_id}"))
         return False
+
+    async def issue(self, gift_id: str, brand: str, recipient: str, kind: str, qty: int, *, campaign: str,
+                    expires_at_ms: int) -> GiftRecord:
+        """Offer ``qty`` cards of a brand's custom ``kind`` from the brand's account to
+        ``recipient`` for ``campaign`` (clearing/campaigns.py), open until ``expires_at_ms``.
+
+        The same two-phase gift as :meth:`reserve`, on the same paths, with the campaign's
+        rules instead of the friends' (gift_send.lua): no follow, daily or online rule, no
+        festival price, no newcomer sponsor; the recipient may be offline and sees the offer
+        when it connects. Idempotent by ``gift_id`` like any gift. Declined or expired, the
+        cards go back to the brand.
+        """
+        if not is_valid_id(gift_id) or not is_valid_id(campaign):
+            raise Refused(Refusal.BAD_REQUEST, "gift and campaign ids are 1-64 characters of A-Z a-z 0-9 _ . : -")
+        now = self._clock()
+        if expires_at_ms <= now:
+            raise Refused(Refusal.GIFT_EXPIRED, "the campaign's window has closed")
+        precheck = (Refusal.SELF_GIFT.value if brand == recipient else
+                    Refusal.BAD_QUANTITY.value if not 1 <= qty <= self._rules.max_qty_per_gift else "")
+        base = 0 if precheck else qty * self._rules.units_per_card
+        a: dict[str, Any] = {
+            **self._constant, "gid": gift_id, "s": brand, "r": recipient, "kind": kind, "qty": qty,
+            "base": base, "cost": base, "day": CAMPAIGN_DAY, "app": "main", "stag": tag_of(brand),
+            "rtag": tag_of(recipient), "dead": await self._dead_nodes(), "camp": campaign,
+            "window": expires_at_ms - now,
+        }
+        if precheck:
+            a["pre"] = precheck
+        parties = [slot_of(brand), slot_of(recipient)]
+        if not self.force_saga and self._topology.colocated(parties):
+            try:
+                reply = await self._lua.run("send", parties[0], self._keys.user(brand), now, {**a, **NO_LIMIT_ARGS},
+                                            emits=True, durable=True)
+                return gift_from_map(reply["gift"])
+            except rx.ResponseError as exc:
+                if not _moved_apart(exc):
+                    raise
+        return await SendSaga(self, a, now).run()
 
     async def _send_args(self, snapshot: SettingsSnapshot, now: int, gift_id: str, sender: str, recipient: str,
                          kind: str, qty: int, app: str, quote_id: str) -> dict[str, Any]:
@@ -608,6 +646,14 @@ class Clearing(RedisComponent):
     def redis(self) -> Any:
         return self._redis
 
+    @property
+    def rules(self) -> GiftRules:
+        return self._rules
+
+    @property
+    def lua(self) -> ScriptRunner:
+        return self._lua
+
     def now(self) -> int:
         return self._clock()
 
@@ -876,7 +922,7 @@ _SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "pt
                 "gwin")
 _PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms", "guardian",
            "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room", "lucky_table", "lucky_version",
-           "lucky_seed", "lucky_bonus", "lucky_paid", "skin")
+           "lucky_seed", "lucky_bonus", "lucky_paid", "skin", "camp")
 
 
 def _send_fields(send: dict[str, Any]) -> dict[str, Any]:

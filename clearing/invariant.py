@@ -33,6 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from clearing.clock import CAMPAIGN_DAY
 from clearing.codec import gift_from_map, text_hash
 from clearing.erasure_names import is_pseudonym
 from clearing.keys import DEFAULT_KEYS, KeySchema
@@ -292,13 +293,13 @@ async def _quotas(r: _Reader, gifts: _Gifts) -> list[str]:
     needed: set[str] = set()  # counters a pending gift will still release
     keys = r.keys
     for (sender, _), sent in gifts.sent.items():
-        if sent.get("state") in _COUNTED:
+        if sent.get("state") in _COUNTED and sent.get("day") != CAMPAIGN_DAY:
             counter = keys.send_quota(sent["day"], sender)
             expected[counter] += 1
             if sent["state"] == "pending":
                 needed.add(counter)
     for (recipient, _), offer in gifts.offered.items():
-        if offer.get("state") in ("admitted", _AWAITING, *_COUNTED):
+        if offer.get("state") in ("admitted", _AWAITING, *_COUNTED) and offer.get("day") != CAMPAIGN_DAY:
             counters = (keys.receive_quota(offer["day"], recipient),
                         keys.pair_receive_quota(offer["day"], recipient, offer["sender"]))
             expected.update(counters)

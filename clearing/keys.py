@@ -310,6 +310,53 @@ class KeySchema:
         """Pub/sub channel (classic, cluster-wide): "settings changed, reload"."""
         return self._of("cfg", "changed")
 
+    # ----------------------------------------------------------- the business channel (docs/business.md)
+    def business(self, user_id: str) -> str:
+        """Hash: business (0/1, verified business), followers (count), shop (0/1, shop window
+        enabled), updated_at_ms; a user without it is no business."""
+        return self._of(user_id, "biz")
+
+    def fan_group(self, owner: str, group: str) -> str:
+        """Hash: member -> fan level (1 and up) in one of ``owner``'s fan groups."""
+        return self._of(owner, f"fans:{group}")
+
+    def fan_groups(self, owner: str) -> str:
+        """Set: the names of ``owner``'s fan groups that have members."""
+        return self._of(owner, "fangroups")
+
+    def campaign(self, brand: str, campaign_id: str) -> str:
+        """Hash: a campaign's definition, state, cursor and lease (clearing/campaigns.py)."""
+        return self._of(brand, f"camp:{campaign_id}")
+
+    def campaign_recipients(self, brand: str, campaign_id: str) -> str:
+        """List: ``<qty> <recipient>`` per recipient, in issuing order."""
+        return self._of(brand, f"camp:{campaign_id}:to")
+
+    def campaign_refused(self, brand: str, campaign_id: str) -> str:
+        """Hash: recipient -> the refusal code its gift got (banned, blocked, unknown...)."""
+        return self._of(brand, f"camp:{campaign_id}:refused")
+
+    def shop_rule(self, shop: str) -> str:
+        """Hash: the shop's "spend X, get a card" rule (kind, min_spend, qty, window_ms) and its
+        order-signing secret (clearing/shops.py)."""
+        return self._of(shop, "shoprule")
+
+    def shop_order(self, shop: str, order_id: str) -> str:
+        """Hash: what a shop's order decided: state (paid, below_minimum, refunded), gift, buyer."""
+        return self._of(shop, f"order:{order_id}")
+
+    def campaigns(self) -> str:
+        """Hash: campaign id -> brand, every campaign (the runners' list of work)."""
+        return self._of("cfg", "campaigns")
+
+    def custom_kinds(self) -> str:
+        """Hash: custom card kind -> JSON {brand, name, artwork, budget_cards}."""
+        return self._of("cfg", "kinds")
+
+    def business_audit(self) -> str:
+        """Stream: who changed which business account, fan group, kind or campaign, when."""
+        return self._of("cfg", "bizaudit")
+
     # ----------------------------------------------------------- the risk engine (docs/risk.md)
     # Tags starting with ``~`` can be no user id (``_ID`` has no ``~``) and no slot tag.
     def risk(self, user_id: str) -> str:

@@ -103,6 +103,8 @@ class GiftRecord:
     lucky_paid: int | None = None
     #: The card art of the recipient's region for the gift's kind (docs/regions.md), if any.
     skin: str | None = None
+    #: The brand campaign that issued the gift, if any (clearing/campaigns.py).
+    campaign: str | None = None
 
     @property
     def charged_to(self) -> str:

@@ -29,6 +29,25 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     GET    /admin/dashboards/profile                 recipients by region, age, app, fan level (JSON or CSV)
     GET    /admin/dashboards/conversion              per campaign: issued -> accepted -> purchase, cost
     GET    /admin/dashboards/retention               cohorts of recipients x days they came back
+    GET    /admin/business/{user}                    business profile: verified business, followers, shop window
+    PATCH  /admin/business/{user}                    set {business?, followers?, shop?, operator}
+    GET    /admin/business/{user}/fans/{group}       members and levels (?min_level=N)
+    PUT    /admin/business/{user}/fans/{group}/{m}   {level, operator}: add or move a member
+    DELETE /admin/business/{user}/fans/{group}/{m}   {operator}
+    GET    /admin/kinds/{kind}                       a custom card kind and its budget
+    PUT    /admin/kinds/{kind}                       {brand, name, artwork, budget_cards, operator}: define, mint
+    POST   /admin/kinds/{kind}/fund                  {brand, cards, operator}: mint more budget
+    GET    /admin/campaigns                          every campaign's progress
+    POST   /admin/campaigns                          {campaign_id, brand, kind, ends_at_ms, operator, one source}
+    GET    /admin/campaigns/{id}                     progress: state, issued of total, refused
+    GET    /admin/campaigns/{id}/report              recipients by outcome, units, the budget's balance
+    POST   /admin/campaigns/{id}/recipients          {recipients}: a part of a loading ("open") campaign's list
+    POST   /admin/campaigns/{id}/start               {operator}: a loading campaign starts (budget checked)
+    POST   /admin/campaigns/{id}/pause|resume|cancel {operator}
+    GET    /admin/shops/{shop}/rule                  the shop's "spend X, get a card" rule
+    PUT    /admin/shops/{shop}/rule                  {kind, min_spend, qty?, window_s?, operator}: set (secret once)
+    POST   /admin/shops/{shop}/secret                {operator}: a new order-signing secret
+    POST   /admin/shops/{shop}/orders                a signed order notification {order_id, event, buyer?, spend?}
     GET    /admin/openapi.json                       this API as an OpenAPI 3.1 document (no token)
 
 Pages (static files, no token to load them; gateway/static/)::
@@ -77,11 +96,14 @@ from clearing import (
     Refused,
     check_invariant,
 )
+from clearing.business import DEFAULT_BRAND_MIN_FOLLOWERS, BusinessAccounts, BusinessRefused
+from clearing.campaigns import Campaigns
 from clearing.keys import is_valid_id
 from clearing.purchases import Purchases
 from clearing.regions import DEFAULT_REGION, REGION_PATTERN, is_valid_region
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
+from clearing.shops import Shops
 from clearing.topology import AnyRedis
 from gateway.admin_backend import BackendRoutes
 from gateway.admin_json import AdminError
@@ -92,6 +114,7 @@ from gateway.admin_json import path_id as _path_id
 from gateway.admin_json import plain as _plain
 from gateway.admin_json import read_body as _body
 from gateway.auth import ClaimRules, mint_token
+from gateway.business_admin import BusinessAdmin, business_error
 from gateway.dashboards_admin import DashboardsAdmin
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
@@ -101,6 +124,7 @@ from gateway.openapi import OPENAPI_PATH, openapi_document
 from gateway.payments_http import DEFAULT_PAYMENT_WINDOW_S, PaymentsHttp
 from gateway.privacy_admin import PrivacyAdmin
 from gateway.risk_admin import RiskAdmin
+from gateway.shop_orders import ShopOrdersAdmin
 from gateway.skins_admin import SkinsAdmin
 from gateway.webhooks_admin import WebhooksAdmin
 
@@ -188,10 +212,14 @@ class AdminApp:
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
         pages: WebPages | None = None, postgres_url: str | None = None, payments: PaymentsHttp | None = None,
+        campaigns: Campaigns | None = None, order_replay_s: float = 300.0,
     ) -> None:
+        self.order_replay_s = order_replay_s
         self.pages = pages
         #: The book of record the dashboards read (None: their routes answer NO_BOOKS).
         self.postgres_url = postgres_url
+        self.campaigns = campaigns or Campaigns(clearing, BusinessAccounts(redis, keys, clearing.now),
+                                                min_followers=DEFAULT_BRAND_MIN_FOLLOWERS)
         self.scenes = scenes or Scenes(clearing.topology, rules, keys, settings=clearing.settings)
         #: Payment notifications; without providers configured every one is UNKNOWN_PROVIDER.
         self.payments = payments or PaymentsHttp(
@@ -255,6 +283,8 @@ class AdminApp:
         OddsAdmin(self.scenes).routes(app)
         SkinsAdmin(self.scenes).routes(app)
         self.payments.routes(app)
+        BusinessAdmin(self.campaigns).routes(app)
+        ShopOrdersAdmin(Shops(self.campaigns), self.order_replay_s).routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app
@@ -279,6 +309,9 @@ class AdminApp:
             return _json({"error": exc.code, "message": exc.message}, exc.status)
         except Refused as exc:
             return _json({"error": exc.code.value, "message": str(exc)}, _STATUS.get(exc.code, 400))
+        except BusinessRefused as exc:
+            error = business_error(exc)
+            return _json({"error": error.code, "message": error.message}, error.status)
         except SceneConfigError as exc:
             return _json({"error": "BAD_REQUEST", "message": str(exc)}, 400)
         except ClearingUnavailable:

@@ -196,6 +196,20 @@ class GatewaySettings:
         10.0, "SAGA_STEP_S", Number(above=0),
         "a cross-shard step not finished this long after it started is finished (or undone) by the sweeper of "
         "the node that owns its slot")
+    brand_min_followers: int = setting(
+        500_000, "BRAND_MIN_FOLLOWERS", Integer(0),
+        "followers a verified business needs for brand marketing: a campaign to a list or to its followers "
+        "(`BELOW_FOLLOWER_THRESHOLD`; docs/business.md)")
+    campaign_rate_per_s: float = setting(
+        500.0, "CAMPAIGN_RATE_PER_S", Number(above=0),
+        "recipients a second each node's campaign runner issues, so that campaigns never take the Redis time "
+        "users' own gifts need (docs/business.md, docs/benchmarks.md)")
+    order_replay_s: float = setting(
+        300.0, "ORDER_REPLAY_S", Number(above=0),
+        "a shop's signed order notification is accepted this long around its timestamp (`STALE_ORDER` outside; "
+        "docs/business.md)")
+    campaign_poll_s: float = setting(
+        1.0, "CAMPAIGN_POLL_S", Number(above=0), "how often each node's campaign runner looks for work")
     settings_refresh_s: float = setting(
         1.0, "SETTINGS_REFRESH_S", Number(above=0),
         "each node reads the operators' scene settings again at least this often (a write is announced and "

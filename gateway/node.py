@@ -26,6 +26,8 @@ from websockets.exceptions import NegotiationError
 from websockets.typing import Subprotocol
 
 from clearing import Accounts, Clearing, ClearingError, EventLog, KeySchema, Presence
+from clearing.business import BusinessAccounts
+from clearing.campaigns import CampaignRunner, Campaigns
 from clearing.component import single_topology
 from clearing.purchases import Purchases
 from clearing.rates import RateLimit, UserRates
@@ -138,10 +140,14 @@ class GatewayNode:
                                      hearing=self.subscriber.hearing, metrics=self.metrics)
         self.supervisor = TaskSupervisor(self.node_id, self.metrics, self._fail)
         self.replica_check = ReplicaCheck(topo, settings, self.metrics)
+        self.business = BusinessAccounts(self.redis, keys)
+        self.campaigns = Campaigns(self.clearing, self.business, min_followers=settings.brand_min_followers)
+        self.campaign_runner = CampaignRunner(self.campaigns, self.node_id, rate_per_s=settings.campaign_rate_per_s)
         self.admin = AdminApp(
             node_id=self.node_id, admin_token=admin_token, redis=self.redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,
-            scenes=self.scenes, not_ready_reasons=self._not_ready_reasons,
+            scenes=self.scenes, not_ready_reasons=self._not_ready_reasons, campaigns=self.campaigns,
+            order_replay_s=settings.order_replay_s,
             pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev and token_secret is not None,
                            token_secret or "", settings.claim_rules),
             postgres_url=settings.postgres_url,
@@ -218,6 +224,7 @@ class GatewayNode:
         jobs.start("reaper", lambda: every(s.node_heartbeat_s * REAP_EVERY_HEARTBEATS, liveness.reap, "reaper"))
         sweeper = self.sweeper
         jobs.start("sweeper", lambda: every(s.sweep_interval_s, sweeper.step, "sweeper"))
+        jobs.start("campaigns", lambda: every(s.campaign_poll_s, self.campaign_runner.step, "campaigns"))
         jobs.start("rooms", lambda: every(s.room_push_s, self.rooms.push_step, "room pushes"))
         jobs.start("replica-check", lambda: every(CHECK_INTERVAL_S, self.replica_check.step, "replica check"))
         jobs.start("loop-lag", self.metrics.watch_loop_lag)
@@ -332,6 +339,10 @@ class GatewayNode:
                 await self.signals.flush()
         with contextlib.suppress(ClearingError):
             await self.presence.leave(self.node_id)
+        with contextlib.suppress(ClearingError):
+            # another node's runner takes a campaign this one was issuing at once, not after
+            # the lease (its batch in flight was cancelled: it is issued again, nobody twice)
+            await self.campaign_runner.release()
         for runner in (self._http, self._probe_http):
             if runner is not None:
                 await runner.cleanup()

@@ -30,6 +30,8 @@ _UNITS = {"type": "object", "additionalProperties": {"type": "integer"}, "descri
 _OPTIONAL_STR = {"type": ["string", "null"]}
 _REGION = {"type": "string", "pattern": f"^{REGION_PATTERN}$", "description": "docs/regions.md"}
 _GENDER = {"type": "string", "enum": list(GENDERS), "description": "read by the guardian rule (docs/regions.md)"}
+_OPERATOR = {**_ID, "description": "who acts (audited)"}
+_KIND = {"type": "string", "pattern": r"^[a-z0-9_]{1,32}$"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -156,6 +158,7 @@ _SCHEMAS: dict[str, Any] = {
         "lucky_table": _OPTIONAL_STR, "lucky_version": {"type": ["integer", "null"]}, "lucky_seed": _OPTIONAL_STR,
         "lucky_bonus": {"type": ["integer", "null"]}, "lucky_paid": {"type": ["integer", "null"]},
         "skin": _OPTIONAL_STR,
+        "campaign": {**_OPTIONAL_STR, "description": "the brand campaign that issued it (docs/business.md)"},
     }, ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
         "expires_at_ms")),
     "RefusedGift": _object({
@@ -268,12 +271,80 @@ _SCHEMAS: dict[str, Any] = {
                                         "enum": ["enforce", "shadow", "off"]}}}},
     "RiskSwitchChange": _object({"shadow": {"type": "boolean"}, "rules": {"type": "object"},
                                  "operator": {**_ID, "description": "who changes them (audited)"}}, ("operator",)),
+    # The business channel (gateway/business_admin.py, docs/business.md).
+    "Business": _object({"user": _ID, "business": {"type": "boolean"}, "followers": {"type": "integer"},
+                         "shop": {"type": "boolean"}, "updated_at_ms": {"type": "integer"},
+                         "fan_groups": {"type": "array", "items": _ID},
+                         "brand_min_followers": {"type": "integer"}},
+                        ("user", "business", "followers", "shop", "updated_at_ms")),
+    "BusinessChange": _object({"business": {"type": "boolean"}, "followers": {"type": "integer", "minimum": 0},
+                               "shop": {"type": "boolean"}, "operator": _OPERATOR}, ("operator",)),
+    "FanGroup": _object({"members": {"type": "object", "additionalProperties": {"type": "integer"},
+                                     "description": "member -> level"}}, ("members",)),
+    "FanLevel": _object({"level": {"type": "integer", "minimum": 1, "maximum": 100}, "operator": _OPERATOR},
+                        ("level", "operator")),
+    "FanMember": _object({"member": _ID, "level": {"type": "integer"}, "removed": {"type": "boolean"}},
+                         ("member",)),
+    "Operator": _object({"operator": _OPERATOR}, ("operator",)),
+    "Kind": _object({"kind": _KIND, "brand": _ID, "name": {"type": "string"}, "artwork": {"type": "string"},
+                     "budget_units": {"type": "integer", "description": "everything minted of the kind"}},
+                    ("kind", "brand", "name", "artwork", "budget_units")),
+    "NewKind": _object({"brand": _ID, "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "artwork": {"type": "string", "pattern": "^https://"},
+                        "budget_cards": {"type": "integer", "minimum": 1}, "operator": _OPERATOR},
+                       ("brand", "name", "artwork", "budget_cards", "operator")),
+    "KindFunding": _object({"brand": _ID, "cards": {"type": "integer", "minimum": 1}, "operator": _OPERATOR},
+                           ("brand", "cards", "operator")),
+    "KindFunded": _object({"kind": _KIND, "budget_units": {"type": "integer"}}, ("kind", "budget_units")),
+    "Campaign": _object({
+        "campaign_id": _ID, "brand": _ID, "kind": _KIND,
+        "state": {"enum": ["loading", "running", "paused", "done", "cancelled", "ended"]},
+        "total": {"type": "integer"}, "issued": {"type": "integer", "description": "recipients handled"},
+        "refused": {"type": "integer"}, "created_at_ms": _MS, "ends_at_ms": _MS,
+        "finished_at_ms": {"type": ["integer", "null"]}},
+        ("campaign_id", "brand", "kind", "state", "total", "issued", "refused", "created_at_ms", "ends_at_ms")),
+    "Campaigns": _object({"campaigns": {"type": "array", "items": _ref("Campaign")}}, ("campaigns",)),
+    "NewCampaign": _object({
+        "campaign_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,24}$"}, "brand": _ID, "kind": _KIND,
+        "ends_at_ms": _MS, "operator": _OPERATOR,
+        "recipients": {"type": "array", "items": {"type": "array", "prefixItems": [_ID, {"type": "integer"}]},
+                       "description": "[user, qty] each (brand marketing)"},
+        "followers": _object({"qty": {"type": "integer", "minimum": 1}}),
+        "fan_group": _object({"group": _ID, "min_level": {"type": "integer", "minimum": 1},
+                              "per_level": {"type": "object", "additionalProperties": {"type": "integer"}}},
+                             ("group",)),
+        "open": {"type": "boolean", "default": False,
+                 "description": "with recipients: stay loading for more parts (…/recipients), then …/start"}},
+        ("campaign_id", "brand", "kind", "ends_at_ms", "operator")),
+    "ShopRule": _object({"shop": _ID, "kind": _KIND, "min_spend": {"type": "integer", "minimum": 0},
+                         "qty": {"type": "integer", "minimum": 1}, "window_ms": {"type": "integer"},
+                         "secret": {"type": "string", "description": "the order-signing secret, shown once"}},
+                        ("shop", "kind", "min_spend", "qty", "window_ms")),
+    "NewShopRule": _object({"kind": _KIND, "min_spend": {"type": "integer", "minimum": 0,
+                                                         "description": "in the shop's currency's minor units"},
+                            "qty": {"type": "integer", "minimum": 1, "default": 1},
+                            "window_s": {"type": "integer", "minimum": 1, "default": 604800},
+                            "operator": _OPERATOR}, ("kind", "min_spend", "operator")),
+    "ShopSecret": _object({"shop": _ID, "secret": {"type": "string"}}, ("shop", "secret")),
+    "Order": _object({"order_id": _ID, "event": {"enum": ["paid", "refunded"]}, "buyer": _ID,
+                      "spend": {"type": "integer", "minimum": 0}}, ("order_id", "event")),
+    "OrderOutcome": _object({"order_id": _ID, "result": {"enum": [
+        "gifted", "below_minimum", "refunded", "cancelled", "after_acceptance", "not_pending"]},
+        "gift": {"oneOf": [_ref("Gift"), {"type": "null"}]}}, ("order_id", "result", "gift")),
+    "Recipients": _object({"recipients": {"type": "array", "items": {
+        "type": "array", "prefixItems": [_ID, {"type": "integer"}]}}}, ("recipients",)),
+    "CampaignReport": _object({"status": _ref("Campaign"), "recipients": {"type": "object"},
+                               "units": {"type": "object"}, "budget": {"type": "object"},
+                               "balanced": {"type": "boolean"}},
+                              ("status", "recipients", "units", "budget", "balanced")),
 }
 
 _ERRORS = {
     "400": "bad input (the message names the field); nothing changed",
-    "401": "admin token missing or wrong (a payment notification: signature wrong, or timestamp out of window)",
-    "403": "a payment provider the user's region does not allow",
+    "401": "admin token missing or wrong (a payment notification: signature wrong, or timestamp out of window; "
+           "an order: BAD_SIGNATURE, STALE_ORDER)",
+    "403": "a payment provider the user's region does not allow; or the account lacks the business privilege "
+           "(NOT_BUSINESS, BELOW_FOLLOWER_THRESHOLD, SHOP_WINDOW_DISABLED, NOT_KIND_OWNER)",
     "404": "unknown user, gift, festival, skin, payment or payment provider",
     "409": "the user exists, or the gift (payment) id was used with another payload",
     "422": "a gift rule refused the send (the code says which: gift-rules.md section 1)",
@@ -432,6 +503,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             "cohorts of recipients by the day of their first card x the days after it they were active",
             "RetentionDashboard", {"name": "days", "in": "query", "required": False,
                                    "schema": {"type": "integer", "minimum": 1, "maximum": 90, "default": 14}})},
+        **_business_paths(),
         "/admin/stats": {"get": _op("every live node's counters, pending gifts, held units", "Stats",
                                     errors=("401", "503"))},
         OPENAPI_PATH: {"get": {"summary": "this document", "security": [], "responses": {
@@ -473,6 +545,69 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/console": {"get": _redirect("/console/")},
         "/console/": {"get": _page("the operator console (asks for the admin token)")},
     }
+
+
+def _business_paths() -> dict[str, dict[str, Any]]:
+    biz = ("400", "401", "403", "404", "409", "503")
+    group = ("user", "group")
+    member = ("user", "group", "member")
+    campaign = ("campaign",)
+    paths = {
+        "/admin/business/{user}": {
+            "get": _op("the business profile: verified business, followers, shop window, fan groups", "Business",
+                       params=_U),
+            "patch": _op("set the verified business status, follower count or shop window (audited)", "Business",
+                         body="BusinessChange", params=_U, errors=_USER_ERRORS),
+        },
+        "/admin/business/{user}/fans/{group}": {"get": _op("a fan group's members and levels (?min_level=N)",
+                                                           "FanGroup", params=group)},
+        "/admin/business/{user}/fans/{group}/{member}": {
+            "put": _op("add a member at a level, or change its level (audited)", "FanMember", body="FanLevel",
+                       params=member, errors=_USER_ERRORS),
+            "delete": _op("remove a member (audited)", "FanMember", body="Operator", params=member),
+        },
+        "/admin/kinds/{kind}": {
+            "get": _op("a custom card kind and its budget", "Kind", params=("kind",), errors=_USER_ERRORS),
+            "put": _op("define a brand's custom card kind and mint its budget into the brand's account", "Kind",
+                       status="201", body="NewKind", params=("kind",), errors=biz),
+        },
+        "/admin/kinds/{kind}/fund": {"post": _op("mint more of the kind's budget", "KindFunded", body="KindFunding",
+                                                 params=("kind",), errors=biz)},
+        "/admin/campaigns": {
+            "get": _op("every campaign's progress", "Campaigns", errors=("401", "503")),
+            "post": _op("start a campaign to a list, the brand's followers or a fan group (one of them)",
+                        "Campaign", status="201", body="NewCampaign", errors=biz),
+        },
+        "/admin/campaigns/{campaign}": {"get": _op("a campaign's progress", "Campaign", params=campaign,
+                                                   errors=_USER_ERRORS)},
+        "/admin/campaigns/{campaign}/report": {"get": _op(
+            "recipients by outcome, units accepted / returned / held, the budget's balance", "CampaignReport",
+            params=campaign, errors=_USER_ERRORS)},
+    }
+    paths["/admin/campaigns/{campaign}/recipients"] = {"post": _op(
+        "add a part of a loading campaign's list (one body holds about 8,000)", "Campaign", body="Recipients",
+        params=campaign, errors=biz)}
+    paths["/admin/campaigns/{campaign}/start"] = {"post": _op(
+        "start a loading campaign, if the brand has the cards its whole list takes", "Campaign", body="Operator",
+        params=campaign, errors=biz)}
+    shop = ("shop",)
+    paths["/admin/shops/{shop}/rule"] = {
+        "get": _op("the shop's purchase rule", "ShopRule", params=shop, errors=("401", "404", "503")),
+        "put": _op("set the shop's \"spend X, get a card\" rule (shop window required); the first one answers the "
+                   "order-signing secret, once", "ShopRule", body="NewShopRule", params=shop, errors=biz),
+    }
+    paths["/admin/shops/{shop}/secret"] = {"post": _op("a new order-signing secret (the old one stops working)",
+                                                       "ShopSecret", body="Operator", params=shop, errors=biz)}
+    order = _op("a paid or refunded order, signed (X-Notecard-Timestamp, X-Notecard-Signature: sha256=HMAC of "
+                "'<timestamp>.<body>'); idempotent by order_id", "OrderOutcome", body="Order", params=shop,
+                errors=("400", "401", "403", "404", "409", "422", "503"))
+    order["parameters"] += [{"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+                            for h in ("X-Notecard-Timestamp", "X-Notecard-Signature")]
+    paths["/admin/shops/{shop}/orders"] = {"post": order}
+    for action in ("pause", "resume", "cancel"):
+        paths[f"/admin/campaigns/{{campaign}}/{action}"] = {"post": _op(
+            f"{action} the campaign (audited)", "Campaign", body="Operator", params=campaign, errors=biz)}
+    return paths
 
 
 def _redirect(to: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def gift_view(record: GiftRecord) -> Gift:
         lucky_bonus=record.lucky_bonus,
         lucky_paid=record.lucky_paid,
         skin=record.skin,
+        campaign=record.campaign,
     )
 
 

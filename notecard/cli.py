@@ -22,7 +22,7 @@ import orjson
 from gateway.auth import DEFAULT_TTL_S, mint_token
 from gateway.config import ConfigError, GatewaySettings, effective, markdown_table, production_problems
 from gateway.metrics import package_version
-from notecard import secrets
+from notecard import campaign_cli, secrets
 from notecard.admin_client import AdminApiError, AdminClient
 
 DAY_MS = 86_400_000
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
 
     _build_admin(sub)
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--url", default=argparse.SUPPRESS, help=_ADMIN_URL_HELP)
+    campaign_cli.build(sub, url, _ADMIN_URL_HELP)
     for name, helptext in _TOOLS.items():
         sub.add_parser(name, help=helptext + "; see notecard " + name + " --help")
     return parser
@@ -336,9 +339,15 @@ def _setting(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def _tool_argv(argv: list[str]) -> list[str]:
+    """``campaign bench`` is a tool like the others (loadtest.campaign_bench), under the
+    campaign command."""
+    return ["campaign_bench", *argv[2:]] if argv[:2] == ["campaign", "bench"] else argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _TOOLS:
+    argv = _tool_argv(list(sys.argv[1:] if argv is None else argv))
+    if argv and (argv[0] in _TOOLS or argv[0] == "campaign_bench"):
         # The tool parses its own flags (and --help).
         import importlib
 
@@ -396,8 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls = args.url or [f"ws://{settings.host}:{settings.port}"]
             asyncio.run(run_demo(urls, args.admin_url, keys))
             return 0
-        if args.command == "admin":
-            result = _in_cards(asyncio.run(_admin(args, keys.admin_token)))
+        if args.command in ("admin", "campaign"):
+            result = _in_cards(asyncio.run((_admin if args.command == "admin" else campaign_cli.run)(
+                args, keys.admin_token)))
             sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
     except AdminApiError as exc:

@@ -113,6 +113,9 @@ class Gift(WireObject):
     #: The card art (a skin of ``get_skins``) of the recipient's region for this kind;
     #: absent: the default art.
     skin: Ident | None = None
+    #: The brand campaign (or ``shop.<shop>``, a purchase) that issued the gift; its sender
+    #: is the business, its kind the business's custom kind.
+    campaign: Ident | None = None
 
 
 @message("skin")

@@ -79,13 +79,15 @@ OFFER = Gift(
 ACCEPTED = dataclasses.replace(OFFER, state="accepted")
 EXPIRED = dataclasses.replace(OFFER, gift_id="g-old", state="expired", kind="gold_note", qty=1_000_000,
                               cost=MAX_SAFE_INT)
-#: A gift with every optional field set: a live-room gift, paid by the promotion, in a festival.
+#: A gift with every optional field set: a live-room gift, paid by the promotion, in a festival
+#: (and, for the shape, of a campaign).
 SCENE = dataclasses.replace(OFFER, gift_id="g-scene", amount=18, payer="promo", festival="spring-2025",
-                            room="carol")
+                            room="carol", campaign="spring-launch")
 #: The optional fields at their edges: nothing credited, the largest amount.
 SCENE_EDGES = dataclasses.replace(SCENE, gift_id="g-scene-2", state="accepted", amount=0, payer="p" * 64,
                                   festival="f" * 64, room="r" * 64, lucky_table="t" * 64, lucky_version=MAX_SAFE_INT,
-                                  lucky_seed="f" * 64, lucky_bonus=MAX_SAFE_INT, lucky_paid=0, skin="s" * 64)
+                                  lucky_seed="f" * 64, lucky_bonus=MAX_SAFE_INT, lucky_paid=0, skin="s" * 64,
+                                  campaign="c" * 64)
 #: A lucky card drawn and paid (docs/regions.md "Published odds").
 LUCKY = dataclasses.replace(ACCEPTED, gift_id="g-lucky", lucky_table="sea-lucky", lucky_version=1,
                             lucky_seed="0123456789abcdef" * 4, lucky_bonus=50, lucky_paid=50)
@@ -357,7 +359,7 @@ def test_wire_shape_gift_with_scene_fields_json() -> None:
         '{"t":"gift_sent","rid":6,"gift":{'
         '"gift_id":"g-scene","sender":"alice","recipient":"bob","kind":"note","qty":2,"cost":20,'
         '"state":"pending","created_at_ms":1700000000000,"expires_at_ms":1700000060000,'
-        '"amount":18,"payer":"promo","festival":"spring-2025","room":"carol"}}'
+        '"amount":18,"payer":"promo","festival":"spring-2025","room":"carol","campaign":"spring-launch"}}'
     )
 
 
@@ -483,10 +485,11 @@ def test_unknown_fields_are_ignored_in_leaderboard_lines_and_scene_messages(enco
 
 @pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
 def test_gift_from_an_older_server_has_no_scene_fields(encoding: Encoding) -> None:
-    """A gift without amount/payer/festival/room still decodes; the fields read as None."""
+    """A gift without amount/payer/festival/room/campaign still decodes; the fields read as None."""
     decoded = decode_server(encode(SAMPLES["gift_sent"], encoding), encoding)
     assert isinstance(decoded, GiftSent)
-    assert (decoded.gift.amount, decoded.gift.payer, decoded.gift.festival, decoded.gift.room) == (None,) * 4
+    gift = decoded.gift
+    assert (gift.amount, gift.payer, gift.festival, gift.room, gift.campaign) == (None,) * 5
 
 
 def test_keys_that_are_not_strings_are_ignored_in_msgpack() -> None:
@@ -504,7 +507,7 @@ def test_null_optional_field_reads_as_absent(encoding: Encoding) -> None:
     frame = msgpack.packb(wire) if encoding is Encoding.MSGPACK else orjson.dumps(wire).decode()
     assert decode_server(frame, encoding) == SAMPLES["room/push"]
     wire = to_wire(SAMPLES["gift_sent"])
-    wire["gift"].update(amount=None, payer=None, festival=None, room=None)
+    wire["gift"].update(amount=None, payer=None, festival=None, room=None, campaign=None)
     frame = msgpack.packb(wire) if encoding is Encoding.MSGPACK else orjson.dumps(wire).decode()
     assert decode_server(frame, encoding) == SAMPLES["gift_sent"]
 

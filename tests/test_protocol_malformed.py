@@ -52,7 +52,8 @@ GIFT: dict[str, Any] = {
 #: A gift with every optional (scene) field present.
 SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol",
                                "lucky_table": "sea-lucky", "lucky_version": 2, "lucky_seed": "0f" * 32,
-                               "lucky_bonus": 50, "lucky_paid": 0, "skin": "sea-tiger"}
+                               "lucky_bonus": 50, "lucky_paid": 0, "skin": "sea-tiger",
+                               "campaign": "spring-launch"}
 TOP: list[dict[str, Any]] = [{"user": "alice", "points": 180, "rank": 1}, {"user": "bob", "points": 90, "rank": 2}]
 #: One valid wire map per message type, every optional field present; every test below
 #: breaks exactly one thing in it.
@@ -323,7 +324,7 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
     }
     assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room", "lucky_table",
                                                            "lucky_version", "lucky_seed", "lucky_bonus", "lucky_paid",
-                                                           "skin"}
+                                                           "skin", "campaign"}
     assert {s.name for s in Gift.FIELDS if not s.optional} == set(GIFT)
     assert not [s.name for s in RankEntry.FIELDS if s.optional]
 

@@ -29,16 +29,19 @@
 --   risk engine's limited tier may still do (gifts a day; 1: live-room gifts allowed)
 --   consent: {region = consent version} for the regions that require consent, or nil
 
+--   camp: a brand campaign's id, or nil (clearing/campaigns.py): the gift is issued by the
+--   brand to a recipient chosen by the campaign, not sent between friends; see gift_send.lua
+
 local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
-                     'guardian', 'gwin'}
+                     'guardian', 'gwin', 'camp'}
 -- Guardian confirmation (docs/regions.md): gneed ('any' | 'male': the sender's gender the rule
 -- asks for), gcand (the ward's guardian, '' for none) and gwin (the guardian's window) as admit
 -- found them; guardian, only on a gift that waits (or waited) for them; rwin, the recipient's
 -- window once approved; gdone, the guardian's answer ('approved' | 'rejected').
 local OFFER_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
                       'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
-                      'gneed', 'gcand', 'gwin', 'guardian', 'rwin', 'gdone', 'skin'}
+                      'gneed', 'gcand', 'gwin', 'guardian', 'rwin', 'gdone', 'skin', 'camp'}
 
 local function send_key()
   return ukey(A.s, 'gift:' .. A.gid)

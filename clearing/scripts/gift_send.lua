@@ -1,6 +1,13 @@
 -- gift_send.lua: the send steps of a gift (admit, reserve, sponsor, void, offer), prepended
 -- after gift.lua to the scripts that send (clearing/lua.py); see gift.lua for the arguments.
 
+-- A campaign's gift (A.camp set; docs/business.md) is issued by a brand to recipients its
+-- campaign chose, not sent between friends: the friendship rules (follows, daily counters,
+-- real-name verification of the sender, the risk tier's daily limit) do not apply, and an
+-- offline recipient is offered it too (from the stream and the welcome's pending list) with
+-- the campaign's window. Its `day` is the word `campaign`, so it takes and gives back no
+-- daily slot. Bans, freezes, blocks and the brand's balance still refuse it.
+
 -- ================================================================ send: the recipient's side
 -- The recipient's side of the guardian rule (docs/regions.md): nil when R's region does not
 -- ask for a guardian for this gift whoever sends it, else {need = 'any' | 'male' (the sender
@@ -61,6 +68,9 @@ local function check_admit()
   if redis.call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
     return {err = 'BLOCKED'}
   end
+  if A.camp then
+    return {nodes = live_nodes(A.r)}
+  end
   local since = redis.call('HGET', ukey(A.r, 'follows'), A.s)
   if not since or num(since) > NOW - A.follow_age then
     return {err = 'NOT_MUTUAL_3D'}
@@ -92,11 +102,14 @@ end
 -- Take R's receive slots and the offer half, `admitted`: written and due for recovery, or,
 -- when the offer follows in this same script (due false), left for apply_offer to write.
 local function apply_admit(due, guard)
-  local recv, pair = recv_counters(A.day, A.r, A.s)
-  take_slot(recv)
-  take_slot(pair)
+  if not A.camp then
+    local recv, pair = recv_counters(A.day, A.r, A.s)
+    take_slot(recv)
+    take_slot(pair)
+  end
   local o = {sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, state = 'admitted', day = A.day,
-             app = A.app, stag = A.stag, rtag = A.rtag, skin = region_skin(A.r)}
+             app = A.app, stag = A.stag, rtag = A.rtag, skin = region_skin(A.r),
+             camp = A.camp}
   if guard then
     o.gneed, o.gcand, o.gwin = guard.need, guard.g, guard.win
   end
@@ -154,12 +167,12 @@ local function check_reserve(rcode, rguard)
     code, until_ms = 'ACCOUNT_FROZEN', frozen > 0 and frozen or nil
   elseif lacks_consent(A.s) then
     code = 'CONSENT_REQUIRED'
-  elseif s[2] ~= '1' then
+  elseif s[2] ~= '1' and not A.camp then
     code = 'NOT_VERIFIED'
   elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
     code = 'BLOCKED'
   end
-  if code == nil then
+  if code == nil and not A.camp then
     local since = redis.call('HGET', ukey(A.s, 'follows'), A.r)
     local limit = A.send_limit + (s[3] == '1' and A.vip_bonus or 0)
     if not since or num(since) > NOW - A.follow_age then
@@ -230,7 +243,8 @@ local function check_reserve(rcode, rguard)
   local g = {gift_id = A.gid, sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, cost = cost,
              amount = A.base, state = 'pending', created_at_ms = NOW, expires_at_ms = NOW + A.window,
              day = A.day, app = A.app, payer = payer ~= A.s and payer or nil, festival = A.festival,
-             room = room, stag = A.stag, rtag = A.rtag, ptag = payer ~= A.s and A.ptag or nil}
+             room = room, stag = A.stag, rtag = A.rtag, ptag = payer ~= A.s and A.ptag or nil,
+             camp = A.camp}
   if guardian then
     -- Held for the guardian's window, then the recipient's: the latest it can be answered.
     g.guardian, g.gwin = guardian, rguard.win
@@ -259,7 +273,9 @@ local function apply_reserve(g)
   if A.quote then
     redis.call('DEL', ukey(A.s, 'quote:' .. A.quote))
   end
-  take_slot(ukey(A.s, 'q:send:' .. A.day))
+  if not A.camp then
+    take_slot(ukey(A.s, 'q:send:' .. A.day))
+  end
   store(send_key(), g, SEND_FIELDS)
   gift_event(A.stag, 'sent', g)
 end

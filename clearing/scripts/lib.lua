@@ -298,7 +298,7 @@ local PUBLIC = {gift_id = true, sender = true, recipient = true, kind = true, qt
                 amount = true, state = true, created_at_ms = true, expires_at_ms = true,
                 resolved_at_ms = true, payer = true, app = true, festival = true, room = true,
                 guardian = true, lucky_table = true, lucky_version = true, lucky_seed = true, lucky_bonus = true,
-                lucky_paid = true, skin = true}
+                lucky_paid = true, skin = true, camp = true}
 
 -- HGETALL of a gift half -> a table of its fields (numbers as numbers).
 local function record(id, flat)

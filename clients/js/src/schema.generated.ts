@@ -334,6 +334,15 @@ export const SHAPES = {
         "re": "[A-Za-z0-9_.:\\-]+",
         "max": 64
       }
+    },
+    {
+      "name": "campaign",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
     }
   ],
   "rank_entry": [
@@ -1490,6 +1499,7 @@ export interface Gift {
   lucky_bonus?: number;
   lucky_paid?: number;
   skin?: string;
+  campaign?: string;
 }
 
 export interface RankEntry {

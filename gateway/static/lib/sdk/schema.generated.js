@@ -320,6 +320,15 @@ export const SHAPES = {
                 "re": "[A-Za-z0-9_.:\\-]+",
                 "max": 64
             }
+        },
+        {
+            "name": "campaign",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
         }
     ],
     "rank_entry": [
