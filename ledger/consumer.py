@@ -8,7 +8,8 @@ So a crash before the commit leaves the entries pending (this member gets them a
 restart, any other member claims them once idle), and a crash between the commit and the
 acknowledgement writes them again, which the ids turn into nothing. A PostgreSQL that is
 down or restarting is waited for, with the batch kept, and nothing is acknowledged
-meanwhile.
+meanwhile. A Redis that fails under a read or an acknowledgement (a failover, a restart)
+is waited for too: the member then reads its own unacknowledged entries first again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 
 import psycopg
+from redis import exceptions as rx
 
 from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.ledger import CLAIM_IDLE_MS, Batch, StreamConsumer
@@ -39,6 +41,8 @@ RETRY_CAP_S = 5.0
 BATCH = 1024
 #: The default group name of the book of record.
 GROUP = "books"
+#: What Redis raises while it fails over or restarts (READONLY: a demoted primary), waited out.
+REDIS_FAILURES = (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.ClusterDownError, rx.TryAgainError)
 
 
 @dataclasses.dataclass(slots=True)
@@ -53,6 +57,8 @@ class Progress:
     trimmed: int = 0
     bad: int = 0
     write_failures: int = 0
+    #: reads or acknowledgements that Redis failed (and that were tried again)
+    redis_failures: int = 0
     lag: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -134,8 +140,21 @@ class BooksConsumer:
         await self.connect()
         await self.member.streams()
         last_status = time.monotonic()
+        delay = RETRY_FIRST_S
         while True:
-            batch = await self.step()
+            try:
+                batch = await self.step()
+            except REDIS_FAILURES as exc:
+                # A failover or restart: the Sentinel (or cluster) client finds the new
+                # primary on the next call; nothing acknowledged is lost, and what was not
+                # acknowledged is read again first.
+                self.progress.redis_failures += 1
+                log.warning("Redis failed, trying again in %.1fs: %s", delay, exc)
+                self.member.rewind()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP_S)
+                continue
+            delay = RETRY_FIRST_S
             due = status_every_s > 0 and time.monotonic() - last_status >= status_every_s
             done = once and not batch.ids
             if (due or done) and on_status is not None:

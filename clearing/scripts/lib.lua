@@ -178,7 +178,9 @@ end
 -- A.lmax (entries kept per stream, MAXLEN ~) and A.op come with the calls of the scripts
 -- that write records (clearing/lua.py LEDGER_SCRIPTS); checked here, before the script's
 -- first write, as is the stream itself (a key of another type would make XADD fail).
-local LEDGER_MAX, LEDGER_OP = A.lmax, A.op
+-- A.loff = 1 (NOTECARD_LEDGER=off, for measuring the outbox's cost only) writes no records:
+-- the scripts change value exactly as with the ledger on, without the entries.
+local LEDGER_MAX, LEDGER_OP, LEDGER_OFF = A.lmax, A.op, A.loff == 1
 local ledger_seq, ledger_buf, ledger_order = 0, {}, {}
 local function ledger_key(tag)
   return tkey(HOME or tag, 'ledger')
@@ -192,6 +194,9 @@ end
 local function ledger_push(tag, rec)
   if LEDGER_MAX == nil then
     error('a ledger record from a script missing in LEDGER_SCRIPTS (clearing/lua.py)')
+  end
+  if LEDGER_OFF then
+    return
   end
   ledger_seq = ledger_seq + 1
   rec.n = ledger_seq
