@@ -10,6 +10,9 @@ acknowledgement writes them again, which the ids turn into nothing. A PostgreSQL
 down or restarting is waited for, with the batch kept, and nothing is acknowledged
 meanwhile. A Redis that fails under a read or an acknowledgement (a failover, a restart)
 is waited for too: the member then reads its own unacknowledged entries first again.
+With WAIT configured (``NOTECARD_WAIT_REPLICAS``, ``NOTECARD_DURABILITY``), a batch is
+written only once that many replicas hold it (one Redis with Sentinel; not checked on a
+Redis Cluster).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import time
 from collections.abc import Callable
 
 import psycopg
+import redis.asyncio as aioredis
 from redis import exceptions as rx
 
 from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.ledger import CLAIM_IDLE_MS, Batch, StreamConsumer
-from clearing.topology import AnyRedis
+from clearing.topology import AnyRedis, Durability
 from ledger.books import Conn, write_records
 from ledger.migrate import migrate
 
@@ -39,6 +43,8 @@ RETRY_CAP_S = 5.0
 #: Stream entries per stream and read, one transaction: 1,024 drained a backlog about 1.5x
 #: as fast as 256 (loadtest/ledger_drain.py, docs/ledger.md "Cost").
 BATCH = 1024
+#: Entries are written as soon as they are read (no replicas waited for).
+NO_WAIT = Durability()
 #: The default group name of the book of record.
 GROUP = "books"
 #: What Redis raises while it fails over or restarts (READONLY: a demoted primary), waited out.
@@ -59,6 +65,8 @@ class Progress:
     write_failures: int = 0
     #: reads or acknowledgements that Redis failed (and that were tried again)
     redis_failures: int = 0
+    #: batches read again because fewer than the configured replicas held them
+    unreplicated: int = 0
     lag: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -70,7 +78,15 @@ class BooksConsumer:
     first use and again after a failure."""
 
     def __init__(self, redis: AnyRedis, postgres_url: str, *, group: str = GROUP, consumer: str,
-                 keys: KeySchema = DEFAULT_KEYS, count: int = BATCH, claim_idle_ms: int = CLAIM_IDLE_MS) -> None:
+                 keys: KeySchema = DEFAULT_KEYS, count: int = BATCH, claim_idle_ms: int = CLAIM_IDLE_MS,
+                 durability: Durability = NO_WAIT) -> None:
+        self._durability = durability
+        self._pinned: aioredis.Redis | None = None
+        if durability.wait_replicas and isinstance(redis, aioredis.Redis):
+            # One connection for the reads and the WAIT: WAIT counts the replicas that hold
+            # everything this connection wrote, and XREADGROUP is a write that follows the
+            # entries it delivers in the replication stream.
+            redis = self._pinned = redis.client()
         self.member = StreamConsumer(redis, group, consumer, keys, start="0", count=count,
                                      claim_idle_ms=claim_idle_ms)
         self._url = postgres_url
@@ -92,6 +108,8 @@ class BooksConsumer:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        if self._pinned is not None:
+            await self._pinned.aclose()  # its connection goes back; the pool is the caller's
 
     async def _write(self, batch: Batch) -> None:
         """Commit the batch, waiting out PostgreSQL failures (restart, network)."""
@@ -115,9 +133,31 @@ class BooksConsumer:
             self.progress.repeated += len(batch.records) - entries - events
             return
 
+    async def _replicated(self) -> bool:
+        """Whether ``wait_replicas`` replicas hold what this member read (at once when no
+        WAIT is configured, or on a Redis Cluster, where this is not checked)."""
+        if self._pinned is None:
+            return True
+        wanted = self._durability.wait_replicas
+        acked = await self._pinned.execute_command(  # type: ignore[no-untyped-call]
+            "WAIT", wanted, self._durability.wait_timeout_ms)
+        return int(acked) >= wanted
+
     async def step(self) -> Batch:
-        """Read one batch, write it, acknowledge it."""
+        """Read one batch, write it, acknowledge it. With WAIT configured, a batch is written
+        only once enough replicas hold its entries: an entry read from a primary that a
+        failover then loses (a write whose WAIT failed, whose client retries it under a new
+        call id on the new primary) would otherwise stay in PostgreSQL, doubled."""
         batch = await self.member.read()
+        delay = RETRY_FIRST_S
+        while batch.ids and not await self._replicated():
+            self.progress.unreplicated += 1
+            log.warning("fewer than %d replicas hold the entries read; reading them again in %.1fs",
+                        self._durability.wait_replicas, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_CAP_S)
+            self.member.rewind()
+            batch = await self.member.read()
         if batch.records:
             await self._write(batch)
         for problem in batch.bad:

@@ -76,6 +76,8 @@ KILL_AT = 0.2
 KILL_BY = 0.8
 RESTART_AT = 0.5
 FAULTS_BY = 0.95
+#: The members have this long to start and connect to PostgreSQL.
+READY_TIMEOUT_S = 90.0
 #: After the drill settled, the members have this long to drain every stream.
 DRAIN_TIMEOUT_S = 60.0
 
@@ -144,7 +146,24 @@ class LedgerRig:
         for member in self.members:
             self._spawn(member)
         self._supervisor = asyncio.create_task(self._supervise())
+        await self._wait_connected()
         return True
+
+    async def _wait_connected(self) -> None:
+        """Until every member is connected to PostgreSQL (it connects and migrates before it
+        reads anything): on a busy machine a process takes seconds to start, and the faults
+        are for members that run during the workload."""
+        names = {APP_PREFIX + m.name for m in self.members}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        async with await psycopg.AsyncConnection.connect(self.postgres.url, autocommit=True) as conn:
+            while True:
+                cur = await conn.execute("SELECT DISTINCT application_name FROM pg_stat_activity")
+                if names <= {str(row[0]) for row in await cur.fetchall()}:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the ledger members did not connect to PostgreSQL in {READY_TIMEOUT_S:.0f} s; "
+                                       f"logs in {self.work}")
+                await asyncio.sleep(0.2)
 
     def _spawn(self, member: Member) -> None:
         with member.log_path.open("ab") as out:
@@ -205,6 +224,17 @@ class LedgerRig:
                         total += int(row["pending"])
         return total
 
+    async def _writers(self, conn: psycopg.AsyncConnection[Any], redis: AnyRedis, streams: list[str],
+                       names: set[str], pending: int) -> tuple[set[str], int]:
+        """Which of ``names`` write a batch that waits for the lock, and how many entries
+        they hold pending. Pending alone may be a member that died (Redis failed under it):
+        the faults are for a member whose write is in flight."""
+        if not pending:
+            return set(), 0
+        cur = await conn.execute(WAITING)
+        writing = {str(row[0]).removeprefix(APP_PREFIX) for row in await cur.fetchall()} & names
+        return writing, (await self._pending_of(redis, streams, writing) if writing else 0)
+
     async def _with_a_batch_held(self, fault: LedgerFault, names: set[str], until: float,
                                  act: Callable[[set[str]], Awaitable[None]]) -> None:
         """With the members' writes held by a table lock (a slow PostgreSQL), wait until one
@@ -217,7 +247,7 @@ class LedgerRig:
         redis: AnyRedis | None = None
         streams: list[str] = []
         #: what the wait saw, for the error when it gives up
-        seen = {"polls": 0, "redis_errors": 0, "pending": 0, "writing": 0}
+        seen = {"polls": 0, "redis_errors": 0, "pending": 0, "writing": 0, "stale": 0}
         try:
             async with await psycopg.AsyncConnection.connect(self.postgres.url, autocommit=True) as conn:
                 while time.monotonic() < until:
@@ -243,12 +273,16 @@ class LedgerRig:
                                 await asyncio.sleep(0.1)
                                 continue
                             seen["pending"] = max(seen["pending"], pending)
-                            # pending alone may be a member that died (Redis failed under it):
-                            # the fault is for a member whose write is in flight, held by the lock
-                            cur = await conn.execute(WAITING)
-                            writing = {str(row[0]).removeprefix(APP_PREFIX) for row in await cur.fetchall()} & names
+                            writing, pending = await self._writers(conn, redis, streams, names, pending)
                             seen["writing"] = max(seen["writing"], len(writing))
-                            pending = await self._pending_of(redis, streams, writing) if writing else 0
+                            if writing and not pending:
+                                # a member writes a batch this client does not see pending: the
+                                # client still reads a server that is no longer the primary
+                                seen["stale"] += 1
+                                with contextlib.suppress(Exception):
+                                    await redis.aclose()
+                                redis = None
+                                continue
                             if pending > 0:
                                 fault.pending_before = pending
                                 await act(writing)

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 from clearing.ledger import ledger_streams
 from ledger.consumer import GROUP
+from ledger.migrate import migrate
 from loadtest import gifting
 from loadtest.stats import Recorder
 from loadtest.target import LoadTarget
@@ -48,9 +49,11 @@ from notecard.local_postgres import LocalPostgres
 MEMBER_NICE = 10
 #: After the phase, the member has this long to drain the streams.
 DRAIN_TIMEOUT_S = 120.0
-#: A member keeps up when, at the end of the phase, the oldest entry it has not
-#: acknowledged is younger than this (a member that falls behind sees that age grow with
-#: the phase's length) and it drains what is left within it.
+#: A member keeps up when what is left at the end of the phase takes it less than this to
+#: drain once the load stops: its backlog is under a second of its work. (The age of the
+#: oldest entry not acknowledged at that instant, also reported, includes the batch being
+#: written, up to a few hundred ms under fsync on a busy machine, whether or not the member
+#: falls behind; a member that falls behind sees its drain time grow with the phase.)
 KEEPS_UP_S = 1.0
 
 
@@ -102,11 +105,27 @@ async def group_lag(redis: aioredis.Redis) -> dict[str, Any]:
     return out
 
 
+async def _caught_up(redis: aioredis.Redis, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lag = await group_lag(redis)
+        if lag["read"] and not (lag["undelivered"] or lag["pending"]):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the notecard ledger member did not catch up in {timeout_s:.0f} s: {lag}")
+        await asyncio.sleep(0.1)
+
+
 async def _written(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute("SELECT (SELECT count(*) FROM ledger_entry) + (SELECT count(*) FROM gift_event)")
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def _migrated(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await migrate(conn)
 
 
 async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: float, pids: dict[str, int],
@@ -116,6 +135,8 @@ async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: flo
         provisioned = await gifting.provision_pairs(admin, pairs)
     redis = aioredis.Redis.from_url(target.redis.url)
     try:
+        if postgres_url:
+            await _caught_up(redis)  # the member started and wrote the set-up's entries
         async with gifting.GiftLoad(tgt.urls[0], tgt.urls[-1], tgt.token, provisioned, Recorder()) as load:
             await load.run_closed(warmup_s, "warmup")
             before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
@@ -151,8 +172,7 @@ async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: flo
                 "lag_at_end": lag_after, "drain_s": round(drain_s, 2),
                 "drained": not (drained["undelivered"] or drained["pending"]),
             }
-            out["keeps_up"] = bool(out["drained"] and lag_after["oldest_unacked_ms"] <= KEEPS_UP_S * 1000
-                                   and drain_s <= KEEPS_UP_S)
+            out["keeps_up"] = bool(out["drained"] and drain_s <= KEEPS_UP_S)
     finally:
         await redis.aclose()
     return out
@@ -170,6 +190,7 @@ def run_round(work: Path, ledger_on: bool, pairs: int, seconds: float, warmup_s:
         url = None
         if ledger_on and postgres is not None:
             url = postgres.create_database(f"bench{index}")  # a fresh book per round
+            asyncio.run(_migrated(url))  # before the member: the phase counts the rows from its start
             nice = ["nice", "-n", str(MEMBER_NICE)] if shutil.which("nice") else []
             member = subprocess.Popen(  # ended below, by this handle
                 [*nice, sys.executable, "-m", "notecard", "ledger", "--consumer", "bench", "--status-every", "0"],
