@@ -18,6 +18,7 @@ Redis Cluster).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -82,6 +83,7 @@ class BooksConsumer:
                  durability: Durability = NO_WAIT) -> None:
         self._durability = durability
         self._pinned: aioredis.Redis | None = None
+        self._base = redis
         if durability.wait_replicas and isinstance(redis, aioredis.Redis):
             # One connection for the reads and the WAIT: WAIT counts the replicas that hold
             # everything this connection wrote, and XREADGROUP is a write that follows the
@@ -132,6 +134,21 @@ class BooksConsumer:
             self.progress.events += events
             self.progress.repeated += len(batch.records) - entries - events
             return
+
+    async def _repin(self) -> None:
+        """After Redis failed: a new connection. The pinned one, reconnected, went on
+        reaching the demoted primary ("The previous master is now a slave") while the
+        pool's new connections reached the new one."""
+        old = self._pinned
+        if old is None or not isinstance(self._base, aioredis.Redis):
+            return
+        if old.connection is not None:
+            with contextlib.suppress(Exception):
+                await old.connection.disconnect()
+        with contextlib.suppress(Exception):
+            await old.aclose()
+        self._pinned = self._base.client()
+        self.member.use(self._pinned)
 
     async def _replicated(self) -> bool:
         """Whether ``wait_replicas`` replicas hold what this member read (at once when no
@@ -191,6 +208,7 @@ class BooksConsumer:
                 self.progress.redis_failures += 1
                 log.warning("Redis failed, trying again in %.1fs: %s", delay, exc)
                 self.member.rewind()
+                await self._repin()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP_S)
                 continue
