@@ -192,10 +192,11 @@ def run_round(work: Path, ledger_on: bool, pairs: int, seconds: float, warmup_s:
             url = postgres.create_database(f"bench{index}")  # a fresh book per round
             asyncio.run(_migrated(url))  # before the member: the phase counts the rows from its start
             nice = ["nice", "-n", str(MEMBER_NICE)] if shutil.which("nice") else []
-            member = subprocess.Popen(  # ended below, by this handle
-                [*nice, sys.executable, "-m", "notecard", "ledger", "--consumer", "bench", "--status-every", "0"],
-                env={**os.environ, "NOTECARD_REDIS_URL": target.redis.url, "NOTECARD_POSTGRES_URL": url},
-                stdout=subprocess.DEVNULL, stderr=(work / "ledger.log").open("wb"))
+            with (work / "ledger.log").open("wb") as log:  # the child keeps its own descriptor
+                member = subprocess.Popen(  # ended below, by this handle
+                    [*nice, sys.executable, "-m", "notecard", "ledger", "--consumer", "bench", "--status-every", "0"],
+                    env={**os.environ, "NOTECARD_REDIS_URL": target.redis.url, "NOTECARD_POSTGRES_URL": url},
+                    stdout=subprocess.DEVNULL, stderr=log)
             pids["member"] = member.pid
             pids["postgres"] = _postmaster_pid(postgres)
         try:
