@@ -32,6 +32,7 @@ COPY notecard_sdk /src/notecard_sdk
 COPY loadtest /src/loadtest
 COPY risk /src/risk
 COPY ledger /src/ledger
+COPY dashboards /src/dashboards
 # --no-deps: every dependency is in the lock; --no-build-isolation: its setuptools builds.
 RUN /opt/notecard/bin/pip install --no-deps --no-build-isolation /src \
  && /opt/notecard/bin/pip check

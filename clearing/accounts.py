@@ -3,7 +3,7 @@
 These are admin and integration operations (sign-up, verification, bans, task rewards,
 the social graph), not the gift hot path; each is still one script, so it is atomic and
 validated before it writes. Refusals: UNKNOWN_USER for a missing user anywhere,
-USER_EXISTS, UNKNOWN_KIND, BAD_QUANTITY, and BAD_REQUEST for a malformed id or app, an
+USER_EXISTS, UNKNOWN_KIND, BAD_QUANTITY, and BAD_REQUEST for a malformed id, app or region, an
 instant out of range (before the epoch, or in the future), or a user following or
 blocking themselves.
 """
@@ -20,11 +20,21 @@ from clearing.keys import APP_PATTERN, is_valid_app, is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import Balances, UserRecord
 from clearing.presence import Presence
+from clearing.regions import DEFAULT_REGION, GENDERS, REGION_PATTERN, is_valid_region
 
 #: How far ahead of this node's clock a given instant may be: the admin's machine and the
 #: nodes keep slightly different time. Further ahead, an account would stay a newcomer and
 #: a follow stay young for as long as the instant is away.
 MAX_CLOCK_SKEW_MS = 60_000
+
+
+def _check_region(region: str) -> None:
+    if not is_valid_region(region):
+        raise Refused(Refusal.BAD_REQUEST, f"region must match {REGION_PATTERN}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _flag(value: bool | None) -> str:
@@ -41,15 +51,17 @@ class Accounts(RedisComponent):
         banned: bool = False,
         created_at_ms: int | None = None,
         app: str = "main",
+        region: str = DEFAULT_REGION,
     ) -> UserRecord:
         if not is_valid_id(user_id):
             raise Refused(Refusal.BAD_REQUEST, "ids must be 1-64 characters of A-Z a-z 0-9 _ . : -")
         if not is_valid_app(app):
             raise Refused(Refusal.BAD_REQUEST, f"app must match {APP_PATTERN}, as in client tokens")
+        _check_region(region)
         now = self._clock()
         created = now if created_at_ms is None else self._instant("created_at_ms", created_at_ms, now)
         args = {"u": user_id, "tag": self.tag(user_id), "verified": _flag(verified), "vip": _flag(vip),
-                "banned": _flag(banned), "created_at_ms": created, "app": app}
+                "banned": _flag(banned), "created_at_ms": created, "app": app, "region": region}
         reply = await self._lua.run("create_user", self.slot(user_id), self._keys.user(user_id), now, args)
         return user_from(user_id, pairs(reply["user"]), self._balances([], []))
 
@@ -60,14 +72,44 @@ class Accounts(RedisComponent):
         verified: bool | None = None,
         vip: bool | None = None,
         banned: bool | None = None,
+        region: str | None = None,
+        gender: str | None = None,
     ) -> UserRecord:
-        """Change the given flags, leave the others. Gifts in flight are not touched."""
+        """Change the given flags (and the region, the gender: an operator's acts only), leave
+        the others. Gifts in flight are not touched: each keeps the rules it was sent under."""
         flags = {name: _flag(value) for name, value in (("verified", verified), ("vip", vip), ("banned", banned))
                  if value is not None}
+        if region is not None:
+            _check_region(region)
+            flags["region"] = region
+        if gender is not None:
+            if gender not in GENDERS:
+                raise Refused(Refusal.BAD_REQUEST, "gender is male, female or empty (not given)")
+            flags["gender"] = gender
         presence = Presence(self._topology, self._rules, self._keys, self._clock, settings=self._settings)
         args = {"u": user_id, "tag": self.tag(user_id), "flags": flags, "dead": await presence.dead_nodes()}
         reply = await self._lua.run("set_flags", self.slot(user_id), self._keys.user(user_id), self._clock(), args)
         return user_from(user_id, pairs(reply["user"]), self._balances(reply["bal"], reply["held"]))
+
+    async def link_guardian(self, ward: str, guardian: str | None, operator: str) -> UserRecord:
+        """Link ``guardian`` to ``ward`` (None: unlink), an operator's act kept in the ward's
+        guardian log (keys.py ``guardian_log``: who, when, from whom to whom). The guardian
+        must exist and cannot be the ward; gifts already waiting keep the guardian they were
+        sent to (docs/regions.md)."""
+        if not is_valid_id(ward) or not is_valid_id(operator):
+            raise Refused(Refusal.BAD_REQUEST, "ids must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        if guardian is not None:
+            if not is_valid_id(guardian) or guardian == ward:
+                raise Refused(Refusal.BAD_REQUEST, "a guardian is another user's id")
+            await self._other_exists(guardian)
+        args = {"u": ward, "guardian": guardian or "", "operator": operator}
+        reply = await self._lua.run("guardian_link", self.slot(ward), self._keys.user(ward), self._clock(), args)
+        return user_from(ward, pairs(reply["user"]), self._balances(reply["bal"], reply["held"]))
+
+    async def guardian_log(self, ward: str, count: int = 100) -> list[dict[str, str]]:
+        """The newest ``count`` changes of the ward's guardian, newest first."""
+        entries: Any = await guarded(self._redis.xrevrange(self._keys.guardian_log(ward), count=count))
+        return [{"id": _text(entry_id), **text_hash(fields)} for entry_id, fields in entries or ()]
 
     async def disconnect(self, user_id: str) -> int:
         """Tell every live node holding the user's connections to close them (SESSION_ENDED);

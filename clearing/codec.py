@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from clearing.model import Balances, EventKind, GiftRecord, GiftState, UserEvent, UserRecord
+from clearing.regions import DEFAULT_REGION
 
 
 def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
@@ -31,11 +32,22 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         app=str(m.get("app", "main")),
         festival=_opt(m.get("festival")),
         room=_opt(m.get("room")),
+        guardian=_opt(m.get("guardian")) or None,
+        lucky_table=_opt(m.get("lucky_table")),
+        lucky_version=_opt_int(m.get("lucky_version")),
+        lucky_seed=_opt(m.get("lucky_seed")),
+        lucky_bonus=_opt_int(m.get("lucky_bonus")),
+        lucky_paid=_opt_int(m.get("lucky_paid")),
+        skin=_opt(m.get("skin")),
     )
 
 
 def _opt(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _text(value: bytes | str) -> str:
@@ -73,6 +85,9 @@ def user_from(user_id: str, fields: Mapping[str, str], balances: Balances) -> Us
         created_at_ms=int(fields["created_at_ms"]),
         app=fields["app"],
         balances=balances,
+        region=fields.get("region") or DEFAULT_REGION,
+        gender=fields.get("gender", ""),
+        guardian=fields.get("guardian", ""),
     )
 
 

@@ -71,18 +71,30 @@ class Refusal(enum.StrEnum):
     NOTHING_TO_APPEAL = "NOTHING_TO_APPEAL"
     APPEAL_KIND = "APPEAL_KIND"
     APPEAL_PENDING = "APPEAL_PENDING"
+    # Regional rules (docs/regions.md): GDPR data-processing consent.
+    CONSENT_REQUIRED = "CONSENT_REQUIRED"
+    RECIPIENT_NO_CONSENT = "RECIPIENT_NO_CONSENT"
+    ACCOUNT_ERASED = "ACCOUNT_ERASED"
+    ERASE_PENDING = "ERASE_PENDING"
+    # Guardian confirmation (docs/regions.md): the rule applies and the ward has no guardian;
+    # a guardian's answer from someone who is not the gift's guardian.
+    GUARDIAN_REQUIRED = "GUARDIAN_REQUIRED"
+    NOT_GUARDIAN = "NOT_GUARDIAN"
 
 
 #: The order in which a send's rules are checked: the first that fails is the refusal, on
 #: whichever side of the gift (sender's or recipient's shard) it is checked. The scripts get
-#: it as RANK (clearing/lua.py); the codes after RECIPIENT_OFFLINE never compete.
+#: it as RANK (clearing/lua.py); the codes after GUARDIAN_REQUIRED never compete.
 _SEND_ORDER = (
     Refusal.RATE_LIMITED, Refusal.IDEMPOTENCY_CONFLICT, Refusal.SEND_ABORTED, Refusal.SELF_GIFT,
     Refusal.UNKNOWN_KIND, Refusal.BAD_QUANTITY, Refusal.UNKNOWN_USER, Refusal.SENDER_BANNED,
-    Refusal.DEVICE_BANNED, Refusal.ACCOUNT_FROZEN, Refusal.RECIPIENT_BANNED, Refusal.RECIPIENT_FROZEN,
-    Refusal.NOT_VERIFIED, Refusal.BLOCKED, Refusal.NOT_MUTUAL_3D, Refusal.LIMIT_DAILY_SEND,
-    Refusal.LIMIT_DAILY_RECEIVE, Refusal.RISK_LIMITED, Refusal.QUOTE_EXPIRED, Refusal.QUOTE_MISMATCH,
-    Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
+    Refusal.DEVICE_BANNED, Refusal.ACCOUNT_FROZEN, Refusal.CONSENT_REQUIRED, Refusal.RECIPIENT_BANNED,
+    Refusal.RECIPIENT_FROZEN, Refusal.RECIPIENT_NO_CONSENT, Refusal.NOT_VERIFIED, Refusal.BLOCKED,
+    Refusal.NOT_MUTUAL_3D, Refusal.LIMIT_DAILY_SEND, Refusal.LIMIT_DAILY_RECEIVE, Refusal.RISK_LIMITED,
+    Refusal.QUOTE_EXPIRED, Refusal.QUOTE_MISMATCH, Refusal.INSUFFICIENT_BALANCE, Refusal.RECIPIENT_OFFLINE,
+    # Last: the recipient's side knows whether the rule applies only once its own rules passed
+    # (docs/regions.md), so any refusal of either side comes first, on every path.
+    Refusal.GUARDIAN_REQUIRED,
 )
 REFUSAL_ORDER: tuple[Refusal, ...] = (*_SEND_ORDER, *(code for code in Refusal if code not in _SEND_ORDER))
 
@@ -130,6 +142,12 @@ REFUSAL_TEXT: dict[Refusal, str] = {
     Refusal.NOTHING_TO_APPEAL: "the account has no risk action to appeal",
     Refusal.APPEAL_KIND: "this action is appealed with another kind of evidence",
     Refusal.APPEAL_PENDING: "an appeal of this action is already waiting for an operator",
+    Refusal.CONSENT_REQUIRED: "give data-processing consent to the current text first",
+    Refusal.RECIPIENT_NO_CONSENT: "the recipient has not given data-processing consent",
+    Refusal.ACCOUNT_ERASED: "the account was erased",
+    Refusal.ERASE_PENDING: "the account still has gifts in flight; settle them and erase again",
+    Refusal.GUARDIAN_REQUIRED: "the recipient's region asks a guardian to confirm this gift, and none is linked",
+    Refusal.NOT_GUARDIAN: "only the recipient's guardian can answer this gift",
 }
 
 

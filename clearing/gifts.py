@@ -15,6 +15,11 @@ fast path. Otherwise it is a saga of one-slot steps, each atomic and idempotent 
     send     admit@R -> reserve@S [-> sponsor@P -> reserve@S] -> offer@R
     answer   decide@R -> [settle_sponsor@P ->] settle@S -> close@R
 
+A gift the recipient's region asks the recipient's guardian G to confirm (docs/regions.md)
+stops at ``awaiting_guardian`` (offer@R, or send.lua), then ``ask@G`` puts the request in G's
+stream; G's approval is one script at R (the gift becomes an offer), a rejection or the lapse
+of G's window is the answer saga above (declined / expired, refunded).
+
 A step that stops half-way (a node dies, Redis fails over) is left due in its slot's queue;
 :meth:`Clearing.sweep`, which every node runs over its share of the slots, finishes it or
 undoes it. Conservation holds at every instant, summed over slots:
@@ -24,7 +29,8 @@ the payer's slot to the recipient's between settle and close).
 Refusals of :meth:`Clearing.reserve`, in the order they are checked, whichever side checks::
 
     IDEMPOTENCY_CONFLICT, SEND_ABORTED, SELF_GIFT, UNKNOWN_KIND, BAD_QUANTITY, UNKNOWN_USER
-    (either user), SENDER_BANNED, RECIPIENT_BANNED, NOT_VERIFIED (sender), BLOCKED (either
+    (either user), SENDER_BANNED, CONSENT_REQUIRED (sender), RECIPIENT_BANNED,
+    RECIPIENT_NO_CONSENT (docs/regions.md), NOT_VERIFIED (sender), BLOCKED (either
     way), NOT_MUTUAL_3D, LIMIT_DAILY_SEND (limit + VIP bonus), LIMIT_DAILY_RECEIVE (per
     recipient or per pair), QUOTE_EXPIRED, QUOTE_MISMATCH, INSUFFICIENT_BALANCE,
     RECIPIENT_OFFLINE
@@ -33,7 +39,8 @@ plus BAD_REQUEST for a gift id that is not 1-64 characters of ``A-Za-z0-9_.:-``.
 gift id is spent for ``refusal_memory_ms``: the same request repeats the refusal (so a late
 duplicate never creates a gift its client was told was refused); a new attempt takes a new
 id. Answering (:meth:`~Clearing.accept` / :meth:`~Clearing.decline`): GIFT_NOT_FOUND,
-NOT_RECIPIENT (the sender answering their own gift), then GIFT_EXPIRED (the window passed:
+NOT_RECIPIENT (the sender answering their own gift), CONSENT_REQUIRED (an accept by a
+recipient whose region asks for a consent they do not have on record), then GIFT_EXPIRED (the window passed:
 the gift is expired by this very call and refunded, or was already expired) or
 ALREADY_RESOLVED; the same answer twice is ``Resolution(changed=False)``.
 
@@ -55,14 +62,17 @@ from redis import exceptions as rx
 from clearing.clock import Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
-from clearing.errors import Refusal, Refused, StepRefused
+from clearing.errors import ClearingUnavailable, Refusal, Refused, StepRefused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT
-from clearing.model import Balances, GiftRecord, RefusedSend, Resolution
+from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
+from clearing.odds import Draw, draw
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
+from clearing.regions import consent_versions, guardian_args
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
+from clearing.skins import kind_art
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
 from clearing.topology import Durability, NodeScripts, SlotUncovered, Topology
 
@@ -160,7 +170,7 @@ class Clearing(RedisComponent):
                 reply = await self._lua.run("send", parties[0], self._keys.user(sender), now,
                                             {**a, **self._rate, **({"promo_remote": True} if remote else {})},
                                             emits=True, durable=True)
-                return gift_from_map(reply["gift"])
+                return await self._shown_to_sender(gift_from_map(reply["gift"]))
             except StepRefused as exc:
                 if exc.code != "NEEDS_SAGA":
                     raise
@@ -170,7 +180,64 @@ class Clearing(RedisComponent):
                 # A slot moved between the map and the call: nothing ran; take the saga.
         if self._rates is not None and not await self._rates.take(sender):
             raise Refused(Refusal.RATE_LIMITED)
-        return await SendSaga(self, a, now).run()
+        return await self._shown_to_sender(await SendSaga(self, a, now).run())
+
+    # ================================================================ guardian confirmation
+    async def _shown_to_sender(self, gift: GiftRecord) -> GiftRecord:
+        """A gift that waits for the recipient's guardian: ask the guardian (the step after
+        the send, on the guardian's slot), then show the sender a pending gift. A failed ask
+        is left to the recovery worker (the offer half's ``ask`` entry stays due)."""
+        if gift.state is not GiftState.AWAITING_GUARDIAN:
+            return gift
+        try:
+            # The send half holds the gift for the guardian's window plus the recipient's.
+            await self.ask_guardian(gift, gift.expires_at_ms - self._rules.confirm_window_ms)
+        except ClearingUnavailable:
+            log.warning("a guardian could not be asked now; recovery asks", extra={"gift": gift.gift_id})
+        return dataclasses.replace(gift, state=GiftState.PENDING)
+
+    async def ask_guardian(self, gift: GiftRecord, until_ms: int) -> bool:
+        """Put the request in the guardian's stream (once per gift; True when asked now),
+        then take the ward's ``ask`` entry off its due queue. ``until_ms``: the end of the
+        guardian's window, shown to the guardian as the gift's expiry."""
+        guardian = gift.guardian
+        if not guardian:
+            return False
+        shown = {"gift_id": gift.gift_id, "sender": gift.sender, "recipient": gift.recipient, "kind": gift.kind,
+                 "qty": gift.qty, "cost": gift.cost, "amount": gift.amount, "state": GiftState.PENDING.value,
+                 "created_at_ms": gift.created_at_ms, "expires_at_ms": until_ms, "app": gift.app}
+        asked = await self.step("guardian_ask", guardian, self._clock(),
+                                {"gid": gift.gift_id, "g": guardian, "gtag": tag_of(guardian), "gift": shown,
+                                 "dead": await self._dead_nodes()})
+        await guarded(self._redis.zrem(self._keys.due(tag_of(gift.recipient)), f"ask|{gift.recipient}|{gift.gift_id}"))
+        return bool(asked.get("asked"))
+
+    async def guardian_answer(self, gift_id: str, guardian: str, ward: str, approve: bool, app: str = "main"
+                              ) -> Resolution:
+        """The ward's guardian approves (the gift becomes the ward's offer, its window starting
+        now) or rejects (declined: the sender is refunded) a gift awaiting them. The same
+        answer twice is ``Resolution(changed=False)``; refusals: GIFT_NOT_FOUND, NOT_GUARDIAN,
+        ALREADY_RESOLVED (the other answer was given), GIFT_EXPIRED. The guardian's request
+        rate lives in their own slot, not the ward's: the caller counts it (the gateway does,
+        as for any request that is not a gift's own)."""
+        if not is_valid_id(gift_id) or not is_valid_id(ward):
+            raise Refused(Refusal.GIFT_NOT_FOUND)
+        if not approve:
+            return await self._resolve(gift_id, ward, "reject", app, None, by=guardian)
+        args = {"gid": gift_id, "r": ward, "rtag": tag_of(ward), "by": guardian, "dead": await self._dead_nodes()}
+        reply = await self._lua.run("guardian_approve", slot_of(ward), self._keys.user(ward), self._clock(), args,
+                                    emits=True, durable=True)
+        return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+
+    async def recover_ask(self, ward: str, gift_id: str) -> bool:
+        """An ``ask`` entry past its deadline: ask the guardian again (once per gift) while the
+        gift still waits for them; drop the entry otherwise."""
+        fields = text_hash(await guarded(self._redis.hgetall(self._keys.offer(ward, gift_id))))
+        if fields.get("state") == GiftState.AWAITING_GUARDIAN.value and fields.get("guardian"):
+            offer = _record(gift_id, fields)  # its expiry is the guardian's deadline
+            return await self.ask_guardian(offer, offer.expires_at_ms)
+        await guarded(self._redis.zrem(self._keys.due(tag_of(ward)), f"ask|{ward}|{gift_id}"))
+        return False
 
     async def _send_args(self, snapshot: SettingsSnapshot, now: int, gift_id: str, sender: str, recipient: str,
                          kind: str, qty: int, app: str, quote_id: str) -> dict[str, Any]:
@@ -186,10 +253,17 @@ class Clearing(RedisComponent):
         }
         if precheck:
             a["pre"] = precheck
+        a.update(_consent(snapshot))
         if festival:
             a["festival"] = festival.festival_id
+        guard = guardian_args(snapshot.regions)
+        if guard:
+            a["guard"] = guard
         if quote_id:
             a["quote"] = quote_id
+        art = kind_art(snapshot.skins, kind) if snapshot.skins else None
+        if art:
+            a["skins"] = art
         if scenes.newcomer_free_gifts > 0 and scenes.promo_account not in (sender, recipient):
             a.update(promo=scenes.promo_account, ptag=tag_of(scenes.promo_account),
                      nc_age=scenes.newcomer_age_ms, nc_free=scenes.newcomer_free_gifts)
@@ -219,7 +293,7 @@ class Clearing(RedisComponent):
         return await self._resolve(gift_id, by_user, "decline", app, sender_hint)
 
     async def _resolve(self, gift_id: str, recipient: str, event: str, app: str, sender_hint: str | None,
-                       answering: bool = True) -> Resolution:
+                       answering: bool = True, by: str | None = None) -> Resolution:
         if not is_valid_id(gift_id):
             raise Refused(Refusal.GIFT_NOT_FOUND)
         now = self._clock()
@@ -229,7 +303,11 @@ class Clearing(RedisComponent):
             "perks": _perks(snapshot), "dead": await self._dead_nodes(),
         }
         if answering:
-            a.update(by=recipient, **self._rate)
+            # A guardian's rate is in their own slot, which the ward's scripts cannot reach.
+            a.update(by=by or recipient, **(self._rate if by is None else {}))
+        if event == "accept":
+            a.update(_consent(snapshot))
+            a.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
         if self._fast_resolve(recipient, sender_hint):
             try:
                 reply = await self._lua.run("resolve", slot_of(recipient), self._keys.user(recipient), now, a,
@@ -250,6 +328,16 @@ class Clearing(RedisComponent):
         # account on another node fails the script at its first read of the payer's hold,
         # before any write (resolve.lua), and takes the saga.
         return self._topology.colocated([slot_of(recipient), slot_of(sender)])
+
+    async def decline_for_erasure(self, gift_id: str, recipient: str, sender: str) -> None:
+        """Decline a pending gift on its recipient's behalf, as an erasure does
+        (clearing/erasure.py): not the recipient's request, so no rate is taken; a gift
+        already resolved is left as it is."""
+        try:
+            await self._resolve(gift_id, recipient, "decline", "main", sender, answering=False)
+        except Refused as refusal:
+            if refusal.code not in (Refusal.ALREADY_RESOLVED, Refusal.GIFT_EXPIRED, Refusal.GIFT_NOT_FOUND):
+                raise
 
     async def expire(self, recipient: str, gift_id: str) -> GiftRecord | None:
         """Expire one offer past its window (the sweeper's step); None when it was not due
@@ -275,11 +363,16 @@ class Clearing(RedisComponent):
                                      quote_id)
         return SendSaga(self, args, now)
 
-    async def answer_saga(self, gift_id: str, recipient: str, event: str, app: str = "main") -> ResolveSaga:
-        """The cross-shard answer (``accept`` / ``decline``) of a gift, step by step."""
+    async def answer_saga(self, gift_id: str, recipient: str, event: str, app: str = "main", *,
+                          by: str | None = None) -> ResolveSaga:
+        """The cross-shard answer (``accept`` / ``decline``, or the guardian ``by``'s
+        ``reject``) of a gift, step by step."""
         snapshot = await self._settings.get()
-        args = {**self._constant, "gid": gift_id, "r": recipient, "by": recipient, "event": event, "rapp": app,
-                "perks": _perks(snapshot), "dead": await self._dead_nodes()}
+        args = {**self._constant, "gid": gift_id, "r": recipient, "by": by or recipient, "event": event,
+                "rapp": app, "perks": _perks(snapshot), "dead": await self._dead_nodes(),
+                **(_consent(snapshot) if event == "accept" else {})}
+        if event == "accept":
+            args.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
         return ResolveSaga(self, args, self._clock())
 
     # ================================================================ the sweeper
@@ -399,6 +492,9 @@ class Clearing(RedisComponent):
         if step == "settle":
             recipient, _, gift_id = rest.partition("|")
             return await ResolveSaga.recover(self, recipient, gift_id)
+        if step == "ask":
+            ward, _, gift_id = rest.partition("|")
+            return await self.recover_ask(ward, gift_id)
         if step == "sponsor":
             payer, _, sender_gift = rest.partition("|")
             sender, _, gift_id = sender_gift.partition("|")
@@ -505,6 +601,10 @@ class Clearing(RedisComponent):
         return self._keys
 
     @property
+    def gift_rules(self) -> GiftRules:
+        return self._rules
+
+    @property
     def redis(self) -> Any:
         return self._redis
 
@@ -528,11 +628,40 @@ async def _bounded(calls: Iterable[Awaitable[T]], at_once: int = 64) -> list[T]:
     return out
 
 
+def _lucky_args(snapshot: SettingsSnapshot, recipient: str, gift_id: str, units_per_card: int) -> dict[str, Any]:
+    """The lucky card's draw for each region with published odds (docs/regions.md): the
+    script picks the recipient's region's, records it with the decision and pays it. Empty
+    when no region has the rule or no promotion account could pay."""
+    promo = snapshot.scenes.promo_account
+    if not promo or promo == recipient:
+        return {}
+    draws: dict[str, Draw] = {}  # regions sharing a table share its one draw
+    lucky: dict[str, list[Any]] = {}
+    for code, rules in snapshot.regions.items():
+        table = snapshot.odds.get(rules.lucky_odds) if rules.lucky_odds else None
+        if table is None:
+            continue
+        if table.table_id not in draws:
+            draws[table.table_id] = draw(table, recipient, gift_id)
+        drawn = draws[table.table_id]
+        lucky[code] = [drawn.table, drawn.version, drawn.seed, drawn.bonus * units_per_card]
+    if not lucky:
+        return {}
+    return {"lucky": lucky, "lpromo": promo, "lptag": tag_of(promo)}
+
+
 def _perks(snapshot: SettingsSnapshot) -> dict[str, Any]:
     scenes = snapshot.scenes
     return {"per_card": scenes.points_per_card,
             "apps": {app: [p.sender_bonus_permille, p.recipient_multiplier_permille, int(p.joint_campaign)]
                      for app, p in scenes.apps.items()}}
+
+
+def _consent(snapshot: SettingsSnapshot) -> dict[str, Any]:
+    """The ``consent`` argument of a send or an accept (gift.lua lacks_consent): region ->
+    the consent version its users need; nothing when no region asks for consent."""
+    versions = consent_versions(snapshot.regions)
+    return {"consent": versions} if versions else {}
 
 
 def _record(gift_id: str, raw: Any) -> GiftRecord:
@@ -556,6 +685,8 @@ class SendSaga:
         self.a = args
         self.now = now
         self.admitted = False
+        #: The recipient side's verdict on the guardian rule (admit's reply), for reserve.
+        self.rguard: Any = None
 
     async def run(self) -> GiftRecord:
         rcode = await self.admit()
@@ -572,6 +703,7 @@ class SendSaga:
         except Refused as refusal:
             return refusal.code.value
         self.admitted = admit["state"] == "admitted"
+        self.rguard = admit.get("guard")
         return None
 
     async def reserve(self, rcode: str | None) -> dict[str, Any]:
@@ -579,7 +711,8 @@ class SendSaga:
         refusal the admission is voided and the refusal raised. Returns the send half."""
         a, c = self.a, self.c
         try:
-            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode}, emits=False)
+            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode, "rguard": self.rguard},
+                                 emits=False)
             if reply.get("need_sponsor"):
                 reply = await self._sponsored(rcode, int(reply["cost"]))
         except Refused as refusal:
@@ -597,7 +730,8 @@ class SendSaga:
         held = bool(sponsor["covers"]) and rcode is None
         try:
             reply = await c.step("reserve", a["s"], self.now,
-                                 {**a, "rcode": rcode, "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
+                                 {**a, "rcode": rcode, "rguard": self.rguard,
+                                  "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
         except Refused:
             if held:
                 await c.step("release", a["promo"], self.now, a, emits=False)
@@ -688,7 +822,8 @@ class ResolveSaga:
         return {**self.a, "gid": gift["gift_id"], "s": gift["sender"], "r": gift["recipient"], "to": gift["state"]}
 
     async def settle(self, gift: dict[str, Any]) -> None:
-        """The payer's hold and the send half follow the decision (once each)."""
+        """The payer's hold and the send half follow the decision (once each), and the
+        lucky bonus leaves its payer (once)."""
         if int(gift.get("closed", 0)) == 1:
             return
         a, c = self._args(gift), self.c
@@ -696,12 +831,31 @@ class ResolveSaga:
         if payer:
             await c.step("settle_sponsor", payer, self.now, {**a, "promo": payer, "ptag": tag_of(payer)}, emits=False)
         await c.step("settle", gift["sender"], self.now, {**a, "rapp": gift.get("rapp", "main")})
+        await self.pay_lucky(gift)
+
+    async def pay_lucky(self, gift: dict[str, Any]) -> None:
+        """An accepted gift's lucky bonus at its payer (lucky.lua); what was paid goes to close."""
+        bonus = int(gift.get("lucky_bonus") or 0)
+        if gift.get("state") != "accepted" or "lucky_table" not in gift or "lucky_paid" in gift:
+            return
+        if bonus == 0:
+            gift["lucky_paid"] = 0
+            return
+        payer = str(gift["lucky_payer"])
+        paid = await self.c.step("lucky", payer, self.now,
+                                 {**self._args(gift), "kind": gift["kind"], "bonus": bonus, "payer": payer,
+                                  "ptag": gift.get("lucky_ptag") or tag_of(payer)}, emits=False)
+        gift["lucky_paid"] = int(paid["paid"])
 
     async def close(self, gift: dict[str, Any]) -> GiftRecord:
-        """The recipient is credited (when accepted) and told; nothing is due any more."""
+        """The recipient is credited (when accepted, with the lucky bonus paid) and told;
+        nothing is due any more."""
         if int(gift.get("closed", 0)) == 1:
             return gift_from_map(_public(gift))
-        closed = await self.c.step("close", gift["recipient"], self.now, self._args(gift))
+        args = self._args(gift)
+        if "lucky_paid" in gift:
+            args["lucky_paid"] = int(gift["lucky_paid"])
+        closed = await self.c.step("close", gift["recipient"], self.now, args)
         return gift_from_map(closed["gift"])
 
     @staticmethod
@@ -718,9 +872,11 @@ class ResolveSaga:
         return True
 
 
-_SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room")
-_PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
-           "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room")
+_SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room", "guardian",
+                "gwin")
+_PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms", "guardian",
+           "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room", "lucky_table", "lucky_version",
+           "lucky_seed", "lucky_bonus", "lucky_paid", "skin")
 
 
 def _send_fields(send: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ gifts (and newcomer sponsorships) it holds for.
 
 Gifts: every half parses and has a known state; a send half and its offer half agree (the
 offer half decides; the send half follows it once settled); the inboxes and the slots'
-expiry queues hold exactly the pending offers, scored by their expiry; each day's send,
+expiry queues hold exactly the pending offers, scored by their expiry (the expiry queues
+also the offers awaiting a guardian, at the guardian's deadline); each day's send,
 receive and pair counters equal the number of that day's gifts that hold a slot (a counter
 may be gone only once its TTL ran out, so a missing counter is flagged only while the day
 still has pending gifts).
@@ -33,12 +34,16 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from clearing.codec import gift_from_map, text_hash
+from clearing.erasure_names import is_pseudonym
 from clearing.keys import DEFAULT_KEYS, KeySchema
 from clearing.model import GiftRecord, GiftState
 from clearing.rules import GiftRules
 from clearing.topology import AnyRedis
 
 _COUNTED = ("pending", "accepted")
+#: An offer half that waits for the recipient's guardian (docs/regions.md) is held like a
+#: pending one: in the expiry queue (at the guardian's deadline), not in the inbox.
+_AWAITING = "awaiting_guardian"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -228,7 +233,8 @@ def _one_gift(key: str, gift: GiftRecord, fields: dict[str, str]) -> list[str]:
     out = []
     if "day" not in fields:
         out.append(f"gift half {key} has no quota day")
-    if (gift.state is GiftState.PENDING) != (gift.resolved_at_ms is None):
+    unresolved = gift.state in (GiftState.PENDING, GiftState.AWAITING_GUARDIAN)
+    if unresolved != (gift.resolved_at_ms is None):
         out.append(f"gift half {key} is {gift.state} with resolved_at_ms {gift.resolved_at_ms}")
     if not 0 < gift.amount <= gift.cost:
         out.append(f"gift half {key} credits {gift.amount} of its cost {gift.cost}")
@@ -242,18 +248,20 @@ def _halves_agree(gifts: _Gifts) -> list[str]:
         if state == "void":
             continue
         offer = gifts.offered.get((sent["recipient"], gift_id))
+        if offer is None and is_pseudonym(sent["recipient"]):
+            continue  # the recipient was erased with their half (clearing/erasure.py)
         if offer is None:
             out.append(f"gift {gift_id} of {sender} has no offer half at {sent['recipient']}")
             continue
         decided = offer.get("state")
         settled = state == decided
-        waiting = state == "pending" and (decided == "admitted" or offer.get("closed") == "0")
+        waiting = state == "pending" and (decided in ("admitted", _AWAITING) or offer.get("closed") == "0")
         if not (settled or waiting):
             out.append(f"gift {gift_id}: send half {state}, offer half {decided}")
     for (recipient, gift_id), offer in gifts.offered.items():
         if offer.get("state") in ("void", "admitted"):
             continue
-        if (offer["sender"], gift_id) not in gifts.sent:
+        if (offer["sender"], gift_id) not in gifts.sent and not is_pseudonym(offer["sender"]):
             out.append(f"offer {gift_id} to {recipient} has no send half at {offer['sender']}")
     return out
 
@@ -267,6 +275,7 @@ async def _queues(r: _Reader, gifts: _Gifts) -> list[str]:
     for (recipient, gift_id), offer in gifts.offered.items():
         if offer.get("state") == "pending":
             inboxes[recipient][gift_id] = int(offer["expires_at_ms"])
+        if offer.get("state") in ("pending", _AWAITING):
             expiry[tag_of(recipient)][f"{recipient}|{gift_id}"] = int(offer["expires_at_ms"])
     for name, expected in (("inbox", inboxes), ("expiry", expiry)):
         async for key in r.scan(name):
@@ -289,7 +298,7 @@ async def _quotas(r: _Reader, gifts: _Gifts) -> list[str]:
             if sent["state"] == "pending":
                 needed.add(counter)
     for (recipient, _), offer in gifts.offered.items():
-        if offer.get("state") in ("admitted", *_COUNTED):
+        if offer.get("state") in ("admitted", _AWAITING, *_COUNTED):
             counters = (keys.receive_quota(offer["day"], recipient),
                         keys.pair_receive_quota(offer["day"], recipient, offer["sender"]))
             expected.update(counters)

@@ -76,9 +76,31 @@ class KeySchema:
         return f"{_glob_escape(self.prefix)}:{{*}}:{name}"
 
     # ----------------------------------------------------------- a user's own keys
+    def own(self, user_id: str, name: str) -> str:
+        """Any key of the user's own slot by its name (``bal``, ``gift:<id>``): for tools
+        that read a whole slot (clearing/erasure.py)."""
+        return self._of(user_id, name)
+
+    def user_pattern(self, user_id: str) -> str:
+        """A SCAN pattern matching every key of the user's own slot (ids hold no glob characters)."""
+        return f"{_glob_escape(self.prefix)}:{{{user_id}}}:*"
+
     def user(self, user_id: str) -> str:
-        """Hash: verified, vip, banned (0/1), created_at_ms, app; mentor and joint once set."""
+        """Hash: verified, vip, banned (0/1), created_at_ms, app, region; mentor and joint once set;
+        consent, consent_at_ms, consent_channel (the data-processing consent on record,
+        clearing/consent.py) and consent_withdrawn_at_ms once given or withdrawn; gender and
+        guardian (docs/regions.md) once an operator set them."""
         return self._of(user_id, "user")
+
+    def guardian_log(self, user_id: str) -> str:
+        """Stream: each change of the user's guardian (at_ms, operator, from, to), kept
+        with the user; the audit of guardian links."""
+        return self._of(user_id, "guardian_log")
+
+    def guardian_asked(self, guardian: str, gift_id: str) -> str:
+        """String, for the gift's retention: the guardian was asked about the gift
+        (guardian_ask.lua asks once)."""
+        return self._of(guardian, f"gask:{gift_id}")
 
     def balance(self, user_id: str) -> str:
         """Hash: card kind -> available minor units."""
@@ -120,6 +142,17 @@ class KeySchema:
     def credit(self, user_id: str, transfer_id: str) -> str:
         """Marker: a cross-shard transfer (mentor rewards) credited to the user once."""
         return self._of(user_id, f"credit:{transfer_id}")
+
+    def consents(self, user_id: str) -> str:
+        """List: the user's consent history, oldest first, one JSON document per change
+        ({action: give | withdraw, version, channel, app, at_ms}); clearing/consent.py."""
+        return self._of(user_id, "consents")
+
+    def stats(self, user_id: str) -> str:
+        """Hash of counters the eco badges read (clearing/badges.py): accepted (gifts the user
+        accepted), given (the user's gifts that were accepted), given:<YYYYMM> (of them, per
+        calendar month of the quota day)."""
+        return self._of(user_id, "stats")
 
     def inbox(self, user_id: str) -> str:
         """Sorted set: offers waiting for the user's answer, gift id -> expiry ms."""
@@ -251,6 +284,27 @@ class KeySchema:
     def festivals(self) -> str:
         """Hash: festival id -> JSON {name, start_ms, end_ms, permille, frame}."""
         return self._of("cfg", "festivals")
+
+    def regions(self) -> str:
+        """Hash: region code -> JSON of its rules (clearing/regions.py)."""
+        return self._of("cfg", "regions")
+
+    def odds(self) -> str:
+        """Hash: odds table id -> JSON of its versions (clearing/odds.py)."""
+        return self._of("cfg", "odds")
+
+    def payment(self, user_id: str, provider: str, payment_id: str) -> str:
+        """Hash: a provider's payment for the user (clearing/purchases.py): state, kind, units,
+        and once refunded what was clawed back and what was short."""
+        return self._of(user_id, f"pay:{provider}:{payment_id}")
+
+    def skins(self) -> str:
+        """Hash: skin id -> JSON of the card art (clearing/skins.py)."""
+        return self._of("cfg", "skins")
+
+    def lucky(self, payer: str, recipient: str, gift_id: str) -> str:
+        """String: what ``payer`` paid for the lucky bonus of ``recipient``'s gift (once)."""
+        return self._of(payer, f"lucky:{recipient}|{gift_id}")
 
     def settings_channel(self) -> str:
         """Pub/sub channel (classic, cluster-wide): "settings changed, reload"."""

@@ -30,7 +30,8 @@ from clearing.topology import AnyRedis
 
 #: What each entry kind moves (docs/ledger.md has the accounts of each).
 ENTRY_KINDS = frozenset({"mint", "hold", "release", "expire", "consume", "settle", "credit", "points",
-                         "mentor_pay", "mentor_credit"})
+                         "mentor_pay", "mentor_credit", "lucky_pay", "lucky_credit",
+                         "purchase", "refund"})
 GiftEventName = Literal["sent", "accepted", "declined", "expired"]
 GIFT_EVENTS: frozenset[str] = frozenset({"sent", "accepted", "declined", "expired"})
 

@@ -1,15 +1,27 @@
 """The one path from clearing to Redis: run a Lua script, decode its reply, map failures.
 
 Scripts live in ``clearing/scripts/*.lua`` (package data, read on first use, never at
-import). Each is sent as one body: its ``#!lua`` line if it has one, the tables generated
-from Python (``MOVES``, the gift state table of clearing/model.py, and ``RANK``, the order
-of refusals of clearing/errors.py), ``lib.lua``, the step libraries it needs (``gift.lua``
-then ``gift_send.lua`` or ``gift_answer.lua``; ``mentor.lua``), then the script itself,
-since Redis scripts cannot import one another. It is called by EVALSHA with one key (the
-routing key of its slot) and one argument, a msgpack map of named arguments; a NOSCRIPT
-reply (the script cache is lost on restart and failover) loads it and runs the call again.
-The calls of one event-loop turn go to each Redis node as one pipeline
-(clearing/pipelining.py). Every script returns ``cmsgpack.pack(table)``.
+import), and reach Redis as ONE Redis Functions library (:func:`library`): the tables
+generated from Python (``MOVES``, the gift state table of clearing/model.py, and ``RANK``,
+the order of refusals of clearing/errors.py), ``lib.lua``, the step libraries (``gift.lua``,
+then ``gift_send.lua`` and ``gift_answer.lua``, each in its own ``do ... end`` block;
+``mentor.lua``), and every script registered as one function whose callback is the
+script's body, with the flags its ``#!lua flags=`` line declares (plus
+``allow-cross-slot-keys``, see below). All of that is defined once, when the library is
+loaded, instead of on every call as the body of an EVALSHA script would: a call runs lib.lua's
+``begin()`` (which sets the call's state from its arguments) and its script's body.
+
+Versions: the library is named ``nc_<hash8>`` after its content, its functions
+``nc_<hash8>_<script>``, so two versions of a node during a rolling upgrade (or a test that
+changes the generated tables) each call their own and never clash. A function is called by
+FCALL with one key (the routing key of its slot) and one argument, a msgpack map of named
+arguments; "Function not found" (FUNCTION FLUSH, a restart without persistence, a failover to
+a replica without the library, a new shard) loads the library on that node and runs the call
+again, once. Every primary gets the library on its first call that way, on one Redis,
+Sentinel and Cluster alike; older versions stay until an operator deletes them
+(FUNCTION DELETE) and are never called by the new code. The calls of one event-loop turn go
+to each Redis node as one pipeline (clearing/pipelining.py). Every script returns
+``cmsgpack.pack(table)``.
 
 Outages become :class:`ClearingUnavailable` (clearing/guard.py). On a cluster a call whose
 slot moved (MOVED: it did not run) is sent again where the slot is now; ASK (the slot is
@@ -18,7 +30,7 @@ migrating) is answered on the target with ASKING first.
 Durability (:class:`Durability`): Redis replicates asynchronously, so a write the primary
 acknowledged can vanish in a failover (Jepsen lost acknowledged writes this way). With
 ``wait_replicas`` > 0 the scripts that change a gift run as one pipeline per node,
-``EVALSHA...; SPUBLISH <fence>; WAIT n timeout``, and are acknowledged only when ``n``
+``FCALL...; SPUBLISH <fence>; WAIT n timeout``, and are acknowledged only when ``n``
 replicas of that node hold them. WAIT counts from the connection's last propagated write; the
 SPUBLISH (always propagated) moves that mark to "now", so an idempotent retry that writes
 nothing still waits for the original write, whoever made it. Too few replicas in time raises
@@ -31,11 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.resources
 import re
 import secrets
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgpack
 from redis import exceptions as rx
@@ -45,25 +58,30 @@ from clearing.errors import REFUSAL_ORDER, ClearingUnavailable, Refusal, Refused
 from clearing.guard import guarded
 from clearing.keys import KeySchema
 from clearing.model import MOVES
-from clearing.pipelining import NotReplicated
+from clearing.pipelining import FunctionLibrary, NotReplicated, function_missing, load_library
 from clearing.rules import DAY_MS, GiftRules
 from clearing.topology import Durability, SlotUncovered, Topology
 
-__all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "ScriptName", "ScriptRunner", "script_source"]
+__all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "ScriptName", "ScriptRunner", "library"]
 
 ScriptName = Literal[
     "send", "admit", "reserve", "sponsor", "offer", "void", "probe", "release",
     "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
-    "room_states", "rate", "gauges",
+    "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",
+    "guardian_link", "lucky", "payment",
 ]  # fmt: skip
 
-#: Which step libraries each script needs after lib.lua, in order.
+#: Which step libraries each script needs after lib.lua, in order: its function is defined
+#: inside their ``do ... end`` blocks, which keeps each block's locals (Lua 5.1: 200 per
+#: function) and each callback's upvalues (60) to what one script could see before.
 _LIBRARY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("send", "admit", "reserve", "sponsor", "offer", "void", "probe"), ("gift", "gift_send")),
-    **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close"), ("gift", "gift_answer")),
+    **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close", "lucky"),
+                    ("gift", "gift_answer")),
     "pending": ("gift",),
+    "guardian_approve": ("gift",),
     **dict.fromkeys(("mentor_bind", "mentor_step"), ("mentor",)),
 }
 
@@ -72,7 +90,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
 #: that is not a stream.
 LEDGER_SCRIPTS: frozenset[str] = frozenset({
     "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
-    "redeem_frame", "mentor_bind", "mentor_step",
+    "redeem_frame", "mentor_bind", "mentor_step", "erase", "lucky", "payment",
 })
 
 #: A quota counter only matters during its day and while that day's gifts can still be
@@ -114,10 +132,18 @@ def generated_tables() -> str:
 _CROSS_SLOT = "allow-cross-slot-keys"
 
 
-@functools.cache
-def script_source(name: ScriptName) -> str:
-    folder = importlib.resources.files("clearing") / "scripts"
-    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+#: Stands for the library's name until its content, and so its name, is known.
+_NAME = "@@library@@"
+
+
+def _folder_text(name: str) -> str:
+    return (importlib.resources.files("clearing") / "scripts" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _function(name: str) -> str:
+    """One script as a function of the library: its flags from its ``#!lua`` line, its
+    body as the callback, which gets KEYS and ARGV as arguments (an EVALSHA script's globals)."""
+    body = _folder_text(name)
     flags = [_CROSS_SLOT]
     if body.startswith("#!lua"):
         line, _, body = body.partition("\n")
@@ -125,12 +151,30 @@ def script_source(name: ScriptName) -> str:
         flags = [f for f in declared.split(",") if f] if declared else []
         if _CROSS_SLOT not in flags:
             flags.append(_CROSS_SLOT)
-    shebang = "#!lua flags=" + ",".join(flags) + "\n"
-    parts = [shebang + generated_tables(), (folder / "lib.lua").read_text(encoding="utf-8")]
-    for library in _LIBRARY.get(name, ()):
-        parts.append((folder / f"{library}.lua").read_text(encoding="utf-8"))
-    parts.append(body)
-    return "\n".join(parts)
+    return (f"redis.register_function{{function_name = '{_NAME}_{name}', "
+            f"flags = {{{', '.join(_lua_string(f) for f in flags)}}}, callback = function(KEYS, ARGV)\n"
+            f"local early = begin(ARGV)\nif early then\n  return early\nend\n"
+            f"-- {name}.lua\n{body}\nend}}\n")
+
+
+def _functions(under: tuple[str, ...]) -> list[str]:
+    """The functions of the scripts whose step libraries are ``under`` exactly, then one
+    ``do ... end`` block per next step library, holding the scripts that need it."""
+    names: tuple[str, ...] = get_args(ScriptName)
+    parts = [_function(n) for n in names if _LIBRARY.get(n, ()) == under]
+    deeper = dict.fromkeys(steps[len(under)] for n in names
+                           if len(steps := _LIBRARY.get(n, ())) > len(under) and steps[:len(under)] == under)
+    for step in deeper:
+        parts += [f"do -- {step}.lua\n", _folder_text(step), *_functions((*under, step)), "end\n"]
+    return parts
+
+
+@functools.cache
+def library() -> FunctionLibrary:
+    """Clearing's scripts as one Redis Functions library, named after its content."""
+    code = "\n".join([generated_tables(), _folder_text("lib"), *_functions(())])
+    name = "nc_" + hashlib.sha1(code.encode()).hexdigest()[:8]
+    return FunctionLibrary(name, f"#!lua name={name}\n" + code.replace(_NAME, name))
 
 
 class ScriptRunner:
@@ -191,11 +235,11 @@ class ScriptRunner:
             except SlotUncovered as exc:
                 await self._refresh()
                 raise ClearingUnavailable(str(exc)) from None
-            script = node.script(name, script_source(name))
+            lib = library()
             home = packed["home"] = node.home
             argv = [msgpack.packb(packed)]
             try:
-                return await guarded((node.waited if durable else node.plain).call(script, key, argv))
+                return await guarded((node.waited if durable else node.plain).call(lib, lib.function(name), key, argv))
             except rx.MovedError as exc:
                 if not topology.moved(slot, f"{exc.host}:{exc.port}"):
                     await self._refresh(force=True)
@@ -223,14 +267,21 @@ class ScriptRunner:
         if target is None:
             await self._refresh()
             raise ClearingUnavailable("slot migrating to an unknown node") from None
-        script = target.script(name, script_source(name))
+        lib = library()
         argv = [msgpack.packb({**packed, "home": target.home})]
-        await guarded(target.client.script_load(script.script))
-        async with target.client.pipeline(transaction=False) as pipe:
-            pipe.execute_command("ASKING")
-            pipe.evalsha(script.sha, 1, key, *argv)
-            replies = await guarded(pipe.execute())
-        return replies[-1]
+        for attempt in range(2):
+            async with target.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("ASKING")
+                pipe.fcall(lib.function(name), 1, key, *argv)
+                asking, reply = await guarded(pipe.execute(raise_on_error=False))
+            if attempt == 0 and function_missing(reply):
+                await guarded(load_library(target.client, lib))
+                continue
+            for outcome in (asking, reply):
+                if isinstance(outcome, Exception):
+                    raise outcome
+            return reply
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _refresh(self, force: bool = False) -> None:
         # A failed read of the map is tried again by the next call; this one already failed

@@ -11,6 +11,10 @@ class GiftState(enum.StrEnum):
     #: the sender's side has not been reserved yet. Never shown to a client.
     ADMITTED = "admitted"
     PENDING = "pending"
+    #: A gift the recipient's region makes wait for the recipient's guardian (docs/regions.md,
+    #: "Guardian confirmation"): held like a pending gift, but not yet offered; its window is
+    #: the guardian's. Shown to the sender as pending, never to the recipient.
+    AWAITING_GUARDIAN = "awaiting_guardian"
     ACCEPTED = "accepted"
     DECLINED = "declined"
     EXPIRED = "expired"
@@ -25,6 +29,10 @@ class GiftEvent(enum.StrEnum):
     ACCEPT = "accept"
     DECLINE = "decline"
     EXPIRE = "expire"
+    #: The recipient's guardian answers a gift awaiting them (docs/regions.md).
+    GUARD = "guard"
+    APPROVE = "approve"
+    REJECT = "reject"
 
 
 #: The only legal moves of a gift: (state, event) -> next state. Anything else is refused
@@ -33,6 +41,12 @@ class GiftEvent(enum.StrEnum):
 MOVES: dict[tuple[GiftState, GiftEvent], GiftState] = {
     (GiftState.ADMITTED, GiftEvent.OFFER): GiftState.PENDING,
     (GiftState.ADMITTED, GiftEvent.VOID): GiftState.VOID,
+    (GiftState.ADMITTED, GiftEvent.GUARD): GiftState.AWAITING_GUARDIAN,
+    (GiftState.AWAITING_GUARDIAN, GiftEvent.APPROVE): GiftState.PENDING,
+    # A rejected gift is declined: the sender is refunded as for a decline, and is not told
+    # who said no (the recipient's family is not the sender's business).
+    (GiftState.AWAITING_GUARDIAN, GiftEvent.REJECT): GiftState.DECLINED,
+    (GiftState.AWAITING_GUARDIAN, GiftEvent.EXPIRE): GiftState.EXPIRED,
     (GiftState.PENDING, GiftEvent.ACCEPT): GiftState.ACCEPTED,
     (GiftState.PENDING, GiftEvent.DECLINE): GiftState.DECLINED,
     (GiftState.PENDING, GiftEvent.EXPIRE): GiftState.EXPIRED,
@@ -76,6 +90,19 @@ class GiftRecord:
     festival: str | None = None
     #: The live room (its streamer's id) whose quote priced the gift, if any.
     room: str | None = None
+    #: The recipient's guardian, on a gift that waits (or waited) for their answer
+    #: (docs/regions.md); never shown to the sender or the recipient.
+    guardian: str | None = None
+    #: The lucky card (docs/regions.md "Published odds"), on a gift accepted in a region with
+    #: published odds: the table and version drawn from, the draw's seed (HMAC-SHA256, hex),
+    #: the bonus drawn and what the promotion account paid (0 when it could not), in units.
+    lucky_table: str | None = None
+    lucky_version: int | None = None
+    lucky_seed: str | None = None
+    lucky_bonus: int | None = None
+    lucky_paid: int | None = None
+    #: The card art of the recipient's region for the gift's kind (docs/regions.md), if any.
+    skin: str | None = None
 
     @property
     def charged_to(self) -> str:
@@ -120,11 +147,19 @@ class UserRecord:
     created_at_ms: int
     app: str
     balances: Balances
+    #: clearing/regions.py; accounts from before regions are in the default one.
+    region: str = "global"
+    #: "male", "female" or "" (not given): set by an operator, read by the guardian rule.
+    gender: str = ""
+    #: The user's guardian (docs/regions.md), linked by an operator; "" when none.
+    guardian: str = ""
 
 
 class EventKind(enum.StrEnum):
     OFFER = "offer"
     OUTCOME = "outcome"
+    #: In a guardian's stream: a gift to their ward waits for their answer (``guardian_answer``).
+    GUARDIAN = "guardian"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

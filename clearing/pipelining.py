@@ -11,8 +11,10 @@ Semantics kept:
 
 - Each script is atomic on its own; a pipeline is not a transaction, and nothing here
   needs one (a script never depends on another's reply).
-- NOSCRIPT (the script cache is empty after a restart or a failover): the script did not
-  run, so it is loaded and only the calls that got NOSCRIPT run again.
+- "Function not found" (the node lacks this version of clearing's library: FUNCTION FLUSH,
+  a restart without persistence, a replica promoted before the library reached it, a new
+  shard): the function did not run, so the library is loaded on that node and only the
+  calls that got the error run again, once.
 - A connection error or timeout fails every call of the batch that has no reply yet, as it
   would have failed each alone: the outcome is unknown and clearing's callers retry with
   the same ids.
@@ -31,8 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from clearing.errors import ClearingUnavailable
 
@@ -47,9 +48,37 @@ class NotReplicated(ClearingUnavailable):
     """The write is on the primary but fewer replicas than required confirmed it in time."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FunctionLibrary:
+    """One Redis Functions library: its name (``#!lua name=...``, versioned by content) and
+    code. Its functions are named ``<name>_<script>``."""
+
+    name: str
+    code: str
+
+    def function(self, script: str) -> str:
+        return f"{self.name}_{script}"
+
+
+def function_missing(reply: object) -> bool:
+    """Whether a reply says the called function is not on the node (it did not run)."""
+    return isinstance(reply, ResponseError) and "Function not found" in str(reply)
+
+
+async def load_library(redis: aioredis.Redis, library: FunctionLibrary) -> None:
+    """FUNCTION LOAD, unless the node has this version already (another caller loaded it
+    meanwhile: the name is its content's hash, so the one there is the same)."""
+    try:
+        await redis.function_load(library.code)
+    except ResponseError as exc:
+        if "already exists" not in str(exc):
+            raise
+
+
 @dataclasses.dataclass(slots=True)
 class _Call:
-    script: AsyncScript
+    library: FunctionLibrary
+    function: str
     key: str
     argv: Sequence[str | int | bytes]
     future: asyncio.Future[Any]
@@ -80,11 +109,13 @@ class ScriptBatcher:
         #: Running flushes, kept referenced so that none is collected half-way.
         self._flushes: set[asyncio.Task[None]] = set()
 
-    def call(self, script: AsyncScript, key: str, argv: Sequence[str | int | bytes]) -> asyncio.Future[Any]:
-        """The raw reply of ``script`` (an EVALSHA with one key), sent with this turn's others."""
+    def call(self, library: FunctionLibrary, function: str, key: str,
+             argv: Sequence[str | int | bytes]) -> asyncio.Future[Any]:
+        """The raw reply of ``function`` of ``library`` (an FCALL with one key), sent with
+        this turn's others."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Call(script, key, argv, future))
+        self._queue.append(_Call(library, function, key, argv, future))
         if len(self._queue) >= MAX_BATCH:
             self._flush_now()
         elif not self._scheduled:
@@ -126,7 +157,7 @@ class ScriptBatcher:
             for c, reply in zip(remaining, replies, strict=True):
                 if c.future.done():
                     continue  # its caller was cancelled: not run again, not answered
-                if isinstance(reply, NoScriptError) and attempt == 0:
+                if attempt == 0 and function_missing(reply):
                     missing.append(c)
                 elif isinstance(reply, Exception):
                     c.future.set_exception(reply)
@@ -134,16 +165,16 @@ class ScriptBatcher:
                     c.future.set_result(reply)
             if not missing:
                 return
-            for script in {id(c.script): c.script for c in missing}.values():
-                script.sha = await self._redis.script_load(script.script)
+            for library in {c.library.name: c.library for c in missing}.values():
+                await load_library(self._redis, library)
             remaining = missing
-        raise AssertionError("unreachable: NOSCRIPT after loading the script")
+        raise AssertionError("unreachable: a second attempt answers every call")
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         """One round trip; per-call replies (errors as values). Raises what fails them all."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for c in calls:
-                pipe.evalsha(c.script.sha, 1, c.key, *c.argv)
+                pipe.fcall(c.function, 1, c.key, *c.argv)
             wait = self._wait
             if wait is not None:
                 pipe.execute_command("SPUBLISH", wait.fence, b"")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rx
@@ -30,8 +30,11 @@ from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import is_valid_id
+from clearing.odds import MAX_TABLES, OddsEntry, OddsTable
+from clearing.regions import MAX_REGIONS, RegionRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 from clearing.settings import Festival, decode_festivals, encode_scenes
+from clearing.skins import MAX_SKINS, Skin, clash, decode_skins
 from clearing.slots import slot_of, tag_of
 
 if TYPE_CHECKING:
@@ -85,6 +88,96 @@ class Scenes(RedisComponent):
             await guarded(pipe.execute())
         await self._settings.announce()
         return config
+
+    # ------------------------------------------------------------ regions
+    async def regions(self) -> dict[str, RegionRules]:
+        """Every configured region's rules, read afresh (clearing/regions.py)."""
+        self._settings.invalidate()
+        return dict((await self._settings.get()).regions)
+
+    async def put_region(self, code: str, body: Mapping[str, Any]) -> RegionRules:
+        """Create or replace a region's rules, validated whole before anything is stored."""
+        rules = RegionRules.from_plain(code, body)
+        key = self._keys.regions()
+        stored = await guarded(self._redis.hkeys(key))
+        if code.encode() not in stored and len(stored) >= MAX_REGIONS:
+            raise SceneConfigError(f"at most {MAX_REGIONS} regions")
+        await guarded(self._redis.hset(key, code, rules.stored()))
+        await self._settings.announce()
+        return rules
+
+    async def delete_region(self, code: str) -> bool:
+        """Drop a region's rules (its users keep the code and fall under no rule)."""
+        found = bool(await guarded(self._redis.hdel(self._keys.regions(), code)))
+        await self._settings.announce()
+        return found
+
+    # ------------------------------------------------------------ published odds
+    async def odds(self) -> dict[str, OddsTable]:
+        """Every published odds table, read afresh (clearing/odds.py)."""
+        self._settings.invalidate()
+        return dict((await self._settings.get()).odds)
+
+    async def publish_odds(self, table_id: str, entries: Sequence[OddsEntry]) -> OddsTable:
+        """Publish a table's entries as a new version with a fresh secret key; the version in
+        force is retired and its key revealed. WATCH/MULTI: two operators publishing at once
+        each get their own version, and no key is ever overwritten unrevealed."""
+        key = self._keys.odds()
+        while True:
+            async with guarded_pipeline(self._redis, transaction=True) as pipe:
+                try:
+                    await guarded(pipe.watch(key))
+                    raw = await guarded(pipe.hget(key, table_id))
+                    if raw is None:
+                        if await guarded(pipe.hlen(key)) >= MAX_TABLES:
+                            raise SceneConfigError(f"at most {MAX_TABLES} odds tables")
+                        table = OddsTable.first(table_id, entries, self._clock())
+                    else:
+                        table = OddsTable.from_stored(table_id, raw).republished(entries, self._clock())
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, table_id, table.stored())
+                    await guarded(pipe.execute())
+                    break
+                except rx.WatchError:
+                    continue  # another write came first: read again
+        await self._settings.announce()
+        return table
+
+    # ------------------------------------------------------------ card art
+    async def skins(self) -> dict[str, Skin]:
+        """The card art catalogue, read afresh (clearing/skins.py)."""
+        self._settings.invalidate()
+        return dict((await self._settings.get()).skins)
+
+    async def put_skin(self, skin: Skin) -> Skin:
+        """Create or replace a skin; refused when a region would get two of its own for one
+        kind. WATCH/MULTI: two operators writing at once cannot store a clash."""
+        if skin.kind not in self._rules.card_kinds:
+            raise SceneConfigError(f"kind must be one of {', '.join(self._rules.card_kinds)}")
+        key = self._keys.skins()
+        while True:
+            async with guarded_pipeline(self._redis, transaction=True) as pipe:
+                try:
+                    await guarded(pipe.watch(key))
+                    stored, _ = decode_skins(text_hash(await guarded(pipe.hgetall(key))))
+                    if skin.skin_id not in stored and len(stored) >= MAX_SKINS:
+                        raise SceneConfigError(f"at most {MAX_SKINS} skins")
+                    why = clash(stored.values(), skin)
+                    if why:
+                        raise SceneConfigError(why)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, skin.skin_id, skin.stored())
+                    await guarded(pipe.execute())
+                    break
+                except rx.WatchError:
+                    continue  # another write came first: read again
+        await self._settings.announce()
+        return skin
+
+    async def delete_skin(self, skin_id: str) -> bool:
+        found = bool(await guarded(self._redis.hdel(self._keys.skins(), skin_id)))
+        await self._settings.announce()
+        return found
 
     async def festivals(self) -> list[Festival]:
         return list(decode_festivals(text_hash(await guarded(self._redis.hgetall(self._keys.festivals()))))[0])

@@ -1,7 +1,9 @@
 """The operators' scene settings and festival windows as every node sees them, cached.
 
 Where they live: ``KeySchema.scene_settings()`` (a hash, one field per setting, each value
-JSON) and ``KeySchema.festivals()`` (a hash, festival id -> JSON), both in the ``{cfg}`` slot.
+JSON), ``KeySchema.festivals()`` (a hash, festival id -> JSON) and ``KeySchema.regions()`` (a
+hash, region code -> JSON, clearing/regions.py) and ``KeySchema.odds()`` (odds tables,
+clearing/odds.py) and ``KeySchema.skins()`` (card art, clearing/skins.py), all in the ``{cfg}`` slot.
 Scripts never read them: a script runs on a user's slot and cannot reach another (on a
 cluster, that slot is often on another node), and every gift reading one key would make it
 the hottest key of the deployment. Instead each process keeps a :class:`SettingsCache` and
@@ -36,7 +38,10 @@ import orjson
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import KeySchema, is_valid_id
 from clearing.lua import MAX_SAFE_INT
+from clearing.odds import OddsTable, decode_odds
+from clearing.regions import DEFAULT_REGION, RegionRules, decode_regions, is_valid_region
 from clearing.scene_config import SceneConfig, SceneConfigError
+from clearing.skins import Skin, decode_skins
 from clearing.topology import AnyRedis
 
 log = logging.getLogger("notecard.clearing.settings")
@@ -99,6 +104,17 @@ class SettingsSnapshot:
     festivals: tuple[Festival, ...] = ()
     #: Stored values that were ignored, for people (the admin API shows them).
     problems: tuple[str, ...] = ()
+    #: Each region's rules (clearing/regions.py), by code; a region not here has none.
+    regions: Mapping[str, RegionRules] = dataclasses.field(default_factory=dict)
+    #: The published odds tables (clearing/odds.py), by table id.
+    odds: Mapping[str, OddsTable] = dataclasses.field(default_factory=dict)
+    #: The card art catalogue (clearing/skins.py), by skin id.
+    skins: Mapping[str, Skin] = dataclasses.field(default_factory=dict)
+
+    def region(self, code: str) -> RegionRules:
+        """The rules of region ``code`` (all off for a region nobody configured)."""
+        found = self.regions.get(code)
+        return found if found is not None else RegionRules(code if is_valid_region(code) else DEFAULT_REGION)
 
     def festival_at(self, now_ms: int) -> Festival | None:
         """The festival whose window holds ``now_ms`` (start inclusive, end exclusive)."""
@@ -195,14 +211,20 @@ class SettingsCache:
         async with guarded_pipeline(self._redis, transaction=True) as pipe:
             pipe.hgetall(self._keys.scene_settings())
             pipe.hgetall(self._keys.festivals())
-            scenes_raw, festivals_raw = await guarded(pipe.execute())
+            pipe.hgetall(self._keys.regions())
+            pipe.hgetall(self._keys.odds())
+            pipe.hgetall(self._keys.skins())
+            scenes_raw, festivals_raw, regions_raw, odds_raw, skins_raw = await guarded(pipe.execute())
         scenes, problems = decode_scenes(_text(scenes_raw), self.defaults)
         festivals, more = decode_festivals(_text(festivals_raw))
-        found = tuple(problems + more)
+        regions, about_regions = decode_regions(_text(regions_raw))
+        odds, about_odds = decode_odds(_text(odds_raw))
+        skins, about_skins = decode_skins(_text(skins_raw))
+        found = tuple(problems + more + about_regions + about_odds + about_skins)
         if found and found != self._snapshot.problems:
             for problem in found:
                 log.warning("stored settings: %s", problem)
-        self._snapshot = SettingsSnapshot(scenes, festivals, found)
+        self._snapshot = SettingsSnapshot(scenes, festivals, found, regions, odds, skins)
         self._checked_at = started
         return self._snapshot
 

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.commands.core import AsyncScript
 
 from clearing.pipelining import ScriptBatcher, WaitFor
 from clearing.slots import SLOTS, slot_tag
@@ -53,33 +52,25 @@ class Durability:
 
 
 class NodeScripts:
-    """One Redis server's client, its registered scripts and its batchers.
+    """One Redis server's client and its batchers (clearing's functions are called by name:
+    the library carries its version, clearing/lua.py).
 
     ``home``: the tag of the lowest slot the server serves. Gateway nodes listen on one
     channel per Redis server, in that slot, and every script call publishes there (lib.lua
     ``A.home``): one subscription per server instead of one per slot.
     """
 
-    __slots__ = ("client", "home", "name", "plain", "scripts", "waited")
+    __slots__ = ("client", "home", "name", "plain", "waited")
 
     def __init__(self, name: str, client: aioredis.Redis, durability: Durability, fence: str,
                  home: str = "") -> None:
         self.name = name
         self.home = home or slot_tag(0)
         self.client = client
-        self.scripts: dict[str, AsyncScript] = {}
         self.plain = ScriptBatcher(client)
         d = durability
         self.waited = self.plain if d.wait_replicas == 0 else ScriptBatcher(
             client, WaitFor(d.wait_replicas, d.wait_timeout_ms, fence=fence))
-
-    def script(self, name: str, source: str) -> AsyncScript:
-        script = self.scripts.get(name)
-        # Identity first: the source is one cached string, unless the tables it is generated
-        # from changed (tests do that).
-        if script is None or (script.script is not source and script.script != source):
-            script = self.scripts[name] = self.client.register_script(source)
-        return script
 
 
 class Topology(abc.ABC):

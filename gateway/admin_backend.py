@@ -25,6 +25,7 @@ from aiohttp import web
 
 from clearing import ClearingUnavailable, Refusal, Refused
 from clearing.keys import APP_PATTERN, is_valid_id
+from clearing.regions import DEFAULT_REGION
 from gateway.admin_json import AdminError, field, json_response, only, path_id, plain, read_body
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ _INPUT_CODES = frozenset({Refusal.BAD_REQUEST, Refusal.BAD_QUANTITY, Refusal.UNK
 _SEND_STATUS = {Refusal.UNKNOWN_USER: 404, Refusal.IDEMPOTENCY_CONFLICT: 409, Refusal.RATE_LIMITED: 429}
 _APP_RE = re.compile(APP_PATTERN)
 _SEND_FIELDS = ("gift_id", "sender", "recipient", "kind", "qty", "app")
-_USER_FIELDS = ("user_id", "verified", "vip", "banned", "created_at_ms", "app")
+_USER_FIELDS = ("user_id", "verified", "vip", "banned", "created_at_ms", "app", "region")
 _FOLLOW_FIELDS = ("follower", "followee", "since_ms", "mutual")
 
 
@@ -100,21 +101,23 @@ class BackendRoutes:
         return json_response({"results": results, "succeeded": len(results) - failed, "failed": failed})
 
     async def _upsert_user(self, item: dict[str, Any]) -> dict[str, Any]:
-        """Create the user, or set the given flags of an existing one (its ``created_at_ms``
-        and ``app`` stay as they were created)."""
+        """Create the user, or set the given flags (and region) of an existing one (its
+        ``created_at_ms`` and ``app`` stay as they were created)."""
         data = only(item, *_USER_FIELDS)
         user_id = _id(data, "user_id")
         flags = {name: field(data, name, bool) for name in ("verified", "vip", "banned")}
         created_at_ms, app = field(data, "created_at_ms", int), field(data, "app", str)
+        region = field(data, "region", str)
         accounts = self.admin.accounts
         try:
             await accounts.create_user(user_id, verified=bool(flags["verified"]), vip=bool(flags["vip"]),
-                                       banned=bool(flags["banned"]), created_at_ms=created_at_ms, app=app or "main")
+                                       banned=bool(flags["banned"]), created_at_ms=created_at_ms, app=app or "main",
+                                       region=DEFAULT_REGION if region is None else region)
             return {"user_id": user_id, "ok": True, "created": True}
         except Refused as refusal:
             if refusal.code is not Refusal.USER_EXISTS:
                 raise
-        await accounts.set_flags(user_id, **flags)
+        await accounts.set_flags(user_id, **flags, region=region)
         return {"user_id": user_id, "ok": True, "created": False}
 
     async def _follow(self, item: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,9 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     POST   /admin/bulk/follows                       create or refresh up to 500 follows
     GET    /admin/webhooks/dead                      webhook deliveries that failed every attempt, newest first
     POST   /admin/webhooks/dead/retry                send every dead letter back for delivery
+    GET    /admin/dashboards/profile                 recipients by region, age, app, fan level (JSON or CSV)
+    GET    /admin/dashboards/conversion              per campaign: issued -> accepted -> purchase, cost
+    GET    /admin/dashboards/retention               cohorts of recipients x days they came back
     GET    /admin/openapi.json                       this API as an OpenAPI 3.1 document (no token)
 
 Pages (static files, no token to load them; gateway/static/)::
@@ -75,6 +78,8 @@ from clearing import (
     check_invariant,
 )
 from clearing.keys import is_valid_id
+from clearing.purchases import Purchases
+from clearing.regions import DEFAULT_REGION, REGION_PATTERN, is_valid_region
 from clearing.scene_config import SceneConfigError
 from clearing.scenes import Scenes
 from clearing.topology import AnyRedis
@@ -87,11 +92,16 @@ from gateway.admin_json import path_id as _path_id
 from gateway.admin_json import plain as _plain
 from gateway.admin_json import read_body as _body
 from gateway.auth import ClaimRules, mint_token
+from gateway.dashboards_admin import DashboardsAdmin
 from gateway.logs import ThrottledLog
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import live_snapshots
+from gateway.odds_admin import OddsAdmin
 from gateway.openapi import OPENAPI_PATH, openapi_document
+from gateway.payments_http import DEFAULT_PAYMENT_WINDOW_S, PaymentsHttp
+from gateway.privacy_admin import PrivacyAdmin
 from gateway.risk_admin import RiskAdmin
+from gateway.skins_admin import SkinsAdmin
 from gateway.webhooks_admin import WebhooksAdmin
 
 log = logging.getLogger("notecard.gateway.admin")
@@ -102,13 +112,14 @@ _STATUS: dict[Refusal, int] = {
     Refusal.UNKNOWN_USER: 404,
     Refusal.GIFT_NOT_FOUND: 404,
     Refusal.USER_EXISTS: 409,
+    Refusal.ERASE_PENDING: 409,
 }
 _BOOL_FLAGS = ("verified", "vip", "banned")
 #: Errors aiohttp raises itself, as codes.
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}
 #: The largest request body: a bulk call of MAX_BATCH items fits.
 MAX_BODY_BYTES = 256 * 1024
-_CREATE_FIELDS = ("user_id", *_BOOL_FLAGS, "created_at_ms", "app")
+_CREATE_FIELDS = ("user_id", *_BOOL_FLAGS, "created_at_ms", "app", "region")
 
 
 def _with_unit(plain: dict[str, Any], units_per_card: int) -> dict[str, Any]:
@@ -119,6 +130,11 @@ def _with_unit(plain: dict[str, Any], units_per_card: int) -> dict[str, Any]:
     if isinstance(plain.get("balances"), dict):
         return plain | {"balances": _with_unit(plain["balances"], units_per_card)}
     return plain
+
+
+def _or_default(value: str | None, default: str) -> str:
+    """An absent field takes the default; an empty one is checked (and refused) as given."""
+    return default if value is None else value
 
 
 def _redirect(location: str) -> Handler:
@@ -171,10 +187,15 @@ class AdminApp:
         self, *, node_id: str, admin_token: str, redis: AnyRedis, clearing: Clearing, accounts: Accounts,
         rules: GiftRules, keys: KeySchema, metrics: NodeMetrics, ready: Callable[[], Awaitable[bool]],
         scenes: Scenes | None = None, not_ready_reasons: Callable[[], list[str]] | None = None,
-        pages: WebPages | None = None,
+        pages: WebPages | None = None, postgres_url: str | None = None, payments: PaymentsHttp | None = None,
     ) -> None:
         self.pages = pages
+        #: The book of record the dashboards read (None: their routes answer NO_BOOKS).
+        self.postgres_url = postgres_url
         self.scenes = scenes or Scenes(clearing.topology, rules, keys, settings=clearing.settings)
+        #: Payment notifications; without providers configured every one is UNKNOWN_PROVIDER.
+        self.payments = payments or PaymentsHttp(
+            Purchases(clearing.topology, rules, keys, settings=clearing.settings), {}, DEFAULT_PAYMENT_WINDOW_S)
         self.node_id = node_id
         self.admin_token = admin_token
         self.redis = redis
@@ -205,6 +226,8 @@ class AdminApp:
         app.router.add_post("/admin/users", self.create_user)
         app.router.add_get("/admin/users/{user}", self.get_user)
         app.router.add_patch("/admin/users/{user}", self.set_flags)
+        app.router.add_get("/admin/users/{user}/guardian", self.get_guardian)
+        app.router.add_put("/admin/users/{user}/guardian", self.put_guardian)
         app.router.add_post("/admin/users/{user}/mint", self.mint)
         app.router.add_put("/admin/users/{user}/follows/{other}", self.follow)
         app.router.add_delete("/admin/users/{user}/follows/{other}", self.unfollow)
@@ -216,6 +239,9 @@ class AdminApp:
         app.router.add_patch("/admin/scenes", self.patch_scenes)
         app.router.add_put("/admin/festivals/{festival}", self.put_festival)
         app.router.add_delete("/admin/festivals/{festival}", self.delete_festival)
+        app.router.add_get("/admin/regions", self.get_regions)
+        app.router.add_put("/admin/regions/{region}", self.put_region)
+        app.router.add_delete("/admin/regions/{region}", self.delete_region)
         app.router.add_get("/admin/users/{user}/points", self.get_points)
         app.router.add_post("/admin/users/{user}/mentor", self.bind_mentor)
         app.router.add_get("/admin/users/{user}/pending", self.get_pending)
@@ -224,6 +250,11 @@ class AdminApp:
         app.router.add_get(OPENAPI_PATH, self.openapi)
         RiskAdmin(self.redis, self.keys).routes(app)
         WebhooksAdmin(self.redis, self.keys).routes(app)
+        DashboardsAdmin(self.postgres_url, self.rules.timezone).routes(app)
+        PrivacyAdmin(self.clearing).routes(app)
+        OddsAdmin(self.scenes).routes(app)
+        SkinsAdmin(self.scenes).routes(app)
+        self.payments.routes(app)
         if self.pages is not None:
             self._add_pages(app)
         return app
@@ -300,6 +331,7 @@ class AdminApp:
             banned=bool(_field(data, "banned", bool)),
             created_at_ms=_field(data, "created_at_ms", int),
             app=_field(data, "app", str) or "main",
+            region=_or_default(_field(data, "region", str), DEFAULT_REGION),
         )
         return _json(_with_unit(_plain(user), self.rules.units_per_card), 201)
 
@@ -310,9 +342,28 @@ class AdminApp:
         return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def set_flags(self, request: web.Request) -> web.Response:
-        data = _only(await _body(request), *_BOOL_FLAGS)
+        data = _only(await _body(request), *_BOOL_FLAGS, "region", "gender")
         flags = {name: _field(data, name, bool) for name in _BOOL_FLAGS}
-        user = await self.accounts.set_flags(_path_id(request, "user"), **flags)
+        user = await self.accounts.set_flags(_path_id(request, "user"), **flags, region=_field(data, "region", str),
+                                             gender=_field(data, "gender", str))
+        return _json(_with_unit(_plain(user), self.rules.units_per_card))
+
+    async def get_guardian(self, request: web.Request) -> web.Response:
+        """The ward's guardian ("" when none) and the audit log of its changes, newest first."""
+        ward = _path_id(request, "user")
+        user = await self.accounts.get_user(ward)
+        if user is None:
+            raise AdminError(404, "UNKNOWN_USER", "no such user")
+        return _json({"user_id": ward, "guardian": user.guardian, "log": await self.accounts.guardian_log(ward)})
+
+    async def put_guardian(self, request: web.Request) -> web.Response:
+        """Link a guardian to the ward ({"guardian": id, "operator": id}), or unlink it
+        ({"guardian": null, ...}); audited in the ward's guardian log."""
+        data = _only(await _body(request), "guardian", "operator")
+        if "guardian" not in data:
+            raise AdminError(400, "BAD_REQUEST", "guardian is required (null unlinks)")
+        user = await self.accounts.link_guardian(_path_id(request, "user"), _field(data, "guardian", str),
+                                                 _field(data, "operator", str, required=True))
         return _json(_with_unit(_plain(user), self.rules.units_per_card))
 
     async def mint(self, request: web.Request) -> web.Response:
@@ -410,6 +461,24 @@ class AdminApp:
     async def delete_festival(self, request: web.Request) -> web.Response:
         if not await self.scenes.delete_festival(request.match_info["festival"]):
             raise AdminError(404, "NO_FESTIVAL", "no such festival")
+        return _json({"ok": True})
+
+    async def get_regions(self, request: web.Request) -> web.Response:
+        """Every configured region's rules; ``problems``: stored ones the nodes ignore."""
+        regions = await self.scenes.regions()
+        return _json({"regions": {code: rules.to_plain() for code, rules in regions.items()},
+                      "problems": [p for p in await self.scenes.problems() if p.startswith("region ")]})
+
+    async def put_region(self, request: web.Request) -> web.Response:
+        code = request.match_info["region"]
+        if not is_valid_region(code):
+            raise AdminError(400, "BAD_REQUEST", f"a region code must match {REGION_PATTERN}")
+        rules = await self.scenes.put_region(code, await _body(request))
+        return _json({"region": code, **rules.to_plain()})
+
+    async def delete_region(self, request: web.Request) -> web.Response:
+        if not await self.scenes.delete_region(request.match_info["region"]):
+            raise AdminError(404, "NO_REGION", "no rules are stored for this region")
         return _json({"ok": True})
 
     async def get_pending(self, request: web.Request) -> web.Response:

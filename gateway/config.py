@@ -43,8 +43,10 @@ from gateway.setting_kinds import (
     Number,
     PathKind,
     Port,
+    PostgresUrl,
     RedisUrl,
     Secret,
+    SecretNames,
     Text,
     redact_url,
 )
@@ -91,7 +93,7 @@ class Declared:
 
     @property
     def secret(self) -> bool:
-        return isinstance(self.kind, Secret)
+        return isinstance(self.kind, (Secret, SecretNames))
 
     def parse(self, raw: str) -> Any:
         value = self.kind.parse(raw)
@@ -99,7 +101,8 @@ class Declared:
 
     def echo(self, raw: str) -> str:
         """A bad value as an error message may quote it: never a secret or a URL's password."""
-        return "(hidden)" if self.secret else repr(redact_url(raw) if isinstance(self.kind, RedisUrl) else raw)
+        return "(hidden)" if self.secret else repr(redact_url(raw) if isinstance(self.kind, RedisUrl | PostgresUrl)
+                                                  else raw)
 
     def show(self, value: Any) -> str:
         if value is None or value == ():
@@ -341,6 +344,12 @@ class GatewaySettings:
         (), "PUBLIC_WS_URLS", Names(r"wss?://[^\s,]+", "ws:// or wss:// URLs, comma-separated"),
         "the WebSocket URLs the web app at `/app` connects to, in turn on reconnects (`wss://gw.example.com`)",
         shown="this node's port on the host the page came from")
+    # `notecard ledger` (ledger/, docs/ledger.md "PostgreSQL"); the dashboards (docs/dashboards.md)
+    postgres_url: str | None = setting(
+        None, "POSTGRES_URL", PostgresUrl(),
+        "the book of record `notecard ledger` writes the ledger streams to (and `reconcile` / `restore` read), and "
+        "the admin API's `/admin/dashboards/*` read; credentials in the URL",
+        shown="unset (`notecard dev`: a local PostgreSQL of its own)")
     # `notecard webhooks` (notecard/webhooks.py, docs/ledger.md "Webhooks")
     webhook_urls: tuple[str, ...] = setting(
         (), "WEBHOOK_URLS", Names(r"https?://[^\s,]+", "http:// or https:// URLs, comma-separated"),
@@ -360,6 +369,16 @@ class GatewaySettings:
                                        "a delivery that has no answer this long has failed")
     webhook_dead_max: int = setting(10_000, "WEBHOOK_DEAD_MAX", Integer(1, 999_999),
                                     "dead letters kept (the oldest go first)")
+
+    # purchases (clearing/purchases.py, docs/regions.md "Purchases")
+    payment_secrets: tuple[str, ...] = setting(
+        (), "PAYMENT_SECRETS", SecretNames(r"[a-z][a-z0-9_]{0,31}:[!-+\--~]{32,}",
+                                           "provider:secret pairs, comma-separated, each secret 32 bytes or more"),
+        "the payment providers whose notifications `POST /payments/{provider}/notify` accepts, each with the "
+        "HMAC-SHA256 key of its signature (`ewallet:...,card:...,paypal:...,crypto:...`)", shown="unset")
+    payment_window_s: int = setting(300, "PAYMENT_WINDOW_S", Integer(1, 86_400),
+                                    "a payment notification whose timestamp is further than this from the node's "
+                                    "clock is refused (the replay window)")
 
     def __post_init__(self) -> None:
         problems = [str(exc) for exc in _range_errors(self)]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from importlib import metadata
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +28,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 M = TypeVar("M", Counter, Histogram)
 
@@ -37,8 +39,40 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 LOOP_LAG_PERIOD_S = 0.5
 #: Outcomes and codes exported from the start at zero, so that a rate() over them (an
 #: alert on INTERNAL answers, a dashboard's accept ratio) has a series before the first one.
-_GIFT_OUTCOMES = ("sent", "accepted", "declined", "expired", "refused")
+_GIFT_OUTCOMES = ("sent", "accepted", "declined", "expired", "refused", "guardian_approved", "guardian_rejected")
 _SEEDED_REFUSALS = ("INTERNAL", "RATE_LIMITED", "UNAVAILABLE")
+#: The refusals the risk engine's stored actions cause (docs/risk.md), and the tier of the
+#: action behind each; all exported from the start at zero.
+RISK_REFUSAL_TIERS = {"SENDER_BANNED": "ban", "DEVICE_BANNED": "ban", "RECIPIENT_BANNED": "ban",
+                      "ACCOUNT_FROZEN": "freeze", "RECIPIENT_FROZEN": "freeze", "RISK_LIMITED": "limit"}
+
+
+class SignalCounts(Protocol):
+    """What a node's risk signal log (risk/signals.py) has done so far."""
+
+    written: int
+    dropped: int
+
+    @property
+    def queued(self) -> int: ...
+
+
+class _SignalsCollector(Collector):
+    """The node's risk signals, read from the signal log when scraped (zeros when the risk
+    engine is off), not counted on the hot path."""
+
+    def __init__(self) -> None:
+        self.source: SignalCounts | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        src = self.source
+        sent = CounterMetricFamily("notecard_risk_signals", "Risk events this node wrote to the events stream "
+                                   "(written) or dropped because its queue was full (dropped)", labels=["outcome"])
+        sent.add_metric(["written"], src.written if src else 0)
+        sent.add_metric(["dropped"], src.dropped if src else 0)
+        yield sent
+        yield GaugeMetricFamily("notecard_risk_signals_queued", "Risk events queued on this node, not yet written",
+                                value=src.queued if src else 0)
 
 
 @cache
@@ -84,7 +118,8 @@ class NodeMetrics:
         self.frames_out = Counter("notecard_frames_out", "Frames sent", ["type"], registry=r)
         self.bad_frames = Counter("notecard_bad_frames", "Frames refused as malformed", ["code"], registry=r)
         self.gifts = Counter(
-            "notecard_gifts", "Gift operations by outcome (sent, accepted, declined, expired, refused)",
+            "notecard_gifts", "Gift operations by outcome (sent, accepted, declined, expired, refused, "
+            "guardian_approved, guardian_rejected)",
             ["outcome"], registry=r,
         )
         self.refusals = Counter("notecard_refusals", "Refused requests by error code", ["code"], registry=r)
@@ -151,11 +186,29 @@ class NodeMetrics:
         self.invariant_checked_at = Gauge(
             "notecard_invariant_checked_timestamp_seconds", "When this node last ran the conservation check",
             registry=r)
+        self.risk_refusals = Counter(
+            "notecard_risk_refusals", "Gift requests refused at this node by the risk engine's stored actions, by "
+            "code and the tier of the action", ["code", "tier"], registry=r)
+        self._risk_refusals_of = {code: self.risk_refusals.labels(code, tier)
+                                  for code, tier in RISK_REFUSAL_TIERS.items()}
+        self._signals = _SignalsCollector()
+        r.register(self._signals)
         for outcome in _GIFT_OUTCOMES:
             self.gifts_of(outcome)
         for code in _SEEDED_REFUSALS:
             self.refusals_of(code)
         self.slow_consumers.inc(0)
+
+    def refused(self, code: str) -> None:
+        """A request refused with ``code``; a risk engine refusal is counted by tier too."""
+        self.refusals_of(code).inc()
+        risk = self._risk_refusals_of.get(code)
+        if risk is not None:
+            risk.inc()
+
+    def watch_signals(self, signals: SignalCounts | None) -> None:
+        """Export the node's risk signal counts (None: the risk engine is off, zeros)."""
+        self._signals.source = signals
 
     def watch_send_queues(self, depths: Callable[[], Iterable[int]]) -> None:
         """Send-queue depths, read when scraped (a pass over the connections, not a count

@@ -27,6 +27,7 @@ from websockets.typing import Subprotocol
 
 from clearing import Accounts, Clearing, ClearingError, EventLog, KeySchema, Presence
 from clearing.component import single_topology
+from clearing.purchases import Purchases
 from clearing.rates import RateLimit, UserRates
 from clearing.rooms import Rooms
 from clearing.scenes import Scenes
@@ -44,6 +45,7 @@ from gateway.ledger_gauges import LedgerGauges
 from gateway.metrics import NodeMetrics
 from gateway.node_stats import INTERVAL_S as NODE_STATS_S
 from gateway.node_stats import NodeStats
+from gateway.payments_http import PaymentsHttp, parse_secrets
 from gateway.periodic import NodeLiveness, Sweeper, every
 from gateway.replica_check import CHECK_INTERVAL_S, ReplicaCheck
 from gateway.requests import RequestHandler
@@ -117,6 +119,7 @@ class GatewayNode:
         self.rooms = RoomHub(Rooms(topo, rules, keys, settings=cache), self.node_id, settings.max_rooms_per_connection)
         #: The risk engine's signals (docs/risk.md); None when RISK_ENGINE is off.
         self.signals = SignalLog(self.redis, keys) if settings.risk_engine else None
+        self.metrics.watch_signals(self.signals)
         self.appeals = Appeals(self.redis, keys)
         self.requests = RequestHandler(self.clearing, rules, self.metrics, self.scenes, self.rooms,
                                        sender_of=self.hub.sender_of, signals=self.signals, appeals=self.appeals)
@@ -141,6 +144,9 @@ class GatewayNode:
             scenes=self.scenes, not_ready_reasons=self._not_ready_reasons,
             pages=WebPages(lambda: self.port, settings.public_ws_urls, settings.dev and token_secret is not None,
                            token_secret or "", settings.claim_rules),
+            postgres_url=settings.postgres_url,
+            payments=PaymentsHttp(Purchases(topo, rules, self.keys, settings=cache),
+                                  parse_secrets(settings.payment_secrets), settings.payment_window_s),
         )
         self.node_stats = NodeStats(self.redis, self.keys, self.node_id, self.metrics)
         self.metrics.watch_send_queues(lambda: (c.queued for c in self.hub.all_connections()))

@@ -12,12 +12,24 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from clearing.regions import (
+    DEFAULT_GUARDIAN_WINDOW_MS,
+    DEFAULT_REGION,
+    GENDERS,
+    GUARDIAN_RULES,
+    MAX_GUARDIAN_WINDOW_MS,
+    MIN_GUARDIAN_WINDOW_MS,
+    REGION_PATTERN,
+)
+
 OPENAPI_PATH = "/admin/openapi.json"
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,64}$"}
 _APP = {"type": "string", "pattern": r"^[a-z0-9_]{1,32}$"}
 _MS = {"type": "integer", "minimum": 0, "description": "ms since the epoch"}
 _UNITS = {"type": "object", "additionalProperties": {"type": "integer"}, "description": "minor units by card kind"}
 _OPTIONAL_STR = {"type": ["string", "null"]}
+_REGION = {"type": "string", "pattern": f"^{REGION_PATTERN}$", "description": "docs/regions.md"}
+_GENDER = {"type": "string", "enum": list(GENDERS), "description": "read by the guardian rule (docs/regions.md)"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -38,20 +50,112 @@ _SCHEMAS: dict[str, Any] = {
     "Balances": _object({"available": _UNITS, "held": _UNITS, "units_per_card": {"type": "integer"}},
                         ("available", "held", "units_per_card")),
     "User": _object({"user_id": _ID, "verified": {"type": "boolean"}, "vip": {"type": "boolean"},
-                     "banned": {"type": "boolean"}, "created_at_ms": _MS, "app": _APP, "balances": _ref("Balances")},
-                    ("user_id", "verified", "vip", "banned", "created_at_ms", "app", "balances")),
+                     "banned": {"type": "boolean"}, "created_at_ms": _MS, "app": _APP, "region": _REGION,
+                     "gender": _GENDER, "guardian": {"type": "string", "description": "\"\" when none"},
+                     "balances": _ref("Balances")},
+                    ("user_id", "verified", "vip", "banned", "created_at_ms", "app", "region", "balances")),
     "NewUser": _object({"user_id": _ID, "verified": {"type": "boolean", "default": False},
                         "vip": {"type": "boolean", "default": False}, "banned": {"type": "boolean", "default": False},
-                        "created_at_ms": _MS, "app": _APP}, ("user_id",)),
-    "Flags": _object({"verified": {"type": "boolean"}, "vip": {"type": "boolean"}, "banned": {"type": "boolean"}}),
+                        "created_at_ms": _MS, "app": _APP, "region": _REGION | {"default": DEFAULT_REGION}},
+                       ("user_id",)),
+    "Flags": _object({"verified": {"type": "boolean"}, "vip": {"type": "boolean"}, "banned": {"type": "boolean"},
+                      "region": _REGION, "gender": _GENDER}),
+    "GuardianLink": _object({"guardian": {**_ID, "type": ["string", "null"], "description": "null unlinks"},
+                             "operator": {**_ID, "description": "who links (audited)"}}, ("guardian", "operator")),
+    "Guardian": _object({"user_id": _ID, "guardian": {"type": "string", "description": "\"\" when none"},
+                         "log": {"type": "array", "description": "changes, newest first",
+                                 "items": _object({"id": {"type": "string"}, "at_ms": {"type": "string"},
+                                                   "operator": {"type": "string"}, "from": {"type": "string"},
+                                                   "to": {"type": "string"}})}},
+                        ("user_id", "guardian", "log")),
+    "Regions": _object({"regions": {"type": "object", "additionalProperties": _ref("RegionRules"),
+                                    "description": "region code -> its rules"},
+                        "problems": {"type": "array", "items": {"type": "string"}}}, ("regions", "problems")),
+    "RegionRules": {"type": "object", "description": "one region's rules; every field's default is off "
+                                                    "(docs/regions.md lists them)",
+                    "properties": {"name": {"type": "string", "maxLength": 100},
+                                   "consent_required": {"type": "boolean"},
+                                   "consent_version": {"type": "string", "maxLength": 64},
+                                   "eco_badges": {"type": "array", "maxItems": 20, "items": _ref("EcoBadge")},
+                                   "lucky_odds": {"type": "string", "maxLength": 64,
+                                                  "description": "odds table of the lucky card; \"\" = off"},
+                                   "guardian_rule": {"type": "string", "enum": list(GUARDIAN_RULES), "default": "off"},
+                                   "guardian_window_ms": {"type": "integer", "minimum": MIN_GUARDIAN_WINDOW_MS,
+                                                          "maximum": MAX_GUARDIAN_WINDOW_MS,
+                                                          "default": DEFAULT_GUARDIAN_WINDOW_MS}}},
+    "EcoBadge": _object({"id": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+                         "name": {"type": "string", "maxLength": 60},
+                         "metric": {"enum": ["accepted", "given", "given_month"]},
+                         "at_least": {"type": "integer", "minimum": 1}}, ("id", "metric", "at_least")),
+    "Badges": {"type": "object", "required": ["user", "region", "badges", "earned"],
+               "properties": {"badges": {"type": "array", "items": {"type": "object"},
+                                         "description": "each badge of the region with the user's value"},
+                              "earned": {"type": "array", "items": {"type": "string"}}}},
+    # GDPR access and erasure (gateway/privacy_admin.py, docs/regions.md "Export and erasure").
+    "Export": {"type": "object", "description": "everything held about the user (docs/regions.md lists the parts)",
+               "required": ["user", "exported_at_ms", "account", "region", "consent", "balances", "gifts_sent",
+                            "gifts_received", "follows", "blocks", "followed_by", "blocked_by", "risk",
+                            "presence", "ledger", "other", "gaps"]},
+    "Erased": {"type": "object", "required": ["user", "pseudonym", "consumed", "erased_at_ms", "already_erased"],
+               "properties": {"pseudonym": {"type": "string"}, "already_erased": {"type": "boolean"},
+                              "consumed": {"type": "object", "additionalProperties": {"type": "integer"}},
+                              "settled": {"type": "array", "items": {"type": "object"}}}},
+    "OddsEntries": _object({"entries": {"type": "array", "minItems": 1, "maxItems": 32, "items": _object(
+        {"bonus": {"type": "integer", "minimum": 0, "maximum": 1000, "description": "cards"},
+         "weight": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}}, ("bonus", "weight"))}},
+        ("entries",)),
+    "OddsVersion": _object({
+        "version": {"type": "integer", "minimum": 1}, "published_ms": _MS, "retired_ms": _MS,
+        "commitment": {"type": "string", "description": "SHA-256 of the version's key, hex"},
+        "key": {"type": "string", "description": "the key, hex: only once the version is retired"},
+        "total_weight": {"type": "integer"},
+        "entries": {"type": "array", "items": _object({"bonus": {"type": "integer"}, "weight": {"type": "integer"},
+                                                        "probability": {"type": "number"}},
+                                                       ("bonus", "weight", "probability"))},
+    }, ("version", "published_ms", "commitment", "total_weight", "entries")),
+    "OddsTable": _object({"table": _ID, "current": _ref("OddsVersion"),
+                          "revealed": {"type": "array", "items": _ref("OddsVersion")},
+                          "regions": {"type": "array", "items": {"type": "string"}}},
+                         ("table", "current", "revealed")),
+    "Skin": _object({"kind": {"type": "string"}, "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                     "image_url": {"type": "string", "pattern": "^https?://"},
+                     "regions": {"type": "array", "items": _REGION, "minItems": 1, "maxItems": 64},
+                     "optional": {"type": "boolean", "default": False,
+                                  "description": "true: offered to choose; false: the regions' own art for the kind"}},
+                    ("kind", "name", "image_url", "regions")),
+    "SkinStored": _object({"skin_id": _ID, "kind": {"type": "string"}, "name": {"type": "string"},
+                           "image_url": {"type": "string"}, "regions": {"type": "array", "items": _REGION},
+                           "optional": {"type": "boolean"}},
+                          ("skin_id", "kind", "name", "image_url", "regions", "optional")),
+    "Skins": _object({"skins": {"type": "array", "items": _ref("SkinStored")},
+                      "problems": {"type": "array", "items": {"type": "string"}}}, ("skins", "problems")),
+    "PaymentNotification": {"oneOf": [
+        _object({"type": {"const": "purchase"}, "payment_id": _ID, "user": _ID, "kind": {"type": "string"},
+                 "cards": {"type": "integer", "minimum": 1}}, ("type", "payment_id", "user", "kind", "cards")),
+        _object({"type": {"const": "refund"}, "payment_id": _ID, "user": _ID}, ("type", "payment_id", "user"))]},
+    "Payment": _object({"provider": {"type": "string"}, "payment_id": _ID, "user": _ID,
+                        "state": {"enum": ["paid", "refunded"]}, "kind": {"type": "string"},
+                        "units": {"type": "integer", "description": "minor units bought"},
+                        "clawed": {"type": "integer", "description": "refunded: units taken back"},
+                        "short": {"type": "integer", "description": "refunded: units already spent"},
+                        "replayed": {"type": "boolean", "description": "a repeat: nothing changed"}},
+                       ("provider", "payment_id", "user", "state", "kind", "units", "clawed", "short", "replayed")),
+    "Odds": _object({"algorithm": {"type": "string"}, "tables": {"type": "array", "items": _ref("OddsTable")}},
+                    ("algorithm", "tables")),
+    "Region": {"type": "object", "required": ["region"], "properties": {"region": _REGION}},
     "Mint": _object({"qty": {"type": "integer", "minimum": 1, "description": "whole cards"},
                      "kind": {"type": "string"}}, ("qty",)),
     "Gift": _object({
         "gift_id": _ID, "sender": _ID, "recipient": _ID, "kind": {"type": "string"},
         "qty": {"type": "integer", "minimum": 1}, "cost": {"type": "integer"}, "amount": {"type": "integer"},
-        "state": {"enum": ["pending", "accepted", "declined", "expired"]},
+        "state": {"enum": ["pending", "awaiting_guardian", "accepted", "declined", "expired"],
+                  "description": "awaiting_guardian: held, waiting for the recipient's guardian (docs/regions.md)"},
         "created_at_ms": _MS, "expires_at_ms": _MS, "resolved_at_ms": {"type": ["integer", "null"]},
         "payer": _OPTIONAL_STR, "app": _APP, "festival": _OPTIONAL_STR, "room": _OPTIONAL_STR,
+        "guardian": {**_OPTIONAL_STR, "description": "the recipient's guardian the gift waits or waited for"},
+        "lucky_table": _OPTIONAL_STR, "lucky_version": {"type": ["integer", "null"]}, "lucky_seed": _OPTIONAL_STR,
+        "lucky_bonus": {"type": ["integer", "null"]}, "lucky_paid": {"type": ["integer", "null"]},
+        "skin": _OPTIONAL_STR,
     }, ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms",
         "expires_at_ms")),
     "RefusedGift": _object({
@@ -116,6 +220,34 @@ _SCHEMAS: dict[str, Any] = {
         "total": {"type": "integer", "minimum": 0, "description": "letters stored"}}, ("dead", "total")),
     "Retried": _object({"moved": {"type": "integer", "minimum": 0,
                                   "description": "letters sent back to notecard webhooks"}}, ("moved",)),
+    # The business dashboards (gateway/dashboards_admin.py, docs/dashboards.md).
+    "ProfileDashboard": _object({
+        "scope": _ref("DashboardScope"), "recipients": {"type": "integer", "minimum": 0},
+        "breakdown": _object({name: {"type": "array", "items": _object(
+            {"value": {"type": "string"}, "recipients": {"type": "integer", "minimum": 0}}, ("value", "recipients"))}
+            for name in ("region", "age", "app", "fan_level")}, ("region", "age", "app", "fan_level"))},
+        ("scope", "recipients", "breakdown")),
+    "ConversionDashboard": _object({
+        "scope": _ref("DashboardScope"), "window_days": {"type": "integer", "minimum": 1},
+        "campaigns": {"type": "array", "items": _object({
+            "campaign": {"type": "string"}, "brand": {"type": "string"}, "name": {"type": "string"},
+            **{name: {"type": "integer", "minimum": 0} for name in (
+                "issued", "accepted", "purchased", "cost_units", "cost_cents", "revenue_cents")},
+            **{name: {"type": ["number", "null"]} for name in (
+                "accept_rate", "purchase_rate", "cost_per_conversion_cents", "roi")},
+        }, ("campaign", "brand", "name", "issued", "accepted", "purchased", "accept_rate", "purchase_rate",
+            "cost_units", "cost_cents", "revenue_cents", "cost_per_conversion_cents", "roi"))}},
+        ("scope", "window_days", "campaigns")),
+    "RetentionDashboard": _object({
+        "scope": _ref("DashboardScope"), "days": {"type": "integer", "minimum": 1}, "timezone": {"type": "string"},
+        "cohorts": {"type": "array", "items": _object({
+            "day": {"type": "string", "format": "date"}, "recipients": {"type": "integer", "minimum": 1},
+            "active": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                       "description": "recipients active on day 1, 2, ... after the cohort's day"},
+            "rate": {"type": "array", "items": {"type": ["number", "null"]}}},
+            ("day", "recipients", "active", "rate"))}},
+        ("scope", "days", "timezone", "cohorts")),
+    "DashboardScope": _object({"brand": _OPTIONAL_STR, "campaign": _OPTIONAL_STR}, ("brand", "campaign")),
     # The risk engine's operator API (gateway/risk_admin.py, docs/risk.md).
     "Appeals": {"type": "object", "required": ["appeals"],
                 "properties": {"appeals": {"type": "array", "items": {"type": "object"}}}},
@@ -140,13 +272,15 @@ _SCHEMAS: dict[str, Any] = {
 
 _ERRORS = {
     "400": "bad input (the message names the field); nothing changed",
-    "401": "admin token missing or wrong",
-    "404": "unknown user, gift or festival",
-    "409": "the user exists, or the gift id was used with another payload",
+    "401": "admin token missing or wrong (a payment notification: signature wrong, or timestamp out of window)",
+    "403": "a payment provider the user's region does not allow",
+    "404": "unknown user, gift, festival, skin, payment or payment provider",
+    "409": "the user exists, or the gift (payment) id was used with another payload",
     "422": "a gift rule refused the send (the code says which: gift-rules.md section 1)",
     "429": "the sender's request rate is exceeded",
     "500": "internal error (the node's log has the details)",
-    "503": "Redis unavailable: the outcome is unknown, retry with the same ids",
+    "503": "Redis unavailable: the outcome is unknown, retry with the same ids (dashboards: NO_BOOKS without a "
+           "PostgreSQL book of record, UNAVAILABLE when it does not answer)",
 }
 
 
@@ -173,6 +307,19 @@ def _op(summary: str, ok: str | None, *, status: str = "200", body: str | None =
     return operation
 
 
+def _dashboard(summary: str, schema: str, *extra: dict[str, Any]) -> dict[str, Any]:
+    """A dashboard: JSON, or CSV with ?format=csv; 503 NO_BOOKS without a book of record."""
+    operation = _op(summary, schema, errors=("400", "401", "503"))
+    operation["responses"]["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+    query = [{"name": name, "in": "query", "required": False, "schema": _ID, "description": text}
+             for name, text in (("brand", "the brand's cards only (a gift sender)"),
+                                ("campaign", "the campaign's cards only"))]
+    query.append({"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"],
+                                                                                 "default": "json"}})
+    operation["parameters"] = query + list(extra)
+    return operation
+
+
 _U = ("user",)
 _UO = ("user", "other")
 _USER_ERRORS = ("400", "401", "404", "503")
@@ -186,6 +333,12 @@ def _paths() -> dict[str, dict[str, Any]]:
             "get": _op("a user's flags and balances", "User", params=_U, errors=_USER_ERRORS),
             "patch": _op("set flags; banning closes the user's connections (3505)", "User", body="Flags",
                          params=_U, errors=_USER_ERRORS),
+        },
+        "/admin/users/{user}/guardian": {
+            "get": _op("the ward's guardian and the audit log of its links", "Guardian", params=_U,
+                       errors=_USER_ERRORS),
+            "put": _op("link a guardian to the ward (null unlinks), audited", "User", body="GuardianLink",
+                       params=_U, errors=_USER_ERRORS),
         },
         "/admin/users/{user}/mint": {"post": _op("mint whole cards", "Balances", body="Mint", params=_U,
                                                  errors=_USER_ERRORS)},
@@ -201,6 +354,14 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/admin/users/{user}/mentor": {"post": _op("bind the user (a newcomer) to a mentor, once", "Binding",
                                                    body="Mentor", params=_U, errors=_USER_ERRORS)},
         "/admin/users/{user}/pending": {"get": _op("offers waiting for the user's answer", "Pending", params=_U)},
+        "/admin/users/{user}/badges": {"get": _op("the user's eco badges: each of the region's with the user's "
+                                                  "progress, and those earned", "Badges", params=_U,
+                                                  errors=_USER_ERRORS)},
+        "/admin/users/{user}/export": {"get": _op("GDPR Art. 15: everything held about the user", "Export",
+                                                  params=_U, errors=_USER_ERRORS)},
+        "/admin/users/{user}/erase": {"post": _op(
+            "GDPR Art. 17: settle the user's pending gifts, then erase or pseudonymise the user's data "
+            "(repeating it is harmless)", "Erased", params=_U, errors=(*_USER_ERRORS, "409"))},
         "/admin/users/{user}/disconnect": {"post": _op(
             "close the user's connections on every node (close code 3506, SESSION_ENDED); the user's tokens "
             "stay valid", "Disconnected", params=_U)},
@@ -239,6 +400,15 @@ def _paths() -> dict[str, dict[str, Any]]:
             "get": _op("scene settings, festival windows, stored values ignored", "Scenes", errors=("401", "503")),
             "patch": _op("change scene settings {field: value}", "Scenes", errors=("400", "401", "503")),
         },
+        "/admin/regions": {"get": _op("every configured region's rules, stored ones ignored", "Regions",
+                                      errors=("401", "503"))},
+        "/admin/regions/{region}": {
+            "put": {**_op("create or replace a region's rules (unknown fields refused)", "Region",
+                          body="RegionRules", errors=("400", "401", "503")),
+                    "parameters": [{"name": "region", "in": "path", "required": True, "schema": _REGION}]},
+            "delete": {**_op("drop a region's rules (its users keep the code)", "Ok", errors=("401", "404", "503")),
+                       "parameters": [{"name": "region", "in": "path", "required": True, "schema": _REGION}]},
+        },
         "/admin/festivals/{festival}": {
             "put": _op("create or replace a festival window [start, end)", "Festival", body="NewFestival",
                        params=("festival",)),
@@ -252,11 +422,39 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/admin/webhooks/dead/retry": {"post": _op(
             "send every dead letter back to notecard webhooks, which delivers them again (same idempotency keys)",
             "Retried", errors=("401", "503"))},
+        "/admin/dashboards/profile": {"get": _dashboard(
+            "recipients of the scope's cards by region, age bucket, app and fan level", "ProfileDashboard")},
+        "/admin/dashboards/conversion": {"get": _dashboard(
+            "per campaign: issued -> accepted -> purchase, cost per conversion, ROI", "ConversionDashboard",
+            {"name": "window_days", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 365, "default": 7}})},
+        "/admin/dashboards/retention": {"get": _dashboard(
+            "cohorts of recipients by the day of their first card x the days after it they were active",
+            "RetentionDashboard", {"name": "days", "in": "query", "required": False,
+                                   "schema": {"type": "integer", "minimum": 1, "maximum": 90, "default": 14}})},
         "/admin/stats": {"get": _op("every live node's counters, pending gifts, held units", "Stats",
                                     errors=("401", "503"))},
         OPENAPI_PATH: {"get": {"summary": "this document", "security": [], "responses": {
             "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/healthz": {"get": _op("the process is alive", "Health", errors=(), open_=True)},
+        "/payments/{provider}/notify": {"post": {
+            **_op("a payment provider's signed notification: a purchase mints the cards, a refund claws back "
+                  "what is unspent (docs/regions.md); headers Notecard-Timestamp and Notecard-Signature",
+                  "Payment", body="PaymentNotification", errors=("400", "401", "403", "404", "409", "503"),
+                  open_=True),
+            "parameters": [{"name": "provider", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"}}]}},
+        "/odds": {"get": _op("the published odds of the lucky card (docs/regions.md)", "Odds", errors=("503",),
+                             open_=True)},
+        "/admin/skins": {"get": _op("the card art catalogue, stored skins ignored", "Skins", errors=("401", "503"))},
+        "/admin/skins/{skin}": {
+            "put": _op("create or replace a skin (a region gets at most one of its own per kind)", "SkinStored",
+                       body="Skin", params=("skin",), errors=("400", "401", "503")),
+            "delete": _op("drop a skin", "Ok", params=("skin",), errors=("401", "404", "503"))},
+        "/admin/odds": {"get": _op("the published odds, as GET /odds", "Odds", errors=("401", "503"))},
+        "/admin/odds/{table}": {"put": _op("publish a new version of a table; the one in force is retired and its "
+                                           "key revealed", "OddsTable", body="OddsEntries", params=("table",),
+                                           errors=("400", "401", "503"))},
         "/readyz": {"get": {**_op("ready to serve (Redis, pub/sub, durability preset)", "Ready", errors=(),
                                   open_=True),
                             "responses": {"200": {"description": "ready", "content": {

@@ -18,7 +18,9 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from clearing import Clearing, ClearingUnavailable, GiftRules, Refusal, Refused
+from clearing.consent import Consents
 from clearing.scenes import Scenes
+from clearing.skins import region_art, region_of, visible
 from gateway.connection import ClientConnection
 from gateway.metrics import NodeMetrics
 from gateway.rooms import RoomHub
@@ -29,6 +31,7 @@ from protocol import (
     Balance,
     BindMentor,
     ClientMessage,
+    ConsentReply,
     DeclineGift,
     Done,
     Error,
@@ -36,8 +39,11 @@ from protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     GiftResolved,
     GiftSent,
+    GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -48,6 +54,9 @@ from protocol import (
     RedeemFrame,
     SendGift,
     ServerMessage,
+    Skin,
+    Skins,
+    WithdrawConsent,
 )
 from risk.appeals import Appeals
 from risk.signals import SignalLog
@@ -66,7 +75,8 @@ class RequestHandler:
     def __init__(self, clearing: Clearing, rules: GiftRules, metrics: NodeMetrics,
                  scenes: Scenes | None = None, rooms: RoomHub | None = None,
                  sender_of: Callable[[str], str | None] = lambda gift_id: None,
-                 signals: SignalLog | None = None, appeals: Appeals | None = None) -> None:
+                 signals: SignalLog | None = None, appeals: Appeals | None = None,
+                 consents: Consents | None = None) -> None:
         self.clearing = clearing
         self.rules = rules
         self.metrics = metrics
@@ -77,6 +87,8 @@ class RequestHandler:
         #: The risk engine's event log (None: off) and its appeals desk.
         self.signals = signals
         self.appeals = appeals
+        #: Data-processing consent (docs/regions.md); built on clearing's store when not given.
+        self.consents = consents or Consents(clearing.topology, rules, clearing.keys, settings=clearing.settings)
 
     async def handle(self, user_id: str, msg: ClientMessage, *, app: str = "main",
                      conn: ClientConnection | None = None) -> ServerMessage:
@@ -85,7 +97,7 @@ class RequestHandler:
         try:
             return await self.HANDLERS[type(msg)](self, user_id, msg, app, conn)
         except Refused as refusal:
-            self.metrics.refusals_of(refusal.code.value).inc()
+            self.metrics.refused(refusal.code.value)
             if isinstance(msg, SendGift):
                 self.metrics.gifts_of("refused").inc()  # README: gifts by outcome, refused among them
             # BAD_REQUEST is clearing's word for a field the wire accepted but the rule did not.
@@ -144,6 +156,15 @@ class RequestHandler:
             log.debug("gift %s", outcome, extra={"user": user_id, "gift": msg.gift_id})
         return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
 
+    async def _guardian(self, user_id: str, msg: GuardianAnswer, app: str,
+                        conn: ClientConnection | None) -> ServerMessage:
+        """The guardian's answer (docs/regions.md); the reply shows the gift as it now stands."""
+        resolution = await self._timed("guardian", self.clearing.guardian_answer(msg.gift_id, user_id, msg.ward,
+                                                                                 msg.approve, app))
+        if resolution.changed:
+            self.metrics.gifts_of("guardian_approved" if msg.approve else "guardian_rejected").inc()
+        return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
+
     def _signal(self, kind: str, user_id: str, conn: ClientConnection | None, app: str, **fields: Any) -> None:
         if self.signals is not None:
             self.signals.record(kind, user_id, conn.device if conn is not None else None,
@@ -155,11 +176,33 @@ class RequestHandler:
         await self.appeals.file(user_id, msg.kind, msg.evidence)
         return Done(rid=msg.rid, item=msg.kind)
 
+    async def _consent(self, user_id: str, msg: GiveConsent | WithdrawConsent, app: str,
+                       conn: ClientConnection | None) -> ServerMessage:
+        channel = msg.channel or "sdk"
+        if isinstance(msg, GiveConsent):
+            state = await self.consents.give(user_id, msg.version, channel, app)
+        else:
+            state = await self.consents.withdraw(user_id, channel, app)
+        return ConsentReply(rid=msg.rid, changed=state.changed, version=state.version, at_ms=state.at_ms,
+                            channel=state.channel)
+
     async def _balance(self, user_id: str, msg: GetBalance, app: str, conn: ClientConnection | None) -> ServerMessage:
         balances = await self._timed("balance", self.clearing.balances(user_id))
         points = (await self.scenes.points(user_id)).points if self.scenes is not None else None
+        snapshot = await self.clearing.settings.get()
+        art = region_art(snapshot.skins, await self._region(user_id)) if snapshot.skins else None
         return Balance(rid=msg.rid, available=balances.available, held=balances.held,
-                       units_per_card=self.rules.units_per_card, points=points)
+                       units_per_card=self.rules.units_per_card, points=points, skins=art or None)
+
+    async def _region(self, user_id: str) -> str:
+        return await region_of(self.clearing.redis, self.clearing.keys, user_id)
+
+    async def _skins(self, user_id: str, msg: GetSkins, app: str, conn: ClientConnection | None) -> ServerMessage:
+        """The card art the user's region may see (docs/regions.md "Regional card art")."""
+        snapshot = await self.clearing.settings.get()
+        shown = visible(snapshot.skins, await self._region(user_id)) if snapshot.skins else []
+        return Skins(rid=msg.rid, skins=tuple(Skin(skin_id=s.skin_id, kind=s.kind, name=s.name,
+                                                   image_url=s.image_url, optional=s.optional) for s in shown))
 
     async def _ping(self, user_id: str, msg: Ping, app: str, conn: ClientConnection | None) -> ServerMessage:
         return Pong(rid=msg.rid, server_time_ms=int(time.time() * 1000))
@@ -224,4 +267,8 @@ RequestHandler.HANDLERS = MappingProxyType({
     RedeemFrame: RequestHandler._redeem,
     BindMentor: RequestHandler._mentor,
     Appeal: RequestHandler._appeal,
+    GiveConsent: RequestHandler._consent,
+    WithdrawConsent: RequestHandler._consent,
+    GuardianAnswer: RequestHandler._guardian,
+    GetSkins: RequestHandler._skins,
 })

@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from clearing import Clearing, ClearingError, EventLog, Presence, Refusal, Refused
+from clearing.badges import Badges
 from clearing.rates import UserRates
 from gateway.admission import client_address
 from gateway.auth import Identity, Rejection, TokenError
@@ -63,6 +64,8 @@ class _Rejection:
 
 
 BANNED = _Rejection(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_BANNED, "account banned")
+#: An erased account (GDPR Art. 17) is closed as a banned one, with its own code.
+ERASED = _Rejection(CloseCode.ACCOUNT_BANNED, ErrorCode.ACCOUNT_ERASED, "account erased")
 EXPIRED = _Rejection(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "token expired")
 #: A refused token, by reason (docs/protocol.md section 13). The peer is told the class,
 #: never the detail (which audience, which key), which goes to the node's log.
@@ -95,7 +98,9 @@ class SessionRunner:
         self.user_rates = user_rates
         #: Where hellos, sends and answers are told to the risk engine; None: risk engine off.
         self.signals = signals
-        self.welcomer = Welcomer(node_id, settings, hub, clearing, events)
+        self.welcomer = Welcomer(node_id, settings, hub, clearing, events, requests.consents,
+                                Badges(clearing.topology, clearing.gift_rules, clearing.keys, clearing.now,
+                                       settings=clearing.settings))
         self.rejected_tokens = ThrottledLog(log, "token rejected")
 
     async def __call__(self, ws: ServerConnection) -> None:
@@ -180,9 +185,10 @@ class SessionRunner:
         try:
             await self.presence.connect(conn.user_id, self.node_id, self.settings.max_connections_per_user)
         except Refused as refusal:
-            if refusal.code is Refusal.ACCOUNT_BANNED:
-                await _reject(conn.ws, conn.encoding, BANNED)
-                self.metrics.closes.labels(code=str(int(BANNED.code))).inc()
+            if refusal.code in (Refusal.ACCOUNT_BANNED, Refusal.ACCOUNT_ERASED):
+                rejection = ERASED if refusal.code is Refusal.ACCOUNT_ERASED else BANNED
+                await _reject(conn.ws, conn.encoding, rejection)
+                self.metrics.closes.labels(code=str(int(rejection.code))).inc()
                 return False
             self.metrics.refusals_of(ErrorCode.TOO_MANY_CONNECTIONS).inc()
             self._reply(conn, Error(code=ErrorCode.TOO_MANY_CONNECTIONS, message=str(refusal)))

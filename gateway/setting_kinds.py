@@ -162,6 +162,10 @@ class Names(Kind[tuple[str, ...]]):
         return ",".join(value)
 
 
+class SecretNames(Names):
+    """A comma-separated list of ``name:secret`` pairs that ``notecard config`` never prints."""
+
+
 Network = IPv4Network | IPv6Network
 
 
@@ -206,6 +210,25 @@ class RedisUrl(Kind[str]):
     def check(self, value: str) -> None:
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix", "redis+cluster") or not (parts.netloc or parts.path):
+            raise ValueError(f"expected {self.expected}")
+
+    def show(self, value: str) -> str:
+        return redact_url(value)
+
+
+class PostgresUrl(Kind[str]):
+    """A libpq connection URL; shown with its password hidden."""
+
+    expected = "a postgresql:// or postgres:// URL (postgresql://user:password@host:port/database)"
+
+    def parse(self, raw: str) -> str:
+        self.check(raw.strip())
+        return raw.strip()
+
+    def check(self, value: str) -> None:
+        parts = urlsplit(value)
+        # a host, or a socket folder given as ?host=/run/postgresql with a database path
+        if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.path.strip("/")):
             raise ValueError(f"expected {self.expected}")
 
     def show(self, value: str) -> str:

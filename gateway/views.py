@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clearing import GiftRecord, UserEvent
+from clearing.model import GiftState
 from clearing.rooms import RoomState
 from protocol import Event, Gift, RankEntry, Room
 
@@ -15,13 +16,20 @@ def gift_view(record: GiftRecord) -> Gift:
         kind=record.kind,
         qty=record.qty,
         cost=record.cost,
-        state=record.state.value,
+        # A gift waiting for the recipient's guardian is pending to everyone who sees it.
+        state=GiftState.PENDING.value if record.state is GiftState.AWAITING_GUARDIAN else record.state.value,
         created_at_ms=record.created_at_ms,
         expires_at_ms=record.expires_at_ms,
         amount=record.amount,
         payer=record.payer,
         festival=record.festival,
         room=record.room,
+        lucky_table=record.lucky_table,
+        lucky_version=record.lucky_version,
+        lucky_seed=record.lucky_seed,
+        lucky_bonus=record.lucky_bonus,
+        lucky_paid=record.lucky_paid,
+        skin=record.skin,
     )
 
 

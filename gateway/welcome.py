@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 
 from clearing import Clearing, EventLog, Replay
+from clearing.badges import Badges
+from clearing.consent import Consents
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection, page_size
 from gateway.hub import Hub
@@ -29,12 +31,14 @@ log = logging.getLogger("notecard.gateway.session")
 
 class Welcomer:
     def __init__(self, node_id: str, settings: GatewaySettings, hub: Hub, clearing: Clearing,
-                 events: EventLog) -> None:
+                 events: EventLog, consents: Consents | None = None, badges: Badges | None = None) -> None:
         self.node_id = node_id
         self.settings = settings
         self.hub = hub
         self.clearing = clearing
         self.events = events
+        self.consents = consents
+        self.badges = badges
         self.page = page_size(settings.send_queue_max)
 
     async def welcome(self, conn: ClientConnection, hello: Hello) -> None:
@@ -44,6 +48,8 @@ class Welcomer:
         welcome = Welcome(
             user=conn.user_id, node=self.node_id, epoch=replay.epoch, offset=replay.head,
             recovered=replay.recovered, pending=(), heartbeat_s=max(1, round(self.settings.heartbeat_s)),
+            consent_needed=await self.consents.needed(conn.user_id) if self.consents is not None else None,
+            badges=await self.badges.earned(conn.user_id) if self.badges is not None else None,
         )
         if not await self._send_paged(conn, [encode(m, conn.encoding) for m in welcome_messages(welcome, pending)]):
             return

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notecard ledger", description="PostgreSQL as the book of record of the ledger streams. Redis from "
         "NOTECARD_REDIS_URL / NOTECARD_REDIS_CLUSTER, PostgreSQL from NOTECARD_POSTGRES_URL.")
-    parser.add_argument("--postgres-url", default=os.environ.get(POSTGRES_ENV),
+    parser.add_argument("--postgres-url",
                         help="postgresql://user:password@host:port/db (default: NOTECARD_POSTGRES_URL)")
     parser.add_argument("--group", default=GROUP, help=f"consumer group (default: {GROUP})")
     # the consumer's flags (the default action, so they stand without "run" too)
@@ -174,6 +173,7 @@ async def _migrate(url: str) -> int:
 
 def _missing_settings(action: str, args: argparse.Namespace) -> str | None:
     from gateway.config import ConfigError, GatewaySettings
+    from gateway.setting_kinds import PostgresUrl, redact_url
 
     try:
         settings = GatewaySettings.from_env()
@@ -181,6 +181,13 @@ def _missing_settings(action: str, args: argparse.Namespace) -> str | None:
         return f"configuration error: {exc}"
     if action != "migrate" and not (settings.redis_url or settings.redis_cluster or settings.sentinels):
         return "give the Redis: NOTECARD_REDIS_URL or NOTECARD_REDIS_CLUSTER"
+    if args.postgres_url:
+        try:
+            PostgresUrl().check(args.postgres_url)
+        except ValueError as exc:
+            return f"--postgres-url={redact_url(args.postgres_url)!r}: {exc}"
+    # the declared setting (gateway/config.py), already checked by from_env
+    args.postgres_url = args.postgres_url or settings.postgres_url
     if action != "lag" and not args.postgres_url:
         return f"give the PostgreSQL: {POSTGRES_ENV} or --postgres-url"
     return None

@@ -5,7 +5,7 @@ the neighbours as about the code. One invocation measures the ceilings and the s
 back to back on the same machine and reports each figure as a ratio to its ceiling:
 
 a. raw ``websockets`` echo round trips/s (the framing ceiling)          :mod:`loadtest.echo`
-b. EVALSHA rate of ``reserve.lua`` driven by ``redis-benchmark``          :mod:`loadtest.clearing_bench`
+b. FCALL rate of ``reserve.lua`` driven by ``redis-benchmark``          :mod:`loadtest.clearing_bench`
 c. the clearing API's reserve rate at the same concurrency               (ratio to b)
 d. settled gifts/s through 2 gateway nodes, SDK load generator, with
    p50/p99 of send->offer and send->outcome, at the maximum rate and at
@@ -336,7 +336,8 @@ class Bench:
             self.run_echo()
         if "risk" in self.phases:
             self.results["risk"] = risk_bench.run(self.work / "risk", pairs=self.plan.pairs,
-                                                  seconds=max(2.0, self.plan.max_s), rounds=2, say=self.say)
+                                                  seconds=max(2.0, self.plan.max_s), rounds=2, cycles=2,
+                                                  say=self.say)
         if "ledger" in self.phases:
             with self.span("ledger"):
                 self.results["ledger"] = ledger_bench.run(self.work / "ledger", pairs=self.plan.pairs,
@@ -384,11 +385,11 @@ def rows_of(results: dict[str, Any], plan: Plan) -> list[report.Row]:
     if echo_rate is not None:
         rows.append(report.Row("echo", f"a. websockets echo round trips/s ({c} conns)", echo_rate, "/s"))
     if ceiling is not None:
-        rows.append(report.Row("evalsha", f"b. EVALSHA reserve.lua, redis-benchmark ({c} conns)", ceiling, "/s"))
+        rows.append(report.Row("evalsha", f"b. FCALL reserve.lua, redis-benchmark ({c} conns)", ceiling, "/s"))
     api = results.get("clearing_api")
     if api is not None:
         rows.append(report.Row("clearing_api", f"c. clearing API Clearing.reserve/s ({c} tasks)", api["per_s"], "/s",
-                               ceiling, "EVALSHA", ("min", 0.5)))
+                               ceiling, "FCALL", ("min", 0.5)))
     top = results.get("gifts_max")
     if top is not None:
         pairs = top["pairs"]
@@ -422,7 +423,8 @@ def rows_of(results: dict[str, Any], plan: Plan) -> list[report.Row]:
                                ("min", 0.5)))
     risk = results.get("risk")
     if risk is not None:
-        rows.append(report.Row("risk", "h. settled gifts/s, risk engine on (signals + shadow scorer)",
+        rows.append(report.Row("risk", f"h. settled gifts/s, risk engine on (signals + shadow scorer, "
+                               f"{risk['bar_mode']})",
                                risk["on_settled_per_s"], "/s", risk["off_settled_per_s"], "risk off", ("min", 0.9)))
     ledger = results.get("ledger")
     if ledger is not None:

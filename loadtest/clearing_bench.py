@@ -1,11 +1,12 @@
 """The clearing ceilings: what Redis itself does with our scripts, and what our API gets of it.
 
-Why: a gift costs two EVALSHAs, so Redis running ``reserve.lua`` bounds the gift rate no
+Why: a gift costs two script calls (FCALL), so Redis running ``reserve.lua`` bounds the gift rate no
 matter how fast the Python around it is. Three numbers, measured back to back on the
 bench's own ``redis-server`` under a key prefix of their own (``ncb``, so nothing here
 meets the gateway nodes' data):
 
-- **EVALSHA ceiling**: ``redis-benchmark`` (C, no Python) sends the very command the
+- **Script call ceiling** (``evalsha_ceiling``, named when the scripts were EVALSHA'd):
+  ``redis-benchmark`` (C, no Python) sends the very command the
   clearing API sends for one ``reserve``. The command is captured from a real call of
   :meth:`clearing.Clearing.reserve` (so its ARGV cannot drift from ``clearing/lua.py``),
   and its gift id is replaced by ``__rand_int__``, so every call is a *successful* reserve
@@ -79,18 +80,27 @@ class _RecordingPipeline(Pipeline):
     captured: list[tuple[Any, ...]]
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        self.captured.append((sha, numkeys, *keys_and_args))
+        self.captured.append(("EVALSHA", sha, numkeys, *keys_and_args))
         return super().evalsha(sha, numkeys, *keys_and_args)
+
+    def fcall(self, function: str, numkeys: int, *keys_and_args: Any) -> Any:
+        self.captured.append(("FCALL", function, numkeys, *keys_and_args))
+        return super().fcall(function, numkeys, *keys_and_args)
 
 
 class _RecordingRedis(aioredis.Redis):
-    """A client that remembers the EVALSHA commands it sends (to replay them exactly)."""
+    """A client that remembers the script calls (FCALL; EVALSHA on older commits) it sends
+    (to replay them exactly)."""
 
     captured: list[tuple[Any, ...]]
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        self.captured.append((sha, numkeys, *keys_and_args))
+        self.captured.append(("EVALSHA", sha, numkeys, *keys_and_args))
         return super().evalsha(sha, numkeys, *keys_and_args)
+
+    def fcall(self, function: str, numkeys: int, *keys_and_args: Any) -> Any:
+        self.captured.append(("FCALL", function, numkeys, *keys_and_args))
+        return super().fcall(function, numkeys, *keys_and_args)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = _RecordingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -100,7 +110,7 @@ class _RecordingRedis(aioredis.Redis):
 
 async def prepare(url: str) -> tuple[str, ...]:
     """Create the bench users, fund and befriend them, put the recipient online; return
-    the captured ``EVALSHA`` command of one successful reserve, as redis-benchmark argv."""
+    the captured ``FCALL`` command of one successful reserve, as redis-benchmark argv."""
     keys = KeySchema(prefix=BENCH_PREFIX)
     client = _RecordingRedis.from_url(url)
     assert isinstance(client, _RecordingRedis)
@@ -121,18 +131,18 @@ async def prepare(url: str) -> tuple[str, ...]:
         await Clearing(client, BENCH_RULES, keys=keys).reserve(marker, _SENDER, _RECIPIENT, "note", 1)
     finally:
         await client.aclose()
-    # The first EVALSHA of a fresh script fails with NOSCRIPT and is sent again after
-    # SCRIPT LOAD: the last one is the call that ran.
+    # The first FCALL on a node without the library fails with "Function not found" and is
+    # sent again after FUNCTION LOAD: the last one is the call that ran.
     command = client.captured[-1]
-    # EVALSHA sha 1 key args: the arguments travel as msgpack, which holds NUL bytes that a
-    # command line cannot; the scripts also take the same map as JSON (lib.lua).
-    sha, numkeys, key, packed = command[:4]
+    # FCALL function 1 key args: the arguments travel as msgpack, which holds NUL bytes that
+    # a command line cannot; the scripts also take the same map as JSON (lib.lua).
+    verb, sha, numkeys, key, packed = command[:5]
     args = msgpack.unpackb(packed, raw=False)
     if args.get("gid") != marker or any(v is None for v in args.values()):
         raise RuntimeError("the captured send does not carry its gift id, or carries a null")
     args["gid"] = "cb-__rand_int__"
     as_text = [str(a.decode() if isinstance(a, bytes) else a) for a in (sha, numkeys, key)]
-    return ("EVALSHA", *(a.replace(marker, "cb-__rand_int__") for a in as_text), json.dumps(args))
+    return (verb, *(a.replace(marker, "cb-__rand_int__") for a in as_text), json.dumps(args))
 
 
 def _redis_benchmark() -> str:

@@ -58,7 +58,7 @@ from redis.crc import key_slot
 
 from clearing import GiftRules, KeySchema
 from gateway.auth import mint_token
-from loadtest.drill import PRESETS, UNITS_PER_CARD, DurabilityPreset, drill_env, setup_users
+from loadtest.drill import PRESETS, UNITS_PER_CARD, DurabilityPreset, drill_env, setup_guardians, setup_users
 from loadtest.drill_checks import Verdict, verify
 from loadtest.drill_workload import History, UserAgent, WorkloadConfig
 from loadtest.faults.cluster_faults import (
@@ -111,6 +111,8 @@ class ClusterDrillSettings:
     #: NOTECARD_SAGA_STEP_S: a step not finished this long after it started is the recovery worker's.
     saga_step_s: float = 3.0
     send_pause_s: float = 0.6
+    #: Users whose gifts wait for a guardian (loadtest/drill.py setup_guardians; 0: none).
+    wards: int = 3
     #: The cluster's failure detection (a killed primary is replaced after about this long).
     node_timeout_ms: int = 2000
     work_dir: Path | None = None
@@ -176,6 +178,8 @@ class ClusterDrill:
         self.timings: dict[str, float] = {}
         self.healed: list[str] = []
         self.left: dict[str, int] = {}
+        #: ward -> guardian (loadtest/drill.py setup_guardians).
+        self.guardians: dict[str, str] = {}
         self.phase = "new"
 
     def _redis_nodes(self, attempt: int) -> RedisNodes:
@@ -239,6 +243,7 @@ class ClusterDrill:
             "faults": [f.to_json() for f in faults],
             "healed": self.healed,
             "left_at_deadline": self.left,
+            "guardians": self.guardians,
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
             "work_dir": str(self.work),
         }
@@ -260,6 +265,7 @@ class ClusterDrill:
         ranges = await self.faults.slot_map()
         async with AdminClient(gateways.nodes[0].admin_url, gateways.admin_token) as admin:
             friends = await setup_users(admin, self.rng, users_n=s.users, friends_n=s.friends, cards=s.cards)
+            self.guardians = await setup_guardians(admin, self.rng, sorted(friends), s.wards, s.confirm_window_s)
         keys = KeySchema()
         for user in friends:
             slot = key_slot(keys.balance(user).encode())

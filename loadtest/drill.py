@@ -14,7 +14,10 @@ schedule (loadtest/faults/schedule.py) kills and pauses nodes, kills, sleeps and
 the primary, kills pub/sub connections, delays, blackholes and resets the proxy, and
 freezes the proxied node's pub/sub connections (open, but carrying nothing). Then
 everything is healed, unknown outcomes are settled by resending the same gift ids, the
-confirm window runs out, and loadtest/drill_checks.py gives the verdict. A summary is
+confirm window runs out, and loadtest/drill_checks.py gives the verdict. A few users
+(``wards``) are wards of a region with the guardian rule (docs/regions.md): gifts to them
+from their (male) friends wait for their guardian, another drill user, whose agent approves
+some, rejects some and leaves the rest to expire; the bank check covers them like any gift. A summary is
 printed and a JSON report written; the exit status is 1 when anything was violated.
 
 The drill raises the gift rules' daily limits and the rate limits through the nodes'
@@ -96,6 +99,8 @@ class DrillSettings:
     durability: DurabilityPreset = PRESETS["fast"]
     confirm_window_s: float = 6.0
     send_pause_s: float = 0.6
+    #: Users whose gifts wait for a guardian (0: no guardian rule in the run).
+    wards: int = 3
     work_dir: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -105,7 +110,7 @@ class DrillSettings:
             "kinds": [k.value for k in self.kinds], "durability": self.durability.name,
             "appendonly": self.durability.redis.appendonly, "appendfsync": self.durability.redis.appendfsync,
             "wait_replicas": self.durability.wait_replicas, "wait_timeout_ms": self.durability.wait_timeout_ms,
-            "confirm_window_s": self.confirm_window_s,
+            "confirm_window_s": self.confirm_window_s, "wards": self.wards,
         }  # fmt: skip
 
 
@@ -147,6 +152,32 @@ def drill_env(confirm_window_s: float, durability: DurabilityPreset, wait_replic
 async def _primary_client(ha: RedisHA) -> aioredis.Redis:
     _, port = await ha.primary()
     return ha.client(port, timeout_s=10)
+
+
+#: The region of the drill's wards and its rule.
+WARD_REGION = "mena"
+
+
+async def setup_guardians(admin: AdminClient, rng: random.Random, users: Sequence[str], wards_n: int,
+                          window_s: float) -> dict[str, str]:
+    """``wards_n`` of ``users`` become female wards in a region with the male-to-female guardian
+    rule, each with a guardian among the other users; everybody else is male, so a gift from
+    a friend to a ward waits for the ward's guardian. Returns ward -> guardian."""
+    if wards_n <= 0:
+        return {}
+    await admin.put_region(WARD_REGION, {"name": "drill wards", "guardian_rule": "male_to_female",
+                                         "guardian_window_ms": max(1000, int(window_s * 1000))})
+    wards = rng.sample(sorted(users), min(wards_n, len(users) - 1))
+    others = [u for u in sorted(users) if u not in wards]
+    linked: dict[str, str] = {}
+    for user in users:
+        if user in wards:
+            await admin.set_flags(user, gender="female", region=WARD_REGION)
+            linked[user] = rng.choice(others)
+            await admin.link_guardian(user, linked[user], operator="drill")
+        else:
+            await admin.set_flags(user, gender="male")
+    return linked
 
 
 async def setup_users(admin: AdminClient, rng: random.Random, *, users_n: int, friends_n: int,
@@ -197,6 +228,8 @@ class Drill:
         #: Risk-engine actions taken during the workload (freeze, then lift): the bank check
         #: covers accounts whose gifts are refused and whose pending gifts resolve meanwhile.
         self.risk_actions: list[dict[str, Any]] = []
+        #: ward -> guardian (setup_guardians).
+        self.guardians: dict[str, str] = {}
         self.leftover = 0
         self.phase = "new"
         #: PostgreSQL and the `notecard ledger` members, live through the drill
@@ -252,6 +285,7 @@ class Drill:
             "schedule": [f.to_json() for f in self.schedule],
             "healed": self.healed,
             "risk_actions": self.risk_actions,
+            "guardians": self.guardians,
             "pending_left_at_deadline": self.leftover,
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
             "work_dir": str(self.work),
@@ -270,6 +304,7 @@ class Drill:
         await self.books.start()
         async with AdminClient(cluster.nodes[0].admin_url, cluster.admin_token) as admin:
             friends = await setup_users(admin, self.rng, users_n=s.users, friends_n=s.friends, cards=s.cards)
+            self.guardians = await setup_guardians(admin, self.rng, sorted(friends), s.wards, s.confirm_window_s)
         if not await self.ha.wait_replicas_synced(30):
             raise RuntimeError("replicas did not catch up with the set-up")
         self.minted = {u: s.cards * UNITS_PER_CARD for u in friends}
@@ -371,6 +406,8 @@ async def _resend_unknown(agents: list[UserAgent], history: History) -> None:
             calls.append(by_user[entry.sender].send(entry, final_try=True))
         elif entry.answer in ("accept", "decline") and not entry.answer_settled and entry.offered_at_ms:
             calls.append(by_user[entry.recipient].answer(entry, final_try=True))
+        if entry.guardian_answer in ("approve", "reject") and not entry.guardian_settled:
+            calls.append(by_user[entry.guardian].guardian_answer(entry, final_try=True))
     history.count("settled_after_heal", len(calls))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
@@ -415,6 +452,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"states told in replies then lost {n['anomalies'].get('reply_state_lost', 0)}, in events "
         f"{n['anomalies'].get('event_state_lost', 0)}; ledger mismatches {n['ledger_mismatches']}",
         f"  book of record (PostgreSQL): {books_summary(n.get('books', 'not checked'))}",
+        f"  guardian-confirmed gifts: {n.get('guardian', {})}",
         f"  arrival (recipient online): {n['arrival_online']['delivered']}/{n['arrival_online']['total']} "
         f"= {n['arrival_online']['rate']:.2%}; all recipients {n['arrival']['rate']:.2%}",
         "  per fault kind: faults / gifts during / acked-then-lost / violating / arrival missed",
@@ -455,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--durability", default="fast",
                    help=f"comma-separated presets, one run each: {', '.join(PRESETS)} (see docs/guarantees.md)")
     p.add_argument("--confirm-window", type=float, default=6.0, help="seconds (NOTECARD_CONFIRM_WINDOW_S)")
+    p.add_argument("--wards", type=int, help="users whose gifts wait for a guardian (default 3; 0: none)")
     p.add_argument("--report", type=Path, help="JSON report path (default drill-results/drill-<seed>-<time>.json)")
     p.add_argument("--work-dir", type=Path, help="keep Redis and node logs here (default: a temporary folder)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -466,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> list[DrillSettings]:
     sizes: dict[str, Any] = dict(PROFILES.get(args.profile or "", {}))
-    for flag, key in (("users", "users"), ("duration", "duration_s"), ("per_kind", "per_kind")):
+    for flag, key in (("users", "users"), ("duration", "duration_s"), ("per_kind", "per_kind"), ("wards", "wards")):
         if getattr(args, flag) is not None:
             sizes[key] = getattr(args, flag)
     if args.profile == "long" and args.durability == "fast":

@@ -20,7 +20,11 @@ confirm window has passed, with nothing writing any more:
    minus what they gave in accepted gifts, plus what they received) equals the stored one,
    and nothing is held;
 6. **arrival**: of the gifts whose recipient the drill kept online through the gift's
-   window, the share whose offer reached the recipient's client before it expired.
+   window, the share whose offer reached the recipient's client before it expired (gifts
+   that waited for a guardian are counted apart: their offer depends on the guardian);
+7. **guardians** (docs/regions.md): a gift that waited for a guardian is never offered to
+   nor accepted by its recipient unless its guardian approved it; a rejection told to the
+   guardian holds (as a reply, item 4); the counts by answer and final state are reported.
 
 Which of these is a violation depends on the durability setting, as docs/guarantees.md
 states: 1, 2, 3 (but acknowledged-then-lost and refused-but-exists), 5 always; those two and 4 for
@@ -46,9 +50,9 @@ from clearing.topology import AnyRedis
 from loadtest.drill_workload import GiftLog, History
 
 #: Who told a client a gift's state in the reply to its own request (the others are events).
-REPLY_SOURCES = ("send-reply", "answer-reply", "send-error", "answer-error")
+REPLY_SOURCES = ("send-reply", "answer-reply", "send-error", "answer-error", "guardian-reply", "guardian-error")
 #: Always guaranteed, whatever the durability setting (docs/guarantees.md).
-ALWAYS = ("left_pending", "never_sent", "wrong_payload")
+ALWAYS = ("left_pending", "never_sent", "wrong_payload", "offered_without_approval", "accepted_without_approval")
 #: Guaranteed only when every replica must confirm a write before it is acknowledged. A
 #: refusal is a write too (reserve remembers it for the gift id): a failover that forgets
 #: it lets a late duplicate of the refused send create the gift.
@@ -130,7 +134,7 @@ async def verify(redis: AnyRedis, rules: GiftRules, history: History, minted: di
     for user, amount in minted.items():
         expected[user] += amount
     for gift in gifts.values():
-        if gift.state in (GiftState.PENDING, GiftState.ACCEPTED):
+        if gift.state in (GiftState.PENDING, GiftState.AWAITING_GUARDIAN, GiftState.ACCEPTED):
             expected[gift.sender] -= gift.cost
         if gift.state is GiftState.ACCEPTED:
             expected[gift.recipient] += gift.amount
@@ -165,6 +169,7 @@ async def verify(redis: AnyRedis, rules: GiftRules, history: History, minted: di
         "anomaly_details": {k: [_detail(i, gifts, history) for i in ids[:3]] for k, ids in anomalies.items()},
         "arrival_missed_details": [_detail(i, gifts, history) for i in arrival_online["missed_ids"][:5]],
         "client_counters": dict(history.counters),
+        "guardian": _guardian_numbers(gifts, log),
     })  # fmt: skip
     # What asynchronous replication costs is measured, not a violation, where the setting
     # does not promise it: acknowledged writes lost (unless durable), and always the
@@ -188,12 +193,18 @@ def _classify(gifts: dict[str, GiftRecord], log: dict[str, GiftLog]) -> tuple[di
     states: dict[str, int] = defaultdict(int)
     for gift in gifts.values():
         states[gift.state.value] += 1
-        if gift.state is GiftState.PENDING:
+        if gift.state in (GiftState.PENDING, GiftState.AWAITING_GUARDIAN):
             anomalies["left_pending"].append(gift.gift_id)
         entry = log.get(gift.gift_id)
         if entry is None:
             anomalies["never_sent"].append(gift.gift_id)
             continue
+        if gift.guardian and entry.guardian_answer != "approve":
+            # only the guardian's approve makes such a gift an offer (the state table)
+            if entry.offered_at_ms:
+                anomalies["offered_without_approval"].append(gift.gift_id)
+            if gift.state is GiftState.ACCEPTED:
+                anomalies["accepted_without_approval"].append(gift.gift_id)
         if (gift.sender, gift.recipient, gift.qty) != (entry.sender, entry.recipient, entry.qty):
             anomalies["wrong_payload"].append(gift.gift_id)
         replied = {state for source, state in entry.told if source.startswith(REPLY_SOURCES)}
@@ -244,7 +255,7 @@ def _arrival(gifts: dict[str, GiftRecord], history: History) -> tuple[dict[str, 
     totals = {"all": _Arrival(), "online": _Arrival()}
     for gift in gifts.values():
         entry = history.gifts.get(gift.gift_id)
-        if entry is None:
+        if entry is None or gift.guardian:
             continue
         in_time = 0 < entry.offered_at_ms <= gift.expires_at_ms
         groups = ["all"]
@@ -259,6 +270,27 @@ def _arrival(gifts: dict[str, GiftRecord], history: History) -> tuple[dict[str, 
                 row.missed.append(gift.gift_id)
 
     return totals["all"].to_json(), totals["online"].to_json()
+
+
+def _guardian_numbers(gifts: dict[str, GiftRecord], log: dict[str, GiftLog]) -> dict[str, Any]:
+    """Gifts that waited for a guardian: by what the guardian's client chose and how it ended."""
+    by: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for gift in gifts.values():
+        if not gift.guardian:
+            continue
+        entry = log.get(gift.gift_id)
+        answer = (entry.guardian_answer if entry else "") or "not_seen"
+        by[answer][gift.state.value] += 1
+    return {"gifts": sum(sum(row.values()) for row in by.values()),
+            "by_answer": {answer: dict(row) for answer, row in sorted(by.items())},
+            "answers_refused": dict(_count(e.guardian_refused for e in log.values() if e.guardian_refused))}
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for value in values:
+        out[value] += 1
+    return out
 
 
 @dataclasses.dataclass(slots=True)

@@ -13,6 +13,10 @@ outcomes. Every step of the flow is also a place where the client drops:
   the drill with the same gift id, as an app that stored the id before its first try does;
 - a *duplicate*: the same gift id sent twice at once, or the same answer given twice.
 
+Some users are wards of a region whose guardian rule holds gifts to them for their guardian
+(docs/regions.md): the guardian's agent approves some of the requests it gets, rejects some
+and never answers the rest (they expire), with the same drops and duplicates as answers.
+
 Nothing the server says is interpreted beyond what a client would: a ``gift_sent`` is an
 acknowledgment, ``UNAVAILABLE`` past the SDK's deadline or a timeout is an unknown outcome
 (never a failure; the drill retries the same id later), a refusal is final. Randomness
@@ -70,6 +74,13 @@ class GiftLog:
     answer_settled: bool = False
     #: GIFT_NOT_FOUND answered to the recipient about an offer it was shown.
     offer_not_found: bool = False
+    #: The guardian whose client was asked about the gift (a ward's gift), if any; what it
+    #: chose ("approve", "reject", "ignore"), and whether its answer got a definite reply.
+    guardian: str = ""
+    guardian_answer: str = ""
+    guardian_settled: bool = False
+    #: The guardian's answer was refused ALREADY_RESOLVED / GIFT_EXPIRED / ... (the code).
+    guardian_refused: str = ""
 
 
 class History:
@@ -106,6 +117,9 @@ class WorkloadConfig:
     p_restart: float = 0.03
     #: Share of answers given just after the window closed (GIFT_EXPIRED expected).
     p_late: float = 0.03
+    #: A guardian's choice for a request (the rest is never answered: it expires).
+    p_approve: float = 0.45
+    p_reject: float = 0.3
     confirm_window_s: float = 8.0
     request_timeout_s: float = 10.0
 
@@ -188,10 +202,16 @@ class UserAgent:
             except TimeoutError:
                 break
             self.history.saw(gift, f"outcome:{self.user}")
+        for _ in range(10_000):
+            try:
+                gift = await client.next_guardian_request(timeout=0.001)
+            except TimeoutError:
+                break
+            self._on_guardian_request(gift)
 
     # ------------------------------------------------------------ loops
     async def run(self) -> None:
-        await asyncio.gather(self._send_loop(), self._offer_loop(), self._outcome_loop())
+        await asyncio.gather(self._send_loop(), self._offer_loop(), self._outcome_loop(), self._guardian_loop())
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -350,3 +370,71 @@ class UserAgent:
             except TimeoutError:
                 continue
             self.history.saw(gift, f"outcome:{self.user}")
+
+    # ------------------------------------------------------------ as a guardian
+    async def _guardian_loop(self) -> None:
+        while not self.done.is_set():
+            try:
+                gift = await self.client.next_guardian_request(timeout=0.25)
+            except TimeoutError:
+                continue
+            self._on_guardian_request(gift)
+
+    def _on_guardian_request(self, gift: Gift) -> None:
+        entry = self.history.gifts.get(gift.gift_id)
+        if entry is None:
+            self.history.count("guardian_requests_never_sent")
+            return
+        if entry.guardian:
+            self.history.count("guardian_requests_again")  # replayed, or another device's copy
+            return
+        entry.guardian = self.user
+        roll = self.rng.random()
+        c = self.config
+        if roll < c.p_approve:
+            entry.guardian_answer = "approve"
+        elif roll < c.p_approve + c.p_reject:
+            entry.guardian_answer = "reject"
+        else:
+            entry.guardian_answer = "ignore"
+            return
+        left_s = max(0.0, gift.expires_at_ms / 1000 - time.time())
+        self._spawn(self._guardian_after(entry, self.rng.uniform(0, 0.4 * left_s)))
+
+    async def _guardian_after(self, entry: GiftLog, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await self.guardian_answer(entry)
+
+    async def guardian_answer(self, entry: GiftLog, *, final_try: bool = False) -> None:
+        """Approve or reject until a definite reply (bounded); duplicates and drops as for answers."""
+        approve = entry.guardian_answer == "approve"
+        for _ in range(1 if final_try else MAX_TRIES):
+            if entry.guardian_settled:
+                return
+            client = self.client
+            roll = self.rng.random()
+            c = self.config
+            try:
+                task = asyncio.ensure_future(client.guardian_answer(entry.gift_id, entry.recipient, approve))
+                if not final_try and roll < c.p_duplicate:
+                    with contextlib.suppress(Exception):
+                        again = await client.guardian_answer(entry.gift_id, entry.recipient, approve)
+                        self.history.saw(again, f"guardian-reply:{self.user}")
+                elif not final_try and roll < c.p_duplicate + c.p_blip:
+                    await asyncio.sleep(self.rng.uniform(0, 0.02))
+                    self.blip()
+                gift = await task
+                self.history.saw(gift, f"guardian-reply:{self.user}")
+                entry.guardian_settled = True
+                return
+            except GiftRefused as refusal:
+                if refusal.gift is not None:
+                    self.history.saw(refusal.gift, f"guardian-error:{self.user}")
+                if refusal.code not in UNKNOWN_CODES:
+                    entry.guardian_refused = refusal.code
+                    entry.guardian_settled = True
+                    return
+            except (RequestTimeout, NotConnected, ConnectionRejected, OSError):
+                pass
+            if not final_try:
+                await asyncio.sleep(self.rng.uniform(0.1, 1.0))

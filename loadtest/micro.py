@@ -4,8 +4,8 @@ The full bench says what a gift costs; these say what its parts cost, one at a t
 as CPU per operation of the process doing it (``time.process_time`` or ``/proc`` of a
 child), so that a neighbour's load changes them less than it changes rates:
 
-- ``redis``: a small script called from 32 concurrent tasks, one EVALSHA each
-  (``redis.evalsha``) against the same calls through clearing's ``ScriptBatcher`` (one
+- ``redis``: a small function called from 32 concurrent tasks, one FCALL each
+  (``redis.fcall``) against the same calls through clearing's ``ScriptBatcher`` (one
   pipeline per loop turn): Python CPU per call.
 - ``pubsub``: messages of an event's size published by ``redis-benchmark`` into one
   subscriber that reads them as a node does (``get_message`` with a timeout).
@@ -21,7 +21,8 @@ child), so that a neighbour's load changes them less than it changes rates:
   API is used, so the same part runs on older commits and compares their scripts with
   today's (docs/benchmarks.md section 10).
 - ``instructions``: the same gifts (fewer) on a ``redis-server`` under valgrind's
-  callgrind, counting the instructions inside EVALSHA per reserve and per accept: a count
+  callgrind, counting the instructions inside FCALL (EVALSHA on older commits) per reserve
+  and per accept: a count
   that does not move with the machine's load (not in the default parts: valgrind is
   slow, and is not installed everywhere).
 - ``tokens``: a node's check of a client token at ``hello`` (gateway/tokens.py), for the
@@ -51,9 +52,9 @@ from pathlib import Path
 from typing import Any
 
 PARTS = ("redis", "pubsub", "frames", "codec", "scripts", "tokens", "instructions")
-#: The script of the ``redis`` part: its cost in Redis is near zero, so what is measured
+#: The function of the ``redis`` part: its cost in Redis is near zero, so what is measured
 #: is the client's side of a call.
-_ECHO_SCRIPT = "return ARGV[1]"
+_ECHO_LIBRARY = "#!lua name=micro_echo\nredis.register_function('micro_echo', function(keys, args) return args[1] end)"
 
 
 def _free_port() -> int:
@@ -67,25 +68,25 @@ def _free_port() -> int:
 async def _redis_calls(url: str, calls: int, concurrency: int) -> dict[str, float]:
     import redis.asyncio as aioredis
 
-    from clearing.pipelining import ScriptBatcher
+    from clearing.pipelining import FunctionLibrary, ScriptBatcher, load_library
 
     client = aioredis.Redis.from_url(url)
-    script = client.register_script(_ECHO_SCRIPT)
-    await script(keys=("k",), args=("warm",))
+    library = FunctionLibrary("micro_echo", _ECHO_LIBRARY)
+    await load_library(client, library)
     batcher = ScriptBatcher(client)
     argv = ("x" * 200, "a", "b", "c", "d", "e")
 
     async def direct(n: int) -> None:
         for _ in range(n):
-            await client.evalsha(script.sha, 1, "k", *argv)
+            await client.fcall("micro_echo", 1, "k", *argv)
 
     async def batched(n: int) -> None:
         for _ in range(n):
-            await batcher.call(script, "k", argv)
+            await batcher.call(library, "micro_echo", "k", argv)
 
     out: dict[str, float] = {}
     try:
-        for name, worker in (("evalsha, one call each", direct), ("ScriptBatcher, a pipeline per turn", batched)):
+        for name, worker in (("fcall, one call each", direct), ("ScriptBatcher, a pipeline per turn", batched)):
             started = time.process_time()
             await asyncio.gather(*(worker(calls // concurrency) for _ in range(concurrency)))
             out[name] = (time.process_time() - started) / (calls // concurrency * concurrency) * 1e6
@@ -266,9 +267,10 @@ def _per_call(fn: Callable[[], object], repeat: int) -> float:
 
 # ------------------------------------------------------------------ scripts
 class _Callgrind:
-    """Instructions that a ``redis-server`` run under callgrind spent inside EVALSHA
-    (``--toggle-collect=evalShaCommand``): zeroed before a batch, dumped after it. Unlike
-    time, the count does not change with what the neighbours do."""
+    """Instructions that a ``redis-server`` run under callgrind spent inside script calls
+    (``--toggle-collect`` of ``fcallCommand``; ``evalShaCommand`` for older commits): zeroed
+    before a batch, dumped after it. Unlike time, the count does not change with what the
+    neighbours do."""
 
     def __init__(self, control: str, pid: int, out: Path) -> None:
         self.control, self.pid, self.out = control, pid, out
@@ -359,7 +361,7 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
         for step in ("reserve", "accept"):
             inside, process, calls = await batch(step)
             if counter is not None:
-                out[f"{step}: instructions inside EVALSHA (count)"] = instructions[step]
+                out[f"{step}: instructions inside its script calls (count)"] = instructions[step]
                 continue  # under valgrind, time says nothing
             out[f"{step}: time inside its script calls"] = inside
             out[f"{step}: redis-server CPU in all"] = process
@@ -379,7 +381,8 @@ def _instructions(work: Path, gifts: int) -> dict[str, float]:
     port, password = _free_port(), "micro-" + os.urandom(8).hex()
     out = work / "callgrind.out"
     server = subprocess.Popen(
-        [valgrind, "--tool=callgrind", "--toggle-collect=evalShaCommand", f"--callgrind-out-file={out}",
+        [valgrind, "--tool=callgrind", "--toggle-collect=evalShaCommand", "--toggle-collect=fcallCommand",
+         f"--callgrind-out-file={out}",
          find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--requirepass", password, "--dir", str(work)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,10 +1,27 @@
-"""The risk engine's cost to the gift path (docs/risk.md): settled gifts/s through 2 gateway
-nodes with the risk engine off (RISK_ENGINE=false: no signals) and on (signals, plus a
-``notecard risk run`` scorer process (at nice 10) consuming them, in shadow mode so that the benchmark's
-own machine-like traffic is scored and audited but never refused), alternating off/on so
-that a drift of the shared machine falls on both.
+"""The risk engine's cost to the gift path (docs/risk.md, docs/benchmarks.md): settled
+gifts/s through 2 gateway nodes and one Redis, with the risk engine off and on, in two
+parts of one run.
 
-    .venv/bin/python -m loadtest.risk_bench [--seconds 8] [--rounds 2] [--pairs 16]
+1. **The signals** (what the nodes pay): rounds alternating the risk engine off
+   (RISK_ENGINE=false) and on without a scorer, each round on fresh processes (the setting
+   is read at start).
+2. **The scorer** (what a ``notecard risk run`` process costs the gift path while it
+   shares this machine): one set of nodes with the risk engine on, shadow mode (the
+   benchmark's machine-like traffic is scored and audited, never refused), and one scorer
+   process per priority; short phases alternate, in turned order, with no scorer running
+   (the others stopped with SIGSTOP) and with each scorer running alone. Every phase is on
+   the same processes and connections, so the machine's drift falls on all of them alike.
+   Each phase reports the running scorer's CPU per event it scored (from /proc) and how
+   many of the phase's events it scored.
+
+In production the scorer is a process of its own on machines of its own. On this one
+machine it shares the cores with the nodes and Redis, so it is measured at two priorities:
+``nice 0`` (an equal: what a scorer on the nodes' own machines would cost) and ``nice 19``
+(only CPU the gift path leaves idle: the nearest this machine comes to a scorer on cores
+of its own; Redis still serves its commands, and the nodes pay for the signals).
+
+    .venv/bin/python -m loadtest.risk_bench [--seconds 5] [--rounds 3] [--cycles 4] [--pairs 16]
+                                            [--nice 0 --nice 19]
 
 Also the ``risk`` phase of ``notecard bench``.
 """
@@ -16,10 +33,12 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +51,15 @@ from loadtest.stats import Recorder
 from loadtest.target import LoadTarget
 from notecard.admin_client import AdminClient
 from risk.scorer import GROUP
+
+#: The scorer's priorities measured by default: an equal, and only idle CPU.
+DEFAULT_NICES = (0, 19)
+SCORER_NAME = "bench"
+READY_TIMEOUT_S = 30.0
+#: Before a scorer's phase is measured, it scores the backlog the phases before it left,
+#: for at most DRAIN_MAX_S, until no more than DRAINED_LAG entries wait.
+DRAIN_MAX_S = 15.0
+DRAINED_LAG = 100
 
 
 async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: float) -> float:
@@ -46,26 +74,52 @@ async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: flo
 
 async def _scorer_lag(url: str) -> dict[str, int]:
     redis = aioredis.Redis.from_url(url)
-    stream = DEFAULT_KEYS.risk_events()
     try:
-        length = await redis.xlen(stream)
-        groups = await redis.xinfo_groups(stream)
-        group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-        last = group["last-delivered-id"] if group else b"0-0"
-        last = last.decode() if isinstance(last, bytes) else str(last)
-        # entries after the group's last delivered one: not yet taken by any scorer
-        unscored = len(await redis.xrange(stream, min=f"({last}", count=10_000_000) or [])
+        events, read = await _group_read(redis)
     finally:
         await redis.aclose()
-    return {"events": int(length), "unscored": unscored}
+    # events after the group's last delivered entry: not yet taken by any scorer
+    return {"events": events, "unscored": events - read}
 
 
-def run_round(work: Path, risk_on: bool, pairs: int, seconds: float, warmup_s: float,
-              say: Callable[[str], None], scorer_nice: int | None = 10) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _scorer_joined(url: str, deadline_s: float) -> bool:
+    """Whether the scorer has made its group (it is loaded and reading), waiting up to ``deadline_s``."""
+    redis = aioredis.Redis.from_url(url)
+    stream = DEFAULT_KEYS.risk_events()
+    deadline = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # no stream or no group yet
+                groups = await redis.xinfo_groups(stream)
+                if any(g["name"] in (GROUP, GROUP.encode()) for g in groups):
+                    return True
+            await asyncio.sleep(0.05)
+        return False
+    finally:
+        await redis.aclose()
+
+
+def mode_name(nice: int | None) -> str:
+    """``off``, ``signals`` (signals, no scorer) or ``nice <n>`` (signals and a scorer)."""
+    return "off" if nice is None else "signals" if nice < 0 else f"nice {nice}"
+
+
+def run_round(work: Path, nice: int | None, pairs: int, seconds: float, warmup_s: float,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    """One round on fresh processes. ``nice``: None, risk engine off; negative, the signals
+    without a scorer; else a scorer at that nice value."""
+    risk_on = nice is not None
     env = {"NOTECARD_RISK_ENGINE": "true" if risk_on else "false"}
+    out: dict[str, Any] = {"mode": mode_name(nice)}
     with LoadTarget(work, nodes=2, env=env) as target:
         scorer: subprocess.Popen[bytes] | None = None
-        if risk_on and scorer_nice is not None:
+        if nice is not None and nice >= 0:
             tgt = target.target
 
             async def shadow() -> None:
@@ -73,53 +127,217 @@ def run_round(work: Path, risk_on: bool, pairs: int, seconds: float, warmup_s: f
                     await admin.risk_switches("bench", shadow=True)
 
             asyncio.run(shadow())
-            # At a lower priority: on this one machine it shares the cores with the nodes and
-            # Redis, where a deployment gives it hosts of its own; its backlog is reported.
-            nice = ["nice", "-n", str(scorer_nice)] if scorer_nice and shutil.which("nice") else []
+            prefix = ["nice", "-n", str(nice)] if nice and shutil.which("nice") else []
             scorer = subprocess.Popen(  # ended below, by this handle
-                [*nice, sys.executable, "-m", "notecard", "risk", "run", "--name", "bench"],
+                [*prefix, sys.executable, "-m", "notecard", "risk", "run", "--name", SCORER_NAME],
                 env={**os.environ, "NOTECARD_REDIS_URL": target.redis.url}, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
         try:
-            rate = asyncio.run(_measure(target, pairs, seconds, warmup_s))
-            out: dict[str, Any] = {"risk": "on" if risk_on else "off", "settled_per_s": rate}
+            cpu0 = 0.0
             if scorer is not None:
+                if not asyncio.run(_scorer_joined(target.redis.url, READY_TIMEOUT_S)):
+                    raise RuntimeError("the scorer did not start")
+                cpu0 = _cpu_seconds(scorer.pid)  # its start (imports, model) is not scoring
+            out["settled_per_s"] = asyncio.run(_measure(target, pairs, seconds, warmup_s))
+            if scorer is not None:
+                cpu = _cpu_seconds(scorer.pid) - cpu0
                 out |= asyncio.run(_scorer_lag(target.redis.url))
+                scored = out["events"] - out["unscored"]
+                out["scorer_cpu_s"] = cpu
+                out["scorer_cpu_us_per_event"] = 1e6 * cpu / scored if scored else 0.0
         finally:
             if scorer is not None:
                 scorer.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     scorer.wait(10)
-    lag = f" (events {out['events']}, not yet scored {out['unscored']})" if "events" in out else ""
-    say(f"risk {out['risk']}: {rate:.0f} settled gifts/s{lag}")
+    lag = (f" (scorer: {out['events'] - out['unscored']} of {out['events']} events scored, "
+           f"{out['scorer_cpu_us_per_event']:.0f} us CPU per event)" if "events" in out else "")
+    say(f"risk {out['mode']}: {out['settled_per_s']:.0f} settled gifts/s{lag}")
     return out
 
 
+async def _group_read(redis: aioredis.Redis) -> tuple[int, int]:
+    """(events in the events stream, events the scorers' group has read). A node's entry
+    holds a flush of events (``n`` of them, risk/signals.py); the benchmark's stream is
+    small enough to be read whole."""
+    stream = DEFAULT_KEYS.risk_events()
+    last = "0-0"
+    for group in await redis.xinfo_groups(stream):
+        if group["name"] in (GROUP, GROUP.encode()):
+            raw = group["last-delivered-id"]
+            last = raw.decode() if isinstance(raw, bytes) else str(raw)
+    done = tuple(map(int, last.split("-")))
+    total = read = 0
+    for entry_id, fields in await redis.xrange(stream) or []:
+        n = int((fields or {}).get(b"n", 1))
+        total += n
+        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        if tuple(map(int, text.split("-"))) <= done:
+            read += n
+    return total, read
+
+
+def _start_scorer(url: str, nice: int, name: str) -> subprocess.Popen[bytes]:
+    prefix = ["nice", "-n", str(nice)] if nice and shutil.which("nice") else []
+    return subprocess.Popen(  # ended by the caller, by this handle
+        [*prefix, sys.executable, "-m", "notecard", "risk", "run", "--name", name],
+        env={**os.environ, "NOTECARD_REDIS_URL": url}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]], pairs: int, phase_s: float,
+                  settle_s: float, cycles: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    tgt = target.target
+    async with AdminClient(tgt.admin_url, tgt.admin_token) as admin:
+        await admin.risk_switches("bench", shadow=True)
+        provisioned = await gifting.provision_pairs(admin, pairs)
+    redis = aioredis.Redis.from_url(target.redis.url)
+    assert target.redis.process is not None
+    redis_pid = target.redis.process.pid
+    modes = ["none", *scorers]
+    rows: list[dict[str, Any]] = []
+    try:
+        async with gifting.GiftLoad(tgt.urls[0], tgt.urls[-1], tgt.token, provisioned, Recorder()) as load:
+            await load.run_closed(settle_s, "warmup")
+            for cycle in range(cycles):
+                for mode in modes[cycle % len(modes):] + modes[:cycle % len(modes)]:
+                    for name, proc in scorers.items():
+                        os.kill(proc.pid, signal.SIGCONT if name == mode else signal.SIGSTOP)
+                    # The running scorer takes in what the previous phases left, unmeasured, so
+                    # that its phase pays for its own traffic only (if it can keep up at all).
+                    await load.run_closed(settle_s, "settle")
+                    drain_until = time.monotonic() + DRAIN_MAX_S
+                    while mode in scorers and time.monotonic() < drain_until:
+                        length, read = await _group_read(redis)
+                        if length - read <= DRAINED_LAG:
+                            break
+                        await load.run_closed(0.5, "settle")
+                    length0, read0 = await _group_read(redis)
+                    cpu0 = _cpu_seconds(scorers[mode].pid) if mode in scorers else 0.0
+                    redis_cpu0 = _cpu_seconds(redis_pid)
+                    result = await load.run_closed(phase_s, mode)
+                    redis_cpu = _cpu_seconds(redis_pid) - redis_cpu0
+                    length1, read1 = await _group_read(redis)
+                    row: dict[str, Any] = {"cycle": cycle, "mode": mode, "settled_per_s": result.settled_per_s,
+                                           "events": length1 - length0, "scored": read1 - read0,
+                                           # Redis's CPU per settled gift: the scorer's commands show here
+                                           "redis_cpu_us_per_gift": 1e6 * redis_cpu / result.settled
+                                           if result.settled else 0.0}
+                    if mode in scorers:
+                        cpu = _cpu_seconds(scorers[mode].pid) - cpu0
+                        row["scorer_cpu_s"] = cpu
+                        row["scorer_cpu_us_per_event"] = 1e6 * cpu / row["scored"] if row["scored"] else 0.0
+                    rows.append(row)
+                    extra = (f" (scorer: {row['scored']} scored of {row['events']} events, "
+                             f"{row['scorer_cpu_us_per_event']:.0f} us CPU per event)" if mode in scorers else "")
+                    extra += f" Redis {row['redis_cpu_us_per_gift']:.0f} us CPU per gift"
+                    say(f"scorer {mode}: {row['settled_per_s']:.0f} settled gifts/s{extra}")
+    finally:
+        for proc in scorers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a stopped process does not end on SIGTERM
+        await redis.aclose()
+    return rows
+
+
+def run_scorer_phases(work: Path, *, pairs: int, phase_s: float, cycles: int, nices: Sequence[int],
+                      settle_s: float = 1.0, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Part 2: phases without a scorer and with each scorer alone, on one set of processes."""
+    with LoadTarget(work, nodes=2, env={"NOTECARD_RISK_ENGINE": "true"}) as target:
+        scorers = {mode_name(n): _start_scorer(target.redis.url, n, f"bench-{n}") for n in nices}
+        try:
+            if not asyncio.run(_scorer_joined(target.redis.url, READY_TIMEOUT_S)):
+                raise RuntimeError("the scorers did not start")
+            return asyncio.run(_phases(target, scorers, pairs, phase_s, settle_s, cycles, say))
+        finally:
+            for proc in scorers.values():
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+
+
+def _mean(rows: Sequence[dict[str, Any]], mode: str, key: str = "settled_per_s") -> float:
+    values = [r[key] for r in rows if r["mode"] == mode]
+    return statistics.mean(values) if values else 0.0
+
+
+def _paired(rows: Sequence[dict[str, Any]], mode: str, base: str, group: str) -> float:
+    """The median over cycles (or rounds) of mode / base within the same cycle."""
+    ratios = []
+    for key in sorted({r[group] for r in rows}):
+        here = [r["settled_per_s"] for r in rows if r[group] == key and r["mode"] == mode]
+        under = [r["settled_per_s"] for r in rows if r[group] == key and r["mode"] == base]
+        if here and under and under[0] > 0:
+            ratios.append(here[0] / under[0])
+    return statistics.median(ratios) if ratios else 0.0
+
+
 def run(work: Path, *, pairs: int, seconds: float, rounds: int, warmup_s: float = 1.0,
-        say: Callable[[str], None] = print, scorer_nice: int | None = 10) -> dict[str, Any]:
-    """``scorer_nice``: the scorer's priority (None: no scorer, the signals' cost alone)."""
-    rows = []
+        say: Callable[[str], None] = print, nices: Sequence[int] = DEFAULT_NICES, cycles: int = 4) -> dict[str, Any]:
+    """Both parts. Returns every round and phase, the means, and on/off per scorer priority:
+    the signals' factor (signals / off, part 1) times the scorer's (with it / without it,
+    part 2), as ratios of means and as medians of paired ratios."""
+    signal_rows = []
     for i in range(rounds):
-        for risk_on in (False, True):
-            rows.append(run_round(work / f"r{i}-{'on' if risk_on else 'off'}", risk_on, pairs, seconds, warmup_s,
-                                  say, scorer_nice))
-    off = statistics.mean(r["settled_per_s"] for r in rows if r["risk"] == "off")
-    on = statistics.mean(r["settled_per_s"] for r in rows if r["risk"] == "on")
-    return {"rounds": rows, "off_settled_per_s": off, "on_settled_per_s": on, "on_over_off": on / off if off else 0.0}
+        order: list[int | None] = [None, -1] if i % 2 == 0 else [-1, None]
+        for nice in order:
+            row = run_round(work / f"r{i}-{mode_name(nice)}", nice, pairs, seconds, warmup_s, say)
+            row["round"] = i
+            signal_rows.append(row)
+    phase_rows = run_scorer_phases(work / "phases", pairs=pairs, phase_s=seconds, cycles=cycles, nices=nices,
+                                   say=say) if nices else []
+    signals = _mean(signal_rows, "signals") / _mean(signal_rows, "off") if _mean(signal_rows, "off") else 0.0
+    signals_paired = _paired(signal_rows, "signals", "off", "round")
+    scorer: dict[str, dict[str, float]] = {}
+    none = _mean(phase_rows, "none")
+    for n in nices:
+        mode = mode_name(n)
+        factor = _mean(phase_rows, mode) / none if none else 0.0
+        paired = _paired(phase_rows, mode, "none", "cycle")
+        events = sum(r["events"] for r in phase_rows if r["mode"] == mode)
+        scorer[mode] = {"factor": factor, "factor_paired": paired, "on_over_off": signals * factor,
+                        "on_over_off_paired": signals_paired * paired,
+                        "cpu_us_per_event": _mean(phase_rows, mode, "scorer_cpu_us_per_event"),
+                        "redis_cpu_us_per_gift": _mean(phase_rows, mode, "redis_cpu_us_per_gift"),
+                        "scored_share": sum(r["scored"] for r in phase_rows if r["mode"] == mode) / events
+                        if events else 0.0}
+    # What answers the bar: the scorer kept off the gift path's CPU (the most idle priority
+    # measured), as a deployment gives it machines of its own (docs/risk.md).
+    bar_mode = mode_name(max(nices)) if nices else ""
+    off = _mean(signal_rows, "off")
+    on_over_off = scorer[bar_mode]["on_over_off"] if bar_mode else signals
+    return {"signal_rounds": signal_rows, "scorer_phases": phase_rows, "signals_factor": signals,
+            "signals_factor_paired": signals_paired, "no_scorer_settled_per_s": none, "scorer": scorer,
+            "no_scorer_redis_cpu_us_per_gift": _mean(phase_rows, "none", "redis_cpu_us_per_gift"),
+            "bar_mode": bar_mode, "off_settled_per_s": off, "on_settled_per_s": off * on_over_off,
+            "on_over_off": on_over_off}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.risk_bench", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per round and mode")
-    parser.add_argument("--rounds", type=int, default=2, help="off/on rounds")
+    parser = argparse.ArgumentParser(prog="python -m loadtest.risk_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per round and per phase")
+    parser.add_argument("--rounds", type=int, default=3, help="part 1: off / signals rounds")
+    parser.add_argument("--cycles", type=int, default=4, help="part 2: cycles of the scorer phases")
     parser.add_argument("--pairs", type=int, default=16, help="gift pairs")
-    parser.add_argument("--scorer-nice", type=int, default=10, help="the scorer's nice value; -1: no scorer")
+    parser.add_argument("--nice", type=int, action="append",
+                        help="a scorer's nice value, one phase each (repeat; default "
+                             f"{' and '.join(map(str, DEFAULT_NICES))})")
     args = parser.parse_args(argv)
-    nice = None if args.scorer_nice < 0 else args.scorer_nice
     with tempfile.TemporaryDirectory(prefix="notecard-risk-bench-") as work:
-        result = run(Path(work), pairs=args.pairs, seconds=args.seconds, rounds=args.rounds, scorer_nice=nice)
-    print(f"settled gifts/s: risk off {result['off_settled_per_s']:.0f}, on {result['on_settled_per_s']:.0f}, "
-          f"on/off {result['on_over_off']:.3f} (bar: >= 0.90)")
+        result = run(Path(work), pairs=args.pairs, seconds=args.seconds, rounds=args.rounds, cycles=args.cycles,
+                     nices=tuple(args.nice) if args.nice is not None else DEFAULT_NICES)
+    print(f"signals (part 1): off {_mean(result['signal_rounds'], 'off'):.0f}, "
+          f"signals {_mean(result['signal_rounds'], 'signals'):.0f} settled gifts/s: factor "
+          f"{result['signals_factor']:.3f} (median of rounds {result['signals_factor_paired']:.3f})")
+    for mode, s in result["scorer"].items():
+        print(f"scorer {mode} (part 2): factor {s['factor']:.3f} (median of cycles {s['factor_paired']:.3f}) "
+              f"against {result['no_scorer_settled_per_s']:.0f} gifts/s without; {s['cpu_us_per_event']:.0f} us "
+              f"CPU per event, {100 * s['scored_share']:.0f} % of the phases' events scored, Redis "
+              f"{s['redis_cpu_us_per_gift']:.0f} us CPU per gift (without: "
+              f"{result['no_scorer_redis_cpu_us_per_gift']:.0f}); on/off "
+              f"{s['on_over_off']:.3f} (medians {s['on_over_off_paired']:.3f})")
+    print(f"bar (on/off >= 0.90) answered by the scorer at {result['bar_mode'] or 'none'}: "
+          f"{result['on_over_off']:.3f}")
     return 0
 
 

@@ -48,7 +48,8 @@ class AdminClient:
 
     # Convenience wrappers: one per admin route.
     async def create_user(self, user_id: str, *, verified: bool = True, vip: bool = False, banned: bool = False,
-                          created_at_ms: int | None = None, app: str | None = None) -> Any:
+                          created_at_ms: int | None = None, app: str | None = None, region: str | None = None
+                          ) -> Any:
         """Create a user, **verified** unless told otherwise, as ``notecard admin create-user``
         does (the HTTP route's own default, for a body without ``verified``, is unverified)."""
         body: dict[str, Any] = {"user_id": user_id, "verified": verified, "vip": vip, "banned": banned}
@@ -56,13 +57,37 @@ class AdminClient:
             body["created_at_ms"] = created_at_ms
         if app is not None:
             body["app"] = app
+        if region is not None:
+            body["region"] = region
         return await self.call("POST", "/admin/users", body)
 
     async def get_user(self, user_id: str) -> Any:
         return await self.call("GET", f"/admin/users/{user_id}")
 
-    async def set_flags(self, user_id: str, **flags: bool) -> Any:
+    async def set_flags(self, user_id: str, **flags: bool | str) -> Any:
         return await self.call("PATCH", f"/admin/users/{user_id}", dict(flags))
+
+    async def link_guardian(self, ward: str, guardian: str | None, operator: str = "admin") -> Any:
+        """Link ``guardian`` to ``ward`` (None unlinks); audited (docs/regions.md)."""
+        return await self.call("PUT", f"/admin/users/{ward}/guardian", {"guardian": guardian, "operator": operator})
+
+    async def guardian(self, ward: str) -> Any:
+        """The ward's guardian and the log of its links, newest first."""
+        return await self.call("GET", f"/admin/users/{ward}/guardian")
+
+    async def regions(self) -> Any:
+        return await self.call("GET", "/admin/regions")
+
+    async def put_region(self, code: str, rules: dict[str, Any]) -> Any:
+        return await self.call("PUT", f"/admin/regions/{code}", rules)
+
+    async def odds(self) -> Any:
+        """The published odds (``GET /odds``, which needs no token)."""
+        return await self.call("GET", "/odds")
+
+    async def publish_odds(self, table: str, entries: list[dict[str, int]]) -> Any:
+        """A new version of an odds table; the one in force is retired and its key revealed."""
+        return await self.call("PUT", f"/admin/odds/{table}", {"entries": entries})
 
     async def mint(self, user_id: str, qty: int, kind: str = "note") -> Any:
         return await self.call("POST", f"/admin/users/{user_id}/mint", {"kind": kind, "qty": qty})

@@ -127,10 +127,12 @@ _TOOLS = {
     "feed": "gift events and ledger entries as JSON lines, in a consumer group (notecard.feed)",
     "ledger": "PostgreSQL as the book of record: consumer, lag, reconcile, restore (ledger.cli)",
     "webhooks": "POST gift events, signed, to the platform's URLs, with retries and dead letters (notecard.webhooks)",
+    "dashboards": "business dashboards from PostgreSQL: generate a data set, show, render PNGs (dashboards.cli)",
+    "odds": "check a lucky card's draw from the published odds (notecard.odds)",
 }
 #: Tools that live outside loadtest/.
 _TOOL_MODULES = {"risk": "risk.cli", "feed": "notecard.feed", "ledger": "ledger.cli",
-                 "webhooks": "notecard.webhooks"}
+                 "webhooks": "notecard.webhooks", "dashboards": "dashboards.cli", "odds": "notecard.odds"}
 
 
 def _build_admin(sub: Any) -> None:
@@ -154,6 +156,7 @@ def _build_admin(sub: Any) -> None:
     create.add_argument("--banned", action="store_true", help="banned from gifting")
     create.add_argument("--age-days", type=float, help="account created this many days ago (default now)")
     create.add_argument("--app", help="home app of the account (default main)")
+    create.add_argument("--region", help="the account's region, e.g. eu (default global; docs/regions.md)")
     show = action("user", "show a user's flags and balances (in cards and in minor units)")
     show.add_argument("user", help="user id")
     flags = action("set", "set flags: --verified/--no-verified, --vip/--no-vip, --banned/--no-banned")
@@ -161,6 +164,16 @@ def _build_admin(sub: Any) -> None:
     for name in ("verified", "vip", "banned"):
         flags.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
                            help=f"set or clear {name}")
+    flags.add_argument("--region", help="move the account to this region (docs/regions.md)")
+    flags.add_argument("--gender", choices=("male", "female", ""),
+                       help="the account's gender, read by the guardian rule ('' clears it; docs/regions.md)")
+    guardian = action("guardian", "link a guardian to a ward (--set USER), unlink it (--unlink), or show both "
+                                  "with the audit log")
+    guardian.add_argument("user", help="the ward's user id")
+    link = guardian.add_mutually_exclusive_group()
+    link.add_argument("--set", dest="guardian", help="the guardian's user id")
+    link.add_argument("--unlink", action="store_true", help="remove the ward's guardian")
+    guardian.add_argument("--operator", default="cli", help="who acts, for the audit log (default cli)")
     mint = action("mint", "mint whole cards to a user")
     mint.add_argument("user", help="user id")
     mint.add_argument("qty", type=int, help="whole cards (not minor units)")
@@ -179,6 +192,17 @@ def _build_admin(sub: Any) -> None:
     gift.add_argument("gift_id", help="gift id")
     _add_backend_actions(action)
     action("invariant", "run the conservation check (minted = balances + holds + consumed)")
+    _add_scene_actions(action)
+    points = action("points", "a user's points, joint-campaign eligibility and inventory")
+    points.add_argument("user", help="user id")
+    _build_risk_admin(action)
+    mentor = action("mentor", "bind APPRENTICE (a newcomer) to MENTOR, once")
+    mentor.add_argument("apprentice", help="the newcomer's user id")
+    mentor.add_argument("mentor", help="the mentor's user id")
+
+
+def _add_scene_actions(action: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """The operators' settings: scenes and festivals."""
     scenes = action("scenes", "show scene settings and festivals, or change settings")
     scenes.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help='e.g. --set newcomer_free_gifts=5 --set quote_ttl_ms=15000 (repeatable)')
@@ -191,12 +215,6 @@ def _build_admin(sub: Any) -> None:
     fest.add_argument("--frame", help="the avatar frame redeemable during the window")
     unfest = action("delete-festival", "remove a festival window")
     unfest.add_argument("festival_id", help="festival id")
-    points = action("points", "a user's points, joint-campaign eligibility and inventory")
-    points.add_argument("user", help="user id")
-    _build_risk_admin(action)
-    mentor = action("mentor", "bind APPRENTICE (a newcomer) to MENTOR, once")
-    mentor.add_argument("apprentice", help="the newcomer's user id")
-    mentor.add_argument("mentor", help="the mentor's user id")
 
 
 def _add_backend_actions(action: Any) -> None:
@@ -238,12 +256,18 @@ async def _admin(args: argparse.Namespace, admin_token: str) -> Any:
             case "create-user":
                 created = None if args.age_days is None else now - int(args.age_days * DAY_MS)
                 return await api.create_user(args.user, verified=not args.unverified, vip=args.vip,
-                                             banned=args.banned, created_at_ms=created, app=args.app)
+                                             banned=args.banned, created_at_ms=created, app=args.app,
+                                             region=args.region)
             case "user":
                 return await api.get_user(args.user)
             case "set":
-                flags = {k: getattr(args, k) for k in ("verified", "vip", "banned") if getattr(args, k) is not None}
+                flags = {k: getattr(args, k) for k in ("verified", "vip", "banned", "region", "gender")
+                         if getattr(args, k) is not None}
                 return await api.set_flags(args.user, **flags)
+            case "guardian":
+                if args.guardian is None and not args.unlink:
+                    return await api.guardian(args.user)
+                return await api.link_guardian(args.user, None if args.unlink else args.guardian, args.operator)
             case "mint":
                 return await api.mint(args.user, args.qty, args.kind)
             case "follow":

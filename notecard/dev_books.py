@@ -28,7 +28,7 @@ from notecard.local_postgres import LocalPostgres, PostgresNotInstalled
 log = logging.getLogger("notecard.runner")
 
 #: How long the check after the demo waits for the consumer to write the demo's entries.
-CATCH_UP_S = 30.0
+CATCH_UP_S = 60.0
 
 
 @contextlib.contextmanager

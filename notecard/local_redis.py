@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-READY_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 30.0
 #: What a password of ours looks like (URL-safe, so the URL carries it as it is, and no
 #: quote or newline to break the config file it is written to).
 _PASSWORD_RE = re.compile(r"[A-Za-z0-9_\-]{16,128}")

@@ -34,8 +34,9 @@ from notecard.local_redis import LocalRedis
 
 log = logging.getLogger("notecard.runner")
 
-#: How long a started worker may take to answer /readyz.
-READY_TIMEOUT_S = 20.0
+#: How long a started worker may take to answer /readyz: a deadline for a failure, not a
+#: wait, generous for a slow or busy machine (a worker imports the whole product first).
+READY_TIMEOUT_S = 60.0
 
 
 def install_uvloop() -> None:
@@ -222,8 +223,10 @@ def _wait_for_signal(workers: list[subprocess.Popen[bytes]]) -> int:
     return status
 
 
-def dev_nodes(settings: GatewaySettings, url: str | None, count: int) -> list[tuple[subprocess.Popen[bytes], str, str]]:
-    """Start ``count`` nodes on consecutive port pairs; return (process, ws url, admin url)."""
+def dev_nodes(settings: GatewaySettings, url: str | None, count: int, postgres_url: str | None = None
+              ) -> list[tuple[subprocess.Popen[bytes], str, str]]:
+    """Start ``count`` nodes on consecutive port pairs; return (process, ws url, admin url).
+    ``postgres_url``: the book of record their admin API's dashboards read."""
     started = []
     for index in range(count):
         port = settings.port + 2 * index
@@ -233,6 +236,8 @@ def dev_nodes(settings: GatewaySettings, url: str | None, count: int) -> list[tu
         env["NOTECARD_ADMIN_HOST"] = settings.host
         env.setdefault("NOTECARD_LOG_FORMAT", "text")
         env.setdefault("NOTECARD_LOG_LEVEL", "WARNING")  # keep the demo output readable
+        if postgres_url:
+            env[POSTGRES_ENV] = postgres_url
         proc = spawn_worker(env)
         admin_url = f"http://{settings.host}:{admin_port}"
         started.append((proc, f"ws://{settings.host}:{port}", admin_url))
@@ -269,7 +274,7 @@ def dev(settings: GatewaySettings, nodes: int, demo: bool, once: bool, shards: i
     keys = secrets.load_or_create(settings.data_dir, settings.token_secret, settings.admin_token)
     store = local_cluster(settings, shards) if shards else local_redis_if_needed(settings)
     with store as url, ledger_books(url) as books_url:
-        started = dev_nodes(settings, url, nodes)
+        started = dev_nodes(settings, url, nodes, books_url)
         procs = [p for p, _, _ in started]
         try:
             for i, (_, ws_url, admin_url) in enumerate(started):

@@ -7,7 +7,11 @@ prints one JSON line::
 
     {"nodes": [{"name", "url", "admin_url", "pid"}, ...], "token_secret", "admin_token", "redis_pid"}
 
-then serves until its standard input closes or it gets SIGTERM/SIGINT, and removes
+With ``--dashboards SEED:RECIPIENTS`` it also starts a PostgreSQL of its own, writes the
+dashboards' generated data set there (docs/dashboards.md) and hands it to the nodes
+(``NOTECARD_POSTGRES_URL``), so their ``/admin/dashboards/*`` and the console show it.
+
+It then serves until its standard input closes or it gets SIGTERM/SIGINT, and removes
 everything it started. A test may SIGKILL a node by its pid (that node only). The
 TypeScript SDK's ``npm test`` and the browser tests start one per run.
 """
@@ -15,15 +19,45 @@ TypeScript SDK's ``npm test`` and the browser tests start one per run.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from notecard.cluster import LocalCluster
 from notecard.local_redis import LocalRedis
+
+
+def _data_set(text: str) -> tuple[int, int]:
+    seed, _, recipients = text.partition(":")
+    return int(seed), int(recipients or "300")
+
+
+async def _write_data_set(url: str, seed: int, recipients: int) -> None:
+    import psycopg
+
+    from dashboards import generate
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await generate.write(conn, generate.build(seed, recipients))
+
+
+@contextlib.contextmanager
+def _dashboards(data_set: tuple[int, int] | None) -> Iterator[str | None]:
+    """A PostgreSQL holding the data set (its URL), or None without ``--dashboards``."""
+    if data_set is None:
+        yield None
+        return
+    from notecard.local_postgres import LocalPostgres
+
+    with LocalPostgres(durable=False) as server:
+        asyncio.run(_write_data_set(server.url, *data_set))
+        yield server.url
 
 
 def _stop_at_end_of_input(stop: threading.Event) -> None:
@@ -34,11 +68,14 @@ def _stop_at_end_of_input(stop: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m notecard.testbed", description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=2, help="gateway processes (default 2)")
+    parser.add_argument("--dashboards", type=_data_set, metavar="SEED:RECIPIENTS",
+                        help="a PostgreSQL with the dashboards' data set of this seed, for the nodes")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(prefix="notecard-testbed-") as folder:
+    with tempfile.TemporaryDirectory(prefix="notecard-testbed-") as folder, \
+            _dashboards(args.dashboards) as postgres_url:
         work = Path(folder)
         redis = LocalRedis(work / "redis").start()
         try:
@@ -50,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             urls = ",".join(node.url for node in cluster.nodes)
             for node in cluster.nodes:
                 node.env["NOTECARD_PUBLIC_WS_URLS"] = urls
+                if postgres_url:
+                    node.env["NOTECARD_POSTGRES_URL"] = postgres_url
             with cluster:
                 print(json.dumps({
                     "nodes": [{"name": n.name, "url": n.url, "admin_url": n.admin_url, "pid": n.pid}

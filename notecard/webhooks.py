@@ -28,9 +28,11 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis import exceptions as rx
 
 from clearing.keys import DEFAULT_KEYS, KeySchema
@@ -41,6 +43,41 @@ from notecard.feed import IDLE_POLL_S, event_json, settings_with_redis
 
 SIGNATURE_HEADER = "Notecard-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: The latency buckets, seconds: a receiver on the same network answers in milliseconds;
+#: a delivery after retries takes up to the whole backoff.
+ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
+
+
+def receiver_label(url: str) -> str:
+    """A URL as a metric label: scheme, host, port and path; no credentials or query
+    string (either may carry a token)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+class WebhookMetrics:
+    """What ``notecard webhooks --metrics-port`` serves (docs/operations.md "Webhooks"), per
+    receiver URL: deliveries, failed attempts by reason, dead letters, and the time an
+    attempt and a whole delivery (retries included) take."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.delivered = Counter("notecard_webhook_delivered", "gift events a receiver took (a 2xx answer)",
+                                 ["receiver"], registry=self.registry)
+        self.failed = Counter("notecard_webhook_failed_attempts",
+                              "delivery attempts that failed, by reason: status (a non-2xx answer), timeout, "
+                              "connection (refused, reset, DNS)", ["receiver", "reason"], registry=self.registry)
+        self.dead = Counter("notecard_webhook_dead_lettered",
+                            "gift events that failed every attempt and went to the dead-letter list",
+                            ["receiver"], registry=self.registry)
+        self.attempt_seconds = Histogram("notecard_webhook_attempt_seconds",
+                                         "one POST, from sending to the answer (or the failure)", ["receiver"],
+                                         buckets=ATTEMPT_BUCKETS, registry=self.registry)
+        self.delivery_seconds = Histogram("notecard_webhook_delivery_seconds",
+                                          "from an event's first attempt to its delivery, retries and backoff "
+                                          "included", ["receiver"], buckets=DELIVERY_BUCKETS,
+                                          registry=self.registry)
 
 
 def signature(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -69,11 +106,13 @@ class Sender:
     """Delivers events to URLs, signed, with retries; what fails every attempt goes to
     ``dead``."""
 
-    def __init__(self, session: aiohttp.ClientSession, secret: bytes, dead: DeadLetters, policy: Policy) -> None:
+    def __init__(self, session: aiohttp.ClientSession, secret: bytes, dead: DeadLetters, policy: Policy,
+                 metrics: WebhookMetrics | None = None) -> None:
         self._session = session
         self._secret = secret
         self._dead = dead
         self.policy = policy
+        self.metrics = metrics or WebhookMetrics()
         self.delivered = 0
         self.dead_lettered = 0
 
@@ -83,21 +122,33 @@ class Sender:
         headers = {"Content-Type": "application/json",
                    SIGNATURE_HEADER: signature(self._secret, int(time.time()), body),
                    IDEMPOTENCY_HEADER: str(event["id"])}
+        label = receiver_label(url)
+        started = time.perf_counter()
         try:
             timeout = aiohttp.ClientTimeout(total=self.policy.timeout_s)
             async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
                 await resp.read()
-                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:300]
+                failed, reason = (None, "") if 200 <= resp.status < 300 else (f"HTTP {resp.status}", "status")
+        except TimeoutError as exc:
+            failed, reason = f"{type(exc).__name__}: {exc}"[:300], "timeout"
+        except aiohttp.ClientError as exc:
+            failed, reason = f"{type(exc).__name__}: {exc}"[:300], "connection"
+        self.metrics.attempt_seconds.labels(label).observe(time.perf_counter() - started)
+        if failed is not None:
+            self.metrics.failed.labels(label, reason).inc()
+        return failed
 
     async def deliver(self, url: str, event: dict[str, object], *, replacing: bytes | None = None) -> bool:
         """Every attempt until one succeeds; False when the event went to the dead letters."""
         error = ""
+        label = receiver_label(url)
+        started = time.perf_counter()
         for attempt in range(1, self.policy.attempts + 1):
             failed = await self.post(url, event)
             if failed is None:
                 self.delivered += 1
+                self.metrics.delivered.labels(label).inc()
+                self.metrics.delivery_seconds.labels(label).observe(time.perf_counter() - started)
                 if replacing is not None:
                     await self._dead.done(replacing)
                 return True
@@ -107,6 +158,7 @@ class Sender:
         letter = DeadLetter(event, url, self.policy.attempts, error, int(time.time() * 1000))
         await self._dead.add(letter, replacing=replacing)
         self.dead_lettered += 1
+        self.metrics.dead.labels(label).inc()
         print(f"notecard webhooks: event {event['id']} to {url} failed {self.policy.attempts} times ({error}); "
               "it is in the dead-letter list", file=sys.stderr)
         return False
@@ -128,12 +180,12 @@ class Sender:
 
 async def run_webhooks(redis: AnyRedis, urls: Sequence[str], secret: bytes, *, group: str, consumer: str,
                        keys: KeySchema = DEFAULT_KEYS, policy: Policy | None = None, dead_max: int = 10_000,
-                       once: bool = False, new_only: bool = False) -> Sender:
+                       once: bool = False, new_only: bool = False, metrics: WebhookMetrics | None = None) -> Sender:
     """Deliver gift events until cancelled (or, with ``once``, until nothing is left)."""
     member = StreamConsumer(redis, group, consumer, keys, start="$" if new_only else "0")
     await member.streams()
     async with aiohttp.ClientSession() as session:
-        sender = Sender(session, secret, DeadLetters(redis, keys, keep=dead_max), policy or Policy())
+        sender = Sender(session, secret, DeadLetters(redis, keys, keep=dead_max), policy or Policy(), metrics)
         while True:
             await sender.retry_letters()
             batch = await member.read()
@@ -169,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--once", action="store_true", help="stop when nothing is left to deliver")
     parser.add_argument("--new-only", action="store_true",
                         help="a new group starts after the newest entry instead of the oldest retained one")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve Prometheus metrics (deliveries, failed attempts, dead letters, latency) on this "
+                             "port (0: off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="the metrics' address (default 127.0.0.1)")
     return parser
 
 
@@ -196,12 +252,18 @@ def main(argv: Sequence[str]) -> int:
     policy = Policy(settings.webhook_attempts, settings.webhook_backoff_s, settings.webhook_backoff_max_s,
                     settings.webhook_timeout_s)
 
+    metrics = WebhookMetrics()
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+
     async def deliver() -> None:
         topology = await connect_store(settings)
         try:
             await run_webhooks(topology.general, urls, secret.encode(), group=args.group, consumer=args.consumer,
                                policy=policy, dead_max=settings.webhook_dead_max, once=args.once,
-                               new_only=args.new_only)
+                               new_only=args.new_only, metrics=metrics)
         finally:
             await close_store(topology)
 

@@ -51,6 +51,7 @@ from notecard_sdk.protocol import (
     ClientMessage,
     ClientSession,
     CloseCode,
+    ConsentReply,
     DeclineGift,
     Done,
     Encoding,
@@ -60,9 +61,13 @@ from notecard_sdk.protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     Gift,
     GiftResolved,
     GiftSent,
+    GiveConsent,
+    GuardianAnswer,
+    GuardianRequested,
     JoinRoom,
     LeaveRoom,
     OfferReceived,
@@ -78,8 +83,11 @@ from notecard_sdk.protocol import (
     SendGift,
     ServerError,
     ServerMessage,
+    Skin,
+    Skins,
     Welcome,
     Welcomed,
+    WithdrawConsent,
     backoff_delay,
 )
 
@@ -144,6 +152,7 @@ class NotecardClient:
         self._offers: asyncio.Queue[Gift] = asyncio.Queue()
         self._outcomes: asyncio.Queue[Gift] = asyncio.Queue()
         self._room_updates: asyncio.Queue[Room] = asyncio.Queue()
+        self._guardian_requests: asyncio.Queue[Gift] = asyncio.Queue()
 
     @property
     def welcome(self) -> Welcome | None:
@@ -237,11 +246,28 @@ class NotecardClient:
         """Decline an offer; the card goes back to the sender."""
         return (await self._request(lambda rid: DeclineGift(rid=rid, gift_id=gift_id), GiftResolved)).gift
 
+    async def guardian_answer(self, gift_id: str, ward: str, approve: bool) -> Gift:
+        """As the recipient's guardian, approve (the gift becomes the ward's offer; returned
+        pending) or reject (the sender is refunded; returned declined) a gift from
+        :meth:`next_guardian_request`. The same answer again returns the gift as it stands."""
+        return (await self._request(
+            lambda rid: GuardianAnswer(rid=rid, gift_id=gift_id, ward=ward, approve=approve), GiftResolved)).gift
+
+    async def next_guardian_request(self, timeout: float | None = None) -> Gift:
+        """The next gift to a ward of this user waiting for their answer (live, or replayed
+        after a reconnect from the stream position)."""
+        return await _next(self._guardian_requests, timeout)
+
     async def balance(self) -> Balance:
         return await self._request(lambda rid: GetBalance(rid=rid), Balance)
 
     async def ping(self) -> Pong:
         return await self._request(lambda rid: Ping(rid=rid), Pong)
+
+    async def skins(self) -> tuple[Skin, ...]:
+        """The card art this user's region may see: its own per kind (``optional`` false: what
+        offers and balances name in ``skin`` / ``skins``) and the optional ones."""
+        return (await self._request(lambda rid: GetSkins(rid=rid), Skins)).skins
 
     # ------------------------------------------------------------ scenes
     async def join_room(self, room: str) -> Room:
@@ -273,6 +299,16 @@ class NotecardClient:
         """Appeal the risk engine's action on this account with the evidence its tier asks
         for (docs/risk.md): ``face_verification``, ``carrier_bill`` or ``notarised_document``."""
         return await self._request(lambda rid: Appeal(rid=rid, kind=kind, evidence=evidence), Done)
+
+    async def give_consent(self, version: str, channel: str = "sdk") -> ConsentReply:
+        """Give data-processing consent to the text ``version`` the user was shown (the
+        welcome's ``consent_needed`` names the one the user's region asks for)."""
+        return await self._request(lambda rid: GiveConsent(rid=rid, version=version, channel=channel),
+                                   ConsentReply)
+
+    async def withdraw_consent(self, channel: str = "sdk") -> ConsentReply:
+        """Withdraw the consent on record: where the region asks for it, no gift moves any more."""
+        return await self._request(lambda rid: WithdrawConsent(rid=rid, channel=channel), ConsentReply)
 
     async def next_room_update(self, timeout: float | None = None) -> Room:
         """The next pushed update of a room this client watches (throttled by the server)."""
@@ -434,6 +470,8 @@ class NotecardClient:
                 self._offers.put_nowait(event.gift)
             elif isinstance(event, OutcomeReceived):
                 self._outcomes.put_nowait(event.gift)
+            elif isinstance(event, GuardianRequested):
+                self._guardian_requests.put_nowait(event.gift)
             elif isinstance(event, RoomUpdated):
                 self._room_updates.put_nowait(event.room)
             elif isinstance(event, Welcomed):

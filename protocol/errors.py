@@ -74,6 +74,12 @@ class ErrorCode(enum.StrEnum):
     NOTHING_TO_APPEAL = "NOTHING_TO_APPEAL"
     APPEAL_KIND = "APPEAL_KIND"
     APPEAL_PENDING = "APPEAL_PENDING"
+    # Regional rules (docs/regions.md): GDPR data-processing consent and erasure.
+    CONSENT_REQUIRED = "CONSENT_REQUIRED"
+    RECIPIENT_NO_CONSENT = "RECIPIENT_NO_CONSENT"
+    ACCOUNT_ERASED = "ACCOUNT_ERASED"
+    GUARDIAN_REQUIRED = "GUARDIAN_REQUIRED"
+    NOT_GUARDIAN = "NOT_GUARDIAN"
     # A send that stopped half-way across shards and was abandoned (nothing moved).
     SEND_ABORTED = "SEND_ABORTED"
     # The service.

@@ -15,15 +15,15 @@ from typing import Any
 from .close_codes import CloseCode
 from .codec import MAX_FRAME_BYTES, Encoding
 from .errors import RETRYABLE_CODES, ErrorCode
-from .messages import CLIENT_MESSAGES, PROTOCOL_VERSION, SERVER_MESSAGES, Gift, RankEntry, WireObject
+from .messages import CLIENT_MESSAGES, PROTOCOL_VERSION, SERVER_MESSAGES, Gift, RankEntry, Skin, WireObject
 from .replies import REPLY_NAMES
 from .schema import ListOf, MapOf, Nested, Pattern, Range, Scalar, Shape
 from .server_session import PENDING_PER_FRAME
 from .session import BACKOFF_BASE_S, BACKOFF_CAP_S, SEEN_OFFERS_MAX
 
 TARGET = Path(__file__).resolve().parent.parent / "clients" / "js" / "src" / "schema.generated.ts"
-_OBJECTS: tuple[type[WireObject], ...] = (Gift, RankEntry)
-_TS_NAMES = {"gift": "Gift", "rank_entry": "RankEntry"}
+_OBJECTS: tuple[type[WireObject], ...] = (Gift, RankEntry, Skin)
+_TS_NAMES = {"gift": "Gift", "rank_entry": "RankEntry", "skin": "Skin"}
 
 
 def _shape(shape: Shape) -> dict[str, Any]:

@@ -30,6 +30,12 @@ Token = Annotated[str, Pattern(r"[A-Za-z0-9_\-.]+", 2048)]
 Epoch = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 64)]
 #: A device fingerprint: an opaque hash the SDK derives from the device (docs/risk.md).
 Device = Annotated[str, Pattern(r"[A-Za-z0-9_\-]+", 128)]
+#: The id of a data-processing consent text (docs/regions.md): what the user was shown.
+ConsentVersion = Annotated[str, Pattern(r"[A-Za-z0-9_.:\-]+", 64)]
+#: An eco badge's id, as the user's region defines it (docs/regions.md).
+BadgeId = Annotated[str, Pattern(r"[a-z][a-z0-9_]*", 32)]
+#: Where in the app a consent was given or withdrawn (``signup``, ``settings``).
+ConsentChannel = Annotated[str, Pattern(r"[a-z0-9_.\-]+", 32)]
 
 
 class GiftState(enum.StrEnum):
@@ -44,6 +50,9 @@ class GiftState(enum.StrEnum):
 class EventKind(enum.StrEnum):
     OFFER = "offer"
     OUTCOME = "outcome"
+    #: To a guardian: a gift to their ward (``gift.recipient``) waits for their answer
+    #: (``guardian_answer``) until ``gift.expires_at_ms`` (docs/regions.md).
+    GUARDIAN = "guardian"
 
 
 class WireObject:
@@ -93,6 +102,29 @@ class Gift(WireObject):
     festival: Ident | None = None
     #: The live room (its streamer's id) whose quote priced the gift.
     room: Ident | None = None
+    #: The lucky card of an accepted gift in a region with published odds (``GET /odds``):
+    #: the table and version drawn from, the draw's seed (HMAC-SHA256, hex), the bonus
+    #: drawn and the bonus paid (0 when the promotion account could not), in minor units.
+    lucky_table: Ident | None = None
+    lucky_version: Annotated[int, Range(1, MAX_SAFE_INT)] | None = None
+    lucky_seed: Annotated[str, Pattern(r"[0-9a-f]{64}", 64)] | None = None
+    lucky_bonus: Millis | None = None
+    lucky_paid: Millis | None = None
+    #: The card art (a skin of ``get_skins``) of the recipient's region for this kind;
+    #: absent: the default art.
+    skin: Ident | None = None
+
+
+@message("skin")
+class Skin(WireObject):
+    """One card art of the catalogue (docs/regions.md "Regional card art")."""
+
+    skin_id: Ident
+    kind: CardKind
+    name: Annotated[str, Pattern(r"[^\x00]*", 100)]
+    image_url: Annotated[str, Pattern(r"https?://[!-~]+", 507)]
+    #: False: the user's region shows it for its kind; true: offered for the user to choose.
+    optional: bool
 
 
 @message("rank_entry")
@@ -143,6 +175,19 @@ class AcceptGift(WireObject):
 class DeclineGift(WireObject):
     rid: RequestId
     gift_id: Ident
+
+
+@message("guardian_answer")
+class GuardianAnswer(WireObject):
+    """The recipient's guardian approves or rejects a gift awaiting them (a ``guardian``
+    event): approved, it becomes an offer to the ward; rejected, the sender is refunded.
+    Idempotent: the same answer again replies with the gift, another is ALREADY_RESOLVED."""
+
+    rid: RequestId
+    gift_id: Ident
+    #: The gift's recipient, as the ``guardian`` event names it (``gift.recipient``).
+    ward: Ident
+    approve: bool
 
 
 @message("get_balance")
@@ -213,6 +258,13 @@ class BindMentor(WireObject):
     mentor: Ident
 
 
+@message("get_skins")
+class GetSkins(WireObject):
+    """The card art the user's region may see. Answered by ``skins``."""
+
+    rid: RequestId
+
+
 @message("appeal")
 class Appeal(WireObject):
     """Appeal the risk engine's action on the user's account (docs/risk.md): the kind of
@@ -223,6 +275,24 @@ class Appeal(WireObject):
     kind: Annotated[str, Pattern(r"[a-z_]+", 32)]
     #: Where the operator finds the evidence (an upload id of the app); no file travels here.
     evidence: Annotated[str, Pattern(r"[^\x00]*", 256)]
+
+
+@message("give_consent")
+class GiveConsent(WireObject):
+    """Give data-processing consent to the text ``version`` the user was shown (its id, as
+    the welcome's ``consent_needed`` names it), from ``channel`` (default ``sdk``)."""
+
+    rid: RequestId
+    version: ConsentVersion
+    channel: ConsentChannel | None = None
+
+
+@message("withdraw_consent")
+class WithdrawConsent(WireObject):
+    """Withdraw the data-processing consent on record (gifts stop where the region asks for it)."""
+
+    rid: RequestId
+    channel: ConsentChannel | None = None
 
 
 # ---------------------------------------------------------------- server to client
@@ -245,6 +315,11 @@ class Welcome(WireObject):
     heartbeat_s: Annotated[int, Range(1, 3600)]
     #: True when the list did not fit one frame: the rest follows in ``pending`` frames.
     pending_more: bool | None = None
+    #: The consent text version the user's region asks for, when the user has no consent
+    #: to it on record: no gift moves until ``give_consent`` names it (docs/regions.md).
+    consent_needed: ConsentVersion | None = None
+    #: The eco badges the user holds, when the user's region has any (docs/regions.md).
+    badges: tuple[BadgeId, ...] | None = None
 
 
 @message("pending")
@@ -267,7 +342,8 @@ class GiftSent(WireObject):
 
 @message("gift_resolved")
 class GiftResolved(WireObject):
-    """Reply to ``accept`` or ``decline``: the gift's final state."""
+    """Reply to ``accept`` or ``decline`` (the gift's final state) and to ``guardian_answer``
+    (approved: the gift, pending as offered to the ward; rejected: declined)."""
 
     rid: RequestId
     gift: Gift
@@ -283,6 +359,17 @@ class Balance(WireObject):
     units_per_card: Annotated[int, Range(1, 1_000_000)]
     #: The user's total in the points ledger (linked-app perks).
     points: Millis | None = None
+    #: The card art of the user's region per card kind (skin ids of ``get_skins``); a kind not
+    #: here shows the default art; absent when the region has none.
+    skins: dict[CardKind, Ident] | None = None
+
+
+@message("skins")
+class Skins(WireObject):
+    """Every skin the user's region may see, its own and the optional ones, by kind."""
+
+    rid: RequestId
+    skins: tuple[Skin, ...]
 
 
 @message("pong")
@@ -306,11 +393,12 @@ class Error(WireObject):
 
 @message("event")
 class Event(WireObject):
-    """A push from the user's event stream: an offer to answer, or a gift's outcome."""
+    """A push from the user's event stream: an offer to answer, a gift's outcome, or (to a
+    guardian) a gift to their ward awaiting their answer."""
 
     epoch: Epoch
     offset: Offset
-    event: Annotated[str, Pattern(r"offer|outcome", 16)]
+    event: Annotated[str, Pattern(r"offer|outcome|guardian", 16)]
     gift: Gift
 
 
@@ -355,18 +443,33 @@ class Done(WireObject):
     reward: Millis | None = None
 
 
+@message("consent")
+class ConsentReply(WireObject):
+    """Reply to ``give_consent`` and ``withdraw_consent``: the consent on record now (no
+    ``version`` after a withdrawal), and ``changed`` false when it was already so."""
+
+    rid: RequestId
+    changed: bool
+    version: ConsentVersion | None = None
+    at_ms: Millis | None = None
+    channel: ConsentChannel | None = None
+
+
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
-                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal)
+                 | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent
+                 | GuardianAnswer | GetSkins)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
-                 | Pending)
+                 | Pending | ConsentReply | Skins)
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
-                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal)
+                GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GiveConsent, WithdrawConsent,
+                GuardianAnswer, GetSkins)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
-    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending)
+    for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending,
+                ConsentReply, Skins)
 }

@@ -19,14 +19,18 @@ from .messages import (
     Balance,
     BindMentor,
     ClientMessage,
+    ConsentReply,
     DeclineGift,
     Done,
     Error,
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     GiftResolved,
     GiftSent,
+    GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -38,7 +42,9 @@ from .messages import (
     Room,
     SendGift,
     ServerMessage,
+    Skins,
     Welcome,
+    WithdrawConsent,
 )
 
 #: Request type -> the type of its success reply.
@@ -57,6 +63,10 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     RedeemFrame: Done,
     BindMentor: Done,
     Appeal: Done,
+    GiveConsent: ConsentReply,
+    WithdrawConsent: ConsentReply,
+    GuardianAnswer: GiftResolved,
+    GetSkins: Skins,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

@@ -118,6 +118,14 @@ class OutcomeReceived:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GuardianRequested:
+    """To a guardian: a gift to their ward (``gift.recipient``) waits for their answer until
+    ``gift.expires_at_ms`` (answer with ``guardian_answer``; docs/regions.md)."""
+
+    gift: Gift
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomUpdated:
     """A push of a live room this connection watches."""
 
@@ -162,7 +170,8 @@ class FrameIgnored:
     problem: ProtocolError
 
 
-SessionEvent = Welcomed | OfferReceived | OutcomeReceived | RoomUpdated | Answered | ServerError | FrameIgnored
+SessionEvent = (Welcomed | OfferReceived | OutcomeReceived | GuardianRequested | RoomUpdated | Answered | ServerError
+                | FrameIgnored)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -370,5 +379,7 @@ class ClientSession:
         self.epoch, self.offset = event.epoch, event.offset
         if event.event == EventKind.OFFER:
             self._offer(event.gift)
+        elif event.event == EventKind.GUARDIAN:
+            self._events.append(GuardianRequested(event.gift))
         else:
             self._events.append(OutcomeReceived(event.gift))

@@ -91,7 +91,7 @@ async def _run(args: argparse.Namespace) -> int:
     from clearing.keys import KeySchema
     from gateway.config import ConfigError, GatewaySettings
     from gateway.redis_client import close_store, connect_store
-    from risk.scorer import RiskMetrics, Scorer
+    from risk.scorer import LINGER_S, RiskMetrics, Scorer
 
     try:
         settings = GatewaySettings.from_env()
@@ -119,6 +119,9 @@ async def _run(args: argparse.Namespace) -> int:
                 await scorer.ensure_group()
                 while not stop.is_set():
                     await scorer.step()
+                    if not scorer.full:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), LINGER_S)
             except (RedisError, OSError) as exc:
                 print(f"notecard risk: redis unavailable ({exc}); retrying in {delay:g} s", file=sys.stderr)
                 with contextlib.suppress(TimeoutError):

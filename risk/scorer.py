@@ -15,23 +15,34 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from clearing.keys import KeySchema
 from clearing.topology import AnyRedis
 from risk.actions import SEVERITY, RiskActions, Tier, audit
 from risk.engine import Decision, Switches, decide
-from risk.features import Backend, Event, FeatureState, Op
+from risk.features import Backend, Event, FeatureState, Op, event_id
 from risk.model import Model
 
 log = logging.getLogger("notecard.risk.scorer")
 
 GROUP = "scorers"
 CLAIM_IDLE_MS = 30_000
+#: Entries abandoned by a dead scorer are looked for this often (they wait CLAIM_IDLE_MS
+#: anyway), not at every batch: a round trip less per batch.
+CLAIM_EVERY_S = 5.0
+#: Entries a batch takes at most.
+BATCH = 200
+#: After a batch smaller than BATCH, ``notecard risk run`` waits this long before the next
+#: read, so that batches grow with the traffic: a batch's round trips are paid by more
+#: events, and a decision comes at most this much later (it never delays a gift).
+LINGER_S = 0.25
 SWITCHES_MAX_AGE_S = 1.0
 
 
@@ -47,6 +58,7 @@ class RedisBackend:
             for name, key, member in ops:
                 if name == "sadd":
                     pipe.sadd(key, member)
+                elif name == "scard":
                     pipe.scard(key)
                 elif name == "ismember":
                     pipe.sismember(key, member)
@@ -57,17 +69,13 @@ class RedisBackend:
                 elif name == "zscore":
                     pipe.zscore(key, member)
                 elif name == "zincr":
-                    pipe.zincrby(key, 1, member)
+                    pipe.zincrby(key, member[1], member[0])
+                elif name == "xack":  # the scorer's acknowledgement of a batch (member: group, ids)
+                    pipe.xack(key, member[0], *member[1])
                 else:
                     raise ValueError(name)
-            raw = iter(await pipe.execute())
-        out = []
-        for name, _, _ in ops:
-            if name == "sadd":
-                next(raw)
-            value = next(raw)
-            out.append(int(value) if name == "sadd" else bool(value) if name == "ismember" else value)
-        return out
+            answers = await pipe.execute()
+        return [bool(value) if name == "ismember" else value for (name, _, _), value in zip(ops, answers, strict=True)]
 
 
 class RiskMetrics:
@@ -97,6 +105,8 @@ class Scorer:
         self.stream = keys.risk_events()
         self._switches = Switches()
         self._switches_at = -1e9
+        self._claimed_at = -1e9
+        self.full = False
 
     async def ensure_group(self) -> None:
         try:
@@ -116,35 +126,48 @@ class Scorer:
             self._switches_at = time.monotonic()
         return self._switches
 
-    async def step(self, count: int = 200, block_ms: int = 1000) -> int:
-        """Score one batch: entries abandoned by a dead scorer first, then new ones."""
-        claimed: Any = await self.redis.xautoclaim(self.stream, GROUP, self.name, CLAIM_IDLE_MS, "0-0", count=count)
-        entries = list(claimed[1]) if claimed else []
+    async def step(self, count: int = BATCH, block_ms: int = 1000) -> int:
+        """Score one batch of up to ``count`` entries: entries abandoned by a dead scorer
+        first (looked for every CLAIM_EVERY_S), then new ones. Returns how many events they
+        held; ``full`` says whether the read took ``count`` entries (more may wait)."""
+        entries: list[Any] = []
+        if time.monotonic() - self._claimed_at >= CLAIM_EVERY_S:
+            claimed: Any = await self.redis.xautoclaim(self.stream, GROUP, self.name, CLAIM_IDLE_MS, "0-0",
+                                                       count=count)
+            entries = list(claimed[1]) if claimed else []
+            if len(entries) < count:  # none left behind: look again in CLAIM_EVERY_S
+                self._claimed_at = time.monotonic()
         if not entries:
             got: Any = await self.redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=block_ms)
             entries = [e for _, batch in got for e in batch] if got else []
-        # A claimed entry trimmed away meanwhile has no fields.
-        await self.handle_many([(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
-                                for entry_id, fields in entries if fields])
-        if entries:
-            # One acknowledgement for the batch, after every decision in it is stored: a
-            # scorer dying before it leaves the batch to another, whose redelivered entries
-            # the features recognise (handle).
-            await self.redis.xack(self.stream, GROUP, *(entry_id for entry_id, _ in entries))
-        return len(entries)
+        self.full = len(entries) >= count
+        # A claimed entry trimmed away meanwhile has no fields; it is acknowledged all the same.
+        events = expand(entries)
+        await self.handle_many(events, ack=[_text(entry_id) for entry_id, _ in entries])
+        return len(events)
 
     async def handle(self, entry_id: str, fields: Mapping[str, str]) -> Decision | None:
         return (await self.handle_many([(entry_id, fields)]))[0]
 
-    async def handle_many(self, entries: list[tuple[str, Mapping[str, str]]]) -> list[Decision | None]:
-        """Score a batch in stream order: its features in three round trips, then a decision
-        per event (None for an entry already scored, or one without a user)."""
-        parsed = [(Event.from_fields(fields), _id(entry_id)) for entry_id, fields in entries]
+    async def handle_many(self, entries: Sequence[tuple[str, Mapping[str, str]]], *,
+                          ack: list[str] | None = None) -> list[Decision | None]:
+        """Score a batch in stream order: its features read in two round trips, a decision
+        per event (None for an entry already scored, or one without a user), then the
+        features written and the ``ack`` entries acknowledged.
+
+        The acknowledgement comes after every decision of the batch is stored and its
+        counters are written: a scorer dying before it leaves the batch to another, whose
+        redelivered entries the features recognise. On one Redis it goes in the counters'
+        pipeline (one connection runs them in order); a cluster client may send a pipeline's
+        commands to several servers at once, so there it is a call of its own after them."""
+        parsed = [(Event.from_fields(fields), event_id(entry_id)) for entry_id, fields in entries]
         items = [(ev, eid) for ev, eid in parsed if ev.user]
-        seen = iter(await self.features.observe_many(items))
+        observed, writes = await self.features.prepare(items)
+        seen = iter(observed)
         switches = await self.switches()
         shadow_levels: dict[str, int] = {}
         out: list[Decision | None] = []
+        kinds: dict[str, int] = {}
         for ev, _ in parsed:
             if not ev.user:
                 out.append(None)
@@ -153,7 +176,7 @@ class Scorer:
             if obs.repeated:
                 out.append(None)  # redelivered after its features were stored
                 continue
-            self.metrics.events.labels(kind=ev.kind).inc()
+            kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
             if ev.kind == "hello" and ev.device != "-" and await self.redis.exists(self.keys.device_ban(ev.device)):
                 # The device was banned before this hello's account was known on it.
                 await self.redis.hset(self.keys.risk(ev.user), f"dev:{ev.device}", "1")
@@ -163,6 +186,16 @@ class Scorer:
             level = max(obs.shadow_seen, shadow_levels.get(ev.user, 0))
             shadow_levels[ev.user] = await self.act(ev, decision, level)
             out.append(decision)
+        for kind, n in kinds.items():
+            self.metrics.events.labels(kind=kind).inc(n)
+        together = bool(ack) and isinstance(self.features.backend, RedisBackend) and not isinstance(
+            self.redis, RedisCluster)
+        if together and ack:
+            writes.append(("xack", self.stream, (GROUP, ack)))
+        if writes:
+            await self.features.backend.run(writes)
+        if ack and not together:
+            await self.redis.xack(self.stream, GROUP, *ack)
         return out
 
     async def act(self, ev: Event, d: Decision, shadow_seen: int = 0) -> int:
@@ -195,12 +228,29 @@ def decision_entry(ev: Event, d: Decision, *, applied: bool) -> dict[str, Any]:
             "top": [[k, round(v, 3)] for k, v in d.top], "model": d.model_version}
 
 
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
+def expand(entries: list[Any]) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as (event id, fields) per event: a node's batch entry (``n``, ``b``:
+    risk/signals.py) gives ``<entry id>-<i>`` for its i-th event; an entry of one event (the
+    fields themselves, as older nodes wrote them) keeps its entry id. An entry that does not
+    read gives nothing (it is acknowledged with its batch)."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for raw_id, raw_fields in entries:
+        if not raw_fields:
+            continue
+        entry_id = _text(raw_id)
+        fields = {_text(k): v for k, v in raw_fields.items()}
+        batch = fields.get("b")
+        if batch is None:
+            out.append((entry_id, {k: _text(v) for k, v in fields.items()}))
+            continue
+        try:
+            events = orjson.loads(batch)
+        except orjson.JSONDecodeError:
+            log.warning("unreadable risk events entry skipped", extra={"entry": entry_id})
+            continue
+        out += [(f"{entry_id}-{i}", {str(k): str(v) for k, v in ev.items()})
+                for i, ev in enumerate(events) if isinstance(ev, dict)]
+    return out
 
 
 def _text(value: Any) -> str:

@@ -564,12 +564,12 @@ async def test_the_quota_day_turns_at_midnight_in_shanghai(make_world: MakeWorld
 # ------------------------------------------------------------------------- Redis itself
 
 
-async def test_lost_script_cache_is_reloaded(world: World) -> None:
+async def test_lost_function_library_is_reloaded(world: World) -> None:
     await friends(world)
     await send(world)
-    await world.redis.script_flush()
+    await world.redis.function_flush()
     gift = await send(world)
-    await world.redis.script_flush()
+    await world.redis.function_flush()
     assert (await world.clearing.accept(gift.gift_id, "bob")).changed
 
 

@@ -1,8 +1,8 @@
 """Clearing calls made in one event-loop turn share one pipeline, and nothing else changes.
 
 Against a real Redis: concurrent gifts all settle over a few connections; each call keeps its
-own reply and its own refusal or error; an empty script cache is reloaded in the middle of
-a batch; a caller cancelled before the batch leaves changes nothing; an outage fails the
+own reply and its own refusal or error; a node that lost clearing's function library gets
+it again in the middle of a batch; a caller cancelled before the batch leaves changes nothing; an outage fails the
 whole batch as unavailable. The conservation invariant is checked after each.
 """
 
@@ -85,10 +85,10 @@ async def test_a_redis_error_fails_only_its_own_call(world: World) -> None:
     assert not isinstance(result, BaseException) and result.gift_id == "fine"
 
 
-async def test_script_cache_emptied_between_batches_is_reloaded_for_each_script(world: World) -> None:
+async def test_library_flushed_between_batches_is_loaded_once_for_every_call(world: World) -> None:
     first = await asyncio.gather(*(world.clearing.reserve(f"a{i}", "ann", "bob", "note", 1) for i in range(5)))
-    await world.redis.script_flush()
-    # Two different scripts in one batch, both missing from the cache.
+    await world.redis.function_flush()
+    # Two different functions in one batch, both missing from the node.
     sent, *answered = await asyncio.gather(
         world.clearing.reserve("b0", "ann", "bob", "note", 1),
         *(world.clearing.accept(g.gift_id, "bob") for g in first),

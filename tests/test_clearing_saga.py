@@ -250,7 +250,7 @@ async def test_the_state_table_of_the_model_is_the_one_the_scripts_obey(world: W
     moves = {k: v for k, v in model.MOVES.items() if k != (GiftState.PENDING, GiftEvent.DECLINE)}
     monkeypatch.setattr(lua, "MOVES", moves)
     lua.generated_tables.cache_clear()
-    lua.script_source.cache_clear()
+    lua.library.cache_clear()
     try:
         with pytest.raises(Refused) as refused:
             await world.clearing.decline("g1", "bob")
@@ -259,5 +259,5 @@ async def test_the_state_table_of_the_model_is_the_one_the_scripts_obey(world: W
     finally:
         monkeypatch.undo()
         lua.generated_tables.cache_clear()
-        lua.script_source.cache_clear()
+        lua.library.cache_clear()
     assert (await world.clearing.decline("g1", "bob")).gift.state is GiftState.DECLINED

@@ -192,3 +192,19 @@ async def test_admin_sends_a_gift_for_a_user_and_disconnects_a_user(node: Gatewa
         assert orjson.loads(kicked.stdout) == {"ok": True, "nodes": 1}
         await bob.wait_closed()
         assert bob.close_code == 3506
+
+
+async def test_admin_sets_a_gender_and_links_and_unlinks_a_guardian(node: GatewayNode, tmp_path: Path) -> None:
+    env = bare_env(NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
+                   NOTECARD_ADMIN_URL=node.admin_url)
+    for user in ("wafa", "gabe"):
+        assert (await asyncio.to_thread(run_cli, "admin", "create-user", user, env=env)).returncode == 0
+    set_gender = await asyncio.to_thread(run_cli, "admin", "set", "wafa", "--gender", "female", env=env)
+    assert orjson.loads(set_gender.stdout)["gender"] == "female", set_gender.stderr
+    linked = await asyncio.to_thread(run_cli, "admin", "guardian", "wafa", "--set", "gabe", "--operator", "ops",
+                                     env=env)
+    assert orjson.loads(linked.stdout)["guardian"] == "gabe", linked.stderr
+    await asyncio.to_thread(run_cli, "admin", "guardian", "wafa", "--unlink", env=env)
+    shown = orjson.loads((await asyncio.to_thread(run_cli, "admin", "guardian", "wafa", env=env)).stdout)
+    assert shown["guardian"] == ""
+    assert [(e["operator"], e["to"]) for e in shown["log"]] == [("cli", ""), ("ops", "gabe")]

@@ -48,6 +48,9 @@ async def test_primary_and_gateway_kills_on_a_cluster_lose_nothing() -> None:
     assert n["ledger_mismatches"] == 0
     assert n["sagas_unfinished"] == 0 and n["transit_at_rest"] == 0 and n["offers_queued"] == 0
     assert n["final_states"].get("pending", 0) == 0
+    # Gifts to the wards waited for their guardians, across shards too (docs/regions.md).
+    assert n["guardian"]["gifts"] > 0, n["guardian"]
+    assert n["anomalies"].get("offered_without_approval", 0) == 0
     for row in n["per_kind"].values():
         assert row["minted"] == row["available"] + row["held"] + row["consumed"] + row["transit"]
     ran = {f["kind"]: f for f in report["faults"]}

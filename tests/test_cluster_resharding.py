@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from clearing import GiftRules, GiftState
+from clearing import GiftRules, GiftState, lua
 from clearing.gifts import Clearing
 from clearing.keys import DEFAULT_KEYS
 from clearing.scenes import Scenes
@@ -140,9 +140,14 @@ async def test_gifts_go_through_while_the_recipients_slot_moves_to_another_shard
     moving = Resharding(two_shards, slot_of(bob), first, second)
     moving.begin()
     assert moving.move_keys() > 0
+    # The target lacks clearing's function library: the call sent there after ASK loads it.
+    with moving._client(second) as c:
+        c.function_flush()
     gift = await world.clearing.reserve("g2", ann, bob, "note", 1)
     assert gift.state is GiftState.PENDING
     assert "admit" in steps  # the fast path met a key that left its node: the saga ran
+    with moving._client(second) as c:
+        assert [lib[1] for lib in c.function_list()] == [lua.library().name.encode()]
     assert (await world.clearing.accept("g2", bob, sender_hint=ann)).gift.state is GiftState.ACCEPTED
     report = await world.check()
     assert report.ok, report.violations

@@ -207,7 +207,7 @@ def test_every_case_is_well_formed() -> None:
     """Each case names its users and the doc sections it checks; steps use known actions."""
     actions = {"connect", "close", "state", "raw", "send_gift", "accept", "decline", "balance", "ping",
                "next_offer", "next_outcome", "open_wish", "join_room", "leave_room", "quote", "room",
-               "redeem_frame", "bind_mentor", "next_room", "admin", "burst"}
+               "redeem_frame", "bind_mentor", "next_room", "admin", "burst", "next_guardian", "guardian_answer"}
     assert len({c["name"] for c in CASES}) == len(CASES)
     for case in CASES:
         assert case["doc"] and case["users"] and case["steps"], case["name"]

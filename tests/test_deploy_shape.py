@@ -263,6 +263,10 @@ def test_what_the_image_installs_works_outside_docker(tmp_path: Path) -> None:
     refused = subprocess.run([str(venv / "bin" / "notecard"), "serve"], capture_output=True, text=True, timeout=60,
                              cwd=tmp_path, env={"PATH": os.environ["PATH"]}, check=False)
     assert refused.returncode == 2 and "no Redis configured" in refused.stderr
+    # The node (with its dashboards routes) and the dashboards' queries need nothing beyond the
+    # lock; only their charts need matplotlib (the dashboards extra).
+    subprocess.run([str(venv / "bin" / "python"), "-c", "import gateway.node, dashboards.cli, dashboards.queries"],
+                   check=True, timeout=120, cwd=tmp_path)
 
 
 def project_version() -> str:

@@ -203,3 +203,26 @@ async def test_with_frozen_pubsub_every_offer_arrives_or_the_send_is_refused() -
     arrival = report["numbers"]["arrival_online"]
     assert arrival["total"] > 10  # enough offers to judge (how many depends on the machine)
     assert arrival["delivered"] == arrival["total"], report["numbers"]["arrival_missed_details"]
+
+
+@pytest.mark.slow
+async def test_a_drill_with_guardian_confirmed_gifts_passes_the_bank_check() -> None:
+    """Wards whose gifts wait for a guardian (docs/regions.md) in the bank workload, with a
+    node killed and a primary killed on the way: the guardians approve some requests, reject
+    some and never answer the rest; every gift ends final, nothing is offered or accepted
+    without its guardian's approval, and the books balance."""
+    settings = DrillSettings(seed=5, users=10, friends=4, duration_s=20.0, per_kind=1, wards=3,
+                             kinds=(FaultKind.NODE_KILL, FaultKind.PRIMARY_KILL), confirm_window_s=5.0)
+    report = await run_drill(settings)
+    print("\n".join(summary_lines(report)))
+    assert report["ok"], report["violations"]
+    guardian = report["numbers"]["guardian"]
+    by_answer = guardian["by_answer"]
+    assert guardian["gifts"] > 0 and len(report["guardians"]) == 3
+    # each choice happened and ended as it should: approved gifts were offered (then
+    # accepted, declined or expired), rejected ones declined, unanswered ones expired
+    assert set(by_answer.get("reject", {})) <= {"declined", "expired"} and by_answer.get("reject")
+    assert set(by_answer.get("ignore", {})) == {"expired"}
+    assert by_answer.get("approve")
+    assert report["numbers"]["anomalies"].get("offered_without_approval", 0) == 0
+    assert report["timings"]["total_s"] < 600  # bounded

@@ -3,9 +3,9 @@ and a ledger entry written to PostgreSQL only once they hold it too.
 
 Against a real primary with one real replica: enough replicas acknowledges; too few raises
 ClearingUnavailable although the write is on the primary (outcome unknown), and the
-client's retry with the same gift id then settles it; an empty script cache (restart,
-failover) is reloaded inside the waited pipeline; the settings are read from the
-environment and refuse a WAIT timeout that the Redis timeout would cut short.
+client's retry with the same gift id then settles it; a node without clearing's function
+library (FUNCTION FLUSH, a failover to a replica without it) gets it inside the waited
+pipeline; the settings are read from the environment and refuse a WAIT timeout that the Redis timeout would cut short.
 """
 
 from __future__ import annotations
@@ -115,10 +115,10 @@ async def test_refusals_wait_for_replicas_too(world: World) -> None:
     assert (await world.check()).ok
 
 
-async def test_script_cache_lost_after_failover_is_reloaded(world: World) -> None:
+async def test_function_library_lost_after_failover_is_reloaded(world: World) -> None:
     clearing = _clearing(world, 1)
     await clearing.reserve("g4", "ann", "bob", "note", 1)
-    await world.redis.script_flush()
+    await world.redis.function_flush()
     resolution = await clearing.decline("g4", "bob")
     assert resolution.gift.state is GiftState.DECLINED
 

@@ -58,7 +58,7 @@ async def script_calls(w: World) -> int:
     total = 0
     for node in w.topology.nodes():
         stats = await node.client.info("commandstats")
-        total += int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+        total += int(stats.get("cmdstat_fcall", {}).get("calls", 0))
     return total
 
 

@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 from clearing import GiftRules
 from clearing.gifts import Clearing
 from clearing.ledger import GiftEvent, LedgerEntry, StreamConsumer, ledger_streams, read_all, reconcile
+from clearing.odds import OddsEntry
+from clearing.purchases import Purchases
 from clearing.scenes import Scenes
 from clearing.slots import SLOTS, slot_of
 from clearing.testing import World
@@ -49,7 +51,8 @@ async def world(store: Topology) -> AsyncIterator[World]:
 async def traffic(w: World) -> dict[str, str]:
     """Mint, gifts accepted, declined and expired (same shard and across shards, and the
     saga forced on one Redis too), a festival's priced gift, a newcomer's gift paid by the
-    promotion account, a mentor binding and a frame bought. Returns gift id -> final state."""
+    promotion account, lucky bonuses, a mentor binding, a frame bought, cards bought
+    through a payment provider and a refund. Returns gift id -> final state."""
     saga = Clearing(w.topology, w.rules, w.keys, w.clock, settings=w.settings, dead_nodes=w.presence.dead_nodes,
                     force_saga=True)
     scenes = Scenes(w.topology, w.rules, w.keys, w.clock, settings=w.settings)
@@ -61,6 +64,11 @@ async def traffic(w: World) -> dict[str, str]:
     for a, b in (("ann", NEAR), ("ann", FAR), (NEAR, FAR), ("kid", FAR)):
         await w.befriend(a, b)
     await w.befriend("ann", "kid")  # old enough to gift, while kid's account is new
+    # FAR is in a region with published odds: each gift it accepts draws a lucky card of one
+    # card, paid by the promotion account (across shards: one more saga step)
+    await scenes.publish_odds("lucky", [OddsEntry(bonus=1, weight=1)])
+    await scenes.put_region("sea", {"lucky_odds": "lucky"})
+    await w.accounts.set_flags(FAR, region="sea")
 
     outcome: dict[str, str] = {}
     plan = [("g1", w.clearing, "ann", NEAR, "accept"), ("g2", w.clearing, "ann", FAR, "accept"),
@@ -84,6 +92,11 @@ async def traffic(w: World) -> dict[str, str]:
         await w.clearing.reserve(gid, "ann", recipient, "note", 1)
         outcome[gid] = "expired"
     await scenes.bind_mentor("kid", "ann")
+    # cards bought through a payment provider, and one payment refunded
+    purchases = Purchases(w.topology, w.rules, w.keys, w.clock, settings=w.settings)
+    await purchases.purchase("ewallet", "pay-1", NEAR, "note", 3)
+    await purchases.purchase("ewallet", "pay-2", FAR, "note", 2)
+    await purchases.refund("ewallet", "pay-1", NEAR)
     await w.tick(w.rules.confirm_window_ms)
     await w.clearing.sweep(ALL_SLOTS)
     return outcome
@@ -98,7 +111,10 @@ async def test_replaying_the_ledger_gives_every_account_redis_holds(world: World
     entries = [r for r in records if isinstance(r, LedgerEntry)]
     assert result.entries == len(entries) > 0
     assert {e.entry_kind for e in entries} == {"mint", "hold", "release", "expire", "consume", "settle", "credit",
-                                               "points", "mentor_pay", "mentor_credit"}
+                                               "points", "mentor_pay", "mentor_credit", "lucky_pay", "lucky_credit",
+                                               "purchase", "refund"}
+    lucky = {e.gift_id for e in entries if e.entry_kind == "lucky_credit" and e.credit == f"avail:{FAR}"}
+    assert {"g2", "g7"} <= lucky
     assert len({e.id for e in entries}) == len(entries)  # unique ids
     assert all(e.units > 0 for e in entries)
 

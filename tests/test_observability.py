@@ -82,17 +82,24 @@ def test_rendering_without_a_redis_or_the_secret_fails_naming_it(values: dict[st
 def test_every_rendered_object_validates_against_the_kubernetes_schemas(redis: dict[str, Any]) -> None:
     objects = render({"redis": redis, **EVERYTHING_ON})
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Service", "Service",
-                     "ServiceMonitor"]
+    # the nodes, the ledger consumer and the risk scorer (tests/test_deploy_side_processes.py)
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "PodDisruptionBudget", "PrometheusRule",
+                     "Service", "Service", "ServiceMonitor"]
     for obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # the Prometheus Operator's own kinds: checked below
         kubernetes_validate.validate(obj, KUBERNETES, strict=True)
 
 
+def gateway(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The nodes' Deployment (the side processes' carry a component label)."""
+    (deployment,) = [d for d in by_kind(objects, "Deployment")
+                     if "app.kubernetes.io/component" not in d["metadata"]["labels"]]
+    return deployment
+
+
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    (deployment,) = by_kind(objects, "Deployment")
-    (main,) = deployment["spec"]["template"]["spec"]["containers"]
+    (main,) = gateway(objects)["spec"]["template"]["spec"]["containers"]
     result: dict[str, Any] = main
     return result
 
@@ -148,8 +155,7 @@ def test_probes_ask_the_probe_listener(sentinel_objects: list[dict[str, Any]]) -
 def test_termination_grace_covers_the_pre_stop_sleep_and_the_graceful_shutdown(
     sentinel_objects: list[dict[str, Any]]
 ) -> None:
-    (deployment,) = by_kind(sentinel_objects, "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
+    pod = gateway(sentinel_objects)["spec"]["template"]["spec"]
     main = container(sentinel_objects)
     sleep_s = int(main["lifecycle"]["preStop"]["exec"]["command"][-1])
     shutdown_s = float(plain_env(main)["NOTECARD_SHUTDOWN_GRACE_S"])
@@ -157,21 +163,20 @@ def test_termination_grace_covers_the_pre_stop_sleep_and_the_graceful_shutdown(
     assert pod["terminationGracePeriodSeconds"] > sleep_s + shutdown_s + STRAY_TASKS_GRACE_S
     longer = render({"redis": {"url": "redis://r:6379"}, "secrets": {"existingSecret": "s"},
                      "config": {"shutdownGraceSeconds": 30}})
-    longer_pod = by_kind(longer, "Deployment")[0]["spec"]["template"]["spec"]
+    longer_pod = gateway(longer)["spec"]["template"]["spec"]
     assert plain_env(container(longer))["NOTECARD_SHUTDOWN_GRACE_S"] == "30"
     assert longer_pod["terminationGracePeriodSeconds"] > sleep_s + 30 + STRAY_TASKS_GRACE_S
 
 
 def test_the_pod_runs_as_a_numeric_non_root_user(sentinel_objects: list[dict[str, Any]]) -> None:
-    pod = by_kind(sentinel_objects, "Deployment")[0]["spec"]["template"]["spec"]
+    pod = gateway(sentinel_objects)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert container(sentinel_objects)["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_selectors_find_the_pods_and_the_metrics_port(sentinel_objects: list[dict[str, Any]]) -> None:
-    (deployment,) = by_kind(sentinel_objects, "Deployment")
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod_labels = gateway(sentinel_objects)["spec"]["template"]["metadata"]["labels"]
     (pdb,) = by_kind(sentinel_objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     services = {s["metadata"]["name"]: s for s in by_kind(sentinel_objects, "Service")}

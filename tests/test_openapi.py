@@ -144,4 +144,12 @@ async def test_real_answers_match_the_documented_ones(checked: Checked, admin: A
     assert (await checked("GET", "/app/config.json"))[0] == 200
     assert (await checked("GET", "/admin/webhooks/dead"))[1] == {"dead": [], "total": 0}
     assert (await checked("POST", "/admin/webhooks/dead/retry"))[1] == {"moved": 0}
-    assert len(checked.seen) == 28  # every call above was checked against the document
+    assert (await checked("GET", "/admin/dashboards/profile"))[1]["error"] == "NO_BOOKS"  # no PostgreSQL here
+    # guardian links (docs/regions.md)
+    assert (await checked("PATCH", "/admin/users/{user}", {"gender": "female"}, user="carol"))[0] == 200
+    link = {"guardian": "dave", "operator": "ops"}
+    assert (await checked("PUT", "/admin/users/{user}/guardian", link, user="carol"))[1]["guardian"] == "dave"
+    assert (await checked("PUT", "/admin/users/{user}/guardian", link | {"guardian": "carol"}, user="carol"))[0] == 400
+    assert (await checked("PUT", "/admin/users/{user}/guardian", link, user="nobody"))[0] == 404
+    assert len((await checked("GET", "/admin/users/{user}/guardian", user="carol"))[1]["log"]) == 1
+    assert len(checked.seen) == 34  # every call above was checked against the document

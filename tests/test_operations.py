@@ -185,7 +185,7 @@ def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     env.pop("REDIS_URL", None)
     port = free_port_run(4)
     done = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(port)],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     # The banner says how to reach the ports it chose with `notecard admin`, and its secrets.
@@ -202,7 +202,7 @@ def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
     # A second run keeps Redis's data (and its ledger streams) but starts a new PostgreSQL: the
     # books still agree, the first run's entries included.
     again = subprocess.run([sys.executable, "-m", "notecard", "dev", "--once", "--port", str(port)],
-                           env=env, capture_output=True, text=True, timeout=120, check=False)
+                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "its balances equal Redis's (0 drift)" in again.stdout, again.stdout[-2000:]
 

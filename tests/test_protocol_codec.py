@@ -23,6 +23,7 @@ from protocol import (
     Appeal,
     Balance,
     BindMentor,
+    ConsentReply,
     DeclineGift,
     Done,
     Encoding,
@@ -35,10 +36,13 @@ from protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
     Gift,
     GiftResolved,
     GiftSent,
     GiftState,
+    GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -53,7 +57,10 @@ from protocol import (
     RedeemFrame,
     Room,
     SendGift,
+    Skin,
+    Skins,
     Welcome,
+    WithdrawConsent,
     decode_client,
     decode_server,
     encode,
@@ -77,7 +84,11 @@ SCENE = dataclasses.replace(OFFER, gift_id="g-scene", amount=18, payer="promo", 
                             room="carol")
 #: The optional fields at their edges: nothing credited, the largest amount.
 SCENE_EDGES = dataclasses.replace(SCENE, gift_id="g-scene-2", state="accepted", amount=0, payer="p" * 64,
-                                  festival="f" * 64, room="r" * 64)
+                                  festival="f" * 64, room="r" * 64, lucky_table="t" * 64, lucky_version=MAX_SAFE_INT,
+                                  lucky_seed="f" * 64, lucky_bonus=MAX_SAFE_INT, lucky_paid=0, skin="s" * 64)
+#: A lucky card drawn and paid (docs/regions.md "Published odds").
+LUCKY = dataclasses.replace(ACCEPTED, gift_id="g-lucky", lucky_table="sea-lucky", lucky_version=1,
+                            lucky_seed="0123456789abcdef" * 4, lucky_bonus=50, lucky_paid=50)
 SCENE_ACCEPTED = dataclasses.replace(SCENE, state="accepted")
 TOP = (RankEntry(user="alice", points=180, rank=1), RankEntry(user="bob", points=180, rank=1),
        RankEntry(user="dave", points=0, rank=3))
@@ -114,6 +125,20 @@ SAMPLES: dict[str, Message] = {
     "bind_mentor": BindMentor(rid=16, mentor="alice"),
     "appeal": Appeal(rid=18, kind="face_verification", evidence="upload-42"),
     "appeal/edges": Appeal(rid=18, kind="k" * 32, evidence="e" * 256),
+    "give_consent": GiveConsent(rid=19, version="privacy-v2", channel="signup"),
+    "give_consent/bare": GiveConsent(rid=19, version="v" * 64),
+    "withdraw_consent": WithdrawConsent(rid=20, channel="settings"),
+    "withdraw_consent/bare": WithdrawConsent(rid=20),
+    "consent/given": ConsentReply(rid=19, changed=True, version="privacy-v2", at_ms=T0, channel="signup"),
+    "consent/withdrawn": ConsentReply(rid=20, changed=False),
+    "welcome/consent-needed": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                                      heartbeat_s=20, consent_needed="privacy-v2"),
+    "welcome/badges": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                              heartbeat_s=20, badges=("green_giver", "b" * 32)),
+    "welcome/no-badges-yet": Welcome(user="bob", node="node-1", epoch="e", offset=0, recovered=True, pending=(),
+                                     heartbeat_s=20, badges=()),
+    "guardian_answer": GuardianAnswer(rid=19, gift_id="g-01HV3K9Z", ward="wafa", approve=True),
+    "get_skins": GetSkins(rid=19),
     "welcome/empty": Welcome(user="bob", node="node-1", epoch="9f2c41d07a3b", offset=0, recovered=True,
                              pending=(), heartbeat_s=20),
     "welcome/pending": Welcome(user="bob", node="gw-a:8765", epoch="9f2c41d07a3b", offset=41,
@@ -122,6 +147,7 @@ SAMPLES: dict[str, Message] = {
     "gift_resolved": GiftResolved(rid=2, gift=ACCEPTED),
     "gift_sent/scene": GiftSent(rid=6, gift=SCENE),
     "gift_resolved/scene": GiftResolved(rid=7, gift=SCENE_ACCEPTED),
+    "gift_resolved/lucky": GiftResolved(rid=7, gift=LUCKY),
     "welcome/paged": Welcome(user="bob", node="node-1", epoch="e", offset=3, recovered=True,
                              pending=(OFFER,), heartbeat_s=20, pending_more=True),
     "pending/more": Pending(gifts=(OFFER, SCENE_EDGES), more=True),
@@ -134,6 +160,12 @@ SAMPLES: dict[str, Message] = {
     "balance/points": Balance(rid=4, available={"note": 980}, held={}, units_per_card=10, points=1_250),
     "balance/points-zero": Balance(rid=4, available={}, held={}, units_per_card=1, points=0),
     "balance/points-max": Balance(rid=4, available={}, held={}, units_per_card=1, points=MAX_SAFE_INT),
+    "balance/skins": Balance(rid=4, available={"note": 10}, held={}, units_per_card=10, skins={"note": "sea-tiger"}),
+    "skins": Skins(rid=19, skins=(Skin(skin_id="sea-tiger", kind="note", name="Tiger",
+                                       image_url="https://cdn.example/tiger.png", optional=False),
+                                  Skin(skin_id="m" * 64, kind="k" * 32, name="n" * 100,
+                                       image_url="https://" + "u" * 499, optional=True))),
+    "skins/empty": Skins(rid=19, skins=()),
     "pong": Pong(rid=5, server_time_ms=T0),
     "error/frame": Error(code="BAD_FRAME", message="frame is not valid JSON"),
     "error/request": Error(code="INSUFFICIENT_BALANCE", message="not enough cards of this kind", rid=1),
@@ -219,7 +251,7 @@ def test_round_trip(name: str, encoding: Encoding) -> None:
     assert type(decoded) is type(msg)
     # Nested gifts and leaderboard lines come back as objects and lists as tuples, not raw
     # maps and lists.
-    items = {"pending": Gift, "gifts": Gift, "top": RankEntry}
+    items = {"pending": Gift, "gifts": Gift, "top": RankEntry, "badges": str, "skins": Skin}
     for field in dataclasses.fields(decoded):
         value = getattr(decoded, field.name)
         if isinstance(value, tuple):
@@ -227,7 +259,7 @@ def test_round_trip(name: str, encoding: Encoding) -> None:
         if field.name == "gift" and value is not None:
             assert type(value) is Gift
         assert not isinstance(value, list)
-        assert not isinstance(value, dict) or field.name in ("available", "held")
+        assert not isinstance(value, dict) or field.name in ("available", "held", "skins")
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: e.name)
@@ -363,6 +395,11 @@ def test_wire_shape_scene_requests_and_replies_json() -> None:
         "redeem_frame": '{"t":"redeem_frame","rid":15,"festival":"spring-2025"}',
         "bind_mentor": '{"t":"bind_mentor","rid":16,"mentor":"alice"}',
         "appeal": '{"t":"appeal","rid":18,"kind":"face_verification","evidence":"upload-42"}',
+        "give_consent": '{"t":"give_consent","rid":19,"version":"privacy-v2","channel":"signup"}',
+        "withdraw_consent/bare": '{"t":"withdraw_consent","rid":20}',
+        "consent/given": '{"t":"consent","rid":19,"changed":true,"version":"privacy-v2","at_ms":1700000000000,'
+                         '"channel":"signup"}',
+        "guardian_answer": '{"t":"guardian_answer","rid":19,"gift_id":"g-01HV3K9Z","ward":"wafa","approve":true}',
         "quote": '{"t":"quote","rid":13,"quote_id":"q-7f3a","room":"carol","cost":20,"amount":18,"viewers":3,'
                  '"expires_at_ms":1700000010000}',
         "done/frame": '{"t":"done","rid":15,"item":"frame:spring-2025","expires_at_ms":1700086400000}',
@@ -521,11 +558,11 @@ def test_message_type_names() -> None:
     assert set(CLIENT_MESSAGES) == {
         "hello", "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal",
+        "appeal", "give_consent", "withdraw_consent", "guardian_answer", "get_skins",
     }
     assert set(SERVER_MESSAGES) == {
         "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event", "room", "quote", "done",
-        "pending",
+        "pending", "consent", "skins",
     }
     # Nested objects are not messages: a frame cannot name them.
     assert Gift.TYPE not in CLIENT_MESSAGES and Gift.TYPE not in SERVER_MESSAGES
@@ -539,13 +576,14 @@ def test_every_request_carries_a_rid_and_every_reply_echoes_it() -> None:
     assert requests == {
         "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal",
+        "appeal", "give_consent", "withdraw_consent", "guardian_answer", "get_skins",
     }
     # Every request's rid is required.
     for name in requests:
         assert not next(s for s in CLIENT_MESSAGES[name].FIELDS if s.name == "rid").optional, name
     replies = {n for n, c in SERVER_MESSAGES.items() if "rid" in {f.name for f in dataclasses.fields(c)}}
-    assert replies == {"gift_sent", "gift_resolved", "balance", "pong", "error", "room", "quote", "done"}
+    assert replies == {"gift_sent", "gift_resolved", "balance", "pong", "error", "room", "quote", "done",
+                       "consent", "skins"}
     # rid is optional only where the server also pushes the message unasked.
     optional_rid = {n for n in replies if next(s for s in SERVER_MESSAGES[n].FIELDS if s.name == "rid").optional}
     assert optional_rid == {"error", "room"}
@@ -578,7 +616,7 @@ def test_messages_are_frozen() -> None:
 
 def test_gift_states() -> None:
     assert [s.value for s in GiftState] == ["pending", "accepted", "declined", "expired"]
-    assert [k.value for k in EventKind] == ["offer", "outcome"]
+    assert [k.value for k in EventKind] == ["offer", "outcome", "guardian"]
 
 
 # ---------------------------------------------------------------- the schema compiler

@@ -26,9 +26,11 @@ def test_every_client_facing_refusal_is_an_error_code() -> None:
 
 
 def test_gift_states_agree() -> None:
-    """The states a client sees are the wire's; the saga's own (admitted, void) never reach it."""
+    """The states a client sees are the wire's; the saga's own (admitted, void) never reach it,
+    and a gift awaiting a guardian is shown as pending (gateway/views.py)."""
     assert sorted(s.value for s in VISIBLE_STATES) == sorted(s.value for s in GiftState)
-    assert {s.value for s in LedgerState} - {s.value for s in VISIBLE_STATES} == {"admitted", "void"}
+    assert {s.value for s in LedgerState} - {s.value for s in VISIBLE_STATES} == {"admitted", "void",
+                                                                                   "awaiting_guardian"}
     # Each state a client can be shown passes the wire Gift's validation.
     for state in VISIBLE_STATES:
         spec = next(s for s in Gift.FIELDS if s.name == "state")
@@ -36,10 +38,12 @@ def test_gift_states_agree() -> None:
 
 
 def test_transition_table_is_the_documented_one() -> None:
-    """admitted -> pending (offered) | void; pending -> accepted | declined | expired; every
+    """admitted -> pending (offered) | void | awaiting_guardian; awaiting_guardian -> pending
+    (approved) | declined (rejected) | expired; pending -> accepted | declined | expired; every
     final state is final (docs/architecture.md)."""
     assert {s.value: sorted(t.value for t in targets) for s, targets in transitions().items()} == {
-        "admitted": ["pending", "void"],
+        "admitted": ["awaiting_guardian", "pending", "void"],
+        "awaiting_guardian": ["declined", "expired", "pending"],
         "pending": ["accepted", "declined", "expired"],
         "accepted": [],
         "declined": [],

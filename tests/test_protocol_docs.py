@@ -186,8 +186,9 @@ def test_refusal_order_lists_every_send_gift_rule() -> None:
     listed = re.findall(r"^\d+\. `([A-Z_0-9]+)`", section(r"10\. Errors"), re.M)
     assert listed == [
         "IDEMPOTENCY_CONFLICT", "SELF_GIFT", "UNKNOWN_KIND", "BAD_QUANTITY", "UNKNOWN_USER",
-        "SENDER_BANNED", "DEVICE_BANNED", "ACCOUNT_FROZEN", "RECIPIENT_BANNED", "RECIPIENT_FROZEN",
-        "NOT_VERIFIED", "BLOCKED", "NOT_MUTUAL_3D", "LIMIT_DAILY_SEND", "LIMIT_DAILY_RECEIVE", "RISK_LIMITED",
+        "SENDER_BANNED", "DEVICE_BANNED", "ACCOUNT_FROZEN", "CONSENT_REQUIRED", "RECIPIENT_BANNED",
+        "RECIPIENT_FROZEN", "RECIPIENT_NO_CONSENT", "NOT_VERIFIED", "BLOCKED", "NOT_MUTUAL_3D", "LIMIT_DAILY_SEND",
+        "LIMIT_DAILY_RECEIVE", "RISK_LIMITED",
         "INSUFFICIENT_BALANCE", "RECIPIENT_OFFLINE",
     ]
     assert all(code in ErrorCode.__members__ for code in listed)

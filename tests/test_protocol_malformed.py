@@ -50,7 +50,9 @@ GIFT: dict[str, Any] = {
     "state": "pending", "created_at_ms": 1_700_000_000_000, "expires_at_ms": 1_700_000_060_000,
 }
 #: A gift with every optional (scene) field present.
-SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol"}
+SCENE_GIFT: dict[str, Any] = {**GIFT, "amount": 18, "payer": "promo", "festival": "spring", "room": "carol",
+                               "lucky_table": "sea-lucky", "lucky_version": 2, "lucky_seed": "0f" * 32,
+                               "lucky_bonus": 50, "lucky_paid": 0, "skin": "sea-tiger"}
 TOP: list[dict[str, Any]] = [{"user": "alice", "points": 180, "rank": 1}, {"user": "bob", "points": 90, "rank": 2}]
 #: One valid wire map per message type, every optional field present; every test below
 #: breaks exactly one thing in it.
@@ -70,13 +72,20 @@ VALID: dict[str, dict[str, Any]] = {
     "redeem_frame": {"t": "redeem_frame", "rid": 7, "festival": "spring"},
     "bind_mentor": {"t": "bind_mentor", "rid": 7, "mentor": "alice"},
     "appeal": {"t": "appeal", "rid": 7, "kind": "face_verification", "evidence": "upload-42"},
+    "give_consent": {"t": "give_consent", "rid": 7, "version": "privacy-v2", "channel": "signup"},
+    "withdraw_consent": {"t": "withdraw_consent", "rid": 7, "channel": "settings"},
+    "guardian_answer": {"t": "guardian_answer", "rid": 7, "gift_id": "g-1", "ward": "wafa", "approve": False},
     "welcome": {"t": "welcome", "user": "bob", "node": "n1", "epoch": "e1", "offset": 3, "recovered": True,
-                "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20, "pending_more": True},
+                "pending": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "heartbeat_s": 20, "pending_more": True,
+                "consent_needed": "privacy-v2", "badges": ["green_giver"]},
     "pending": {"t": "pending", "gifts": [GIFT, {**SCENE_GIFT, "gift_id": "g-2"}], "more": True},
     "gift_sent": {"t": "gift_sent", "rid": 7, "gift": GIFT},
     "gift_resolved": {"t": "gift_resolved", "rid": 7, "gift": SCENE_GIFT},
     "balance": {"t": "balance", "rid": 7, "available": {"note": 10}, "held": {"note": 0},
-                "units_per_card": 10, "points": 5},
+                "units_per_card": 10, "points": 5, "skins": {"note": "sea-tiger"}},
+    "get_skins": {"t": "get_skins", "rid": 7},
+    "skins": {"t": "skins", "rid": 7, "skins": [{"skin_id": "sea-tiger", "kind": "note", "name": "Tiger",
+                                                 "image_url": "https://cdn.example/tiger.png", "optional": False}]},
     "pong": {"t": "pong", "rid": 7, "server_time_ms": 5},
     "error": {"t": "error", "code": "ACCOUNT_FROZEN", "message": "m", "rid": 7, "gift": GIFT,
               "until_ms": 1_700_000_010_000},
@@ -85,6 +94,8 @@ VALID: dict[str, dict[str, Any]] = {
              "wish_target": 10, "wish_progress": 4, "points": 90, "rank": 2},
     "quote": {"t": "quote", "rid": 7, "quote_id": "q-1", "room": "carol", "cost": 20, "amount": 18, "viewers": 3,
               "expires_at_ms": 1_700_000_010_000},
+    "consent": {"t": "consent", "rid": 7, "changed": True, "version": "privacy-v2", "at_ms": 5,
+                "channel": "signup"},
     "done": {"t": "done", "rid": 7, "item": "frame:spring", "expires_at_ms": 1_700_000_010_000, "reward": 5},
 }
 
@@ -302,12 +313,17 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
     assert optional == {
         ("hello", "epoch"), ("hello", "offset"), ("hello", "device"), ("error", "rid"), ("error", "gift"),
         ("error", "until_ms"),
-        ("send_gift", "quote"), ("balance", "points"),
+        ("send_gift", "quote"), ("balance", "points"), ("balance", "skins"),
         ("room", "rid"), ("room", "wish_kind"), ("room", "wish_target"), ("room", "wish_progress"),
         ("room", "points"), ("room", "rank"),
         ("done", "expires_at_ms"), ("done", "reward"), ("welcome", "pending_more"), ("pending", "more"),
+        ("welcome", "consent_needed"), ("welcome", "badges"), ("give_consent", "channel"),
+        ("withdraw_consent", "channel"),
+        ("consent", "version"), ("consent", "at_ms"), ("consent", "channel"),
     }
-    assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room"}
+    assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room", "lucky_table",
+                                                           "lucky_version", "lucky_seed", "lucky_bonus", "lucky_paid",
+                                                           "skin"}
     assert {s.name for s in Gift.FIELDS if not s.optional} == set(GIFT)
     assert not [s.name for s in RankEntry.FIELDS if s.optional]
 
@@ -335,6 +351,8 @@ def test_optional_field_may_be_absent_or_null(type_name: str, path: str, encodin
     present = decode(pack(VALID[type_name], encoding), encoding)
     container, key = _locate(VALID[type_name], path)
     expected = Gift(**container[key]) if path == "gift" else container[key]
+    if isinstance(expected, list):
+        expected = tuple(expected)  # arrays read back as tuples
     assert _read(present, path) == expected
     absent = decode(pack(without_field(type_name, path), encoding), encoding)
     assert _read(absent, path) is None

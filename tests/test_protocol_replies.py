@@ -32,6 +32,9 @@ from protocol import (
     GetBalance,
     GetQuote,
     GetRoom,
+    GetSkins,
+    GiveConsent,
+    GuardianAnswer,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -39,6 +42,7 @@ from protocol import (
     Ping,
     RedeemFrame,
     SendGift,
+    WithdrawConsent,
     answers,
     decode_server,
     encode,
@@ -62,6 +66,10 @@ SAMPLES: dict[type[ClientMessage], ClientMessage] = {
     RedeemFrame: RedeemFrame(rid=1, festival="none"),
     BindMentor: BindMentor(rid=1, mentor="rp-bob"),
     Appeal: Appeal(rid=1, kind="face_verification", evidence="upload-1"),
+    GiveConsent: GiveConsent(rid=1, version="privacy-v1"),
+    WithdrawConsent: WithdrawConsent(rid=1),
+    GuardianAnswer: GuardianAnswer(rid=1, gift_id="g-1", ward="wafa", approve=True),
+    GetSkins: GetSkins(rid=1),
 }
 
 

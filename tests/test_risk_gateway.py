@@ -19,7 +19,7 @@ from notecard_sdk import NotecardClient
 from notecard_sdk.errors import GiftRefused
 from risk.actions import FREEZE_MS
 from risk.model import load_model
-from risk.scorer import Scorer
+from risk.scorer import Scorer, expand
 from tests.gateway_fixtures import ADMIN_TOKEN, befriend_all, token_for
 
 RULES = GiftRules(daily_send_limit=100, daily_receive_limit=100)
@@ -63,15 +63,18 @@ async def test_sends_are_attributed_to_user_device_address_and_app(risk_node: Ga
         await a.send_gift("sig-b")
         stream = risk_node.keys.risk_events()
 
+        async def events() -> list[dict[str, str]]:
+            # the node's flushes, each one entry of events (risk/signals.py), as the scorer reads them
+            return [fields for _, fields in expand(await risk_node.redis.xrange(stream))]
+
         async def both_recorded() -> bool:
-            entries = await risk_node.redis.xrange(stream)
-            kinds = {(f[b"k"], f[b"u"]) for _, f in entries}
-            return (b"send", b"sig-a") in kinds and (b"hello", b"sig-b") in kinds
+            kinds = {(f["k"], f["u"]) for f in await events()}
+            return ("send", "sig-a") in kinds and ("hello", "sig-b") in kinds
 
         await _eventually(both_recorded, "the hello and the send in the events stream")
-        send = next(f for _, f in await risk_node.redis.xrange(stream) if f[b"k"] == b"send")
-        assert (send[b"d"], send[b"ip"], send[b"app"], send[b"to"], send[b"code"]) == (
-            b"phone-sig-a", b"127.0.0.1", b"huoshan", b"sig-b", b"OK")
+        send = next(f for f in await events() if f["k"] == "send")
+        assert (send["d"], send["ip"], send["app"], send["to"], send["code"]) == (
+            "phone-sig-a", "127.0.0.1", "huoshan", "sig-b", "OK")
     finally:
         for c in clients:
             await c.close()
@@ -171,3 +174,44 @@ async def test_an_account_with_nothing_to_appeal_is_told_so(risk_node: GatewayNo
     finally:
         for cl in clients:
             await cl.close()
+
+
+async def test_the_node_counts_risk_refusals_by_code_and_tier_and_the_signals_it_wrote(
+        risk_node: GatewayNode) -> None:
+    from tests.test_metrics import value
+    from tests.test_operations import http_get
+
+    async def metrics() -> str:
+        status, body = await http_get(f"{risk_node.admin_url}/metrics")
+        assert status == 200
+        return body.decode()
+
+    text = await metrics()
+    # there from the start, at zero: a rate() has a series before the first refusal
+    assert value(text, 'notecard_risk_refusals_total{code="ACCOUNT_FROZEN",tier="freeze"}') == 0
+    assert value(text, 'notecard_risk_refusals_total{code="DEVICE_BANNED",tier="ban"}') == 0
+    assert value(text, 'notecard_risk_signals_total{outcome="dropped"}') == 0
+    clients: list[NotecardClient] = []
+    async with AdminClient(risk_node.admin_url, ADMIN_TOKEN) as admin:
+        await befriend_all(admin, "met-1", "met-2")
+        try:
+            a = await _client(risk_node, "met-1", clients, device="met-phone")
+            await _client(risk_node, "met-2", clients)
+            await a.send_gift("met-2")
+            await admin.set_risk("met-1", "freeze", operator="ops-m")
+            assert (await _refusal(a.send_gift("met-2"))).code == "ACCOUNT_FROZEN"
+            assert (await _refusal(a.send_gift("met-2"))).code == "ACCOUNT_FROZEN"
+        finally:
+            for c in clients:
+                await c.close()
+    text = await metrics()
+    assert value(text, 'notecard_risk_refusals_total{code="ACCOUNT_FROZEN",tier="freeze"}') == 2
+    assert value(text, 'notecard_refusals_total{code="ACCOUNT_FROZEN"}') == 2  # the same, among all refusals
+    assert value(text, 'notecard_risk_refusals_total{code="RISK_LIMITED",tier="limit"}') == 0
+
+    async def written() -> bool:
+        # two hellos and three sends, written in the node's next batch
+        return (value(await metrics(), 'notecard_risk_signals_total{outcome="written"}') or 0) >= 5
+
+    await _eventually(written, "the node's risk signals to be written")
+    assert value(await metrics(), "notecard_risk_signals_queued") == 0

@@ -7,9 +7,9 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from clearing.keys import DEFAULT_KEYS
-from risk.features import Event, FeatureState, MemoryBackend
+from risk.features import Event, FeatureState, Known, MemoryBackend, event_id
 from risk.model import load_model
-from risk.scorer import GROUP, Scorer
+from risk.scorer import GROUP, Scorer, expand
 from risk.signals import SignalLog
 
 KEYS = DEFAULT_KEYS
@@ -52,10 +52,11 @@ async def test_a_batch_left_unacknowledged_by_a_dead_scorer_is_claimed_and_not_c
     dead = Scorer(redis, KEYS, load_model(), name="dead")
     await dead.ensure_group()
     got = await redis.xreadgroup(GROUP, "dead", {KEYS.risk_events(): ">"}, count=4)
-    entries = got[0][1]
-    # It stored the first two entries' features, then died before acknowledging any.
-    for entry_id, fields in entries[:2]:
-        await dead.handle(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+    events = expand(got[0][1])  # the node's one batch entry: four events
+    assert len(events) == 4
+    # It stored the first two events' features, then died before acknowledging the entry.
+    for eid, fields in events[:2]:
+        await dead.handle(eid, fields)
     survivor = Scorer(redis, KEYS, load_model(), name="survivor")
     import risk.scorer as scorer_module
 
@@ -98,10 +99,68 @@ async def test_the_redis_features_of_a_batch_equal_the_simulators_one_by_one(red
     await scorer.ensure_group()
     got = await redis.xreadgroup(GROUP, "f", {KEYS.risk_events(): ">"}, count=100)
     # The scorer takes the whole batch at once (three round trips); the simulator one by one.
-    batch = [(Event.from_fields({k.decode(): v.decode() for k, v in fields.items()}),
-              (int(i.decode().split("-")[0]), int(i.decode().split("-")[1]))) for i, fields in got[0][1]]
+    batch = [(Event.from_fields(fields), event_id(i)) for i, fields in expand(got[0][1])]
+    assert len(batch) == len(events)
     seen = await scorer.features.observe_many(batch)
     assert [o.x for o in seen] == expected
     again = await scorer.features.observe_many(batch)  # redelivered: recognised, nothing counted twice
     assert all(o.repeated for o in again)
     assert (await redis.hgetall(KEYS.risk_features("same-bot")))[b"sends"] == b"6"
+
+
+async def test_two_scorers_each_remembering_what_it_saw_still_count_every_account_on_a_device(
+        redis: aioredis.Redis) -> None:
+    """What a scorer remembers (members it added, pairs that gave) never hides another
+    scorer's additions: set sizes are read from Redis at every batch."""
+    a = FeatureState(Scorer(redis, KEYS, load_model(), name="a").features.backend, KEYS)
+    b = FeatureState(Scorer(redis, KEYS, load_model(), name="b").features.backend, KEYS)
+
+    def hello(user: str, ts: int) -> Event:
+        return Event("hello", user, "shared-dev", "10.9.9.1", "main", ts)
+
+    assert (await a.observe(hello("dev-u1", 1))).x["dev_accts"] == 1
+    assert (await a.observe(hello("dev-u2", 2))).x["dev_accts"] == 2
+    assert (await b.observe(hello("dev-u3", 3))).x["dev_accts"] == 3  # b knows none of a's facts
+    assert (await a.observe(hello("dev-u1", 4))).x["dev_accts"] == 3  # a's remembered member, b's new one
+    assert (await a.observe(hello("dev-u4", 5))).x["dev_accts"] == 4
+    assert await redis.scard(KEYS.device_accounts("shared-dev")) == 4
+    # a gift pair: a first gift is a new recipient, the next is not, whichever scorer sees it
+    gift = Event("send", "dev-u1", "shared-dev", "10.9.9.1", "main", 10, to="dev-u2")
+    assert (await a.observe(gift)).x["fan_out"] == 1.0
+    again = Event("send", "dev-u1", "shared-dev", "10.9.9.1", "main", 20, to="dev-u2")
+    assert (await b.observe(again)).x["fan_out"] == 0.5
+    back = Event("send", "dev-u2", "shared-dev", "10.9.9.1", "main", 30, to="dev-u1")
+    assert (await a.observe(back)).x["reciprocal"] == 1.0  # dev-u1 gave to dev-u2 before
+    assert await redis.zscore(KEYS.risk_peers("dev-u1"), "dev-u2") == 2
+
+
+async def test_a_node_writes_a_flush_as_one_entry_and_the_scorer_reads_old_single_event_entries_too(
+        redis: aioredis.Redis) -> None:
+    await _log(redis, _scripted("mixed-bot", 3))
+    await redis.xadd(KEYS.risk_events(), {"k": "send", "u": "mixed-bot", "d": "bot-dev", "ip": "10.1.2.3",
+                                          "app": "main", "ts": "1090000", "to": "fan0"})  # as older nodes wrote
+    await redis.xadd(KEYS.risk_events(), {"n": "1", "b": "not json"})  # skipped, and acknowledged
+    assert await redis.xlen(KEYS.risk_events()) == 3
+    scorer = Scorer(redis, KEYS, load_model(), name="m")
+    await scorer.ensure_group()
+    assert await scorer.step(block_ms=10) == 4
+    assert (await redis.hgetall(KEYS.risk_features("mixed-bot")))[b"sends"] == b"4"
+    assert (await redis.xpending(KEYS.risk_events(), GROUP))["pending"] == 0
+    assert event_id("5-1") < event_id("5-1-1") < event_id("5-2-0") < event_id("6-0")
+    assert event_id("x-1") == event_id("") == (0, 0, 0)
+
+
+async def test_what_a_scorer_remembers_is_forgotten_in_time_and_a_wiped_set_is_filled_again(
+        redis: aioredis.Redis) -> None:
+    backend = Scorer(redis, KEYS, load_model(), name="k").features.backend
+    remembering = FeatureState(backend, KEYS)
+    forgetting = FeatureState(backend, KEYS, Known(max_age_s=0.0))
+    hello = Event("hello", "wipe-u1", "wipe-dev", "10.8.8.1", "main", 1)
+    for state in (remembering, forgetting):
+        await state.observe(hello)
+    key = KEYS.device_accounts("wipe-dev")
+    await redis.delete(key)  # the set went away (a Redis wiped and restored)
+    await remembering.observe(hello)
+    assert await redis.scard(key) == 0, "still remembered: not asked again"
+    await forgetting.observe(hello)
+    assert await redis.smembers(key) == {b"wipe-u1"}, "forgotten in time: added again"

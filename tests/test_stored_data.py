@@ -31,10 +31,12 @@ from clearing.errors import StepRefused
 from clearing.keys import DEFAULT_KEYS
 from clearing.ledger import ledger_streams, reconcile
 from clearing.lua import MAX_SAFE_INT
+from clearing.odds import OddsEntry
 from clearing.rooms import Rooms
 from clearing.rules import DAY_MS
 from clearing.scene_config import INT_RANGES, MAX_PERMILLE, AppPerk, SceneConfig, SceneConfigError
 from clearing.scenes import Scenes
+from clearing.skins import Skin
 from clearing.slots import tag_of
 from clearing.testing import World
 from gateway.webhook_letters import DeadLetter, DeadLetters
@@ -418,6 +420,8 @@ STORE = st.one_of(  # data put in place of what the scripts and Scenes would wri
     st.tuples(st.just("configure"), _valid_config),
     st.tuples(st.just("festival"), st.sampled_from([1.0, 1.25, 3.0]), st.booleans()),  # multiplier, frame
     st.tuples(st.just("festival junk"), _FESTIVAL_JUNK),
+    st.tuples(st.just("regional junk"), user, st.sampled_from(["region", "odds", "skins"]),
+              st.sampled_from(["", "x", "sea", "SEA", "{", "[]", '{"current": {}}', '{"kind": "note"}'])),
     st.tuples(st.just("quote junk"), st.integers(0, 99), st.sampled_from(["cost", "qty", "expires_at_ms", "kind"]),
               st.sampled_from(["", "1", "-5", "x", "1.5", "99999999999999999999", "bob"])),
     st.tuples(st.just("room junk"), st.sampled_from(["wish_progress", "version", "streamer", "wish_kind"]),
@@ -472,6 +476,12 @@ async def _setup(redis: aioredis.Redis, saga: bool) -> Fuzz:
     for name in USERS[:3]:
         await fz.rooms.join("star", name, w.node)
     await fz.scenes.put_festival("f0", "F", w.clock() - 1000, w.clock() + DAY_MS, frame="lantern")
+    # a region with published odds and its own card art: accepts there draw a lucky card
+    await fz.scenes.publish_odds("lucky", [OddsEntry(bonus=0, weight=1), OddsEntry(bonus=1, weight=1)])
+    await fz.scenes.put_region("sea", {"lucky_odds": "lucky"})
+    await fz.scenes.put_skin(Skin("tiger", "note", "Tiger", "https://cdn.example/tiger.png", ("sea",)))
+    for name in ("bob", "star"):
+        await w.accounts.set_flags(name, region="sea")
     return fz
 
 
@@ -491,6 +501,10 @@ async def _operate(fz: Fuzz, op: tuple[Any, ...]) -> object:
         return await fz.scenes.put_festival("f0", "F", now - 1000, now + DAY_MS, op[1], "lantern" if op[2] else None)
     if name == "festival junk":
         return await w.redis.hset(w.keys.festivals(), "f0", op[1])
+    if name == "regional junk":  # a user's region, the odds table or the card art, as a hand edit leaves them
+        key, field = {"region": (w.keys.user(op[1]), "region"), "odds": (w.keys.odds(), "lucky"),
+                      "skins": (w.keys.skins(), "tiger")}[op[2]]
+        return await w.redis.hset(key, field, op[3])
     if name == "reserve":
         gift = await w.clearing.reserve(f"g{next(_ids)}", op[1], op[2], "note", op[3], app=op[4])
         fz.gifts.append((gift.gift_id, gift.recipient))

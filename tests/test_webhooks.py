@@ -27,8 +27,15 @@ from clearing.testing import World
 from clearing.topology import Topology
 from gateway import GatewayNode
 from gateway.webhook_letters import DeadLetter, DeadLetters
-from notecard.local_redis import LocalRedis
-from notecard.webhooks import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, Policy, run_webhooks
+from notecard.local_redis import LocalRedis, free_port
+from notecard.webhooks import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    Policy,
+    WebhookMetrics,
+    receiver_label,
+    run_webhooks,
+)
 from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory
 
 SECRET = b"s" * 32
@@ -299,3 +306,71 @@ async def test_notecard_webhooks_refuses_what_it_cannot_use_and_says_what_to_giv
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 2 and out == b""
     assert said in err and b"Traceback" not in err
+
+
+def sample(metrics: WebhookMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_delivery_metrics_count_deliveries_failed_attempts_dead_letters_and_latency(
+        redis: aioredis.Redis, receiver: Receiver) -> None:
+    w = await gifts(redis)
+    receiver.answer = lambda n: 500 if n <= 2 else 200  # the first event fails twice, then all go through
+    closed = f"http://127.0.0.1:{free_port()}/hook?token=abc"  # nothing listens: every attempt is refused
+    metrics = WebhookMetrics()
+    sender = await run_webhooks(redis, [receiver.url, closed], SECRET, group="webhooks", consumer="t", policy=FAST,
+                                once=True, metrics=metrics)
+    assert (sender.delivered, sender.dead_lettered) == (4, 4)
+    good, bad = receiver_label(receiver.url), receiver_label(closed)
+    assert "token" not in bad and bad.endswith("/hook")  # no query string (it may carry a token) in a label
+    assert sample(metrics, "notecard_webhook_delivered_total", receiver=good) == 4
+    assert sample(metrics, "notecard_webhook_failed_attempts_total", receiver=good, reason="status") == 2
+    assert sample(metrics, "notecard_webhook_dead_lettered_total", receiver=good) == 0
+    assert sample(metrics, "notecard_webhook_delivered_total", receiver=bad) == 0
+    refused = sample(metrics, "notecard_webhook_failed_attempts_total", receiver=bad, reason="connection")
+    assert refused == 4 * FAST.attempts
+    assert sample(metrics, "notecard_webhook_dead_lettered_total", receiver=bad) == 4
+    # every attempt is timed; a delivery is timed from its first attempt, retries included
+    assert sample(metrics, "notecard_webhook_attempt_seconds_count", receiver=good) == len(receiver.requests) == 6
+    assert sample(metrics, "notecard_webhook_attempt_seconds_count", receiver=bad) == 4 * FAST.attempts
+    assert sample(metrics, "notecard_webhook_delivery_seconds_count", receiver=good) == 4
+    assert sample(metrics, "notecard_webhook_delivery_seconds_sum", receiver=good) > 0
+    assert sample(metrics, "notecard_webhook_delivery_seconds_count", receiver=bad) == 0
+    report = await w.check()
+    assert report.ok, report.violations
+
+
+async def test_notecard_webhooks_serves_its_metrics_on_the_metrics_port(
+        redis_server: LocalRedis, redis: aioredis.Redis, receiver: Receiver) -> None:
+    w = await gifts(redis)
+    port = free_port()
+    env = {**os.environ, "NOTECARD_REDIS_URL": redis_server.url, "HOOK_SECRET": SECRET.decode()}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notecard", "webhooks", "--url", receiver.url, "--secret-env", "HOOK_SECRET",
+        "--consumer", "hooks-m", "--metrics-port", str(port), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=env)
+    wanted = f'notecard_webhook_delivered_total{{receiver="{receiver_label(receiver.url)}"}} 4.0'
+    text = ""
+    try:
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as session:
+            while wanted not in text:
+                assert time.monotonic() < deadline, f"no {wanted!r} in the metrics:\n{text}"
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        text = (await resp.read()).decode()
+                except aiohttp.ClientConnectionError:
+                    pass  # not listening yet
+                await asyncio.sleep(0.1)
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert b"Traceback" not in err
+    for series in ("# TYPE notecard_webhook_failed_attempts_total counter",
+                   "# TYPE notecard_webhook_dead_lettered_total counter",
+                   "# TYPE notecard_webhook_attempt_seconds histogram",
+                   "# TYPE notecard_webhook_delivery_seconds histogram"):
+        assert series in text, series
+    report = await w.check()
+    assert report.ok, report.violations

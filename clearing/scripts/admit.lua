@@ -5,8 +5,9 @@
 --
 -- KEYS[1]  {R}:user
 -- A        gid, s, r, kind, qty, day, app, stag, rtag, recv_limit, scope, follow_age,
---          saga_ms, quota_ttl, dead (gift.lua)
--- Returns msgpack {state} ('admitted', or the state of an offer half a retry finds) or
+--          saga_ms, quota_ttl, dead, guard (gift.lua)
+-- Returns msgpack {state, guard} ('admitted', or the state of an offer half a retry finds;
+-- guard: the guardian rule's verdict on R's side, for reserve's A.rguard) or
 -- {err = R's first failing rule} with nothing written.
 
 local rf = check_admit()
@@ -14,7 +15,7 @@ if rf.err then
   return refuse(rf.err)
 end
 if rf.existing then
-  return reply({state = rf.existing.state})
+  return reply({state = rf.existing.state, guard = rf.guard})
 end
-apply_admit(true)
-return reply({state = 'admitted'})
+apply_admit(true, rf.guard)
+return reply({state = 'admitted', guard = rf.guard})

@@ -2,7 +2,8 @@
 -- offer half decides (see resolve.lua for the rules) and is due for settling.
 --
 -- KEYS[1]  {R}:user
--- A        gid, r, by, event, rapp, saga_ms, quota_ttl
+-- A        gid, r, by, event, rapp, saga_ms, quota_ttl, lucky, lpromo, lptag (the lucky card,
+--          gift_answer.lua: drawn and recorded here, paid by lucky.lua, credited by close)
 -- Returns msgpack {decided = the offer half with its saga fields, changed, code} where code
 -- is GIFT_EXPIRED / ALREADY_RESOLVED for the caller to raise once the saga is finished, or
 -- {err = GIFT_NOT_FOUND | NOT_RECIPIENT | NOT_DUE}.
@@ -17,7 +18,7 @@ if d.g == nil then
   return refuse(d.err, d.gift and public(d.gift))
 end
 if d.changed then
-  apply_decide(d.g, d.to, true)
+  apply_decide(d.g, d.to, true, d.lucky)
 end
 local code = d.err
 if d.expired then

@@ -23,13 +23,22 @@
 --   is kept; saga_ms: how long a step may stay unfinished before recovery takes it over
 --   perks: {per_card, apps = {app = {sender_bonus, recipient_mult, joint}}}
 --   dead, ep, maxlen, quota_ttl, pointlog_max: see lib.lua
+--   guard: {region = {rule, window ms}} for the regions whose guardian rule is on, or nil;
+--   rguard: the recipient side's guardian verdict (admit's reply) for a saga's reserve
 --   dev: the sender's device fingerprint, or nil; rl_daily, rl_rooms: what a user of the
 --   risk engine's limited tier may still do (gifts a day; 1: live-room gifts allowed)
+--   consent: {region = consent version} for the regions that require consent, or nil
 
 local SEND_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
-                     'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
+                     'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
+                     'guardian', 'gwin'}
+-- Guardian confirmation (docs/regions.md): gneed ('any' | 'male': the sender's gender the rule
+-- asks for), gcand (the ward's guardian, '' for none) and gwin (the guardian's window) as admit
+-- found them; guardian, only on a gift that waits (or waited) for them; rwin, the recipient's
+-- window once approved; gdone, the guardian's answer ('approved' | 'rejected').
 local OFFER_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'cost', 'amount', 'state', 'created_at_ms',
-                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag'}
+                      'expires_at_ms', 'day', 'app', 'payer', 'festival', 'room', 'stag', 'rtag', 'ptag',
+                      'gneed', 'gcand', 'gwin', 'guardian', 'rwin', 'gdone', 'skin'}
 
 local function send_key()
   return ukey(A.s, 'gift:' .. A.gid)
@@ -79,6 +88,20 @@ local function risk_of(user, dev)
     end
   end
   return frozen, r[2] == '1', dev ~= nil and r[3] == '1', r[4] == '1'
+end
+
+-- GDPR data-processing consent (docs/regions.md): A.consent maps each region whose rule is
+-- on to the consent text version its users must have agreed to (nil: no region has the
+-- rule). True when `user` is in such a region and has no consent to exactly that version on
+-- record (none, withdrawn, or an older text): such a user may not send, receive or accept.
+-- An account without a region is in 'global' (clearing/regions.py DEFAULT_REGION).
+local function lacks_consent(user)
+  if A.consent == nil then
+    return false
+  end
+  local u = redis.call('HMGET', ukey(user, 'user'), 'region', 'consent')
+  local needed = A.consent[u[1] or 'global']
+  return needed ~= nil and u[2] ~= needed
 end
 
 local function same_gift(g)

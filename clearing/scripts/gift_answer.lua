@@ -3,13 +3,36 @@
 
 -- ================================================================ resolve: the decision
 -- decide (the offer half decides): A.by answers with A.event 'accept' | 'decline', or the
--- sweeper expires (A.event 'expire'). Returns {err, gift?} or {g, to, changed}.
+-- recipient's guardian rejects a gift awaiting them ('reject'), or the sweeper expires
+-- (A.event 'expire'). Returns {err, gift?} or {g, to, changed}.
 local FINAL_OF = {accept = 'accepted', decline = 'declined', expire = 'expired'}
+
+-- The lucky card (docs/regions.md "Published odds"): a gift accepted by a user of a region
+-- with published odds gets the bonus the node drew for it (clearing/odds.py). A.lucky maps
+-- each such region to {table, version, seed, bonus units}; A.lpromo and A.lptag name the
+-- promotion account that pays it. The draw is recorded on the offer half with the decision,
+-- so every later step (and a retry) pays what was drawn then, whatever the settings are now.
+local function lucky_draw(g)
+  if type(A.lucky) ~= 'table' or type(A.lpromo) ~= 'string' or A.lpromo == g.recipient then
+    return nil
+  end
+  local region = redis.call('HGET', ukey(g.recipient, 'user'), 'region') or 'global'
+  local d = A.lucky[region]
+  if type(d) ~= 'table' or type(d[1]) ~= 'string' or type(d[2]) ~= 'number' or type(d[3]) ~= 'string'
+      or type(d[4]) ~= 'number' or d[4] < 0 or d[4] % 1 ~= 0 then
+    return nil
+  end
+  return {lucky_table = d[1], lucky_version = d[2], lucky_seed = d[3], lucky_bonus = d[4],
+          lucky_payer = A.lpromo, lucky_ptag = A.lptag}
+end
+local LUCKY_FIELDS = {'lucky_table', 'lucky_version', 'lucky_seed', 'lucky_bonus', 'lucky_payer', 'lucky_ptag'}
+
 local function check_decide()
   local flat = redis.call('HGETALL', offer_key())
   if #flat == 0 then
-    -- The sender asking about their own gift is told they are not its recipient.
-    if A.by and redis.call('EXISTS', ukey(A.by, 'gift:' .. A.gid)) == 1 then
+    -- The sender asking about their own gift is told they are not its recipient (a guardian's
+    -- keys are in another slot: not looked at).
+    if A.by and A.event ~= 'reject' and redis.call('EXISTS', ukey(A.by, 'gift:' .. A.gid)) == 1 then
       return {err = 'NOT_RECIPIENT'}
     end
     return {err = 'GIFT_NOT_FOUND'}
@@ -18,12 +41,34 @@ local function check_decide()
   if g.state == 'admitted' or g.state == 'void' or not well_formed(g) then
     return {err = 'GIFT_NOT_FOUND'}  -- nothing can act on a record that does not read
   end
-  if g.state == 'pending' then
+  if A.event == 'reject' then
+    -- Only the guardian the gift waits for; the same answer again changes nothing.
+    if not g.guardian or g.guardian == '' then
+      return {err = 'GIFT_NOT_FOUND'}
+    elseif g.guardian ~= A.by then
+      return {err = 'NOT_GUARDIAN'}
+    elseif g.gdone == 'rejected' then
+      return {g = g, changed = false}
+    elseif g.gdone == 'approved' then
+      -- As `gift`, not `g`: the gift is the recipient's now, and this call must not go on
+      -- to settle or close it whatever its state.
+      return {err = 'ALREADY_RESOLVED', gift = g}
+    end
+  elseif g.state == 'awaiting_guardian' and A.event ~= 'expire' then
+    return {err = 'GIFT_NOT_FOUND'}  -- not offered to the recipient yet
+  end
+  if g.state == 'pending' or g.state == 'awaiting_guardian' then
     local event = A.event
     if NOW >= g.expires_at_ms then
       event = 'expire'
     elseif event == 'expire' then
       return {err = 'NOT_DUE', gift = g}
+    end
+    -- Accepting is the recipient's own act: it needs their consent where their region asks
+    -- for it (a sender's later withdrawal does not undo a gift already sent, GDPR Art. 7(3)).
+    -- Declining and expiry stay open to everyone, so every hold can go back.
+    if event == 'accept' and lacks_consent(g.recipient) then
+      return {err = 'CONSENT_REQUIRED'}
     end
     local to = move(g.state, event)
     if to == nil then
@@ -32,7 +77,8 @@ local function check_decide()
     if to ~= 'accepted' and corrupt(slot_counters(g)) then
       return {err = 'CORRUPT'}
     end
-    return {g = g, to = to, changed = true, expired = event == 'expire' and A.event ~= 'expire'}
+    local lucky = to == 'accepted' and lucky_draw(g) or nil
+    return {g = g, to = to, changed = true, expired = event == 'expire' and A.event ~= 'expire', lucky = lucky}
   end
   if g.state == FINAL_OF[A.event] then
     return {g = g, changed = false}
@@ -43,9 +89,22 @@ local function check_decide()
   return {err = 'ALREADY_RESOLVED', g = g}
 end
 
-local function apply_decide(g, to, due)
+local function apply_decide(g, to, due, lucky)
   g.state, g.resolved_at_ms, g.closed, g.rapp = to, NOW, 0, A.rapp
   redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
+  if A.event == 'reject' and to == 'declined' then
+    g.gdone = 'rejected'
+    redis.call('HSET', offer_key(g.recipient), 'gdone', 'rejected')
+  end
+  if g.guardian then  -- decided before the ask step was done: it no longer needs to be
+    redis.call('ZREM', tkey(g.rtag, 'due'), 'ask|' .. g.recipient .. '|' .. A.gid)
+  end
+  if lucky then
+    for k, v in pairs(lucky) do
+      g[k] = v
+    end
+    store(offer_key(g.recipient), g, LUCKY_FIELDS)
+  end
   redis.call('ZREM', ukey(g.recipient, 'inbox'), A.gid)
   redis.call('ZREM', tkey(g.rtag, 'expiry'), g.recipient .. '|' .. A.gid)
   gift_event(g.rtag, to, g)
@@ -86,6 +145,12 @@ end
 -- The send half follows the decision. Returns {s = send half, to} to apply, {done} when
 -- it already has, or {err} when it holds another final state (it cannot: only the offer half
 -- decides, and every step applies what it decided).
+-- The sender's count of accepted gifts in the gift's calendar month (its quota day is
+-- YYYYMMDD in the rules' time zone): what the eco badges read (clearing/badges.py).
+local function given_month(s)
+  return 'given:' .. string.sub(tostring(s.day), 1, 6)
+end
+
 local function check_settle(to)
   local s = record(A.gid, redis.call('HGETALL', send_key()))
   if s.state == to then
@@ -98,7 +163,7 @@ local function check_settle(to)
   local tot, kind, counters = tkey(s.stag, 'tot'), s.kind, nil
   if to == 'accepted' then
     counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind},
-                {ukey(s.sender, 'points'), 'total', 'trimmed'}}
+                {ukey(s.sender, 'points'), 'total', 'trimmed'}, {ukey(s.sender, 'stats'), 'given', given_month(s)}}
   else
     counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind}, {ukey(s.sender, 'bal'), kind},
                 {ukey(s.sender, 'q:send:' .. s.day)}, {ukey(s.sender, 'free')}}
@@ -118,6 +183,9 @@ local function apply_settle(s, to)
     local _, _, recipient_joint = perks_of(A.rapp or 'main')
     local base = s.qty * A.perks.per_card
     add_points(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main')
+    -- what the eco badges count (clearing/badges.py): accepted gifts given, in all and per month
+    redis.call('HINCRBY', ukey(s.sender, 'stats'), 'given', 1)
+    redis.call('HINCRBY', ukey(s.sender, 'stats'), given_month(s), 1)
     if joint or recipient_joint then
       redis.call('HSET', ukey(s.sender, 'user'), 'joint', '1')
     end
@@ -152,14 +220,50 @@ local function apply_settle_sponsor(payer, sender, sp, to)
   redis.call('ZREM', tkey(tag, 'due'), 'sponsor|' .. payer .. '|' .. sender .. '|' .. A.gid)
 end
 
+-- The lucky bonus at its payer, once (the fast path's resolve, or lucky.lua across shards):
+-- {paid = units (already paid, or to pay now), fresh = true when this call pays}, or
+-- {err = 'CORRUPT'}. A payer short of the bonus pays nothing and the gift records
+-- lucky_paid = 0: the draw stands, unfunded (docs/regions.md).
+local function lucky_marker(payer, recipient)
+  return ukey(payer, 'lucky:' .. recipient .. '|' .. A.gid)
+end
+
+local function check_lucky(payer, ptag, recipient, kind, bonus)
+  if bonus <= 0 then
+    return {paid = 0}
+  end
+  local done = redis.call('GET', lucky_marker(payer, recipient))
+  if done then
+    return {paid = num(done)}
+  end
+  if corrupt({{ukey(payer, 'bal'), kind}, {tkey(ptag, 'tot'), 'transit:' .. kind}}) then
+    return {err = 'CORRUPT'}
+  end
+  local funded = num(redis.call('HGET', ukey(payer, 'bal'), kind)) >= bonus
+  return {paid = funded and bonus or 0, fresh = true}
+end
+
+-- available -> transit at the payer; close credits it to the recipient.
+local function apply_lucky(payer, ptag, recipient, kind, g, c)
+  if c.fresh then
+    if c.paid > 0 then
+      pay_units(payer, ptag, kind, c.paid, g, 'lucky_pay', 'lucky')
+    end
+    redis.call('SET', lucky_marker(payer, recipient), c.paid, 'PX', A.retention)
+  end
+end
+
 -- ================================================================ resolve: closing
 -- What close will change, read first: nil, or CORRUPT.
 local function check_close(o)
   local counters = {}
+  if o.state == 'accepted' and o.lucky_bonus and o.lucky_paid == nil and type(A.lucky_paid) ~= 'number' then
+    return 'SAGA_CONFLICT'  -- the caller must say what the payer paid (lucky.lua)
+  end
   if o.state == 'accepted' then
     -- what apply_close changes: the balance, transit, the points
     counters = {{ukey(o.recipient, 'bal'), o.kind}, {tkey(o.rtag, 'tot'), 'transit:' .. o.kind},
-                {ukey(o.recipient, 'points'), 'total', 'trimmed'}}
+                {ukey(o.recipient, 'points'), 'total', 'trimmed'}, {ukey(o.recipient, 'stats'), 'accepted'}}
     if o.room then
       counters[#counters + 1] = {ukey(o.room, 'room'), 'wish_progress', 'version'}
     end
@@ -176,6 +280,7 @@ local function apply_close(o)
     local _, _, sender_joint = perks_of(o.app or 'main')
     local base = o.qty * A.perks.per_card
     add_points(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main')
+    redis.call('HINCRBY', ukey(o.recipient, 'stats'), 'accepted', 1)  -- for the eco badges
     if joint or sender_joint then
       redis.call('HSET', ukey(o.recipient, 'user'), 'joint', '1')
     end
@@ -191,10 +296,20 @@ local function apply_close(o)
       redis.call('HINCRBY', room, 'version', 1)
     end
   end
+  if o.state == 'accepted' and o.lucky_bonus and o.lucky_paid == nil then
+    if A.lucky_paid > 0 then
+      credit_units(o.recipient, o.rtag, o.kind, A.lucky_paid, o, 'lucky_credit', 'lucky')
+    end
+    o.lucky_paid = A.lucky_paid
+    redis.call('HSET', offer_key(o.recipient), 'lucky_paid', A.lucky_paid)
+  end
   o.closed = 1
   local key = offer_key(o.recipient)
   redis.call('HSET', key, 'closed', 1)
   redis.call('PEXPIRE', key, A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'settle|' .. o.recipient .. '|' .. A.gid)
-  emit(o.recipient, o.rtag, 'outcome', o)
+  -- A gift the guardian did not approve was never offered: the recipient hears nothing of it.
+  if not (o.guardian and o.guardian ~= '' and o.gdone ~= 'approved') then
+    emit(o.recipient, o.rtag, 'outcome', o)
+  end
 end

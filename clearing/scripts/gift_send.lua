@@ -2,9 +2,35 @@
 -- after gift.lua to the scripts that send (clearing/lua.py); see gift.lua for the arguments.
 
 -- ================================================================ send: the recipient's side
--- admit: R's rules (R exists, not banned, has not blocked S, follows S for long enough, has a
+-- The recipient's side of the guardian rule (docs/regions.md): nil when R's region does not
+-- ask for a guardian for this gift whoever sends it, else {need = 'any' | 'male' (the sender
+-- must be male), g = R's guardian ('' when none is linked), win = the guardian's window}.
+local function guard_of_recipient()
+  if not A.guard then
+    return nil
+  end
+  local u = redis.call('HMGET', ukey(A.r, 'user'), 'region', 'gender', 'guardian')
+  local rule = A.guard[u[1] or 'global']
+  if type(rule) ~= 'table' then
+    return nil
+  end
+  if rule[1] == 'any' or (rule[1] == 'male_to_female' and u[2] == 'female') then
+    return {need = rule[1] == 'any' and 'any' or 'male', g = u[3] or '', win = rule[2]}
+  end
+  return nil
+end
+
+-- The verdict an admitted offer half keeps (a retry of the send decides the same way).
+local function guard_of_offer(o)
+  if o.gneed then
+    return {need = o.gneed, g = o.gcand or '', win = o.gwin}
+  end
+  return nil
+end
+
+-- admit: R's rules (R exists, not banned, has consented where its region asks, has not blocked S, follows S for long enough, has a
 -- receive slot left, is online). Returns {err} (nothing to write), {existing = offer half}
--- (a retry), or {nodes} (admit).
+-- (a retry), or {nodes, guard} (admit; guard: guard_of_recipient).
 local function check_admit()
   local flat = redis.call('HGETALL', offer_key())
   if #flat > 0 then
@@ -15,7 +41,7 @@ local function check_admit()
     if o.state == 'void' then
       return {err = o.why or 'SEND_ABORTED'}
     end
-    return {existing = o}
+    return {existing = o, guard = guard_of_offer(o)}
   end
   local r = redis.call('HMGET', ukey(A.r, 'user'), 'created_at_ms', 'banned')
   if not r[1] then
@@ -28,6 +54,9 @@ local function check_admit()
   -- The recipient's freeze end is not the sender's business: no time goes with this code.
   if rfrozen then
     return {err = 'RECIPIENT_FROZEN'}
+  end
+  if lacks_consent(A.r) then
+    return {err = 'RECIPIENT_NO_CONSENT'}
   end
   if redis.call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
     return {err = 'BLOCKED'}
@@ -47,17 +76,30 @@ local function check_admit()
   if #nodes == 0 then
     return {err = 'RECIPIENT_OFFLINE'}
   end
-  return {nodes = nodes}
+  return {nodes = nodes, guard = guard_of_recipient()}
+end
+
+-- The card art of the recipient's region for this kind (clearing/skins.py): A.skins maps each
+-- region that has its own art for A.kind to the skin id; nil: the default art.
+local function region_skin(r)
+  if type(A.skins) ~= 'table' then
+    return nil
+  end
+  local skin = A.skins[redis.call('HGET', ukey(r, 'user'), 'region') or 'global']
+  return type(skin) == 'string' and skin or nil
 end
 
 -- Take R's receive slots and the offer half, `admitted`: written and due for recovery, or,
 -- when the offer follows in this same script (due false), left for apply_offer to write.
-local function apply_admit(due)
+local function apply_admit(due, guard)
   local recv, pair = recv_counters(A.day, A.r, A.s)
   take_slot(recv)
   take_slot(pair)
   local o = {sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, state = 'admitted', day = A.day,
-             app = A.app, stag = A.stag, rtag = A.rtag}
+             app = A.app, stag = A.stag, rtag = A.rtag, skin = region_skin(A.r)}
+  if guard then
+    o.gneed, o.gcand, o.gwin = guard.need, guard.g, guard.win
+  end
   if due then
     store(offer_key(), o, OFFER_FIELDS)
     redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'admit|' .. A.r .. '|' .. A.gid)
@@ -73,7 +115,7 @@ end
 -- order. Returns {err, remember}, {existing = send half}, {need_sponsor = true} (the answer
 -- depends on whether the promotion account covers the gift: ask it, then call again with
 -- A.sponsor = 'yes' | 'no'), or {g = the send half to write, payer}.
-local function check_reserve(rcode)
+local function check_reserve(rcode, rguard)
   local flat = redis.call('HGETALL', send_key())
   if #flat > 0 then
     local g = record(A.gid, flat)
@@ -99,7 +141,7 @@ local function check_reserve(rcode)
     return {err = A.pre or rcode}  -- needs no state: not remembered
   end
 
-  local s = redis.call('HMGET', ukey(A.s, 'user'), 'created_at_ms', 'verified', 'vip', 'banned')
+  local s = redis.call('HMGET', ukey(A.s, 'user'), 'created_at_ms', 'verified', 'vip', 'banned', 'gender')
   local frozen, limited, dev_banned, rbanned = risk_of(A.s, A.dev)
   local code, until_ms
   if not s[1] then
@@ -110,6 +152,8 @@ local function check_reserve(rcode)
     code = 'DEVICE_BANNED'
   elseif frozen then
     code, until_ms = 'ACCOUNT_FROZEN', frozen > 0 and frozen or nil
+  elseif lacks_consent(A.s) then
+    code = 'CONSENT_REQUIRED'
   elseif s[2] ~= '1' then
     code = 'NOT_VERIFIED'
   elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
@@ -127,6 +171,16 @@ local function check_reserve(rcode)
       elseif limited and (sent >= A.rl_daily or (A.quote and A.rl_rooms ~= 1)) then
         code = 'RISK_LIMITED'  -- the low tier's behaviour limits, instead of a refusal of all
       end
+    end
+  end
+  -- The guardian rule, with R's verdict: a gift it applies to waits for R's guardian, unless
+  -- the guardian sends it; without a guardian linked it is refused.
+  local guardian
+  if rguard and (rguard.need == 'any' or s[5] == 'male') and rguard.g ~= A.s then
+    if rguard.g == '' then
+      code = first_refusal(code, 'GUARDIAN_REQUIRED')
+    else
+      guardian = rguard.g
     end
   end
   code = first_refusal(code, rcode)
@@ -177,6 +231,11 @@ local function check_reserve(rcode)
              amount = A.base, state = 'pending', created_at_ms = NOW, expires_at_ms = NOW + A.window,
              day = A.day, app = A.app, payer = payer ~= A.s and payer or nil, festival = A.festival,
              room = room, stag = A.stag, rtag = A.rtag, ptag = payer ~= A.s and A.ptag or nil}
+  if guardian then
+    -- Held for the guardian's window, then the recipient's: the latest it can be answered.
+    g.guardian, g.gwin = guardian, rguard.win
+    g.expires_at_ms = NOW + rguard.win + A.window
+  end
   return {g = g}
 end
 
@@ -247,21 +306,33 @@ end
 
 -- ================================================================ offer
 -- The admitted offer half becomes `pending` with what the send half decided: in the inbox,
--- in the slot's expiry queue, and an offer event to R's devices.
+-- in the slot's expiry queue, and an offer event to R's devices. A gift the send half says
+-- waits for R's guardian becomes `awaiting_guardian` instead: in the expiry queue at the end
+-- of the guardian's window, not in the inbox, nothing told to R; the guardian is asked by the
+-- next step (guardian_ask.lua at the guardian's slot), due here as ask|R|id until it is done.
 local function apply_offer(o, g, nodes)
-  o.state = move(o.state, 'offer')
+  o.state = move(o.state, g.guardian and 'guard' or 'offer')
   for _, f in ipairs({'cost', 'amount', 'created_at_ms', 'expires_at_ms', 'payer', 'festival', 'room', 'ptag'}) do
     o[f] = g[f]
   end
+  if g.guardian then
+    o.guardian, o.rwin = g.guardian, A.window
+    o.expires_at_ms = g.created_at_ms + g.gwin
+  end
   o.gift_id = A.gid
   store(offer_key(), o, OFFER_FIELDS)
-  redis.call('ZADD', ukey(A.r, 'inbox'), o.expires_at_ms, A.gid)
   redis.call('ZADD', tkey(A.rtag, 'expiry'), o.expires_at_ms, A.r .. '|' .. A.gid)
   index_due(A.rtag, o.expires_at_ms)
   if not o.unwritten then  -- admitted by an earlier step: no longer due
     redis.call('ZREM', tkey(A.rtag, 'due'), 'admit|' .. A.r .. '|' .. A.gid)
   end
   o.unwritten = nil
+  if g.guardian then
+    redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'ask|' .. A.r .. '|' .. A.gid)
+    index_due(A.rtag, NOW + A.saga_ms)
+    return o
+  end
+  redis.call('ZADD', ukey(A.r, 'inbox'), o.expires_at_ms, A.gid)
   emit(A.r, A.rtag, 'offer', o, nodes)
   return o
 end

@@ -1,8 +1,15 @@
--- lib.lua: prepended to every script of this folder by clearing/lua.py (Redis scripts cannot
--- import one another), after the generated MOVES and RANK (clearing/model.py's state table
--- and clearing/errors.py's refusal order, each one constant string).
+-- lib.lua: the start of clearing's Redis Functions library (clearing/lua.py assembles it),
+-- after the generated MOVES and RANK (clearing/model.py's state table and clearing/errors.py's
+-- refusal order, each one constant string); the step libraries and every script's function
+-- follow. All of it is defined once, when the library is loaded; a call runs only begin()
+-- below and its script's body.
 --
--- Arguments: ARGV[1] is one msgpack map of named arguments, read here into A. Every script
+-- Per-call state: what a call reads from its arguments, and what it collects until it ends
+-- (the rate token, the ledger records), lives in the locals declared here and is set again
+-- by begin() at the start of every call, so nothing of one call (even one that failed
+-- half-way) reaches the next.
+--
+-- Arguments: ARGV[1] is one msgpack map of named arguments, read by begin() into A. Every script
 -- gets A.p (key prefix) and A.now (ms since the epoch: the caller's clock, never TIME, so a
 -- test can move the clock and a replica replays the same effects); the rest is named in
 -- each script's header. KEYS[1] is the key that routes the call (one of the slot's keys).
@@ -21,11 +28,7 @@
 -- A Lua error does not roll back the writes before it, so nothing that can fail (a missing
 -- field, a value of the wrong type, an overflow) may come after the first write.
 
--- msgpack from clearing/lua.py; JSON (a first byte '{', which msgpack never starts a map
--- with) from the benchmark's redis-benchmark, whose arguments cannot hold a NUL byte.
-local A = string.byte(ARGV[1], 1) == 123 and cjson.decode(ARGV[1]) or cmsgpack.unpack(ARGV[1])
-local PREFIX = A.p
-local NOW = A.now
+local A, PREFIX, NOW
 
 local function ukey(user, name)
   return PREFIX .. ':{' .. user .. '}:' .. name
@@ -34,18 +37,13 @@ local tkey = ukey
 
 -- A.home: the tag of a slot the Redis node running this call serves (the caller's map says
 -- which). Gateway nodes listen on one channel per Redis node, in that slot, so every
--- publish of the call goes there. Touched first: if the map was stale and the slot is not
--- served here, the call fails now, before any write, and the caller reads the map again.
+-- publish of the call goes there. Touched first (begin()): if the map was stale and the slot
+-- is not served here, the call fails now, before any write, and the caller reads the map again.
 --
 -- The touch is a TYPE of this node's sweep index (index_due below), which also tells
--- whether entries can be noted in it: a key of another type (a hand edit) would make the
--- ZADD fail after other writes, so then nothing is noted and the full sweep finds them.
-local HOME = A.home
-local INDEXED = false
-if HOME then
-  local held = redis.call('TYPE', tkey(HOME, 'sweepidx'))['ok']
-  INDEXED = held == 'zset' or held == 'none'
-end
+-- whether entries can be noted in it (INDEXED): a key of another type (a hand edit) would
+-- make the ZADD fail after other writes, so then nothing is noted and the full sweep finds them.
+local HOME, INDEXED
 
 -- Every entry added to a slot's expiry or due queue is noted in the sweep index of this
 -- Redis node (a sorted set in the home slot: slot tag -> earliest time something there may
@@ -177,18 +175,13 @@ end
 -- number in the call, so "<op>.<n>" is unique). One XADD per call, not one per record.
 -- A.lmax (entries kept per stream, MAXLEN ~) and A.op come with the calls of the scripts
 -- that write records (clearing/lua.py LEDGER_SCRIPTS); checked here, before the script's
--- first write, as is the stream itself (a key of another type would make XADD fail).
+-- first write (begin()), as is the stream itself (a key of another type would make XADD fail).
 -- A.loff = 1 (NOTECARD_LEDGER=off, for measuring the outbox's cost only) writes no records:
 -- the scripts change value exactly as with the ledger on, without the entries.
-local LEDGER_MAX, LEDGER_OP, LEDGER_OFF = A.lmax, A.op, A.loff == 1
-local ledger_seq, ledger_buf, ledger_order = 0, {}, {}
+local LEDGER_MAX, LEDGER_OP, LEDGER_OFF
+local ledger_seq, ledger_buf, ledger_order
 local function ledger_key(tag)
   return tkey(HOME or tag, 'ledger')
-end
-if LEDGER_MAX ~= nil and (type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0
-    or type(LEDGER_OP) ~= 'string' or (HOME and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream'
-        and redis.call('EXISTS', ledger_key(HOME)) == 1)) then
-  return cmsgpack.pack({err = 'CORRUPT'})
 end
 
 local function ledger_push(tag, rec)
@@ -303,11 +296,14 @@ end
 
 -- ------------------------------------------------------------------ gift records
 local GIFT_NUMBERS = {qty = true, cost = true, amount = true, created_at_ms = true,
-                      expires_at_ms = true, resolved_at_ms = true, closed = true}
+                      expires_at_ms = true, resolved_at_ms = true, closed = true, gwin = true, rwin = true,
+                      lucky_version = true, lucky_bonus = true, lucky_paid = true}
 -- Fields a client or an operator sees (GiftRecord); the others are the saga's own.
 local PUBLIC = {gift_id = true, sender = true, recipient = true, kind = true, qty = true, cost = true,
                 amount = true, state = true, created_at_ms = true, expires_at_ms = true,
-                resolved_at_ms = true, payer = true, app = true, festival = true, room = true}
+                resolved_at_ms = true, payer = true, app = true, festival = true, room = true,
+                guardian = true, lucky_table = true, lucky_version = true, lucky_seed = true, lucky_bonus = true,
+                lucky_paid = true, skin = true}
 
 -- HGETALL of a gift half -> a table of its fields (numbers as numbers).
 local function record(id, flat)
@@ -366,7 +362,7 @@ end
 -- This server's replication id. It changes when a replica is promoted (and when a server
 -- starts without its replication state): exactly when the newest writes, stream tails
 -- included, may have been lost while offsets go on from an older seq. Asked once per run.
-local replid
+local replid  -- begin() forgets it: a failover may come between two calls
 local function replication_id()
   if replid == nil then
     local info = redis.call('INFO', 'replication')
@@ -477,4 +473,27 @@ local function add_points(user, tag, points, g, why, app)
   end
 end
 
--- ---------------------------------------------------------------- script body follows
+-- ------------------------------------------------------------------ the start of a call
+-- Every script's function calls this first, with its ARGV; a reply to return at once (the
+-- ledger is not fit to write to) or nil.
+-- msgpack from clearing/lua.py; JSON (a first byte '{', which msgpack never starts a map
+-- with) from the benchmark's redis-benchmark, whose arguments cannot hold a NUL byte.
+local function begin(argv)
+  A = string.byte(argv[1], 1) == 123 and cjson.decode(argv[1]) or cmsgpack.unpack(argv[1])
+  PREFIX, NOW, HOME, INDEXED = A.p, A.now, A.home, false
+  rate_to_take, DEAD, replid = nil, nil, nil
+  LEDGER_MAX, LEDGER_OP, LEDGER_OFF = A.lmax, A.op, A.loff == 1
+  ledger_seq, ledger_buf, ledger_order = 0, {}, {}
+  if HOME then
+    local held = redis.call('TYPE', tkey(HOME, 'sweepidx'))['ok']
+    INDEXED = held == 'zset' or held == 'none'
+  end
+  if LEDGER_MAX ~= nil and (type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0
+      or type(LEDGER_OP) ~= 'string' or (HOME and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream'
+          and redis.call('EXISTS', ledger_key(HOME)) == 1)) then
+    return cmsgpack.pack({err = 'CORRUPT'})
+  end
+  return nil
+end
+
+-- ---------------------------------------------------------------- the step libraries and scripts follow

@@ -7,7 +7,7 @@
 -- The slot's nodeusers:<node> set mirrors the hash, so that the entries of a node that dies
 -- can be found per slot and dropped (drop_node.lua). A disconnect the hash has no record of
 -- (reaped meanwhile, or a duplicate) changes nothing.
--- Returns msgpack {count}, or {err = ACCOUNT_BANNED | TOO_MANY_CONNECTIONS} with nothing
+-- Returns msgpack {count}, or {err = ACCOUNT_BANNED | ACCOUNT_ERASED | TOO_MANY_CONNECTIONS} with nothing
 -- written. Counts of
 -- dead nodes do not count: their connections are gone. A count that is no whole number
 -- reads as 0 and is written back whole.
@@ -15,8 +15,15 @@
 local count
 -- A banned account is refused in the same step that would count it: a ban set later finds
 -- this node in the presence hash (set_flags.lua tells it).
-if A.delta > 0 and redis.call('HGET', ukey(A.u, 'user'), 'banned') == '1' then
-  return refuse('ACCOUNT_BANNED')
+-- An erased account (clearing/erasure.py, also banned) is told so.
+if A.delta > 0 then
+  local flags = redis.call('HMGET', ukey(A.u, 'user'), 'banned', 'erased')
+  if flags[2] == '1' then
+    return refuse('ACCOUNT_ERASED')
+  end
+  if flags[1] == '1' then
+    return refuse('ACCOUNT_BANNED')
+  end
 end
 if A.delta > 0 and (A.cap or 0) > 0 then
   local total, live = 0, {}

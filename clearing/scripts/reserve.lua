@@ -3,11 +3,12 @@
 -- then the hold, S's send slot and the send half, `pending`.
 --
 -- KEYS[1]  {S}:user
--- A        see gift.lua; rcode: admit's refusal or nil; sponsor: nil, 'yes' or 'no'
+-- A        see gift.lua; rcode: admit's refusal or nil; rguard: admit's guard verdict or nil;
+--          sponsor: nil, 'yes' or 'no'
 -- Returns msgpack {send = the send half, with its saga fields}, {need_sponsor, cost} (ask the
 -- promotion account, then call again with A.sponsor), or {err} (remembered as in send.lua).
 
-local res = check_reserve(A.rcode)
+local res = check_reserve(A.rcode, A.rguard)
 if res.err then
   if res.remember then
     remember_refusal(res.err, res.remember, res.until_ms)

@@ -5,7 +5,8 @@
 -- KEYS[1]  {R}:user
 -- A        gid, r (the recipient: the user answering, or the sweeper's entry), by (the user
 --          answering; nil for an expiry), event ('accept' | 'decline' | 'expire'), rapp
---          (the app answering), perks, retention, dead, ep, maxlen, pointlog_max
+--          (the app answering), perks, retention, dead, ep, maxlen, pointlog_max; lucky,
+--          lpromo, lptag: the lucky card (gift_answer.lua), drawn, paid and credited here
 --
 -- The decision (gift.lua check_decide):
 --   pending, now < expires_at_ms   -> moved by the event, changed = true
@@ -29,7 +30,7 @@ if g == nil then
 end
 A.s = g.sender
 local to = d.to or g.state
-local st, sp
+local st, sp, lk
 if g.closed ~= 1 then
   st = check_settle(to)
   if st.err then
@@ -40,6 +41,19 @@ if g.closed ~= 1 then
     if sp.err then
       return refuse(sp.err)
     end
+  end
+  if d.lucky then
+    for k, v in pairs(d.lucky) do
+      g[k] = v  -- what the checks below see; apply_decide stores them
+    end
+  end
+  if to == 'accepted' and g.lucky_bonus and g.lucky_paid == nil then
+    -- The promotion account on another node fails this read before any write: the saga.
+    lk = check_lucky(g.lucky_payer, g.lucky_ptag, g.recipient, g.kind, g.lucky_bonus)
+    if lk.err then
+      return refuse(lk.err)
+    end
+    A.lucky_paid = lk.paid
   end
   local was = g.state
   g.state = to  -- what close will see
@@ -52,13 +66,16 @@ end
 
 -- ------------------------------------------------------------ writes
 if d.changed then
-  apply_decide(g, to, false)
+  apply_decide(g, to, false, d.lucky)
 end
 if sp and sp.held then
   apply_settle_sponsor(g.payer, g.sender, sp.sp, to)
 end
 if st and not st.done then
   apply_settle(st.s, to)
+end
+if lk then
+  apply_lucky(g.lucky_payer, g.lucky_ptag, g.recipient, g.kind, {gift_id = A.gid, sender = g.sender}, lk)
 end
 if g.closed ~= 1 then
   apply_close(g)

@@ -24,7 +24,7 @@ end
 -- A refusal Python found alone needs no recipient's side.
 local rf = A.pre and {} or check_admit()
 local o = rf.existing
-local res = check_reserve(rf.err)
+local res = check_reserve(rf.err, rf.guard)
 local sp
 if res.need_sponsor then
   if A.promo_remote then
@@ -34,7 +34,7 @@ if res.need_sponsor then
   end
   sp = check_sponsor(res.cost)
   A.sponsor = (sp.existing == 'held' or sp.covers) and 'yes' or 'no'
-  res = check_reserve(rf.err)
+  res = check_reserve(rf.err, rf.guard)
 end
 
 if res.err then
@@ -52,7 +52,7 @@ local g = res.existing
 if g == nil then
   g = res.g
   if o == nil then
-    o = apply_admit(false)
+    o = apply_admit(false, rf.guard)
   end
   if g.payer and sp.existing ~= 'held' then
     apply_sponsor(g.cost, false)
@@ -62,7 +62,8 @@ end
 if o and move(o.state, 'offer') then
   o = apply_offer(o, g, rf.nodes)
 end
--- The offer half decides the state; the send half follows it once settled.
+-- The offer half decides the state; the send half follows it once settled (awaiting_guardian
+-- tells the caller to ask the guardian; the sender is shown it as pending).
 if o and o.state ~= 'admitted' and o.state ~= 'void' then
   g.state, g.resolved_at_ms = o.state, o.resolved_at_ms
 end

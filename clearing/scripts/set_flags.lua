@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  {U}:user
 -- A        u, tag (U's slot tag), flags ({verified = '0' | '1', ...}, only the ones to
---          change), dead
+--          change; 'region' = a code, 'gender' = male | female | '' as clearing/accounts.py
+--          checked them), dead
 -- Returns msgpack {user, bal, held} (HGETALL replies) or {err = UNKNOWN_USER}. Pending
 -- gifts are not touched: a ban stops new gifts, and the ones in flight resolve as usual so
 -- no held amount is stranded. A ban also tells every live node holding the user's
@@ -13,7 +14,7 @@ local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then
   return refuse('UNKNOWN_USER')
 end
-for _, name in ipairs({'verified', 'vip', 'banned'}) do
+for _, name in ipairs({'verified', 'vip', 'banned', 'region', 'gender'}) do
   if A.flags[name] then
     redis.call('HSET', key, name, A.flags[name])
   end

@@ -173,10 +173,10 @@ class PythonRunner:
                           "connections": client.connections})
         if action == "burst":
             return await self._burst(client, args)
-        if action in ("next_offer", "next_outcome", "next_room"):
+        if action in ("next_offer", "next_outcome", "next_room", "next_guardian"):
             wait = float(args.get("timeout_s", WAIT_S))
             pushes = {"next_offer": client.next_offer, "next_outcome": client.next_outcome,
-                      "next_room": client.next_room_update}
+                      "next_room": client.next_room_update, "next_guardian": client.next_guardian_request}
             try:
                 return plain(await pushes[action](wait))
             except TimeoutError:
@@ -235,6 +235,8 @@ class PythonRunner:
             return await client.redeem_frame(args["festival"])
         if action == "bind_mentor":
             return await client.bind_mentor(args["mentor"])
+        if action == "guardian_answer":
+            return await client.guardian_answer(args["gift_id"], args["ward"], bool(args["approve"]))
         raise ValueError(f"unknown action {action!r}")
 
     async def _connect(self, actor: str, args: dict[str, Any]) -> Any:

@@ -113,6 +113,7 @@ class TypeScriptRunner {
       if (action === "next_offer") return plain(await client.nextOffer(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
       if (action === "next_outcome") return plain(await client.nextOutcome(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
       if (action === "next_room") return plain(await client.nextRoomUpdate(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
+      if (action === "next_guardian") return plain(await client.nextGuardianRequest(1000 * (args.timeout_s ?? WAIT_MS / 1000)));
       return plain(await this.request(client, action, args));
     } catch (error) {
       if (error instanceof GiftRefused) return plain({ error: error.code, gift: error.gift });
@@ -164,6 +165,8 @@ class TypeScriptRunner {
         return client.redeemFrame(args.festival);
       case "bind_mentor":
         return client.bindMentor(args.mentor);
+      case "guardian_answer":
+        return client.guardianAnswer(args.gift_id, args.ward, Boolean(args.approve));
       default:
         throw new Error(`unknown action ${action}`);
     }

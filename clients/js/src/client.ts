@@ -17,7 +17,18 @@ import { encodingOf } from "./codec.js";
 import type { Encoding, Frame } from "./codec.js";
 import { ConnectionRejected, GiftRefused, NotConnected, ProtocolError, RequestTimeout } from "./errors.js";
 import { MAX_FRAME_BYTES, REPLIES, SUBPROTOCOLS } from "./schema.generated.js";
-import type { Balance, Done, Gift, Pong, QuoteReply, Room, ServerMessage, Welcome } from "./schema.generated.js";
+import type {
+  Balance,
+  Consent,
+  Done,
+  Gift,
+  Pong,
+  QuoteReply,
+  Room,
+  ServerMessage,
+  Skin,
+  Welcome,
+} from "./schema.generated.js";
 import { backoffDelay, ClientSession } from "./session.js";
 import type { Call, RequestBody, SessionEvent } from "./session.js";
 
@@ -58,6 +69,8 @@ export interface ClientOptions {
 export type ClientEvents = {
   offer: Gift;
   outcome: Gift;
+  /** To a guardian: a gift to their ward (`gift.recipient`) waits for guardianAnswer(). */
+  guardian: Gift;
   room: Room;
   welcome: Welcome;
   /** `true` when a connection was welcomed, `false` when it was lost. */
@@ -145,6 +158,7 @@ export class NotecardClient {
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   private readonly offers = new Inbox<Gift>();
   private readonly outcomes = new Inbox<Gift>();
+  private readonly guardianRequests = new Inbox<Gift>();
   private readonly roomUpdates = new Inbox<Room>();
   private lastHeard = 0;
   private watchdog: ReturnType<typeof setInterval> | null = null;
@@ -277,12 +291,32 @@ export class NotecardClient {
     return (await this.request({ t: "decline", gift_id: giftId })).gift;
   }
 
+  /**
+   * As the recipient's guardian (docs/regions.md): approve (the gift becomes the ward's
+   * offer; returned pending) or reject (the sender is refunded; returned declined) a gift
+   * from nextGuardianRequest(). The same answer again returns the gift as it stands.
+   */
+  async guardianAnswer(giftId: string, ward: string, approve: boolean): Promise<Gift> {
+    return (await this.request({ t: "guardian_answer", gift_id: giftId, ward, approve })).gift;
+  }
+
+  /** The next gift to a ward of this user waiting for their answer (live or replayed). */
+  nextGuardianRequest(timeoutMs?: number): Promise<Gift> {
+    return this.guardianRequests.next(timeoutMs);
+  }
+
   balance(): Promise<Balance> {
     return this.request({ t: "get_balance" });
   }
 
   ping(): Promise<Pong> {
     return this.request({ t: "ping" });
+  }
+
+  /** The card art this user's region may see: its own per kind (`optional` false: what offers
+   *  and balances name in `skin` / `skins`) and the optional ones. */
+  async skins(): Promise<Skin[]> {
+    return [...(await this.request({ t: "get_skins" })).skins];
   }
 
   /** Watch a live room; its pushes arrive as `room` events and through nextRoomUpdate(). */
@@ -320,6 +354,17 @@ export class NotecardClient {
   /** Appeal the risk engine's action on this account (docs/risk.md). */
   appeal(kind: "face_verification" | "carrier_bill" | "notarised_document", evidence: string): Promise<Done> {
     return this.request({ t: "appeal", kind, evidence });
+  }
+
+  /** Give data-processing consent to the text `version` the user was shown (the welcome's
+   * `consent_needed` names the one the user's region asks for; docs/regions.md). */
+  giveConsent(version: string, channel = "sdk"): Promise<Consent> {
+    return this.request({ t: "give_consent", version, channel });
+  }
+
+  /** Withdraw the consent on record: where the region asks for it, no gift moves any more. */
+  withdrawConsent(channel = "sdk"): Promise<Consent> {
+    return this.request({ t: "withdraw_consent", channel });
   }
 
   /** The next offer addressed to this user (each once, including those pending at connect). */
@@ -497,6 +542,10 @@ export class NotecardClient {
         case "outcome":
           this.outcomes.push(event.gift);
           this.emit("outcome", event.gift);
+          break;
+        case "guardian":
+          this.guardianRequests.push(event.gift);
+          this.emit("guardian", event.gift);
           break;
         case "room":
           this.roomUpdates.push(event.room);

@@ -32,7 +32,11 @@ export const CLIENT_TYPES = [
   "get_room",
   "redeem_frame",
   "bind_mentor",
-  "appeal"
+  "appeal",
+  "give_consent",
+  "withdraw_consent",
+  "guardian_answer",
+  "get_skins"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -46,7 +50,9 @@ export const SERVER_TYPES = [
   "room",
   "quote",
   "done",
-  "pending"
+  "pending",
+  "consent",
+  "skins"
 ] as const;
 
 export const REPLIES = {
@@ -63,7 +69,11 @@ export const REPLIES = {
   "get_room": "room",
   "redeem_frame": "done",
   "bind_mentor": "done",
-  "appeal": "done"
+  "appeal": "done",
+  "give_consent": "consent",
+  "withdraw_consent": "consent",
+  "guardian_answer": "gift_resolved",
+  "get_skins": "skins"
 } as const;
 
 export const ERROR_CODES = [
@@ -114,6 +124,11 @@ export const ERROR_CODES = [
   "NOTHING_TO_APPEAL",
   "APPEAL_KIND",
   "APPEAL_PENDING",
+  "CONSENT_REQUIRED",
+  "RECIPIENT_NO_CONSENT",
+  "ACCOUNT_ERASED",
+  "GUARDIAN_REQUIRED",
+  "NOT_GUARDIAN",
   "SEND_ABORTED",
   "UNAVAILABLE",
   "INTERNAL"
@@ -265,6 +280,60 @@ export const SHAPES = {
         "re": "[A-Za-z0-9_.:\\-]+",
         "max": 64
       }
+    },
+    {
+      "name": "lucky_table",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "lucky_version",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 1,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "lucky_seed",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[0-9a-f]{64}",
+        "max": 64
+      }
+    },
+    {
+      "name": "lucky_bonus",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "lucky_paid",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "skin",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
     }
   ],
   "rank_entry": [
@@ -293,6 +362,51 @@ export const SHAPES = {
         "k": "int",
         "lo": 1,
         "hi": 9007199254740991
+      }
+    }
+  ],
+  "skin": [
+    {
+      "name": "skin_id",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "kind",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_]+",
+        "max": 32
+      }
+    },
+    {
+      "name": "name",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[^\\x00]*",
+        "max": 100
+      }
+    },
+    {
+      "name": "image_url",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "https?://[!-~]+",
+        "max": 507
+      }
+    },
+    {
+      "name": "optional",
+      "optional": false,
+      "shape": {
+        "k": "bool"
       }
     }
   ],
@@ -666,6 +780,102 @@ export const SHAPES = {
       }
     }
   ],
+  "give_consent": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "version",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "channel",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_.\\-]+",
+        "max": 32
+      }
+    }
+  ],
+  "withdraw_consent": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "channel",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_.\\-]+",
+        "max": 32
+      }
+    }
+  ],
+  "guardian_answer": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "gift_id",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "ward",
+      "optional": false,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "approve",
+      "optional": false,
+      "shape": {
+        "k": "bool"
+      }
+    }
+  ],
+  "get_skins": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -735,6 +945,27 @@ export const SHAPES = {
       "optional": true,
       "shape": {
         "k": "bool"
+      }
+    },
+    {
+      "name": "consent_needed",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "badges",
+      "optional": true,
+      "shape": {
+        "k": "list",
+        "item": {
+          "k": "str",
+          "re": "[a-z][a-z0-9_]*",
+          "max": 32
+        }
       }
     }
   ],
@@ -837,6 +1068,23 @@ export const SHAPES = {
         "lo": 0,
         "hi": 9007199254740991
       }
+    },
+    {
+      "name": "skins",
+      "optional": true,
+      "shape": {
+        "k": "map",
+        "key": {
+          "k": "str",
+          "re": "[a-z0-9_]+",
+          "max": 32
+        },
+        "value": {
+          "k": "str",
+          "re": "[A-Za-z0-9_.:\\-]+",
+          "max": 64
+        }
+      }
     }
   ],
   "pong": [
@@ -929,7 +1177,7 @@ export const SHAPES = {
       "optional": false,
       "shape": {
         "k": "str",
-        "re": "offer|outcome",
+        "re": "offer|outcome|guardian",
         "max": 16
       }
     },
@@ -1149,6 +1397,73 @@ export const SHAPES = {
         "k": "bool"
       }
     }
+  ],
+  "consent": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "changed",
+      "optional": false,
+      "shape": {
+        "k": "bool"
+      }
+    },
+    {
+      "name": "version",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[A-Za-z0-9_.:\\-]+",
+        "max": 64
+      }
+    },
+    {
+      "name": "at_ms",
+      "optional": true,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "channel",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[a-z0-9_.\\-]+",
+        "max": 32
+      }
+    }
+  ],
+  "skins": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "skins",
+      "optional": false,
+      "shape": {
+        "k": "list",
+        "item": {
+          "k": "obj",
+          "type": "skin"
+        }
+      }
+    }
   ]
 } as const;
 
@@ -1169,12 +1484,26 @@ export interface Gift {
   payer?: string;
   festival?: string;
   room?: string;
+  lucky_table?: string;
+  lucky_version?: number;
+  lucky_seed?: string;
+  lucky_bonus?: number;
+  lucky_paid?: number;
+  skin?: string;
 }
 
 export interface RankEntry {
   user: string;
   points: number;
   rank: number;
+}
+
+export interface Skin {
+  skin_id: string;
+  kind: string;
+  name: string;
+  image_url: string;
+  optional: boolean;
 }
 
 export interface Hello {
@@ -1271,6 +1600,32 @@ export interface Appeal {
   evidence: string;
 }
 
+export interface GiveConsent {
+  t: "give_consent";
+  rid: number;
+  version: string;
+  channel?: string;
+}
+
+export interface WithdrawConsent {
+  t: "withdraw_consent";
+  rid: number;
+  channel?: string;
+}
+
+export interface GuardianAnswer {
+  t: "guardian_answer";
+  rid: number;
+  gift_id: string;
+  ward: string;
+  approve: boolean;
+}
+
+export interface GetSkins {
+  t: "get_skins";
+  rid: number;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1281,6 +1636,8 @@ export interface Welcome {
   pending: Gift[];
   heartbeat_s: number;
   pending_more?: boolean;
+  consent_needed?: string;
+  badges?: string[];
 }
 
 export interface GiftSent {
@@ -1302,6 +1659,7 @@ export interface Balance {
   held: Record<string, number>;
   units_per_card: number;
   points?: number;
+  skins?: Record<string, string>;
 }
 
 export interface Pong {
@@ -1365,5 +1723,20 @@ export interface Pending {
   more?: boolean;
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal;
-export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending;
+export interface Consent {
+  t: "consent";
+  rid: number;
+  changed: boolean;
+  version?: string;
+  at_ms?: number;
+  channel?: string;
+}
+
+export interface Skins {
+  t: "skins";
+  rid: number;
+  skins: Skin[];
+}
+
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent | GuardianAnswer | GetSkins;
+export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Consent | Skins;

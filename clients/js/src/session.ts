@@ -45,6 +45,7 @@ export type SessionEvent =
   | { type: "welcomed"; welcome: Welcome; resumed: boolean }
   | { type: "offer"; gift: Gift }
   | { type: "outcome"; gift: Gift }
+  | { type: "guardian"; gift: Gift }
   | { type: "room"; room: Room }
   | { type: "answered"; call: Call; reply: ServerMessage; retryable: boolean; unexpected: boolean }
   | { type: "server_error"; error: ErrorMessage }
@@ -292,6 +293,7 @@ export class ClientSession {
     this.epoch = event.epoch;
     this.offset = event.offset;
     if (event.event === "offer") this.offer(event.gift);
+    else if (event.event === "guardian") this.events.push({ type: "guardian", gift: event.gift });
     else this.events.push({ type: "outcome", gift: event.gift });
   }
 }

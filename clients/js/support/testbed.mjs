@@ -15,9 +15,10 @@ export function python() {
   return existsSync(venv) ? venv : "python3";
 }
 
-/** Start a testbed with `nodes` gateway nodes; resolves once every node is ready. */
-export async function startTestbed(nodes = 2) {
-  const child = spawn(python(), ["-m", "notecard.testbed", "--nodes", String(nodes)], {
+/** Start a testbed with `nodes` gateway nodes; resolves once every node is ready. `args`:
+ * more of `python -m notecard.testbed`'s flags (`--dashboards SEED:RECIPIENTS`). */
+export async function startTestbed(nodes = 2, args = []) {
+  const child = spawn(python(), ["-m", "notecard.testbed", "--nodes", String(nodes), ...args], {
     cwd: repo,
     stdio: ["pipe", "pipe", "inherit"],
   });

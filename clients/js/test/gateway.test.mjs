@@ -52,6 +52,29 @@ for (const encoding of ["msgpack", "json"]) {
   });
 }
 
+test("regional card art: the offer and the balance name the recipient's region's skin, skins() lists it", async () => {
+  const [alice, bob] = [unique("alice"), unique("bob")];
+  const skinId = unique("tiger");
+  await bed.admin("PUT", `/admin/skins/${skinId}`, {
+    kind: "note", name: "Tiger", image_url: "https://cdn.example/tiger.png", regions: ["jsart"],
+  });
+  await befriend(bed, [alice, bob]);
+  await bed.admin("PATCH", `/admin/users/${bob}`, { region: "jsart" });
+  const a = client(alice, bed.nodes[0].url);
+  const b = client(bob, bed.nodes[1].url);
+  await Promise.all([a.connect(), b.connect()]);
+  const gift = await a.sendGift(bob);
+  const offer = await b.nextOffer(10_000);
+  assert.equal(offer.gift_id, gift.gift_id);
+  assert.equal(offer.skin, skinId);
+  await b.decline(offer.gift_id);
+  assert.deepEqual((await b.balance()).skins, { note: skinId });
+  assert.equal((await a.balance()).skins, undefined);
+  assert.deepEqual((await b.skins()).map((s) => [s.skin_id, s.optional]), [[skinId, false]]);
+  assert.deepEqual(await a.skins(), []);
+  await bed.admin("DELETE", `/admin/skins/${skinId}`);
+});
+
 test("a refusal carries its code, a repeated gift id gives the same gift, a declined card comes back", async () => {
   const [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
   await befriend(bed, [alice, bob]);
@@ -68,6 +91,30 @@ test("a refusal carries its code, a repeated gift id gives the same gift, a decl
   assert.equal((await b.decline(first.gift_id)).state, "declined");
   await assert.rejects(b.accept(first.gift_id), (e) => e.code === "ALREADY_RESOLVED" && e.gift.state === "declined");
   await waitFor(async () => (await a.balance()).available.note === 100, 10_000, "the card back");
+});
+
+test("a guardian approves a gift to their ward on one node, which then offers it to the ward on the other", async () => {
+  const [sender, ward, guardian] = [unique("sam"), unique("wafa"), unique("gabe")];
+  await befriend(bed, [sender, ward]);
+  await bed.admin("POST", "/admin/users", { user_id: guardian, verified: true });
+  await bed.admin("PUT", "/admin/regions/mena", { guardian_rule: "male_to_female", guardian_window_ms: 60_000 });
+  await bed.admin("PATCH", `/admin/users/${sender}`, { gender: "male" });
+  await bed.admin("PATCH", `/admin/users/${ward}`, { gender: "female", region: "mena" });
+  await bed.admin("PUT", `/admin/users/${ward}/guardian`, { guardian, operator: "ops" });
+  const s = client(sender, bed.nodes[0].url);
+  const w = client(ward, bed.nodes[1].url);
+  const g = client(guardian, bed.nodes[0].url);
+  await Promise.all([s.connect(), w.connect(), g.connect()]);
+  const gift = await s.sendGift(ward);
+  assert.equal(gift.state, "pending");
+  const asked = await g.nextGuardianRequest(10_000);
+  assert.deepEqual([asked.gift_id, asked.recipient], [gift.gift_id, ward]);
+  assert.equal((await g.guardianAnswer(gift.gift_id, ward, true)).state, "pending");
+  assert.equal((await g.guardianAnswer(gift.gift_id, ward, true)).state, "pending");
+  await assert.rejects(g.guardianAnswer(gift.gift_id, ward, false), (e) => e.code === "ALREADY_RESOLVED");
+  assert.equal((await w.nextOffer(10_000)).gift_id, gift.gift_id);
+  assert.equal((await w.accept(gift.gift_id)).state, "accepted");
+  await bed.admin("DELETE", "/admin/regions/mena");
 });
 
 test("a forged token is rejected with 3500 and the client does not retry", async () => {

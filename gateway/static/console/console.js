@@ -168,6 +168,7 @@ async function open() {
   await poll();
   checkInvariant();
   loadScenes();
+  loadDashboards();
   let n = 0;
   timer = setInterval(() => {
     poll();
@@ -252,6 +253,65 @@ async function loadScenes() {
   }
 }
 
+// The business dashboards (docs/dashboards.md): the three JSON routes, drawn as bars, a table
+// and a heat map. A node without a book of record answers 503 NO_BOOKS: shown, not an error.
+async function loadDashboards() {
+  const query = new URLSearchParams();
+  for (const name of ["brand", "campaign"]) {
+    const value = $(`dash-${name}`).value.trim();
+    if (value) query.set(name, value);
+  }
+  const suffix = query.toString() ? `?${query}` : "";
+  try {
+    const [profile, conversion, retention] = await Promise.all(
+      ["profile", "conversion", "retention"].map((name) => api("GET", `/admin/dashboards/${name}${suffix}`)));
+    $("dash-error").replaceChildren();
+    drawProfile(profile);
+    drawConversion(conversion);
+    drawRetention(retention);
+  } catch (error) {
+    if (error instanceof Unauthorized) return signOut(error.message);
+    for (const id of ["dash-profile", "dash-conversion", "dash-retention"]) $(id).replaceChildren();
+    $("dash-error").replaceChildren(el("div", { class: "notice warn" }, error.message));
+  }
+}
+
+const percent = (rate) => (rate === null ? "–" : `${Math.round(rate * 100)}%`);
+
+function drawProfile(report) {
+  const titles = { region: "region", age: "age bucket", app: "app", fan_level: "fan level" };
+  $("dash-profile").replaceChildren(...Object.entries(report.breakdown).map(([name, rows]) => {
+    const top = Math.max(1, ...rows.map((row) => row.recipients));
+    return el("div", { class: "tile", "data-dimension": name },
+      el("div", { class: "muted" }, `${titles[name] ?? name} · ${report.recipients} recipients`),
+      el("table", {}, ...rows.map((row) => el("tr", {},
+        el("th", {}, row.value),
+        el("td", { style: "width:60%" }, el("div", { style: `background:var(--accent);height:10px;width:${(100 * row.recipients) / top}%` })),
+        el("td", {}, String(row.recipients))))));
+  }));
+}
+
+function drawConversion(report) {
+  const money = (cents) => (cents === null ? "–" : (cents / 100).toFixed(2));
+  const head = ["campaign", "issued", "accepted", "purchased", "cost", "revenue", "cost / purchase", "ROI"];
+  $("dash-conversion").replaceChildren(el("table", {},
+    el("tr", {}, ...head.map((h) => el("th", {}, h))),
+    ...report.campaigns.map((c) => el("tr", { "data-campaign": c.campaign },
+      el("td", {}, `${c.name} (${c.brand})`), el("td", {}, String(c.issued)),
+      el("td", {}, `${c.accepted} (${percent(c.accept_rate)})`), el("td", {}, `${c.purchased} (${percent(c.purchase_rate)})`),
+      el("td", {}, money(c.cost_cents)), el("td", {}, money(c.revenue_cents)), el("td", {}, money(c.cost_per_conversion_cents)),
+      el("td", {}, percent(c.roi))))));
+}
+
+function drawRetention(report) {
+  const days = Array.from({ length: report.days }, (_, i) => i + 1);
+  $("dash-retention").replaceChildren(el("table", {},
+    el("tr", {}, el("th", {}, `cohort (${report.timezone})`), el("th", {}, "recipients"), ...days.map((d) => el("th", {}, String(d)))),
+    ...report.cohorts.map((c) => el("tr", { "data-cohort": c.day },
+      el("td", {}, c.day), el("td", {}, String(c.recipients)),
+      ...c.rate.map((rate) => el("td", { style: `background:rgba(47,111,237,${rate ?? 0});color:${(rate ?? 0) > 0.5 ? "#fff" : "inherit"}` }, percent(rate)))))));
+}
+
 $("signin-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   token = $("token").value.trim();
@@ -276,6 +336,10 @@ $("gift-form").addEventListener("submit", async (event) => {
   } catch (error) {
     $("gift").replaceChildren(el("div", { class: "notice bad" }, error.message));
   }
+});
+$("dash-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  loadDashboards();
 });
 $("festival-form").addEventListener("submit", async (event) => {
   event.preventDefault();

@@ -38,6 +38,72 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and (not .Values.secrets.tokenSecretKey) (not .Values.tokens.jwksUrl) -}}
 {{- fail "set tokens.jwksUrl or secrets.tokenSecretKey: a node needs a way to verify client tokens" -}}
 {{- end -}}
+{{- if and .Values.ledger.enabled (not .Values.secrets.postgresUrlKey) -}}
+{{- fail "set secrets.postgresUrlKey (the Secret's key holding NOTECARD_POSTGRES_URL) or ledger.enabled: false" -}}
+{{- end -}}
+{{- if and .Values.webhooks.enabled (not .Values.webhooks.urls) -}}
+{{- fail "set webhooks.urls: where notecard webhooks POSTs the gift events" -}}
+{{- end -}}
+{{- if and .Values.webhooks.enabled (not .Values.secrets.webhookSecretKey) -}}
+{{- fail "set secrets.webhookSecretKey: the Secret's key holding the webhooks' signing secret" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where Redis is and its passwords: the nodes' and every side process's. */}}
+{{- define "notecard.redisEnv" -}}
+{{- with .Values.redis.url }}
+- name: NOTECARD_REDIS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.redis.sentinels }}
+- name: NOTECARD_SENTINELS
+  value: {{ join "," . | quote }}
+- name: NOTECARD_SENTINEL_MASTER
+  value: {{ $.Values.redis.sentinelMaster | quote }}
+{{- end }}
+{{- with .Values.redis.cluster }}
+- name: NOTECARD_REDIS_CLUSTER
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- if .Values.redis.tls }}
+- name: NOTECARD_REDIS_TLS
+  value: "true"
+{{- end }}
+{{- if .Values.redis.sentinelTls }}
+- name: NOTECARD_SENTINEL_TLS
+  value: "true"
+{{- end }}
+{{- with .Values.redis.username }}
+- name: NOTECARD_REDIS_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.redis.sentinelUsername }}
+- name: NOTECARD_SENTINEL_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.secrets.redisPasswordKey }}
+- name: NOTECARD_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.secrets.existingSecret }}
+      key: {{ . }}
+      optional: true
+{{- end }}
+{{- with .Values.secrets.sentinelPasswordKey }}
+- name: NOTECARD_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.secrets.existingSecret }}
+      key: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* A side process's labels: a name of its own, so that the nodes' selectors (name and
+instance) never pick its pods. Called with (dict "root" $ "process" "ledger"). */}}
+{{- define "notecard.sideSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-%s" (include "notecard.name" .root) .process | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .process }}
 {{- end -}}
 
 {{- define "notecard.terminationGrace" -}}

@@ -88,6 +88,7 @@ export class NotecardClient {
     listeners = new Map();
     offers = new Inbox();
     outcomes = new Inbox();
+    guardianRequests = new Inbox();
     roomUpdates = new Inbox();
     lastHeard = 0;
     watchdog = null;
@@ -208,11 +209,28 @@ export class NotecardClient {
     async decline(giftId) {
         return (await this.request({ t: "decline", gift_id: giftId })).gift;
     }
+    /**
+     * As the recipient's guardian (docs/regions.md): approve (the gift becomes the ward's
+     * offer; returned pending) or reject (the sender is refunded; returned declined) a gift
+     * from nextGuardianRequest(). The same answer again returns the gift as it stands.
+     */
+    async guardianAnswer(giftId, ward, approve) {
+        return (await this.request({ t: "guardian_answer", gift_id: giftId, ward, approve })).gift;
+    }
+    /** The next gift to a ward of this user waiting for their answer (live or replayed). */
+    nextGuardianRequest(timeoutMs) {
+        return this.guardianRequests.next(timeoutMs);
+    }
     balance() {
         return this.request({ t: "get_balance" });
     }
     ping() {
         return this.request({ t: "ping" });
+    }
+    /** The card art this user's region may see: its own per kind (`optional` false: what offers
+     *  and balances name in `skin` / `skins`) and the optional ones. */
+    async skins() {
+        return [...(await this.request({ t: "get_skins" })).skins];
     }
     /** Watch a live room; its pushes arrive as `room` events and through nextRoomUpdate(). */
     joinRoom(room) {
@@ -242,6 +260,15 @@ export class NotecardClient {
     /** Appeal the risk engine's action on this account (docs/risk.md). */
     appeal(kind, evidence) {
         return this.request({ t: "appeal", kind, evidence });
+    }
+    /** Give data-processing consent to the text `version` the user was shown (the welcome's
+     * `consent_needed` names the one the user's region asks for; docs/regions.md). */
+    giveConsent(version, channel = "sdk") {
+        return this.request({ t: "give_consent", version, channel });
+    }
+    /** Withdraw the consent on record: where the region asks for it, no gift moves any more. */
+    withdrawConsent(channel = "sdk") {
+        return this.request({ t: "withdraw_consent", channel });
     }
     /** The next offer addressed to this user (each once, including those pending at connect). */
     nextOffer(timeoutMs) {
@@ -421,6 +448,10 @@ export class NotecardClient {
                 case "outcome":
                     this.outcomes.push(event.gift);
                     this.emit("outcome", event.gift);
+                    break;
+                case "guardian":
+                    this.guardianRequests.push(event.gift);
+                    this.emit("guardian", event.gift);
                     break;
                 case "room":
                     this.roomUpdates.push(event.room);

@@ -24,7 +24,11 @@ export const CLIENT_TYPES = [
     "get_room",
     "redeem_frame",
     "bind_mentor",
-    "appeal"
+    "appeal",
+    "give_consent",
+    "withdraw_consent",
+    "guardian_answer",
+    "get_skins"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -37,7 +41,9 @@ export const SERVER_TYPES = [
     "room",
     "quote",
     "done",
-    "pending"
+    "pending",
+    "consent",
+    "skins"
 ];
 export const REPLIES = {
     "hello": "welcome",
@@ -53,7 +59,11 @@ export const REPLIES = {
     "get_room": "room",
     "redeem_frame": "done",
     "bind_mentor": "done",
-    "appeal": "done"
+    "appeal": "done",
+    "give_consent": "consent",
+    "withdraw_consent": "consent",
+    "guardian_answer": "gift_resolved",
+    "get_skins": "skins"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -103,6 +113,11 @@ export const ERROR_CODES = [
     "NOTHING_TO_APPEAL",
     "APPEAL_KIND",
     "APPEAL_PENDING",
+    "CONSENT_REQUIRED",
+    "RECIPIENT_NO_CONSENT",
+    "ACCOUNT_ERASED",
+    "GUARDIAN_REQUIRED",
+    "NOT_GUARDIAN",
     "SEND_ABORTED",
     "UNAVAILABLE",
     "INTERNAL"
@@ -251,6 +266,60 @@ export const SHAPES = {
                 "re": "[A-Za-z0-9_.:\\-]+",
                 "max": 64
             }
+        },
+        {
+            "name": "lucky_table",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "lucky_version",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 1,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "lucky_seed",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[0-9a-f]{64}",
+                "max": 64
+            }
+        },
+        {
+            "name": "lucky_bonus",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "lucky_paid",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "skin",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
         }
     ],
     "rank_entry": [
@@ -279,6 +348,51 @@ export const SHAPES = {
                 "k": "int",
                 "lo": 1,
                 "hi": 9007199254740991
+            }
+        }
+    ],
+    "skin": [
+        {
+            "name": "skin_id",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "kind",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_]+",
+                "max": 32
+            }
+        },
+        {
+            "name": "name",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[^\\x00]*",
+                "max": 100
+            }
+        },
+        {
+            "name": "image_url",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "https?://[!-~]+",
+                "max": 507
+            }
+        },
+        {
+            "name": "optional",
+            "optional": false,
+            "shape": {
+                "k": "bool"
             }
         }
     ],
@@ -652,6 +766,102 @@ export const SHAPES = {
             }
         }
     ],
+    "give_consent": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "version",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "channel",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_.\\-]+",
+                "max": 32
+            }
+        }
+    ],
+    "withdraw_consent": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "channel",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_.\\-]+",
+                "max": 32
+            }
+        }
+    ],
+    "guardian_answer": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "gift_id",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "ward",
+            "optional": false,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "approve",
+            "optional": false,
+            "shape": {
+                "k": "bool"
+            }
+        }
+    ],
+    "get_skins": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -721,6 +931,27 @@ export const SHAPES = {
             "optional": true,
             "shape": {
                 "k": "bool"
+            }
+        },
+        {
+            "name": "consent_needed",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "badges",
+            "optional": true,
+            "shape": {
+                "k": "list",
+                "item": {
+                    "k": "str",
+                    "re": "[a-z][a-z0-9_]*",
+                    "max": 32
+                }
             }
         }
     ],
@@ -823,6 +1054,23 @@ export const SHAPES = {
                 "lo": 0,
                 "hi": 9007199254740991
             }
+        },
+        {
+            "name": "skins",
+            "optional": true,
+            "shape": {
+                "k": "map",
+                "key": {
+                    "k": "str",
+                    "re": "[a-z0-9_]+",
+                    "max": 32
+                },
+                "value": {
+                    "k": "str",
+                    "re": "[A-Za-z0-9_.:\\-]+",
+                    "max": 64
+                }
+            }
         }
     ],
     "pong": [
@@ -915,7 +1163,7 @@ export const SHAPES = {
             "optional": false,
             "shape": {
                 "k": "str",
-                "re": "offer|outcome",
+                "re": "offer|outcome|guardian",
                 "max": 16
             }
         },
@@ -1133,6 +1381,73 @@ export const SHAPES = {
             "optional": true,
             "shape": {
                 "k": "bool"
+            }
+        }
+    ],
+    "consent": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "changed",
+            "optional": false,
+            "shape": {
+                "k": "bool"
+            }
+        },
+        {
+            "name": "version",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[A-Za-z0-9_.:\\-]+",
+                "max": 64
+            }
+        },
+        {
+            "name": "at_ms",
+            "optional": true,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "channel",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[a-z0-9_.\\-]+",
+                "max": 32
+            }
+        }
+    ],
+    "skins": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "skins",
+            "optional": false,
+            "shape": {
+                "k": "list",
+                "item": {
+                    "k": "obj",
+                    "type": "skin"
+                }
             }
         }
     ]

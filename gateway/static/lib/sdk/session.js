@@ -247,6 +247,8 @@ export class ClientSession {
         this.offset = event.offset;
         if (event.event === "offer")
             this.offer(event.gift);
+        else if (event.event === "guardian")
+            this.events.push({ type: "guardian", gift: event.gift });
         else
             this.events.push({ type: "outcome", gift: event.gift });
     }

@@ -1,0 +1,263 @@
+"""Guardian confirmation (docs/regions.md, gift-rules.md section 5, Middle East): a gift the
+recipient's region rule covers waits for the recipient's guardian, who approves (it becomes an
+offer) or rejects (refunded); the guardian's window expiring refunds it too. Through the SDK
+against real nodes, on one Redis and on a 3-shard cluster, where the parties below are
+chosen so that the sender, the ward and the guardian each live on another shard (the saga)
+or all on one (the one-script path). The node fixture checks the conservation invariant
+after each test."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from clearing import GiftRules, check_invariant
+from clearing.slots import slot_of
+from gateway import GatewayNode
+from notecard.admin_client import AdminApiError, AdminClient
+from notecard_sdk import GiftRefused, NotecardClient
+from tests.conftest import TOPOLOGIES
+from tests.gateway_fixtures import ClientFactory, NodeFactory, befriend_all
+
+pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
+
+UNITS = GiftRules().units_per_card
+#: On the test cluster (3 shards of 5461 slots) each of these lives on another shard ...
+APART = ("sam", "wafa", "gabe")
+#: ... and these three on one.
+TOGETHER = ("rami", "noor", "hadi")
+WAIT_S = 10.0
+
+
+@pytest.fixture
+async def node(node_factory: NodeFactory) -> GatewayNode:
+    return await node_factory(sweep_interval_s=0.05)
+
+
+@pytest.fixture(params=["apart", "together"])
+def parties(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """(sender, ward, guardian)."""
+    return APART if request.param == "apart" else TOGETHER
+
+
+def test_the_parties_are_where_the_tests_say(topology_kind: str) -> None:
+    assert len({slot_of(u) // 5462 for u in APART}) == 3
+    assert len({slot_of(u) // 5462 for u in TOGETHER}) == 1
+
+
+async def _setup(admin: AdminClient, sender: str, ward: str, guardian: str, *, rule: str = "male_to_female",
+                 window_ms: int = 60_000, sender_gender: str = "male", ward_gender: str = "female",
+                 link: bool = True) -> None:
+    await befriend_all(admin, sender, ward)
+    await admin.create_user(guardian)
+    if rule != "off":
+        await admin.put_region("mena", {"name": "Middle East", "guardian_rule": rule,
+                                        "guardian_window_ms": window_ms})
+    await admin.set_flags(sender, gender=sender_gender)
+    await admin.set_flags(ward, gender=ward_gender, region="mena")
+    if link:
+        await admin.link_guardian(ward, guardian, operator="ops1")
+
+
+async def _available(admin: AdminClient, user: str) -> int:
+    return int((await admin.get_user(user))["balances"]["available"]["note"])
+
+
+async def _conserved(redis: aioredis.Redis) -> None:
+    """The conservation check, while gifts wait (the node fixture checks again at the end)."""
+    report = await check_invariant(redis, GiftRules())
+    assert report.ok, report.violations
+
+
+async def _pending(admin: AdminClient, user: str) -> list[Any]:
+    return list((await admin.call("GET", f"/admin/users/{user}/pending"))["gifts"])
+
+
+async def test_guardians_are_linked_and_unlinked_by_operators_with_an_audit_log(admin: AdminClient) -> None:
+    await admin.create_user("wafa")
+    await admin.create_user("gabe")
+    linked = await admin.link_guardian("wafa", "gabe", operator="ops1")
+    assert linked["guardian"] == "gabe"
+    for bad in ("wafa", "nobody"):
+        with pytest.raises(AdminApiError) as refused:
+            await admin.link_guardian("wafa", bad)
+        assert refused.value.code in ("BAD_REQUEST", "UNKNOWN_USER")
+    with pytest.raises(AdminApiError) as gender:
+        await admin.set_flags("wafa", gender="other")
+    assert gender.value.code == "BAD_REQUEST"
+    await admin.link_guardian("wafa", None, operator="ops2")
+    shown = await admin.guardian("wafa")
+    assert shown["guardian"] == ""
+    assert [(e["operator"], e["from"], e["to"]) for e in shown["log"]] == [("ops2", "gabe", ""), ("ops1", "", "gabe")]
+    with pytest.raises(AdminApiError) as bad_rule:
+        await admin.put_region("mena", {"guardian_rule": "sometimes"})
+    assert bad_rule.value.code == "BAD_REQUEST"
+
+
+async def test_rule_off_a_male_to_female_gift_is_offered_at_once(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian, rule="off")
+    s, w = await connect(sender), await connect(ward)
+    gift = await s.send_gift(ward, 1)
+    assert (await w.next_offer(WAIT_S)).gift_id == gift.gift_id
+
+
+@pytest.mark.parametrize("genders", [("female", "female"), ("male", "male"), ("", "female")])
+async def test_rule_male_to_female_leaves_other_pairs_alone(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], genders: tuple[str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian, sender_gender=genders[0], ward_gender=genders[1])
+    s, w = await connect(sender), await connect(ward)
+    gift = await s.send_gift(ward, 1)
+    assert (await w.next_offer(WAIT_S)).gift_id == gift.gift_id
+    assert (await w.accept(gift.gift_id)).state == "accepted"
+
+
+async def test_rule_any_holds_every_gift_to_the_ward(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian, rule="any", sender_gender="female")
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 1)
+    assert (await g.next_guardian_request(WAIT_S)).gift_id == gift.gift_id
+    await g.guardian_answer(gift.gift_id, ward, approve=False)
+
+
+async def test_a_ward_without_a_guardian_is_refused_and_nothing_moves(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian, link=False)
+    s = await connect(sender)
+    with pytest.raises(GiftRefused) as offline:  # the other refusals come first
+        await s.send_gift(ward, 1, gift_id="g-offline")
+    assert offline.value.code == "RECIPIENT_OFFLINE"
+    await connect(ward)
+    with pytest.raises(GiftRefused) as refused:
+        await s.send_gift(ward, 1, gift_id="g-none")
+    assert refused.value.code == "GUARDIAN_REQUIRED"
+    with pytest.raises(GiftRefused) as again:  # remembered for its id
+        await s.send_gift(ward, 1, gift_id="g-none")
+    assert again.value.code == "GUARDIAN_REQUIRED"
+    assert await _available(admin, sender) == 10 * UNITS
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 0
+    assert await _pending(admin, ward) == []
+
+
+async def test_approved_gift_becomes_an_offer_whose_accept_credits_the_ward(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 2)
+    assert gift.state == "pending"
+    asked = await g.next_guardian_request(WAIT_S)
+    assert (asked.gift_id, asked.sender, asked.recipient, asked.qty) == (gift.gift_id, sender, ward, 2)
+    assert asked.expires_at_ms <= gift.expires_at_ms
+    # Held from the sender, not yet offered to the ward.
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 2 * UNITS
+    assert await _pending(admin, ward) == []
+    await _conserved(redis)
+    approved = await g.guardian_answer(gift.gift_id, ward, approve=True)
+    assert approved.state == "pending"
+    offer = await w.next_offer(WAIT_S)
+    assert offer.gift_id == gift.gift_id
+    # A change of mind is too late: the offer is the ward's, and nothing of it moves.
+    with pytest.raises(GiftRefused) as changed_mind:
+        await g.guardian_answer(gift.gift_id, ward, approve=False)
+    assert (changed_mind.value.code, changed_mind.value.gift.state) == ("ALREADY_RESOLVED", "pending")
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 2 * UNITS
+    await _conserved(redis)
+    assert (await w.accept(gift.gift_id)).state == "accepted"
+    assert (await s.next_outcome(WAIT_S)).state == "accepted"
+    assert await _available(admin, ward) == 12 * UNITS
+    assert await _available(admin, sender) == 8 * UNITS
+    # Answers after the fact: the same one changes nothing, the other is refused.
+    assert (await g.guardian_answer(gift.gift_id, ward, approve=True)).gift_id == gift.gift_id
+    with pytest.raises(GiftRefused) as other:
+        await g.guardian_answer(gift.gift_id, ward, approve=False)
+    assert other.value.code == "ALREADY_RESOLVED"
+
+
+async def test_rejected_gift_refunds_the_sender_and_the_ward_hears_nothing(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 3)
+    await g.next_guardian_request(WAIT_S)
+    # The ward cannot act on a gift not offered to them; a stranger cannot answer it.
+    with pytest.raises(GiftRefused) as hidden:
+        await w.accept(gift.gift_id)
+    assert hidden.value.code == "GIFT_NOT_FOUND"
+    with pytest.raises(GiftRefused) as stranger:
+        await s.guardian_answer(gift.gift_id, ward, approve=True)
+    assert stranger.value.code == "NOT_GUARDIAN"
+    rejected = await g.guardian_answer(gift.gift_id, ward, approve=False)
+    assert rejected.state == "declined"
+    assert (await s.next_outcome(WAIT_S)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 0
+    assert await _available(admin, ward) == 10 * UNITS
+    # Idempotent: the same answer again, from the same device.
+    assert (await g.guardian_answer(gift.gift_id, ward, approve=False)).state == "declined"
+    with pytest.raises(GiftRefused) as late:
+        await g.guardian_answer(gift.gift_id, ward, approve=True)
+    assert late.value.code == "ALREADY_RESOLVED"
+    with pytest.raises(asyncio.TimeoutError):
+        await w.next_outcome(0.3)  # nothing told to the ward of a gift it never saw
+
+
+async def test_the_guardian_window_expiring_refunds_the_sender(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian, window_ms=1_000)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 1)
+    await g.next_guardian_request(WAIT_S)
+    assert (await s.next_outcome(WAIT_S)).state == "expired"
+    assert await _available(admin, sender) == 10 * UNITS
+    with pytest.raises(GiftRefused) as late:
+        await g.guardian_answer(gift.gift_id, ward, approve=True)
+    assert late.value.code == "GIFT_EXPIRED"
+
+
+async def test_a_guardian_on_two_devices_answers_once(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, w = await connect(sender), await connect(ward)
+    phone, tablet = await connect(guardian), await connect(guardian)
+    gift = await s.send_gift(ward, 1)
+    assert (await phone.next_guardian_request(WAIT_S)).gift_id == gift.gift_id
+    assert (await tablet.next_guardian_request(WAIT_S)).gift_id == gift.gift_id
+    first, second = await asyncio.gather(phone.guardian_answer(gift.gift_id, ward, approve=True),
+                                         tablet.guardian_answer(gift.gift_id, ward, approve=True))
+    assert first.state == second.state == "pending"
+    assert (await w.next_offer(WAIT_S)).gift_id == gift.gift_id
+    with pytest.raises(asyncio.TimeoutError):
+        await w.next_offer(0.3)  # offered once
+    assert (await w.decline(gift.gift_id)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+
+
+async def test_a_guardian_who_reconnects_gets_the_requests_missed_meanwhile(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, w = await connect(sender), await connect(ward)
+    g: NotecardClient = await connect(guardian)
+    epoch, offset = g.epoch, g.offset
+    await g.close()
+    gift = await s.send_gift(ward, 1)
+    await _conserved(redis)
+    again = await connect(guardian, epoch=epoch, offset=offset)
+    replayed = await again.next_guardian_request(WAIT_S)
+    assert (replayed.gift_id, replayed.recipient) == (gift.gift_id, ward)
+    assert again.recovered
+    await again.guardian_answer(gift.gift_id, ward, approve=True)
+    assert (await w.next_offer(WAIT_S)).gift_id == gift.gift_id
+    assert (await w.accept(gift.gift_id)).state == "accepted"

@@ -1,0 +1,133 @@
+"""Eco badges (docs/regions.md "Eco badges"): earned by a region's configured thresholds on
+the counters the gift scripts keep, shown in the welcome and by the admin API. Real SDK
+clients against a real node, on one Redis and on a 3-shard cluster, on the one-script path
+and on the saga; the node fixture checks the conservation invariant after each test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from clearing import GiftRules
+from clearing.regions import RegionRules
+from clearing.scene_config import SceneConfigError
+from gateway.node import GatewayNode
+from notecard.admin_client import AdminApiError, AdminClient
+from notecard_sdk import NotecardClient
+from tests.conftest import TOPOLOGIES
+from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory, befriend_all, token_for
+
+pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
+
+RULES = GiftRules(daily_send_limit=100, daily_receive_limit=100)
+BADGES = [
+    {"id": "seedling", "name": "Seedling", "metric": "accepted", "at_least": 1},
+    {"id": "green_giver", "name": "Green giver", "metric": "given_month", "at_least": 2},
+    {"id": "forest", "name": "Forest", "metric": "given", "at_least": 3},
+]
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(params=["fast", "saga"])
+async def eco_node(request: pytest.FixtureRequest, node_factory: NodeFactory) -> GatewayNode:
+    node = await node_factory(RULES)
+    node.clearing.force_saga = request.param == "saga"
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        await admin.put_region("eu", {"name": "Europe", "eco_badges": BADGES})
+
+    async def applied() -> bool:
+        return bool((await node.clearing.settings.get()).region("eu").eco_badges)
+
+    await _eventually(applied, "the eu badges on the node")
+    return node
+
+
+@pytest.fixture
+async def clients(eco_node: GatewayNode) -> Any:
+    made: list[NotecardClient] = []
+
+    async def make(user: str) -> NotecardClient:
+        client = NotecardClient(eco_node.url, token_for(user))
+        await client.connect()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def test_badges_are_earned_at_their_thresholds_and_shown_in_the_welcome_and_admin_api(
+        eco_node: GatewayNode, clients: Any) -> None:
+    async with AdminClient(eco_node.admin_url, ADMIN_TOKEN) as admin:
+        await befriend_all(admin, "anna", "bob", region="eu")
+        await befriend_all(admin, "gil", "gus")
+        anna, bob = await clients("anna"), await clients("bob")
+        assert anna.welcome is not None and anna.welcome.badges == ()  # the region has badges, none held
+        gift = await anna.send_gift("bob")
+        await bob.accept(gift.gift_id)
+        declined = await anna.send_gift("bob")
+        await bob.decline(declined.gift_id)  # only accepted gifts count
+
+        shown = await admin.call("GET", "/admin/users/anna/badges")
+        assert shown["region"] == "eu" and shown["earned"] == []
+        assert {b["id"]: b["value"] for b in shown["badges"]} == {"seedling": 0, "green_giver": 1, "forest": 1}
+        assert (await admin.call("GET", "/admin/users/bob/badges"))["earned"] == ["seedling"]
+
+        second = await anna.send_gift("bob")
+        await bob.accept(second.gift_id)
+        assert (await admin.call("GET", "/admin/users/anna/badges"))["earned"] == ["green_giver"]
+        later = await clients("anna")
+        assert later.welcome is not None and later.welcome.badges == ("green_giver",)
+        again = await clients("bob")
+        assert again.welcome is not None and again.welcome.badges == ("seedling",)
+
+        # an operator lowering a threshold changes who holds the badge at once
+        await admin.put_region("eu", {"eco_badges": [{**BADGES[2], "at_least": 2}]})
+
+        async def lowered() -> bool:
+            rules = (await eco_node.clearing.settings.get()).region("eu")
+            return len(rules.eco_badges) == 1
+        await _eventually(lowered, "the new thresholds on the node")
+        assert (await admin.call("GET", "/admin/users/anna/badges"))["earned"] == ["forest"]
+
+        # a region without badges: nothing shown
+        gil = await clients("gil")
+        assert gil.welcome is not None and gil.welcome.badges is None
+        assert (await admin.call("GET", "/admin/users/gil/badges")) == {
+            "user": "gil", "region": "global", "badges": [], "earned": []}
+        with pytest.raises(AdminApiError) as missing:
+            await admin.call("GET", "/admin/users/nobody/badges")
+        assert (missing.value.status, missing.value.code) == (404, "UNKNOWN_USER")
+
+
+@pytest.mark.parametrize("badges", [
+    "not a list",
+    [{"id": "x", "metric": "planted_trees", "at_least": 1}],
+    [{"id": "x", "metric": "given", "at_least": 0}],
+    [{"id": "x", "metric": "given", "at_least": True}],
+    [{"id": "Bad Id", "metric": "given", "at_least": 1}],
+    [{"id": "x", "metric": "given", "at_least": 1}, {"id": "x", "metric": "accepted", "at_least": 1}],
+    [{"id": "x", "metric": "given", "at_least": 1, "colour": "green"}],
+    [{"id": f"b{i}", "metric": "given", "at_least": 1} for i in range(21)],
+])
+async def test_badge_rules_that_do_not_validate_are_refused_and_store_nothing(
+        eco_node: GatewayNode, badges: Any) -> None:
+    with pytest.raises(SceneConfigError):
+        RegionRules("us", eco_badges=badges)
+    async with AdminClient(eco_node.admin_url, ADMIN_TOKEN) as admin:
+        with pytest.raises(AdminApiError) as refused:
+            await admin.put_region("us", {"eco_badges": badges})
+        assert (refused.value.status, refused.value.code) == (400, "BAD_REQUEST")
+        assert "us" not in (await admin.regions())["regions"]
