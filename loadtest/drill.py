@@ -472,7 +472,8 @@ def books_summary(books: dict[str, Any] | str) -> str:
     def fault(f: dict[str, Any]) -> str:
         what = (f"of {f['member']} holding {f['pending_before']} entries" if f["kind"] == "consumer_kill"
                 else f"({f['took_s']}s) under a batch of {f['pending_before']}")
-        return f"{f['kind']} at {f['at_s']}s {what}" + (f" ERROR {f['error']}" if f["error"] else "")
+        return (f"{f['kind']} at {f['at_s']}s {what}" + (f" ERROR {f['error']}" if f["error"] else "")
+                + (f" ({f['note']})" if f.get("note") else ""))
 
     faults = "; ".join(fault(f) for f in books.get("faults", []))
     members = ", ".join(f"{name} started {m['starts']}x, {m['postgres_retries']} PostgreSQL retries"
