@@ -242,6 +242,17 @@ class StreamConsumer:
             except BadEntry as exc:
                 batch.bad.append(str(exc))
 
+    def use(self, redis: AnyRedis) -> None:
+        """Go on with another client (a fresh connection after a failover)."""
+        self._redis = redis
+
+    def rewind(self) -> None:
+        """Read this member's own unacknowledged entries first again, as after a restart:
+        after Redis failed under a read or an acknowledgement (a failover), what this member
+        was delivered and did not acknowledge may be pending at it on the new primary."""
+        for stream in self._cursor:
+            self._cursor[stream] = "0"
+
     async def ack(self, batch: Batch) -> None:
         for stream, ids in batch.ids.items():
             if ids:

@@ -101,8 +101,8 @@ QUOTA_TTL_MS = 2 * DAY_MS
 MAX_SAFE_INT = 2**53 - 1
 
 #: Argument names lib.lua gives every script (the key prefix, the clock, the epoch candidate,
-#: the home slot of the Redis node that runs the call, the ledger's call id and bound).
-_RESERVED = frozenset({"p", "now", "ep", "home", "op", "lmax"})
+#: the home slot of the Redis node that runs the call, the ledger's call id, bound and switch).
+_RESERVED = frozenset({"p", "now", "ep", "home", "op", "lmax", "loff"})
 
 #: Times a call whose slot moved is sent again after reading the map again.
 _MOVED_RETRIES = 3
@@ -180,14 +180,17 @@ def library() -> FunctionLibrary:
 class ScriptRunner:
     """Runs clearing's scripts on whichever node serves each slot."""
 
-    __slots__ = ("_common", "_ledger_max", "_topology")
+    __slots__ = ("_common", "_ledger", "_topology")
 
     def __init__(self, topology: Topology, rules: GiftRules, keys: KeySchema) -> None:
         self._topology = topology
         #: What every script may read from its argument map.
         self._common = {"p": keys.prefix, "maxlen": rules.stream_maxlen, "quota_ttl": QUOTA_TTL_MS,
                         "retention": rules.gift_retention_ms}
-        self._ledger_max = rules.ledger_maxlen
+        #: What the scripts of LEDGER_SCRIPTS are also given ("op" comes per call).
+        self._ledger: dict[str, int] = {"lmax": rules.ledger_maxlen}
+        if not rules.ledger:
+            self._ledger["loff"] = 1
 
     @property
     def topology(self) -> Topology:
@@ -217,7 +220,8 @@ class ScriptRunner:
         packed: dict[str, Any] = {**self._common, **(args or {}), "now": now_ms}
         if name in LEDGER_SCRIPTS:
             # "op": unique per call; the ledger entries the call writes are "<op>.<n>"
-            packed["lmax"], packed["op"] = self._ledger_max, secrets.token_hex(8)
+            packed.update(self._ledger)
+            packed["op"] = secrets.token_hex(8)
         if emits:
             packed["ep"] = secrets.token_hex(6)
         raw = await self._call(name, slot, key, packed, durable)

@@ -50,6 +50,10 @@ class GiftRules:
     #: the ledger's consumers must read an entry before this many newer ones pass it
     #: (docs/ledger.md).
     ledger_maxlen: int = 200_000
+    #: False: the scripts append no ledger entries (NOTECARD_LEDGER=off). Only for measuring
+    #: what the outbox costs (loadtest/ledger_bench.py): without the entries there is no
+    #: book of record, no feed and no webhooks.
+    ledger: bool = True
     #: Entries kept in the points log; older ones are folded into per-user sums (resolve.lua).
     points_log_maxlen: int = 100_000
     #: A gateway node whose last heartbeat is at least this old is dead; its presence is ignored.

@@ -155,6 +155,9 @@ RULE_SETTINGS: tuple[Declared, ...] = (
     Declared("LEDGER_MAXLEN", Integer(1),
              "ledger entries kept per Redis server (docs/ledger.md); consumers must keep within it",
              "rules.ledger_maxlen"),
+    Declared("LEDGER", Flag(),
+             "off: the scripts write no ledger entries (no book of record, feed or webhooks); only for measuring "
+             "the outbox's cost (docs/benchmarks.md)", "rules.ledger"),
     Declared("POINTS_LOG_MAXLEN", Integer(MIN_POINTS_LOG),
              "entries kept in the points log; older ones are folded into per-user sums, so the invariant "
              "check reads a bounded log", "rules.points_log_maxlen"),

@@ -125,8 +125,12 @@ async def _pg(url: str, body: Callable[[Conn], Awaitable[T]]) -> T:
 
 
 async def _run(redis: AnyRedis, url: str, args: argparse.Namespace) -> int:
+    from gateway.config import GatewaySettings
+
+    # the nodes' WAIT: entries are written to PostgreSQL once as many replicas hold them
+    durability = GatewaySettings.from_env().durability
     books = BooksConsumer(redis, url, group=args.group, consumer=args.consumer, count=args.count,
-                          claim_idle_ms=args.claim_idle_ms)
+                          claim_idle_ms=args.claim_idle_ms, durability=durability)
     on_status = _status
     every = args.status_every
     if args.metrics_port:

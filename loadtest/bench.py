@@ -44,7 +44,18 @@ from typing import Any
 
 import orjson
 
-from loadtest import clearing_bench, cluster_bench, echo, gifting, idle, locust_run, profiling, report, risk_bench
+from loadtest import (
+    clearing_bench,
+    cluster_bench,
+    echo,
+    gifting,
+    idle,
+    ledger_bench,
+    locust_run,
+    profiling,
+    report,
+    risk_bench,
+)
 from loadtest.stats import LatencySummary, Recorder
 from loadtest.target import LOAD_ENV, LoadTarget
 from notecard.admin_client import AdminClient
@@ -77,9 +88,11 @@ QUICK = Plan(echo_s=1.0, clearing_s=1.0, pubsub_messages=5_000, warmup_s=0.3, ma
              locust_s=8, concurrency=16, pairs=8, idle_connections=200)
 #: The idle-memory target is stated for this many connections on one node.
 IDLE_TARGET_CONNECTIONS = 10_000
-PHASES = ("echo", "clearing", "gifts", "locust", "idle", "risk")
+PHASES = ("echo", "clearing", "gifts", "locust", "idle", "risk", "ledger")
 #: Phases run unless --only names others: the risk engine's cost (loadtest/risk_bench.py)
-#: starts four more targets, so it runs when asked for (`--only gifts,risk`).
+#: and the ledger's (loadtest/ledger_bench.py: outbox off/on, a `notecard ledger` member
+#: into PostgreSQL) start four more targets each, so they run when asked for
+#: (`--only gifts,risk`, `--only gifts,ledger`).
 DEFAULT_PHASES = ("echo", "clearing", "gifts", "locust", "idle")
 
 
@@ -325,6 +338,10 @@ class Bench:
             self.results["risk"] = risk_bench.run(self.work / "risk", pairs=self.plan.pairs,
                                                   seconds=max(2.0, self.plan.max_s), rounds=2, cycles=2,
                                                   say=self.say)
+        if "ledger" in self.phases:
+            with self.span("ledger"):
+                self.results["ledger"] = ledger_bench.run(self.work / "ledger", pairs=self.plan.pairs,
+                                                          seconds=max(2.0, self.plan.max_s), rounds=2, say=self.say)
         needs_target = self.phases & {"clearing", "gifts", "locust", "idle"}
         if not needs_target:
             return
@@ -341,6 +358,23 @@ class Bench:
 
 
 # ---------------------------------------------------------------- the table
+def ledger_rows(ledger: dict[str, Any]) -> list[report.Row]:
+    """The outbox's cost and the member's lag (loadtest/ledger_bench.py)."""
+    with_member = [r for r in ledger["rounds"] if "lag_at_end" in r]
+    lag = max((r["lag_at_end"]["oldest_unacked_ms"] for r in with_member), default=0)
+    drain = max((r["drain_s"] for r in with_member), default=0.0)
+    return [
+        report.Row("ledger", "i. settled gifts/s, ledger on (entries + a notecard ledger member)",
+                   ledger["on_settled_per_s"], "/s", ledger["off_settled_per_s"], "ledger off", ("min", 0.9)),
+        report.Row("ledger_cpu", "i. CPU ms (nodes + Redis) per settled gift, ledger on",
+                   ledger["on_cpu_ms_per_gift"], "ms", ledger["off_cpu_ms_per_gift"], "ledger off"),
+        report.Row("ledger_lag", "i. oldest entry not in PostgreSQL at the end of the max phase",
+                   lag, "ms"),
+        report.Row("ledger_drain", "i. the ledger member's drain of what is left, after the max phase",
+                   drain * 1000, "ms", target=("max", ledger_bench.KEEPS_UP_S * 1000)),
+    ]
+
+
 def rows_of(results: dict[str, Any], plan: Plan) -> list[report.Row]:
     """The table: every figure with its ceiling and target (docs/benchmarks.md explains each)."""
     nan = float("nan")
@@ -392,6 +426,9 @@ def rows_of(results: dict[str, Any], plan: Plan) -> list[report.Row]:
         rows.append(report.Row("risk", f"h. settled gifts/s, risk engine on (signals + shadow scorer, "
                                f"{risk['bar_mode']})",
                                risk["on_settled_per_s"], "/s", risk["off_settled_per_s"], "risk off", ("min", 0.9)))
+    ledger = results.get("ledger")
+    if ledger is not None:
+        rows += ledger_rows(ledger)
     idle_result = results.get("idle")
     if idle_result is not None:
         n = idle_result["connections"]
@@ -407,7 +444,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="about 20 s instead of about 2 min (used by the tests)")
     parser.add_argument("--out", type=Path, help="output folder (default bench-results/<UTC time>)")
     parser.add_argument("--only", default=",".join(DEFAULT_PHASES),
-                        help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all but risk)")
+                        help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all but risk and ledger)")
     parser.add_argument("--pairs", type=int, help="gift pairs (and Locust users)")
     parser.add_argument("--concurrency", type=int, help="connections/tasks for the echo and clearing phases")
     parser.add_argument("--idle", type=int, help="idle connections opened on one node")

@@ -52,8 +52,8 @@ import redis.asyncio as aioredis
 
 from clearing import GiftRules, KeySchema
 from gateway.auth import mint_token
-from loadtest.drill_books import check_books
 from loadtest.drill_checks import verify
+from loadtest.drill_ledger import LedgerRig
 from loadtest.drill_workload import History, UserAgent, WorkloadConfig
 from loadtest.faults.injector import FaultInjector
 from loadtest.faults.proxy import FaultProxy
@@ -232,6 +232,8 @@ class Drill:
         self.guardians: dict[str, str] = {}
         self.leftover = 0
         self.phase = "new"
+        #: PostgreSQL and the `notecard ledger` members, live through the drill
+        self.books: LedgerRig | None = None
 
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -252,10 +254,12 @@ class Drill:
                 self.phase = "verify"
                 redis = await _primary_client(self.ha)
                 try:
+                    durable = self.s.durability.wait_replicas >= REPLICAS
                     verdict = await verify(redis, GiftRules(), self.history, self.minted,
                                            self.injector.records if self.injector else [], KeySchema(),
-                                           durable=self.s.durability.wait_replicas >= REPLICAS)
-                    await check_books(redis, verdict)
+                                           durable=durable)
+                    assert self.books is not None
+                    await self.books.check(redis, verdict, durable=durable)
                 finally:
                     await redis.aclose()
         except TimeoutError:
@@ -295,6 +299,9 @@ class Drill:
         proxied = cluster.nodes[-1]  # reaches Redis through the proxy, with a plain URL
         proxied.env.update({"NOTECARD_SENTINELS": "", "NOTECARD_REDIS_URL": self.proxy.url})
         await asyncio.to_thread(cluster.start)
+        # the members find Redis as the first node does (through the Sentinels)
+        self.books = LedgerRig(cluster.nodes[0].env, self.work / "ledger", lambda: _primary_client(self.ha))
+        await self.books.start()
         async with AdminClient(cluster.nodes[0].admin_url, cluster.admin_token) as admin:
             friends = await setup_users(admin, self.rng, users_n=s.users, friends_n=s.friends, cards=s.cards)
             self.guardians = await setup_guardians(admin, self.rng, sorted(friends), s.wards, s.confirm_window_s)
@@ -316,8 +323,12 @@ class Drill:
         self.runs = [asyncio.create_task(a.run()) for a in self.agents]
         fault_task = asyncio.create_task(self.injector.run(self.schedule, t0, stop_faults))
         risk_task = asyncio.create_task(self._risk_actions())
+        assert self.books is not None
+        books_task = asyncio.create_task(self.books.run_faults(self.s.duration_s))
         await asyncio.sleep(self.s.duration_s)
         await risk_task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(books_task, 60)
         for a in self.agents:
             a.stop_sending.set()
         stop_faults.set()
@@ -361,6 +372,8 @@ class Drill:
         for a in self.agents:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(a.close(), 5)
+        if self.books is not None:
+            await self.books.close()
         if self.cluster is not None:
             await asyncio.gather(*(asyncio.to_thread(n.stop) for n in self.cluster.nodes), return_exceptions=True)
         if self.proxy is not None:
@@ -438,7 +451,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  acknowledged-then-lost {n['acked_then_lost']}; offers of gifts later lost {n['offers_of_lost_gifts']}; "
         f"states told in replies then lost {n['anomalies'].get('reply_state_lost', 0)}, in events "
         f"{n['anomalies'].get('event_state_lost', 0)}; ledger mismatches {n['ledger_mismatches']}",
-        f"  book of record (PostgreSQL): {n.get('books', 'not checked')}",
+        f"  book of record (PostgreSQL): {books_summary(n.get('books', 'not checked'))}",
         f"  guardian-confirmed gifts: {n.get('guardian', {})}",
         f"  arrival (recipient online): {n['arrival_online']['delivered']}/{n['arrival_online']['total']} "
         f"= {n['arrival_online']['rate']:.2%}; all recipients {n['arrival']['rate']:.2%}",
@@ -450,6 +463,23 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{row['violating_gifts']:4} {row['arrival_missed']:4}{errors}")
     lines += [f"  VIOLATION {v}" for v in report["violations"][:20]]
     return lines
+
+
+def books_summary(books: dict[str, Any] | str) -> str:
+    """One line: reconcile's verdict, then what each ledger fault did."""
+    if isinstance(books, str):
+        return books
+    def fault(f: dict[str, Any]) -> str:
+        what = (f"of {f['member']} holding {f['pending_before']} entries" if f["kind"] == "consumer_kill"
+                else f"({f['took_s']}s) under a batch of {f['pending_before']}")
+        return (f"{f['kind']} at {f['at_s']}s {what}" + (f" ERROR {f['error']}" if f["error"] else "")
+                + (f" ({f['note']})" if f.get("note") else ""))
+
+    faults = "; ".join(fault(f) for f in books.get("faults", []))
+    members = ", ".join(f"{name} started {m['starts']}x, {m['postgres_retries']} PostgreSQL retries"
+                        for name, m in books.get("members", {}).items())
+    return (f"{books['entries']} entries, {books['accounts']} accounts, drift {books['drift']}, drained in "
+            f"{books.get('drain_s', 0)}s; {faults}; {members}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Durability settings: a gift write acknowledged only once replicas hold it (Redis WAIT).
+"""Durability settings: a gift write acknowledged only once replicas hold it (Redis WAIT),
+and a ledger entry written to PostgreSQL only once they hold it too.
 
 Against a real primary with one real replica: enough replicas acknowledges; too few raises
 ClearingUnavailable although the write is on the primary (outcome unknown), and the
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis.asyncio as aioredis
 
@@ -22,6 +24,8 @@ from clearing.gifts import Clearing
 from clearing.lua import Durability, NotReplicated
 from clearing.testing import World
 from gateway.config import ConfigError, GatewaySettings
+from ledger.consumer import BooksConsumer
+from ledger.reconcile import reconcile_books
 from notecard.local_redis import LocalRedis
 
 
@@ -147,3 +151,34 @@ def test_settings_from_environment() -> None:
     with pytest.raises(ValueError, match="wait_timeout_ms"):
         Durability(1, 0)
     assert GiftRules()  # the rules are untouched by durability
+
+
+async def test_the_ledger_consumer_writes_only_what_enough_replicas_hold(world: World, postgres_url: str) -> None:
+    """An entry read from a primary is written to PostgreSQL only once as many replicas as
+    the nodes wait for hold it: one a failover loses (its client retries the gift under a
+    new call id on the new primary) would otherwise be counted twice by the book of record."""
+    await world.clearing.reserve("g1", "ann", "bob", "note", 1)
+    too_many = BooksConsumer(world.redis, postgres_url, consumer="m", durability=Durability(2, 50))
+    try:
+        await too_many.connect()
+        await too_many.member.streams()
+        task = asyncio.create_task(too_many.step())
+        deadline = time.monotonic() + 10
+        while too_many.progress.unreplicated < 2:  # one replica only: read again, never written
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert too_many.progress.entries == 0
+    finally:
+        await too_many.close()
+    enough = BooksConsumer(world.redis, postgres_url, consumer="m", durability=Durability(1, 1000))
+    try:
+        progress = await enough.run(once=True)  # the same member: its unacknowledged entries first
+    finally:
+        await enough.close()
+    assert progress.unreplicated == 0 and progress.entries > 0
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        assert (await reconcile_books(conn, world.redis)).ok
+    report = await world.check()
+    assert report.ok, report.violations

@@ -257,3 +257,21 @@ async def test_entries_trimmed_before_a_group_acknowledged_them_are_reported(red
     assert not result.ok
     (stream,) = await ledger_streams(w.redis, w.keys)
     assert result.drift[0].startswith(f"{stream}: ") and "were trimmed or deleted" in result.drift[0]
+
+
+async def test_with_the_ledger_off_value_moves_the_same_and_no_entry_is_written(store: Topology) -> None:
+    """NOTECARD_LEDGER=off, the bench's baseline (loadtest/ledger_bench.py): the scripts
+    change balances, holds and totals exactly as with the ledger on, and append nothing."""
+    rules = GiftRules(daily_send_limit=50, daily_receive_limit=50, ledger=False)
+    w = await World.build(store, rules)
+    for user in ("ann", FAR):
+        await w.user(user, cards=20)
+    await w.befriend("ann", FAR)
+    await w.clearing.reserve("g1", "ann", FAR, "note", 2)
+    await w.clearing.accept("g1", FAR)
+    await w.clearing.reserve("g2", FAR, "ann", "note", 1)
+    await w.clearing.decline("g2", "ann")
+    assert await ledger_streams(w.redis, w.keys) == []
+    assert (await w.clearing.balances(FAR)).available["note"] == (20 + 2) * UNIT
+    report = await w.check()
+    assert report.ok, report.violations

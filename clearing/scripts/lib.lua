@@ -176,7 +176,9 @@ end
 -- A.lmax (entries kept per stream, MAXLEN ~) and A.op come with the calls of the scripts
 -- that write records (clearing/lua.py LEDGER_SCRIPTS); checked here, before the script's
 -- first write (begin()), as is the stream itself (a key of another type would make XADD fail).
-local LEDGER_MAX, LEDGER_OP
+-- A.loff = 1 (NOTECARD_LEDGER=off, for measuring the outbox's cost only) writes no records:
+-- the scripts change value exactly as with the ledger on, without the entries.
+local LEDGER_MAX, LEDGER_OP, LEDGER_OFF
 local ledger_seq, ledger_buf, ledger_order
 local function ledger_key(tag)
   return tkey(HOME or tag, 'ledger')
@@ -185,6 +187,9 @@ end
 local function ledger_push(tag, rec)
   if LEDGER_MAX == nil then
     error('a ledger record from a script missing in LEDGER_SCRIPTS (clearing/lua.py)')
+  end
+  if LEDGER_OFF then
+    return
   end
   ledger_seq = ledger_seq + 1
   rec.n = ledger_seq
@@ -477,7 +482,7 @@ local function begin(argv)
   A = string.byte(argv[1], 1) == 123 and cjson.decode(argv[1]) or cmsgpack.unpack(argv[1])
   PREFIX, NOW, HOME, INDEXED = A.p, A.now, A.home, false
   rate_to_take, DEAD, replid = nil, nil, nil
-  LEDGER_MAX, LEDGER_OP = A.lmax, A.op
+  LEDGER_MAX, LEDGER_OP, LEDGER_OFF = A.lmax, A.op, A.loff == 1
   ledger_seq, ledger_buf, ledger_order = 0, {}, {}
   if HOME then
     local held = redis.call('TYPE', tkey(HOME, 'sweepidx'))['ok']
