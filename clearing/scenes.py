@@ -34,7 +34,7 @@ from clearing.odds import MAX_TABLES, OddsEntry, OddsTable
 from clearing.regions import MAX_REGIONS, RegionRules
 from clearing.scene_config import SceneConfig, SceneConfigError, permille_of
 from clearing.settings import Festival, decode_festivals, encode_scenes
-from clearing.skins import MAX_SKINS, Skin, clash, decode_skins
+from clearing.skins import MAX_SKINS, Skin, clash, crowded, decode_skins
 from clearing.slots import slot_of, tag_of
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class Scenes(RedisComponent):
                     stored, _ = decode_skins(text_hash(await guarded(pipe.hgetall(key))))
                     if skin.skin_id not in stored and len(stored) >= MAX_SKINS:
                         raise SceneConfigError(f"at most {MAX_SKINS} skins")
-                    why = clash(stored.values(), skin)
+                    why = clash(stored.values(), skin) or crowded(stored.values(), skin)
                     if why:
                         raise SceneConfigError(why)
                     pipe.multi()  # type: ignore[no-untyped-call]

@@ -27,6 +27,9 @@ from clearing.scene_config import SceneConfigError
 
 #: Skins at most (every node holds the catalogue).
 MAX_SKINS = 200
+#: Skins one region may see: a ``skins`` reply lists them all and must fit one frame
+#: (protocol MAX_FRAME_BYTES, 64 KiB; a skin at its longest is about 1.3 KB of JSON).
+MAX_REGION_SKINS = 40
 #: Regions one skin may name.
 MAX_SKIN_REGIONS = 64
 _URL = re.compile(r"https?://[!-~]{1,500}")
@@ -130,8 +133,19 @@ def kind_art(skins: Mapping[str, Skin], kind: str) -> dict[str, str]:
 
 
 def visible(skins: Mapping[str, Skin], region: str) -> list[Skin]:
-    """Every skin a user of ``region`` may see, by kind then id."""
-    return sorted((s for s in skins.values() if region in s.regions), key=lambda s: (s.kind, s.skin_id))
+    """Every skin a user of ``region`` may see, by kind then id (the first
+    :data:`MAX_REGION_SKINS`: more is refused when stored, but a hand edit could add them)."""
+    shown = sorted((s for s in skins.values() if region in s.regions), key=lambda s: (s.kind, s.skin_id))
+    return shown[:MAX_REGION_SKINS]
+
+
+def crowded(skins: Iterable[Skin], new: Skin) -> str:
+    """Why storing ``new`` would give a region more skins than one reply can carry, or ""."""
+    for region in new.regions:
+        count = sum(1 for s in skins if s.skin_id != new.skin_id and region in s.regions)
+        if count >= MAX_REGION_SKINS:
+            return f"region {region!r} already sees {MAX_REGION_SKINS} skins, the most one reply carries"
+    return ""
 
 
 async def region_of(redis: Any, keys: KeySchema, user_id: str) -> str:
@@ -142,4 +156,5 @@ async def region_of(redis: Any, keys: KeySchema, user_id: str) -> str:
     return code if is_valid_region(code) else DEFAULT_REGION
 
 
-__all__ = ["MAX_SKINS", "Skin", "clash", "decode_skins", "kind_art", "region_art", "region_of", "visible"]
+__all__ = ["MAX_REGION_SKINS", "MAX_SKINS", "Skin", "clash", "crowded", "decode_skins", "kind_art", "region_art",
+           "region_of", "visible"]

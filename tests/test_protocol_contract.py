@@ -17,7 +17,7 @@ from clearing.model import GiftState as LedgerState
 from protocol import ErrorCode, Gift, GiftState, ProtocolError
 
 #: Refusals of the admin API only; never sent to a WebSocket client.
-ADMIN_ONLY = {"USER_EXISTS", "BAD_REQUEST"}
+ADMIN_ONLY = {"USER_EXISTS", "BAD_REQUEST", "ERASE_PENDING"}
 
 
 def test_every_client_facing_refusal_is_an_error_code() -> None:

@@ -189,7 +189,7 @@ def test_refusal_order_lists_every_send_gift_rule() -> None:
         "SENDER_BANNED", "DEVICE_BANNED", "ACCOUNT_FROZEN", "CONSENT_REQUIRED", "RECIPIENT_BANNED",
         "RECIPIENT_FROZEN", "RECIPIENT_NO_CONSENT", "NOT_VERIFIED", "BLOCKED", "NOT_MUTUAL_3D", "LIMIT_DAILY_SEND",
         "LIMIT_DAILY_RECEIVE", "RISK_LIMITED",
-        "INSUFFICIENT_BALANCE", "RECIPIENT_OFFLINE",
+        "INSUFFICIENT_BALANCE", "RECIPIENT_OFFLINE", "GUARDIAN_REQUIRED",
     ]
     assert all(code in ErrorCode.__members__ for code in listed)
 

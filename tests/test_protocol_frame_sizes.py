@@ -8,10 +8,12 @@ from __future__ import annotations
 import pytest
 
 from clearing.rules import MAX_CARD_KINDS, GiftRules
+from clearing.skins import MAX_REGION_SKINS
 from protocol import (
     MAX_FRAME_BYTES,
     SERVER_MESSAGES,
     Balance,
+    ConsentReply,
     Done,
     Encoding,
     Error,
@@ -25,6 +27,8 @@ from protocol import (
     RankEntry,
     Room,
     ServerMessage,
+    Skin,
+    Skins,
     Welcome,
     encode,
 )
@@ -76,6 +80,14 @@ def largest_messages() -> list[ServerMessage]:
              rank=M),
         QuoteReply(rid=M, quote_id=ID, room=ID, cost=M, amount=M, viewers=M, expires_at_ms=M),
         Done(rid=M, item=ID, expires_at_ms=M, reward=M),
+        ConsentReply(rid=M, changed=True, version="v" * 64, at_ms=M, channel="c" * 32),
+        # A region sees at most MAX_REGION_SKINS skins (clearing/skins.py), each at its longest.
+        Skins(rid=M, skins=tuple(Skin(skin_id=f"{i}".rjust(64, "s"), kind=KIND, name="\x01" * 100,
+                                      image_url="https://" + "u" * 499, optional=True)
+                                 for i in range(MAX_REGION_SKINS))),
+        Skins(rid=M, skins=tuple(Skin(skin_id=f"{i}".rjust(64, "s"), kind=KIND, name="\U0001f381" * 100,
+                                      image_url="https://" + "u" * 499, optional=True)
+                                 for i in range(MAX_REGION_SKINS))),
     ]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clearing.scene_config import SceneConfigError
-from clearing.skins import Skin, decode_skins, kind_art, region_art
+from clearing.skins import MAX_REGION_SKINS, Skin, decode_skins, kind_art, region_art
 from notecard.admin_client import AdminApiError, AdminClient
 from tests.conftest import TOPOLOGIES
 from tests.gateway_fixtures import ClientFactory, befriend_all
@@ -106,3 +106,22 @@ def test_a_stored_catalogue_that_does_not_read_or_clashes_is_reported_not_applie
     assert kind_art(skins, "note") == {"sea": "a"} and kind_art(skins, "gold_note") == {}
     with pytest.raises(SceneConfigError):
         Skin("x", "note", "X", "https://x", ())
+
+
+async def test_a_region_sees_no_more_skins_than_one_reply_carries(admin: AdminClient,
+                                                                  connect: ClientFactory) -> None:
+    """Every skin a region sees goes in one ``skins`` frame (64 KiB): a skin that would make
+    it more than MAX_REGION_SKINS is refused, for each region it names, and changes nothing."""
+    for i in range(MAX_REGION_SKINS):
+        await admin.call("PUT", f"/admin/skins/opt-{i}", {**ELEPHANT, "regions": ["sea"]})
+    with pytest.raises(AdminApiError) as full:
+        await admin.call("PUT", "/admin/skins/one-more", {**LANTERN, "regions": ["mena", "sea"]})
+    assert (full.value.status, full.value.code) == (400, "BAD_REQUEST") and "'sea'" in full.value.message
+    stored = (await admin.call("GET", "/admin/skins"))["skins"]
+    assert len(stored) == MAX_REGION_SKINS and "one-more" not in {s["skin_id"] for s in stored}
+    # replacing one already counted, and another region's own art, still work
+    await admin.call("PUT", "/admin/skins/opt-0", {**ELEPHANT, "regions": ["sea"], "name": "Elephant II"})
+    await admin.call("PUT", "/admin/skins/mena-lantern", LANTERN)
+    await admin.create_user("sia", region="sea")
+    sia = await connect("sia")
+    assert len(await sia.skins()) == MAX_REGION_SKINS
