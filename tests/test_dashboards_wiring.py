@@ -15,12 +15,22 @@ import pytest
 from clearing.campaigns import campaign_gift_id
 from clearing.ledger import reconcile
 from clearing.model import GiftState
+from clearing.testing import World
+from clearing.topology import Topology
 from dashboards.queries import Scope, conversion, profile
 from ledger.books import Conn
 from ledger.consumer import BooksConsumer
 from ledger.migrate import migrate
 from ledger.reconcile import reconcile_books
-from tests.test_campaigns import HOUR_MS, UNIT, Shop, shop  # noqa: F401 (the fixture)
+from tests.test_campaigns import HOUR_MS, UNIT, Shop
+
+
+@pytest.fixture
+async def shop(store: Topology) -> AsyncIterator[Shop]:
+    s = Shop(await World.build(store))
+    yield s
+    check = await s.w.check()
+    assert check.ok, check.violations
 
 
 @pytest.fixture
@@ -43,15 +53,17 @@ async def rows(conn: Conn, sql: str) -> list[tuple[Any, ...]]:
     return list(await cur.fetchall())
 
 
-async def test_a_campaign_run_by_the_runner_reaches_the_dashboards_through_the_consumer(
-        shop: Shop, books: Conn, postgres_url: str) -> None:
+async def run_campaigns(shop: Shop) -> tuple[list[str], int]:
+    """Two campaigns of one kind by the runner, and their cards answered: "launch" to six
+    fans (two offline) and a refused "ghost", two accepted, one declined, three expired;
+    "encore" a second later to two of them, one accepted, one pending. And a gift between
+    users, which is no campaign's. Returns the fans and when "launch" started."""
     await shop.brand(budget=40)
     fans = await shop.fans(4)
     for offline in ("off0", "off1"):  # offered the card when they connect
         await shop.w.user(offline, verified=False, online=False)
         fans.append(offline)
     started = shop.w.clock()
-    # "ghost" is refused (no such user): no card, no row
     await shop.campaigns.create("launch", "acme", "acme_star", [(f, 2) for f in fans] + [("ghost", 1)],
                                 ends_at_ms=started + HOUR_MS, operator="ops")
     assert await shop.runner("node-a").step() == 7
@@ -59,7 +71,6 @@ async def test_a_campaign_run_by_the_runner_reaches_the_dashboards_through_the_c
     await shop.campaigns.create("encore", "acme", "acme_star", [(f, 1) for f in fans[:2]],
                                 ends_at_ms=shop.w.clock() + 2 * HOUR_MS, operator="ops")
     assert await shop.runner("node-a").step() == 2
-    # a gift between users is no campaign's
     await shop.w.user("ann", cards=3)
     await shop.w.befriend("ann", fans[0])
     await shop.w.clearing.reserve("u1", "ann", fans[0], "note", 1)
@@ -69,11 +80,14 @@ async def test_a_campaign_run_by_the_runner_reaches_the_dashboards_through_the_c
         await shop.w.clearing.accept(campaign_gift_id("launch", fan), fan)
     await shop.w.clearing.decline(campaign_gift_id("launch", fans[2]), fans[2])
     await shop.w.clearing.accept(campaign_gift_id("encore", fans[1]), fans[1])
-    # the rest of "launch" expires with its window; "encore"'s other card stays pending
-    await shop.w.tick(HOUR_MS)
+    await shop.w.tick(HOUR_MS)  # the rest of "launch" expires with its window
     await shop.w.clearing.expire_due()
+    return fans, started
 
-    # what Redis says, counted here from the gift records and the campaign reports
+
+async def counted_in_redis(shop: Shop, fans: list[str]) -> dict[str, dict[str, int]]:
+    """Per campaign, from Redis's gift records: cards issued, accepted, and the accepted
+    cards' cost (what left the brand for good); checked against the campaign's report."""
     expected: dict[str, dict[str, int]] = {}
     for campaign, recipients in (("launch", fans), ("encore", fans[:2])):
         states = [await shop.w.clearing.get_gift(campaign_gift_id(campaign, f), "acme") for f in recipients]
@@ -82,6 +96,13 @@ async def test_a_campaign_run_by_the_runner_reaches_the_dashboards_through_the_c
                               "cost": sum(g.cost for g in accepted)}
         report = await shop.campaigns.report(campaign)
         assert report.units["accepted"] == expected[campaign]["cost"]
+    return expected
+
+
+async def test_a_campaign_run_by_the_runner_reaches_the_dashboards_through_the_consumer(
+        shop: Shop, books: Conn, postgres_url: str) -> None:
+    fans, started = await run_campaigns(shop)
+    expected = await counted_in_redis(shop, fans)
     assert expected == {"launch": {"issued": 6, "accepted": 2, "cost": 2 * 2 * UNIT},
                         "encore": {"issued": 2, "accepted": 1, "cost": 1 * UNIT}}
 
