@@ -15,6 +15,7 @@ import pytest
 from clearing.campaigns import campaign_gift_id
 from clearing.ledger import reconcile
 from clearing.model import GiftState
+from clearing.shops import Shops, order_gift_id
 from clearing.testing import World
 from clearing.topology import Topology
 from dashboards.queries import Scope, conversion, profile
@@ -144,5 +145,34 @@ async def test_a_campaign_run_by_the_runner_reaches_the_dashboards_through_the_c
     assert check.ok, check.violations
     ledger = await reconcile(shop.w.redis, shop.w.keys)
     assert ledger.ok, ledger.drift
+    books_check = await reconcile_books(books, shop.w.redis)
+    assert books_check.ok, books_check.report()
+
+
+async def test_a_shop_orders_gifts_appear_as_its_campaign_one_row_per_buyer(
+        shop: Shop, books: Conn, postgres_url: str) -> None:
+    await shop.brand(budget=10)
+    await shop.business.update("acme", operator="ops", shop=True)
+    shops = Shops(shop.campaigns)
+    await shops.set_rule("acme", kind="acme_star", min_spend=1000, qty=1, operator="ops")
+    buyers = await shop.fans(2)
+    first = await shops.paid("acme", "A-1", buyers[0], 1500)
+    second = await shops.paid("acme", "A-2", buyers[0], 2500)  # the same buyer again
+    assert (await shops.paid("acme", "A-3", buyers[1], 999)).result == "below_minimum"
+    assert first.result == second.result == "gifted"
+    await shop.w.clearing.accept(order_gift_id("acme", "A-1"), buyers[0])
+
+    await consume(shop, postgres_url, "books-1")
+    assert await rows(books, "SELECT id, brand, kind FROM campaign") == [("shop.acme", "acme", "acme_star")]
+    assert await rows(books, "SELECT campaign, recipient, gift_id FROM campaign_issue") == [
+        ("shop.acme", buyers[0], order_gift_id("acme", "A-1"))]
+    [row] = (await conversion(books, Scope(campaign="shop.acme"))).campaigns
+    assert (row.issued, row.accepted, row.purchased, row.cost_units) == (1, 1, 0, UNIT)
+    # both gifts are in the ledger all the same
+    cur = await books.execute("SELECT count(*) FROM gift_event WHERE sender = 'acme' AND event = 'sent'")
+    assert await cur.fetchone() == (2,)
+
+    check = await shop.w.check()
+    assert check.ok, check.violations
     books_check = await reconcile_books(books, shop.w.redis)
     assert books_check.ok, books_check.report()
