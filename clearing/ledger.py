@@ -79,10 +79,16 @@ class GiftEvent:
     amount: int
     payer: str
     at_ms: int
+    #: The brand campaign (or ``shop.<shop>`` for a shop order) that issued the gift; None
+    #: for a gift between users.
+    campaign: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The feed's line (docs/ledger.md "Event feed")."""
-        return dataclasses.asdict(self)
+        """The feed's line (docs/ledger.md "Event feed"): ``campaign`` only when there is one."""
+        line = dataclasses.asdict(self)
+        if self.campaign is None:
+            del line["campaign"]
+        return line
 
 
 Record = LedgerEntry | GiftEvent
@@ -117,7 +123,7 @@ def _record(stream: str, stream_id: str, op: str, at_ms: int, r: dict[str, Any])
     if r["t"] == "g" and r["ev"] in GIFT_EVENTS:
         return GiftEvent(stream, stream_id, uid, cast("GiftEventName", r["ev"]), _str(r["g"]), _str(r["s"]),
                          _str(r["r"]), _str(r["k"]), _int(r["q"]), _int(r["cost"]), _int(r["amt"]),
-                         _str(r["payer"]), at_ms)
+                         _str(r["payer"]), at_ms, _str(r["camp"]) if "camp" in r else None)
     raise ValueError(f"unknown record {r!r}")
 
 

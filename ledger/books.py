@@ -36,10 +36,32 @@ FROM json_to_recordset(%s::json) AS r(id text, event text, gift_id text, sender 
 ON CONFLICT (id) DO NOTHING
 """
 
+# The dashboards' rows a campaign's gift events give (docs/dashboards.md "Where the rows come
+# from"). Creating a campaign writes no ledger record, so its `campaign` row comes from its
+# cards' `sent` events: the brand is their sender, the kind theirs, the name the id (the
+# price of a unit unknown: 0), and the start the earliest send seen, whatever order the
+# streams deliver them in. A redelivery, or a row the generator wrote, changes nothing
+# else.
+_CAMPAIGNS = """
+INSERT INTO campaign (id, brand, name, kind, started_ms)
+SELECT id, brand, id, kind, started_ms
+FROM json_to_recordset(%s::json) AS r(id text, brand text, kind text, started_ms bigint)
+ON CONFLICT (id) DO UPDATE SET started_ms = excluded.started_ms
+WHERE excluded.started_ms < campaign.started_ms
+"""
+# One row per (campaign, recipient) and per gift: a second order gift of a shop to the
+# same buyer (campaign `shop.<shop>`) keeps the first one's row.
+_ISSUES = """
+INSERT INTO campaign_issue (campaign, recipient, sender, gift_id, at_ms)
+SELECT campaign, recipient, sender, gift_id, at_ms
+FROM json_to_recordset(%s::json) AS r(campaign text, recipient text, sender text, gift_id text, at_ms bigint)
+ON CONFLICT DO NOTHING
+"""
+
 
 async def write_records(conn: Conn, records: Sequence[Record]) -> tuple[int, int]:
-    """Insert ``records`` in the caller's transaction; returns (entries, events) newly
-    written (the rest were there already)."""
+    """Insert ``records`` in the caller's transaction, and the dashboard rows their campaign
+    gifts give; returns (entries, events) newly written (the rest were there already)."""
     entries = [r for r in records if isinstance(r, LedgerEntry)]
     events = [r for r in records if isinstance(r, GiftEvent)]
     written = [0, 0]
@@ -47,7 +69,26 @@ async def write_records(conn: Conn, records: Sequence[Record]) -> tuple[int, int
         if rows:
             cur = await conn.execute(statement, (orjson.dumps(rows).decode(),))
             written[i] = cur.rowcount
+    await write_campaign_rows(conn, events)
     return written[0], written[1]
+
+
+async def write_campaign_rows(conn: Conn, events: Sequence[GiftEvent]) -> None:
+    """``campaign`` and ``campaign_issue`` rows of the campaign gifts ``sent`` in
+    ``events``, idempotently by their natural keys."""
+    issues = [e for e in events if e.campaign is not None and e.event == "sent"]
+    if not issues:
+        return
+    first: dict[str, GiftEvent] = {}  # campaign -> its earliest send in the batch
+    for e in issues:
+        if e.campaign not in first or e.at_ms < first[e.campaign].at_ms:
+            first[str(e.campaign)] = e
+    campaigns = [{"id": c, "brand": e.sender, "kind": e.kind, "started_ms": e.at_ms} for c, e in first.items()]
+    # the campaigns first: campaign_issue refers to them
+    await conn.execute(_CAMPAIGNS, (orjson.dumps(campaigns).decode(),))
+    rows = [{"campaign": e.campaign, "recipient": e.recipient, "sender": e.sender, "gift_id": e.gift_id,
+             "at_ms": e.at_ms} for e in issues]
+    await conn.execute(_ISSUES, (orjson.dumps(rows).decode(),))
 
 
 async def balances(conn: Conn) -> Balances:

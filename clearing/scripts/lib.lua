@@ -221,9 +221,11 @@ local function ledger(tag, ekind, debit, credit, kind, units, g, cause)
 end
 
 -- A gift's life for the platform's feed (t = 'g'): sent, accepted, declined, expired.
+-- `camp`, only on a brand campaign's or a shop order's gift (absent otherwise), is what the
+-- book of record's dashboard rows are derived from (ledger/books.py).
 local function gift_event(tag, event, g)
   ledger_push(tag, {t = 'g', ev = event, g = g.gift_id, s = g.sender, r = g.recipient, k = g.kind, q = g.qty,
-                    cost = g.cost, amt = g.amount, payer = g.payer or g.sender})
+                    cost = g.cost, amt = g.amount, payer = g.payer or g.sender, camp = g.camp})
 end
 
 -- The movers: each changes a user's hash and/or a slot's totals and appends the entry.
