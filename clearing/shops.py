@@ -171,10 +171,11 @@ class Shops:
                                          expires_at_ms=self.clearing.now() + rule.window_ms)
         await guarded(self._redis.hset(key, mapping={"gift": gift_id, "buyer": buyer, "spend": spend}))
         await guarded(self._redis.hsetnx(key, "state", "paid"))
-        await self._note(shop, order_id)
+        outcome = OrderOutcome(order_id, "gifted", gift)
         if text_hash(await guarded(self._redis.hgetall(key))).get("state") == "refunded":
-            return await self._cancel(order_id, gift_id, buyer)  # the refund came meanwhile
-        return OrderOutcome(order_id, "gifted", gift)
+            outcome = await self._cancel(order_id, gift_id, buyer)  # the refund came meanwhile
+        await self._note(shop, order_id)
+        return outcome
 
     async def refunded(self, shop: str, order_id: str) -> OrderOutcome:
         """A refunded order: its gift is cancelled if not accepted yet (the cards go back to
@@ -182,15 +183,18 @@ class Shops:
         _check_order(order_id, 0)
         key = self._keys.shop_order(shop, order_id)
         await guarded(self._redis.hset(key, "state", "refunded"))
-        await self._note(shop, order_id)
         known = text_hash(await guarded(self._redis.hgetall(key)))
-        if "gift" not in known:
-            return OrderOutcome(order_id, "refunded")
-        return await self._cancel(order_id, known["gift"], known["buyer"])
+        outcome = OrderOutcome(order_id, "refunded")
+        if "gift" in known:
+            outcome = await self._cancel(order_id, known["gift"], known["buyer"])
+        await self._note(shop, order_id)
+        return outcome
 
     async def _note(self, shop: str, order_id: str) -> None:
         """The order's purchase, as its record now stands, in the ledger stream (order_note.lua):
-        the book of record's ``purchase`` row. Idempotent: a state noted is not noted again."""
+        the book of record's ``purchase`` row. Idempotent: a state noted is not noted again.
+        Called after the order's gift was handled, so that a record a hand edit broke
+        (``CORRUPT``) stops the note only, never the buyer's gift or its cancellation."""
         await self.clearing.lua.run("order_note", slot_of(shop), self._keys.shop_order(shop, order_id),
                                     self.clearing.now(), {"shop": shop, "o": order_id, "tag": tag_of(shop)})
 
