@@ -86,8 +86,9 @@ def purchase_id(shop: str, order_id: str) -> str:
 
 
 async def write_records(conn: Conn, records: Sequence[Record]) -> tuple[int, int]:
-    """Insert ``records`` in the caller's transaction, and the dashboard rows their campaign
-    gifts give; returns (entries, events) newly written (the rest were there already)."""
+    """Insert ``records`` in the caller's transaction, and the dashboard rows they give
+    (campaigns and their issues, recipients' regions, shop purchases); returns (entries,
+    events) newly written (the rest were there already)."""
     entries = [r for r in records if isinstance(r, LedgerEntry)]
     events = [r for r in records if isinstance(r, GiftEvent)]
     written = [0, 0]

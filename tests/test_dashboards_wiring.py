@@ -1,8 +1,10 @@
 """The dashboards read what a real campaign wrote: campaigns issued by the runner against a
 real Redis (one server, then a 3-shard cluster), some cards accepted, declined, expired or
 refused, the ledger consumer writing to a real local PostgreSQL, and the dashboards'
-queries giving the numbers this test counts from Redis's own records. Ends with the
-conservation check, Redis's ledger replay and PostgreSQL's balances against Redis."""
+queries giving the numbers this test counts from Redis's own records; then shop orders
+(paid, refunded) reaching ``purchase`` and recipients' regions reaching ``profile``. Each
+ends with the conservation check, Redis's ledger replay and PostgreSQL's balances against
+Redis."""
 
 from __future__ import annotations
 
