@@ -342,7 +342,8 @@ class KeySchema:
         return self._of(shop, "shoprule")
 
     def shop_order(self, shop: str, order_id: str) -> str:
-        """Hash: what a shop's order decided: state (paid, below_minimum, refunded), gift, buyer."""
+        """Hash: what a shop's order decided: state (paid, below_minimum, refunded), gift, buyer,
+        spend, and noted (the last state order_note.lua wrote to the ledger stream)."""
         return self._of(shop, f"order:{order_id}")
 
     def campaigns(self) -> str:

@@ -5,7 +5,8 @@ its clock and its records (a msgpack list).
 
 - :class:`LedgerEntry` (``t = e``): a double-entry move of ``units`` of ``kind`` from the
   ``debit`` account to the ``credit`` account; :class:`GiftEvent` (``t = g``): a gift was
-  sent, accepted, declined or expired (the platform's feed).
+  sent, accepted, declined or expired (the platform's feed); :class:`OrderNote` (``t = o``):
+  a shop order paid or refunded (no value moves; the book of record's purchases).
 - :class:`StreamConsumer`: reads every ledger stream of every shard as one member of a
   consumer group (``XREADGROUP``), takes over what a crashed member left unacknowledged
   (``XAUTOCLAIM``), and acknowledges what its caller has handled (``XACK``): at least once,
@@ -82,16 +83,42 @@ class GiftEvent:
     #: The brand campaign (or ``shop.<shop>`` for a shop order) that issued the gift; None
     #: for a gift between users.
     campaign: str | None = None
+    #: The recipient's region (account field ``region``) on a campaign gift's answer
+    #: (accepted, declined, expired), when it has one; for the book's ``profile`` rows only.
+    region: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The feed's line (docs/ledger.md "Event feed"): ``campaign`` only when there is one."""
+        """The feed's line (docs/ledger.md "Event feed"): ``campaign`` only when there is one;
+        never the region (a profile attribute, not the gift's)."""
         line = dataclasses.asdict(self)
+        del line["region"]
         if self.campaign is None:
             del line["campaign"]
         return line
 
 
-Record = LedgerEntry | GiftEvent
+OrderState = Literal["paid", "refunded"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OrderNote:
+    """A shop order's purchase (``t = o``, order_note.lua): moves no value, read by the book
+    of record's ``purchase`` rows only (docs/ledger.md "Order notes")."""
+
+    stream: str
+    stream_id: str
+    #: Unique over every stream, as :attr:`LedgerEntry.id`.
+    id: str
+    shop: str
+    order_id: str
+    buyer: str
+    #: The order's amount, in the shop's currency's minor units.
+    spend: int
+    state: OrderState
+    at_ms: int
+
+
+Record = LedgerEntry | GiftEvent | OrderNote
 #: Stream entries as redis-py returns them (the fields are None once trimmed, in a claim).
 _Entries = list[tuple[bytes, dict[bytes, bytes] | None]]
 
@@ -123,7 +150,11 @@ def _record(stream: str, stream_id: str, op: str, at_ms: int, r: dict[str, Any])
     if r["t"] == "g" and r["ev"] in GIFT_EVENTS:
         return GiftEvent(stream, stream_id, uid, cast("GiftEventName", r["ev"]), _str(r["g"]), _str(r["s"]),
                          _str(r["r"]), _str(r["k"]), _int(r["q"]), _int(r["cost"]), _int(r["amt"]),
-                         _str(r["payer"]), at_ms, _str(r["camp"]) if "camp" in r else None)
+                         _str(r["payer"]), at_ms, _str(r["camp"]) if "camp" in r else None,
+                         _str(r["rg"]) if "rg" in r else None)
+    if r["t"] == "o" and r["st"] in ("paid", "refunded"):
+        return OrderNote(stream, stream_id, uid, _str(r["shop"]), _str(r["o"]), _str(r["b"]), _int(r["sp"]),
+                         cast("OrderState", r["st"]), at_ms)
     raise ValueError(f"unknown record {r!r}")
 
 

@@ -70,7 +70,7 @@ ScriptName = Literal[
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
     "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",
-    "guardian_link", "lucky", "payment", "campaign_step",
+    "guardian_link", "lucky", "payment", "campaign_step", "order_note",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order: its function is defined
@@ -90,7 +90,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
 #: that is not a stream.
 LEDGER_SCRIPTS: frozenset[str] = frozenset({
     "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
-    "redeem_frame", "mentor_bind", "mentor_step", "erase", "lucky", "payment",
+    "redeem_frame", "mentor_bind", "mentor_step", "erase", "lucky", "payment", "order_note",
 })
 
 #: A quota counter only matters during its day and while that day's gifts can still be

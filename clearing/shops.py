@@ -17,6 +17,11 @@ refund is reported (``after_acceptance``), never clawed back. A refund that arri
 the paid notification marks the order refunded, and the paid one that follows gives nothing;
 a refund racing its paid notification is caught because each side reads the other's write
 after making its own.
+
+Every paid order (whatever its spend) and every refund of one is noted in the shop's ledger
+stream (order_note.lua, docs/ledger.md "Order notes"), from which the ledger consumer writes
+the dashboards' ``purchase`` rows; a refund that arrives before the paid notification notes
+nothing (there was no purchase).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from clearing.guard import guarded
 from clearing.keys import is_valid_id
 from clearing.lua import MAX_SAFE_INT
 from clearing.model import GiftRecord, GiftState
+from clearing.slots import slot_of, tag_of
 
 #: How long a purchase gift's offer stays open by default: a week to come back and accept.
 DEFAULT_WINDOW_MS = 7 * 86_400_000
@@ -155,16 +161,21 @@ class Shops:
         if known.get("state") == "refunded" and "gift" not in known:
             return OrderOutcome(order_id, "refunded")
         if spend < rule.min_spend:
+            # a purchase all the same, for the dashboards: the buyer and spend are noted
+            await guarded(self._redis.hset(key, mapping={"buyer": buyer, "spend": spend}))
             await guarded(self._redis.hsetnx(key, "state", "below_minimum"))
+            await self._note(shop, order_id)
             return OrderOutcome(order_id, "below_minimum")
         gift_id = order_gift_id(shop, order_id)
         gift = await self.clearing.issue(gift_id, shop, buyer, rule.kind, rule.qty, campaign=f"shop.{shop}",
                                          expires_at_ms=self.clearing.now() + rule.window_ms)
         await guarded(self._redis.hset(key, mapping={"gift": gift_id, "buyer": buyer, "spend": spend}))
         await guarded(self._redis.hsetnx(key, "state", "paid"))
+        outcome = OrderOutcome(order_id, "gifted", gift)
         if text_hash(await guarded(self._redis.hgetall(key))).get("state") == "refunded":
-            return await self._cancel(order_id, gift_id, buyer)  # the refund came meanwhile
-        return OrderOutcome(order_id, "gifted", gift)
+            outcome = await self._cancel(order_id, gift_id, buyer)  # the refund came meanwhile
+        await self._note(shop, order_id)
+        return outcome
 
     async def refunded(self, shop: str, order_id: str) -> OrderOutcome:
         """A refunded order: its gift is cancelled if not accepted yet (the cards go back to
@@ -173,9 +184,19 @@ class Shops:
         key = self._keys.shop_order(shop, order_id)
         await guarded(self._redis.hset(key, "state", "refunded"))
         known = text_hash(await guarded(self._redis.hgetall(key)))
-        if "gift" not in known:
-            return OrderOutcome(order_id, "refunded")
-        return await self._cancel(order_id, known["gift"], known["buyer"])
+        outcome = OrderOutcome(order_id, "refunded")
+        if "gift" in known:
+            outcome = await self._cancel(order_id, known["gift"], known["buyer"])
+        await self._note(shop, order_id)
+        return outcome
+
+    async def _note(self, shop: str, order_id: str) -> None:
+        """The order's purchase, as its record now stands, in the ledger stream (order_note.lua):
+        the book of record's ``purchase`` row. Idempotent: a state noted is not noted again.
+        Called after the order's gift was handled, so that a record a hand edit broke
+        (``CORRUPT``) stops the note only, never the buyer's gift or its cancellation."""
+        await self.clearing.lua.run("order_note", slot_of(shop), self._keys.shop_order(shop, order_id),
+                                    self.clearing.now(), {"shop": shop, "o": order_id, "tag": tag_of(shop)})
 
     async def _cancel(self, order_id: str, gift_id: str, buyer: str) -> OrderOutcome:
         try:

@@ -9,7 +9,7 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from clearing.ledger import Balances, GiftEvent, LedgerEntry, Record
+from clearing.ledger import Balances, GiftEvent, LedgerEntry, OrderNote, Record
 
 Conn = AsyncConnection[TupleRow]
 
@@ -58,10 +58,37 @@ FROM json_to_recordset(%s::json) AS r(campaign text, recipient text, sender text
 ON CONFLICT DO NOTHING
 """
 
+# A shop order's purchase (its `paid` and `refunded` notes, docs/ledger.md "Order notes"):
+# keyed `<shop>:<order id>` (order ids are the shop's own, unique per shop only). A refund
+# only ever sets `refunded`; a redelivered `paid` note changes nothing.
+_PURCHASES = """
+INSERT INTO purchase (order_id, shop, buyer, amount_cents, at_ms, refunded)
+SELECT order_id, shop, buyer, amount_cents, at_ms, refunded
+FROM json_to_recordset(%s::json) AS r(order_id text, shop text, buyer text, amount_cents bigint, at_ms bigint,
+                                      refunded boolean)
+ON CONFLICT (order_id) DO UPDATE SET refunded = true
+WHERE excluded.refunded AND NOT purchase.refunded
+"""
+# A recipient's region, from its campaign gifts' answers: the latest seen wins; the other
+# attributes (birth year, app) are not in the ledger and stay as they are (NULL: unknown).
+_PROFILES = """
+INSERT INTO profile (user_id, region, updated_ms)
+SELECT user_id, region, updated_ms
+FROM json_to_recordset(%s::json) AS r(user_id text, region text, updated_ms bigint)
+ON CONFLICT (user_id) DO UPDATE SET region = excluded.region, updated_ms = excluded.updated_ms
+WHERE excluded.updated_ms >= profile.updated_ms
+"""
+
+
+def purchase_id(shop: str, order_id: str) -> str:
+    """The ``purchase`` row's key of a shop's order."""
+    return f"{shop}:{order_id}"
+
 
 async def write_records(conn: Conn, records: Sequence[Record]) -> tuple[int, int]:
-    """Insert ``records`` in the caller's transaction, and the dashboard rows their campaign
-    gifts give; returns (entries, events) newly written (the rest were there already)."""
+    """Insert ``records`` in the caller's transaction, and the dashboard rows they give
+    (campaigns and their issues, recipients' regions, shop purchases); returns (entries,
+    events) newly written (the rest were there already)."""
     entries = [r for r in records if isinstance(r, LedgerEntry)]
     events = [r for r in records if isinstance(r, GiftEvent)]
     written = [0, 0]
@@ -70,7 +97,33 @@ async def write_records(conn: Conn, records: Sequence[Record]) -> tuple[int, int
             cur = await conn.execute(statement, (orjson.dumps(rows).decode(),))
             written[i] = cur.rowcount
     await write_campaign_rows(conn, events)
+    await write_profile_rows(conn, events)
+    await write_purchase_rows(conn, [r for r in records if isinstance(r, OrderNote)])
     return written[0], written[1]
+
+
+async def write_purchase_rows(conn: Conn, notes: Sequence[OrderNote]) -> None:
+    """One ``purchase`` row per order of ``notes``: inserted by its first note, refunded by a
+    ``refunded`` one, idempotently."""
+    merged: dict[str, dict[str, object]] = {}  # one row per order: ON CONFLICT may touch a row once
+    for n in notes:
+        key = purchase_id(n.shop, n.order_id)
+        row = merged.setdefault(key, {"order_id": key, "shop": n.shop, "buyer": n.buyer, "amount_cents": n.spend,
+                                      "at_ms": n.at_ms, "refunded": False})
+        row["refunded"] = row["refunded"] or n.state == "refunded"
+    if merged:
+        await conn.execute(_PURCHASES, (orjson.dumps(list(merged.values())).decode(),))
+
+
+async def write_profile_rows(conn: Conn, events: Sequence[GiftEvent]) -> None:
+    """``profile`` rows of the regions the campaign gifts' answers in ``events`` carry."""
+    latest: dict[str, GiftEvent] = {}
+    for e in events:
+        if e.region is not None and (e.recipient not in latest or e.at_ms >= latest[e.recipient].at_ms):
+            latest[e.recipient] = e
+    if latest:
+        rows = [{"user_id": u, "region": e.region, "updated_ms": e.at_ms} for u, e in latest.items()]
+        await conn.execute(_PROFILES, (orjson.dumps(rows).decode(),))
 
 
 async def write_campaign_rows(conn: Conn, events: Sequence[GiftEvent]) -> None:

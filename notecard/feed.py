@@ -57,7 +57,7 @@ async def run_feed(redis: AnyRedis, out: IO[bytes], *, group: str, consumer: str
             if isinstance(record, GiftEvent):
                 out.write(orjson.dumps(event_json(record)) + b"\n")
                 lines += 1
-            elif ledger:
+            elif ledger and isinstance(record, LedgerEntry):  # order notes are the books' only
                 out.write(orjson.dumps(entry_json(record)) + b"\n")
                 lines += 1
         for problem in batch.bad:

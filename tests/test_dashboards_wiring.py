@@ -1,8 +1,10 @@
 """The dashboards read what a real campaign wrote: campaigns issued by the runner against a
 real Redis (one server, then a 3-shard cluster), some cards accepted, declined, expired or
 refused, the ledger consumer writing to a real local PostgreSQL, and the dashboards'
-queries giving the numbers this test counts from Redis's own records. Ends with the
-conservation check, Redis's ledger replay and PostgreSQL's balances against Redis."""
+queries giving the numbers this test counts from Redis's own records; then shop orders
+(paid, refunded) reaching ``purchase`` and recipients' regions reaching ``profile``. Each
+ends with the conservation check, Redis's ledger replay and PostgreSQL's balances against
+Redis."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from clearing.shops import Shops, order_gift_id
 from clearing.testing import World
 from clearing.topology import Topology
 from dashboards.queries import Scope, conversion, profile
-from ledger.books import Conn
+from ledger.books import Conn, purchase_id
 from ledger.consumer import BooksConsumer
 from ledger.migrate import migrate
 from ledger.reconcile import reconcile_books
@@ -129,10 +131,11 @@ async def test_a_campaign_run_by_the_runner_reaches_the_dashboards_through_the_c
     launch = result.campaigns[0]
     assert launch.accept_rate == round(2 / 6, 6)
 
-    # profile attributes are not in the ledger: every recipient is counted, as unknown
+    # every card of "launch" was answered (accepted, declined, expired): each recipient's
+    # region came with its answer (the default region here); fan levels are not in the ledger
     breakdown = await profile(books, Scope(campaign="launch"))
     assert breakdown.recipients == len(fans)
-    assert breakdown.breakdown["region"] == [("unknown", len(fans))]
+    assert breakdown.breakdown["region"] == [("global", len(fans))]
     assert breakdown.breakdown["fan_level"] == [("none", len(fans))]
 
     # both campaigns of one kind: the kind's budget holds what both accepted
@@ -167,12 +170,96 @@ async def test_a_shop_orders_gifts_appear_as_its_campaign_one_row_per_buyer(
     assert await rows(books, "SELECT campaign, recipient, gift_id FROM campaign_issue") == [
         ("shop.acme", buyers[0], order_gift_id("acme", "A-1"))]
     [row] = (await conversion(books, Scope(campaign="shop.acme"))).campaigns
-    assert (row.issued, row.accepted, row.purchased, row.cost_units) == (1, 1, 0, UNIT)
+    # the buyer accepted, and its orders (noted at the acceptance's instant: this clock stands
+    # still) are purchases from the shop in the window: one converted buyer, both orders' spend
+    assert (row.issued, row.accepted, row.purchased, row.revenue_cents, row.cost_units) == (1, 1, 1, 4000, UNIT)
+    assert sorted(await rows(books, "SELECT order_id, buyer, amount_cents, refunded FROM purchase")) == [
+        (purchase_id("acme", "A-1"), buyers[0], 1500, False), (purchase_id("acme", "A-2"), buyers[0], 2500, False),
+        (purchase_id("acme", "A-3"), buyers[1], 999, False)]
     # both gifts are in the ledger all the same
     cur = await books.execute("SELECT count(*) FROM gift_event WHERE sender = 'acme' AND event = 'sent'")
     assert await cur.fetchone() == (2,)
 
     check = await shop.w.check()
     assert check.ok, check.violations
+    books_check = await reconcile_books(books, shop.w.redis)
+    assert books_check.ok, books_check.report()
+
+
+async def region_of(shop: Shop, user: str) -> str:
+    raw = await shop.w.redis.hget(shop.w.keys.user(user), "region")
+    assert isinstance(raw, bytes)
+    return raw.decode()
+
+
+async def test_shop_orders_and_recipients_regions_reach_the_conversion_and_profile_dashboards(
+        shop: Shop, books: Conn, postgres_url: str) -> None:
+    """A campaign's fans answer their cards, then buy in the brand's shop (paid, below the
+    rule's minimum, refunded, refunded before paid, a notification sent twice): the orders
+    reach ``purchase`` through the ledger stream, the regions reach ``profile``, and the
+    dashboards count what this test counts from the orders it made and Redis's records."""
+    await shop.brand(budget=20)
+    await shop.business.update("acme", operator="ops", shop=True)
+    shops = Shops(shop.campaigns)
+    await shops.set_rule("acme", kind="acme_star", min_spend=1000, qty=1, operator="ops")
+    fans = await shop.fans(4)
+    for fan, region in zip(fans, ("north", "south", "north"), strict=False):  # fans[3] keeps the default
+        await shop.w.accounts.set_flags(fan, region=region)
+    await shop.campaigns.create("launch", "acme", "acme_star", [(f, 1) for f in fans],
+                                ends_at_ms=shop.w.clock() + HOUR_MS, operator="ops")
+    assert await shop.runner("node-a").step() == len(fans)
+    for fan in fans[:3]:
+        await shop.w.clearing.accept(campaign_gift_id("launch", fan), fan)
+    await shop.w.clearing.decline(campaign_gift_id("launch", fans[3]), fans[3])
+    await shop.w.tick(1000)  # the purchases come after the acceptances
+
+    # (order, buyer, spend): paid, below the minimum (a purchase all the same), to be
+    # refunded, and by the fan who declined (no conversion)
+    orders = [("A-1", fans[0], 1500), ("A-2", fans[1], 500), ("A-3", fans[1], 2000), ("A-4", fans[3], 3000)]
+    for order_id, buyer, spend in orders:
+        await shops.paid("acme", order_id, buyer, spend)
+    assert (await shops.paid("acme", "A-1", fans[0], 1500)).result == "gifted"  # sent again: noted once
+    assert (await shops.refunded("acme", "A-5")).result == "refunded"  # refunded before paid:
+    assert (await shops.paid("acme", "A-5", fans[2], 4000)).result == "refunded"  # no purchase
+    await consume(shop, postgres_url, "books-1")
+    assert (await shops.refunded("acme", "A-3")).result == "cancelled"  # a later batch updates the row
+    await consume(shop, postgres_url, "books-1")
+    # every entry delivered again (a crash between COMMIT and XACK): the same rows
+    for stream in await BooksConsumer(shop.w.redis, postgres_url, consumer="x").member.streams():
+        await shop.w.redis.xgroup_setid(stream, "books", "0")
+    await consume(shop, postgres_url, "books-2")
+
+    refunded = {"A-3"}
+    assert sorted(await rows(books, "SELECT order_id, shop, buyer, amount_cents, refunded FROM purchase")) == sorted(
+        (purchase_id("acme", o), "acme", b, spend, o in refunded) for o, b, spend in orders)
+    cur = await books.execute("SELECT count(*) FROM purchase WHERE at_ms <> %s", (shop.w.clock(),))
+    assert await cur.fetchone() == (0,)  # each row's time is its paid note's (the refund came later)
+
+    # conversion, counted here: the accepting fans who bought (not refunded), and what they paid
+    accepted = set()
+    for fan in fans:
+        gift = await shop.w.clearing.get_gift(campaign_gift_id("launch", fan), "acme")
+        if gift is not None and gift.state is GiftState.ACCEPTED:
+            accepted.add(fan)
+    kept = [(b, spend) for o, b, spend in orders if o not in refunded and b in accepted]
+    [launch] = (await conversion(books, Scope(campaign="launch"))).campaigns
+    assert (launch.issued, launch.accepted, launch.purchased, launch.revenue_cents) == (
+        len(fans), len(accepted), len({b for b, _ in kept}), sum(spend for _, spend in kept))
+    assert (launch.purchased, launch.revenue_cents) == (2, 2000)
+
+    # profile: each recipient's region as Redis holds it (every card was answered)
+    regions: dict[str, int] = {}
+    for fan in fans:
+        region = await region_of(shop, fan)
+        regions[region] = regions.get(region, 0) + 1
+    breakdown = await profile(books, Scope(campaign="launch"))
+    assert breakdown.recipients == len(fans)
+    assert dict(breakdown.breakdown["region"]) == regions == {"north": 2, "south": 1, "global": 1}
+    assert await rows(books, "SELECT count(*) FROM profile WHERE birth_year IS NOT NULL OR app IS NOT NULL") == [(0,)]
+
+    check = await shop.w.check()
+    assert check.ok, check.violations
+    ledger = await reconcile(shop.w.redis, shop.w.keys)
+    assert ledger.ok, ledger.drift
     books_check = await reconcile_books(books, shop.w.redis)
     assert books_check.ok, books_check.report()

@@ -21,10 +21,12 @@ from clearing.ledger import GiftEvent, LedgerEntry, StreamConsumer, ledger_strea
 from clearing.odds import OddsEntry
 from clearing.purchases import Purchases
 from clearing.scenes import Scenes
+from clearing.shops import Shops, order_gift_id
 from clearing.slots import SLOTS, slot_of
 from clearing.testing import World
 from clearing.topology import Topology
 from notecard.local_redis import LocalRedis
+from tests.test_campaigns import Shop
 
 UNIT = GiftRules().units_per_card
 ALL_SLOTS = range(SLOTS)
@@ -274,4 +276,27 @@ async def test_with_the_ledger_off_value_moves_the_same_and_no_entry_is_written(
     assert await ledger_streams(w.redis, w.keys) == []
     assert (await w.clearing.balances(FAR)).available["note"] == (20 + 2) * UNIT
     report = await w.check()
+    assert report.ok, report.violations
+
+
+async def test_notecard_feed_skips_order_notes_and_keeps_regions_out_of_its_lines(
+        redis_server: LocalRedis, redis: aioredis.Redis) -> None:
+    shop = Shop(await World.build(redis))
+    await shop.brand(budget=5)
+    await shop.business.update("acme", operator="ops", shop=True)
+    shops = Shops(shop.campaigns)
+    await shops.set_rule("acme", kind="acme_star", min_spend=100, qty=1, operator="ops")
+    [buyer] = await shop.fans(1)
+    await shop.w.accounts.set_flags(buyer, region="north")
+    assert (await shops.paid("acme", "o1", buyer, 150)).result == "gifted"
+    await shop.w.clearing.accept(order_gift_id("acme", "o1"), buyer)
+    records = (await read_all(shop.w.redis, shop.w.keys))[0]
+    assert Counter(type(r).__name__ for r in records)["OrderNote"] == 1
+    assert [r.region for r in records if isinstance(r, GiftEvent)] == [None, "north"]  # sent, accepted
+
+    lines = await feed(redis_server.url, "--ledger")
+    assert {str(line["type"]) for line in lines} == {"gift", "entry"}
+    assert len([line for line in lines if line["type"] == "entry"]) == sum(isinstance(r, LedgerEntry) for r in records)
+    assert all("region" not in line for line in lines)
+    report = await shop.w.check()
     assert report.ok, report.violations

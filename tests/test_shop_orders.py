@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from clearing.ledger import OrderNote, read_all
 from clearing.shops import order_gift_id, sign, signature_ok
 from gateway import GatewayNode
 from tests.conftest import TOPOLOGIES
@@ -154,3 +155,37 @@ async def test_a_refund_cancels_a_gift_not_yet_accepted_and_is_reported_after(sh
     late = await shop.order({"order_id": "c3", "event": "paid", "buyer": "eve", "spend": 500})
     assert late[1]["result"] == "refunded"
     assert await balance(shop, "eve") == (0, 0)
+
+
+async def notes(shop: Shop) -> list[tuple[str, str, int, str]]:
+    """The order notes in the ledger streams, as (order, buyer, spend, state), in order."""
+    records, problems = await read_all(shop.node.clearing.redis, shop.node.clearing.keys)
+    assert problems == []
+    return [(r.order_id, r.buyer, r.spend, r.state) for r in records if isinstance(r, OrderNote) and r.shop == "mall"]
+
+
+@both
+async def test_each_paid_and_refunded_order_is_noted_once_in_the_ledger_stream(shop: Shop) -> None:
+    await shop.call("PATCH", "/admin/business/mall", {"shop": True, **OPS})
+    shop.secret = (await shop.call("PUT", "/admin/shops/mall/rule", {"kind": "mall_coupon", "min_spend": 100,
+                                                                      **OPS}))[1]["secret"]
+    for body in ({"order_id": "n1", "event": "paid", "buyer": "bob", "spend": 150},
+                 {"order_id": "n1", "event": "paid", "buyer": "bob", "spend": 150},  # sent again
+                 {"order_id": "n2", "event": "paid", "buyer": "eve", "spend": 99},  # below the minimum
+                 {"order_id": "n1", "event": "refunded"}, {"order_id": "n1", "event": "refunded"},
+                 {"order_id": "n3", "event": "refunded"},  # refunded before paid: no purchase
+                 {"order_id": "n3", "event": "paid", "buyer": "eve", "spend": 500}):
+        assert (await shop.order(body))[0] == 200
+    assert await notes(shop) == [("n1", "bob", 150, "paid"), ("n2", "eve", 99, "paid"), ("n1", "bob", 150, "refunded")]
+
+    # a record a hand edit broke: the gift is still cancelled, the note refused, nothing written
+    await shop.order({"order_id": "n4", "event": "paid", "buyer": "bob", "spend": 200})
+    redis, keys = shop.node.clearing.redis, shop.node.clearing.keys
+    await redis.hset(keys.shop_order("mall", "n4"), "spend", "12x")
+    before = await notes(shop)
+    status, body = await shop.order({"order_id": "n4", "event": "refunded"})
+    assert (status, body["error"]) == (500, "INTERNAL")  # as any CORRUPT refusal: no detail to the shop
+    gift = await shop.node.clearing.get_gift(order_gift_id("mall", "n4"), "mall")
+    assert gift is not None and gift.state.value == "declined"
+    assert await notes(shop) == before
+    assert await redis.hget(keys.shop_order("mall", "n4"), "noted") == b"paid"

@@ -222,10 +222,23 @@ end
 
 -- A gift's life for the platform's feed (t = 'g'): sent, accepted, declined, expired.
 -- `camp`, only on a brand campaign's or a shop order's gift (absent otherwise), is what the
--- book of record's dashboard rows are derived from (ledger/books.py).
+-- book of record's dashboard rows are derived from (ledger/books.py). `rg`, the recipient's
+-- region (account field `region`, absent when not set), rides on a campaign gift's answer
+-- (accepted, declined, expired) only: those are written on the recipient's slot, where its
+-- account is; the `sent` event is written on the sender's, where it may not be.
 local function gift_event(tag, event, g)
+  local region
+  if g.camp and event ~= 'sent' then
+    region = redis.call('HGET', ukey(g.recipient, 'user'), 'region') or nil
+  end
   ledger_push(tag, {t = 'g', ev = event, g = g.gift_id, s = g.sender, r = g.recipient, k = g.kind, q = g.qty,
-                    cost = g.cost, amt = g.amount, payer = g.payer or g.sender, camp = g.camp})
+                    cost = g.cost, amt = g.amount, payer = g.payer or g.sender, camp = g.camp, rg = region})
+end
+
+-- A shop order's purchase for the book of record's dashboards (t = 'o'): no value moves
+-- (docs/ledger.md "Order notes"). order_note.lua writes it.
+local function order_record(tag, shop, order_id, buyer, spend, state)
+  ledger_push(tag, {t = 'o', shop = shop, o = order_id, b = buyer, sp = spend, st = state})
 end
 
 -- The movers: each changes a user's hash and/or a slot's totals and appends the entry.
