@@ -9,11 +9,10 @@ record (idempotent by order id). Both are checked before the body is read as JSO
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from clearing.shops import ShopRule, Shops
-from gateway.admin_json import AdminError, field, json_response, only, path_id, read_body
+from gateway.admin_json import AdminError, field, json_object, json_response, only, path_id, read_body
 from gateway.business_admin import operator_of
 from gateway.signed_requests import Refusal, SignedRequests
 
@@ -64,12 +63,7 @@ class ShopOrdersAdmin:
         secret = await self.shops.secret(shop)
         self.signed.verify(request.headers, body, secret.encode() if secret is not None else None,
                            self.shops.clearing.now())
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise AdminError(400, "BAD_REQUEST", "body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise AdminError(400, "BAD_REQUEST", "body must be a JSON object")
+        data = json_object(body)
         only(data, "order_id", "event", "buyer", "spend")
         order_id, event = field(data, "order_id", str, required=True), field(data, "event", str, required=True)
         if event == "paid":
