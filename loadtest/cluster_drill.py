@@ -121,7 +121,7 @@ class ClusterDrillSettings:
     #: NOTECARD_SAGA_STEP_S: a step not finished this long after it started is the recovery worker's.
     saga_step_s: float = 3.0
     send_pause_s: float = 0.6
-    #: Users whose gifts wait for a guardian (loadtest/drill.py setup_guardians; 0: none).
+    #: Users whose gifts wait for a guardian (loadtest/drill_common.py setup_guardians; 0: none).
     wards: int = 3
     #: The cluster's failure detection (a killed primary is replaced after about this long).
     node_timeout_ms: int = 2000
@@ -187,7 +187,7 @@ class ClusterDrill(BoundedDrill):
         self.shard_of: dict[str, int] = {}
         self.healed: list[str] = []
         self.left: dict[str, int] = {}
-        #: ward -> guardian (loadtest/drill.py setup_guardians).
+        #: ward -> guardian (loadtest/drill_common.py setup_guardians).
         self.guardians: dict[str, str] = {}
 
     def _redis_nodes(self, attempt: int) -> RedisNodes:

@@ -155,7 +155,7 @@ class Drill(BoundedDrill):
         #: Risk-engine actions taken during the workload (freeze, then lift): the bank check
         #: covers accounts whose gifts are refused and whose pending gifts resolve meanwhile.
         self.risk_actions: list[dict[str, Any]] = []
-        #: ward -> guardian (setup_guardians).
+        #: ward -> guardian (loadtest/drill_common.py setup_guardians).
         self.guardians: dict[str, str] = {}
         self.leftover = 0
         #: PostgreSQL and the `notecard ledger` members, live through the drill
