@@ -31,7 +31,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -211,18 +211,27 @@ class Campaigns:
         follower, so this reads every user's follows once (SCAN over every primary): a cost
         paid when the campaign is created, never on a gift's path."""
         await self.business.require_brand(brand, self.min_followers)
-        pattern = self._keys.pattern("follows")
-        found: list[tuple[str, int]] = []
+        found = [(self._keys.tag_in(_text(key)), qty)
+                 async for key, hit in self._scan_field(self._keys.pattern("follows"), brand, exists=True) if hit]
+        return sorted(found)
+
+    async def _scan_field(self, pattern: str, field: str, *, exists: bool) -> AsyncIterator[tuple[Any, Any]]:
+        """Every key matching ``pattern`` on every primary with its hash's ``field`` (with
+        ``exists``: whether it has it), read in pipelines of REPORT_CHUNK keys (a report's
+        or a campaign's creation cost, never on a gift's path)."""
         for node in self.clearing.topology.nodes():
             keys = [k async for k in node.client.scan_iter(match=pattern, count=1000)]
             for start in range(0, len(keys), REPORT_CHUNK):
                 chunk = keys[start : start + REPORT_CHUNK]
                 async with node.client.pipeline(transaction=False) as pipe:
                     for key in chunk:
-                        pipe.hexists(key, brand)
-                    hits = await guarded(pipe.execute())
-                found += [(self._keys.tag_in(_text(k)), qty) for k, hit in zip(chunk, hits, strict=True) if hit]
-        return sorted(found)
+                        if exists:
+                            pipe.hexists(key, field)
+                        else:
+                            pipe.hget(key, field)
+                    answers = await guarded(pipe.execute())
+                for pair in zip(chunk, answers, strict=True):
+                    yield pair
 
     # ------------------------------------------------------------ campaigns
     async def create(self, campaign_id: str, brand: str, kind: str, recipients: Iterable[tuple[str, int]], *,
@@ -401,20 +410,11 @@ class Campaigns:
     async def _recipients_hold(self, kind: str) -> int:
         """What users other than the brand hold of the kind, summed over every account (a
         SCAN of the balances; the report's check that accepted cards arrived)."""
-        pattern = self._keys.pattern("bal")
+        owner_record = await self.kind(kind)
         brand_total = 0
-        for node in self.clearing.topology.nodes():
-            keys = [k async for k in node.client.scan_iter(match=pattern, count=1000)]
-            for start in range(0, len(keys), REPORT_CHUNK):
-                chunk = keys[start : start + REPORT_CHUNK]
-                async with node.client.pipeline(transaction=False) as pipe:
-                    for key in chunk:
-                        pipe.hget(key, kind)
-                    values = await guarded(pipe.execute())
-                owner_record = await self.kind(kind)
-                for key, value in zip(chunk, values, strict=True):
-                    if value is not None and owner_record and self._keys.tag_in(_text(key)) != owner_record.brand:
-                        brand_total += _int(_text(value))
+        async for key, value in self._scan_field(self._keys.pattern("bal"), kind, exists=False):
+            if value is not None and owner_record and self._keys.tag_in(_text(key)) != owner_record.brand:
+                brand_total += _int(_text(value))
         return brand_total
 
     async def act(self, brand: str, campaign_id: str, args: dict[str, Any]) -> dict[str, Any]:

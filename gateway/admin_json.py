@@ -33,8 +33,13 @@ def plain(obj: Any) -> Any:
 async def read_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    return json_object(await request.read())
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A body already read (a signed one is checked on its bytes first) as a JSON object."""
     try:
-        data = orjson.loads(await request.read())
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise AdminError(400, "BAD_REQUEST", "body is not valid JSON") from None
     if not isinstance(data, dict):

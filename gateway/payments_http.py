@@ -22,8 +22,6 @@ accepted notification is logged (the audit trail beside the ledger and the payme
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +32,7 @@ from aiohttp import web
 from clearing.errors import Refused, StepRefused
 from clearing.purchases import Purchases, is_valid_provider
 from gateway.admin_json import AdminError, json_response
+from gateway.signed_requests import Refusal, SignedRequests, hmac_signature
 
 log = logging.getLogger("notecard.gateway.payments")
 
@@ -52,7 +51,7 @@ def parse_secrets(pairs: tuple[str, ...]) -> dict[str, bytes]:
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     """The signature header's value a provider sends (also what tests and providers' docs use)."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac_signature(secret, timestamp, body)
 
 
 class PaymentsHttp:
@@ -62,6 +61,11 @@ class PaymentsHttp:
         self.secrets = dict(secrets)
         self.window_s = window_s
         self.clock = clock
+        stale = Refusal(401, "STALE_NOTIFICATION", f"{TIMESTAMP_HEADER} is missing or outside the replay window")
+        self.signed = SignedRequests(TIMESTAMP_HEADER, SIGNATURE_HEADER, max_digits=12, window=window_s,
+                                     unreadable=stale, stale=stale,
+                                     mismatch=Refusal(401, "BAD_SIGNATURE", "the signature does not match"),
+                                     stale_first=True)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/payments/{provider}/notify", self.notify)
@@ -72,12 +76,7 @@ class PaymentsHttp:
         if secret is None:
             raise AdminError(404, "UNKNOWN_PROVIDER", "no such payment provider is configured")
         body = await request.read()
-        stamp = request.headers.get(TIMESTAMP_HEADER, "")
-        readable = stamp.isascii() and stamp.isdigit() and len(stamp) <= 12
-        if not readable or abs(self.clock() - int(stamp)) > self.window_s:
-            raise AdminError(401, "STALE_NOTIFICATION", f"{TIMESTAMP_HEADER} is missing or outside the replay window")
-        if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), sign(secret, stamp, body)):
-            raise AdminError(401, "BAD_SIGNATURE", "the signature does not match")
+        self.signed.verify(request.headers, body, secret, self.clock())
         what, payment_id, user, kind, cards = _notification(body)
         try:
             if what == "purchase":

@@ -9,12 +9,12 @@ record (idempotent by order id). Both are checked before the body is read as JSO
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
-from clearing.shops import ShopRule, Shops, signature_ok
-from gateway.admin_json import AdminError, field, json_response, only, path_id, read_body
+from clearing.shops import ShopRule, Shops
+from gateway.admin_json import AdminError, field, json_object, json_response, only, path_id, read_body
 from gateway.business_admin import operator_of
+from gateway.signed_requests import Refusal, SignedRequests
 
 MS = 1000
 
@@ -23,6 +23,12 @@ class ShopOrdersAdmin:
     def __init__(self, shops: Shops, replay_s: float) -> None:
         self.shops = shops
         self.replay_ms = round(replay_s * MS)
+        self.signed = SignedRequests(
+            "X-Notecard-Timestamp", "X-Notecard-Signature", max_digits=16, window=self.replay_ms,
+            unreadable=Refusal(401, "BAD_SIGNATURE", "X-Notecard-Timestamp (ms since the epoch) is required"),
+            stale=Refusal(401, "STALE_ORDER", "the notification's timestamp is outside the replay window"),
+            mismatch=Refusal(401, "BAD_SIGNATURE", "the signature does not match the shop's secret"),
+            stale_first=False)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/admin/shops/{shop}/rule", self.get_rule)
@@ -54,13 +60,10 @@ class ShopOrdersAdmin:
     async def order(self, request: web.Request) -> web.Response:
         shop = path_id(request, "shop")
         body = await request.read()
-        await self._authentic(shop, request, body)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise AdminError(400, "BAD_REQUEST", "body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise AdminError(400, "BAD_REQUEST", "body must be a JSON object")
+        secret = await self.shops.secret(shop)
+        self.signed.verify(request.headers, body, secret.encode() if secret is not None else None,
+                           self.shops.clearing.now())
+        data = json_object(body)
         only(data, "order_id", "event", "buyer", "spend")
         order_id, event = field(data, "order_id", str, required=True), field(data, "event", str, required=True)
         if event == "paid":
@@ -71,17 +74,6 @@ class ShopOrdersAdmin:
         else:
             raise AdminError(400, "BAD_REQUEST", "event is paid or refunded")
         return json_response(outcome.to_json())
-
-    async def _authentic(self, shop: str, request: web.Request, body: bytes) -> None:
-        stamp = request.headers.get("X-Notecard-Timestamp", "")
-        signature = request.headers.get("X-Notecard-Signature", "")
-        if not stamp.isdigit() or len(stamp) > 16:
-            raise AdminError(401, "BAD_SIGNATURE", "X-Notecard-Timestamp (ms since the epoch) is required")
-        secret = await self.shops.secret(shop)
-        if secret is None or not signature_ok(secret, int(stamp), body, signature):
-            raise AdminError(401, "BAD_SIGNATURE", "the signature does not match the shop's secret")
-        if abs(self.shops.clearing.now() - int(stamp)) > self.replay_ms:
-            raise AdminError(401, "STALE_ORDER", "the notification's timestamp is outside the replay window")
 
 
 def _rule_json(rule: ShopRule, secret: str | None) -> dict[str, object]:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -52,15 +51,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from clearing import GiftRules, KeySchema
-from gateway.auth import mint_token
-from loadtest.drill import PRESETS, UNITS_PER_CARD, DurabilityPreset, drill_env, setup_guardians, setup_users
 from loadtest.drill_checks import Verdict, verify
-from loadtest.drill_workload import History, UserAgent, WorkloadConfig
+from loadtest.drill_common import (
+    PRESETS,
+    BoundedDrill,
+    DurabilityPreset,
+    close_agents,
+    configure_logging,
+    connect_agents,
+    drill_env,
+    end_agents,
+    minted_for,
+    per_fault_lines,
+    resend_unknown,
+    setup_population,
+    write_report,
+)
 from loadtest.faults.cluster_faults import (
     ClusterFaultKind,
     ClusterFaultRecord,
@@ -111,7 +121,7 @@ class ClusterDrillSettings:
     #: NOTECARD_SAGA_STEP_S: a step not finished this long after it started is the recovery worker's.
     saga_step_s: float = 3.0
     send_pause_s: float = 0.6
-    #: Users whose gifts wait for a guardian (loadtest/drill.py setup_guardians; 0: none).
+    #: Users whose gifts wait for a guardian (loadtest/drill_common.py setup_guardians; 0: none).
     wards: int = 3
     #: The cluster's failure detection (a killed primary is replaced after about this long).
     node_timeout_ms: int = 2000
@@ -156,12 +166,15 @@ def fault_plan(s: ClusterDrillSettings) -> list[ClusterFaultRecord]:
     return plan
 
 
-class ClusterDrill:
+class ClusterDrill(BoundedDrill):
     """One run; :meth:`run` always stops every process it started."""
 
+    name = "cluster drill"
+    timeout_error = TimeoutError
+
     def __init__(self, s: ClusterDrillSettings) -> None:
+        super().__init__(s.work_dir or Path(tempfile.mkdtemp(prefix="notecard-cluster-drill-")))
         self.s = s
-        self.work = s.work_dir or Path(tempfile.mkdtemp(prefix="notecard-cluster-drill-"))
         self.rng = random.Random(s.seed)
         self.plan = fault_plan(s)
         #: The servers' password; each gateway node logs in with it as its own user.
@@ -170,17 +183,12 @@ class ClusterDrill:
         self.redis = self._redis_nodes(0)
         self.gateways: GatewayNodes | None = None
         self.faults: ClusterFaults | None = None
-        self.agents: list[UserAgent] = []
-        self.runs: list[asyncio.Task[None]] = []
-        self.history = History()
         self.minted: dict[str, int] = {}
         self.shard_of: dict[str, int] = {}
-        self.timings: dict[str, float] = {}
         self.healed: list[str] = []
         self.left: dict[str, int] = {}
-        #: ward -> guardian (loadtest/drill.py setup_guardians).
+        #: ward -> guardian (loadtest/drill_common.py setup_guardians).
         self.guardians: dict[str, str] = {}
-        self.phase = "new"
 
     def _redis_nodes(self, attempt: int) -> RedisNodes:
         s, r = self.s, self.s.durability.redis
@@ -207,46 +215,11 @@ class ClusterDrill:
                 self.redis = self._redis_nodes(attempt + 1)
 
     async def run(self) -> dict[str, Any]:
-        started = time.monotonic()
-        self.work.mkdir(parents=True, exist_ok=True)
         budget_s = self.s.duration_s + self.s.confirm_window_s + PHASE_BUDGET_S
-        try:
-            async with asyncio.timeout(budget_s):
-                self.phase = "start"
-                await self._start()
-                self.timings["setup_s"] = time.monotonic() - started
-                self.phase = "workload"
-                await self._workload()
-                self.phase = "settle"
-                await self._settle()
-                self.phase = "verify"
-                verdict = await self._verify()
-        except TimeoutError:
-            raise TimeoutError(f"the cluster drill exceeded its {budget_s:.0f} s budget in its '{self.phase}' "
-                               f"step; logs in {self.work}") from None
-        finally:
-            self.phase = "stop"
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_BUDGET_S):
-                    await self._stop()
-        self.timings["total_s"] = time.monotonic() - started
-        (self.work / "history.json").write_bytes(orjson.dumps(
-            {"gifts": [dataclasses.asdict(g) for g in self.history.gifts.values()],
-             "offline": self.history.offline}))
+        verdict = await self.run_phases(budget_s, STOP_BUDGET_S)
         faults = self.faults.records if self.faults else []
-        return {
-            "ok": verdict.ok,
-            "settings": self.s.to_json(),
-            "violations": verdict.violations,
-            "numbers": verdict.numbers,
-            "per_fault": verdict.per_fault,
-            "faults": [f.to_json() for f in faults],
-            "healed": self.healed,
-            "left_at_deadline": self.left,
-            "guardians": self.guardians,
-            "timings": {k: round(v, 1) for k, v in self.timings.items()},
-            "work_dir": str(self.work),
-        }
+        return self.report(verdict, self.s.to_json(), [f.to_json() for f in faults], healed=self.healed,
+                           left_at_deadline=self.left, guardians=self.guardians)
 
     async def _start(self) -> None:
         s = self.s
@@ -264,21 +237,15 @@ class ClusterDrill:
                                                          strict=True)))
         ranges = await self.faults.slot_map()
         async with AdminClient(gateways.nodes[0].admin_url, gateways.admin_token) as admin:
-            friends = await setup_users(admin, self.rng, users_n=s.users, friends_n=s.friends, cards=s.cards)
-            self.guardians = await setup_guardians(admin, self.rng, sorted(friends), s.wards, s.confirm_window_s)
+            friends, self.guardians = await setup_population(admin, self.rng, s)
         keys = KeySchema()
         for user in friends:
             slot = key_slot(keys.balance(user).encode())
             self.shard_of[user] = next(i for i, r in enumerate(ranges) if r.low <= slot <= r.high)
         if not await self.faults.wait_healthy():
             raise RuntimeError(f"the cluster is not healthy after the set-up: {self.faults.last_health}")
-        self.minted = {u: s.cards * UNITS_PER_CARD for u in friends}
-        config = WorkloadConfig(confirm_window_s=s.confirm_window_s, send_pause_s=s.send_pause_s)
-        for u in sorted(friends):
-            token = mint_token(gateways.token_secret, u, ttl_s=3600)
-            self.agents.append(UserAgent(u, friends[u], gateways.urls, token, random.Random(f"{s.seed}:{u}"),
-                                         self.history, config))
-        await asyncio.gather(*(a.connect() for a in self.agents))
+        self.minted = minted_for(friends, s.cards)
+        self.agents = await connect_agents(s, friends, gateways.urls, gateways.token_secret, self.history)
 
     async def _workload(self) -> None:
         assert self.faults is not None
@@ -301,7 +268,9 @@ class ClusterDrill:
         t1 = time.monotonic()
         self.healed = await self.faults.heal()
         self.timings["heal_s"] = time.monotonic() - t1
-        await _resend_unknown(self.agents, self.history)
+        # Unlike loadtest/drill.py, a guardian's answer whose outcome stayed unknown is not
+        # resent: it took effect or its gift expires with the guardian window.
+        await resend_unknown(self.agents, self.history, guardian_answers=False)
         # Past this, every gift's window is over and every saga step is overdue.
         rest_at = time.monotonic() + self.s.confirm_window_s + self.s.saga_step_s
         deadline = rest_at + 60.0
@@ -312,12 +281,7 @@ class ClusterDrill:
             if (now >= rest_at and not any(self.left.values())) or now >= deadline:
                 break
             await asyncio.sleep(0.5)
-        for a in self.agents:
-            a.done.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self.runs, return_exceptions=True), 30)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(a.close() for a in self.agents), return_exceptions=True), 30)
+        await end_agents(self.agents, self.runs, runs_may_hang=True)
         self.timings["settle_s"] = time.monotonic() - t1
 
     async def _verify(self) -> Verdict:
@@ -356,26 +320,10 @@ class ClusterDrill:
                 "acked_cross_shard": acked_cross, "acked_same_shard": acked_same}
 
     async def _stop(self) -> None:
-        for a in self.agents:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(a.close(), 5)
+        await close_agents(self.agents)
         if self.gateways is not None:
             await asyncio.gather(*(asyncio.to_thread(n.stop) for n in self.gateways.nodes), return_exceptions=True)
         await asyncio.to_thread(self.redis.stop)
-
-
-async def _resend_unknown(agents: list[UserAgent], history: History) -> None:
-    """After the heal: one more try of every request whose outcome stayed unknown."""
-    by_user = {a.user: a for a in agents}
-    calls = []
-    for entry in history.gifts.values():
-        if not entry.send_settled:
-            calls.append(by_user[entry.sender].send(entry, final_try=True))
-        elif entry.answer in ("accept", "decline") and not entry.answer_settled and entry.offered_at_ms:
-            calls.append(by_user[entry.recipient].answer(entry, final_try=True))
-    history.count("settled_after_heal", len(calls))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
 
 
 async def run_cluster_drill(s: ClusterDrillSettings) -> dict[str, Any]:
@@ -406,10 +354,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{n['transit_at_rest']}; offers still pending: {n['offers_queued']}",
         "  per fault: kind / faults / gifts during / acked-then-lost / violating gifts / offers missed",
     ]
-    for kind, row in sorted(report["per_fault"].items()):
-        errors = f"  ({row['errors']} fault errors)" if row["errors"] else ""
-        lines.append(f"    {kind:14} {row['faults']:3} {row['gifts_during']:6} {row['acked_then_lost']:4} "
-                     f"{row['violating_gifts']:4} {row['arrival_missed']:4}{errors}")
+    lines += per_fault_lines(report["per_fault"], 14)
     lines += [f"  fault: {f['kind']}: {f['detail'] or f['error']}" for f in report["faults"]]
     lines += [f"  healed: {h}" for h in report["healed"]]
     lines += [f"  VIOLATION {v}" for v in report["violations"][:20]]
@@ -463,8 +408,7 @@ def settings_from(args: argparse.Namespace) -> ClusterDrillSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv or []))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         s = settings_from(args)
     except ValueError as exc:
@@ -472,8 +416,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     report = asyncio.run(run_cluster_drill(s))
     print("\n".join(summary_lines(report)), flush=True)
-    path = args.report or Path("drill-results") / f"cluster-drill-{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    print(f"report: {path}")
+    write_report(args.report, f"cluster-drill-{args.seed}", report)
     return 0 if report["ok"] else 1

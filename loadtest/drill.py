@@ -47,43 +47,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
 from clearing import GiftRules, KeySchema
-from gateway.auth import mint_token
-from loadtest.drill_checks import verify
+from loadtest.drill_checks import Verdict, verify
+from loadtest.drill_common import (
+    PRESETS,
+    BoundedDrill,
+    DurabilityPreset,
+    close_agents,
+    configure_logging,
+    connect_agents,
+    drill_env,
+    end_agents,
+    minted_for,
+    per_fault_lines,
+    resend_unknown,
+    setup_population,
+    write_report,
+)
 from loadtest.drill_ledger import LedgerRig
-from loadtest.drill_workload import History, UserAgent, WorkloadConfig
 from loadtest.faults.injector import FaultInjector
 from loadtest.faults.proxy import FaultProxy
-from loadtest.faults.redis_ha import RedisDurability, RedisHA
+from loadtest.faults.redis_ha import RedisHA
 from loadtest.faults.schedule import FaultKind, make_schedule, parse_kinds
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard.cluster import LocalCluster
 
 log = logging.getLogger("notecard.drill")
 
-DAY_MS = 86_400_000
 #: Replicas of the drill's primary (RedisHA's default).
 REPLICAS = 2
-UNITS_PER_CARD = GiftRules().units_per_card
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DurabilityPreset:
-    name: str
-    redis: RedisDurability
-    wait_replicas: int
-    wait_timeout_ms: int = 500
-
-
-PRESETS: dict[str, DurabilityPreset] = {
-    "fast": DurabilityPreset("fast", RedisDurability(appendonly=False), 0),
-    "aof": DurabilityPreset("aof", RedisDurability(appendonly=True, appendfsync="everysec"), 0),
-    "replicated": DurabilityPreset("replicated", RedisDurability(appendonly=True, appendfsync="everysec"), 1),
-    "strict": DurabilityPreset("strict", RedisDurability(appendonly=True, appendfsync="always"), 2),
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,171 +119,56 @@ def node_env(s: DrillSettings, ha: RedisHA) -> dict[str, str]:
     return {**ha.node_env(), **drill_env(s.confirm_window_s, s.durability, s.durability.wait_replicas)}
 
 
-def drill_env(confirm_window_s: float, durability: DurabilityPreset, wait_replicas: int) -> dict[str, str]:
-    """The gift rules' limits raised and the clocks shortened, whatever the Redis topology."""
-    return {
-        "NOTECARD_DAILY_SEND_LIMIT": "1000000",
-        "NOTECARD_DAILY_RECEIVE_LIMIT": "1000000",
-        "NOTECARD_RATE_PER_S": "500",
-        "NOTECARD_RATE_BURST": "1000",
-        "NOTECARD_USER_RATE_PER_S": "500",
-        "NOTECARD_USER_RATE_BURST": "1000",
-        "NOTECARD_CONFIRM_WINDOW_S": str(confirm_window_s),
-        "NOTECARD_NODE_HEARTBEAT_S": "0.5",
-        "NOTECARD_NODE_TTL_S": "2.5",
-        "NOTECARD_SUBSCRIBER_PROBE_S": "1",
-        "NOTECARD_REDIS_TIMEOUT_S": "2",
-        "NOTECARD_HEARTBEAT_S": "5",
-        "NOTECARD_PONG_TIMEOUT_S": "5",
-        "NOTECARD_SHUTDOWN_GRACE_S": "2",
-        "NOTECARD_DURABILITY": durability.name,  # the nodes check the deployment against it
-        "NOTECARD_WAIT_REPLICAS": str(wait_replicas),
-        "NOTECARD_WAIT_TIMEOUT_MS": str(durability.wait_timeout_ms),
-        "NOTECARD_LOG_LEVEL": "INFO",
-    }
-
-
 async def _primary_client(ha: RedisHA) -> aioredis.Redis:
     _, port = await ha.primary()
     return ha.client(port, timeout_s=10)
 
 
-#: The region of the drill's wards and its rule.
-WARD_REGION = "mena"
+#: Time the drill may spend beyond its workload and confirm window: start-up (Sentinels,
+#: nodes, users), the fault lane's last fault, healing, resends, settling and the checks.
+PHASE_BUDGET_S = 300.0
+#: Stopping every process the drill started; each stop is itself bounded.
+STOP_BUDGET_S = 90.0
 
 
-async def setup_guardians(admin: AdminClient, rng: random.Random, users: Sequence[str], wards_n: int,
-                          window_s: float) -> dict[str, str]:
-    """``wards_n`` of ``users`` become female wards in a region with the male-to-female guardian
-    rule, each with a guardian among the other users; everybody else is male, so a gift from
-    a friend to a ward waits for the ward's guardian. Returns ward -> guardian."""
-    if wards_n <= 0:
-        return {}
-    await admin.put_region(WARD_REGION, {"name": "drill wards", "guardian_rule": "male_to_female",
-                                         "guardian_window_ms": max(1000, int(window_s * 1000))})
-    wards = rng.sample(sorted(users), min(wards_n, len(users) - 1))
-    others = [u for u in sorted(users) if u not in wards]
-    linked: dict[str, str] = {}
-    for user in users:
-        if user in wards:
-            await admin.set_flags(user, gender="female", region=WARD_REGION)
-            linked[user] = rng.choice(others)
-            await admin.link_guardian(user, linked[user], operator="drill")
-        else:
-            await admin.set_flags(user, gender="male")
-    return linked
+class DrillTimeout(RuntimeError):
+    """The drill did not finish within its time budget."""
 
 
-async def setup_users(admin: AdminClient, rng: random.Random, *, users_n: int, friends_n: int,
-                      cards: int) -> dict[str, list[str]]:
-    """Verified users with ``cards`` each, every one with ``friends_n`` mutual old-enough follows."""
-    users = [f"u{i:03d}" for i in range(users_n)]
-    since = int(time.time() * 1000) - 4 * DAY_MS
-    friends: dict[str, set[str]] = {u: set() for u in users}
-    for u in users:
-        others = [o for o in users if o != u]
-        for o in rng.sample(others, min(friends_n, len(others))):
-            friends[u].add(o)
-            friends[o].add(u)
-    sem = asyncio.Semaphore(16)
-
-    async def make(u: str) -> None:
-        async with sem:
-            await admin.create_user(u, verified=True)
-            await admin.mint(u, cards)
-
-    await asyncio.gather(*(make(u) for u in users))
-
-    async def link(a: str, b: str) -> None:
-        async with sem:
-            await admin.befriend(a, b, since)
-
-    await asyncio.gather(*(link(a, b) for a in users for b in friends[a] if a < b))
-    return {u: sorted(fs) for u, fs in friends.items()}
-
-
-class Drill:
+class Drill(BoundedDrill):
     """One run, phase by phase; :meth:`run` always stops every process it started."""
 
+    name = "drill"
+    timeout_error = DrillTimeout
+
     def __init__(self, s: DrillSettings) -> None:
+        super().__init__(s.work_dir or Path(tempfile.mkdtemp(prefix="notecard-drill-")))
         self.s = s
-        self.work = s.work_dir or Path(tempfile.mkdtemp(prefix="notecard-drill-"))
         self.rng = random.Random(s.seed)
         self.schedule = make_schedule(s.seed, s.kinds, s.per_kind, s.duration_s - 2.0, s.nodes)
         self.ha = RedisHA(self.work / "redis", durability=s.durability.redis)
         self.proxy: FaultProxy | None = None
         self.cluster: LocalCluster | None = None
         self.injector: FaultInjector | None = None
-        self.agents: list[UserAgent] = []
-        self.history = History()
         self.minted: dict[str, int] = {}
-        self.timings: dict[str, float] = {}
         self.healed: list[str] = []
         #: Risk-engine actions taken during the workload (freeze, then lift): the bank check
         #: covers accounts whose gifts are refused and whose pending gifts resolve meanwhile.
         self.risk_actions: list[dict[str, Any]] = []
-        #: ward -> guardian (setup_guardians).
+        #: ward -> guardian (loadtest/drill_common.py setup_guardians).
         self.guardians: dict[str, str] = {}
         self.leftover = 0
-        self.phase = "new"
         #: PostgreSQL and the `notecard ledger` members, live through the drill
         self.books: LedgerRig | None = None
 
     async def run(self) -> dict[str, Any]:
-        started = time.monotonic()
-        self.work.mkdir(parents=True, exist_ok=True)
-        # The drill is bounded as a whole: a step that waits on something that never comes
-        # (a server that does not answer, a client that does not close) ends the run with
-        # the name of that step instead of hanging the caller (CI) until its own limit.
         budget_s = self.s.duration_s + self.s.confirm_window_s + PHASE_BUDGET_S
-        self.phase = "start"
-        try:
-            async with asyncio.timeout(budget_s):
-                await self._start()
-                self.timings["setup_s"] = time.monotonic() - started
-                self.phase = "workload"
-                await self._workload()
-                self.phase = "settle"
-                await self._settle()
-                self.phase = "verify"
-                redis = await _primary_client(self.ha)
-                try:
-                    durable = self.s.durability.wait_replicas >= REPLICAS
-                    verdict = await verify(redis, GiftRules(), self.history, self.minted,
-                                           self.injector.records if self.injector else [], KeySchema(),
-                                           durable=durable)
-                    assert self.books is not None
-                    await self.books.check(redis, verdict, durable=durable)
-                finally:
-                    await redis.aclose()
-        except TimeoutError:
-            raise DrillTimeout(f"the drill exceeded its {budget_s:.0f} s budget in its '{self.phase}' step; "
-                               f"logs in {self.work}") from None
-        finally:
-            self.phase = "stop"
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_BUDGET_S):
-                    await self._stop()
-        self.timings["total_s"] = time.monotonic() - started
-        # Every client's log, for reading a violation in full (the report keeps examples).
-        (self.work / "history.json").write_bytes(orjson.dumps(
-            {"gifts": [dataclasses.asdict(g) for g in self.history.gifts.values()],
-             "offline": self.history.offline}))
-        return {
-            "ok": verdict.ok,
-            "settings": self.s.to_json(),
-            "violations": verdict.violations,
-            "numbers": verdict.numbers,
-            "per_fault": verdict.per_fault,
-            "faults": [r.to_json() for r in (self.injector.records if self.injector else [])],
-            "schedule": [f.to_json() for f in self.schedule],
-            "healed": self.healed,
-            "risk_actions": self.risk_actions,
-            "guardians": self.guardians,
-            "pending_left_at_deadline": self.leftover,
-            "timings": {k: round(v, 1) for k, v in self.timings.items()},
-            "work_dir": str(self.work),
-        }
+        verdict = await self.run_phases(budget_s, STOP_BUDGET_S)
+        faults = self.injector.records if self.injector else []
+        return self.report(verdict, self.s.to_json(), [r.to_json() for r in faults],
+                           schedule=[f.to_json() for f in self.schedule], healed=self.healed,
+                           risk_actions=self.risk_actions, guardians=self.guardians,
+                           pending_left_at_deadline=self.leftover)
 
     async def _start(self) -> None:
         s = self.s
@@ -303,17 +182,11 @@ class Drill:
         self.books = LedgerRig(cluster.nodes[0].env, self.work / "ledger", lambda: _primary_client(self.ha))
         await self.books.start()
         async with AdminClient(cluster.nodes[0].admin_url, cluster.admin_token) as admin:
-            friends = await setup_users(admin, self.rng, users_n=s.users, friends_n=s.friends, cards=s.cards)
-            self.guardians = await setup_guardians(admin, self.rng, sorted(friends), s.wards, s.confirm_window_s)
+            friends, self.guardians = await setup_population(admin, self.rng, s)
         if not await self.ha.wait_replicas_synced(30):
             raise RuntimeError("replicas did not catch up with the set-up")
-        self.minted = {u: s.cards * UNITS_PER_CARD for u in friends}
-        config = WorkloadConfig(confirm_window_s=s.confirm_window_s, send_pause_s=s.send_pause_s)
-        for u in sorted(friends):
-            token = mint_token(cluster.token_secret, u, ttl_s=3600)
-            self.agents.append(UserAgent(u, friends[u], cluster.urls, token, random.Random(f"{s.seed}:{u}"),
-                                         self.history, config))
-        await asyncio.gather(*(a.connect() for a in self.agents))
+        self.minted = minted_for(friends, s.cards)
+        self.agents = await connect_agents(s, friends, cluster.urls, cluster.token_secret, self.history)
         self.injector = FaultInjector(cluster, self.ha, self.proxy, self.work / "nodes")
 
     async def _workload(self) -> None:
@@ -358,20 +231,27 @@ class Drill:
         t1 = time.monotonic()
         self.healed = await self.injector.heal()
         self.timings["heal_s"] = time.monotonic() - t1
-        await _resend_unknown(self.agents, self.history)
+        await resend_unknown(self.agents, self.history, guardian_answers=True)
         self.leftover = await _wait_no_pending(self.ha, self.s.confirm_window_s + 20)
         await asyncio.sleep(2.0)  # the last outcome events reach the clients
-        for a in self.agents:
-            a.done.set()
-        await asyncio.wait_for(asyncio.gather(*self.runs, return_exceptions=True), 30)
-        with contextlib.suppress(TimeoutError):  # _stop closes whatever is left
-            await asyncio.wait_for(asyncio.gather(*(a.close() for a in self.agents), return_exceptions=True), 30)
+        await end_agents(self.agents, self.runs, runs_may_hang=False)
         self.timings["settle_s"] = time.monotonic() - t1
 
+    async def _verify(self) -> Verdict:
+        redis = await _primary_client(self.ha)
+        try:
+            durable = self.s.durability.wait_replicas >= REPLICAS
+            verdict = await verify(redis, GiftRules(), self.history, self.minted,
+                                   self.injector.records if self.injector else [], KeySchema(),
+                                   durable=durable)
+            assert self.books is not None
+            await self.books.check(redis, verdict, durable=durable)
+        finally:
+            await redis.aclose()
+        return verdict
+
     async def _stop(self) -> None:
-        for a in self.agents:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(a.close(), 5)
+        await close_agents(self.agents)
         if self.books is not None:
             await self.books.close()
         if self.cluster is not None:
@@ -381,36 +261,9 @@ class Drill:
         await asyncio.to_thread(self.ha.stop)
 
 
-#: Time the drill may spend beyond its workload and confirm window: start-up (Sentinels,
-#: nodes, users), the fault lane's last fault, healing, resends, settling and the checks.
-PHASE_BUDGET_S = 300.0
-#: Stopping every process the drill started; each stop is itself bounded.
-STOP_BUDGET_S = 90.0
-
-
-class DrillTimeout(RuntimeError):
-    """The drill did not finish within its time budget."""
-
-
 async def run_drill(s: DrillSettings) -> dict[str, Any]:
     """One drill; returns its report (``report["ok"]`` is the verdict)."""
     return await Drill(s).run()
-
-
-async def _resend_unknown(agents: list[UserAgent], history: History) -> None:
-    """After the heal: one more try of every request whose outcome stayed unknown."""
-    by_user = {a.user: a for a in agents}
-    calls = []
-    for entry in history.gifts.values():
-        if not entry.send_settled:
-            calls.append(by_user[entry.sender].send(entry, final_try=True))
-        elif entry.answer in ("accept", "decline") and not entry.answer_settled and entry.offered_at_ms:
-            calls.append(by_user[entry.recipient].answer(entry, final_try=True))
-        if entry.guardian_answer in ("approve", "reject") and not entry.guardian_settled:
-            calls.append(by_user[entry.guardian].guardian_answer(entry, final_try=True))
-    history.count("settled_after_heal", len(calls))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
 
 
 async def _wait_no_pending(ha: RedisHA, timeout_s: float) -> int:
@@ -457,10 +310,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"= {n['arrival_online']['rate']:.2%}; all recipients {n['arrival']['rate']:.2%}",
         "  per fault kind: faults / gifts during / acked-then-lost / violating / arrival missed",
     ]
-    for kind, row in sorted(report["per_fault"].items()):
-        errors = f"  ({row['errors']} fault errors)" if row["errors"] else ""
-        lines.append(f"    {kind:16} {row['faults']:3} {row['gifts_during']:6} {row['acked_then_lost']:4} "
-                     f"{row['violating_gifts']:4} {row['arrival_missed']:4}{errors}")
+    lines += per_fault_lines(report["per_fault"], 16)
     lines += [f"  VIOLATION {v}" for v in report["violations"][:20]]
     return lines
 
@@ -528,8 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return cluster_drill.main(argv)
     args = build_parser().parse_args(list(argv or []))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         runs = settings_from(args)
     except ValueError as exc:
@@ -540,9 +389,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = asyncio.run(run_drill(s))
         reports.append(report)
         print("\n".join(summary_lines(report)), flush=True)
-    path = args.report or Path("drill-results") / f"drill-{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps({"ok": all(r["ok"] for r in reports), "runs": reports},
-                                  option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    print(f"report: {path}")
+    write_report(args.report, f"drill-{args.seed}", {"ok": all(r["ok"] for r in reports), "runs": reports})
     return 0 if all(r["ok"] for r in reports) else 1
