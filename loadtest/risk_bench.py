@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from clearing.keys import DEFAULT_KEYS
@@ -84,6 +85,14 @@ def gift_path_pids(target: LoadTarget) -> dict[str, int]:
     assert target.redis.process is not None
     pids = {f"node{i + 1}": pid for i, pid in enumerate(target.node_pids())}
     return pids | {"redis": target.redis.process.pid, "generator": os.getpid()}
+
+
+def _split(row: dict[str, Any], settled: int) -> str:
+    """A phase's gift-path CPU per gift by process kind: where a difference comes from."""
+    cpu = row["gift_cpu_s"]
+    nodes = sum(v for k, v in cpu.items() if k.startswith("node"))
+    parts = {"nodes": nodes, "Redis": cpu["redis"], "generator": cpu["generator"]}
+    return ", ".join(f"{k} {1e6 * v / settled:.0f}" for k, v in parts.items()) if settled else "no gifts"
 
 
 def cpu_us_per_gift(cpu_s: dict[str, float], settled: int) -> float:
@@ -172,7 +181,7 @@ def run_round(work: Path, nice: int | None, pairs: int, seconds: float, warmup_s
     lag = (f" (scorer: {out['events'] - out['unscored']} of {out['events']} events scored, "
            f"{out['scorer_cpu_us_per_event']:.0f} us CPU per event)" if "events" in out else "")
     say(f"risk {out['mode']}: {out['settled_per_s']:.0f} settled gifts/s, gift path "
-        f"{out['gift_cpu_us_per_gift']:.0f} us CPU per gift{lag}")
+        f"{out['gift_cpu_us_per_gift']:.0f} us CPU per gift ({_split(out, out['settled'])}){lag}")
     return out
 
 
@@ -242,6 +251,7 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
                                            # Redis's CPU per settled gift: the scorer's commands show here
                                            "redis_cpu_us_per_gift": 1e6 * redis_cpu / result.settled
                                            if result.settled else 0.0,
+                                           "settled": result.settled,
                                            "gift_cpu_us_per_gift": cpu_us_per_gift(gift_cpu, result.settled),
                                            "gift_cpu_s": {name: round(v, 3) for name, v in gift_cpu.items()}}
                     if mode in scorers:
@@ -252,7 +262,7 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
                     extra = (f" (scorer: {row['scored']} scored of {row['events']} events, "
                              f"{row['scorer_cpu_us_per_event']:.0f} us CPU per event)" if mode in scorers else "")
                     extra += (f" Redis {row['redis_cpu_us_per_gift']:.0f} us CPU per gift, gift path "
-                              f"{row['gift_cpu_us_per_gift']:.0f} us CPU per gift")
+                              f"{row['gift_cpu_us_per_gift']:.0f} us CPU per gift ({_split(row, result.settled)})")
                     say(f"scorer {mode}: {row['settled_per_s']:.0f} settled gifts/s{extra}")
     finally:
         for proc in scorers.values():
@@ -385,10 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, action="append",
                         help="a scorer's nice value, one phase each (repeat; default "
                              f"{' and '.join(map(str, DEFAULT_NICES))})")
+    parser.add_argument("--json", type=Path, help="also write every round, phase and summary here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="notecard-risk-bench-") as work:
         result = run(Path(work), pairs=args.pairs, seconds=args.seconds, rounds=args.rounds, cycles=args.cycles,
                      nices=tuple(args.nice) if args.nice is not None else DEFAULT_NICES)
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"signals (part 1): off {_mean(result['signal_rounds'], 'off'):.0f}, "
           f"signals {_mean(result['signal_rounds'], 'signals'):.0f} settled gifts/s: factor "
           f"{result['signals_factor']:.3f} (median of rounds {result['signals_factor_paired']:.3f})")
