@@ -14,6 +14,11 @@ parts of one run.
    Each phase reports the running scorer's CPU per event it scored (from /proc) and how
    many of the phase's events it scored.
 
+Every round and phase also reads the CPU time (/proc) of the gift path, the nodes, Redis
+and this process (the load generator), per settled gift: the bar is judged by CPU per
+gift, off against on (``cpu_summary``), because the machine's neighbours move gifts/s far
+more than the CPU a gift costs (docs/benchmarks.md section 11).
+
 In production the scorer is a process of its own on machines of its own. On this one
 machine it shares the cores with the nodes and Redis, so it is measured at two priorities:
 ``nice 0`` (an equal: what a scorer on the nodes' own machines would cost) and ``nice 19``
@@ -21,7 +26,7 @@ machine it shares the cores with the nodes and Redis, so it is measured at two p
 of its own; Redis still serves its commands, and the nodes pay for the signals).
 
     .venv/bin/python -m loadtest.risk_bench [--seconds 5] [--rounds 3] [--cycles 4] [--pairs 16]
-                                            [--nice 0 --nice 19]
+                                            [--nice 0 --nice 19] [--json out.json]
 
 Also the ``risk`` phase of ``notecard bench``.
 """
