@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from loadtest import bench
 from loadtest.risk_bench import cpu_summary, cpu_us_per_gift
 
 
@@ -48,3 +49,14 @@ def test_a_phase_without_gifts_is_left_out_and_no_rows_give_zero() -> None:
     assert out["signals_us_per_gift"] == 1100 and out["signals_ratio_paired"] == pytest.approx(1000 / 1100)
     assert out["scorer"]["nice 19"] == {"with_us_per_gift": 0.0, "ratio": 0.0, "ratio_paired": 0.0,
                                         "on_us_per_gift": 0.0, "on_over_off": 0.0, "on_over_off_paired": 0.0}
+
+
+def test_the_bench_table_judges_the_bar_by_gifts_per_cpu_second_too() -> None:
+    risk = {"bar_mode": "nice 19", "on_settled_per_s": 100.0, "off_settled_per_s": 200.0,  # throughput: missed
+            "cpu_on_us_per_gift": 2000.0, "cpu_off_us_per_gift": 1900.0}  # CPU: 0.95, met
+    rows = {r.key: r for r in bench.rows_of({"risk": risk}, bench.QUICK)}
+    assert rows["risk"].value / (rows["risk"].ceiling or 0) == pytest.approx(0.5)
+    cpu = rows["risk_cpu"]
+    assert cpu.value == pytest.approx(500) and cpu.ceiling == pytest.approx(1e6 / 1900)
+    assert cpu.target == ("min", 0.9)
+    assert cpu.value / (cpu.ceiling or 0) == pytest.approx(1900 / 2000)
