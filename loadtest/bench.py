@@ -426,6 +426,12 @@ def rows_of(results: dict[str, Any], plan: Plan) -> list[report.Row]:
         rows.append(report.Row("risk", f"h. settled gifts/s, risk engine on (signals + shadow scorer, "
                                f"{risk['bar_mode']})",
                                risk["on_settled_per_s"], "/s", risk["off_settled_per_s"], "risk off", ("min", 0.9)))
+        # The same bar by CPU: gifts per CPU-second of the nodes, Redis and the generator,
+        # which neighbours on a shared machine disturb far less than gifts/s (section 11).
+        rows.append(report.Row("risk_cpu", "   settled gifts per gift-path CPU-second, risk engine on",
+                               1e6 / risk["cpu_on_us_per_gift"] if risk["cpu_on_us_per_gift"] else 0.0, "/cpu-s",
+                               1e6 / risk["cpu_off_us_per_gift"] if risk["cpu_off_us_per_gift"] else None,
+                               "risk off", ("min", 0.9)))
     ledger = results.get("ledger")
     if ledger is not None:
         rows += ledger_rows(ledger)

@@ -14,6 +14,11 @@ parts of one run.
    Each phase reports the running scorer's CPU per event it scored (from /proc) and how
    many of the phase's events it scored.
 
+Every round and phase also reads the CPU time (/proc) of the gift path, the nodes, Redis
+and this process (the load generator), per settled gift: the bar is judged by CPU per
+gift, off against on (``cpu_summary``), because the machine's neighbours move gifts/s far
+more than the CPU a gift costs (docs/benchmarks.md section 11).
+
 In production the scorer is a process of its own on machines of its own. On this one
 machine it shares the cores with the nodes and Redis, so it is measured at two priorities:
 ``nice 0`` (an equal: what a scorer on the nodes' own machines would cost) and ``nice 19``
@@ -21,7 +26,7 @@ machine it shares the cores with the nodes and Redis, so it is measured at two p
 of its own; Redis still serves its commands, and the nodes pay for the signals).
 
     .venv/bin/python -m loadtest.risk_bench [--seconds 5] [--rounds 3] [--cycles 4] [--pairs 16]
-                                            [--nice 0 --nice 19]
+                                            [--nice 0 --nice 19] [--json out.json]
 
 Also the ``risk`` phase of ``notecard bench``.
 """
@@ -43,6 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from clearing.keys import DEFAULT_KEYS
@@ -62,14 +68,41 @@ DRAIN_MAX_S = 15.0
 DRAINED_LAG = 100
 
 
-async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: float) -> float:
+async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: float) -> dict[str, Any]:
     tgt = target.target
     async with AdminClient(tgt.admin_url, tgt.admin_token) as admin:
         provisioned = await gifting.provision_pairs(admin, pairs)
     async with gifting.GiftLoad(tgt.urls[0], tgt.urls[-1], tgt.token, provisioned, Recorder()) as load:
         await load.run_closed(warmup_s, "warmup")
+        pids = gift_path_pids(target)
+        cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         result = await load.run_closed(seconds, "max")
-    return float(result.settled_per_s)
+        cpu = {name: _cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    return {"settled_per_s": float(result.settled_per_s), "settled": result.settled,
+            "gift_cpu_us_per_gift": cpu_us_per_gift(cpu, result.settled),
+            "gift_cpu_s": {name: round(v, 3) for name, v in cpu.items()}}
+
+
+def gift_path_pids(target: LoadTarget) -> dict[str, int]:
+    """The processes a settled gift costs CPU in: the nodes, Redis and the load generator
+    (this process: the SDK clients run in its event loop). A scorer is not among them: in
+    production it has machines of its own, so its CPU is reported per event, apart."""
+    assert target.redis.process is not None
+    pids = {f"node{i + 1}": pid for i, pid in enumerate(target.node_pids())}
+    return pids | {"redis": target.redis.process.pid, "generator": os.getpid()}
+
+
+def _split(row: dict[str, Any], settled: int) -> str:
+    """A phase's gift-path CPU per gift by process kind: where a difference comes from."""
+    cpu = row["gift_cpu_s"]
+    nodes = sum(v for k, v in cpu.items() if k.startswith("node"))
+    parts = {"nodes": nodes, "Redis": cpu["redis"], "generator": cpu["generator"]}
+    return ", ".join(f"{k} {1e6 * v / settled:.0f}" for k, v in parts.items()) if settled else "no gifts"
+
+
+def cpu_us_per_gift(cpu_s: dict[str, float], settled: int) -> float:
+    """The processes' CPU-seconds over a phase, in µs per gift settled in it (0 without gifts)."""
+    return 1e6 * sum(cpu_s.values()) / settled if settled > 0 else 0.0
 
 
 async def _scorer_lag(url: str) -> dict[str, int]:
@@ -138,7 +171,7 @@ def run_round(work: Path, nice: int | None, pairs: int, seconds: float, warmup_s
                 if not asyncio.run(_scorer_joined(target.redis.url, READY_TIMEOUT_S)):
                     raise RuntimeError("the scorer did not start")
                 cpu0 = _cpu_seconds(scorer.pid)  # its start (imports, model) is not scoring
-            out["settled_per_s"] = asyncio.run(_measure(target, pairs, seconds, warmup_s))
+            out |= asyncio.run(_measure(target, pairs, seconds, warmup_s))
             if scorer is not None:
                 cpu = _cpu_seconds(scorer.pid) - cpu0
                 out |= asyncio.run(_scorer_lag(target.redis.url))
@@ -152,7 +185,8 @@ def run_round(work: Path, nice: int | None, pairs: int, seconds: float, warmup_s
                     scorer.wait(10)
     lag = (f" (scorer: {out['events'] - out['unscored']} of {out['events']} events scored, "
            f"{out['scorer_cpu_us_per_event']:.0f} us CPU per event)" if "events" in out else "")
-    say(f"risk {out['mode']}: {out['settled_per_s']:.0f} settled gifts/s{lag}")
+    say(f"risk {out['mode']}: {out['settled_per_s']:.0f} settled gifts/s, gift path "
+        f"{out['gift_cpu_us_per_gift']:.0f} us CPU per gift ({_split(out, out['settled'])}){lag}")
     return out
 
 
@@ -191,8 +225,7 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
         await admin.risk_switches("bench", shadow=True)
         provisioned = await gifting.provision_pairs(admin, pairs)
     redis = aioredis.Redis.from_url(target.redis.url)
-    assert target.redis.process is not None
-    redis_pid = target.redis.process.pid
+    pids = gift_path_pids(target)
     modes = ["none", *scorers]
     rows: list[dict[str, Any]] = []
     try:
@@ -213,15 +246,19 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
                         await load.run_closed(0.5, "settle")
                     length0, read0 = await _group_read(redis)
                     cpu0 = _cpu_seconds(scorers[mode].pid) if mode in scorers else 0.0
-                    redis_cpu0 = _cpu_seconds(redis_pid)
+                    gift_cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
                     result = await load.run_closed(phase_s, mode)
-                    redis_cpu = _cpu_seconds(redis_pid) - redis_cpu0
+                    gift_cpu = {name: _cpu_seconds(pid) - gift_cpu0[name] for name, pid in pids.items()}
+                    redis_cpu = gift_cpu["redis"]
                     length1, read1 = await _group_read(redis)
                     row: dict[str, Any] = {"cycle": cycle, "mode": mode, "settled_per_s": result.settled_per_s,
                                            "events": length1 - length0, "scored": read1 - read0,
                                            # Redis's CPU per settled gift: the scorer's commands show here
                                            "redis_cpu_us_per_gift": 1e6 * redis_cpu / result.settled
-                                           if result.settled else 0.0}
+                                           if result.settled else 0.0,
+                                           "settled": result.settled,
+                                           "gift_cpu_us_per_gift": cpu_us_per_gift(gift_cpu, result.settled),
+                                           "gift_cpu_s": {name: round(v, 3) for name, v in gift_cpu.items()}}
                     if mode in scorers:
                         cpu = _cpu_seconds(scorers[mode].pid) - cpu0
                         row["scorer_cpu_s"] = cpu
@@ -229,7 +266,8 @@ async def _phases(target: LoadTarget, scorers: dict[str, subprocess.Popen[bytes]
                     rows.append(row)
                     extra = (f" (scorer: {row['scored']} scored of {row['events']} events, "
                              f"{row['scorer_cpu_us_per_event']:.0f} us CPU per event)" if mode in scorers else "")
-                    extra += f" Redis {row['redis_cpu_us_per_gift']:.0f} us CPU per gift"
+                    extra += (f" Redis {row['redis_cpu_us_per_gift']:.0f} us CPU per gift, gift path "
+                              f"{row['gift_cpu_us_per_gift']:.0f} us CPU per gift ({_split(row, result.settled)})")
                     say(f"scorer {mode}: {row['settled_per_s']:.0f} settled gifts/s{extra}")
     finally:
         for proc in scorers.values():
@@ -260,15 +298,50 @@ def _mean(rows: Sequence[dict[str, Any]], mode: str, key: str = "settled_per_s")
     return statistics.mean(values) if values else 0.0
 
 
-def _paired(rows: Sequence[dict[str, Any]], mode: str, base: str, group: str) -> float:
+def _paired(rows: Sequence[dict[str, Any]], mode: str, base: str, group: str, key: str = "settled_per_s") -> float:
     """The median over cycles (or rounds) of mode / base within the same cycle."""
     ratios = []
-    for key in sorted({r[group] for r in rows}):
-        here = [r["settled_per_s"] for r in rows if r[group] == key and r["mode"] == mode]
-        under = [r["settled_per_s"] for r in rows if r[group] == key and r["mode"] == base]
+    for cycle in sorted({r[group] for r in rows}):
+        here = [r[key] for r in rows if r[group] == cycle and r["mode"] == mode]
+        under = [r[key] for r in rows if r[group] == cycle and r["mode"] == base]
         if here and under and under[0] > 0:
             ratios.append(here[0] / under[0])
     return statistics.median(ratios) if ratios else 0.0
+
+
+def _median(rows: Sequence[dict[str, Any]], mode: str, key: str) -> float:
+    values = [r[key] for r in rows if r["mode"] == mode and r.get(key)]
+    return statistics.median(values) if values else 0.0
+
+
+CPU = "gift_cpu_us_per_gift"
+
+
+def cpu_summary(signal_rows: Sequence[dict[str, Any]], phase_rows: Sequence[dict[str, Any]],
+                modes: Sequence[str]) -> dict[str, Any]:
+    """The bar by CPU: the gift path's (nodes + Redis + generator) CPU per settled gift, off
+    and on, and the settled-gifts ratio on/off they imply at equal CPU (off / on per gift).
+
+    A neighbour that takes the cores slows every process of a phase alike, so the phase's
+    gifts/s moves with it; the CPU a gift costs moves much less (docs/benchmarks.md
+    section 10). "On" is the signals (part 1: signals / off) times a scorer's presence
+    (part 2: with it / without it, on the same processes), so per scorer mode
+    ``on = signals * mode / none``; each factor is also given as the median of the ratios
+    paired within a round or cycle. The scorer's own CPU is not in it (reported per event)."""
+    off, sig = _median(signal_rows, "off", CPU), _median(signal_rows, "signals", CPU)
+    none = _median(phase_rows, "none", CPU)
+    signals_ratio = off / sig if sig else 0.0
+    signals_paired = _paired(signal_rows, "off", "signals", "round", CPU)
+    out: dict[str, Any] = {"off_us_per_gift": off, "signals_us_per_gift": sig, "no_scorer_us_per_gift": none,
+                           "signals_ratio": signals_ratio, "signals_ratio_paired": signals_paired, "scorer": {}}
+    for mode in modes:
+        with_it = _median(phase_rows, mode, CPU)
+        ratio = none / with_it if with_it else 0.0
+        paired = _paired(phase_rows, "none", mode, "cycle", CPU)
+        out["scorer"][mode] = {"with_us_per_gift": with_it, "ratio": ratio, "ratio_paired": paired,
+                               "on_us_per_gift": sig * with_it / none if none else 0.0,
+                               "on_over_off": signals_ratio * ratio, "on_over_off_paired": signals_paired * paired}
+    return out
 
 
 def run(work: Path, *, pairs: int, seconds: float, rounds: int, warmup_s: float = 1.0,
@@ -305,11 +378,16 @@ def run(work: Path, *, pairs: int, seconds: float, rounds: int, warmup_s: float 
     bar_mode = mode_name(max(nices)) if nices else ""
     off = _mean(signal_rows, "off")
     on_over_off = scorer[bar_mode]["on_over_off"] if bar_mode else signals
+    cpu = cpu_summary(signal_rows, phase_rows, [mode_name(n) for n in nices])
+    cpu_on_over_off = cpu["scorer"][bar_mode]["on_over_off"] if bar_mode else cpu["signals_ratio"]
     return {"signal_rounds": signal_rows, "scorer_phases": phase_rows, "signals_factor": signals,
             "signals_factor_paired": signals_paired, "no_scorer_settled_per_s": none, "scorer": scorer,
             "no_scorer_redis_cpu_us_per_gift": _mean(phase_rows, "none", "redis_cpu_us_per_gift"),
             "bar_mode": bar_mode, "off_settled_per_s": off, "on_settled_per_s": off * on_over_off,
-            "on_over_off": on_over_off}
+            "on_over_off": on_over_off, "cpu": cpu, "cpu_on_over_off": cpu_on_over_off,
+            "cpu_off_us_per_gift": cpu["off_us_per_gift"],
+            "cpu_on_us_per_gift": cpu["scorer"][bar_mode]["on_us_per_gift"] if bar_mode
+            else cpu["signals_us_per_gift"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,10 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, action="append",
                         help="a scorer's nice value, one phase each (repeat; default "
                              f"{' and '.join(map(str, DEFAULT_NICES))})")
+    parser.add_argument("--json", type=Path, help="also write every round, phase and summary here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="notecard-risk-bench-") as work:
         result = run(Path(work), pairs=args.pairs, seconds=args.seconds, rounds=args.rounds, cycles=args.cycles,
                      nices=tuple(args.nice) if args.nice is not None else DEFAULT_NICES)
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"signals (part 1): off {_mean(result['signal_rounds'], 'off'):.0f}, "
           f"signals {_mean(result['signal_rounds'], 'signals'):.0f} settled gifts/s: factor "
           f"{result['signals_factor']:.3f} (median of rounds {result['signals_factor_paired']:.3f})")
@@ -337,7 +418,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{result['no_scorer_redis_cpu_us_per_gift']:.0f}); on/off "
               f"{s['on_over_off']:.3f} (medians {s['on_over_off_paired']:.3f})")
     print(f"bar (on/off >= 0.90) answered by the scorer at {result['bar_mode'] or 'none'}: "
-          f"{result['on_over_off']:.3f}")
+          f"{result['on_over_off']:.3f} by throughput")
+    cpu = result["cpu"]
+    print(f"gift path CPU per gift (nodes + Redis + generator; medians): off {cpu['off_us_per_gift']:.0f} us, "
+          f"signals {cpu['signals_us_per_gift']:.0f} us: ratio at equal CPU {cpu['signals_ratio']:.3f} "
+          f"(median of rounds {cpu['signals_ratio_paired']:.3f})")
+    for mode, c in cpu["scorer"].items():
+        print(f"scorer {mode}: gift path {c['with_us_per_gift']:.0f} us per gift against "
+              f"{cpu['no_scorer_us_per_gift']:.0f} without: ratio {c['ratio']:.3f} (median of cycles "
+              f"{c['ratio_paired']:.3f}); on {c['on_us_per_gift']:.0f} us per gift against off "
+              f"{cpu['off_us_per_gift']:.0f}: on/off at equal CPU {c['on_over_off']:.3f} "
+              f"(medians {c['on_over_off_paired']:.3f})")
+    print(f"bar (on/off >= 0.90) by CPU per gift, scorer at {result['bar_mode'] or 'none'}: "
+          f"{result['cpu_on_over_off']:.3f} ({'met' if result['cpu_on_over_off'] >= 0.9 else 'NOT met'})")
     return 0
 
 
