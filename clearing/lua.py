@@ -70,7 +70,7 @@ ScriptName = Literal[
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
     "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",
-    "guardian_link", "lucky", "payment", "campaign_step",
+    "guardian_link", "guardian_settle", "guardian_open", "lucky", "payment", "campaign_step",
 ]  # fmt: skip
 
 #: Which step libraries each script needs after lib.lua, in order: its function is defined
