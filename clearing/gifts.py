@@ -244,19 +244,20 @@ class Clearing(RedisComponent):
         except ClearingUnavailable:
             log.warning("a guardian's devices could not be told of an answer now", extra={"gift": gift.gift_id})
 
-    async def guardian_requests(self, guardian: str, after: tuple[int, str] | None = None, limit: int = 64
-                                ) -> tuple[list[GiftRecord], tuple[int, str] | None]:
+    async def guardian_requests(self, guardian: str, after: tuple[int, str, str] | None = None, limit: int = 64
+                                ) -> tuple[list[GiftRecord], tuple[int, str, str] | None]:
         """A page of the requests still waiting for ``guardian``'s answer, soonest end of the
         guardian's window first (each gift as the ``guardian`` event shows it), and the cursor
-        of the next page (None: this was the last). ``after``: the cursor a page returned."""
-        after_ms, member = after if after is not None else (0, "")
+        of the next page (None: this was the last): the last request's (end of window, ward,
+        gift id). ``after``: the cursor a page returned."""
+        after_ms, member = (after[0], f"{after[1]}|{after[2]}") if after is not None else (0, "")
         reply = await self._lua.run("guardian_open", slot_of(guardian), self._keys.user(guardian), self._clock(),
                                     {"g": guardian, "after_ms": after_ms, "after": member, "limit": max(1, limit)})
         gifts = [gift_from_map(m) for m in reply.get("gifts", ())]
         if not reply.get("more") or not gifts:
             return gifts, None
         last = gifts[-1]
-        return gifts, (last.expires_at_ms, f"{last.recipient}|{last.gift_id}")
+        return gifts, (last.expires_at_ms, last.recipient, last.gift_id)
 
     async def recover_ask(self, ward: str, gift_id: str) -> bool:
         """An ``ask`` entry past its deadline: ask the guardian again (once per gift) while the

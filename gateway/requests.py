@@ -175,13 +175,13 @@ class RequestHandler:
         """A page of the requests waiting for this guardian (docs/regions.md): what a device
         without a stream position lists after connecting. A page holds as many gifts as a
         ``pending`` frame, so it fits one frame like that one."""
-        after: tuple[int, str] | None = None
-        if msg.after is not None:
-            ms, ward, gift_id = msg.after.split("|")
-            after = (int(ms), f"{ward}|{gift_id}")
+        after: tuple[int, str, str] | None = None
+        if msg.after is not None:  # the pattern guarantees three parts, the first digits
+            ms, ward, gift_id = msg.after.split("/")
+            after = (int(ms), ward, gift_id)
         gifts, cursor = await self.clearing.guardian_requests(user_id, after, self.guardian_page)
         return GuardianRequests(rid=msg.rid, gifts=tuple(gift_view(g) for g in gifts),
-                                next=f"{cursor[0]}|{cursor[1]}" if cursor is not None else None)
+                                next="/".join(map(str, cursor)) if cursor is not None else None)
 
     def _signal(self, kind: str, user_id: str, conn: ClientConnection | None, app: str, **fields: Any) -> None:
         if self.signals is not None:

@@ -38,7 +38,7 @@ BadgeId = Annotated[str, Pattern(r"[a-z][a-z0-9_]*", 32)]
 ConsentChannel = Annotated[str, Pattern(r"[a-z0-9_.\-]+", 32)]
 #: Where a page of a guardian's open requests resumes (``guardian_requests.next``): opaque to
 #: clients, who send back what they were given.
-GuardianCursor = Annotated[str, Pattern(r"[0-9]{1,16}\|[A-Za-z0-9_.:\-]{1,64}\|[A-Za-z0-9_.:\-]{1,64}", 160)]
+GuardianCursor = Annotated[str, Pattern(r"[0-9]{1,16}/[A-Za-z0-9_.:\-]{1,64}/[A-Za-z0-9_.:\-]{1,64}", 160)]
 
 
 class GiftState(enum.StrEnum):
