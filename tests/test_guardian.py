@@ -9,6 +9,7 @@ after each test."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -352,3 +353,29 @@ async def test_devices_connected_during_an_answer_are_all_told(
         settled = await device.next_guardian_settled(WAIT_S)
         assert (settled.gift_id, settled.state) == (gift.gift_id, "declined")
     assert await _available(admin, sender) == 10 * UNITS
+
+
+async def test_a_page_cursor_survives_answers_between_pages_and_a_late_ask_lists_nothing(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    sent = [await s.send_gift(ward, 1, gift_id=f"g-page-{i}") for i in range(3)]
+    for _ in sent:
+        await g.next_guardian_request(WAIT_S)
+    first, cursor = await node.clearing.guardian_requests(guardian, None, 1)
+    assert [r.gift_id for r in first] == [sent[0].gift_id] and cursor is not None
+    # Answered between two pages: the next page resumes after the cursor, skipping nothing.
+    await g.guardian_answer(sent[0].gift_id, ward, approve=False)
+    await g.guardian_answer(sent[1].gift_id, ward, approve=False)
+    second, cursor = await node.clearing.guardian_requests(guardian, cursor, 1)
+    assert [r.gift_id for r in second] == [sent[2].gift_id] and cursor is None
+    # An ask arriving after the answer (a recovery retry) neither lists nor announces it again.
+    assert await node.clearing.ask_guardian(
+        dataclasses.replace(first[0], guardian=guardian), first[0].expires_at_ms) is False
+    assert [r.gift_id for r in await g.guardian_requests()] == [sent[2].gift_id]
+    assert {(await g.next_guardian_settled(WAIT_S)).gift_id for _ in range(2)} == {sent[0].gift_id, sent[1].gift_id}
+    with pytest.raises(asyncio.TimeoutError):
+        await g.next_guardian_request(0.3)
+    await _conserved(redis)
