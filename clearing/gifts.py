@@ -420,7 +420,13 @@ class Clearing(RedisComponent):
             if refusal.code in (Refusal.ALREADY_RESOLVED, Refusal.GIFT_NOT_FOUND, Refusal.GIFT_EXPIRED):
                 return None
             raise
-        return resolution.gift if resolution.changed else None
+        if not resolution.changed:
+            return None
+        if resolution.gift.guardian:
+            # Still awaiting its guardian, the request ends here; approved before, it was
+            # settled by the approval and this changes nothing.
+            await self._settle_request(resolution.gift.guardian, resolution.gift)
+        return resolution.gift
 
     # ================================================================ the sagas, step by step
     async def send_saga(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,

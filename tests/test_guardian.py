@@ -294,7 +294,7 @@ async def test_a_guardians_new_device_lists_the_requests_made_before_it_connecte
     assert await s.guardian_requests() == []  # nobody's guardian
 
 
-async def test_a_request_whose_window_passed_is_not_listed(
+async def test_a_request_whose_window_passed_is_settled_and_not_listed(
         admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
     sender, ward, guardian = parties
     await _setup(admin, sender, ward, guardian, window_ms=1_000)
@@ -302,7 +302,12 @@ async def test_a_request_whose_window_passed_is_not_listed(
     gift = await s.send_gift(ward, 1)
     assert [r.gift_id for r in await g.guardian_requests()] == [gift.gift_id]
     assert (await s.next_outcome(WAIT_S)).state == "expired"
+    # The sweeper that refunds it also tells the guardian's devices, once.
+    settled = await g.next_guardian_settled(WAIT_S)
+    assert (settled.gift_id, settled.state) == (gift.gift_id, "expired")
     assert await g.guardian_requests() == []
+    with pytest.raises(asyncio.TimeoutError):
+        await g.next_guardian_settled(0.3)
 
 
 async def test_an_answer_on_one_device_settles_the_request_on_the_others(
