@@ -376,6 +376,10 @@ async def test_a_page_cursor_survives_answers_between_pages_and_a_late_ask_lists
     await g.guardian_answer(sent[1].gift_id, ward, approve=False)
     second, cursor = await node.clearing.guardian_requests(guardian, cursor, 1)
     assert [r.gift_id for r in second] == [sent[2].gift_id] and cursor is None
+    keys = node.clearing.keys
+    assert await redis.zrange(keys.guardian_open(guardian), 0, -1) == [f"{ward}|{sent[2].gift_id}".encode()]
+    assert await redis.exists(keys.guardian_request(guardian, ward, sent[0].gift_id)) == 0
+    assert await redis.exists(keys.guardian_request(guardian, ward, sent[2].gift_id)) == 1
     # An ask arriving after the answer (a recovery retry) neither lists nor announces it again.
     assert await node.clearing.ask_guardian(
         dataclasses.replace(first[0], guardian=guardian), first[0].expires_at_ms) is False
