@@ -203,9 +203,7 @@ class Clearing(RedisComponent):
         guardian = gift.guardian
         if not guardian:
             return False
-        shown = {"gift_id": gift.gift_id, "sender": gift.sender, "recipient": gift.recipient, "kind": gift.kind,
-                 "qty": gift.qty, "cost": gift.cost, "amount": gift.amount, "state": GiftState.PENDING.value,
-                 "created_at_ms": gift.created_at_ms, "expires_at_ms": until_ms, "app": gift.app}
+        shown = _guardian_view(gift, GiftState.PENDING, until_ms)
         asked = await self.step("guardian_ask", guardian, self._clock(),
                                 {"gid": gift.gift_id, "g": guardian, "gtag": tag_of(guardian), "gift": shown,
                                  "dead": await self._dead_nodes()})
@@ -223,11 +221,43 @@ class Clearing(RedisComponent):
         if not is_valid_id(gift_id) or not is_valid_id(ward):
             raise Refused(Refusal.GIFT_NOT_FOUND)
         if not approve:
-            return await self._resolve(gift_id, ward, "reject", app, None, by=guardian)
-        args = {"gid": gift_id, "r": ward, "rtag": tag_of(ward), "by": guardian, "dead": await self._dead_nodes()}
-        reply = await self._lua.run("guardian_approve", slot_of(ward), self._keys.user(ward), self._clock(), args,
-                                    emits=True, durable=True)
-        return Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+            resolution = await self._resolve(gift_id, ward, "reject", app, None, by=guardian)
+        else:
+            args = {"gid": gift_id, "r": ward, "rtag": tag_of(ward), "by": guardian, "dead": await self._dead_nodes()}
+            reply = await self._lua.run("guardian_approve", slot_of(ward), self._keys.user(ward), self._clock(), args,
+                                        emits=True, durable=True)
+            resolution = Resolution(gift_from_map(reply["gift"]), changed=bool(reply["changed"]))
+        await self._settle_request(guardian, resolution.gift)
+        return resolution
+
+    async def _settle_request(self, guardian: str, gift: GiftRecord) -> None:
+        """Tell the guardian's other devices that the request is answered (guardian_settle.lua
+        on the guardian's slot, once per gift). Runs after the answer itself, also for a
+        repeated answer, so a node that stopped between the two is made good by the next
+        answer from any device; if this step fails the answer still stands and the request
+        stays listed until then or until the guardian's window ends."""
+        shown = _guardian_view(gift, gift.state, gift.expires_at_ms)
+        try:
+            await self.step("guardian_settle", guardian, self._clock(),
+                            {"g": guardian, "gtag": tag_of(guardian), "ward": gift.recipient, "gid": gift.gift_id,
+                             "gift": shown, "dead": await self._dead_nodes()})
+        except ClearingUnavailable:
+            log.warning("a guardian's devices could not be told of an answer now", extra={"gift": gift.gift_id})
+
+    async def guardian_requests(self, guardian: str, after: tuple[int, str, str] | None = None, limit: int = 64
+                                ) -> tuple[list[GiftRecord], tuple[int, str, str] | None]:
+        """A page of the requests still waiting for ``guardian``'s answer, soonest end of the
+        guardian's window first (each gift as the ``guardian`` event shows it), and the cursor
+        of the next page (None: this was the last): the last request's (end of window, ward,
+        gift id). ``after``: the cursor a page returned."""
+        after_ms, member = (after[0], f"{after[1]}|{after[2]}") if after is not None else (0, "")
+        reply = await self._lua.run("guardian_open", slot_of(guardian), self._keys.user(guardian), self._clock(),
+                                    {"g": guardian, "after_ms": after_ms, "after": member, "limit": max(1, limit)})
+        gifts = [gift_from_map(m) for m in reply.get("gifts", ())]
+        if not reply.get("more") or not gifts:
+            return gifts, None
+        last = gifts[-1]
+        return gifts, (last.expires_at_ms, last.recipient, last.gift_id)
 
     async def recover_ask(self, ward: str, gift_id: str) -> bool:
         """An ``ask`` entry past its deadline: ask the guardian again (once per gift) while the
@@ -390,7 +420,13 @@ class Clearing(RedisComponent):
             if refusal.code in (Refusal.ALREADY_RESOLVED, Refusal.GIFT_NOT_FOUND, Refusal.GIFT_EXPIRED):
                 return None
             raise
-        return resolution.gift if resolution.changed else None
+        if not resolution.changed:
+            return None
+        if resolution.gift.guardian:
+            # Still awaiting its guardian, the request ends here; approved before, it was
+            # settled by the approval and this changes nothing.
+            await self._settle_request(resolution.gift.guardian, resolution.gift)
+        return resolution.gift
 
     # ================================================================ the sagas, step by step
     async def send_saga(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
@@ -923,6 +959,14 @@ _SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "pt
 _PUBLIC = ("gift_id", "sender", "recipient", "kind", "qty", "cost", "amount", "state", "created_at_ms", "guardian",
            "expires_at_ms", "resolved_at_ms", "payer", "app", "festival", "room", "lucky_table", "lucky_version",
            "lucky_seed", "lucky_bonus", "lucky_paid", "skin", "camp")
+
+
+def _guardian_view(gift: GiftRecord, state: GiftState, expires_at_ms: int) -> dict[str, Any]:
+    """The gift as its guardian sees it: no guardian field (it is them), ``expires_at_ms``
+    the end of their window while they are asked."""
+    return {"gift_id": gift.gift_id, "sender": gift.sender, "recipient": gift.recipient, "kind": gift.kind,
+            "qty": gift.qty, "cost": gift.cost, "amount": gift.amount, "state": state.value,
+            "created_at_ms": gift.created_at_ms, "expires_at_ms": expires_at_ms, "app": gift.app}
 
 
 def _send_fields(send: dict[str, Any]) -> dict[str, Any]:

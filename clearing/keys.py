@@ -102,6 +102,17 @@ class KeySchema:
         (guardian_ask.lua asks once)."""
         return self._of(guardian, f"gask:{gift_id}")
 
+    def guardian_open(self, guardian: str) -> str:
+        """Sorted set: the requests waiting for the guardian's answer (``<ward>|<gift id>``),
+        scored by the end of the guardian's window (guardian_ask.lua adds, guardian_settle.lua
+        removes, guardian_open.lua lists; docs/regions.md)."""
+        return self._of(guardian, "gopen")
+
+    def guardian_request(self, guardian: str, ward: str, gift_id: str) -> str:
+        """String (msgpack), for the gift's retention: an open request as the guardian's
+        ``guardian`` event showed it."""
+        return self._of(guardian, f"greq:{ward}|{gift_id}")
+
     def balance(self, user_id: str) -> str:
         """Hash: card kind -> available minor units."""
         return self._of(user_id, "bal")

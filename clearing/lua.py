@@ -66,7 +66,7 @@ __all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "Scrip
 
 ScriptName = Literal[
     "send", "admit", "reserve", "sponsor", "offer", "void", "probe", "release",
-    "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending",
+    "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending", "guardian_settle", "guardian_open",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
     "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",

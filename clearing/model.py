@@ -162,6 +162,8 @@ class EventKind(enum.StrEnum):
     OUTCOME = "outcome"
     #: In a guardian's stream: a gift to their ward waits for their answer (``guardian_answer``).
     GUARDIAN = "guardian"
+    #: In a guardian's stream: one of their requests was answered (by any of their devices).
+    GUARDIAN_DONE = "guardian_done"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from gateway.metrics import NodeMetrics
 from gateway.rooms import RoomHub
 from gateway.views import gift_view, room_view
 from protocol import (
+    PENDING_PER_FRAME,
     AcceptGift,
     Appeal,
     Balance,
@@ -37,6 +38,7 @@ from protocol import (
     Error,
     ErrorCode,
     GetBalance,
+    GetGuardianRequests,
     GetQuote,
     GetRoom,
     GetSkins,
@@ -44,6 +46,7 @@ from protocol import (
     GiftSent,
     GiveConsent,
     GuardianAnswer,
+    GuardianRequests,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -87,6 +90,8 @@ class RequestHandler:
         #: The risk engine's event log (None: off) and its appeals desk.
         self.signals = signals
         self.appeals = appeals
+        #: Requests per ``guardian_requests`` page: as many gifts as a ``pending`` frame holds.
+        self.guardian_page = PENDING_PER_FRAME
         #: Data-processing consent (docs/regions.md); built on clearing's store when not given.
         self.consents = consents or Consents(clearing.topology, rules, clearing.keys, settings=clearing.settings)
 
@@ -164,6 +169,19 @@ class RequestHandler:
         if resolution.changed:
             self.metrics.gifts_of("guardian_approved" if msg.approve else "guardian_rejected").inc()
         return GiftResolved(rid=msg.rid, gift=gift_view(resolution.gift))
+
+    async def _guardian_requests(self, user_id: str, msg: GetGuardianRequests, app: str,
+                                 conn: ClientConnection | None) -> ServerMessage:
+        """A page of the requests waiting for this guardian (docs/regions.md): what a device
+        without a stream position lists after connecting. A page holds as many gifts as a
+        ``pending`` frame, so it fits one frame like that one."""
+        after: tuple[int, str, str] | None = None
+        if msg.after is not None:  # the pattern guarantees three parts, the first digits
+            ms, ward, gift_id = msg.after.split("/")
+            after = (int(ms), ward, gift_id)
+        gifts, cursor = await self.clearing.guardian_requests(user_id, after, self.guardian_page)
+        return GuardianRequests(rid=msg.rid, gifts=tuple(gift_view(g) for g in gifts),
+                                next="/".join(map(str, cursor)) if cursor is not None else None)
 
     def _signal(self, kind: str, user_id: str, conn: ClientConnection | None, app: str, **fields: Any) -> None:
         if self.signals is not None:
@@ -271,4 +289,5 @@ RequestHandler.HANDLERS = MappingProxyType({
     WithdrawConsent: RequestHandler._consent,
     GuardianAnswer: RequestHandler._guardian,
     GetSkins: RequestHandler._skins,
+    GetGuardianRequests: RequestHandler._guardian_requests,
 })

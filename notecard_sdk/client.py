@@ -59,6 +59,7 @@ from notecard_sdk.protocol import (
     ErrorCode,
     FrameIgnored,
     GetBalance,
+    GetGuardianRequests,
     GetQuote,
     GetRoom,
     GetSkins,
@@ -68,6 +69,8 @@ from notecard_sdk.protocol import (
     GiveConsent,
     GuardianAnswer,
     GuardianRequested,
+    GuardianRequests,
+    GuardianSettled,
     JoinRoom,
     LeaveRoom,
     OfferReceived,
@@ -153,6 +156,7 @@ class NotecardClient:
         self._outcomes: asyncio.Queue[Gift] = asyncio.Queue()
         self._room_updates: asyncio.Queue[Room] = asyncio.Queue()
         self._guardian_requests: asyncio.Queue[Gift] = asyncio.Queue()
+        self._guardian_settled: asyncio.Queue[Gift] = asyncio.Queue()
 
     @property
     def welcome(self) -> Welcome | None:
@@ -257,6 +261,26 @@ class NotecardClient:
         """The next gift to a ward of this user waiting for their answer (live, or replayed
         after a reconnect from the stream position)."""
         return await _next(self._guardian_requests, timeout)
+
+    async def next_guardian_settled(self, timeout: float | None = None) -> Gift:
+        """The next request of this guardian answered (by any of their devices, this one
+        included), the gift as it then stood: drop it from what waits for an answer."""
+        return await _next(self._guardian_settled, timeout)
+
+    async def guardian_requests(self) -> list[Gift]:
+        """Every request still waiting for this guardian's answer, soonest end of their window
+        first, read a page at a time: what a device lists after connecting, since a device
+        without a stream position is not replayed the ``guardian`` events sent before."""
+        gifts: list[Gift] = []
+        page = await self._guardian_page(None)
+        gifts.extend(page.gifts)
+        while page.next is not None:
+            page = await self._guardian_page(page.next)
+            gifts.extend(page.gifts)
+        return gifts
+
+    async def _guardian_page(self, after: str | None) -> GuardianRequests:
+        return await self._request(lambda rid: GetGuardianRequests(rid=rid, after=after), GuardianRequests)
 
     async def balance(self) -> Balance:
         return await self._request(lambda rid: GetBalance(rid=rid), Balance)
@@ -472,6 +496,8 @@ class NotecardClient:
                 self._outcomes.put_nowait(event.gift)
             elif isinstance(event, GuardianRequested):
                 self._guardian_requests.put_nowait(event.gift)
+            elif isinstance(event, GuardianSettled):
+                self._guardian_settled.put_nowait(event.gift)
             elif isinstance(event, RoomUpdated):
                 self._room_updates.put_nowait(event.room)
             elif isinstance(event, Welcomed):

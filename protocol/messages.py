@@ -36,6 +36,9 @@ ConsentVersion = Annotated[str, Pattern(r"[A-Za-z0-9_.:\-]+", 64)]
 BadgeId = Annotated[str, Pattern(r"[a-z][a-z0-9_]*", 32)]
 #: Where in the app a consent was given or withdrawn (``signup``, ``settings``).
 ConsentChannel = Annotated[str, Pattern(r"[a-z0-9_.\-]+", 32)]
+#: Where a page of a guardian's open requests resumes (``guardian_requests.next``): opaque to
+#: clients, who send back what they were given.
+GuardianCursor = Annotated[str, Pattern(r"[0-9]{1,16}/[A-Za-z0-9_.:\-]{1,64}/[A-Za-z0-9_.:\-]{1,64}", 160)]
 
 
 class GiftState(enum.StrEnum):
@@ -53,6 +56,9 @@ class EventKind(enum.StrEnum):
     #: To a guardian: a gift to their ward (``gift.recipient``) waits for their answer
     #: (``guardian_answer``) until ``gift.expires_at_ms`` (docs/regions.md).
     GUARDIAN = "guardian"
+    #: To a guardian: a request they were sent (a ``guardian`` event) is answered, from one of
+    #: their devices; ``gift`` as it now stands. Every device drops the request.
+    GUARDIAN_DONE = "guardian_done"
 
 
 class WireObject:
@@ -261,6 +267,16 @@ class BindMentor(WireObject):
     mentor: Ident
 
 
+@message("get_guardian_requests")
+class GetGuardianRequests(WireObject):
+    """The requests still waiting for this user's answer as a guardian (docs/regions.md), a
+    page at a time. Answered by ``guardian_requests``."""
+
+    rid: RequestId
+    #: The ``next`` of the page before; absent for the first page.
+    after: GuardianCursor | None = None
+
+
 @message("get_skins")
 class GetSkins(WireObject):
     """The card art the user's region may see. Answered by ``skins``."""
@@ -375,6 +391,17 @@ class Skins(WireObject):
     skins: tuple[Skin, ...]
 
 
+@message("guardian_requests")
+class GuardianRequests(WireObject):
+    """A page of the requests waiting for this user's ``guardian_answer``, soonest end of the
+    guardian's window first, each gift as its ``guardian`` event shows it."""
+
+    rid: RequestId
+    gifts: tuple[Gift, ...]
+    #: Present when more requests follow: send it as ``after`` for the next page.
+    next: GuardianCursor | None = None
+
+
 @message("pong")
 class Pong(WireObject):
     rid: RequestId
@@ -401,7 +428,7 @@ class Event(WireObject):
 
     epoch: Epoch
     offset: Offset
-    event: Annotated[str, Pattern(r"offer|outcome|guardian", 16)]
+    event: Annotated[str, Pattern(r"offer|outcome|guardian|guardian_done", 16)]
     gift: Gift
 
 
@@ -460,19 +487,19 @@ class ConsentReply(WireObject):
 
 ClientMessage = (Hello | SendGift | AcceptGift | DeclineGift | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish
                  | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent
-                 | GuardianAnswer | GetSkins)
+                 | GuardianAnswer | GetSkins | GetGuardianRequests)
 ServerMessage = (Welcome | GiftSent | GiftResolved | Balance | Pong | Error | Event | Room | QuoteReply | Done
-                 | Pending | ConsentReply | Skins)
+                 | Pending | ConsentReply | Skins | GuardianRequests)
 Message = ClientMessage | ServerMessage
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     cls.TYPE: cls
     for cls in (Hello, SendGift, AcceptGift, DeclineGift, GetBalance, Ping, JoinRoom, LeaveRoom, OpenWish,
                 GetQuote, GetRoom, RedeemFrame, BindMentor, Appeal, GiveConsent, WithdrawConsent,
-                GuardianAnswer, GetSkins)
+                GuardianAnswer, GetSkins, GetGuardianRequests)
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
     for cls in (Welcome, GiftSent, GiftResolved, Balance, Pong, Error, Event, Room, QuoteReply, Done, Pending,
-                ConsentReply, Skins)
+                ConsentReply, Skins, GuardianRequests)
 }

@@ -24,6 +24,7 @@ from .messages import (
     Done,
     Error,
     GetBalance,
+    GetGuardianRequests,
     GetQuote,
     GetRoom,
     GetSkins,
@@ -31,6 +32,7 @@ from .messages import (
     GiftSent,
     GiveConsent,
     GuardianAnswer,
+    GuardianRequests,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -67,6 +69,7 @@ REPLIES: Mapping[type[ClientMessage], type[ServerMessage]] = MappingProxyType({
     WithdrawConsent: ConsentReply,
     GuardianAnswer: GiftResolved,
     GetSkins: Skins,
+    GetGuardianRequests: GuardianRequests,
 })
 
 #: The same table by wire names (``{"send_gift": "gift_sent", ...}``): what other languages read.

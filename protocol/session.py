@@ -126,6 +126,14 @@ class GuardianRequested:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GuardianSettled:
+    """To a guardian: a request of theirs was answered (by one of their devices; ``gift`` as
+    it now stands): drop it (docs/regions.md)."""
+
+    gift: Gift
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomUpdated:
     """A push of a live room this connection watches."""
 
@@ -170,8 +178,8 @@ class FrameIgnored:
     problem: ProtocolError
 
 
-SessionEvent = (Welcomed | OfferReceived | OutcomeReceived | GuardianRequested | RoomUpdated | Answered | ServerError
-                | FrameIgnored)
+SessionEvent = (Welcomed | OfferReceived | OutcomeReceived | GuardianRequested | GuardianSettled | RoomUpdated
+                | Answered | ServerError | FrameIgnored)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -381,5 +389,7 @@ class ClientSession:
             self._offer(event.gift)
         elif event.event == EventKind.GUARDIAN:
             self._events.append(GuardianRequested(event.gift))
+        elif event.event == EventKind.GUARDIAN_DONE:
+            self._events.append(GuardianSettled(event.gift))
         else:
             self._events.append(OutcomeReceived(event.gift))

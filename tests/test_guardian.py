@@ -9,6 +9,7 @@ after each test."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -261,3 +262,129 @@ async def test_a_guardian_who_reconnects_gets_the_requests_missed_meanwhile(
     await again.guardian_answer(gift.gift_id, ward, approve=True)
     assert (await w.next_offer(WAIT_S)).gift_id == gift.gift_id
     assert (await w.accept(gift.gift_id)).state == "accepted"
+
+
+async def test_a_guardians_new_device_lists_the_requests_made_before_it_connected(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    """A device without a stream position is replayed nothing; ``guardian_requests`` lists
+    what still waits, a page at a time (pages of 2 here, so the cursor is exercised)."""
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, w = await connect(sender), await connect(ward)
+    sent = [await s.send_gift(ward, 1, gift_id=f"g-early-{i}") for i in range(3)]
+    await _conserved(redis)
+    node.requests.guardian_page = 2
+    fresh = await connect(guardian)
+    listed = await fresh.guardian_requests()
+    assert [(g.gift_id, g.recipient, g.sender, g.state) for g in listed] == [
+        (gift.gift_id, ward, sender, "pending") for gift in sent]
+    assert all(g.expires_at_ms <= gift.expires_at_ms for g, gift in zip(listed, sent, strict=True))
+    with pytest.raises(asyncio.TimeoutError):
+        await fresh.next_guardian_request(0.3)  # nothing replayed without a stream position
+    await fresh.guardian_answer(sent[1].gift_id, ward, approve=True)
+    assert (await w.next_offer(WAIT_S)).gift_id == sent[1].gift_id
+    await fresh.guardian_answer(sent[0].gift_id, ward, approve=False)
+    assert [g.gift_id for g in await fresh.guardian_requests()] == [sent[2].gift_id]
+    await _conserved(redis)
+    # A request made after the device connected comes live and is listed too.
+    later = await s.send_gift(ward, 1, gift_id="g-later")
+    assert (await fresh.next_guardian_request(WAIT_S)).gift_id == later.gift_id
+    assert [g.gift_id for g in await fresh.guardian_requests()] == [sent[2].gift_id, later.gift_id]
+    assert await s.guardian_requests() == []  # nobody's guardian
+
+
+async def test_a_request_whose_window_passed_is_settled_and_not_listed(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian, window_ms=1_000)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 1)
+    assert [r.gift_id for r in await g.guardian_requests()] == [gift.gift_id]
+    assert (await s.next_outcome(WAIT_S)).state == "expired"
+    # The sweeper that refunds it also tells the guardian's devices, once.
+    settled = await g.next_guardian_settled(WAIT_S)
+    assert (settled.gift_id, settled.state) == (gift.gift_id, "expired")
+    assert await g.guardian_requests() == []
+    with pytest.raises(asyncio.TimeoutError):
+        await g.next_guardian_settled(0.3)
+
+
+async def test_an_answer_on_one_device_settles_the_request_on_the_others(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, w = await connect(sender), await connect(ward)
+    phone, tablet = await connect(guardian), await connect(guardian)
+    approved, rejected = await s.send_gift(ward, 1, gift_id="g-yes"), await s.send_gift(ward, 2, gift_id="g-no")
+    for device in (phone, tablet):
+        assert {(await device.next_guardian_request(WAIT_S)).gift_id for _ in range(2)} == {"g-yes", "g-no"}
+    # The tablet goes away knowing both requests; the phone answers both meanwhile.
+    epoch, offset = tablet.epoch, tablet.offset
+    await tablet.close()
+    assert (await phone.guardian_answer(approved.gift_id, ward, approve=True)).state == "pending"
+    assert (await phone.guardian_answer(rejected.gift_id, ward, approve=False)).state == "declined"
+    told = [await phone.next_guardian_settled(WAIT_S) for _ in range(2)]
+    assert [(g.gift_id, g.state, g.recipient) for g in told] == [("g-yes", "pending", ward), ("g-no", "declined", ward)]
+    laptop = await connect(guardian)  # a new device: nothing to drop, nothing listed
+    assert await laptop.guardian_requests() == []
+    # The same answer again changes nothing and tells nobody again.
+    assert (await phone.guardian_answer(approved.gift_id, ward, approve=True)).gift_id == approved.gift_id
+    with pytest.raises(asyncio.TimeoutError):
+        await phone.next_guardian_settled(0.3)
+    with pytest.raises(asyncio.TimeoutError):
+        await laptop.next_guardian_settled(0.3)
+    # The tablet back from its stream position is replayed both settlements, after the requests.
+    back = await connect(guardian, epoch=epoch, offset=offset)
+    assert back.recovered
+    replayed = [await back.next_guardian_settled(WAIT_S) for _ in range(2)]
+    assert [(g.gift_id, g.state) for g in replayed] == [("g-yes", "pending"), ("g-no", "declined")]
+    assert await back.guardian_requests() == []
+    assert (await w.next_offer(WAIT_S)).gift_id == approved.gift_id
+    assert await _available(admin, sender) == 9 * UNITS  # the rejected gift's two cards came back
+    await _conserved(redis)
+
+
+async def test_devices_connected_during_an_answer_are_all_told(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w = await connect(sender), await connect(ward)
+    phone, tablet = await connect(guardian), await connect(guardian)
+    gift = await s.send_gift(ward, 1)
+    await tablet.next_guardian_request(WAIT_S)
+    await phone.guardian_answer(gift.gift_id, ward, approve=False)
+    for device in (tablet, phone):
+        settled = await device.next_guardian_settled(WAIT_S)
+        assert (settled.gift_id, settled.state) == (gift.gift_id, "declined")
+    assert await _available(admin, sender) == 10 * UNITS
+
+
+async def test_a_page_cursor_survives_answers_between_pages_and_a_late_ask_lists_nothing(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    sent = [await s.send_gift(ward, 1, gift_id=f"g-page-{i}") for i in range(3)]
+    for _ in sent:
+        await g.next_guardian_request(WAIT_S)
+    first, cursor = await node.clearing.guardian_requests(guardian, None, 1)
+    assert [r.gift_id for r in first] == [sent[0].gift_id] and cursor is not None
+    # Answered between two pages: the next page resumes after the cursor, skipping nothing.
+    await g.guardian_answer(sent[0].gift_id, ward, approve=False)
+    await g.guardian_answer(sent[1].gift_id, ward, approve=False)
+    second, cursor = await node.clearing.guardian_requests(guardian, cursor, 1)
+    assert [r.gift_id for r in second] == [sent[2].gift_id] and cursor is None
+    keys = node.clearing.keys
+    assert await redis.zrange(keys.guardian_open(guardian), 0, -1) == [f"{ward}|{sent[2].gift_id}".encode()]
+    assert await redis.exists(keys.guardian_request(guardian, ward, sent[0].gift_id)) == 0
+    assert await redis.exists(keys.guardian_request(guardian, ward, sent[2].gift_id)) == 1
+    # An ask arriving after the answer (a recovery retry) neither lists nor announces it again.
+    assert await node.clearing.ask_guardian(
+        dataclasses.replace(first[0], guardian=guardian), first[0].expires_at_ms) is False
+    assert [r.gift_id for r in await g.guardian_requests()] == [sent[2].gift_id]
+    assert {(await g.next_guardian_settled(WAIT_S)).gift_id for _ in range(2)} == {sent[0].gift_id, sent[1].gift_id}
+    with pytest.raises(asyncio.TimeoutError):
+        await g.next_guardian_request(0.3)
+    await _conserved(redis)

@@ -34,6 +34,7 @@ from protocol import (
     FieldError,
     FrameError,
     GetBalance,
+    GetGuardianRequests,
     GetQuote,
     GetRoom,
     GetSkins,
@@ -43,6 +44,7 @@ from protocol import (
     GiftState,
     GiveConsent,
     GuardianAnswer,
+    GuardianRequests,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -141,6 +143,10 @@ SAMPLES: dict[str, Message] = {
                                      heartbeat_s=20, badges=()),
     "guardian_answer": GuardianAnswer(rid=19, gift_id="g-01HV3K9Z", ward="wafa", approve=True),
     "get_skins": GetSkins(rid=19),
+    "get_guardian_requests": GetGuardianRequests(rid=21),
+    "get_guardian_requests/after": GetGuardianRequests(rid=22, after="1700000060000/wafa/g-01HV3K9Z"),
+    "guardian_requests": GuardianRequests(rid=21, gifts=(OFFER, SCENE), next="1700000060000/wafa/g-01HV3K9Z"),
+    "guardian_requests/last": GuardianRequests(rid=22, gifts=()),
     "welcome/empty": Welcome(user="bob", node="node-1", epoch="9f2c41d07a3b", offset=0, recovered=True,
                              pending=(), heartbeat_s=20),
     "welcome/pending": Welcome(user="bob", node="gw-a:8765", epoch="9f2c41d07a3b", offset=41,
@@ -182,6 +188,8 @@ SAMPLES: dict[str, Message] = {
     "event/outcome": Event(epoch="9f2c41d07a3b", offset=43, event="outcome", gift=ACCEPTED),
     "event/scene-offer": Event(epoch="9f2c41d07a3b", offset=44, event="offer", gift=SCENE),
     "event/scene-outcome": Event(epoch="9f2c41d07a3b", offset=45, event="outcome", gift=SCENE_EDGES),
+    "event/guardian": Event(epoch="9f2c41d07a3b", offset=46, event="guardian", gift=OFFER),
+    "event/guardian-done": Event(epoch="9f2c41d07a3b", offset=47, event="guardian_done", gift=ACCEPTED),
     "room/push": Room(room="carol", viewers=3, top=TOP),
     "room/push-empty": Room(room="carol", viewers=0, top=()),
     "room/push-wish": Room(room="carol", viewers=2, top=TOP[:1], wish_kind="gold_note", wish_target=10,
@@ -561,11 +569,11 @@ def test_message_type_names() -> None:
     assert set(CLIENT_MESSAGES) == {
         "hello", "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal", "give_consent", "withdraw_consent", "guardian_answer", "get_skins",
+        "appeal", "give_consent", "withdraw_consent", "guardian_answer", "get_skins", "get_guardian_requests",
     }
     assert set(SERVER_MESSAGES) == {
         "welcome", "gift_sent", "gift_resolved", "balance", "pong", "error", "event", "room", "quote", "done",
-        "pending", "consent", "skins",
+        "pending", "consent", "skins", "guardian_requests",
     }
     # Nested objects are not messages: a frame cannot name them.
     assert Gift.TYPE not in CLIENT_MESSAGES and Gift.TYPE not in SERVER_MESSAGES
@@ -579,14 +587,14 @@ def test_every_request_carries_a_rid_and_every_reply_echoes_it() -> None:
     assert requests == {
         "send_gift", "accept", "decline", "get_balance", "ping",
         "join_room", "leave_room", "open_wish", "get_quote", "get_room", "redeem_frame", "bind_mentor",
-        "appeal", "give_consent", "withdraw_consent", "guardian_answer", "get_skins",
+        "appeal", "give_consent", "withdraw_consent", "guardian_answer", "get_skins", "get_guardian_requests",
     }
     # Every request's rid is required.
     for name in requests:
         assert not next(s for s in CLIENT_MESSAGES[name].FIELDS if s.name == "rid").optional, name
     replies = {n for n, c in SERVER_MESSAGES.items() if "rid" in {f.name for f in dataclasses.fields(c)}}
     assert replies == {"gift_sent", "gift_resolved", "balance", "pong", "error", "room", "quote", "done",
-                       "consent", "skins"}
+                       "consent", "skins", "guardian_requests"}
     # rid is optional only where the server also pushes the message unasked.
     optional_rid = {n for n in replies if next(s for s in SERVER_MESSAGES[n].FIELDS if s.name == "rid").optional}
     assert optional_rid == {"error", "room"}
@@ -619,7 +627,7 @@ def test_messages_are_frozen() -> None:
 
 def test_gift_states() -> None:
     assert [s.value for s in GiftState] == ["pending", "accepted", "declined", "expired"]
-    assert [k.value for k in EventKind] == ["offer", "outcome", "guardian"]
+    assert [k.value for k in EventKind] == ["offer", "outcome", "guardian", "guardian_done"]
 
 
 # ---------------------------------------------------------------- the schema compiler

@@ -101,7 +101,7 @@ def _assert_describes(cell: str, constraint: Pattern | Range, where: str) -> Non
     assert str(constraint.max_len) in cell, f"{where}: max length {constraint.max_len}"
     if constraint.regex == r"[^\x00]*":
         assert "U+0000" in cell, where
-    elif re.fullmatch(r"[a-z]+(\|[a-z]+)+", constraint.regex):
+    elif re.fullmatch(r"[a-z_]+(\|[a-z_]+)+", constraint.regex):
         for word in constraint.regex.split("|"):
             assert f"`{word}`" in cell, f"{where}: alternative {word}"
     else:

@@ -21,6 +21,7 @@ from protocol import (
     Gift,
     GiftResolved,
     GiftSent,
+    GuardianRequests,
     Pending,
     Pong,
     QuoteReply,
@@ -66,6 +67,8 @@ def largest_messages() -> list[ServerMessage]:
     return [
         welcome(page),
         Pending(gifts=page, more=True),
+        # A page of a guardian's requests holds as many gifts as a pending frame (gateway/requests.py).
+        GuardianRequests(rid=M, gifts=page, next="9" * 16 + "/" + "w" * 64 + "/" + "g" * 64),
         GiftSent(rid=M, gift=gift),
         GiftResolved(rid=M, gift=gift),
         Balance(rid=M, available=dict.fromkeys(kinds, M), held=dict.fromkeys(kinds, M), units_per_card=1_000_000,

@@ -85,6 +85,8 @@ VALID: dict[str, dict[str, Any]] = {
     "balance": {"t": "balance", "rid": 7, "available": {"note": 10}, "held": {"note": 0},
                 "units_per_card": 10, "points": 5, "skins": {"note": "sea-tiger"}},
     "get_skins": {"t": "get_skins", "rid": 7},
+    "get_guardian_requests": {"t": "get_guardian_requests", "rid": 7, "after": "1700000060000/wafa/g-1"},
+    "guardian_requests": {"t": "guardian_requests", "rid": 7, "gifts": [GIFT], "next": "1700000060000/wafa/g-1"},
     "skins": {"t": "skins", "rid": 7, "skins": [{"skin_id": "sea-tiger", "kind": "note", "name": "Tiger",
                                                  "image_url": "https://cdn.example/tiger.png", "optional": False}]},
     "pong": {"t": "pong", "rid": 7, "server_time_ms": 5},
@@ -321,6 +323,7 @@ def test_every_field_of_every_message_is_required_except_the_documented_optional
         ("welcome", "consent_needed"), ("welcome", "badges"), ("give_consent", "channel"),
         ("withdraw_consent", "channel"),
         ("consent", "version"), ("consent", "at_ms"), ("consent", "channel"),
+        ("get_guardian_requests", "after"), ("guardian_requests", "next"),
     }
     assert {s.name for s in Gift.FIELDS if s.optional} == {"amount", "payer", "festival", "room", "lucky_table",
                                                            "lucky_version", "lucky_seed", "lucky_bonus", "lucky_paid",

@@ -30,6 +30,7 @@ from protocol import (
     Error,
     ErrorCode,
     GetBalance,
+    GetGuardianRequests,
     GetQuote,
     GetRoom,
     GetSkins,
@@ -70,6 +71,7 @@ SAMPLES: dict[type[ClientMessage], ClientMessage] = {
     WithdrawConsent: WithdrawConsent(rid=1),
     GuardianAnswer: GuardianAnswer(rid=1, gift_id="g-1", ward="wafa", approve=True),
     GetSkins: GetSkins(rid=1),
+    GetGuardianRequests: GetGuardianRequests(rid=1),
 }
 
 

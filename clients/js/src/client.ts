@@ -71,6 +71,8 @@ export type ClientEvents = {
   outcome: Gift;
   /** To a guardian: a gift to their ward (`gift.recipient`) waits for guardianAnswer(). */
   guardian: Gift;
+  /** To a guardian: a request was answered (by one of their devices); drop it. */
+  guardian_done: Gift;
   room: Room;
   welcome: Welcome;
   /** `true` when a connection was welcomed, `false` when it was lost. */
@@ -158,7 +160,8 @@ export class NotecardClient {
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   private readonly offers = new Inbox<Gift>();
   private readonly outcomes = new Inbox<Gift>();
-  private readonly guardianRequests = new Inbox<Gift>();
+  private readonly guardianInbox = new Inbox<Gift>();
+  private readonly guardianSettled = new Inbox<Gift>();
   private readonly roomUpdates = new Inbox<Room>();
   private lastHeard = 0;
   private watchdog: ReturnType<typeof setInterval> | null = null;
@@ -302,7 +305,28 @@ export class NotecardClient {
 
   /** The next gift to a ward of this user waiting for their answer (live or replayed). */
   nextGuardianRequest(timeoutMs?: number): Promise<Gift> {
-    return this.guardianRequests.next(timeoutMs);
+    return this.guardianInbox.next(timeoutMs);
+  }
+
+  /** The next request of this guardian answered (by any of their devices), as it then stood. */
+  nextGuardianSettled(timeoutMs?: number): Promise<Gift> {
+    return this.guardianSettled.next(timeoutMs);
+  }
+
+  /**
+   * Every request still waiting for this guardian's answer, soonest end of their window
+   * first, read a page at a time: what a device lists after connecting, since a device
+   * without a stream position is not replayed the `guardian` events sent before.
+   */
+  async guardianRequests(): Promise<Gift[]> {
+    const gifts: Gift[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.request(after === undefined ? { t: "get_guardian_requests" } : { t: "get_guardian_requests", after });
+      gifts.push(...page.gifts);
+      if (page.next == null) return gifts;
+      after = page.next;
+    }
   }
 
   balance(): Promise<Balance> {
@@ -544,8 +568,12 @@ export class NotecardClient {
           this.emit("outcome", event.gift);
           break;
         case "guardian":
-          this.guardianRequests.push(event.gift);
+          this.guardianInbox.push(event.gift);
           this.emit("guardian", event.gift);
+          break;
+        case "guardian_done":
+          this.guardianSettled.push(event.gift);
+          this.emit("guardian_done", event.gift);
           break;
         case "room":
           this.roomUpdates.push(event.room);

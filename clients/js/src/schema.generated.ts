@@ -36,7 +36,8 @@ export const CLIENT_TYPES = [
   "give_consent",
   "withdraw_consent",
   "guardian_answer",
-  "get_skins"
+  "get_skins",
+  "get_guardian_requests"
 ] as const;
 
 export const SERVER_TYPES = [
@@ -52,7 +53,8 @@ export const SERVER_TYPES = [
   "done",
   "pending",
   "consent",
-  "skins"
+  "skins",
+  "guardian_requests"
 ] as const;
 
 export const REPLIES = {
@@ -73,7 +75,8 @@ export const REPLIES = {
   "give_consent": "consent",
   "withdraw_consent": "consent",
   "guardian_answer": "gift_resolved",
-  "get_skins": "skins"
+  "get_skins": "skins",
+  "get_guardian_requests": "guardian_requests"
 } as const;
 
 export const ERROR_CODES = [
@@ -885,6 +888,26 @@ export const SHAPES = {
       }
     }
   ],
+  "get_guardian_requests": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "after",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[0-9]{1,16}/[A-Za-z0-9_.:\\-]{1,64}/[A-Za-z0-9_.:\\-]{1,64}",
+        "max": 160
+      }
+    }
+  ],
   "welcome": [
     {
       "name": "user",
@@ -1186,7 +1209,7 @@ export const SHAPES = {
       "optional": false,
       "shape": {
         "k": "str",
-        "re": "offer|outcome|guardian",
+        "re": "offer|outcome|guardian|guardian_done",
         "max": 16
       }
     },
@@ -1473,6 +1496,37 @@ export const SHAPES = {
         }
       }
     }
+  ],
+  "guardian_requests": [
+    {
+      "name": "rid",
+      "optional": false,
+      "shape": {
+        "k": "int",
+        "lo": 0,
+        "hi": 9007199254740991
+      }
+    },
+    {
+      "name": "gifts",
+      "optional": false,
+      "shape": {
+        "k": "list",
+        "item": {
+          "k": "obj",
+          "type": "gift"
+        }
+      }
+    },
+    {
+      "name": "next",
+      "optional": true,
+      "shape": {
+        "k": "str",
+        "re": "[0-9]{1,16}/[A-Za-z0-9_.:\\-]{1,64}/[A-Za-z0-9_.:\\-]{1,64}",
+        "max": 160
+      }
+    }
   ]
 } as const;
 
@@ -1636,6 +1690,12 @@ export interface GetSkins {
   rid: number;
 }
 
+export interface GetGuardianRequests {
+  t: "get_guardian_requests";
+  rid: number;
+  after?: string;
+}
+
 export interface Welcome {
   t: "welcome";
   user: string;
@@ -1748,5 +1808,12 @@ export interface Skins {
   skins: Skin[];
 }
 
-export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent | GuardianAnswer | GetSkins;
-export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Consent | Skins;
+export interface GuardianRequests {
+  t: "guardian_requests";
+  rid: number;
+  gifts: Gift[];
+  next?: string;
+}
+
+export type ClientMessage = Hello | SendGift | Accept | Decline | GetBalance | Ping | JoinRoom | LeaveRoom | OpenWish | GetQuote | GetRoom | RedeemFrame | BindMentor | Appeal | GiveConsent | WithdrawConsent | GuardianAnswer | GetSkins | GetGuardianRequests;
+export type ServerMessage = Welcome | GiftSent | GiftResolved | Balance | Pong | ErrorMessage | EventMessage | Room | QuoteReply | Done | Pending | Consent | Skins | GuardianRequests;

@@ -46,6 +46,7 @@ export type SessionEvent =
   | { type: "offer"; gift: Gift }
   | { type: "outcome"; gift: Gift }
   | { type: "guardian"; gift: Gift }
+  | { type: "guardian_done"; gift: Gift }
   | { type: "room"; room: Room }
   | { type: "answered"; call: Call; reply: ServerMessage; retryable: boolean; unexpected: boolean }
   | { type: "server_error"; error: ErrorMessage }
@@ -294,6 +295,7 @@ export class ClientSession {
     this.offset = event.offset;
     if (event.event === "offer") this.offer(event.gift);
     else if (event.event === "guardian") this.events.push({ type: "guardian", gift: event.gift });
+    else if (event.event === "guardian_done") this.events.push({ type: "guardian_done", gift: event.gift });
     else this.events.push({ type: "outcome", gift: event.gift });
   }
 }

@@ -117,6 +117,37 @@ test("a guardian approves a gift to their ward on one node, which then offers it
   await bed.admin("DELETE", "/admin/regions/mena");
 });
 
+test("a guardian's new device lists the requests made before it connected; an answer there settles them on the other node", async () => {
+  const [sender, ward, guardian] = [unique("sam"), unique("wafa"), unique("gabe")];
+  await befriend(bed, [sender, ward]);
+  await bed.admin("POST", "/admin/users", { user_id: guardian, verified: true });
+  await bed.admin("PUT", "/admin/regions/mena", { guardian_rule: "male_to_female", guardian_window_ms: 60_000 });
+  await bed.admin("PATCH", `/admin/users/${sender}`, { gender: "male" });
+  await bed.admin("PATCH", `/admin/users/${ward}`, { gender: "female", region: "mena" });
+  await bed.admin("PUT", `/admin/users/${ward}/guardian`, { guardian, operator: "ops" });
+  const s = client(sender, bed.nodes[0].url);
+  const w = client(ward, bed.nodes[1].url);
+  const phone = client(guardian, bed.nodes[0].url);
+  await Promise.all([s.connect(), w.connect(), phone.connect()]);
+  const gift = await s.sendGift(ward);
+  assert.equal((await phone.nextGuardianRequest(10_000)).gift_id, gift.gift_id);
+  // A device that was never connected: no stream position, nothing replayed, but listed.
+  const tablet = client(guardian, bed.nodes[1].url);
+  await tablet.connect();
+  const listed = await tablet.guardianRequests();
+  assert.deepEqual(listed.map((g) => [g.gift_id, g.recipient, g.state]), [[gift.gift_id, ward, "pending"]]);
+  const told = [];
+  phone.on("guardian_done", (g) => told.push(g.gift_id));
+  assert.equal((await tablet.guardianAnswer(gift.gift_id, ward, false)).state, "declined");
+  const settled = await phone.nextGuardianSettled(10_000);
+  assert.deepEqual([settled.gift_id, settled.state], [gift.gift_id, "declined"]);
+  assert.equal((await tablet.nextGuardianSettled(10_000)).gift_id, gift.gift_id);
+  assert.deepEqual(told, [gift.gift_id]);
+  assert.deepEqual(await phone.guardianRequests(), []);
+  assert.equal((await s.nextOutcome(10_000)).state, "declined");
+  await bed.admin("DELETE", "/admin/regions/mena");
+});
+
 test("a forged token is rejected with 3500 and the client does not retry", async () => {
   const c = new NotecardClient(bed.nodes[0].url, "bm90LWEtdG9rZW4.c2lnbmF0dXJl", { backoffBaseS: 0.01 });
   await assert.rejects(c.connect(), (e) => e instanceof ConnectionRejected && e.closeCode === 3500);

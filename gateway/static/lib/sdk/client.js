@@ -88,7 +88,8 @@ export class NotecardClient {
     listeners = new Map();
     offers = new Inbox();
     outcomes = new Inbox();
-    guardianRequests = new Inbox();
+    guardianInbox = new Inbox();
+    guardianSettled = new Inbox();
     roomUpdates = new Inbox();
     lastHeard = 0;
     watchdog = null;
@@ -219,7 +220,27 @@ export class NotecardClient {
     }
     /** The next gift to a ward of this user waiting for their answer (live or replayed). */
     nextGuardianRequest(timeoutMs) {
-        return this.guardianRequests.next(timeoutMs);
+        return this.guardianInbox.next(timeoutMs);
+    }
+    /** The next request of this guardian answered (by any of their devices), as it then stood. */
+    nextGuardianSettled(timeoutMs) {
+        return this.guardianSettled.next(timeoutMs);
+    }
+    /**
+     * Every request still waiting for this guardian's answer, soonest end of their window
+     * first, read a page at a time: what a device lists after connecting, since a device
+     * without a stream position is not replayed the `guardian` events sent before.
+     */
+    async guardianRequests() {
+        const gifts = [];
+        let after;
+        for (;;) {
+            const page = await this.request(after === undefined ? { t: "get_guardian_requests" } : { t: "get_guardian_requests", after });
+            gifts.push(...page.gifts);
+            if (page.next == null)
+                return gifts;
+            after = page.next;
+        }
     }
     balance() {
         return this.request({ t: "get_balance" });
@@ -450,8 +471,12 @@ export class NotecardClient {
                     this.emit("outcome", event.gift);
                     break;
                 case "guardian":
-                    this.guardianRequests.push(event.gift);
+                    this.guardianInbox.push(event.gift);
                     this.emit("guardian", event.gift);
+                    break;
+                case "guardian_done":
+                    this.guardianSettled.push(event.gift);
+                    this.emit("guardian_done", event.gift);
                     break;
                 case "room":
                     this.roomUpdates.push(event.room);

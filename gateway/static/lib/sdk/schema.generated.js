@@ -28,7 +28,8 @@ export const CLIENT_TYPES = [
     "give_consent",
     "withdraw_consent",
     "guardian_answer",
-    "get_skins"
+    "get_skins",
+    "get_guardian_requests"
 ];
 export const SERVER_TYPES = [
     "welcome",
@@ -43,7 +44,8 @@ export const SERVER_TYPES = [
     "done",
     "pending",
     "consent",
-    "skins"
+    "skins",
+    "guardian_requests"
 ];
 export const REPLIES = {
     "hello": "welcome",
@@ -63,7 +65,8 @@ export const REPLIES = {
     "give_consent": "consent",
     "withdraw_consent": "consent",
     "guardian_answer": "gift_resolved",
-    "get_skins": "skins"
+    "get_skins": "skins",
+    "get_guardian_requests": "guardian_requests"
 };
 export const ERROR_CODES = [
     "BAD_FRAME",
@@ -871,6 +874,26 @@ export const SHAPES = {
             }
         }
     ],
+    "get_guardian_requests": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "after",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[0-9]{1,16}/[A-Za-z0-9_.:\\-]{1,64}/[A-Za-z0-9_.:\\-]{1,64}",
+                "max": 160
+            }
+        }
+    ],
     "welcome": [
         {
             "name": "user",
@@ -1172,7 +1195,7 @@ export const SHAPES = {
             "optional": false,
             "shape": {
                 "k": "str",
-                "re": "offer|outcome|guardian",
+                "re": "offer|outcome|guardian|guardian_done",
                 "max": 16
             }
         },
@@ -1457,6 +1480,37 @@ export const SHAPES = {
                     "k": "obj",
                     "type": "skin"
                 }
+            }
+        }
+    ],
+    "guardian_requests": [
+        {
+            "name": "rid",
+            "optional": false,
+            "shape": {
+                "k": "int",
+                "lo": 0,
+                "hi": 9007199254740991
+            }
+        },
+        {
+            "name": "gifts",
+            "optional": false,
+            "shape": {
+                "k": "list",
+                "item": {
+                    "k": "obj",
+                    "type": "gift"
+                }
+            }
+        },
+        {
+            "name": "next",
+            "optional": true,
+            "shape": {
+                "k": "str",
+                "re": "[0-9]{1,16}/[A-Za-z0-9_.:\\-]{1,64}/[A-Za-z0-9_.:\\-]{1,64}",
+                "max": 160
             }
         }
     ]

@@ -249,6 +249,8 @@ export class ClientSession {
             this.offer(event.gift);
         else if (event.event === "guardian")
             this.events.push({ type: "guardian", gift: event.gift });
+        else if (event.event === "guardian_done")
+            this.events.push({ type: "guardian_done", gift: event.gift });
         else
             this.events.push({ type: "outcome", gift: event.gift });
     }
