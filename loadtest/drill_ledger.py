@@ -95,7 +95,7 @@ class LedgerFault:
     pending_after: int = 0
     took_s: float = 0.0
     error: str = ""
-    #: what did not go as hoped without being an error (a restart with no batch in flight)
+    #: what did not go as hoped without being an error (a restart or a kill with no batch in flight)
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:

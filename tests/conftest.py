@@ -76,10 +76,17 @@ async def redis(redis_server: LocalRedis, topology_kind: str, request: pytest.Fi
 
 
 
+#: The cluster node timeout of test clusters that have no replicas (see redis_cluster).
+CALM_NODE_TIMEOUT_MS = 30_000
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """Three primaries of a Redis Cluster (no replicas: the drills test failover)."""
-    cluster = LocalCluster(Path(tmp_path_factory.mktemp("cluster")), shards=3, replicas=0)
+    """Three primaries of a Redis Cluster (no replicas: the drills test failover). With no
+    replica to promote, a short node timeout buys nothing, and on a starved machine a primary
+    that answers the cluster bus late would be marked failing and take the cluster down."""
+    cluster = LocalCluster(Path(tmp_path_factory.mktemp("cluster")), shards=3, replicas=0,
+                           node_timeout_ms=CALM_NODE_TIMEOUT_MS)
     cluster.start()
     yield cluster
     cluster.stop()

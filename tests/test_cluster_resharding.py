@@ -29,6 +29,7 @@ from notecard.local_cluster import LocalCluster
 from notecard.local_redis import LocalRedis
 from notecard_sdk import GiftRefused, NotecardClient
 from protocol import GiftSent
+from tests.conftest import CALM_NODE_TIMEOUT_MS
 from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET, token_for
 
 UNIT = GiftRules().units_per_card
@@ -36,7 +37,8 @@ UNIT = GiftRules().units_per_card
 
 @pytest.fixture(scope="module")
 def two_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(Path(tmp_path_factory.mktemp("reshard")), shards=2, replicas=0)
+    cluster = LocalCluster(Path(tmp_path_factory.mktemp("reshard")), shards=2, replicas=0,
+                           node_timeout_ms=CALM_NODE_TIMEOUT_MS)
     cluster.start()
     yield cluster
     cluster.stop()

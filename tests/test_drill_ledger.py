@@ -7,6 +7,8 @@ reconcile`` must find no drift per account and kind, and the bank check must pas
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from loadtest.drill import PRESETS, DrillSettings, books_summary, run_drill, summary_lines
@@ -15,10 +17,16 @@ from loadtest.faults.schedule import FaultKind
 
 @pytest.mark.slow
 async def test_no_drift_after_a_drill_with_a_consumer_killed_mid_batch_and_postgres_restarted() -> None:
-    settings = DrillSettings(seed=3, users=10, duration_s=25.0, per_kind=1,
-                             kinds=(FaultKind.NODE_KILL, FaultKind.PRIMARY_KILL), durability=PRESETS["strict"])
-    report = await run_drill(settings)
-    print("\n".join(summary_lines(report)))
+    for seed in (3, 4):
+        settings = DrillSettings(seed=seed, users=10, duration_s=25.0, per_kind=1,
+                                 kinds=(FaultKind.NODE_KILL, FaultKind.PRIMARY_KILL), durability=PRESETS["strict"])
+        report = await run_drill(settings)
+        print("\n".join(summary_lines(report)))
+        if not _kill_found_no_batch(report):
+            break
+        # On a starved machine no member may write a batch inside the kill's window (the
+        # drill then kills one between batches and says so): this test is about a kill with a
+        # batch in hand, so it runs the drill once more before it judges.
     # the bank check: nothing lost or made, every acknowledged gift where its client was told
     assert report["violations"] == [] and report["ok"]
     numbers = report["numbers"]
@@ -37,3 +45,10 @@ async def test_no_drift_after_a_drill_with_a_consumer_killed_mid_batch_and_postg
         assert restart["note"], restart
     assert books["members"][kill["member"]]["starts"] >= 2, "the killed member was started again"
     assert "drift 0" in books_summary(books)
+
+
+def _kill_found_no_batch(report: dict[str, Any]) -> bool:
+    books = report["numbers"].get("books")
+    if not isinstance(books, dict):
+        return False
+    return any(f["kind"] == "consumer_kill" and f.get("note") for f in books["faults"])
