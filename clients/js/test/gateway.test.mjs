@@ -93,7 +93,8 @@ test("a refusal carries its code, a repeated gift id gives the same gift, a decl
   await waitFor(async () => (await a.balance()).available.note === 100, 10_000, "the card back");
 });
 
-test("a guardian approves a gift to their ward on one node, which then offers it to the ward on the other", async () => {
+/** A male sender and a female ward of a region with the guardian rule, her guardian linked. */
+async function guardedWard() {
   const [sender, ward, guardian] = [unique("sam"), unique("wafa"), unique("gabe")];
   await befriend(bed, [sender, ward]);
   await bed.admin("POST", "/admin/users", { user_id: guardian, verified: true });
@@ -101,6 +102,11 @@ test("a guardian approves a gift to their ward on one node, which then offers it
   await bed.admin("PATCH", `/admin/users/${sender}`, { gender: "male" });
   await bed.admin("PATCH", `/admin/users/${ward}`, { gender: "female", region: "mena" });
   await bed.admin("PUT", `/admin/users/${ward}/guardian`, { guardian, operator: "ops" });
+  return [sender, ward, guardian];
+}
+
+test("a guardian approves a gift to their ward on one node, which then offers it to the ward on the other", async () => {
+  const [sender, ward, guardian] = await guardedWard();
   const s = client(sender, bed.nodes[0].url);
   const w = client(ward, bed.nodes[1].url);
   const g = client(guardian, bed.nodes[0].url);
@@ -118,13 +124,7 @@ test("a guardian approves a gift to their ward on one node, which then offers it
 });
 
 test("a guardian's new device lists the requests made before it connected; an answer there settles them on the other node", async () => {
-  const [sender, ward, guardian] = [unique("sam"), unique("wafa"), unique("gabe")];
-  await befriend(bed, [sender, ward]);
-  await bed.admin("POST", "/admin/users", { user_id: guardian, verified: true });
-  await bed.admin("PUT", "/admin/regions/mena", { guardian_rule: "male_to_female", guardian_window_ms: 60_000 });
-  await bed.admin("PATCH", `/admin/users/${sender}`, { gender: "male" });
-  await bed.admin("PATCH", `/admin/users/${ward}`, { gender: "female", region: "mena" });
-  await bed.admin("PUT", `/admin/users/${ward}/guardian`, { guardian, operator: "ops" });
+  const [sender, ward, guardian] = await guardedWard();
   const s = client(sender, bed.nodes[0].url);
   const w = client(ward, bed.nodes[1].url);
   const phone = client(guardian, bed.nodes[0].url);
