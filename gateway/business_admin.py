@@ -84,7 +84,7 @@ class BusinessAdmin:
     async def get_group(self, request: web.Request) -> web.Response:
         user, group = path_id(request, "user"), path_id(request, "group")
         min_level = request.query.get("min_level", "1")
-        if not min_level.isdigit():
+        if not (min_level.isascii() and min_level.isdigit()):
             raise AdminError(400, "BAD_REQUEST", "min_level is a whole number")
         return json_response({"members": await self.business.members(user, group, int(min_level))})
 
@@ -176,7 +176,7 @@ class BusinessAdmin:
         only(spec, "group", "min_level", "per_level")
         per_level = spec.get("per_level") or {}
         if not isinstance(per_level, dict) or not all(
-                isinstance(k, str) and k.isdigit() and type(v) is int for k, v in per_level.items()):
+                isinstance(k, str) and k.isascii() and k.isdigit() and type(v) is int for k, v in per_level.items()):
             raise AdminError(400, "BAD_REQUEST", "per_level maps a level (\"2\") to a quantity")
         group = field(spec, "group", str, required=True)
         return await self.campaigns.fan_group_recipients(

@@ -6,6 +6,7 @@ settings every one of which is a declared NOTECARD_* setting that the process wo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,27 @@ def test_the_ledger_reaches_the_compose_postgresql_with_the_same_password(compos
     settings = GatewaySettings.from_env({k: v.replace("${NOTECARD_POSTGRES_PASSWORD:?set NOTECARD_POSTGRES_PASSWORD}",
                                                       "pw") for k, v in ledger["environment"].items()})
     assert settings.postgres_url == "postgresql://notecard:pw@postgres:5432/notecard"
+
+
+def test_the_ledger_waits_for_the_same_replicas_as_the_nodes(compose: dict[str, Any]) -> None:
+    """docs/ledger.md "Replicas and failover": the consumer copies an entry to PostgreSQL only
+    once as many replicas hold it as a node waits for, or a failover could count it twice."""
+    node = GatewaySettings.from_env(_placeholders(compose["services"]["gateway-1"]["environment"]))
+    ledger = GatewaySettings.from_env(_placeholders(compose["services"]["ledger"]["environment"]))
+    assert node.durability.wait_replicas == 2
+    assert ledger.durability == node.durability
+
+
+def test_the_charts_ledger_waits_for_the_same_replicas_as_the_nodes() -> None:
+    objects = render(HELM_ON | {"config": {"durability": "strict"}})
+    for deployment in (gateway(objects), side_deployments(objects)["ledger"]):
+        (main,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {"name": "NOTECARD_DURABILITY", "value": "strict"} in main["env"]
+
+
+def _placeholders(env: dict[str, str]) -> dict[str, str]:
+    """Compose's ${VAR:?...} references as plain values, so the settings parse."""
+    return {k: re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "x" * 32, v) for k, v in env.items()}
 
 
 def test_the_webhooks_service_runs_only_when_asked_for(compose: dict[str, Any]) -> None:

@@ -75,7 +75,7 @@ if A.act == 'state' then
     return refuse('CAMPAIGN_STATE')
   end
   redis.call('HSET', c, 'state', target)
-  if target ~= 'running' then
+  if target ~= 'running' and target ~= 'paused' then  -- a paused campaign is not finished
     redis.call('HSET', c, 'finished_at_ms', NOW)
   end
   return reply({state = target})

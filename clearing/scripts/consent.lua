@@ -18,6 +18,9 @@ end
 if not u[1] then
   return refuse('UNKNOWN_USER')
 end
+if whole(A.history_max) == nil or A.history_max < 1 then
+  return refuse('BAD_REQUEST')  -- checked before any write: LTRIM would fail after RPUSH
+end
 local current = u[3] or nil  -- HMGET reads a missing field as false
 local function history(action, version)
   local h = ukey(A.u, 'consents')

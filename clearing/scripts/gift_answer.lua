@@ -257,8 +257,13 @@ end
 -- What close will change, read first: nil, or CORRUPT.
 local function check_close(o)
   local counters = {}
-  if o.state == 'accepted' and o.lucky_bonus and o.lucky_paid == nil and type(A.lucky_paid) ~= 'number' then
-    return 'SAGA_CONFLICT'  -- the caller must say what the payer paid (lucky.lua)
+  if o.state == 'accepted' and o.lucky_bonus and o.lucky_paid == nil then
+    -- the caller must say what the payer paid (lucky.lua): a whole number, at most the bonus
+    -- drawn, or crediting it would fail half-way or credit more than was put in transit
+    local paid = whole(A.lucky_paid)
+    if paid == nil or paid > o.lucky_bonus then
+      return 'SAGA_CONFLICT'
+    end
   end
   if o.state == 'accepted' then
     -- what apply_close changes: the balance, transit, the points

@@ -51,6 +51,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* Where Redis is and its passwords: the nodes' and every side process's. */}}
 {{- define "notecard.redisEnv" -}}
+{{- /* the durability preset too: the ledger consumer waits for the same replicas as the nodes */ -}}
+{{- with .Values.config.durability }}
+- name: NOTECARD_DURABILITY
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.redis.url }}
 - name: NOTECARD_REDIS_URL
   value: {{ . | quote }}
