@@ -27,9 +27,10 @@ from .errors import ErrorCode, ProtocolError
 from .messages import PROTOCOL_VERSION, ClientMessage, Error, Gift, Hello, Pending, ServerMessage, Welcome
 from .replies import answers
 
-#: Offers per welcome or ``pending`` frame. The largest possible gift (64-character ids,
-#: 16-digit numbers, every optional field) takes 662 bytes of JSON: 64 of them plus the
-#: welcome's own fields stay far below MAX_FRAME_BYTES (tests/test_protocol_frame_sizes.py).
+#: Offers per welcome or ``pending`` frame. The largest open gift (64-character ids, 16-digit
+#: numbers, every optional field but the lucky card's, which only an accepted gift has) takes
+#: about 800 bytes of JSON: 64 of them plus the welcome's own fields stay below
+#: MAX_FRAME_BYTES (tests/test_protocol_frame_sizes.py measures both encodings).
 PENDING_PER_FRAME = 64
 #: Malformed frames on one connection before it is closed (NOTECARD_MAX_BAD_FRAMES).
 MAX_BAD_FRAMES = 5

@@ -5,8 +5,11 @@ field present, the longest lists the server sends), in both encodings."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from clearing.badges import MAX_BADGES
 from clearing.rules import MAX_CARD_KINDS, GiftRules
 from clearing.skins import MAX_REGION_SKINS
 from protocol import (
@@ -43,10 +46,19 @@ KIND = "k" * 32
 MAX_TOP = 100
 
 
-def biggest_gift(n: int = 0) -> Gift:
+def open_gift(n: int = 0) -> Gift:
+    """The largest gift still open (pending, or waiting for a guardian): every optional field
+    but the lucky card's, which only an accepted gift carries (gift_answer.lua writes them in
+    the decision to accept). Pages of such gifts fill welcome, pending and guardian_requests."""
     gift_id = f"{n}".rjust(64, "g")
-    return Gift(gift_id=gift_id, sender=ID, recipient=ID, kind=KIND, qty=1_000_000, cost=M, state="accepted",
-                created_at_ms=M, expires_at_ms=M, amount=M, payer=ID, festival=ID, room=ID)
+    return Gift(gift_id=gift_id, sender=ID, recipient=ID, kind=KIND, qty=1_000_000, cost=M, state="pending",
+                created_at_ms=M, expires_at_ms=M, amount=M, payer=ID, festival=ID, room=ID, skin=ID, campaign=ID)
+
+
+def biggest_gift(n: int = 0) -> Gift:
+    """The largest gift of all: accepted with its lucky card, every optional field present."""
+    return dataclasses.replace(open_gift(n), state="accepted", lucky_table=ID, lucky_version=M,
+                               lucky_seed="f" * 64, lucky_bonus=M, lucky_paid=M)
 
 
 def size(msg: ServerMessage, encoding: Encoding) -> int:
@@ -56,12 +68,13 @@ def size(msg: ServerMessage, encoding: Encoding) -> int:
 
 def welcome(pending: tuple[Gift, ...] = ()) -> Welcome:
     return Welcome(user=ID, node="n" * 128, epoch="e" * 64, offset=M, recovered=False, pending=pending,
-                   heartbeat_s=3600, pending_more=True)
+                   heartbeat_s=3600, pending_more=True, consent_needed="v" * 64,
+                   badges=tuple(f"{i}".rjust(32, "b") for i in range(MAX_BADGES)))
 
 
 def largest_messages() -> list[ServerMessage]:
     gift = biggest_gift()
-    page = tuple(biggest_gift(i) for i in range(PENDING_PER_FRAME))
+    page = tuple(open_gift(i) for i in range(PENDING_PER_FRAME))
     kinds = [f"{i}".rjust(32, "k") for i in range(MAX_CARD_KINDS)]
     top = tuple(RankEntry(user=f"{i}".rjust(64, "u"), points=M, rank=M) for i in range(MAX_TOP))
     return [
@@ -72,7 +85,7 @@ def largest_messages() -> list[ServerMessage]:
         GiftSent(rid=M, gift=gift),
         GiftResolved(rid=M, gift=gift),
         Balance(rid=M, available=dict.fromkeys(kinds, M), held=dict.fromkeys(kinds, M), units_per_card=1_000_000,
-                points=M),
+                points=M, skins=dict.fromkeys(kinds, ID)),
         Pong(rid=M, server_time_ms=M),
         # The message's worst case differs per encoding: JSON escapes a control character
         # in six bytes, msgpack carries a 4-byte character as is.
@@ -106,7 +119,7 @@ def test_the_largest_frame_fits(msg: ServerMessage, encoding: Encoding) -> None:
 
 @pytest.mark.parametrize("count", [0, 1, PENDING_PER_FRAME, PENDING_PER_FRAME + 1, 1000])
 def test_a_pending_list_of_any_length_goes_in_frames_that_fit(count: int) -> None:
-    gifts = [biggest_gift(i) for i in range(count)]
+    gifts = [open_gift(i) for i in range(count)]
     messages = welcome_messages(welcome(), gifts)
     first, rest = messages[0], messages[1:]
     assert isinstance(first, Welcome)
