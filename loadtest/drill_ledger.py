@@ -325,8 +325,8 @@ class LedgerRig:
         if fault.error.startswith("no batch in flight"):
             # No member wrote during the window (a short or slow run, or under `strict` with a
             # replica down the members hold their batches): a member is killed all the same,
-            # between batches, and the report says so. The mid-batch kill itself is proven by
-            # tests/test_drill_ledger.py, which arranges a batch to be in flight.
+            # between batches, and the report says so. tests/test_drill_ledger.py asserts a
+            # kill with a batch in hand (and runs the drill again when a run found none).
             fault.note, fault.error = fault.error, ""
             await kill(set(by_name))
         return fault

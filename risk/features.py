@@ -166,8 +166,9 @@ class FeatureState:
     show in the next batch. An event whose entry id the counters already include (a
     redelivery) changes nothing. A scorer that dies between the second and the third round
     trip leaves set members added whose counters were not written: when the batch is scored
-    again, its first-time members are not counted once more (the sizes are read again, so
-    the counts stay right), but its first-time recipients are not counted as new again."""
+    again, its first-time members are not counted once more (the sizes are read again), and
+    the per-pair gift counts, written with the counters, were not written either, so its
+    first-time recipients count as new again: the counts stay right."""
 
     def __init__(self, backend: Backend, keys: KeySchema, known: Known | None = None) -> None:
         self.backend = backend
@@ -228,7 +229,7 @@ class FeatureState:
                       if (text := _text(counters[u][name])) != was.get(name, "0")}
             if last[u] != NO_ID:
                 fields["last_id"] = "-".join(map(str, last[u]))
-            if fields:  # an event that changed nothing (a repeated hello) writes nothing
+            if fields:  # nothing changed and no newer entry id (events without ids): no write
                 writes.append(("hset", k.risk_features(u), fields))
         for (giver, recipient), n in gifts.items():
             writes.append(("zincr", k.risk_peers(giver), (recipient, n)))

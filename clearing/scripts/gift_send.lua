@@ -6,7 +6,8 @@
 -- real-name verification of the sender, the risk tier's daily limit) do not apply, and an
 -- offline recipient is offered it too (from the stream and the welcome's pending list) with
 -- the campaign's window. Its `day` is the word `campaign`, so it takes and gives back no
--- daily slot. Bans, freezes, blocks and the brand's balance still refuse it.
+-- daily slot. Bans, freezes, blocks, consent and the brand's balance still refuse it; the
+-- guardian rule does not apply (docs/regions.md): a campaign's card waits for nobody.
 
 -- ================================================================ send: the recipient's side
 -- The recipient's side of the guardian rule (docs/regions.md): nil when R's region does not
