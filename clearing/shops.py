@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import secrets
 from typing import Any
 
@@ -51,16 +50,6 @@ SECRET_BYTES = 32
 def order_gift_id(shop: str, order_id: str) -> str:
     """The gift id of a shop's order: the same for every notification of the order."""
     return "o." + hashlib.sha256(f"{shop}|{order_id}".encode()).hexdigest()[:40]
-
-
-def sign(secret: str, timestamp_ms: int, body: bytes) -> str:
-    """What a shop sends in ``X-Notecard-Signature``: HMAC-SHA256 over ``<timestamp>.<body>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp_ms}.".encode() + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def signature_ok(secret: str, timestamp_ms: int, body: bytes, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, timestamp_ms, body), signature)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
