@@ -6,6 +6,7 @@ tests start them as OS processes instead (see test_cluster_*.py).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -127,3 +128,13 @@ async def befriend_all(admin: AdminClient, *users: str, cards: int = 10, age_day
 class Pair:
     alice: NotecardClient
     bob: NotecardClient
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
+    """Wait until ``check()`` holds, polling; fail naming ``what`` after ``timeout_s`` (a bound
+    for a failure, generous for a slow machine, never a wait in itself)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

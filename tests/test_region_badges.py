@@ -5,9 +5,6 @@ and on the saga; the node fixture checks the conservation invariant after each t
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +16,7 @@ from gateway.node import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard_sdk import NotecardClient
 from tests.conftest import TOPOLOGIES
-from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory, befriend_all, eventually, token_for
 
 pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
 
@@ -29,14 +26,6 @@ BADGES = [
     {"id": "green_giver", "name": "Green giver", "metric": "given_month", "at_least": 2},
     {"id": "forest", "name": "Forest", "metric": "given", "at_least": 3},
 ]
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=["fast", "saga"])
@@ -49,7 +38,7 @@ async def eco_node(request: pytest.FixtureRequest, node_factory: NodeFactory) ->
     async def applied() -> bool:
         return bool((await node.clearing.settings.get()).region("eu").eco_badges)
 
-    await _eventually(applied, "the eu badges on the node")
+    await eventually(applied, "the eu badges on the node")
     return node
 
 
@@ -99,7 +88,7 @@ async def test_badges_are_earned_at_their_thresholds_and_shown_in_the_welcome_an
         async def lowered() -> bool:
             rules = (await eco_node.clearing.settings.get()).region("eu")
             return len(rules.eco_badges) == 1
-        await _eventually(lowered, "the new thresholds on the node")
+        await eventually(lowered, "the new thresholds on the node")
         assert (await admin.call("GET", "/admin/users/anna/badges"))["earned"] == ["forest"]
 
         # a region without badges: nothing shown

@@ -6,9 +6,8 @@ sender); the node fixtures check the conservation invariant after each test."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -19,21 +18,13 @@ from notecard.admin_client import AdminClient
 from notecard_sdk import NotecardClient
 from notecard_sdk.errors import GiftRefused
 from tests.conftest import TOPOLOGIES
-from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory, befriend_all, eventually, token_for
 
 pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
 
 RULES = GiftRules(daily_send_limit=100, daily_receive_limit=100)
 EU = {"name": "Europe", "consent_required": True, "consent_version": "privacy-v2"}
 UNITS = RULES.units_per_card
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def _refused(call: Awaitable[Any]) -> str:
@@ -54,7 +45,7 @@ async def eu_node(request: pytest.FixtureRequest, node_factory: NodeFactory) -> 
     async def applied() -> bool:
         return (await node.clearing.settings.get()).region("eu").consent_required
 
-    await _eventually(applied, "the eu rule on the node")
+    await eventually(applied, "the eu rule on the node")
     return node
 
 
@@ -146,7 +137,7 @@ async def test_a_recipient_without_consent_is_refused_with_its_own_code_and_the_
     async def bumped() -> bool:
         return (await eu_node.clearing.settings.get()).region("eu").consent_version == "privacy-v3"
 
-    await _eventually(bumped, "the new consent text on the node")
+    await eventually(bumped, "the new consent text on the node")
     assert await _refused(anna.send_gift("bob")) == "CONSENT_REQUIRED"
     await anna.give_consent("privacy-v3")
     assert await _refused(anna.send_gift("bob")) == "RECIPIENT_NO_CONSENT"

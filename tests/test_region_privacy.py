@@ -5,9 +5,6 @@ fixture's teardown)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -24,21 +21,13 @@ from notecard.admin_client import AdminApiError, AdminClient
 from notecard_sdk import NotecardClient
 from notecard_sdk.errors import GiftRefused, NotecardError
 from tests.conftest import TOPOLOGIES
-from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory, befriend_all, token_for
+from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory, befriend_all, eventually, token_for
 
 pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
 
 RULES = GiftRules(daily_send_limit=100, daily_receive_limit=100)
 UNITS = RULES.units_per_card
 K = DEFAULT_KEYS
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -75,7 +64,7 @@ async def _world(node: GatewayNode, clients: Any) -> tuple[NotecardClient, Notec
     async def applied() -> bool:
         return (await node.clearing.settings.get()).region("eu").consent_required
 
-    await _eventually(applied, "the eu rule on the node")
+    await eventually(applied, "the eu rule on the node")
     anna, bob = await clients("anna"), await clients("bob")
     for c in (anna, bob):
         await c.give_consent("v1", "signup")
@@ -152,7 +141,7 @@ async def test_an_erasure_settles_pending_gifts_removes_personal_data_and_keeps_
                 return True
             return False
 
-        await _eventually(closed, "anna's connection closed")
+        await eventually(closed, "anna's connection closed")
         async with ws_connect(gdpr_node.url, subprotocols=[Subprotocol("notecard.v1.json")]) as ws:
             await ws.send(orjson.dumps({"t": "hello", "v": 1, "token": token_for("anna")}).decode())
             refusal = orjson.loads(await ws.recv())
