@@ -47,6 +47,10 @@ from clearing.slots import slot_of
 #: points total with its log (gift ids and amounts), which the ledger accounts for.
 _KEPT = frozenset({"user", "bal", "held", "points", "pointlog"})
 
+#: The states of a gift half that still hold a sender's cards (an admitted half is a saga
+#: step away from one of them: the sweeper finishes it, erase.lua refuses until then).
+_OPEN = frozenset({"pending", "awaiting_guardian"})
+
 #: What the export does not contain, for the operator answering the request.
 EXPORT_GAPS = (
     "connection addresses and device fingerprints recorded in the risk engine's global event stream "
@@ -180,19 +184,31 @@ class Erasure(RedisComponent):
         return {**reply, "settled": settled}
 
     async def _settle(self, user_id: str, names: list[str]) -> list[dict[str, str]]:
-        """Decline every pending gift to or from the user; what was settled."""
+        """Decline every pending gift to or from the user, also those still awaiting a
+        guardian (not in the inbox: found by their halves), and reject the requests waiting
+        for the user as a guardian; what was settled."""
         settled: list[dict[str, str]] = []
+        seen: set[str] = set()
         for gift in await self.clearing.pending_for(user_id):
             await self.clearing.decline_for_erasure(gift.gift_id, user_id, gift.sender)
             settled.append({"gift_id": gift.gift_id, "sender": gift.sender, "recipient": user_id})
+            seen.add(gift.gift_id)
         for name in names:
-            if not name.startswith("gift:"):
+            kept, _, gift_id = name.partition(":")
+            if kept not in ("gift", "offer", "greq") or gift_id in seen:
                 continue
-            half = await self._read(self._keys.own(user_id, name))
-            if isinstance(half, dict) and half.get("state") == "pending" and half.get("recipient"):
-                gift_id = name.removeprefix("gift:")
-                await self.clearing.decline_for_erasure(gift_id, half["recipient"], user_id)
-                settled.append({"gift_id": gift_id, "sender": user_id, "recipient": half["recipient"]})
+            if kept == "greq":  # greq:<ward>|<gift id>: a request waiting for the user as a guardian
+                ward, _, gift_id = gift_id.partition("|")
+                half = await self._read(self._keys.offer(ward, gift_id)) if is_valid_id(ward) else None
+            else:
+                half = await self._read(self._keys.own(user_id, name))
+            if not isinstance(half, dict) or half.get("state") not in _OPEN:
+                continue
+            sender, recipient = half.get("sender", ""), half.get("recipient", "")
+            if is_valid_id(sender) and is_valid_id(recipient):
+                await self.clearing.decline_for_erasure(gift_id, recipient, sender)
+                settled.append({"gift_id": gift_id, "sender": sender, "recipient": recipient})
+                seen.add(gift_id)
         return settled
 
     async def _unlink(self, user_id: str, pseudonym: str, names: list[str]) -> None:
@@ -209,6 +225,11 @@ class Erasure(RedisComponent):
                 other, field, kept = "recipient", "sender", "offer:"
             elif name.startswith("offer:"):  # received: the sender keeps the send half
                 other, field, kept = "sender", "recipient", "gift:"
+            elif name.startswith("greq:"):  # asked as a guardian: the ward's offer half names the user
+                ward, _, gift_id = name.removeprefix("greq:").partition("|")
+                if is_valid_id(ward) and is_valid_id(gift_id):
+                    halves.setdefault(ward, []).append(["offer:" + gift_id, "guardian"])
+                continue
             else:
                 continue
             half = await self._read(self._keys.own(user_id, name))

@@ -388,3 +388,78 @@ async def test_a_page_cursor_survives_answers_between_pages_and_a_late_ask_lists
     with pytest.raises(asyncio.TimeoutError):
         await g.next_guardian_request(0.3)
     await _conserved(redis)
+
+
+async def _keys_of(redis: aioredis.Redis, node: GatewayNode, user: str) -> set[str]:
+    """The names of every key in ``user``'s slot (every shard scanned)."""
+    keys = node.clearing.keys
+    prefix = f"{keys.prefix}:{{{user}}}:"
+    return {k.decode().removeprefix(prefix) async for k in redis.scan_iter(match=keys.user_pattern(user), count=1000)}
+
+
+async def test_erasing_a_ward_refunds_a_gift_awaiting_the_guardian_and_settles_the_request(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 2)
+    assert (await g.next_guardian_request(WAIT_S)).gift_id == gift.gift_id
+    erased = await admin.call("POST", f"/admin/users/{ward}/erase")
+    assert [x["gift_id"] for x in erased["settled"]] == [gift.gift_id]
+    assert (await s.next_outcome(WAIT_S)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 0
+    assert (await g.next_guardian_settled(WAIT_S)).gift_id == gift.gift_id
+    assert (await node.clearing.guardian_requests(guardian))[0] == []
+    await _conserved(redis)
+
+
+async def test_erasing_a_sender_refunds_a_gift_awaiting_the_guardian_before_consuming(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 3)
+    await g.next_guardian_request(WAIT_S)
+    erased = await admin.call("POST", f"/admin/users/{sender}/erase")
+    assert [x["gift_id"] for x in erased["settled"]] == [gift.gift_id]
+    assert erased["consumed"] == {"note": 10 * UNITS}  # the held cards came back first
+    offer = await redis.hgetall(node.clearing.keys.offer(ward, gift.gift_id))
+    assert offer[b"state"] == b"declined" and offer[b"sender"] == erased["pseudonym"].encode()
+    assert (await g.next_guardian_settled(WAIT_S)).gift_id == gift.gift_id
+    await _conserved(redis)
+
+
+async def test_an_erased_guardian_is_nobody_to_ask_and_nothing_is_written_under_the_erased_id(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    waiting = await s.send_gift(ward, 1)
+    await g.next_guardian_request(WAIT_S)
+    # The request waiting for the guardian is rejected on their behalf: the sender is refunded,
+    # and the ward's half no longer names the erased guardian.
+    erased = await admin.call("POST", f"/admin/users/{guardian}/erase")
+    assert [x["gift_id"] for x in erased["settled"]] == [waiting.gift_id]
+    assert (await s.next_outcome(WAIT_S)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+    half = await redis.hgetall(node.clearing.keys.offer(ward, waiting.gift_id))
+    assert half[b"guardian"] == erased["pseudonym"].encode()
+    tomb = await _keys_of(redis, node, guardian)
+    assert tomb <= {"user", "bal", "held", "points", "pointlog"}
+    # A later gift to the ward (still linked to the erased id) asks nobody and writes nothing
+    # there; erasing the ward then settles it without telling the erased guardian anything.
+    later = await s.send_gift(ward, 2)
+    assert later.state == "pending"
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 2 * UNITS
+    await _conserved(redis)
+    assert await _keys_of(redis, node, guardian) == tomb
+    ward_erased = await admin.call("POST", f"/admin/users/{ward}/erase")
+    assert [x["gift_id"] for x in ward_erased["settled"]] == [later.gift_id]
+    assert (await s.next_outcome(WAIT_S)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+    assert await _keys_of(redis, node, guardian) == tomb
+    await _conserved(redis)
