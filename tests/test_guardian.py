@@ -16,12 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from clearing import GiftRules, check_invariant
+from clearing.errors import Refusal, Refused
 from clearing.slots import slot_of
 from gateway import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard_sdk import GiftRefused, NotecardClient
 from tests.conftest import TOPOLOGIES
-from tests.gateway_fixtures import ClientFactory, NodeFactory, befriend_all
+from tests.gateway_fixtures import ClientFactory, NodeFactory, befriend_all, now_ms
 
 pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
 
@@ -462,4 +463,28 @@ async def test_an_erased_guardian_is_nobody_to_ask_and_nothing_is_written_under_
     assert (await s.next_outcome(WAIT_S)).state == "declined"
     assert await _available(admin, sender) == 10 * UNITS
     assert await _keys_of(redis, node, guardian) == tomb
+    await _conserved(redis)
+
+
+async def test_the_last_erasure_step_refuses_while_a_half_it_would_drop_awaits_a_guardian(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    """erase.lua on its own (as a repeated or raced erasure could reach it): a gift awaiting
+    the guardian is in no inbox and holds nothing of the ward, yet dropping its half would
+    hold the sender's cards for ever."""
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 1)
+    await g.next_guardian_request(WAIT_S)
+    keys = node.clearing.keys
+    for user in (ward, sender):
+        drop = sorted((await _keys_of(redis, node, user)) - {"user", "bal", "held", "points", "pointlog"})
+        args = {"u": user, "tag": node.clearing.tag(user), "kinds": list(GiftRules().card_kinds), "drop": drop,
+                "pseudonym": "erased-test"}
+        with pytest.raises(Refused) as pending:
+            await node.clearing.lua.run("erase", slot_of(user), keys.user(user), now_ms(), args)
+        assert pending.value.code == Refusal.ERASE_PENDING
+        assert (await redis.hget(keys.user(user), "erased")) is None
+    assert (await redis.hgetall(keys.offer(ward, gift.gift_id)))[b"state"] == b"awaiting_guardian"
     await _conserved(redis)
