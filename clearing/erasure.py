@@ -13,7 +13,10 @@ An erasure, in order:
 1. the account is banned (its connections close, no gift starts any more);
 2. every pending gift is settled: offers to the user are declined (the cards go back to
    their senders) and the user's own pending gifts are declined on their recipients'
-   behalf (the cards come back to the user's balance);
+   behalf (the cards come back to the user's balance); a gift awaiting a guardian (to or
+   from the user, or waiting for the user as the guardian) is in no inbox and only its
+   guardian can decline it, so it is rejected as by that guardian (refunded, the request
+   settled), and ``erase.lua`` refuses while any gift half it would drop is still open;
 3. the other users' references go: the user is removed from every ``follows`` hash and
    ``blocks`` set, and in the retained halves of the user's gifts kept by the counterparties
    the user's id is replaced by a random pseudonym;
