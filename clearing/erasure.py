@@ -13,7 +13,10 @@ An erasure, in order:
 1. the account is banned (its connections close, no gift starts any more);
 2. every pending gift is settled: offers to the user are declined (the cards go back to
    their senders) and the user's own pending gifts are declined on their recipients'
-   behalf (the cards come back to the user's balance);
+   behalf (the cards come back to the user's balance); a gift awaiting a guardian (to or
+   from the user, or waiting for the user as the guardian) is in no inbox and only its
+   guardian can decline it, so it is rejected as by that guardian (refunded, the request
+   settled), and ``erase.lua`` refuses while any gift half it would drop is still open;
 3. the other users' references go: the user is removed from every ``follows`` hash and
    ``blocks`` set, and in the retained halves of the user's gifts kept by the counterparties
    the user's id is replaced by a random pseudonym;
@@ -46,6 +49,10 @@ from clearing.slots import slot_of
 #: Keys of the user that an erasure keeps: the tombstone, the (zeroed) balances, and the
 #: points total with its log (gift ids and amounts), which the ledger accounts for.
 _KEPT = frozenset({"user", "bal", "held", "points", "pointlog"})
+
+#: The states of a gift half that still hold a sender's cards (an admitted half is a saga
+#: step away from one of them: the sweeper finishes it, erase.lua refuses until then).
+_OPEN = frozenset({"pending", "awaiting_guardian"})
 
 #: What the export does not contain, for the operator answering the request.
 EXPORT_GAPS = (
@@ -180,19 +187,31 @@ class Erasure(RedisComponent):
         return {**reply, "settled": settled}
 
     async def _settle(self, user_id: str, names: list[str]) -> list[dict[str, str]]:
-        """Decline every pending gift to or from the user; what was settled."""
+        """Decline every pending gift to or from the user, also those still awaiting a
+        guardian (not in the inbox: found by their halves), and reject the requests waiting
+        for the user as a guardian; what was settled."""
         settled: list[dict[str, str]] = []
+        seen: set[str] = set()
         for gift in await self.clearing.pending_for(user_id):
             await self.clearing.decline_for_erasure(gift.gift_id, user_id, gift.sender)
             settled.append({"gift_id": gift.gift_id, "sender": gift.sender, "recipient": user_id})
+            seen.add(gift.gift_id)
         for name in names:
-            if not name.startswith("gift:"):
+            kept, _, gift_id = name.partition(":")
+            if kept not in ("gift", "offer", "greq") or gift_id in seen:
                 continue
-            half = await self._read(self._keys.own(user_id, name))
-            if isinstance(half, dict) and half.get("state") == "pending" and half.get("recipient"):
-                gift_id = name.removeprefix("gift:")
-                await self.clearing.decline_for_erasure(gift_id, half["recipient"], user_id)
-                settled.append({"gift_id": gift_id, "sender": user_id, "recipient": half["recipient"]})
+            if kept == "greq":  # greq:<ward>|<gift id>: a request waiting for the user as a guardian
+                ward, _, gift_id = gift_id.partition("|")
+                half = await self._read(self._keys.offer(ward, gift_id)) if is_valid_id(ward) else None
+            else:
+                half = await self._read(self._keys.own(user_id, name))
+            if not isinstance(half, dict) or half.get("state") not in _OPEN:
+                continue
+            sender, recipient = half.get("sender", ""), half.get("recipient", "")
+            if is_valid_id(sender) and is_valid_id(recipient):
+                await self.clearing.decline_for_erasure(gift_id, recipient, sender)
+                settled.append({"gift_id": gift_id, "sender": sender, "recipient": recipient})
+                seen.add(gift_id)
         return settled
 
     async def _unlink(self, user_id: str, pseudonym: str, names: list[str]) -> None:
@@ -209,6 +228,11 @@ class Erasure(RedisComponent):
                 other, field, kept = "recipient", "sender", "offer:"
             elif name.startswith("offer:"):  # received: the sender keeps the send half
                 other, field, kept = "sender", "recipient", "gift:"
+            elif name.startswith("greq:"):  # asked as a guardian: the ward's offer half names the user
+                ward, _, gift_id = name.removeprefix("greq:").partition("|")
+                if is_valid_id(ward) and is_valid_id(gift_id):
+                    halves.setdefault(ward, []).append(["offer:" + gift_id, "guardian"])
+                continue
             else:
                 continue
             half = await self._read(self._keys.own(user_id, name))

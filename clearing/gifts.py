@@ -400,9 +400,19 @@ class Clearing(RedisComponent):
     async def decline_for_erasure(self, gift_id: str, recipient: str, sender: str) -> None:
         """Decline a pending gift on its recipient's behalf, as an erasure does
         (clearing/erasure.py): not the recipient's request, so no rate is taken; a gift
-        already resolved is left as it is."""
+        already resolved is left as it is. A gift still awaiting the recipient's guardian is
+        not offered yet, so nobody can decline it but the guardian (gift_answer.lua): it is
+        rejected as by that guardian, the sender refunded and the guardian's request settled."""
+        fields = text_hash(await guarded(self._redis.hgetall(self._keys.offer(recipient, gift_id))))
+        guardian = fields.get("guardian", "")
+        awaiting = fields.get("state") == GiftState.AWAITING_GUARDIAN.value and is_valid_id(guardian)
         try:
-            await self._resolve(gift_id, recipient, "decline", "main", sender, answering=False)
+            if awaiting:
+                # `by` names the guardian the script checks; a guardian's rate is never taken here.
+                resolution = await self._resolve(gift_id, recipient, "reject", "main", sender, by=guardian)
+                await self._settle_request(guardian, resolution.gift)
+            else:
+                await self._resolve(gift_id, recipient, "decline", "main", sender, answering=False)
         except Refused as refusal:
             if refusal.code not in (Refusal.ALREADY_RESOLVED, Refusal.GIFT_EXPIRED, Refusal.GIFT_NOT_FOUND):
                 raise

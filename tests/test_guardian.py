@@ -16,12 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from clearing import GiftRules, check_invariant
+from clearing.errors import Refusal, Refused
 from clearing.slots import slot_of
 from gateway import GatewayNode
 from notecard.admin_client import AdminApiError, AdminClient
 from notecard_sdk import GiftRefused, NotecardClient
 from tests.conftest import TOPOLOGIES
-from tests.gateway_fixtures import ClientFactory, NodeFactory, befriend_all
+from tests.gateway_fixtures import ClientFactory, NodeFactory, befriend_all, now_ms
 
 pytestmark = pytest.mark.parametrize("topology_kind", TOPOLOGIES, indirect=True)
 
@@ -387,4 +388,103 @@ async def test_a_page_cursor_survives_answers_between_pages_and_a_late_ask_lists
     assert {(await g.next_guardian_settled(WAIT_S)).gift_id for _ in range(2)} == {sent[0].gift_id, sent[1].gift_id}
     with pytest.raises(asyncio.TimeoutError):
         await g.next_guardian_request(0.3)
+    await _conserved(redis)
+
+
+async def _keys_of(redis: aioredis.Redis, node: GatewayNode, user: str) -> set[str]:
+    """The names of every key in ``user``'s slot (every shard scanned)."""
+    keys = node.clearing.keys
+    prefix = f"{keys.prefix}:{{{user}}}:"
+    return {k.decode().removeprefix(prefix) async for k in redis.scan_iter(match=keys.user_pattern(user), count=1000)}
+
+
+async def test_erasing_a_ward_refunds_a_gift_awaiting_the_guardian_and_settles_the_request(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 2)
+    assert (await g.next_guardian_request(WAIT_S)).gift_id == gift.gift_id
+    erased = await admin.call("POST", f"/admin/users/{ward}/erase")
+    assert [x["gift_id"] for x in erased["settled"]] == [gift.gift_id]
+    assert (await s.next_outcome(WAIT_S)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 0
+    assert (await g.next_guardian_settled(WAIT_S)).gift_id == gift.gift_id
+    assert (await node.clearing.guardian_requests(guardian))[0] == []
+    await _conserved(redis)
+
+
+async def test_erasing_a_sender_refunds_a_gift_awaiting_the_guardian_before_consuming(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 3)
+    await g.next_guardian_request(WAIT_S)
+    erased = await admin.call("POST", f"/admin/users/{sender}/erase")
+    assert [x["gift_id"] for x in erased["settled"]] == [gift.gift_id]
+    assert erased["consumed"] == {"note": 10 * UNITS}  # the held cards came back first
+    offer = await redis.hgetall(node.clearing.keys.offer(ward, gift.gift_id))
+    assert offer[b"state"] == b"declined" and offer[b"sender"] == erased["pseudonym"].encode()
+    assert (await g.next_guardian_settled(WAIT_S)).gift_id == gift.gift_id
+    await _conserved(redis)
+
+
+async def test_an_erased_guardian_is_nobody_to_ask_and_nothing_is_written_under_the_erased_id(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    waiting = await s.send_gift(ward, 1)
+    await g.next_guardian_request(WAIT_S)
+    # The request waiting for the guardian is rejected on their behalf: the sender is refunded,
+    # and the ward's half no longer names the erased guardian.
+    erased = await admin.call("POST", f"/admin/users/{guardian}/erase")
+    assert [x["gift_id"] for x in erased["settled"]] == [waiting.gift_id]
+    assert (await s.next_outcome(WAIT_S)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+    half = await redis.hgetall(node.clearing.keys.offer(ward, waiting.gift_id))
+    assert half[b"guardian"] == erased["pseudonym"].encode()
+    tomb = await _keys_of(redis, node, guardian)
+    assert tomb <= {"user", "bal", "held", "points", "pointlog"}
+    # A later gift to the ward (still linked to the erased id) asks nobody and writes nothing
+    # there; erasing the ward then settles it without telling the erased guardian anything.
+    later = await s.send_gift(ward, 2)
+    assert later.state == "pending"
+    assert (await admin.get_user(sender))["balances"]["held"]["note"] == 2 * UNITS
+    await _conserved(redis)
+    assert await _keys_of(redis, node, guardian) == tomb
+    ward_erased = await admin.call("POST", f"/admin/users/{ward}/erase")
+    assert [x["gift_id"] for x in ward_erased["settled"]] == [later.gift_id]
+    assert (await s.next_outcome(WAIT_S)).state == "declined"
+    assert await _available(admin, sender) == 10 * UNITS
+    assert await _keys_of(redis, node, guardian) == tomb
+    await _conserved(redis)
+
+
+async def test_the_last_erasure_step_refuses_while_a_half_it_would_drop_awaits_a_guardian(
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
+    """erase.lua on its own (as a repeated or raced erasure could reach it): a gift awaiting
+    the guardian is in no inbox and holds nothing of the ward, yet dropping its half would
+    hold the sender's cards for ever."""
+    sender, ward, guardian = parties
+    await _setup(admin, sender, ward, guardian)
+    s, _w, g = await connect(sender), await connect(ward), await connect(guardian)
+    gift = await s.send_gift(ward, 1)
+    await g.next_guardian_request(WAIT_S)
+    keys = node.clearing.keys
+    for user in (ward, sender):
+        drop = sorted((await _keys_of(redis, node, user)) - {"user", "bal", "held", "points", "pointlog"})
+        args = {"u": user, "tag": node.clearing.tag(user), "kinds": list(GiftRules().card_kinds), "drop": drop,
+                "pseudonym": "erased-test"}
+        with pytest.raises(Refused) as pending:
+            await node.clearing.lua.run("erase", slot_of(user), keys.user(user), now_ms(), args)
+        assert pending.value.code == Refusal.ERASE_PENDING
+        assert (await redis.hget(keys.user(user), "erased")) is None
+    assert (await redis.hgetall(keys.offer(ward, gift.gift_id)))[b"state"] == b"awaiting_guardian"
     await _conserved(redis)

@@ -5,7 +5,9 @@
 -- A        u, tag (U's slot tag), kinds (every card kind), drop (the names of U's other keys
 --          to delete, as clearing/erasure.py found them in U's slot), pseudonym
 -- Checks, before any write: the account exists; it is not erased already (then the same
--- reply again, nothing written); nothing is pending (no offer in the inbox, nothing held);
+-- reply again, nothing written); nothing is pending (no offer in the inbox, nothing held, no
+-- gift half among those it would drop still pending, admitted or awaiting a guardian: their
+-- counterparty's cards would stay held for ever);
 -- every counter it moves reads as a whole number. Then: what remains available of each kind
 -- is consumed (ledger `consume`, avail:U -> consumed:T, cause `erased`), so the books stay
 -- balanced; U's other keys are deleted; the account hash becomes a tombstone {erased = 1,
@@ -24,6 +26,15 @@ if not u[1] then
 end
 if redis.call('ZCARD', ukey(A.u, 'inbox')) > 0 then
   return refuse('ERASE_PENDING')
+end
+local final = {accepted = true, declined = true, expired = true, void = true}
+for _, name in ipairs(A.drop) do
+  if string.sub(name, 1, 5) == 'gift:' or string.sub(name, 1, 6) == 'offer:' then
+    local state = redis.call('HGET', ukey(A.u, name), 'state')
+    if state and not final[state] then
+      return refuse('ERASE_PENDING')
+    end
+  end
 end
 local counters = {{ukey(A.u, 'bal')}, {ukey(A.u, 'held')}, {tkey(A.tag, 'tot')}}
 for _, kind in ipairs(A.kinds) do

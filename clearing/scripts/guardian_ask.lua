@@ -12,9 +12,10 @@
 --          guardian sees them: state pending, expires_at_ms = the end of the guardian's
 --          window; recipient = the ward), retention, dead, ep, maxlen
 -- Returns msgpack {asked = true} (asked now) or {asked = false} (asked before, or the
--- guardian's account is gone: nobody to ask, the gift expires at the end of the window).
+-- guardian's account is gone or erased: nobody to ask, nothing written under the guardian's
+-- id, the gift expires at the end of the window and the sender is refunded).
 
-if redis.call('EXISTS', ukey(A.g, 'user')) == 0 then
+if redis.call('EXISTS', ukey(A.g, 'user')) == 0 or redis.call('HGET', ukey(A.g, 'user'), 'erased') == '1' then
   return reply({asked = false})
 end
 local marker = ukey(A.g, 'gask:' .. A.gid)

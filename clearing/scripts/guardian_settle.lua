@@ -9,9 +9,14 @@
 -- KEYS[1]  {G}:user
 -- A        g (the guardian), gtag, ward, gid, gift (the gift's public fields as it stands
 --          after the answer), retention, ep, maxlen
--- Returns msgpack {settled = true} (told now) or {settled = false} (told before, or never
--- asked on this slot).
+-- Returns msgpack {settled = true} (told now) or {settled = false} (told before, never
+-- asked on this slot, or the guardian was erased).
 
+-- An erased guardian (a tombstone, clearing/erasure.py) has nothing to be told, and nothing
+-- may be written under the erased id again.
+if redis.call('HGET', ukey(A.g, 'user'), 'erased') == '1' then
+  return reply({settled = false})
+end
 local member = A.ward .. '|' .. A.gid
 local open = ukey(A.g, 'gopen')
 local was_open = redis.call('ZSCORE', open, member)

@@ -3,7 +3,8 @@
 --
 -- KEYS[1]  {C}:user (routes the call: C is the counterparty whose slot holds the halves)
 -- A        u (the erased user), pseudonym, halves ({key name under C's tag, field}: the field,
---          'sender' or 'recipient', that names u), c (C)
+--          'sender', 'recipient' or 'guardian', that names u), c (C)
+-- A half rewritten for its sender or recipient also loses a `guardian` field naming u.
 -- A half that no longer exists (its retention passed) or that does not name u is left as it
 -- is: nothing is created. The per-pair receive counters of C that name u are renamed with
 -- the halves. Returns msgpack {changed = count}.
@@ -15,6 +16,9 @@ for _, h in ipairs(A.halves) do
   if named[1] == A.u then
     redis.call('HSET', k, h[2], A.pseudonym)
     changed = changed + 1
+    if h[2] ~= 'guardian' and redis.call('HGET', k, 'guardian') == A.u then
+      redis.call('HSET', k, 'guardian', A.pseudonym)
+    end
     -- C's per-pair receive counter of that day names u too: it follows the offer half
     -- (it expires with its day; gift_answer.lua gives slots back under the half's sender).
     local pair = ukey(A.c, 'q:recvp:' .. tostring(named[2]) .. ':' .. A.u)
