@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -170,6 +171,10 @@ def spreads(runs: Sequence[Mapping[str, float | None]]) -> dict[str, Spread]:
     return {k: Spread.of(run.get(k) for run in runs) for k in keys}
 
 
+#: A label's per-shard figures, e.g. " (393, 399, 401)": one run's, so left out of a summary.
+_PER_SHARD = re.compile(r" \([\d.,\s]+\)")
+
+
 def summarize_rows(runs: Sequence[Sequence[Row]]) -> list[dict[str, Any]]:
     """Each table row over the runs: median and range of its value and of its ratio to its
     ceiling (the ratio of each run, not the ratio of the medians), and the verdict on the
@@ -183,7 +188,8 @@ def summarize_rows(runs: Sequence[Sequence[Row]]) -> list[dict[str, Any]]:
         first = rows[0]
         value = Spread.of(r.value for r in rows)
         ratio = Spread.of(r.ratio for r in rows) if first.relative else None
-        entry: dict[str, Any] = {"key": key, "label": first.label, "unit": first.unit, "value": value.as_dict(),
+        entry: dict[str, Any] = {"key": key, "label": _PER_SHARD.sub("", first.label), "unit": first.unit,
+                                 "value": value.as_dict(),
                                  "ratio": ratio.as_dict() if ratio else None, "ceiling_label": first.ceiling_label,
                                  "target": first.target_text, "verdict": ""}
         if first.target is not None:

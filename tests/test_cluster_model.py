@@ -86,7 +86,7 @@ def test_spread_is_median_and_range_without_missing_values() -> None:
 def test_summary_takes_the_median_of_each_runs_ratio() -> None:
     def rows(value: float, ceiling: float) -> list[Row]:
         return [Row("bar", "3 shards by the model", value, "/s", ceiling, "1 shard", ("min", 2.0)),
-                Row("idle", "idle", 0.003, "cores")]
+                Row("idle", f"idle ({value / 1e6:.4f}, 0.0027), busiest (4 keys)", 0.003, "cores")]
 
     # Ratios 2.5, 1.5, 1.9: median 1.9, under the bar, though the median value over the
     # median ceiling (5,000 / 2,000 = 2.5) would pass it.
@@ -97,6 +97,8 @@ def test_summary_takes_the_median_of_each_runs_ratio() -> None:
     assert bar["value"]["median"] == 5000
     assert bar["verdict"] == "MISSED by the median (1 of 3 runs met)"
     assert summary[1]["ratio"] is None and summary[1]["verdict"] == ""
+    # Per-shard figures in a label are one run's: the summary leaves them out.
+    assert summary[1]["label"] == "idle, busiest (4 keys)"
     passing = cm.summarize_rows([rows(5000, 2000), rows(4200, 2000)])
     assert passing[0]["verdict"] == "met by the median (2 of 2 runs met)"
     text = cm.summary_table(summary)
