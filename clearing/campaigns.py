@@ -283,15 +283,20 @@ class Campaigns:
             return await self.status(campaign_id)
         return await self.start(campaign_id, operator=operator)
 
-    async def add_recipients(self, campaign_id: str, recipients: Iterable[tuple[str, int]]) -> CampaignStatus:
-        """More of a ``loading`` campaign's list. A recipient repeated in another call is
-        issued once (the gift id is the same); with another quantity, that repeat is refused
-        (IDEMPOTENCY_CONFLICT, in the report)."""
+    async def add_recipients(self, campaign_id: str, recipients: Iterable[tuple[str, int]], *,
+                             operator: str) -> CampaignStatus:
+        """More of a ``loading`` campaign's list (audited: who added how many). A recipient
+        repeated in another call is issued once (the gift id is the same); with another
+        quantity, that repeat is refused (IDEMPOTENCY_CONFLICT, in the report)."""
+        if not is_valid_id(operator):  # before the list grows: an unaudited part is never added
+            raise Refused(Refusal.BAD_REQUEST, "operator is an id: 1-64 characters of A-Z a-z 0-9 _ . : -")
         status = await self.status(campaign_id)
         if status.state != "loading":
             raise BusinessRefused(BusinessRefusal.CAMPAIGN_STATE)
-        await self._append(status.brand, campaign_id,
-                           _unique(recipients, status.brand, self.clearing.rules.max_qty_per_gift))
+        unique = _unique(recipients, status.brand, self.clearing.rules.max_qty_per_gift)
+        await self._append(status.brand, campaign_id, unique)
+        await self.business.audit("campaign_recipients", operator, user=status.brand, campaign=campaign_id,
+                                  recipients=str(len(unique)))
         return await self.status(campaign_id)
 
     async def start(self, campaign_id: str, *, operator: str) -> CampaignStatus:
