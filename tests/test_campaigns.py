@@ -232,12 +232,12 @@ class _Killed(CampaignRunner):
         self.left = after
         self.stuck = asyncio.Event()
 
-    async def _issue(self, *args: object) -> None:
+    async def _issue(self, *args: object) -> bool:
         if self.left == 0:
             self.stuck.set()
             await asyncio.Event().wait()
         self.left -= 1
-        await super()._issue(*args)  # type: ignore[arg-type]
+        return await super()._issue(*args)  # type: ignore[arg-type]
 
 
 async def test_a_runner_killed_mid_batch_is_resumed_by_another_and_every_recipient_gets_one_card(
