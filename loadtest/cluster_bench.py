@@ -432,7 +432,7 @@ async def through_gateway(plan: Plan, work: Path, redis_url: str | None) -> dict
     """Settled gifts/s at the maximum rate and send->offer at half of it, through 2 gateway
     nodes (each sender on node 1, its recipient on node 2), on ``redis_url`` or a fresh Redis."""
     from loadtest import gifting
-    from loadtest.bench import CpuMeter
+    from loadtest.cpu import CpuMeter
     from loadtest.stats import Recorder
     from loadtest.target import LoadTarget
     from notecard.admin_client import AdminClient
