@@ -2,7 +2,7 @@
 3-shard cluster) and real WebSocket clients: business profiles and fan groups through the
 admin API with their codes, a custom kind funded by a mint, a campaign issued by the nodes'
 own runners, an online fan offered it live and an offline fan on connecting, pause and
-resume through the CLI, and the report's balance. The node fixtures
+resume through the CLI, the README's CLI forms, and the report's balance. The node fixtures
 check conservation after each test."""
 
 from __future__ import annotations
@@ -236,3 +236,46 @@ async def test_a_campaign_paused_through_the_cli_issues_nothing_more_until_resum
     assert (report["recipients"]["pending"], report["recipients"]["not_issued"]) == (len(users), 0)
     assert report["balanced"]
 
+
+async def test_the_readme_cli_forms_for_fan_groups_followers_and_regions(
+        api: Call, fast_node: GatewayNode, connect: ClientFactory) -> None:
+    """``notecard campaign fans``, ``campaign start --fan-group ... --per-level`` and
+    ``--followers``, and ``notecard admin create-user --region``, as README.md shows them."""
+    env = _cli_env(fast_node)
+    await ok(api("PUT", "/admin/regions/eu", {"name": "Europe"}))
+    created = await _cli_json(env, "admin", "create-user", "alice", "--region", "eu")
+    assert created["region"] == "eu"
+    assert (await ok(api("GET", "/admin/users/alice")))["region"] == "eu"
+    for user in ("club", "fan6", "fan7", "fan8", "bob"):
+        await _cli_json(env, "admin", "create-user", user)
+    await _cli_json(env, "campaign", "business", "club", "--business", "--followers", "100")
+    await _cli_json(env, "campaign", "fans", "club", "vip", "--add", "fan6", "--level", "1")
+    await _cli_json(env, "campaign", "fans", "club", "vip", "--add", "fan8", "--level", "2")
+    shown = await _cli_json(env, "campaign", "fans", "club", "vip", "--add", "fan7", "--level", "3")
+    assert shown["members"] == {"fan6": 1, "fan7": 3, "fan8": 2}
+    assert (await ok(api("GET", "/admin/business/club/fans/vip?min_level=2")))["members"] == {"fan7": 3, "fan8": 2}
+    await _cli_json(env, "campaign", "kind", "club_star", "--brand", "club", "--name", "Star", "--artwork",
+                    "https://cdn.example/s.png", "--budget", "20")
+    tiers = await _cli_json(env, "campaign", "start", "tiers", "--brand", "club", "--kind", "club_star",
+                            "--fan-group", "vip", "--min-level", "2", "--per-level", "3=5")
+    assert tiers["total"] == 2
+    # The club's followers: alice and bob follow it, fan6 does not.
+    for follower in ("alice", "bob"):
+        await _cli_json(env, "admin", "follow", follower, "club")
+    followers = await _cli_json(env, "campaign", "start", "fans", "--brand", "club", "--kind", "club_star",
+                                "--followers", "--qty", "2")
+    assert followers["total"] == 2
+
+    async def both_done() -> bool:
+        states = [(await ok(api("GET", f"/admin/campaigns/{c}")))["state"] for c in ("tiers", "fans")]
+        return states == ["done", "done"]
+
+    await until(both_done)
+    got = {}
+    for user in ("fan7", "fan8", "alice", "bob"):
+        offer = await (await connect(user)).next_offer(30)
+        got[user] = (offer.campaign, offer.qty)
+    assert got == {"fan7": ("tiers", 5), "fan8": ("tiers", 1), "alice": ("fans", 2), "bob": ("fans", 2)}
+    for campaign_id in ("tiers", "fans"):
+        report = await _cli_json(env, "campaign", "report", campaign_id)
+        assert report["recipients"]["pending"] == 2 and report["balanced"], report
