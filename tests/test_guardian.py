@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 
@@ -72,6 +73,14 @@ async def _conserved(redis: aioredis.Redis) -> None:
     """The conservation check, while gifts wait (the node fixture checks again at the end)."""
     report = await check_invariant(redis, GiftRules())
     assert report.ok, report.violations
+
+
+async def _events(redis: aioredis.Redis, node: GatewayNode, user: str) -> list[tuple[str, str]]:
+    """(event, gift id) of every entry of ``user``'s event stream, oldest first: what each of
+    their devices is sent, before the SDK drops what it has seen already."""
+    entries = await redis.xrange(node.clearing.keys.events(user))
+    decoded = [msgpack.unpackb(fields[b"p"]) for _, fields in entries]
+    return [(str(e["e"]), str(e["g"]["gift_id"])) for e in decoded]
 
 
 async def _pending(admin: AdminClient, user: str) -> list[Any]:
@@ -232,7 +241,8 @@ async def test_the_guardian_window_expiring_refunds_the_sender(
 
 
 async def test_a_guardian_on_two_devices_answers_once(
-        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str]) -> None:
+        admin: AdminClient, connect: ClientFactory, parties: tuple[str, str, str], node: GatewayNode,
+        redis: aioredis.Redis) -> None:
     sender, ward, guardian = parties
     await _setup(admin, sender, ward, guardian)
     s, w = await connect(sender), await connect(ward)
@@ -249,6 +259,9 @@ async def test_a_guardian_on_two_devices_answers_once(
     assert (await phone.next_guardian_request(WAIT_S)).gift_id == later.gift_id
     await tablet.guardian_answer(later.gift_id, ward, approve=True)
     assert (await w.next_offer(WAIT_S)).gift_id == later.gift_id
+    # ... and sent once: the SDK would drop a repeat of an offer it has seen, the stream would not.
+    offers = [e for e in await _events(redis, node, ward) if e[0] == "offer"]
+    assert offers == [("offer", gift.gift_id), ("offer", later.gift_id)]
     assert (await w.decline(gift.gift_id)).state == "declined"
     assert (await w.decline(later.gift_id)).state == "declined"
     assert await _available(admin, sender) == 10 * UNITS
