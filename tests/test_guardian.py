@@ -78,7 +78,7 @@ async def _conserved(redis: aioredis.Redis) -> None:
 async def _events(redis: aioredis.Redis, node: GatewayNode, user: str) -> list[tuple[str, str]]:
     """(event, gift id) of every entry of ``user``'s event stream, oldest first: what each of
     their devices is sent, before the SDK drops what it has seen already."""
-    entries = await redis.xrange(node.clearing.keys.events(user))
+    entries: Any = await redis.xrange(node.clearing.keys.events(user))
     decoded = [msgpack.unpackb(fields[b"p"]) for _, fields in entries]
     return [(str(e["e"]), str(e["g"]["gift_id"])) for e in decoded]
 
