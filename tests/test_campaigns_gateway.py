@@ -212,7 +212,8 @@ async def test_a_campaign_paused_through_the_cli_issues_nothing_more_until_resum
     paused = await campaign_cli.run(pause, ADMIN_TOKEN)
     assert paused["state"] == "paused" and 1 <= paused["issued"] < len(users), paused
     # The runner issues one campaign at a time: once a campaign started after the pause is
-    # done, the runner has left the paused one, and nothing it issued since would be missed.
+    # done, the runner has left the paused one, so a gift it issued after the pause would
+    # show in the report read now.
     await _cli_json(env, "campaign", "start", "probe", "--brand", "brand", "--kind", "brand_pin",
                     "--file", str(tmp_path / "probe.txt"))
 
