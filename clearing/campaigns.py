@@ -525,6 +525,13 @@ class CampaignRunner:
         status = await c.status(campaign_id)
         position, total, handled = int(claim["next"]), int(claim["total"]), 0
         while position < total:
+            if handled:
+                # A pause or cancel that came during the pacing sleep stops the campaign here,
+                # before the next batch is issued, not after it (the advance would refuse it,
+                # but its gifts would already be offered).
+                status = await c.status(campaign_id)
+                if status.state != "running":
+                    break
             if c.clearing.now() >= status.ends_at_ms:
                 with _suppress_state():
                     await c.act(brand, campaign_id, {"act": "state", "event": "end"})

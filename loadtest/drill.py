@@ -66,7 +66,7 @@ from loadtest.drill_common import (
     setup_population,
     write_report,
 )
-from loadtest.drill_ledger import LedgerRig
+from loadtest.drill_ledger import FAULTS_WAIT_S, LedgerRig
 from loadtest.faults.injector import FaultInjector
 from loadtest.faults.proxy import FaultProxy
 from loadtest.faults.redis_ha import RedisHA
@@ -201,9 +201,11 @@ class Drill(BoundedDrill):
         await asyncio.sleep(self.s.duration_s)
         await risk_task
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(books_task, 60)
+            # the clients keep sending while the books' faults wait for a batch in flight
+            await asyncio.wait_for(books_task, FAULTS_WAIT_S)
         for a in self.agents:
             a.stop_sending.set()
+        self.timings["sending_s"] = time.monotonic() - t0
         stop_faults.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(fault_task, 60)

@@ -70,12 +70,21 @@ WAITING = """SELECT DISTINCT a.application_name FROM pg_locks l JOIN pg_stat_act
 WHERE NOT l.granted AND l.relation IN ('ledger_entry'::regclass, 'gift_event'::regclass)
 AND a.query LIKE '%INSERT INTO%'"""
 #: Where in the workload the two faults fall (fractions of its duration); each waits for a
-#: batch in flight, the kill until KILL_BY (then it is recorded as an error), the restart
-#: (not before RESTART_AT) until FAULTS_BY, when it restarts PostgreSQL all the same.
+#: batch in flight. The kill waits from KILL_AT for as long as the clients send: the drill
+#: keeps them sending until these faults are done (FAULTS_WAIT_S at most), so on a starved
+#: machine, where members start late or write few batches, the kill comes later instead of
+#: missing its batch; it gives up KILL_GRACE_S after the workload (then a member is killed
+#: between batches and the fault's note says so). The restart (not before RESTART_AT, nor
+#: before the kill is done) waits until FAULTS_BY, or RESTART_WAIT_S from its start when that
+#: is later, then restarts PostgreSQL all the same.
 KILL_AT = 0.2
-KILL_BY = 0.8
+KILL_GRACE_S = 30.0
 RESTART_AT = 0.5
 FAULTS_BY = 0.95
+RESTART_WAIT_S = 5.0
+#: How long past the workload the drill keeps its clients sending for these faults: more
+#: than KILL_GRACE_S + RESTART_WAIT_S and a restart take.
+FAULTS_WAIT_S = 60.0
 #: The members have this long to start and connect to PostgreSQL.
 READY_TIMEOUT_S = 90.0
 #: After the drill settled, the members have this long to drain every stream.
@@ -212,9 +221,10 @@ class LedgerRig:
         """The two faults at their place in a workload of ``duration_s`` starting now."""
         t0 = time.monotonic()
         await asyncio.sleep(duration_s * KILL_AT)
-        await self.kill_mid_batch(t0, until=t0 + duration_s * KILL_BY)
+        await self.kill_mid_batch(t0, until=t0 + duration_s + KILL_GRACE_S)
         await asyncio.sleep(max(0.0, duration_s * RESTART_AT - (time.monotonic() - t0)))
-        await self.restart_postgres(t0, until=t0 + duration_s * FAULTS_BY)
+        restart_by = max(t0 + duration_s * FAULTS_BY, time.monotonic() + RESTART_WAIT_S)
+        await self.restart_postgres(t0, until=restart_by)
 
     async def _pending_of(self, redis: AnyRedis, streams: list[str], names: set[str]) -> int:
         total = 0
@@ -323,10 +333,11 @@ class LedgerRig:
 
         await self._with_a_batch_held(fault, set(by_name), until, kill)
         if fault.error.startswith("no batch in flight"):
-            # No member wrote during the window (a short or slow run, or under `strict` with a
-            # replica down the members hold their batches): a member is killed all the same,
-            # between batches, and the report says so. tests/test_drill_ledger.py asserts a
-            # kill with a batch in hand (and runs the drill again when a run found none).
+            # No member wrote while the clients sent, up to KILL_GRACE_S past the workload
+            # (under `strict` with a replica down the members hold their batches): a member is
+            # killed all the same, between batches, and the report says so.
+            # tests/test_drill_ledger.py asserts a kill with a batch in hand (and runs the
+            # drill again when a run found none).
             fault.note, fault.error = fault.error, ""
             await kill(set(by_name))
         return fault

@@ -36,6 +36,7 @@ from protocol import (
     Pong,
     SendGift,
     ServerMessage,
+    SessionState,
     Welcome,
     decode_client,
     encode,
@@ -120,6 +121,14 @@ def no_lost_exceptions(caplog: pytest.LogCaptureFixture) -> Any:
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``condition`` (a bound for a failure, generous for a slow machine)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
 async def pong(msg: ClientMessage, _connection: int) -> ServerMessage | int | None:
     assert isinstance(msg, Ping)
     return Pong(rid=msg.rid, server_time_ms=5)
@@ -147,16 +156,19 @@ async def test_no_answer_is_a_request_timeout_at_the_deadline(gateway_for: Any, 
 
 
 async def test_a_late_reply_is_dropped_and_the_client_goes_on(gateway_for: Any, client_for: Any) -> None:
-    async def slow_first(msg: ClientMessage, _connection: int) -> ServerMessage | int | None:
+    timed_out = asyncio.Event()
+
+    async def late_first(msg: ClientMessage, _connection: int) -> ServerMessage | int | None:
         assert isinstance(msg, Ping)
         if msg.rid == 1:
-            await asyncio.sleep(0.3)
+            await timed_out.wait()  # answered once the client gave up on it
         return Pong(rid=msg.rid, server_time_ms=5)
 
-    fake = await gateway_for(slow_first)
+    fake = await gateway_for(late_first)
     client = await client_for(fake, request_timeout_s=0.15)
     with pytest.raises(RequestTimeout):
         await client.ping()  # rid 1: answered after its deadline
+    timed_out.set()
     client.request_timeout_s = 5
     assert (await client.ping()).rid == 2  # the server answers in order: rid 1's pong came first
     assert not client._inflight
@@ -171,9 +183,10 @@ async def test_a_cancelled_request_leaves_nothing_behind(gateway_for: Any, clien
             await answered.wait()
         return Pong(rid=msg.rid, server_time_ms=5)
 
-    client = await client_for(await gateway_for(hold_first))
+    fake = await gateway_for(hold_first)
+    client = await client_for(fake)
     task = asyncio.create_task(client.ping())
-    await asyncio.sleep(0.05)
+    await until(lambda: len(fake.received) == 1)  # in flight: the server holds its answer
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -267,9 +280,10 @@ async def test_a_final_close_fails_the_requests_in_flight(gateway_for: Any, clie
 
 
 async def test_close_fails_the_requests_in_flight(gateway_for: Any, client_for: Any) -> None:
-    client = await client_for(await gateway_for(silent))
+    fake = await gateway_for(silent)
+    client = await client_for(fake)
     task = asyncio.create_task(client.ping())
-    await asyncio.sleep(0.05)
+    await until(lambda: len(fake.received) == 1)  # in flight: the server never answers
     await client.close()
     with pytest.raises(NotConnected):
         await task
@@ -364,8 +378,10 @@ async def test_a_pending_list_in_parts_is_put_together_and_each_offer_yielded_on
         port = next(iter(server.sockets)).getsockname()[1]
         client = NotecardClient(f"ws://127.0.0.1:{port}", "token")
         connecting = asyncio.create_task(client.connect())
-        await asyncio.sleep(0.1)
-        assert not connecting.done(), "connected before the list was complete"
+        # The welcome came and announced more of the list: not connected until it is complete.
+        await until(lambda: client.session.state is SessionState.RECEIVING_PENDING)
+        assert client._first_welcome is not None and not client._first_welcome.done(), \
+            "connected before the list was complete"
         released.set()
         welcome = await connecting
         try:

@@ -148,6 +148,52 @@ test("a guardian's new device lists the requests made before it connected; an an
   await bed.admin("DELETE", "/admin/regions/mena");
 });
 
+test("consent: giveConsent and withdrawConsent decide whether a gift moves in a region that asks for it", async () => {
+  const [anna, bob] = [unique("anna"), unique("bob")];
+  await befriend(bed, [anna, bob]);
+  await bed.admin("PUT", "/admin/regions/jseu", { consent_required: true, consent_version: "privacy-v2" });
+  for (const user of [anna, bob]) await bed.admin("PATCH", `/admin/users/${user}`, { region: "jseu" });
+  // The nodes read the region's rule from Redis: a welcome naming the text shows it applied.
+  await waitFor(async () => {
+    const probe = new NotecardClient(bed.nodes[0].url, bed.tokenFor(anna), { reconnect: false });
+    try {
+      return (await probe.connect()).consent_needed === "privacy-v2";
+    } finally {
+      await probe.close();
+    }
+  }, 20_000, "the region's consent rule on the node");
+  const a = client(anna, bed.nodes[0].url);
+  const b = client(bob, bed.nodes[1].url);
+  const [welcome] = await Promise.all([a.connect(), b.connect()]);
+  assert.equal(welcome.consent_needed, "privacy-v2");
+  assert.equal((await b.giveConsent("privacy-v2")).changed, true);
+  const refused = (code) => (e) => e instanceof GiftRefused && e.code === code;
+
+  await assert.rejects(a.sendGift(bob), refused("CONSENT_REQUIRED"));
+  const older = await a.giveConsent("privacy-v1", "signup"); // not the current text
+  assert.deepEqual([older.t, older.changed, older.version, older.channel], ["consent", true, "privacy-v1", "signup"]);
+  await assert.rejects(a.sendGift(bob), refused("CONSENT_REQUIRED"));
+  const given = await a.giveConsent("privacy-v2");
+  assert.deepEqual([given.changed, given.version, given.channel], [true, "privacy-v2", "sdk"]);
+  assert.equal(typeof given.at_ms, "number");
+  assert.equal((await a.giveConsent("privacy-v2")).changed, false); // a repeat changes nothing
+  const gift = await a.sendGift(bob);
+  assert.equal((await b.accept((await b.nextOffer(10_000)).gift_id)).state, "accepted");
+  assert.equal(gift.state, "pending");
+
+  const withdrawn = await a.withdrawConsent("settings");
+  assert.deepEqual([withdrawn.changed, withdrawn.version], [true, undefined]);
+  assert.equal((await a.withdrawConsent()).changed, false);
+  await assert.rejects(a.sendGift(bob), refused("CONSENT_REQUIRED"));
+  await b.withdrawConsent();
+  await a.giveConsent("privacy-v2");
+  await assert.rejects(a.sendGift(bob), refused("RECIPIENT_NO_CONSENT"));
+  const held = await a.balance();
+  assert.deepEqual([held.available.note, held.held.note], [90, 0]); // one card given, nothing held
+  for (const user of [anna, bob]) await bed.admin("PATCH", `/admin/users/${user}`, { region: "global" });
+  await bed.admin("DELETE", "/admin/regions/jseu");
+});
+
 test("a forged token is rejected with 3500 and the client does not retry", async () => {
   const c = new NotecardClient(bed.nodes[0].url, "bm90LWEtdG9rZW4.c2lnbmF0dXJl", { backoffBaseS: 0.01 });
   await assert.rejects(c.connect(), (e) => e instanceof ConnectionRejected && e.closeCode === 3500);
