@@ -190,6 +190,8 @@ async def test_a_part_of_an_open_list_names_its_operator_in_the_audit(api: Call,
     latest = (await fast_node.business.audit_log())[0]
     assert {k: latest[k] for k in ("what", "operator", "user", "campaign", "recipients")} == {
         "what": "campaign_recipients", "operator": "ann", "user": "acme", "campaign": "file", "recipients": "1"}
+
+
 def _cli_env(node: GatewayNode) -> dict[str, str]:
     return bare_env(NOTECARD_TOKEN_SECRET=TOKEN_SECRET, NOTECARD_ADMIN_TOKEN=ADMIN_TOKEN,
                     NOTECARD_ADMIN_URL=node.admin_url)
