@@ -202,7 +202,7 @@ async def test_an_unfunded_draw_is_recorded_and_pays_nothing(admin: AdminClient,
 @BOTH
 async def test_the_lucky_card_across_shards_pays_once_through_the_saga(
         node: GatewayNode, admin: AdminClient, connect: ClientFactory) -> None:
-    """The answer as one-slot steps (decide, settle, lucky at the promotion account, close),
+    """The answer as one-slot steps (answer, settle, lucky at the promotion account, close),
     whatever the topology: a retry of any step pays nothing more."""
     await _lucky_region(admin, promo_cards=10)
     await befriend_all(admin, "alice", cards=5)
@@ -215,7 +215,7 @@ async def test_the_lucky_card_across_shards_pays_once_through_the_saga(
     gift_id = f"g-{random.randrange(10**9)}"
     await clearing.reserve(gift_id, "alice", "bob", "note", 1)
     saga = await clearing.answer_saga(gift_id, "bob", "accept")
-    gift, changed, _ = await saga.decide()
+    gift, changed, _ = await saga.answer()
     assert changed and gift["lucky_bonus"] == 2 * UNITS
     await saga.settle(gift)
     await saga.pay_lucky({k: v for k, v in gift.items() if k != "lucky_paid"})  # a retry of the step
