@@ -225,6 +225,33 @@ async def test_the_lucky_card_across_shards_pays_once_through_the_saga(
     assert (await admin.get_user("bob"))["balances"]["available"]["note"] == 3 * UNITS
 
 
+@BOTH
+async def test_a_lucky_accept_stopped_after_its_decision_keeps_three_steps_and_recovery_pays_once(
+        node: GatewayNode, admin: AdminClient, connect: ClientFactory) -> None:
+    """A bonus to pay keeps the answer's three-step path: the answer only decides (the
+    payer may be short of the bonus, so what the recipient gets is not known yet); the
+    recovery of its `settle` entry settles, pays the bonus and credits both, once."""
+    await _lucky_region(admin, promo_cards=10)
+    await befriend_all(admin, "alice", cards=5)
+    await befriend_all(admin, "bob", cards=0, region="sea")
+    for a, b in (("alice", "bob"), ("bob", "alice")):
+        await admin.follow(a, b, now_ms() - 4 * 86_400_000)
+    await connect("bob")
+    clearing = node.clearing
+    clearing.force_saga = True
+    gift_id = f"g-{random.randrange(10**9)}"
+    await clearing.reserve(gift_id, "alice", "bob", "note", 1)
+    saga = await clearing.answer_saga(gift_id, "bob", "accept")
+    gift, changed, _ = await saga.answer()
+    assert changed and (gift["closed"], gift["lucky_bonus"]) == (0, 2 * UNITS)
+    assert (await admin.get_user("bob"))["balances"]["available"]["note"] == 0  # nothing credited yet
+    for _ in range(2):  # the sweeper's recovery at the deadline, and a second runner
+        await clearing.recover(f"settle|bob|{gift_id}")
+    assert (await admin.get_user("bob"))["balances"]["available"]["note"] == 3 * UNITS
+    assert (await admin.get_user("promo"))["balances"]["available"]["note"] == 8 * UNITS
+    assert (await admin.get_user("alice"))["balances"]["held"]["note"] == 0
+
+
 async def test_notecard_odds_verify_checks_a_draw_once_its_key_is_revealed(
         node: GatewayNode, admin: AdminClient, connect: ClientFactory, capsys: pytest.CaptureFixture[str]) -> None:
     await _lucky_region(admin, promo_cards=10)
