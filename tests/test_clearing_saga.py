@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
@@ -126,7 +127,8 @@ async def last_event(w: World, user: str) -> tuple[int, GiftState]:
 
 
 async def due_entries(w: World, user: str) -> list[str]:
-    return [m.decode() for m in await w.redis.zrange(w.keys.due(tag_of(user)), 0, -1)]
+    members = cast("list[bytes]", await w.redis.zrange(w.keys.due(tag_of(user)), 0, -1))
+    return [m.decode() for m in members]
 
 
 async def test_an_accept_stopped_after_the_answer_at_the_recipient_owes_it_and_recovery_settles(
