@@ -283,15 +283,20 @@ class Campaigns:
             return await self.status(campaign_id)
         return await self.start(campaign_id, operator=operator)
 
-    async def add_recipients(self, campaign_id: str, recipients: Iterable[tuple[str, int]]) -> CampaignStatus:
-        """More of a ``loading`` campaign's list. A recipient repeated in another call is
-        issued once (the gift id is the same); with another quantity, that repeat is refused
-        (IDEMPOTENCY_CONFLICT, in the report)."""
+    async def add_recipients(self, campaign_id: str, recipients: Iterable[tuple[str, int]], *,
+                             operator: str) -> CampaignStatus:
+        """More of a ``loading`` campaign's list (audited: who added how many). A recipient
+        repeated in another call is issued once (the gift id is the same); with another
+        quantity, that repeat is refused (IDEMPOTENCY_CONFLICT, in the report)."""
+        if not is_valid_id(operator):  # before the list grows: an unaudited part is never added
+            raise Refused(Refusal.BAD_REQUEST, "operator is an id: 1-64 characters of A-Z a-z 0-9 _ . : -")
         status = await self.status(campaign_id)
         if status.state != "loading":
             raise BusinessRefused(BusinessRefusal.CAMPAIGN_STATE)
-        await self._append(status.brand, campaign_id,
-                           _unique(recipients, status.brand, self.clearing.rules.max_qty_per_gift))
+        unique = _unique(recipients, status.brand, self.clearing.rules.max_qty_per_gift)
+        await self._append(status.brand, campaign_id, unique)
+        await self.business.audit("campaign_recipients", operator, user=status.brand, campaign=campaign_id,
+                                  recipients=str(len(unique)))
         return await self.status(campaign_id)
 
     async def start(self, campaign_id: str, *, operator: str) -> CampaignStatus:
@@ -468,17 +473,30 @@ class CampaignRunner:
         self.batch = batch
         self.concurrency = concurrency
         self.lease_ms = lease_ms
-        #: Recipients this runner issued (gifts made or found, and refusals recorded).
+        # What this runner has done, for the node's metrics (gateway/metrics.py reads them
+        # when scraped): counted once a batch is advanced past, so a batch issued again after
+        # a failure is not counted twice.
+        #: Recipients given their gift (made now, or found made by an earlier try).
         self.issued = 0
+        #: Recipients refused (banned, frozen, blocked, unknown...: in the report's refusals).
+        self.refused = 0
+        #: Batches given up because Redis was unavailable (issued again later).
+        self.failed_batches = 0
+        #: Campaigns this runner found paused on its last pass.
+        self.paused = 0
+        #: Campaigns whose lease this runner holds while issuing them (0 or 1: one at a time).
+        self.leases_held = 0
         #: Campaigns seen in a final state: never looked at again by this runner.
         self._finished: set[str] = set()
+        self._paused_seen = 0  # counted through a pass, published as ``paused`` at its end
 
     async def step(self) -> int:
         """One pass over the campaigns; how many recipients this runner handled."""
-        handled = 0
+        handled, self._paused_seen = 0, 0
         for campaign_id, brand in sorted((await self.campaigns.all()).items()):
             if campaign_id not in self._finished:
                 handled += await self.run_campaign(campaign_id, brand)
+        self.paused = self._paused_seen
         return handled
 
     async def run_campaign(self, campaign_id: str, brand: str) -> int:
@@ -489,9 +507,21 @@ class CampaignRunner:
                                 {"act": "claim", "holder": self.holder, "lease_ms": self.lease_ms})
         except (BusinessRefused, StepRefused) as exc:
             # not running (paused, or final: then forgotten), or another runner holds it
-            if exc.code == "CAMPAIGN_STATE" and (await c.status(campaign_id)).state in FINAL_STATES:
-                self._finished.add(campaign_id)
+            if exc.code == "CAMPAIGN_STATE":
+                state = (await c.status(campaign_id)).state
+                if state in FINAL_STATES:
+                    self._finished.add(campaign_id)
+                self._paused_seen += state == "paused"
             return 0
+        self.leases_held += 1
+        try:
+            return await self._issue_held(campaign_id, brand, claim)
+        finally:
+            self.leases_held -= 1
+
+    async def _issue_held(self, campaign_id: str, brand: str, claim: dict[str, Any]) -> int:
+        """The campaign's list from the claimed cursor, while the lease is held."""
+        c = self.campaigns
         status = await c.status(campaign_id)
         position, total, handled = int(claim["next"]), int(claim["total"]), 0
         while position < total:
@@ -502,9 +532,10 @@ class CampaignRunner:
             started = time.monotonic()
             entries = await c.recipients(brand, campaign_id, position, min(total, position + self.batch))
             try:
-                await self._issue_all(brand, campaign_id, status, entries)
+                refused = await self._issue_all(brand, campaign_id, status, entries)
             except ClearingUnavailable:
                 log.warning("campaign %s: Redis unavailable; the batch is issued again later", campaign_id)
+                self.failed_batches += 1
                 break
             try:
                 moved = await c.act(brand, campaign_id, {"act": "advance", "holder": self.holder, "from": position,
@@ -512,26 +543,30 @@ class CampaignRunner:
             except (StepRefused, BusinessRefused):
                 break  # paused, cancelled, or the lease went to another runner
             position, handled = int(moved["next"]), handled + len(entries)
-            self.issued += len(entries)
+            self.issued += len(entries) - refused
+            self.refused += refused
             if moved["state"] != "running":
                 break
             await asyncio.sleep(max(0.0, len(entries) / self.rate_per_s - (time.monotonic() - started)))
         return handled
 
     async def _issue_all(self, brand: str, campaign_id: str, status: CampaignStatus,
-                         entries: Sequence[tuple[str, int]]) -> None:
+                         entries: Sequence[tuple[str, int]]) -> int:
+        """Issue a batch; how many of its recipients were refused."""
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(user: str, qty: int) -> None:
+        async def one(user: str, qty: int) -> bool:
             async with gate:
-                await self._issue(brand, campaign_id, status, user, qty)
+                return await self._issue(brand, campaign_id, status, user, qty)
 
         results = await asyncio.gather(*(one(u, q) for u, q in entries), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        return sum(result is True for result in results)
 
-    async def _issue(self, brand: str, campaign_id: str, status: CampaignStatus, user: str, qty: int) -> None:
+    async def _issue(self, brand: str, campaign_id: str, status: CampaignStatus, user: str, qty: int) -> bool:
+        """Issue one recipient's gift; True when it was refused."""
         c = self.campaigns
         try:
             await c.clearing.issue(campaign_gift_id(campaign_id, user), brand, user, status.kind, qty,
@@ -540,6 +575,8 @@ class CampaignRunner:
             # banned, frozen, blocked, unknown, or the brand ran out: that recipient gets none
             await guarded(c.clearing.redis.hset(c.clearing.keys.campaign_refused(brand, campaign_id), user,
                                                 refusal.code.value))
+            return True
+        return False
 
     async def release(self) -> None:
         """Give up every lease this runner holds (a node stopping)."""

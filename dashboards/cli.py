@@ -4,9 +4,13 @@
     notecard dashboards show {profile,conversion,retention} [--csv]   one dashboard, JSON or CSV
     notecard dashboards render --out DIR                   the three charts as PNG files
 
-PostgreSQL from NOTECARD_POSTGRES_URL (or --postgres-url); ``--local`` instead starts a
-PostgreSQL of its own for this run only (generate and render in one go, as the images in
-docs/dashboards/ were made).
+PostgreSQL from NOTECARD_POSTGRES_URL (or --postgres-url), checked as ``notecard ledger``
+checks it; ``--local`` instead starts a PostgreSQL of its own for this run only (generate
+and render in one go, as the images in docs/dashboards/ were made).
+
+``show`` and ``render`` only read (a read-only session): the book of record's schema is
+``notecard ledger migrate``'s to change, so a schema missing or older than this release's
+is refused with that command's name rather than migrated behind the operator's back.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ import psycopg
 from dashboards import export, generate, queries
 from dashboards.queries import Scope
 from ledger.books import Conn
-from ledger.cli import POSTGRES_ENV
-from ledger.migrate import migrate
+from ledger.cli import POSTGRES_ENV, postgres_url_problem
+from ledger.migrate import migrations, schema_version
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notecard dashboards",
                                      description="Business dashboards from the PostgreSQL book of record.")
-    parser.add_argument("--postgres-url", default=os.environ.get(POSTGRES_ENV),
+    parser.add_argument("--postgres-url",
                         help="postgresql://user:password@host:port/db (default: NOTECARD_POSTGRES_URL)")
     parser.add_argument("--local", action="store_true",
                         help="start a PostgreSQL of our own for this run only (with generate flags: then render)")
@@ -70,14 +74,29 @@ def _postgres(args: argparse.Namespace) -> Iterator[str]:
         yield server.url
 
 
+class SchemaNotReady(Exception):
+    """The book of record has not been migrated to the schema this release reads."""
+
+
+async def _check_schema(conn: Conn) -> None:
+    have, need = await schema_version(conn), migrations()[-1].version
+    if have < need:
+        found = "no ledger schema" if have == 0 else f"the ledger schema at version {have}"
+        raise SchemaNotReady(f"the database has {found}; this release reads version {need}: run "
+                             "`notecard ledger migrate` (same NOTECARD_POSTGRES_URL or --postgres-url) first")
+
+
 async def _run(args: argparse.Namespace, url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         if args.action == "generate" or (args.action == "render" and args.seed is not None):
+            # writes (and migrates): a data set of its own, into a --local PostgreSQL for render
             counts = await generate.write(conn, generate.build(args.seed, args.recipients))
             print(orjson.dumps({"generated": counts, "seed": args.seed}).decode(), file=sys.stderr)
             if args.action == "generate":
                 return 0
-        await migrate(conn)
+        else:
+            await conn.set_read_only(True)  # from here on, a write would be refused by PostgreSQL
+            await _check_schema(conn)
         scope = Scope(args.brand, args.campaign)
         if args.action == "show":
             text = await _show(conn, args, scope)
@@ -110,9 +129,17 @@ def _json(data: object) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.local and not args.postgres_url:
-        print(f"notecard dashboards: give the PostgreSQL: {POSTGRES_ENV}, --postgres-url or --local", file=sys.stderr)
-        return 2
+    if not args.local:
+        source = "--postgres-url" if args.postgres_url else POSTGRES_ENV
+        args.postgres_url = args.postgres_url or os.environ.get(POSTGRES_ENV, "").strip()
+        if not args.postgres_url:
+            print(f"notecard dashboards: give the PostgreSQL: {POSTGRES_ENV}, --postgres-url or --local",
+                  file=sys.stderr)
+            return 2
+        problem = postgres_url_problem(args.postgres_url, source)
+        if problem:
+            print(f"notecard dashboards: {problem}", file=sys.stderr)
+            return 2
     if args.action == "render" and args.seed is not None and not args.local:
         print("notecard dashboards render: --seed generates a data set, only into a --local PostgreSQL",
               file=sys.stderr)
@@ -131,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _postgres(args) as url:
             return asyncio.run(_run(args, url))
+    except SchemaNotReady as exc:
+        print(f"notecard dashboards: {exc}", file=sys.stderr)
+        return 1
     except psycopg.Error as exc:
         print(f"notecard dashboards: PostgreSQL: {exc}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ Admin routes (JSON in and out, ``Authorization: Bearer <admin token>``)::
     POST   /admin/campaigns                          {campaign_id, brand, kind, ends_at_ms, operator, one source}
     GET    /admin/campaigns/{id}                     progress: state, issued of total, refused
     GET    /admin/campaigns/{id}/report              recipients by outcome, units, the budget's balance
-    POST   /admin/campaigns/{id}/recipients          {recipients}: a part of a loading ("open") campaign's list
+    POST   /admin/campaigns/{id}/recipients          {recipients, operator}: a part of a loading ("open") list
     POST   /admin/campaigns/{id}/start               {operator}: a loading campaign starts (budget checked)
     POST   /admin/campaigns/{id}/pause|resume|cancel {operator}
     GET    /admin/shops/{shop}/rule                  the shop's "spend X, get a card" rule

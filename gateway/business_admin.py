@@ -152,9 +152,11 @@ class BusinessAdmin:
         return json_response(status.to_json(), 201)
 
     async def add_recipients(self, request: web.Request) -> web.Response:
-        data = only(await read_body(request), "recipients")
+        data = only(await read_body(request), "recipients", "operator")
         recipients = await self._recipients("", "list", data.get("recipients"))
-        return json_response((await self.campaigns.add_recipients(path_id(request, "campaign"), recipients)).to_json())
+        status = await self.campaigns.add_recipients(path_id(request, "campaign"), recipients,
+                                                     operator=operator_of(data))
+        return json_response(status.to_json())
 
     async def start_campaign(self, request: web.Request) -> web.Response:
         data = only(await read_body(request), "operator")

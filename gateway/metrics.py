@@ -75,6 +75,40 @@ class _SignalsCollector(Collector):
                                 value=src.queued if src else 0)
 
 
+class CampaignCounts(Protocol):
+    """What a node's campaign runner (clearing/campaigns.py CampaignRunner) has done so far."""
+
+    issued: int
+    refused: int
+    failed_batches: int
+    paused: int
+    leases_held: int
+
+
+class _CampaignsCollector(Collector):
+    """The node's campaign runner, read when scraped (its own counts, kept as plain ints:
+    the runner stays free of Prometheus)."""
+
+    def __init__(self) -> None:
+        self.source: CampaignCounts | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        src = self.source
+        recipients = CounterMetricFamily(
+            "notecard_campaign_recipients", "Campaign recipients this node's runner handled: given their gift "
+            "(issued) or refused (refused: in the campaign's report)", labels=["outcome"])
+        recipients.add_metric(["issued"], src.issued if src else 0)
+        recipients.add_metric(["refused"], src.refused if src else 0)
+        yield recipients
+        yield CounterMetricFamily("notecard_campaign_failed_batches", "Campaign batches this node's runner gave up "
+                                  "because Redis was unavailable (issued again later)",
+                                  value=src.failed_batches if src else 0)
+        yield GaugeMetricFamily("notecard_campaigns_paused", "Campaigns paused, as this node's runner saw them on "
+                                "its last pass", value=src.paused if src else 0)
+        yield GaugeMetricFamily("notecard_campaign_leases_held", "Campaigns this node's runner is issuing now "
+                                "(holding their lease)", value=src.leases_held if src else 0)
+
+
 @cache
 def package_version() -> str:
     """The installed notecard version (``notecard --version``, ``notecard_build_info``)."""
@@ -193,6 +227,8 @@ class NodeMetrics:
                                   for code, tier in RISK_REFUSAL_TIERS.items()}
         self._signals = _SignalsCollector()
         r.register(self._signals)
+        self._campaigns = _CampaignsCollector()
+        r.register(self._campaigns)
         for outcome in _GIFT_OUTCOMES:
             self.gifts_of(outcome)
         for code in _SEEDED_REFUSALS:
@@ -209,6 +245,10 @@ class NodeMetrics:
     def watch_signals(self, signals: SignalCounts | None) -> None:
         """Export the node's risk signal counts (None: the risk engine is off, zeros)."""
         self._signals.source = signals
+
+    def watch_campaigns(self, runner: CampaignCounts) -> None:
+        """Export the node's campaign runner's counts."""
+        self._campaigns.source = runner
 
     def watch_send_queues(self, depths: Callable[[], Iterable[int]]) -> None:
         """Send-queue depths, read when scraped (a pass over the connections, not a count

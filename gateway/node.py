@@ -143,6 +143,7 @@ class GatewayNode:
         self.business = BusinessAccounts(self.redis, keys)
         self.campaigns = Campaigns(self.clearing, self.business, min_followers=settings.brand_min_followers)
         self.campaign_runner = CampaignRunner(self.campaigns, self.node_id, rate_per_s=settings.campaign_rate_per_s)
+        self.metrics.watch_campaigns(self.campaign_runner)
         self.admin = AdminApp(
             node_id=self.node_id, admin_token=admin_token, redis=self.redis, clearing=self.clearing,
             accounts=self.accounts, rules=rules, keys=self.keys, metrics=self.metrics, ready=self.is_ready,

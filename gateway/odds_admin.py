@@ -8,10 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from clearing.keys import is_valid_id
 from clearing.odds import ALGORITHM, parse_entries
 from clearing.scenes import Scenes
-from gateway.admin_json import AdminError, json_response
+from gateway.admin_json import field, json_response, only, path_id, read_body
 
 
 class OddsAdmin:
@@ -38,14 +37,8 @@ class OddsAdmin:
         return json_response(await self._document())
 
     async def publish(self, request: web.Request) -> web.Response:
-        table_id = request.match_info["table"]
-        if not is_valid_id(table_id):
-            raise AdminError(400, "BAD_REQUEST", "a table id is 1-64 characters of A-Z a-z 0-9 _ . : -")
-        try:
-            body = await request.json()
-        except ValueError:
-            raise AdminError(400, "BAD_REQUEST", "the body is not JSON") from None
-        if not isinstance(body, dict) or set(body) != {"entries"}:
-            raise AdminError(400, "BAD_REQUEST", "the body is {\"entries\": [{\"bonus\": cards, \"weight\": n}, ...]}")
-        table = await self.scenes.publish_odds(table_id, parse_entries(body["entries"]))
+        """``{"entries": [{"bonus": cards, "weight": n}, ...]}``: a new version of the table."""
+        table_id = path_id(request, "table")
+        entries = field(only(await read_body(request), "entries"), "entries", list, required=True)
+        table = await self.scenes.publish_odds(table_id, parse_entries(entries))
         return json_response(table.public())

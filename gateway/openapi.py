@@ -332,7 +332,8 @@ _SCHEMAS: dict[str, Any] = {
         "gifted", "below_minimum", "refunded", "cancelled", "after_acceptance", "not_pending"]},
         "gift": {"oneOf": [_ref("Gift"), {"type": "null"}]}}, ("order_id", "result", "gift")),
     "Recipients": _object({"recipients": {"type": "array", "items": {
-        "type": "array", "prefixItems": [_ID, {"type": "integer"}]}}}, ("recipients",)),
+        "type": "array", "prefixItems": [_ID, {"type": "integer"}]}}, "operator": _OPERATOR},
+        ("recipients", "operator")),
     "CampaignReport": _object({"status": _ref("Campaign"), "recipients": {"type": "object"},
                                "units": {"type": "object"}, "budget": {"type": "object"},
                                "balanced": {"type": "boolean"}},

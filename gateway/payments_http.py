@@ -5,13 +5,16 @@ admin token. Mounted by gateway/admin_http.py.
 A notification is checked in this order, and a refused one changes nothing:
 
 1. the provider is configured (``NOTECARD_PAYMENT_SECRETS``): else ``404 UNKNOWN_PROVIDER``;
-2. ``Notecard-Timestamp`` (Unix seconds) is within ``NOTECARD_PAYMENT_WINDOW_S`` of the
-   node's clock: else ``401 STALE_NOTIFICATION`` (a captured notification replayed later);
+2. ``Notecard-Timestamp`` (Unix seconds) is there, at most 12 ASCII digits: else ``401
+   STALE_NOTIFICATION``;
 3. ``Notecard-Signature`` is ``sha256=<hex>`` of HMAC-SHA256(secret, ``<timestamp>.<raw
    body>``), compared in constant time: else ``401 BAD_SIGNATURE``;
-4. the body is ``{"type": "purchase", "payment_id", "user", "kind", "cards"}`` or
+4. the timestamp is within ``NOTECARD_PAYMENT_WINDOW_S`` of the node's clock: else ``401
+   STALE_NOTIFICATION`` (a captured notification replayed later). Signature before window,
+   as for shops' orders (gateway/signed_requests.py says why);
+5. the body is ``{"type": "purchase", "payment_id", "user", "kind", "cards"}`` or
    ``{"type": "refund", "payment_id", "user"}``: else ``400 BAD_REQUEST``;
-5. clearing/purchases.py: ``404 UNKNOWN_USER`` / ``UNKNOWN_PAYMENT``, ``403
+6. clearing/purchases.py: ``404 UNKNOWN_USER`` / ``UNKNOWN_PAYMENT``, ``403
    PROVIDER_NOT_ALLOWED``, ``409 IDEMPOTENCY_CONFLICT``, ``400 UNKNOWN_KIND`` /
    ``BAD_QUANTITY``.
 
@@ -64,8 +67,7 @@ class PaymentsHttp:
         stale = Refusal(401, "STALE_NOTIFICATION", f"{TIMESTAMP_HEADER} is missing or outside the replay window")
         self.signed = SignedRequests(TIMESTAMP_HEADER, SIGNATURE_HEADER, max_digits=12, window=window_s,
                                      unreadable=stale, stale=stale,
-                                     mismatch=Refusal(401, "BAD_SIGNATURE", "the signature does not match"),
-                                     stale_first=True)
+                                     mismatch=Refusal(401, "BAD_SIGNATURE", "the signature does not match"))
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/payments/{provider}/notify", self.notify)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from aiohttp import web
 
 from clearing.badges import Badges
@@ -16,6 +15,7 @@ from clearing.erasure import Erasure
 from clearing.errors import Refusal, Refused
 from clearing.gifts import Clearing
 from clearing.keys import is_valid_id
+from gateway.admin_json import json_response
 
 log = logging.getLogger("notecard.gateway.privacy")
 
@@ -35,17 +35,14 @@ class PrivacyAdmin:
         user = request.match_info["user"]
         if not is_valid_id(user) or not await self.badges.exists(user):
             raise Refused(Refusal.UNKNOWN_USER)
-        return _json(await self.badges.of(user))
+        return json_response(await self.badges.of(user))
 
     async def export(self, request: web.Request) -> web.Response:
-        return _json(await self.erasure.export(request.match_info["user"]))
+        return json_response(await self.erasure.export(request.match_info["user"]))
 
     async def erase(self, request: web.Request) -> web.Response:
         erased = await self.erasure.erase(request.match_info["user"])
         # The audit line keeps the pseudonym, never more about the person.
         log.info("user erased", extra={"pseudonym": erased["pseudonym"], "settled": len(erased.get("settled", []))})
-        return _json(erased)
+        return json_response(erased)
 
-
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")

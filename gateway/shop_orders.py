@@ -5,7 +5,8 @@ proof: ``X-Notecard-Timestamp`` (ms since the epoch) and ``X-Notecard-Signature`
 A signature that does not match is ``401 BAD_SIGNATURE``; a timestamp further than
 ``ORDER_REPLAY_S`` from the node's clock is ``401 STALE_ORDER``: a captured notification
 cannot be played again later, and inside the window a replay is answered from the order's
-record (idempotent by order id). Both are checked before the body is read as JSON."""
+record (idempotent by order id). The signature is checked before the window (one order
+for every signed route, gateway/signed_requests.py), both before the body is read as JSON."""
 
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ class ShopOrdersAdmin:
             "X-Notecard-Timestamp", "X-Notecard-Signature", max_digits=16, window=self.replay_ms,
             unreadable=Refusal(401, "BAD_SIGNATURE", "X-Notecard-Timestamp (ms since the epoch) is required"),
             stale=Refusal(401, "STALE_ORDER", "the notification's timestamp is outside the replay window"),
-            mismatch=Refusal(401, "BAD_SIGNATURE", "the signature does not match the shop's secret"),
-            stale_first=False)
+            mismatch=Refusal(401, "BAD_SIGNATURE", "the signature does not match the shop's secret"))
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/admin/shops/{shop}/rule", self.get_rule)

@@ -6,7 +6,18 @@ Both carry a timestamp header and a signature header, ``sha256=<hex>`` of
 HMAC-SHA256(secret, ``<timestamp>.<raw body>``) with the timestamp as sent, compared in
 constant time; a timestamp further than the replay window from the node's clock refuses
 the request, so that a captured request cannot be played again later. Each route keeps
-its own headers, timestamp unit, codes and messages, and the order of its checks.
+its own headers, timestamp unit, codes and messages; the order of the checks is one for
+both:
+
+1. the timestamp header is plain ASCII digits of a readable length (else the route's
+   ``unreadable`` refusal);
+2. the signature matches the route's secret (else ``mismatch``; also when there is no
+   secret);
+3. the timestamp is within the replay window (else ``stale``).
+
+The signature comes before the window so that a sender without the secret learns nothing
+but "not signed" (not which instants the node would accept), while a genuine sender whose
+clock drifted, or a replay of a request it really signed, hears that the time is wrong.
 """
 
 from __future__ import annotations
@@ -52,8 +63,6 @@ class SignedRequests:
     stale: Refusal
     #: The secret is unknown or the signature does not match.
     mismatch: Refusal
-    #: Whether the window is checked before the signature (else after).
-    stale_first: bool
 
     def verify(self, headers: Mapping[str, str], body: bytes, secret: bytes | None, now: float) -> None:
         """``now`` is the node's clock in the timestamp's unit."""
@@ -61,11 +70,8 @@ class SignedRequests:
         # ASCII only: int() also reads other scripts' digits, which no sender signs.
         if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= self.max_digits):
             raise self.unreadable.error()
-        fresh = abs(now - int(stamp)) <= self.window
-        if self.stale_first and not fresh:
-            raise self.stale.error()
         signature = headers.get(self.signature_header, "")
         if secret is None or not hmac.compare_digest(signature, hmac_signature(secret, stamp, body)):
             raise self.mismatch.error()
-        if not fresh:
+        if abs(now - int(stamp)) > self.window:
             raise self.stale.error()

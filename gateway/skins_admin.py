@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from clearing.keys import is_valid_id
 from clearing.scenes import Scenes
 from clearing.skins import Skin
-from gateway.admin_json import AdminError, json_response
+from gateway.admin_json import AdminError, json_response, path_id, read_body
 
 
 class SkinsAdmin:
@@ -26,16 +25,9 @@ class SkinsAdmin:
         return json_response({"skins": [s.plain() for _, s in sorted(skins.items())], "problems": problems})
 
     async def put_skin(self, request: web.Request) -> web.Response:
-        skin_id = request.match_info["skin"]
-        if not is_valid_id(skin_id):
-            raise AdminError(400, "BAD_REQUEST", "a skin id is 1-64 characters of A-Z a-z 0-9 _ . : -")
-        try:
-            body = await request.json()
-        except ValueError:
-            raise AdminError(400, "BAD_REQUEST", "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise AdminError(400, "BAD_REQUEST", "the body is a skin object")
-        skin = await self.scenes.put_skin(Skin.from_plain(skin_id, body))
+        skin_id = path_id(request, "skin")
+        # Skin.from_plain refuses unknown and missing fields with the skin's own words.
+        skin = await self.scenes.put_skin(Skin.from_plain(skin_id, await read_body(request)))
         return json_response(skin.plain())
 
     async def delete_skin(self, request: web.Request) -> web.Response:

@@ -171,9 +171,21 @@ async def _migrate(url: str) -> int:
     return 0
 
 
+def postgres_url_problem(url: str, source: str) -> str | None:
+    """What is wrong with ``url``, given by ``source`` (``--postgres-url`` or
+    ``NOTECARD_POSTGRES_URL``), in the words of every command that reads PostgreSQL (the
+    setting's own check, gateway/setting_kinds.py, the password hidden); None when it will do."""
+    from gateway.setting_kinds import PostgresUrl, redact_url
+
+    try:
+        PostgresUrl().check(url)
+    except ValueError as exc:
+        return f"{source}={redact_url(url)!r}: {exc}"
+    return None
+
+
 def _missing_settings(action: str, args: argparse.Namespace) -> str | None:
     from gateway.config import ConfigError, GatewaySettings
-    from gateway.setting_kinds import PostgresUrl, redact_url
 
     try:
         settings = GatewaySettings.from_env()
@@ -182,10 +194,9 @@ def _missing_settings(action: str, args: argparse.Namespace) -> str | None:
     if action != "migrate" and not (settings.redis_url or settings.redis_cluster or settings.sentinels):
         return "give the Redis: NOTECARD_REDIS_URL or NOTECARD_REDIS_CLUSTER"
     if args.postgres_url:
-        try:
-            PostgresUrl().check(args.postgres_url)
-        except ValueError as exc:
-            return f"--postgres-url={redact_url(args.postgres_url)!r}: {exc}"
+        problem = postgres_url_problem(args.postgres_url, "--postgres-url")
+        if problem:
+            return problem
     # the declared setting (gateway/config.py), already checked by from_env
     args.postgres_url = args.postgres_url or settings.postgres_url
     if action != "lag" and not args.postgres_url:

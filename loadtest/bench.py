@@ -56,6 +56,7 @@ from loadtest import (
     report,
     risk_bench,
 )
+from loadtest.cpu import CpuMeter
 from loadtest.stats import LatencySummary, Recorder
 from loadtest.target import LOAD_ENV, LoadTarget
 from notecard.admin_client import AdminClient
@@ -97,17 +98,6 @@ DEFAULT_PHASES = ("echo", "clearing", "gifts", "locust", "idle")
 
 
 # ---------------------------------------------------------------- machine facts
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_times() -> list[int]:
-    """The aggregate ``cpu`` line of /proc/stat (user nice system idle iowait irq softirq steal)."""
-    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-
-
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -129,37 +119,6 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(), "python": platform.python_version(), "redis": redis_version,
         "loadavg_at_start": os.getloadavg(),
     }
-
-
-class CpuMeter:
-    """CPU seconds used by named processes (and the machine's steal time) over a span."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._start = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-        self._machine = _cpu_times()
-        self._wall = time.perf_counter()
-
-    def read(self) -> dict[str, float]:
-        """Cores used per process over the span, plus the machine's steal and idle shares."""
-        wall = time.perf_counter() - self._wall
-        out = {name: round((_cpu_seconds(pid) - self._start[name]) / wall, 3) for name, pid in self.pids.items()}
-        now = _cpu_times()
-        delta = [b - a for a, b in zip(self._machine, now, strict=True)]
-        total = sum(delta) or 1
-        out["machine_steal_share"] = round(delta[7] / total, 3)
-        out["machine_idle_share"] = round((delta[3] + delta[4]) / total, 3)
-        cpus = os.cpu_count() or 1
-        # Interrupt time (loopback TCP is processed there) is charged to no process.
-        out["softirq_cores"] = round((delta[5] + delta[6]) / total * cpus, 3)
-        # Cores kept busy by processes other than ours (the neighbours on a shared machine):
-        # the one disturbance a ratio within the run does not cancel when it varies by phase.
-        busy = (delta[0] + delta[1] + delta[2]) / total * cpus
-        if self.pids:
-            out["others_cores"] = round(max(0.0, busy - sum(out[name] for name in self.pids)), 3)
-        else:
-            out["busy_cores"] = round(busy, 3)
-        return out
 
 
 # ---------------------------------------------------------------- the run
@@ -485,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cluster:
         return cluster_bench.main(quick=args.quick, shards=args.shards, out=args.out, concurrency=args.concurrency,
                                   command="notecard bench " + " ".join(sys.argv[2:] if argv is None else argv),
-                                  gateway=not args.no_gateway)
+                                  gateway=not args.no_gateway, runs=args.runs)
     return _main(args, argv)
 
 

@@ -78,7 +78,7 @@ async def _start_campaign(admin: AdminClient, users: list[str]) -> None:
         "recipients": [[u, 1] for u in users[:PART]], **OPS})
     for start in range(PART, len(users), PART):
         await admin.call("POST", "/admin/campaigns/bench/recipients",
-                         {"recipients": [[u, 1] for u in users[start : start + PART]]})
+                         {"recipients": [[u, 1] for u in users[start : start + PART]], **OPS})
     await admin.call("POST", "/admin/campaigns/bench/start", OPS)
 
 

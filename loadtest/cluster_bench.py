@@ -4,9 +4,12 @@ Why CPU per gift per shard: this machine has two cores shared with other work, s
 gifts/s of a 3-shard cluster here says more about the load generator and the neighbours
 than about the cluster. What predicts a larger cluster, where each primary has its own
 core, is how many CPU-seconds each primary spends per settled gift: a shard saturates at
-``1 / (its CPU-seconds per gift)`` gifts/s, so the cluster at the rate of its busiest shard.
-Each primary's ``INFO cpu`` (``used_cpu_user + used_cpu_sys``) is read before and after
-every phase; docs/capacity.md turns the figures into shards, nodes and memory.
+``(1 - its idle cores) / (its marginal CPU-seconds per gift)`` gifts/s, so the cluster at
+the rate of its busiest shard. Each primary's ``INFO cpu`` (``used_cpu_user +
+used_cpu_sys``) is read before and after every phase, and over an idle window (as long as a
+phase) right after each topology is provisioned: its background rate (serverCron, the
+cluster bus), which a phase's marginal figures leave out (``loadtest.cluster_model``).
+docs/capacity.md turns the figures into shards, nodes and memory.
 
 Phases, back to back in one run (each a fresh set of ``redis-server`` children, stopped
 by PID at its end), every one driving the clearing API at its maximum rate from
@@ -16,8 +19,10 @@ by PID at its end), every one driving the clearing API at its maximum rate from
 - **one instance**: a plain ``redis-server``, every gift on the one-script path; then
   the same server with ``force_saga`` (every gift as the cross-shard saga of one-slot
   steps), which prices the saga itself with no cluster around it;
-- **N shards** for each N of ``--shards``: a Redis Cluster of N primaries, pairs of users
-  drawn at random, so about ``1 - 1/N`` of the gifts cross shards as they would;
+- **N shards** for each N of ``--shards``: a Redis Cluster of N primaries, random pairs
+  balanced over the shards (each shard the sender and the recipient of as many pairs as
+  another, ``1 - 1/N`` of the pairs crossing) and gifting in rounds (one gift per pair per
+  round), so ``1 - 1/N`` of the gifts cross shards as between users spread evenly;
 - on the largest N: **same-shard only** and **cross-shard only** pairs, the fast path
   against the saga on the same cluster; and random pairs again with **newcomer promotion
   on**, as it is by default.
@@ -29,6 +34,11 @@ the one-script path only when its sender, its recipient *and* that account share
 read at most once a second, as a gateway node reads them.
 
 Ratios are taken against the baselines of the same run (machines are shared and noisy).
+The bar's figure is the model of docs/capacity.md section 3 at the crossing share
+``1 - 1/N`` with balanced shards, from the same run's marginal one-shard, same-shard and
+cross-shard costs; the random phase's busiest shard stays in the table as measured.
+``--runs K`` repeats the whole measurement K times and reports each figure's median and
+range.
 Memory: ``MEMORY USAGE`` of every key of one provisioned user (before any gift) and of a
 bench user after the run, and each phase's ``used_memory`` growth per settled gift (the
 gift records kept for the retry window).
@@ -41,6 +51,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import random
 import secrets
 import sys
@@ -63,7 +74,7 @@ from clearing.scenes import Scenes
 from clearing.settings import SettingsCache
 from clearing.slots import slot_of
 from clearing.topology import Topology, connect_cluster
-from loadtest import report
+from loadtest import cluster_model, report
 from loadtest.clearing_bench import BENCH_RULES
 from loadtest.stats import LatencySummary
 from notecard.local_cluster import LocalCluster
@@ -87,10 +98,14 @@ class Plan:
     gateway_warmup_s: float
     gateway_s: float
     gateway_pairs: int
+    #: Each topology's idle window, right after provisioning: its primaries' background CPU
+    #: rate (cluster bus, serverCron), subtracted from every phase for the marginal figures.
+    #: As long as a phase, so that the INFO reads at its ends weigh the same in both.
+    idle_s: float
 
 
-FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32)
-QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4)
+FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32, idle_s=3.0)
+QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4, idle_s=0.5)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,6 +162,10 @@ class PhaseResult:
     memory_growth: list[int]
     generator_cpu_s: float
     latency: dict[str, float]
+    #: Each primary's idle rate (cores), measured on this topology before its phases.
+    idle_cores: list[float]
+    #: From the INFO reads before the phase to those after it: what the idle rate covers.
+    window_s: float
 
     @property
     def per_s(self) -> float:
@@ -175,9 +194,32 @@ class PhaseResult:
 
     @property
     def capacity_per_s(self) -> float:
-        """Settled gifts/s when each primary has one core to itself: the busiest one's limit."""
+        """Settled gifts/s when each primary has one core to itself, from the raw figures:
+        the busiest one's limit, background CPU counted as if gifts caused it."""
         busiest = self.busiest_us_per_gift
         return 1e6 / busiest if busiest > 0 else float("nan")
+
+    @property
+    def marginal_cpu_s(self) -> list[float]:
+        return cluster_model.marginal_cpu_s(self.redis_cpu_s, self.idle_cores, self.window_s)
+
+    @property
+    def marginal_us_per_gift(self) -> list[float]:
+        """Each shard's CPU per settled gift less its background (microseconds)."""
+        return [c / self.settled * 1e6 if self.settled else float("nan") for c in self.marginal_cpu_s]
+
+    @property
+    def marginal_total_us_per_gift(self) -> float:
+        return sum(self.marginal_us_per_gift)
+
+    @property
+    def marginal_capacity_per_s(self) -> float:
+        """Settled gifts/s when each primary saturates a core of its own: the first primary
+        to run out of the core its background leaves."""
+        limits = [cluster_model.saturated_per_s(idle, us)
+                  for idle, us in zip(self.idle_cores, self.marginal_us_per_gift, strict=True)]
+        # A primary that did no gifts (NaN) limits nothing.
+        return min((x for x in limits if not math.isnan(x)), default=math.nan)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +231,10 @@ class PhaseResult:
             "redis_inside_commands_wall_us_per_gift_per_shard": self.inside_us_per_gift,
             "redis_cpu_us_per_gift_busiest_shard": self.busiest_us_per_gift,
             "capacity_per_s_one_core_per_shard": self.capacity_per_s,
+            "window_s": self.window_s, "idle_cores_per_shard": self.idle_cores,
+            "marginal_redis_cpu_us_per_gift_per_shard": self.marginal_us_per_gift,
+            "marginal_redis_cpu_us_per_gift_total": self.marginal_total_us_per_gift,
+            "marginal_capacity_per_s_one_core_per_shard": self.marginal_capacity_per_s,
             "memory_bytes_per_gift": sum(self.memory_growth) / self.settled if self.settled else float("nan"),
             **{f"{name}_per_gift_per_shard": [n / self.settled if self.settled else float("nan") for n in per_shard]
                for name, per_shard in self.counts.items()},
@@ -217,23 +263,34 @@ class Bed:
         return self.topology.node_for(slot_of(user)).name
 
     def draw(self, modes: Sequence[str]) -> None:
-        """Enough users on every primary for ``concurrency`` pairs of each mode."""
+        """Enough users on every primary for the pairs of each mode: ``concurrency`` pairs
+        of same-shard or cross-shard users, and for random pairs ("mixed") the multiple of
+        N squared nearest to it, balanced (``cluster_model.balanced_shard_pairs``): every
+        shard sends and receives for the same number of pairs and exactly ``1 - 1/N`` of
+        them cross, as between users spread evenly. Pairs drawn at random instead left one
+        shard with up to twice another's gifts, so the busiest shard measured the draw."""
         nodes = {n.name for n in self.topology.nodes()}
-        want = 2 * self.concurrency
+        mixed = cluster_model.pair_count(self.concurrency, len(nodes))
+        want = 2 * max(self.concurrency, mixed)
         i = 0
         while any(len(self.by_node.get(n, ())) < want for n in nodes):
             user = f"cb{self.tag}u{i}"
             self.by_node.setdefault(self._node(user), []).append(user)
             i += 1
         rng = random.Random(self.tag)
-        everyone = [u for users in self.by_node.values() for u in users]
         names = sorted(self.by_node)
         for mode in modes:
             pairs: list[Pair] = []
+            if mode == "mixed":
+                # Each user in at most one pair: a user in two pairs would make those
+                # two contend for one balance.
+                pool = {n: rng.sample(self.by_node[n], len(self.by_node[n])) for n in names}
+                for sender, recipient in cluster_model.balanced_shard_pairs(len(names), mixed):
+                    pairs.append((pool[names[sender]].pop(), pool[names[recipient]].pop()))
+                self.pairs[mode] = pairs
+                continue
             for k in range(self.concurrency):
-                if mode == "mixed":
-                    a, b = rng.sample(everyone, 2)
-                elif mode == "same":
+                if mode == "same":
                     a, b = rng.sample(self.by_node[names[k % len(names)]], 2)
                 else:  # cross
                     here, there = rng.sample(names, 2)
@@ -273,9 +330,25 @@ class Bed:
         return not self.topology.colocated([slot_of(pair[0]), slot_of(pair[1])])
 
 
-async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: bool = False,
-                promotion: bool = False) -> PhaseResult:
-    """Gift and accept along each pair of ``mode`` from one task per pair for ``seconds``."""
+async def measure_idle(servers: Sequence[Server], seconds: float) -> list[float]:
+    """Each primary's background CPU rate (cores) over ``seconds`` in which nothing but
+    these two INFO reads talks to it."""
+    before = [_cpu_s(s.info()) for s in servers]
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = [_cpu_s(s.info()) for s in servers]
+    return cluster_model.idle_cores([b - a for a, b in zip(before, after, strict=True)], time.perf_counter() - t0)
+
+
+async def drive(bed: Bed, name: str, mode: str, seconds: float, idle: list[float], *, force_saga: bool = False,
+                promotion: bool = False, rounds: bool = False) -> PhaseResult:
+    """Gift and accept along each pair of ``mode`` from one task per pair for ``seconds``.
+
+    With ``rounds``, every pair gifts once per round and the next round starts when all
+    have settled, so each pair settles the same number of gifts and the phase's crossing
+    share is its pairs' (``1 - 1/N`` for balanced random pairs). Free-running, a
+    cross-shard pair (six script calls) settles fewer gifts than a same-shard one (two),
+    and the phases in loadtest/reference-run/cluster settled 22-71% crossing, not 67%."""
     await bed.promotion(promotion)
     clearing = Clearing(bed.topology, BENCH_RULES, settings=bed.settings, force_saga=force_saga)
     pairs = bed.pairs[mode]
@@ -284,24 +357,35 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: b
     await asyncio.gather(*(_gift(clearing, f"w{run}{i}", pair) for i, pair in enumerate(pairs)))
     latencies: list[float] = []
     settled = cross = 0
+    opened = time.perf_counter()
     before = [s.info() for s in bed.servers]
     cpu0, t0 = time.process_time(), time.perf_counter()
     deadline = t0 + seconds
 
-    async def worker(index: int, pair: Pair) -> None:
+    async def gift(index: int, n: int, pair: Pair) -> None:
         nonlocal settled, cross
-        crossing = bed.crosses(pair)
-        n = 0
-        while (began := time.perf_counter()) < deadline:
-            await _gift(clearing, f"g{run}{index}-{n}", pair)
-            latencies.append(time.perf_counter() - began)
-            n += 1
-            settled += 1
-            cross += crossing
+        began = time.perf_counter()
+        await _gift(clearing, f"g{run}{index}-{n}", pair)
+        latencies.append(time.perf_counter() - began)
+        settled += 1
+        cross += bed.crosses(pair)
 
-    await asyncio.gather(*(worker(i, p) for i, p in enumerate(pairs)))
+    async def worker(index: int, pair: Pair) -> None:
+        n = 0
+        while time.perf_counter() < deadline:
+            await gift(index, n, pair)
+            n += 1
+
+    if rounds:
+        n = 0
+        while time.perf_counter() < deadline:
+            await asyncio.gather(*(gift(i, n, p) for i, p in enumerate(pairs)))
+            n += 1
+    else:
+        await asyncio.gather(*(worker(i, p) for i, p in enumerate(pairs)))
     elapsed, generator = time.perf_counter() - t0, time.process_time() - cpu0
     after = [s.info() for s in bed.servers]
+    window = time.perf_counter() - opened
     return PhaseResult(
         name=name, shards=len(bed.servers) if bed.cluster else 0, mode=mode if not promotion else f"{mode}+promotion",
         forced_saga=force_saga,
@@ -311,7 +395,7 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, *, force_saga: b
         memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
         counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
                 for name, cmds in _COUNTED.items()},
-        generator_cpu_s=generator, latency=_summary(latencies))
+        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window)
 
 
 async def _gift(clearing: Clearing, gift_id: str, pair: Pair) -> None:
@@ -348,7 +432,7 @@ async def through_gateway(plan: Plan, work: Path, redis_url: str | None) -> dict
     """Settled gifts/s at the maximum rate and send->offer at half of it, through 2 gateway
     nodes (each sender on node 1, its recipient on node 2), on ``redis_url`` or a fresh Redis."""
     from loadtest import gifting
-    from loadtest.bench import CpuMeter
+    from loadtest.cpu import CpuMeter
     from loadtest.stats import Recorder
     from loadtest.target import LoadTarget
     from notecard.admin_client import AdminClient
@@ -411,6 +495,8 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
     phases: list[PhaseResult] = []
     memory: dict[str, Any] = {}
     gateways: dict[str, Any] = {}
+    #: Each topology's idle rate per primary (cores), measured right after provisioning.
+    idle: dict[str, list[float]] = {}
     #: The conservation check after each topology's phases: a fast bench that loses cards
     #: measures nothing.
     conservation: dict[str, Any] = {}
@@ -423,7 +509,13 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
     def done(result: PhaseResult) -> None:
         phases.append(result)
         say(f"  {result.name}: {result.per_s:,.0f} settled/s, busiest shard "
-            f"{result.busiest_us_per_gift:.1f} us/gift, cross-shard {result.cross_share:.0%}")
+            f"{result.busiest_us_per_gift:.1f} us/gift ({max(result.marginal_us_per_gift):.1f} marginal), "
+            f"cross-shard {result.cross_share:.0%}")
+
+    async def quiet(name: str, servers: list[Server]) -> list[float]:
+        rates = idle[name] = await measure_idle(servers, plan.idle_s)
+        say(f"  idle on {name}: " + ", ".join(f"{r:.4f}" for r in rates) + " cores per primary")
+        return rates
 
     say("one instance ...")
     async with _single(work) as (topology, servers):
@@ -432,9 +524,10 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
         await bed.provision()
         fresh = bed.pairs["mixed"][0][0]
         memory["fresh_user"] = {**await user_memory(topology, fresh), "user": fresh,
-                                "state": "created, funded, 2 mutual follows at most, online"}
-        done(await drive(bed, "one instance, one-script path", "mixed", plan.phase_s))
-        done(await drive(bed, "one instance, saga forced", "mixed", plan.phase_s, force_saga=True))
+                                "state": "created, funded, 1 mutual follow, online"}
+        rates = await quiet("one instance", servers)
+        done(await drive(bed, "one instance, one-script path", "mixed", plan.phase_s, rates))
+        done(await drive(bed, "one instance, saga forced", "mixed", plan.phase_s, rates, force_saga=True))
         gifts = sum(1 for p in bed.pairs["mixed"] if fresh in p)
         memory["bench_user"] = {**await user_memory(topology, fresh), "user": fresh,
                                 "state": f"after the one-instance phases (in {gifts} of the pairs)"}
@@ -450,41 +543,74 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
             bed = Bed(topology, servers, plan.concurrency, cluster=True)
             bed.draw(modes)
             await bed.provision()
+            rates = await quiet(f"{shards} shard(s)", servers)
+            # Random pairs go in rounds on more than one shard, so that they settle at
+            # the crossing share of their pairs (see ``drive``).
+            rounds = shards > 1
             for mode in modes:
-                done(await drive(bed, f"{shards} shard(s), {_MODES[mode]}", mode, plan.phase_s))
+                done(await drive(bed, f"{shards} shard(s), {_MODES[mode]}", mode, plan.phase_s, rates,
+                                 rounds=rounds and mode == "mixed"))
             if "same" in modes:
                 done(await drive(bed, f"{shards} shard(s), random pairs, newcomer promotion on", "mixed",
-                                 plan.phase_s, promotion=True))
+                                 plan.phase_s, rates, promotion=True, rounds=rounds))
             await check(f"{shards} shard(s)", topology)
             if gateway and shards == largest:
                 say(f"through 2 gateway nodes on {shards} shard(s) ...")
                 gateways[f"{shards}_shards"] = await through_gateway(plan, work / f"gw-{shards}", url)
+    derived = derive(phases)
+    if "model" in derived:
+        say(f"  model at {derived['model']['crossing_share']:.0%} crossing, balanced shards, marginal CPU: "
+            f"{derived['model']['formula']}")
     return {"phases": [p.as_dict() for p in phases], "memory": memory, "conservation": conservation,
-            "gateway": gateways, "derived": derive(phases)}
+            "gateway": gateways, "idle_cores": idle, "derived": derived}
 
 
 _MODES = {"mixed": "random pairs", "same": "same-shard pairs only", "cross": "cross-shard pairs only"}
 
 
 def derive(phases: Sequence[PhaseResult]) -> dict[str, Any]:
-    """The ratios the bars are about, each against a baseline of the same run."""
+    """The ratios the bars are about, each against a baseline of the same run: of the raw
+    CPU figures under their names, of the marginal ones (background CPU taken out, as a
+    saturated shard shows them) under ``marginal_``; ``capacity_*`` are the random phases'
+    busiest shards. ``model`` is the bar's figure (``model_of``)."""
     by = {(p.shards, p.mode, p.forced_saga): p for p in phases}
     single, forced, one = by.get((0, "mixed", False)), by.get((0, "mixed", True)), by.get((1, "mixed", False))
+    same = next((p for p in phases if p.mode == "same"), None)
+    cross = next((p for p in phases if p.mode == "cross"), None)
     out: dict[str, Any] = {}
-    if single and forced:
-        out["one_instance_saga_over_one_script_cpu"] = forced.total_us_per_gift / single.total_us_per_gift
-    if one and single:
-        out["one_shard_cluster_over_one_instance_cpu"] = one.total_us_per_gift / single.total_us_per_gift
+
+    def cpu(name: str, a: PhaseResult | None, b: PhaseResult | None) -> None:
+        if a and b:
+            out[name] = a.total_us_per_gift / b.total_us_per_gift
+            out[f"marginal_{name}"] = a.marginal_total_us_per_gift / b.marginal_total_us_per_gift
+
+    cpu("one_instance_saga_over_one_script_cpu", forced, single)
+    cpu("one_shard_cluster_over_one_instance_cpu", one, single)
+    cpu("cross_over_same_shard_cpu_total", cross, same)
+    cpu("cross_shard_over_one_instance_cpu_total", cross, single)
+    cpu("cross_over_one_shard_cpu_total", cross, one)
     for p in phases:
         if one and p.mode == "mixed" and p.shards > 1:
             out[f"capacity_{p.shards}_over_1_shard"] = p.capacity_per_s / one.capacity_per_s
-    same = next((p for p in phases if p.mode == "same"), None)
-    cross = next((p for p in phases if p.mode == "cross"), None)
-    if same and cross:
-        out["cross_over_same_shard_cpu_total"] = cross.total_us_per_gift / same.total_us_per_gift
-        if single:
-            out["cross_shard_over_one_instance_cpu_total"] = cross.total_us_per_gift / single.total_us_per_gift
+            out[f"marginal_capacity_{p.shards}_over_1_shard"] = p.marginal_capacity_per_s / one.marginal_capacity_per_s
+    if one and same and cross:
+        model = model_of(one, same, cross)
+        out["model"] = model.as_dict()
+        out[f"model_{model.shards}_over_1_shard"] = model.ratio
+        mixed = by.get((same.shards, "mixed", False))
+        if mixed:
+            # The random phase (balanced, at the model's crossing share) against the model:
+            # how far the additive model is from what a mix of both kinds of gift cost.
+            out["random_phase_over_model_cpu_total"] = mixed.marginal_total_us_per_gift / model.total_us
     return out
+
+
+def model_of(one: PhaseResult, same: PhaseResult, cross: PhaseResult) -> cluster_model.Model:
+    """The bar by the model, from this run's marginal c1, F and X. The N-shard idle rate is
+    its busiest primary's: the first to saturate."""
+    return cluster_model.Model(shards=same.shards, c1_us=one.marginal_total_us_per_gift,
+                               same_us=same.marginal_total_us_per_gift, cross_us=cross.marginal_total_us_per_gift,
+                               idle_one=max(one.idle_cores), idle_n=max(same.idle_cores))
 
 
 def _key(p: dict[str, Any]) -> str:
@@ -494,24 +620,45 @@ def _key(p: dict[str, Any]) -> str:
 
 
 def rows_of(results: dict[str, Any]) -> list[report.Row]:
-    """The table: per phase its rate, its Redis CPU per gift (against the one-script path on
-    one instance) and its rate at one core per shard (against one shard)."""
+    """The table: each topology's idle rate; per phase its rate, its Redis CPU per gift raw
+    and marginal (against the one-script path on one instance) and its rate at one core per
+    shard, raw and saturated (against one shard); then the bar's figure by the model."""
     rows: list[report.Row] = []
+    for name, rates in results.get("idle_cores", {}).items():
+        rows.append(report.Row("idle_" + name.replace("(s)", "s").replace(" ", "_"),
+                               f"{name}: idle Redis CPU, busiest primary ({', '.join(f'{r:.4f}' for r in rates)})",
+                               max(rates), "cores"))
     phases = {_key(p): p for p in results["phases"]}
     single, one = phases.get("one_instance"), phases.get("1_shards_mixed")
     for key, p in phases.items():
         rows.append(report.Row(f"{key}_per_s", f"{p['name']}: settled gifts/s ({p['cross_shard_share']:.0%} cross)",
                                p["settled_per_s"], "/s"))
         per_shard = ", ".join(f"{v:.0f}" for v in p["redis_cpu_us_per_gift_per_shard"])
-        rows.append(report.Row(f"{key}_cpu", f"   Redis CPU us/gift, all shards ({per_shard})",
+        rows.append(report.Row(f"{key}_cpu", f"   Redis CPU us/gift, all shards ({per_shard}), as measured",
                                p["redis_cpu_us_per_gift_total"], "us",
                                single["redis_cpu_us_per_gift_total"] if single else None, "one instance"))
+        per_shard = ", ".join(f"{v:.0f}" for v in p["marginal_redis_cpu_us_per_gift_per_shard"])
+        rows.append(report.Row(f"{key}_marginal_cpu", f"   the same less idle CPU x phase time ({per_shard})",
+                               p["marginal_redis_cpu_us_per_gift_total"], "us",
+                               single["marginal_redis_cpu_us_per_gift_total"] if single else None, "one instance"))
         if p["shards"] == 0:
             continue
-        ceiling = one["capacity_per_s_one_core_per_shard"] if one else None
-        target = ("min", 2.0) if p["shards"] == 3 and p["mode"] == "mixed" else None
-        rows.append(report.Row(f"{key}_capacity", "   gifts/s at one core per shard (1 / busiest shard)",
-                               p["capacity_per_s_one_core_per_shard"], "/s", ceiling, "1 shard", target))
+        rows.append(report.Row(f"{key}_capacity", "   gifts/s at one core per shard, as measured (1 / busiest shard)",
+                               p["capacity_per_s_one_core_per_shard"], "/s",
+                               one["capacity_per_s_one_core_per_shard"] if one else None, "1 shard"))
+        rows.append(report.Row(f"{key}_marginal_capacity",
+                               "   the same saturated ((1 - idle) / busiest shard's marginal CPU)",
+                               p["marginal_capacity_per_s_one_core_per_shard"], "/s",
+                               one["marginal_capacity_per_s_one_core_per_shard"] if one else None, "1 shard"))
+    model = results.get("derived", {}).get("model")
+    if model:
+        n = model["shards"]
+        rows.append(report.Row(
+            f"{n}_shards_model_capacity",
+            f"{n} shards, balanced, {model['crossing_share']:.0%} crossing: gifts/s at one saturated core per "
+            "shard by the model (marginal c1, F, X)",
+            model["per_s_one_core_per_shard"], "/s", model["one_shard_per_s"], "1 shard",
+            ("min", 2.0) if n == 3 else None))
     gateway = results.get("gateway", {})
     base = gateway.get("one_instance")
     for name, g in gateway.items():
@@ -547,7 +694,7 @@ def parse_shards(text: str) -> list[int]:
 
 
 def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None, command: str,
-         gateway: bool = True) -> int:
+         gateway: bool = True, runs: int = 1) -> int:
     from loadtest.bench import machine
     from notecard.runner import install_uvloop
 
@@ -562,6 +709,9 @@ def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None,
             print("notecard bench: --concurrency must be at least 1", file=sys.stderr)
             return 2
         plan = dataclasses.replace(plan, concurrency=concurrency)
+    if not 1 <= runs <= MAX_RUNS:
+        print(f"notecard bench: --runs takes 1 to {MAX_RUNS}", file=sys.stderr)
+        return 2
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = out or Path("bench-results") / f"cluster-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
@@ -572,20 +722,42 @@ def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None,
 
     info = machine()
     say(f"notecard bench --cluster {'--quick ' if quick else ''}-> {out}  ({info['cpus']} CPUs, {info['cpu_model']})")
+    every: list[dict[str, Any]] = []
+    tables: list[list[report.Row]] = []
     with _workdir() as work:
-        results = asyncio.run(run(plan, counts, work, say, gateway=gateway))
-    rows = rows_of(results)
-    say("")
-    say(report.table(rows))
+        for k in range(runs):
+            if runs > 1:
+                say(f"run {k + 1} of {runs}")
+            results = asyncio.run(run(plan, counts, work / f"run{k + 1}", say, gateway=gateway))
+            rows = rows_of(results)
+            say("")
+            say(report.table(rows))
+            say("")
+            every.append({**results, "table": [r.as_dict() for r in rows]})
+            tables.append(rows)
+    summary_rows = cluster_model.summarize_rows(tables)
+    derived = cluster_model.spreads([{k: v for k, v in r["derived"].items() if isinstance(v, float | int)}
+                                     for r in every])
+    summary = {"table": summary_rows, "derived": {k: v.as_dict() for k, v in derived.items()}}
+    markdown = [report.table(rows, markdown=True) for rows in tables]
+    if runs > 1:
+        say(f"over the {runs} runs:")
+        say(cluster_model.summary_table(summary_rows))
+        markdown = [f"Over {runs} runs:\n\n" + cluster_model.summary_table(summary_rows, markdown=True),
+                    *(f"Run {k + 1}:\n\n{text}" for k, text in enumerate(markdown))]
     document = {"started_at": stamp, "command": command, "machine": info, "plan": dataclasses.asdict(plan),
-                "shards": counts, **results, "table": [r.as_dict() for r in rows]}
+                "shards": counts, "summary": summary, "runs": every}
     (out / "cluster.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-    (out / "cluster.md").write_text(report.table(rows, markdown=True) + "\n")
+    (out / "cluster.md").write_text("\n\n".join(markdown) + "\n")
     say(f"\nwrote {out / 'cluster.json'}, {out / 'cluster.md'}")
-    if not all(c["ok"] for c in results["conservation"].values()):
+    if not all(c["ok"] for r in every for c in r["conservation"].values()):
         say("conservation check FAILED (see cluster.json)")
         return 1
     return 0
+
+
+#: --runs: each full run takes about a minute (``--shards 1,3 --no-gateway``).
+MAX_RUNS = 20
 
 
 @contextlib.contextmanager
@@ -598,5 +770,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="Redis CPU per settled gift on 1..N-shard local clusters (loadtest.cluster_bench)")
     parser.add_argument("--shards", default="1,2,3", help="with --cluster: shard counts to measure (default 1,2,3)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="with --cluster: repeat the whole measurement this many times and report the median "
+                             "and range of every figure (default 1)")
     parser.add_argument("--no-gateway", action="store_true",
                         help="with --cluster: skip the phases through 2 gateway nodes (one instance, largest cluster)")

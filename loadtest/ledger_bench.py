@@ -40,6 +40,7 @@ from clearing.ledger import ledger_streams
 from ledger.consumer import GROUP
 from ledger.migrate import migrate
 from loadtest import gifting
+from loadtest.cpu import CpuMeter
 from loadtest.stats import Recorder
 from loadtest.target import LoadTarget
 from notecard.admin_client import AdminClient
@@ -55,20 +56,6 @@ DRAIN_TIMEOUT_S = 120.0
 #: written, up to a few hundred ms under fsync on a busy machine, whether or not the member
 #: falls behind; a member that falls behind sees its drain time grow with the phase.)
 KEEPS_UP_S = 1.0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live children (Linux /proc)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(entry.name) == pid or int(fields[1]) == pid:
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def _postmaster_pid(postgres: LocalPostgres) -> int:
@@ -139,19 +126,21 @@ async def _measure(target: LoadTarget, pairs: int, seconds: float, warmup_s: flo
             await _caught_up(redis)  # the member started and wrote the set-up's entries
         async with gifting.GiftLoad(tgt.urls[0], tgt.urls[-1], tgt.token, provisioned, Recorder()) as load:
             await load.run_closed(warmup_s, "warmup")
-            before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            # PostgreSQL writes in the postmaster's children; the rest work in the one process
+            meter = CpuMeter(pids, with_children=("postgres",))
             lag_before = await group_lag(redis)
             written_before = await _written(postgres_url) if postgres_url else 0
             result = await load.run_closed(seconds, "max")
             wall = result.seconds
-            cpu = {name: (_cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
+            reading = meter.read()
+            cpu = {name: reading[name] for name in pids}
             lag_after = await group_lag(redis)
             written_after = await _written(postgres_url) if postgres_url else 0
         rate = float(result.settled_per_s)
         gateway_cores = sum(v for k, v in cpu.items() if k.startswith("node") or k == "redis")
         out: dict[str, Any] = {
             "settled_per_s": rate, "settled": result.settled, "errors": result.errors, "seconds": round(wall, 2),
-            "cores": {k: round(v, 3) for k, v in cpu.items()},
+            "cores": cpu,
             "cpu_ms_per_gift": round(gateway_cores / rate * 1000, 3) if rate else 0.0,
             "stream_entries_per_s": round((lag_after["entries"] - lag_before["entries"]) / wall, 1),
         }

@@ -156,7 +156,7 @@ async def _start(api: AdminClient, args: argparse.Namespace) -> Any:
     await api.call("POST", "/admin/campaigns", {**base, "recipients": recipients[:FILE_PART], "open": True})
     for start in range(FILE_PART, len(recipients), FILE_PART):
         await api.call("POST", f"/admin/campaigns/{args.campaign_id}/recipients",
-                       {"recipients": recipients[start : start + FILE_PART]})
+                       {"recipients": recipients[start : start + FILE_PART], "operator": args.operator})
     return await api.call("POST", f"/admin/campaigns/{args.campaign_id}/start", {"operator": args.operator})
 
 

@@ -232,12 +232,12 @@ class _Killed(CampaignRunner):
         self.left = after
         self.stuck = asyncio.Event()
 
-    async def _issue(self, *args: object) -> None:
+    async def _issue(self, *args: object) -> bool:
         if self.left == 0:
             self.stuck.set()
             await asyncio.Event().wait()
         self.left -= 1
-        await super()._issue(*args)  # type: ignore[arg-type]
+        return await super()._issue(*args)  # type: ignore[arg-type]
 
 
 async def test_a_runner_killed_mid_batch_is_resumed_by_another_and_every_recipient_gets_one_card(
@@ -293,11 +293,11 @@ async def test_a_long_list_is_loaded_in_parts_then_started_within_the_budget(sho
                                          ends_at_ms=ends, operator="ops", open_list=True)
     assert (status.state, status.total) == ("loading", 2)
     assert await shop.runner("n").step() == 0  # nothing is issued while it loads
-    await shop.campaigns.add_recipients("file", [(fans[2], 2), (fans[3], 2)])
+    await shop.campaigns.add_recipients("file", [(fans[2], 2), (fans[3], 2)], operator="ops")
     assert await business_refusal(shop.campaigns.start("file", operator="ops")) is BusinessRefusal.BUDGET_EXCEEDED
     await shop.campaigns.fund_kind("acme", "acme_star", 1, operator="ops")
     assert (await shop.campaigns.start("file", operator="ops")).state == "running"
-    assert await business_refusal(shop.campaigns.add_recipients("file", [("x", 1)])) is \
+    assert await business_refusal(shop.campaigns.add_recipients("file", [("x", 1)], operator="ops")) is \
         BusinessRefusal.CAMPAIGN_STATE
     assert await shop.runner("n").step() == 4
     await shop.balanced("file")

@@ -176,3 +176,23 @@ async def test_the_cli_starts_a_campaign_from_a_file_in_parts_and_watches_it_to_
     assert report["recipients"]["pending"] == 12 and report["units"]["held"] == 18 * 10 and report["balanced"]
     status, body = await api("POST", "/admin/campaigns/spring/pause", OPS)
     assert (status, body["error"]) == (409, "CAMPAIGN_STATE")
+
+
+async def test_a_part_of_an_open_list_names_its_operator_in_the_audit(api: Call, fast_node: GatewayNode) -> None:
+    for user in ("acme", "fan1", "fan2"):
+        await ok(api("POST", "/admin/users", {"user_id": user}), 201)
+    await ok(api("PATCH", "/admin/business/acme", {"business": True, "followers": 100, **OPS}))
+    await ok(api("PUT", "/admin/kinds/acme_star", {"brand": "acme", "name": "Acme star", "budget_cards": 5,
+                                                    "artwork": "https://cdn.example/s.png", **OPS}), 201)
+    await ok(api("POST", "/admin/campaigns", {"campaign_id": "file", "brand": "acme", "kind": "acme_star",
+                                              "ends_at_ms": now_ms() + 3_600_000, "recipients": [["fan1", 1]],
+                                              "open": True, **OPS}), 201)
+    # no operator: refused, and the list is as it was
+    status, body = await api("POST", "/admin/campaigns/file/recipients", {"recipients": [["fan2", 1]]})
+    assert (status, body["error"]) == (400, "BAD_REQUEST") and "operator" in body["message"]
+    assert (await ok(api("GET", "/admin/campaigns/file")))["total"] == 1
+    added = await ok(api("POST", "/admin/campaigns/file/recipients", {"recipients": [["fan2", 1]], "operator": "ann"}))
+    assert added["total"] == 2
+    latest = (await fast_node.business.audit_log())[0]
+    assert {k: latest[k] for k in ("what", "operator", "user", "campaign", "recipients")} == {
+        "what": "campaign_recipients", "operator": "ann", "user": "acme", "campaign": "file", "recipients": "1"}

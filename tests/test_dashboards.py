@@ -6,6 +6,7 @@ numbers are worked out below; the generator's reproducibility and balance; the P
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime as dt
@@ -33,9 +34,10 @@ from dashboards import cli, export, generate, queries
 from dashboards.queries import AGE_BUCKETS, Scope
 from dashboards.render import DPI, HEIGHT_IN, WIDTH_IN, render
 from gateway.openapi import openapi_document
+from ledger import cli as ledger_cli
 from ledger.books import Conn, write_records
 from ledger.consumer import BooksConsumer
-from ledger.migrate import migrate
+from ledger.migrate import migrate, migrations, schema_version
 from notecard.local_postgres import LocalPostgres
 from notecard.local_redis import free_port
 from tests.gateway_fixtures import ADMIN_TOKEN, NodeFactory
@@ -388,6 +390,53 @@ async def test_a_book_of_record_without_the_tables_says_so(node_factory: NodeFac
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session, \
             session.get(node.admin_url + "/admin/dashboards/retention") as resp:
         assert resp.status == 503 and (await resp.json())["error"] == "NO_BOOKS"
+
+
+def test_show_and_render_read_only_and_refuse_a_schema_not_migrated(postgres_server: LocalPostgres, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    empty = postgres_server.create_database(f"t{secrets.token_hex(6)}")  # never migrated
+    for command in (["show", "profile"], ["render", "--out", str(tmp_path)]):
+        assert cli.main(["--postgres-url", empty, *command]) == 1, command
+        err = capsys.readouterr().err
+        assert "no ledger schema" in err and "notecard ledger migrate" in err, err
+    assert asyncio.run(_version(empty)) == 0  # nothing was created on the way
+    assert not any(tmp_path.iterdir())
+    # one version behind: refused the same way, and left as it was
+    asyncio.run(_migrate_all_but_last(empty))
+    assert cli.main(["--postgres-url", empty, "show", "conversion"]) == 1
+    latest = migrations()[-1].version
+    assert f"at version {latest - 1}" in capsys.readouterr().err
+    assert asyncio.run(_version(empty)) == latest - 1
+
+
+async def _version(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return await schema_version(conn)
+
+
+async def _migrate_all_but_last(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await migrate(conn)
+        latest = migrations()[-1]
+        await conn.execute("DELETE FROM schema_version WHERE version = %s", (latest.version,))
+
+
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    (["--postgres-url", "mysql://ann:hunter2@db/books"], None, "--postgres-url='mysql://ann:***@db/books'"),
+    ([], "redis://127.0.0.1:6379/0", "NOTECARD_POSTGRES_URL='redis://127.0.0.1:6379/0'"),
+])
+def test_a_url_that_is_not_postgresql_is_refused_as_the_ledger_refuses_it(
+        argv: list[str], env: str | None, named: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if env is not None:
+        monkeypatch.setenv("NOTECARD_POSTGRES_URL", env)
+    assert cli.main([*argv, "show", "profile"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "expected a postgresql://" in err and "hunter2" not in err, err
+    if argv:  # the flag: word for word what `notecard ledger` says of it
+        assert ledger_cli.main([*argv, "migrate"]) == 2
+        said = capsys.readouterr().err
+        assert said.removeprefix("notecard ledger: ") == err.removeprefix("notecard dashboards: "), said
 
 
 def test_render_without_matplotlib_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

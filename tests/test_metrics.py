@@ -14,7 +14,7 @@ from gateway import GatewayNode
 from gateway.metrics import NodeMetrics, package_version
 from notecard.admin_client import AdminClient
 from notecard_sdk import GiftRefused
-from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all
+from tests.gateway_fixtures import ADMIN_TOKEN, ClientFactory, NodeFactory, befriend_all, eventually
 from tests.test_operations import http_get
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,3 +173,59 @@ async def _until(node: GatewayNode, condition: object, timeout: float = 20.0) ->
             return text
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.1)
+
+
+ISSUED = 'notecard_campaign_recipients_total{outcome="issued"}'
+REFUSED = 'notecard_campaign_recipients_total{outcome="refused"}'
+LEASES = "notecard_campaign_leases_held"
+PAUSED = "notecard_campaigns_paused"
+
+
+async def test_the_campaign_runner_shows_its_lease_a_pause_and_each_recipient_once(
+        node_factory: NodeFactory) -> None:
+    # 200 recipients a batch, paced to 200 a second: the lease is held for a second or more
+    node = await node_factory(probe_port=0, campaign_poll_s=0.05, campaign_rate_per_s=200.0, brand_min_followers=0)
+    ops = {"operator": "ops"}
+
+    async def reads(series: str) -> float | None:
+        return value(await metrics_text(node), series)
+
+    text = await metrics_text(node)
+    assert [value(text, s) for s in (ISSUED, REFUSED, LEASES, PAUSED)] == [0.0, 0.0, 0.0, 0.0]
+    assert value(text, "notecard_campaign_failed_batches_total") == 0.0
+    ghosts = [[f"ghost{i}", 1] for i in range(400)]  # never created: each one is refused
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        for user in ("acme", "fan1"):
+            await admin.create_user(user)
+        await admin.call("PATCH", "/admin/business/acme", {"business": True, **ops})
+        await admin.call("PUT", "/admin/kinds/acme_star", {"brand": "acme", "name": "Acme star", "budget_cards": 401,
+                                                            "artwork": "https://cdn.example/s.png", **ops})
+        ends = int(time.time() * 1000) + 3_600_000
+        await admin.call("POST", "/admin/campaigns", {"campaign_id": "c1", "brand": "acme", "kind": "acme_star",
+                                                      "ends_at_ms": ends, "recipients": [["fan1", 1], *ghosts], **ops})
+
+        async def leased() -> bool:
+            return await reads(LEASES) == 1
+
+        await eventually(leased, "the runner holding the campaign's lease")
+        await admin.call("POST", "/admin/campaigns/c1/pause", ops)
+
+        async def seen_paused() -> bool:
+            text = await metrics_text(node)
+            return (value(text, PAUSED), value(text, LEASES)) == (1, 0)
+
+        await eventually(seen_paused, "the runner seeing the campaign paused")
+        await admin.call("POST", "/admin/campaigns/c1/resume", ops)
+
+        async def done() -> bool:
+            return bool((await admin.call("GET", "/admin/campaigns/c1"))["state"] == "done")
+
+        await eventually(done, "the campaign done", timeout_s=60)
+
+        async def counted() -> bool:
+            text = await metrics_text(node)
+            return [value(text, s) for s in (ISSUED, REFUSED, LEASES, PAUSED)] == [1, 400, 0, 0]
+
+        # a batch cut by the pause is issued again after the resume, and counted once
+        await eventually(counted, "every recipient counted once, no lease, nothing paused")
+        await admin.invariant()

@@ -85,12 +85,14 @@ async def test_a_signed_purchase_mints_once_and_its_retry_is_answered_the_same(
 async def test_a_bad_signature_a_stale_timestamp_or_an_unknown_provider_change_nothing(shop: GatewayNode) -> None:
     async with AdminClient(shop.admin_url, ADMIN_TOKEN) as admin:
         await admin.create_user("ana")
-        cases = [
+        cases: list[tuple[str, dict[str, Any], int, str]] = [
             ("ewallet", {"secret": b"not the provider's key" * 2}, 401, "BAD_SIGNATURE"),
             ("ewallet", {"secret": KEYS["card"]}, 401, "BAD_SIGNATURE"),  # another provider's key
             ("ewallet", {"signature": "sha256=" + "0" * 64}, 401, "BAD_SIGNATURE"),
             ("ewallet", {"at": -330.0}, 401, "STALE_NOTIFICATION"),  # a replay from the past
             ("ewallet", {"at": 330.0}, 401, "STALE_NOTIFICATION"),
+            # both forged and stale: the signature is checked first (as for shops' orders)
+            ("ewallet", {"secret": KEYS["card"], "at": -330.0}, 401, "BAD_SIGNATURE"),
             ("giftcard", {}, 404, "UNKNOWN_PROVIDER"),
         ]
         for provider, given, status, code in cases:

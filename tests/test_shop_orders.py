@@ -121,6 +121,9 @@ async def test_an_unsigned_forged_or_stale_notification_changes_nothing(shop: Sh
     assert (status, body["error"]) == (401, "STALE_ORDER")
     status, body = await shop.order(paid, at_ms=now + REPLAY_S * 1000 + margin)
     assert (status, body["error"]) == (401, "STALE_ORDER")
+    # both forged and stale: the signature is checked first (as for payment notifications)
+    status, body = await shop.order(paid, secret="forged", at_ms=now - REPLAY_S * 1000 - margin)
+    assert (status, body["error"]) == (401, "BAD_SIGNATURE")
     assert await balance(shop, "mall") == (100, 0)
     status, body = await shop.order(paid, at_ms=now - REPLAY_S * 1000 + margin)  # old, but inside the window
     assert (status, body["result"]) == (200, "gifted")
