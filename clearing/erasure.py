@@ -54,6 +54,10 @@ _KEPT = frozenset({"user", "bal", "held", "points", "pointlog"})
 #: step away from one of them: the sweeper finishes it, erase.lua refuses until then).
 _OPEN = frozenset({"pending", "awaiting_guardian"})
 
+#: An offer half's ``closed`` while its answer is still due -> the due entry's step
+#: (gift_answer.lua): decided only, or answered at the recipient with the sender to settle.
+_ANSWER_DUE = {"0": "settle", "2": "answered"}
+
 #: What the export does not contain, for the operator answering the request.
 EXPORT_GAPS = (
     "connection addresses and device fingerprints recorded in the risk engine's global event stream "
@@ -205,6 +209,13 @@ class Erasure(RedisComponent):
                 half = await self._read(self._keys.offer(ward, gift_id)) if is_valid_id(ward) else None
             else:
                 half = await self._read(self._keys.own(user_id, name))
+            if kept == "offer" and isinstance(half, dict) and half.get("closed") in _ANSWER_DUE:
+                # Answered but the sender's side not settled yet (a saga stopped half-way):
+                # finish it now, while the offer half that recovery reads is still here.
+                entry = f"{_ANSWER_DUE[half['closed']]}|{user_id}|{gift_id}"
+                if await guarded(self._redis.zscore(self._keys.due(self.tag(user_id)), entry)) is not None:
+                    await self.clearing.recover(entry)
+                continue
             if not isinstance(half, dict) or half.get("state") not in _OPEN:
                 continue
             sender, recipient = half.get("sender", ""), half.get("recipient", "")

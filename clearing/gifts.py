@@ -13,7 +13,16 @@ fast path. Otherwise it is a saga of one-slot steps, each atomic and idempotent 
 (docs/architecture.md draws it with every crash point):
 
     send     admit@R -> reserve@S [-> sponsor@P -> reserve@S] -> offer@R
-    answer   decide@R -> [settle_sponsor@P ->] settle@S -> close@R
+    answer   answer@R -> [settle_sponsor@P ->] settle@S
+             answer@R -> [settle_sponsor@P ->] settle@S -> lucky@P -> close@R
+                         (an accepted gift with a lucky bonus to pay: the three-step path)
+
+answer@R decides and, in the common case, does the recipient's side at once: an accepted
+gift is credited to R (points, room credit, R told) while S's hold is still held, so R's
+slot owes the amount (its transit total goes negative) until settle@S moves the hold to
+transit at S's slot; a declined or expired one gives R's slots back. settle@S then consumes
+or releases the hold; the ``answered`` entry it leaves in R's due queue is dropped by a plain
+ZREM after it (or by recovery, which settles again, idempotently, then drops it).
 
 A gift the recipient's region asks the recipient's guardian G to confirm (docs/regions.md)
 stops at ``awaiting_guardian`` (offer@R, or send.lua), then ``ask@G`` puts the request in G's
@@ -23,8 +32,9 @@ of G's window is the answer saga above (declined / expired, refunded).
 A step that stops half-way (a node dies, Redis fails over) is left due in its slot's queue;
 :meth:`Clearing.sweep`, which every node runs over its share of the slots, finishes it or
 undoes it. Conservation holds at every instant, summed over slots:
-``minted = available + held + consumed + transit`` (an accepted amount is in transit from
-the payer's slot to the recipient's between settle and close).
+``minted = available + held + consumed + transit`` (an accepted amount is owed by the
+recipient's slot, negative transit, between answer@R and settle@S; on the three-step path
+it is in transit from the payer's slot to the recipient's between settle and close).
 
 Refusals of :meth:`Clearing.reserve`, in the order they are checked, whichever side checks::
 
@@ -573,9 +583,9 @@ class Clearing(RedisComponent):
         if step == "admit":
             recipient, _, gift_id = rest.partition("|")
             return await SendSaga.recover_admission(self, recipient, gift_id)
-        if step == "settle":
+        if step in ("settle", "answered"):
             recipient, _, gift_id = rest.partition("|")
-            return await ResolveSaga.recover(self, recipient, gift_id)
+            return await ResolveSaga.recover(self, recipient, gift_id, step)
         if step == "ask":
             ward, _, gift_id = rest.partition("|")
             return await self.recover_ask(ward, gift_id)
@@ -888,7 +898,9 @@ class SendSaga:
 
 
 class ResolveSaga:
-    """decide@R -> [settle_sponsor@P ->] settle@S -> close@R (see gift.lua)."""
+    """answer@R -> [settle_sponsor@P ->] settle@S, or, for an accepted gift with a lucky bonus
+    to pay, answer@R (decide only) -> [settle_sponsor@P ->] settle@S -> lucky@P -> close@R
+    (see gift_answer.lua)."""
 
     def __init__(self, clearing: Clearing, args: dict[str, Any], now: int) -> None:
         self.c = clearing
@@ -896,19 +908,30 @@ class ResolveSaga:
         self.now = now
 
     async def run(self) -> Resolution:
-        gift, changed, code = await self.decide()
-        await self.settle(gift)
-        record = await self.close(gift)
+        gift, changed, code = await self.answer()
+        record = await self.finish(gift)
         if code:
             raise Refused(Refusal(code), gift=record)
         return Resolution(record, changed=changed)
 
     # Each step is a method so that a test can stop between any two, as a crash would.
-    async def decide(self) -> tuple[dict[str, Any], bool, str | None]:
-        """The offer half decides: (the gift with its saga fields, changed, a refusal to raise
-        once the gift is settled: GIFT_EXPIRED / ALREADY_RESOLVED)."""
-        decided = await self.c.step("decide", self.a["r"], self.now, self.a, emits=False)
+    async def answer(self) -> tuple[dict[str, Any], bool, str | None]:
+        """answer@R: the offer half decides and, unless a lucky bonus is to be paid, R's side
+        is done at once (``closed`` 2). Returns (the gift with its saga fields, changed, a
+        refusal to raise once the gift is settled: GIFT_EXPIRED / ALREADY_RESOLVED)."""
+        decided = await self.c.step("answer", self.a["r"], self.now, self.a, emits=True)
         return dict(decided["decided"]), bool(decided["changed"]), decided.get("code")
+
+    async def finish(self, gift: dict[str, Any]) -> GiftRecord:
+        """What is left after answer@R, by how far the offer half got (``closed``)."""
+        closed = int(gift.get("closed", 0))
+        if closed == 1:
+            return gift_from_map(_public(gift))
+        await self.settle(gift)
+        if closed == 2:
+            await self.answered(gift)
+            return gift_from_map(_public(gift))
+        return await self.close(gift)
 
     def _args(self, gift: dict[str, Any]) -> dict[str, Any]:
         return {**self.a, "gid": gift["gift_id"], "s": gift["sender"], "r": gift["recipient"], "to": gift["state"]}
@@ -925,6 +948,17 @@ class ResolveSaga:
         await c.step("settle", gift["sender"], self.now, {**a, "rapp": gift.get("rapp", "main")})
         await self.pay_lucky(gift)
 
+    async def answered(self, gift: dict[str, Any]) -> None:
+        """settle@S is done for a gift answered at R: its ``answered`` entry leaves R's due
+        queue. One plain ZREM, not a script: the offer half stays ``closed`` 2 (final), and a
+        ZREM lost to a crash only leaves the entry for recovery, which settles again
+        (idempotent, nothing changes) and drops it."""
+        entry = f"answered|{gift['recipient']}|{gift['gift_id']}"
+        try:
+            await guarded(self.c.redis.zrem(self.c.keys.due(tag_of(gift["recipient"])), entry))
+        except ClearingUnavailable:
+            log.warning("a settled answer stays due; recovery drops it", extra={"gift": gift["gift_id"]})
+
     async def pay_lucky(self, gift: dict[str, Any]) -> None:
         """An accepted gift's lucky bonus at its payer (lucky.lua); what was paid goes to close."""
         bonus = int(gift.get("lucky_bonus") or 0)
@@ -940,9 +974,9 @@ class ResolveSaga:
         gift["lucky_paid"] = int(paid["paid"])
 
     async def close(self, gift: dict[str, Any]) -> GiftRecord:
-        """The recipient is credited (when accepted, with the lucky bonus paid) and told;
-        nothing is due any more."""
-        if int(gift.get("closed", 0)) == 1:
+        """The three-step path's last step: the recipient is credited (when accepted, with the
+        lucky bonus paid) and told; nothing is due any more."""
+        if int(gift.get("closed", 0)) != 0:
             return gift_from_map(_public(gift))
         args = self._args(gift)
         if "lucky_paid" in gift:
@@ -951,16 +985,18 @@ class ResolveSaga:
         return gift_from_map(closed["gift"])
 
     @staticmethod
-    async def recover(c: Clearing, recipient: str, gift_id: str) -> bool:
+    async def recover(c: Clearing, recipient: str, gift_id: str, step: str = "settle") -> bool:
+        """A ``settle`` entry (decided, the three-step path) or an ``answered`` entry (R's
+        side done) past its deadline: run what is left; drop the entry when nothing is."""
         fields = text_hash(await guarded(c.redis.hgetall(c.keys.offer(recipient, gift_id))))
-        if not fields or fields.get("closed") != "0":
-            await guarded(c.redis.zrem(c.keys.due(tag_of(recipient)), f"settle|{recipient}|{gift_id}"))
+        want = "0" if step == "settle" else "2"
+        if not fields or fields.get("closed") != want:
+            await guarded(c.redis.zrem(c.keys.due(tag_of(recipient)), f"{step}|{recipient}|{gift_id}"))
             return False
         gift: dict[str, Any] = {"gift_id": gift_id, **fields}
         snapshot = await c.settings.get()
         saga = ResolveSaga(c, {**c.constant_args, "perks": _perks(snapshot), "dead": await c.dead_nodes()}, c.now())
-        await saga.settle(gift)
-        await saga.close(gift)
+        await saga.finish(gift)
         return True
 
 

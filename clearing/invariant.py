@@ -2,8 +2,13 @@
 
 Per card kind, summed over every slot's totals: ``minted == sum(available) + sum(held) +
 consumed + transit``, where ``transit`` is what an accepted cross-shard gift (or a mentor
-reward) has left its payer's slot and not yet reached its recipient's; it must equal what
-the records say is in flight, and is 0 at rest. Per slot: ``holds`` equals the sum of its
+reward) has left its payer's slot and not yet reached its recipient's, less what a
+recipient was credited before its payer's hold was settled (answer@R before settle@S: the
+recipient's slot owes it, negative transit, while the payer's hold still holds it); it may
+not be below what the records say is in flight less what they say is owed, and is 0 at
+rest. Every answer left half-way is due: an offer half decided but not closed has its
+``settle`` entry in its slot's due queue, one answered at R whose payer is not settled yet
+its ``answered`` entry, so recovery finishes it. Per slot: ``holds`` equals the sum of its
 users' holds. Per user: no negative balance or hold, and each hold equals the cost of the
 gifts (and newcomer sponsorships) it holds for.
 
@@ -137,6 +142,7 @@ async def check_invariant(redis: AnyRedis, rules: GiftRules, keys: KeySchema = D
     violations += _holds_per_slot(totals, held)
     violations += _halves_agree(gifts)
     violations += await _queues(r, gifts)
+    violations += await _open_answers_due(r, gifts)
     violations += await _quotas(r, gifts)
     violations += await _scenes(r, gifts)
     return InvariantReport(violations=violations, per_kind=per_kind)
@@ -150,10 +156,16 @@ def _money(rules: GiftRules, totals: dict[str, dict[str, int]], available: dict[
            held: dict[str, dict[str, int]], gifts: _Gifts, violations: list[str]) -> dict[str, dict[str, int]]:
     kinds = set(rules.card_kinds).union(*available.values(), *held.values())
     kinds |= {field.partition(":")[2] for t in totals.values() for field in t}
-    in_flight: Counter[str] = Counter()
+    in_flight: Counter[str] = Counter()  # settled at the payer, not yet credited (the three-step path)
+    owed: Counter[str] = Counter()  # credited at the recipient, not yet settled at the payer
     for (_, gift_id), offer in gifts.offered.items():
-        if offer.get("state") == "accepted" and offer.get("closed") == "0" and _payer_settled(gifts, gift_id, offer):
+        if offer.get("state") != "accepted":
+            continue
+        settled = _payer_settled(gifts, gift_id, offer)
+        if offer.get("closed") == "0" and settled:
             in_flight[offer["kind"]] += int(offer["amount"])
+        elif offer.get("closed") == "2" and not settled:
+            owed[offer["kind"]] += int(offer["amount"])
     per_kind: dict[str, dict[str, int]] = {}
     for kind in sorted(kinds):
         row = {
@@ -166,9 +178,9 @@ def _money(rules: GiftRules, totals: dict[str, dict[str, int]], available: dict[
         per_kind[kind] = row
         if row["minted"] != row["available"] + row["held"] + row["consumed"] + row["transit"]:
             violations.append(f"{kind}: minted {row['minted']} != available + held + consumed + transit {row}")
-        if row["transit"] < in_flight[kind]:
+        if row["transit"] < in_flight[kind] - owed[kind]:
             violations.append(f"{kind}: transit {row['transit']} is below the accepted gifts in flight "
-                              f"{in_flight[kind]}")
+                              f"{in_flight[kind]} less those owed {owed[kind]}")
     # each user's hold against what it holds for
     expected: defaultdict[tuple[str, str], int] = defaultdict(int)
     for (sender, _), sent in gifts.sent.items():
@@ -256,7 +268,7 @@ def _halves_agree(gifts: _Gifts) -> list[str]:
             continue
         decided = offer.get("state")
         settled = state == decided
-        waiting = state == "pending" and (decided in ("admitted", _AWAITING) or offer.get("closed") == "0")
+        waiting = state == "pending" and (decided in ("admitted", _AWAITING) or offer.get("closed") in ("0", "2"))
         if not (settled or waiting):
             out.append(f"gift {gift_id}: send half {state}, offer half {decided}")
     for (recipient, gift_id), offer in gifts.offered.items():
@@ -285,6 +297,28 @@ async def _queues(r: _Reader, gifts: _Gifts) -> list[str]:
             if members != expected.pop(owner, {}):
                 out.append(f"{name} of {owner} {members} does not match its pending offers")
         out += [f"{name} of {owner} is missing {ids}" for owner, ids in expected.items()]
+    return out
+
+
+async def _open_answers_due(r: _Reader, gifts: _Gifts) -> list[str]:
+    """Each answer stopped half-way has its entry in its recipient's due queue: decided only
+    (``closed`` 0) ``settle|R|id``; answered at R (``closed`` 2) while the send half still
+    waits to be settled ``answered|R|id``. A due entry more than that is harmless (recovery
+    finds nothing to do and drops it)."""
+    from clearing.slots import tag_of
+
+    missing: list[tuple[str, str]] = []
+    for (recipient, gift_id), offer in gifts.offered.items():
+        closed = offer.get("closed")
+        sent = gifts.sent.get((offer.get("sender", ""), gift_id), {})
+        if closed == "0":
+            missing.append((tag_of(recipient), f"settle|{recipient}|{gift_id}"))
+        elif closed == "2" and sent.get("state") == "pending":
+            missing.append((tag_of(recipient), f"answered|{recipient}|{gift_id}"))
+    out = []
+    for tag, entry in missing:
+        if await r.redis.zscore(r.keys.due(tag), entry) is None:
+            out.append(f"an answer stopped half-way is not due: {entry}")
     return out
 
 

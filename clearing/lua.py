@@ -66,7 +66,7 @@ __all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "Scrip
 
 ScriptName = Literal[
     "send", "admit", "reserve", "sponsor", "offer", "void", "probe", "release",
-    "resolve", "decide", "settle", "settle_sponsor", "close", "due", "pending", "guardian_settle", "guardian_open",
+    "resolve", "answer", "settle", "settle_sponsor", "close", "due", "pending", "guardian_settle", "guardian_open",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
     "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",
@@ -78,7 +78,7 @@ ScriptName = Literal[
 #: function) and each callback's upvalues (60) to what one script could see before.
 _LIBRARY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("send", "admit", "reserve", "sponsor", "offer", "void", "probe"), ("gift", "gift_send")),
-    **dict.fromkeys(("release", "resolve", "decide", "settle", "settle_sponsor", "close", "lucky"),
+    **dict.fromkeys(("release", "resolve", "answer", "settle", "settle_sponsor", "close", "lucky"),
                     ("gift", "gift_answer")),
     "pending": ("gift",),
     "guardian_approve": ("gift",),
@@ -89,7 +89,7 @@ _LIBRARY: dict[str, tuple[str, ...]] = {
 #: (lib.lua): only they are given its settings, and only they are stopped by a ledger key
 #: that is not a stream.
 LEDGER_SCRIPTS: frozenset[str] = frozenset({
-    "send", "reserve", "sponsor", "release", "resolve", "decide", "settle", "settle_sponsor", "close", "mint",
+    "send", "reserve", "sponsor", "release", "resolve", "answer", "settle", "settle_sponsor", "close", "mint",
     "redeem_frame", "mentor_bind", "mentor_step", "erase", "lucky", "payment", "order_note",
 })
 

@@ -6,7 +6,7 @@ budgets. This is one bucket per user kept in Redis (``take_rate`` in ``scripts/l
 one number per user, present only while it holds something back).
 
 Where it is counted: a gift's own script counts its request (send.lua for a send,
-resolve.lua or decide.lua for an answer; :class:`~clearing.gifts.Clearing` takes the
+resolve.lua or answer.lua for an answer; :class:`~clearing.gifts.Clearing` takes the
 limit), which costs a GET and a SET inside a script that runs anyway; a send across shards
 and any other request are counted by :meth:`UserRates.take`, one small script on the user's
 slot. A call of its own before every gift

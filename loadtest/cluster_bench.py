@@ -347,7 +347,7 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, idle: list[float
     With ``rounds``, every pair gifts once per round and the next round starts when all
     have settled, so each pair settles the same number of gifts and the phase's crossing
     share is its pairs' (``1 - 1/N`` for balanced random pairs). Free-running, a
-    cross-shard pair (six script calls) settles fewer gifts than a same-shard one (two),
+    cross-shard pair (five script calls) settles fewer gifts than a same-shard one (two),
     and the phases in loadtest/reference-run/cluster settled 22-71% crossing, not 67%."""
     await bed.promotion(promotion)
     clearing = Clearing(bed.topology, BENCH_RULES, settings=bed.settings, force_saga=force_saga)

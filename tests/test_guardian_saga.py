@@ -91,7 +91,7 @@ async def test_a_rejection_stopped_after_its_decision_is_refunded_by_recovery(wo
     gift = await world.clearing.reserve("g1", SENDER, WARD, "note", 2)
     assert gift.state is GiftState.PENDING  # as the sender is shown it
     saga = await world.clearing.answer_saga("g1", WARD, "reject", by=GUARDIAN)
-    decided, changed, code = await saga.decide()
+    decided, changed, code = await saga.answer()
     assert (decided["state"], changed, code) == ("declined", True, None)
     await ok(world)
     assert await available(world, SENDER) == (3 * UNIT, 2 * UNIT)  # not settled yet
@@ -108,10 +108,10 @@ async def test_an_approval_makes_the_offer_whose_accept_crosses_three_shards(wor
     assert approved.gift.expires_at_ms == world.clock() + world.rules.confirm_window_ms
     assert [g.gift_id for g in await world.clearing.pending_for(WARD)] == ["g1"]
     saga = await world.clearing.answer_saga("g1", WARD, "accept")
-    gift, _, _ = await saga.decide()
-    await saga.settle(gift)
-    await ok(world)  # the amount is in transit between the sender's and the ward's shards
-    await saga.close(gift)
+    gift, _, _ = await saga.answer()
+    assert await available(world, WARD) == (7 * UNIT, 0)  # credited at once
+    await ok(world)  # the ward's shard owes the amount the sender's hold still holds
+    await saga.finish(gift)
     assert await available(world, WARD) == (7 * UNIT, 0)
     assert await available(world, SENDER) == (3 * UNIT, 0)
 

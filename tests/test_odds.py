@@ -202,7 +202,7 @@ async def test_an_unfunded_draw_is_recorded_and_pays_nothing(admin: AdminClient,
 @BOTH
 async def test_the_lucky_card_across_shards_pays_once_through_the_saga(
         node: GatewayNode, admin: AdminClient, connect: ClientFactory) -> None:
-    """The answer as one-slot steps (decide, settle, lucky at the promotion account, close),
+    """The answer as one-slot steps (answer, settle, lucky at the promotion account, close),
     whatever the topology: a retry of any step pays nothing more."""
     await _lucky_region(admin, promo_cards=10)
     await befriend_all(admin, "alice", cards=5)
@@ -215,7 +215,7 @@ async def test_the_lucky_card_across_shards_pays_once_through_the_saga(
     gift_id = f"g-{random.randrange(10**9)}"
     await clearing.reserve(gift_id, "alice", "bob", "note", 1)
     saga = await clearing.answer_saga(gift_id, "bob", "accept")
-    gift, changed, _ = await saga.decide()
+    gift, changed, _ = await saga.answer()
     assert changed and gift["lucky_bonus"] == 2 * UNITS
     await saga.settle(gift)
     await saga.pay_lucky({k: v for k, v in gift.items() if k != "lucky_paid"})  # a retry of the step
@@ -223,6 +223,33 @@ async def test_the_lucky_card_across_shards_pays_once_through_the_saga(
     assert (record.lucky_bonus, record.lucky_paid) == (2 * UNITS, 2 * UNITS)
     assert (await admin.get_user("promo"))["balances"]["available"]["note"] == 8 * UNITS
     assert (await admin.get_user("bob"))["balances"]["available"]["note"] == 3 * UNITS
+
+
+@BOTH
+async def test_a_lucky_accept_stopped_after_its_decision_keeps_three_steps_and_recovery_pays_once(
+        node: GatewayNode, admin: AdminClient, connect: ClientFactory) -> None:
+    """A bonus to pay keeps the answer's three-step path: the answer only decides (the
+    payer may be short of the bonus, so what the recipient gets is not known yet); the
+    recovery of its `settle` entry settles, pays the bonus and credits both, once."""
+    await _lucky_region(admin, promo_cards=10)
+    await befriend_all(admin, "alice", cards=5)
+    await befriend_all(admin, "bob", cards=0, region="sea")
+    for a, b in (("alice", "bob"), ("bob", "alice")):
+        await admin.follow(a, b, now_ms() - 4 * 86_400_000)
+    await connect("bob")
+    clearing = node.clearing
+    clearing.force_saga = True
+    gift_id = f"g-{random.randrange(10**9)}"
+    await clearing.reserve(gift_id, "alice", "bob", "note", 1)
+    saga = await clearing.answer_saga(gift_id, "bob", "accept")
+    gift, changed, _ = await saga.answer()
+    assert changed and (gift["closed"], gift["lucky_bonus"]) == (0, 2 * UNITS)
+    assert (await admin.get_user("bob"))["balances"]["available"]["note"] == 0  # nothing credited yet
+    for _ in range(2):  # the sweeper's recovery at the deadline, and a second runner
+        await clearing.recover(f"settle|bob|{gift_id}")
+    assert (await admin.get_user("bob"))["balances"]["available"]["note"] == 3 * UNITS
+    assert (await admin.get_user("promo"))["balances"]["available"]["note"] == 8 * UNITS
+    assert (await admin.get_user("alice"))["balances"]["held"]["note"] == 0
 
 
 async def test_notecard_odds_verify_checks_a_draw_once_its_key_is_revealed(

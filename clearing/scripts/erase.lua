@@ -6,8 +6,9 @@
 --          to delete, as clearing/erasure.py found them in U's slot), pseudonym
 -- Checks, before any write: the account exists; it is not erased already (then the same
 -- reply again, nothing written); nothing is pending (no offer in the inbox, nothing held, no
--- gift half among those it would drop still pending, admitted or awaiting a guardian: their
--- counterparty's cards would stay held for ever);
+-- gift half among those it would drop still pending, admitted or awaiting a guardian, and
+-- no received gift whose answer is still due in U's slot: their counterparty's cards would
+-- stay held for ever);
 -- every counter it moves reads as a whole number. Then: what remains available of each kind
 -- is consumed (ledger `consume`, avail:U -> consumed:T, cause `erased`), so the books stay
 -- balanced; U's other keys are deleted; the account hash becomes a tombstone {erased = 1,
@@ -32,6 +33,16 @@ for _, name in ipairs(A.drop) do
   if string.sub(name, 1, 5) == 'gift:' or string.sub(name, 1, 6) == 'offer:' then
     local state = redis.call('HGET', ukey(A.u, name), 'state')
     if state and not final[state] then
+      return refuse('ERASE_PENDING')
+    end
+  end
+  -- A received gift whose answer is still due (the sender's hold not settled yet): the due
+  -- entry's recovery reads this offer half, so it may not go before the saga is finished.
+  if string.sub(name, 1, 6) == 'offer:' then
+    local id = string.sub(name, 7)
+    local due = tkey(A.tag, 'due')
+    if redis.call('ZSCORE', due, 'answered|' .. A.u .. '|' .. id)
+        or redis.call('ZSCORE', due, 'settle|' .. A.u .. '|' .. id) then
       return refuse('ERASE_PENDING')
     end
   end

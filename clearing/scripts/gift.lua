@@ -1,6 +1,6 @@
 -- gift.lua: what the steps of a gift share, prepended (after lib.lua) to the scripts that
 -- move gifts, before the steps they need: gift_send.lua (admit, reserve, sponsor, void,
--- offer) or gift_answer.lua (decide, settle, close). Split so that a script does not build,
+-- offer) or gift_answer.lua (decide, settle, lucky, close). Split so that a script does not build,
 -- on every call, the functions of steps it never runs.
 --
 -- A gift has two halves (clearing/keys.py): the send half with the sender S

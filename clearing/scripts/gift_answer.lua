@@ -1,5 +1,13 @@
--- gift_answer.lua: the answer steps of a gift (decide, settle, settle_sponsor, close),
+-- gift_answer.lua: the answer steps of a gift (decide, settle, settle_sponsor, lucky, close),
 -- prepended after gift.lua to the scripts that answer, expire or release (clearing/lua.py).
+--
+-- Across shards an answer is two steps in the common case: answer@R (answer.lua: decide,
+-- and at once R's side of close: R credited, told, R's slots back) then settle@S; R's
+-- credit of an accepted gift is owed by R's slot (its transit total goes negative by the
+-- amount, exactly what close does) until settle@S puts the same amount in transit at S's
+-- slot, so the sum over slots is right at every instant. The offer half says how far it got
+-- in `closed`: 0 decided only (the three-step path: settle, lucky, close still to run), 2
+-- R's side done and S's settle due as `answered|R|id`, 1 nothing left.
 
 -- ================================================================ resolve: the decision
 -- decide (the offer half decides): A.by answers with A.event 'accept' | 'decline', or the
@@ -89,9 +97,12 @@ local function check_decide()
   return {err = 'ALREADY_RESOLVED', g = g}
 end
 
+-- `due`: the saga's entry in R's due queue ('settle' for the three-step path, 'answered'
+-- when R's side is done in this same step: see apply_answered), or nil on the fast path.
 local function apply_decide(g, to, due, lucky)
-  g.state, g.resolved_at_ms, g.closed, g.rapp = to, NOW, 0, A.rapp
-  redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
+  local closed = due == 'answered' and 2 or 0
+  g.state, g.resolved_at_ms, g.closed, g.rapp = to, NOW, closed, A.rapp
+  redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', closed, 'rapp', A.rapp)
   if A.event == 'reject' and to == 'declined' then
     g.gdone = 'rejected'
     redis.call('HSET', offer_key(g.recipient), 'gdone', 'rejected')
@@ -114,7 +125,7 @@ local function apply_decide(g, to, due, lucky)
     give_slot(pair)
   end
   if due then
-    redis.call('ZADD', tkey(g.rtag, 'due'), NOW + A.saga_ms, 'settle|' .. g.recipient .. '|' .. A.gid)
+    redis.call('ZADD', tkey(g.rtag, 'due'), NOW + A.saga_ms, due .. '|' .. g.recipient .. '|' .. A.gid)
     index_due(g.rtag, NOW + A.saga_ms)
   end
 end
@@ -276,9 +287,11 @@ local function check_close(o)
   return corrupt(counters) and 'CORRUPT' or nil
 end
 
--- close at R: an accepted gift's amount leaves transit for R's balance, with R's points and
--- the room's credit; either way R is told and the step is no longer due.
-local function apply_close(o)
+-- R's side of an answer: an accepted gift's amount leaves transit (R's slot) for R's
+-- balance, with R's points, the room's credit and the lucky bonus paid; either way R is told.
+-- Run by close (after settle@S put the amount in transit at S's slot) or by answer.lua
+-- (before it: R's slot owes the amount until settle@S).
+local function credit_recipient(o)
   if o.state == 'accepted' then
     credit_units(o.recipient, o.rtag, o.kind, o.amount, o, 'credit', 'accepted')
     local _, mult, joint = perks_of(o.rapp or 'main')
@@ -308,13 +321,45 @@ local function apply_close(o)
     o.lucky_paid = A.lucky_paid
     redis.call('HSET', offer_key(o.recipient), 'lucky_paid', A.lucky_paid)
   end
+end
+
+local function tell_recipient(o)
+  -- A gift the guardian did not approve was never offered: the recipient hears nothing of it.
+  if not (o.guardian and o.guardian ~= '' and o.gdone ~= 'approved') then
+    emit(o.recipient, o.rtag, 'outcome', o)
+  end
+end
+
+-- close at R (the three-step path): R's side, and nothing is due any more.
+local function apply_close(o)
+  credit_recipient(o)
   o.closed = 1
   local key = offer_key(o.recipient)
   redis.call('HSET', key, 'closed', 1)
   redis.call('PEXPIRE', key, A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'settle|' .. o.recipient .. '|' .. A.gid)
-  -- A gift the guardian did not approve was never offered: the recipient hears nothing of it.
-  if not (o.guardian and o.guardian ~= '' and o.gdone ~= 'approved') then
-    emit(o.recipient, o.rtag, 'outcome', o)
-  end
+  tell_recipient(o)
+end
+
+-- Whether answer@R may do R's side at once (apply_answered): not for an accepted gift with
+-- a lucky bonus to pay, whose payer (the promotion account, on its own slot) may be short of
+-- it, so what R gets is known only after lucky.lua: that gift keeps the three-step path.
+local function answers_at_once(to, lucky)
+  return not (to == 'accepted' and lucky and lucky.lucky_bonus > 0)
+end
+
+-- answer@R after apply_decide(g, to, 'answered', ...): R's side now, before settle@S; the
+-- offer half is final here (closed 2, kept for the retention) and `answered|R|id` stays due
+-- until the node (or recovery) has seen settle@S done.
+local function apply_answered(o)
+  credit_recipient(o)
+  redis.call('PEXPIRE', offer_key(o.recipient), A.retention)
+  tell_recipient(o)
+end
+
+-- After settle@S (the fast path's resolve.lua, which reaches both halves): nothing is due.
+local function apply_finished(o)
+  o.closed = 1
+  redis.call('HSET', offer_key(o.recipient), 'closed', 1)
+  redis.call('ZREM', tkey(o.rtag, 'due'), 'answered|' .. o.recipient .. '|' .. A.gid)
 end

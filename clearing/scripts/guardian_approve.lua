@@ -2,7 +2,7 @@
 -- recipient's (the ward's) slot, on every topology: the gift becomes `pending` (the state
 -- table's approve), an offer to the recipient like any other, whose own window starts now
 -- (rwin): the inbox, the slot's expiry queue moved to the new end, the offer event to R's
--- devices. The guardian's rejection is a decision like a decline (decide.lua / resolve.lua,
+-- devices. The guardian's rejection is a decision like a decline (answer.lua / resolve.lua,
 -- event 'reject'), refunded the same way.
 --
 -- KEYS[1]  {R}:user

@@ -1,5 +1,5 @@
 -- lucky.lua: the lucky bonus of an accepted gift across shards, on its payer's slot (the
--- promotion account), between decide and close: the drawn bonus leaves the payer's balance
+-- promotion account), between answer (decide) and close: the drawn bonus leaves the payer's balance
 -- for transit, or nothing when the payer is short of it; once per gift (a retry or the
 -- sweeper reads what was paid).
 --

@@ -14,7 +14,8 @@
 --   already in the event's state   -> changed = false (a retry of the call that did it)
 --   expired                        -> GIFT_EXPIRED again; another final state: ALREADY_RESOLVED
 -- and a decided gift whose saga stopped half-way (cross-shard, before this call) is settled
--- and closed here too. Returns msgpack {gift, changed} or {err, gift?}.
+-- and closed here too: one answered at R already (closed 2: R credited and told) is only
+-- settled at its payer and the sender, never credited again. Returns msgpack {gift, changed} or {err, gift?}.
 -- Invariants kept: a gift leaves pending at most once (TigerBeetle's "a pending transfer
 -- resolves at most once"), through MOVES; every read and check precedes the first write.
 
@@ -31,6 +32,9 @@ end
 A.s = g.sender
 local to = d.to or g.state
 local st, sp, lk
+-- closed 2: R's side was done by answer.lua (cross-shard, before this call); only the payer's
+-- side is left, then nothing is due.
+local answered = g.closed == 2
 if g.closed ~= 1 then
   st = check_settle(to)
   if st.err then
@@ -47,7 +51,7 @@ if g.closed ~= 1 then
       g[k] = v  -- what the checks below see; apply_decide stores them
     end
   end
-  if to == 'accepted' and g.lucky_bonus and g.lucky_paid == nil then
+  if not answered and to == 'accepted' and g.lucky_bonus and g.lucky_paid == nil then
     -- The promotion account on another node fails this read before any write: the saga.
     lk = check_lucky(g.lucky_payer, g.lucky_ptag, g.recipient, g.kind, g.lucky_bonus)
     if lk.err then
@@ -55,12 +59,14 @@ if g.closed ~= 1 then
     end
     A.lucky_paid = lk.paid
   end
-  local was = g.state
-  g.state = to  -- what close will see
-  local bad = check_close(g)
-  g.state = was
-  if bad then
-    return refuse(bad)
+  if not answered then
+    local was = g.state
+    g.state = to  -- what close will see
+    local bad = check_close(g)
+    g.state = was
+    if bad then
+      return refuse(bad)
+    end
   end
 end
 
@@ -77,7 +83,9 @@ end
 if lk then
   apply_lucky(g.lucky_payer, g.lucky_ptag, g.recipient, g.kind, {gift_id = A.gid, sender = g.sender}, lk)
 end
-if g.closed ~= 1 then
+if answered then
+  apply_finished(g)
+elseif g.closed ~= 1 then
   apply_close(g)
 end
 if d.expired or d.err then
