@@ -69,26 +69,25 @@ local function index_due(tag, at)
   end
 end
 
--- A user's account fields that the gift steps decide on ({U}:user), read with one HMGET per
--- user per call by whichever check asks first, instead of one HMGET per check (a read
--- costs by the command far more than by the field). What is read: the fields of the rules
--- without a region (the first two for a recipient, five for a sender: `fields`), and all of
--- them when the call's arguments ask for a regional rule (consent, guardian, card art), so
--- that most gifts read no more than they need. Nothing a call writes to the account hash
--- is among these fields (`joint` is not), so what was read stays what is stored. begin()
--- empties the cache: the next call reads again. The reply is kept as HMGET gives it (false
--- for an absent field), indexed by these positions:
+-- A user's account fields that the gift steps decide on ({U}:user). Without a regional rule
+-- in the call's arguments (consent, guardian, card art) a gift step reads each side's
+-- account once, and only the fields of the rules without a region (`fields`: the first two
+-- for a recipient, five for a sender). With one, several checks read the same account, so
+-- the first reads all of these fields with one HMGET and the others reuse it (a read costs
+-- by the command far more than by the field). Nothing a call writes to the account hash is
+-- among these fields (`joint` is not), so what was read stays what is stored; begin()
+-- forgets it. The reply is as HMGET gives it (false for an absent field), by position:
 local AC_CREATED, AC_BANNED, AC_VERIFIED, AC_VIP, AC_GENDER, AC_REGION, AC_CONSENT, AC_GUARDIAN = 1, 2, 3, 4, 5, 6, 7, 8
 local ACCOUNT_FIELDS = {'created_at_ms', 'banned', 'verified', 'vip', 'gender', 'region', 'consent', 'guardian'}
 local ACCOUNTS
 local function account(user, fields)
-  if A.consent or A.guard or A.skins then
-    fields = #ACCOUNT_FIELDS
+  if not (A.consent or A.guard or A.skins) then
+    return redis.call('HMGET', ukey(user, 'user'), unpack(ACCOUNT_FIELDS, 1, fields))
   end
+  ACCOUNTS = ACCOUNTS or {}
   local u = ACCOUNTS[user]
-  if u == nil or u.n < fields then
-    u = redis.call('HMGET', ukey(user, 'user'), unpack(ACCOUNT_FIELDS, 1, fields))
-    u.n = fields
+  if u == nil then
+    u = redis.call('HMGET', ukey(user, 'user'), unpack(ACCOUNT_FIELDS))
     ACCOUNTS[user] = u
   end
   return u
@@ -534,7 +533,7 @@ end
 local function begin(argv)
   A = string.byte(argv[1], 1) == 123 and cjson.decode(argv[1]) or cmsgpack.unpack(argv[1])
   PREFIX, NOW, HOME, INDEXED = A.p, A.now, A.home, nil
-  rate_to_take, DEAD, replid, ACCOUNTS = nil, nil, nil, {}
+  rate_to_take, DEAD, replid, ACCOUNTS = nil, nil, nil, nil
   LEDGER_MAX, LEDGER_OP, LEDGER_OFF = A.lmax, A.op, A.loff == 1
   ledger_seq, ledger_buf, ledger_order = 0, {}, {}
   -- The touch of the home slot: the ledger stream's TYPE for a script that writes records
