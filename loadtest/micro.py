@@ -375,8 +375,10 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
 
 
 #: The cross-shard steps of a gift, in order, as ``SendSaga`` and ``ResolveSaga`` run them
-#: (clearing/gifts.py); ``settle`` is the payer's step (no sponsor or lucky bonus here).
-SAGA_STEPS = ("admit", "reserve", "offer", "decide", "settle", "close")
+#: (clearing/gifts.py); ``settle`` is the payer's step (no sponsor or lucky bonus here). An
+#: answer is ``answer`` then ``settle`` where ``ResolveSaga`` has an ``answer`` step, else
+#: (older commits) ``decide``, ``settle`` and ``close``.
+SEND_STEPS = ("admit", "reserve", "offer")
 
 
 async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], per_task: int,
@@ -399,8 +401,8 @@ async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], 
             state[gid] = await send.reserve(state[gid])
         elif step == "offer":
             await send.offer(state[gid])
-        elif step == "decide":
-            state[gid] = (await answers[gid].decide())[0]
+        elif step in ("answer", "decide"):
+            state[gid] = (await getattr(answers[gid], step)())[0]
         elif step == "settle":
             await answers[gid].settle(state[gid])
         else:
@@ -414,8 +416,9 @@ async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], 
 
     out: dict[str, float] = {}
     total = 0.0
-    for step in SAGA_STEPS:
-        if step == "decide":  # the answer's arguments, read before anything counts
+    two_steps = hasattr(type(await clearing.answer_saga(gifts[0][1], pairs[0][1], "accept")), "answer")
+    for step in (*SEND_STEPS, *(("answer", "settle") if two_steps else ("decide", "settle", "close"))):
+        if step in ("answer", "decide"):  # the answer's arguments, read before anything counts
             answers = {gid: await clearing.answer_saga(gid, pairs[i][1], "accept") for i, gid in gifts}
         await client.config_resetstat()
         counter.start()
