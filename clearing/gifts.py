@@ -779,6 +779,16 @@ def _moved_apart(exc: rx.ResponseError) -> bool:
 
 
 # ===================================================================== the sagas
+#: Each named argument is decoded by every script call (lib.lua begin()), so the send's
+#: steps that read few of them are given only those (gift_send.lua): what admit does not
+#: read (the sender's rules, the price, the promotion), and all that offer reads. Recovery's
+#: calls keep the whole map; they are rare.
+_NOT_FOR_ADMIT = frozenset({"base", "cost", "memo_ms", "nc_age", "nc_free", "promo", "ptag", "send_limit",
+                            "vip_bonus", "rl_daily", "rl_rooms", "window", "pointlog_max", "festival", "quote",
+                            "dev"})
+_FOR_OFFER = ("gid", "r", "rtag", "window", "saga_ms", "dead")
+
+
 class SendSaga:
     """admit@R -> reserve@S [-> sponsor@P -> reserve@S] -> offer@R (see gift.lua)."""
 
@@ -801,7 +811,8 @@ class SendSaga:
         if "pre" in self.a:
             return None
         try:
-            admit = await self.c.step("admit", self.a["r"], self.now, self.a, emits=False)
+            admit = await self.c.step("admit", self.a["r"], self.now,
+                                      {k: v for k, v in self.a.items() if k not in _NOT_FOR_ADMIT}, emits=False)
         except Refused as refusal:
             return refusal.code.value
         self.admitted = admit["state"] == "admitted"
@@ -844,7 +855,8 @@ class SendSaga:
 
     async def offer(self, send: dict[str, Any]) -> GiftRecord:
         """The recipient's side becomes an offer, pushed to the recipient's devices."""
-        offered = await self.c.step("offer", self.a["r"], self.now, {**self.a, "send": _send_fields(send)})
+        args = {k: self.a[k] for k in _FOR_OFFER}
+        offered = await self.c.step("offer", self.a["r"], self.now, {**args, "send": _send_fields(send)})
         gift = offered["gift"]
         return gift_from_map({**_public(send), "state": gift["state"], "resolved_at_ms": gift.get("resolved_at_ms")})
 

@@ -184,9 +184,12 @@ class ScriptRunner:
 
     def __init__(self, topology: Topology, rules: GiftRules, keys: KeySchema) -> None:
         self._topology = topology
-        #: What every script may read from its argument map.
-        self._common = {"p": keys.prefix, "maxlen": rules.stream_maxlen, "quota_ttl": QUOTA_TTL_MS,
-                        "retention": rules.gift_retention_ms}
+        #: What every script may read from its argument map. The three numbers go to Redis
+        #: commands only (XADD MAXLEN, PEXPIRE, SET PX), never into Lua arithmetic, so they
+        #: are sent as their text: redis.call() would format a Lua number with "%.17g" on
+        #: every use, a floating-point conversion of a few thousand instructions.
+        self._common = {"p": keys.prefix, "maxlen": str(rules.stream_maxlen), "quota_ttl": str(QUOTA_TTL_MS),
+                        "retention": str(rules.gift_retention_ms)}
         #: What the scripts of LEDGER_SCRIPTS are also given ("op" comes per call).
         self._ledger: dict[str, int] = {"lmax": rules.ledger_maxlen}
         if not rules.ledger:

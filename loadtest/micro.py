@@ -22,9 +22,10 @@ child), so that a neighbour's load changes them less than it changes rates:
   today's (docs/benchmarks.md section 10).
 - ``instructions``: the same gifts (fewer) on a ``redis-server`` under valgrind's
   callgrind, counting the instructions inside FCALL (EVALSHA on older commits) per reserve
-  and per accept: a count
-  that does not move with the machine's load (not in the default parts: valgrind is
-  slow, and is not installed everywhere).
+  and per accept, then the same number of gifts through the cross-shard saga on the same
+  server (``force_saga``), one step at a time: instructions per step call and per gift, the
+  fixed cost of a script call made visible. A count that does not move with the machine's
+  load (not in the default parts: valgrind is slow, and is not installed everywhere).
 - ``tokens``: a node's check of a client token at ``hello`` (gateway/tokens.py), for the
   deprecated format and JWTs of each algorithm (HS256; RS256 and ES256 with their key
   already in the JWKS cache).
@@ -366,8 +367,69 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
             out[f"{step}: time inside its script calls"] = inside
             out[f"{step}: redis-server CPU in all"] = process
             out[f"{step}: script calls (count)"] = calls
+        if counter is not None and hasattr(clearing, "send_saga"):
+            out.update(await _saga_steps(client, clearing, pairs, per_task, counter))
     finally:
         await client.aclose()
+    return out
+
+
+#: The cross-shard steps of a gift, in order, as ``SendSaga`` and ``ResolveSaga`` run them
+#: (clearing/gifts.py); ``settle`` is the payer's step (no sponsor or lucky bonus here). An
+#: answer is ``answer`` then ``settle`` where ``ResolveSaga`` has an ``answer`` step, else
+#: (older commits) ``decide``, ``settle`` and ``close``.
+SEND_STEPS = ("admit", "reserve", "offer")
+
+
+async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], per_task: int,
+                      counter: _Callgrind) -> dict[str, float]:
+    """The same gifts as the saga takes them (``force_saga``: every step its own script call,
+    as across shards, on one instance), one step at a time over all gifts: instructions per
+    step call, and per gift. Shows the fixed cost each script call pays, which a cross-shard
+    gift pays six times."""
+    clearing.force_saga = True
+    gifts = [(i, f"x{i}-{n}") for i in range(len(pairs)) for n in range(per_task)]
+    sends = {gid: await clearing.send_saga(gid, *pairs[i], "note", 1) for i, gid in gifts}
+    state: dict[str, Any] = {}
+    answers: dict[str, Any] = {}
+
+    async def run_step(step: str, gid: str) -> None:
+        send = sends[gid]
+        if step == "admit":
+            state[gid] = await send.admit()
+        elif step == "reserve":
+            state[gid] = await send.reserve(state[gid])
+        elif step == "offer":
+            await send.offer(state[gid])
+        elif step in ("answer", "decide"):
+            state[gid] = (await getattr(answers[gid], step)())[0]
+        elif step == "settle":
+            await answers[gid].settle(state[gid])
+        else:
+            await answers[gid].close(state[gid])
+
+    async def pair_steps(step: str, pair: int) -> None:
+        """One task per pair, its gifts one after another, as the fast path's batches run."""
+        for i, gid in gifts:
+            if i == pair:
+                await run_step(step, gid)
+
+    out: dict[str, float] = {}
+    total = 0.0
+    two_steps = hasattr(type(await clearing.answer_saga(gifts[0][1], pairs[0][1], "accept")), "answer")
+    for step in (*SEND_STEPS, *(("answer", "settle") if two_steps else ("decide", "settle", "close"))):
+        if step in ("answer", "decide"):  # the answer's arguments, read before anything counts
+            answers = {gid: await clearing.answer_saga(gid, pairs[i][1], "accept") for i, gid in gifts}
+        await client.config_resetstat()
+        counter.start()
+        await asyncio.gather(*(pair_steps(step, i) for i in range(len(pairs))))
+        spent = counter.stop()
+        stats = await client.info("commandstats")
+        calls = sum(int(v["calls"]) for k, v in stats.items() if k == "cmdstat_fcall")
+        out[f"saga {step}: instructions per call (count)"] = spent / max(1, calls)
+        out[f"saga {step}: script calls per gift (count)"] = calls / len(gifts)
+        total += spent
+    out["saga, whole gift: instructions (count)"] = total / len(gifts)
     return out
 
 

@@ -31,7 +31,7 @@ for i, tag in ipairs(A.tags) do
   next_at[i] = (e and d and math.min(e, d)) or e or d or false
 end
 -- every read done: now the index
-if INDEXED then
+if sweep_indexed() then
   local index = tkey(HOME, 'sweepidx')
   for i, tag in ipairs(A.tags) do
     if next_at[i] then

@@ -102,9 +102,9 @@ local function lacks_consent(user)
   if A.consent == nil then
     return false
   end
-  local u = redis.call('HMGET', ukey(user, 'user'), 'region', 'consent')
-  local needed = A.consent[u[1] or 'global']
-  return needed ~= nil and u[2] ~= needed
+  local u = account(user, AC_CONSENT)
+  local needed = A.consent[u[AC_REGION] or 'global']
+  return needed ~= nil and u[AC_CONSENT] ~= needed
 end
 
 local function same_gift(g)

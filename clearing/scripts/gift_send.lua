@@ -17,13 +17,13 @@ local function guard_of_recipient()
   if not A.guard then
     return nil
   end
-  local u = redis.call('HMGET', ukey(A.r, 'user'), 'region', 'gender', 'guardian')
-  local rule = A.guard[u[1] or 'global']
+  local u = account(A.r, AC_GUARDIAN)
+  local rule = A.guard[u[AC_REGION] or 'global']
   if type(rule) ~= 'table' then
     return nil
   end
-  if rule[1] == 'any' or (rule[1] == 'male_to_female' and u[2] == 'female') then
-    return {need = rule[1] == 'any' and 'any' or 'male', g = u[3] or '', win = rule[2]}
+  if rule[1] == 'any' or (rule[1] == 'male_to_female' and u[AC_GENDER] == 'female') then
+    return {need = rule[1] == 'any' and 'any' or 'male', g = u[AC_GUARDIAN] or '', win = rule[2]}
   end
   return nil
 end
@@ -51,12 +51,12 @@ local function check_admit()
     end
     return {existing = o, guard = guard_of_offer(o)}
   end
-  local r = redis.call('HMGET', ukey(A.r, 'user'), 'created_at_ms', 'banned')
-  if not r[1] then
+  local r = account(A.r, AC_BANNED)
+  if not r[AC_CREATED] then
     return {err = 'UNKNOWN_USER'}
   end
   local rfrozen, _, _, rbanned = risk_of(A.r, nil)
-  if r[2] == '1' or rbanned then
+  if r[AC_BANNED] == '1' or rbanned then
     return {err = 'RECIPIENT_BANNED'}
   end
   -- The recipient's freeze end is not the sender's business: no time goes with this code.
@@ -96,7 +96,7 @@ local function region_skin(r)
   if type(A.skins) ~= 'table' then
     return nil
   end
-  local skin = A.skins[redis.call('HGET', ukey(r, 'user'), 'region') or 'global']
+  local skin = A.skins[account(r, AC_REGION)[AC_REGION] or 'global']
   return type(skin) == 'string' and skin or nil
 end
 
@@ -155,12 +155,12 @@ local function check_reserve(rcode, rguard)
     return {err = A.pre or rcode}  -- needs no state: not remembered
   end
 
-  local s = redis.call('HMGET', ukey(A.s, 'user'), 'created_at_ms', 'verified', 'vip', 'banned', 'gender')
+  local s = account(A.s, AC_GENDER)
   local frozen, limited, dev_banned, rbanned = risk_of(A.s, A.dev)
   local code, until_ms
-  if not s[1] then
+  if not s[AC_CREATED] then
     code = 'UNKNOWN_USER'
-  elseif s[4] == '1' or rbanned then
+  elseif s[AC_BANNED] == '1' or rbanned then
     code = 'SENDER_BANNED'
   elseif dev_banned then
     code = 'DEVICE_BANNED'
@@ -168,14 +168,14 @@ local function check_reserve(rcode, rguard)
     code, until_ms = 'ACCOUNT_FROZEN', frozen > 0 and frozen or nil
   elseif lacks_consent(A.s) then
     code = 'CONSENT_REQUIRED'
-  elseif s[2] ~= '1' and not A.camp then
+  elseif s[AC_VERIFIED] ~= '1' and not A.camp then
     code = 'NOT_VERIFIED'
   elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
     code = 'BLOCKED'
   end
   if code == nil and not A.camp then
     local since = redis.call('HGET', ukey(A.s, 'follows'), A.r)
-    local limit = A.send_limit + (s[3] == '1' and A.vip_bonus or 0)
+    local limit = A.send_limit + (s[AC_VIP] == '1' and A.vip_bonus or 0)
     if not since or num(since) > NOW - A.follow_age then
       code = 'NOT_MUTUAL_3D'
     else
@@ -190,7 +190,7 @@ local function check_reserve(rcode, rguard)
   -- The guardian rule, with R's verdict: a gift it applies to waits for R's guardian, unless
   -- the guardian sends it; without a guardian linked it is refused.
   local guardian
-  if rguard and (rguard.need == 'any' or s[5] == 'male') and rguard.g ~= A.s then
+  if rguard and (rguard.need == 'any' or s[AC_GENDER] == 'male') and rguard.g ~= A.s then
     if rguard.g == '' then
       code = first_refusal(code, 'GUARDIAN_REQUIRED')
     else
@@ -220,10 +220,11 @@ local function check_reserve(rcode, rguard)
   end
 
   local payer = A.s
-  -- An account age or free-gift count that does not read makes no newcomer.
-  local free = whole(redis.call('GET', ukey(A.s, 'free')) or nil)
-  if A.promo and A.promo ~= A.s and A.promo ~= A.r and whole(s[1]) and NOW - whole(s[1]) < A.nc_age
-      and free and free < A.nc_free then
+  -- An account age or free-gift count that does not read makes no newcomer. The count is
+  -- read only for a young account: an established sender's gift does not need it.
+  local created = whole(s[AC_CREATED])
+  if A.promo and A.promo ~= A.s and A.promo ~= A.r and created and NOW - created < A.nc_age
+      and (whole(redis.call('GET', ukey(A.s, 'free')) or nil) or A.nc_free) < A.nc_free then
     if A.sponsor == nil then
       return {need_sponsor = true, cost = cost}
     end
@@ -231,14 +232,16 @@ local function check_reserve(rcode, rguard)
       payer = A.promo
     end
   end
-  if payer == A.s and num(redis.call('HGET', ukey(A.s, 'bal'), A.kind)) < cost then
+  -- The balance is read once, for the check and for corrupt()'s: hold_units changes it.
+  local balance = payer == A.s and redis.call('HGET', ukey(A.s, 'bal'), A.kind)
+  if payer == A.s and num(balance) < cost then
     code = first_refusal('INSUFFICIENT_BALANCE', code)
   end
   if code then
     return {err = code, remember = fingerprint}
   end
-  if payer == A.s and corrupt({{ukey(A.s, 'bal'), A.kind}, {ukey(A.s, 'held'), A.kind},
-                               {tkey(A.stag, 'tot'), 'holds:' .. A.kind}}) then
+  if payer == A.s and (whole(balance or nil) == nil
+                       or corrupt({{ukey(A.s, 'held'), A.kind}, {tkey(A.stag, 'tot'), 'holds:' .. A.kind}})) then
     return {err = 'CORRUPT'}
   end
   local g = {gift_id = A.gid, sender = A.s, recipient = A.r, kind = A.kind, qty = A.qty, cost = cost,

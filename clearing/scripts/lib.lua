@@ -41,9 +41,22 @@ local tkey = ukey
 -- is not served here, the call fails now, before any write, and the caller reads the map again.
 --
 -- The touch is a TYPE of this node's sweep index (index_due below), which also tells
--- whether entries can be noted in it (INDEXED): a key of another type (a hand edit) would
--- make the ZADD fail after other writes, so then nothing is noted and the full sweep finds them.
+-- whether entries can be noted in it (sweep_indexed()): a key of another type (a hand edit)
+-- would make the ZADD fail after other writes, so then nothing is noted and the full sweep
+-- finds them. A script that writes ledger records touches the home slot with the TYPE of its
+-- ledger stream instead (begin()), which is in the same slot, and asks about the sweep index
+-- only when it notes an entry there: most answers note none, and save the command.
 local HOME, INDEXED
+
+-- Whether the sweep index can take entries (nil in INDEXED: not asked yet in this call). A
+-- TYPE cannot fail on the home slot once begin() has touched it, so asking late is safe.
+local function sweep_indexed()
+  if INDEXED == nil and HOME then
+    local held = redis.call('TYPE', tkey(HOME, 'sweepidx'))['ok']
+    INDEXED = held == 'zset' or held == 'none'
+  end
+  return INDEXED == true
+end
 
 -- Every entry added to a slot's expiry or due queue is noted in the sweep index of this
 -- Redis node (a sorted set in the home slot: slot tag -> earliest time something there may
@@ -51,9 +64,33 @@ local HOME, INDEXED
 -- LT keeps the earlier time; due.lua sets the slot's true next time when it reads the slot.
 -- A caller without a home (the benchmark's redis-benchmark) leaves it to the full sweep.
 local function index_due(tag, at)
-  if INDEXED then
+  if sweep_indexed() then
     redis.call('ZADD', tkey(HOME, 'sweepidx'), 'LT', at, tag)
   end
+end
+
+-- A user's account fields that the gift steps decide on ({U}:user). Without a regional rule
+-- in the call's arguments (consent, guardian, card art) a gift step reads each side's
+-- account once, and only the fields of the rules without a region (`fields`: the first two
+-- for a recipient, five for a sender). With one, several checks read the same account, so
+-- the first reads all of these fields with one HMGET and the others reuse it (a read costs
+-- by the command far more than by the field). Nothing a call writes to the account hash is
+-- among these fields (`joint` is not), so what was read stays what is stored; begin()
+-- forgets it. The reply is as HMGET gives it (false for an absent field), by position:
+local AC_CREATED, AC_BANNED, AC_VERIFIED, AC_VIP, AC_GENDER, AC_REGION, AC_CONSENT, AC_GUARDIAN = 1, 2, 3, 4, 5, 6, 7, 8
+local ACCOUNT_FIELDS = {'created_at_ms', 'banned', 'verified', 'vip', 'gender', 'region', 'consent', 'guardian'}
+local ACCOUNTS
+local function account(user, fields)
+  if not (A.consent or A.guard or A.skins) then
+    return redis.call('HMGET', ukey(user, 'user'), unpack(ACCOUNT_FIELDS, 1, fields))
+  end
+  ACCOUNTS = ACCOUNTS or {}
+  local u = ACCOUNTS[user]
+  if u == nil then
+    u = redis.call('HMGET', ukey(user, 'user'), unpack(ACCOUNT_FIELDS))
+    ACCOUNTS[user] = u
+  end
+  return u
 end
 
 -- A request's rate token, checked first (check_rate) and taken when the script ends, by
@@ -495,17 +532,20 @@ end
 -- with) from the benchmark's redis-benchmark, whose arguments cannot hold a NUL byte.
 local function begin(argv)
   A = string.byte(argv[1], 1) == 123 and cjson.decode(argv[1]) or cmsgpack.unpack(argv[1])
-  PREFIX, NOW, HOME, INDEXED = A.p, A.now, A.home, false
-  rate_to_take, DEAD, replid = nil, nil, nil
+  PREFIX, NOW, HOME, INDEXED = A.p, A.now, A.home, nil
+  rate_to_take, DEAD, replid, ACCOUNTS = nil, nil, nil, nil
   LEDGER_MAX, LEDGER_OP, LEDGER_OFF = A.lmax, A.op, A.loff == 1
   ledger_seq, ledger_buf, ledger_order = 0, {}, {}
-  if HOME then
-    local held = redis.call('TYPE', tkey(HOME, 'sweepidx'))['ok']
-    INDEXED = held == 'zset' or held == 'none'
+  -- The touch of the home slot: the ledger stream's TYPE for a script that writes records
+  -- (absent: 'none'; any type but a stream would make XADD fail), else the sweep index's.
+  local ledger_type
+  if HOME and LEDGER_MAX ~= nil then
+    ledger_type = redis.call('TYPE', ledger_key(HOME)).ok
+  elseif HOME then
+    sweep_indexed()
   end
   if LEDGER_MAX ~= nil and (type(LEDGER_MAX) ~= 'number' or LEDGER_MAX < 1 or LEDGER_MAX % 1 ~= 0
-      or type(LEDGER_OP) ~= 'string' or (HOME and redis.call('TYPE', ledger_key(HOME)).ok ~= 'stream'
-          and redis.call('EXISTS', ledger_key(HOME)) == 1)) then
+      or type(LEDGER_OP) ~= 'string' or (HOME and ledger_type ~= 'stream' and ledger_type ~= 'none')) then
     return cmsgpack.pack({err = 'CORRUPT'})
   end
   return nil
