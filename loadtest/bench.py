@@ -84,8 +84,8 @@ class Plan:
 FULL = Plan(echo_s=6, clearing_s=6, pubsub_messages=30_000, warmup_s=2, max_s=12, half_s=8, delivery_s=6,
             locust_s=15, concurrency=32, pairs=64, idle_connections=10_000)
 #: ``locust_s`` is Locust's measuring window, which opens once its users are set up
-#: (accounts, connections): on a starved machine that set-up outlasted a whole 8-second run
-#: timed from the spawn, and the run measured nothing (loadtest/locust_window.py).
+#: (accounts, connections): on a starved machine Locust's start and that set-up used up a
+#: whole 8-second ``-t``, and the run measured nothing (loadtest/locust_window.py).
 QUICK = Plan(echo_s=1.0, clearing_s=1.0, pubsub_messages=5_000, warmup_s=0.3, max_s=2.5, half_s=1.5, delivery_s=1.0,
              locust_s=8, concurrency=16, pairs=8, idle_connections=200)
 #: The idle-memory target is stated for this many connections on one node.

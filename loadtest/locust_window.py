@@ -1,11 +1,12 @@
 """The measuring window of a Locust run: it opens once every user is set up.
 
 Why: a gifting user first creates two accounts through the admin API and opens two
-WebSocket connections. How long that takes depends on the machine and on what else runs
-on it: on a starved machine eight users took longer than a whole 8-second ``-t``, and the
-run measured no gift at all. So the run is not timed from the spawn: each user says when
-its set-up is over (done or given up), and once all of them have, the window opens, lasts
-``--notecard-window`` seconds, and the run quits. ``-t`` stays as the overall cap.
+WebSocket connections. How long that, and Locust's own start of the test, take depends on
+the machine and on what else runs on it: on a starved machine they used up a whole
+8-second ``-t`` (which starts with the test), and the run measured no gift at all. So the
+run is not timed from its start: each user says when its set-up is over (done or given
+up), and once all of them have, the window opens, lasts ``--notecard-window`` seconds, and
+the run quits. ``-t`` stays as the overall cap.
 
 The window's request counts are read from Locust's own stats at both ends, on one clock
 (``time.time``), so a rate over it counts no set-up time. With ``--processes`` or

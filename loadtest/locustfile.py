@@ -30,6 +30,9 @@ run side by side). Headless, for example::
     locust -f loadtest/locustfile.py --headless -u 50 -r 50 -t 60s \\
         --notecard-target bench-results/target.json --csv bench-results/locust GiftingPair
 
+``--notecard-window S`` (what the bench uses) measures for ``S`` seconds from the moment
+every user is set up instead of timing the run from its start (:mod:`loadtest.locust_window`).
+
 Distributed: add ``--processes 2`` (one master forking workers), or run ``--master`` and
 ``--worker`` processes yourself; docs/benchmarks.md has the command lines.
 """
