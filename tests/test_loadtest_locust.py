@@ -103,7 +103,6 @@ def test_the_measuring_window_opens_once_every_user_is_set_up(served: LoadTarget
     assert window.before["connect"] == window.after["connect"] == 2 * users
     assert window.requests("send->outcome") > 0
     assert result.steady_rate("send->outcome") == window.rate("send->outcome") > 0
-    assert result.rows["send->outcome"].requests >= window.after["send->outcome"]
 
 
 def test_the_steady_rate_is_the_window_s_not_the_whole_run_s() -> None:
