@@ -83,8 +83,9 @@ class Plan:
 
 FULL = Plan(echo_s=6, clearing_s=6, pubsub_messages=30_000, warmup_s=2, max_s=12, half_s=8, delivery_s=6,
             locust_s=15, concurrency=32, pairs=64, idle_connections=10_000)
-#: Locust's users set themselves up (accounts, connections) inside its run time: on a slow,
-#: busy machine that took most of 3 s, and the run measured nothing.
+#: ``locust_s`` is Locust's measuring window, which opens once its users are set up
+#: (accounts, connections): on a starved machine Locust's start and that set-up used up a
+#: whole 8-second ``-t``, and the run measured nothing (loadtest/locust_window.py).
 QUICK = Plan(echo_s=1.0, clearing_s=1.0, pubsub_messages=5_000, warmup_s=0.3, max_s=2.5, half_s=1.5, delivery_s=1.0,
              locust_s=8, concurrency=16, pairs=8, idle_connections=200)
 #: The idle-memory target is stated for this many connections on one node.
@@ -269,9 +270,16 @@ class Bench:
             for at in result.request_times(name, started, ended):
                 series.add(at - self.wall_t0, row.median_ms / 1000)
         rows = {name: dataclasses.asdict(row) for name, row in result.rows.items()}
+        window = result.window
         self.results["locust"] = {"settled_per_s": result.steady_rate("send->outcome"), "users": self.plan.pairs,
                                   "processes": self.locust_processes, "returncode": result.returncode,
-                                  "stats": rows}
+                                  "stats": rows,
+                                  # None: the users never all got set up within the cap, and the
+                                  # rate above falls back to Locust's history over the whole run.
+                                  "window": None if window is None else {
+                                      "seconds": window.seconds, "opened_after_s": window.started - started,
+                                      "users": window.users, "users_failed": window.users_failed,
+                                      "settled": window.requests("send->outcome")}}
         with contextlib.suppress(OSError):
             target_file.unlink()  # it holds the run's secrets
 

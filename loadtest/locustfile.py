@@ -30,6 +30,9 @@ run side by side). Headless, for example::
     locust -f loadtest/locustfile.py --headless -u 50 -r 50 -t 60s \\
         --notecard-target bench-results/target.json --csv bench-results/locust GiftingPair
 
+``--notecard-window S`` (what the bench uses) measures for ``S`` seconds from the moment
+every user is set up instead of timing the run from its start (:mod:`loadtest.locust_window`).
+
 Distributed: add ``--processes 2`` (one master forking workers), or run ``--master`` and
 ``--worker`` processes yourself; docs/benchmarks.md has the command lines.
 """
@@ -48,6 +51,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
+from loadtest import locust_window
 from loadtest.blocking_client import Arrival, BlockingConnection, ConnectionLost, RequestFailed
 from loadtest.target import Target
 from protocol import AcceptGift, DeclineGift, GiftResolved, GiftSent, Ping, Pong, SendGift
@@ -67,6 +71,15 @@ def _add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--notecard-target", env_var="NOTECARD_TARGET", default="",
         help="JSON file describing the deployment (written by python -m loadtest.target)",
+    )
+    parser.add_argument(
+        "--notecard-window", type=float, default=0.0,
+        help="measure for this many seconds once every user is set up, then quit (-t stays the cap); "
+             "the window's times and request counts go to --notecard-window-file",
+    )
+    parser.add_argument(
+        "--notecard-window-file", default="",
+        help="JSON file for the measuring window: started, ended (unix s) and per-name request counts",
     )
     parser.add_argument(
         "--notecard-until", default="",
@@ -102,14 +115,22 @@ def _stop_when_done(environment: Environment, count: int, names: list[str]) -> N
 
 
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
-    until = _until_of(environment.parsed_options)
+    options = environment.parsed_options
     # The master (or the only process) sees every worker's requests; a worker sees its own.
-    if until is not None and environment.runner is not None and not isinstance(environment.runner, WorkerRunner):
-        import gevent
+    if environment.runner is None or isinstance(environment.runner, WorkerRunner):
+        return
+    import gevent
 
+    until = _until_of(options)
+    if until is not None:
         gevent.spawn(_stop_when_done, environment, *until)
+    window_s = getattr(options, "notecard_window", 0.0) if options is not None else 0.0
+    if window_s > 0:
+        gevent.spawn(locust_window.measure, environment, window_s, getattr(options, "notecard_window_file", ""))
 
 
+_init_hook: Any = events.init
+_init_hook.add_listener(locust_window.on_init)
 _start_hook: Any = events.test_start
 _start_hook.add_listener(_on_test_start)
 
@@ -172,7 +193,25 @@ def open_connection(environment: Environment, url: str, token: str, *, name: str
     return conn
 
 
-class GiftingPair(User):
+class _SettingUpUser(User):
+    """A user that tells the measuring window (:mod:`loadtest.locust_window`) when its
+    set-up is over, done or given up, so the window opens only once every user is ready."""
+
+    abstract = True
+
+    def set_up(self) -> None:
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        ok = False
+        try:
+            self.set_up()
+            ok = True
+        finally:
+            locust_window.user_set_up(self.environment, ok=ok)
+
+
+class GiftingPair(_SettingUpUser):
     """A sender on the first node and a recipient on the last one, giving one card at a time:
     send, offer, accept (or decline), outcome. Closed loop: the next gift starts when the
     sender has heard the outcome."""
@@ -180,7 +219,7 @@ class GiftingPair(User):
     weight = 2
     wait_time = constant(0)
 
-    def on_start(self) -> None:
+    def set_up(self) -> None:
         target = target_of(self.environment)
         started = time.perf_counter()
         try:
@@ -225,14 +264,14 @@ class GiftingPair(User):
             _report(env, "PUSH" if "->" in step else "WS", step, 0.0, error=exc)
 
 
-class IdleConnection(User):
+class IdleConnection(_SettingUpUser):
     """An authenticated connection that mostly sits: one ``ping`` every 20-40 s. Its user
     needs no account (a token is enough to connect), so thousands cost no set-up."""
 
     weight = 2
     wait_time = between(20, 40)
 
-    def on_start(self) -> None:
+    def set_up(self) -> None:
         target = target_of(self.environment)
         url = random.choice(target.urls)
         self.conn = open_connection(self.environment, url, target.token(f"li{uuid.uuid4().hex[:12]}"))
@@ -254,7 +293,7 @@ class IdleConnection(User):
         _report(self.environment, "WS", "ping", pong.at - sent, pong.size)
 
 
-class ReconnectStorm(User):
+class ReconnectStorm(_SettingUpUser):
     """A connection that keeps dropping (no close frame, as when a node or a network path
     dies) and coming back at once to a random node, resuming its event stream. Many of
     these at once are the storm that follows a node crash."""
@@ -262,7 +301,7 @@ class ReconnectStorm(User):
     weight = 1
     wait_time = between(0.5, 2.0)
 
-    def on_start(self) -> None:
+    def set_up(self) -> None:
         target = target_of(self.environment)
         self.user_id = f"lr{uuid.uuid4().hex[:12]}"
         self.conn = open_connection(self.environment, random.choice(target.urls), target.token(self.user_id))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.blocking_client import BlockingConnection, RequestFailed
-from loadtest.locust_run import LocustResult, LocustRow, run_locust
+from loadtest.locust_run import LocustResult, LocustRow, LocustWindow, run_locust
 from loadtest.target import LoadTarget, Target
 from protocol import Ping, Pong
 
@@ -83,3 +83,37 @@ def test_a_run_with_under_two_history_rows_still_has_its_requests(history: list[
     times = result.request_times("send->outcome", 100.0, 103.0)
     assert len(times) == 5 and all(100.0 < t < 103.0 for t in times)
     assert result.request_times("send->offer", 100.0, 103.0) == []
+
+
+def test_the_measuring_window_opens_once_every_user_is_set_up(served: LoadTarget, tmp_path: Path) -> None:
+    """The run is timed from the moment every user is set up, not from the spawn: on a
+    starved machine the set-up of 8 users outlasted a whole 8-second run, which then
+    measured no gift at all. Here the window is shorter than any set-up could promise to be."""
+    target_file = tmp_path / "target.json"
+    served.target.write(target_file)
+    users = 4
+    result = run_locust(target_file, tmp_path / "run", users=users, duration_s=2)
+    assert result.returncode == 0, (tmp_path / "run_locust.log").read_text()[-3000:]
+    window = result.window
+    assert window is not None, (tmp_path / "run_locust.log").read_text()[-3000:]
+    assert window.users == users and window.users_failed == 0
+    assert window.seconds >= 2
+    # Every account and connection was made before the window opened and none inside it.
+    assert window.before["provision"] == window.after["provision"] == users
+    assert window.before["connect"] == window.after["connect"] == 2 * users
+    assert window.requests("send->outcome") > 0
+    assert result.steady_rate("send->outcome") == window.rate("send->outcome") > 0
+
+
+def test_the_steady_rate_is_the_window_s_not_the_whole_run_s() -> None:
+    # A run that spent 10 s setting up and then settled 30 gifts in 3 s: its history (and
+    # Locust's own average) would stretch those over the set-up.
+    window = LocustWindow(started=110.0, ended=113.0, users=8, users_failed=0,
+                          before={"send->outcome": 0, "connect": 16}, after={"send->outcome": 30, "connect": 16})
+    result = LocustResult(_result({}, requests=30).rows, {"send->outcome": [(101.0, 1), (112.0, 20), (113.0, 30)]},
+                          0, Path("unused"), window)
+    assert result.steady_rate("send->outcome") == 10.0
+    assert window.requests("connect") == 0 and window.rate("send->offer") == 0.0
+    # Without a window (a run ended early by `until`), the history still gives a rate.
+    assert _result({"send->outcome": [(101.0, 1), (112.0, 20), (113.0, 30)]}, requests=30).steady_rate(
+        "send->outcome") == 29 / 12
