@@ -78,6 +78,9 @@ async def redis(redis_server: LocalRedis, topology_kind: str, request: pytest.Fi
 
 #: The cluster node timeout of test clusters that have no replicas (see redis_cluster).
 CALM_NODE_TIMEOUT_MS = 30_000
+#: The clearing client's read timeout on the test cluster: the production default (5 s) is
+#: for a Redis that answers at once, and a starved test machine can stall a call longer.
+STARVED_READ_TIMEOUT_S = 30.0
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +98,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 async def cluster_store(cluster: LocalCluster) -> Topology:
     """A topology over the test cluster, emptied."""
     topology = await connect_cluster([(s.host, s.port) for s in cluster.servers], password=cluster.password,
-                                     fence=lambda tag: DEFAULT_KEYS.node_channel(tag, "fence"))
+                                     fence=lambda tag: DEFAULT_KEYS.node_channel(tag, "fence"),
+                                     timeout_s=STARVED_READ_TIMEOUT_S)
     await topology.general.flushall(target_nodes="primaries")
     return topology
 
