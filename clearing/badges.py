@@ -85,6 +85,12 @@ class Badges(RedisComponent):
         if not badges:
             return {"user": user_id, "region": region, "badges": [], "earned": []}
         stats = {k.decode(): v.decode() for k, v in (await guarded(redis.hgetall(self._keys.stats(user_id)))).items()}
+        return self.shown(user_id, region, badges, stats)
+
+    def shown(self, user_id: str, region: str, badges: tuple[dict[str, Any], ...], stats: Mapping[str, str]
+              ) -> dict[str, Any]:
+        """What :meth:`of` returns, from the region's badges and the user's counters
+        (``KeySchema.stats``) already read."""
         month = QuotaDays(self._rules.timezone)(self._clock())[:6]
         values = {"accepted": _count(stats.get("accepted")), "given": _count(stats.get("given")),
                   "given_month": _count(stats.get(f"given:{month}"))}
@@ -94,13 +100,6 @@ class Badges(RedisComponent):
 
     async def exists(self, user_id: str) -> bool:
         return bool(await guarded(self._redis.exists(self._keys.user(user_id))))
-
-    async def earned(self, user_id: str) -> tuple[str, ...] | None:
-        """The ids of the badges the user holds; None when the user's region has none."""
-        if not any(r.eco_badges for r in (await self._settings.get()).regions.values()):
-            return None  # no Redis call when no region has badges
-        shown = await self.of(user_id)
-        return tuple(shown["earned"]) if shown["badges"] else None
 
 
 def _count(raw: str | None) -> int:

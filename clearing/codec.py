@@ -13,6 +13,12 @@ from typing import Any
 from clearing.model import Balances, EventKind, GiftRecord, GiftState, UserEvent, UserRecord
 from clearing.regions import DEFAULT_REGION
 
+#: Value -> member, looked up directly: ``GiftState(value)`` goes through the enum
+#: machinery (about a microsecond), and every reply and event names a state and a kind.
+#: A value not listed still goes through the enum, which raises as before.
+_STATES: dict[object, GiftState] = {s.value: s for s in GiftState}
+_KINDS: dict[object, EventKind] = {k.value: k for k in EventKind}
+
 
 def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
     resolved = m.get("resolved_at_ms")
@@ -24,7 +30,7 @@ def gift_from_map(m: Mapping[str, Any]) -> GiftRecord:
         qty=int(m["qty"]),
         cost=int(m["cost"]),
         amount=int(m["amount"]),
-        state=GiftState(m["state"]),
+        state=_STATES.get(m["state"]) or GiftState(m["state"]),
         created_at_ms=int(m["created_at_ms"]),
         expires_at_ms=int(m["expires_at_ms"]),
         resolved_at_ms=None if resolved is None else int(resolved),
@@ -98,6 +104,6 @@ def event_from_map(m: Mapping[str, Any]) -> UserEvent:
         user=str(m["u"]),
         epoch=str(m["ep"]),
         offset=int(m["o"]),
-        kind=EventKind(m["e"]),
+        kind=_KINDS.get(m["e"]) or EventKind(m["e"]),
         gift=gift_from_map(m["g"]),
     )

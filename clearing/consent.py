@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from clearing.component import RedisComponent
 from clearing.errors import Refusal, Refused
 from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import is_valid_app
-from clearing.regions import CONSENT_VERSION_PATTERN, DEFAULT_REGION, consent_versions, is_valid_consent_version
+from clearing.regions import CONSENT_VERSION_PATTERN, DEFAULT_REGION, is_valid_consent_version
 
 #: Where a consent was given, as the client names it (``signup``, ``settings``, ``web``).
 CONSENT_CHANNEL_PATTERN = r"[a-z0-9_.\-]{1,32}"
@@ -69,18 +70,6 @@ class Consents(RedisComponent):
         return ConsentState(user_id, reply.get("version"), int(at_ms) if at_ms else None, reply.get("channel"),
                             bool(reply.get("changed")))
 
-    async def needed(self, user_id: str) -> str | None:
-        """The consent version the user's region asks for when the user has no consent to it
-        on record (the welcome's ``consent_needed``); None otherwise, without a Redis call
-        when no region asks for consent."""
-        versions = consent_versions((await self._settings.get()).regions)
-        if not versions:
-            return None
-        region, version = (_text(f) for f in await guarded(self._redis.hmget(self._keys.user(user_id), "region",
-                                                                              "consent")))
-        needed = versions.get(region or DEFAULT_REGION)
-        return needed if needed is not None and version != needed else None
-
     async def current(self, user_id: str) -> dict[str, Any]:
         """The consent on record ({version, at_ms, channel} or {}) and when it was last withdrawn."""
         fields = await guarded(self._redis.hmget(self._keys.user(user_id), "consent", "consent_at_ms",
@@ -103,6 +92,14 @@ class Consents(RedisComponent):
             if isinstance(doc, dict):
                 out.append(doc)
         return out
+
+
+def consent_needed(versions: Mapping[str, str], region: str | None, version: str | None) -> str | None:
+    """The version a user of ``region`` (None: the default region) with the consent
+    ``version`` on record must consent to, or None: ``versions`` is region -> the version
+    its users need (:func:`clearing.regions.consent_versions`)."""
+    needed = versions.get(region or DEFAULT_REGION)
+    return needed if needed is not None and version != needed else None
 
 
 def _text(value: bytes | str | None) -> str | None:

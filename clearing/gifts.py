@@ -77,13 +77,11 @@ from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT, ScriptRunner
 from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
-from clearing.odds import Draw, draw
 from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
-from clearing.regions import consent_versions, guardian_args
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
-from clearing.skins import kind_art
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
+from clearing.snapshot_args import SnapshotArgs, consent_of, lucky_of, lucky_tables, perks_of
 from clearing.topology import Durability, NodeScripts, SlotUncovered, Topology
 
 log = logging.getLogger("notecard.clearing.gifts")
@@ -150,6 +148,15 @@ class Clearing(RedisComponent):
         #: What the answer's scripts read of those (gift_answer.lua): each named argument is
         #: decoded by every call, so an answer carries only these.
         self._answer_constant = {k: self._constant[k] for k in ("saga_ms", "pointlog_max")}
+        #: What the settings snapshot in use contributes to every gift's arguments, derived
+        #: once per snapshot (clearing/snapshot_args.py).
+        self._snapshot_args: SnapshotArgs | None = None
+
+    def _args_of(self, snapshot: SettingsSnapshot) -> SnapshotArgs:
+        held = self._snapshot_args
+        if held is None or held.snapshot is not snapshot:
+            held = self._snapshot_args = SnapshotArgs(snapshot, self._constant, self._answer_constant)
+        return held
 
     # ================================================================ send
     async def reserve(self, gift_id: str, sender: str, recipient: str, kind: str, qty: int, *,
@@ -323,28 +330,24 @@ class Clearing(RedisComponent):
         base = qty * self._rules.units_per_card if not precheck else 0
         festival = snapshot.festival_at(now)
         cost = -(-base * festival.permille // 1000) if festival else base
-        scenes = snapshot.scenes
+        held = self._args_of(snapshot)
+        # The rules' constants, the consent versions and the guardian rules come built.
         a: dict[str, Any] = {
-            **self._constant, "gid": gift_id, "s": sender, "r": recipient, "kind": kind, "qty": qty,
+            **held.send, "gid": gift_id, "s": sender, "r": recipient, "kind": kind, "qty": qty,
             "base": base, "cost": cost, "day": self._days(now), "app": app,
             "stag": tag_of(sender), "rtag": tag_of(recipient), "dead": await self._dead_nodes(),
         }
         if precheck:
             a["pre"] = precheck
-        a.update(_consent(snapshot))
         if festival:
             a["festival"] = festival.festival_id
-        guard = guardian_args(snapshot.regions)
-        if guard:
-            a["guard"] = guard
         if quote_id:
             a["quote"] = quote_id
-        art = kind_art(snapshot.skins, kind) if snapshot.skins else None
+        art = held.art(kind)
         if art:
             a["skins"] = art
-        if scenes.newcomer_free_gifts > 0 and scenes.promo_account not in (sender, recipient):
-            a.update(promo=scenes.promo_account, ptag=tag_of(scenes.promo_account),
-                     nc_age=scenes.newcomer_age_ms, nc_free=scenes.newcomer_free_gifts)
+        if held.promo is not None and held.promo_account not in (sender, recipient):
+            a.update(held.promo)
         return a
 
     def _precheck(self, sender: str, recipient: str, kind: str, qty: int) -> str:
@@ -376,16 +379,17 @@ class Clearing(RedisComponent):
             raise Refused(Refusal.GIFT_NOT_FOUND)
         now = self._clock()
         snapshot = await self._settings.get()
+        held = self._args_of(snapshot)
+        # The constants, the perks and (to an accept) the consent versions come built.
         a: dict[str, Any] = {
-            **self._answer_constant, "gid": gift_id, "r": recipient, "event": event, "rapp": app,
-            "perks": _perks(snapshot), "dead": await self._dead_nodes(),
+            **(held.accept if event == "accept" else held.answer), "gid": gift_id, "r": recipient, "event": event,
+            "rapp": app, "dead": await self._dead_nodes(),
         }
         if answering:
             # A guardian's rate is in their own slot, which the ward's scripts cannot reach.
             a.update(by=by or recipient, **(self._rate if by is None else {}))
         if event == "accept":
-            a.update(_consent(snapshot))
-            a.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
+            a.update(held.lucky(recipient, gift_id, self._rules.units_per_card))
         if self._fast_resolve(recipient, sender_hint):
             try:
                 reply = await self._lua.run("resolve", slot_of(recipient), self._keys.user(recipient), now, a,
@@ -734,36 +738,16 @@ def _lucky_args(snapshot: SettingsSnapshot, recipient: str, gift_id: str, units_
     """The lucky card's draw for each region with published odds (docs/regions.md): the
     script picks the recipient's region's, records it with the decision and pays it. Empty
     when no region has the rule or no promotion account could pay."""
-    promo = snapshot.scenes.promo_account
-    if not promo or promo == recipient:
-        return {}
-    draws: dict[str, Draw] = {}  # regions sharing a table share its one draw
-    lucky: dict[str, list[Any]] = {}
-    for code, rules in snapshot.regions.items():
-        table = snapshot.odds.get(rules.lucky_odds) if rules.lucky_odds else None
-        if table is None:
-            continue
-        if table.table_id not in draws:
-            draws[table.table_id] = draw(table, recipient, gift_id)
-        drawn = draws[table.table_id]
-        lucky[code] = [drawn.table, drawn.version, drawn.seed, drawn.bonus * units_per_card]
-    if not lucky:
-        return {}
-    return {"lucky": lucky, "lpromo": promo, "lptag": tag_of(promo)}
+    return lucky_of(snapshot, lucky_tables(snapshot), recipient, gift_id, units_per_card)
 
 
 def _perks(snapshot: SettingsSnapshot) -> dict[str, Any]:
-    scenes = snapshot.scenes
-    return {"per_card": scenes.points_per_card,
-            "apps": {app: [p.sender_bonus_permille, p.recipient_multiplier_permille, int(p.joint_campaign)]
-                     for app, p in scenes.apps.items()}}
+    return perks_of(snapshot)
 
 
 def _consent(snapshot: SettingsSnapshot) -> dict[str, Any]:
-    """The ``consent`` argument of a send or an accept (gift.lua lacks_consent): region ->
-    the consent version its users need; nothing when no region asks for consent."""
-    versions = consent_versions(snapshot.regions)
-    return {"consent": versions} if versions else {}
+    """The ``consent`` argument of a send or an accept (gift.lua lacks_consent)."""
+    return consent_of(snapshot)
 
 
 def _record(gift_id: str, raw: Any) -> GiftRecord:

@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.utils import HIREDIS_AVAILABLE
 
 from clearing import CONTROL_PREFIX, KeySchema, UserEvent, decode_published
 from clearing.topology import NodeScripts, Topology
@@ -62,6 +63,18 @@ _POLL_S = 0.5
 #: How often the listener reads the cluster's map again to find a changed set of primaries
 #: or home slots (a script meeting a moved slot reads it sooner). One CLUSTER SLOTS per node.
 MAP_CHECK_S = 10.0
+
+
+async def _as_received(response: object) -> object:
+    """Hands a pub/sub push to the caller unchanged. The handler redis-py installs by
+    default logs every push at debug level after formatting it with ``str()`` (a few
+    microseconds per event, for a log line nobody enables); the reply is the same."""
+    return response
+
+
+#: Only the C reply parser (hiredis, a dependency) and the RESP3 one take a push handler;
+#: without either, redis-py's own default is kept.
+_PUSH_HANDLER = {"push_handler_func": _as_received} if HIREDIS_AVAILABLE else {}
 
 
 class NodeSubscriber:
@@ -186,7 +199,7 @@ class NodeSubscriber:
     async def _listen(self, node: NodeScripts, home: str, *, settings: bool) -> None:
         client = self.client_of(node)
         channel = self.keys.node_channel(home, self.node_id)
-        pubsub = client.pubsub()
+        pubsub = client.pubsub(**_PUSH_HANDLER)
         try:
             await self._subscribe(pubsub, channel, settings)
             self._subscribed += 1

@@ -17,7 +17,10 @@ import logging
 
 from clearing import Clearing, EventLog, Replay
 from clearing.badges import Badges
-from clearing.consent import Consents
+from clearing.codec import text_hash
+from clearing.consent import Consents, consent_needed
+from clearing.guard import guarded, guarded_pipeline
+from clearing.regions import DEFAULT_REGION, consent_versions
 from gateway.config import GatewaySettings
 from gateway.connection import ClientConnection, page_size
 from gateway.hub import Hub
@@ -45,11 +48,11 @@ class Welcomer:
         """Send the welcome, the pending offers, the missed events, then the buffered live ones."""
         replay = await self.events.replay(conn.user_id, hello.epoch, hello.offset, limit=self.page)
         pending = [gift_view(g) for g in await self.clearing.pending_for(conn.user_id)]
+        consent, badges = await self._consent_and_badges(conn.user_id)
         welcome = Welcome(
             user=conn.user_id, node=self.node_id, epoch=replay.epoch, offset=replay.head,
             recovered=replay.recovered, pending=(), heartbeat_s=max(1, round(self.settings.heartbeat_s)),
-            consent_needed=await self.consents.needed(conn.user_id) if self.consents is not None else None,
-            badges=await self.badges.earned(conn.user_id) if self.badges is not None else None,
+            consent_needed=consent, badges=badges,
         )
         if not await self._send_paged(conn, [encode(m, conn.encoding) for m in welcome_messages(welcome, pending)]):
             return
@@ -60,6 +63,32 @@ class Welcomer:
         conn.last_offset = last
         self.hub.flush_buffered(conn)
         log.info("connected", extra={"user": conn.user_id, "app": conn.app, "recovered": replay.recovered})
+
+    async def _consent_and_badges(self, user_id: str) -> tuple[str | None, tuple[str, ...] | None]:
+        """The welcome's ``consent_needed`` (the version the user's region asks for, when the
+        user has no consent to it on record) and ``badges`` (the ids earned; None when the
+        user's region has none). No Redis call when no region has either rule; otherwise one
+        round trip reads the user's region and consent, and the badge counters when some
+        region has badges (one slot: the user's), where each used to read the region itself."""
+        snapshot = await self.clearing.settings.get()
+        versions = consent_versions(snapshot.regions) if self.consents is not None else {}
+        badged = self.badges is not None and any(r.eco_badges for r in snapshot.regions.values())
+        if not versions and not badged:
+            return None, None
+        keys = self.clearing.keys
+        async with guarded_pipeline(self.clearing.redis, transaction=False) as pipe:
+            pipe.hmget(keys.user(user_id), "region", "consent")
+            if badged:
+                pipe.hgetall(keys.stats(user_id))
+            replies = await guarded(pipe.execute())
+        region_raw, version_raw = (_text(v) for v in replies[0])
+        region = region_raw or DEFAULT_REGION
+        consent = consent_needed(versions, region, version_raw)
+        rules = snapshot.region(region).eco_badges
+        if self.badges is None or not badged or not rules:
+            return consent, None
+        shown = self.badges.shown(user_id, region, rules, text_hash(replies[1]))
+        return consent, tuple(shown["earned"])
 
     async def _send_paged(self, conn: ClientConnection, frames: list[Frame]) -> bool:
         """Queue ``frames`` a page at a time; False when the connection ended meanwhile."""
@@ -91,3 +120,7 @@ class Welcomer:
                 # the client reconnects and learns it from the welcome (recovered=false).
                 conn.close(CloseCode.SERVICE_UNAVAILABLE, "event stream reset, reconnect")
                 return None
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

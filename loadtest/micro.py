@@ -17,7 +17,9 @@ child), so that a neighbour's load changes them less than it changes rates:
 - ``scripts``: the clearing scripts of one gift on one Redis, ``Clearing.reserve`` then
   ``Clearing.accept`` between pairs of users: the time Redis spends inside each call
   (``INFO commandstats``, reset before each batch; Redis takes it from the wall clock, so
-  a busy machine inflates it) and redis-server's CPU per call. Only the public clearing
+  a busy machine inflates it), redis-server's CPU per call, and this process's CPU per call
+  (the client's side of clearing, as a node runs it: arguments, packing, the pipeline, the
+  reply; measured with the same neighbours as the rest). Only the public clearing
   API is used, so the same part runs on older commits and compares their scripts with
   today's (docs/benchmarks.md section 10).
 - ``instructions``: the same gifts (fewer) on a ``redis-server`` under valgrind's
@@ -331,13 +333,15 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
     per_task = gifts // concurrency
     instructions: dict[str, float] = {}
 
-    async def batch(step: str) -> tuple[float, float, float]:
+    async def batch(step: str) -> tuple[float, float, float, float]:
         """Per operation: microseconds inside Redis's script calls, redis-server CPU
-        microseconds, and script calls (a version may split an operation into more)."""
+        microseconds, script calls (a version may split an operation into more), and this
+        process's CPU microseconds (the client's side: what a node spends in clearing)."""
         await client.config_resetstat()
         cpu = await client.info("cpu")
         if counter is not None:
             counter.start()
+        started = time.process_time()
 
         async def one(index: int) -> None:
             sender, recipient = pairs[index]
@@ -348,6 +352,7 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
                     await clearing.accept(f"m{index}-{n}", recipient)
 
         await asyncio.gather(*(one(i) for i in range(concurrency)))
+        client_s = time.process_time() - started
         if counter is not None:
             instructions[step] = counter.stop() / (per_task * concurrency)
         after, stats = await client.info("cpu"), await client.info("commandstats")
@@ -355,18 +360,19 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
         inside = sum(float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_fcall"))
         spent = sum(float(after[k]) - float(cpu[k]) for k in ("used_cpu_user", "used_cpu_sys"))
         ops = per_task * concurrency
-        return inside / ops, spent / ops * 1e6, calls / ops
+        return inside / ops, spent / ops * 1e6, calls / ops, client_s / ops * 1e6
 
     try:
         out: dict[str, float] = {}
         for step in ("reserve", "accept"):
-            inside, process, calls = await batch(step)
+            inside, process, calls, client_cpu = await batch(step)
             if counter is not None:
                 out[f"{step}: instructions inside its script calls (count)"] = instructions[step]
                 continue  # under valgrind, time says nothing
             out[f"{step}: time inside its script calls"] = inside
             out[f"{step}: redis-server CPU in all"] = process
             out[f"{step}: script calls (count)"] = calls
+            out[f"{step}: client CPU (this process)"] = client_cpu
         if counter is not None and hasattr(clearing, "send_saga"):
             out.update(await _saga_steps(client, clearing, pairs, per_task, counter))
     finally:

@@ -113,7 +113,10 @@ def test_micro_measures_every_part_briefly() -> None:
             name, value = line.strip().rsplit(maxsplit=1)[0], float(line.split()[-1])
             counts[(part, name)] = value
     assert {p for p, _ in figures} == {"redis", "pubsub", "frames", "codec", "scripts", "tokens"}
-    assert len(figures) == 2 + 1 + 3 + 8 + 4 + 4  # redis, pubsub, frames, codec, scripts, tokens
+    assert len(figures) == 2 + 1 + 3 + 8 + 6 + 4  # redis, pubsub, frames, codec, scripts, tokens
+    # The client's side of each script call is measured too (what a node spends in clearing).
+    assert {n for p, n in figures if p == "scripts" and "client CPU" in n} == {
+        "reserve: client CPU (this process)", "accept: client CPU (this process)"}
     assert all(math.isfinite(v) and v > 0 for v in figures.values())
     # Reserve and accept are one script call each on one Redis (the one-script path).
     assert counts == {("scripts", "reserve: script calls (count)"): 1.0,

@@ -101,6 +101,43 @@ async def test_badges_are_earned_at_their_thresholds_and_shown_in_the_welcome_an
         assert (missing.value.status, missing.value.code) == (404, "UNKNOWN_USER")
 
 
+async def test_the_welcome_shows_the_consent_a_region_asks_for_and_its_badges_together(
+        node_factory: NodeFactory) -> None:
+    """A region with both rules: the welcome reads the user's region, consent and counters
+    at once (gateway/welcome.py) and shows each as the rule says."""
+    node = await node_factory(RULES)
+    async with AdminClient(node.admin_url, ADMIN_TOKEN) as admin:
+        await admin.put_region("eu", {"name": "Europe", "consent_required": True, "consent_version": "privacy-v2",
+                                      "eco_badges": BADGES[:1]})
+
+        async def applied() -> bool:
+            rules = (await node.clearing.settings.get()).region("eu")
+            return rules.consent_required and bool(rules.eco_badges)
+
+        await eventually(applied, "the eu rules on the node")
+        await befriend_all(admin, "ines", region="eu")
+        await befriend_all(admin, "otto")
+    opened: list[NotecardClient] = []
+
+    async def welcome(user: str) -> Any:
+        client = NotecardClient(node.url, token_for(user))
+        await client.connect()
+        opened.append(client)
+        return client.welcome
+
+    try:
+        first = await welcome("ines")
+        assert (first.consent_needed, first.badges) == ("privacy-v2", ())
+        await opened[0].give_consent("privacy-v2")
+        again = await welcome("ines")
+        assert (again.consent_needed, again.badges) == (None, ())
+        outside = await welcome("otto")  # a region with neither rule
+        assert (outside.consent_needed, outside.badges) == (None, None)
+    finally:
+        for client in opened:
+            await client.close()
+
+
 @pytest.mark.parametrize("badges", [
     "not a list",
     [{"id": "x", "metric": "planted_trees", "at_least": 1}],
