@@ -945,13 +945,18 @@ class ResolveSaga:
         await self.pay_lucky(gift)
 
     async def answered(self, gift: dict[str, Any]) -> None:
-        """settle@S is done for a gift answered at R: its ``answered`` entry leaves R's due
-        queue. One plain ZREM, not a script: the offer half stays ``closed`` 2 (final), and a
-        ZREM lost to a crash only leaves the entry for recovery, which settles again
-        (idempotent, nothing changes) and drops it."""
-        entry = f"answered|{gift['recipient']}|{gift['gift_id']}"
+        """settle@S is done for a gift answered at R: the offer half's retention starts (it
+        had no expiry while recovery might need it to settle S's hold), then its ``answered``
+        entry leaves R's due queue. Plain commands, not a script: the offer half stays
+        ``closed`` 2 (final), and a command lost to a crash only leaves the entry for recovery,
+        which settles again (idempotent, nothing changes) and runs both again. The expiry goes
+        first, so an entry is never dropped from an offer half that would be kept for ever."""
+        recipient = gift["recipient"]
+        entry = f"answered|{recipient}|{gift['gift_id']}"
         try:
-            await guarded(self.c.redis.zrem(self.c.keys.due(tag_of(gift["recipient"])), entry))
+            await guarded(self.c.redis.pexpire(self.c.keys.offer(recipient, gift["gift_id"]),
+                                               self.c.rules.gift_retention_ms))
+            await guarded(self.c.redis.zrem(self.c.keys.due(tag_of(recipient)), entry))
         except ClearingUnavailable:
             log.warning("a settled answer stays due; recovery drops it", extra={"gift": gift["gift_id"]})
 

@@ -186,6 +186,31 @@ async def test_the_fast_path_finishes_an_answer_stopped_at_the_recipient_without
     assert await past_deadline(world) == 0
 
 
+async def test_an_answer_not_yet_settled_keeps_its_offer_half_until_the_sender_settles(world: World) -> None:
+    # Recovery settles the sender's hold from the offer half: were it to expire (the gift
+    # retention) while settle@S is still due (a shard down, a settle refused until repaired),
+    # recovery would find nothing, drop the entry, and ann's 2 cards would stay held for ever.
+    await world.clearing.reserve("g1", "ann", "bob", "note", 2)
+    saga = await world.clearing.answer_saga("g1", "bob", "accept")
+    await saga.answer()
+    offer = world.keys.offer("bob", "g1")
+    assert await world.redis.pttl(offer) == -1  # no expiry while its answer is due
+    assert await past_deadline(world) == 1
+    assert await balance(world, "ann") == (3 * UNIT, 0)
+    # settled: kept for the retention from now, as close keeps a three-step answer
+    assert 0 < await world.redis.pttl(offer) <= world.rules.gift_retention_ms
+    assert await due_entries(world, "bob") == []
+
+
+async def test_the_fast_path_that_settles_an_answered_gift_starts_its_retention(world: World) -> None:
+    await world.clearing.reserve("g1", "ann", "bob", "note", 2)
+    saga = await world.clearing.answer_saga("g1", "bob", "accept")
+    await saga.answer()
+    world.clearing.force_saga = False
+    await world.clearing.accept("g1", "bob", sender_hint="ann")
+    assert 0 < await world.redis.pttl(world.keys.offer("bob", "g1")) <= world.rules.gift_retention_ms
+
+
 async def test_a_cross_shard_answer_is_two_steps_and_leaves_nothing_due(world: World) -> None:
     await world.clearing.reserve("g1", "ann", "bob", "note", 1)
     done = await world.clearing.accept("g1", "bob")

@@ -349,17 +349,21 @@ local function answers_at_once(to, lucky)
 end
 
 -- answer@R after apply_decide(g, to, 'answered', ...): R's side now, before settle@S; the
--- offer half is final here (closed 2, kept for the retention) and `answered|R|id` stays due
--- until the node (or recovery) has seen settle@S done.
+-- offer half is final here (closed 2) and `answered|R|id` stays due until the node (or
+-- recovery) has seen settle@S done. The offer half gets no expiry yet: recovery reads it to
+-- settle S's hold, however long settle@S takes (a shard down, a settle refused until an
+-- operator repairs it); its retention starts when the entry goes (ResolveSaga.answered,
+-- apply_finished), as close starts it on the three-step path.
 local function apply_answered(o)
   credit_recipient(o)
-  redis.call('PEXPIRE', offer_key(o.recipient), A.retention)
   tell_recipient(o)
 end
 
--- After settle@S (the fast path's resolve.lua, which reaches both halves): nothing is due.
+-- After settle@S (the fast path's resolve.lua, which reaches both halves): nothing is due,
+-- and the offer half is kept for the retention from now.
 local function apply_finished(o)
   o.closed = 1
   redis.call('HSET', offer_key(o.recipient), 'closed', 1)
+  redis.call('PEXPIRE', offer_key(o.recipient), A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'answered|' .. o.recipient .. '|' .. A.gid)
 end
