@@ -54,9 +54,17 @@ _KEPT = frozenset({"user", "bal", "held", "points", "pointlog"})
 #: step away from one of them: the sweeper finishes it, erase.lua refuses until then).
 _OPEN = frozenset({"pending", "awaiting_guardian"})
 
-#: An offer half's ``closed`` while its answer is still due -> the due entry's step
-#: (gift_answer.lua): decided only, or answered at the recipient with the sender to settle.
-_ANSWER_DUE = {"0": "settle", "2": "answered"}
+
+def _answer_due(half: dict[str, str]) -> str | None:
+    """The due entry's step of an offer half whose answer is still due (gift_answer.lua):
+    ``settle`` decided only (``closed`` 0), ``answered`` answered at the recipient with the
+    sender to settle (``closed`` 1, ``owed`` 1); None when nothing is due."""
+    if half.get("closed") == "0":
+        return "settle"
+    if half.get("closed") == "1" and half.get("owed") == "1":
+        return "answered"
+    return None
+
 
 #: What the export does not contain, for the operator answering the request.
 EXPORT_GAPS = (
@@ -209,10 +217,11 @@ class Erasure(RedisComponent):
                 half = await self._read(self._keys.offer(ward, gift_id)) if is_valid_id(ward) else None
             else:
                 half = await self._read(self._keys.own(user_id, name))
-            if kept == "offer" and isinstance(half, dict) and half.get("closed") in _ANSWER_DUE:
+            step = _answer_due(half) if kept == "offer" and isinstance(half, dict) else None
+            if step:
                 # Answered but the sender's side not settled yet (a saga stopped half-way):
                 # finish it now, while the offer half that recovery reads is still here.
-                entry = f"{_ANSWER_DUE[half['closed']]}|{user_id}|{gift_id}"
+                entry = f"{step}|{user_id}|{gift_id}"
                 if await guarded(self._redis.zscore(self._keys.due(self.tag(user_id)), entry)) is not None:
                     await self.clearing.recover(entry)
                 continue

@@ -63,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -913,20 +913,21 @@ class ResolveSaga:
     # Each step is a method so that a test can stop between any two, as a crash would.
     async def answer(self) -> tuple[dict[str, Any], bool, str | None]:
         """answer@R: the offer half decides and, unless a lucky bonus is to be paid, R's side
-        is done at once (``closed`` 2). Returns (the gift with its saga fields, changed, a
-        refusal to raise once the gift is settled: GIFT_EXPIRED / ALREADY_RESOLVED)."""
+        is done at once (``closed`` 1 with ``owed`` 1: the sender's side still to settle).
+        Returns (the gift with its saga fields, changed, a refusal to raise once the gift is
+        settled: GIFT_EXPIRED / ALREADY_RESOLVED)."""
         decided = await self.c.step("answer", self.a["r"], self.now, self.a, emits=True)
         return dict(decided["decided"]), bool(decided["changed"]), decided.get("code")
 
     async def finish(self, gift: dict[str, Any]) -> GiftRecord:
-        """What is left after answer@R, by how far the offer half got (``closed``)."""
-        closed = int(gift.get("closed", 0))
-        if closed == 1:
-            return gift_from_map(_public(gift))
-        await self.settle(gift)
-        if closed == 2:
+        """What is left after answer@R, by how far the offer half got (``closed``, ``owed``)."""
+        if _owed(gift):
+            await self.settle(gift)
             await self.answered(gift)
             return gift_from_map(_public(gift))
+        if int(gift.get("closed", 0)) == 1:
+            return gift_from_map(_public(gift))
+        await self.settle(gift)
         return await self.close(gift)
 
     def _args(self, gift: dict[str, Any]) -> dict[str, Any]:
@@ -935,7 +936,7 @@ class ResolveSaga:
     async def settle(self, gift: dict[str, Any]) -> None:
         """The payer's hold and the send half follow the decision (once each), and the
         lucky bonus leaves its payer (once)."""
-        if int(gift.get("closed", 0)) == 1:
+        if int(gift.get("closed", 0)) == 1 and not _owed(gift):
             return
         a, c = self._args(gift), self.c
         payer = gift.get("payer")
@@ -946,16 +947,19 @@ class ResolveSaga:
 
     async def answered(self, gift: dict[str, Any]) -> None:
         """settle@S is done for a gift answered at R: the offer half's retention starts (it
-        had no expiry while recovery might need it to settle S's hold), then its ``answered``
-        entry leaves R's due queue. Plain commands, not a script: the offer half stays
-        ``closed`` 2 (final), and a command lost to a crash only leaves the entry for recovery,
-        which settles again (idempotent, nothing changes) and runs both again. The expiry goes
-        first, so an entry is never dropped from an offer half that would be kept for ever."""
+        had no expiry while recovery might need it to settle S's hold), its ``owed`` marker
+        goes, then its ``answered`` entry leaves R's due queue. Plain commands, not a script:
+        the offer half is ``closed`` 1 (final) throughout, and a command lost to a crash only
+        leaves the marker or the entry for recovery, which settles again (idempotent, nothing
+        changes) and runs these again. The expiry goes first, so an entry is never dropped from
+        an offer half that would be kept for ever."""
         recipient = gift["recipient"]
+        offer = self.c.keys.offer(recipient, gift["gift_id"])
         entry = f"answered|{recipient}|{gift['gift_id']}"
         try:
-            await guarded(self.c.redis.pexpire(self.c.keys.offer(recipient, gift["gift_id"]),
-                                               self.c.rules.gift_retention_ms))
+            await guarded(self.c.redis.pexpire(offer, self.c.rules.gift_retention_ms))
+            await guarded(self.c.redis.hdel(offer, "owed"))
+            gift.pop("owed", None)
             await guarded(self.c.redis.zrem(self.c.keys.due(tag_of(recipient)), entry))
         except ClearingUnavailable:
             log.warning("a settled answer stays due; recovery drops it", extra={"gift": gift["gift_id"]})
@@ -990,8 +994,8 @@ class ResolveSaga:
         """A ``settle`` entry (decided, the three-step path) or an ``answered`` entry (R's
         side done) past its deadline: run what is left; drop the entry when nothing is."""
         fields = text_hash(await guarded(c.redis.hgetall(c.keys.offer(recipient, gift_id))))
-        want = "0" if step == "settle" else "2"
-        if not fields or fields.get("closed") != want:
+        due = fields.get("closed") == "0" if step == "settle" else _owed(fields)
+        if not fields or not due:
             await guarded(c.redis.zrem(c.keys.due(tag_of(recipient)), f"{step}|{recipient}|{gift_id}"))
             return False
         gift: dict[str, Any] = {"gift_id": gift_id, **fields}
@@ -999,6 +1003,13 @@ class ResolveSaga:
         saga = ResolveSaga(c, {**c.constant_args, "perks": _perks(snapshot), "dead": await c.dead_nodes()}, c.now())
         await saga.finish(gift)
         return True
+
+
+def _owed(gift: Mapping[str, Any]) -> bool:
+    """Answered at R (``closed`` 1), the sender's side still to settle (``owed`` 1): the
+    answered state kept out of ``closed`` so that the previous release's scripts read it as
+    closed and never credit R again (docs/architecture.md, upgrading)."""
+    return str(gift.get("owed", "")) == "1" and str(gift.get("closed", "")) == "1"
 
 
 _SEND_FIELDS = ("cost", "amount", "created_at_ms", "expires_at_ms", "payer", "ptag", "festival", "room", "guardian",

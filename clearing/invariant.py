@@ -164,7 +164,7 @@ def _money(rules: GiftRules, totals: dict[str, dict[str, int]], available: dict[
         settled = _payer_settled(gifts, gift_id, offer)
         if offer.get("closed") == "0" and settled:
             in_flight[offer["kind"]] += int(offer["amount"])
-        elif offer.get("closed") == "2" and not settled:
+        elif _owed(offer) and not settled:
             owed[offer["kind"]] += int(offer["amount"])
     per_kind: dict[str, dict[str, int]] = {}
     for kind in sorted(kinds):
@@ -196,6 +196,12 @@ def _money(rules: GiftRules, totals: dict[str, dict[str, int]], available: dict[
                 violations.append(f"held of {user} in {kind} = {amount}, what it holds for costs {want}")
     violations += [f"{u} holds for gifts of {n} {k} but has no hold" for (u, k), n in expected.items() if n]
     return per_kind
+
+
+def _owed(offer: dict[str, str]) -> bool:
+    """Answered at R, the payer's side still to settle: ``closed`` 1 with ``owed`` 1
+    (gift_answer.lua)."""
+    return offer.get("closed") == "1" and offer.get("owed") == "1"
 
 
 def _payer_settled(gifts: _Gifts, gift_id: str, offer: dict[str, str]) -> bool:
@@ -268,7 +274,8 @@ def _halves_agree(gifts: _Gifts) -> list[str]:
             continue
         decided = offer.get("state")
         settled = state == decided
-        waiting = state == "pending" and (decided in ("admitted", _AWAITING) or offer.get("closed") in ("0", "2"))
+        answer_due = offer.get("closed") == "0" or _owed(offer)
+        waiting = state == "pending" and (decided in ("admitted", _AWAITING) or answer_due)
         if not (settled or waiting):
             out.append(f"gift {gift_id}: send half {state}, offer half {decided}")
     for (recipient, gift_id), offer in gifts.offered.items():
@@ -302,7 +309,7 @@ async def _queues(r: _Reader, gifts: _Gifts) -> list[str]:
 
 async def _open_answers_due(r: _Reader, gifts: _Gifts) -> list[str]:
     """Each answer stopped half-way has its entry in its recipient's due queue: decided only
-    (``closed`` 0) ``settle|R|id``; answered at R (``closed`` 2) while the send half still
+    (``closed`` 0) ``settle|R|id``; answered at R (``owed`` 1) while the send half still
     waits to be settled ``answered|R|id``. A due entry more than that is harmless (recovery
     finds nothing to do and drops it)."""
     from clearing.slots import tag_of
@@ -313,7 +320,7 @@ async def _open_answers_due(r: _Reader, gifts: _Gifts) -> list[str]:
         sent = gifts.sent.get((offer.get("sender", ""), gift_id), {})
         if closed == "0":
             missing.append((tag_of(recipient), f"settle|{recipient}|{gift_id}"))
-        elif closed == "2" and sent.get("state") == "pending":
+        elif _owed(offer) and sent.get("state") == "pending":
             missing.append((tag_of(recipient), f"answered|{recipient}|{gift_id}"))
     out = []
     for tag, entry in missing:

@@ -136,7 +136,7 @@ async def test_an_accept_stopped_after_the_answer_at_the_recipient_owes_it_and_r
     await world.clearing.reserve("g1", "ann", "bob", "note", 2)
     saga = await world.clearing.answer_saga("g1", "bob", "accept")
     gift, changed, code = await saga.answer()
-    assert (gift["state"], gift["closed"], changed, code) == ("accepted", 2, True, None)
+    assert (gift["state"], gift["closed"], gift["owed"], changed, code) == ("accepted", 1, 1, True, None)
     # bob is credited at once and told; ann's hold is still held: bob's slot owes the amount
     assert await balance(world, "bob") == (7 * UNIT, 0)
     assert await balance(world, "ann") == (3 * UNIT, 2 * UNIT)
@@ -186,6 +186,30 @@ async def test_the_fast_path_finishes_an_answer_stopped_at_the_recipient_without
     assert await past_deadline(world) == 0
 
 
+async def test_an_answer_stopped_before_the_sender_settled_reads_as_closed_to_the_previous_release(
+        world: World) -> None:
+    # During a rolling update old nodes call the previous release's scripts on the same
+    # primaries, and those close again (crediting the recipient again) any offer half whose
+    # `closed` is not 1: the answered state is `closed` 1, with an `owed` marker that only
+    # this release reads (docs/architecture.md, "Upgrading from the three-step version").
+    await world.clearing.reserve("g1", "ann", "bob", "note", 2)
+    saga = await world.clearing.answer_saga("g1", "bob", "accept")
+    await saga.answer()
+    offer = await world.redis.hgetall(world.keys.offer("bob", "g1"))
+    assert (offer[b"closed"], offer[b"owed"]) == (b"1", b"1")
+    # close.lua is the previous release's own (it closes only `closed` 0): run on the stopped
+    # gift, as an old node's saga or recovery would, it credits nothing
+    args = {**saga.a, "gid": "g1", "s": "ann", "r": "bob", "to": "accepted"}
+    await world.clearing.step("close", "bob", world.clearing.now(), args)
+    assert await balance(world, "bob") == (7 * UNIT, 0)
+    assert await balance(world, "ann") == (3 * UNIT, 2 * UNIT)  # the hold waits for the sweeper
+    assert await past_deadline(world) == 1
+    assert await balance(world, "ann") == (3 * UNIT, 0)
+    assert await balance(world, "bob") == (7 * UNIT, 0)
+    assert b"owed" not in await world.redis.hgetall(world.keys.offer("bob", "g1"))  # nothing left to settle
+    await ok(world)
+
+
 async def test_an_answer_not_yet_settled_keeps_its_offer_half_until_the_sender_settles(world: World) -> None:
     # Recovery settles the sender's hold from the offer half: were it to expire (the gift
     # retention) while settle@S is still due (a shard down, a settle refused until repaired),
@@ -216,7 +240,8 @@ async def test_a_cross_shard_answer_is_two_steps_and_leaves_nothing_due(world: W
     done = await world.clearing.accept("g1", "bob")
     assert (done.gift.state, done.changed) == (GiftState.ACCEPTED, True)
     offer = await world.redis.hgetall(world.keys.offer("bob", "g1"))
-    assert offer[b"closed"] == b"2"  # answered at bob's slot in one step; no close step ran
+    assert offer[b"closed"] == b"1"  # answered at bob's slot in one step; no close step ran
+    assert b"owed" not in offer  # the sender's side is settled
     assert await due_entries(world, "bob") == []  # dropped right after the sender settled
     assert await balance(world, "ann") == (4 * UNIT, 0)
     assert await balance(world, "bob") == (6 * UNIT, 0)
@@ -228,7 +253,7 @@ async def test_a_decline_stopped_after_the_answer_gives_the_slots_back_and_recov
     await world.clearing.reserve("g1", "ann", "bob", "note", 1)
     saga = await world.clearing.answer_saga("g1", "bob", "decline")
     gift, _, _ = await saga.answer()
-    assert (gift["state"], gift["closed"]) == ("declined", 2)
+    assert (gift["state"], gift["closed"], gift["owed"]) == ("declined", 1, 1)
     await ok(world)  # bob's receive slots are back, ann's hold still held
     assert await balance(world, "ann") == (4 * UNIT, UNIT)
     assert await last_event(world, "bob") == (2, GiftState.DECLINED)
@@ -242,7 +267,7 @@ async def test_every_step_run_twice_or_by_two_runners_applies_once(world: World)
     saga = await world.clearing.answer_saga("g1", "bob", "accept")
     gift, _, _ = await saga.answer()
     again, changed, _ = await saga.answer()
-    assert not changed and again["closed"] == 2
+    assert not changed and (again["closed"], again["owed"]) == (1, 1)
     await world.tick(DEFAULT_SAGA_MS + 1)  # the recovery worker races the node
     await asyncio.gather(saga.finish(gift), saga.finish(again), world.clearing.sweep(ALL_SLOTS),
                          world.clearing.sweep(ALL_SLOTS))

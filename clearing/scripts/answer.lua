@@ -10,10 +10,10 @@
 -- A        gid, r, by, event, rapp, saga_ms, perks, retention, quota_ttl, lucky, lpromo, lptag
 --          (the lucky card, gift_answer.lua: drawn and recorded here, paid by lucky.lua,
 --          credited by close), dead, ep, maxlen, pointlog_max
--- Returns msgpack {decided = the offer half with its saga fields (closed: 0 | 2 when decided
--- now), changed, code} where code is GIFT_EXPIRED / ALREADY_RESOLVED for the caller to
--- raise once the saga is finished, or {err = GIFT_NOT_FOUND | NOT_RECIPIENT | NOT_DUE |
--- CORRUPT}. A repeated answer changes nothing and returns the offer half as it stands.
+-- Returns msgpack {decided = the offer half with its saga fields (closed 0, or closed 1 with
+-- owed 1 when answered now), changed, code} where code is GIFT_EXPIRED / ALREADY_RESOLVED
+-- for the caller to raise once the saga is finished, or {err = GIFT_NOT_FOUND |
+-- NOT_RECIPIENT | NOT_DUE | CORRUPT}. A repeated answer changes nothing and returns the offer half as it stands.
 
 -- An answer first counts against the answering user's rate (an expiry is nobody's request).
 if A.by and not check_rate(A.by, A.rate_us, A.rate_burst) then

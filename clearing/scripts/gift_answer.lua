@@ -6,8 +6,11 @@
 -- credit of an accepted gift is owed by R's slot (its transit total goes negative by the
 -- amount, exactly what close does) until settle@S puts the same amount in transit at S's
 -- slot, so the sum over slots is right at every instant. The offer half says how far it got
--- in `closed`: 0 decided only (the three-step path: settle, lucky, close still to run), 2
--- R's side done and S's settle due as `answered|R|id`, 1 nothing left.
+-- in `closed`: 0 decided only (the three-step path: settle, lucky, close still to run), 1
+-- R's side done. `owed` 1 beside `closed` 1: S's settle is still due as `answered|R|id`.
+-- Not a `closed` value of its own: the previous release's scripts (still called by old
+-- nodes during a rolling update) take any `closed` but 1 as "close still to run" and would
+-- credit R again; they read `closed` 1 as done and leave the gift to the sweeper's entry.
 
 -- ================================================================ resolve: the decision
 -- decide (the offer half decides): A.by answers with A.event 'accept' | 'decline', or the
@@ -100,9 +103,15 @@ end
 -- `due`: the saga's entry in R's due queue ('settle' for the three-step path, 'answered'
 -- when R's side is done in this same step: see apply_answered), or nil on the fast path.
 local function apply_decide(g, to, due, lucky)
-  local closed = due == 'answered' and 2 or 0
-  g.state, g.resolved_at_ms, g.closed, g.rapp = to, NOW, closed, A.rapp
-  redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', closed, 'rapp', A.rapp)
+  g.state, g.resolved_at_ms, g.rapp = to, NOW, A.rapp
+  if due == 'answered' then
+    g.closed, g.owed = 1, 1
+    redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 1, 'owed', 1,
+               'rapp', A.rapp)
+  else
+    g.closed = 0
+    redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
+  end
   if A.event == 'reject' and to == 'declined' then
     g.gdone = 'rejected'
     redis.call('HSET', offer_key(g.recipient), 'gdone', 'rejected')
@@ -349,7 +358,7 @@ local function answers_at_once(to, lucky)
 end
 
 -- answer@R after apply_decide(g, to, 'answered', ...): R's side now, before settle@S; the
--- offer half is final here (closed 2) and `answered|R|id` stays due until the node (or
+-- offer half is final here (closed 1, owed 1) and `answered|R|id` stays due until the node (or
 -- recovery) has seen settle@S done. The offer half gets no expiry yet: recovery reads it to
 -- settle S's hold, however long settle@S takes (a shard down, a settle refused until an
 -- operator repairs it); its retention starts when the entry goes (ResolveSaga.answered,
@@ -362,8 +371,8 @@ end
 -- After settle@S (the fast path's resolve.lua, which reaches both halves): nothing is due,
 -- and the offer half is kept for the retention from now.
 local function apply_finished(o)
-  o.closed = 1
-  redis.call('HSET', offer_key(o.recipient), 'closed', 1)
+  o.closed, o.owed = 1, nil
+  redis.call('HDEL', offer_key(o.recipient), 'owed')
   redis.call('PEXPIRE', offer_key(o.recipient), A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'answered|' .. o.recipient .. '|' .. A.gid)
 end

@@ -348,8 +348,8 @@ end
 
 -- ------------------------------------------------------------------ gift records
 local GIFT_NUMBERS = {qty = true, cost = true, amount = true, created_at_ms = true,
-                      expires_at_ms = true, resolved_at_ms = true, closed = true, gwin = true, rwin = true,
-                      lucky_version = true, lucky_bonus = true, lucky_paid = true}
+                      expires_at_ms = true, resolved_at_ms = true, closed = true, owed = true, gwin = true,
+                      rwin = true, lucky_version = true, lucky_bonus = true, lucky_paid = true}
 -- Fields a client or an operator sees (GiftRecord); the others are the saga's own.
 local PUBLIC = {gift_id = true, sender = true, recipient = true, kind = true, qty = true, cost = true,
                 amount = true, state = true, created_at_ms = true, expires_at_ms = true,

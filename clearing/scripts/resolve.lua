@@ -14,7 +14,7 @@
 --   already in the event's state   -> changed = false (a retry of the call that did it)
 --   expired                        -> GIFT_EXPIRED again; another final state: ALREADY_RESOLVED
 -- and a decided gift whose saga stopped half-way (cross-shard, before this call) is settled
--- and closed here too: one answered at R already (closed 2: R credited and told) is only
+-- and closed here too: one answered at R already (closed 1, owed 1: R credited and told) is only
 -- settled at its payer and the sender, never credited again. Returns msgpack {gift, changed} or {err, gift?}.
 -- Invariants kept: a gift leaves pending at most once (TigerBeetle's "a pending transfer
 -- resolves at most once"), through MOVES; every read and check precedes the first write.
@@ -32,10 +32,10 @@ end
 A.s = g.sender
 local to = d.to or g.state
 local st, sp, lk
--- closed 2: R's side was done by answer.lua (cross-shard, before this call); only the payer's
--- side is left, then nothing is due.
-local answered = g.closed == 2
-if g.closed ~= 1 then
+-- owed 1 (with closed 1): R's side was done by answer.lua (cross-shard, before this call);
+-- only the payer's side is left, then nothing is due.
+local answered = g.closed == 1 and g.owed == 1
+if g.closed ~= 1 or answered then
   st = check_settle(to)
   if st.err then
     return refuse(st.err)
