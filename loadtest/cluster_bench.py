@@ -13,8 +13,9 @@ docs/capacity.md turns the figures into shards, nodes and memory.
 
 Phases, back to back in one run (each a fresh set of ``redis-server`` children, stopped
 by PID at its end), every one driving the clearing API at its maximum rate from
-``concurrency`` asyncio tasks, each task sending a gift to its partner and accepting it
-(``Clearing.reserve`` then ``Clearing.accept``, the calls a gateway node makes):
+``concurrency`` asyncio tasks per Redis primary (so ``concurrency`` on one instance and on
+1 shard, N times that on N shards), each task sending a gift to its partner and accepting
+it (``Clearing.reserve`` then ``Clearing.accept``, the calls a gateway node makes):
 
 - **one instance**: a plain ``redis-server``, every gift on the one-script path; then
   the same server with ``force_saga`` (every gift as the cross-shard saga of one-slot
@@ -57,7 +58,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ _FOLLOW_AGE_MS = 4 * 86_400_000
 _ACCOUNT_AGE_MS = 30 * 86_400_000
 #: A gateway node reads the operators' settings at most this often (settings_refresh_s).
 _SETTINGS_MAX_AGE_S = 1.0
+#: Provisioning calls in flight at once (accounts, funds, follows).
+_PROVISION_AT_ONCE = 32
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -320,10 +323,18 @@ class Bed:
             await accounts.mint(user, "note", 10**8)
             await presence.connect(user, _NODE)
 
-        await asyncio.gather(*(make(u) for u in users))
+        # A bounded number at once: the clearing client's pools are sized for a node's calls,
+        # and a large --concurrency would ask for more connections than they hold.
+        at_once = asyncio.Semaphore(_PROVISION_AT_ONCE)
+
+        async def bounded(call: Awaitable[object]) -> None:
+            async with at_once:
+                await call
+
+        await asyncio.gather(*(bounded(make(u)) for u in users))
         pairs = {p for ps in self.pairs.values() for p in ps}
-        await asyncio.gather(*(accounts.follow(a, b, since) for a, b in pairs),
-                             *(accounts.follow(b, a, since) for a, b in pairs))
+        await asyncio.gather(*(bounded(accounts.follow(a, b, since)) for a, b in pairs),
+                             *(bounded(accounts.follow(b, a, since)) for a, b in pairs))
         await self.promotion(False)
 
     def crosses(self, pair: Pair) -> bool:
@@ -540,7 +551,10 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
         say(f"{shards} shard(s) ...")
         async with _cluster(work, shards) as (topology, servers, url):
             modes = ["mixed", "same", "cross"] if shards == largest and shards > 1 else ["mixed"]
-            bed = Bed(topology, servers, plan.concurrency, cluster=True)
+            # The same offered load per shard as on one instance: a cluster sized to its load
+            # gets N times the callers, and a shard handed a third of the baseline's calls per
+            # event-loop turn pays more CPU per call than a saturated shard would.
+            bed = Bed(topology, servers, plan.concurrency * shards, cluster=True)
             bed.draw(modes)
             await bed.provision()
             rates = await quiet(f"{shards} shard(s)", servers)
