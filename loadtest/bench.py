@@ -419,7 +419,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(DEFAULT_PHASES),
                         help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all but risk and ledger)")
     parser.add_argument("--pairs", type=int, help="gift pairs (and Locust users)")
-    parser.add_argument("--concurrency", type=int, help="connections/tasks for the echo and clearing phases (with --cluster: callers per Redis primary)")
+    parser.add_argument("--concurrency", type=int,
+                        help="connections/tasks for the echo and clearing phases"
+                             " (with --cluster: callers per Redis primary)")
     parser.add_argument("--idle", type=int, help="idle connections opened on one node")
     parser.add_argument("--locust-processes", type=int, default=1, help="Locust --processes (default 1)")
     parser.add_argument("--check-targets", action="store_true", help="exit with 1 when a target is missed")
