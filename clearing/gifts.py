@@ -81,7 +81,7 @@ from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
-from clearing.snapshot_args import SnapshotArgs, consent_of, lucky_of, lucky_tables, perks_of
+from clearing.snapshot_args import SnapshotArgs, consent_of, perks_of
 from clearing.topology import Durability, NodeScripts, SlotUncovered, Topology
 
 log = logging.getLogger("notecard.clearing.gifts")
@@ -467,10 +467,10 @@ class Clearing(RedisComponent):
         ``reject``) of a gift, step by step."""
         snapshot = await self._settings.get()
         args = {**self._constant, "gid": gift_id, "r": recipient, "by": by or recipient, "event": event,
-                "rapp": app, "perks": _perks(snapshot), "dead": await self._dead_nodes(),
-                **(_consent(snapshot) if event == "accept" else {})}
+                "rapp": app, "perks": perks_of(snapshot), "dead": await self._dead_nodes(),
+                **(consent_of(snapshot) if event == "accept" else {})}
         if event == "accept":
-            args.update(_lucky_args(snapshot, recipient, gift_id, self._rules.units_per_card))
+            args.update(self._args_of(snapshot).lucky(recipient, gift_id, self._rules.units_per_card))
         return ResolveSaga(self, args, self._clock())
 
     # ================================================================ the sweeper
@@ -734,22 +734,6 @@ async def _bounded(calls: Iterable[Awaitable[T]], at_once: int = 64) -> list[T]:
     return out
 
 
-def _lucky_args(snapshot: SettingsSnapshot, recipient: str, gift_id: str, units_per_card: int) -> dict[str, Any]:
-    """The lucky card's draw for each region with published odds (docs/regions.md): the
-    script picks the recipient's region's, records it with the decision and pays it. Empty
-    when no region has the rule or no promotion account could pay."""
-    return lucky_of(snapshot, lucky_tables(snapshot), recipient, gift_id, units_per_card)
-
-
-def _perks(snapshot: SettingsSnapshot) -> dict[str, Any]:
-    return perks_of(snapshot)
-
-
-def _consent(snapshot: SettingsSnapshot) -> dict[str, Any]:
-    """The ``consent`` argument of a send or an accept (gift.lua lacks_consent)."""
-    return consent_of(snapshot)
-
-
 def _record(gift_id: str, raw: Any) -> GiftRecord:
     fields = text_hash(raw)
     return gift_from_map({"gift_id": gift_id, **fields})
@@ -949,18 +933,20 @@ class ResolveSaga:
         """settle@S is done for a gift answered at R: the offer half's retention starts (it
         had no expiry while recovery might need it to settle S's hold), its ``owed`` marker
         goes, then its ``answered`` entry leaves R's due queue. Plain commands, not a script:
-        the offer half is ``closed`` 1 (final) throughout, and a command lost to a crash only
-        leaves the marker or the entry for recovery, which settles again (idempotent, nothing
-        changes) and runs these again. The expiry goes first, so an entry is never dropped from
-        an offer half that would be kept for ever."""
+        the offer half is ``closed`` 1 (final) throughout. The three go as one MULTI on R's slot
+        (one round trip, all or none): lost to a crash, they leave the marker and the entry for
+        recovery, which settles again (idempotent, nothing changes) and runs them again. The
+        expiry goes first, so an entry is never dropped from an offer half kept for ever."""
         recipient = gift["recipient"]
         offer = self.c.keys.offer(recipient, gift["gift_id"])
         entry = f"answered|{recipient}|{gift['gift_id']}"
         try:
-            await guarded(self.c.redis.pexpire(offer, self.c.rules.gift_retention_ms))
-            await guarded(self.c.redis.hdel(offer, "owed"))
+            async with guarded_pipeline(self.c.redis, transaction=True) as pipe:
+                pipe.pexpire(offer, self.c.rules.gift_retention_ms)
+                pipe.hdel(offer, "owed")
+                pipe.zrem(self.c.keys.due(tag_of(recipient)), entry)
+                await guarded(pipe.execute())
             gift.pop("owed", None)
-            await guarded(self.c.redis.zrem(self.c.keys.due(tag_of(recipient)), entry))
         except ClearingUnavailable:
             log.warning("a settled answer stays due; recovery drops it", extra={"gift": gift["gift_id"]})
 
@@ -1000,7 +986,7 @@ class ResolveSaga:
             return False
         gift: dict[str, Any] = {"gift_id": gift_id, **fields}
         snapshot = await c.settings.get()
-        saga = ResolveSaga(c, {**c.constant_args, "perks": _perks(snapshot), "dead": await c.dead_nodes()}, c.now())
+        saga = ResolveSaga(c, {**c.constant_args, "perks": perks_of(snapshot), "dead": await c.dead_nodes()}, c.now())
         await saga.finish(gift)
         return True
 

@@ -31,7 +31,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from loadtest.report import Row
+from loadtest.report import Row, render_cells
 
 
 def idle_cores(cpu_s: Sequence[float], window_s: float) -> list[float]:
@@ -213,14 +213,7 @@ def summary_table(summary: Sequence[Mapping[str, Any]], *, markdown: bool = Fals
         body.append((entry["label"], f"{value.text(digits)} {entry['unit']}".strip(),
                      f"{_spread_of(ratio).text(3)} of {entry['ceiling_label']}" if ratio else "",
                      entry["target"], entry["verdict"]))
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths)),
-                      *(fmt.format(*cells) for cells in body)])
+    return render_cells(header, body, markdown=markdown)
 
 
 def _spread_of(d: Mapping[str, Any]) -> Spread:

@@ -200,7 +200,7 @@ class _SettingUpUser(User):
     abstract = True
 
     def set_up(self) -> None:
-        raise NotImplementedError
+        """Accounts and connections; each user class brings its own (none: ready at once)."""
 
     def on_start(self) -> None:
         ok = False

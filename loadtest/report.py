@@ -115,6 +115,11 @@ def table(rows: Sequence[Row], markdown: bool = False) -> str:
          "" if r.ratio is None else f"{r.ratio:.3f}", r.target_text, r.verdict)
         for r in rows
     ]
+    return render_cells(header, body, markdown=markdown)
+
+
+def render_cells(header: Sequence[str], body: Sequence[Sequence[str]], *, markdown: bool = False) -> str:
+    """Rows of text cells under ``header``: fixed-width columns, or a Markdown table."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
