@@ -939,13 +939,23 @@ class ResolveSaga:
         expiry goes first, so an entry is never dropped from an offer half kept for ever."""
         recipient = gift["recipient"]
         offer = self.c.keys.offer(recipient, gift["gift_id"])
+        due = self.c.keys.due(tag_of(recipient))
         entry = f"answered|{recipient}|{gift['gift_id']}"
+        retention = self.c.rules.gift_retention_ms
         try:
-            async with guarded_pipeline(self.c.redis, transaction=True) as pipe:
-                pipe.pexpire(offer, self.c.rules.gift_retention_ms)
-                pipe.hdel(offer, "owed")
-                pipe.zrem(self.c.keys.due(tag_of(recipient)), entry)
-                await guarded(pipe.execute())
+            try:
+                async with guarded_pipeline(self.c.redis, transaction=True) as pipe:
+                    pipe.pexpire(offer, retention)
+                    pipe.hdel(offer, "owed")
+                    pipe.zrem(due, entry)
+                    await guarded(pipe.execute())
+            except (rx.AskError, rx.MovedError):
+                # R's slot is moving between shards: redis-py's cluster transactions do not
+                # follow ASK, its single commands do. Each of the three is idempotent and the
+                # expiry still goes first, so one by one is as safe, only not all or none.
+                await guarded(self.c.redis.pexpire(offer, retention))
+                await guarded(self.c.redis.hdel(offer, "owed"))
+                await guarded(self.c.redis.zrem(due, entry))
             gift.pop("owed", None)
         except ClearingUnavailable:
             log.warning("a settled answer stays due; recovery drops it", extra={"gift": gift["gift_id"]})
