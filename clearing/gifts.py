@@ -73,7 +73,7 @@ from clearing.clock import CAMPAIGN_DAY, Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
 from clearing.errors import ClearingUnavailable, Refusal, Refused, StepRefused
-from clearing.guard import guarded, guarded_pipeline
+from clearing.guard import SlotMoving, guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT, ScriptRunner
 from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
@@ -949,10 +949,11 @@ class ResolveSaga:
                     pipe.hdel(offer, "owed")
                     pipe.zrem(due, entry)
                     await guarded(pipe.execute())
-            except (rx.AskError, rx.MovedError):
-                # R's slot is moving between shards: redis-py's cluster transactions do not
-                # follow ASK, its single commands do. Each of the three is idempotent and the
-                # expiry still goes first, so one by one is as safe, only not all or none.
+            except SlotMoving:
+                # R's slot is moving between shards and the MULTI applied nothing (guard.py):
+                # redis-py's cluster transactions do not follow ASK, its single commands do.
+                # Each of the three is idempotent and the expiry still goes first, so one by
+                # one is as safe, only not all or none.
                 await guarded(self.c.redis.pexpire(offer, retention))
                 await guarded(self.c.redis.hdel(offer, "owed"))
                 await guarded(self.c.redis.zrem(due, entry))

@@ -3,6 +3,9 @@
 Those become :class:`ClearingUnavailable`: the outcome of a write is unknown and a retry
 with the same ids is the way to learn it. Any other Redis error is a defect (a bad script,
 a wrong key type) and propagates unchanged, so it is not mistaken for an outage.
+
+A transaction (MULTI/EXEC) whose slot is moving between shards is one more: see
+:class:`SlotMoving`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,25 @@ _UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN"
                          "WAIT cannot be used with replica")
 
 
+class SlotMoving(ClearingUnavailable):
+    """A transaction met its slot moving between shards (a resharding), and nothing of it
+    was applied: retry later, the slot finishes moving.
+
+    redis-py's cluster transactions do not follow ASK (no ASKING before MULTI) and raise the
+    AskError or MovedError a queued command or the EXEC got, after retrying the whole
+    transaction itself (ten tries, a few seconds of backoff; the map re-read on MOVED). Nothing was
+    applied: Redis flags a transaction one of whose queued commands is redirected, and its
+    EXEC answers EXECABORT (redis-py then raises the queued command's redirect); an EXEC that
+    is itself redirected (a key left between the queuing and the EXEC) discards the
+    transaction. Redirects are decided before a command runs, never inside an EXEC.
+
+    A second try here would not help: while the slot is half-way, the source answers ASK for
+    any key it lacks (one that does not exist included), and the target, even after ASKING,
+    answers TRYAGAIN to a multi-key transaction missing a key. Callers that can do without
+    all-or-none (each command idempotent) catch this to go one command at a time, which
+    follows ASK."""
+
+
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
@@ -63,11 +85,14 @@ async def guarded_pipeline(redis: aioredis.Redis | RedisCluster, *,
     """``redis.pipeline(transaction=...)`` with its opening guarded too: a cluster client's
     pipeline reads the cluster's map when it opens (after a connection error reset it), and
     that read fails like any call (seen in the cluster drill as ``INTERNAL`` replies while
-    a node was cut off from one shard)."""
+    a node was cut off from one shard). A transaction redirected by a slot on the move raises
+    :class:`SlotMoving`."""
     try:
         async with redis.pipeline(transaction=transaction) as pipe:
             yield pipe
     except rx.RedisError as exc:
+        if transaction and isinstance(exc, (rx.AskError, rx.MovedError)):
+            raise SlotMoving(f"slot moving: {type(exc).__name__}: {exc}") from exc
         if is_unavailable(exc):
             raise unavailable(exc) from exc
         raise

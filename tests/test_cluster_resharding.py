@@ -17,18 +17,22 @@ from typing import Any
 import pytest
 import redis
 
-from clearing import GiftRules, GiftState, lua
+from clearing import ClearingUnavailable, GiftRules, GiftState, lua
 from clearing.gifts import Clearing
+from clearing.guard import SlotMoving
 from clearing.keys import DEFAULT_KEYS
+from clearing.rooms import Rooms
 from clearing.scenes import Scenes
 from clearing.slots import slot_of
 from clearing.testing import World
 from clearing.topology import ClusterTopology, connect_cluster
 from gateway import GatewayNode, GatewaySettings, close_store, connect_store
+from gateway.metrics import NodeMetrics
+from gateway.requests import RequestHandler
 from notecard.local_cluster import LocalCluster
 from notecard.local_redis import LocalRedis
 from notecard_sdk import GiftRefused, NotecardClient
-from protocol import GiftSent
+from protocol import Balance, Error, ErrorCode, GetBalance, GiftSent
 from tests.conftest import CALM_NODE_TIMEOUT_MS
 from tests.gateway_fixtures import ADMIN_TOKEN, TOKEN_SECRET, token_for
 
@@ -193,6 +197,57 @@ async def test_a_saga_step_follows_the_slot_of_the_sender_moving_mid_gift(
     assert (await world.clearing.accept("g1", bob)).gift.state is GiftState.ACCEPTED
     assert (await world.clearing.balances(ann)).available["note"] == 3 * UNIT
     assert (await world.clearing.balances(bob)).available["note"] == 7 * UNIT
+
+
+async def test_a_transaction_on_a_slot_half_way_to_another_shard_applies_nothing_and_is_unavailable(
+        two_shards: LocalCluster, world: World) -> None:
+    """redis-py's cluster transactions do not follow ASK: a MULTI on a moving slot is aborted
+    by Redis (EXECABORT) and comes back as AskError or MovedError. Nothing was applied, so it
+    is UNAVAILABLE (retry later), not a defect; once the slot is handed over it goes through."""
+    first, second = (shard.primary for shard in two_shards.shards)
+    (ann,) = users_on(world, first, 1)
+    (star,) = users_on(world, second, 1)
+    for user in (ann, star):
+        await world.user(user, cards=5)
+    rooms = Rooms(world.topology, world.rules, world.keys, world.clock, settings=world.settings)
+    await rooms.open_wish(star, "note", 10)
+    await rooms.join(star, ann, world.node)
+    requests = RequestHandler(world.clearing, world.rules, NodeMetrics())
+
+    def quotes_stored() -> list[bytes]:
+        pattern = world.keys.quote(ann, "*")
+        found: list[bytes] = []
+        for server in (first, second):
+            with redis.Redis(host=server.host, port=server.port, password=two_shards.password) as c:
+                found += c.keys(pattern)
+        return found
+
+    moving = Resharding(two_shards, slot_of(ann), first, second)
+    moving.begin()
+    # Nothing moved yet, but ann has no held cards: the source answers ASK for that key.
+    with pytest.raises(SlotMoving):
+        await world.clearing.balances(ann)
+    moving.move_keys()
+    with pytest.raises(SlotMoving):
+        await world.accounts.get_user(ann)
+    # A write: the quote's HSET and PEXPIRE on ann's slot; the EXEC was refused, nothing stored.
+    with pytest.raises(SlotMoving):
+        await rooms.quote(ann, star, "note", 1)
+    assert quotes_stored() == []
+    # What a client of the gateway sees: the documented retryable code, no internal detail.
+    reply = await requests.handle(ann, GetBalance(rid=7))
+    assert isinstance(reply, Error) and reply.code == ErrorCode.UNAVAILABLE and reply.rid == 7
+    assert reply.message == "service temporarily unavailable; retry with the same ids"
+    assert issubclass(SlotMoving, ClearingUnavailable)
+
+    moving.finish()
+    assert (await world.clearing.balances(ann)).available["note"] == 5 * UNIT
+    user = await world.accounts.get_user(ann)
+    assert user is not None and user.user_id == ann
+    await rooms.quote(ann, star, "note", 1)
+    assert len(quotes_stored()) == 1
+    reply = await requests.handle(ann, GetBalance(rid=8))
+    assert isinstance(reply, Balance) and reply.rid == 8
 
 
 async def send_once_heard(sender: NotecardClient, recipient: str, within_s: float = 60.0) -> GiftSent:
