@@ -30,7 +30,11 @@ RULES = GiftRules(daily_send_limit=1_000_000, daily_receive_limit=1_000_000)
 
 @pytest.fixture
 async def world(store: Topology) -> AsyncIterator[World]:
-    """On one Redis, then on a 3-shard cluster: ann and bob, friends, ann with cards."""
+    """On one Redis, then on a 3-shard cluster: ann and bob, friends, ann with cards. No
+    library on any node to begin with: FLUSHALL keeps functions, and a test before this one
+    in the session may have left another version (test_clearing_saga's altered state table)."""
+    for node in store.nodes():
+        await node.client.function_flush()
     w = await World.build(store, RULES)
     await w.user("ann", cards=100)
     await w.user("bob")
