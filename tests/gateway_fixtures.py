@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -130,11 +131,17 @@ class Pair:
     bob: NotecardClient
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    """Wait until ``check()`` holds, polling; fail naming ``what`` after ``timeout_s`` (a bound
-    for a failure, generous for a slow machine, never a wait in itself)."""
+async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
+    """Wait until ``check()`` holds (a plain check, or one that asks over the network),
+    polling; fail naming ``what`` after ``timeout_s`` (a bound for a failure, generous for a
+    slow machine, never a wait in itself)."""
     deadline = time.monotonic() + timeout_s
-    while not await check():
+    while not await _holds(check):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def _holds(check: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = check()
+    return bool(await result) if inspect.isawaitable(result) else result

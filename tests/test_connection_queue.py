@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from gateway.connection import ClientConnection
 from gateway.metrics import NodeMetrics
 from gateway.ratelimit import TokenBucket
 from protocol import CloseCode, Encoding
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait for the writer task to get to ``condition`` (a bound for a failure, not a wait)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.001)
+from tests.gateway_fixtures import eventually
 
 
 class StalledPeer:
@@ -43,9 +34,10 @@ async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer() -> Non
     conn = ClientConnection(peer, "bob", "main", Encoding.MSGPACK, queue_max=3, metrics=metrics)  # type: ignore[arg-type]
     conn.start_writer()
     assert conn.push(b"first")
-    await until(lambda: peer.sent == [b"first"])  # the writer took it and blocks in the socket
+    # The writer took the first frame and blocks in the socket.
+    await eventually(lambda: peer.sent == [b"first"], "the first frame in the socket")
     accepted = [conn.push(b"frame-%d" % i) for i in range(5)]
-    await until(lambda: peer.closed_with is not None)
+    await eventually(lambda: peer.closed_with is not None, "the connection closed")
     # Three frames wait in the queue; the fourth overflows it and closes the connection.
     assert accepted == [True, True, True, False, False]
     assert peer.sent == [b"first"]
@@ -66,7 +58,7 @@ async def test_queued_frames_go_out_in_order() -> None:
     conn.start_writer()
     for i in range(5):
         conn.push(b"%d" % i)
-    await until(lambda: len(sent) == 5)
+    await eventually(lambda: len(sent) == 5, "five frames sent")
     assert sent == [b"0", b"1", b"2", b"3", b"4"]
     await conn.finish()
 

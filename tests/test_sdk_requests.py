@@ -41,6 +41,7 @@ from protocol import (
     decode_client,
     encode,
 )
+from tests.gateway_fixtures import eventually
 
 MSGPACK = Encoding.MSGPACK
 Answer = Callable[[ClientMessage, int], Awaitable["ServerMessage | int | None"]]
@@ -121,14 +122,6 @@ def no_lost_exceptions(caplog: pytest.LogCaptureFixture) -> Any:
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait for ``condition`` (a bound for a failure, generous for a slow machine)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
 async def pong(msg: ClientMessage, _connection: int) -> ServerMessage | int | None:
     assert isinstance(msg, Ping)
     return Pong(rid=msg.rid, server_time_ms=5)
@@ -186,7 +179,7 @@ async def test_a_cancelled_request_leaves_nothing_behind(gateway_for: Any, clien
     fake = await gateway_for(hold_first)
     client = await client_for(fake)
     task = asyncio.create_task(client.ping())
-    await until(lambda: len(fake.received) == 1)  # in flight: the server holds its answer
+    await eventually(lambda: len(fake.received) == 1, "the ping at the server")  # the server holds its answer
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -283,7 +276,7 @@ async def test_close_fails_the_requests_in_flight(gateway_for: Any, client_for: 
     fake = await gateway_for(silent)
     client = await client_for(fake)
     task = asyncio.create_task(client.ping())
-    await until(lambda: len(fake.received) == 1)  # in flight: the server never answers
+    await eventually(lambda: len(fake.received) == 1, "the ping at the server")  # in flight: the server never answers
     await client.close()
     with pytest.raises(NotConnected):
         await task
@@ -379,7 +372,7 @@ async def test_a_pending_list_in_parts_is_put_together_and_each_offer_yielded_on
         client = NotecardClient(f"ws://127.0.0.1:{port}", "token")
         connecting = asyncio.create_task(client.connect())
         # The welcome came and announced more of the list: not connected until it is complete.
-        await until(lambda: client.session.state is SessionState.RECEIVING_PENDING)
+        await eventually(lambda: client.session.state is SessionState.RECEIVING_PENDING, "the pending list started")
         assert client._first_welcome is not None and not client._first_welcome.done(), \
             "connected before the list was complete"
         released.set()
