@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from clearing import GiftRules, GiftState, Refusal, Refused
+from clearing import ClearingUnavailable, GiftRecord, GiftRules, GiftState, Refusal, Refused
 from clearing.business import BusinessAccounts, BusinessRefusal, BusinessRefused
 from clearing.campaigns import CampaignRunner, Campaigns, campaign_gift_id
 from clearing.ledger import reconcile
 from clearing.testing import World
 from clearing.topology import Topology
+from gateway.metrics import NodeMetrics
+from tests.test_metrics import value
 
 UNIT = GiftRules().units_per_card
 HOUR_MS = 3_600_000
@@ -270,6 +273,54 @@ async def test_a_runner_killed_mid_batch_is_resumed_by_another_and_every_recipie
     held = (await shop.w.clearing.balances("acme")).held["acme_star"]
     assert held == sum(1 + i % 3 for i in range(40)) * UNIT
     await shop.balanced("crash")
+
+
+async def test_a_batch_cut_by_an_outage_is_counted_failed_then_issued_again_and_counted_once(
+        shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis unavailable in the middle of a batch: the runner gives the batch up, the node's
+    failed-batches counter shows it, and the next pass issues the batch again; the gift whose
+    reply was lost is found made, and every recipient is counted once."""
+    await shop.brand(budget=100)
+    fans = await shop.fans(10, online=False)
+    await shop.campaigns.create("outage", "acme", "acme_star", [(f, 1) for f in fans],
+                                ends_at_ms=shop.w.clock() + HOUR_MS, operator="ops")
+    clearing = shop.w.clearing
+    issue, calls = clearing.issue, 0
+
+    async def reply_lost_once(*args: Any, **kw: Any) -> GiftRecord:
+        nonlocal calls
+        calls += 1
+        made = await issue(*args, **kw)
+        if calls == 6:  # in the second batch: the gift is made, its reply never comes
+            raise ClearingUnavailable("redis unavailable: TimeoutError: injected")
+        return made
+
+    monkeypatch.setattr(clearing, "issue", reply_lost_once)
+    runner = shop.runner("n", batch=4, concurrency=1)
+    metrics = NodeMetrics()
+    metrics.watch_campaigns(runner)
+
+    def shown() -> tuple[float | None, float | None]:
+        text = metrics.render().decode()
+        return (value(text, "notecard_campaign_failed_batches_total"),
+                value(text, 'notecard_campaign_recipients_total{outcome="issued"}'))
+
+    assert shown() == (0.0, 0.0)
+    assert await runner.step() == 4  # the first batch; the second was given up
+    assert (runner.failed_batches, runner.issued) == (1, 4)
+    assert shown() == (1.0, 4.0)
+    status = await shop.campaigns.status("outage")
+    assert (status.state, status.issued) == ("running", 4)
+    await shop.balanced("outage")
+
+    assert await runner.step() == 6  # the second batch again, then the last
+    assert shown() == (1.0, 10.0)
+    status = await shop.campaigns.status("outage")
+    assert (status.state, status.issued) == ("done", 10)
+    for fan in fans:
+        assert len(await clearing.pending_for(fan)) == 1
+    assert (await clearing.balances("acme")).held["acme_star"] == 10 * UNIT
+    await shop.balanced("outage")
 
 
 async def test_two_runners_at_once_give_every_recipient_one_card(shop: Shop) -> None:
