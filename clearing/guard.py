@@ -41,22 +41,24 @@ _UNAVAILABLE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "READONLY", "TRYAGAIN"
 
 
 class SlotMoving(ClearingUnavailable):
-    """A transaction met its slot moving between shards (a resharding), and nothing of it
-    was applied: retry later, the slot finishes moving.
+    """A transaction met its slot moving between shards (a resharding) and was refused:
+    retry later, the slot finishes moving.
 
-    redis-py's cluster transactions do not follow ASK (no ASKING before MULTI) and raise the
-    AskError or MovedError a queued command or the EXEC got, after retrying the whole
-    transaction itself (ten tries, a few seconds of backoff; the map re-read on MOVED). Nothing was
-    applied: Redis flags a transaction one of whose queued commands is redirected, and its
-    EXEC answers EXECABORT (redis-py then raises the queued command's redirect); an EXEC that
-    is itself redirected (a key left between the queuing and the EXEC) discards the
-    transaction. Redirects are decided before a command runs, never inside an EXEC.
+    redis-py's cluster transactions do not follow ASK (no ASKING before MULTI). They retry
+    the whole MULTI/EXEC themselves (ten tries, a few seconds of backoff; an ASK points the
+    slot at its target, every fifth redirect re-reads the map), then raise the AskError or
+    MovedError of the last try. That try applied nothing: Redis flags a transaction one of
+    whose queued commands is redirected and answers its EXEC with EXECABORT (redis-py then
+    raises the queued command's redirect), and an EXEC that is itself redirected (a key
+    left between the queuing and the EXEC) discards the transaction; redirects are decided
+    before a command runs, never inside an EXEC. (An earlier try that redis-py sent again
+    after a lost connection may have applied, as with any outage: hence an unavailable.)
 
-    A second try here would not help: while the slot is half-way, the source answers ASK for
-    any key it lacks (one that does not exist included), and the target, even after ASKING,
-    answers TRYAGAIN to a multi-key transaction missing a key. Callers that can do without
-    all-or-none (each command idempotent) catch this to go one command at a time, which
-    follows ASK."""
+    Trying once more here would not help: while the slot is half-way, the source answers
+    ASK for any key it lacks (one that does not exist included), and the target, even after
+    ASKING, answers TRYAGAIN to a transaction over several keys when one is missing. Callers
+    that can do without all-or-none (each command idempotent) catch this to go one command
+    at a time, which follows ASK."""
 
 
 def is_unavailable(exc: BaseException) -> bool:
