@@ -426,26 +426,36 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, idle: list[float
 async def drive_steady(bed: Bed, name: str, mode: str, seconds: float, ramp_s: float,
                        idle: list[float]) -> PhaseResult:
     """Gift and accept along each pair of ``mode``, one task per pair, and measure a window
-    of ``seconds`` that opens once every caller has run for ``ramp_s`` and closes while they
-    are all still running: the short phases of the paired rounds, where the ramp at the
-    start (callers starting together) and the tail at the end (callers finishing one by
-    one, each shard less busy) would weigh more than in a 3 s phase.
+    of ``seconds`` while every caller is running: the short phases of the paired rounds,
+    where the ramp at the start (callers starting together) and the tail at the end
+    (callers finishing one by one, each shard less busy) would weigh more than in a 3 s
+    phase.
+
+    A gift is counted when it completes inside the window, and the window holds the work
+    of the gifts in flight at its opening, not that of those in flight at its close; the two
+    balance only if the callers are out of step. Started together, they stay in step (a
+    gift here takes up to half a second, the window holds two or three of a caller's gifts)
+    and the count jumps by one gift per caller with where the window falls: the first
+    version measured X between 475 and 715 us in one run. So the callers start spread over
+    one gift's latency (the warm-up's: every pair one gift at once, as in the phase), and
+    the window opens ``ramp_s`` after the last has started.
 
     The INFO reads at both ends are synchronous, so the event loop is held while they run:
-    no gift completes between the counts and the reads. A gift is counted when it completes
-    inside the window; in steady state the work of the gifts in flight at its opening
-    balances that of those in flight at its close."""
+    no gift completes between the counts and the reads."""
     await bed.promotion(False)
     clearing = Clearing(bed.topology, BENCH_RULES, settings=bed.settings)
     pairs = bed.pairs[mode]
     run = secrets.token_hex(2)
+    began = time.perf_counter()
     await asyncio.gather(*(_gift(clearing, f"w{run}{i}", pair) for i, pair in enumerate(pairs)))
+    stagger = time.perf_counter() - began
     latencies: list[float] = []
     settled = cross = 0
     counting = stopping = False
 
     async def worker(index: int, pair: Pair) -> None:
         nonlocal settled, cross
+        await asyncio.sleep(stagger * index / len(pairs))
         n = 0
         while not stopping:
             began = time.perf_counter()
@@ -456,9 +466,11 @@ async def drive_steady(bed: Bed, name: str, mode: str, seconds: float, ramp_s: f
                 settled += 1
                 cross += bed.crosses(pair)
 
-    tasks = [asyncio.ensure_future(worker(i, p)) for i, p in enumerate(pairs)]
+    # Pairs in a random order of start: the pairs of one shard are not all late.
+    order = random.Random(run).sample(range(len(pairs)), len(pairs))
+    tasks = [asyncio.ensure_future(worker(k, pairs[i])) for k, i in enumerate(order)]
     try:
-        await asyncio.sleep(ramp_s)
+        await asyncio.sleep(stagger + ramp_s)
         opened = time.perf_counter()
         before = [s.info() for s in bed.servers]
         cpu0, t0 = time.process_time(), time.perf_counter()
@@ -586,9 +598,27 @@ async def _single(work: Path) -> Any:
         server.stop()
 
 
+#: Starts of a cluster that lost one of its ports (``_start_cluster``).
+_CLUSTER_STARTS = 3
+
+
+def _start_cluster(work: Path, shards: int) -> LocalCluster:
+    """A started cluster of ``shards`` primaries. Its ports are picked free before its
+    servers start, and on this shared machine another process, or one of this bench's own
+    connections to the cluster already running beside it, can take one in between
+    ("Address already in use"): then again with fresh ports."""
+    for attempt in range(1, _CLUSTER_STARTS + 1):
+        try:
+            return LocalCluster(work / f"cluster{shards}-{attempt}", shards=shards, replicas=0).start()
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == _CLUSTER_STARTS:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextlib.asynccontextmanager
 async def _cluster(work: Path, shards: int) -> Any:
-    cluster = LocalCluster(work / f"cluster{shards}", shards=shards, replicas=0).start()
+    cluster = _start_cluster(work, shards)
     topology = None
     try:
         topology = await connect_cluster([(s.host, s.port) for s in cluster.servers], password=cluster.password,
