@@ -113,10 +113,12 @@ class Plan:
     ramp_s: float = 0.3
 
 
-#: 5 rounds of 1 s windows: 15 s of c1, F and X where the sequential runs had 9 s, the
-#: whole run about 10 s longer than before (both clusters start in the same run).
+#: 3 rounds of 1 s windows: 3 s of each of c1, F and X, as the sequential phases had. A
+#: round takes about 7 s with its warm-ups, staggered starts and drains (a cross-shard
+#: gift's latency is most of a second here), so a run takes about 60 s against 45 s for
+#: the sequential one; 5 rounds took 73-75 s (docs/benchmarks.md section 10).
 FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32, idle_s=3.0,
-            rounds=5, pair_phase_s=1.0, ramp_s=0.3)
+            rounds=3, pair_phase_s=1.0, ramp_s=0.3)
 QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4, idle_s=0.5,
              rounds=2, pair_phase_s=0.3, ramp_s=0.1)
 #: --rounds: each round is three phases of about 1.5 s with their warm-up and ramp.

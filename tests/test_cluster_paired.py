@@ -46,7 +46,7 @@ def test_the_summed_rounds_give_the_model_of_the_combined_phases() -> None:
 
 
 def test_rounds_are_checked() -> None:
-    assert FULL.rounds == 5 and QUICK.rounds >= 2
+    assert FULL.rounds == 3 and QUICK.rounds >= 2
     assert plan_of(quick=False, concurrency=None, rounds=None, runs=1) == FULL
     assert plan_of(quick=True, concurrency=8, rounds=0, runs=3).rounds == 0
     for rounds in (-1, MAX_ROUNDS + 1):
