@@ -115,8 +115,8 @@ class Plan:
 
 #: 3 rounds of 1 s windows: 3 s of each of c1, F and X, as the sequential phases had. A
 #: round takes about 7 s with its warm-ups, staggered starts and drains (a cross-shard
-#: gift's latency is most of a second here), so a run takes about 60 s against 45 s for
-#: the sequential one; 5 rounds took 73-75 s (docs/benchmarks.md section 10).
+#: gift's latency is most of a second here): a run took 54 s against 44-46 s for the
+#: sequential one; 5 rounds took 73-75 s (docs/benchmarks.md section 10).
 FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32, idle_s=3.0,
             rounds=3, pair_phase_s=1.0, ramp_s=0.3)
 QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4, idle_s=0.5,
