@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cluster:
         return cluster_bench.main(quick=args.quick, shards=args.shards, out=args.out, concurrency=args.concurrency,
                                   command="notecard bench " + " ".join(sys.argv[2:] if argv is None else argv),
-                                  gateway=not args.no_gateway, runs=args.runs)
+                                  gateway=not args.no_gateway, runs=args.runs, rounds=args.rounds)
     return _main(args, argv)
 
 

@@ -105,10 +105,24 @@ class Plan:
     #: rate (cluster bus, serverCron), subtracted from every phase for the marginal figures.
     #: As long as a phase, so that the INFO reads at its ends weigh the same in both.
     idle_s: float
+    #: Paired rounds (``--rounds``; 0: the 1-shard and N-shard phases one topology after the
+    #: other, as before): c1, F, X phases alternating on two clusters running side by side.
+    rounds: int = 0
+    #: Each paired phase's measured window, taken once its callers have run ``ramp_s``.
+    pair_phase_s: float = 1.0
+    ramp_s: float = 0.3
 
 
-FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32, idle_s=3.0)
-QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4, idle_s=0.5)
+#: 3 rounds of 1 s windows: 3 s of each of c1, F and X, as the sequential phases had. A
+#: round takes about 7 s with its warm-ups, staggered starts and drains (a cross-shard
+#: gift's latency is most of a second here): a run took 54 s against 44-46 s for the
+#: sequential one; 5 rounds took 73-75 s (docs/benchmarks.md section 10).
+FULL = Plan(phase_s=3.0, concurrency=32, gateway_warmup_s=1.0, gateway_s=3.0, gateway_pairs=32, idle_s=3.0,
+            rounds=3, pair_phase_s=1.0, ramp_s=0.3)
+QUICK = Plan(phase_s=0.5, concurrency=4, gateway_warmup_s=0.3, gateway_s=1.5, gateway_pairs=4, idle_s=0.5,
+             rounds=2, pair_phase_s=0.3, ramp_s=0.1)
+#: --rounds: each round is three phases of about 1.5 s with their warm-up and ramp.
+MAX_ROUNDS = 50
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,6 +183,8 @@ class PhaseResult:
     idle_cores: list[float]
     #: From the INFO reads before the phase to those after it: what the idle rate covers.
     window_s: float
+    #: Each settled gift's latency (s), kept so that phases can be combined (``combine``).
+    samples: list[float] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def per_s(self) -> float:
@@ -406,7 +422,108 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, idle: list[float
         memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
         counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
                 for name, cmds in _COUNTED.items()},
-        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window)
+        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies)
+
+
+async def drive_steady(bed: Bed, name: str, mode: str, seconds: float, ramp_s: float,
+                       idle: list[float]) -> PhaseResult:
+    """Gift and accept along each pair of ``mode``, one task per pair, and measure a window
+    of ``seconds`` while every caller is running: the short phases of the paired rounds,
+    where the ramp at the start (callers starting together) and the tail at the end
+    (callers finishing one by one, each shard less busy) would weigh more than in a 3 s
+    phase.
+
+    A gift is counted when it completes inside the window, and the window holds the work
+    of the gifts in flight at its opening, not that of those in flight at its close; the two
+    balance only if the callers are out of step. Started together, they stay in step (a
+    gift here takes up to half a second, the window holds two or three of a caller's gifts)
+    and the count jumps by one gift per caller with where the window falls: the first
+    version measured X between 475 and 715 us in one run. So the callers start spread over
+    one gift's latency (the warm-up's: every pair one gift at once, as in the phase), and
+    the window opens ``ramp_s`` after the last has started.
+
+    The INFO reads at both ends are synchronous, so the event loop is held while they run:
+    no gift completes between the counts and the reads."""
+    await bed.promotion(False)
+    clearing = Clearing(bed.topology, BENCH_RULES, settings=bed.settings)
+    pairs = bed.pairs[mode]
+    run = secrets.token_hex(2)
+    began = time.perf_counter()
+    await asyncio.gather(*(_gift(clearing, f"w{run}{i}", pair) for i, pair in enumerate(pairs)))
+    stagger = time.perf_counter() - began
+    latencies: list[float] = []
+    settled = cross = 0
+    counting = stopping = False
+
+    async def worker(index: int, pair: Pair) -> None:
+        nonlocal settled, cross
+        await asyncio.sleep(stagger * index / len(pairs))
+        n = 0
+        while not stopping:
+            began = time.perf_counter()
+            await _gift(clearing, f"g{run}{index}-{n}", pair)
+            n += 1
+            if counting:
+                latencies.append(time.perf_counter() - began)
+                settled += 1
+                cross += bed.crosses(pair)
+
+    # Pairs in a random order of start: the pairs of one shard are not all late.
+    order = random.Random(run).sample(range(len(pairs)), len(pairs))
+    tasks = [asyncio.ensure_future(worker(k, pairs[i])) for k, i in enumerate(order)]
+    try:
+        await asyncio.sleep(stagger + ramp_s)
+        opened = time.perf_counter()
+        before = [s.info() for s in bed.servers]
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        counting = True
+        await asyncio.sleep(seconds)
+        counting = False
+        elapsed, generator = time.perf_counter() - t0, time.process_time() - cpu0
+        after = [s.info() for s in bed.servers]
+        window = time.perf_counter() - opened
+    finally:
+        stopping = True
+        # Every caller finishes its gift in flight: a gift left half-done would hold cards
+        # until its expiry and fail the conservation check.
+        await asyncio.gather(*tasks)
+    return PhaseResult(
+        name=name, shards=len(bed.servers) if bed.cluster else 0, mode=mode, forced_saga=False,
+        settled=settled, cross=cross, seconds=elapsed,
+        redis_cpu_s=[_cpu_s(b) - _cpu_s(a) for a, b in zip(before, after, strict=True)],
+        redis_inside_s=[_inside_s(b) - _inside_s(a) for a, b in zip(before, after, strict=True)],
+        memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
+        counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
+                for name, cmds in _COUNTED.items()},
+        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies)
+
+
+def combine(name: str, parts: Sequence[PhaseResult]) -> PhaseResult:
+    """Phases of one kind on one topology as one: every counter, CPU time and window
+    summed, so that its per-gift figures are the summed CPU over the summed gifts and its
+    marginal CPU takes the idle rate out over the summed windows."""
+    first = parts[0]
+    if any((p.shards, p.mode, p.forced_saga, p.idle_cores) != (first.shards, first.mode, first.forced_saga,
+                                                               first.idle_cores) for p in parts):
+        raise ValueError("only phases of one kind on one topology combine")
+
+    def column(values: Sequence[Sequence[float]]) -> list[float]:
+        return [sum(v) for v in zip(*values, strict=True)]
+
+    samples = [x for p in parts for x in p.samples]
+    return PhaseResult(
+        name=name, shards=first.shards, mode=first.mode, forced_saga=first.forced_saga,
+        settled=sum(p.settled for p in parts), cross=sum(p.cross for p in parts),
+        seconds=sum(p.seconds for p in parts),
+        redis_cpu_s=column([p.redis_cpu_s for p in parts]), redis_inside_s=column([p.redis_inside_s for p in parts]),
+        counts={k: [int(v) for v in column([p.counts[k] for p in parts])] for k in first.counts},
+        memory_growth=[int(v) for v in column([p.memory_growth for p in parts])],
+        generator_cpu_s=sum(p.generator_cpu_s for p in parts), latency=_summary(samples),
+        idle_cores=first.idle_cores, window_s=sum(p.window_s for p in parts), samples=samples)
+
+
+def cost_of(phase: PhaseResult) -> cluster_model.Cost:
+    return cluster_model.Cost(sum(phase.marginal_cpu_s), phase.settled)
 
 
 async def _gift(clearing: Clearing, gift_id: str, pair: Pair) -> None:
@@ -483,9 +600,27 @@ async def _single(work: Path) -> Any:
         server.stop()
 
 
+#: Starts of a cluster that lost one of its ports (``_start_cluster``).
+_CLUSTER_STARTS = 3
+
+
+def _start_cluster(work: Path, shards: int) -> LocalCluster:
+    """A started cluster of ``shards`` primaries. Its ports are picked free before its
+    servers start, and on this shared machine another process, or one of this bench's own
+    connections to the cluster already running beside it, can take one in between
+    ("Address already in use"): then again with fresh ports."""
+    for attempt in range(1, _CLUSTER_STARTS + 1):
+        try:
+            return LocalCluster(work / f"cluster{shards}-{attempt}", shards=shards, replicas=0).start()
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == _CLUSTER_STARTS:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextlib.asynccontextmanager
 async def _cluster(work: Path, shards: int) -> Any:
-    cluster = LocalCluster(work / f"cluster{shards}", shards=shards, replicas=0).start()
+    cluster = _start_cluster(work, shards)
     topology = None
     try:
         topology = await connect_cluster([(s.host, s.port) for s in cluster.servers], password=cluster.password,
@@ -501,82 +636,172 @@ async def _cluster(work: Path, shards: int) -> Any:
 
 
 # ---------------------------------------------------------------- the run
-async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable[[str], None], *,
-              gateway: bool = True) -> dict[str, Any]:
-    phases: list[PhaseResult] = []
-    memory: dict[str, Any] = {}
-    gateways: dict[str, Any] = {}
-    #: Each topology's idle rate per primary (cores), measured right after provisioning.
-    idle: dict[str, list[float]] = {}
-    #: The conservation check after each topology's phases: a fast bench that loses cards
-    #: measures nothing.
-    conservation: dict[str, Any] = {}
+class _Run:
+    """One whole measurement: its phases, idle rates, conservation checks and memory."""
 
-    async def check(name: str, topology: Topology) -> None:
+    def __init__(self, plan: Plan, work: Path, say: Callable[[str], None], *, gateway: bool) -> None:
+        self.plan, self.work, self.say, self.gateway = plan, work, say, gateway
+        self.phases: list[PhaseResult] = []
+        self.memory: dict[str, Any] = {}
+        self.gateways: dict[str, Any] = {}
+        #: Each topology's idle rate per primary (cores), measured right after provisioning.
+        self.idle: dict[str, list[float]] = {}
+        #: The conservation check after each topology's phases: a fast bench that loses cards
+        #: measures nothing.
+        self.conservation: dict[str, Any] = {}
+        #: The paired rounds' (c1, F, X) phases.
+        self.rounds: list[tuple[PhaseResult, PhaseResult, PhaseResult]] = []
+
+    async def check(self, name: str, topology: Topology) -> None:
         found = await check_invariant(topology.general, BENCH_RULES)
-        conservation[name] = {"ok": found.ok, "violations": found.violations[:10]}
-        say(f"  conservation on {name}: {'ok' if found.ok else found.violations[:3]}")
+        self.conservation[name] = {"ok": found.ok, "violations": found.violations[:10]}
+        self.say(f"  conservation on {name}: {'ok' if found.ok else found.violations[:3]}")
 
-    def done(result: PhaseResult) -> None:
-        phases.append(result)
-        say(f"  {result.name}: {result.per_s:,.0f} settled/s, busiest shard "
-            f"{result.busiest_us_per_gift:.1f} us/gift ({max(result.marginal_us_per_gift):.1f} marginal), "
-            f"cross-shard {result.cross_share:.0%}")
+    def done(self, result: PhaseResult) -> None:
+        self.phases.append(result)
+        self.say(f"  {result.name}: {result.per_s:,.0f} settled/s, busiest shard "
+                 f"{result.busiest_us_per_gift:.1f} us/gift ({max(result.marginal_us_per_gift):.1f} marginal), "
+                 f"cross-shard {result.cross_share:.0%}")
 
-    async def quiet(name: str, servers: list[Server]) -> list[float]:
-        rates = idle[name] = await measure_idle(servers, plan.idle_s)
-        say(f"  idle on {name}: " + ", ".join(f"{r:.4f}" for r in rates) + " cores per primary")
+    async def quiet(self, name: str, servers: list[Server]) -> list[float]:
+        rates = self.idle[name] = await measure_idle(servers, self.plan.idle_s)
+        self.say(f"  idle on {name}: " + ", ".join(f"{r:.4f}" for r in rates) + " cores per primary")
         return rates
 
-    say("one instance ...")
-    async with _single(work) as (topology, servers):
-        bed = Bed(topology, servers, plan.concurrency, cluster=False)
-        bed.draw(["mixed"])
-        await bed.provision()
-        fresh = bed.pairs["mixed"][0][0]
-        memory["fresh_user"] = {**await user_memory(topology, fresh), "user": fresh,
-                                "state": "created, funded, 1 mutual follow, online"}
-        rates = await quiet("one instance", servers)
-        done(await drive(bed, "one instance, one-script path", "mixed", plan.phase_s, rates))
-        done(await drive(bed, "one instance, saga forced", "mixed", plan.phase_s, rates, force_saga=True))
-        gifts = sum(1 for p in bed.pairs["mixed"] if fresh in p)
-        memory["bench_user"] = {**await user_memory(topology, fresh), "user": fresh,
-                                "state": f"after the one-instance phases (in {gifts} of the pairs)"}
-        await check("one instance", topology)
-    if gateway:
-        say("through 2 gateway nodes on one instance ...")
-        gateways["one_instance"] = await through_gateway(plan, work / "gw-single", None)
-    largest = max(shard_counts)
-    for shards in shard_counts:
-        say(f"{shards} shard(s) ...")
-        async with _cluster(work, shards) as (topology, servers, url):
-            modes = ["mixed", "same", "cross"] if shards == largest and shards > 1 else ["mixed"]
-            # The same offered load per shard as on one instance: a cluster sized to its load
-            # gets N times the callers, and a shard handed a third of the baseline's calls per
-            # event-loop turn pays more CPU per call than a saturated shard would.
-            bed = Bed(topology, servers, plan.concurrency * shards, cluster=True)
-            bed.draw(modes)
+    async def one_instance(self) -> None:
+        plan, memory = self.plan, self.memory
+        self.say("one instance ...")
+        async with _single(self.work) as (topology, servers):
+            bed = Bed(topology, servers, plan.concurrency, cluster=False)
+            bed.draw(["mixed"])
             await bed.provision()
-            rates = await quiet(f"{shards} shard(s)", servers)
-            # Random pairs go in rounds on more than one shard, so that they settle at
-            # the crossing share of their pairs (see ``drive``).
-            rounds = shards > 1
-            for mode in modes:
-                done(await drive(bed, f"{shards} shard(s), {_MODES[mode]}", mode, plan.phase_s, rates,
-                                 rounds=rounds and mode == "mixed"))
-            if "same" in modes:
-                done(await drive(bed, f"{shards} shard(s), random pairs, newcomer promotion on", "mixed",
-                                 plan.phase_s, rates, promotion=True, rounds=rounds))
-            await check(f"{shards} shard(s)", topology)
-            if gateway and shards == largest:
-                say(f"through 2 gateway nodes on {shards} shard(s) ...")
-                gateways[f"{shards}_shards"] = await through_gateway(plan, work / f"gw-{shards}", url)
-    derived = derive(phases)
+            fresh = bed.pairs["mixed"][0][0]
+            memory["fresh_user"] = {**await user_memory(topology, fresh), "user": fresh,
+                                    "state": "created, funded, 1 mutual follow, online"}
+            rates = await self.quiet("one instance", servers)
+            self.done(await drive(bed, "one instance, one-script path", "mixed", plan.phase_s, rates))
+            self.done(await drive(bed, "one instance, saga forced", "mixed", plan.phase_s, rates, force_saga=True))
+            gifts = sum(1 for p in bed.pairs["mixed"] if fresh in p)
+            memory["bench_user"] = {**await user_memory(topology, fresh), "user": fresh,
+                                    "state": f"after the one-instance phases (in {gifts} of the pairs)"}
+            await self.check("one instance", topology)
+        if self.gateway:
+            self.say("through 2 gateway nodes on one instance ...")
+            self.gateways["one_instance"] = await through_gateway(plan, self.work / "gw-single", None)
+
+    def bed_on(self, topology: Topology, servers: list[Server], modes: list[str]) -> Bed:
+        # The same offered load per shard as on one instance: a cluster sized to its load
+        # gets N times the callers, and a shard handed a third of the baseline's calls per
+        # event-loop turn pays more CPU per call than a saturated shard would.
+        bed = Bed(topology, servers, self.plan.concurrency * len(servers), cluster=True)
+        bed.draw(modes)
+        return bed
+
+    async def unpaired_phases(self, bed: Bed, modes: list[str], rates: list[float], *, largest: bool) -> None:
+        """One phase of each of ``modes`` (random pairs in rounds on more than one shard, so
+        that they settle at the crossing share of their pairs, see ``drive``), and on the
+        largest cluster random pairs with newcomer promotion on."""
+        shards = len(bed.servers)
+        for mode in modes:
+            self.done(await drive(bed, f"{shards} shard(s), {_MODES[mode]}", mode, self.plan.phase_s, rates,
+                                  rounds=shards > 1 and mode == "mixed"))
+        if largest and shards > 1:
+            self.done(await drive(bed, f"{shards} shard(s), random pairs, newcomer promotion on", "mixed",
+                                  self.plan.phase_s, rates, promotion=True, rounds=True))
+
+    async def through_gateway_on(self, shards: int, url: str) -> None:
+        if self.gateway:
+            self.say(f"through 2 gateway nodes on {shards} shard(s) ...")
+            self.gateways[f"{shards}_shards"] = await through_gateway(self.plan, self.work / f"gw-{shards}", url)
+
+    async def sequential(self, shards: int, *, largest: bool) -> None:
+        """One topology on its own: its idle rate, then its phases one after the other."""
+        self.say(f"{shards} shard(s) ...")
+        async with _cluster(self.work, shards) as (topology, servers, url):
+            modes = ["mixed", "same", "cross"] if largest and shards > 1 else ["mixed"]
+            bed = self.bed_on(topology, servers, modes)
+            await bed.provision()
+            rates = await self.quiet(f"{shards} shard(s)", servers)
+            await self.unpaired_phases(bed, modes, rates, largest=largest)
+            await self.check(f"{shards} shard(s)", topology)
+            if largest:
+                await self.through_gateway_on(shards, url)
+
+    async def paired(self, largest: int) -> None:
+        """The 1-shard and the ``largest``-shard clusters side by side, c1, F and X in
+        alternating short phases (``drive_steady``), then the largest one's random phases."""
+        plan, say = self.plan, self.say
+        say(f"1 shard and {largest} shards side by side, {plan.rounds} paired rounds ...")
+        async with _cluster(self.work, 1) as (one_topology, one_servers, _):
+            one = self.bed_on(one_topology, one_servers, ["mixed"])
+            await one.provision()
+            await self.quiet("1 shard(s) alone", one_servers)
+            async with _cluster(self.work, largest) as (topology, servers, url):
+                bed = self.bed_on(topology, servers, ["mixed", "same", "cross"])
+                await bed.provision()
+                # Both idle together: the other cluster's background runs during every phase.
+                both = await measure_idle([*one_servers, *servers], plan.idle_s)
+                one_rates = self.idle["1 shard(s)"] = both[:1]
+                rates = self.idle[f"{largest} shard(s)"] = both[1:]
+                say("  idle, both clusters up: " + ", ".join(f"{r:.4f}" for r in both) + " cores per primary")
+                for k in range(plan.rounds):
+                    c1 = await drive_steady(one, f"1 shard(s), random pairs, round {k + 1}", "mixed",
+                                            plan.pair_phase_s, plan.ramp_s, one_rates)
+                    same, cross = [await drive_steady(bed, f"{largest} shard(s), {_MODES[mode]}, round {k + 1}",
+                                                      mode, plan.pair_phase_s, plan.ramp_s, rates)
+                                   for mode in ("same", "cross")]
+                    self.rounds.append((c1, same, cross))
+                    model = model_of(c1, same, cross)
+                    say(f"  round {k + 1}: c1 {model.c1_us:.0f}, F {model.same_us:.0f}, X {model.cross_us:.0f} "
+                        f"us/gift marginal; model {largest} shards / 1 shard = {model.ratio:.2f}")
+                self.done(combine("1 shard(s), random pairs", [r[0] for r in self.rounds]))
+                for k, mode in ((1, "same"), (2, "cross")):
+                    self.done(combine(f"{largest} shard(s), {_MODES[mode]}", [r[k] for r in self.rounds]))
+                await self.unpaired_phases(bed, ["mixed"], rates, largest=True)
+                await self.check(f"{largest} shard(s)", topology)
+                await self.through_gateway_on(largest, url)
+            await self.check("1 shard(s)", one_topology)
+
+    def pairing(self) -> dict[str, Any]:
+        """The paired rounds' model, per round and summed, for the JSON (empty without them)."""
+        if not self.rounds:
+            return {}
+        first = self.rounds[0]
+        result = cluster_model.paired([(cost_of(a), cost_of(b), cost_of(c)) for a, b, c in self.rounds],
+                                      len(first[1].idle_cores), max(first[0].idle_cores), max(first[1].idle_cores))
+        self.say(f"  paired rounds: model {len(first[1].idle_cores)} shards / 1 shard, median "
+                 f"{result.spread.text()} of {len(self.rounds)} rounds, summed CPU {result.summed.ratio:.2f}")
+        return {**result.as_dict(), "phase_s": self.plan.pair_phase_s, "ramp_s": self.plan.ramp_s,
+                "phases": [[p.as_dict() for p in trio] for trio in self.rounds]}
+
+
+async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable[[str], None], *,
+              gateway: bool = True) -> dict[str, Any]:
+    """The one-instance phases, then each N of ``shard_counts``; with ``plan.rounds`` and
+    both 1 and a larger N among them, 1 and the largest N side by side in paired rounds."""
+    state = _Run(plan, work, say, gateway=gateway)
+    await state.one_instance()
+    largest = max(shard_counts)
+    paired = plan.rounds > 0 and 1 in shard_counts and largest > 1
+    for shards in shard_counts:
+        if not (paired and shards in (1, largest)):
+            await state.sequential(shards, largest=shards == largest)
+    if paired:
+        await state.paired(largest)
+    derived = derive(state.phases)
+    pairing = state.pairing()
+    if pairing:
+        spread, n = pairing["ratio"], largest
+        derived.update({f"paired_model_{n}_over_1_shard_median": spread["median"],
+                        f"paired_model_{n}_over_1_shard_low": spread["low"],
+                        f"paired_model_{n}_over_1_shard_high": spread["high"],
+                        f"paired_model_{n}_over_1_shard_summed": pairing["summed"]["ratio"]})
     if "model" in derived:
         say(f"  model at {derived['model']['crossing_share']:.0%} crossing, balanced shards, marginal CPU: "
             f"{derived['model']['formula']}")
-    return {"phases": [p.as_dict() for p in phases], "memory": memory, "conservation": conservation,
-            "gateway": gateways, "idle_cores": idle, "derived": derived}
+    return {"phases": [p.as_dict() for p in state.phases], "memory": state.memory,
+            "conservation": state.conservation, "gateway": state.gateways, "idle_cores": state.idle,
+            "derived": derived, "paired": pairing}
 
 
 _MODES = {"mixed": "random pairs", "same": "same-shard pairs only", "cross": "cross-shard pairs only"}
@@ -665,14 +890,28 @@ def rows_of(results: dict[str, Any]) -> list[report.Row]:
                                p["marginal_capacity_per_s_one_core_per_shard"], "/s",
                                one["marginal_capacity_per_s_one_core_per_shard"] if one else None, "1 shard"))
     model = results.get("derived", {}).get("model")
+    pairing = results.get("paired")
     if model:
         n = model["shards"]
+        summed = ", summed over the paired rounds" if pairing else ""
         rows.append(report.Row(
             f"{n}_shards_model_capacity",
             f"{n} shards, balanced, {model['crossing_share']:.0%} crossing: gifts/s at one saturated core per "
-            "shard by the model (marginal c1, F, X)",
+            f"shard by the model (marginal c1, F, X{summed})",
             model["per_s_one_core_per_shard"], "/s", model["one_shard_per_s"], "1 shard",
             ("min", 2.0) if n == 3 else None))
+    if pairing:
+        # The model row above is then the summed CPU of all rounds; this one the median of
+        # the rounds' ratios, each from adjacent phases (the figures in brackets are this
+        # run's lowest and highest round, left out of a summary over runs).
+        spread = pairing["ratio"]
+        n = pairing["summed"]["shards"]
+        rows.append(report.Row(
+            f"{n}_shards_paired_model_median",
+            f"   the same, median of {spread['runs']} rounds paired in time "
+            f"({spread['low']:.2f}, {spread['high']:.2f})",
+            # A ratio already: against 1.0, so that the table prints it as one (3 decimals).
+            spread["median"], "x", 1.0, "1 shard", ("min", 2.0) if n == 3 else None))
     gateway = results.get("gateway", {})
     base = gateway.get("one_instance")
     for name, g in gateway.items():
@@ -707,24 +946,32 @@ def parse_shards(text: str) -> list[int]:
     return counts
 
 
+def plan_of(*, quick: bool, concurrency: int | None, rounds: int | None, runs: int) -> Plan:
+    """The plan for the command's options, or ValueError saying which one is out of range."""
+    plan = QUICK if quick else FULL
+    if concurrency is not None:
+        if concurrency < 1:
+            raise ValueError("--concurrency must be at least 1")
+        plan = dataclasses.replace(plan, concurrency=concurrency)
+    if rounds is not None:
+        if not 0 <= rounds <= MAX_ROUNDS:
+            raise ValueError(f"--rounds takes 0 to {MAX_ROUNDS}")
+        plan = dataclasses.replace(plan, rounds=rounds)
+    if not 1 <= runs <= MAX_RUNS:
+        raise ValueError(f"--runs takes 1 to {MAX_RUNS}")
+    return plan
+
+
 def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None, command: str,
-         gateway: bool = True, runs: int = 1) -> int:
+         gateway: bool = True, runs: int = 1, rounds: int | None = None) -> int:
     from loadtest.bench import machine
     from notecard.runner import install_uvloop
 
     try:
         counts = parse_shards(shards)
+        plan = plan_of(quick=quick, concurrency=concurrency, rounds=rounds, runs=runs)
     except ValueError as exc:
         print(f"notecard bench: {exc}", file=sys.stderr)
-        return 2
-    plan = QUICK if quick else FULL
-    if concurrency is not None:
-        if concurrency < 1:
-            print("notecard bench: --concurrency must be at least 1", file=sys.stderr)
-            return 2
-        plan = dataclasses.replace(plan, concurrency=concurrency)
-    if not 1 <= runs <= MAX_RUNS:
-        print(f"notecard bench: --runs takes 1 to {MAX_RUNS}", file=sys.stderr)
         return 2
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = out or Path("bench-results") / f"cluster-{stamp}"
@@ -787,5 +1034,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=1,
                         help="with --cluster: repeat the whole measurement this many times and report the median "
                              "and range of every figure (default 1)")
+    parser.add_argument("--rounds", type=int,
+                        help="with --cluster: measure c1 (1 shard), F and X (same-shard and cross-shard pairs on the "
+                             "largest cluster) in this many rounds of short phases alternating on both clusters side "
+                             f"by side (default {FULL.rounds}, --quick {QUICK.rounds}; 0: one 3 s phase each, "
+                             "one topology after the other)")
     parser.add_argument("--no-gateway", action="store_true",
                         help="with --cluster: skip the phases through 2 gateway nodes (one instance, largest cluster)")

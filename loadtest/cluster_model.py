@@ -20,6 +20,12 @@ shard would not have:
   (``X``) costs, each phase homogeneous and so free of that artefact:
   ``T(N) = F / N + (N - 1) * X / N`` per gift summed over the shards at the crossing share
   ``1 - 1/N`` of users spread evenly, each of N balanced shards carrying ``T(N) / N``.
+- **neighbours**: other processes on the machine move a phase's CPU per gift by +-20% from
+  one minute to the next, more than the bar's margin. So ``c1``, ``F`` and ``X`` are also
+  measured **paired in time**: short phases alternating ``c1, F, X, c1, F, X, ...`` on two
+  clusters running side by side, the model taken per round from that round's three
+  phases (``paired``), so that a slowdown lasting longer than a round weighs on the
+  numerator and the denominator alike and cancels in the ratio.
 """
 
 from __future__ import annotations
@@ -111,6 +117,60 @@ class Model:
                 "idle_cores_n_shards": self.idle_n, "total_us_T": self.total_us,
                 "per_s_one_core_per_shard": self.per_s, "one_shard_per_s": self.one_per_s,
                 "ratio": self.ratio, "formula": self.formula}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cost:
+    """One phase's marginal Redis CPU summed over its primaries, and the gifts it settled."""
+
+    cpu_s: float
+    settled: int
+
+    @property
+    def us_per_gift(self) -> float:
+        return self.cpu_s / self.settled * 1e6 if self.settled else math.nan
+
+
+#: One round of the paired measurement: c1 (1 shard), F (same-shard pairs), X (cross-shard).
+PairedRound = tuple[Cost, Cost, Cost]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Paired:
+    """The bar's model from rounds paired in time: one model per round, from that round's
+    adjacent c1, F and X, and one from the CPU and gifts summed over all rounds (each figure
+    then weighs by its gifts, as one long phase would, but with c1 and F, X interleaved)."""
+
+    rounds: list[Model]
+    summed: Model
+
+    @property
+    def ratios(self) -> list[float]:
+        return [m.ratio for m in self.rounds]
+
+    @property
+    def spread(self) -> Spread:
+        return Spread.of(self.ratios)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ratios": self.ratios, "ratio": self.spread.as_dict(), "summed": self.summed.as_dict(),
+                "rounds": [m.as_dict() for m in self.rounds]}
+
+
+def paired(rounds: Sequence[PairedRound], shards: int, idle_one: float, idle_n: float) -> Paired:
+    """The model per round and over the summed rounds (``Paired``); the idle rates are the
+    topologies' (measured once, both clusters running), as in ``Model``."""
+    if not rounds:
+        raise ValueError("at least one round")
+
+    def model(c1: Cost, same: Cost, cross: Cost) -> Model:
+        return Model(shards=shards, c1_us=c1.us_per_gift, same_us=same.us_per_gift, cross_us=cross.us_per_gift,
+                     idle_one=idle_one, idle_n=idle_n)
+
+    def total(k: int) -> Cost:
+        return Cost(sum(r[k].cpu_s for r in rounds), sum(r[k].settled for r in rounds))
+
+    return Paired([model(*r) for r in rounds], model(total(0), total(1), total(2)))
 
 
 def pair_count(concurrency: int, shards: int) -> int:

@@ -7,7 +7,9 @@ instance is two script calls (send, resolve), that cards were conserved on every
 that gifts went through the gateway nodes with none lost, that the derived ratios agree
 with the phase figures, that each topology's idle rate was measured and taken out of the
 marginal figures, that the random phase on N shards is balanced and crosses at ``1 - 1/N``,
-and that ``--runs 2`` reports the median of the two runs' figures.
+that the paired rounds (1 shard and N shards side by side, the default) give a model per
+round and their combined phases the summed one, and that ``--runs 2`` reports the median
+of the two runs' figures (with ``--rounds 0``: the topologies one after the other).
 """
 
 from __future__ import annotations
@@ -45,8 +47,11 @@ def test_quick_cluster_bench_writes_table_and_json(tmp_path: Path) -> None:
     phases = {(p["shards"], p["mode"], p["forced_saga"]): p for p in run["phases"]}
     assert set(phases) == {(0, "mixed", False), (0, "mixed", True), (1, "mixed", False), (2, "mixed", False),
                            (2, "same", False), (2, "cross", False), (2, "mixed+promotion", False)}
-    for p in phases.values():
-        _check_phase(p, run, document["plan"]["phase_s"])
+    plan = document["plan"]
+    for key, p in phases.items():
+        # c1, F and X are each the sum of the paired rounds' windows.
+        _check_phase(p, run, plan["pair_phase_s"] * plan["rounds"] if key[1] in ("same", "cross") or key[0] == 1
+                     else plan["phase_s"])
     # Random pairs on 2 shards: balanced, gifting in rounds, so exactly half the gifts crossed.
     assert phases[(2, "mixed", False)]["cross_shard_share"] == 0.5
     assert phases[(2, "mixed+promotion", False)]["cross_shard_share"] == 0.5
@@ -88,7 +93,10 @@ def test_quick_cluster_bench_writes_table_and_json(tmp_path: Path) -> None:
                           ((2, "cross", False), 5.0)):
         assert calls[key] == pytest.approx(expected, rel=0.05), (key, calls[key])
 
+    _check_paired(run, plan, shards=2)
+
     rows = {row["key"]: row for row in run["table"]}
+    assert rows["2_shards_paired_model_median"]["ratio"] == pytest.approx(run["paired"]["ratio"]["median"])
     assert rows["2_shards_mixed_capacity"]["ceiling"] == pytest.approx(one["capacity_per_s_one_core_per_shard"])
     assert rows["2_shards_model_capacity"]["ratio"] == pytest.approx(model.ratio, rel=1e-5)
     assert rows["2_shards_mixed_marginal_capacity"]["ceiling"] == pytest.approx(
@@ -116,6 +124,34 @@ def _check_phase(p: dict[str, Any], run: dict[str, Any], phase_s: float) -> None
     assert p["window_s"] >= phase_s
 
 
+def _check_paired(run: dict[str, Any], plan: dict[str, Any], *, shards: int) -> None:
+    """The rounds: each one's c1, F and X from a window of its own after the ramp, the
+    model per round from them, and the combined phases their sums."""
+    paired = run["paired"]
+    assert plan["rounds"] >= 2 and len(paired["phases"]) == len(paired["ratios"]) == plan["rounds"]
+    # 1 shard idle alone, then with the N-shard cluster up: the rates its phases use.
+    assert len(run["idle_cores"]["1 shard(s) alone"]) == 1 and len(run["idle_cores"][f"{shards} shard(s)"]) == shards
+    for (c1, same, cross), model in zip(paired["phases"], paired["rounds"], strict=True):
+        assert [p["shards"] for p in (c1, same, cross)] == [1, shards, shards]
+        assert [p["mode"] for p in (c1, same, cross)] == ["mixed", "same", "cross"]
+        for p in (c1, same, cross):
+            _check_phase(p, run, plan["pair_phase_s"])
+        assert (same["cross_shard_share"], cross["cross_shard_share"]) == (0.0, 1.0)
+        assert model["c1_us"] == pytest.approx(c1["marginal_redis_cpu_us_per_gift_total"])
+        assert model["same_us_F"] == pytest.approx(same["marginal_redis_cpu_us_per_gift_total"])
+        assert model["cross_us_X"] == pytest.approx(cross["marginal_redis_cpu_us_per_gift_total"])
+    ratios = sorted(paired["ratios"])
+    assert paired["ratio"]["low"] == ratios[0] and paired["ratio"]["high"] == ratios[-1]
+    assert ratios[0] <= paired["ratio"]["median"] <= ratios[-1]
+    phases = {(p["shards"], p["mode"]): p for p in run["phases"]}
+    for k, key in enumerate(((1, "mixed"), (shards, "same"), (shards, "cross"))):
+        assert phases[key]["settled"] == sum(trio[k]["settled"] for trio in paired["phases"])
+    derived = run["derived"]
+    assert paired["summed"]["ratio"] == pytest.approx(derived["model"]["ratio"])
+    assert derived[f"paired_model_{shards}_over_1_shard_median"] == paired["ratio"]["median"]
+    assert run["conservation"]["1 shard(s)"]["ok"] and run["conservation"][f"{shards} shard(s)"]["ok"]
+
+
 def test_shard_counts_are_checked() -> None:
     assert parse_shards("3,1,2,1") == [1, 2, 3]
     for bad in ("", "0,1", "1,17", "a"):
@@ -127,7 +163,7 @@ def test_runs_report_the_median_of_each_figure(tmp_path: Path) -> None:
     out = tmp_path / "cluster"
     done = subprocess.run(
         [sys.executable, "-m", "notecard", "bench", "--cluster", "--quick", "--shards", "1,3", "--no-gateway",
-         "--runs", "2", "--out", str(out)],
+         "--runs", "2", "--rounds", "0", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -136,7 +172,9 @@ def test_runs_report_the_median_of_each_figure(tmp_path: Path) -> None:
     document = json.loads((out / "cluster.json").read_text())
     runs = document["runs"]
     assert len(runs) == 2 and all(all(c["ok"] for c in r["conservation"].values()) for r in runs)
+    assert document["plan"]["rounds"] == 0
     for r in runs:
+        assert r["paired"] == {} and "1 shard(s) alone" not in r["idle_cores"]
         random_phase = next(p for p in r["phases"] if p["shards"] == 3 and p["mode"] == "mixed")
         # 9 balanced pairs on 3 shards (the multiple of 9 nearest 4), in rounds: 2 gifts in 3 cross.
         assert random_phase["cross_shard_share"] == pytest.approx(2 / 3)

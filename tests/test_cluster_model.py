@@ -104,3 +104,41 @@ def test_summary_takes_the_median_of_each_runs_ratio() -> None:
     text = cm.summary_table(summary)
     assert "1.900 (1.500-2.500) of 1 shard" in text and "0.0030 (0.0030-0.0030) cores" in text
     assert cm.summary_table(summary, markdown=True).startswith("| figure |")
+
+
+def test_paired_rounds_cancel_what_slows_a_whole_round() -> None:
+    # The same code in three rounds, the machine 1.0x, 1.3x and 0.8x as slow in each: every
+    # phase of a round costs that factor more CPU per gift. Paired, each round's ratio is
+    # the code's (1.64 with these figures); unpaired, c1 of a slow minute against F and X of
+    # a fast one would read 1.64 * 1.3 / 0.8.
+    base = cm.Model(shards=3, c1_us=372.0, same_us=474.0, cross_us=783.0, idle_one=0.003, idle_n=0.003)
+    rounds = [(cm.Cost(372e-6 * f * n, n), cm.Cost(474e-6 * f * 2 * n, 2 * n), cm.Cost(783e-6 * f * (n // 2), n // 2))
+              for f, n in ((1.0, 1000), (1.3, 800), (0.8, 1200))]
+    paired = cm.paired(rounds, 3, 0.003, 0.003)
+    assert paired.ratios == pytest.approx([base.ratio] * 3)
+    assert paired.spread.median == pytest.approx(base.ratio)
+    assert (paired.spread.low, paired.spread.high) == (pytest.approx(base.ratio), pytest.approx(base.ratio))
+    assert paired.rounds[1].c1_us == pytest.approx(372.0 * 1.3)
+    unpaired = cm.Model(3, rounds[1][0].us_per_gift, rounds[2][1].us_per_gift, rounds[2][2].us_per_gift, 0.003, 0.003)
+    assert unpaired.ratio == pytest.approx(base.ratio * 1.3 / 0.8)
+    as_dict = paired.as_dict()
+    assert as_dict["ratio"]["runs"] == 3 and len(as_dict["rounds"]) == 3
+    assert as_dict["summed"]["ratio"] == paired.summed.ratio
+
+
+def test_paired_summed_model_weighs_each_round_by_its_gifts() -> None:
+    # Round 1: c1 300 us over 1,000 gifts; round 2: 500 us over 3,000. Summed: (0.3 + 1.5) s
+    # over 4,000 gifts = 450 us, not the rounds' mean 400.
+    rounds = [(cm.Cost(0.3, 1000), cm.Cost(0.4, 1000), cm.Cost(0.8, 1000)),
+              (cm.Cost(1.5, 3000), cm.Cost(0.4, 1000), cm.Cost(0.8, 1000))]
+    paired = cm.paired(rounds, 3, 0.0, 0.0)
+    assert paired.summed.c1_us == pytest.approx(450.0)
+    assert paired.summed.same_us == pytest.approx(400.0) and paired.summed.cross_us == pytest.approx(800.0)
+    assert paired.summed.ratio == pytest.approx(3 * 450 / (400 / 3 + 2 * 800 / 3))
+    assert paired.ratios == pytest.approx([3 * 300 / 2000 * 3, 3 * 500 / 2000 * 3])
+    assert paired.spread.median == pytest.approx(sum(paired.ratios) / 2)
+    # A phase that settled nothing has no cost per gift: its round's ratio is missing, not 0.
+    empty = cm.paired([(cm.Cost(0.1, 0), cm.Cost(0.4, 1000), cm.Cost(0.8, 1000)), *rounds], 3, 0.0, 0.0)
+    assert math.isnan(empty.ratios[0]) and empty.spread.runs == 2
+    with pytest.raises(ValueError, match="at least one round"):
+        cm.paired([], 3, 0.0, 0.0)
