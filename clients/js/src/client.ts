@@ -249,6 +249,8 @@ export class NotecardClient {
     this.closed = true;
     this.session.close();
     this.failPending(new NotConnected("client closed"));
+    this.firstWelcome?.reject(new NotConnected("client closed before it was welcomed"));
+    this.firstWelcome = null;
     this.wakeSleeper?.();
     const ws = this.ws;
     if (ws !== null) ws.close(1000, "client closed");
@@ -509,7 +511,10 @@ export class NotecardClient {
         ended = true;
         clearTimeout(openTimer);
         this.stopWatchdog();
-        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        ws.onopen = ws.onmessage = ws.onclose = null;
+        // Not null: the `ws` package throws an error event that has no listener, and a socket
+        // given up on (closed while connecting) still reports its end as one.
+        ws.onerror = () => undefined;
         if (this.ws === ws) this.ws = null;
         this.dropConnection = null;
         if (this.session.state === "open") this.emit("connected", false);
@@ -519,7 +524,15 @@ export class NotecardClient {
         ws.close();
         end(null);
       }, this.options.connectTimeoutMs);
-      this.dropConnection = () => end(null);
+      this.dropConnection = () => {
+        // Also a socket still connecting: left open, it would connect (or fail) for nobody.
+        try {
+          ws.close();
+        } catch {
+          // already closing
+        }
+        end(null);
+      };
       ws.onopen = () => {
         clearTimeout(openTimer);
         this.ws = ws;
