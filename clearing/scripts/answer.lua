@@ -26,6 +26,7 @@ if d.g == nil then
 end
 local g = d.g
 local now = d.changed and answers_at_once(d.to, d.lucky)
+local points  -- R's points total, read by check_close for apply_answered
 if now then
   -- What R's side will change, read before the first write, as close reads it.
   local was = g.state
@@ -36,7 +37,8 @@ if now then
     end
     A.lucky_paid = 0  -- drawn, nothing to pay: recorded as paid 0
   end
-  local bad = check_close(g)
+  local bad
+  bad, points = check_close(g)
   g.state = was
   if bad then
     return refuse(bad)
@@ -45,7 +47,7 @@ end
 if d.changed then
   apply_decide(g, d.to, now and 'answered' or 'settle', d.lucky)
   if now then
-    apply_answered(g)
+    apply_answered(g, points)
   end
 end
 local code = d.err

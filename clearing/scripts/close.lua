@@ -12,10 +12,10 @@ if #flat == 0 then
 end
 local o = record(A.gid, flat)
 if o.closed == 0 then
-  local bad = check_close(o)
+  local bad, points = check_close(o)
   if bad then
     return refuse(bad)
   end
-  apply_close(o)
+  apply_close(o, points)
 end
 return reply({gift = public(o)})

@@ -12,6 +12,6 @@ if st.err then
   return refuse(st.err)
 end
 if not st.done then
-  apply_settle(st.s, A.to)
+  apply_settle(st.s, A.to, st.points)
 end
 return reply({})
