@@ -146,8 +146,9 @@ class Clearing(RedisComponent):
             "rl_daily": rules.risk_limited_daily, "rl_rooms": 1 if rules.risk_limited_rooms else 0,
         }
         #: What the answer's scripts read of those (gift_answer.lua): each named argument is
-        #: decoded by every call, so an answer carries only these.
-        self._answer_constant = {k: self._constant[k] for k in ("saga_ms", "pointlog_max")}
+        #: decoded by every call, so an answer carries only these (answer@R's deadline comes
+        #: as its own argument, ResolveSaga.answer).
+        self._answer_constant = {"pointlog_max": self._constant["pointlog_max"]}
         #: An answer's rate arguments: none without a limit (check_rate reads an absent
         #: interval as no limit, as it reads 0), one named argument fewer to decode twice.
         self._answer_rate = self._rate if self._rate["rate_us"] else {}
@@ -904,7 +905,18 @@ class ResolveSaga:
         is done at once (``closed`` 1 with ``owed`` 1: the sender's side still to settle).
         Returns (the gift with its saga fields, changed, a refusal to raise once the gift is
         settled: GIFT_EXPIRED / ALREADY_RESOLVED)."""
-        decided = await self.c.step("answer", self.a["r"], self.now, self.a, emits=True)
+        a = self.a
+        perks = a["perks"]
+        # answer@R credits R only in the call that decides (apply_answered), with the perks of
+        # the app answering now (stored as the gift's rapp) and only the joint flag of the
+        # sender's app: the other apps' perks would be decoded for nothing (perks_of reads an
+        # absent app as no perks). A later step gets those of the gift's own apps (_perks).
+        # The deadline of the step due after it as text, computed here: in the script each of
+        # its two uses would format the sum (a %.17g conversion in redis.call).
+        kept = {app: p for app, p in perks["apps"].items() if app == a["rapp"] or p[2]}
+        args = {**a, "perks": {"per_card": perks["per_card"], "apps": kept},
+                "due_at": str(self.now + int(self.c.constant_args["saga_ms"]))}
+        decided = await self.c.step("answer", a["r"], self.now, args, emits=True)
         return dict(decided["decided"]), bool(decided["changed"]), decided.get("code")
 
     async def finish(self, gift: dict[str, Any]) -> GiftRecord:

@@ -7,9 +7,11 @@
 -- lucky@P and close@R follow.
 --
 -- KEYS[1]  {R}:user
--- A        gid, r, by, event, rapp, saga_ms, perks, retention, quota_ttl, lucky, lpromo, lptag
---          (the lucky card, gift_answer.lua: drawn and recorded here, paid by lucky.lua,
---          credited by close), dead, ep, maxlen, pointlog_max
+-- A        gid, r, by, event, rapp, rate_us and rate_burst (absent: no limit), due_at (NOW
+--          + the saga's step deadline, as text: when the next step is due), perks (the
+--          answering app's and those of the apps with a joint campaign suffice), consent,
+--          lucky, lpromo, lptag (the lucky card, gift_answer.lua: drawn and recorded here,
+--          paid by lucky.lua, credited by close), dead, ep, maxlen, pointlog_max
 -- Returns msgpack {decided = the offer half with its saga fields (closed 0, or closed 1 with
 -- owed 1 when answered now), changed, code} where code is GIFT_EXPIRED / ALREADY_RESOLVED
 -- for the caller to raise once the saga is finished, or {err = GIFT_NOT_FOUND |

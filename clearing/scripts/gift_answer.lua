@@ -134,9 +134,9 @@ local function apply_decide(g, to, due, lucky)
     give_slot(recv)
     give_slot(pair)
   end
-  if due then
-    redis.call('ZADD', tkey(g.rtag, 'due'), NOW + A.saga_ms, due .. '|' .. g.recipient .. '|' .. A.gid)
-    index_due(g.rtag, NOW + A.saga_ms)
+  if due then  -- A.due_at: NOW + the saga's step deadline, as text (answer.lua)
+    redis.call('ZADD', tkey(g.rtag, 'due'), A.due_at, due .. '|' .. g.recipient .. '|' .. A.gid)
+    index_due(g.rtag, A.due_at)
   end
 end
 
@@ -190,14 +190,16 @@ local function check_settle(to)
     return {err = 'SAGA_CONFLICT'}
   end
   -- what apply_settle changes: the hold, and the points (accepted) or the counters given back
-  local tot, kind, counters, points = tkey(s.stag, 'tot'), s.kind, nil, nil
+  local tot, kind, counters, points, given = tkey(s.stag, 'tot'), s.kind, nil, nil, nil
   if to == 'accepted' then
     points = points_total(s.sender)
-    if not points then
+    -- the two counts of accepted gifts given, read to be written as one HSET (apply_settle)
+    given = redis.call('HMGET', ukey(s.sender, 'stats'), 'given', given_month(s))
+    given[1], given[2] = whole(given[1]), whole(given[2])
+    if not points or given[1] == nil or given[2] == nil then
       return {err = 'CORRUPT'}
     end
-    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind},
-                {ukey(s.sender, 'stats'), 'given', given_month(s)}}
+    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind}}
   else
     counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind}, {ukey(s.sender, 'bal'), kind},
                 {ukey(s.sender, 'q:send:' .. s.day)}, {ukey(s.sender, 'free')}}
@@ -205,11 +207,12 @@ local function check_settle(to)
   if corrupt(counters) then
     return {err = 'CORRUPT'}
   end
-  return {s = s, to = to, points = points}
+  return {s = s, to = to, points = points, given = given}
 end
 
--- `points`: the sender's points total as check_settle read it (nil: read again).
-local function apply_settle(s, to, points)
+-- `points`, `given`: the sender's points total and counts given as check_settle read them
+-- (points nil: read again).
+local function apply_settle(s, to, points, given)
   if s.payer == nil then
     settle_hold(s.sender, s.stag, s.kind, s.cost, s.amount, to, s)
   end
@@ -218,9 +221,9 @@ local function apply_settle(s, to, points)
     local _, _, recipient_joint = perks_of(A.rapp or 'main')
     local base = s.qty * A.perks.per_card
     add_points_read(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main', points)
-    -- what the eco badges count (clearing/badges.py): accepted gifts given, in all and per month
-    redis.call('HINCRBY', ukey(s.sender, 'stats'), 'given', '1')
-    redis.call('HINCRBY', ukey(s.sender, 'stats'), given_month(s), '1')
+    -- what the eco badges count (clearing/badges.py): accepted gifts given, in all and per
+    -- month, one more each; one HSET of the counts read before, not two HINCRBYs
+    redis.call('HSET', ukey(s.sender, 'stats'), 'given', given[1] + 1, given_month(s), given[2] + 1)
     if joint or recipient_joint then
       redis.call('HSET', ukey(s.sender, 'user'), 'joint', '1')
     end

@@ -79,7 +79,7 @@ if sp and sp.held then
   apply_settle_sponsor(g.payer, g.sender, sp.sp, to)
 end
 if st and not st.done then
-  apply_settle(st.s, to, st.points)
+  apply_settle(st.s, to, st.points, st.given)
 end
 if lk then
   apply_lucky(g.lucky_payer, g.lucky_ptag, g.recipient, g.kind, {gift_id = A.gid, sender = g.sender}, lk)
