@@ -952,9 +952,9 @@ class ResolveSaga:
         if payer:
             await c.step("settle_sponsor", payer, self.now, {**ids, "promo": payer, "ptag": tag_of(payer)},
                          emits=False)
-        await c.step("settle", gift["sender"], self.now,
-                     {**ids, "rapp": gift.get("rapp", "main"), "perks": self._perks(gift), "dead": self.a["dead"],
-                      "pointlog_max": self.a["pointlog_max"]})
+        if gift["state"] == GiftState.ACCEPTED.value:  # the points and perks of an accepted gift
+            ids.update(rapp=gift.get("rapp", "main"), perks=self._perks(gift), pointlog_max=self.a["pointlog_max"])
+        await c.step("settle", gift["sender"], self.now, {**ids, "dead": self.a["dead"]})
         await self.pay_lucky(gift)
 
     async def answered(self, gift: dict[str, Any]) -> None:

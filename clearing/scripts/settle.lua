@@ -3,8 +3,8 @@
 -- counters follow, and the sender is told. Once per gift: a retry finds it done.
 --
 -- KEYS[1]  {S}:user
--- A        gid, s, to, rapp, perks (those of the gift's two apps suffice), retention, dead, ep,
---          maxlen, pointlog_max
+-- A        gid, s, to, retention, dead, ep, maxlen; for an accepted gift also
+--          rapp, perks (those of the gift's two apps suffice), pointlog_max
 -- Returns msgpack {} or {err = SAGA_CONFLICT} (the send half is in another final state:
 -- never, while every step applies what the offer half decided).
 
