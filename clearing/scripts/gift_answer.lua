@@ -210,8 +210,8 @@ local function check_settle(to)
   return {s = s, to = to, points = points, given = given}
 end
 
--- `points`, `given`: the sender's points total and counts given as check_settle read them
--- (points nil: read again).
+-- `points`, `given`: what check_settle read of the sender's points total (nil: read again)
+-- and counts of gifts given (needed for an accepted gift).
 local function apply_settle(s, to, points, given)
   if s.payer == nil then
     settle_hold(s.sender, s.stag, s.kind, s.cost, s.amount, to, s)

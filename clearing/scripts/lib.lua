@@ -555,8 +555,8 @@ end
 
 -- add_points for a caller that read the user's points total with its counter check, before
 -- its first write (gift_answer.lua points_total): the same award, log and trim, without
--- reading the total again (a command in a script costs about 10k instructions, the
--- answer's steps award points on both sides). `total` nil: add_points, which reads it.
+-- reading the total again (each command in a script costs thousands of instructions, and
+-- an accept awards points on both sides). `total` nil: add_points, which reads it.
 local function add_points_read(user, tag, points, g, why, app, total)
   if total == nil then
     return add_points(user, tag, points, g, why, app)
