@@ -81,7 +81,7 @@ from clearing.rates import NO_LIMIT_ARGS, RateLimit, UserRates
 from clearing.rules import GiftRules
 from clearing.settings import SettingsCache, SettingsSnapshot
 from clearing.slots import SLOTS, slot_of, slot_tag, tag_of
-from clearing.snapshot_args import SnapshotArgs, consent_of, perks_of
+from clearing.snapshot_args import SnapshotArgs, perks_of
 from clearing.topology import Durability, NodeScripts, SlotUncovered, Topology
 
 log = logging.getLogger("notecard.clearing.gifts")
@@ -146,8 +146,12 @@ class Clearing(RedisComponent):
             "rl_daily": rules.risk_limited_daily, "rl_rooms": 1 if rules.risk_limited_rooms else 0,
         }
         #: What the answer's scripts read of those (gift_answer.lua): each named argument is
-        #: decoded by every call, so an answer carries only these.
-        self._answer_constant = {k: self._constant[k] for k in ("saga_ms", "pointlog_max")}
+        #: decoded by every call, so an answer carries only these (answer@R's deadline comes
+        #: as its own argument, ResolveSaga.answer).
+        self._answer_constant = {"pointlog_max": self._constant["pointlog_max"]}
+        #: An answer's rate arguments: none without a limit (check_rate reads an absent
+        #: interval as no limit, as it reads 0), one named argument fewer to decode twice.
+        self._answer_rate = self._rate if self._rate["rate_us"] else {}
         #: What the settings snapshot in use contributes to every gift's arguments, derived
         #: once per snapshot (clearing/snapshot_args.py).
         self._snapshot_args: SnapshotArgs | None = None
@@ -387,7 +391,7 @@ class Clearing(RedisComponent):
         }
         if answering:
             # A guardian's rate is in their own slot, which the ward's scripts cannot reach.
-            a.update(by=by or recipient, **(self._rate if by is None else {}))
+            a.update(by=by or recipient, **(self._answer_rate if by is None else {}))
         if event == "accept":
             a.update(held.lucky(recipient, gift_id, self._rules.units_per_card))
         if self._fast_resolve(recipient, sender_hint):
@@ -466,11 +470,12 @@ class Clearing(RedisComponent):
         """The cross-shard answer (``accept`` / ``decline``, or the guardian ``by``'s
         ``reject``) of a gift, step by step."""
         snapshot = await self._settings.get()
-        args = {**self._constant, "gid": gift_id, "r": recipient, "by": by or recipient, "event": event,
-                "rapp": app, "perks": perks_of(snapshot), "dead": await self._dead_nodes(),
-                **(consent_of(snapshot) if event == "accept" else {})}
+        held = self._args_of(snapshot)
+        # What _resolve gives the saga (without the rate: a test's answers are never limited).
+        args = {**(held.accept if event == "accept" else held.answer), "gid": gift_id, "r": recipient,
+                "by": by or recipient, "event": event, "rapp": app, "dead": await self._dead_nodes()}
         if event == "accept":
-            args.update(self._args_of(snapshot).lucky(recipient, gift_id, self._rules.units_per_card))
+            args.update(held.lucky(recipient, gift_id, self._rules.units_per_card))
         return ResolveSaga(self, args, self._clock())
 
     # ================================================================ the sweeper
@@ -900,7 +905,18 @@ class ResolveSaga:
         is done at once (``closed`` 1 with ``owed`` 1: the sender's side still to settle).
         Returns (the gift with its saga fields, changed, a refusal to raise once the gift is
         settled: GIFT_EXPIRED / ALREADY_RESOLVED)."""
-        decided = await self.c.step("answer", self.a["r"], self.now, self.a, emits=True)
+        a = self.a
+        perks = a["perks"]
+        # answer@R credits R only in the call that decides (apply_answered), with the perks of
+        # the app answering now (stored as the gift's rapp) and only the joint flag of the
+        # sender's app: the other apps' perks would be decoded for nothing (perks_of reads an
+        # absent app as no perks). A later step gets those of the gift's own apps (_perks).
+        # The deadline of the step due after it as text, computed here: in the script each of
+        # its two uses would format the sum (a %.17g conversion in redis.call).
+        kept = {app: p for app, p in perks["apps"].items() if app == a["rapp"] or p[2]}
+        args = {**a, "perks": {"per_card": perks["per_card"], "apps": kept},
+                "due_at": str(self.now + int(self.c.constant_args["saga_ms"]))}
+        decided = await self.c.step("answer", a["r"], self.now, args, emits=True)
         return dict(decided["decided"]), bool(decided["changed"]), decided.get("code")
 
     async def finish(self, gift: dict[str, Any]) -> GiftRecord:
@@ -914,19 +930,31 @@ class ResolveSaga:
         await self.settle(gift)
         return await self.close(gift)
 
-    def _args(self, gift: dict[str, Any]) -> dict[str, Any]:
-        return {**self.a, "gid": gift["gift_id"], "s": gift["sender"], "r": gift["recipient"], "to": gift["state"]}
+    # Each step after answer@R gets only the arguments its script reads (the rate, the
+    # consent versions and the lucky draws are answer@R's alone): every named argument is
+    # decoded by every call, and the perks only of the two apps the gift was sent and
+    # answered from (gift_answer.lua perks_of reads any other app as none; the send half's
+    # app is the offer half's, both written from the same send).
+    def _perks(self, gift: dict[str, Any]) -> dict[str, Any]:
+        perks = self.a["perks"]
+        apps = perks["apps"]
+        return {"per_card": perks["per_card"],
+                "apps": {app: apps[app] for app in (gift.get("app", "main"), gift.get("rapp", "main")) if app in apps}}
 
     async def settle(self, gift: dict[str, Any]) -> None:
         """The payer's hold and the send half follow the decision (once each), and the
         lucky bonus leaves its payer (once)."""
         if int(gift.get("closed", 0)) == 1 and not _owed(gift):
             return
-        a, c = self._args(gift), self.c
+        c = self.c
+        ids = {"gid": gift["gift_id"], "s": gift["sender"], "to": gift["state"]}
         payer = gift.get("payer")
         if payer:
-            await c.step("settle_sponsor", payer, self.now, {**a, "promo": payer, "ptag": tag_of(payer)}, emits=False)
-        await c.step("settle", gift["sender"], self.now, {**a, "rapp": gift.get("rapp", "main")})
+            await c.step("settle_sponsor", payer, self.now, {**ids, "promo": payer, "ptag": tag_of(payer)},
+                         emits=False)
+        if gift["state"] == GiftState.ACCEPTED.value:  # the points and perks of an accepted gift
+            ids.update(rapp=gift.get("rapp", "main"), perks=self._perks(gift), pointlog_max=self.a["pointlog_max"])
+        await c.step("settle", gift["sender"], self.now, {**ids, "dead": self.a["dead"]})
         await self.pay_lucky(gift)
 
     async def answered(self, gift: dict[str, Any]) -> None:
@@ -971,7 +999,8 @@ class ResolveSaga:
             return
         payer = str(gift["lucky_payer"])
         paid = await self.c.step("lucky", payer, self.now,
-                                 {**self._args(gift), "kind": gift["kind"], "bonus": bonus, "payer": payer,
+                                 {"gid": gift["gift_id"], "s": gift["sender"], "r": gift["recipient"],
+                                  "kind": gift["kind"], "bonus": bonus, "payer": payer,
                                   "ptag": gift.get("lucky_ptag") or tag_of(payer)}, emits=False)
         gift["lucky_paid"] = int(paid["paid"])
 
@@ -980,7 +1009,8 @@ class ResolveSaga:
         lucky bonus paid) and told; nothing is due any more."""
         if int(gift.get("closed", 0)) != 0:
             return gift_from_map(_public(gift))
-        args = self._args(gift)
+        args = {"gid": gift["gift_id"], "r": gift["recipient"], "perks": self._perks(gift), "dead": self.a["dead"],
+                "pointlog_max": self.a["pointlog_max"]}
         if "lucky_paid" in gift:
             args["lucky_paid"] = int(gift["lucky_paid"])
         closed = await self.c.step("close", gift["recipient"], self.now, args)

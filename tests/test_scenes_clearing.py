@@ -255,6 +255,25 @@ async def test_app_perks_are_recorded_in_the_points_ledger(
     assert (await sw.scenes.points("ann")).points == sender_points
 
 
+async def test_a_saga_answer_retried_from_another_app_settles_with_the_gifts_own_apps(sw: SceneWorld) -> None:
+    """answer@R gets only the answering app's perks (and the joint ones); the steps after it
+    get those of the apps the gift itself records. An answer from huoshan stopped after
+    answer@R (bob credited with its multiplier), then retried from main, still settles the
+    sender's side with toutiao's bonus and leaves bob's credit as it was."""
+    w = sw.w
+    await old_friends(w, "ann", "bob")
+    gift = await give(w, qty=2, app="toutiao")
+    first = await w.clearing.answer_saga(gift.gift_id, "bob", "accept", app="huoshan")
+    decided, changed, _ = await first.answer()  # stops here, as a crash would
+    assert changed and decided["rapp"] == "huoshan"
+    assert (await sw.scenes.points("ann")).points == 0
+    retry = await w.clearing.answer_saga(gift.gift_id, "bob", "accept", app="main")
+    resolution = await retry.run()
+    assert not resolution.changed and resolution.gift.state.value == "accepted"
+    ann, bob = await sw.scenes.points("ann"), await sw.scenes.points("bob")
+    assert (ann.points, bob.points) == (23, 40)  # toutiao's +15% to ann, huoshan's double to bob
+
+
 async def test_scene_settings_are_validated_as_a_whole(sw: SceneWorld) -> None:
     with pytest.raises(SceneConfigError, match="unknown"):
         await sw.scenes.set_config({"newcomer_days": 3})

@@ -7,9 +7,11 @@
 -- lucky@P and close@R follow.
 --
 -- KEYS[1]  {R}:user
--- A        gid, r, by, event, rapp, saga_ms, perks, retention, quota_ttl, lucky, lpromo, lptag
---          (the lucky card, gift_answer.lua: drawn and recorded here, paid by lucky.lua,
---          credited by close), dead, ep, maxlen, pointlog_max
+-- A        gid, r, by, event, rapp, rate_us and rate_burst (absent: no limit), due_at (NOW
+--          + the saga's step deadline, as text: when the next step is due), perks (the
+--          answering app's and those of the apps with a joint campaign suffice), consent,
+--          lucky, lpromo, lptag (the lucky card, gift_answer.lua: drawn and recorded here,
+--          paid by lucky.lua, credited by close), dead, ep, maxlen, pointlog_max
 -- Returns msgpack {decided = the offer half with its saga fields (closed 0, or closed 1 with
 -- owed 1 when answered now), changed, code} where code is GIFT_EXPIRED / ALREADY_RESOLVED
 -- for the caller to raise once the saga is finished, or {err = GIFT_NOT_FOUND |
@@ -26,6 +28,7 @@ if d.g == nil then
 end
 local g = d.g
 local now = d.changed and answers_at_once(d.to, d.lucky)
+local points  -- R's points total, read by check_close for apply_answered
 if now then
   -- What R's side will change, read before the first write, as close reads it.
   local was = g.state
@@ -36,7 +39,8 @@ if now then
     end
     A.lucky_paid = 0  -- drawn, nothing to pay: recorded as paid 0
   end
-  local bad = check_close(g)
+  local bad
+  bad, points = check_close(g)
   g.state = was
   if bad then
     return refuse(bad)
@@ -45,7 +49,7 @@ end
 if d.changed then
   apply_decide(g, d.to, now and 'answered' or 'settle', d.lucky)
   if now then
-    apply_answered(g)
+    apply_answered(g, points)
   end
 end
 local code = d.err

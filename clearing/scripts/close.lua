@@ -3,7 +3,8 @@
 -- the recipient is told, and nothing is due any more. Once per gift.
 --
 -- KEYS[1]  {R}:user
--- A        gid, r, perks, retention, dead, ep, maxlen, pointlog_max
+-- A        gid, r, perks (those of the gift's two apps suffice), lucky_paid (what lucky.lua
+--          paid, for a gift with a lucky bonus), retention, dead, ep, maxlen, pointlog_max
 -- Returns msgpack {gift} or {err = GIFT_NOT_FOUND}.
 
 local flat = redis.call('HGETALL', offer_key())
@@ -12,10 +13,10 @@ if #flat == 0 then
 end
 local o = record(A.gid, flat)
 if o.closed == 0 then
-  local bad = check_close(o)
+  local bad, points = check_close(o)
   if bad then
     return refuse(bad)
   end
-  apply_close(o)
+  apply_close(o, points)
 end
 return reply({gift = public(o)})

@@ -106,11 +106,12 @@ local function apply_decide(g, to, due, lucky)
   g.state, g.resolved_at_ms, g.rapp = to, NOW, A.rapp
   if due == 'answered' then
     g.closed, g.owed = 1, 1
-    redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 1, 'owed', 1,
+    -- '1' and '0' as text: a Lua number costs redis.call a %.17g conversion each
+    redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', '1', 'owed', '1',
                'rapp', A.rapp)
   else
     g.closed = 0
-    redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', 0, 'rapp', A.rapp)
+    redis.call('HSET', offer_key(g.recipient), 'state', to, 'resolved_at_ms', NOW, 'closed', '0', 'rapp', A.rapp)
   end
   if A.event == 'reject' and to == 'declined' then
     g.gdone = 'rejected'
@@ -133,9 +134,9 @@ local function apply_decide(g, to, due, lucky)
     give_slot(recv)
     give_slot(pair)
   end
-  if due then
-    redis.call('ZADD', tkey(g.rtag, 'due'), NOW + A.saga_ms, due .. '|' .. g.recipient .. '|' .. A.gid)
-    index_due(g.rtag, NOW + A.saga_ms)
+  if due then  -- A.due_at: NOW + the saga's step deadline, as text (answer.lua)
+    redis.call('ZADD', tkey(g.rtag, 'due'), A.due_at, due .. '|' .. g.recipient .. '|' .. A.gid)
+    index_due(g.rtag, A.due_at)
   end
 end
 
@@ -171,6 +172,15 @@ local function given_month(s)
   return 'given:' .. string.sub(tostring(s.day), 1, 6)
 end
 
+-- The user's points total for add_points_read (lib.lua), read with the check of both
+-- counters an award may change (add_points: `total`, and `trimmed` when the log is cut);
+-- false when either is no whole number.
+local function points_total(user)
+  local p = redis.call('HMGET', ukey(user, 'points'), 'total', 'trimmed')
+  local total = whole(p[1])
+  return total ~= nil and whole(p[2]) ~= nil and total
+end
+
 local function check_settle(to)
   local s = record(A.gid, redis.call('HGETALL', send_key()))
   if s.state == to then
@@ -180,10 +190,16 @@ local function check_settle(to)
     return {err = 'SAGA_CONFLICT'}
   end
   -- what apply_settle changes: the hold, and the points (accepted) or the counters given back
-  local tot, kind, counters = tkey(s.stag, 'tot'), s.kind, nil
+  local tot, kind, counters, points, given = tkey(s.stag, 'tot'), s.kind, nil, nil, nil
   if to == 'accepted' then
-    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind},
-                {ukey(s.sender, 'points'), 'total', 'trimmed'}, {ukey(s.sender, 'stats'), 'given', given_month(s)}}
+    points = points_total(s.sender)
+    -- the two counts of accepted gifts given, read to be written as one HSET (apply_settle)
+    given = redis.call('HMGET', ukey(s.sender, 'stats'), 'given', given_month(s))
+    given[1], given[2] = whole(given[1]), whole(given[2])
+    if not points or given[1] == nil or given[2] == nil then
+      return {err = 'CORRUPT'}
+    end
+    counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind, 'consumed:' .. kind, 'transit:' .. kind}}
   else
     counters = {{ukey(s.sender, 'held'), kind}, {tot, 'holds:' .. kind}, {ukey(s.sender, 'bal'), kind},
                 {ukey(s.sender, 'q:send:' .. s.day)}, {ukey(s.sender, 'free')}}
@@ -191,10 +207,12 @@ local function check_settle(to)
   if corrupt(counters) then
     return {err = 'CORRUPT'}
   end
-  return {s = s, to = to}
+  return {s = s, to = to, points = points, given = given}
 end
 
-local function apply_settle(s, to)
+-- `points`, `given`: what check_settle read of the sender's points total (nil: read again)
+-- and counts of gifts given (needed for an accepted gift).
+local function apply_settle(s, to, points, given)
   if s.payer == nil then
     settle_hold(s.sender, s.stag, s.kind, s.cost, s.amount, to, s)
   end
@@ -202,10 +220,10 @@ local function apply_settle(s, to)
     local bonus, _, joint = perks_of(s.app or 'main')
     local _, _, recipient_joint = perks_of(A.rapp or 'main')
     local base = s.qty * A.perks.per_card
-    add_points(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main')
-    -- what the eco badges count (clearing/badges.py): accepted gifts given, in all and per month
-    redis.call('HINCRBY', ukey(s.sender, 'stats'), 'given', 1)
-    redis.call('HINCRBY', ukey(s.sender, 'stats'), given_month(s), 1)
+    add_points_read(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main', points)
+    -- what the eco badges count (clearing/badges.py): accepted gifts given, in all and per
+    -- month, one more each; one HSET of the counts read before, not two HINCRBYs
+    redis.call('HSET', ukey(s.sender, 'stats'), 'given', given[1] + 1, given_month(s), given[2] + 1)
     if joint or recipient_joint then
       redis.call('HSET', ukey(s.sender, 'user'), 'joint', '1')
     end
@@ -274,9 +292,10 @@ local function apply_lucky(payer, ptag, recipient, kind, g, c)
 end
 
 -- ================================================================ resolve: closing
--- What close will change, read first: nil, or CORRUPT.
+-- What close will change, read first: nil, or CORRUPT; and for an accepted gift the
+-- recipient's points total (points_total), for credit_recipient.
 local function check_close(o)
-  local counters = {}
+  local counters, points = {}, nil
   if o.state == 'accepted' and o.lucky_bonus and o.lucky_paid == nil then
     -- the caller must say what the payer paid (lucky.lua): a whole number, at most the bonus
     -- drawn, or crediting it would fail half-way or credit more than was put in transit
@@ -287,27 +306,35 @@ local function check_close(o)
   end
   if o.state == 'accepted' then
     -- what apply_close changes: the balance, transit, the points
+    points = points_total(o.recipient)
+    if not points then
+      return 'CORRUPT'
+    end
     counters = {{ukey(o.recipient, 'bal'), o.kind}, {tkey(o.rtag, 'tot'), 'transit:' .. o.kind},
-                {ukey(o.recipient, 'points'), 'total', 'trimmed'}, {ukey(o.recipient, 'stats'), 'accepted'}}
+                {ukey(o.recipient, 'stats'), 'accepted'}}
     if o.room then
       counters[#counters + 1] = {ukey(o.room, 'room'), 'wish_progress', 'version'}
     end
   end
-  return corrupt(counters) and 'CORRUPT' or nil
+  if corrupt(counters) then
+    return 'CORRUPT'
+  end
+  return nil, points
 end
 
 -- R's side of an answer: an accepted gift's amount leaves transit (R's slot) for R's
 -- balance, with R's points, the room's credit and the lucky bonus paid; either way R is told.
 -- Run by close (after settle@S put the amount in transit at S's slot) or by answer.lua
--- (before it: R's slot owes the amount until settle@S).
-local function credit_recipient(o)
+-- (before it: R's slot owes the amount until settle@S). `points`: R's points total as
+-- check_close read it (nil: read again).
+local function credit_recipient(o, points)
   if o.state == 'accepted' then
     credit_units(o.recipient, o.rtag, o.kind, o.amount, o, 'credit', 'accepted')
     local _, mult, joint = perks_of(o.rapp or 'main')
     local _, _, sender_joint = perks_of(o.app or 'main')
     local base = o.qty * A.perks.per_card
-    add_points(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main')
-    redis.call('HINCRBY', ukey(o.recipient, 'stats'), 'accepted', 1)  -- for the eco badges
+    add_points_read(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main', points)
+    redis.call('HINCRBY', ukey(o.recipient, 'stats'), 'accepted', '1')  -- for the eco badges
     if joint or sender_joint then
       redis.call('HSET', ukey(o.recipient, 'user'), 'joint', '1')
     end
@@ -340,11 +367,11 @@ local function tell_recipient(o)
 end
 
 -- close at R (the three-step path): R's side, and nothing is due any more.
-local function apply_close(o)
-  credit_recipient(o)
+local function apply_close(o, points)
+  credit_recipient(o, points)
   o.closed = 1
   local key = offer_key(o.recipient)
-  redis.call('HSET', key, 'closed', 1)
+  redis.call('HSET', key, 'closed', '1')
   redis.call('PEXPIRE', key, A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'settle|' .. o.recipient .. '|' .. A.gid)
   tell_recipient(o)
@@ -363,8 +390,8 @@ end
 -- settle S's hold, however long settle@S takes (a shard down, a settle refused until an
 -- operator repairs it); its retention starts when the entry goes (ResolveSaga.answered,
 -- apply_finished), as close starts it on the three-step path.
-local function apply_answered(o)
-  credit_recipient(o)
+local function apply_answered(o, points)
+  credit_recipient(o, points)
   tell_recipient(o)
 end
 

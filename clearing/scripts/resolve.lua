@@ -31,7 +31,7 @@ if g == nil then
 end
 A.s = g.sender
 local to = d.to or g.state
-local st, sp, lk
+local st, sp, lk, points  -- points: R's points total, read by check_close for apply_close
 -- owed 1 (with closed 1): R's side was done by answer.lua (cross-shard, before this call);
 -- only the payer's side is left, then nothing is due.
 local answered = g.closed == 1 and g.owed == 1
@@ -62,7 +62,8 @@ if g.closed ~= 1 or answered then
   if not answered then
     local was = g.state
     g.state = to  -- what close will see
-    local bad = check_close(g)
+    local bad
+    bad, points = check_close(g)
     g.state = was
     if bad then
       return refuse(bad)
@@ -78,7 +79,7 @@ if sp and sp.held then
   apply_settle_sponsor(g.payer, g.sender, sp.sp, to)
 end
 if st and not st.done then
-  apply_settle(st.s, to)
+  apply_settle(st.s, to, st.points, st.given)
 end
 if lk then
   apply_lucky(g.lucky_payer, g.lucky_ptag, g.recipient, g.kind, {gift_id = A.gid, sender = g.sender}, lk)
@@ -86,7 +87,7 @@ end
 if answered then
   apply_finished(g)
 elseif g.closed ~= 1 then
-  apply_close(g)
+  apply_close(g, points)
 end
 if d.expired or d.err then
   return refuse(d.err or 'GIFT_EXPIRED', public(g))

@@ -3,7 +3,8 @@
 -- counters follow, and the sender is told. Once per gift: a retry finds it done.
 --
 -- KEYS[1]  {S}:user
--- A        gid, s, to, rapp, perks, retention, dead, ep, maxlen, pointlog_max
+-- A        gid, s, to, retention, dead, ep, maxlen; for an accepted gift also
+--          rapp, perks (those of the gift's two apps suffice), pointlog_max
 -- Returns msgpack {} or {err = SAGA_CONFLICT} (the send half is in another final state:
 -- never, while every step applies what the offer half decided).
 
@@ -12,6 +13,6 @@ if st.err then
   return refuse(st.err)
 end
 if not st.done then
-  apply_settle(st.s, A.to)
+  apply_settle(st.s, A.to, st.points, st.given)
 end
 return reply({})
