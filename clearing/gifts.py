@@ -21,8 +21,8 @@ answer@R decides and, in the common case, does the recipient's side at once: an 
 gift is credited to R (points, room credit, R told) while S's hold is still held, so R's
 slot owes the amount (its transit total goes negative) until settle@S moves the hold to
 transit at S's slot; a declined or expired one gives R's slots back. settle@S then consumes
-or releases the hold; the ``answered`` entry it leaves in R's due queue is dropped by a plain
-ZREM after it (or by recovery, which settles again, idempotently, then drops it).
+or releases the hold; the ``answered`` entry it leaves in R's due queue is dropped by
+settled@R after it (or by recovery, which settles again, idempotently, then drops it).
 
 A gift the recipient's region asks the recipient's guardian G to confirm (docs/regions.md)
 stops at ``awaiting_guardian`` (offer@R, or send.lua), then ``ask@G`` puts the request in G's
@@ -73,7 +73,7 @@ from clearing.clock import CAMPAIGN_DAY, Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
 from clearing.errors import ClearingUnavailable, Refusal, Refused, StepRefused
-from clearing.guard import SlotMoving, guarded, guarded_pipeline
+from clearing.guard import guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT, ScriptRunner
 from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
@@ -958,33 +958,18 @@ class ResolveSaga:
         await self.pay_lucky(gift)
 
     async def answered(self, gift: dict[str, Any]) -> None:
-        """settle@S is done for a gift answered at R: the offer half's retention starts (it
-        had no expiry while recovery might need it to settle S's hold), its ``owed`` marker
-        goes, then its ``answered`` entry leaves R's due queue. Plain commands, not a script:
-        the offer half is ``closed`` 1 (final) throughout. The three go as one MULTI on R's slot
-        (one round trip, all or none): lost to a crash, they leave the marker and the entry for
-        recovery, which settles again (idempotent, nothing changes) and runs them again. The
-        expiry goes first, so an entry is never dropped from an offer half kept for ever."""
+        """settle@S is done for a gift answered at R: settled.lua starts the offer half's
+        retention, drops its ``owed`` marker and its ``answered`` entry in R's due queue, in
+        one script call (all or none) that shares the node's pipeline with the calls around
+        it (clearing/pipelining.py; a MULTI of three commands cost the node about ten times
+        a pipelined call). Lost to a crash, the marker and the entry stay for recovery, which
+        settles again (idempotent, nothing changes) and calls it again."""
         recipient = gift["recipient"]
-        offer = self.c.keys.offer(recipient, gift["gift_id"])
-        due = self.c.keys.due(tag_of(recipient))
-        entry = f"answered|{recipient}|{gift['gift_id']}"
-        retention = self.c.rules.gift_retention_ms
         try:
-            try:
-                async with guarded_pipeline(self.c.redis, transaction=True) as pipe:
-                    pipe.pexpire(offer, retention)
-                    pipe.hdel(offer, "owed")
-                    pipe.zrem(due, entry)
-                    await guarded(pipe.execute())
-            except SlotMoving:
-                # R's slot is moving between shards and the MULTI applied nothing (guard.py):
-                # redis-py's cluster transactions do not follow ASK, its single commands do.
-                # Each of the three is idempotent and the expiry still goes first, so one by
-                # one is as safe, only not all or none.
-                await guarded(self.c.redis.pexpire(offer, retention))
-                await guarded(self.c.redis.hdel(offer, "owed"))
-                await guarded(self.c.redis.zrem(due, entry))
+            await self.c.step("settled", recipient, self.now,
+                              {"gid": gift["gift_id"], "r": recipient, "rtag": tag_of(recipient),
+                               "retention": str(self.c.rules.gift_retention_ms)},
+                              emits=False, durable=False)
             gift.pop("owed", None)
         except ClearingUnavailable:
             log.warning("a settled answer stays due; recovery drops it", extra={"gift": gift["gift_id"]})

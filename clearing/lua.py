@@ -67,7 +67,8 @@ __all__ = ["MAX_SAFE_INT", "QUOTA_TTL_MS", "Durability", "NotReplicated", "Scrip
 
 ScriptName = Literal[
     "send", "admit", "reserve", "sponsor", "offer", "void", "probe", "release",
-    "resolve", "answer", "settle", "settle_sponsor", "close", "due", "pending", "guardian_settle", "guardian_open",
+    "resolve", "answer", "settle", "settled", "settle_sponsor", "close", "due", "pending", "guardian_settle",
+    "guardian_open",
     "create_user", "set_flags", "disconnect", "mint", "follow", "block", "presence", "drop_node", "replay",
     "redeem_frame", "mentor_bind", "mentor_step", "room_join", "room_leave", "open_wish", "quote", "room_state",
     "room_states", "rate", "gauges", "consent", "erase", "pseudonymise", "guardian_ask", "guardian_approve",
@@ -79,7 +80,7 @@ ScriptName = Literal[
 #: function) and each callback's upvalues (60) to what one script could see before.
 _LIBRARY: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("send", "admit", "reserve", "sponsor", "offer", "void", "probe"), ("gift", "gift_send")),
-    **dict.fromkeys(("release", "resolve", "answer", "settle", "settle_sponsor", "close", "lucky"),
+    **dict.fromkeys(("release", "resolve", "answer", "settle", "settled", "settle_sponsor", "close", "lucky"),
                     ("gift", "gift_answer")),
     "pending": ("gift",),
     "guardian_approve": ("gift",),

@@ -382,9 +382,18 @@ async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind |
 
 #: The cross-shard steps of a gift, in order, as ``SendSaga`` and ``ResolveSaga`` run them
 #: (clearing/gifts.py); ``settle`` is the payer's step (no sponsor or lucky bonus here). An
-#: answer is ``answer`` then ``settle`` where ``ResolveSaga`` has an ``answer`` step, else
-#: (older commits) ``decide``, ``settle`` and ``close``.
+#: answer is ``answer``, ``settle`` and ``settled`` where ``ResolveSaga`` has an ``answer`` step
+#: (without ``settled`` on commits whose clean-up was a MULTI), else (older commits)
+#: ``decide``, ``settle`` and ``close``.
 SEND_STEPS = ("admit", "reserve", "offer")
+
+
+def _has_script(name: str) -> bool:
+    from typing import get_args
+
+    from clearing import lua
+
+    return name in get_args(lua.ScriptName)
 
 
 async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], per_task: int,
@@ -411,6 +420,8 @@ async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], 
             state[gid] = (await getattr(answers[gid], step)())[0]
         elif step == "settle":
             await answers[gid].settle(state[gid])
+        elif step == "settled":
+            await answers[gid].answered(state[gid])
         else:
             await answers[gid].close(state[gid])
 
@@ -423,7 +434,10 @@ async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], 
     out: dict[str, float] = {}
     total = 0.0
     two_steps = hasattr(type(await clearing.answer_saga(gifts[0][1], pairs[0][1], "accept")), "answer")
-    for step in (*SEND_STEPS, *(("answer", "settle") if two_steps else ("decide", "settle", "close"))):
+    answer_steps: tuple[str, ...] = ("decide", "settle", "close")
+    if two_steps:  # the clean-up after settle is a script call where clearing has settled.lua
+        answer_steps = ("answer", "settle", "settled") if _has_script("settled") else ("answer", "settle")
+    for step in (*SEND_STEPS, *answer_steps):
         if step in ("answer", "decide"):  # the answer's arguments, read before anything counts
             answers = {gid: await clearing.answer_saga(gid, pairs[i][1], "accept") for i, gid in gifts}
         await client.config_resetstat()

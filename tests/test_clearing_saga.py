@@ -17,6 +17,7 @@ import pytest
 
 from clearing import GiftRules, GiftState, Refusal, Refused
 from clearing.erasure import Erasure
+from clearing.errors import StepRefused
 from clearing.gifts import DEFAULT_SAGA_MS
 from clearing.ledger import reconcile
 from clearing.model import GiftEvent
@@ -224,6 +225,23 @@ async def test_an_answer_not_yet_settled_keeps_its_offer_half_until_the_sender_s
     # settled: kept for the retention from now, as close keeps a three-step answer
     assert 0 < await world.redis.pttl(offer) <= world.rules.gift_retention_ms
     assert await due_entries(world, "bob") == []
+
+
+async def test_the_clean_up_after_settle_refuses_an_offer_not_yet_answered_and_changes_nothing(
+        world: World) -> None:
+    # settled.lua drops the marker and the due entry that recovery needs: called on a gift
+    # whose offer half is not final, it must leave them (and the offer's lifetime) alone.
+    await world.clearing.reserve("g1", "ann", "bob", "note", 2)
+    offer = world.keys.offer("bob", "g1")
+    before = (await world.redis.hgetall(offer), await world.redis.pttl(offer))
+    args = {"gid": "g1", "r": "bob", "rtag": tag_of("bob"), "retention": "1000"}
+    with pytest.raises(StepRefused) as refused:
+        await world.clearing.step("settled", "bob", world.clearing.now(), args, emits=False, durable=False)
+    assert refused.value.code == "NOT_DUE"
+    assert (await world.redis.hgetall(offer), await world.redis.pttl(offer)) == before
+    assert (await world.clearing.accept("g1", "bob", sender_hint="ann")).gift.state is GiftState.ACCEPTED
+    assert await due_entries(world, "bob") == []
+    await ok(world)
 
 
 async def test_the_fast_path_that_settles_an_answered_gift_starts_its_retention(world: World) -> None:

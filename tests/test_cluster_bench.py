@@ -86,11 +86,11 @@ def test_quick_cluster_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert memory["fresh_user"]["keys"] > 0 and memory["fresh_user"]["bytes"] > 0
     assert memory["bench_user"]["bytes"] >= memory["fresh_user"]["bytes"]
     assert {"user", "bal"} <= set(memory["fresh_user"]["by_kind"])
-    # The one-script path is two calls a gift (send, resolve); the saga five (admit, reserve,
-    # offer; answer, settle), forced on one instance or across shards.
+    # The one-script path is two calls a gift (send, resolve); the saga six (admit, reserve,
+    # offer; answer, settle, settled), forced on one instance or across shards.
     calls = {key: sum(p["script_calls_per_gift_per_shard"]) for key, p in phases.items()}
-    for key, expected in (((0, "mixed", False), 2.0), ((0, "mixed", True), 5.0), ((2, "same", False), 2.0),
-                          ((2, "cross", False), 5.0)):
+    for key, expected in (((0, "mixed", False), 2.0), ((0, "mixed", True), 6.0), ((2, "same", False), 2.0),
+                          ((2, "cross", False), 6.0)):
         assert calls[key] == pytest.approx(expected, rel=0.05), (key, calls[key])
 
     _check_paired(run, plan, shards=2)
