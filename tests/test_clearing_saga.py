@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 
 from clearing import GiftRules, GiftState, Refusal, Refused
+from clearing.codec import text_hash
 from clearing.erasure import Erasure
 from clearing.gifts import DEFAULT_SAGA_MS
 from clearing.ledger import reconcile
@@ -62,6 +63,24 @@ async def balance(w: World, user: str) -> tuple[int, int]:
 def test_the_users_of_these_tests_sit_on_different_shards_of_a_3_shard_cluster() -> None:
     # slots 0-5460, 5461-10921, 10922-16383 (notecard/local_cluster.py splits evenly)
     assert len({slot_of(u) * 3 // SLOTS for u in ("ann", "bob")}) == 2
+
+
+async def test_the_offer_step_completes_the_admitted_half_with_every_field_of_a_whole_write(world: World) -> None:
+    # offer@R writes only the fields it sets on the half admit@R stored (gift_send.lua
+    # apply_offer); the half must end as the one-script path's whole write leaves it: the
+    # admit's fields as they were, the send half's terms, numbers as plain digits.
+    saga = await world.clearing.send_saga("g1", "ann", "bob", "note", 2)
+    assert await saga.admit() is None
+    admitted = text_hash(await world.redis.hgetall(world.keys.offer("bob", "g1")))
+    send = await saga.reserve(None)
+    await saga.offer(send)
+    offered = text_hash(await world.redis.hgetall(world.keys.offer("bob", "g1")))
+    sent = text_hash(await world.redis.hgetall(world.keys.gift("ann", "g1")))
+    terms = ("cost", "amount", "created_at_ms", "expires_at_ms")
+    assert offered == {**admitted, "state": "pending", **{f: sent[f] for f in terms}}
+    assert set(offered) == {"sender", "recipient", "kind", "qty", "state", "day", "app", "stag", "rtag", *terms}
+    assert offered["qty"] == "2" and offered["amount"] == str(2 * UNIT)
+    assert int(offered["expires_at_ms"]) == int(offered["created_at_ms"]) + world.rules.confirm_window_ms
 
 
 async def test_a_send_stopped_after_admission_is_voided_and_its_id_spent(world: World) -> None:
