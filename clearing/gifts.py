@@ -148,6 +148,8 @@ class Clearing(RedisComponent):
         #: What the answer's scripts read of those (gift_answer.lua): each named argument is
         #: decoded by every call, so an answer carries only these.
         self._answer_constant = {k: self._constant[k] for k in ("saga_ms", "pointlog_max")}
+        #: A send's: no send script awards points (``pointlog_max`` is the answer's).
+        self._send_constant = {k: v for k, v in self._constant.items() if k != "pointlog_max"}
         #: What the settings snapshot in use contributes to every gift's arguments, derived
         #: once per snapshot (clearing/snapshot_args.py).
         self._snapshot_args: SnapshotArgs | None = None
@@ -155,7 +157,7 @@ class Clearing(RedisComponent):
     def _args_of(self, snapshot: SettingsSnapshot) -> SnapshotArgs:
         held = self._snapshot_args
         if held is None or held.snapshot is not snapshot:
-            held = self._snapshot_args = SnapshotArgs(snapshot, self._constant, self._answer_constant)
+            held = self._snapshot_args = SnapshotArgs(snapshot, self._send_constant, self._answer_constant)
         return held
 
     # ================================================================ send

@@ -420,8 +420,10 @@ local DEAD
 local function live_nodes(user)
   if DEAD == nil then
     DEAD = {}
-    for _, node in ipairs_(A.dead or {}) do
-      DEAD[node] = true
+    if A.dead then
+      for _, node in ipairs_(A.dead) do
+        DEAD[node] = true
+      end
     end
   end
   local nodes = {}
