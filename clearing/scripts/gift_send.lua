@@ -148,8 +148,7 @@ local function check_reserve(rcode, rguard)
   end
   -- A refused gift id is spent for memo_ms: the same request repeats the refusal, so a late
   -- duplicate cannot create a gift its client was told was refused (docs/protocol.md).
-  -- (qty by int(): `..` would format it with "%.14g", the same digits for a whole number, for more)
-  local fingerprint = A.r .. '|' .. A.kind .. '|' .. (A.qty % 1 == 0 and int(A.qty) or A.qty)
+  local fingerprint = A.r .. '|' .. A.kind .. '|' .. A.qty
   local memo = call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp', 'until')
   if memo[1] then
     if memo[2] ~= fingerprint then
