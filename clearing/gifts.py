@@ -152,6 +152,8 @@ class Clearing(RedisComponent):
         #: An answer's rate arguments: none without a limit (check_rate reads an absent
         #: interval as no limit, as it reads 0), one named argument fewer to decode twice.
         self._answer_rate = self._rate if self._rate["rate_us"] else {}
+        #: A send's: no send script awards points (``pointlog_max`` is the answer's).
+        self._send_constant = {k: v for k, v in self._constant.items() if k != "pointlog_max"}
         #: What the settings snapshot in use contributes to every gift's arguments, derived
         #: once per snapshot (clearing/snapshot_args.py).
         self._snapshot_args: SnapshotArgs | None = None
@@ -159,7 +161,7 @@ class Clearing(RedisComponent):
     def _args_of(self, snapshot: SettingsSnapshot) -> SnapshotArgs:
         held = self._snapshot_args
         if held is None or held.snapshot is not snapshot:
-            held = self._snapshot_args = SnapshotArgs(snapshot, self._constant, self._answer_constant)
+            held = self._snapshot_args = SnapshotArgs(snapshot, self._send_constant, self._answer_constant)
         return held
 
     # ================================================================ send
@@ -339,8 +341,11 @@ class Clearing(RedisComponent):
         a: dict[str, Any] = {
             **held.send, "gid": gift_id, "s": sender, "r": recipient, "kind": kind, "qty": qty,
             "base": base, "cost": cost, "day": self._days(now), "app": app,
-            "stag": tag_of(sender), "rtag": tag_of(recipient), "dead": await self._dead_nodes(),
+            "stag": tag_of(sender), "rtag": tag_of(recipient),
         }
+        dead = await self._dead_nodes()
+        if dead:  # none is the common case: an absent list reads as empty (lib.lua live_nodes)
+            a["dead"] = dead
         if precheck:
             a["pre"] = precheck
         if festival:
@@ -760,6 +765,9 @@ _NOT_FOR_ADMIT = frozenset({"base", "cost", "memo_ms", "nc_age", "nc_free", "pro
                             "vip_bonus", "rl_daily", "rl_rooms", "window", "pointlog_max", "festival", "quote",
                             "dev"})
 _FOR_OFFER = ("gid", "r", "rtag", "window", "saga_ms", "dead")
+#: What reserve does not read: R's rules and R's side of the guardian rule and card art
+#: (admit's), the recovery deadline, the points log, the dead nodes (it tells nobody).
+_NOT_FOR_RESERVE = frozenset({"recv_limit", "scope", "saga_ms", "pointlog_max", "dead", "guard", "skins"})
 
 
 class SendSaga:
@@ -792,13 +800,21 @@ class SendSaga:
         self.rguard = admit.get("guard")
         return None
 
+    def _reserve_args(self, rcode: str | None) -> dict[str, Any]:
+        """reserve's arguments: what it reads (an absent rcode or rguard reads as nil)."""
+        args = {k: v for k, v in self.a.items() if k not in _NOT_FOR_RESERVE}
+        if rcode is not None:
+            args["rcode"] = rcode
+        if self.rguard is not None:
+            args["rguard"] = self.rguard
+        return args
+
     async def reserve(self, rcode: str | None) -> dict[str, Any]:
         """The sender's side (and the promotion account's, for a newcomer's free gift); on a
         refusal the admission is voided and the refusal raised. Returns the send half."""
         a, c = self.a, self.c
         try:
-            reply = await c.step("reserve", a["s"], self.now, {**a, "rcode": rcode, "rguard": self.rguard},
-                                 emits=False)
+            reply = await c.step("reserve", a["s"], self.now, self._reserve_args(rcode), emits=False)
             if reply.get("need_sponsor"):
                 reply = await self._sponsored(rcode, int(reply["cost"]))
         except Refused as refusal:
@@ -816,8 +832,8 @@ class SendSaga:
         held = bool(sponsor["covers"]) and rcode is None
         try:
             reply = await c.step("reserve", a["s"], self.now,
-                                 {**a, "rcode": rcode, "rguard": self.rguard,
-                                  "sponsor": "yes" if sponsor["covers"] else "no"}, emits=False)
+                                 {**self._reserve_args(rcode), "sponsor": "yes" if sponsor["covers"] else "no"},
+                                 emits=False)
         except Refused:
             if held:
                 await c.step("release", a["promo"], self.now, a, emits=False)
@@ -828,7 +844,7 @@ class SendSaga:
 
     async def offer(self, send: dict[str, Any]) -> GiftRecord:
         """The recipient's side becomes an offer, pushed to the recipient's devices."""
-        args = {k: self.a[k] for k in _FOR_OFFER}
+        args = {k: self.a[k] for k in _FOR_OFFER if k in self.a}
         offered = await self.c.step("offer", self.a["r"], self.now, {**args, "send": _send_fields(send)})
         gift = offered["gift"]
         return gift_from_map({**_public(send), "state": gift["state"], "resolved_at_ms": gift.get("resolved_at_ms")})

@@ -106,6 +106,17 @@ MAX_SAFE_INT = 2**53 - 1
 #: the home slot of the Redis node that runs the call, the ledger's call id, bound and switch).
 _RESERVED = frozenset({"p", "now", "ep", "home", "op", "lmax", "loff"})
 
+#: The common arguments (ScriptRunner) a script never reads, left out of its calls: each named
+#: argument costs every call its decoding (lib.lua begin()). For the scripts of every send:
+#: admit and reserve emit no event (no ``maxlen``), offer takes no daily slot (no
+#: ``quota_ttl``), and none of them, nor the one-script send, keeps a resolved gift (``retention``).
+_UNREAD_COMMON: dict[str, frozenset[str]] = {
+    "admit": frozenset({"maxlen", "retention"}),
+    "reserve": frozenset({"maxlen", "retention"}),
+    "offer": frozenset({"quota_ttl", "retention"}),
+    "send": frozenset({"retention"}),
+}
+
 #: Times a call whose slot moved is sent again after reading the map again.
 _MOVED_RETRIES = 3
 
@@ -222,7 +233,7 @@ def library() -> FunctionLibrary:
 class ScriptRunner:
     """Runs clearing's scripts on whichever node serves each slot."""
 
-    __slots__ = ("_common", "_ledger", "_topology")
+    __slots__ = ("_common", "_common_of", "_ledger", "_topology")
 
     def __init__(self, topology: Topology, rules: GiftRules, keys: KeySchema) -> None:
         self._topology = topology
@@ -232,6 +243,8 @@ class ScriptRunner:
         #: every use, a floating-point conversion of a few thousand instructions.
         self._common = {"p": keys.prefix, "maxlen": str(rules.stream_maxlen), "quota_ttl": str(QUOTA_TTL_MS),
                         "retention": str(rules.gift_retention_ms)}
+        self._common_of = {name: {k: v for k, v in self._common.items() if k not in unread}
+                           for name, unread in _UNREAD_COMMON.items()}
         #: What the scripts of LEDGER_SCRIPTS are also given ("op" comes per call).
         self._ledger: dict[str, int] = {"lmax": rules.ledger_maxlen}
         if not rules.ledger:
@@ -262,7 +275,7 @@ class ScriptRunner:
         """
         if args is not None and not _RESERVED.isdisjoint(args):
             raise ValueError(f"script arguments may not be named {sorted(_RESERVED & args.keys())}")
-        packed: dict[str, Any] = {**self._common, **(args or {}), "now": now_ms}
+        packed: dict[str, Any] = {**self._common_of.get(name, self._common), **(args or {}), "now": now_ms}
         if name in LEDGER_SCRIPTS:
             # "op": unique per call; the ledger entries the call writes are "<op>.<n>"
             packed.update(self._ledger)

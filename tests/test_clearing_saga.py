@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 
 from clearing import GiftRules, GiftState, Refusal, Refused
+from clearing.codec import text_hash
 from clearing.erasure import Erasure
 from clearing.errors import StepRefused
 from clearing.gifts import DEFAULT_SAGA_MS
@@ -63,6 +64,47 @@ async def balance(w: World, user: str) -> tuple[int, int]:
 def test_the_users_of_these_tests_sit_on_different_shards_of_a_3_shard_cluster() -> None:
     # slots 0-5460, 5461-10921, 10922-16383 (notecard/local_cluster.py splits evenly)
     assert len({slot_of(u) * 3 // SLOTS for u in ("ann", "bob")}) == 2
+
+
+async def test_the_offer_step_completes_the_admitted_half_with_every_field_of_a_whole_write(world: World) -> None:
+    # offer@R writes only the fields it sets on the half admit@R stored (gift_send.lua
+    # apply_offer); the half must end as the one-script path's whole write leaves it: the
+    # admit's fields as they were, the send half's terms, numbers as plain digits.
+    saga = await world.clearing.send_saga("g1", "ann", "bob", "note", 2)
+    assert await saga.admit() is None
+    admitted = text_hash(await world.redis.hgetall(world.keys.offer("bob", "g1")))
+    send = await saga.reserve(None)
+    await saga.offer(send)
+    offered = text_hash(await world.redis.hgetall(world.keys.offer("bob", "g1")))
+    sent = text_hash(await world.redis.hgetall(world.keys.gift("ann", "g1")))
+    terms = ("cost", "amount", "created_at_ms", "expires_at_ms")
+    assert offered == {**admitted, "state": "pending", **{f: sent[f] for f in terms}}
+    assert set(offered) == {"sender", "recipient", "kind", "qty", "state", "day", "app", "stag", "rtag", *terms}
+    assert offered["qty"] == "2" and offered["amount"] == str(2 * UNIT)
+    assert int(offered["expires_at_ms"]) == int(offered["created_at_ms"]) + world.rules.confirm_window_ms
+
+
+async def test_amounts_near_2_to_the_53_keep_every_digit_through_the_send_and_the_answer(store: Topology) -> None:
+    # The scripts hand Redis whole numbers as '%d' text (lib.lua int()), no longer as Lua
+    # numbers: a cost, a hold and a total of 9e15 (where "%.14g" would round) must be stored
+    # digit for digit, and the books must balance after the accept.
+    unit = 10**12
+    w = await World.build(store, GiftRules(units_per_card=unit, max_qty_per_gift=9000, daily_send_limit=50,
+                                           daily_receive_limit=50), force_saga=True)
+    for user in ("ann", "bob"):
+        await w.user(user, cards=9001)
+    await w.befriend("ann", "bob")
+    gift = await w.clearing.reserve("g1", "ann", "bob", "note", 9000)
+    assert gift.cost == 9000 * unit
+    sent = text_hash(await w.redis.hgetall(w.keys.gift("ann", "g1")))
+    offered = text_hash(await w.redis.hgetall(w.keys.offer("bob", "g1")))
+    assert sent["cost"] == offered["cost"] == offered["amount"] == "9000000000000000"
+    assert await balance(w, "ann") == (unit, 9000 * unit)
+    await ok(w)
+    await w.clearing.accept("g1", "bob")
+    assert await balance(w, "ann") == (unit, 0)
+    assert (await w.clearing.balances("bob")).available["note"] == 18001 * unit
+    await ok(w)
 
 
 async def test_a_send_stopped_after_admission_is_voided_and_its_id_spent(world: World) -> None:

@@ -40,7 +40,7 @@ end
 -- receive slot left, is online). Returns {err} (nothing to write), {existing = offer half}
 -- (a retry), or {nodes, guard} (admit; guard: guard_of_recipient).
 local function check_admit()
-  local flat = redis.call('HGETALL', offer_key())
+  local flat = call('HGETALL', offer_key())
   if #flat > 0 then
     local o = record(A.gid, flat)
     if not same_gift(o) then
@@ -66,18 +66,18 @@ local function check_admit()
   if lacks_consent(A.r) then
     return {err = 'RECIPIENT_NO_CONSENT'}
   end
-  if redis.call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
+  if call('SISMEMBER', ukey(A.r, 'blocks'), A.s) == 1 then
     return {err = 'BLOCKED'}
   end
   if A.camp then
     return {nodes = live_nodes(A.r)}
   end
-  local since = redis.call('HGET', ukey(A.r, 'follows'), A.s)
+  local since = call('HGET', ukey(A.r, 'follows'), A.s)
   if not since or num(since) > NOW - A.follow_age then
     return {err = 'NOT_MUTUAL_3D'}
   end
   -- A counter that holds no whole number counts as full: nothing could add to it.
-  local counts = redis.call('MGET', recv_counters(A.day, A.r, A.s))
+  local counts = call('MGET', recv_counters(A.day, A.r, A.s))
   local recv, pair = whole(counts[1] or nil), whole(counts[2] or nil)
   local used = A.scope == 'pair' and pair or recv
   if recv == nil or pair == nil or used >= A.recv_limit then
@@ -100,6 +100,10 @@ local function region_skin(r)
   return type(skin) == 'string' and skin or nil
 end
 
+-- What an admitted half holds, in OFFER_FIELDS' order (store() writes these only).
+local ADMITTED_FIELDS = {'sender', 'recipient', 'kind', 'qty', 'state', 'day', 'app', 'stag', 'rtag', 'gneed', 'gcand',
+                         'gwin', 'skin', 'camp'}
+
 -- Take R's receive slots and the offer half, `admitted`: written and due for recovery, or,
 -- when the offer follows in this same script (due false), left for apply_offer to write.
 local function apply_admit(due, guard)
@@ -115,9 +119,10 @@ local function apply_admit(due, guard)
     o.gneed, o.gcand, o.gwin = guard.need, guard.g, guard.win
   end
   if due then
-    store(offer_key(), o, OFFER_FIELDS)
-    redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'admit|' .. A.r .. '|' .. A.gid)
-    index_due(A.rtag, NOW + A.saga_ms)
+    store(offer_key(), o, ADMITTED_FIELDS)
+    local at = int(NOW + A.saga_ms)
+    call('ZADD', tkey(A.rtag, 'due'), at, 'admit|' .. A.r .. '|' .. A.gid)
+    index_due(A.rtag, at)
   else
     o.unwritten = true
   end
@@ -130,7 +135,7 @@ end
 -- depends on whether the promotion account covers the gift: ask it, then call again with
 -- A.sponsor = 'yes' | 'no'), or {g = the send half to write, payer}.
 local function check_reserve(rcode, rguard)
-  local flat = redis.call('HGETALL', send_key())
+  local flat = call('HGETALL', send_key())
   if #flat > 0 then
     local g = record(A.gid, flat)
     if not same_gift(g) then
@@ -144,7 +149,7 @@ local function check_reserve(rcode, rguard)
   -- A refused gift id is spent for memo_ms: the same request repeats the refusal, so a late
   -- duplicate cannot create a gift its client was told was refused (docs/protocol.md).
   local fingerprint = A.r .. '|' .. A.kind .. '|' .. A.qty
-  local memo = redis.call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp', 'until')
+  local memo = call('HMGET', ukey(A.s, 'refused:' .. A.gid), 'code', 'fp', 'until')
   if memo[1] then
     if memo[2] ~= fingerprint then
       return {err = 'IDEMPOTENCY_CONFLICT'}
@@ -170,16 +175,16 @@ local function check_reserve(rcode, rguard)
     code = 'CONSENT_REQUIRED'
   elseif s[AC_VERIFIED] ~= '1' and not A.camp then
     code = 'NOT_VERIFIED'
-  elseif redis.call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
+  elseif call('SISMEMBER', ukey(A.s, 'blocks'), A.r) == 1 then
     code = 'BLOCKED'
   end
   if code == nil and not A.camp then
-    local since = redis.call('HGET', ukey(A.s, 'follows'), A.r)
+    local since = call('HGET', ukey(A.s, 'follows'), A.r)
     local limit = A.send_limit + (s[AC_VIP] == '1' and A.vip_bonus or 0)
     if not since or num(since) > NOW - A.follow_age then
       code = 'NOT_MUTUAL_3D'
     else
-      local sent = whole(redis.call('GET', ukey(A.s, 'q:send:' .. A.day)) or nil)
+      local sent = whole(call('GET', ukey(A.s, 'q:send:' .. A.day)) or nil)
       if sent == nil or sent >= limit then
         code = 'LIMIT_DAILY_SEND'  -- a counter that holds no whole number counts as full
       elseif limited and (sent >= A.rl_daily or (A.quote and A.rl_rooms ~= 1)) then
@@ -204,7 +209,7 @@ local function check_reserve(rcode, rguard)
 
   local cost, room = A.cost, nil
   if A.quote then
-    local q = redis.call('HMGET', ukey(A.s, 'quote:' .. A.quote), 'recipient', 'kind', 'qty', 'cost',
+    local q = call('HMGET', ukey(A.s, 'quote:' .. A.quote), 'recipient', 'kind', 'qty', 'cost',
                          'expires_at_ms', 'amount')
     -- A quote that does not read as rooms.py writes it (a cost below what the recipient
     -- gets, say) is no quote.
@@ -224,7 +229,7 @@ local function check_reserve(rcode, rguard)
   -- read only for a young account: an established sender's gift does not need it.
   local created = whole(s[AC_CREATED])
   if A.promo and A.promo ~= A.s and A.promo ~= A.r and created and NOW - created < A.nc_age
-      and (whole(redis.call('GET', ukey(A.s, 'free')) or nil) or A.nc_free) < A.nc_free then
+      and (whole(call('GET', ukey(A.s, 'free')) or nil) or A.nc_free) < A.nc_free then
     if A.sponsor == nil then
       return {need_sponsor = true, cost = cost}
     end
@@ -233,7 +238,7 @@ local function check_reserve(rcode, rguard)
     end
   end
   -- The balance is read once, for the check and for corrupt()'s: hold_units changes it.
-  local balance = payer == A.s and redis.call('HGET', ukey(A.s, 'bal'), A.kind)
+  local balance = payer == A.s and call('HGET', ukey(A.s, 'bal'), A.kind)
   if payer == A.s and num(balance) < cost then
     code = first_refusal('INSUFFICIENT_BALANCE', code)
   end
@@ -260,11 +265,11 @@ end
 -- Remember a refusal for the gift id (see check_reserve).
 local function remember_refusal(code, fingerprint, until_ms)
   local key = ukey(A.s, 'refused:' .. A.gid)
-  redis.call('HSET', key, 'code', code, 'fp', fingerprint)
+  call('HSET', key, 'code', code, 'fp', fingerprint)
   if until_ms then
-    redis.call('HSET', key, 'until', until_ms)
+    call('HSET', key, 'until', until_ms)
   end
-  redis.call('PEXPIRE', key, A.memo_ms)
+  call('PEXPIRE', key, A.memo_ms)
 end
 
 -- The hold (or, when the promotion account pays, a free slot), S's send slot, the send half.
@@ -272,10 +277,10 @@ local function apply_reserve(g)
   if g.payer == nil then
     hold_units(A.s, A.stag, A.kind, g.cost, g, 'send')
   else
-    redis.call('INCR', ukey(A.s, 'free'))
+    call('INCR', ukey(A.s, 'free'))
   end
   if A.quote then
-    redis.call('DEL', ukey(A.s, 'quote:' .. A.quote))
+    call('DEL', ukey(A.s, 'quote:' .. A.quote))
   end
   if not A.camp then
     take_slot(ukey(A.s, 'q:send:' .. A.day))
@@ -289,24 +294,24 @@ end
 -- due back at the end of the window (plus saga_ms): settle removes it first, unless the gift
 -- never got its send half, and then recovery releases it. Returns {existing} or {covers}.
 local function check_sponsor(cost)
-  local state = redis.call('HGET', sponsor_key(A.promo, A.s), 'state')
+  local state = call('HGET', sponsor_key(A.promo, A.s), 'state')
   if state then
     return {existing = state}
   end
-  local exists = redis.call('EXISTS', ukey(A.promo, 'user')) == 1
+  local exists = call('EXISTS', ukey(A.promo, 'user')) == 1
   -- counters that do not read cannot be moved: then it does not cover, and the sender pays
   local intact = not corrupt({{ukey(A.promo, 'bal'), A.kind}, {ukey(A.promo, 'held'), A.kind},
                               {tkey(A.ptag, 'tot'), 'holds:' .. A.kind}})
-  return {covers = exists and intact and num(redis.call('HGET', ukey(A.promo, 'bal'), A.kind)) >= cost}
+  return {covers = exists and intact and num(call('HGET', ukey(A.promo, 'bal'), A.kind)) >= cost}
 end
 
 local function apply_sponsor(cost, due)
   local p = A.promo
   hold_units(p, A.ptag, A.kind, cost, {gift_id = A.gid, sender = A.s}, 'sponsor')
-  redis.call('HSET', sponsor_key(p, A.s), 'state', 'held', 'kind', A.kind, 'cost', cost, 'amount', A.base,
+  call('HSET', sponsor_key(p, A.s), 'state', 'held', 'kind', A.kind, 'cost', cost, 'amount', A.base,
              'stag', A.stag, 'ptag', A.ptag, 'recipient', A.r, 'qty', A.qty)
   if due then
-    redis.call('ZADD', tkey(A.ptag, 'due'), NOW + A.window + A.saga_ms, 'sponsor|' .. p .. '|' .. A.s .. '|' .. A.gid)
+    call('ZADD', tkey(A.ptag, 'due'), NOW + A.window + A.saga_ms, 'sponsor|' .. p .. '|' .. A.s .. '|' .. A.gid)
     index_due(A.ptag, NOW + A.window + A.saga_ms)
   end
 end
@@ -319,12 +324,18 @@ local function apply_void(o, why)
   give_slot(recv)
   give_slot(pair)
   local key = offer_key(o.recipient)
-  redis.call('HSET', key, 'state', o.state, 'why', why)
-  redis.call('PEXPIRE', key, A.memo_ms)
-  redis.call('ZREM', tkey(o.rtag, 'due'), 'admit|' .. o.recipient .. '|' .. A.gid)
+  call('HSET', key, 'state', o.state, 'why', why)
+  call('PEXPIRE', key, A.memo_ms)
+  call('ZREM', tkey(o.rtag, 'due'), 'admit|' .. o.recipient .. '|' .. A.gid)
 end
 
 -- ================================================================ offer
+-- What apply_offer sets on an admitted half, in OFFER_FIELDS' order (so that the fields it
+-- adds to the hash come in the order a whole store would add them).
+-- What it takes from the send half.
+local FROM_SEND = {'cost', 'amount', 'created_at_ms', 'expires_at_ms', 'payer', 'festival', 'room', 'ptag'}
+local OFFERED_FIELDS = {'cost', 'amount', 'state', 'created_at_ms', 'expires_at_ms', 'payer', 'festival', 'room',
+                        'ptag', 'guardian', 'rwin'}
 -- The admitted offer half becomes `pending` with what the send half decided: in the inbox,
 -- in the slot's expiry queue, and an offer event to R's devices. A gift the send half says
 -- waits for R's guardian becomes `awaiting_guardian` instead: in the expiry queue at the end
@@ -332,7 +343,7 @@ end
 -- next step (guardian_ask.lua at the guardian's slot), due here as ask|R|id until it is done.
 local function apply_offer(o, g, nodes)
   o.state = move(o.state, g.guardian and 'guard' or 'offer')
-  for _, f in ipairs({'cost', 'amount', 'created_at_ms', 'expires_at_ms', 'payer', 'festival', 'room', 'ptag'}) do
+  for _, f in ipairs_(FROM_SEND) do
     o[f] = g[f]
   end
   if g.guardian then
@@ -340,19 +351,22 @@ local function apply_offer(o, g, nodes)
     o.expires_at_ms = g.created_at_ms + g.gwin
   end
   o.gift_id = A.gid
-  store(offer_key(), o, OFFER_FIELDS)
-  redis.call('ZADD', tkey(A.rtag, 'expiry'), o.expires_at_ms, A.r .. '|' .. A.gid)
-  index_due(A.rtag, o.expires_at_ms)
+  -- A stored admitted half gets only the fields this step sets: the others are what it read.
+  store(offer_key(), o, o.unwritten and OFFER_FIELDS or OFFERED_FIELDS)
+  local expires = int(o.expires_at_ms)
+  call('ZADD', tkey(A.rtag, 'expiry'), expires, A.r .. '|' .. A.gid)
+  index_due(A.rtag, expires)
   if not o.unwritten then  -- admitted by an earlier step: no longer due
-    redis.call('ZREM', tkey(A.rtag, 'due'), 'admit|' .. A.r .. '|' .. A.gid)
+    call('ZREM', tkey(A.rtag, 'due'), 'admit|' .. A.r .. '|' .. A.gid)
   end
   o.unwritten = nil
   if g.guardian then
-    redis.call('ZADD', tkey(A.rtag, 'due'), NOW + A.saga_ms, 'ask|' .. A.r .. '|' .. A.gid)
-    index_due(A.rtag, NOW + A.saga_ms)
+    local at = int(NOW + A.saga_ms)
+    call('ZADD', tkey(A.rtag, 'due'), at, 'ask|' .. A.r .. '|' .. A.gid)
+    index_due(A.rtag, at)
     return o
   end
-  redis.call('ZADD', ukey(A.r, 'inbox'), o.expires_at_ms, A.gid)
+  call('ZADD', ukey(A.r, 'inbox'), expires, A.gid)
   emit(A.r, A.rtag, 'offer', o, nodes)
   return o
 end

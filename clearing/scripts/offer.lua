@@ -5,10 +5,12 @@
 -- KEYS[1]  {R}:user
 -- A        gid, r, rtag, send (cost, amount, created_at_ms, expires_at_ms, payer, ptag,
 --          festival, room), dead, ep, maxlen
--- Returns msgpack {gift} or {err = GIFT_NOT_FOUND | SEND_ABORTED} (no admitted offer half:
--- a voided send never gets here, since void follows only a sender's refusal or tombstone).
+-- Returns msgpack {gift = {state, resolved_at_ms}} (all the caller reads of the offer half: the
+-- rest of the gift it has from the send half, and packing the whole half cost every gift) or
+-- {err = GIFT_NOT_FOUND | SEND_ABORTED} (no admitted offer half: a voided send never gets
+-- here, since void follows only a sender's refusal or tombstone).
 
-local flat = redis.call('HGETALL', offer_key())
+local flat = call('HGETALL', offer_key())
 if #flat == 0 then
   return refuse('GIFT_NOT_FOUND')
 end
@@ -19,4 +21,4 @@ end
 if move(o.state, 'offer') then
   o = apply_offer(o, A.send)
 end
-return reply({gift = public(o)})
+return reply({gift = {state = o.state, resolved_at_ms = o.resolved_at_ms}})
