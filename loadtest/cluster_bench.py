@@ -40,6 +40,10 @@ The bar's figure is the model of docs/capacity.md section 3 at the crossing shar
 cross-shard costs; the random phase's busiest shard stays in the table as measured.
 ``--runs K`` repeats the whole measurement K times and reports each figure's median and
 range.
+``--instructions`` counts instead of timing (``loadtest.cluster_instr``): every instruction
+of every ``redis-server`` under valgrind's callgrind per settled gift, c1, F, X and random
+pairs, the bar's model on them; each phase's CPU here also keeps its kernel share
+(``used_cpu_sys``), the part an instruction count leaves out.
 Memory: ``MEMORY USAGE`` of every key of one provisioned user (before any gift) and of a
 bench user after the run, and each phase's ``used_memory`` growth per settled gift (the
 gift records kept for the retry window).

@@ -63,6 +63,8 @@ def test_phase_figures_and_derived_ratios() -> None:
     assert derived["model"]["ratio"] == pytest.approx(3 * 2_000_000 / t)
     assert derived["model_3_over_1_shard"] == derived["model"]["ratio"]
     assert derived["cross_over_same_shard"] == pytest.approx(x / f)
+    # Raw: 2.1M for c1, 2.1M for F, 2.61M for X per gift, background left in.
+    assert derived["raw_model_3_over_1_shard"] == pytest.approx(3 * 2.1e6 / (2.1e6 / 3 + 2 * 2.61e6 / 3))
     assert derived["random_phase_over_model"] == pytest.approx((790 + 830 + 750) * 1e6 / 900 / t)
     # The busiest shard of the random phase (830M / 900 gifts) against one shard's 2M per gift.
     assert derived["busiest_shard_3_over_1_shard"] == pytest.approx(2_000_000 / (830e6 / 900))
