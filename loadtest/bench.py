@@ -47,6 +47,7 @@ import orjson
 from loadtest import (
     clearing_bench,
     cluster_bench,
+    cluster_instr,
     echo,
     gifting,
     idle,
@@ -451,6 +452,15 @@ def missing_tools(phases: Sequence[str], *, profile: bool) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.cluster and args.instructions:
+        try:
+            largest = max(cluster_bench.parse_shards(args.shards))
+        except ValueError as exc:
+            print(f"notecard bench: {exc}", file=sys.stderr)
+            return 2
+        return cluster_instr.main(quick=args.quick, largest=largest, out=args.out, concurrency=args.concurrency,
+                                  gifts=args.gifts,
+                                  command="notecard bench " + " ".join(sys.argv[2:] if argv is None else argv))
     if args.cluster:
         return cluster_bench.main(quick=args.quick, shards=args.shards, out=args.out, concurrency=args.concurrency,
                                   command="notecard bench " + " ".join(sys.argv[2:] if argv is None else argv),

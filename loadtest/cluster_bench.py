@@ -40,6 +40,10 @@ The bar's figure is the model of docs/capacity.md section 3 at the crossing shar
 cross-shard costs; the random phase's busiest shard stays in the table as measured.
 ``--runs K`` repeats the whole measurement K times and reports each figure's median and
 range.
+``--instructions`` counts instead of timing (``loadtest.cluster_instr``): every instruction
+of every ``redis-server`` under valgrind's callgrind per settled gift, c1, F, X and random
+pairs, the bar's model on them; each phase's CPU here also keeps its kernel share
+(``used_cpu_sys``), the part an instruction count leaves out.
 Memory: ``MEMORY USAGE`` of every key of one provisioned user (before any gift) and of a
 bench user after the run, and each phase's ``used_memory`` growth per settled gift (the
 gift records kept for the retry window).
@@ -142,6 +146,10 @@ def _cpu_s(info: dict[str, Any]) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def _sys_s(info: dict[str, Any]) -> float:
+    return float(info["used_cpu_sys"])
+
+
 def _calls(info: dict[str, Any], *commands: str) -> int:
     """Calls of ``commands`` so far, those made from scripts included (``INFO commandstats``)."""
     return sum(int(info.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
@@ -185,6 +193,14 @@ class PhaseResult:
     window_s: float
     #: Each settled gift's latency (s), kept so that phases can be combined (``combine``).
     samples: list[float] = dataclasses.field(default_factory=list, repr=False)
+    #: The kernel's part of ``redis_cpu_s`` (``used_cpu_sys``): the share that the
+    #: instruction counts of ``--instructions`` leave out (valgrind sees user space only).
+    redis_sys_s: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def sys_share(self) -> float:
+        total = sum(self.redis_cpu_s)
+        return sum(self.redis_sys_s) / total if total > 0 and self.redis_sys_s else math.nan
 
     @property
     def per_s(self) -> float:
@@ -246,6 +262,9 @@ class PhaseResult:
             "settled": self.settled,
             "seconds": self.seconds, "settled_per_s": self.per_s, "cross_shard_share": self.cross_share,
             "redis_cpu_s": self.redis_cpu_s, "redis_cpu_us_per_gift_per_shard": self.cpu_us_per_gift,
+            "redis_cpu_sys_s": self.redis_sys_s, "redis_cpu_sys_share": self.sys_share,
+            "redis_cpu_sys_us_per_gift_total": sum(self.redis_sys_s) / self.settled * 1e6
+            if self.settled and self.redis_sys_s else float("nan"),
             "redis_cpu_us_per_gift_total": self.total_us_per_gift,
             "redis_inside_commands_wall_us_per_gift_per_shard": self.inside_us_per_gift,
             "redis_cpu_us_per_gift_busiest_shard": self.busiest_us_per_gift,
@@ -422,7 +441,8 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, idle: list[float
         memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
         counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
                 for name, cmds in _COUNTED.items()},
-        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies)
+        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies,
+        redis_sys_s=[_sys_s(b) - _sys_s(a) for a, b in zip(before, after, strict=True)])
 
 
 async def drive_steady(bed: Bed, name: str, mode: str, seconds: float, ramp_s: float,
@@ -495,7 +515,8 @@ async def drive_steady(bed: Bed, name: str, mode: str, seconds: float, ramp_s: f
         memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
         counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
                 for name, cmds in _COUNTED.items()},
-        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies)
+        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies,
+        redis_sys_s=[_sys_s(b) - _sys_s(a) for a, b in zip(before, after, strict=True)])
 
 
 def combine(name: str, parts: Sequence[PhaseResult]) -> PhaseResult:
@@ -519,7 +540,8 @@ def combine(name: str, parts: Sequence[PhaseResult]) -> PhaseResult:
         counts={k: [int(v) for v in column([p.counts[k] for p in parts])] for k in first.counts},
         memory_growth=[int(v) for v in column([p.memory_growth for p in parts])],
         generator_cpu_s=sum(p.generator_cpu_s for p in parts), latency=_summary(samples),
-        idle_cores=first.idle_cores, window_s=sum(p.window_s for p in parts), samples=samples)
+        idle_cores=first.idle_cores, window_s=sum(p.window_s for p in parts), samples=samples,
+        redis_sys_s=column([p.redis_sys_s for p in parts]))
 
 
 def cost_of(phase: PhaseResult) -> cluster_model.Cost:
@@ -873,7 +895,10 @@ def rows_of(results: dict[str, Any]) -> list[report.Row]:
         rows.append(report.Row(f"{key}_per_s", f"{p['name']}: settled gifts/s ({p['cross_shard_share']:.0%} cross)",
                                p["settled_per_s"], "/s"))
         per_shard = ", ".join(f"{v:.0f}" for v in p["redis_cpu_us_per_gift_per_shard"])
-        rows.append(report.Row(f"{key}_cpu", f"   Redis CPU us/gift, all shards ({per_shard}), as measured",
+        kernel = p.get("redis_cpu_sys_share")
+        kernel_text = f", {kernel:.1%} of it kernel" if kernel is not None and not math.isnan(kernel) else ""
+        rows.append(report.Row(f"{key}_cpu",
+                               f"   Redis CPU us/gift, all shards ({per_shard}), as measured{kernel_text}",
                                p["redis_cpu_us_per_gift_total"], "us",
                                single["redis_cpu_us_per_gift_total"] if single else None, "one instance"))
         per_shard = ", ".join(f"{v:.0f}" for v in p["marginal_redis_cpu_us_per_gift_per_shard"])
@@ -1039,5 +1064,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "largest cluster) in this many rounds of short phases alternating on both clusters side "
                              f"by side (default {FULL.rounds}, --quick {QUICK.rounds}; 0: one 3 s phase each, "
                              "one topology after the other)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="with --cluster: instructions per settled gift of every redis-server process under "
+                             "valgrind's callgrind, c1 on 1 shard, F, X and random pairs on the largest --shards "
+                             "count, and the bar's model on them (loadtest.cluster_instr; needs valgrind)")
+    parser.add_argument("--gifts", type=int,
+                        help="with --cluster --instructions: gifts per phase (default 400, --quick 24)")
     parser.add_argument("--no-gateway", action="store_true",
                         help="with --cluster: skip the phases through 2 gateway nodes (one instance, largest cluster)")

@@ -269,7 +269,7 @@ def _per_call(fn: Callable[[], object], repeat: int) -> float:
 
 
 # ------------------------------------------------------------------ scripts
-class _Callgrind:
+class Callgrind:
     """Instructions that a ``redis-server`` run under callgrind spent inside script calls
     (``--toggle-collect`` of ``fcallCommand``; ``evalShaCommand`` for older commits): zeroed
     before a batch, dumped after it. Unlike time, the count does not change with what the
@@ -321,7 +321,7 @@ async def _gifting_pairs(client: Any, concurrency: int) -> tuple[Any, list[tuple
     return clearing, pairs
 
 
-async def _scripts(url: str, gifts: int, concurrency: int, counter: _Callgrind | None = None) -> dict[str, float]:
+async def _scripts(url: str, gifts: int, concurrency: int, counter: Callgrind | None = None) -> dict[str, float]:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(url)
@@ -397,7 +397,7 @@ def _has_script(name: str) -> bool:
 
 
 async def _saga_steps(client: Any, clearing: Any, pairs: list[tuple[str, str]], per_task: int,
-                      counter: _Callgrind) -> dict[str, float]:
+                      counter: Callgrind) -> dict[str, float]:
     """The same gifts as the saga takes them (``force_saga``: every step its own script call,
     as across shards, on one instance), one step at a time over all gifts: instructions per
     step call, and per gift. Shows the fixed cost each script call pays, which a cross-shard
@@ -472,7 +472,7 @@ def _instructions(work: Path, gifts: int) -> dict[str, float]:
     try:
         _wait_for_port(port, 120)
         return asyncio.run(_scripts(f"redis://:{password}@127.0.0.1:{port}/0", gifts, 4,
-                                    _Callgrind(control, server.pid, out)))
+                                    Callgrind(control, server.pid, out)))
     finally:
         server.terminate()
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -32,7 +33,8 @@ class Shard:
 class LocalCluster:
     def __init__(self, work_dir: Path, *, shards: int = 3, replicas: int = 1, host: str = "127.0.0.1",
                  node_timeout_ms: int = 2000, appendonly: bool = False, password: str | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), launcher: Callable[[Path], tuple[str, ...]] | None = None,
+                 timeout_s: float = FORM_TIMEOUT_S) -> None:
         if shards < 1 or replicas < 0:
             raise ValueError("a cluster has at least one shard")
         self.work_dir = work_dir.resolve()
@@ -40,6 +42,12 @@ class LocalCluster:
         self.node_timeout_ms = node_timeout_ms
         #: More ``redis-server`` arguments for every server (the drill's fsync policy, say).
         self.extra_args = extra_args
+        #: Each server's launcher prefix from its data folder (``LocalRedis.launcher``): a
+        #: folder of its own for what the launcher writes (callgrind's dumps).
+        self.launcher = launcher
+        #: How long each server may take to answer and the cluster to form (both far
+        #: longer under valgrind).
+        self.timeout_s = timeout_s
         #: Every server requires it (and replicas give it to their primaries).
         self.password = password or secrets.token_urlsafe(24)
         self.shards: list[Shard] = []
@@ -52,9 +60,10 @@ class LocalCluster:
     def _server(self, shard: int, index: int, appendonly: bool) -> LocalRedis:
         port = free_port(self.host)
         bus = self.bus_ports[port] = free_port(self.host)
+        data_dir = self.work_dir / f"shard{shard}-{index}-{port}"
         return LocalRedis(
-            self.work_dir / f"shard{shard}-{index}-{port}", port=port, host=self.host, appendonly=appendonly,
-            password=self.password,
+            data_dir, port=port, host=self.host, appendonly=appendonly, password=self.password,
+            launcher=self.launcher(data_dir.resolve()) if self.launcher else (), ready_timeout_s=self.timeout_s,
             # the bus port is given: by default it is the port + 10000, past 65535 for a
             # port the kernel picks from the ephemeral range
             extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -140,7 +149,7 @@ class LocalCluster:
         return True
 
     def _wait(self, done: object, what: str) -> None:
-        deadline = time.monotonic() + FORM_TIMEOUT_S
+        deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             try:
                 if done():  # type: ignore[operator]
@@ -148,7 +157,7 @@ class LocalCluster:
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"local cluster: {what} within {FORM_TIMEOUT_S}s")
+        raise RuntimeError(f"local cluster: {what} within {self.timeout_s}s")
 
     def stop(self) -> None:
         for server in self.servers:

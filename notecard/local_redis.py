@@ -65,6 +65,8 @@ class LocalRedis:
         appendonly: bool = False,
         extra_args: tuple[str, ...] = (),
         password: str | None = None,
+        launcher: tuple[str, ...] = (),
+        ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
         self.data_dir = data_dir.resolve()  # redis-server chdirs into --dir before opening files
         self.host = host
@@ -74,6 +76,11 @@ class LocalRedis:
         if password is not None and not _PASSWORD_RE.fullmatch(password):
             raise ValueError("a managed Redis password is 16-128 characters of A-Z a-z 0-9 _ -")
         self.password = password or secrets.token_urlsafe(24)
+        #: A command the server runs under (valgrind's callgrind for the instruction
+        #: counts of ``notecard bench --cluster --instructions``); empty: redis-server itself.
+        self.launcher = launcher
+        #: How long ``start()`` waits for PING: a server under valgrind starts far slower.
+        self.ready_timeout_s = ready_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,6 +98,7 @@ class LocalRedis:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         args = [
+            *self.launcher,
             binary,
             str(self._auth_file()),
             "--port", str(self.port),
@@ -104,7 +112,7 @@ class LocalRedis:
             *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
@@ -115,7 +123,7 @@ class LocalRedis:
                 return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"redis-server did not answer on {self.address} in {READY_TIMEOUT_S}s")
+        raise RuntimeError(f"redis-server did not answer on {self.address} in {self.ready_timeout_s}s")
 
     def _auth_file(self) -> Path:
         """The password in a config file of mode 600: on the command line, any local user

@@ -15,7 +15,7 @@ def _phase(shards: int, mode: str, settled: int, cpu: list[float], window: float
                        seconds=window - 0.01, redis_cpu_s=cpu, redis_inside_s=[c / 2 for c in cpu],
                        counts={"script_calls": [2 * settled // len(cpu)] * len(cpu), "publishes": [0] * len(cpu)},
                        memory_growth=[100] * len(cpu), generator_cpu_s=0.1, latency={}, idle_cores=[0.01] * len(cpu),
-                       window_s=window, samples=samples)
+                       window_s=window, samples=samples, redis_sys_s=[c / 50 for c in cpu])
 
 
 def test_combined_phase_is_the_summed_cpu_over_the_summed_gifts() -> None:
@@ -24,6 +24,8 @@ def test_combined_phase_is_the_summed_cpu_over_the_summed_gifts() -> None:
     both = combine("3 shard(s), same-shard pairs only", [a, b])
     assert (both.settled, both.window_s, both.redis_cpu_s) == (4000, 3.0, pytest.approx([0.4, 0.6, 0.8]))
     assert both.counts["script_calls"] == [666 + 2000] * 3 and both.memory_growth == [200] * 3
+    # The kernel's part sums too: a fiftieth of each phase's CPU, so of the combined one.
+    assert both.redis_sys_s == pytest.approx([0.008, 0.012, 0.016]) and both.sys_share == pytest.approx(0.02)
     # Per gift: 1.8 s over 4,000 gifts; marginal: less 0.01 cores over the 3 s of both windows.
     assert both.total_us_per_gift == pytest.approx(450.0)
     assert both.marginal_total_us_per_gift == pytest.approx((1.8 - 3 * 0.01 * 3.0) / 4000 * 1e6)
