@@ -817,7 +817,9 @@ async def run(plan: Plan, shard_counts: Sequence[int], work: Path, say: Callable
         derived.update({f"paired_model_{n}_over_1_shard_median": spread["median"],
                         f"paired_model_{n}_over_1_shard_low": spread["low"],
                         f"paired_model_{n}_over_1_shard_high": spread["high"],
-                        f"paired_model_{n}_over_1_shard_summed": pairing["summed"]["ratio"]})
+                        f"paired_model_{n}_over_1_shard_summed": pairing["summed"]["ratio"],
+                        f"paired_model_on_f_{n}_over_1_shard_median": pairing["ratio_on_f"]["median"],
+                        f"paired_model_on_f_{n}_over_1_shard_summed": pairing["summed"]["ratio_on_f"]})
     if "model" in derived:
         say(f"  model at {derived['model']['crossing_share']:.0%} crossing, balanced shards, marginal CPU: "
             f"{derived['model']['formula']}")
@@ -850,6 +852,9 @@ def derive(phases: Sequence[PhaseResult]) -> dict[str, Any]:
     cpu("cross_over_same_shard_cpu_total", cross, same)
     cpu("cross_shard_over_one_instance_cpu_total", cross, single)
     cpu("cross_over_one_shard_cpu_total", cross, one)
+    # The same two scripts per gift on 3 processes sharing the cores as on 1: what differs
+    # is the machine (see cluster_model.Model.ratio_on_f).
+    cpu("same_shard_over_one_shard_cpu_total", same, one)
     for p in phases:
         if one and p.mode == "mixed" and p.shards > 1:
             out[f"capacity_{p.shards}_over_1_shard"] = p.capacity_per_s / one.capacity_per_s
@@ -858,6 +863,7 @@ def derive(phases: Sequence[PhaseResult]) -> dict[str, Any]:
         model = model_of(one, same, cross)
         out["model"] = model.as_dict()
         out[f"model_{model.shards}_over_1_shard"] = model.ratio
+        out[f"model_on_f_{model.shards}_over_1_shard"] = model.ratio_on_f
         mixed = by.get((same.shards, "mixed", False))
         if mixed:
             # The random phase (balanced, at the model's crossing share) against the model:
@@ -925,6 +931,13 @@ def rows_of(results: dict[str, Any]) -> list[report.Row]:
             f"shard by the model (marginal c1, F, X{summed})",
             model["per_s_one_core_per_shard"], "/s", model["one_shard_per_s"], "1 shard",
             ("min", 2.0) if n == 3 else None))
+    if model:
+        n = model["shards"]
+        rows.append(report.Row(
+            f"{n}_shards_model_on_f",
+            f"   the same with F as one shard's cost (same scripts; F/c1 {model['same_us_F'] / model['c1_us']:.2f} "
+            "here from sharing the cores)",
+            model["ratio_on_f"], "x", 1.0, "1 shard", ("min", 2.0) if n == 3 else None))
     if pairing:
         # The model row above is then the summed CPU of all rounds; this one the median of
         # the rounds' ratios, each from adjacent phases (the figures in brackets are this
@@ -937,6 +950,11 @@ def rows_of(results: dict[str, Any]) -> list[report.Row]:
             f"({spread['low']:.2f}, {spread['high']:.2f})",
             # A ratio already: against 1.0, so that the table prints it as one (3 decimals).
             spread["median"], "x", 1.0, "1 shard", ("min", 2.0) if n == 3 else None))
+        on_f = pairing["ratio_on_f"]
+        rows.append(report.Row(
+            f"{n}_shards_paired_model_on_f_median",
+            f"   the same with F as one shard's cost, median of the rounds ({on_f['low']:.2f}, {on_f['high']:.2f})",
+            on_f["median"], "x", 1.0, "1 shard", ("min", 2.0) if n == 3 else None))
     gateway = results.get("gateway", {})
     base = gateway.get("one_instance")
     for name, g in gateway.items():

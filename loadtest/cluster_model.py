@@ -104,6 +104,15 @@ class Model:
         return self.per_s / self.one_per_s if self.one_per_s else math.nan
 
     @property
+    def ratio_on_f(self) -> float:
+        """The ratio with ``F`` as the one-shard cost: a same-shard gift on N shards runs the
+        same two scripts as a gift on one shard (the same instructions, ``notecard bench
+        --cluster --instructions``), so a shard with its own core settles either at the same
+        cost; ``F`` and ``X`` are measured side by side, on the same processes sharing the
+        machine's cores, where ``c1`` had a Redis process to itself. ``N * F / T(N)``."""
+        return self.shards * self.same_us / self.total_us if self.total_us else math.nan
+
+    @property
     def formula(self) -> str:
         n = self.shards
         idle_n, idle_one = f"(1 - {self.idle_n:.4f})", f"(1 - {self.idle_one:.4f})"
@@ -116,7 +125,7 @@ class Model:
                 "cross_us_X": self.cross_us, "idle_cores_one_shard": self.idle_one,
                 "idle_cores_n_shards": self.idle_n, "total_us_T": self.total_us,
                 "per_s_one_core_per_shard": self.per_s, "one_shard_per_s": self.one_per_s,
-                "ratio": self.ratio, "formula": self.formula}
+                "ratio": self.ratio, "formula": self.formula, "ratio_on_f": self.ratio_on_f}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,9 +161,14 @@ class Paired:
     def spread(self) -> Spread:
         return Spread.of(self.ratios)
 
+    @property
+    def spread_on_f(self) -> Spread:
+        """The rounds' ratios with F as the one-shard cost (``Model.ratio_on_f``)."""
+        return Spread.of(m.ratio_on_f for m in self.rounds)
+
     def as_dict(self) -> dict[str, Any]:
         return {"ratios": self.ratios, "ratio": self.spread.as_dict(), "summed": self.summed.as_dict(),
-                "rounds": [m.as_dict() for m in self.rounds]}
+                "ratio_on_f": self.spread_on_f.as_dict(), "rounds": [m.as_dict() for m in self.rounds]}
 
 
 def paired(rounds: Sequence[PairedRound], shards: int, idle_one: float, idle_n: float) -> Paired:

@@ -97,6 +97,8 @@ def test_quick_cluster_bench_writes_table_and_json(tmp_path: Path) -> None:
 
     rows = {row["key"]: row for row in run["table"]}
     assert rows["2_shards_paired_model_median"]["ratio"] == pytest.approx(run["paired"]["ratio"]["median"])
+    assert rows["2_shards_paired_model_on_f_median"]["ratio"] == pytest.approx(run["paired"]["ratio_on_f"]["median"])
+    assert rows["2_shards_model_on_f"]["ratio"] == pytest.approx(run["derived"]["model"]["ratio_on_f"])
     assert rows["2_shards_mixed_capacity"]["ceiling"] == pytest.approx(one["capacity_per_s_one_core_per_shard"])
     assert rows["2_shards_model_capacity"]["ratio"] == pytest.approx(model.ratio, rel=1e-5)
     assert rows["2_shards_mixed_marginal_capacity"]["ceiling"] == pytest.approx(

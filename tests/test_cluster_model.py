@@ -106,6 +106,23 @@ def test_summary_takes_the_median_of_each_runs_ratio() -> None:
     assert cm.summary_table(summary, markdown=True).startswith("| figure |")
 
 
+def test_the_ratio_on_f_takes_the_same_shard_cost_as_one_shards() -> None:
+    # Same-shard gifts run the one-shard scripts; measured on processes sharing the cores
+    # they cost more per gift than c1 did (here 1.25x), and the ratio on F leaves that out:
+    # 3 * 500 / (500/3 + 2 * 750/3) = 1500 / 666.7 = 2.25, against c1's 3 * 400 / 666.7 = 1.8.
+    model = cm.Model(shards=3, c1_us=400.0, same_us=500.0, cross_us=750.0, idle_one=0.002, idle_n=0.004)
+    assert model.ratio_on_f == pytest.approx(2.25)
+    assert model.ratio == pytest.approx(1.8 * (1 - 0.004) / (1 - 0.002))
+    # Nothing crossing, N shards of F are N times one: the ratio on F is exactly N.
+    assert cm.Model(3, 400.0, 500.0, 500.0, 0.0, 0.0).ratio_on_f == pytest.approx(3.0)
+    assert model.as_dict()["ratio_on_f"] == model.ratio_on_f
+    rounds = [(cm.Cost(0.4, 1000), cm.Cost(0.5, 1000), cm.Cost(0.75, 1000)),
+              (cm.Cost(0.4, 1000), cm.Cost(0.5, 1000), cm.Cost(1.0, 1000))]
+    paired = cm.paired(rounds, 3, 0.0, 0.0)
+    assert paired.spread_on_f.median == pytest.approx((2.25 + 1500 / (500 / 3 + 2000 / 3)) / 2)
+    assert paired.as_dict()["ratio_on_f"]["runs"] == 2
+
+
 def test_paired_rounds_cancel_what_slows_a_whole_round() -> None:
     # The same code in three rounds, the machine 1.0x, 1.3x and 0.8x as slow in each: every
     # phase of a round costs that factor more CPU per gift. Paired, each round's ratio is
