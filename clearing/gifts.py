@@ -948,14 +948,24 @@ class ResolveSaga:
 
     # Each step after answer@R gets only the arguments its script reads (the rate, the
     # consent versions and the lucky draws are answer@R's alone): every named argument is
-    # decoded by every call, and the perks only of the two apps the gift was sent and
-    # answered from (gift_answer.lua perks_of reads any other app as none; the send half's
-    # app is the offer half's, both written from the same send).
+    # decoded by every call, and only the perks that can change what the step awards
+    # (gift_answer.lua perks_of reads an absent app as no perks).
     def _perks(self, gift: dict[str, Any]) -> dict[str, Any]:
+        """close@R's: those of the two apps the offer half records (credit_recipient reads
+        the answering app's multiplier and joint flag and the sending app's joint flag)."""
         perks = self.a["perks"]
         apps = perks["apps"]
         return {"per_card": perks["per_card"],
                 "apps": {app: apps[app] for app in (gift.get("app", "main"), gift.get("rapp", "main")) if app in apps}}
+
+    def _settle_perks(self) -> dict[str, Any]:
+        """settle@S's: it reads the sender's bonus and joint flag of the *send half's* app,
+        which the saga never reads and which may not be the offer half's (a send stopped after
+        admit@R and retried from another app writes its send half with the retry's app), and
+        the answering app's joint flag. An app with no bonus and no joint flag reads as an
+        absent one there, so those with either are all it needs, whatever the send half says."""
+        perks = self.a["perks"]
+        return {"per_card": perks["per_card"], "apps": {app: p for app, p in perks["apps"].items() if p[0] or p[2]}}
 
     async def settle(self, gift: dict[str, Any]) -> None:
         """The payer's hold and the send half follow the decision (once each), and the
@@ -969,7 +979,7 @@ class ResolveSaga:
             await c.step("settle_sponsor", payer, self.now, {**ids, "promo": payer, "ptag": tag_of(payer)},
                          emits=False)
         if gift["state"] == GiftState.ACCEPTED.value:  # the points and perks of an accepted gift
-            ids.update(rapp=gift.get("rapp", "main"), perks=self._perks(gift), pointlog_max=self.a["pointlog_max"])
+            ids.update(rapp=gift.get("rapp", "main"), perks=self._settle_perks(), pointlog_max=self.a["pointlog_max"])
         await c.step("settle", gift["sender"], self.now, {**ids, "dead": self.a["dead"]})
         await self.pay_lucky(gift)
 
@@ -989,6 +999,14 @@ class ResolveSaga:
             gift.pop("owed", None)
         except ClearingUnavailable:
             log.warning("a settled answer stays due; recovery drops it", extra={"gift": gift["gift_id"]})
+        except rx.ResponseError as exc:
+            # R's slot half-way to another shard (a key of it already moved): the script
+            # stopped at that key, and what it did before is idempotent and what recovery
+            # does again. The answer itself is done: it may not fail for its clean-up.
+            if not _moved_apart(exc):
+                raise
+            log.warning("a settled answer stays due while its slot moves; recovery drops it",
+                        extra={"gift": gift["gift_id"]})
 
     async def pay_lucky(self, gift: dict[str, Any]) -> None:
         """An accepted gift's lucky bonus at its payer (lucky.lua); what was paid goes to close."""

@@ -23,7 +23,7 @@ from clearing.guard import SlotMoving
 from clearing.keys import DEFAULT_KEYS
 from clearing.rooms import Rooms
 from clearing.scenes import Scenes
-from clearing.slots import slot_of
+from clearing.slots import slot_of, tag_of
 from clearing.testing import World
 from clearing.topology import ClusterTopology, connect_cluster
 from gateway import GatewayNode, GatewaySettings, close_store, connect_store
@@ -304,3 +304,40 @@ async def test_a_gateway_node_follows_its_channel_when_the_home_slot_of_a_shard_
             await client.close()
         await node.stop()
         await close_store(store)
+
+
+async def test_the_clean_up_after_settle_on_a_slot_half_moved_leaves_the_answer_to_recovery(
+        two_shards: LocalCluster, world: World) -> None:
+    """settled@R on a slot whose keys are half-way to another shard (the offer half moved,
+    the user's key not yet): the answer stands (accepted, settled at S) whatever the clean-up
+    meets, so it may not fail the answer; what it leaves, recovery finishes once the slot has
+    moved."""
+    first, second = (shard.primary for shard in two_shards.shards)
+    (ann,) = users_on(world, first, 1)
+    (bob,) = users_on(world, second, 1)
+    for user in (ann, bob):
+        await world.user(user, cards=5)
+    await world.befriend(ann, bob)
+    await world.clearing.reserve("g1", ann, bob, "note", 1)
+    saga = await world.clearing.answer_saga("g1", bob, "accept")
+    gift, changed, _ = await saga.answer()
+    assert changed
+    await saga.settle(gift)
+    moving = Resharding(two_shards, slot_of(bob), second, first)
+    moving.begin()
+    offer = world.keys.offer(bob, "g1").encode()
+    with moving._client(second) as c:
+        c.execute_command("MIGRATE", first.host, first.port, "", 0, 5000, "AUTH", two_shards.password,
+                          "KEYS", offer)
+    await saga.answered(gift)  # must not raise: the answer is done
+    moving.move_keys()
+    moving.finish()
+    await world.topology.refresh(True)
+    due, entry = world.keys.due(tag_of(bob)), f"answered|{bob}|g1"
+    assert await world.redis.zscore(due, entry) is not None  # left for recovery
+    await world.tick(world.clearing.constant_args["saga_ms"] + 1)
+    await world.clearing.expire_due()
+    assert await world.redis.zscore(due, entry) is None
+    assert await world.redis.hget(world.keys.offer(bob, "g1"), "owed") is None
+    assert await world.redis.pttl(world.keys.offer(bob, "g1")) > 0
+    assert (await world.clearing.balances(bob)).available["note"] == 6 * UNIT

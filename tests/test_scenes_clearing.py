@@ -274,6 +274,46 @@ async def test_a_saga_answer_retried_from_another_app_settles_with_the_gifts_own
     assert (ann.points, bob.points) == (23, 40)  # toutiao's +15% to ann, huoshan's double to bob
 
 
+async def test_a_send_retried_from_another_app_earns_the_send_halfs_app_bonus_on_every_path(
+        sw: SceneWorld) -> None:
+    """A send stopped after admit@R (the offer half records the first try's app) and retried
+    from toutiao: the send half, which settle@S reads, records toutiao. The sender's bonus is
+    the send half's app's, on the saga (settle@S) as on the fast path (resolve.lua), so it
+    may not depend on which apps' perks the saga's steps are handed."""
+    w = sw.w
+    await old_friends(w, "ann", "bob")
+    first = await w.clearing.send_saga("g-app", "ann", "bob", "note", 2, app="main")
+    assert await first.admit() is None  # stops here, as a crash would
+    retry = await w.clearing.send_saga("g-app", "ann", "bob", "note", 2, app="toutiao")
+    await retry.run()
+    sent = await w.redis.hget(w.keys.gift("ann", "g-app"), "app")
+    assert sent in (b"toutiao", "toutiao")
+    resolution = await (await w.clearing.answer_saga("g-app", "bob", "accept", app="main")).run()
+    assert resolution.changed and resolution.gift.state is GiftState.ACCEPTED
+    ann, bob = await sw.scenes.points("ann"), await sw.scenes.points("bob")
+    assert (ann.points, bob.points) == (23, 20)  # toutiao's +15% to ann, as resolve.lua gives it
+
+
+async def test_an_answer_finished_by_a_retry_from_another_app_keeps_the_first_apps_joint_flag(
+        sw: SceneWorld) -> None:
+    """An accept from duoshan (a joint campaign) stopped after answer@R: bob is credited and
+    flagged. The client's retry from main finishes it, by the saga or (both users on one
+    Redis) by resolve.lua; either way the sender's side is settled as the gift records it
+    was answered, from duoshan, so ann is flagged too, as an uninterrupted answer flags her."""
+    w = sw.w
+    await old_friends(w, "ann", "bob")
+    gift = await give(w, qty=2)
+    first = await w.clearing.answer_saga(gift.gift_id, "bob", "accept", app="duoshan")
+    decided, changed, _ = await first.answer()  # stops here, as a crash would
+    assert changed and decided["rapp"] == "duoshan"
+    assert (await sw.scenes.points("bob")).joint_campaign
+    resolution = await w.clearing.accept(gift.gift_id, "bob", app="main", sender_hint="ann")
+    assert not resolution.changed and resolution.gift.state is GiftState.ACCEPTED
+    ann, bob = await sw.scenes.points("ann"), await sw.scenes.points("bob")
+    assert (ann.points, bob.points) == (20, 20)
+    assert ann.joint_campaign and bob.joint_campaign
+
+
 async def test_scene_settings_are_validated_as_a_whole(sw: SceneWorld) -> None:
     with pytest.raises(SceneConfigError, match="unknown"):
         await sw.scenes.set_config({"newcomer_days": 3})

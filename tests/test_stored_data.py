@@ -618,3 +618,29 @@ _NO_POINTS = ("setting", ("points_per_card", b'"ten"'))
 def test_stored_data_never_breaks_an_operation_half_way(redis_server: LocalRedis, saga: bool,
                                                         ops: list[tuple[Any, ...]]) -> None:
     asyncio.run(_fuzz(redis_server.url, saga, ops))
+
+
+@pytest.mark.parametrize("value", ["007", "-0", "-007"])
+@pytest.mark.parametrize("counter", ["points total", "accepted count", "given count", "balance"])
+async def test_a_counter_that_reads_whole_but_redis_cannot_increment_stops_an_accept_before_its_first_write(
+        w: World, counter: str, value: str) -> None:
+    """Lua reads "007" or "-0" as a whole number, but Redis's HINCRBY does not take it ("hash
+    value is not an integer"): a check (lib.lua whole()) that let it through left the accept
+    failing half-way, the gift decided and the hold settled but the recipient's side not
+    done. It is refused with nothing written, as any counter that does not read; put right,
+    the accept goes through."""
+    await old_friends(w, "ann", "bob")
+    gift = await w.clearing.reserve("g1", "ann", "bob", "note", 1)
+    key, field = {"points total": (w.keys.points("bob"), "total"),
+                  "accepted count": (w.keys.stats("bob"), "accepted"),
+                  "given count": (w.keys.stats("ann"), "given"),
+                  "balance": (w.keys.balance("bob"), "note")}[counter]
+    original = await w.redis.hget(key, field)
+    await w.redis.hset(key, field, value)
+    error = await unchanged_after(w.redis, w.clearing.accept(gift.gift_id, "bob"))
+    assert isinstance(error, StepRefused) and error.code == "CORRUPT"
+    if original is None:
+        await w.redis.hdel(key, field)
+    else:
+        await w.redis.hset(key, field, original)
+    assert (await w.clearing.accept(gift.gift_id, "bob")).gift.state is GiftState.ACCEPTED

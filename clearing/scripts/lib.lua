@@ -174,12 +174,15 @@ end
 -- Below this a counter is exact in Lua and far from HINCRBY's 64-bit limit.
 local MAX_COUNTER = 9007199254740991
 
--- A stored counter's whole value (absent: 0), or nil when it holds anything else.
+-- A stored counter's whole value (absent: 0), or nil when it holds anything else. Whole as
+-- INCR and HINCRBY read it: '0', or digits without a leading zero after an optional '-'.
+-- Lua's tonumber also reads '007' and '-0', which Redis refuses to increment ("not an
+-- integer"): passed as whole, they would fail a script at its write, after earlier writes.
 local function whole(value)
   if not value then
     return 0
   end
-  local n = match(value, '^-?%d+$') and tonum(value)
+  local n = (match(value, '^-?[1-9]%d*$') or value == '0' or value == 0) and tonum(value)
   if n and abs(n) <= MAX_COUNTER then
     return n
   end

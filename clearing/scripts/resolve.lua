@@ -5,7 +5,8 @@
 -- KEYS[1]  {R}:user
 -- A        gid, r (the recipient: the user answering, or the sweeper's entry), by (the user
 --          answering; nil for an expiry), event ('accept' | 'decline' | 'expire'), rapp
---          (the app answering), perks, retention, dead, ep, maxlen, pointlog_max; lucky,
+--          (the app answering; a gift decided before this call keeps the one it records), perks,
+--          retention, dead, ep, maxlen, pointlog_max; lucky,
 --          lpromo, lptag: the lucky card (gift_answer.lua), drawn, paid and credited here
 --
 -- The decision (gift.lua check_decide):
@@ -31,6 +32,12 @@ if g == nil then
 end
 A.s = g.sender
 local to = d.to or g.state
+-- A gift decided before this call (a saga stopped half-way) settles as it was answered: with
+-- the answering app its offer half records (apply_settle reads its joint flag), as the
+-- saga's settle does, not this call's.
+if not d.changed then
+  A.rapp = g.rapp
+end
 local st, sp, lk, points  -- points: R's points total, read by check_close for apply_close
 -- owed 1 (with closed 1): R's side was done by answer.lua (cross-shard, before this call);
 -- only the payer's side is left, then nothing is due.

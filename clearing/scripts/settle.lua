@@ -4,7 +4,8 @@
 --
 -- KEYS[1]  {S}:user
 -- A        gid, s, to, retention, dead, ep, maxlen; for an accepted gift also
---          rapp, perks (those of the gift's two apps suffice), pointlog_max
+--          rapp, perks (those of the apps with a sender bonus or a joint
+--          campaign suffice: the send half's app need not be the offer half's), pointlog_max
 -- Returns msgpack {} or {err = SAGA_CONFLICT} (the send half is in another final state:
 -- never, while every step applies what the offer half decided).
 
