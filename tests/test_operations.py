@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -164,9 +165,14 @@ async def test_a_restarted_node_drops_the_presence_of_its_previous_life(
 
 
 def free_port_run(count: int) -> int:
-    """A port P with P .. P+count-1 all free right now (dev takes consecutive ports)."""
+    """A port P with P .. P+count-1 all free right now (dev takes consecutive ports), below
+    the kernel's ephemeral range: the Redis and PostgreSQL that dev starts before its nodes
+    take ports the kernel hands out (bind to port 0), and a run inside that range lost P+1
+    to one of them (``address already in use``)."""
+    low = _ephemeral_low()
+    rng = random.Random()
     for _ in range(50):
-        base = free_port()
+        base = rng.randrange(max(1024, low - 12_000), low - count)
         try:
             with contextlib.ExitStack() as held:
                 for port in range(base, base + count):
@@ -176,6 +182,14 @@ def free_port_run(count: int) -> int:
         except OSError:
             continue
     raise RuntimeError("no run of free ports found")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def test_dev_runs_the_demo_across_two_nodes(tmp_path: Path) -> None:
