@@ -399,6 +399,7 @@ end
 -- and the offer half is kept for the retention from now.
 local function apply_finished(o)
   o.closed, o.owed = 1, nil
+  touch(tkey(o.rtag, 'due'))  -- (the offer half was read before)
   redis.call('HDEL', offer_key(o.recipient), 'owed')
   redis.call('PEXPIRE', offer_key(o.recipient), A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'answered|' .. o.recipient .. '|' .. A.gid)

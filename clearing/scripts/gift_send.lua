@@ -321,9 +321,10 @@ end
 local function apply_void(o, why)
   o.state = move(o.state, 'void')
   local recv, pair = recv_counters(o.day, o.recipient, o.sender)
+  local key = offer_key(o.recipient)
+  touch(tkey(o.rtag, 'due'), key)  -- the counters: give_slot's EXISTS comes first
   give_slot(recv)
   give_slot(pair)
-  local key = offer_key(o.recipient)
   call('HSET', key, 'state', o.state, 'why', why)
   call('PEXPIRE', key, A.memo_ms)
   call('ZREM', tkey(o.rtag, 'due'), 'admit|' .. o.recipient .. '|' .. A.gid)
