@@ -194,8 +194,9 @@ async def finish_gift(world: World, gid: str, ann: str, bob: str) -> None:
 
 #: Open: with the user's key moved first ("reversed"), the step runs on the target after ASK,
 #: where a key still on the source reads as absent (a single-key read of an importing slot
-#: is served locally): refusals that should not be, gifts left held. Fails today; kept as
-#: xfail to be fixed.
+#: is served locally): a send refused for want of a follow still on the source, an admission's
+#: recovery writing keys the source still holds (then MIGRATE: BUSYKEY). Fails today; kept
+#: as xfail to be fixed.
 OPEN = pytest.mark.xfail(reason="open resharding finding (see OPEN)", strict=False)
 
 

@@ -108,7 +108,7 @@ local function apply_decide(g, to, due, lucky)
   -- before the first write. The receive counters only when they are given back.
   local r = g.recipient
   touch(ukey(r, 'inbox'), tkey(g.rtag, 'expiry'), ukey(r, 'evmeta'), ukey(r, 'ev'))
-  if due then
+  if due or g.guardian then
     touch(tkey(g.rtag, 'due'))
   end
   if to ~= 'accepted' then

@@ -322,7 +322,7 @@ local function apply_void(o, why)
   o.state = move(o.state, 'void')
   local recv, pair = recv_counters(o.day, o.recipient, o.sender)
   local key = offer_key(o.recipient)
-  touch(tkey(o.rtag, 'due'), key)  -- the counters: give_slot's EXISTS comes first
+  touch(tkey(o.rtag, 'due'), key, pair)  -- (recv: give_slot's EXISTS comes before any write)
   give_slot(recv)
   give_slot(pair)
   call('HSET', key, 'state', o.state, 'why', why)
