@@ -73,7 +73,7 @@ from clearing.clock import CAMPAIGN_DAY, Clock, QuotaDays, wall_clock_ms
 from clearing.codec import balances_from, gift_from_map, text_hash
 from clearing.component import RedisComponent
 from clearing.errors import ClearingUnavailable, Refusal, Refused, StepRefused
-from clearing.guard import guarded, guarded_pipeline
+from clearing.guard import SlotMoving, guarded, guarded_pipeline
 from clearing.keys import DEFAULT_KEYS, KeySchema, is_valid_device, is_valid_id
 from clearing.lua import MAX_SAFE_INT, ScriptRunner
 from clearing.model import Balances, GiftRecord, GiftState, RefusedSend, Resolution
@@ -700,9 +700,19 @@ class Clearing(RedisComponent):
     # ================================================================ for the sagas
     async def step(self, name: Any, user: str, now: int, args: dict[str, Any], *, emits: bool = True,
                    durable: bool = True) -> dict[str, Any]:
-        """Run one saga step on ``user``'s slot."""
-        return await self._lua.run(name, slot_of(user), self._keys.user(user), now, args, emits=emits,
-                                   durable=durable)
+        """Run one saga step on ``user``'s slot.
+
+        A step stopped by a key of its slot that is not on the node (the slot half-way to
+        another shard: "non local key") wrote nothing (its scripts touch what they write
+        before the first write, lib.lua touch()): it is :class:`SlotMoving`, retried with
+        the same ids once the slot has moved."""
+        try:
+            return await self._lua.run(name, slot_of(user), self._keys.user(user), now, args, emits=emits,
+                                       durable=durable)
+        except rx.ResponseError as exc:
+            if not _moved_apart(exc):
+                raise
+            raise SlotMoving(f"slot moving: {exc}") from exc
 
     @property
     def keys(self) -> KeySchema:

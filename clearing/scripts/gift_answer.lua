@@ -103,6 +103,17 @@ end
 -- `due`: the saga's entry in R's due queue ('settle' for the three-step path, 'answered'
 -- when R's side is done in this same step: see apply_answered), or nil on the fast path.
 local function apply_decide(g, to, due, lucky)
+  -- What the writes below reach beyond the offer half (read by check_decide): touched
+  -- first, so a key not on this node (its slot half-way to another shard) stops the call
+  -- before the first write. The receive counters only when they are given back.
+  local r = g.recipient
+  touch(ukey(r, 'inbox'), tkey(g.rtag, 'expiry'), ukey(r, 'evmeta'), ukey(r, 'ev'))
+  if due or g.guardian then
+    touch(tkey(g.rtag, 'due'))
+  end
+  if to ~= 'accepted' then
+    touch(recv_counters(g.day, r, g.sender))
+  end
   g.state, g.resolved_at_ms, g.rapp = to, NOW, A.rapp
   if due == 'answered' then
     g.closed, g.owed = 1, 1
@@ -399,6 +410,7 @@ end
 -- and the offer half is kept for the retention from now.
 local function apply_finished(o)
   o.closed, o.owed = 1, nil
+  touch(tkey(o.rtag, 'due'))  -- (the offer half was read before)
   redis.call('HDEL', offer_key(o.recipient), 'owed')
   redis.call('PEXPIRE', offer_key(o.recipient), A.retention)
   redis.call('ZREM', tkey(o.rtag, 'due'), 'answered|' .. o.recipient .. '|' .. A.gid)

@@ -366,6 +366,19 @@ local function take_slot(counter)
   call('PEXPIRE', counter, A.quota_ttl)
 end
 
+-- Touch each key a write below will reach, before the first write (one EXISTS per key: on
+-- the target of a moving slot, after ASK, a read of one missing key is served while one of
+-- several is refused, and keys of different slots may not share a command). While the slot is
+-- moving to another shard, Redis stops a redis.call at a key that is not on this node (moved
+-- already, or new: the source answers ASK for any key it lacks) and keeps the writes made
+-- before it; a touch stops the call there instead, with nothing written, and the caller
+-- retries once the slot has moved (ClearingUnavailable).
+local function touch(...)
+  for i = 1, select('#', ...) do
+    call('EXISTS', (select(i, ...)))
+  end
+end
+
 local function give_slot(counter)
   if call('EXISTS', counter) == 1 then
     call('DECR', counter)
