@@ -997,8 +997,8 @@ class ResolveSaga:
         """settle@S is done for a gift answered at R: settled.lua starts the offer half's
         retention, drops its ``owed`` marker and its ``answered`` entry in R's due queue, in
         one script call (all or none) that shares the node's pipeline with the calls around
-        it (clearing/pipelining.py; a MULTI of three commands cost the node about ten times
-        a pipelined call). Lost to a crash, the marker and the entry stay for recovery, which
+        it (clearing/pipelining.py; a MULTI went as a transaction of its own, on its own
+        connection). Lost to a crash, the marker and the entry stay for recovery, which
         settles again (idempotent, nothing changes) and calls it again."""
         recipient = gift["recipient"]
         try:

@@ -435,14 +435,8 @@ async def drive(bed: Bed, name: str, mode: str, seconds: float, idle: list[float
     return PhaseResult(
         name=name, shards=len(bed.servers) if bed.cluster else 0, mode=mode if not promotion else f"{mode}+promotion",
         forced_saga=force_saga,
-        settled=settled, cross=cross, seconds=elapsed,
-        redis_cpu_s=[_cpu_s(b) - _cpu_s(a) for a, b in zip(before, after, strict=True)],
-        redis_inside_s=[_inside_s(b) - _inside_s(a) for a, b in zip(before, after, strict=True)],
-        memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
-        counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
-                for name, cmds in _COUNTED.items()},
-        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies,
-        redis_sys_s=[_sys_s(b) - _sys_s(a) for a, b in zip(before, after, strict=True)])
+        settled=settled, cross=cross, seconds=elapsed, **_server_deltas(before, after),
+        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies)
 
 
 async def drive_steady(bed: Bed, name: str, mode: str, seconds: float, ramp_s: float,
@@ -509,14 +503,8 @@ async def drive_steady(bed: Bed, name: str, mode: str, seconds: float, ramp_s: f
         await asyncio.gather(*tasks)
     return PhaseResult(
         name=name, shards=len(bed.servers) if bed.cluster else 0, mode=mode, forced_saga=False,
-        settled=settled, cross=cross, seconds=elapsed,
-        redis_cpu_s=[_cpu_s(b) - _cpu_s(a) for a, b in zip(before, after, strict=True)],
-        redis_inside_s=[_inside_s(b) - _inside_s(a) for a, b in zip(before, after, strict=True)],
-        memory_growth=[int(b["used_memory"]) - int(a["used_memory"]) for a, b in zip(before, after, strict=True)],
-        counts={name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in zip(before, after, strict=True)]
-                for name, cmds in _COUNTED.items()},
-        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies,
-        redis_sys_s=[_sys_s(b) - _sys_s(a) for a, b in zip(before, after, strict=True)])
+        settled=settled, cross=cross, seconds=elapsed, **_server_deltas(before, after),
+        generator_cpu_s=generator, latency=_summary(latencies), idle_cores=idle, window_s=window, samples=latencies)
 
 
 def combine(name: str, parts: Sequence[PhaseResult]) -> PhaseResult:
@@ -546,6 +534,18 @@ def combine(name: str, parts: Sequence[PhaseResult]) -> PhaseResult:
 
 def cost_of(phase: PhaseResult) -> cluster_model.Cost:
     return cluster_model.Cost(sum(phase.marginal_cpu_s), phase.settled)
+
+
+def _server_deltas(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What each primary spent between two ``INFO all`` readings, as PhaseResult's fields."""
+    pairs = list(zip(before, after, strict=True))
+    return {
+        "redis_cpu_s": [_cpu_s(b) - _cpu_s(a) for a, b in pairs],
+        "redis_sys_s": [_sys_s(b) - _sys_s(a) for a, b in pairs],
+        "redis_inside_s": [_inside_s(b) - _inside_s(a) for a, b in pairs],
+        "memory_growth": [int(b["used_memory"]) - int(a["used_memory"]) for a, b in pairs],
+        "counts": {name: [_calls(b, *cmds) - _calls(a, *cmds) for a, b in pairs] for name, cmds in _COUNTED.items()},
+    }
 
 
 async def _gift(clearing: Clearing, gift_id: str, pair: Pair) -> None:
@@ -1016,14 +1016,8 @@ def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None,
     except ValueError as exc:
         print(f"notecard bench: {exc}", file=sys.stderr)
         return 2
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = out or Path("bench-results") / f"cluster-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    stamp, out = output_dir(out, "cluster")
     install_uvloop()
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-
     info = machine()
     say(f"notecard bench --cluster {'--quick ' if quick else ''}-> {out}  ({info['cpus']} CPUs, {info['cpu_model']})")
     every: list[dict[str, Any]] = []
@@ -1058,6 +1052,20 @@ def main(*, quick: bool, shards: str, out: Path | None, concurrency: int | None,
         say("conservation check FAILED (see cluster.json)")
         return 1
     return 0
+
+
+def output_dir(out: Path | None, prefix: str) -> tuple[str, Path]:
+    """The run's UTC stamp and its output folder (``bench-results/<prefix>-<stamp>`` unless
+    given), made."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = out or Path("bench-results") / f"{prefix}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    return stamp, out
+
+
+def say(text: str) -> None:
+    """A line of the run's progress, at once (a bench runs for minutes)."""
+    print(text, flush=True)
 
 
 #: --runs: each full run takes about a minute (``--shards 1,3 --no-gateway``).

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import math
 import secrets
 import shutil
@@ -51,7 +50,7 @@ from clearing.keys import DEFAULT_KEYS
 from clearing.topology import Topology, connect_cluster
 from loadtest import cluster_model, report
 from loadtest.clearing_bench import BENCH_RULES
-from loadtest.cluster_bench import Bed, Server, _gift
+from loadtest.cluster_bench import Bed, Server, _gift, output_dir, say
 from loadtest.micro import Callgrind
 from notecard.local_cluster import LocalCluster
 
@@ -378,14 +377,8 @@ def main(*, quick: bool, largest: int, out: Path | None, concurrency: int | None
     except ValgrindMissing as exc:
         print(f"notecard bench: {exc}", file=sys.stderr)
         return 2
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = out or Path("bench-results") / f"cluster-instructions-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    stamp, out = output_dir(out, "cluster-instructions")
     install_uvloop()
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-
     info = machine()
     say(f"notecard bench --cluster --instructions -> {out}  ({info['cpus']} CPUs, {info['cpu_model']})")
     with _workdir() as work:

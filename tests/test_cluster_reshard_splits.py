@@ -29,7 +29,7 @@ from clearing.slots import slot_of
 from clearing.testing import World
 from notecard.local_cluster import LocalCluster
 from notecard.local_redis import LocalRedis
-from tests.test_cluster_resharding import UNIT, Resharding, two_shards, world
+from tests.test_cluster_resharding import UNIT, Resharding, two_shards, users_on, world
 
 __all__ = ["two_shards", "world"]  # the fixtures, shared with the resharding tests
 
@@ -95,16 +95,7 @@ _fresh = itertools.count()
 
 def fresh_users(world: World, server: LocalRedis, count: int) -> list[str]:
     """New user ids, each of its own slot, that ``server`` serves now."""
-    prefix = f"t{next(_fresh)}x"
-    chosen: list[str] = []
-    for i in itertools.count():
-        user = f"{prefix}{i}"
-        if (world.topology.node_for(slot_of(user)).name == f"{server.host}:{server.port}"
-                and slot_of(user) not in {slot_of(u) for u in chosen}):
-            chosen.append(user)
-            if len(chosen) == count:
-                return chosen
-    raise AssertionError
+    return users_on(world, server, count, prefix=f"t{next(_fresh)}x")
 
 
 Step = Callable[[World, str, str, str], Awaitable[Any]]

@@ -65,11 +65,11 @@ async def world(two_shards: LocalCluster) -> AsyncIterator[World]:
     assert report.ok, report.violations
 
 
-def users_on(world: World, server: LocalRedis, count: int) -> list[str]:
-    """User ids, each of its own slot, whose slots ``server`` serves now."""
+def users_on(world: World, server: LocalRedis, count: int, prefix: str = "u") -> list[str]:
+    """User ids (``<prefix><n>``), each of its own slot, whose slots ``server`` serves now."""
     chosen: list[str] = []
     for i in itertools.count():
-        user = f"u{i}"
+        user = f"{prefix}{i}"
         if (world.topology.node_for(slot_of(user)).name == f"{server.host}:{server.port}"
                 and slot_of(user) not in {slot_of(u) for u in chosen}):
             chosen.append(user)

@@ -183,7 +183,7 @@ local function given_month(s)
   return 'given:' .. string.sub(tostring(s.day), 1, 6)
 end
 
--- The user's points total for add_points_read (lib.lua), read with the check of both
+-- The user's points total for add_points (lib.lua), read with the check of both
 -- counters an award may change (add_points: `total`, and `trimmed` when the log is cut);
 -- false when either is no whole number.
 local function points_total(user)
@@ -231,7 +231,7 @@ local function apply_settle(s, to, points, given)
     local bonus, _, joint = perks_of(s.app or 'main')
     local _, _, recipient_joint = perks_of(A.rapp or 'main')
     local base = s.qty * A.perks.per_card
-    add_points_read(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main', points)
+    add_points(s.sender, s.stag, base + math.floor(base * bonus / 1000), s, 'sent', s.app or 'main', points)
     -- what the eco badges count (clearing/badges.py): accepted gifts given, in all and per
     -- month, one more each; one HSET of the counts read before, not two HINCRBYs
     redis.call('HSET', ukey(s.sender, 'stats'), 'given', given[1] + 1, given_month(s), given[2] + 1)
@@ -344,7 +344,7 @@ local function credit_recipient(o, points)
     local _, mult, joint = perks_of(o.rapp or 'main')
     local _, _, sender_joint = perks_of(o.app or 'main')
     local base = o.qty * A.perks.per_card
-    add_points_read(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main', points)
+    add_points(o.recipient, o.rtag, math.floor(base * mult / 1000), o, 'received', o.rapp or 'main', points)
     redis.call('HINCRBY', ukey(o.recipient, 'stats'), 'accepted', '1')  -- for the eco badges
     if joint or sender_joint then
       redis.call('HSET', ukey(o.recipient, 'user'), 'joint', '1')

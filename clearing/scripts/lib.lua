@@ -547,9 +547,15 @@ local POINTLOG_TRIM = 64
 -- half-way through the writes.
 -- A total never passes MAX_COUNTER (the caller checked it reads as a whole number): the
 -- award is cut to fit, and the log records what was added.
-local function add_points(user, tag, points, g, why, app)
+-- `total`: the user's points total when the caller read it with its counter check, before its
+-- first write (gift_answer.lua points_total), so that it is not read again (each command in a
+-- script costs thousands of instructions, and an accept awards points on both sides).
+local function add_points(user, tag, points, g, why, app, total)
   local key, log, gift_id = ukey(user, 'points'), ukey(user, 'pointlog'), g.gift_id
-  points = math.min(points, MAX_COUNTER - (whole(call('HGET', key, 'total')) or MAX_COUNTER))
+  if total == nil then
+    total = whole(call('HGET', key, 'total')) or MAX_COUNTER
+  end
+  points = math.min(points, MAX_COUNTER - total)
   if points <= 0 then
     return
   end
@@ -604,33 +610,3 @@ end
 
 -- ---------------------------------------------------------------- the step libraries and scripts follow
 
--- add_points for a caller that read the user's points total with its counter check, before
--- its first write (gift_answer.lua points_total): the same award, log and trim, without
--- reading the total again (each command in a script costs thousands of instructions, and
--- an accept awards points on both sides). `total` nil: add_points, which reads it.
-local function add_points_read(user, tag, points, g, why, app, total)
-  if total == nil then
-    return add_points(user, tag, points, g, why, app)
-  end
-  local key, log, gift_id = ukey(user, 'points'), ukey(user, 'pointlog'), g.gift_id
-  points = math.min(points, MAX_COUNTER - total)
-  if points <= 0 then
-    return
-  end
-  redis.call('HINCRBY', key, 'total', points)
-  ledger(tag, 'points', 'awards:' .. tag, 'points:' .. user, 'points', points, g, why)
-  redis.call('XADD', log, '*', 'p', points, 'g', gift_id, 'why', why, 'app', app)
-  if redis.call('XLEN', log) > A.pointlog_max then
-    local dropped, ids = 0, {}
-    for i, entry in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', POINTLOG_TRIM)) do
-      ids[i] = entry[1]
-      for j = 1, #entry[2], 2 do
-        if entry[2][j] == 'p' then
-          dropped = dropped + num(entry[2][j + 1])
-        end
-      end
-    end
-    redis.call('XDEL', log, unpack(ids))
-    redis.call('HINCRBY', key, 'trimmed', dropped)
-  end
-end
